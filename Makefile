@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv when it is absent.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hf_llpf-installed
+
+.PHONY: install demo test test-slow lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/hf-llpf demo --out runs/demo
+
+# pytest exits 5 when a selection holds no test; that is not a failure of the suite.
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow and not gpu" ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m "slow and not gpu" ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hf_llpf tests benchmarks
+	$(VENV)/bin/ruff format --check hf_llpf tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format hf_llpf tests benchmarks
+	$(VENV)/bin/ruff check --fix hf_llpf tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

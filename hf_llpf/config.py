@@ -1,0 +1,192 @@
+"""Validated settings: data specs, endpoint-training recipes and path-finding (connect) settings.
+
+Every settings object is a pydantic model that forbids unknown keys, so a typo in a recipe or a
+``key=value`` override is an error that lists the valid keys instead of being silently ignored.
+All problems in one input are reported together (:class:`~hf_llpf.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hf_llpf.errors import ConfigError
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Settings):
+    """Where the data come from and how they are prepared (see :func:`hf_llpf.data.load_data`)."""
+
+    source: str = Field("digits", description="'digits', a Hub dataset id, or a local parquet/Arrow/image-folder path")
+    revision: str | None = Field(None, description="Hub revision of the dataset")
+    image_column: str | None = Field(None, description="column holding the images (auto: image/img/pixel_values)")
+    label_column: str | None = Field(None, description="column holding the class labels (auto: label/labels)")
+    train_split: str = "train"
+    test_split: str = "test"
+    image_size: int | None = Field(
+        None, ge=4, description="resize images to this square size (e.g. 32 for CIFAR stems)"
+    )
+    augment: bool = Field(False, description="CIFAR augmentation: random crop (padding 4) + horizontal flip")
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    split_seed: int = Field(0, description="seed of the fixed train/test split of sources with one split")
+
+
+class TrainRecipe(_Settings):
+    """How one endpoint is trained (``hf-llpf train``)."""
+
+    model: str = Field("small_cnn", description="a built-in or timm model name")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model constructor")
+    data: DataConfig = Field(default_factory=DataConfig)
+    seed: int = 0
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class StageSchedule(_Settings):
+    """A hand-set activation tick for the groups whose parameter names match ``match`` (the paper's schedules)."""
+
+    match: str
+    start: int = Field(..., ge=0, description="tick at which these groups become active")
+
+
+class ConnectConfig(_Settings):
+    """Settings of an LLPF run (``hf-llpf connect``); defaults are the measured hf_llpf defaults."""
+
+    method: Literal["auto", "m2m"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    seed: int = 0
+    # Move (llpf-spec.md §2 step 1): s_k = min(‖d‖, max(step_f, step_a·‖d‖, step_r·‖d_0‖)).
+    step_a: float = Field(0.0, ge=0, le=1, description="step as a fraction of the remaining distance")
+    step_f: float = Field(0.0, ge=0, description="fixed L2 step length (the reference's step_f)")
+    step_r: float = Field(0.02, ge=0, le=1, description="step as a fraction of the tensor's initial distance")
+    fdf: bool = Field(True, description="Follow Data Flow: stages join one after another; false moves all from tick 0")
+    arrival_tol: float = Field(
+        0.02,
+        gt=0,
+        lt=1,
+        description="a stage has arrived when every tensor's remaining "
+        "distance is at most this fraction of its initial distance",
+    )
+    schedule: list[StageSchedule] | None = Field(None, description="hand-set stage start ticks instead of arrival")
+    stages: list[dict[str, Any]] | dict[str, Any] | None = Field(None, description="layer-grouping overrides")
+    max_ticks: int = Field(2000, ge=1, description="hard limit on ticks (with a schedule: the stop tick)")
+    # Minimal training (§2 step 3).
+    min_iters: int = Field(3, ge=1)
+    max_iters: int = Field(50, ge=1)
+    loss_threshold: float = Field(0.05, ge=0)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    # Bookkeeping.
+    save_every: int = Field(10, ge=1, description="write a point every N ticks (plus stage boundaries and the end)")
+    checkpoint_every: int = Field(25, ge=1, description="write the resume checkpoint every N ticks")
+    loss_limit: float = Field(10.0, gt=0, description="a tick whose loss is above this (or non-finite) is rolled back")
+    max_failures: int = Field(5, ge=1, description="rolled-back ticks allowed before the run stops")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_starts_at_zero(cls, v: list[StageSchedule] | None) -> list[StageSchedule] | None:
+        if v is not None and v and min(s.start for s in v) != 0:
+            raise ValueError("the first scheduled stage must start at tick 0")
+        return v
+
+    @model_validator(mode="after")
+    def _iters_ordered(self) -> ConnectConfig:
+        if self.max_iters < self.min_iters:
+            raise ValueError(f"max_iters ({self.max_iters}) must be >= min_iters ({self.min_iters})")
+        if self.step_a == 0 and self.step_f == 0 and self.step_r == 0:
+            raise ValueError("at least one of step_a, step_f, step_r must be positive, or nothing ever moves")
+        return self
+
+
+def build(cls: type[_Settings], values: dict[str, Any]) -> Any:
+    """Validate ``values`` into ``cls``, turning pydantic's report into one :class:`ConfigError`.
+
+    Each problem names the field, the value given and, for unknown keys, the valid keys.
+    """
+    try:
+        return cls.model_validate(values)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "<settings>"
+            if e["type"] == "extra_forbidden":
+                owner = _owner_class(cls, e["loc"][:-1])
+                valid = sorted(owner.model_fields) if owner else []
+                close = difflib.get_close_matches(str(e["loc"][-1]), valid, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"{loc}: unknown key{hint}; valid keys: {', '.join(valid)}")
+            else:
+                problems.append(f"{loc}={e.get('input')!r}: {e['msg']}")
+        raise ConfigError(problems) from None
+
+
+def _owner_class(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return cls
+
+
+def load_recipe(path: str | Path | None) -> dict[str, Any]:
+    """Read a YAML recipe into a plain dict (empty when ``path`` is None)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe={str(path)!r}: file not found")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"recipe={str(path)!r}: must be a YAML mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys for nested settings, values parsed as YAML)."""
+    merged = _deep_copy(values)
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override {item!r}: expected key=value")
+            continue
+        target = merged
+        parts = key.split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                problems.append(f"override {item!r}: {part!r} is not a group of settings")
+                break
+        else:
+            target[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+    if problems:
+        raise ConfigError(problems)
+    return merged
+
+
+def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def to_yaml(settings: BaseModel) -> str:
+    """The fully resolved settings as YAML (what ``llpf_config.yaml`` holds)."""
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,314 @@
+"""Endpoints: load a model from a local folder, a Hub id or a timm name + safetensors; save it back.
+
+Formats (both loadable by plain timm / transformers, and by :func:`load_endpoint`):
+- **timm**: ``config.json`` with ``architecture`` (+ ``model_args``) and ``model.safetensors``
+  (``timm.create_model("local-dir:DIR", pretrained=True)`` or ``"hf-hub:org/name"``);
+- **transformers**: a ``save_pretrained`` folder (``AutoModelFor...`` named by ``config.architectures``);
+- **module**: any other ``nn.Module``; only ``model.safetensors`` is written and loading needs the module.
+
+Security: weights are only ever read from safetensors files (never ``torch.load``/pickle), and
+transformers' ``trust_remote_code`` stays off unless the caller passes ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import safetensors.torch
+import timm
+from torch import nn
+
+import hf_llpf.zoo  # noqa: F401  (registers the built-in architectures with timm)
+from hf_llpf.errors import CorruptCheckpointError, EndpointMismatchError, OfflineError, UnknownNameError
+
+Kind = Literal["timm", "transformers", "module"]
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class Endpoint:
+    """A loaded endpoint and where it came from.
+
+    Attributes:
+        model: the module, in eval mode, on the CPU.
+        kind: ``"timm"``, ``"transformers"`` or ``"module"`` (decides how points are saved).
+        source: the spec as given (Hub id, folder, file or ``"<module>"``).
+        revision: the Hub commit sha, or ``"local:<sha256 prefix>"`` of the weights for local files.
+        arch: what is needed to rebuild the model: timm ``{"architecture", "model_args", ...}`` or the
+            transformers config as a dict.
+    """
+
+    model: nn.Module
+    kind: Kind
+    source: str
+    revision: str | None = None
+    arch: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """The entry written to ``endpoints.json``."""
+        return {
+            "id": self.source,
+            "revision": self.revision,
+            "kind": self.kind,
+            "architecture": self.arch.get("architecture") or (self.arch.get("architectures") or [None])[0],
+        }
+
+
+def create_model(name: str, **model_args: Any) -> nn.Module:
+    """Create a randomly initialised built-in or timm model by name.
+
+    Raises:
+        UnknownNameError: the name is neither built in nor known to timm (close names are suggested).
+    """
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=8)
+        allowed = [*hf_llpf.zoo.BUILTIN_MODELS, *close, "... (timm.list_models() has the rest)"]
+        raise UnknownNameError("model", name, allowed)
+    model = timm.create_model(name, pretrained=False, **model_args)
+    model.hf_llpf_model_args = dict(model_args)  # remembered so the model is saved with the same arguments
+    return model
+
+
+def as_endpoint(model: nn.Module, *, source: str = "<module>") -> Endpoint:
+    """Wrap an in-memory module, recognising timm and transformers models so points keep their format."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        PreTrainedModel = ()  # type: ignore[assignment]
+    if isinstance(model, PreTrainedModel):
+        return Endpoint(model, "transformers", source, None, model.config.to_dict())
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("architecture") and timm.is_model(cfg["architecture"]):
+        arch = {"architecture": cfg["architecture"], "model_args": getattr(model, "hf_llpf_model_args", {})}
+        return Endpoint(model, "timm", source, None, arch)
+    return Endpoint(model, "module", source, None, {})
+
+
+def load_endpoint(
+    spec: str | os.PathLike | nn.Module,
+    *,
+    arch: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+) -> Endpoint:
+    """Load one endpoint.
+
+    Args:
+        spec: a local model folder (timm or transformers format); a ``.safetensors`` file (with ``arch``);
+            a Hub id ``org/name`` or ``org/name@revision``; or an ``nn.Module`` (used as is).
+        arch: timm/built-in model name, needed when ``spec`` is a bare safetensors file.
+        model_args: constructor arguments for ``arch`` (e.g. ``{"num_classes": 10}``).
+        trust_remote_code: passed to transformers; off unless asked.
+
+    Raises:
+        UnknownNameError, CorruptCheckpointError, OfflineError: see the messages.
+    """
+    if isinstance(spec, nn.Module):
+        return as_endpoint(spec)
+    spec = str(spec)
+    path = Path(spec)
+    if path.is_dir():
+        return _load_folder(path, source=spec, revision=None, trust_remote_code=trust_remote_code)
+    if spec.endswith(".safetensors"):
+        if not path.is_file():
+            raise UnknownNameError("endpoint file", spec, ["an existing .safetensors file"])
+        if arch is None:
+            raise UnknownNameError(
+                "arch",
+                None,
+                hf_llpf.zoo.BUILTIN_MODELS,
+                hint="a bare safetensors file needs the model name (--arch NAME)",
+            )
+        model = create_model(arch, **(model_args or {}))
+        _load_weights(model, path)
+        return Endpoint(
+            model.eval(),
+            "timm",
+            spec,
+            _local_revision(path),
+            {"architecture": arch, "model_args": dict(model_args or {})},
+        )
+    if re.fullmatch(r"[\w.\-]+/[\w.\-]+(@[\w.\-/]+)?", spec):
+        return _load_hub(spec, trust_remote_code=trust_remote_code)
+    raise UnknownNameError(
+        "endpoint", spec, ["a local model folder", "a .safetensors file with --arch", "a Hub id org/name[@revision]"]
+    )
+
+
+def _load_folder(path: Path, *, source: str, revision: str | None, trust_remote_code: bool) -> Endpoint:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UnknownNameError(
+            "model folder",
+            str(path),
+            ["a folder with config.json (timm or transformers)"],
+            hint=f"files found: {sorted(p.name for p in path.iterdir())[:10]}",
+        )
+    config = json.loads(config_file.read_text())
+    weights = path / WEIGHTS_NAME
+    if "architecture" in config:  # timm's Hub format
+        if not weights.is_file():
+            raise CorruptCheckpointError(f"{weights}: missing; only safetensors weights are read")
+        model_args = dict(config.get("model_args") or {})
+        model_args.setdefault("num_classes", config.get("num_classes", 1000))
+        model = create_model(config["architecture"], **model_args)
+        _load_weights(model, weights)
+        arch = {"architecture": config["architecture"], "model_args": model_args}
+        return Endpoint(model.eval(), "timm", source, revision or _local_revision(weights), arch)
+    if "model_type" in config:  # transformers
+        model = _load_transformers(str(path), config, trust_remote_code=trust_remote_code)
+        rev = revision or (_local_revision(weights) if weights.is_file() else None)
+        return Endpoint(model.eval(), "transformers", source, rev, model.config.to_dict())
+    raise UnknownNameError(
+        "config.json format", sorted(config)[:8], ["timm (has 'architecture')", "transformers (has 'model_type')"]
+    )
+
+
+def _load_transformers(location: str, config: dict, *, trust_remote_code: bool, **kwargs: Any) -> nn.Module:
+    import transformers
+
+    names = config.get("architectures") or []
+    cls = getattr(transformers, names[0], None) if names else None
+    if cls is None:
+        if names and not trust_remote_code:
+            raise UnknownNameError(
+                "transformers architecture",
+                names[0],
+                ["classes in transformers"],
+                hint="custom code is only run with trust_remote_code=True",
+            )
+        cls = transformers.AutoModel
+    try:
+        return cls.from_pretrained(location, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
+    except OSError as err:
+        if "safetensors" in str(err).lower() or "no file named" in str(err).lower():
+            raise CorruptCheckpointError(f"{location}: no readable safetensors weights ({err})") from err
+        raise
+
+
+def _load_hub(spec: str, *, trust_remote_code: bool) -> Endpoint:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo_id, _, revision = spec.partition("@")
+    revision = revision or None
+    try:
+        config_path = hf_hub_download(repo_id, "config.json", revision=revision)
+        folder = Path(config_path).parent
+        config = json.loads(Path(config_path).read_text())
+        if "architecture" in config:
+            hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision)
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError) as err:
+        raise OfflineError(
+            f"endpoint {spec!r} is not in the local cache and the Hub cannot be reached ({type(err).__name__}). "
+            "Download it elsewhere (e.g. `hf download` or save_pretrained) and pass the local folder instead."
+        ) from err
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
+        raise UnknownNameError(
+            "Hub endpoint",
+            spec,
+            ["an existing model repo with config.json + model.safetensors"],
+            hint=str(err).splitlines()[0],
+        ) from err
+    # hf_hub_download returns .../snapshots/<commit sha>/config.json: the sha pins the revision.
+    sha = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision
+    if "architecture" in config:
+        return _load_folder(folder, source=spec, revision=sha, trust_remote_code=False)
+    model = _load_transformers(repo_id, config, trust_remote_code=trust_remote_code, revision=sha or revision)
+    return Endpoint(model.eval(), "transformers", spec, sha, model.config.to_dict())
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    try:
+        state = safetensors.torch.load_file(str(path))
+    except Exception as err:  # SafetensorError, or OSError for a truncated header
+        raise CorruptCheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or bad:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}")
+        if bad:
+            k = bad[0]
+            parts.append(f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}")
+        raise EndpointMismatchError(f"{path} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def _local_revision(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return "local:" + digest.hexdigest()[:16]
+
+
+def save_model(model: nn.Module, directory: str | os.PathLike, *, kind: Kind, arch: dict[str, Any]) -> Path:
+    """Write ``model`` to ``directory`` in the format of its kind (see the module docstring).
+
+    Tied parameters are written once (safetensors forbids shared storage); the loaders re-tie them.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if kind == "transformers":
+        model.save_pretrained(directory, safe_serialization=True)
+        return directory
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    safetensors.torch.save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    if kind == "timm":
+        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        cfg.pop("architecture", None)
+        model_args = dict(arch.get("model_args") or {})
+        config = {
+            "architecture": arch["architecture"],
+            "num_classes": getattr(model, "num_classes", model_args.get("num_classes")),
+            "num_features": getattr(model, "num_features", None),
+            "model_args": model_args,
+            "pretrained_cfg": {k: v for k, v in cfg.items() if _jsonable(v)},
+        }
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except TypeError:
+        return False
+
+
+def check_endpoints_match(a: nn.Module, b: nn.Module) -> None:
+    """Raise :class:`EndpointMismatchError` naming the first tensor whose name or shape differs."""
+    sa, sb = a.state_dict(), b.state_dict()
+    for (ka, va), (kb, vb) in zip(sa.items(), sb.items(), strict=False):
+        if ka != kb or va.shape != vb.shape:
+            raise EndpointMismatchError(
+                f"the endpoints have different architectures: first difference at A {ka!r} {tuple(va.shape)} "
+                f"vs B {kb!r} {tuple(vb.shape)}"
+            )
+    if len(sa) != len(sb):
+        longer, name = (sa, "A") if len(sa) > len(sb) else (sb, "B")
+        extra = list(longer)[min(len(sa), len(sb))]
+        raise EndpointMismatchError(
+            f"the endpoints have different architectures: {name} has the extra tensor {extra!r} "
+            f"{tuple(longer[extra].shape)}"
+        )

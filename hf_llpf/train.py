@@ -1,0 +1,195 @@
+"""Training loops: endpoint training (``hf-llpf train``) and the minimal repair training of each tick.
+
+Only this module, :mod:`hf_llpf.path` and :mod:`hf_llpf.evaluate` touch the Accelerator: device
+placement comes from it alone, never from ``.cuda()``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+
+from hf_llpf.config import TrainRecipe
+from hf_llpf.data import DataBundle, SeededLoader, load_data
+from hf_llpf.errors import DataMismatchError
+from hf_llpf.models import Endpoint, as_endpoint, create_model, save_model
+from hf_llpf.seeding import seed_everything
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """Cross-entropy for ``(inputs, labels)`` batches; the model's own ``outputs.loss`` for dict batches."""
+    if isinstance(batch, dict):
+        out = model(**batch)
+        if getattr(out, "loss", None) is None:
+            raise DataMismatchError("a dict batch needs a model that returns outputs.loss (pass labels in the batch)")
+        return out.loss
+    inputs, labels = batch
+    return F.cross_entropy(model(inputs), labels)
+
+
+def move_batch(batch: Any, device: torch.device) -> Any:
+    """Put every tensor of a batch (tensor, tuple/list or dict) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_batch(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_batch(v, device) for v in batch)
+    return batch
+
+
+@dataclass
+class SplitMetrics:
+    """Mean loss and accuracy on one split."""
+
+    loss: float
+    accuracy: float
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, loader: SeededLoader, device: torch.device) -> SplitMetrics:
+    """Eval-mode cross-entropy and accuracy of ``model`` over every batch of ``loader``."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(device), labels.to(device)
+        logits = model(inputs)
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(-1) == labels).sum().item()
+        count += len(labels)
+    model.train(was_training)
+    return SplitMetrics(total_loss / count, correct / count)
+
+
+def check_labels_fit(model: nn.Module, data: DataBundle) -> None:
+    """Raise :class:`DataMismatchError` when the labels exceed the model's classifier head."""
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        return
+    top = int(max(data.train_tensors.labels.max(), data.test_tensors.labels.max()))
+    if top >= num_classes:
+        raise DataMismatchError(
+            f"the data have labels up to {top} ({data.num_classes} classes) but the model's head has "
+            f"num_classes={num_classes}; allowed: labels in [0, {num_classes - 1}]"
+        )
+
+
+def _lr_lambda(recipe: TrainRecipe, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if recipe.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if recipe.schedule == "onecycle":  # linear up for 30 %, then cosine down (the paper's ResNet18 schedule)
+            return (
+                step / (0.3 * total_steps)
+                if step < 0.3 * total_steps
+                else 0.5 * (1 + math.cos(math.pi * (step - 0.3 * total_steps) / (0.7 * total_steps)))
+            )
+        return 1.0
+
+    return factor
+
+
+def train_endpoint(
+    recipe: TrainRecipe,
+    *,
+    out_dir: str | Path | None = None,
+    data: DataBundle | None = None,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> tuple[Endpoint, dict[str, Any]]:
+    """Train one endpoint from scratch as ``recipe`` says, and optionally save it.
+
+    Same recipe and seed on the same machine → the same weights, bit for bit.
+
+    Returns:
+        The trained :class:`~hf_llpf.models.Endpoint` and its metrics (train/test loss and accuracy,
+        iterations, seconds). With ``out_dir``, the model folder and ``metrics.json`` are written there.
+    """
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    data = data or load_data(recipe.data)
+    seed_everything(recipe.seed)
+    model_args = {"num_classes": data.num_classes, "in_chans": data.input_shape[0], **recipe.model_args}
+    model = create_model(recipe.model, **model_args)
+    check_labels_fit(model, data)
+    loader = data.loader("train", batch_size=recipe.batch_size, seed=recipe.seed)
+    total_steps = recipe.epochs * len(loader)
+    params = [
+        {"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": recipe.weight_decay},
+        {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    if recipe.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=recipe.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(recipe, total_steps, len(loader)))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(
+        total=total_steps,
+        desc=f"train {recipe.model} seed {recipe.seed}",
+        disable=not (progress and accelerator.is_main_process),
+        leave=False,
+    )
+    for _ in range(recipe.epochs):
+        for inputs, labels in loader:
+            inputs, labels = inputs.to(accelerator.device), labels.to(accelerator.device)
+            loss = F.cross_entropy(model(inputs), labels, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    model = accelerator.unwrap_model(model).cpu().eval()
+    metrics = {
+        "train": vars(
+            evaluate_classifier(
+                model, data.loader("train", batch_size=256, seed=0, shuffle=False, augment=False), torch.device("cpu")
+            )
+        ),
+        "test": vars(evaluate_classifier(model, data.loader("test", batch_size=256, seed=0), torch.device("cpu"))),
+        "iterations": total_steps,
+        "seconds": round(seconds, 3),
+        "recipe": recipe.model_dump(mode="json"),
+    }
+    endpoint = as_endpoint(model, source=str(out_dir) if out_dir else f"{recipe.model}@seed{recipe.seed}")
+    if out_dir is not None:
+        save_model(model, out_dir, kind=endpoint.kind, arch=endpoint.arch)
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return endpoint, metrics
+
+
+def batch_stream(train_data: Any) -> Iterator[Any]:
+    """Endless batches from a SeededLoader (resumable), a DataLoader or any re-iterable of batches."""
+    if isinstance(train_data, SeededLoader):
+        yield from train_data.stream()
+        return
+    while True:
+        empty = True
+        for batch in train_data:
+            empty = False
+            yield batch
+        if empty:
+            raise DataMismatchError("the training data yielded no batch")
