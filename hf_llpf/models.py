@@ -271,7 +271,12 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, kind: Kind, ar
     if kind == "transformers":
         model.save_pretrained(directory, safe_serialization=True)
         return directory
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        # safetensors refuses tensors that share storage (tied weights): write a copy of the second one.
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset())
+        state[k] = v.detach().clone() if ptr in seen else v.detach().contiguous()
+        seen.add(ptr)
     safetensors.torch.save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     if kind == "timm":
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
