@@ -193,3 +193,73 @@ def batch_stream(train_data: Any) -> Iterator[Any]:
             yield batch
         if empty:
             raise DataMismatchError("the training data yielded no batch")
+
+
+class RepairTrainer:
+    """The minimal training of each tick (llpf-spec.md §2 step 3).
+
+    SGD on the training data with every parameter trainable, in train mode: at least ``min_iters`` and at
+    most ``max_iters`` batches, stopping as soon as the mean of the last ``min_iters`` batch losses is at
+    most ``loss_threshold``. The optimizer is built once, so its state (momentum) carries across ticks; the
+    batch stream is one endless iterator, never re-created per tick (a fresh multi-worker DataLoader per
+    tick was the reference's 9x slowdown, spec §6).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Any,
+        *,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        min_iters: int,
+        max_iters: int,
+        loss_threshold: float,
+        loss_fn: LossFn | None = None,
+        accelerator: Accelerator | None = None,
+    ):
+        self.accelerator = accelerator or Accelerator(cpu=True)
+        self.model = model
+        self.train_data = train_data
+        self.stream = batch_stream(train_data)
+        self.loss_fn = loss_fn or default_loss
+        self.min_iters, self.max_iters, self.loss_threshold = min_iters, max_iters, loss_threshold
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.iterations = 0  # over the whole run
+
+    def repair(self) -> tuple[float, int]:
+        """Run one tick's minimal training; returns (mean of the last ``min_iters`` losses, iterations)."""
+        self.model.train()
+        window: list[float] = []
+        device = self.accelerator.device
+        for i in range(1, self.max_iters + 1):
+            batch = move_batch(next(self.stream), device)
+            loss = self.loss_fn(self.model, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(loss)
+            self.optimizer.step()
+            window.append(loss.item())  # the stopping rule needs it; one sync per batch
+            if len(window) > self.min_iters:
+                window.pop(0)
+            if i >= self.min_iters and not math.isfinite(window[-1]):
+                break
+            if i >= self.min_iters and sum(window) / len(window) <= self.loss_threshold:
+                break
+        self.iterations += i
+        return sum(window) / len(window), i
+
+    def state_dict(self) -> dict:
+        """Optimizer state, iteration count and (for a SeededLoader) the data position."""
+        state = {"optimizer": self.optimizer.state_dict(), "iterations": self.iterations}
+        if isinstance(self.train_data, SeededLoader):
+            state["data"] = self.train_data.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output (the batch stream continues from the saved position)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iterations = int(state["iterations"])
+        if "data" in state and isinstance(self.train_data, SeededLoader):
+            self.train_data.load_state_dict(state["data"])
+            self.stream = batch_stream(self.train_data)

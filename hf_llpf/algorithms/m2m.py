@@ -1,0 +1,330 @@
+"""LLPF_M2M: the tick loop that walks a model from θ_A to θ_B (llpf-spec.md §2).
+
+One tick: move the active layer groups toward θ_B (clamped step) → variance correction → minimal
+training → variance correction → record. Stages become active cumulatively in Follow-Data-Flow order:
+the next stage starts when every tensor of the newest stage has *arrived* (remaining distance at most
+``arrival_tol`` of its initial distance), or at hand-set ticks when the config gives a ``schedule``.
+
+Exact endpoints: point 0 is θ_A as loaded, and once every tensor has arrived the last point is θ_B
+itself (parameters and buffers, bit for bit). Each tensor's variance target follows its own progress
+from Var θ_A[k] to Var θ_B[k] (geometric interpolation), so the path does not end on A's spheres.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from hf_llpf import geometry
+from hf_llpf.config import ConnectConfig
+from hf_llpf.errors import ConfigError, DivergenceError
+from hf_llpf.layers import StagePlan
+from hf_llpf.models import Endpoint
+from hf_llpf.path import RunWriter, point_name
+from hf_llpf.seeding import rng_state, set_rng_state
+from hf_llpf.train import RepairTrainer
+
+
+@dataclass
+class TickState:
+    """Everything about the loop that a resume needs besides the model, optimizer and data position."""
+
+    tick: int = 0
+    active: int = 1  # number of active stages (cumulative, FDF)
+    step_scale: float = 1.0  # halved by the divergence guard
+    failures: int = 0
+    stage_starts: list[int] = field(default_factory=lambda: [0])
+    points: list[dict] = field(default_factory=list)
+    ticks: list[dict] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+class M2M:
+    """Walk ``model`` (a copy of θ_A) to θ_B, writing points and checkpoints with ``writer``.
+
+    Args:
+        model: the working model, initialised to θ_A, on the training device.
+        endpoint_b: θ_B (its tensors are the targets; its buffers end the path).
+        endpoint_format: the endpoint whose format points are saved in.
+        plan: the stages of layer groups.
+        config: the run's settings.
+        trainer: the minimal-training loop bound to ``model``.
+        writer: the run directory (main process).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        endpoint_b: Endpoint,
+        endpoint_format: Endpoint,
+        plan: StagePlan,
+        config: ConnectConfig,
+        trainer: RepairTrainer,
+        writer: RunWriter | None,
+        progress: bool = True,
+    ):
+        self.model, self.config, self.trainer, self.writer = model, config, trainer, writer
+        self.endpoint_format, self.plan, self.progress = endpoint_format, plan, progress
+        device = next(model.parameters()).device
+        self.names = plan.param_names()
+        self.params = [model.get_parameter(n) for n in self.names]
+        b_state = endpoint_b.model.state_dict()
+        self.final_state = {k: v.detach().clone() for k, v in b_state.items()}  # θ_B, buffers included
+        self.target = [b_state[n].detach().to(device) for n in self.names]
+        self.start = [p.detach().clone() for p in self.params]  # θ_A, for distances to A
+        # Variance correction applies to floating tensors of more than one element (spec §2 step 2).
+        self.corrected = [i for i, p in enumerate(self.params) if p.is_floating_point() and p.numel() > 1]
+        self.var_a = geometry.variances([self.params[i] for i in self.corrected])
+        self.var_b = geometry.variances([self.target[i] for i in self.corrected])
+        self.d0 = geometry.distances(self.params, self.target)  # initial distance per tensor
+        stage_of = {n: s.index for s in plan.stages for g in s.groups for n in g.param_names}
+        self.stage_index = torch.tensor([stage_of[n] for n in self.names])
+        self.num_stages = len(plan.stages)
+        self.start_ticks = self._schedule_start_ticks() if config.schedule else None
+        self.state = TickState()
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _schedule_start_ticks(self) -> list[int]:
+        """Hand-set schedule → the start tick of each stage (the paper's per-architecture schedules).
+
+        Every stage's groups must be matched by some schedule entry; a stage starts at the earliest tick
+        of the entries matching its parameters.
+        """
+        starts: list[int | None] = [None] * self.num_stages
+        unmatched = []
+        for s in self.plan.stages:
+            for name in (n for g in s.groups for n in g.param_names):
+                hits = [e.start for e in self.config.schedule if re.search(e.match, name)]
+                if not hits:
+                    unmatched.append(name)
+                    continue
+                starts[s.index] = min(hits) if starts[s.index] is None else min(starts[s.index], min(hits))
+        if unmatched:
+            raise ConfigError(f"schedule: no entry matches these parameters: {', '.join(unmatched[:20])}")
+        return [int(s) for s in starts]
+
+    def _active_mask(self) -> torch.Tensor:
+        if not self.config.fdf:
+            return torch.ones(len(self.names), dtype=torch.bool)
+        if self.start_ticks is not None:
+            started = torch.tensor([t <= self.state.tick for t in self.start_ticks])
+            return started[self.stage_index]
+        return self.stage_index < self.state.active
+
+    # ----------------------------------------------------------------------------------- one tick's steps
+    def _move(self, active: list[int]) -> None:
+        cfg = self.config
+        # Per-tensor floor of the step: the fixed length step_f and a fraction step_r of the initial distance,
+        # so every tensor arrives in a bounded number of ticks (step_a alone only approaches geometrically).
+        floor = torch.clamp_min(cfg.step_r * self.d0[active], cfg.step_f) * self.state.step_scale
+        geometry.move_toward_(
+            [self.params[i] for i in active],
+            [self.target[i] for i in active],
+            step_a=cfg.step_a * self.state.step_scale,
+            step_f=floor,
+        )
+
+    def _correct(self) -> torch.Tensor:
+        """Project every corrected tensor onto its sphere; returns the current distances to θ_B."""
+        dist = geometry.distances(self.params, self.target)
+        progress = torch.where(self.d0 > 0, 1 - dist / self.d0.clamp_min(1e-300), torch.ones_like(dist))
+        targets = geometry.interpolate_variance(self.var_a, self.var_b, progress[self.corrected])
+        # A tensor already equal to θ_B is on B's sphere: leave its bits alone.
+        keep = [j for j, i in enumerate(self.corrected) if dist[i] > 0]
+        geometry.project_to_variance_([self.params[self.corrected[j]] for j in keep], targets[keep])
+        return dist
+
+    def _arrived(self, dist: torch.Tensor, upto: int) -> bool:
+        mask = self.stage_index < upto
+        rel = dist[mask] / self.d0[mask].clamp_min(1e-300)
+        return bool((rel <= self.config.arrival_tol).all() | (self.d0[mask] == 0).all())
+
+    def _snapshot(self) -> dict:
+        return {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "optimizer": copy.deepcopy(self.trainer.optimizer.state_dict()),
+        }
+
+    def _restore(self, snap: dict) -> None:
+        self.model.load_state_dict(snap["model"])
+        self.trainer.optimizer.load_state_dict(snap["optimizer"])
+
+    def _timed(self, key: str, start: float) -> float:
+        now = time.perf_counter()
+        self.state.timing[key] = self.state.timing.get(key, 0.0) + now - start
+        return now
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def run(self) -> TickState:
+        """Run (or continue) the loop to θ_B; returns the final state."""
+        st = self.state
+        if st.tick == 0 and not st.points:
+            self._record_point(0, float("nan"), self.d0, boundary=True)
+        bar = tqdm(
+            total=self.config.max_ticks, initial=st.tick, desc="llpf m2m", disable=not self.progress, leave=False
+        )
+        try:
+            while st.tick < self.config.max_ticks:
+                dist = self._tick()
+                bar.update(1)
+                bar.set_postfix(
+                    stage=f"{st.active}/{self.num_stages}",
+                    loss=f"{st.ticks[-1]['train_loss']:.4f}",
+                    dist_b=f"{st.ticks[-1]['dist_b']:.3g}",
+                )
+                if self._finished(dist):
+                    break
+        finally:
+            bar.close()
+        self._finish()
+        return st
+
+    def _tick(self) -> torch.Tensor:
+        st, cfg = self.state, self.config
+        while True:
+            snap = self._snapshot()
+            t = time.perf_counter()
+            active = torch.nonzero(self._active_mask()).flatten().tolist()
+            self._move(active)
+            t = self._timed("move", t)
+            self._correct()
+            t = self._timed("correct", t)
+            loss, iters = self.trainer.repair()
+            t = self._timed("train", t)
+            dist = self._correct()
+            t = self._timed("correct", t)
+            if math.isfinite(loss) and loss <= cfg.loss_limit:
+                break
+            # Divergence guard: roll back to the state before this tick, halve the step, try again.
+            self._restore(snap)
+            st.failures += 1
+            st.step_scale *= 0.5
+            tqdm.write(
+                f"tick {st.tick + 1}: loss {loss:.4g} above loss_limit={cfg.loss_limit} or not finite; "
+                f"rolled back, step scale now {st.step_scale:g} (failure {st.failures}/{cfg.max_failures})"
+            )
+            if st.failures >= cfg.max_failures:
+                self._checkpoint()
+                raise DivergenceError(
+                    f"the loss diverged {st.failures} times (last {loss:.4g} at tick {st.tick + 1}); the run stopped "
+                    f"with a resumable checkpoint. Lower step_a/step_r or raise max_iters, then rerun with --resume."
+                )
+        st.tick += 1
+        boundary = False
+        if cfg.fdf and self.start_ticks is None and st.active < self.num_stages and self._arrived(dist, st.active):
+            st.active += 1  # FDF: the newest stage has arrived, its successor starts
+            st.stage_starts.append(st.tick)
+            boundary = True
+        elif self.start_ticks is not None:
+            started = sum(s <= st.tick for s in self.start_ticks)
+            boundary = started > st.active
+            st.active = max(st.active, started)
+        self._record_tick(loss, iters, dist)
+        if boundary or st.tick % cfg.save_every == 0:
+            self._record_point(st.tick, loss, dist, boundary=boundary)
+        if st.tick % cfg.checkpoint_every == 0:
+            self._checkpoint()
+        return dist
+
+    def _finished(self, dist: torch.Tensor) -> bool:
+        all_active = self._active_mask().all().item()
+        return bool(all_active and self._arrived(dist, self.num_stages))
+
+    def _finish(self) -> None:
+        """Snap onto θ_B exactly (parameters and buffers) and record it as the last point."""
+        st = self.state
+        dist = geometry.distances(self.params, self.target)
+        rel = float((dist / self.d0.clamp_min(1e-300)).max())
+        if rel > self.config.arrival_tol:
+            tqdm.write(
+                f"max_ticks={self.config.max_ticks} reached before every tensor arrived (largest remaining "
+                f"distance {rel:.1%} of its initial one): the last segment into θ_B is long — check continuity"
+            )
+        device = self.params[0].device
+        self.model.load_state_dict({k: v.to(device) for k, v in self.final_state.items()})
+        st.tick += 1
+        self._record_tick(float("nan"), 0, torch.zeros_like(dist))
+        self._record_point(st.tick, float("nan"), torch.zeros_like(dist), boundary=True, phase="end")
+        self._verify_end()
+        self._checkpoint(done=True)
+
+    def _verify_end(self) -> None:
+        state = self.model.state_dict()
+        for k, v in self.final_state.items():
+            if not torch.equal(state[k].cpu(), v.cpu()):
+                raise RuntimeError(f"internal error: the last point differs from θ_B at {k!r}")
+
+    # -------------------------------------------------------------------------------------- bookkeeping
+    def _record_tick(self, loss: float, iters: int, dist: torch.Tensor) -> None:
+        st = self.state
+        st.ticks.append(
+            {
+                "tick": st.tick,
+                "stage": st.active - 1,
+                "train_loss": loss,
+                "iters": iters,
+                "sgd_iters": self.trainer.iterations,
+                "dist_a": geometry.total_distance(self.start, self.params),
+                "dist_b": float(torch.sqrt((dist**2).sum())),
+            }
+        )
+
+    def _record_point(self, tick: int, loss: float, dist: torch.Tensor, *, boundary: bool, phase: str = "m2m") -> None:
+        st = self.state
+        t = time.perf_counter()
+        rel = point_name(tick)
+        if self.writer is not None:
+            rel = self.writer.write_point(tick, _cpu_copy(self.model), self.endpoint_format)
+        st.points.append(
+            {
+                "index": len(st.points),
+                "tick": tick,
+                "stage": st.active - 1,
+                "phase": "start" if tick == 0 else phase,
+                "train_loss": loss,
+                "sgd_iters": self.trainer.iterations,
+                "dist_a": geometry.total_distance(self.start, self.params),
+                "dist_b": float(torch.sqrt((dist**2).sum())),
+                "stage_boundary": boundary,
+                "point": rel,
+            }
+        )
+        if self.writer is not None:
+            self.writer.write_metrics(st.points, st.ticks)
+        self._timed("write", t)
+
+    def _checkpoint(self, done: bool = False) -> None:
+        if self.writer is None:
+            return
+        t = time.perf_counter()
+        self.writer.save_checkpoint(
+            {
+                "format": 1,
+                "done": done,
+                "loop": self.state.__dict__,
+                "model": self.model.state_dict(),
+                "trainer": self.trainer.state_dict(),
+                "rng": rng_state(),
+            }
+        )
+        self._timed("write", t)
+
+    def load_checkpoint(self, ckpt: dict) -> None:
+        """Continue from a checkpoint written by this loop."""
+        self.state = TickState(**ckpt["loop"])
+        self.model.load_state_dict(ckpt["model"])
+        self.trainer.load_state_dict(ckpt["trainer"])
+        set_rng_state(ckpt["rng"])
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """The model itself when it lives on the CPU, else a CPU copy for writing."""
+    p = next(model.parameters(), None)
+    return model if p is None or p.device.type == "cpu" else copy.deepcopy(model).cpu()

@@ -1,0 +1,214 @@
+"""``connect``: the one call that turns two endpoints and training data into a path on disk.
+
+It resolves the inputs (endpoint specs or modules, data specs, datasets or DataLoaders), builds the
+Follow-Data-Flow stages, opens the run directory and runs the algorithm. No YAML and no Hub are needed:
+``hf_llpf.connect(model_a, model_b, loader, run_dir="runs/x")`` works on two plain ``nn.Module`` s.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from typing import Any
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from torch import nn
+
+from hf_llpf import __version__, geometry
+from hf_llpf.algorithms.m2m import M2M
+from hf_llpf.config import ConnectConfig, DataConfig, build, to_yaml
+from hf_llpf.data import DataBundle, SeededLoader, load_data
+from hf_llpf.errors import ConfigError, DataMismatchError
+from hf_llpf.layers import build_stages
+from hf_llpf.models import Endpoint, check_endpoints_match, load_endpoint
+from hf_llpf.path import Path, RunWriter
+from hf_llpf.seeding import seed_everything
+from hf_llpf.train import LossFn, RepairTrainer, check_labels_fit
+
+logger = get_logger(__name__)
+
+SPHERE_TOLERANCE = 0.5  # |log(Var_B/Var_A)| per tensor beyond which two endpoints are on different spheres
+
+
+def connect(
+    model_a: str | os.PathLike | nn.Module | Endpoint,
+    model_b: str | os.PathLike | nn.Module | Endpoint,
+    train_data: Any = None,
+    *,
+    config: ConnectConfig | dict | None = None,
+    run_dir: str | os.PathLike,
+    loss_fn: LossFn | None = None,
+    exist: str = "error",
+    progress: bool = True,
+    accelerator: Accelerator | None = None,
+    command: str | None = None,
+) -> Path:
+    """Build an LLPF path from ``model_a`` (θ_A) to ``model_b`` (θ_B) and write it to ``run_dir``.
+
+    Args:
+        model_a, model_b: endpoint specs (folder, Hub id, safetensors + arch), modules, or Endpoints.
+        train_data: a data spec string or :class:`~hf_llpf.config.DataConfig`, a :class:`DataBundle`, a
+            ``datasets.Dataset`` (torch-formatted columns; batches are dicts), a ``DataLoader`` yielding
+            ``(inputs, labels)`` or dicts, or ``None`` for ``config.data``.
+        config: :class:`~hf_llpf.config.ConnectConfig` or a dict of its fields (defaults when ``None``).
+        run_dir: the run directory to write.
+        loss_fn: ``loss_fn(model, batch) -> loss``; default cross-entropy, or ``outputs.loss`` for dicts.
+        exist: ``"error"`` (refuse an existing run directory), ``"overwrite"`` or ``"resume"``.
+        progress: show a progress bar.
+        accelerator: the Accelerator that places the model (one on the CPU/GPU by default).
+        command: the command line that started the run (recorded for reproduction).
+
+    Returns:
+        The :class:`~hf_llpf.path.Path` (points load lazily from ``run_dir``).
+    """
+    config = _resolve_config(config)
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    seed_everything(config.seed)
+    ea, eb = _endpoint(model_a), _endpoint(model_b)
+    check_endpoints_match(ea.model, eb.model)
+    loader, bundle = _training_batches(train_data, config)
+    if bundle is not None:
+        check_labels_fit(ea.model, bundle)
+        config = config.model_copy(update={"data": bundle.config})
+    example = _example_batch(loader)
+    plan = build_stages(ea.model, example, overrides=config.stages)
+    _check_spheres(ea, eb, config)
+
+    writer = RunWriter(run_dir, exist=exist)
+    resume = exist == "resume"
+    ckpt = writer.load_checkpoint() if resume else None
+    if ckpt is not None and ckpt.get("done"):
+        logger.info(f"{run_dir} is already complete; nothing to resume", main_process_only=True)
+        return Path(run_dir, template=ea.model if ea.kind == "module" else None)
+    if not resume:
+        writer.write_yaml("llpf_config.yaml", to_yaml(config))
+        writer.write_json(
+            "endpoints.json",
+            {"A": ea.describe(), "B": eb.describe(), "command": command, "hf_llpf_version": __version__},
+        )
+        writer.write_json("layer_groups.json", plan.to_json())
+
+    model = copy.deepcopy(ea.model).to(accelerator.device)
+    trainer = RepairTrainer(
+        model,
+        loader,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        min_iters=config.min_iters,
+        max_iters=config.max_iters,
+        loss_threshold=config.loss_threshold,
+        loss_fn=loss_fn,
+        accelerator=accelerator,
+    )
+    loop = M2M(model, eb, ea, plan, config, trainer, writer, progress=progress)
+    if ckpt is not None:
+        loop.load_checkpoint(ckpt)
+    start = time.perf_counter()
+    state = loop.run()
+    elapsed = time.perf_counter() - start
+    timing = {k: round(v, 4) for k, v in state.timing.items()}
+    summary = {
+        "run": {
+            "ticks": state.tick,
+            "sgd_iters": trainer.iterations,
+            "seconds_this_session": round(elapsed, 3),
+            "timing": timing,
+            "stage_starts": state.stage_starts,
+            "failures": state.failures,
+            "num_stages": len(plan.stages),
+        }
+    }
+    writer.write_metrics(state.points, state.ticks, summary)
+    return Path(run_dir, template=ea.model if ea.kind == "module" else None)
+
+
+def _resolve_config(config: ConnectConfig | dict | None) -> ConnectConfig:
+    if config is None:
+        return ConnectConfig()
+    if isinstance(config, ConnectConfig):
+        return config
+    if isinstance(config, dict):
+        return build(ConnectConfig, config)
+    raise ConfigError(f"config={type(config).__name__}: expected a ConnectConfig, a dict or None")
+
+
+def _endpoint(spec: Any) -> Endpoint:
+    return spec if isinstance(spec, Endpoint) else load_endpoint(spec)
+
+
+def _training_batches(train_data: Any, config: ConnectConfig) -> tuple[Any, DataBundle | None]:
+    """The batch source of the minimal training, and the DataBundle when the data came from a spec."""
+    if train_data is None or isinstance(train_data, (str, DataConfig)):
+        spec = config.data if train_data is None else train_data
+        bundle = load_data(spec) if isinstance(spec, DataConfig) else load_data(spec, **_data_options(config))
+        return bundle.loader("train", batch_size=config.batch_size, seed=config.seed), bundle
+    if isinstance(train_data, DataBundle):
+        return train_data.loader("train", batch_size=config.batch_size, seed=config.seed), train_data
+    if isinstance(train_data, datasets.Dataset):
+        generator = torch.Generator().manual_seed(config.seed)
+        ds = train_data.with_format("torch")
+        return torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=generator), None
+    if hasattr(train_data, "__iter__"):
+        return train_data, None
+    raise DataMismatchError(
+        f"train_data={type(train_data).__name__}: expected a data spec, DataConfig, DataBundle, datasets.Dataset, "
+        "or an iterable of batches (DataLoader)"
+    )
+
+
+def _data_options(config: ConnectConfig) -> dict:
+    return config.data.model_dump(exclude={"source"})
+
+
+def _example_batch(loader: Any) -> Any:
+    """One batch for tracing the data flow, drawn without moving the training stream."""
+    if isinstance(loader, SeededLoader):
+        probe = SeededLoader(loader.data, batch_size=min(loader.batch_size, 8), seed=0, shuffle=False)
+        return next(iter(probe))
+    batch = next(iter(loader))
+    if isinstance(batch, dict):
+        return {k: v[:8] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch
+
+
+def sphere_report(a: nn.Module, b: nn.Module) -> list[dict]:
+    """Per tensor: Var θ_A, Var θ_B and their ratio (for ``hf-llpf spheres`` and the method choice)."""
+    names = [n for n, p in a.named_parameters() if p.is_floating_point() and p.numel() > 1]
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    va = geometry.variances([pa[n] for n in names])
+    vb = geometry.variances([pb[n] for n in names])
+    return [
+        {"name": n, "var_a": float(x), "var_b": float(y), "ratio": float(y / x) if x > 0 else float("inf")}
+        for n, x, y in zip(names, va, vb, strict=True)
+    ]
+
+
+def same_sphere(report: list[dict], tolerance: float = SPHERE_TOLERANCE) -> bool:
+    """True when every tensor's variance ratio lies within exp(±tolerance)."""
+    import math
+
+    return all(abs(math.log(r["ratio"])) <= tolerance for r in report if 0 < r["ratio"] < float("inf"))
+
+
+def _check_spheres(ea: Endpoint, eb: Endpoint, config: ConnectConfig) -> None:
+    report = sphere_report(ea.model, eb.model)
+    if not same_sphere(report):
+        worst = max(report, key=lambda r: abs(torch.log(torch.tensor(r["ratio"])).item()))
+        message = (
+            f"the endpoints are on different variance spheres (worst tensor {worst['name']}: "
+            f"Var_B/Var_A = {worst['ratio']:.3g}); M2M moves the variance target along the path, but the "
+            "paper's cross-sphere method (M2O then M2M) is not implemented yet"
+        )
+        logger.warning(message, main_process_only=True)
+
+
+def summary_line(path: Path) -> str:
+    """One line about a finished run: points, ticks, SGD iterations."""
+    run = path.summary.get("run", {})
+    return json.dumps({"points": len(path), "ticks": run.get("ticks"), "sgd_iters": run.get("sgd_iters")})
