@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hf_llpf-installed
 
-.PHONY: install demo test test-slow lint format clean
+.PHONY: install demo test test-slow olah test-hub lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,10 +17,19 @@ demo: $(STAMP)
 
 # pytest exits 5 when a selection holds no test; that is not a failure of the suite.
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow and not gpu" ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(PY) -m pytest -m "not slow and not gpu and not hub" ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m "slow and not gpu" ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(PY) -m pytest -m "slow and not gpu and not hub" ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# Hub tests read through a real olah server (its own venv: it pins its own dependencies) and write through
+# the stand-in in tests/hub_standin.py.
+olah: .olah/bin/olah-cli
+.olah/bin/olah-cli:
+	python3 -m venv .olah && .olah/bin/pip install -q --disable-pip-version-check olah
+
+test-hub: olah $(STAMP)
+	$(PY) -m pytest -m hub
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hf_llpf tests benchmarks

@@ -52,10 +52,210 @@ def _metrics_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _cmd_connect(args: argparse.Namespace) -> int:
+    import shlex
+
+    import torch
+
+    from hf_llpf.config import ConnectConfig, apply_overrides, build, load_recipe
+    from hf_llpf.connect import connect
+    from hf_llpf.models import load_endpoint
+
+    values = load_recipe(args.recipe)
+    if args.data:
+        values.setdefault("data", {})["source"] = args.data
+    config = build(ConnectConfig, apply_overrides(values, args.overrides))
+    torch.set_num_threads(args.threads)
+    exist = "resume" if args.resume else "overwrite" if args.overwrite else "error"
+    a = load_endpoint(args.a, arch=args.arch)
+    b = load_endpoint(args.b, arch=args.arch)
+    command = "hf-llpf " + " ".join(shlex.quote(x) for x in sys.argv[1:]) if sys.argv[1:] else None
+    path = connect(a, b, config=config, run_dir=args.out, exist=exist, progress=not args.no_progress,
+                   command=command)
+    run = path.summary.get("run", {})
+    print(f"path written to {args.out}: {len(path)} points, {run.get('ticks')} ticks, "
+          f"{run.get('sgd_iters')} SGD iterations, stages started at ticks {run.get('stage_starts')}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hf_llpf.demo import run_demo
 
     return run_demo(Path(args.out), threads=args.threads)
+
+
+def _looks_like_endpoint(spec: str) -> bool:
+    """A folder, a file or a Hub id ``org/name[@rev]``; anything else is a built-in/timm model name."""
+    return Path(spec).exists() or "/" in spec or spec.endswith(".safetensors")
+
+
+def _cmd_groups(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from hf_llpf.errors import ConfigError
+    from hf_llpf.layers import build_stages, format_stage_table, load_overrides
+    from hf_llpf.models import create_model, load_endpoint
+
+    try:
+        model_args = json.loads(args.model_args) if args.model_args else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--model-args: not valid JSON: {e}") from e
+    if not isinstance(model_args, dict):
+        raise ConfigError(f"--model-args: expected a JSON object, got {type(model_args).__name__}")
+    data = None
+    if args.data or not _looks_like_endpoint(args.model):
+        from hf_llpf.data import load_data
+
+        options = {"image_size": args.image_size} if args.image_size else {}
+        data = load_data(args.data or "digits", **options)
+    if _looks_like_endpoint(args.model):
+        model = load_endpoint(args.model, model_args=model_args or None).model
+    else:
+        # fit the stem to the example images (else the forward fails) and, with --data, the head to its classes
+        model_args.setdefault("in_chans", data.input_shape[0])
+        if args.data:
+            model_args.setdefault("num_classes", data.num_classes)
+        model = create_model(args.model, **model_args)
+    if data is not None:
+        batch = next(iter(data.loader("test", batch_size=8, seed=0, shuffle=False, augment=False)))
+    elif isinstance(getattr(model, "dummy_inputs", None), dict):
+        batch = model.dummy_inputs  # a transformers endpoint without --data: its own dummy inputs
+    else:
+        from hf_llpf.data import load_data
+
+        batch = next(iter(load_data("digits").loader("test", batch_size=8, seed=0, shuffle=False, augment=False)))
+    overrides = load_overrides(args.overrides) if args.overrides else None
+    try:
+        with torch.no_grad():
+            plan = build_stages(model, batch, overrides=overrides)
+    except (RuntimeError, AssertionError, ValueError) as e:  # the batch does not fit the model (channels, size)
+        if isinstance(e, LLPFError):
+            raise
+        shape = tuple(batch[0].shape) if isinstance(batch, (tuple, list)) else type(batch).__name__
+        raise ConfigError(
+            f"the example batch {shape} does not fit {args.model}: {str(e).splitlines()[0]} "
+            "(choose --data / --image-size, or --model-args)"
+        ) from e
+    print(format_stage_table(plan, model))
+    source = plan.order_source.replace("+overrides", "")
+    placed = {
+        "hooks": "none (every parameter belongs to a leaf module)",
+        "hooks+export graph": "placed at first use in the torch.export graph",
+        "hooks+declared": "placed by declared position (torch.export failed)",
+    }.get(source, source)
+    print(f"container-owned parameters: {placed}" + ("; user overrides applied" if args.overrides else ""))
+    print(f"never-run modules: {', '.join(plan.never_run) or 'none'}")
+    print(f"tied parameters: {', '.join(f'{a} -> {c}' for a, c in plan.tied.items()) or 'none'}")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+def _cmd_spheres(args: argparse.Namespace) -> int:
+    import math
+
+    from hf_llpf.connect import SPHERE_TOLERANCE, same_sphere, sphere_report
+    from hf_llpf.models import check_endpoints_match, load_endpoint
+
+    a, b = load_endpoint(args.a).model, load_endpoint(args.b).model
+    check_endpoints_match(a, b)
+    report = sphere_report(a, b)
+    tol = SPHERE_TOLERANCE if args.tolerance is None else args.tolerance
+    header = ("tensor", "Var θ_A", "Var θ_B", "ratio B/A", "")
+    rows = [
+        (
+            r["name"],
+            f"{r['var_a']:.6g}",
+            f"{r['var_b']:.6g}",
+            "-" if r["var_a"] == 0 == r["var_b"] else f"{r['ratio']:.6g}",  # constant in both: no ratio
+            "off" if 0 < r["ratio"] < math.inf and abs(math.log(r["ratio"])) > tol else "",
+        )
+        for r in report
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, tuple("-" * w for w in widths[:4]) + ("",), *rows]:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    off = sum(1 for r in rows if r[4])
+    skipped = sum(1 for r in report if not 0 < r["ratio"] < math.inf)
+    same = same_sphere(report, tol)
+    verdict = "same variance sphere -> M2M" if same else "different variance spheres -> cross-sphere M2O+M2M needed"
+    print(
+        f"tolerance |ln(Var_B/Var_A)| <= {tol:g} per tensor (ratio in [{math.exp(-tol):.3g}, {math.exp(tol):.3g}]); "
+        f"{len(report)} tensors, {off} outside, {skipped} skipped (zero variance in A): {verdict}"
+    )
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hf_llpf.hub import push_path
+
+    try:
+        info = push_path(
+            args.run_dir, repo_id=args.repo_id, private=args.private, revision=args.revision, token=args.token
+        )
+    except HfHubHTTPError as err:  # the local run directory is unchanged: say so, and that a re-run is safe
+        print(
+            f"hf-llpf push: error: the Hub refused the push ({err}); nothing local changed, re-run to retry",
+            file=sys.stderr,
+        )
+        return 2
+    state = "pushed" if info["created_commit"] else "already up to date"
+    print(f"{state}: {info['url']} @ {info['revision']} commit {info['commit']} tag {info['tag']}")
+    print(f'load it with: hf_llpf.load_path("{info["repo_id"]}@{info["tag"]}")')
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hf_llpf.hub import export_point
+
+    try:
+        info = export_point(
+            args.source, point=args.point, out_dir=args.out, push_to_hub=args.push_to_hub, token=args.token
+        )
+    except HfHubHTTPError as err:
+        print(
+            f"hf-llpf export: error: the Hub refused the push ({err}); re-run with a new --out to retry",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"point {info['index']} (tick {info['tick']}, {info['point']}) written to {info['out_dir']}")
+    if info.get("repo_id"):
+        print(f"pushed to {info['repo_id']} commit {info['commit']}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from hf_llpf.evaluate import evaluate_path
+    from hf_llpf.report import summary_table
+
+    torch.set_num_threads(args.threads)
+    result = evaluate_path(
+        args.run_dir,
+        train_subset=args.train_subset,
+        batch_size=args.batch_size,
+        recalibrate_bn=args.recalibrate_bn,
+        linear_points=args.linear_points,
+        continuity_k=args.continuity,
+        continuity_subset=args.continuity_subset,
+        seed=args.seed,
+    )
+    ev = result["summary"]["evaluation"]
+    print(f"{len(result['points'])} points evaluated on {ev['train_examples']} train / {ev['test_examples']} test "
+          f"examples in {ev['seconds']:.1f} s")
+    print(summary_table(result["summary"]))
+    print(f"written: {Path(args.run_dir) / 'path_metrics.json'}, plots/, README.md")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,10 +273,67 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_args(p)
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("connect", help="build an LLPF path from endpoint A to endpoint B")
+    p.add_argument("a", help="endpoint A: model folder, Hub id org/name[@rev], or .safetensors with --arch")
+    p.add_argument("b", help="endpoint B (same architecture as A)")
+    p.add_argument("--data", help="training data spec (default: the recipe's, else digits)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--arch", help="model name for bare .safetensors endpoints")
+    exist = p.add_mutually_exclusive_group()
+    exist.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    exist.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_settings_args(p)
+    p.set_defaults(func=_cmd_connect)
+
     p = sub.add_parser("demo", help="the demo: train two small_cnn endpoints on digits and connect them")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("groups", help="print the Follow-Data-Flow stages of a model (layer groups, order, variance)")
+    p.add_argument("model", help="endpoint (folder, .safetensors, Hub id) or built-in/timm model name (random init)")
+    p.add_argument("--data", help="data spec for the example batch (default: digits)")
+    p.add_argument("--image-size", type=int, help="resize the example images to this square size")
+    p.add_argument("--model-args", help='JSON constructor arguments, e.g. \'{"num_classes": 10}\'')
+    p.add_argument("--overrides", help="YAML file of stage overrides (list of {match, stage} or {stages: [...]})")
+    p.add_argument("--json", metavar="OUT", help="also write the plan as layer_groups.json to OUT")
+    p.set_defaults(func=_cmd_groups)
+
+    p = sub.add_parser("spheres", help="compare the per-tensor variances of two endpoints (M2M or cross-sphere)")
+    p.add_argument("a", help="endpoint A (folder, Hub id)")
+    p.add_argument("b", help="endpoint B (folder, Hub id)")
+    p.add_argument("--tolerance", type=float, help="max |ln(Var_B/Var_A)| per tensor (default: SPHERE_TOLERANCE)")
+    p.set_defaults(func=_cmd_spheres)
+
+    p = sub.add_parser("push", help="publish a run directory as a Hub model repo (one commit + a run tag)")
+    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("repo_id", help="namespace/name of the model repo (created when missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="branch to push to (default main; created when missing)")
+    p.add_argument("--token", help="write token (default: HF_TOKEN or `hf auth login`); never written to disk")
+    p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser("export", help="write one point of a path as a standalone (merged) model")
+    p.add_argument("source", help="a run directory or a published path org/repo[@revision]")
+    p.add_argument("--point", default="mid", help="index, tick:N, best or mid (default mid)")
+    p.add_argument("--out", required=True, help="folder to write (must be new or empty)")
+    p.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO", help="also publish it as this model repo")
+    p.add_argument("--token", help="write token for --push-to-hub")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("evaluate", help="judge a path: metrics per point, linear baseline, continuity, plots, report")
+    p.add_argument("run_dir", help="the run directory written by `hf-llpf connect`")
+    p.add_argument("--train-subset", type=int, help="fixed seeded subset of N training examples (default: all)")
+    p.add_argument("--recalibrate-bn", action="store_true", help="also report figures after BatchNorm recalibration")
+    p.add_argument("--linear-points", type=int, default=21, help="points of the linear baseline (default 21)")
+    p.add_argument("--continuity", type=int, default=4, metavar="K", help="interior points per segment (0: off)")
+    p.add_argument("--continuity-subset", type=int, default=512, help="training examples for continuity")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="seed of the fixed subsets")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.set_defaults(func=_cmd_evaluate)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

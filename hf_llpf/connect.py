@@ -80,12 +80,13 @@ def connect(
     _check_spheres(ea, eb, config)
 
     writer = RunWriter(run_dir, exist=exist)
-    resume = exist == "resume"
-    ckpt = writer.load_checkpoint() if resume else None
+    ckpt = writer.load_checkpoint() if writer.has_checkpoint else None
+    if ckpt is not None:
+        _check_same_run(writer, config)
     if ckpt is not None and ckpt.get("done"):
         logger.info(f"{run_dir} is already complete; nothing to resume", main_process_only=True)
         return Path(run_dir, template=ea.model if ea.kind == "module" else None)
-    if not resume:
+    if ckpt is None:
         writer.write_yaml("llpf_config.yaml", to_yaml(config))
         writer.write_json(
             "endpoints.json",
@@ -126,6 +127,19 @@ def connect(
     }
     writer.write_metrics(state.points, state.ticks, summary)
     return Path(run_dir, template=ea.model if ea.kind == "module" else None)
+
+
+def _check_same_run(writer: RunWriter, config: ConnectConfig) -> None:
+    """A resumed run must use the settings it started with, or the path would mix two runs."""
+    import yaml
+
+    saved = yaml.safe_load((writer.root / "llpf_config.yaml").read_text())
+    now = config.model_dump(mode="json")
+    differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if differing:
+        raise ConfigError(
+            [f"--resume: {k} was {saved.get(k)!r} in {writer.root}, now {now.get(k)!r}" for k in differing]
+        )
 
 
 def _resolve_config(config: ConnectConfig | dict | None) -> ConnectConfig:

@@ -88,10 +88,18 @@ class RunWriter:
             if exist == "overwrite":
                 shutil.rmtree(self.root)
             elif exist == "resume" and not (self.root / CHECKPOINT).is_file():
-                raise RunDirectoryError(f"cannot resume {str(self.root)!r}: it has no {CHECKPOINT}")
+                if not (self.root / "llpf_config.yaml").is_file():
+                    raise RunDirectoryError(f"cannot resume {str(self.root)!r}: it is not a run directory")
+                # Killed before its first checkpoint: nothing to keep, start the run again.
+                shutil.rmtree(self.root)
         elif exist == "resume":
             raise RunDirectoryError(f"cannot resume {str(self.root)!r}: it does not exist")
         self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """True when a resume checkpoint exists."""
+        return (self.root / CHECKPOINT).is_file()
 
     def write_json(self, name: str, obj: Any) -> None:
         """Write ``obj`` as indented JSON to ``root/name``."""

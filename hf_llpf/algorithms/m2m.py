@@ -89,6 +89,8 @@ class M2M:
         self.num_stages = len(plan.stages)
         self.start_ticks = self._schedule_start_ticks() if config.schedule else None
         self.state = TickState()
+        self.last_dist = self.d0.clone()  # distances to θ_B after the last tick
+        self._saved: list[torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------------ set-up
     def _schedule_start_ticks(self) -> list[int]:
@@ -119,21 +121,29 @@ class M2M:
         return self.stage_index < self.state.active
 
     # ----------------------------------------------------------------------------------- one tick's steps
-    def _move(self, active: list[int]) -> None:
+    def _move(self, active: list[int], dist: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         # Per-tensor floor of the step: the fixed length step_f and a fraction step_r of the initial distance,
         # so every tensor arrives in a bounded number of ticks (step_a alone only approaches geometrically).
         floor = torch.clamp_min(cfg.step_r * self.d0[active], cfg.step_f) * self.state.step_scale
-        geometry.move_toward_(
+        remaining = geometry.move_toward_(
             [self.params[i] for i in active],
             [self.target[i] for i in active],
             step_a=cfg.step_a * self.state.step_scale,
             step_f=floor,
         )
+        dist = dist.clone()
+        dist[active] = remaining.to(dist.device)
+        return dist  # the active tensors' new distances; the others' as of the last tick
 
-    def _correct(self) -> torch.Tensor:
-        """Project every corrected tensor onto its sphere; returns the current distances to θ_B."""
-        dist = geometry.distances(self.params, self.target)
+    def _correct(self, dist: torch.Tensor | None = None) -> torch.Tensor:
+        """Project every corrected tensor onto its sphere; returns the distances to θ_B it used.
+
+        ``dist`` (the distances just after a move) saves measuring them again; the variance target only
+        needs each tensor's progress approximately, its sphere is then hit exactly.
+        """
+        if dist is None:
+            dist = geometry.distances(self.params, self.target)
         progress = torch.where(self.d0 > 0, 1 - dist / self.d0.clamp_min(1e-300), torch.ones_like(dist))
         targets = geometry.interpolate_variance(self.var_a, self.var_b, progress[self.corrected])
         # A tensor already equal to θ_B is on B's sphere: leave its bits alone.
@@ -141,20 +151,36 @@ class M2M:
         geometry.project_to_variance_([self.params[self.corrected[j]] for j in keep], targets[keep])
         return dist
 
+    def _relative_remaining(self, dist: torch.Tensor) -> torch.Tensor:
+        # A tensor equal in both endpoints (d0 = 0) has nothing to travel: it counts as arrived, and the
+        # final snap puts it back on θ_B whatever training did to it.
+        return torch.where(self.d0 > 0, dist / self.d0.clamp_min(1e-300), torch.zeros_like(dist))
+
     def _arrived(self, dist: torch.Tensor, upto: int) -> bool:
         mask = self.stage_index < upto
-        rel = dist[mask] / self.d0[mask].clamp_min(1e-300)
-        return bool((rel <= self.config.arrival_tol).all() | (self.d0[mask] == 0).all())
+        return bool((self._relative_remaining(dist)[mask] <= self.config.arrival_tol).all())
 
-    def _snapshot(self) -> dict:
-        return {
-            "model": copy.deepcopy(self.model.state_dict()),
-            "optimizer": copy.deepcopy(self.trainer.optimizer.state_dict()),
-        }
+    def _live_tensors(self) -> list[torch.Tensor]:
+        """Every tensor a tick changes: parameters, buffers and the optimizer's state (momentum)."""
+        live = list(self.model.state_dict(keep_vars=True).values())
+        for state in self.trainer.optimizer.state.values():
+            live.extend(v for v in state.values() if isinstance(v, torch.Tensor))
+        return [t.data if isinstance(t, nn.Parameter) else t for t in live]
 
-    def _restore(self, snap: dict) -> None:
-        self.model.load_state_dict(snap["model"])
-        self.trainer.optimizer.load_state_dict(snap["optimizer"])
+    def _snapshot(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        # Copy into buffers kept from the previous tick: no allocation, one foreach call (the guard is paid
+        # every tick, the rollback almost never).
+        live = self._live_tensors()
+        if self._saved is None or [t.shape for t in self._saved] != [t.shape for t in live]:
+            self._saved = [t.detach().clone() for t in live]
+        else:
+            torch._foreach_copy_(self._saved, [t.detach() for t in live])
+        return live, self._saved
+
+    def _restore(self, snap: tuple[list[torch.Tensor], list[torch.Tensor]]) -> None:
+        live, saved = snap
+        with torch.no_grad():
+            torch._foreach_copy_(live, saved)
 
     def _timed(self, key: str, start: float) -> float:
         now = time.perf_counter()
@@ -167,6 +193,7 @@ class M2M:
         st = self.state
         if st.tick == 0 and not st.points:
             self._record_point(0, float("nan"), self.d0, boundary=True)
+            self._checkpoint()
         bar = tqdm(
             total=self.config.max_ticks, initial=st.tick, desc="llpf m2m", disable=not self.progress, leave=False
         )
@@ -192,15 +219,16 @@ class M2M:
             snap = self._snapshot()
             t = time.perf_counter()
             active = torch.nonzero(self._active_mask()).flatten().tolist()
-            self._move(active)
+            moved = self._move(active, self.last_dist)
             t = self._timed("move", t)
-            self._correct()
+            self._correct(moved)
             t = self._timed("correct", t)
             loss, iters = self.trainer.repair()
             t = self._timed("train", t)
             dist = self._correct()
             t = self._timed("correct", t)
             if math.isfinite(loss) and loss <= cfg.loss_limit:
+                self.last_dist = dist
                 break
             # Divergence guard: roll back to the state before this tick, halve the step, try again.
             self._restore(snap)
@@ -241,7 +269,7 @@ class M2M:
         """Snap onto θ_B exactly (parameters and buffers) and record it as the last point."""
         st = self.state
         dist = geometry.distances(self.params, self.target)
-        rel = float((dist / self.d0.clamp_min(1e-300)).max())
+        rel = float(self._relative_remaining(dist).max())
         if rel > self.config.arrival_tol:
             tqdm.write(
                 f"max_ticks={self.config.max_ticks} reached before every tensor arrived (largest remaining "
@@ -312,6 +340,7 @@ class M2M:
                 "model": self.model.state_dict(),
                 "trainer": self.trainer.state_dict(),
                 "rng": rng_state(),
+            "last_dist": self.last_dist,
             }
         )
         self._timed("write", t)
@@ -322,6 +351,7 @@ class M2M:
         self.model.load_state_dict(ckpt["model"])
         self.trainer.load_state_dict(ckpt["trainer"])
         set_rng_state(ckpt["rng"])
+        self.last_dist = ckpt["last_dist"]
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:

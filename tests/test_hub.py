@@ -1,0 +1,539 @@
+"""Publishing, loading and exporting paths (hf_llpf.hub).
+
+Fast tests (default suite, offline): the model card, point selection and export from a local run
+directory, and every input error. Hub tests (``-m hub``): a real ``olah`` server serves git repos for
+reads and the stand-in in ``hub_standin.py`` takes writes into those same repos, so a push made with the
+real ``HfApi`` is read back by real ``snapshot_download`` / ``from_pretrained`` / ``timm``. The Hub
+round trip runs in one subprocess with its own environment: huggingface_hub reads ``HF_ENDPOINT`` and
+``HF_HUB_OFFLINE`` at import, and this test process is offline (``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from hub_fixtures import SUMMARY, make_run_dir, tree_digest
+
+from hf_llpf import __version__
+from hf_llpf.errors import ConfigError, OfflineError, RunDirectoryError, UnknownNameError
+from hf_llpf.hub import (
+    CARD_TAGS,
+    HubAuthError,
+    build_model_card,
+    export_point,
+    load_path,
+    push_path,
+    select_point,
+)
+from hf_llpf.path import Path as LLPFPath
+
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OLAH_CLI = REPO_ROOT / ".olah" / "bin" / "olah-cli"
+TOKEN = "hf_standinSECRETtoken0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One timm run with Hub endpoints and one transformers run with local endpoints (read-only in tests)."""
+    base = tmp_path_factory.mktemp("runs")
+    timm_run = make_run_dir(base / "timm", kind="timm", hub_ids=("org/a", "org/b"))
+    bert_run = make_run_dir(base / "bert", kind="transformers", command=None, report=False)
+    return {"timm": timm_run, "bert": bert_run}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fast tests: card, export, errors
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_card_metadata_round_trips_through_modelcard_load(runs, tmp_path):
+    from huggingface_hub import ModelCard
+
+    card = build_model_card(runs["timm"], repo_id="me/path")
+    (tmp_path / "README.md").write_text(str(card))
+    loaded = ModelCard.load(tmp_path / "README.md")
+    data = loaded.data
+    assert data.base_model == ["org/a", "org/b"]
+    assert data.base_model_relation == "merge"
+    assert data.library_name == "timm"
+    assert data.tags == CARD_TAGS
+    assert data.model_name == "path"
+    figures = {r.metric_name: (r.metric_type, r.metric_value) for r in data.eval_results}
+    assert figures == {
+        "max train loss (LLPF path)": ("loss", SUMMARY["llpf"]["max_train_loss"]),
+        "loss barrier (LLPF path)": ("loss", SUMMARY["llpf"]["barrier"]),
+        "min train accuracy (LLPF path)": ("accuracy", SUMMARY["llpf"]["min_train_acc"]),
+        "max train loss (linear interpolation)": ("loss", SUMMARY["linear"]["max_train_loss"]),
+        "loss barrier (linear interpolation)": ("loss", SUMMARY["linear"]["barrier"]),
+        "min train accuracy (linear interpolation)": ("accuracy", SUMMARY["linear"]["min_train_acc"]),
+    }
+    assert {r.task_type for r in data.eval_results} == {"image-classification"}
+    text = loaded.text
+    assert "![loss](plots/loss.png)" in text
+    assert "hf-llpf connect org/a org/b --data digits --seed 0" in text  # the recorded command
+    assert "method: m2m" in text and "step_r: 0.02" in text  # llpf_config.yaml
+    assert f"hf_llpf {__version__}" in text
+    assert 'load_path("me/path").model_at(-1)' in text and 'timm.create_model("hf-hub:' in text
+    # The evaluation report section is kept once; the old card text around it is not.
+    assert text.count("<!-- hf_llpf:report:start -->") == 1 and "Barrier 0.05 vs 1.8." in text
+    assert "# old card" not in text
+    assert "| barrier | 0.05 | 1.8 |" in text
+
+
+def test_card_with_local_endpoints_and_no_recorded_command(runs):
+    card = build_model_card(runs["bert"], repo_id="me/bert-path")
+    assert card.data.base_model is None and card.data.get("base_model_relation") is None
+    assert card.data.library_name == "transformers" and card.data.datasets is None  # "digits" is not a Hub id
+    assert {r.task_type for r in card.data.eval_results} == {"text-classification"}
+    assert 'BertForSequenceClassification.from_pretrained("me/bert-path", subfolder="points/t_000010")' in card.text
+    assert "No command was recorded" in card.text
+    assert "hf_llpf:report" not in card.text
+
+
+def test_select_point_forms(runs):
+    path = LLPFPath(runs["timm"])
+    assert select_point(path, "best") == 1  # highest test_acc among interior points (0.89 at index 1)
+    assert select_point(path, "mid") == 2  # dist_a == dist_b at index 2
+    assert select_point(path, "tick:15") == 3 and select_point(path, "t5") == 1
+    assert select_point(path, -1) == 4 and select_point(path, "0") == 0
+    with pytest.raises(UnknownNameError, match=r"tick:N"):
+        select_point(path, "middle")
+    with pytest.raises(UnknownNameError, match=r"point tick 7.*0, 5, 10, 15, 20"):
+        select_point(path, "tick:7")
+    with pytest.raises(UnknownNameError, match=r"-5\.\.4"):
+        select_point(path, 5)
+
+
+def test_export_point_writes_a_standalone_timm_model_with_its_card(runs, tmp_path):
+    import timm
+    from huggingface_hub import ModelCard
+
+    before = tree_digest(runs["timm"])
+    info = export_point(runs["timm"], point="mid", out_dir=tmp_path / "mid")
+    assert (info["index"], info["tick"], info["point"]) == (2, 10, "points/t_000010")
+    assert info["files"] == ["README.md", "config.json", "model.safetensors"]
+    plain = timm.create_model(f"local-dir:{tmp_path / 'mid'}", pretrained=True)
+    expected = LLPFPath(runs["timm"]).state_dict_at(2)
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in expected.items())
+    card = ModelCard.load(tmp_path / "mid" / "README.md")
+    assert card.data.base_model == ["org/a", "org/b"] and card.data.base_model_relation == "merge"
+    assert "llpf-point" in card.data.tags and card.data.library_name == "timm"
+    assert "`org/a`" in card.text and "`org/b`" in card.text and "index 2, tick 10" in card.text
+    assert tree_digest(runs["timm"]) == before  # the source run directory is only read
+    with pytest.raises(RunDirectoryError, match="not empty"):
+        export_point(runs["timm"], point="mid", out_dir=tmp_path / "mid")
+
+
+def test_push_rejects_bad_input_before_any_work(runs, monkeypatch):
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Hub was contacted")
+
+    for name in ("create_repo", "list_repo_refs", "create_commit", "create_tag"):
+        monkeypatch.setattr(huggingface_hub.HfApi, name, no_network)
+    before = tree_digest(runs["timm"])
+    for bad in ("noslash", "a/b/c", "org/na me", "org/-x", "org/a--b", "org/x@main", ""):
+        with pytest.raises(ConfigError, match=r"namespace/name") as err:
+            push_path(runs["timm"], repo_id=bad, token=TOKEN)
+        assert repr(bad) in str(err.value)
+    with pytest.raises(RunDirectoryError, match="not a directory"):
+        push_path(runs["timm"] / "nope", repo_id="me/path", token=TOKEN)
+    # conftest.py sets HF_HUB_OFFLINE=1: a clear error before anything is built, sent or written.
+    with pytest.raises(OfflineError, match="HF_HUB_OFFLINE") as err:
+        push_path(runs["timm"], repo_id="me/path", token=TOKEN)
+    assert TOKEN not in str(err.value)
+    assert tree_digest(runs["timm"]) == before
+
+
+def test_push_without_token_says_how_to_give_one(runs, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", os.devnull)
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", os.devnull)
+    with pytest.raises(HubAuthError, match=r"no Hugging Face token.*--token.*HF_TOKEN"):
+        push_path(runs["timm"], repo_id="me/path")
+
+
+def test_load_path_errors():
+    with pytest.raises(ConfigError, match=r"path='not a repo'.*namespace/name"):
+        load_path("not a repo")
+    with pytest.raises(OfflineError, match="not in the local cache"):
+        load_path("org/never-downloaded@main")
+
+
+def test_cli_export_and_push_errors(runs, tmp_path, capsys):
+    from hf_llpf.cli import main
+
+    assert main(["export", str(runs["bert"]), "--point", "tick:15", "--out", str(tmp_path / "p")]) == 0
+    assert "point 3 (tick 15" in capsys.readouterr().out
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(tmp_path / "p")
+    expected = LLPFPath(runs["bert"]).state_dict_at(3)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+    assert main(["push", str(runs["bert"]), "bad id"]) == 2
+    assert "repo_id='bad id'" in capsys.readouterr().err
+    assert main(["push", str(runs["bert"]), "me/path", "--token", TOKEN]) == 2
+    err = capsys.readouterr().err
+    assert "offline mode is on" in err and TOKEN not in err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hub tests: olah (reads) + the stand-in (writes), one subprocess with its own Hub environment
+# ----------------------------------------------------------------------------------------------------------------
+
+ROUND_TRIP = r"""
+import json, os, sys, traceback
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+cfg = json.loads(Path(sys.argv[1]).read_text())
+cfg["token"] = os.environ.pop("LLPF_TEST_TOKEN")  # given in the environment, so no test file holds it
+sys.path.insert(0, cfg["tests"])
+from hub_fixtures import state_digest, tree_digest
+import hf_llpf.hub as hub
+from hf_llpf.models import load_endpoint
+
+out, W = {}, cfg["standin"]
+
+def step(name, fn):
+    try:
+        out[name] = fn()
+    except Exception as err:
+        out[name] = {"error": type(err).__name__, "message": str(err), "trace": traceback.format_exc()}
+
+def endpoints():
+    res = {}
+    for key, spec in cfg["endpoint_specs"].items():
+        ep = load_endpoint(spec)
+        res[key] = {"kind": ep.kind, "revision": ep.revision, "digest": state_digest(ep.model.state_dict())}
+    return res
+step("endpoints", endpoints)
+
+def failing_then_ok():
+    run = Path(cfg["timm_run"])
+    before = tree_digest(run)
+    try:
+        hub.push_path(run, repo_id="llpf/timm-path", token=cfg["token"], endpoint=W)
+        first = "no error"
+    except Exception as err:
+        first = type(err).__name__
+    after = tree_digest(run)
+    second = hub.push_path(run, repo_id="llpf/timm-path", token=cfg["token"], endpoint=W)
+    third = hub.push_path(run, repo_id="llpf/timm-path", token=cfg["token"], endpoint=W)
+    return {"first_error": first, "unchanged": before == after, "second": second, "third": third,
+            "readme": (run / "README.md").read_text()}
+step("timm_push", failing_then_ok)
+
+step("bert_push", lambda: hub.push_path(cfg["bert_run"], repo_id="llpf/bert-path", token=cfg["token"], endpoint=W))
+step("bert_branch", lambda: hub.push_path(cfg["bert_run"], repo_id="llpf/bert-path", token=cfg["token"],
+                                          endpoint=W, revision="exp"))
+step("wrong_token", lambda: hub.push_path(cfg["bert_run"], repo_id="llpf/other", token="hf_wrong", endpoint=W))
+
+def loaded():
+    tag = out["bert_push"]["tag"]
+    path = hub.load_path(f"llpf/bert-path@{tag}")
+    before = sorted(p.relative_to(path.root).as_posix() for p in path.root.rglob("*") if p.is_file())
+    model = path.model_at(2)
+    after = sorted(p.relative_to(path.root).as_posix() for p in path.root.rglob("*") if p.is_file())
+    return {"len": len(path), "ticks": path.ticks, "metrics": path.metrics, "summary": path.summary,
+            "config": path.config, "commit": path.commit, "files_before": before, "files_after": after,
+            "digest": state_digest(model.state_dict()), "main_len": len(hub.load_path("llpf/bert-path"))}
+step("load_path", loaded)
+
+def from_pretrained():
+    from transformers import BertForSequenceClassification
+    m = BertForSequenceClassification.from_pretrained("llpf/bert-path", subfolder="points/t_000010",
+                                                      revision=out["bert_push"]["tag"])
+    return state_digest(m.state_dict())
+step("from_pretrained", from_pretrained)
+
+def timm_export():
+    import timm
+    path = hub.load_path(f"llpf/timm-path@{out['timm_push']['second']['tag']}")
+    info = hub.export_point(path, point="mid", out_dir=cfg["export_dir"], push_to_hub="llpf/timm-mid",
+                            token=cfg["token"], endpoint=W)
+    model = timm.create_model("hf-hub:llpf/timm-mid", pretrained=True)
+    from huggingface_hub import ModelCard
+    card = ModelCard.load("llpf/timm-mid")
+    return {"info": info, "digest": state_digest(model.state_dict()), "base_model": card.data.base_model,
+            "relation": card.data.base_model_relation}
+step("timm_export", timm_export)
+
+def card():
+    from huggingface_hub import ModelCard
+    c = ModelCard.load("llpf/timm-path", repo_type="model")
+    return {"base_model": c.data.base_model, "relation": c.data.base_model_relation,
+            "library": c.data.library_name, "tags": c.data.tags,
+            "figures": {r.metric_name: r.metric_value for r in c.data.eval_results}}
+step("card", card)
+
+def cli_push():
+    from huggingface_hub import constants
+    from hf_llpf.cli import main
+    old, constants.ENDPOINT = constants.ENDPOINT, W  # the CLI has no --endpoint: HfApi() reads this
+    try:
+        rc = main(["push", cfg["bert_run"], "llpf/cli-path", "--token", cfg["token"], "--private"])
+    finally:
+        constants.ENDPOINT = old
+    return rc
+step("cli_push", cli_push)
+Path(cfg["results"]).write_text(json.dumps(out, default=str))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def olah(tmp_path_factory):
+    """A real olah server in offline mode serving the git repos under ``mirrors/``; yields (url, mirrors, log)."""
+    if not OLAH_CLI.is_file():
+        pytest.skip(f"olah is not installed ({OLAH_CLI} is missing): run `make olah`")
+    base = tmp_path_factory.mktemp("olah")
+    mirrors, port = base / "mirrors", _free_port()
+    (mirrors / "models").mkdir(parents=True)
+    toml = base / "olah.toml"
+    toml.write_text(
+        f'[basic]\nhost = "127.0.0.1"\nport = {port}\nrepos-path = "{base / "cache"}"\n'
+        f'mirror-netloc = "127.0.0.1:{port}"\nmirror-lfs-netloc = "127.0.0.1:{port}"\n'
+        f'mirrors-path = ["{mirrors}"]\n\n[accessibility]\noffline = true\n'
+    )
+    log = base / "olah.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([str(OLAH_CLI), "-c", str(toml)], stdout=f, stderr=subprocess.STDOUT, cwd=base)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"olah did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}", mirrors, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def hub_round_trip(olah, tmp_path_factory):
+    """Seed endpoint repos, run every Hub step in one subprocess, and return what it measured."""
+    from hub_fixtures import make_endpoints, save_endpoint_folder, state_digest
+    from hub_standin import HubStandin, seed_repo
+
+    url, mirrors, olah_log = olah
+    base = tmp_path_factory.mktemp("hub")
+    seeded, local_digests, specs = {}, {}, {}
+    for kind in ("timm", "transformers"):
+        a, _ = make_endpoints(kind)
+        repo = f"endpoints/{kind}-a"
+        seeded[kind] = seed_repo(mirrors, repo, save_endpoint_folder(a, base / f"ep-{kind}"))
+        local_digests[kind] = state_digest(a.state_dict())
+        specs[kind] = f"{repo}@main"
+    timm_run = make_run_dir(base / "timm-run", kind="timm", hub_ids=("endpoints/timm-a", "endpoints/timm-b"))
+    bert_run = make_run_dir(base / "bert-run", kind="transformers", hub_ids=("endpoints/transformers-a", "x/y"))
+    # A pickle weights file in a point is published as is but must never be downloaded by load_path.
+    (bert_run / "points" / "t_000010" / "pytorch_model.bin").write_bytes(b"not a real pickle" * 64)
+    home = base / "hf_home"
+    with HubStandin(mirrors, token=TOKEN) as standin:
+        standin.fail_commits.add("llpf/timm-path")  # the first push of the timm path fails midway
+        cfg = {
+            "tests": str(Path(__file__).parent),
+            "standin": standin.url,
+            "endpoint_specs": specs,
+            "timm_run": str(timm_run),
+            "bert_run": str(bert_run),
+            "export_dir": str(base / "export"),
+            "results": str(base / "results.json"),
+        }
+        (base / "cfg.json").write_text(json.dumps(cfg))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "TRANSFORMERS_"))}
+        env.update(
+            LLPF_TEST_TOKEN=TOKEN,
+            HF_ENDPOINT=url,
+            HF_HOME=str(home),
+            HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_DISABLE_XET="1",
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", ROUND_TRIP, str(base / "cfg.json")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        requests = list(standin.requests)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((base / "results.json").read_text())
+    return {
+        "results": results,
+        "seeded": seeded,
+        "local_digests": local_digests,
+        "mirrors": mirrors,
+        "runs": {"timm": timm_run, "bert": bert_run},
+        "logs": proc.stdout + proc.stderr + olah_log.read_text(errors="replace") + repr(requests),
+        "scan": [base, mirrors],
+        "requests": requests,
+    }
+
+
+def _ok(results: dict, name: str):
+    value = results[name]
+    assert not (isinstance(value, dict) and "error" in value and "trace" in value), value.get("trace")
+    return value
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.hub
+def test_endpoints_given_as_hub_ids_load_with_their_commit(hub_round_trip):
+    res = _ok(hub_round_trip["results"], "endpoints")
+    for kind in ("timm", "transformers"):
+        assert res[kind]["kind"] == kind
+        assert res[kind]["revision"] == hub_round_trip["seeded"][kind]  # "@main" resolved to the commit sha
+        assert res[kind]["digest"] == hub_round_trip["local_digests"][kind]
+
+
+@pytest.mark.hub
+def test_failed_push_changes_nothing_and_rerun_publishes_one_tagged_commit(hub_round_trip):
+    res = _ok(hub_round_trip["results"], "timm_push")
+    assert res["first_error"] == "HfHubHTTPError" and res["unchanged"]
+    second = res["second"]
+    assert second["created_commit"] and second["created_tag"] and second["tag"].startswith("llpf-")
+    repo = hub_round_trip["mirrors"] / "models" / "llpf/timm-path"
+    assert _git(repo, "rev-list", "--count", "main") == "2"  # the Hub's initial commit + the one push
+    assert (
+        _git(repo, "rev-parse", f"{second['tag']}^{{commit}}") == second["commit"] == _git(repo, "rev-parse", "main")
+    )
+    run = hub_round_trip["runs"]["timm"]
+    published = set(_git(repo, "ls-tree", "-r", "--name-only", second["tag"]).splitlines())
+    from hf_llpf.hub import publishable_files
+
+    assert published == {".gitattributes", *publishable_files(run)}
+    assert not any(p.startswith("checkpoint") or ".tmp" in p for p in published)
+    assert _git(repo, "show", f"{second['tag']}:README.md") == (run / "README.md").read_text().strip()
+    assert 'load_path("llpf/timm-path")' in res["readme"]
+
+
+@pytest.mark.hub
+def test_repush_of_unchanged_path_makes_no_commit_and_no_tag(hub_round_trip):
+    res = _ok(hub_round_trip["results"], "timm_push")
+    third = res["third"]
+    assert (third["created_commit"], third["created_tag"]) == (False, False)
+    assert third["commit"] == res["second"]["commit"] and third["tag"] == res["second"]["tag"]
+    repo = hub_round_trip["mirrors"] / "models" / "llpf/timm-path"
+    assert _git(repo, "tag", "--list").splitlines() == [res["second"]["tag"]]
+    commits = [r for r in hub_round_trip["requests"] if r == ("POST", "/api/models/llpf/timm-path/commit/main")]
+    assert len(commits) == 2  # the injected failure + the successful push; the re-push sent none
+
+
+@pytest.mark.hub
+def test_push_to_a_branch_and_a_refused_token(hub_round_trip):
+    res = hub_round_trip["results"]
+    first, branch = _ok(res, "bert_push"), _ok(res, "bert_branch")
+    repo = hub_round_trip["mirrors"] / "models" / "llpf/bert-path"
+    assert _git(repo, "rev-parse", "exp") == _git(repo, "rev-parse", "main") == first["commit"]
+    assert branch["tag"] == first["tag"] and not branch["created_tag"] and not branch["created_commit"]
+    assert res["wrong_token"]["error"] == "HubAuthError" and "HTTP 401" in res["wrong_token"]["message"]
+    assert "hf_wrong" not in res["wrong_token"]["message"]
+
+
+@pytest.mark.hub
+def test_load_path_reads_metrics_eagerly_and_points_lazily(hub_round_trip):
+    res = _ok(hub_round_trip["results"], "load_path")
+    local = LLPFPath(hub_round_trip["runs"]["bert"])
+    assert res["len"] == len(local) == 5 and res["ticks"] == local.ticks
+    assert res["metrics"] == local.metrics and res["summary"] == local.summary and res["config"] == local.config
+    assert res["commit"] == hub_round_trip["results"]["bert_push"]["commit"]
+    assert not any(f.startswith("points/") for f in res["files_before"])
+    assert "plots/loss.png" in res["files_before"] and "path_metrics.csv" in res["files_before"]
+    new = set(res["files_after"]) - set(res["files_before"])
+    assert new == {"points/t_000010/config.json", "points/t_000010/model.safetensors"}
+    from hub_fixtures import state_digest
+
+    assert res["digest"] == state_digest(local.state_dict_at(2))
+    assert res["main_len"] == 5
+
+
+@pytest.mark.hub
+def test_published_point_loads_with_transformers_subfolder(hub_round_trip):
+    from hub_fixtures import state_digest
+
+    digest = _ok(hub_round_trip["results"], "from_pretrained")
+    assert digest == state_digest(LLPFPath(hub_round_trip["runs"]["bert"]).state_dict_at(2))
+
+
+@pytest.mark.hub
+def test_exported_point_loads_with_timm_from_its_own_repo(hub_round_trip):
+    from hub_fixtures import state_digest
+
+    res = _ok(hub_round_trip["results"], "timm_export")
+    assert res["info"]["index"] == 2 and res["info"]["repo_id"] == "llpf/timm-mid"
+    assert res["digest"] == state_digest(LLPFPath(hub_round_trip["runs"]["timm"]).state_dict_at(2))
+    assert res["base_model"] == ["endpoints/timm-a", "endpoints/timm-b"] and res["relation"] == "merge"
+
+
+@pytest.mark.hub
+def test_published_card_metadata_round_trips(hub_round_trip):
+    res = _ok(hub_round_trip["results"], "card")
+    assert res["base_model"] == ["endpoints/timm-a", "endpoints/timm-b"] and res["relation"] == "merge"
+    assert res["library"] == "timm" and res["tags"] == CARD_TAGS
+    assert res["figures"]["loss barrier (LLPF path)"] == SUMMARY["llpf"]["barrier"]
+    assert res["figures"]["loss barrier (linear interpolation)"] == SUMMARY["linear"]["barrier"]
+
+
+@pytest.mark.hub
+def test_cli_push(hub_round_trip):
+    assert _ok(hub_round_trip["results"], "cli_push") == 0
+    repo = hub_round_trip["mirrors"] / "models" / "llpf/cli-path"
+    assert _git(repo, "tag", "--list").startswith("llpf-")
+
+
+@pytest.mark.hub
+def test_token_is_never_written(hub_round_trip):
+    hits = []
+    for root in hub_round_trip["scan"]:
+        for f in Path(root).rglob("*"):
+            if not f.is_file():
+                continue
+            data = f.read_bytes()
+            if "/objects/" in f.as_posix() and "/.git/" in f.as_posix():
+                try:  # loose git objects are zlib-compressed
+                    data = zlib.decompress(data)
+                except zlib.error:
+                    pass
+            if TOKEN.encode() in data:
+                hits.append(str(f))
+    assert hits == [], hits
+    assert TOKEN not in hub_round_trip["logs"]
+    for repo in (hub_round_trip["mirrors"] / "models").glob("*/*"):
+        assert TOKEN not in _git(repo, "log", "-p", "--all")
+    assert shutil.which("git")

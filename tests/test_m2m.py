@@ -1,0 +1,195 @@
+"""LLPF_M2M: exact endpoints, loadable points, low loss vs linear interpolation, resume, bad input."""
+
+import copy
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+import hf_llpf
+from hf_llpf.cli import main
+from hf_llpf.config import TrainRecipe
+from hf_llpf.errors import DataMismatchError, EndpointMismatchError, RunDirectoryError
+from hf_llpf.models import create_model, load_endpoint
+from hf_llpf.train import evaluate_classifier, train_endpoint
+
+torch.set_num_threads(1)
+
+FAST = {"step_r": 0.2, "min_iters": 2, "max_iters": 5, "save_every": 2, "checkpoint_every": 3, "arrival_tol": 0.05}
+
+
+@pytest.fixture(scope="module")
+def endpoints(tmp_path_factory, digits):
+    """Two small_cnn endpoints on digits (seeds 0 and 1), trained briefly, saved as timm folders."""
+    root = tmp_path_factory.mktemp("endpoints")
+    for seed in (0, 1):
+        train_endpoint(TrainRecipe(seed=seed, epochs=8), out_dir=root / f"s{seed}", data=digits, progress=False)
+    return root / "s0", root / "s1"
+
+
+def _state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_exact_endpoints_and_every_point_loads(endpoints, digits, tmp_path):
+    path = hf_llpf.connect(*endpoints, digits, config=FAST, run_dir=tmp_path / "run", progress=False)
+    a, b = load_endpoint(endpoints[0]).model, load_endpoint(endpoints[1]).model
+    assert _state_equal(path.state_dict_at(0), a.state_dict())  # parameters and buffers, bit for bit
+    assert _state_equal(path.state_dict_at(-1), b.state_dict())
+    assert path.metrics[0]["phase"] == "start" and path.metrics[-1]["phase"] == "end"
+    assert path.ticks == sorted(path.ticks) and len(path) >= 4
+    for i in range(len(path)):
+        model = path.model_at(i)
+        assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    for name in ("llpf_config.yaml", "endpoints.json", "layer_groups.json", "path_metrics.json", "path_metrics.csv"):
+        assert (tmp_path / "run" / name).is_file()
+    assert path.metrics[-1]["dist_b"] == 0.0 and path.metrics[0]["dist_a"] == 0.0
+    assert path.summary["run"]["sgd_iters"] == path.metrics[-1]["sgd_iters"] > 0
+
+
+def test_path_beats_linear_interpolation(endpoints, digits, tmp_path):
+    config = {"step_r": 0.1, "min_iters": 2, "max_iters": 20, "save_every": 5}
+    path = hf_llpf.connect(*endpoints, digits, config=config, run_dir=tmp_path / "run", progress=False)
+    loader = digits.loader("train", batch_size=512, seed=0, shuffle=False, augment=False)
+    cpu = torch.device("cpu")
+    llpf = max(evaluate_classifier(path.model_at(i), loader, cpu).loss for i in range(len(path)))
+    a, b = load_endpoint(endpoints[0]).model, load_endpoint(endpoints[1]).model
+    linear = []
+    for t in torch.linspace(0, 1, 11).tolist():
+        mid = copy.deepcopy(a)
+        sa, sb = a.state_dict(), b.state_dict()
+        mid.load_state_dict({k: torch.lerp(sa[k].float(), sb[k].float(), t).to(sa[k].dtype) for k in sa})
+        linear.append(evaluate_classifier(mid, loader, cpu).loss)
+    assert max(linear) > 1.0
+    assert llpf < 0.3 < max(linear) / 4
+
+
+def test_plain_module_and_dataloader(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(256, 6)
+    y = (x[:, 0] > 0).long()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        for _ in range(5):
+            for xb, yb in loader:
+                opt.zero_grad()
+                nn.functional.cross_entropy(m(xb), yb).backward()
+                opt.step()
+        models.append(m)
+    path = hf_llpf.connect(models[0], models[1], loader, config=FAST, run_dir=tmp_path / "run", progress=False)
+    assert _state_equal(path.model_at(-1).state_dict(), models[1].state_dict())
+    assert _state_equal(path.model_at(0).state_dict(), models[0].state_dict())
+    assert path.model_at(-1) is not models[1]
+
+
+def test_transformers_endpoints_with_dict_batches(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=2,
+        max_position_embeddings=16,
+    )
+    torch.manual_seed(0)
+    ids = torch.randint(0, 30, (64, 8))
+    batches = [{"input_ids": ids[i : i + 16], "labels": (ids[i : i + 16, 0] % 2)} for i in range(0, 64, 16)]
+    a = BertForSequenceClassification(cfg).eval()
+    torch.manual_seed(1)
+    b = BertForSequenceClassification(cfg).eval()
+    path = hf_llpf.connect(
+        a, b, batches, config={**FAST, "loss_limit": 100, "max_ticks": 40}, run_dir=tmp_path / "run", progress=False
+    )
+    assert _state_equal(path.model_at(-1).state_dict(), b.state_dict())
+    assert type(path.model_at(0)).__name__ == "BertForSequenceClassification"
+
+
+RUNNER = textwrap.dedent(
+    """
+    import sys, time, torch
+    torch.set_num_threads(1)
+    import hf_llpf
+    from hf_llpf.train import RepairTrainer
+    slow = sys.argv[4] == "slow"
+    if slow:  # make every repair step slow so the parent can kill the run mid-way
+        original = RepairTrainer.repair
+        def repair(self):
+            time.sleep(0.05)
+            return original(self)
+        RepairTrainer.repair = repair
+    cfg = dict(step_r=0.1, min_iters=2, max_iters=5, save_every=2, checkpoint_every=3, arrival_tol=0.05)
+    hf_llpf.connect(sys.argv[1], sys.argv[2], "digits", config=cfg, run_dir=sys.argv[3], progress=False,
+                    exist="resume" if sys.argv[5] == "resume" else "error")
+    """
+)
+
+
+def _run(endpoints, run_dir, mode, exist):
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(endpoints[0]), str(endpoints[1]), str(run_dir), mode, exist]
+    )
+
+
+def test_resume_after_kill_equals_uninterrupted_run(endpoints, tmp_path):
+    whole = tmp_path / "whole"
+    assert _run(endpoints, whole, "fast", "new").wait(timeout=300) == 0
+    broken = tmp_path / "broken"
+    proc = _run(endpoints, broken, "slow", "new")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (broken / "points" / "t_000008").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (broken / "checkpoint" / "state.pt").is_file()
+    assert _run(endpoints, broken, "fast", "resume").wait(timeout=300) == 0
+    first, second = hf_llpf.Path(whole), hf_llpf.Path(broken)
+    assert first.ticks == second.ticks
+    for i in range(len(first)):
+        assert _state_equal(first.state_dict_at(i), second.state_dict_at(i)), f"point {i} differs"
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "point"} for r in rows]  # noqa: E731
+    assert strip(first.metrics) == strip(second.metrics)
+
+
+def test_bad_inputs(endpoints, digits, tmp_path):
+    a = load_endpoint(endpoints[0])
+    with pytest.raises(EndpointMismatchError, match="conv1.weight"):
+        hf_llpf.connect(a, create_model("small_cnn", width=8), digits, run_dir=tmp_path / "x", progress=False)
+    with pytest.raises(DataMismatchError, match="num_classes=5"):
+        five = create_model("small_cnn", num_classes=5)
+        hf_llpf.connect(five, copy.deepcopy(five), digits, run_dir=tmp_path / "y", progress=False)
+    hf_llpf.connect(a, endpoints[1], digits, config=FAST, run_dir=tmp_path / "z", progress=False)
+    with pytest.raises(RunDirectoryError, match="--resume.*--overwrite"):
+        hf_llpf.connect(a, endpoints[1], digits, config=FAST, run_dir=tmp_path / "z", progress=False)
+
+
+def test_cli_connect_and_override_errors(endpoints, tmp_path, capsys):
+    args = [
+        "connect",
+        str(endpoints[0]),
+        str(endpoints[1]),
+        "--data",
+        "digits",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+    ]
+    assert main([*args, "step_r=0.3", "max_iters=3"]) == 0
+    assert "points" in capsys.readouterr().out
+    assert main([*args, "--overwrite", "stepr=0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'step_r'" in err and "arrival_tol" in err
+    last = safetensors.torch.load_file(str(sorted((tmp_path / "r" / "points").iterdir())[-1] / "model.safetensors"))
+    assert _state_equal(last, load_endpoint(endpoints[1]).model.state_dict())
