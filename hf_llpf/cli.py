@@ -70,11 +70,12 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     a = load_endpoint(args.a, arch=args.arch)
     b = load_endpoint(args.b, arch=args.arch)
     command = "hf-llpf " + " ".join(shlex.quote(x) for x in sys.argv[1:]) if sys.argv[1:] else None
-    path = connect(a, b, config=config, run_dir=args.out, exist=exist, progress=not args.no_progress,
-                   command=command)
+    path = connect(a, b, config=config, run_dir=args.out, exist=exist, progress=not args.no_progress, command=command)
     run = path.summary.get("run", {})
-    print(f"path written to {args.out}: {len(path)} points, {run.get('ticks')} ticks, "
-          f"{run.get('sgd_iters')} SGD iterations, stages started at ticks {run.get('stage_starts')}")
+    print(
+        f"path written to {args.out}: {len(path)} points, {run.get('ticks')} ticks, "
+        f"{run.get('sgd_iters')} SGD iterations, stages started at ticks {run.get('stage_starts')}"
+    )
     return 0
 
 
@@ -173,7 +174,7 @@ def _cmd_spheres(args: argparse.Namespace) -> int:
             f"{r['var_a']:.6g}",
             f"{r['var_b']:.6g}",
             "-" if r["var_a"] == 0 == r["var_b"] else f"{r['ratio']:.6g}",  # constant in both: no ratio
-            "off" if 0 < r["ratio"] < math.inf and abs(math.log(r["ratio"])) > tol else "",
+            "off" if r["ndim"] > 1 and 0 < r["ratio"] < math.inf and abs(math.log(r["ratio"])) > tol else "",
         )
         for r in report
     ]
@@ -185,7 +186,8 @@ def _cmd_spheres(args: argparse.Namespace) -> int:
     same = same_sphere(report, tol)
     verdict = "same variance sphere -> M2M" if same else "different variance spheres -> cross-sphere M2O+M2M needed"
     print(
-        f"tolerance |ln(Var_B/Var_A)| <= {tol:g} per tensor (ratio in [{math.exp(-tol):.3g}, {math.exp(tol):.3g}]); "
+        f"tolerance |ln(Var_B/Var_A)| <= {tol:g} per weight tensor, biases/norms not judged "
+        f"(ratio in [{math.exp(-tol):.3g}, {math.exp(tol):.3g}]); "
         f"{len(report)} tensors, {off} outside, {skipped} skipped (zero variance in A): {verdict}"
     )
     return 0
@@ -251,8 +253,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     ev = result["summary"]["evaluation"]
-    print(f"{len(result['points'])} points evaluated on {ev['train_examples']} train / {ev['test_examples']} test "
-          f"examples in {ev['seconds']:.1f} s")
+    print(
+        f"{len(result['points'])} points evaluated on {ev['train_examples']} train / {ev['test_examples']} test "
+        f"examples in {ev['seconds']:.1f} s"
+    )
     print(summary_table(result["summary"]))
     print(f"written: {Path(args.run_dir) / 'path_metrics.json'}, plots/, README.md")
     return 0
@@ -296,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="endpoint (folder, .safetensors, Hub id) or built-in/timm model name (random init)")
     p.add_argument("--data", help="data spec for the example batch (default: digits)")
     p.add_argument("--image-size", type=int, help="resize the example images to this square size")
-    p.add_argument("--model-args", help='JSON constructor arguments, e.g. \'{"num_classes": 10}\'')
+    p.add_argument("--model-args", help="JSON constructor arguments, e.g. '{\"num_classes\": 10}'")
     p.add_argument("--overrides", help="YAML file of stage overrides (list of {match, stage} or {stages: [...]})")
     p.add_argument("--json", metavar="OUT", help="also write the plan as layer_groups.json to OUT")
     p.set_defaults(func=_cmd_groups)

@@ -86,9 +86,9 @@ class ConnectConfig(_Settings):
     stages: list[dict[str, Any]] | dict[str, Any] | None = Field(None, description="layer-grouping overrides")
     max_ticks: int = Field(2000, ge=1, description="hard limit on ticks (with a schedule: the stop tick)")
     # Minimal training (§2 step 3).
-    min_iters: int = Field(3, ge=1)
+    min_iters: int = Field(2, ge=1)
     max_iters: int = Field(50, ge=1)
-    loss_threshold: float = Field(0.05, ge=0)
+    loss_threshold: float = Field(0.03, ge=0)
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)

@@ -340,7 +340,7 @@ class M2M:
                 "model": self.model.state_dict(),
                 "trainer": self.trainer.state_dict(),
                 "rng": rng_state(),
-            "last_dist": self.last_dist,
+                "last_dist": self.last_dist,
             }
         )
         self._timed("write", t)
