@@ -193,3 +193,17 @@ def test_cli_connect_and_override_errors(endpoints, tmp_path, capsys):
     assert "did you mean 'step_r'" in err and "arrival_tol" in err
     last = safetensors.torch.load_file(str(sorted((tmp_path / "r" / "points").iterdir())[-1] / "model.safetensors"))
     assert _state_equal(last, load_endpoint(endpoints[1]).model.state_dict())
+
+
+def test_divergence_guard_rolls_back_then_stops_with_a_checkpoint(endpoints, digits, tmp_path):
+    from hf_llpf.errors import DivergenceError
+
+    # Every tick's loss is above this limit: each tick is rolled back with half the step, until the run stops.
+    config = {**FAST, "loss_limit": 1e-9, "max_failures": 3}
+    with pytest.raises(DivergenceError, match="3 times.*--resume"):
+        hf_llpf.connect(*endpoints, digits, config=config, run_dir=tmp_path / "run", progress=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)
+    assert ckpt["loop"]["failures"] == 3 and ckpt["loop"]["step_scale"] == 0.125
+    assert ckpt["loop"]["tick"] == 0  # no broken point was recorded
+    a = load_endpoint(endpoints[0]).model.state_dict()
+    assert all(torch.equal(ckpt["model"][k], a[k]) for k in a)  # rolled back to θ_A, buffers included
