@@ -1,0 +1,128 @@
+"""Consistency: R paths between the same endpoints with different seeds of the minimal training (llpf-spec.md §5).
+
+The paper claims the loss curves of ≥ 10 repetitions almost overlap; :func:`run_repeats` measures it: each
+repeat r is a full run directory ``RUN_DIR/repeat_{r:02d}`` built with seed ``config.seed + r`` and evaluated
+like any path, and ``RUN_DIR/consistency.json`` holds mean ± std and min/max of the summary figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path as FsPath
+from typing import Any
+
+from torch import nn
+
+from hf_llpf.config import ConnectConfig, build
+from hf_llpf.data import DataBundle
+from hf_llpf.errors import ConfigError
+from hf_llpf.evaluate import evaluate_path
+from hf_llpf.path import atomic_write_text, read_metrics
+from hf_llpf.plots import PLOTS_DIR, plot_repeats
+from hf_llpf.report import CONSISTENCY_JSON, write_report
+from hf_llpf.train import LossFn
+
+# (summary section, figure) pairs reported across repeats; the *_recal sections are added when present.
+FIGURES = ("max_train_loss", "barrier", "min_train_acc", "worst_continuity_loss")
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    # Sample standard deviation (n − 1): the repeats are a sample of the seeds; 0 for a single repeat.
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values), "values": values}
+
+
+def consistency_summary(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
+    """Mean ± std and min/max over evaluated run directories of max train loss, barrier, min accuracy, continuity.
+
+    Returns:
+        ``{"repeats", "runs", "seeds", "figures": {"llpf.max_train_loss": {mean, std, min, max, values}, ...}}``.
+    """
+    summaries = [read_metrics(d)["summary"] for d in run_dirs]
+    figures: dict[str, Any] = {}
+    for section in ("llpf", "linear", "llpf_recal", "linear_recal"):
+        if not all(section in s for s in summaries):
+            continue
+        for fig in FIGURES:
+            values = [s[section].get(fig) for s in summaries]
+            if all(isinstance(v, (int, float)) for v in values):
+                figures[f"{section}.{fig}"] = _stats([float(v) for v in values])
+    seeds = []
+    for d in run_dirs:
+        cfg = FsPath(d) / "llpf_config.yaml"
+        seeds.append(_seed_of(cfg) if cfg.is_file() else None)
+    return {"repeats": len(run_dirs), "runs": [FsPath(d).name for d in run_dirs], "seeds": seeds, "figures": figures}
+
+
+def _seed_of(config_file: FsPath) -> int | None:
+    import yaml
+
+    return (yaml.safe_load(config_file.read_text()) or {}).get("seed")
+
+
+def run_repeats(
+    model_a: Any,
+    model_b: Any,
+    train_data: Any = None,
+    *,
+    config: ConnectConfig | dict | None = None,
+    run_dir: str | os.PathLike,
+    repeats: int,
+    loss_fn: LossFn | None = None,
+    evaluate_options: dict[str, Any] | None = None,
+    exist: str = "error",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Build and evaluate ``repeats`` paths with seeds ``config.seed + r``; write ``consistency.json`` and plots.
+
+    Args:
+        model_a, model_b: the endpoints (as :func:`hf_llpf.connect` takes them).
+        train_data: the training data (as :func:`hf_llpf.connect` takes it).
+        config: the settings shared by all repeats (:class:`~hf_llpf.config.ConnectConfig` or a dict).
+        run_dir: the parent folder; repeat r goes to ``run_dir/repeat_{r:02d}``.
+        repeats: R ≥ 1.
+        loss_fn: the path's loss, used for building and for evaluating.
+        evaluate_options: keyword arguments of :func:`~hf_llpf.evaluate.evaluate_path` (``train_subset``,
+            ``recalibrate_bn``, ``data``, ...). With a ``DataBundle`` as ``train_data`` it is the default ``data``.
+        exist: what :func:`hf_llpf.connect` does with an existing repeat directory.
+        progress: show the progress bar of each run.
+
+    Returns:
+        The content of ``consistency.json``.
+
+    Raises:
+        ConfigError: ``repeats`` < 1.
+    """
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"repeats={repeats!r}: must be a positive integer (the number of paths)")
+    from hf_llpf.connect import connect  # here, not at the top: evaluate-only users never import the engine
+
+    if config is None:
+        config = ConnectConfig()
+    elif isinstance(config, dict):
+        config = build(ConnectConfig, config)
+    options = dict(evaluate_options or {})
+    if isinstance(train_data, DataBundle):
+        options.setdefault("data", train_data)
+    root = FsPath(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    dirs = []
+    for r in range(repeats):
+        run = root / f"repeat_{r:02d}"
+        cfg = config.model_copy(update={"seed": config.seed + r})
+        path = connect(
+            model_a, model_b, train_data, config=cfg, run_dir=run, loss_fn=loss_fn, exist=exist, progress=progress
+        )
+        template = path.template if isinstance(path.template, nn.Module) else None
+        evaluate_path(path, loss_fn=loss_fn, template=template, **options)
+        dirs.append(run)
+    result = consistency_summary(dirs)
+    atomic_write_text(root / CONSISTENCY_JSON, json.dumps(result, indent=2) + "\n")
+    plot_repeats(dirs, root / PLOTS_DIR / "repeats.png")
+    write_report(root)
+    return result
+
+
+__all__ = ["FIGURES", "consistency_summary", "run_repeats"]

@@ -1,0 +1,165 @@
+"""The evaluation report: one delimited section of ``RUN_DIR/README.md``.
+
+The section lies between :data:`START` and :data:`END`; everything outside them belongs to whoever else writes
+the file (the Hub model card), so :func:`write_report` replaces only that section, or appends it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path as FsPath
+from typing import Any
+
+from hf_llpf.path import atomic_write_text, read_metrics
+
+START = "<!-- hf_llpf:report:start -->"
+END = "<!-- hf_llpf:report:end -->"
+CONSISTENCY_JSON = "consistency.json"
+
+_DEFINITIONS = """\
+Definitions (the same for LLPF and linear; *loss* is the path's loss in eval mode on the fixed training subset):
+- **max train loss**: the largest loss over the saved points (linear: over the interpolation points);
+- **barrier**: max over points of loss_i − ((1−t_i)·loss_A + t_i·loss_B), t_i = cumulative L2 length / total
+  length (linear: t_i = i/(N−1)), A and B the first and last point;
+- **test loss / accuracy range**: [min, max] over the points on the whole test split;
+- **path length**: sum of the L2 steps between consecutive saved points over all parameters;
+  **straight distance**: |θ_B − θ_A|;
+- **worst continuity loss**: the largest loss at K interior points of every straight segment between consecutive
+  points (continuity subset); *excess* = that loss minus the straight line between the segment's end losses."""
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, (list, tuple)):
+        return " – ".join(_fmt(x, pct) for x in v)
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return f"{100 * v:.2f}%" if pct else f"{v:.4g}"
+
+
+def _where(at: dict | None) -> str:
+    if not at:
+        return ""
+    text = f" (segment {at['segment']}, ticks {at['from_tick']}→{at['to_tick']}, s={at['s']:.2f}"
+    if at.get("excess") is not None:
+        text += f", excess {_fmt(at['excess'])}"
+    return text + ")"
+
+
+_ROWS = (
+    ("max train loss", "max_train_loss", False),
+    ("barrier", "barrier", False),
+    ("min train accuracy", "min_train_acc", True),
+    ("test loss range", "test_loss_range", False),
+    ("test accuracy range", "test_acc_range", True),
+)
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """A markdown table of the summary figures, LLPF and linear side by side (recalibrated columns when present).
+
+    Args:
+        summary: the ``summary`` of ``path_metrics.json`` (keys ``llpf``, ``linear``, optional ``*_recal``).
+    """
+    cols = [
+        (k, title)
+        for k, title in (
+            ("llpf", "LLPF"),
+            ("linear", "linear"),
+            ("llpf_recal", "LLPF, BN recal."),
+            ("linear_recal", "linear, BN recal."),
+        )
+        if k in summary
+    ]
+    lines = ["| figure | " + " | ".join(t for _, t in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for label, key, pct in _ROWS:
+        lines.append(f"| {label} | " + " | ".join(_fmt(summary[k].get(key), pct) for k, _ in cols) + " |")
+    llpf = summary.get("llpf", {})
+    straight = llpf.get("straight_distance")
+    blank = ["—"] * (len(cols) - 1)
+    # The linear path's length is its straight distance, by definition.
+    lines.append(
+        "| path length (L2) | " + " | ".join([_fmt(llpf.get("path_length")), _fmt(straight), *blank[1:]]) + " |"
+    )
+    lines.append(
+        "| straight distance \\|θ_B − θ_A\\| | " + " | ".join([_fmt(straight), _fmt(straight), *blank[1:]]) + " |"
+    )
+    worst = _fmt(llpf.get("worst_continuity_loss")) + _where(llpf.get("worst_continuity_at"))
+    lines.append("| worst continuity loss | " + " | ".join([worst, *blank]) + " |")
+    return "\n".join(lines)
+
+
+def consistency_table(consistency: dict[str, Any]) -> str:
+    """A markdown table of ``consistency.json``: mean ± std and [min, max] of each figure over the repeats."""
+    lines = ["| figure | mean ± std | min | max |", "|---|---|---|---|"]
+    for key, stats in consistency.get("figures", {}).items():
+        lines.append(
+            f"| {key} | {_fmt(stats['mean'])} ± {_fmt(stats['std'])} | {_fmt(stats['min'])} | {_fmt(stats['max'])} |"
+        )
+    return "\n".join(lines)
+
+
+def render_section(run_dir: str | os.PathLike) -> str:
+    """The report section of ``run_dir`` (markers included), from ``path_metrics.json`` and the plots present."""
+    run_dir = FsPath(run_dir)
+    parts = [START, "## Path evaluation", ""]
+    metrics = read_metrics(run_dir) if (run_dir / "path_metrics.json").is_file() else {}
+    summary = metrics.get("summary", {})
+    if "llpf" in summary:
+        ev = summary.get("evaluation", {})
+        parts += [
+            f"{len(metrics.get('points', []))} saved points evaluated on {ev.get('train_examples')} training examples "
+            f"(fixed subset, seed {ev.get('seed')}) and {ev.get('test_examples')} test examples; linear baseline at "
+            f"{ev.get('linear_points')} points; continuity: {ev.get('continuity_k')} interior point(s) per segment on "
+            f"{ev.get('continuity_examples')} training examples"
+            + ("; BatchNorm recalibrated in separate columns." if ev.get("recalibrate_bn") else "."),
+            "",
+            summary_table(summary),
+            "",
+            _DEFINITIONS,
+            "",
+        ]
+    for name, alt in (
+        ("loss", "loss along the path"),
+        ("accuracy", "accuracy along the path"),
+        ("layers", "per-layer variance and distance to θ_B"),
+    ):
+        if (run_dir / "plots" / f"{name}.png").is_file():
+            parts += [f"![{alt}](plots/{name}.png)", ""]
+    if (run_dir / CONSISTENCY_JSON).is_file():
+        consistency = json.loads((run_dir / CONSISTENCY_JSON).read_text())
+        parts += [
+            f"### Consistency over {consistency.get('repeats')} repeats (seeds {consistency.get('seeds')})",
+            "",
+            consistency_table(consistency),
+            "",
+        ]
+        if (run_dir / "plots" / "repeats.png").is_file():
+            parts += ["![all repeats overlaid](plots/repeats.png)", ""]
+    parts.append(END)
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | os.PathLike) -> FsPath:
+    """Write or replace the report section of ``RUN_DIR/README.md``; the rest of the file is kept as it is.
+
+    Returns:
+        The README path.
+    """
+    run_dir = FsPath(run_dir)
+    readme = run_dir / "README.md"
+    section = render_section(run_dir)
+    text = readme.read_text() if readme.is_file() else f"# {run_dir.name}\n\n"
+    start, end = text.find(START), text.find(END)
+    if start != -1 and end > start:
+        text = text[:start] + section + text[end + len(END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_text(readme, text)
+    return readme
+
+
+__all__ = ["END", "START", "consistency_table", "render_section", "summary_table", "write_report"]
