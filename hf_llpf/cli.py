@@ -54,6 +54,7 @@ def _metrics_table(rows: dict[str, dict]) -> str:
 
 def _cmd_connect(args: argparse.Namespace) -> int:
     import shlex
+    import time
 
     import torch
 
@@ -70,13 +71,30 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     a = load_endpoint(args.a, arch=args.arch)
     b = load_endpoint(args.b, arch=args.arch)
     command = "hf-llpf " + " ".join(shlex.quote(x) for x in sys.argv[1:]) if sys.argv[1:] else None
+    start = time.perf_counter()
     path = connect(a, b, config=config, run_dir=args.out, exist=exist, progress=not args.no_progress, command=command)
+    wall = time.perf_counter() - start
     run = path.summary.get("run", {})
     print(
         f"path written to {args.out}: {len(path)} points, {run.get('ticks')} ticks, "
         f"{run.get('sgd_iters')} SGD iterations, stages started at ticks {run.get('stage_starts')}"
     )
+    if args.profile:
+        print(_profile_table(run.get("timing", {}), wall=wall, ticks=run.get("ticks") or 0))
     return 0
+
+
+def _profile_table(timing: dict[str, float], *, wall: float, ticks: int) -> str:
+    """Where a connect run's time went: the engine's phases, plus ``other`` = wall − their sum (set-up, loading)."""
+    phases = {k: float(timing.get(k, 0.0)) for k in ("move", "correct", "train", "write")}
+    phases.update({k: float(v) for k, v in timing.items() if k not in phases})  # phases the engine adds later
+    phases["other"] = max(wall - sum(phases.values()), 0.0)
+    lines = [f"{'phase':<8} {'seconds':>9} {'share':>7} {'ms/tick':>9}", f"{'-' * 8} {'-' * 9} {'-' * 7} {'-' * 9}"]
+    for name, sec in [*phases.items(), ("total", wall)]:
+        share = sec / wall if wall > 0 else 0.0
+        per_tick = 1000 * sec / ticks if ticks else float("nan")
+        lines.append(f"{name:<8} {sec:>9.3f} {share:>7.1%} {per_tick:>9.2f}")
+    return "\n".join(lines)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -160,7 +178,7 @@ def _cmd_groups(args: argparse.Namespace) -> int:
 def _cmd_spheres(args: argparse.Namespace) -> int:
     import math
 
-    from hf_llpf.connect import SPHERE_TOLERANCE, same_sphere, sphere_report
+    from hf_llpf.connect import SPHERE_TOLERANCE, same_sphere, sphere_distance, sphere_report
     from hf_llpf.models import check_endpoints_match, load_endpoint
 
     a, b = load_endpoint(args.a).model, load_endpoint(args.b).model
@@ -184,10 +202,11 @@ def _cmd_spheres(args: argparse.Namespace) -> int:
     off = sum(1 for r in rows if r[4])
     skipped = sum(1 for r in report if not 0 < r["ratio"] < math.inf)
     same = same_sphere(report, tol)
+    print(f"numel-weighted mean |ln(Var_B/Var_A)| over weight tensors: {sphere_distance(report):.4g}")
     verdict = "same variance sphere -> M2M" if same else "different variance spheres -> cross-sphere M2O+M2M needed"
     print(
-        f"tolerance |ln(Var_B/Var_A)| <= {tol:g} per weight tensor, biases/norms not judged "
-        f"(ratio in [{math.exp(-tol):.3g}, {math.exp(tol):.3g}]); "
+        f"tolerance: mean |ln(Var_B/Var_A)| <= {tol:g} over weight tensors, weighted by size; biases/norms "
+        f"not judged ('off' marks weights with a ratio outside [{math.exp(-tol):.3g}, {math.exp(tol):.3g}]); "
         f"{len(report)} tensors, {off} outside, {skipped} skipped (zero variance in A): {verdict}"
     )
     return 0
@@ -288,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     exist.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--profile", action="store_true", help="print where the time went (per phase and per tick)")
     _add_settings_args(p)
     p.set_defaults(func=_cmd_connect)
 

@@ -64,10 +64,33 @@ class StageSchedule(_Settings):
     start: int = Field(..., ge=0, description="tick at which these groups become active")
 
 
+class M2OConfig(_Settings):
+    """The model-to-origin phase (llpf-spec.md §3), used by ``method: m2o`` and cross-sphere ``auto`` runs."""
+
+    step_a: float = Field(0.01, gt=0, lt=1, description="shrink per tick as a fraction of the tensor's norm")
+    step_f: float = Field(0.0, ge=0, description="fixed L2 shrink length per tick")
+    target_variance: float = Field(
+        0.25,
+        gt=0,
+        description="stop ratio of the start variance (walk_to_origin); a "
+        "cross-sphere run stops each tensor at the other endpoint's variance instead",
+    )
+    max_ticks: int = Field(2000, ge=1)
+    lr_policy: Literal["var", "std", "none"] = Field(
+        "var",
+        description="AngleConformal learning rates: lr_0·w/v "
+        "('var'), lr_0·sqrt(w/v) ('std'), or off ('none', an ablation)",
+    )
+    compensate_norms: bool = Field(True, description="grow LayerNorm/RMSNorm/GroupNorm parameters as tensors shrink")
+
+
 class ConnectConfig(_Settings):
     """Settings of an LLPF run (``hf-llpf connect``); defaults are the measured hf_llpf defaults."""
 
-    method: Literal["auto", "m2m"] = "auto"
+    method: Literal["auto", "m2m", "m2o"] = Field(
+        "auto", description="auto: M2M, or M2O+M2M when the spheres differ; m2m: M2M only; m2o: always M2O+M2M"
+    )
+    m2o: M2OConfig = Field(default_factory=M2OConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     seed: int = 0
     # Move (llpf-spec.md §2 step 1): s_k = min(‖d‖, max(step_f, step_a·‖d‖, step_r·‖d_0‖)).

@@ -21,10 +21,12 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from hf_llpf import __version__, geometry
+from hf_llpf.algorithms.cross_sphere import record_m2o_points, run_cross_sphere
 from hf_llpf.algorithms.m2m import M2M
+from hf_llpf.algorithms.m2o import M2O, OUTWARD_MESSAGE
 from hf_llpf.config import ConnectConfig, DataConfig, build, to_yaml
 from hf_llpf.data import DataBundle, SeededLoader, load_data
-from hf_llpf.errors import ConfigError, DataMismatchError
+from hf_llpf.errors import ConfigError, DataMismatchError, RunDirectoryError
 from hf_llpf.layers import build_stages
 from hf_llpf.models import Endpoint, check_endpoints_match, load_endpoint
 from hf_llpf.path import Path, RunWriter
@@ -78,12 +80,16 @@ def connect(
         config = config.model_copy(update={"data": bundle.config})
     example = _example_batch(loader)
     plan = build_stages(ea.model, example, overrides=config.stages)
-    _check_spheres(ea, eb, config)
+    method = choose_method(ea, eb, config)
 
     writer = RunWriter(run_dir, exist=exist)
     ckpt = writer.load_checkpoint() if writer.has_checkpoint else None
     if ckpt is not None:
         _check_same_run(writer, config)
+        if method == "m2o":
+            raise RunDirectoryError(
+                f"--resume is not supported for cross-sphere (M2O+M2M) runs yet; rerun {run_dir} with --overwrite"
+            )
     if ckpt is not None and ckpt.get("done"):
         logger.info(f"{run_dir} is already complete; nothing to resume", main_process_only=True)
         return Path(run_dir, template=ea.model if ea.kind == "module" else None)
@@ -91,13 +97,98 @@ def connect(
         writer.write_yaml("llpf_config.yaml", to_yaml(config))
         writer.write_json(
             "endpoints.json",
-            {"A": ea.describe(), "B": eb.describe(), "command": command, "hf_llpf_version": __version__},
+            {
+                "A": ea.describe(),
+                "B": eb.describe(),
+                "command": command,
+                "hf_llpf_version": __version__,
+                "method": method,
+            },
         )
         writer.write_json("layer_groups.json", plan.to_json())
 
-    model = copy.deepcopy(ea.model).to(accelerator.device)
+    def make_trainer(model: nn.Module, *, per_tensor_lr: bool = False) -> RepairTrainer:
+        return RepairTrainer(
+            model,
+            loader,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            min_iters=config.min_iters,
+            max_iters=config.max_iters,
+            loss_threshold=config.loss_threshold,
+            loss_fn=loss_fn,
+            accelerator=accelerator,
+            per_tensor_lr=per_tensor_lr,
+        )
+
+    start = time.perf_counter()
+    if method == "m2o":
+        loop = run_cross_sphere(
+            ea, eb, plan, config, make_trainer, writer, device=accelerator.device, progress=progress
+        )
+    else:
+        model = copy.deepcopy(ea.model).to(accelerator.device)
+        loop = M2M(model, eb, ea, plan, config, make_trainer(model), writer, progress=progress)
+        if ckpt is not None:
+            loop.load_checkpoint(ckpt)
+        loop.run()
+    state = loop.state
+    elapsed = time.perf_counter() - start
+    summary = {
+        "run": {
+            "method": method,
+            "phases": sorted({p["phase"] for p in state.points} - {"start", "end"}),
+            "ticks": state.points[-1]["tick"],
+            "sgd_iters": state.points[-1]["sgd_iters"],
+            "seconds_this_session": round(elapsed, 3),
+            "timing": {k: round(v, 4) for k, v in state.timing.items()},
+            "stage_starts": [t + loop.offset for t in state.stage_starts],
+            "failures": state.failures,
+            "num_stages": len(plan.stages),
+        }
+    }
+    writer.write_metrics(state.points, state.ticks, summary)
+    return Path(run_dir, template=ea.model if ea.kind == "module" else None)
+
+
+def walk_to_origin(
+    model: str | os.PathLike | nn.Module | Endpoint,
+    train_data: Any = None,
+    *,
+    config: ConnectConfig | dict | None = None,
+    run_dir: str | os.PathLike,
+    loss_fn: LossFn | None = None,
+    exist: str = "error",
+    progress: bool = True,
+    accelerator: Accelerator | None = None,
+) -> Path:
+    """LLPF_M2O on its own: walk one endpoint toward the origin until every moved tensor's variance is
+    ``config.m2o.target_variance`` times its start (llpf-spec.md §3), writing the path to ``run_dir``.
+
+    Raises:
+        ConfigError: ``m2o.target_variance`` is not below 1 (M2O never walks outward).
+    """
+    config = _resolve_config(config)
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    seed_everything(config.seed)
+    endpoint = _endpoint(model)
+    loader, bundle = _training_batches(train_data, config)
+    if bundle is not None:
+        check_labels_fit(endpoint.model, bundle)
+        config = config.model_copy(update={"data": bundle.config})
+    plan = build_stages(endpoint.model, _example_batch(loader), overrides=config.stages)
+    if config.m2o.target_variance >= 1:
+        raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
+    writer = RunWriter(run_dir, exist=exist)
+    writer.write_yaml("llpf_config.yaml", to_yaml(config))
+    writer.write_json(
+        "endpoints.json", {"A": endpoint.describe(), "B": None, "method": "m2o-walk", "hf_llpf_version": __version__}
+    )
+    writer.write_json("layer_groups.json", plan.to_json())
+    work = copy.deepcopy(endpoint.model).to(accelerator.device)
     trainer = RepairTrainer(
-        model,
+        work,
         loader,
         lr=config.lr,
         momentum=config.momentum,
@@ -107,27 +198,39 @@ def connect(
         loss_threshold=config.loss_threshold,
         loss_fn=loss_fn,
         accelerator=accelerator,
+        per_tensor_lr=True,
     )
-    loop = M2M(model, eb, ea, plan, config, trainer, writer, progress=progress)
-    if ckpt is not None:
-        loop.load_checkpoint(ckpt)
-    start = time.perf_counter()
-    state = loop.run()
-    elapsed = time.perf_counter() - start
-    timing = {k: round(v, 4) for k, v in state.timing.items()}
-    summary = {
-        "run": {
-            "ticks": state.tick,
-            "sgd_iters": trainer.iterations,
-            "seconds_this_session": round(elapsed, 3),
-            "timing": timing,
-            "stage_starts": state.stage_starts,
-            "failures": state.failures,
-            "num_stages": len(plan.stages),
-        }
-    }
-    writer.write_metrics(state.points, state.ticks, summary)
-    return Path(run_dir, template=ea.model if ea.kind == "module" else None)
+    walk = M2O(work, plan, None, config, trainer, writer, endpoint, progress=progress)
+    record_m2o_points(walk, writer, endpoint, reference_a=endpoint.model, reference_b=None)
+    writer.write_metrics(
+        walk.points,
+        walk.ticks,
+        {
+            "run": {
+                "method": "m2o-walk",
+                "ticks": walk.tick,
+                "sgd_iters": trainer.iterations,
+                "timing": walk.timing,
+                "reached": bool(walk.done()),
+            }
+        },
+    )
+    return Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None)
+
+
+def choose_method(ea: Endpoint, eb: Endpoint, config: ConnectConfig) -> str:
+    """``m2m`` or ``m2o`` (cross-sphere M2O then M2M): ``config.method``, or the sphere check under ``auto``."""
+    if config.method != "auto":
+        return config.method
+    report = sphere_report(ea.model, eb.model)
+    if same_sphere(report):
+        return "m2m"
+    logger.info(
+        f"the endpoints are on different variance spheres (mean |ln(Var_B/Var_A)| over the weights = "
+        f"{sphere_distance(report):.3g} > {SPHERE_TOLERANCE}): cross-sphere M2O then M2M",
+        main_process_only=True,
+    )
+    return "m2o"
 
 
 def _check_same_run(writer: RunWriter, config: ConnectConfig) -> None:
@@ -202,6 +305,7 @@ def sphere_report(a: nn.Module, b: nn.Module) -> list[dict]:
         {
             "name": n,
             "ndim": pa[n].ndim,
+            "numel": pa[n].numel(),
             "var_a": float(x),
             "var_b": float(y),
             "ratio": float(y / x) if x > 0 else float("inf"),
@@ -210,29 +314,23 @@ def sphere_report(a: nn.Module, b: nn.Module) -> list[dict]:
     ]
 
 
-def same_sphere(report: list[dict], tolerance: float = SPHERE_TOLERANCE) -> bool:
-    """True when every weight tensor's variance ratio lies within exp(±tolerance).
+def sphere_distance(report: list[dict]) -> float:
+    """Numel-weighted mean of |ln(Var_B/Var_A)| over the weight tensors (two or more dimensions).
 
-    Only tensors of two or more dimensions (conv/linear/embedding weights) decide: the paper's spheres are
-    those of the weights, while biases and norm parameters are small and vary freely between seeds.
+    The paper's spheres are those of the weights; biases and norm parameters vary freely between seeds. The
+    mean is weighted by size because a tiny tensor's variance is a noisy estimate (32 elements give a ratio
+    anywhere in 0.5–2 between two random initialisations of the same recipe).
     """
-    import math
-
     weights = [r for r in report if r.get("ndim", 2) > 1 and 0 < r["ratio"] < float("inf")]
-    return all(abs(math.log(r["ratio"])) <= tolerance for r in weights)
+    total = sum(r.get("numel", 1) for r in weights)
+    if total == 0:
+        return 0.0
+    return sum(r.get("numel", 1) * abs(math.log(r["ratio"])) for r in weights) / total
 
 
-def _check_spheres(ea: Endpoint, eb: Endpoint, config: ConnectConfig) -> None:
-    report = sphere_report(ea.model, eb.model)
-    if not same_sphere(report):
-        weights = [r for r in report if r["ndim"] > 1 and 0 < r["ratio"] < float("inf")]
-        worst = max(weights, key=lambda r: abs(math.log(r["ratio"])))
-        message = (
-            f"the endpoints are on different variance spheres (worst tensor {worst['name']}: "
-            f"Var_B/Var_A = {worst['ratio']:.3g}); M2M moves the variance target along the path, but the "
-            "paper's cross-sphere method (M2O then M2M) is not implemented yet"
-        )
-        logger.warning(message, main_process_only=True)
+def same_sphere(report: list[dict], tolerance: float = SPHERE_TOLERANCE) -> bool:
+    """True when :func:`sphere_distance` is within ``tolerance``."""
+    return sphere_distance(report) <= tolerance
 
 
 def summary_line(path: Path) -> str:

@@ -203,6 +203,9 @@ class RepairTrainer:
     most ``loss_threshold``. The optimizer is built once, so its state (momentum) carries across ticks; the
     batch stream is one endless iterator, never re-created per tick (a fresh multi-worker DataLoader per
     tick was the reference's 9x slowdown, spec §6).
+
+    With ``per_tensor_lr=True`` every parameter has its own optimizer group, so :meth:`set_lr_factors` can
+    give each tensor its own learning rate (AngleConformal, spec §3).
     """
 
     def __init__(
@@ -218,6 +221,7 @@ class RepairTrainer:
         loss_threshold: float,
         loss_fn: LossFn | None = None,
         accelerator: Accelerator | None = None,
+        per_tensor_lr: bool = False,
     ):
         self.accelerator = accelerator or Accelerator(cpu=True)
         self.model = model
@@ -225,7 +229,11 @@ class RepairTrainer:
         self.stream = batch_stream(train_data)
         self.loss_fn = loss_fn or default_loss
         self.min_iters, self.max_iters, self.loss_threshold = min_iters, max_iters, loss_threshold
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.base_lr = lr
+        params = list(model.parameters())
+        groups = [{"params": [p]} for p in params] if per_tensor_lr else [{"params": params}]
+        self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self._group_of = {id(p): i for i, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
         self.iterations = 0  # over the whole run
 
     def repair(self) -> tuple[float, int]:
@@ -248,6 +256,17 @@ class RepairTrainer:
                 break
         self.iterations += i
         return sum(window) / len(window), i
+
+    def param_index(self, param: torch.Tensor) -> int:
+        """The optimizer parameter group that holds ``param``."""
+        return self._group_of[id(param)]
+
+    def set_lr_factors(self, groups: list[int], factors: list[float]) -> None:
+        """Set ``lr = base lr × factor`` for each listed parameter group (needs ``per_tensor_lr=True``)."""
+        if len(self.optimizer.param_groups) == 1 and len(groups) > 1:
+            raise RuntimeError("per-tensor learning rates need RepairTrainer(per_tensor_lr=True)")
+        for g, f in zip(groups, factors, strict=True):
+            self.optimizer.param_groups[g]["lr"] = self.base_lr * f
 
     def state_dict(self) -> dict:
         """Optimizer state, iteration count and (for a SeededLoader) the data position."""

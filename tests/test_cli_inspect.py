@@ -120,7 +120,7 @@ def test_spheres_same_sphere_for_two_seeds(tmp_path, capsys):
         else:  # random-init BatchNorm weights are constant: no ratio, skipped by the verdict
             assert ratio is None and y == 0
     verdict = out.strip().splitlines()[-1]
-    assert "tolerance |ln(Var_B/Var_A)| <= 0.5" in verdict
+    assert "mean |ln(Var_B/Var_A)| <= 0.5 over weight tensors" in verdict
     assert "same variance sphere -> M2M" in verdict
 
 

@@ -44,6 +44,7 @@ class TickState:
     points: list[dict] = field(default_factory=list)
     ticks: list[dict] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    landed: list[bool] = field(default_factory=list)  # per tensor: a move has put it exactly on θ_B
 
 
 class M2M:
@@ -69,6 +70,11 @@ class M2M:
         trainer: RepairTrainer,
         writer: RunWriter | None,
         progress: bool = True,
+        *,
+        tick_offset: int = 0,
+        prior_points: list[dict] | None = None,
+        prior_ticks: list[dict] | None = None,
+        reference_a: nn.Module | None = None,
     ):
         self.model, self.config, self.trainer, self.writer = model, config, trainer, writer
         self.endpoint_format, self.plan, self.progress = endpoint_format, plan, progress
@@ -78,7 +84,9 @@ class M2M:
         b_state = endpoint_b.model.state_dict()
         self.final_state = {k: v.detach().clone() for k, v in b_state.items()}  # θ_B, buffers included
         self.target = [b_state[n].detach().to(device) for n in self.names]
-        self.start = [p.detach().clone() for p in self.params]  # θ_A, for distances to A
+        # θ_A, for the distance-to-A column (the true θ_A when this phase starts elsewhere, e.g. after M2O).
+        ref = self.params if reference_a is None else [reference_a.get_parameter(n) for n in self.names]
+        self.start = [p.detach().clone().to(device) for p in ref]
         # Variance correction applies to floating tensors of more than one element (spec §2 step 2).
         self.corrected = [i for i, p in enumerate(self.params) if p.is_floating_point() and p.numel() > 1]
         self.var_a = geometry.variances([self.params[i] for i in self.corrected])
@@ -88,7 +96,10 @@ class M2M:
         self.stage_index = torch.tensor([stage_of[n] for n in self.names])
         self.num_stages = len(plan.stages)
         self.start_ticks = self._schedule_start_ticks() if config.schedule else None
-        self.state = TickState()
+        self.state = TickState(points=list(prior_points or []), ticks=list(prior_ticks or []))
+        self.state.landed = (self.d0 == 0).tolist()
+        # A phase after an earlier one (cross-sphere) numbers its points after it and starts on its last point.
+        self.offset = tick_offset
         self.last_dist = self.d0.clone()  # distances to θ_B after the last tick
         self._saved: list[torch.Tensor] | None = None
 
@@ -132,6 +143,8 @@ class M2M:
             step_a=cfg.step_a * self.state.step_scale,
             step_f=floor,
         )
+        for i, r in zip(active, (remaining == 0).tolist(), strict=True):
+            self.state.landed[i] = self.state.landed[i] or r
         dist = dist.clone()
         dist[active] = remaining.to(dist.device)
         return dist  # the active tensors' new distances; the others' as of the last tick
@@ -157,8 +170,13 @@ class M2M:
         return torch.where(self.d0 > 0, dist / self.d0.clamp_min(1e-300), torch.zeros_like(dist))
 
     def _arrived(self, dist: torch.Tensor, upto: int) -> bool:
+        """Every tensor of the first ``upto`` stages is within ``arrival_tol`` of θ_B, or a move has landed it
+        exactly on θ_B at least once. The second test tolerates the drift that repair training adds: a tensor
+        that SGD pulls back by more than the tolerance every tick would otherwise never arrive."""
         mask = self.stage_index < upto
-        return bool((self._relative_remaining(dist)[mask] <= self.config.arrival_tol).all())
+        close = self._relative_remaining(dist) <= self.config.arrival_tol
+        landed = torch.tensor(self.state.landed, dtype=torch.bool)
+        return bool((close | landed)[mask].all())
 
     def _live_tensors(self) -> list[torch.Tensor]:
         """Every tensor a tick changes: parameters, buffers and the optimizer's state (momentum)."""
@@ -191,7 +209,7 @@ class M2M:
     def run(self) -> TickState:
         """Run (or continue) the loop to θ_B; returns the final state."""
         st = self.state
-        if st.tick == 0 and not st.points:
+        if st.tick == 0 and not st.points:  # (a phase after M2O starts on M2O's last point: already saved)
             self._record_point(0, float("nan"), self.d0, boundary=True)
             self._checkpoint()
         bar = tqdm(
@@ -294,7 +312,7 @@ class M2M:
         st = self.state
         st.ticks.append(
             {
-                "tick": st.tick,
+                "tick": st.tick + self.offset,
                 "stage": st.active - 1,
                 "train_loss": loss,
                 "iters": iters,
@@ -307,6 +325,7 @@ class M2M:
     def _record_point(self, tick: int, loss: float, dist: torch.Tensor, *, boundary: bool, phase: str = "m2m") -> None:
         st = self.state
         t = time.perf_counter()
+        tick += self.offset
         rel = point_name(tick)
         if self.writer is not None:
             rel = self.writer.write_point(tick, _cpu_copy(self.model), self.endpoint_format)
