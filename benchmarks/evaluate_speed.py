@@ -1,0 +1,88 @@
+"""How long evaluating a path takes: 50 points of small_cnn on all of digits, one CPU thread.
+
+    .venv/bin/python -m benchmarks.evaluate_speed [--points 50] [--threads 1]
+
+Target (issue 5): the 50 points' evaluation (every point on the whole training set and the test set) < 20 s on
+one core. Also printed: the full default ``evaluate_path`` (+ 21-point linear baseline + continuity K=4 on 512
+examples), with BatchNorm recalibration, and drawing the plots. The endpoints are trained for 3 epochs first
+(not timed); the points are the straight line between them, written like a real run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hf_llpf.config import ConnectConfig, TrainRecipe, to_yaml
+from hf_llpf.data import load_data
+from hf_llpf.evaluate import evaluate_path, load_point
+from hf_llpf.path import RunWriter
+from hf_llpf.plots import plot_path
+from hf_llpf.train import train_endpoint
+
+
+def _write_run(root: Path, a, b, n: int) -> None:
+    writer = RunWriter(root)
+    model = copy.deepcopy(a.model)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    points = []
+    for i in range(n):
+        load_point(model, sa, sb, i / (n - 1))
+        rel = writer.write_point(i, model, a)
+        points.append(
+            {
+                "index": i,
+                "tick": i,
+                "stage": 0,
+                "phase": "m2m",
+                "train_loss": None,
+                "sgd_iters": 0,
+                "dist_a": None,
+                "dist_b": None,
+                "point": rel,
+            }
+        )
+    writer.write_yaml("llpf_config.yaml", to_yaml(ConnectConfig()))
+    writer.write_metrics(points, [])
+
+
+def main() -> None:
+    """Print the timings."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_data("digits")
+    a, _ = train_endpoint(TrainRecipe(seed=0, epochs=3), data=data, progress=False)
+    b, _ = train_endpoint(TrainRecipe(seed=1, epochs=3), data=data, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        _write_run(run, a, b, args.points)
+        cases = {
+            "points only (train+test, whole sets)": {"continuity_k": 0, "linear_points": 2},
+            "default evaluate_path (+linear 21, continuity K=4)": {},
+            "default + recalibrate_bn": {"recalibrate_bn": True},
+        }
+        n_train, n_test = len(data.train_tensors), len(data.test_tensors)
+        print(
+            f"small_cnn, digits ({n_train} train + {n_test} test), {args.points} points, "
+            f"{torch.get_num_threads()} thread(s)"
+        )
+        for name, opts in cases.items():
+            start = time.perf_counter()
+            evaluate_path(run, data=data, write=False, **opts)
+            print(f"  {name:<52} {time.perf_counter() - start:6.2f} s")
+        evaluate_path(run, data=data, write=True, report=False)
+        start = time.perf_counter()
+        plot_path(run)
+        print(f"  {'plots (loss, accuracy, layers)':<52} {time.perf_counter() - start:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()
