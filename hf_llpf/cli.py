@@ -65,6 +65,8 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     values = load_recipe(args.recipe)
     if args.data:
         values.setdefault("data", {})["source"] = args.data
+    if args.method:
+        values["method"] = args.method
     config = build(ConnectConfig, apply_overrides(values, args.overrides))
     torch.set_num_threads(args.threads)
     exist = "resume" if args.resume else "overwrite" if args.overwrite else "error"
@@ -74,9 +76,13 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     path = connect(a, b, config=config, run_dir=args.out, exist=exist, progress=not args.no_progress, command=command)
     wall = time.perf_counter() - start
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under accelerate launch / torchrun only the main process reports
+        return 0
     run = path.summary.get("run", {})
     print(
-        f"path written to {args.out}: {len(path)} points, {run.get('ticks')} ticks, "
+        f"path written to {args.out} ({run.get('method')}): {len(path)} points, {run.get('ticks')} ticks, "
         f"{run.get('sgd_iters')} SGD iterations, stages started at ticks {run.get('stage_starts')}"
     )
     if args.profile:
@@ -302,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="training data spec (default: the recipe's, else digits)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--arch", help="model name for bare .safetensors endpoints")
+    p.add_argument(
+        "--method",
+        choices=["auto", "m2m", "m2o"],
+        help="auto (default): M2M, or M2O+M2M when the endpoints are on different spheres",
+    )
     exist = p.add_mutually_exclusive_group()
     exist.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     exist.add_argument("--overwrite", action="store_true", help="replace an existing run directory")

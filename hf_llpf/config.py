@@ -116,6 +116,19 @@ class ConnectConfig(_Settings):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
+    # Devices (Accelerate): the repair training's precision; moves and corrections stay in the endpoints' dtype.
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast of the repair training")
+    sync_check_every: int = Field(
+        25,
+        ge=1,
+        description="with several processes, compare a weight checksum "
+        "across processes every N ticks (and at the end)",
+    )
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(
+        default_factory=list,
+        description="Accelerate trackers that log per-tick loss, stage, distance and SGD "
+        "iterations, and the final summary",
+    )
     # Bookkeeping.
     save_every: int = Field(10, ge=1, description="write a point every N ticks (plus stage boundaries and the end)")
     checkpoint_every: int = Field(25, ge=1, description="write the resume checkpoint every N ticks")

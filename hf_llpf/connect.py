@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path as FsPath
 from typing import Any
 
 import datasets
@@ -29,9 +30,9 @@ from hf_llpf.data import DataBundle, SeededLoader, load_data
 from hf_llpf.errors import ConfigError, DataMismatchError, RunDirectoryError
 from hf_llpf.layers import build_stages
 from hf_llpf.models import Endpoint, check_endpoints_match, load_endpoint
-from hf_llpf.path import Path, RunWriter
+from hf_llpf.path import CHECKPOINT, Path, RunWriter
 from hf_llpf.seeding import seed_everything
-from hf_llpf.train import LossFn, RepairTrainer, check_labels_fit
+from hf_llpf.train import LossFn, RepairTrainer, check_labels_fit, make_accelerator
 
 logger = get_logger(__name__)
 
@@ -70,7 +71,9 @@ def connect(
         The :class:`~hf_llpf.path.Path` (points load lazily from ``run_dir``).
     """
     config = _resolve_config(config)
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or make_accelerator(
+        mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
+    )
     seed_everything(config.seed)
     ea, eb = _endpoint(model_a), _endpoint(model_b)
     check_endpoints_match(ea.model, eb.model)
@@ -82,10 +85,12 @@ def connect(
     plan = build_stages(ea.model, example, overrides=config.stages)
     method = choose_method(ea, eb, config)
 
-    writer = RunWriter(run_dir, exist=exist)
-    ckpt = writer.load_checkpoint() if writer.has_checkpoint else None
+    # Only the main process writes; the others wait until it has created (or cleared) the run directory.
+    writer = RunWriter(run_dir, exist=exist) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    ckpt = read_checkpoint(run_dir)
     if ckpt is not None:
-        _check_same_run(writer, config)
+        _check_same_run(run_dir, config)
         if method == "m2o":
             raise RunDirectoryError(
                 f"--resume is not supported for cross-sphere (M2O+M2M) runs yet; rerun {run_dir} with --overwrite"
@@ -93,7 +98,7 @@ def connect(
     if ckpt is not None and ckpt.get("done"):
         logger.info(f"{run_dir} is already complete; nothing to resume", main_process_only=True)
         return Path(run_dir, template=ea.model if ea.kind == "module" else None)
-    if ckpt is None:
+    if ckpt is None and writer is not None:
         writer.write_yaml("llpf_config.yaml", to_yaml(config))
         writer.write_json(
             "endpoints.json",
@@ -122,14 +127,23 @@ def connect(
             per_tensor_lr=per_tensor_lr,
         )
 
+    on_tick = None
+    if config.report_to:
+        accelerator.init_trackers("hf_llpf", config=config.model_dump(mode="json", exclude={"schedule", "stages"}))
+
+        def on_tick(row: dict) -> None:
+            keys = ("train_loss", "stage", "dist_b", "sgd_iters")
+            accelerator.log({k: row[k] for k in keys if row.get(k) is not None}, step=row["tick"])
+
     start = time.perf_counter()
     if method == "m2o":
         loop = run_cross_sphere(
-            ea, eb, plan, config, make_trainer, writer, device=accelerator.device, progress=progress
+            ea, eb, plan, config, make_trainer, writer, device=accelerator.device, progress=progress, on_tick=on_tick
         )
     else:
         model = copy.deepcopy(ea.model).to(accelerator.device)
         loop = M2M(model, eb, ea, plan, config, make_trainer(model), writer, progress=progress)
+        loop.on_tick = on_tick
         if ckpt is not None:
             loop.load_checkpoint(ckpt)
         loop.run()
@@ -148,8 +162,19 @@ def connect(
             "num_stages": len(plan.stages),
         }
     }
-    writer.write_metrics(state.points, state.ticks, summary)
+    if writer is not None:
+        writer.write_metrics(state.points, state.ticks, summary)
+    if config.report_to:
+        accelerator.log({f"run/{k}": v for k, v in summary["run"].items() if isinstance(v, (int, float))})
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
     return Path(run_dir, template=ea.model if ea.kind == "module" else None)
+
+
+def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
+    """The resume checkpoint of ``run_dir``, or None (every process reads it; only the main one writes it)."""
+    file = FsPath(run_dir) / CHECKPOINT
+    return torch.load(file, map_location="cpu", weights_only=False) if file.is_file() else None
 
 
 def walk_to_origin(
@@ -170,7 +195,7 @@ def walk_to_origin(
         ConfigError: ``m2o.target_variance`` is not below 1 (M2O never walks outward).
     """
     config = _resolve_config(config)
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or make_accelerator(mixed_precision=config.mixed_precision)
     seed_everything(config.seed)
     endpoint = _endpoint(model)
     loader, bundle = _training_batches(train_data, config)
@@ -233,17 +258,15 @@ def choose_method(ea: Endpoint, eb: Endpoint, config: ConnectConfig) -> str:
     return "m2o"
 
 
-def _check_same_run(writer: RunWriter, config: ConnectConfig) -> None:
+def _check_same_run(run_dir: str | os.PathLike, config: ConnectConfig) -> None:
     """A resumed run must use the settings it started with, or the path would mix two runs."""
     import yaml
 
-    saved = yaml.safe_load((writer.root / "llpf_config.yaml").read_text())
+    saved = yaml.safe_load((FsPath(run_dir) / "llpf_config.yaml").read_text())
     now = config.model_dump(mode="json")
     differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if differing:
-        raise ConfigError(
-            [f"--resume: {k} was {saved.get(k)!r} in {writer.root}, now {now.get(k)!r}" for k in differing]
-        )
+        raise ConfigError([f"--resume: {k} was {saved.get(k)!r} in {run_dir}, now {now.get(k)!r}" for k in differing])
 
 
 def _resolve_config(config: ConnectConfig | dict | None) -> ConnectConfig:

@@ -29,6 +29,40 @@ from hf_llpf.seeding import seed_everything
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
+def make_accelerator(
+    *, mixed_precision: str = "no", report_to: list[str] | None = None, project_dir: str | None = None
+) -> Accelerator:
+    """The Accelerator of a run: the device (GPU when there is one), processes, precision and trackers.
+
+    Raises:
+        ConfigError: a tracker's package is not installed, or this process already runs an Accelerator with
+            another mixed precision (Accelerate's state is per process).
+    """
+    import importlib.util
+
+    from accelerate.state import AcceleratorState
+
+    from hf_llpf.errors import ConfigError
+
+    missing = [name for name in report_to or [] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            [f"report_to={name!r}: the package {name!r} is not installed (pip install {name})" for name in missing]
+        )
+    current = AcceleratorState._shared_state.get("_mixed_precision") if AcceleratorState._shared_state else None
+    if current is not None and str(current) != mixed_precision:
+        raise ConfigError(
+            f"mixed_precision={mixed_precision!r}: this process already runs Accelerate with "
+            f"{current!r}; start a new process (a new `hf-llpf connect`) to change it"
+        )
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=mixed_precision,
+        log_with=list(report_to or []) or None,
+        project_dir=project_dir,
+    )
+
+
 def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """Cross-entropy for ``(inputs, labels)`` batches; the model's own ``outputs.loss`` for dict batches."""
     if isinstance(batch, dict):
@@ -206,6 +240,11 @@ class RepairTrainer:
 
     With ``per_tensor_lr=True`` every parameter has its own optimizer group, so :meth:`set_lr_factors` can
     give each tensor its own learning rate (AngleConformal, spec §3).
+
+    Under several processes the model is wrapped for data parallelism by the Accelerator (gradients are
+    averaged), each process reads its own shard of every batch, and the loss that drives the stopping rule is
+    averaged across processes, so every process runs the same number of iterations and stays in step. The
+    Accelerator's mixed precision (``bf16``/``fp16``) applies to these forward/backward passes only.
     """
 
     def __init__(
@@ -224,7 +263,8 @@ class RepairTrainer:
         per_tensor_lr: bool = False,
     ):
         self.accelerator = accelerator or Accelerator(cpu=True)
-        self.model = model
+        self.module = model  # the bare model: moves and corrections act on its parameters
+        self.distributed = self.accelerator.num_processes > 1
         self.train_data = train_data
         self.stream = batch_stream(train_data)
         self.loss_fn = loss_fn or default_loss
@@ -232,7 +272,13 @@ class RepairTrainer:
         self.base_lr = lr
         params = list(model.parameters())
         groups = [{"params": [p]} for p in params] if per_tensor_lr else [{"params": params}]
-        self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        # prepare_* wraps for DDP (several processes) and mixed precision; on one plain process it changes nothing.
+        self.model = self.accelerator.prepare_model(model)
+        self.optimizer = self.accelerator.prepare_optimizer(optimizer)
+        if isinstance(train_data, SeededLoader) and self.distributed:
+            train_data.num_shards = self.accelerator.num_processes
+            train_data.shard_index = self.accelerator.process_index
         self._group_of = {id(p): i for i, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
         self.iterations = 0  # over the whole run
 
@@ -247,7 +293,8 @@ class RepairTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.accelerator.backward(loss)
             self.optimizer.step()
-            window.append(loss.item())  # the stopping rule needs it; one sync per batch
+            value = self.accelerator.reduce(loss.detach(), "mean") if self.distributed else loss.detach()
+            window.append(value.item())  # the stopping rule needs it; one sync per batch
             if len(window) > self.min_iters:
                 window.pop(0)
             if i >= self.min_iters and not math.isfinite(window[-1]):

@@ -51,13 +51,14 @@ def run_cross_sphere(
     *,
     device: torch.device,
     progress: bool = True,
+    on_tick: Callable[[dict], None] | None = None,
 ) -> M2M:
     """Run M2O then M2M and assemble one path from θ_A to θ_B in ``writer``; returns the finished M2M loop."""
     names = moved_parameter_names(plan, ea.model)
     a_larger = larger_sphere_is_a(ea.model, eb.model, [n for n in names if ea.model.get_parameter(n).ndim > 1])
     walker, other = (ea, eb) if a_larger else (eb, ea)
     # Where the M2O points go: straight into the path when A walks; aside (to be reversed) when B walks.
-    m2o_writer = writer if a_larger else RunWriter(writer.root / ".m2o_phase", exist="overwrite")
+    m2o_writer = writer if a_larger or writer is None else RunWriter(writer.root / ".m2o_phase", exist="overwrite")
     model = copy.deepcopy(walker.model).to(device)
     trainer = make_trainer(model, per_tensor_lr=True)
     pw, po = dict(walker.model.named_parameters()), dict(other.model.named_parameters())
@@ -91,8 +92,11 @@ def run_cross_sphere(
         prior_ticks=prior_ticks,
         reference_a=ea.model,
     )
+    m2m.on_tick = on_tick
     m2m.run()
     m2m.state.timing = _merge(m2m.state.timing, m2o.timing)
+    if writer is None:  # not the main process: it computed the same path, the main one writes it
+        return m2m
     if not a_larger:
         _append_reversed(m2m, m2o, m2o_writer, writer)
         shutil.rmtree(m2o_writer.root, ignore_errors=True)
@@ -101,7 +105,7 @@ def run_cross_sphere(
 
 
 def record_m2o_points(
-    walk: M2O, writer: RunWriter, endpoint: Endpoint, *, reference_a: nn.Module, reference_b: nn.Module | None
+    walk: M2O, writer: RunWriter | None, endpoint: Endpoint, *, reference_a: nn.Module, reference_b: nn.Module | None
 ) -> None:
     """Run ``walk`` and save its points (every ``save_every`` ticks and the end) and per-tick rows in ``writer``.
 
@@ -125,7 +129,7 @@ def record_m2o_points(
         if tick % every and not walk.done():
             return
         params = _params(model)
-        rel = writer.write_point(tick, _cpu(model), endpoint)
+        rel = writer.write_point(tick, _cpu(model), endpoint) if writer is not None else point_name(tick)
         walk.points.append(
             {
                 "index": len(walk.points),
@@ -140,7 +144,8 @@ def record_m2o_points(
                 "point": rel,
             }
         )
-        writer.write_metrics(walk.points, walk.ticks)
+        if writer is not None:
+            writer.write_metrics(walk.points, walk.ticks)
 
     walk.run(record=record)
     if walk.points[-1]["tick"] != walk.tick:  # the walk's last state is always a saved point

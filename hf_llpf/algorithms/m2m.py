@@ -100,6 +100,7 @@ class M2M:
         self.state.landed = (self.d0 == 0).tolist()
         # A phase after an earlier one (cross-sphere) numbers its points after it and starts on its last point.
         self.offset = tick_offset
+        self.on_tick = None  # called with each tick's row (experiment trackers)
         self.last_dist = self.d0.clone()  # distances to θ_B after the last tick
         self._saved: list[torch.Tensor] | None = None
 
@@ -275,6 +276,8 @@ class M2M:
         self._record_tick(loss, iters, dist)
         if boundary or st.tick % cfg.save_every == 0:
             self._record_point(st.tick, loss, dist, boundary=boundary)
+        if self.trainer.distributed and st.tick % cfg.sync_check_every == 0:
+            self._check_in_sync()
         if st.tick % cfg.checkpoint_every == 0:
             self._checkpoint()
         return dist
@@ -299,7 +302,22 @@ class M2M:
         self._record_tick(float("nan"), 0, torch.zeros_like(dist))
         self._record_point(st.tick, float("nan"), torch.zeros_like(dist), boundary=True, phase="end")
         self._verify_end()
+        if self.trainer.distributed:
+            self._check_in_sync()
         self._checkpoint(done=True)
+
+    def _check_in_sync(self) -> None:
+        """Every process must hold the same weights: compare a cheap checksum (sum and sum of squares)."""
+        acc = self.trainer.accelerator
+        local = torch.stack(
+            [torch.stack([p.detach().double().sum(), p.detach().double().square().sum()]) for p in self.params]
+        ).sum(0)  # (2,)
+        everyone = acc.gather(local.to(acc.device).unsqueeze(0))  # (processes, 2)
+        if not bool((everyone == everyone[0]).all()):
+            raise DivergenceError(
+                f"processes hold different weights at tick {self.state.tick + self.offset} (checksums "
+                f"{everyone.tolist()}); a move or correction was not identical on every process"
+            )
 
     def _verify_end(self) -> None:
         state = self.model.state_dict()
@@ -321,6 +339,8 @@ class M2M:
                 "dist_b": float(torch.sqrt((dist**2).sum())),
             }
         )
+        if self.on_tick is not None:
+            self.on_tick(st.ticks[-1])
 
     def _record_point(self, tick: int, loss: float, dist: torch.Tensor, *, boundary: bool, phase: str = "m2m") -> None:
         st = self.state
