@@ -80,6 +80,13 @@ def _cmd_connect(args: argparse.Namespace) -> int:
 
     if not PartialState().is_main_process:  # under accelerate launch / torchrun only the main process reports
         return 0
+    if args.push_to_hub:
+        from hf_llpf.evaluate import evaluate_path
+        from hf_llpf.hub import push_path
+
+        evaluate_path(path)  # the card's figures and plots
+        pushed = push_path(args.out, repo_id=args.push_to_hub)
+        print(f"published {args.out} as {pushed['url']} (tag {pushed['tag']})")
     run = path.summary.get("run", {})
     print(
         f"path written to {args.out} ({run.get('method')}): {len(path)} points, {run.get('ticks')} ticks, "
@@ -267,8 +274,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hf_llpf.report import summary_table
 
     torch.set_num_threads(args.threads)
+    source, published = args.run_dir, not Path(args.run_dir).exists() and "/" in args.run_dir
+    if published:  # a path published on the Hub (org/repo[@rev]): evaluate it here, write nothing back
+        from hf_llpf.hub import load_path
+
+        source = load_path(args.run_dir)
     result = evaluate_path(
-        args.run_dir,
+        source,
+        write=not published,
         train_subset=args.train_subset,
         batch_size=args.batch_size,
         recalibrate_bn=args.recalibrate_bn,
@@ -283,7 +296,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"examples in {ev['seconds']:.1f} s"
     )
     print(summary_table(result["summary"]))
-    print(f"written: {Path(args.run_dir) / 'path_metrics.json'}, plots/, README.md")
+    if not published:
+        print(f"written: {Path(args.run_dir) / 'path_metrics.json'}, plots/, README.md")
     return 0
 
 
@@ -308,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="training data spec (default: the recipe's, else digits)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--arch", help="model name for bare .safetensors endpoints")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="evaluate the path, then publish it as this Hub repo")
     p.add_argument(
         "--method",
         choices=["auto", "m2m", "m2o"],
@@ -359,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("evaluate", help="judge a path: metrics per point, linear baseline, continuity, plots, report")
-    p.add_argument("run_dir", help="the run directory written by `hf-llpf connect`")
+    p.add_argument("run_dir", help="a run directory, or a published path org/repo[@rev] (evaluated without writing)")
     p.add_argument("--train-subset", type=int, help="fixed seeded subset of N training examples (default: all)")
     p.add_argument("--recalibrate-bn", action="store_true", help="also report figures after BatchNorm recalibration")
     p.add_argument("--linear-points", type=int, default=21, help="points of the linear baseline (default 21)")

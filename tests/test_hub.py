@@ -295,6 +295,35 @@ def cli_push():
         constants.ENDPOINT = old
     return rc
 step("cli_push", cli_push)
+
+def cli_evaluate():
+    import contextlib, io
+    from hf_llpf.cli import main
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["evaluate", f"llpf/timm-path@{out['timm_push']['second']['tag']}", "--train-subset", "128",
+                   "--linear-points", "3", "--continuity", "0"])
+    return {"rc": rc, "stdout": buf.getvalue()}
+step("cli_evaluate", cli_evaluate)
+
+def cli_connect_push():
+    from huggingface_hub import constants
+    from hub_fixtures import make_endpoints, save_endpoint_folder
+    from hf_llpf.cli import main
+    base = Path(cfg["export_dir"]).parent / "connect"
+    a, b = make_endpoints("timm")
+    save_endpoint_folder(a, base / "a")
+    save_endpoint_folder(b, base / "b")
+    old, constants.ENDPOINT = constants.ENDPOINT, W
+    os.environ["HF_TOKEN"] = cfg["token"]
+    try:
+        rc = main(["connect", str(base / "a"), str(base / "b"), "--data", "digits", "--out", str(base / "run"),
+                   "--no-progress", "--push-to-hub", "llpf/connected", "step_r=0.5", "max_iters=2", "min_iters=1"])
+    finally:
+        constants.ENDPOINT = old
+        del os.environ["HF_TOKEN"]
+    return rc
+step("cli_connect_push", cli_connect_push)
 Path(cfg["results"]).write_text(json.dumps(out, default=str))
 """
 
@@ -515,6 +544,21 @@ def test_cli_push(hub_round_trip):
     assert _ok(hub_round_trip["results"], "cli_push") == 0
     repo = hub_round_trip["mirrors"] / "models" / "llpf/cli-path"
     assert _git(repo, "tag", "--list").startswith("llpf-")
+
+
+@pytest.mark.hub
+def test_cli_evaluates_a_published_path(hub_round_trip):
+    res = _ok(hub_round_trip["results"], "cli_evaluate")
+    assert res["rc"] == 0 and "5 points evaluated on 128 train" in res["stdout"]
+
+
+@pytest.mark.hub
+def test_connect_push_to_hub_publishes_the_evaluated_path(hub_round_trip):
+    assert _ok(hub_round_trip["results"], "cli_connect_push") == 0
+    repo = hub_round_trip["mirrors"] / "models" / "llpf/connected"
+    assert _git(repo, "tag", "--list").startswith("llpf-")
+    assert "max_train_loss" in (repo / "path_metrics.json").read_text()  # evaluated before it was pushed
+    assert not (repo / "checkpoint").exists()
 
 
 @pytest.mark.hub
