@@ -74,6 +74,8 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     b = load_endpoint(args.b, arch=args.arch)
     command = "hf-llpf " + " ".join(shlex.quote(x) for x in sys.argv[1:]) if sys.argv[1:] else None
     start = time.perf_counter()
+    if args.repeats > 1:
+        return _connect_repeats(args, a, b, config, exist)
     path = connect(a, b, config=config, run_dir=args.out, exist=exist, progress=not args.no_progress, command=command)
     wall = time.perf_counter() - start
     from accelerate import PartialState
@@ -108,6 +110,19 @@ def _profile_table(timing: dict[str, float], *, wall: float, ticks: int) -> str:
         per_tick = 1000 * sec / ticks if ticks else float("nan")
         lines.append(f"{name:<8} {sec:>9.3f} {share:>7.1%} {per_tick:>9.2f}")
     return "\n".join(lines)
+
+
+def _connect_repeats(args: argparse.Namespace, a, b, config, exist: str) -> int:
+    import json
+
+    from hf_llpf.repeats import run_repeats
+
+    summary = run_repeats(
+        a, b, config=config, run_dir=args.out, repeats=args.repeats, exist=exist, progress=not args.no_progress
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"{args.repeats} paths in {args.out}/repeat_*; consistency.json and plots/repeats.png written")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -322,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="training data spec (default: the recipe's, else digits)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--arch", help="model name for bare .safetensors endpoints")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="R",
+        help="R paths with repair-training seeds seed..seed+R-1 in OUT/repeat_NN, and their consistency",
+    )
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="evaluate the path, then publish it as this Hub repo")
     p.add_argument(
         "--method",

@@ -207,3 +207,28 @@ def test_divergence_guard_rolls_back_then_stops_with_a_checkpoint(endpoints, dig
     assert ckpt["loop"]["tick"] == 0  # no broken point was recorded
     a = load_endpoint(endpoints[0]).model.state_dict()
     assert all(torch.equal(ckpt["model"][k], a[k]) for k in a)  # rolled back to θ_A, buffers included
+
+
+def test_cli_repeats_write_every_path_and_the_consistency_report(endpoints, tmp_path, capsys):
+    import json
+
+    args = [
+        "connect",
+        str(endpoints[0]),
+        str(endpoints[1]),
+        "--data",
+        "digits",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+        "--repeats",
+        "2",
+        "step_r=0.5",
+        "max_iters=3",
+        "min_iters=1",
+    ]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "r" / "consistency.json").read_text())
+    assert report["repeats"] == 2 and (tmp_path / "r" / "plots" / "repeats.png").stat().st_size > 0
+    first, second = hf_llpf.Path(tmp_path / "r" / "repeat_00"), hf_llpf.Path(tmp_path / "r" / "repeat_01")
+    assert not torch.equal(first.state_dict_at(1)["conv1.weight"], second.state_dict_at(1)["conv1.weight"])
