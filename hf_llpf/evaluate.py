@@ -420,6 +420,7 @@ def linear_interpolation(
     loss_fn: LossFn | None = None,
     recalibrate: bool = False,
     recal_batches: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[dict]:
     """Evaluate θ(t) = (1−t)·θ_A + t·θ_B at ``points`` evenly spaced t (ends included, exactly θ_A and θ_B).
 
@@ -432,7 +433,8 @@ def linear_interpolation(
     if points < 2:
         raise ConfigError(f"linear_points={points}: need at least 2 (the two endpoints)")
     rows = []
-    for i in range(points):
+    rank, world = shard  # this process evaluates every world-th point, starting at rank
+    for i in range(rank, points, world):
         t = i / (points - 1)
         load_point(model, state_a, state_b, t)
         rows.append(
@@ -506,25 +508,40 @@ def _as_path(path_or_run_dir: Path | str | os.PathLike, template: nn.Module | No
     return Path(path_or_run_dir, template=template)
 
 
-def _walk_path(path: Path, model: nn.Module, sets: EvalSets, opts: dict) -> tuple[list[dict], list[float], list[dict]]:
-    """Evaluate every saved point and every segment, streaming: returns rows, L2 steps and continuity rows."""
+def _walk_path(
+    path: Path, model: nn.Module, sets: EvalSets, opts: dict, shard: tuple[int, int] = (0, 1)
+) -> tuple[list[dict], list[float], list[dict]]:
+    """Evaluate saved points and the segments into them, streaming (at most two points' tensors in memory).
+
+    With ``shard = (rank, world)`` this process takes points ``rank, rank + world, ...`` and the segment that
+    ends at each; :func:`_gather_walk` puts the processes' parts back in order. Every number is computed the
+    same way whichever process owns the point, so a sharded evaluation equals a one-process one.
+
+    Returns:
+        ``[(index, row, step into it or None, continuity rows of the segment into it)]`` for this process.
+    """
     names = param_names(model)
-    rows, steps, cont = [], [], []
-    prev: dict[str, torch.Tensor] | None = None
-    prev_cont_loss = math.nan
-    for i in range(len(path)):
+    rank, world = shard
+    items = []
+    cont_loss_of: dict[int, float] = {}  # continuity-subset loss of each point, reused for the next segment
+    last: tuple[int, dict[str, torch.Tensor]] | None = None
+    for i in range(rank, len(path), world):
         cur = path.state_dict_at(i)
         load_point(model, cur)
         row = evaluate_point(
             model, sets, loss_fn=opts["loss_fn"], recalibrate=opts["recal"], recal_batches=opts["recal_batches"]
         )
-        cont_loss = math.nan
         if opts["k"] > 0:
             load_point(model, cur)  # undo the recalibration: segments interpolate the saved tensors
-            cont_loss = score(model, sets.continuity, loss_fn=opts["loss_fn"])["loss"]
-        if prev is not None:
-            steps.append(l2_distance(prev, cur, names))
+            cont_loss_of[i] = score(model, sets.continuity, loss_fn=opts["loss_fn"])["loss"]
+        step, seg_rows = None, []
+        if i > 0:
+            prev = last[1] if last is not None and last[0] == i - 1 else path.state_dict_at(i - 1)
+            step = l2_distance(prev, cur, names)
             if opts["k"] > 0:
+                if i - 1 not in cont_loss_of:
+                    load_point(model, prev)
+                    cont_loss_of[i - 1] = score(model, sets.continuity, loss_fn=opts["loss_fn"])["loss"]
                 seg = continuity(
                     model,
                     prev,
@@ -532,11 +549,24 @@ def _walk_path(path: Path, model: nn.Module, sets: EvalSets, opts: dict) -> tupl
                     sets.continuity,
                     k=opts["k"],
                     loss_fn=opts["loss_fn"],
-                    end_losses=(prev_cont_loss, cont_loss),
+                    end_losses=(cont_loss_of[i - 1], cont_loss_of[i]),
                 )
-                cont.extend({"segment": i - 1, "from_index": i - 1, "to_index": i, **r} for r in seg)
-        rows.append(row)
-        prev, prev_cont_loss = cur, cont_loss
+                seg_rows = [{"segment": i - 1, "from_index": i - 1, "to_index": i, **r} for r in seg]
+        items.append((i, row, step, seg_rows))
+        last = (i, cur)
+    return items
+
+
+def _gather_walk(items: list, accelerator: Accelerator) -> tuple[list[dict], list[float], list[dict]]:
+    """All processes' :func:`_walk_path` parts, in point order: rows, L2 steps and continuity rows."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        items = gather_object(items)
+    items = sorted(items, key=lambda item: item[0])
+    rows = [row for _, row, _, _ in items]
+    steps = [step for _, _, step, _ in items if step is not None]
+    cont = [r for _, _, _, seg in items for r in seg]
     return rows, steps, cont
 
 
@@ -633,7 +663,8 @@ def evaluate_path(
     model = path.model_at(0).to(accelerator.device).eval()
     opts = {"loss_fn": loss_fn, "recal": recalibrate_bn, "recal_batches": recal_batches, "k": continuity_k}
 
-    rows, steps, cont = _walk_path(path, model, sets, opts)
+    shard = (accelerator.process_index, accelerator.num_processes)
+    rows, steps, cont = _gather_walk(_walk_path(path, model, sets, opts, shard), accelerator)
     pos = positions(steps)
     _locate_continuity(cont, path, pos)
     state_a, state_b = path.state_dict_at(0), path.state_dict_at(-1)
@@ -647,7 +678,12 @@ def evaluate_path(
         loss_fn=loss_fn,
         recalibrate=recalibrate_bn,
         recal_batches=recal_batches,
+        shard=shard,
     )
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        linear = sorted(gather_object(linear), key=lambda r: r["index"])
     del state_a, state_b
 
     points = [{**m, **r, "position": t} for m, r, t in zip(path.metrics, rows, pos)]

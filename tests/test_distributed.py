@@ -59,6 +59,38 @@ def _worker():
         json.dump({"points": len(path), "sum": float(weights.double().sum())}, f)
 
 
+def _eval_worker():
+    """Each of two processes evaluates its share of the points; every process gets the gathered result."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    from hf_llpf.evaluate import evaluate_path
+
+    root = os.environ["HF_LLPF_TEST_ROOT"]
+    result = evaluate_path(os.path.join(root, "run1"), write=False, train_subset=300, continuity_k=2, linear_points=5)
+    with open(os.path.join(root, f"eval_rank{dist.get_rank()}.json"), "w") as f:
+        json.dump(result, f)
+
+
+def _launch(worker: str, root) -> None:
+    # A fresh interpreter: processes forked from pytest would inherit its single-process Accelerate state.
+    script = (
+        f"from accelerate import debug_launcher; from tests.test_distributed import {worker}; "
+        f"debug_launcher({worker}, num_processes=2)"
+    )
+    env = {**os.environ, "HF_LLPF_TEST_ROOT": str(root), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, digits):
     root = tmp_path_factory.mktemp("dist")
@@ -99,6 +131,22 @@ def test_two_processes_stay_in_step_write_once_and_match_one_process(root, digit
     # Same global batch (each process takes half of every batch; gradients averaged). BatchNorm statistics are
     # per process, so the paths differ in detail: the stated tolerance on the max eval loss is 0.05.
     assert abs(_max_loss(two, digits) - _max_loss(one, digits)) < 0.05
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_equals_one_process(root, digits):
+    from hf_llpf.evaluate import evaluate_path
+
+    if not (root / "run1").exists():
+        hf_llpf.connect(root / "a", root / "b", digits, config=CONFIG, run_dir=root / "run1", progress=False)
+    _launch("_eval_worker", root)
+    single = json.loads(
+        json.dumps(evaluate_path(root / "run1", write=False, train_subset=300, continuity_k=2, linear_points=5))
+    )
+    for rank in (0, 1):
+        sharded = json.loads((root / f"eval_rank{rank}.json").read_text())
+        sharded["summary"].pop("evaluation"), single["summary"].pop("evaluation", None)
+        assert sharded == single  # the same numbers, bit for bit, whichever process evaluated each point
 
 
 @pytest.mark.slow
