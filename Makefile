@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hf_llpf-installed
 
-.PHONY: install demo test test-slow olah test-hub lint format clean
+.PHONY: install demo test test-slow olah test-hub test-families lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,10 +17,10 @@ demo: $(STAMP)
 
 # pytest exits 5 when a selection holds no test; that is not a failure of the suite.
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow and not gpu and not hub" ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(PY) -m pytest -m "not slow and not gpu and not hub and not families" ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m "slow and not gpu and not hub" ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	$(PY) -m pytest -m "slow and not gpu and not hub and not families" ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 # Hub tests read through a real olah server (its own venv: it pins its own dependencies) and write through
 # the stand-in in tests/hub_standin.py.
@@ -30,6 +30,10 @@ olah: .olah/bin/olah-cli
 
 test-hub: olah $(STAMP)
 	$(PY) -m pytest -m hub
+
+# One CPU smoke run per architecture family: about an hour on 2 cores, so not part of .ci/run.
+test-families: $(STAMP)
+	$(PY) -m pytest -m families ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hf_llpf tests benchmarks

@@ -1,0 +1,409 @@
+"""Every architecture family connects: a CPU-scale LLPF M2M run per family, judged against linear interpolation.
+
+Run: ``.venv/bin/python -m benchmarks.families [FAMILY ...]`` (default: every family; ``--render`` only rewrites
+the table from the saved JSON). Writes
+``benchmarks/results/families.json`` and ``benchmarks/results/families.md`` (the README table).
+
+Per family: two endpoints of a tiny width (and, where block names allow it, depth) are trained from seeds 0
+and 1 — the image families on the built-in 8x8 digits upscaled to 16 px (32 px for VGG11, whose five
+max-pools need it; LeNet5 reads the 8x8 images), the language models on a generated token task — then
+connected by M2M and judged with :func:`hf_llpf.evaluate.evaluate_path` (eval mode, fixed 512 training
+examples). The stages are those of the family's LLPF recipe (``recipes/<arch>-*-llpf.yaml``: its ``stages``
+override, or its hand-set ``schedule`` turned into the same stages in order), so the run also checks that
+the recipe's regexes fit the model; only the step and the minimal training are shrunk for the CPU.
+
+``tests/test_families.py`` runs the same function at the "test" scale and asserts on the returned row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+import hf_llpf
+from hf_llpf.config import DataConfig, TrainRecipe
+from hf_llpf.data import DataBundle, load_data
+from hf_llpf.evaluate import evaluate_path
+from hf_llpf.seeding import seed_everything
+from hf_llpf.train import train_endpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+RESULTS = Path(__file__).resolve().parent / "results"
+SCRATCH = Path(".bench_cache/families")  # endpoints are kept in memory; the run directories land here
+
+# M2M settings shrunk for a CPU: each stage arrives in 1/step_r = 4 ticks of moving, a few SGD steps per tick.
+CPU_CONNECT = {
+    "method": "m2m",
+    "step_r": 0.25,
+    "step_a": 0.0,
+    "step_f": 0.0,
+    "arrival_tol": 0.05,
+    "min_iters": 2,
+    "max_iters": 20,
+    "loss_threshold": 0.05,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "batch_size": 64,
+    "max_ticks": 200,
+    "save_every": 4,
+    "checkpoint_every": 1000,
+}
+
+
+@dataclass
+class Family:
+    """One architecture family at CPU scale.
+
+    Attributes:
+        name: the family's name in the table.
+        model: built-in/timm model name, or ``"vit"``/``"bert"``/``"gpt2"`` for transformers models.
+        model_args: constructor arguments of the tiny variant.
+        image_size: digits upscaled to this size (None: 8x8; unused by the language models).
+        recipe: the LLPF recipe whose stages (or schedule) the run uses; None: automatic FDF stages.
+        epochs: endpoint training epochs (image families) or passes over the generated task.
+        train: extra TrainRecipe fields (optimizer, lr, ...).
+        connect: extra connect settings over :data:`CPU_CONNECT`.
+    """
+
+    name: str
+    model: str
+    model_args: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = 16
+    recipe: str | None = None
+    epochs: int = 8
+    train: dict[str, Any] = field(default_factory=dict)
+    connect: dict[str, Any] = field(default_factory=dict)
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("lenet5", "lenet5", image_size=None, recipe="lenet5-mnist-llpf.yaml", epochs=10),
+        Family("resnet18", "cifar_resnet18", {"width": 8}, recipe="resnet18-cifar10-llpf.yaml"),
+        Family("vgg11_bn", "cifar_vgg11_bn", {"width": 8}, image_size=32, recipe="vgg11_bn-cifar10-llpf.yaml"),
+        Family(
+            "mobilenetv2",
+            "cifar_mobilenetv2",
+            {"width": 0.25, "dropout": 0.0},
+            recipe="mobilenetv2-cifar10-llpf.yaml",
+        ),
+        Family(
+            "shufflenetv2",
+            "cifar_shufflenetv2",
+            {"width": 0.25, "depth": 0.25},
+            recipe="shufflenetv2-cifar10-llpf.yaml",
+        ),
+        Family(
+            "efficientnet_b0",
+            "cifar_efficientnet_b0",
+            {"width": 0.25, "depth": 0.25, "drop_rate": 0.0},
+            recipe="efficientnet_b0-cifar10-llpf.yaml",
+        ),
+        Family(
+            "regnetx_200mf",
+            "cifar_regnetx_200mf",
+            {"width": 0.34, "depth": 0.25},
+            recipe="regnetx_200mf-cifar10-llpf.yaml",
+        ),
+        Family("dla", "cifar_dla", {"width": 2}, recipe="dla-cifar10-llpf.yaml"),
+        Family(
+            "cct_7_3x1",
+            "cct_7_3x1",
+            {"embed_dim": 32, "num_heads": 2, "img_size": 16, "attn_drop_rate": 0.0, "drop_path_rate": 0.0},
+            recipe="cct_7_3x1-cifar10-llpf.yaml",
+            epochs=20,
+            train={"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1},
+        ),
+        Family("vit", "vit", epochs=20),
+        Family("bert", "bert", epochs=30),
+        Family("gpt2", "gpt2", epochs=30),
+    )
+}
+
+
+# ------------------------------------------------------------------------------------------ stages
+def recipe_stages(recipe: str | None) -> dict[str, Any]:
+    """The connect settings a family takes from its LLPF recipe: the stage list and ``fdf``.
+
+    A hand-set ``schedule`` becomes the complete stage list in start order (the same stages, joining by
+    arrival instead of at the paper's tick counts, which a few dozen CPU ticks cannot reproduce).
+    """
+    if recipe is None:
+        return {}
+    values = yaml.safe_load((RECIPES / recipe).read_text())
+    out: dict[str, Any] = {"fdf": values.get("fdf", True)}
+    if values.get("stages") is not None:
+        out["stages"] = values["stages"]
+    elif values.get("schedule"):
+        entries = sorted(values["schedule"], key=lambda e: e["start"])
+        out["stages"] = {"stages": [[e["match"]] for e in entries]}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the language tasks
+def token_task(kind: str, *, n: int, seed: int, vocab: int = 16, length: int = 8) -> dict[str, torch.Tensor]:
+    """A generated token task with a deterministic answer.
+
+    ``bert``: a [CLS]-led sequence of random tokens, label = token 1 mod 4 (4 classes). ``gpt2``: sequences
+    following x_{i+1} = (3 x_i + 1) mod vocab from a random start, so every next token is predictable.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if kind == "bert":
+        ids = torch.randint(2, vocab, (n, length), generator=g)
+        ids[:, 0] = 1  # [CLS]
+        return {"input_ids": ids, "labels": ids[:, 1] % 4}
+    ids = torch.empty(n, length, dtype=torch.long)
+    ids[:, 0] = torch.randint(0, vocab, (n,), generator=g)
+    for i in range(1, length):
+        ids[:, i] = (3 * ids[:, i - 1] + 1) % vocab
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def _batches(columns: dict[str, torch.Tensor], batch_size: int, *, seed: int | None = None) -> list[dict]:
+    n = len(next(iter(columns.values())))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if seed is not None else torch.arange(n)
+    return [{k: v[order[i : i + batch_size]] for k, v in columns.items()} for i in range(0, n, batch_size)]
+
+
+def _image_columns(bundle: DataBundle, split: str) -> dict[str, torch.Tensor]:
+    loader = bundle.loader(split, batch_size=10**6, seed=0, shuffle=False, augment=False)
+    x, y = next(iter(loader))
+    return {"pixel_values": x, "labels": y}
+
+
+def _hf_model(kind: str, seed: int) -> nn.Module:
+    import transformers as tf
+
+    seed_everything(seed)
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    if kind == "vit":
+        cfg = tf.ViTConfig(image_size=16, patch_size=4, num_channels=1, num_labels=10, **small)
+        return tf.ViTForImageClassification(cfg)
+    if kind == "bert":
+        cfg = tf.BertConfig(vocab_size=16, max_position_embeddings=16, type_vocab_size=1, num_labels=4, **small)
+        return tf.BertForSequenceClassification(cfg)
+    cfg = tf.GPT2Config(vocab_size=16, n_positions=16, n_embd=32, n_layer=2, n_head=2, use_cache=False)
+    return tf.GPT2LMHeadModel(cfg)
+
+
+def _train_hf(model: nn.Module, train: dict[str, torch.Tensor], *, epochs: int, seed: int) -> int:
+    """AdamW on dict batches (the model's own ``outputs.loss``); returns the iteration count."""
+    seed_everything(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    model.train()
+    iters = 0
+    for epoch in range(epochs):
+        for batch in _batches(train, 64, seed=seed * 1000 + epoch):
+            loss = model(**batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            iters += 1
+    return iters
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _states_equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def stage_coverage(run_dir: Path, model: nn.Module) -> list[str]:
+    """Problems with ``layer_groups.json``: parameters in no stage or in more than one (tied aliases excepted)."""
+    plan = json.loads((run_dir / "layer_groups.json").read_text())
+    listed = [p for s in plan["stages"] for g in s["groups"] for p in g["param_names"]]
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False) if n not in plan["tied"]]
+    problems = [f"{n} in {listed.count(n)} stages" for n in sorted(set(listed)) if listed.count(n) > 1]
+    problems += [f"{n} in no stage" for n in names if n not in listed]
+    problems += [f"{n} is not a parameter" for n in listed if n not in names]
+    return problems
+
+
+# ------------------------------------------------------------------------------------------ one family
+def run_family(name: str, root: Path, *, connect_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train two tiny endpoints, connect them by M2M, evaluate; returns the table row (never raises).
+
+    Args:
+        name: a key of :data:`FAMILIES`.
+        root: scratch folder for the endpoints and the run directory.
+        connect_overrides: extra connect settings (e.g. a larger ``step_r`` for a quicker test).
+
+    Returns:
+        The row: family, params, endpoint figures, ``max_train_loss``/``barrier`` of LLPF and linear, ticks,
+        SGD iterations, points, seconds, ``exact_endpoints``, ``stage_problems`` and ``status``
+        (``"connected"`` or ``"failed: <why>"``).
+    """
+    fam = FAMILIES[name]
+    row: dict[str, Any] = {"family": name, "model": fam.model, "model_args": fam.model_args}
+    start = time.perf_counter()
+    try:
+        torch.manual_seed(0)
+        a, b, train_data, eval_data, iters = _endpoints(fam)
+        row["params"] = sum(p.numel() for p in a.parameters())
+        row["endpoint_iters"] = iters
+        row["train_seconds"] = round(time.perf_counter() - start, 1)
+        config = {**CPU_CONNECT, **recipe_stages(fam.recipe), **fam.connect, **(connect_overrides or {})}
+        run_dir = root / f"{name}-path"
+        t = time.perf_counter()
+        path = hf_llpf.connect(a, b, train_data, config=config, run_dir=run_dir, exist="overwrite", progress=False)
+        row["connect_seconds"] = round(time.perf_counter() - t, 1)
+        run = path.summary["run"]
+        row.update(ticks=run["ticks"], sgd_iters=run["sgd_iters"], points=len(path), stages=run["num_stages"])
+        row.update(stage_starts=run["stage_starts"], max_ticks=config["max_ticks"])
+        row["exact_endpoints"] = _states_equal(path.model_at(0), a) and _states_equal(path.model_at(-1), b)
+        row["stage_problems"] = stage_coverage(run_dir, a)
+        t = time.perf_counter()
+        summary = evaluate_path(
+            path, data=eval_data, train_subset=512, linear_points=11, continuity_k=0, report=False
+        )["summary"]
+        row["eval_seconds"] = round(time.perf_counter() - t, 1)
+        for which in ("llpf", "linear"):
+            row[f"{which}_max_train_loss"] = summary[which]["max_train_loss"]
+            row[f"{which}_barrier"] = summary[which]["barrier"]
+        row["status"] = _status(row)
+    except Exception as err:  # a failing family stays in the table with its reason
+        row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        row["traceback"] = traceback.format_exc()
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def _status(row: dict[str, Any]) -> str:
+    # The engine counts its final snap onto θ_B as one more tick: more ticks than max_ticks means the run was
+    # stopped by max_ticks and jumped to θ_B (a run arriving exactly at max_ticks is also reported here).
+    max_ticks = row.get("max_ticks", CPU_CONNECT["max_ticks"])
+    if row["ticks"] > max_ticks:
+        started = len(row.get("stage_starts") or [0])
+        return (
+            f"failed: stalled in stage {started}/{row['stages']}, max_ticks={max_ticks} reached; "
+            "the last segment is a jump to θ_B"
+        )
+    if not row["exact_endpoints"]:
+        return "failed: first/last point differ from θ_A/θ_B"
+    if row["stage_problems"]:
+        return f"failed: stages: {'; '.join(row['stage_problems'][:3])}"
+    llpf, linear = row["llpf_max_train_loss"], row["linear_max_train_loss"]
+    if not (math.isfinite(llpf) and llpf < linear):
+        return f"failed: max train loss along LLPF {llpf:.4g} is not below linear interpolation's {linear:.4g}"
+    return "connected"
+
+
+def _endpoints(fam: Family) -> tuple[nn.Module, nn.Module, Any, Any, int]:
+    """(θ_A, θ_B, training data for connect, evaluation data, iterations to train one endpoint)."""
+    if fam.model in ("bert", "gpt2"):
+        train_cols = token_task(fam.model, n=1024, seed=10)
+        test_cols = token_task(fam.model, n=256, seed=11)
+        models = [_hf_model(fam.model, s) for s in (0, 1)]
+        iters = [_train_hf(m, train_cols, epochs=fam.epochs, seed=s) for s, m in enumerate(models)][0]
+        train = _batches(train_cols, 64, seed=0)
+        evaluation = {"train": _batches(train_cols, 256)[:2], "test": _batches(test_cols, 256)}
+        return models[0].eval(), models[1].eval(), train, evaluation, iters
+    bundle = load_data("digits", image_size=fam.image_size) if fam.image_size else load_data("digits")
+    if fam.model == "vit":
+        train_cols, test_cols = _image_columns(bundle, "train"), _image_columns(bundle, "test")
+        models = [_hf_model("vit", s) for s in (0, 1)]
+        iters = [_train_hf(m, train_cols, epochs=fam.epochs, seed=s) for s, m in enumerate(models)][0]
+        train = _batches(train_cols, 64, seed=0)
+        evaluation = {"train": _batches(train_cols, 256)[:2], "test": _batches(test_cols, 256)}
+        return models[0].eval(), models[1].eval(), train, evaluation, iters
+    data_cfg = DataConfig(source="digits", image_size=fam.image_size)
+    endpoints = []
+    for seed in (0, 1):
+        recipe = TrainRecipe(
+            model=fam.model, model_args=fam.model_args, data=data_cfg, seed=seed, epochs=fam.epochs, **fam.train
+        )
+        endpoint, metrics = train_endpoint(recipe, data=bundle, progress=False)
+        endpoints.append((endpoint.model, metrics))
+    (a, ma), (b, _) = endpoints
+    return a, b, bundle, bundle, ma["iterations"]
+
+
+# ------------------------------------------------------------------------------------------ the table
+COLUMNS = (
+    ("family", "family", str),
+    ("params", "params", lambda v: f"{v:,}"),
+    ("llpf_max_train_loss", "max train loss LLPF", lambda v: f"{v:.4f}"),
+    ("linear_max_train_loss", "max train loss linear", lambda v: f"{v:.4f}"),
+    ("llpf_barrier", "barrier LLPF", lambda v: f"{v:.4f}"),
+    ("linear_barrier", "barrier linear", lambda v: f"{v:.4f}"),
+    ("ticks", "ticks", str),
+    ("sgd_iters", "SGD iterations", lambda v: f"{v:,}"),
+    ("endpoint_iters", "iterations per endpoint", lambda v: f"{v:,}"),
+    ("connect_seconds", "connect s", lambda v: f"{v:.1f}"),
+    ("seconds", "wall s (train + connect + eval)", lambda v: f"{v:.1f}"),
+    ("status", "status", str),
+)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The README table: one row per family, ``-`` where a failed run has no figure."""
+    fmt: dict[str, Callable[[Any], str]] = {k: f for k, _, f in COLUMNS}
+    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = [fmt[k](row[k]) if row.get(k) is not None else "-" for k, _, _ in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render() -> str:
+    """Rewrite ``families.md`` from ``families.json`` (statuses recomputed by the current rules)."""
+    saved = json.loads((RESULTS / "families.json").read_text())
+    for row in saved["rows"]:
+        run_dir = SCRATCH / f"{row['family']}-path"
+        if "stage_starts" not in row and (run_dir / "path_metrics.json").is_file():  # rows of older versions
+            row["stage_starts"] = json.loads((run_dir / "path_metrics.json").read_text())["summary"]["run"][
+                "stage_starts"
+            ]
+        if "llpf_max_train_loss" in row:  # a run that raised keeps its exception as the status
+            row["status"] = _status(row)
+    (RESULTS / "families.json").write_text(json.dumps(saved, indent=2, default=str))
+    table = markdown_table(saved["rows"])
+    (RESULTS / "families.md").write_text(table + "\n")
+    return table
+
+
+def main(argv: list[str]) -> None:
+    if argv == ["--render"]:
+        print(render())
+        return
+    torch.set_num_threads(1)
+    names = argv or list(FAMILIES)
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        raise SystemExit(f"unknown families {unknown}; available: {', '.join(FAMILIES)}")
+    rows = []
+    for name in names:
+        row = run_family(name, SCRATCH)
+        rows.append(row)
+        shown = {k: v for k, v in row.items() if k not in ("traceback", "model_args")}
+        print(json.dumps(shown), flush=True)
+        if "traceback" in row:
+            print(row["traceback"], file=sys.stderr, flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "torch_threads": 1,
+        "torch": torch.__version__,
+        "connect": CPU_CONNECT,
+        "data": "digits (16 px; 32 px for vgg11_bn; 8 px for lenet5), generated tokens for bert/gpt2",
+    }
+    (RESULTS / "families.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+    table = markdown_table(rows)
+    (RESULTS / "families.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
