@@ -8,7 +8,6 @@ Follow-Data-Flow stages, opens the run directory and runs the algorithm. No YAML
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -354,9 +353,3 @@ def sphere_distance(report: list[dict]) -> float:
 def same_sphere(report: list[dict], tolerance: float = SPHERE_TOLERANCE) -> bool:
     """True when :func:`sphere_distance` is within ``tolerance``."""
     return sphere_distance(report) <= tolerance
-
-
-def summary_line(path: Path) -> str:
-    """One line about a finished run: points, ticks, SGD iterations."""
-    run = path.summary.get("run", {})
-    return json.dumps({"points": len(path), "ticks": run.get("ticks"), "sgd_iters": run.get("sgd_iters")})

@@ -96,11 +96,6 @@ class RunWriter:
             raise RunDirectoryError(f"cannot resume {str(self.root)!r}: it does not exist")
         self.root.mkdir(parents=True, exist_ok=True)
 
-    @property
-    def has_checkpoint(self) -> bool:
-        """True when a resume checkpoint exists."""
-        return (self.root / CHECKPOINT).is_file()
-
     def write_json(self, name: str, obj: Any) -> None:
         """Write ``obj`` as indented JSON to ``root/name``."""
         atomic_write_text(self.root / name, json.dumps(obj, indent=2, default=_json_default) + "\n")
@@ -134,10 +129,6 @@ class RunWriter:
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.root / CHECKPOINT, buf.getvalue())
-
-    def load_checkpoint(self) -> dict:
-        """Read the resume state written by :meth:`save_checkpoint`."""
-        return torch.load(self.root / CHECKPOINT, map_location="cpu", weights_only=False)
 
 
 def points_to_csv(points: list[dict]) -> str:
