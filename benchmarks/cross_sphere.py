@@ -3,7 +3,8 @@
 Run: ``.venv/bin/python -m benchmarks.cross_sphere``. Prints, on all of digits' training set in eval mode:
 the cross-sphere path's max train loss (target <= 0.15) beside linear interpolation's (target > 1.0), plain
 M2M forced on the same pair (the ablation), and the M2O phase's max loss with AngleConformal on and off.
-Endpoints are cached in ``.bench_cache/cross_sphere/``.
+Settings: ``recipes/digits-cross-sphere.yaml`` (plus each row's override). Endpoints are cached in
+``.bench_cache/cross_sphere/``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hf_llpf.config import ConnectConfig, TrainRecipe
+from hf_llpf.config import ConnectConfig, TrainRecipe, build, load_recipe
 from hf_llpf.connect import connect, sphere_distance, sphere_report
 from hf_llpf.data import load_data
 from hf_llpf.demo import _endpoint
@@ -21,6 +22,7 @@ from hf_llpf.evaluate import evaluate_path
 from hf_llpf.models import load_endpoint
 
 CACHE = Path(".bench_cache/cross_sphere")
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "digits-cross-sphere.yaml"
 
 
 def _phase_max(result: dict, phase: str) -> float:
@@ -51,7 +53,13 @@ def main() -> None:
     for label, overrides in runs.items():
         t = time.perf_counter()
         path = connect(
-            a, b, data, config=ConnectConfig(**overrides), run_dir=CACHE / "run", exist="overwrite", progress=False
+            a,
+            b,
+            data,
+            config=build(ConnectConfig, {**load_recipe(RECIPE), **overrides}),
+            run_dir=CACHE / "run",
+            exist="overwrite",
+            progress=False,
         )
         seconds = time.perf_counter() - t
         result = evaluate_path(path, data=data, report=False, continuity_k=0)

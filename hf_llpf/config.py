@@ -96,7 +96,7 @@ class ConnectConfig(_Settings):
     # Move (llpf-spec.md §2 step 1): s_k = min(‖d‖, max(step_f, step_a·‖d‖, step_r·‖d_0‖)).
     step_a: float = Field(0.0, ge=0, le=1, description="step as a fraction of the remaining distance")
     step_f: float = Field(0.0, ge=0, description="fixed L2 step length (the reference's step_f)")
-    step_r: float = Field(0.02, ge=0, le=1, description="step as a fraction of the tensor's initial distance")
+    step_r: float = Field(0.25, ge=0, le=1, description="step as a fraction of the tensor's initial distance")
     fdf: bool = Field(True, description="Follow Data Flow: stages join one after another; false moves all from tick 0")
     arrival_tol: float = Field(
         0.02,
@@ -109,7 +109,7 @@ class ConnectConfig(_Settings):
     stages: list[dict[str, Any]] | dict[str, Any] | None = Field(None, description="layer-grouping overrides")
     max_ticks: int = Field(2000, ge=1, description="hard limit on ticks (with a schedule: the stop tick)")
     # Minimal training (§2 step 3).
-    min_iters: int = Field(2, ge=1)
+    min_iters: int = Field(4, ge=1)
     max_iters: int = Field(50, ge=1)
     loss_threshold: float = Field(0.03, ge=0)
     lr: float = Field(0.01, gt=0)
@@ -130,7 +130,7 @@ class ConnectConfig(_Settings):
         "iterations, and the final summary",
     )
     # Bookkeeping.
-    save_every: int = Field(10, ge=1, description="write a point every N ticks (plus stage boundaries and the end)")
+    save_every: int = Field(1, ge=1, description="write a point every N ticks (plus stage boundaries and the end)")
     checkpoint_every: int = Field(25, ge=1, description="write the resume checkpoint every N ticks")
     loss_limit: float = Field(10.0, gt=0, description="a tick whose loss is above this (or non-finite) is rolled back")
     max_failures: int = Field(5, ge=1, description="rolled-back ticks allowed before the run stops")
