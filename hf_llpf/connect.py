@@ -11,6 +11,7 @@ import copy
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -111,20 +112,7 @@ def connect(
         )
         writer.write_json("layer_groups.json", plan.to_json())
 
-    def make_trainer(model: nn.Module, *, per_tensor_lr: bool = False) -> RepairTrainer:
-        return RepairTrainer(
-            model,
-            loader,
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            min_iters=config.min_iters,
-            max_iters=config.max_iters,
-            loss_threshold=config.loss_threshold,
-            loss_fn=loss_fn,
-            accelerator=accelerator,
-            per_tensor_lr=per_tensor_lr,
-        )
+    make_trainer = trainer_factory(config, loader, loss_fn, accelerator)
 
     on_tick = None
     if config.report_to:
@@ -170,6 +158,29 @@ def connect(
     return Path(run_dir, template=ea.model if ea.kind == "module" else None)
 
 
+def trainer_factory(
+    config: ConnectConfig, loader: Any, loss_fn: LossFn | None, accelerator: Accelerator
+) -> Callable[..., RepairTrainer]:
+    """``make(model, per_tensor_lr=False)`` → the run's minimal-training loop for ``model``."""
+
+    def make(model: nn.Module, *, per_tensor_lr: bool = False) -> RepairTrainer:
+        return RepairTrainer(
+            model,
+            loader,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            min_iters=config.min_iters,
+            max_iters=config.max_iters,
+            loss_threshold=config.loss_threshold,
+            loss_fn=loss_fn,
+            accelerator=accelerator,
+            per_tensor_lr=per_tensor_lr,
+        )
+
+    return make
+
+
 def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
     """The resume checkpoint of ``run_dir``, or None (every process reads it; only the main one writes it)."""
     file = FsPath(run_dir) / CHECKPOINT
@@ -211,19 +222,7 @@ def walk_to_origin(
     )
     writer.write_json("layer_groups.json", plan.to_json())
     work = copy.deepcopy(endpoint.model).to(accelerator.device)
-    trainer = RepairTrainer(
-        work,
-        loader,
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        min_iters=config.min_iters,
-        max_iters=config.max_iters,
-        loss_threshold=config.loss_threshold,
-        loss_fn=loss_fn,
-        accelerator=accelerator,
-        per_tensor_lr=True,
-    )
+    trainer = trainer_factory(config, loader, loss_fn, accelerator)(work, per_tensor_lr=True)
     walk = M2O(work, plan, None, config, trainer, writer, endpoint, progress=progress)
     record_m2o_points(walk, writer, endpoint, reference_a=endpoint.model, reference_b=None)
     writer.write_metrics(
