@@ -106,21 +106,7 @@ def _max_loss(path, digits):
 
 @pytest.mark.slow
 def test_two_processes_stay_in_step_write_once_and_match_one_process(root, digits):
-    # A fresh interpreter: processes forked from pytest would inherit its single-process Accelerate state.
-    script = (
-        "from accelerate import debug_launcher; from tests.test_distributed import _worker; "
-        "debug_launcher(_worker, num_processes=2)"
-    )
-    env = {**os.environ, "HF_LLPF_TEST_ROOT": str(root), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    _launch("_worker", root)
     # sync_check_every=1: a weight checksum was compared across the processes after every tick (else it raised)
     done = [json.loads((root / f"done_rank{r}.json").read_text()) for r in (0, 1)]
     assert done[0] == done[1]
