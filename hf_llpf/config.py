@@ -116,6 +116,14 @@ class ConnectConfig(_Settings):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
+    bn_momentum: float | None = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="BatchNorm running-statistics momentum during the repair training (null: the model's own). "
+        "A tick changes the weights, so the running statistics must follow them within a few batches, or the "
+        "points are judged in eval mode with stale statistics",
+    )
     # Devices (Accelerate): the repair training's precision; moves and corrections stay in the endpoints' dtype.
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast of the repair training")
     sync_check_every: int = Field(

@@ -173,6 +173,7 @@ def trainer_factory(
             min_iters=config.min_iters,
             max_iters=config.max_iters,
             loss_threshold=config.loss_threshold,
+            bn_momentum=config.bn_momentum,
             loss_fn=loss_fn,
             accelerator=accelerator,
             per_tensor_lr=per_tensor_lr,

@@ -215,6 +215,18 @@ def train_endpoint(
     return endpoint, metrics
 
 
+def set_bn_momentum(model: nn.Module, momentum: float) -> int:
+    """Set the running-statistics momentum of every BatchNorm layer of ``model``; returns how many.
+
+    The momentum is a module attribute, not part of the state dict: points written from ``model`` load with
+    their architecture's own momentum.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.momentum = momentum
+    return len(layers)
+
+
 def batch_stream(train_data: Any) -> Iterator[Any]:
     """Endless batches from a SeededLoader (resumable), a DataLoader or any re-iterable of batches."""
     if isinstance(train_data, SeededLoader):
@@ -258,6 +270,7 @@ class RepairTrainer:
         min_iters: int,
         max_iters: int,
         loss_threshold: float,
+        bn_momentum: float | None = None,
         loss_fn: LossFn | None = None,
         accelerator: Accelerator | None = None,
         per_tensor_lr: bool = False,
@@ -270,6 +283,8 @@ class RepairTrainer:
         self.loss_fn = loss_fn or default_loss
         self.min_iters, self.max_iters, self.loss_threshold = min_iters, max_iters, loss_threshold
         self.base_lr = lr
+        if bn_momentum is not None:
+            set_bn_momentum(model, bn_momentum)
         params = list(model.parameters())
         groups = [{"params": [p]} for p in params] if per_tensor_lr else [{"params": params}]
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
