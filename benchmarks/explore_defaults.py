@@ -74,7 +74,8 @@ def main(argv: list[str]) -> None:
         print("| settings | max train loss mean | std | std/mean | worst seed | median SGD iters | × endpoint |")
         print("|---|---|---|---|---|---|---|")
     else:
-        print("| settings | max train loss | worst continuity | SGD iters | × endpoint | ticks | outside SGD | wall s |")
+        print("| settings | max train loss | worst continuity | SGD iters | × endpoint | ticks | outside SGD", end="")
+        print(" | wall s |")
         print("|---|---|---|---|---|---|---|---|")
     for text in argv or [""]:
         overrides = parse_candidate(text)
