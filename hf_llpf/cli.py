@@ -82,11 +82,14 @@ def _cmd_connect(args: argparse.Namespace) -> int:
 
     if not PartialState().is_main_process:  # under accelerate launch / torchrun only the main process reports
         return 0
+    evaluate_s = 0.0
     if args.push_to_hub:
         from hf_llpf.evaluate import evaluate_path
         from hf_llpf.hub import push_path
 
+        t = time.perf_counter()
         evaluate_path(path)  # the card's figures and plots
+        evaluate_s = time.perf_counter() - t
         pushed = push_path(args.out, repo_id=args.push_to_hub)
         print(f"published {args.out} as {pushed['url']} (tag {pushed['tag']})")
     run = path.summary.get("run", {})
@@ -95,31 +98,50 @@ def _cmd_connect(args: argparse.Namespace) -> int:
         f"{run.get('sgd_iters')} SGD iterations, stages started at ticks {run.get('stage_starts')}"
     )
     if args.profile:
-        print(_profile_table(run.get("timing", {}), wall=wall, ticks=run.get("ticks") or 0))
+        timing = {**run.get("timing", {}), "evaluate": evaluate_s}
+        print(_profile_table(timing, wall=wall + evaluate_s, ticks=run.get("ticks") or 0))
     return 0
+
+
+# The engine's phases per tick, in the order a tick runs them (llpf-spec.md §2), then the writes.
+PROFILE_PHASES = {
+    "snapshot": "copy of the live tensors for the divergence guard's rollback",
+    "move": "clamped steps of the active tensors toward θ_B",
+    "correct": "variance corrections (after the move and after training)",
+    "train": "minimal training (SGD)",
+    "record": "per-tick distances to θ_A/θ_B and the tick log",
+    "write_points": "saving points (safetensors)",
+    "write_metrics": "path_metrics.json/.csv (with each checkpoint and at the end)",
+    "write_checkpoint": "resume checkpoint",
+    "evaluate": "evaluation of the points (none during the run: points are judged by `hf-llpf evaluate`)",
+}
 
 
 def _profile_table(timing: dict[str, float], *, wall: float, ticks: int) -> str:
     """Where a connect run's time went: the engine's phases, plus ``other`` = wall − their sum (set-up, loading)."""
-    phases = {k: float(timing.get(k, 0.0)) for k in ("move", "correct", "train", "write")}
-    phases.update({k: float(v) for k, v in timing.items() if k not in phases})  # phases the engine adds later
+    phases = {k: float(timing.get(k, 0.0)) for k in PROFILE_PHASES}
+    phases.update({k: float(v) for k, v in timing.items() if k not in phases})  # e.g. M2O's phases
     phases["other"] = max(wall - sum(phases.values()), 0.0)
-    lines = [f"{'phase':<8} {'seconds':>9} {'share':>7} {'ms/tick':>9}", f"{'-' * 8} {'-' * 9} {'-' * 7} {'-' * 9}"]
+    lines = [f"{'phase':<17} {'seconds':>9} {'share':>7} {'ms/tick':>9}", f"{'-' * 17} {'-' * 9} {'-' * 7} {'-' * 9}"]
     for name, sec in [*phases.items(), ("total", wall)]:
         share = sec / wall if wall > 0 else 0.0
         per_tick = 1000 * sec / ticks if ticks else float("nan")
-        lines.append(f"{name:<8} {sec:>9.3f} {share:>7.1%} {per_tick:>9.2f}")
+        lines.append(f"{name:<17} {sec:>9.3f} {share:>7.1%} {per_tick:>9.2f}")
     return "\n".join(lines)
 
 
 def _connect_repeats(args: argparse.Namespace, a, b, config, exist: str) -> int:
     import json
 
+    from accelerate import PartialState
+
     from hf_llpf.repeats import run_repeats
 
     summary = run_repeats(
         a, b, config=config, run_dir=args.out, repeats=args.repeats, exist=exist, progress=not args.no_progress
     )
+    if not PartialState().is_main_process:  # the repeats were spread over the processes; one reports
+        return 0
     print(json.dumps(summary, indent=2, default=str))
     print(f"{args.repeats} paths in {args.out}/repeat_*; consistency.json and plots/repeats.png written")
     return 0

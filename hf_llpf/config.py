@@ -111,7 +111,7 @@ class ConnectConfig(_Settings):
     # Minimal training (§2 step 3).
     min_iters: int = Field(4, ge=1)
     max_iters: int = Field(50, ge=1)
-    loss_threshold: float = Field(0.03, ge=0)
+    loss_threshold: float = Field(0.05, ge=0)
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)

@@ -8,6 +8,7 @@ Follow-Data-Flow stages, opens the run directory and runs the algorithm. No YAML
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
@@ -116,7 +117,7 @@ def connect(
 
     on_tick = None
     if config.report_to:
-        accelerator.init_trackers("hf_llpf", config=config.model_dump(mode="json", exclude={"schedule", "stages"}))
+        accelerator.init_trackers("hf_llpf", config=tracker_config(config))
 
         def on_tick(row: dict) -> None:
             keys = ("train_loss", "stage", "dist_b", "sgd_iters")
@@ -156,6 +157,24 @@ def connect(
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return Path(run_dir, template=ea.model if ea.kind == "module" else None)
+
+
+def tracker_config(config: ConnectConfig) -> dict[str, int | float | str | bool]:
+    """The run's settings flattened for experiment trackers: ``m2o.policy``-style keys, scalar values only
+    (TensorBoard's hparams refuse nested dicts, lists and None; those become their JSON text)."""
+    flat: dict[str, int | float | str | bool] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        elif isinstance(value, (bool, int, float, str)):
+            flat[prefix[:-1]] = value
+        else:
+            flat[prefix[:-1]] = json.dumps(value)
+
+    walk("", config.model_dump(mode="json"))
+    return flat
 
 
 def trainer_factory(

@@ -177,6 +177,7 @@ class Path:
         self.tick_log: list[dict] = data.get("ticks", [])
         self.summary: dict = data.get("summary", {})
         self.template = template
+        self._file_names_are_model_names: bool | None = None
 
     def __len__(self) -> int:
         return len(self.metrics)
@@ -210,12 +211,28 @@ class Path:
         return i % n
 
     def state_dict_at(self, i: int) -> dict[str, torch.Tensor]:
-        """The tensors of point ``i`` (parameters and buffers), read from its safetensors file(s)."""
-        folder = self.point_dir(i)
+        """The tensors of point ``i`` (parameters and buffers) under the model's own tensor names.
+
+        Read straight from the safetensors file(s) when the file's names are the model's; otherwise (transformers 5
+        writes some architectures, e.g. ViT, under legacy names and renames them on load) through the model loader.
+        """
+        state = self._raw_state_at(i)
+        if self.template is None and not self._names_match(state):
+            return {k: v.detach() for k, v in self.model_at(i).state_dict().items()}
+        return state
+
+    def _raw_state_at(self, i: int) -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {}
-        for f in sorted(folder.glob("*.safetensors")):
+        for f in sorted(self.point_dir(i).glob("*.safetensors")):
             state.update(safetensors.torch.load_file(str(f)))
         return state
+
+    def _names_match(self, state: dict[str, torch.Tensor]) -> bool:
+        # Decided once per path (every point has the same format) by building one point.
+        if self._file_names_are_model_names is None:
+            own = set(self.model_at(0).state_dict())
+            self._file_names_are_model_names = set(state) <= own
+        return self._file_names_are_model_names
 
     def model_at(self, i: int) -> nn.Module:
         """Point ``i`` as a model in eval mode (built from its folder, or from the template)."""
@@ -223,7 +240,7 @@ class Path:
             import copy
 
             model = copy.deepcopy(self.template)
-            model.load_state_dict(self.state_dict_at(i), strict=False)
+            model.load_state_dict(self._raw_state_at(i), strict=False)
             return model.eval()
         return load_endpoint(self.point_dir(i)).model
 

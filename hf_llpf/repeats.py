@@ -3,6 +3,10 @@
 The paper claims the loss curves of ≥ 10 repetitions almost overlap; :func:`run_repeats` measures it: each
 repeat r is a full run directory ``RUN_DIR/repeat_{r:02d}`` built with seed ``config.seed + r`` and evaluated
 like any path, and ``RUN_DIR/consistency.json`` holds mean ± std and min/max of the summary figures.
+
+Under several processes (``accelerate launch``/``torchrun``) the repeats are spread over them: process p builds
+and evaluates repeats p, p + P, ... on its own device as single-process runs (:class:`ProcessLocal`), so each
+repeat is the same path a one-process run of its seed builds; the main process then writes the summary.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import statistics
 from pathlib import Path as FsPath
 from typing import Any
 
+from accelerate import PartialState
 from torch import nn
 
 from hf_llpf.config import ConnectConfig, build
@@ -21,8 +26,9 @@ from hf_llpf.errors import ConfigError
 from hf_llpf.evaluate import evaluate_path
 from hf_llpf.path import atomic_write_text, read_metrics
 from hf_llpf.plots import PLOTS_DIR, plot_repeats
+from hf_llpf.process_local import ProcessLocal
 from hf_llpf.report import CONSISTENCY_JSON, write_report
-from hf_llpf.train import LossFn
+from hf_llpf.train import LossFn, make_accelerator
 
 # (summary section, figure) pairs reported across repeats; the *_recal sections are added when present.
 FIGURES = ("max_train_loss", "barrier", "min_train_acc", "worst_continuity_loss")
@@ -108,21 +114,34 @@ def run_repeats(
         options.setdefault("data", train_data)
     root = FsPath(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    dirs = []
-    for r in range(repeats):
-        run = root / f"repeat_{r:02d}"
+    dirs = [root / f"repeat_{r:02d}" for r in range(repeats)]
+    state = PartialState()
+    local = None
+    if state.num_processes > 1:
+        local = ProcessLocal(make_accelerator(mixed_precision=config.mixed_precision))
+    for r in range(state.process_index, repeats, state.num_processes):
         cfg = config.model_copy(update={"seed": config.seed + r})
         path = connect(
-            model_a, model_b, train_data, config=cfg, run_dir=run, loss_fn=loss_fn, exist=exist, progress=progress
+            model_a,
+            model_b,
+            train_data,
+            config=cfg,
+            run_dir=dirs[r],
+            loss_fn=loss_fn,
+            exist=exist,
+            progress=progress and state.is_main_process,
+            accelerator=local,
         )
         template = path.template if isinstance(path.template, nn.Module) else None
-        evaluate_path(path, loss_fn=loss_fn, template=template, **options)
-        dirs.append(run)
-    result = consistency_summary(dirs)
-    atomic_write_text(root / CONSISTENCY_JSON, json.dumps(result, indent=2) + "\n")
-    plot_repeats(dirs, root / PLOTS_DIR / "repeats.png")
-    write_report(root)
-    return result
+        evaluate_path(path, loss_fn=loss_fn, template=template, accelerator=local, **options)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        result = consistency_summary(dirs)
+        atomic_write_text(root / CONSISTENCY_JSON, json.dumps(result, indent=2) + "\n")
+        plot_repeats(dirs, root / PLOTS_DIR / "repeats.png")
+        write_report(root)
+    state.wait_for_everyone()
+    return json.loads((root / CONSISTENCY_JSON).read_text())
 
 
 __all__ = ["FIGURES", "consistency_summary", "run_repeats"]

@@ -73,7 +73,59 @@ def _eval_worker():
         json.dump(result, f)
 
 
-def _launch(worker: str, root) -> None:
+REPEATS_CONFIG = {"step_r": 0.25, "min_iters": 2, "max_iters": 10, "save_every": 2}
+REPEATS_EVAL = {"train_subset": 300, "continuity_k": 0, "linear_points": 2}
+
+
+def _repeats_worker():
+    """Both processes call run_repeats: each builds its own repeats (0 and 2 on rank 0, 1 on rank 1)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from hf_llpf.repeats import run_repeats
+
+    root = os.environ["HF_LLPF_TEST_ROOT"]
+    run_repeats(
+        os.path.join(root, "a"),
+        os.path.join(root, "b"),
+        "digits",
+        config=REPEATS_CONFIG,
+        run_dir=os.path.join(root, "repeats2"),
+        repeats=3,
+        evaluate_options=REPEATS_EVAL,
+    )
+
+
+def _interrupted_worker():
+    """The two-process run of ``_worker``, stopped by an exception right after its tick-10 checkpoint."""
+    from hf_llpf.algorithms.m2m import M2M
+
+    checkpoint = M2M._checkpoint
+
+    def checkpoint_then_stop(self, done=False):
+        checkpoint(self, done)
+        self.trainer.accelerator.wait_for_everyone()  # the checkpoint is on disk before anyone stops
+        if self.state.tick >= 10 and not done:
+            raise KeyboardInterrupt("simulated interruption after the tick-10 checkpoint")
+
+    M2M._checkpoint = checkpoint_then_stop
+    _connect_in_two("run_resumed", exist="error")
+
+
+def _resume_worker():
+    _connect_in_two("run_resumed", exist="resume")
+
+
+def _connect_in_two(name: str, *, exist: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    root = os.environ["HF_LLPF_TEST_ROOT"]
+    a, b = os.path.join(root, "a"), os.path.join(root, "b")
+    hf_llpf.connect(a, b, "digits", config=CONFIG, run_dir=os.path.join(root, name), exist=exist, progress=False)
+
+
+def _launch(worker: str, root, *, expect_failure: bool = False) -> None:
     # A fresh interpreter: processes forked from pytest would inherit its single-process Accelerate state.
     script = (
         f"from accelerate import debug_launcher; from tests.test_distributed import {worker}; "
@@ -88,7 +140,10 @@ def _launch(worker: str, root) -> None:
         timeout=600,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    if expect_failure:
+        assert result.returncode != 0 and "simulated interruption" in result.stderr, result.stderr[-3000:]
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +219,50 @@ def test_cli_under_torchrun(root, tmp_path):
     assert result.stdout.count("path written to") == 1  # printed by the main process only
     path = hf_llpf.Path(tmp_path / "run")
     assert path.metrics[-1]["phase"] == "end" and len(path) > 2
+
+
+@pytest.mark.slow
+def test_repeats_are_spread_over_processes_and_equal_single_process_runs(root, digits):
+    from hf_llpf.repeats import run_repeats
+
+    _launch("_repeats_worker", root)
+    spread = json.loads((root / "repeats2" / "consistency.json").read_text())
+    assert spread["repeats"] == 3 and spread["seeds"] == [0, 1, 2]
+    # Repeat 1 was built by process 1 alone; a one-process run of the same seed builds the same path, bit for bit.
+    one = run_repeats(
+        root / "a",
+        root / "b",
+        digits,
+        config=REPEATS_CONFIG,
+        run_dir=root / "repeats1",
+        repeats=2,
+        evaluate_options=REPEATS_EVAL,
+    )
+    for r in (0, 1):
+        two, single = (
+            hf_llpf.Path(root / "repeats2" / f"repeat_{r:02d}"),
+            hf_llpf.Path(root / "repeats1" / f"repeat_{r:02d}"),
+        )
+        assert len(two) == len(single)
+        assert all(_state_equal(two.state_dict_at(i), single.state_dict_at(i)) for i in range(len(two)))
+        assert (
+            spread["figures"]["llpf.max_train_loss"]["values"][r] == one["figures"]["llpf.max_train_loss"]["values"][r]
+        )
+
+
+@pytest.mark.slow
+def test_resume_under_two_processes_equals_an_uninterrupted_run(root):
+    if not (root / "run2").exists():
+        _launch("_worker", root)
+    _launch("_interrupted_worker", root, expect_failure=True)
+    stopped = json.loads((root / "run_resumed" / "path_metrics.json").read_text())
+    assert 0 < stopped["points"][-1]["tick"] < hf_llpf.Path(root / "run2").ticks[-1]  # really stopped mid-run
+    _launch("_resume_worker", root)
+    resumed, uninterrupted = hf_llpf.Path(root / "run_resumed"), hf_llpf.Path(root / "run2")
+    assert resumed.ticks == uninterrupted.ticks
+    for i in range(len(resumed)):
+        assert _state_equal(resumed.state_dict_at(i), uninterrupted.state_dict_at(i)), f"point {i} differs"
+
+
+def _state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -2,8 +2,9 @@
 
 One tick: move the active layer groups toward θ_B (clamped step) → variance correction → minimal
 training → variance correction → record. Stages become active cumulatively in Follow-Data-Flow order:
-the next stage starts when every tensor of the newest stage has *arrived* (remaining distance at most
-``arrival_tol`` of its initial distance), or at hand-set ticks when the config gives a ``schedule``.
+the next stage starts when the newest stage has *arrived* (its remaining distance, over the stage as one
+vector, at most ``arrival_tol`` of its initial distance), or at hand-set ticks when the config gives a
+``schedule``.
 
 Exact endpoints: point 0 is θ_A as loaded, and once every tensor has arrived the last point is θ_B
 itself (parameters and buffers, bit for bit). Each tensor's variance target follows its own progress
@@ -165,19 +166,26 @@ class M2M:
         geometry.project_to_variance_([self.params[self.corrected[j]] for j in keep], targets[keep])
         return dist
 
-    def _relative_remaining(self, dist: torch.Tensor) -> torch.Tensor:
-        # A tensor equal in both endpoints (d0 = 0) has nothing to travel: it counts as arrived, and the
-        # final snap puts it back on θ_B whatever training did to it.
-        return torch.where(self.d0 > 0, dist / self.d0.clamp_min(1e-300), torch.zeros_like(dist))
+    def _stage_remaining(self, dist: torch.Tensor) -> torch.Tensor:
+        """Per stage: its remaining distance to θ_B over its initial one, the stage's tensors taken as one vector.
+
+        A tensor that a move has landed exactly on θ_B at least once counts as there whatever training did to it
+        since; a stage with nothing to travel (equal in both endpoints) counts as there."""
+        landed = torch.tensor(self.state.landed, dtype=torch.bool, device=dist.device)
+        rem_sq = torch.where(landed, torch.zeros_like(dist), dist) ** 2
+        stage = self.stage_index.to(dist.device)
+        remaining = torch.zeros(self.num_stages, dtype=dist.dtype, device=dist.device).index_add_(0, stage, rem_sq)
+        initial = torch.zeros_like(remaining).index_add_(0, stage, self.d0.to(dist.device) ** 2)
+        return torch.where(initial > 0, (remaining / initial.clamp_min(1e-300)).sqrt(), torch.zeros_like(initial))
 
     def _arrived(self, dist: torch.Tensor, upto: int) -> bool:
-        """Every tensor of the first ``upto`` stages is within ``arrival_tol`` of θ_B, or a move has landed it
-        exactly on θ_B at least once. The second test tolerates the drift that repair training adds: a tensor
-        that SGD pulls back by more than the tolerance every tick would otherwise never arrive."""
-        mask = self.stage_index < upto
-        close = self._relative_remaining(dist) <= self.config.arrival_tol
-        landed = torch.tensor(self.state.landed, dtype=torch.bool)
-        return bool((close | landed)[mask].all())
+        """Each of the first ``upto`` stages is within ``arrival_tol`` of θ_B (:meth:`_stage_remaining`).
+
+        Measured over the stage, not per tensor, and counting landed tensors as there: both tolerate the drift that
+        repair training adds. Per tensor a stage could stall for ever: a 2-element norm or squeeze-excite tensor
+        with a tiny initial distance is pulled back by SGD by more than its own step every tick (EfficientNet,
+        DLA); over the stage it weighs what it measures. The final snap onto θ_B closes what is left."""
+        return bool((self._stage_remaining(dist)[:upto] <= self.config.arrival_tol).all())
 
     def _live_tensors(self) -> list[torch.Tensor]:
         """Every tensor a tick changes: parameters, buffers and the optimizer's state (momentum)."""
@@ -235,8 +243,9 @@ class M2M:
     def _tick(self) -> torch.Tensor:
         st, cfg = self.state, self.config
         while True:
-            snap = self._snapshot()
             t = time.perf_counter()
+            snap = self._snapshot()
+            t = self._timed("snapshot", t)
             active = torch.nonzero(self._active_mask()).flatten().tolist()
             moved = self._move(active, self.last_dist)
             t = self._timed("move", t)
@@ -290,11 +299,11 @@ class M2M:
         """Snap onto θ_B exactly (parameters and buffers) and record it as the last point."""
         st = self.state
         dist = geometry.distances(self.params, self.target)
-        rel = float(self._relative_remaining(dist).max())
+        rel = float(self._stage_remaining(dist).max())
         if rel > self.config.arrival_tol:
             tqdm.write(
-                f"max_ticks={self.config.max_ticks} reached before every tensor arrived (largest remaining "
-                f"distance {rel:.1%} of its initial one): the last segment into θ_B is long — check continuity"
+                f"max_ticks={self.config.max_ticks} reached before every stage arrived (largest remaining "
+                f"distance {rel:.1%} of a stage's initial one): the last segment into θ_B is long — check continuity"
             )
         device = self.params[0].device
         self.model.load_state_dict({k: v.to(device) for k, v in self.final_state.items()})
@@ -328,6 +337,7 @@ class M2M:
     # -------------------------------------------------------------------------------------- bookkeeping
     def _record_tick(self, loss: float, iters: int, dist: torch.Tensor) -> None:
         st = self.state
+        t = time.perf_counter()
         st.ticks.append(
             {
                 "tick": st.tick + self.offset,
@@ -341,6 +351,7 @@ class M2M:
         )
         if self.on_tick is not None:
             self.on_tick(st.ticks[-1])
+        self._timed("record", t)
 
     def _record_point(self, tick: int, loss: float, dist: torch.Tensor, *, boundary: bool, phase: str = "m2m") -> None:
         st = self.state
@@ -349,6 +360,10 @@ class M2M:
         rel = point_name(tick)
         if self.writer is not None:
             rel = self.writer.write_point(tick, _cpu_copy(self.model), self.endpoint_format)
+        t = self._timed("write_points", t)
+        last = st.ticks[-1] if st.ticks else None
+        # The tick's row has just measured the distance to θ_A: a point saved at that tick reuses it.
+        dist_a = last["dist_a"] if last and last["tick"] == tick else geometry.total_distance(self.start, self.params)
         st.points.append(
             {
                 "index": len(st.points),
@@ -357,20 +372,22 @@ class M2M:
                 "phase": "start" if tick == 0 else phase,
                 "train_loss": loss,
                 "sgd_iters": self.trainer.iterations,
-                "dist_a": geometry.total_distance(self.start, self.params),
+                "dist_a": dist_a,
                 "dist_b": float(torch.sqrt((dist**2).sum())),
                 "stage_boundary": boundary,
                 "point": rel,
             }
         )
-        if self.writer is not None:
-            self.writer.write_metrics(st.points, st.ticks)
-        self._timed("write", t)
+        self._timed("record", t)
 
     def _checkpoint(self, done: bool = False) -> None:
         if self.writer is None:
             return
+        # The metrics file follows the checkpoint, not every point: rewriting it per point was quadratic in
+        # ticks, and a resume rewrites the points after the checkpoint anyway.
         t = time.perf_counter()
+        self.writer.write_metrics(self.state.points, self.state.ticks)
+        t = self._timed("write_metrics", t)
         self.writer.save_checkpoint(
             {
                 "format": 1,
@@ -382,7 +399,7 @@ class M2M:
                 "last_dist": self.last_dist,
             }
         )
-        self._timed("write", t)
+        self._timed("write_checkpoint", t)
 
     def load_checkpoint(self, ckpt: dict) -> None:
         """Continue from a checkpoint written by this loop."""
