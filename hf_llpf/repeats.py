@@ -17,7 +17,6 @@ import statistics
 from pathlib import Path as FsPath
 from typing import Any
 
-from accelerate import PartialState
 from torch import nn
 
 from hf_llpf.config import ConnectConfig, build
@@ -115,10 +114,9 @@ def run_repeats(
     root = FsPath(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     dirs = [root / f"repeat_{r:02d}" for r in range(repeats)]
-    state = PartialState()
-    local = None
-    if state.num_processes > 1:
-        local = ProcessLocal(make_accelerator(mixed_precision=config.mixed_precision))
+    # The Accelerator first: it detects the processes (a bare PartialState misses CPU-only multi-process launches).
+    state = make_accelerator(mixed_precision=config.mixed_precision)
+    local = ProcessLocal(state) if state.num_processes > 1 else None
     for r in range(state.process_index, repeats, state.num_processes):
         cfg = config.model_copy(update={"seed": config.seed + r})
         path = connect(
