@@ -1,7 +1,7 @@
 """Every architecture family connects: a CPU-scale LLPF M2M run per family, judged against linear interpolation.
 
-Run: ``.venv/bin/python -m benchmarks.families [FAMILY ...]`` (default: every family; ``--render`` only rewrites
-the table from the saved JSON). Writes
+Run: ``.venv/bin/python -m benchmarks.families [FAMILY ...]`` (default: every family; naming some reruns those and
+keeps the other rows; ``--render`` only rewrites the table from the saved JSON). Writes
 ``benchmarks/results/families.json`` and ``benchmarks/results/families.md`` (the README table).
 
 Per family: two endpoints of a tiny width (and, where block names allow it, depth) are trained from seeds 0
@@ -399,7 +399,13 @@ def main(argv: list[str]) -> None:
         "connect": CPU_CONNECT,
         "data": "digits (16 px; 32 px for vgg11_bn; 8 px for lenet5), generated tokens for bert/gpt2",
     }
-    (RESULTS / "families.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+    # A run of some families replaces their rows and keeps the others' (in the FAMILIES order).
+    saved = RESULTS / "families.json"
+    if argv and saved.is_file():
+        kept = {r["family"]: r for r in json.loads(saved.read_text())["rows"]}
+        kept.update({r["family"]: r for r in rows})
+        rows = [kept[n] for n in FAMILIES if n in kept]
+    saved.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
     table = markdown_table(rows)
     (RESULTS / "families.md").write_text(table + "\n")
     print(table)

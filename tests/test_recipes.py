@@ -63,6 +63,9 @@ def test_every_architecture_has_both_recipes():
         assert {f"{arch}-cifar10-train", f"{arch}-cifar10-llpf"} <= stems
     assert {"cct_7_3x1-cifar10-train", "cct_7_3x1-cifar10-llpf", "lenet5-mnist-train", "lenet5-mnist-llpf"} <= stems
     assert {"digits-small_cnn-train", "digits-small_cnn-llpf"} <= stems
+    for arch in ("dla", "cct_7_3x1"):  # the paper also connects these across spheres
+        config = build(ConnectConfig, load_recipe(RECIPES / f"{arch}-cifar10-cross-sphere.yaml"))
+        assert config.method == "m2o" and config.m2o.lr_policy == "var"
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
