@@ -313,13 +313,14 @@ def markdown_report(results: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def update_readme(readme: Path, content: str) -> bool:
-    """Replace the text between the benchmark markers in ``readme`` by ``content``; False when there are none."""
+def update_readme(readme: Path, content: str, marks: tuple[str, str] = (START_MARK, END_MARK)) -> bool:
+    """Replace the text between the ``marks`` in ``readme`` by ``content``; False when there are none."""
+    start, end = marks
     text = readme.read_text()
-    pattern = re.compile(re.escape(START_MARK) + r".*?" + re.escape(END_MARK), re.DOTALL)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
         return False
-    new = pattern.sub(lambda _: f"{START_MARK}\n{content.rstrip()}\n{END_MARK}", text, count=1)
+    new = pattern.sub(lambda _: f"{start}\n{content.rstrip()}\n{end}", text, count=1)
     readme.write_text(new)
     return True
 

@@ -61,7 +61,7 @@ def _check(row: dict) -> None:
     assert row["stage_problems"] == [], row["stage_problems"]
     assert row["llpf_max_train_loss"] < row["linear_max_train_loss"], row
     assert row["status"] == "connected"
-    assert 0 < row["ticks"] <= 200
+    assert 0 < row["ticks"] <= row["max_ticks"]
 
 
 def test_lenet5_connects(tmp_path):
