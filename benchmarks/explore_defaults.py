@@ -2,9 +2,11 @@
 
     .venv/bin/python -m benchmarks.explore_defaults "" step_r=0.1 "step_r=0.1,arrival_tol=0.1"
     .venv/bin/python -m benchmarks.explore_defaults --seeds 10 "" loss_threshold=0.05
+    .venv/bin/python -m benchmarks.explore_defaults --model cifar_resnet18 "" step_r=0.1
 
 Each argument is one candidate: comma-separated ``key=value`` overrides of ``ConnectConfig`` ("" = the defaults).
-Endpoints are the benchmark's (``.bench_cache/small_cnn_digits``). The max train loss is ``evaluate_path``'s (eval
+Endpoints are the benchmark's (``.bench_cache/small_cnn_digits``; ``--model cifar_resnet18``: the width-8
+ResNet18). The max train loss is ``evaluate_path``'s (eval
 mode, every saved point, all 1437 training images) and its worst continuity segment (K=4, 512 images): large steps
 keep the saved points low while the straight segments between them are not. Add ``save_every=1`` to a candidate to
 judge every tick, not every tenth. Prints one markdown row per candidate as it finishes. One torch thread.
@@ -63,11 +65,15 @@ def run_candidate(bench, data, overrides: dict, *, continuity: bool = True) -> d
 
 def main(argv: list[str]) -> None:
     """Run every candidate and print its row."""
-    seeds = 0
-    if argv[:1] == ["--seeds"]:
-        seeds, argv = int(argv[1]), argv[2:]
+    seeds, model = 0, "small_cnn"
+    while argv[:1] in (["--seeds"], ["--model"]):
+        if argv[0] == "--seeds":
+            seeds = int(argv[1])
+        else:
+            model = argv[1]
+        argv = argv[2:]
     torch.set_num_threads(1)
-    bench = BENCHES["small_cnn"]
+    bench = BENCHES[model]
     endpoint_iters = ensure_endpoints(bench)
     data = _data(bench.recipe)
     if seeds:

@@ -97,13 +97,6 @@ class ConnectConfig(_Settings):
     step_a: float = Field(0.0, ge=0, le=1, description="step as a fraction of the remaining distance")
     step_f: float = Field(0.0, ge=0, description="fixed L2 step length (the reference's step_f)")
     step_r: float = Field(0.25, ge=0, le=1, description="step as a fraction of the tensor's initial distance")
-    step_growth: float = Field(
-        1.0,
-        ge=1,
-        description="adaptive steps: multiply the step scale by this after a tick whose repair stopped at min_iters, "
-        "divide by it after one that ran to max_iters (1: fixed steps)",
-    )
-    max_step_scale: float = Field(4.0, ge=1, description="cap of the adaptive step scale")
     fdf: bool = Field(True, description="Follow Data Flow: stages join one after another; false moves all from tick 0")
     arrival_tol: float = Field(
         0.02,

@@ -273,7 +273,6 @@ class M2M:
                     f"with a resumable checkpoint. Lower step_a/step_r or raise max_iters, then rerun with --resume."
                 )
         st.tick += 1
-        self._adapt_step(iters)
         boundary = False
         if cfg.fdf and self.start_ticks is None and st.active < self.num_stages and self._arrived(dist, st.active):
             st.active += 1  # FDF: the newest stage has arrived, its successor starts
@@ -291,18 +290,6 @@ class M2M:
         if st.tick % cfg.checkpoint_every == 0:
             self._checkpoint()
         return dist
-
-    def _adapt_step(self, iters: int) -> None:
-        """Adaptive steps (``step_growth`` > 1): a tick whose repair stopped at ``min_iters`` (the loss was already
-        low) makes the next steps longer, one that ran to ``max_iters`` shorter; the scale is capped at
-        ``max_step_scale``."""
-        cfg, st = self.config, self.state
-        if cfg.step_growth == 1.0:
-            return
-        if iters <= cfg.min_iters:
-            st.step_scale = min(st.step_scale * cfg.step_growth, cfg.max_step_scale)
-        elif iters >= cfg.max_iters:
-            st.step_scale /= cfg.step_growth
 
     def _finished(self, dist: torch.Tensor) -> bool:
         all_active = self._active_mask().all().item()
