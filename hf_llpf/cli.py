@@ -103,8 +103,11 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     return 0
 
 
-# The engine's phases per tick, in the order a tick runs them (llpf-spec.md §2), then the writes.
+# The set-up, then the engine's phases per tick in the order a tick runs them (llpf-spec.md §2), then the writes.
 PROFILE_PHASES = {
+    "setup_endpoints": "loading and checking the endpoints",
+    "setup_data": "loading the data and the first batch",
+    "setup_stages": "building the Follow-Data-Flow stages (forward hooks, torch.export)",
     "snapshot": "copy of the live tensors for the divergence guard's rollback",
     "move": "clamped steps of the active tensors toward θ_B",
     "correct": "variance corrections (after the move and after training)",

@@ -76,14 +76,21 @@ def connect(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )
     seed_everything(config.seed)
+    setup = {}  # seconds of the set-up phases, for --profile
+    t = time.perf_counter()
     ea, eb = _endpoint(model_a), _endpoint(model_b)
     check_endpoints_match(ea.model, eb.model)
+    setup["setup_endpoints"] = time.perf_counter() - t
+    t = time.perf_counter()
     loader, bundle = _training_batches(train_data, config)
     if bundle is not None:
         check_labels_fit(ea.model, bundle)
         config = config.model_copy(update={"data": bundle.config})
     example = _example_batch(loader)
+    setup["setup_data"] = time.perf_counter() - t
+    t = time.perf_counter()
     plan = build_stages(ea.model, example, overrides=config.stages)
+    setup["setup_stages"] = time.perf_counter() - t
     method = choose_method(ea, eb, config)
 
     # Only the main process writes; the others wait until it has created (or cleared) the run directory.
@@ -144,7 +151,7 @@ def connect(
             "ticks": state.points[-1]["tick"],
             "sgd_iters": state.points[-1]["sgd_iters"],
             "seconds_this_session": round(elapsed, 3),
-            "timing": {k: round(v, 4) for k, v in state.timing.items()},
+            "timing": {k: round(v, 4) for k, v in {**setup, **state.timing}.items()},
             "stage_starts": [t + loop.offset for t in state.stage_starts],
             "failures": state.failures,
             "num_stages": len(plan.stages),
