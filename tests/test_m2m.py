@@ -232,3 +232,67 @@ def test_cli_repeats_write_every_path_and_the_consistency_report(endpoints, tmp_
     assert report["repeats"] == 2 and (tmp_path / "r" / "plots" / "repeats.png").stat().st_size > 0
     first, second = hf_llpf.Path(tmp_path / "r" / "repeat_00"), hf_llpf.Path(tmp_path / "r" / "repeat_01")
     assert not torch.equal(first.state_dict_at(1)["conv1.weight"], second.state_dict_at(1)["conv1.weight"])
+
+
+class _WithPair(nn.Module):
+    """A linear classifier plus a 2-element parameter that the loss below pulls far from both endpoints."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 2)
+        self.pair = nn.Parameter(torch.zeros(2))
+
+    def forward(self, x):
+        return self.body(x) + self.pair
+
+
+def _pull_pair(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y) + 0.02 * (model.pair - 1.0).square().sum()
+
+
+def test_a_tiny_tensor_that_training_drags_away_does_not_stall_its_stage(tmp_path):
+    # Both endpoints hold `pair` near 0 (d0 = 0.01); every repair step drags it toward 1, by more than its own
+    # step of step_r·d0 per tick, so it never comes within arrival_tol of θ_B. Measured over the stage (with
+    # `body`, ~100x farther), the stage arrives anyway; measured per tensor it stalled until max_ticks.
+    torch.manual_seed(0)
+    x = torch.randn(128, 6)
+    batches = [(x[i : i + 32], (x[i : i + 32, 0] > 0).long()) for i in range(0, 128, 32)]
+    models = []
+    for seed, pair in ((0, 0.0), (1, 0.01)):
+        torch.manual_seed(seed)
+        m = _WithPair()
+        with torch.no_grad():
+            m.pair.fill_(pair)
+        models.append(m)
+    config = {"step_r": 0.25, "min_iters": 2, "max_iters": 2, "max_ticks": 40, "arrival_tol": 0.1}
+    config["stages"] = {"stages": [[".*"]]}  # one stage: `pair` and `body` together
+    path = hf_llpf.connect(
+        *models, batches, config=config, run_dir=tmp_path / "run", loss_fn=_pull_pair, progress=False
+    )
+    before_snap = path.state_dict_at(-2)["pair"]
+    # per tensor, `pair` had not arrived: farther from θ_B than arrival_tol × its initial distance (0.1 × 0.01)
+    assert float((before_snap - models[1].pair.detach()).norm()) > 0.1 * 0.01
+    assert path.summary["run"]["ticks"] <= 6  # measured: 5 ticks + the final snap (per tensor: max_ticks, 40)
+    assert _state_equal(path.model_at(-1).state_dict(), models[1].state_dict())
+
+
+def test_bn_momentum_applies_to_the_working_copy_only(endpoints, digits, tmp_path):
+    from hf_llpf.algorithms import m2m as m2m_module
+
+    seen = []
+    original = m2m_module.M2M.run
+
+    def spy(self):
+        seen.extend(m.momentum for m in self.model.modules() if isinstance(m, nn.BatchNorm2d))
+        return original(self)
+
+    a = load_endpoint(endpoints[0]).model
+    config = {**FAST, "bn_momentum": 0.7, "max_ticks": 1}
+    try:
+        m2m_module.M2M.run = spy
+        hf_llpf.connect(a, endpoints[1], digits, config=config, run_dir=tmp_path / "run", progress=False)
+    finally:
+        m2m_module.M2M.run = original
+    assert seen and set(seen) == {0.7}  # the repair training's BatchNorm layers
+    assert {m.momentum for m in a.modules() if isinstance(m, nn.BatchNorm2d)} == {0.1}  # the caller's model: untouched
