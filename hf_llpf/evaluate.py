@@ -560,9 +560,8 @@ def _walk_path(
 def _gather_walk(items: list, accelerator: Accelerator) -> tuple[list[dict], list[float], list[dict]]:
     """All processes' :func:`_walk_path` parts, in point order: rows, L2 steps and continuity rows."""
     if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        items = gather_object(items)
+        # Each process holds whole points (no padded duplicates), so nothing is dropped.
+        items = accelerator.gather_for_metrics(items, use_gather_object=True)
     items = sorted(items, key=lambda item: item[0])
     rows = [row for _, row, _, _ in items]
     steps = [step for _, _, step, _ in items if step is not None]
@@ -681,9 +680,7 @@ def evaluate_path(
         shard=shard,
     )
     if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        linear = sorted(gather_object(linear), key=lambda r: r["index"])
+        linear = sorted(accelerator.gather_for_metrics(linear, use_gather_object=True), key=lambda r: r["index"])
     del state_a, state_b
 
     points = [{**m, **r, "position": t} for m, r, t in zip(path.metrics, rows, pos)]
