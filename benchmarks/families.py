@@ -115,13 +115,16 @@ FAMILIES: dict[str, Family] = {
             {"width": 0.25, "depth": 0.25, "drop_rate": 0.0},
             recipe="efficientnet_b0-cifar10-llpf.yaml",
         ),
+        # RegNetX and DLA: 20 iterations per tick at most, as in the first CPU settings (with 100 the tiny RegNetX
+        # was still in its stages after 116 ticks and 14 minutes).
         Family(
             "regnetx_200mf",
             "cifar_regnetx_200mf",
             {"width": 0.34, "depth": 0.25},
             recipe="regnetx_200mf-cifar10-llpf.yaml",
+            connect={"max_iters": 20},
         ),
-        Family("dla", "cifar_dla", {"width": 2}, recipe="dla-cifar10-llpf.yaml"),
+        Family("dla", "cifar_dla", {"width": 2}, recipe="dla-cifar10-llpf.yaml", connect={"max_iters": 20}),
         Family(
             "cct_7_3x1",
             "cct_7_3x1",
@@ -131,7 +134,7 @@ FAMILIES: dict[str, Family] = {
             train={"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1},
             # These tiny endpoints' own eval-mode train loss is ~0.11: a threshold below it is never reached and
             # every tick runs max_iters. 8 stages need more than 200 ticks.
-            connect={"loss_threshold": 0.15, "max_ticks": 400},
+            connect={"loss_threshold": 0.15, "max_ticks": 400, "max_iters": 20},
         ),
         # The tiny ViT's endpoints reach eval-mode train loss 0.12/0.16 only: the threshold must be above it.
         Family("vit", "vit", epochs=20, connect={"loss_threshold": 0.15, "max_ticks": 400}),
@@ -255,6 +258,8 @@ def run_family(name: str, root: Path, *, connect_overrides: dict[str, Any] | Non
     """
     fam = FAMILIES[name]
     row: dict[str, Any] = {"family": name, "model": fam.model, "model_args": fam.model_args}
+    extra = {**fam.connect, **(connect_overrides or {})}
+    row["settings"] = ", ".join(f"{k} {v}" for k, v in extra.items()) or "-"
     start = time.perf_counter()
     try:
         torch.manual_seed(0)
@@ -351,6 +356,7 @@ COLUMNS = (
     ("endpoint_iters", "iterations per endpoint", lambda v: f"{v:,}"),
     ("connect_seconds", "connect s", lambda v: f"{v:.1f}"),
     ("seconds", "wall s (train + connect + eval)", lambda v: f"{v:.1f}"),
+    ("settings", "settings beyond the CPU defaults", str),
     ("status", "status", str),
 )
 
@@ -395,6 +401,25 @@ def render() -> str:
     return _write_table(saved["rows"])
 
 
+def _save(rows: list[dict[str, Any]], *, keep_others: bool) -> list[dict[str, Any]]:
+    """Write ``families.json`` (with the others' rows kept when ``keep_others``) and the tables; returns all rows."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "torch_threads": 1,
+        "torch": torch.__version__,
+        "connect": CPU_CONNECT,
+        "data": "digits (16 px; 32 px for vgg11_bn; 8 px for lenet5), generated tokens for bert/gpt2",
+    }
+    saved = RESULTS / "families.json"
+    if keep_others and saved.is_file():
+        kept = {r["family"]: r for r in json.loads(saved.read_text())["rows"]}
+        kept.update({r["family"]: r for r in rows})
+        rows = [kept[n] for n in FAMILIES if n in kept]
+    saved.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+    _write_table(rows)
+    return rows
+
+
 def main(argv: list[str]) -> None:
     if argv == ["--render"]:
         print(render())
@@ -412,21 +437,10 @@ def main(argv: list[str]) -> None:
         print(json.dumps(shown), flush=True)
         if "traceback" in row:
             print(row["traceback"], file=sys.stderr, flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "torch_threads": 1,
-        "torch": torch.__version__,
-        "connect": CPU_CONNECT,
-        "data": "digits (16 px; 32 px for vgg11_bn; 8 px for lenet5), generated tokens for bert/gpt2",
-    }
-    # A run of some families replaces their rows and keeps the others' (in the FAMILIES order).
-    saved = RESULTS / "families.json"
-    if argv and saved.is_file():
-        kept = {r["family"]: r for r in json.loads(saved.read_text())["rows"]}
-        kept.update({r["family"]: r for r in rows})
-        rows = [kept[n] for n in FAMILIES if n in kept]
-    saved.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
-    print(_write_table(rows))
+        # After each family, so that a killed run keeps what it measured. Naming some families reruns those and
+        # keeps the other rows; a run of all replaces the table once every family has a new row.
+        all_rows = _save(rows, keep_others=bool(argv) or len(rows) < len(names))
+    print(markdown_table(all_rows))
 
 
 if __name__ == "__main__":
