@@ -296,3 +296,25 @@ def test_bn_momentum_applies_to_the_working_copy_only(endpoints, digits, tmp_pat
         m2m_module.M2M.run = original
     assert seen and set(seen) == {0.7}  # the repair training's BatchNorm layers
     assert {m.momentum for m in a.modules() if isinstance(m, nn.BatchNorm2d)} == {0.1}  # the caller's model: untouched
+
+
+def test_a_two_element_tensor_crosses_between_its_sphere_points(tmp_path):
+    # At fixed mean, a 2-element tensor's variance sphere is two points (x1 - x2 = ±c). θ_A and θ_B differ in the sign
+    # of x1 - x2 (the values of a tiny DLA's BatchNorm weight): projecting it after each move sent it back to θ_A's
+    # side for ever; it is not variance-corrected, so it moves straight to θ_B.
+    torch.manual_seed(0)
+    x = torch.randn(64, 6)
+    batches = [(x[i : i + 32], (x[i : i + 32, 0] > 0).long()) for i in range(0, 64, 32)]
+    models = []
+    for seed, pair in ((0, [0.3489, 1.5218]), (1, [1.2226, 0.8365])):
+        torch.manual_seed(seed)
+        m = _WithPair()
+        with torch.no_grad():
+            m.pair.copy_(torch.tensor(pair))
+        models.append(m)
+    config = {"step_r": 0.25, "min_iters": 1, "max_iters": 1, "lr": 1e-6, "max_ticks": 30, "arrival_tol": 0.02}
+    config["stages"] = {"stages": [["^body"], ["^pair"]]}
+    path = hf_llpf.connect(*models, batches, config=config, run_dir=tmp_path / "run", progress=False)
+    assert len(path.summary["run"]["stage_starts"]) == 2
+    assert path.summary["run"]["ticks"] <= 10  # 4 moves per stage (+1 to see the arrival) and the snap; not 30
+    assert torch.allclose(path.state_dict_at(-2)["pair"], models[1].pair.detach(), atol=1e-4)  # arrived by moving
