@@ -246,6 +246,24 @@ class _WithPair(nn.Module):
         return self.body(x) + self.pair
 
 
+def _pair_endpoints(pair_a: list[float], pair_b: list[float]) -> list[_WithPair]:
+    """θ_A and θ_B: `body` from seeds 0 and 1 (untrained), `pair` as given."""
+    models = []
+    for seed, pair in ((0, pair_a), (1, pair_b)):
+        torch.manual_seed(seed)
+        m = _WithPair()
+        with torch.no_grad():
+            m.pair.copy_(torch.tensor(pair))
+        models.append(m)
+    return models
+
+
+def _sign_batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(0)
+    x = torch.randn(n, 6)
+    return [(x[i : i + 32], (x[i : i + 32, 0] > 0).long()) for i in range(0, n, 32)]
+
+
 def _pull_pair(model, batch):
     x, y = batch
     return nn.functional.cross_entropy(model(x), y) + 0.02 * (model.pair - 1.0).square().sum()
@@ -255,16 +273,8 @@ def test_a_tiny_tensor_that_training_drags_away_does_not_stall_its_stage(tmp_pat
     # Both endpoints hold `pair` near 0 (d0 = 0.01); every repair step drags it toward 1, by more than its own
     # step of step_r·d0 per tick, so it never comes within arrival_tol of θ_B. Measured over the stage (with
     # `body`, ~100x farther), the stage arrives anyway; measured per tensor it stalled until max_ticks.
-    torch.manual_seed(0)
-    x = torch.randn(128, 6)
-    batches = [(x[i : i + 32], (x[i : i + 32, 0] > 0).long()) for i in range(0, 128, 32)]
-    models = []
-    for seed, pair in ((0, 0.0), (1, 0.01)):
-        torch.manual_seed(seed)
-        m = _WithPair()
-        with torch.no_grad():
-            m.pair.fill_(pair)
-        models.append(m)
+    batches = _sign_batches(128)
+    models = _pair_endpoints([0.0, 0.0], [0.01, 0.01])
     config = {"step_r": 0.25, "min_iters": 2, "max_iters": 2, "max_ticks": 40, "arrival_tol": 0.1}
     config["stages"] = {"stages": [[".*"]]}  # one stage: `pair` and `body` together
     path = hf_llpf.connect(
@@ -302,16 +312,8 @@ def test_a_two_element_tensor_crosses_between_its_sphere_points(tmp_path):
     # At fixed mean, a 2-element tensor's variance sphere is two points (x1 - x2 = ±c). θ_A and θ_B differ in the sign
     # of x1 - x2 (the values of a tiny DLA's BatchNorm weight): projecting it after each move sent it back to θ_A's
     # side for ever; it is not variance-corrected, so it moves straight to θ_B.
-    torch.manual_seed(0)
-    x = torch.randn(64, 6)
-    batches = [(x[i : i + 32], (x[i : i + 32, 0] > 0).long()) for i in range(0, 64, 32)]
-    models = []
-    for seed, pair in ((0, [0.3489, 1.5218]), (1, [1.2226, 0.8365])):
-        torch.manual_seed(seed)
-        m = _WithPair()
-        with torch.no_grad():
-            m.pair.copy_(torch.tensor(pair))
-        models.append(m)
+    batches = _sign_batches(64)
+    models = _pair_endpoints([0.3489, 1.5218], [1.2226, 0.8365])
     config = {"step_r": 0.25, "min_iters": 1, "max_iters": 1, "lr": 1e-6, "max_ticks": 30, "arrival_tol": 0.02}
     config["stages"] = {"stages": [["^body"], ["^pair"]]}
     path = hf_llpf.connect(*models, batches, config=config, run_dir=tmp_path / "run", progress=False)
