@@ -28,6 +28,7 @@ import yaml
 from hf_llpf import __version__
 from hf_llpf.errors import ConfigError, OfflineError, RunDirectoryError, UnknownNameError
 from hf_llpf.path import CHECKPOINT, METRICS_JSON, POINTS_DIR, Path, atomic_write_text
+from hf_llpf.safe_paths import walk_files
 
 REPORT_START = "<!-- hf_llpf:report:start -->"
 REPORT_END = "<!-- hf_llpf:report:end -->"
@@ -137,7 +138,7 @@ def publishable_files(run_dir: str | os.PathLike) -> list[str]:
     Left out: ``checkpoint/`` (resume state), temporary files of interrupted writes, ``__pycache__``.
     """
     root = FsPath(run_dir)
-    files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    files = [p.relative_to(root).as_posix() for p in walk_files(root)]
     return sorted(f for f in files if not _is_ignored(f))
 
 
@@ -574,9 +575,13 @@ class HubPath(Path):
     def __repr__(self) -> str:
         return f"HubPath({self.repo_id!r}@{self.revision}, commit={self.commit[:10]}, points={len(self)})"
 
+    def _fence(self) -> FsPath:
+        # The snapshot's files are links into the repo's blob store: models--org--name/{snapshots/<sha>,blobs}.
+        return self.root.parent.parent
+
     def point_dir(self, i: int) -> FsPath:
         """The local folder of point ``i``, downloaded (safetensors weights and configs only) the first time."""
-        rel = self.metrics[self._index(i)]["point"]
+        rel = self.point_name(i)  # checked before it becomes a download pattern
         if rel not in self._fetched:
             _snapshot(
                 self.repo_id,
@@ -585,7 +590,7 @@ class HubPath(Path):
                 allow_patterns=[f"{rel}/{p}" for p in POINT_FILE_PATTERNS],
             )
             self._fetched.add(rel)
-        return self.root / rel
+        return super().point_dir(i)
 
 
 def _snapshot(
@@ -797,9 +802,11 @@ def export_point(
         label = f"{path.repo_id}@{path.commit}"
     i = select_point(path, point)
     folder = path.point_dir(i)
-    files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix not in UNSAFE_WEIGHTS and p.name != "README.md"
-    )
+    files = [
+        p
+        for p in walk_files(folder, allowed_root=path._fence())
+        if p.suffix not in UNSAFE_WEIGHTS and p.name != "README.md"
+    ]
     if not any(p.suffix == ".safetensors" for p in files):
         raise RunDirectoryError(f"point {i} ({folder}) has no safetensors weights")
     tmp = out.with_name(f".{out.name}.tmp")

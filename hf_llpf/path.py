@@ -33,6 +33,7 @@ from torch import nn
 
 from hf_llpf.errors import RunDirectoryError
 from hf_llpf.models import Endpoint, load_endpoint, save_model
+from hf_llpf.safe_paths import check_relative_name, resolve_inside
 
 POINTS_DIR = "points"
 CHECKPOINT = "checkpoint/state.pt"
@@ -174,6 +175,8 @@ class Path:
             raise RunDirectoryError(f"{str(self.root)!r} is not a run directory: {METRICS_JSON} is missing")
         data = read_metrics(self.root)
         self.metrics: list[dict] = data["points"]
+        for j, row in enumerate(self.metrics):  # refuse a hostile name before anything is opened
+            check_relative_name(row.get("point"), field=f"points[{j}].point")
         self.tick_log: list[dict] = data.get("ticks", [])
         self.summary: dict = data.get("summary", {})
         self.template = template
@@ -201,8 +204,14 @@ class Path:
         return json.loads((self.root / "endpoints.json").read_text())
 
     def point_dir(self, i: int) -> FsPath:
-        """The folder of point ``i``."""
-        return self.root / self.metrics[self._index(i)]["point"]
+        """The folder of point ``i``; its recorded name must resolve inside the run directory."""
+        field = f"points[{self._index(i)}].point"
+        return resolve_inside(self.root, self.point_name(i), field=field, allowed_root=self._fence())
+
+    def point_name(self, i: int) -> str:
+        """The recorded folder name of point ``i`` (relative), refused when it could leave the run directory."""
+        j = self._index(i)
+        return check_relative_name(self.metrics[j].get("point"), field=f"points[{j}].point")
 
     def _index(self, i: int) -> int:
         n = len(self)
@@ -223,9 +232,15 @@ class Path:
 
     def _raw_state_at(self, i: int) -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {}
-        for f in sorted(self.point_dir(i).glob("*.safetensors")):
+        folder = self.point_dir(i)
+        for f in sorted(folder.glob("*.safetensors")):
+            resolve_inside(folder, f.name, field=f"points[{self._index(i)}] file", allowed_root=self._fence())
             state.update(safetensors.torch.load_file(str(f)))
         return state
+
+    def _fence(self) -> FsPath:
+        """Where files of this path may resolve to (links included): the run directory."""
+        return self.root
 
     def _names_match(self, state: dict[str, torch.Tensor]) -> bool:
         # Decided once per path (every point has the same format) by building one point.

@@ -324,6 +324,16 @@ def cli_connect_push():
         del os.environ["HF_TOKEN"]
     return rc
 step("cli_connect_push", cli_connect_push)
+
+def hostile_export():
+    # A published path whose point names climb out of the snapshot (to HF_HOME and its token).
+    out_dir = Path(cfg["export_dir"] + "-hostile")
+    try:
+        hub.export_point("evil/path", point="mid", out_dir=out_dir)
+        return {"error": None, "exists": out_dir.exists()}
+    except Exception as err:
+        return {"error_type": type(err).__name__, "message": str(err), "exists": out_dir.exists()}
+step("hostile_export", hostile_export)
 Path(cfg["results"]).write_text(json.dumps(out, default=str))
 """
 
@@ -389,6 +399,12 @@ def hub_round_trip(olah, tmp_path_factory):
     bert_run = make_run_dir(base / "bert-run", kind="transformers", hub_ids=("endpoints/transformers-a", "x/y"))
     # A pickle weights file in a point is published as is but must never be downloaded by load_path.
     (bert_run / "points" / "t_000010" / "pytorch_model.bin").write_bytes(b"not a real pickle" * 64)
+    hostile = make_run_dir(base / "hostile-run", kind="timm")
+    metrics = json.loads((hostile / "path_metrics.json").read_text())
+    metrics["points"][2]["point"] = "../../../../.."
+    (hostile / "path_metrics.json").write_text(json.dumps(metrics))
+    shutil.rmtree(hostile / "checkpoint")
+    seed_repo(mirrors, "evil/path", hostile)
     home = base / "hf_home"
     with HubStandin(mirrors, token=TOKEN) as standin:
         standin.fail_commits.add("llpf/timm-path")  # the first push of the timm path fails midway
@@ -562,6 +578,12 @@ def test_connect_push_to_hub_publishes_the_evaluated_path(hub_round_trip):
 
 
 @pytest.mark.hub
+def test_a_hostile_published_path_is_refused_before_anything_is_copied(hub_round_trip):
+    value = hub_round_trip["results"]["hostile_export"]
+    assert value.get("error_type") == "RunDirectoryError", value
+    assert "points[2].point='../../../../..'" in value["message"] and not value["exists"]
+
+
 def test_token_is_never_written(hub_round_trip):
     hits = []
     for root in hub_round_trip["scan"]:

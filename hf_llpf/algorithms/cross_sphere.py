@@ -27,6 +27,7 @@ from hf_llpf.config import ConnectConfig
 from hf_llpf.layers import StagePlan
 from hf_llpf.models import Endpoint
 from hf_llpf.path import RunWriter, point_name
+from hf_llpf.safe_paths import resolve_inside
 from hf_llpf.train import RepairTrainer
 
 TrainerFactory = Callable[..., RepairTrainer]
@@ -169,7 +170,7 @@ def _append_reversed(m2m: M2M, m2o: M2O, m2o_writer: RunWriter, writer: RunWrite
         dest = writer.root / point_name(tick)
         if dest.exists():
             shutil.rmtree(dest)
-        os.replace(m2o_writer.root / row["point"], dest)
+        os.replace(resolve_inside(m2o_writer.root, row["point"], field="m2o point"), dest)
         sgd = spent + (m2o_total - row["sgd_iters"])
         st.points.append(
             {
