@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch import nn
 
-from hf_llpf import __version__, geometry
+from hf_llpf import __version__, geometry, resume_state
 from hf_llpf.algorithms.cross_sphere import record_m2o_points, run_cross_sphere
 from hf_llpf.algorithms.m2m import M2M
 from hf_llpf.algorithms.m2o import M2O, OUTWARD_MESSAGE
@@ -31,7 +31,7 @@ from hf_llpf.data import DataBundle, SeededLoader, load_data
 from hf_llpf.errors import ConfigError, DataMismatchError, RunDirectoryError
 from hf_llpf.layers import build_stages
 from hf_llpf.models import Endpoint, check_endpoints_match, load_endpoint
-from hf_llpf.path import CHECKPOINT, Path, RunWriter
+from hf_llpf.path import CHECKPOINT_DIR, Path, RunWriter
 from hf_llpf.seeding import seed_everything
 from hf_llpf.train import LossFn, RepairTrainer, check_labels_fit, make_accelerator
 
@@ -210,8 +210,7 @@ def trainer_factory(
 
 def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
     """The resume checkpoint of ``run_dir``, or None (every process reads it; only the main one writes it)."""
-    file = FsPath(run_dir) / CHECKPOINT
-    return torch.load(file, map_location="cpu", weights_only=False) if file.is_file() else None
+    return resume_state.load(FsPath(run_dir) / CHECKPOINT_DIR)
 
 
 def walk_to_origin(

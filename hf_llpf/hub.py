@@ -27,7 +27,7 @@ import yaml
 
 from hf_llpf import __version__
 from hf_llpf.errors import ConfigError, OfflineError, RunDirectoryError, UnknownNameError
-from hf_llpf.path import CHECKPOINT, METRICS_JSON, POINTS_DIR, Path, atomic_write_text
+from hf_llpf.path import CHECKPOINT_DIR, METRICS_JSON, POINTS_DIR, Path, atomic_write_text
 from hf_llpf.safe_paths import walk_files
 
 REPORT_START = "<!-- hf_llpf:report:start -->"
@@ -127,7 +127,7 @@ def _raise_for_auth(err: Exception, *, repo_id: str) -> None:
 
 def _is_ignored(rel: str) -> bool:
     parts = rel.split("/")
-    if parts[0] == FsPath(CHECKPOINT).parts[0] or "__pycache__" in parts:
+    if parts[0] == CHECKPOINT_DIR or "__pycache__" in parts:
         return True
     return any(p.startswith(".tmp_") or (p.startswith(".") and p.endswith(".tmp")) for p in parts)
 

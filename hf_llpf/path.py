@@ -8,7 +8,7 @@ Run directory (``../shared/design.md``)::
       layer_groups.json      the stages and groups used
       path_metrics.json/csv  one row per saved point (+ every tick in the JSON), and the summary
       points/t_000000/       each point in the endpoints' own format (loadable on its own)
-      checkpoint/state.pt    resume state (never published)
+      checkpoint/            resume state: state.json + tensors-<n>.safetensors (never published, never unpickled)
 
 Every file is written atomically (a temporary name, then ``os.replace``), so a run killed at any moment
 leaves either the old or the new version of each file, never half of one.
@@ -31,12 +31,14 @@ import torch
 import yaml
 from torch import nn
 
+from hf_llpf import resume_state
 from hf_llpf.errors import RunDirectoryError
 from hf_llpf.models import Endpoint, load_endpoint, save_model
 from hf_llpf.safe_paths import check_relative_name, resolve_inside
 
 POINTS_DIR = "points"
-CHECKPOINT = "checkpoint/state.pt"
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT = f"{CHECKPOINT_DIR}/{resume_state.STATE_FILE}"
 METRICS_JSON = "path_metrics.json"
 METRICS_CSV = "path_metrics.csv"
 POINT_COLUMNS = ("index", "tick", "stage", "phase", "train_loss", "sgd_iters", "dist_a", "dist_b", "point")
@@ -88,7 +90,7 @@ class RunWriter:
                 )
             if exist == "overwrite":
                 shutil.rmtree(self.root)
-            elif exist == "resume" and not (self.root / CHECKPOINT).is_file():
+            elif exist == "resume" and resume_state.load(self.root / CHECKPOINT_DIR) is None:
                 if not (self.root / "llpf_config.yaml").is_file():
                     raise RunDirectoryError(f"cannot resume {str(self.root)!r}: it is not a run directory")
                 # Killed before its first checkpoint: nothing to keep, start the run again.
@@ -126,10 +128,8 @@ class RunWriter:
         atomic_write_text(self.root / METRICS_CSV, points_to_csv(points))
 
     def save_checkpoint(self, state: dict) -> None:
-        """Write the resume state atomically (a local file of ours; never published or downloaded)."""
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(self.root / CHECKPOINT, buf.getvalue())
+        """Write the resume state (safetensors + JSON, see :mod:`hf_llpf.resume_state`); never published."""
+        resume_state.save(self.root / CHECKPOINT_DIR, state, write_text=atomic_write_text)
 
 
 def points_to_csv(points: list[dict]) -> str:

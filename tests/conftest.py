@@ -21,3 +21,20 @@ def digits():
     from hf_llpf.data import load_data
 
     return load_data("digits")
+
+
+@pytest.fixture(scope="session")
+def small_cnn_pair(tmp_path_factory, digits):
+    """Two small_cnn endpoints on digits (seeds 0 and 1, 8 epochs), saved as timm folders; read-only in tests."""
+    from hf_llpf.config import TrainRecipe
+    from hf_llpf.train import train_endpoint
+
+    root = tmp_path_factory.mktemp("small_cnn_pair")
+    for seed in (0, 1):
+        train_endpoint(TrainRecipe(seed=seed, epochs=8), out_dir=root / f"s{seed}", data=digits, progress=False)
+    return root / "s0", root / "s1"
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    """Two state dicts hold the same names and bit-identical tensors."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -134,7 +134,7 @@ def make_run_dir(
     (root / "plots").mkdir()
     (root / "plots" / "loss.png").write_bytes(png_bytes(seed=1))
     (root / "checkpoint").mkdir()
-    (root / "checkpoint" / "state.pt").write_bytes(b"resume state, never published" * 10)
+    (root / "checkpoint" / "state.json").write_bytes(b"resume state, never published" * 10)
     (root / "points" / ".tmp_t_000099").mkdir()
     (root / "points" / ".tmp_t_000099" / "junk.bin").write_bytes(b"half-written" * 20)
     if report:

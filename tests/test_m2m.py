@@ -10,14 +10,15 @@ import time
 import pytest
 import safetensors.torch
 import torch
+from conftest import state_equal
 from torch import nn
 
 import hf_llpf
 from hf_llpf.cli import main
-from hf_llpf.config import TrainRecipe
+from hf_llpf.connect import read_checkpoint
 from hf_llpf.errors import DataMismatchError, EndpointMismatchError, RunDirectoryError
 from hf_llpf.models import create_model, load_endpoint
-from hf_llpf.train import evaluate_classifier, train_endpoint
+from hf_llpf.train import evaluate_classifier
 
 torch.set_num_threads(1)
 
@@ -25,16 +26,11 @@ FAST = {"step_r": 0.2, "min_iters": 2, "max_iters": 5, "save_every": 2, "checkpo
 
 
 @pytest.fixture(scope="module")
-def endpoints(tmp_path_factory, digits):
-    """Two small_cnn endpoints on digits (seeds 0 and 1), trained briefly, saved as timm folders."""
-    root = tmp_path_factory.mktemp("endpoints")
-    for seed in (0, 1):
-        train_endpoint(TrainRecipe(seed=seed, epochs=8), out_dir=root / f"s{seed}", data=digits, progress=False)
-    return root / "s0", root / "s1"
+def endpoints(small_cnn_pair):
+    return small_cnn_pair
 
 
-def _state_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+_state_equal = state_equal
 
 
 def test_exact_endpoints_and_every_point_loads(endpoints, digits, tmp_path):
@@ -153,7 +149,7 @@ def test_resume_after_kill_equals_uninterrupted_run(endpoints, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (broken / "checkpoint" / "state.pt").is_file()
+    assert (broken / "checkpoint" / "state.json").is_file()
     assert _run(endpoints, broken, "fast", "resume").wait(timeout=300) == 0
     first, second = hf_llpf.Path(whole), hf_llpf.Path(broken)
     assert first.ticks == second.ticks
@@ -202,7 +198,7 @@ def test_divergence_guard_rolls_back_then_stops_with_a_checkpoint(endpoints, dig
     config = {**FAST, "loss_limit": 1e-9, "max_failures": 3}
     with pytest.raises(DivergenceError, match="3 times.*--resume"):
         hf_llpf.connect(*endpoints, digits, config=config, run_dir=tmp_path / "run", progress=False)
-    ckpt = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "run")
     assert ckpt["loop"]["failures"] == 3 and ckpt["loop"]["step_scale"] == 0.125
     assert ckpt["loop"]["tick"] == 0  # no broken point was recorded
     a = load_endpoint(endpoints[0]).model.state_dict()

@@ -1,0 +1,147 @@
+"""Resume state on disk as safetensors + JSON: nothing in a run directory is ever unpickled.
+
+A checkpoint is a nested structure of dicts, lists, tuples, tensors, NumPy arrays and plain scalars (model
+and optimizer state, the loop's counters, the generators' states). :func:`encode` splits it into a JSON
+skeleton and a flat dict of tensors; :func:`decode` rebuilds it from those two and nothing else, so a crafted
+file can at worst be refused as damaged, never run code.
+
+On disk (``checkpoint/`` of the run directory)::
+
+    state.json                 {"format": 2, "tensors": "tensors-<n>.safetensors", "sha256": ..., "state": ...}
+    tensors-<n>.safetensors    every tensor of the state
+
+The tensor file is written under a new name first, then ``state.json`` atomically names it with its
+hash; older tensor files are removed last. A run killed at any moment leaves a consistent pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from hf_llpf.errors import CorruptCheckpointError
+
+FORMAT = 2
+STATE_FILE = "state.json"
+LEGACY_PICKLE = "state.pt"
+_RESUME_ADVICE = "start the run again with --overwrite (or choose a new --out)"
+
+
+def encode(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split ``state`` into a JSON-ready skeleton and the tensors it references by key."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def enc(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = obj.detach().cpu().contiguous().clone()
+            return {"__tensor__": key}
+        if isinstance(obj, np.ndarray):
+            key = f"t{len(tensors)}"
+            tensors[key] = torch.from_numpy(
+                np.ascontiguousarray(obj).astype(np.int64 if obj.dtype.kind in "ui" else obj.dtype)
+            )
+            return {"__ndarray__": key, "dtype": obj.dtype.str}
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, dict):
+            if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+                return {k: enc(v) for k, v in obj.items()}
+            return {"__items__": [[enc(k), enc(v)] for k, v in obj.items()]}
+        if isinstance(obj, tuple):
+            return {"__tuple__": [enc(v) for v in obj]}
+        if isinstance(obj, list):
+            return [enc(v) for v in obj]
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return obj
+        raise TypeError(f"resume state: {type(obj).__name__} values cannot be stored (tensors, arrays, scalars only)")
+
+    return enc(state), tensors
+
+
+def decode(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`encode`; raises ``KeyError``/``TypeError``/``ValueError`` on a malformed skeleton."""
+
+    def dec(obj: Any) -> Any:
+        if isinstance(obj, list):
+            return [dec(v) for v in obj]
+        if not isinstance(obj, dict):
+            if obj is None or isinstance(obj, (bool, int, float, str)):
+                return obj
+            raise TypeError(f"unexpected {type(obj).__name__}")
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__ndarray__" in obj:
+            return tensors[obj["__ndarray__"]].numpy().astype(np.dtype(obj["dtype"]))
+        if "__tuple__" in obj:
+            return tuple(dec(v) for v in obj["__tuple__"])
+        if "__items__" in obj:
+            return {dec(k): dec(v) for k, v in obj["__items__"]}
+        return {k: dec(v) for k, v in obj.items()}
+
+    return dec(skeleton)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save(folder: str | os.PathLike, state: Any, *, write_text) -> None:
+    """Write ``state`` to ``folder`` (``write_text(path, text)`` must write atomically)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    skeleton, tensors = encode(state)
+    old = sorted(folder.glob("tensors-*.safetensors"))
+    n = 1 + max((int(p.stem.split("-")[1]) for p in old if p.stem.split("-")[1].isdigit()), default=0)
+    name = f"tensors-{n}.safetensors"
+    safetensors.torch.save_file(tensors, str(folder / name))
+    doc = {"format": FORMAT, "tensors": name, "sha256": _sha256(folder / name), "state": skeleton}
+    write_text(folder / STATE_FILE, json.dumps(doc) + "\n")
+    for p in old:
+        p.unlink(missing_ok=True)
+    (folder / LEGACY_PICKLE).unlink(missing_ok=True)
+
+
+def load(folder: str | os.PathLike) -> Any | None:
+    """The state saved in ``folder``, or None when there is none.
+
+    Raises:
+        CorruptCheckpointError: the state is damaged, was written by an older version as a pickle (never
+            loaded: unpickling can run code), or its tensor file does not match; the message names the file
+            and says how to continue.
+    """
+    folder = Path(folder)
+    doc_file = folder / STATE_FILE
+    if not doc_file.is_file():
+        if (folder / LEGACY_PICKLE).is_file():
+            raise CorruptCheckpointError(
+                f"{folder / LEGACY_PICKLE} is a pickled checkpoint of an older hf_llpf; it is not loaded "
+                f"(unpickling can run code): {_RESUME_ADVICE}"
+            )
+        return None
+    try:
+        doc = json.loads(doc_file.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError(f"format {doc.get('format') if isinstance(doc, dict) else doc!r}, expected {FORMAT}")
+        name = doc["tensors"]
+        if not isinstance(name, str) or "/" in name or not name.startswith("tensors-"):
+            raise ValueError(f"tensors={name!r} is not a tensor file of this folder")
+        tensor_file = folder / name
+        if _sha256(tensor_file) != doc["sha256"]:
+            raise ValueError(f"{name} does not match the hash recorded in {STATE_FILE}")
+        return decode(doc["state"], safetensors.torch.load_file(str(tensor_file)))
+    except Exception as err:  # any malformed content: one clear error, never a traceback
+        raise CorruptCheckpointError(
+            f"the resume checkpoint in {folder} is damaged ({type(err).__name__}: {err}): {_RESUME_ADVICE}"
+        ) from None
