@@ -49,6 +49,7 @@ def _write_run(root: Path, a, b, n: int) -> None:
         )
     writer.write_yaml("llpf_config.yaml", to_yaml(ConnectConfig()))
     writer.write_metrics(points, [])
+    writer.close()
 
 
 def main() -> None:

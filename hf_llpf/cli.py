@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         values["seed"] = args.seed
     recipe = build(TrainRecipe, apply_overrides(values, args.overrides))
     torch.set_num_threads(args.threads) if args.threads else None
-    _, metrics = train_endpoint(recipe, out_dir=args.out)
+    _, metrics = train_endpoint(recipe, out_dir=args.out, overwrite=args.overwrite)
     print(_metrics_table({f"{recipe.model} seed {recipe.seed}": metrics}))
     print(f"saved to {args.out}")
     return 0
@@ -169,6 +170,7 @@ def _cmd_groups(args: argparse.Namespace) -> int:
     from hf_llpf.errors import ConfigError
     from hf_llpf.layers import build_stages, format_stage_table, load_overrides
     from hf_llpf.models import create_model, load_endpoint
+    from hf_llpf.path import check_out_dir
 
     try:
         model_args = json.loads(args.model_args) if args.model_args else {}
@@ -176,6 +178,13 @@ def _cmd_groups(args: argparse.Namespace) -> int:
         raise ConfigError(f"--model-args: not valid JSON: {e}") from e
     if not isinstance(model_args, dict):
         raise ConfigError(f"--model-args: expected a JSON object, got {type(model_args).__name__}")
+    if args.image_size and not args.data and _looks_like_endpoint(args.model):
+        raise ConfigError(
+            f"--image-size {args.image_size}: resizes the images of --data, and none was given for the endpoint "
+            f"{args.model!r}; pass --data (e.g. --data digits) or drop --image-size"
+        )
+    if args.json:
+        check_out_dir(Path(args.json), field="--json", file=True)
     data = None
     if args.data or not _looks_like_endpoint(args.model):
         from hf_llpf.data import load_data
@@ -232,9 +241,12 @@ def _cmd_spheres(args: argparse.Namespace) -> int:
     import math
 
     from hf_llpf.connect import SPHERE_TOLERANCE, same_sphere, sphere_distance, sphere_report
-    from hf_llpf.models import check_endpoints_match, load_endpoint
+    from hf_llpf.models import check_endpoints_match, check_finite, load_endpoint
 
-    a, b = load_endpoint(args.a).model, load_endpoint(args.b).model
+    ea, eb = load_endpoint(args.a), load_endpoint(args.b)
+    check_finite(ea, label="A")
+    check_finite(eb, label="B")
+    a, b = ea.model, eb.model
     check_endpoints_match(a, b)
     report = sphere_report(a, b)
     tol = SPHERE_TOLERANCE if args.tolerance is None else args.tolerance
@@ -341,6 +353,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads(text: str) -> int:
+    """``--threads``: a whole number from 1 to the machine's CPU count."""
+    limit = os.cpu_count() or 1
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= limit:
+        raise argparse.ArgumentTypeError(f"--threads {text!r}: expected a whole number from 1 to {limit}")
+    return value
+
+
+def _positive(flag: str):
+    """An argparse type: a whole number of at least 1, named ``flag`` in its error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a whole number of at least 1")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hf-llpf`` (every subcommand is listed in ``--help``)."""
     parser = argparse.ArgumentParser(prog="hf-llpf", description="Low-loss paths between trained checkpoints (LLPF).")
@@ -352,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data spec: 'digits', a Hub dataset id or a local path")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", required=True, help="folder to write the model and metrics.json to")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on small models)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model folder of this tool")
+    p.add_argument("--threads", type=_threads, default=1, help="torch CPU threads (1 is fastest on small models)")
     _add_settings_args(p)
     p.set_defaults(func=_cmd_train)
 
@@ -364,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="model name for bare .safetensors endpoints")
     p.add_argument(
         "--repeats",
-        type=int,
+        type=_positive("--repeats"),
         default=1,
         metavar="R",
         help="R paths with repair-training seeds seed..seed+R-1 in OUT/repeat_NN, and their consistency",
@@ -378,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     exist = p.add_mutually_exclusive_group()
     exist.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     exist.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=_threads, default=1, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--profile", action="store_true", help="print where the time went (per phase and per tick)")
     _add_settings_args(p)
@@ -386,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the demo: train two small_cnn endpoints on digits and connect them")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=_threads, default=1, help="torch CPU threads")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("groups", help="print the Follow-Data-Flow stages of a model (layer groups, order, variance)")
@@ -429,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continuity-subset", type=int, default=512, help="training examples for continuity")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0, help="seed of the fixed subsets")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=_threads, default=1, help="torch CPU threads")
     p.set_defaults(func=_cmd_evaluate)
 
     for register in _EXTRA_COMMANDS:

@@ -18,7 +18,28 @@ from hf_llpf.errors import ConfigError
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: no setting has a meaning at inf/NaN (lr=.inf trained to NaN weights).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, values: Any) -> Any:
+        # pydantic reads `max_ticks: true` as 1; YAML's true/false are never meant as numbers.
+        if isinstance(values, dict):
+            for name, value in values.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and _is_number_type(field.annotation):
+                    raise ValueError(f"{name}={value!r}: expected a number, not a boolean")
+        return values
+
+
+def _is_number_type(annotation: Any) -> bool:
+    options = getattr(annotation, "__args__", None) or (annotation,)
+    return bool not in options and any(a in (int, float) for a in options)
+
+
+def _seed_field() -> Any:
+    return Field(0, ge=0, lt=2**63, description="random seed (0 to 2**63 - 1)")
 
 
 class DataConfig(_Settings):
@@ -31,12 +52,26 @@ class DataConfig(_Settings):
     train_split: str = "train"
     test_split: str = "test"
     image_size: int | None = Field(
-        None, ge=4, description="resize images to this square size (e.g. 32 for CIFAR stems)"
+        None, ge=4, le=4096, description="resize images to this square size (e.g. 32 for CIFAR stems; at most 4096)"
     )
     augment: bool = Field(False, description="CIFAR augmentation: random crop (padding 4) + horizontal flip")
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
-    split_seed: int = Field(0, description="seed of the fixed train/test split of sources with one split")
+    split_seed: int = Field(0, ge=0, lt=2**32, description="seed of the fixed train/test split of one-split sources")
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(x <= 0 for x in v):
+            raise ValueError("every std must be > 0 (the inputs are divided by it)")
+        return v
+
+    @field_validator("mean")
+    @classmethod
+    def _mean_given(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v:
+            raise ValueError("give one mean, or one per channel")
+        return v
 
 
 class TrainRecipe(_Settings):
@@ -45,7 +80,7 @@ class TrainRecipe(_Settings):
     model: str = Field("small_cnn", description="a built-in or timm model name")
     model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model constructor")
     data: DataConfig = Field(default_factory=DataConfig)
-    seed: int = 0
+    seed: int = _seed_field()
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -92,7 +127,7 @@ class ConnectConfig(_Settings):
     )
     m2o: M2OConfig = Field(default_factory=M2OConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    seed: int = 0
+    seed: int = _seed_field()
     # Move (llpf-spec.md §2 step 1): s_k = min(‖d‖, max(step_f, step_a·‖d‖, step_r·‖d_0‖)).
     step_a: float = Field(0.0, ge=0, le=1, description="step as a fraction of the remaining distance")
     step_f: float = Field(0.0, ge=0, description="fixed L2 step length (the reference's step_f)")
@@ -177,7 +212,8 @@ def build(cls: type[_Settings], values: dict[str, Any]) -> Any:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 problems.append(f"{loc}: unknown key{hint}; valid keys: {', '.join(valid)}")
             else:
-                problems.append(f"{loc}={e.get('input')!r}: {e['msg']}")
+                msg = e["msg"].removeprefix("Value error, ")
+                problems.append(msg if loc == "<settings>" else f"{loc}={e.get('input')!r}: {msg}")
         raise ConfigError(problems) from None
 
 
@@ -198,7 +234,13 @@ def load_recipe(path: str | Path | None) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe={str(path)!r}: file not found")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"recipe={str(path)!r}: not UTF-8 text (byte {err.start}); a recipe is a YAML file"
+        ) from None
+    loaded = parse_yaml(text, where=f"recipe={str(path)!r}") or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"recipe={str(path)!r}: must be a YAML mapping, got {type(loaded).__name__}")
     return loaded
@@ -221,10 +263,48 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
                 problems.append(f"override {item!r}: {part!r} is not a group of settings")
                 break
         else:
-            target[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+            try:
+                target[parts[-1]] = parse_yaml(raw, where=f"override {item!r}") if raw != "" else None
+            except ConfigError as err:
+                problems.extend(err.problems)
     if problems:
         raise ConfigError(problems)
     return merged
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing duplicate keys (YAML keeps the last one, hiding a typo)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (YAML would keep only the last)", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def parse_yaml(text: str, *, where: str) -> Any:
+    """Parse YAML with the safe loader (no Python tags), duplicate keys refused.
+
+    Raises:
+        ConfigError: naming ``where`` and the line/column of the problem.
+    """
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        hint = "; only plain YAML values are read, Python tags are refused" if "constructor" in problem else ""
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}{hint}") from None
 
 
 def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from hf_llpf.config import ConnectConfig, DataConfig, build, to_yaml
 from hf_llpf.data import DataBundle, SeededLoader, load_data
 from hf_llpf.errors import ConfigError, DataMismatchError, RunDirectoryError
 from hf_llpf.layers import build_stages
-from hf_llpf.models import Endpoint, check_endpoints_match, load_endpoint
+from hf_llpf.models import Endpoint, check_endpoints_match, check_finite, load_endpoint
 from hf_llpf.path import CHECKPOINT_DIR, Path, RunWriter
 from hf_llpf.seeding import seed_everything
 from hf_llpf.train import LossFn, RepairTrainer, check_labels_fit, make_accelerator
@@ -79,6 +79,8 @@ def connect(
     setup = {}  # seconds of the set-up phases, for --profile
     t = time.perf_counter()
     ea, eb = _endpoint(model_a), _endpoint(model_b)
+    check_finite(ea, label="A")
+    check_finite(eb, label="B")
     check_endpoints_match(ea.model, eb.model)
     setup["setup_endpoints"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -94,18 +96,53 @@ def connect(
     method = choose_method(ea, eb, config)
 
     # Only the main process writes; the others wait until it has created (or cleared) the run directory.
-    writer = RunWriter(run_dir, exist=exist) if accelerator.is_main_process else None
+    protected = read_paths(ea, eb, config=config)
+    writer = RunWriter(run_dir, exist=exist, protected=protected) if accelerator.is_main_process else None
+    try:
+        return _run_and_record(
+            ea, eb, plan, method, config, writer, run_dir, loader, loss_fn, accelerator, setup, progress, command
+        )
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def read_paths(*endpoints: Endpoint, config: ConnectConfig) -> list[FsPath]:
+    """The local files and folders a run reads (endpoints, data): a run directory must never delete them."""
+    specs = [e.source for e in endpoints] + [config.data.source]
+    return [FsPath(s) for s in specs if isinstance(s, str) and FsPath(s).exists()]
+
+
+def _run_and_record(
+    ea: Endpoint,
+    eb: Endpoint,
+    plan: Any,
+    method: str,
+    config: ConnectConfig,
+    writer: RunWriter | None,
+    run_dir: str | os.PathLike,
+    loader: Any,
+    loss_fn: LossFn | None,
+    accelerator: Accelerator,
+    setup: dict,
+    progress: bool,
+    command: str | None,
+) -> Path:
+    """Write the run's description, run (or resume) the method, write the summary; returns the path."""
     accelerator.wait_for_everyone()
     ckpt = read_checkpoint(run_dir)
+    resumed_with = None
     if ckpt is not None:
-        _check_same_run(run_dir, config)
+        resumed_with = check_same_run(run_dir, config, ea, eb)
         if method == "m2o":
             raise RunDirectoryError(
                 f"--resume is not supported for cross-sphere (M2O+M2M) runs yet; rerun {run_dir} with --overwrite"
             )
-    if ckpt is not None and ckpt.get("done"):
+    if ckpt is not None and ckpt.get("done") and "run" in Path(run_dir).summary:
         logger.info(f"{run_dir} is already complete; nothing to resume", main_process_only=True)
         return Path(run_dir, template=ea.model if ea.kind == "module" else None)
+    if resumed_with and writer is not None:
+        writer.write_yaml("llpf_config.yaml", to_yaml(config))  # the settings in force from now on
     if ckpt is None and writer is not None:
         writer.write_yaml("llpf_config.yaml", to_yaml(config))
         writer.write_json(
@@ -141,7 +178,8 @@ def connect(
         loop.on_tick = on_tick
         if ckpt is not None:
             loop.load_checkpoint(ckpt)
-        loop.run()
+        if ckpt is None or not ckpt.get("done"):  # killed after the final checkpoint: only the summary is missing
+            loop.run()
     state = loop.state
     elapsed = time.perf_counter() - start
     summary = {
@@ -157,6 +195,11 @@ def connect(
             "num_stages": len(plan.stages),
         }
     }
+    history = Path(run_dir).summary.get("run", {}).get("resumed_with", []) if ckpt is not None else []
+    if resumed_with:
+        history = [*history, {"at_tick": ckpt["loop"]["tick"], "changed": resumed_with}]
+    if history:
+        summary["run"]["resumed_with"] = history
     if writer is not None:
         writer.write_metrics(state.points, state.ticks, summary)
     if config.report_to:
@@ -282,15 +325,53 @@ def choose_method(ea: Endpoint, eb: Endpoint, config: ConnectConfig) -> str:
     return "m2o"
 
 
-def _check_same_run(run_dir: str | os.PathLike, config: ConnectConfig) -> None:
-    """A resumed run must use the settings it started with, or the path would mix two runs."""
+# Settings a resume may change (the divergence guard's advice names them); each change is recorded in the summary.
+RESUMABLE_SETTINGS = (
+    "step_a",
+    "step_r",
+    "step_f",
+    "min_iters",
+    "max_iters",
+    "loss_limit",
+    "max_failures",
+    "max_ticks",
+)
+
+
+def check_same_run(
+    run_dir: str | os.PathLike, config: ConnectConfig, ea: Endpoint, eb: Endpoint
+) -> dict[str, list[Any]]:
+    """A resumed run must read the same endpoints and data with the same settings, or the path would mix two runs.
+
+    Returns the changed :data:`RESUMABLE_SETTINGS` as ``{key: [old, new]}``.
+
+    Raises:
+        ConfigError: a setting outside :data:`RESUMABLE_SETTINGS` differs, or an endpoint's content differs from
+            the one the run started with (``endpoints.json``); every difference is listed.
+    """
     import yaml
 
-    saved = yaml.safe_load((FsPath(run_dir) / "llpf_config.yaml").read_text())
+    root = FsPath(run_dir)
+    saved = yaml.safe_load((root / "llpf_config.yaml").read_text())
     now = config.model_dump(mode="json")
     differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if differing:
-        raise ConfigError([f"--resume: {k} was {saved.get(k)!r} in {run_dir}, now {now.get(k)!r}" for k in differing])
+    problems = [
+        f"--resume: {k} was {saved.get(k)!r} in {run_dir}, now {now.get(k)!r} (a resume may change only "
+        f"{', '.join(RESUMABLE_SETTINGS)})"
+        for k in differing
+        if k not in RESUMABLE_SETTINGS
+    ]
+    recorded = json.loads((root / "endpoints.json").read_text())
+    for key, ep in (("A", ea), ("B", eb)):
+        was = (recorded.get(key) or {}).get("sha256")
+        if was is not None and was != ep.describe()["sha256"]:
+            problems.append(
+                f"--resume: endpoint {key} ({ep.source}) is not the one this run started with: its weights' sha256 "
+                f"is {ep.describe()['sha256'][:16]}…, endpoints.json records {was[:16]}…"
+            )
+    if problems:
+        raise ConfigError(problems)
+    return {k: [saved.get(k), now.get(k)] for k in differing}
 
 
 def _resolve_config(config: ConnectConfig | dict | None) -> ConnectConfig:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_llpf.config import DataConfig, build
-from hf_llpf.errors import OfflineError, UnknownNameError
+from hf_llpf.errors import DataMismatchError, OfflineError, UnknownNameError
 
 BUILTIN_DATASETS = ("digits",)
 _IMAGE_COLUMNS = ("image", "img", "pixel_values")
@@ -214,11 +214,42 @@ def load_data(spec: str | DataConfig, **options) -> DataBundle:
     label_col = _pick_column(train, config.label_column, _LABEL_COLUMNS, "label_column")
     _pick_column(test, image_col, (), "image_column")
     _pick_column(test, label_col, (), "label_column")
+    for split, ds in ((config.train_split, train), (config.test_split, test)):
+        if len(ds) == 0:
+            raise DataMismatchError(f"data {config.source!r}: split {split!r} has no examples")
+        _check_labels(ds, label_col)
     train_t = _to_tensors(train, image_col, label_col, config.image_size)
     test_t = _to_tensors(test, image_col, label_col, config.image_size)
+    _check_channels(config, train_t.images.shape[1])
     feature = train.features[label_col]
     num_classes = feature.num_classes if isinstance(feature, datasets.ClassLabel) else int(train_t.labels.max()) + 1
     return DataBundle(train, test, train_t, test_t, num_classes, config)
+
+
+def _check_labels(ds: datasets.Dataset, label_col: str) -> None:
+    """Class labels must be integers from 0: refuse strings, floats (never truncated) and negative values."""
+    feature = ds.features[label_col]
+    if isinstance(feature, datasets.ClassLabel):
+        return
+    dtype = getattr(feature, "dtype", type(feature).__name__)
+    if not (isinstance(feature, datasets.Value) and dtype.startswith(("int", "uint"))):
+        raise DataMismatchError(
+            f"label_column {label_col!r} holds {dtype} values (e.g. {ds[0][label_col]!r}); expected integer class "
+            "labels 0..K-1 (a ClassLabel or an int column)"
+        )
+    low = min(ds[label_col])
+    if low < 0:
+        raise DataMismatchError(f"label_column {label_col!r} holds the label {low}; class labels are 0 or more")
+
+
+def _check_channels(config: DataConfig, channels: int) -> None:
+    for name in ("mean", "std"):
+        values = getattr(config, name)
+        if len(values) not in (1, channels):
+            raise DataMismatchError(
+                f"data.{name}={list(values)!r}: {len(values)} values for images of {channels} channel"
+                f"{'s' if channels != 1 else ''}; give one value or {channels}"
+            )
 
 
 def _digits(seed: int) -> datasets.DatasetDict:
@@ -234,33 +265,52 @@ def _digits(seed: int) -> datasets.DatasetDict:
 def _load_source(config: DataConfig) -> datasets.DatasetDict:
     source = config.source
     if os.path.exists(source):
-        if os.path.isdir(source) and (
-            os.path.exists(os.path.join(source, "dataset_dict.json"))
-            or os.path.exists(os.path.join(source, "state.json"))
-        ):
-            loaded = datasets.load_from_disk(source)
-            return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
-        if source.endswith(".parquet") or (os.path.isdir(source) and _has_files(source, ".parquet")):
-            files = source if os.path.isfile(source) else os.path.join(source, "**", "*.parquet")
-            return datasets.load_dataset("parquet", data_files={"train": files})
-        if os.path.isdir(source):
-            return datasets.load_dataset("imagefolder", data_dir=source)
-        raise UnknownNameError("data source", source, ["a parquet file", "an Arrow folder", "an image folder"])
-    if "/" not in source:
+        try:
+            return _load_local(source)
+        except (ValueError, OSError, TypeError, datasets.exceptions.DatasetGenerationError) as err:
+            if "corresponds to no data" in str(err):
+                raise DataMismatchError(f"data {source!r} has no examples") from None
+            raise DataMismatchError(
+                f"data {source!r} could not be read ({type(err).__name__}: {str(err).splitlines()[0][:300]})"
+            ) from None
+    if "/" not in source or not _could_be_hub_id(source):
         raise UnknownNameError(
             "dataset",
             source,
             [*BUILTIN_DATASETS, "<org>/<name> on the Hub", "a local path"],
+            hint=f"no local file or folder {source!r} exists" if ("/" in source or "." in source) else "",
         )
     try:
         return datasets.load_dataset(source, revision=config.revision)
     except Exception as err:  # the datasets library raises many types for "cannot reach the Hub"
         if _looks_offline(err):
             raise OfflineError(
-                f"dataset {source!r} cannot be fetched from the Hub while offline ({type(err).__name__}). "
-                "Download it elsewhere and pass the local folder (save_to_disk or parquet) as --data instead."
+                f"no local file or folder {source!r}, and the Hub dataset {source!r} cannot be fetched while offline "
+                f"({type(err).__name__}). Check the path, or download the dataset elsewhere and pass the local "
+                "folder (save_to_disk or parquet) as --data."
             ) from err
         raise
+
+
+def _could_be_hub_id(source: str) -> bool:
+    """``org/name``: two parts of letters, digits, ``-_.``; a path with more parts or a file suffix is local."""
+    parts = source.split("/")
+    suffixes = (".parquet", ".arrow", ".csv", ".json", ".jsonl", ".txt")
+    return len(parts) == 2 and all(p and p not in (".", "..") for p in parts) and not source.endswith(suffixes)
+
+
+def _load_local(source: str) -> datasets.DatasetDict:
+    if os.path.isdir(source) and (
+        os.path.exists(os.path.join(source, "dataset_dict.json")) or os.path.exists(os.path.join(source, "state.json"))
+    ):
+        loaded = datasets.load_from_disk(source)
+        return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+    if source.endswith(".parquet") or (os.path.isdir(source) and _has_files(source, ".parquet")):
+        files = source if os.path.isfile(source) else os.path.join(source, "**", "*.parquet")
+        return datasets.load_dataset("parquet", data_files={"train": files})
+    if os.path.isdir(source):
+        return datasets.load_dataset("imagefolder", data_dir=source)
+    raise UnknownNameError("data source", source, ["a parquet file", "an Arrow folder", "an image folder"])
 
 
 def _looks_offline(err: Exception) -> bool:

@@ -28,6 +28,7 @@ import yaml
 from hf_llpf import __version__
 from hf_llpf.errors import ConfigError, OfflineError, RunDirectoryError, UnknownNameError
 from hf_llpf.path import CHECKPOINT_DIR, METRICS_JSON, POINTS_DIR, Path, atomic_write_text
+from hf_llpf.run_lock import LOCK, MARKER
 from hf_llpf.safe_paths import walk_files
 
 REPORT_START = "<!-- hf_llpf:report:start -->"
@@ -35,7 +36,16 @@ REPORT_END = "<!-- hf_llpf:report:end -->"
 CARD_TAGS = ["llpf", "mode-connectivity", "merge"]
 TAG_PREFIX = "llpf-"
 # Never published: the resume state (pickle, large, machine-specific) and half-written temporary files.
-IGNORE_PATTERNS = ("checkpoint/**", "checkpoint", "**/.tmp_*", ".tmp_*", "**/.*.tmp", ".*.tmp", "**/__pycache__/**")
+IGNORE_PATTERNS = (
+    ".hf_llpf-*",
+    "checkpoint/**",
+    "checkpoint",
+    "**/.tmp_*",
+    ".tmp_*",
+    "**/.*.tmp",
+    ".*.tmp",
+    "**/__pycache__/**",
+)
 # Files a published path needs before any point is opened (metrics eager, points lazy).
 EAGER_PATTERNS = ["README.md", "*.json", "*.csv", "*.yaml", "plots/*"]
 # Weights are only ever fetched as safetensors; configs and small text files come with them.
@@ -127,7 +137,7 @@ def _raise_for_auth(err: Exception, *, repo_id: str) -> None:
 
 def _is_ignored(rel: str) -> bool:
     parts = rel.split("/")
-    if parts[0] == CHECKPOINT_DIR or "__pycache__" in parts:
+    if parts[0] in (CHECKPOINT_DIR, MARKER, LOCK) or "__pycache__" in parts:
         return True
     return any(p.startswith(".tmp_") or (p.startswith(".") and p.endswith(".tmp")) for p in parts)
 

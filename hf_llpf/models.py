@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import safetensors.torch
 import timm
+import torch
 from torch import nn
 
 import hf_llpf.zoo  # noqa: F401  (registers the built-in architectures with timm)
@@ -50,15 +51,44 @@ class Endpoint:
     source: str
     revision: str | None = None
     arch: dict[str, Any] = field(default_factory=dict)
+    _sha256: str | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict[str, Any]:
-        """The entry written to ``endpoints.json``."""
+        """The entry written to ``endpoints.json`` (``sha256``: of the weights in memory, see :func:`state_hash`)."""
+        if self._sha256 is None:
+            self._sha256 = state_hash(self.model)
         return {
             "id": self.source,
             "revision": self.revision,
             "kind": self.kind,
             "architecture": self.arch.get("architecture") or (self.arch.get("architectures") or [None])[0],
+            "sha256": self._sha256,
         }
+
+
+def state_hash(model: nn.Module) -> str:
+    """sha256 over a model's tensor names, dtypes, shapes and bytes (parameters and buffers)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def check_finite(endpoint: Endpoint, *, label: str) -> None:
+    """Refuse an endpoint with NaN or infinite weights, naming the first such tensor.
+
+    Raises:
+        CorruptCheckpointError: naming the endpoint, the tensor and how many values are not finite.
+    """
+    for name, tensor in endpoint.model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CorruptCheckpointError(
+                f"endpoint {label} ({endpoint.source}): tensor {name!r} has {bad} non-finite value(s) (NaN or inf) "
+                f"of {tensor.numel()}; an endpoint must hold finite weights"
+            )
 
 
 def create_model(name: str, **model_args: Any) -> nn.Module:
@@ -71,9 +101,28 @@ def create_model(name: str, **model_args: Any) -> nn.Module:
         close = difflib.get_close_matches(name, timm.list_models(), n=8)
         allowed = [*hf_llpf.zoo.BUILTIN_MODELS, *close, "... (timm.list_models() has the rest)"]
         raise UnknownNameError("model", name, allowed)
-    model = timm.create_model(name, pretrained=False, **model_args)
+    allowed = _builtin_args(name)
+    unknown = sorted(set(model_args) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise UnknownNameError(f"model_args key of {name}", unknown[0], allowed)
+    try:
+        model = timm.create_model(name, pretrained=False, **model_args)
+    except TypeError as err:  # a timm model refusing an unknown constructor argument
+        raise UnknownNameError(
+            "model_args key", sorted(model_args), ["the model's constructor arguments"], hint=str(err)
+        ) from None
     model.hf_llpf_model_args = dict(model_args)  # remembered so the model is saved with the same arguments
     return model
+
+
+def _builtin_args(name: str) -> list[str] | None:
+    """The named constructor arguments of a built-in model (its ``**_`` swallows timm's own), else None."""
+    import inspect
+
+    cls = hf_llpf.zoo.MODEL_CLASSES.get(name)
+    if cls is None:
+        return None
+    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "_")]
 
 
 def as_endpoint(model: nn.Module, *, source: str = "<module>") -> Endpoint:
@@ -151,7 +200,12 @@ def _load_folder(path: Path, *, source: str, revision: str | None, trust_remote_
             ["a folder with config.json (timm or transformers)"],
             hint=f"files found: {sorted(p.name for p in path.iterdir())[:10]}",
         )
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpointError(f"{config_file}: not valid JSON ({err}); a model folder's config.json") from None
+    if not isinstance(config, dict):
+        raise CorruptCheckpointError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
     weights = path / WEIGHTS_NAME
     if "architecture" in config:  # timm's Hub format
         if not weights.is_file():
@@ -213,8 +267,9 @@ def _load_hub(spec: str, *, trust_remote_code: bool) -> Endpoint:
             hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision)
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as err:
         raise OfflineError(
-            f"endpoint {spec!r} is not in the local cache and the Hub cannot be reached ({type(err).__name__}). "
-            "Download it elsewhere (e.g. `hf download` or save_pretrained) and pass the local folder instead."
+            f"no local folder {spec!r}, and the Hub id {spec!r} is not in the local cache while the Hub cannot be "
+            f"reached ({type(err).__name__}). Check the path, or "
+            "download it elsewhere (e.g. `hf download` or save_pretrained) and pass the local folder."
         ) from err
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
         raise UnknownNameError(

@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -34,6 +34,7 @@ from torch import nn
 from hf_llpf import resume_state
 from hf_llpf.errors import RunDirectoryError
 from hf_llpf.models import Endpoint, load_endpoint, save_model
+from hf_llpf.run_lock import LOCK, MARKER, RunLock, check_not_protected, is_run_directory, write_marker
 from hf_llpf.safe_paths import check_relative_name, resolve_inside
 
 POINTS_DIR = "points"
@@ -72,32 +73,73 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 class RunWriter:
-    """Writes one run directory (main process only).
+    """Writes one run directory (main process only) and holds its lock until :meth:`close`.
 
     Args:
         root: the run directory.
-        exist: what to do when it already exists: ``"error"`` (refuse), ``"overwrite"`` (delete it first)
-            or ``"resume"`` (keep it; a checkpoint must be there).
+        exist: what to do when it already exists: ``"error"`` (refuse), ``"overwrite"`` (empty it first; only a
+            run directory of this tool, see :mod:`hf_llpf.run_lock`) or ``"resume"`` (keep it).
+        protected: folders and files the run reads (local endpoints, data): never deleted or written over.
+
+    Raises:
+        RunDirectoryError: ``root`` is a file, under a file, not writable, in use by another run, not a run
+            directory while ``overwrite``/``resume`` is asked, or holds a protected path. Nothing is deleted then.
+        CorruptCheckpointError: ``resume`` and the checkpoint does not parse.
     """
 
-    def __init__(self, root: str | os.PathLike, *, exist: str = "error"):
+    def __init__(self, root: str | os.PathLike, *, exist: str = "error", protected: Sequence[os.PathLike] = ()):
         self.root = FsPath(root)
-        if self.root.exists() and any(self.root.iterdir()):
-            if exist == "error":
-                raise RunDirectoryError(
-                    f"run directory {str(self.root)!r} already exists; pass --resume to continue it or "
-                    "--overwrite to replace it"
-                )
-            if exist == "overwrite":
-                shutil.rmtree(self.root)
-            elif exist == "resume" and resume_state.load(self.root / CHECKPOINT_DIR) is None:
-                if not (self.root / "llpf_config.yaml").is_file():
-                    raise RunDirectoryError(f"cannot resume {str(self.root)!r}: it is not a run directory")
-                # Killed before its first checkpoint: nothing to keep, start the run again.
-                shutil.rmtree(self.root)
-        elif exist == "resume":
-            raise RunDirectoryError(f"cannot resume {str(self.root)!r}: it does not exist")
-        self.root.mkdir(parents=True, exist_ok=True)
+        check_out_dir(self.root, field="--out")
+        protected_paths = [FsPath(p) for p in protected]
+        keep_checkpoint = self._check_exist_policy(exist, protected_paths)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.root).acquire()
+        except OSError as err:
+            raise RunDirectoryError(f"--out {str(self.root)!r}: cannot write there ({err.strerror})") from None
+        try:
+            if exist == "overwrite" or (exist == "resume" and not keep_checkpoint):
+                _empty(self.root)  # resume before the first checkpoint: nothing to keep, start again
+            _remove_temporary_files(self.root)
+            write_marker(self.root)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_exist_policy(self, exist: str, protected: list[FsPath]) -> bool:
+        """Check ``exist`` against what is on disk before anything is changed; True when a checkpoint is kept."""
+        if exist not in ("error", "overwrite", "resume"):
+            raise RunDirectoryError(f"exist={exist!r}: expected 'error', 'overwrite' or 'resume'")
+        occupied = self.root.is_dir() and any(p.name != LOCK for p in self.root.iterdir())
+        if exist == "resume" and not occupied:
+            raise RunDirectoryError(f"cannot resume {str(self.root)!r}: it does not exist or is empty")
+        if not occupied:
+            return False
+        if exist == "error":
+            raise RunDirectoryError(
+                f"run directory {str(self.root)!r} already exists; pass --resume to continue it or "
+                "--overwrite to replace it"
+            )
+        check_not_protected(self.root, protected, action="overwrite" if exist == "overwrite" else "resume into")
+        if not is_run_directory(self.root):
+            found = sorted(p.name for p in self.root.iterdir())[:8]
+            raise RunDirectoryError(
+                f"--out {str(self.root)!r} is not a run directory of hf_llpf (no {MARKER}; it holds {found}): "
+                f"refusing to {exist} it; choose a new or empty folder"
+            )
+        return exist == "resume" and resume_state.load(self.root / CHECKPOINT_DIR) is not None
+
+    def close(self) -> None:
+        """Release the run directory's lock (idempotent)."""
+        lock = getattr(self, "lock", None)
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def write_json(self, name: str, obj: Any) -> None:
         """Write ``obj`` as indented JSON to ``root/name``."""
@@ -130,6 +172,56 @@ class RunWriter:
     def save_checkpoint(self, state: dict) -> None:
         """Write the resume state (safetensors + JSON, see :mod:`hf_llpf.resume_state`); never published."""
         resume_state.save(self.root / CHECKPOINT_DIR, state, write_text=atomic_write_text)
+
+
+class NullWriter:
+    """What a non-main process gets instead of a :class:`RunWriter`: it writes nothing and holds no lock."""
+
+    root = None
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __enter__(self) -> NullWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def check_out_dir(root: FsPath, *, field: str, file: bool = False) -> None:
+    """Refuse an output folder (``file``: an output file) that is of the other kind or sits under a file, or whose
+    nearest existing parent is not writable, before any work is done."""
+    if root.exists() and root.is_dir() == file:
+        kind = "a folder, not a file" if file else "a file, not a folder"
+        raise RunDirectoryError(f"{field} {str(root)!r} is {kind}; choose another path")
+    for parent in root.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunDirectoryError(f"{field} {str(root)!r} sits under the file {str(parent)!r}")
+            if not os.access(parent, os.W_OK):
+                raise RunDirectoryError(f"{field} {str(root)!r}: {str(parent)!r} is not writable")
+            break
+
+
+def _empty(root: FsPath) -> None:
+    """Delete everything in a run directory except its lock."""
+    for p in root.iterdir():
+        if p.name == LOCK:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _remove_temporary_files(root: FsPath) -> None:
+    """Leftovers of writes killed half-way (``.NAME.*.tmp`` files, ``points/.tmp_*`` folders)."""
+    for p in sorted(root.rglob(".*"), reverse=True):
+        if p.name.startswith(".tmp_") and p.is_dir():
+            shutil.rmtree(p)
+        elif p.name.endswith(".tmp") and p.is_file():
+            p.unlink()
 
 
 def points_to_csv(points: list[dict]) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,8 +24,9 @@ from tqdm.auto import tqdm
 
 from hf_llpf.config import TrainRecipe
 from hf_llpf.data import DataBundle, SeededLoader, load_data
-from hf_llpf.errors import DataMismatchError
-from hf_llpf.models import Endpoint, as_endpoint, create_model, save_model
+from hf_llpf.errors import DataMismatchError, RunDirectoryError
+from hf_llpf.models import WEIGHTS_NAME, Endpoint, as_endpoint, check_finite, create_model, save_model
+from hf_llpf.path import check_out_dir
 from hf_llpf.seeding import seed_everything
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -149,8 +152,12 @@ def train_endpoint(
     data: DataBundle | None = None,
     accelerator: Accelerator | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> tuple[Endpoint, dict[str, Any]]:
     """Train one endpoint from scratch as ``recipe`` says, and optionally save it.
+
+    ``out_dir`` is checked before any work: an existing non-empty folder is refused unless ``overwrite``
+    (then only a model folder of this tool is replaced), and non-finite weights are never saved.
 
     Same recipe and seed on the same machine → the same weights, bit for bit.
 
@@ -158,6 +165,8 @@ def train_endpoint(
         The trained :class:`~hf_llpf.models.Endpoint` and its metrics (train/test loss and accuracy,
         iterations, seconds). With ``out_dir``, the model folder and ``metrics.json`` are written there.
     """
+    if out_dir is not None:
+        check_model_out_dir(Path(out_dir), overwrite=overwrite)
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     data = data or load_data(recipe.data)
     seed_everything(recipe.seed)
@@ -209,10 +218,41 @@ def train_endpoint(
         "recipe": recipe.model_dump(mode="json"),
     }
     endpoint = as_endpoint(model, source=str(out_dir) if out_dir else f"{recipe.model}@seed{recipe.seed}")
+    check_finite(endpoint, label=f"trained {recipe.model} seed {recipe.seed}")
     if out_dir is not None:
-        save_model(model, out_dir, kind=endpoint.kind, arch=endpoint.arch)
-        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _save_model_folder(model, Path(out_dir), endpoint, metrics)
     return endpoint, metrics
+
+
+def check_model_out_dir(out: Path, *, overwrite: bool) -> None:
+    """Refuse to train into a file, a folder under a file, or an existing non-empty folder (unless ``overwrite``
+    and the folder holds only a model this tool wrote: ``config.json``, ``model.safetensors``, ``metrics.json``).
+
+    Raises:
+        RunDirectoryError: naming the folder and what to do.
+    """
+    check_out_dir(out, field="--out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    names = sorted(p.name for p in out.iterdir())
+    if not overwrite:
+        raise RunDirectoryError(f"--out {str(out)!r} already exists ({names[:6]}); pass --overwrite or a new folder")
+    if not set(names) <= {"config.json", WEIGHTS_NAME, "metrics.json"}:
+        raise RunDirectoryError(
+            f"--out {str(out)!r} holds more than a model folder ({names[:8]}): refusing to overwrite it"
+        )
+
+
+def _save_model_folder(model: nn.Module, out: Path, endpoint: Endpoint, metrics: dict) -> None:
+    """Write the model folder whole: into a temporary sibling, then renamed over ``out``."""
+    tmp = out.with_name(f".{out.name}.tmp_train")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch)
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> int:

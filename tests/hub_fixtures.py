@@ -131,6 +131,7 @@ def make_run_dir(
     writer.write_json("endpoints.json", endpoints)
     writer.write_json("layer_groups.json", {"stages": [["stem"], ["body"], ["head"]]})
     writer.write_yaml("llpf_config.yaml", "method: m2m\ndata:\n  source: digits\nseed: 0\nstep_r: 0.02\n")
+    writer.close()
     (root / "plots").mkdir()
     (root / "plots" / "loss.png").write_bytes(png_bytes(seed=1))
     (root / "checkpoint").mkdir()

@@ -59,6 +59,7 @@ def write_run(root, endpoint, states, *, stages=None, phases=None, layer_groups=
     if layer_groups is not None:
         writer.write_json("layer_groups.json", layer_groups)
     writer.write_metrics(points, [{"tick": 0, "loss": 0.1}], {"engine": {"ticks": 10 * (len(states) - 1)}})
+    writer.close()
     return root
 
 

@@ -100,6 +100,7 @@ def run_cross_sphere(
         return m2m
     if not a_larger:
         _append_reversed(m2m, m2o, m2o_writer, writer)
+        m2o_writer.close()
         shutil.rmtree(m2o_writer.root, ignore_errors=True)
     writer.write_metrics(m2m.state.points, m2m.state.ticks)
     return m2m

@@ -107,6 +107,7 @@ class M2M:
         self.on_tick = None  # called with each tick's row (experiment trackers)
         self.last_dist = self.d0.clone()  # distances to θ_B after the last tick
         self._saved: list[torch.Tensor] | None = None
+        self._state_keys: dict[torch.Tensor, set[str]] = {}
 
     # ------------------------------------------------------------------------------------------ set-up
     def _schedule_start_ticks(self) -> list[int]:
@@ -200,6 +201,7 @@ class M2M:
     def _snapshot(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         # Copy into buffers kept from the previous tick: no allocation, one foreach call (the guard is paid
         # every tick, the rollback almost never).
+        self._state_keys = {k: set(v) for k, v in self.trainer.optimizer.state.items()}
         live = self._live_tensors()
         if self._saved is None or [t.shape for t in self._saved] != [t.shape for t in live]:
             self._saved = [t.detach().clone() for t in live]
@@ -211,6 +213,15 @@ class M2M:
         live, saved = snap
         with torch.no_grad():
             torch._foreach_copy_(live, saved)
+        # Optimizer state created during the failed tick (momentum buffers of its first steps) did not exist before.
+        opt_state = self.trainer.optimizer.state
+        for param in list(opt_state):
+            keys = self._state_keys.get(param)
+            if keys is None:
+                del opt_state[param]
+            else:
+                for k in set(opt_state[param]) - keys:
+                    del opt_state[param][k]
 
     def _timed(self, key: str, start: float) -> float:
         now = time.perf_counter()
@@ -228,16 +239,16 @@ class M2M:
             total=self.config.max_ticks, initial=st.tick, desc="llpf m2m", disable=not self.progress, leave=False
         )
         try:
-            while st.tick < self.config.max_ticks:
-                dist = self._tick()
+            # Checked before each tick, not after: a run resumed from the checkpoint of its arrival tick must
+            # finish, not take one more tick (the uninterrupted run stopped there).
+            while st.tick < self.config.max_ticks and not self._finished(self.last_dist):
+                self._tick()
                 bar.update(1)
                 bar.set_postfix(
                     stage=f"{st.active}/{self.num_stages}",
                     loss=f"{st.ticks[-1]['train_loss']:.4f}",
                     dist_b=f"{st.ticks[-1]['dist_b']:.3g}",
                 )
-                if self._finished(dist):
-                    break
         finally:
             bar.close()
         self._finish()
@@ -260,6 +271,7 @@ class M2M:
             t = self._timed("correct", t)
             if math.isfinite(loss) and loss <= cfg.loss_limit:
                 self.last_dist = dist
+                st.failures = 0  # failures count within one stretch of failed attempts, not over the run
                 break
             # Divergence guard: roll back to the state before this tick, halve the step, try again.
             self._restore(snap)
@@ -407,6 +419,8 @@ class M2M:
     def load_checkpoint(self, ckpt: dict) -> None:
         """Continue from a checkpoint written by this loop."""
         self.state = TickState(**ckpt["loop"])
+        if self.state.failures >= self.config.max_failures:  # stopped by the guard: a resume starts a new stretch
+            self.state.failures = 0
         self.model.load_state_dict(ckpt["model"])
         self.trainer.load_state_dict(ckpt["trainer"])
         set_rng_state(ckpt["rng"])

@@ -28,8 +28,23 @@ BUILTIN_MODELS = (
     "cct_7_3x1",
 )
 
+# The class each built-in name builds: its constructor's named arguments are the model_args a user may pass.
+MODEL_CLASSES = {
+    "small_cnn": SmallCNN,
+    "lenet5": LeNet5,
+    "cifar_resnet18": CifarResNet,
+    "cifar_vgg11_bn": CifarVGG,
+    "cifar_mobilenetv2": CifarMobileNetV2,
+    "cifar_shufflenetv2": CifarShuffleNetV2,
+    "cifar_efficientnet_b0": CifarEfficientNet,
+    "cifar_regnetx_200mf": CifarRegNet,
+    "cifar_dla": CifarDLA,
+    "cct_7_3x1": CCT,
+}
+
 __all__ = [
     "BUILTIN_MODELS",
+    "MODEL_CLASSES",
     "CCT",
     "CifarDLA",
     "CifarEfficientNet",
