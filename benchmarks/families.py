@@ -2,8 +2,8 @@
 
 Run: ``.venv/bin/python -m benchmarks.families [FAMILY ...]`` (default: every family; naming some reruns those and
 keeps the other rows; ``--render`` only rewrites the table from the saved JSON). Writes
-``benchmarks/results/families.json``, ``benchmarks/results/families.md`` and the README's table (between its
-``<!-- families:start -->``/``<!-- families:end -->`` markers).
+``benchmarks/results/families.json``, ``benchmarks/results/families.md`` and the table in ``docs/benchmarks.md``
+(between its ``<!-- families:start -->``/``<!-- families:end -->`` markers).
 
 Per family: two endpoints of a tiny width (and, where block names allow it, depth) are trained from seeds 0
 and 1 — the image families on the built-in 8x8 digits upscaled to 16 px (32 px for VGG11, whose five
@@ -372,7 +372,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-README = ROOT / "README.md"
+README = ROOT / "docs" / "benchmarks.md"
 README_MARKS = ("<!-- families:start -->", "<!-- families:end -->")
 
 

@@ -6,8 +6,8 @@
 
 Endpoints (seeds 0 and 1 of each model's recipe) are trained once and cached in ``.bench_cache/``. Each LLPF run
 (connect, then evaluate_path on every saved point) is a subprocess, so its peak RSS is its own. One torch thread.
-Writes ``benchmarks/results/benchmarks.json`` and ``benchmarks.md`` and regenerates the README's performance
-section (between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->``).
+Writes ``benchmarks/results/benchmarks.json`` and ``benchmarks.md`` and regenerates the table in ``docs/benchmarks.md``
+(between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->``).
 
 Reference-equivalent settings (llpf-spec.md §2, the authors' ResNet18/CIFAR-10 config): step_a = 0.001, step_f =
 step_r = 0, a hand-set cumulative FDF schedule with 2000 ticks per stage and 6000 more after the last stage starts,
@@ -39,7 +39,7 @@ from typing import Any
 
 RESULTS = Path("benchmarks/results")
 CACHE = Path(".bench_cache")
-README = Path("README.md")
+README = Path("docs/benchmarks.md")
 START_MARK, END_MARK = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 COMMAND = "python -m benchmarks.run"
 
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small_cnn only")
     parser.add_argument("--seeds", type=int, default=0, help="also run the defaults with this many repair seeds")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--no-readme", action="store_true", help="do not update README.md")
+    parser.add_argument("--no-readme", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--reuse", action="store_true", help="reuse measurements of identical earlier jobs")
     parser.add_argument("--worker", nargs=2, metavar=("JOB", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
