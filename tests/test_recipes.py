@@ -10,8 +10,8 @@ import yaml
 
 import hf_llpf  # noqa: F401  (registers the built-in models with timm)
 from hf_llpf.config import ConnectConfig, TrainRecipe, build, load_recipe
-from hf_llpf.layers import build_stages
 from hf_llpf.models import create_model
+from hf_llpf.stages import build_stages
 
 torch.set_num_threads(1)
 
