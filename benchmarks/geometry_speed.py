@@ -65,7 +65,7 @@ def main() -> None:
 
     import hf_llpf.zoo  # noqa: F401  (registers cifar_resnet18)
     from hf_llpf import geometry as G
-    from hf_llpf.layers import build_stages
+    from hf_llpf.stages import build_stages
 
     model = timm.create_model("cifar_resnet18", pretrained=False, num_classes=10)  # width 64, 11.2M params
     x = torch.randn(2, 3, 32, 32)

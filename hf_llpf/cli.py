@@ -168,9 +168,9 @@ def _cmd_groups(args: argparse.Namespace) -> int:
     import torch
 
     from hf_llpf.errors import ConfigError
-    from hf_llpf.layers import build_stages, format_stage_table, load_overrides
     from hf_llpf.models import create_model, load_endpoint
     from hf_llpf.path import check_out_dir
+    from hf_llpf.stages import build_stages, format_stage_table, load_overrides
 
     try:
         model_args = json.loads(args.model_args) if args.model_args else {}

@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hf_llpf.errors import ConfigError
+from hf_llpf.stages.matching import compile_regex
+from hf_llpf.stages.overrides import ExplicitStages, MoveOverride, parse_overrides
 
 
 class _Settings(BaseModel):
@@ -141,7 +143,9 @@ class ConnectConfig(_Settings):
         "distance is at most this fraction of its initial distance",
     )
     schedule: list[StageSchedule] | None = Field(None, description="hand-set stage start ticks instead of arrival")
-    stages: list[dict[str, Any]] | dict[str, Any] | None = Field(None, description="layer-grouping overrides")
+    stages: list[MoveOverride] | ExplicitStages | None = Field(
+        None, description="layer-grouping overrides: a list of {match, stage} moves or {stages: [[regex, ...], ...]}"
+    )
     max_ticks: int = Field(2000, ge=1, description="hard limit on ticks (with a schedule: the stop tick)")
     # Minimal training (§2 step 3).
     min_iters: int = Field(4, ge=1)
@@ -184,6 +188,30 @@ class ConnectConfig(_Settings):
         if v is not None and v and min(s.start for s in v) != 0:
             raise ValueError("the first scheduled stage must start at tick 0")
         return v
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_regexes_compile(cls, v: list[StageSchedule] | None) -> list[StageSchedule] | None:
+        # Checked here, when the settings are built: the run would only meet a bad regex after --overwrite.
+        problems = []
+        for i, entry in enumerate(v or []):
+            try:
+                compile_regex(entry.match)
+            except ValueError as e:
+                problems.append(f"schedule[{i}].match={entry.match!r}: {e}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _typed_stage_overrides(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        try:
+            return parse_overrides(v, where="stages")
+        except ConfigError as e:
+            raise ValueError("; ".join(e.problems)) from None
 
     @model_validator(mode="after")
     def _iters_ordered(self) -> ConnectConfig:

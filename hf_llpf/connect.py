@@ -29,10 +29,10 @@ from hf_llpf.algorithms.m2o import M2O, OUTWARD_MESSAGE
 from hf_llpf.config import ConnectConfig, DataConfig, build, to_yaml
 from hf_llpf.data import DataBundle, SeededLoader, load_data
 from hf_llpf.errors import ConfigError, DataMismatchError, RunDirectoryError
-from hf_llpf.layers import build_stages
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite, load_endpoint
 from hf_llpf.path import CHECKPOINT_DIR, Path, RunWriter
 from hf_llpf.seeding import seed_everything
+from hf_llpf.stages import build_stages
 from hf_llpf.train import LossFn, RepairTrainer, check_labels_fit, make_accelerator
 
 logger = get_logger(__name__)

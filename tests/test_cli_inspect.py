@@ -7,8 +7,8 @@ import torch
 
 from hf_llpf import geometry
 from hf_llpf.cli import main
-from hf_llpf.layers import StagePlan
 from hf_llpf.models import create_model, save_model
+from hf_llpf.stages import StagePlan
 
 torch.set_num_threads(1)
 

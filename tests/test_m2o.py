@@ -12,8 +12,8 @@ from hf_llpf.algorithms.m2o import M2O
 from hf_llpf.config import ConnectConfig, TrainRecipe, build
 from hf_llpf.connect import choose_method, walk_to_origin
 from hf_llpf.errors import ConfigError
-from hf_llpf.layers import build_stages
 from hf_llpf.models import load_endpoint
+from hf_llpf.stages import build_stages
 from hf_llpf.train import RepairTrainer, train_endpoint
 
 torch.set_num_threads(1)

@@ -10,8 +10,9 @@ import yaml
 
 import hf_llpf  # noqa: F401  (registers the built-in models with timm)
 from hf_llpf.config import ConnectConfig, TrainRecipe, build, load_recipe
-from hf_llpf.layers import build_stages
 from hf_llpf.models import create_model
+from hf_llpf.stages import build_stages
+from hf_llpf.stages.overrides import ExplicitStages
 
 torch.set_num_threads(1)
 
@@ -101,8 +102,8 @@ def test_llpf_recipe_validates_and_its_regexes_fit_the_model(path):
         # build_stages raises when a regex matches nothing or (complete form) a group is matched twice or never.
         plan = build_stages(model, batch, overrides=config.stages)
         assert sorted(plan.param_names()) == sorted(names)
-        if isinstance(config.stages, dict):
-            assert len(plan.stages) == len(config.stages["stages"])
+        if isinstance(config.stages, ExplicitStages):
+            assert len(plan.stages) == len(config.stages.stages)
 
 
 def test_resnet18_recipe_is_the_papers_schedule():

@@ -24,10 +24,10 @@ from hf_llpf import geometry
 from hf_llpf.algorithms.m2m import M2M
 from hf_llpf.algorithms.m2o import M2O, moved_parameter_names
 from hf_llpf.config import ConnectConfig
-from hf_llpf.layers import StagePlan
 from hf_llpf.models import Endpoint
 from hf_llpf.path import RunWriter, point_name
 from hf_llpf.safe_paths import resolve_inside
+from hf_llpf.stages import StagePlan
 from hf_llpf.train import RepairTrainer
 
 TrainerFactory = Callable[..., RepairTrainer]

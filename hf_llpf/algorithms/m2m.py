@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -26,10 +25,11 @@ from tqdm.auto import tqdm
 from hf_llpf import geometry
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError, DivergenceError
-from hf_llpf.layers import StagePlan
 from hf_llpf.models import Endpoint
 from hf_llpf.path import RunWriter, point_name
 from hf_llpf.seeding import rng_state, set_rng_state
+from hf_llpf.stages import StagePlan
+from hf_llpf.stages.matching import GroupMatcher, compile_regex
 from hf_llpf.train import RepairTrainer
 
 
@@ -116,15 +116,21 @@ class M2M:
         Every stage's groups must be matched by some schedule entry; a stage starts at the earliest tick
         of the entries matching its parameters.
         """
+        # Canonical names only (no tied aliases), as schedules have always matched; regexes checked by the config.
+        matcher = GroupMatcher(self.plan.groups())
+        hits: dict[str, list[int]] = {}
+        for e in self.config.schedule:
+            for name in matcher.params(compile_regex(e.match)):
+                hits.setdefault(name, []).append(e.start)
         starts: list[int | None] = [None] * self.num_stages
         unmatched = []
         for s in self.plan.stages:
             for name in (n for g in s.groups for n in g.param_names):
-                hits = [e.start for e in self.config.schedule if re.search(e.match, name)]
-                if not hits:
+                if name not in hits:
                     unmatched.append(name)
                     continue
-                starts[s.index] = min(hits) if starts[s.index] is None else min(starts[s.index], min(hits))
+                first = min(hits[name])
+                starts[s.index] = first if starts[s.index] is None else min(starts[s.index], first)
         if unmatched:
             raise ConfigError(f"schedule: no entry matches these parameters: {', '.join(unmatched[:20])}")
         return [int(s) for s in starts]

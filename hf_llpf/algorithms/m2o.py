@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from hf_llpf import geometry
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError, DivergenceError
-from hf_llpf.layers import StagePlan
 from hf_llpf.models import Endpoint
 from hf_llpf.path import RunWriter
+from hf_llpf.stages import StagePlan
 from hf_llpf.train import RepairTrainer
 
 OUTWARD_MESSAGE = (

@@ -1,4 +1,4 @@
-"""hf_llpf.layers: Follow-Data-Flow stages for the supported models, tied weights, overrides (issue 3)."""
+"""hf_llpf.stages: Follow-Data-Flow stages for the supported models, tied weights, overrides (issue 3)."""
 
 import torch
 
@@ -10,9 +10,10 @@ import pytest  # noqa: E402
 import timm  # noqa: E402
 from torch import nn  # noqa: E402
 
+import hf_llpf.stages as L  # noqa: E402
 import hf_llpf.zoo  # noqa: E402,F401  (registers small_cnn, lenet5, cifar_resnet18 with timm)
-from hf_llpf import layers as L  # noqa: E402
 from hf_llpf.errors import ConfigError, UnknownNameError  # noqa: E402
+from hf_llpf.stages import trace as stage_trace  # noqa: E402
 
 IMG = torch.randn(2, 3, 32, 32)
 GRAY = torch.randn(2, 1, 32, 32)
@@ -283,7 +284,7 @@ def test_declared_fallback_when_export_fails(monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("no graph")
 
-    monkeypatch.setattr(L, "_export_first_use", boom)
+    monkeypatch.setattr(stage_trace, "_export_first_use", boom)
     model = TwoBranch()
     plan = L.build_stages(model, IMG)
     assert plan.order_source == "hooks+declared"
