@@ -28,7 +28,7 @@ from hf_llpf.algorithms.m2m import M2M
 from hf_llpf.algorithms.m2o import M2O, OUTWARD_MESSAGE
 from hf_llpf.config import ConnectConfig, DataConfig, build, to_yaml
 from hf_llpf.data import DataBundle, SeededLoader, load_data
-from hf_llpf.errors import ConfigError, DataMismatchError, RunDirectoryError
+from hf_llpf.errors import ConfigError, DataMismatchError, LLPFError, RunDirectoryError
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite, load_endpoint
 from hf_llpf.path import CHECKPOINT_DIR, Path, RunWriter
 from hf_llpf.seeding import seed_everything
@@ -91,7 +91,7 @@ def connect(
     example = _example_batch(loader)
     setup["setup_data"] = time.perf_counter() - t
     t = time.perf_counter()
-    plan = build_stages(ea.model, example, overrides=config.stages)
+    plan = _stages_for(ea, example, config)
     setup["setup_stages"] = time.perf_counter() - t
     method = choose_method(ea, eb, config)
 
@@ -105,6 +105,20 @@ def connect(
     finally:
         if writer is not None:
             writer.close()
+
+
+def _stages_for(endpoint: Endpoint, example: Any, config: ConnectConfig) -> Any:
+    """The stage plan, or a clear error when the data's example batch does not fit the endpoint (channels, size)."""
+    try:
+        return build_stages(endpoint.model, example, overrides=config.stages)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        if isinstance(err, LLPFError):
+            raise
+        shape = tuple(example[0].shape) if isinstance(example, (tuple, list)) else type(example).__name__
+        raise DataMismatchError(
+            f"the data's batches ({shape}, data={config.data.source!r}) do not fit endpoint A ({endpoint.source}): "
+            f"{str(err).splitlines()[0][:300]}. Choose data for this model (--data, data.image_size)"
+        ) from None
 
 
 def read_paths(*endpoints: Endpoint, config: ConnectConfig) -> list[FsPath]:

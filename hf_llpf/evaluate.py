@@ -639,6 +639,7 @@ def evaluate_path(
         raise ConfigError(problems)
     start = time.perf_counter()
     path = _as_path(path_or_run_dir, template)
+    path.validate()  # a damaged metadata file is refused before anything is computed or written
     if len(path) == 0:
         raise RunDirectoryError(f"{str(path.root)!r} holds no saved point to evaluate")
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())

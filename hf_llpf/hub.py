@@ -87,6 +87,43 @@ def parse_repo_spec(spec: str, *, field: str = "repo_id", allow_revision: bool =
     return repo_id, (revision or None)
 
 
+def check_branch_name(name: str, *, field: str) -> str:
+    """A branch name git and the Hub accept: letters, digits, ``-_./``; no ``..``, ``//``, leading ``/`` or ``.``,
+    trailing ``/``, ``.`` or ``.lock``.
+
+    Raises:
+        ConfigError: naming ``field``, the value and the rule.
+    """
+    bad = (
+        not re.fullmatch(r"[\w.\-/]+", name)
+        or ".." in name
+        or "//" in name
+        or name.startswith(("/", ".", "-"))
+        or name.endswith(("/", ".", ".lock"))
+    )
+    if bad:
+        raise ConfigError(
+            f"{field}={name!r}: not a branch name; expected letters, digits, '-', '_', '.', '/' without '..' or "
+            "'//', not starting with '/', '.' or '-', not ending with '/', '.' or '.lock'"
+        )
+    return name
+
+
+def _is_connection_error(err: BaseException) -> bool:
+    # huggingface_hub raises its HTTP client's own types (httpx or requests) for an unreachable Hub.
+    names = {type(e).__name__ for e in (err, err.__cause__, err.__context__) if e is not None}
+    return bool(names & {"ConnectError", "ConnectionError", "ConnectTimeout", "ReadTimeout", "NameResolutionError"})
+
+
+def _raise_for_connection(err: Exception, api: Any) -> None:
+    if _is_connection_error(err):
+        raise OfflineError(
+            f"cannot reach the Hub at {getattr(api, 'endpoint', None) or 'the default endpoint'} "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no answer'}). "
+            "Nothing was published; check the network or HF_ENDPOINT and run the same command again."
+        ) from None
+
+
 def _check_online(action: str) -> None:
     # huggingface_hub reads HF_HUB_OFFLINE once at import; the environment may have changed since, so look at both.
     from huggingface_hub import constants
@@ -512,8 +549,8 @@ def push_path(
     from huggingface_hub.errors import HfHubHTTPError
 
     repo_id, _ = parse_repo_spec(repo_id, allow_revision=False)
-    if revision is not None and not re.fullmatch(r"[\w.\-/]+", revision):
-        raise ConfigError(f"revision={revision!r}: expected a branch name (letters, digits, '-', '_', '.', '/')")
+    if revision is not None:
+        check_branch_name(revision, field="revision")
     root = _check_run_dir(run_dir)
     _check_online("push a path to the Hub")
     token = _resolve_token(token)
@@ -528,6 +565,9 @@ def push_path(
         result = _push_tagged(api, repo_id=repo_id, files=files, revision=revision, private=private, tag=tag)
     except HfHubHTTPError as err:
         _raise_for_auth(err, repo_id=repo_id)
+        raise
+    except Exception as err:
+        _raise_for_connection(err, api)
         raise
     if not (root / "README.md").is_file() or (root / "README.md").read_bytes() != card:
         atomic_write_text(root / "README.md", card.decode())
@@ -850,6 +890,9 @@ def export_point(
             )
         except HfHubHTTPError as err:
             _raise_for_auth(err, repo_id=push_to_hub)
+            raise
+        except Exception as err:
+            _raise_for_connection(err, _api(endpoint, token))
             raise
         result.update(repo_id=push_to_hub, commit=commit)
     return result

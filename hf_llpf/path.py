@@ -32,7 +32,7 @@ import yaml
 from torch import nn
 
 from hf_llpf import resume_state
-from hf_llpf.errors import RunDirectoryError
+from hf_llpf.errors import CorruptCheckpointError, RunDirectoryError
 from hf_llpf.models import Endpoint, load_endpoint, save_model
 from hf_llpf.run_lock import LOCK, MARKER, RunLock, check_not_protected, is_run_directory, write_marker
 from hf_llpf.safe_paths import check_relative_name, resolve_inside
@@ -243,9 +243,36 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def read_run_json(root: str | os.PathLike, name: str, *, kind: type = dict) -> Any:
+    """A JSON file of a run directory, refused with its name when it does not parse or is not a ``kind``.
+
+    Raises:
+        RunDirectoryError: naming the file, the problem and how the file is made.
+    """
+    file = FsPath(root) / name
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunDirectoryError(
+            f"{file}: not valid JSON ({type(err).__name__}: {err}); it is written by `hf-llpf connect`"
+        ) from None
+    if not isinstance(value, kind):
+        raise RunDirectoryError(f"{file}: expected a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
 def read_metrics(root: str | os.PathLike) -> dict:
-    """``path_metrics.json`` of a run directory."""
-    return json.loads((FsPath(root) / METRICS_JSON).read_text())
+    """``path_metrics.json`` of a run directory, its shape checked (``points``: a list of rows with a tick)."""
+    data = read_run_json(root, METRICS_JSON)
+    points = data.get("points")
+    if not isinstance(points, list) or not all(isinstance(p, dict) and isinstance(p.get("tick"), int) for p in points):
+        raise RunDirectoryError(
+            f"{FsPath(root) / METRICS_JSON}: 'points' must be a list of rows, each with an integer 'tick'"
+        )
+    for key, kind in (("ticks", list), ("summary", dict)):
+        if not isinstance(data.get(key, kind()), kind):
+            raise RunDirectoryError(f"{FsPath(root) / METRICS_JSON}: {key!r} must be a JSON {kind.__name__}")
+    return data
 
 
 class Path:
@@ -292,8 +319,46 @@ class Path:
 
     @property
     def endpoints(self) -> dict:
-        """``endpoints.json``."""
-        return json.loads((self.root / "endpoints.json").read_text())
+        """``endpoints.json`` (``A``/``B``: an object each, or null for a walk to the origin)."""
+        data = read_run_json(self.root, "endpoints.json")
+        for key in ("A", "B"):
+            if not isinstance(data.get(key), (dict, type(None))):
+                raise RunDirectoryError(f"{self.root / 'endpoints.json'}: {key!r} must be an object (an endpoint)")
+        return data
+
+    def validate(self) -> None:
+        """Read every metadata file now (endpoints, stages, settings), so a damaged one is refused before any work.
+
+        Raises:
+            RunDirectoryError: naming the file and what is wrong with it.
+        """
+        if (self.root / "endpoints.json").is_file():
+            self.endpoints  # noqa: B018 - read for its checks
+        self.layer_groups  # noqa: B018
+        if (self.root / "llpf_config.yaml").is_file():
+            try:
+                config = yaml.safe_load((self.root / "llpf_config.yaml").read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, yaml.YAMLError) as err:
+                raise RunDirectoryError(f"{self.root / 'llpf_config.yaml'}: not valid YAML ({err})") from None
+            if not isinstance(config, dict):
+                raise RunDirectoryError(f"{self.root / 'llpf_config.yaml'}: expected a mapping of settings")
+
+    @property
+    def layer_groups(self) -> dict | None:
+        """``layer_groups.json`` (the stage plan), or None when the run directory has none."""
+        if not (self.root / "layer_groups.json").is_file():
+            return None
+        data = read_run_json(self.root, "layer_groups.json")
+        stages = data.get("stages")
+        if not isinstance(stages, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("groups"), list) and all(isinstance(g, dict) for g in s["groups"])
+            for s in stages
+        ):
+            raise RunDirectoryError(
+                f"{self.root / 'layer_groups.json'}: 'stages' must be a list of stages, each with a list of 'groups' "
+                "(the format `hf-llpf groups --json` writes)"
+            )
+        return data
 
     def point_dir(self, i: int) -> FsPath:
         """The folder of point ``i``; its recorded name must resolve inside the run directory."""
@@ -324,10 +389,21 @@ class Path:
 
     def _raw_state_at(self, i: int) -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {}
-        folder = self.point_dir(i)
-        for f in sorted(folder.glob("*.safetensors")):
-            resolve_inside(folder, f.name, field=f"points[{self._index(i)}] file", allowed_root=self._fence())
-            state.update(safetensors.torch.load_file(str(f)))
+        folder, j = self.point_dir(i), self._index(i)
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise RunDirectoryError(f"points[{j}] ({folder}): missing, or holds no safetensors weights")
+        for f in files:
+            resolve_inside(folder, f.name, field=f"points[{j}] file", allowed_root=self._fence())
+            try:
+                state.update(safetensors.torch.load_file(str(f)))
+            except Exception as err:  # SafetensorError, or OSError for a truncated header
+                raise CorruptCheckpointError(
+                    f"points[{j}] ({f}): not a readable safetensors file ({str(err).splitlines()[0]})"
+                ) from None
+        for name, t in state.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CorruptCheckpointError(f"points[{j}] ({folder}): tensor {name!r} has non-finite values")
         return state
 
     def _fence(self) -> FsPath:

@@ -12,7 +12,6 @@ Every function reads what :func:`hf_llpf.evaluate.evaluate_path` wrote; it never
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -167,10 +166,9 @@ def _curve_plot(run_dir: FsPath, data: dict, *, metric: str, out: FsPath) -> FsP
 
 def _param_order(run_dir: FsPath, names: list[str]) -> tuple[list[str], list[int]]:
     """Parameter names in stage order (``layer_groups.json``; else model order) and each one's stage."""
-    file = run_dir / "layer_groups.json"
-    if not file.is_file():
+    plan = Path(run_dir).layer_groups
+    if plan is None:
         return names, [0] * len(names)
-    plan = json.loads(file.read_text())
     ordered, stages = [], []
     for s in plan.get("stages", []):
         for g in s.get("groups", []):

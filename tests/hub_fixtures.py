@@ -18,6 +18,7 @@ import torch
 
 from hf_llpf.models import as_endpoint, create_model, save_model
 from hf_llpf.path import RunWriter
+from hf_llpf.stages import build_stages
 
 TICKS = (0, 5, 10, 15, 20)
 SUMMARY = {
@@ -129,7 +130,8 @@ def make_run_dir(
     if command:
         endpoints["command"] = command
     writer.write_json("endpoints.json", endpoints)
-    writer.write_json("layer_groups.json", {"stages": [["stem"], ["body"], ["head"]]})
+    example = a.dummy_inputs if kind == "transformers" else torch.zeros(2, 1, 8, 8)
+    writer.write_json("layer_groups.json", build_stages(a, example).to_json())
     writer.write_yaml("llpf_config.yaml", "method: m2m\ndata:\n  source: digits\nseed: 0\nstep_r: 0.02\n")
     writer.close()
     (root / "plots").mkdir()
