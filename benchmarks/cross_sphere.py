@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
+from hf_llpf.api import connect
 from hf_llpf.config import ConnectConfig, TrainRecipe, build, load_recipe
-from hf_llpf.connect import connect, sphere_distance, sphere_report
 from hf_llpf.data import load_data
-from hf_llpf.demo import _endpoint
 from hf_llpf.evaluate import evaluate_path
 from hf_llpf.models import load_endpoint
+from hf_llpf.spheres import sphere_distance, sphere_report
+from hf_llpf.train import train_or_reuse
 
 CACHE = Path(".bench_cache/cross_sphere")
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "digits-cross-sphere.yaml"
@@ -34,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(1)
     data = load_data("digits")
     for name, seed, wd in (("wd5e-4", 0, 5e-4), ("wd5e-3", 1, 5e-3)):
-        _endpoint(CACHE / name, TrainRecipe(seed=seed, weight_decay=wd), data, progress=False)
+        train_or_reuse(CACHE / name, TrainRecipe(seed=seed, weight_decay=wd), data, progress=False)
     a, b = CACHE / "wd5e-4", CACHE / "wd5e-3"
     report = sphere_report(load_endpoint(a).model, load_endpoint(b).model)
     ratios = [r["ratio"] for r in report if r["ndim"] > 1]

@@ -36,7 +36,7 @@ def parse_candidate(text: str) -> dict:
 
 def run_candidate(bench, data, overrides: dict, *, continuity: bool = True) -> dict:
     """Connect the benchmark endpoints with ``overrides`` and judge the path; returns the row's figures."""
-    from hf_llpf.connect import connect
+    from hf_llpf.api import connect
     from hf_llpf.evaluate import evaluate_path
 
     start = time.perf_counter()

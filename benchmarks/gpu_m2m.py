@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from hf_llpf.api import connect
 from hf_llpf.config import ConnectConfig
-from hf_llpf.connect import connect
 from hf_llpf.data import DataBundle, ImageData
 from hf_llpf.models import as_endpoint, create_model
 

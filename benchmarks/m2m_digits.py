@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from hf_llpf.api import connect
 from hf_llpf.config import TrainRecipe
-from hf_llpf.connect import connect
 from hf_llpf.data import load_data
-from hf_llpf.demo import _endpoint
 from hf_llpf.evaluate import evaluate_path
+from hf_llpf.train import train_or_reuse
 
 CACHE = Path(".bench_cache/small_cnn_digits")
 
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
     overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in argv)}
     data = load_data("digits")
     endpoint_iters = [
-        _endpoint(CACHE / f"seed{s}", TrainRecipe(seed=s), data, progress=False)["iterations"] for s in (0, 1)
+        train_or_reuse(CACHE / f"seed{s}", TrainRecipe(seed=s), data, progress=False)["iterations"] for s in (0, 1)
     ]
     start = time.perf_counter()
     path = connect(

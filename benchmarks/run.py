@@ -138,11 +138,13 @@ def _data(recipe: dict[str, Any]):
 def ensure_endpoints(bench: Bench) -> int:
     """Train (or reuse) both endpoints of ``bench``; returns the SGD iterations that trained one."""
     from hf_llpf.config import TrainRecipe
-    from hf_llpf.demo import _endpoint
+    from hf_llpf.train import train_or_reuse
 
     data = _data(bench.recipe)
     iters = [
-        _endpoint(bench.cache / f"seed{s}", TrainRecipe(**bench.recipe, seed=s), data, progress=False)["iterations"]
+        train_or_reuse(bench.cache / f"seed{s}", TrainRecipe(**bench.recipe, seed=s), data, progress=False)[
+            "iterations"
+        ]
         for s in (0, 1)
     ]
     return iters[0]
@@ -152,7 +154,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     """Connect and evaluate one configuration (run in its own process); returns the row's measurements."""
     import torch
 
-    from hf_llpf.connect import connect
+    from hf_llpf.api import connect
     from hf_llpf.evaluate import evaluate_path
 
     torch.set_num_threads(1)

@@ -1,18 +1,28 @@
-"""hf_llpf: low-loss paths between trained checkpoints (LLPF, arXiv 2505.02604) for the Hugging Face ecosystem."""
+"""hf_llpf: low-loss paths between trained checkpoints (LLPF, arXiv 2505.02604) for the Hugging Face ecosystem.
+
+The package root is a lazy facade: ``import hf_llpf`` loads no engine (no timm, datasets or accelerate), and
+``hf_llpf.connect`` etc. import their module on first use. The built-in architectures are registered with timm
+by ``import hf_llpf.zoo`` (every engine module imports it); when timm is already imported, ``import hf_llpf``
+registers them too, so ``import timm, hf_llpf`` followed by ``timm.create_model("local-dir:...")`` works.
+"""
+
+import sys
 
 __version__ = "0.1.0"
 
-from hf_llpf import zoo  # noqa: E402,F401  (registers the built-in architectures with timm)
-from hf_llpf.connect import connect  # noqa: E402
-from hf_llpf.path import Path  # noqa: E402
-
-# Imported on first use: evaluation pulls in matplotlib, the Hub functions huggingface_hub's upload stack.
+# Public name -> the module that defines it (imported on first use).
 _LAZY = {
+    "connect": "hf_llpf.api",
+    "walk_to_origin": "hf_llpf.api",
+    "Path": "hf_llpf.path",
     "evaluate_path": "hf_llpf.evaluate",
     "push_path": "hf_llpf.hub",
     "load_path": "hf_llpf.hub",
     "export_point": "hf_llpf.hub",
 }
+
+if "timm" in sys.modules:
+    import hf_llpf.zoo  # noqa: F401  (registers the built-in architectures with the timm already loaded)
 
 
 def __getattr__(name: str):
@@ -23,4 +33,17 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'hf_llpf' has no attribute {name!r}")
 
 
-__all__ = ["Path", "__version__", "connect", "evaluate_path", "export_point", "load_path", "push_path"]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = [
+    "Path",
+    "__version__",
+    "connect",
+    "evaluate_path",
+    "export_point",
+    "load_path",
+    "push_path",
+    "walk_to_origin",
+]

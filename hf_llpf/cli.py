@@ -21,6 +21,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from hf_llpf.config import TrainRecipe, apply_overrides, build, load_recipe
+    from hf_llpf.report import endpoint_table
     from hf_llpf.train import train_endpoint
 
     values = load_recipe(args.recipe)
@@ -35,22 +36,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     recipe = build(TrainRecipe, apply_overrides(values, args.overrides))
     torch.set_num_threads(args.threads) if args.threads else None
     _, metrics = train_endpoint(recipe, out_dir=args.out, overwrite=args.overwrite)
-    print(_metrics_table({f"{recipe.model} seed {recipe.seed}": metrics}))
+    print(endpoint_table({f"{recipe.model} seed {recipe.seed}": metrics}))
     print(f"saved to {args.out}")
     return 0
-
-
-def _metrics_table(rows: dict[str, dict]) -> str:
-    lines = [
-        "| endpoint | train loss | train acc | test loss | test acc | SGD iterations | seconds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, m in rows.items():
-        lines.append(
-            f"| {name} | {m['train']['loss']:.4f} | {m['train']['accuracy']:.2%} | {m['test']['loss']:.4f} "
-            f"| {m['test']['accuracy']:.2%} | {m['iterations']} | {m['seconds']:.1f} |"
-        )
-    return "\n".join(lines)
 
 
 def _cmd_connect(args: argparse.Namespace) -> int:
@@ -59,8 +47,8 @@ def _cmd_connect(args: argparse.Namespace) -> int:
 
     import torch
 
+    from hf_llpf.api import connect
     from hf_llpf.config import ConnectConfig, apply_overrides, build, load_recipe
-    from hf_llpf.connect import connect
     from hf_llpf.models import load_endpoint
 
     values = load_recipe(args.recipe)
@@ -240,8 +228,8 @@ def _cmd_groups(args: argparse.Namespace) -> int:
 def _cmd_spheres(args: argparse.Namespace) -> int:
     import math
 
-    from hf_llpf.connect import SPHERE_TOLERANCE, same_sphere, sphere_distance, sphere_report
     from hf_llpf.models import check_endpoints_match, check_finite, load_endpoint
+    from hf_llpf.spheres import SPHERE_TOLERANCE, same_sphere, sphere_distance, sphere_report
 
     ea, eb = load_endpoint(args.a), load_endpoint(args.b)
     check_finite(ea, label="A")

@@ -3,7 +3,6 @@ between them, and its judgement against straight linear interpolation."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -13,32 +12,20 @@ from hf_llpf.config import TrainRecipe
 from hf_llpf.data import load_data
 
 
-def _endpoint(out: Path, recipe: TrainRecipe, data, *, progress: bool = True) -> dict:
-    """Train an endpoint, or reuse the one in ``out`` when it was trained with the same recipe."""
-    from hf_llpf.train import train_endpoint
-
-    metrics_file = out / "metrics.json"
-    if metrics_file.is_file() and (out / "model.safetensors").is_file():
-        metrics = json.loads(metrics_file.read_text())
-        if metrics.get("recipe") == recipe.model_dump(mode="json"):
-            return {**metrics, "reused": True}
-    _, metrics = train_endpoint(recipe, out_dir=out, data=data, progress=progress)
-    return metrics
-
-
 def run_demo(out: Path, *, threads: int = 1) -> int:
     """Train (or reuse) both endpoints, connect them with the default settings, evaluate, print a table."""
-    from hf_llpf.cli import _metrics_table
-    from hf_llpf.connect import connect
+    from hf_llpf.api import connect
     from hf_llpf.evaluate import evaluate_path
+    from hf_llpf.report import endpoint_table
+    from hf_llpf.train import train_or_reuse
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
     data = load_data("digits")
     rows = {}
     for seed in (0, 1):
-        rows[f"small_cnn seed {seed}"] = _endpoint(out / f"endpoint_seed{seed}", TrainRecipe(seed=seed), data)
-    print(_metrics_table(rows))
+        rows[f"small_cnn seed {seed}"] = train_or_reuse(out / f"endpoint_seed{seed}", TrainRecipe(seed=seed), data)
+    print(endpoint_table(rows))
 
     t = time.perf_counter()
     path = connect(

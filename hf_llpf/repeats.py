@@ -102,7 +102,7 @@ def run_repeats(
     """
     if not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"repeats={repeats!r}: must be a positive integer (the number of paths)")
-    from hf_llpf.connect import connect  # here, not at the top: evaluate-only users never import the engine
+    from hf_llpf.api import connect  # here, not at the top: evaluate-only users never import the engine
 
     if config is None:
         config = ConnectConfig()

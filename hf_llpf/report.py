@@ -58,6 +58,20 @@ _ROWS = (
 )
 
 
+def endpoint_table(rows: dict[str, dict]) -> str:
+    """Markdown table of trained endpoints: train/test loss and accuracy, SGD iterations, seconds."""
+    lines = [
+        "| endpoint | train loss | train acc | test loss | test acc | SGD iterations | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in rows.items():
+        lines.append(
+            f"| {name} | {m['train']['loss']:.4f} | {m['train']['accuracy']:.2%} | {m['test']['loss']:.4f} "
+            f"| {m['test']['accuracy']:.2%} | {m['iterations']} | {m['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     """A markdown table of the summary figures, LLPF and linear side by side (recalibrated columns when present).
 
@@ -162,4 +176,4 @@ def write_report(run_dir: str | os.PathLike) -> FsPath:
     return readme
 
 
-__all__ = ["END", "START", "consistency_table", "render_section", "summary_table", "write_report"]
+__all__ = ["END", "START", "consistency_table", "endpoint_table", "render_section", "summary_table", "write_report"]

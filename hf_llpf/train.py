@@ -224,6 +224,21 @@ def train_endpoint(
     return endpoint, metrics
 
 
+def train_or_reuse(out: Path, recipe: TrainRecipe, data: DataBundle, *, progress: bool = True) -> dict[str, Any]:
+    """Train an endpoint into ``out``, or reuse the one there when it was trained with the same recipe.
+
+    Returns the endpoint's metrics (with ``"reused": True`` when nothing was trained). A model folder of an
+    older recipe is replaced.
+    """
+    metrics_file = Path(out) / "metrics.json"
+    if metrics_file.is_file() and (Path(out) / WEIGHTS_NAME).is_file():
+        metrics = json.loads(metrics_file.read_text())
+        if metrics.get("recipe") == recipe.model_dump(mode="json"):
+            return {**metrics, "reused": True}
+    _, metrics = train_endpoint(recipe, out_dir=out, data=data, progress=progress, overwrite=True)
+    return metrics
+
+
 def check_model_out_dir(out: Path, *, overwrite: bool) -> None:
     """Refuse to train into a file, a folder under a file, or an existing non-empty folder (unless ``overwrite``
     and the folder holds only a model this tool wrote: ``config.json``, ``model.safetensors``, ``metrics.json``).

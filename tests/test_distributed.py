@@ -31,10 +31,9 @@ def _worker():
     torch.set_num_threads(1)
     import torch.distributed as dist
 
+    import hf_llpf.api as connect_module
     from hf_llpf.path import RunWriter
 
-    # hf_llpf.connect is also the name of the function: take the module itself.
-    connect_module = sys.modules["hf_llpf.connect"]
     rank = dist.get_rank()  # the launcher set up the process group
 
     root = os.environ["HF_LLPF_TEST_ROOT"]

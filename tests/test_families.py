@@ -6,18 +6,13 @@ LeNet5 (the cheapest) runs in the fast suite, the cheap families in the slow sui
 ``families`` marker.
 """
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import hf_llpf  # noqa: F401  (registers the built-in models with timm)
+from benchmarks.families import FAMILIES, run_family
 from hf_llpf.models import as_endpoint, create_model, load_endpoint, save_model
 from hf_llpf.zoo import BUILTIN_MODELS
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package at the repo root
-from benchmarks.families import FAMILIES, run_family  # noqa: E402
 
 torch.set_num_threads(1)
 

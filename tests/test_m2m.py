@@ -15,9 +15,9 @@ from torch import nn
 
 import hf_llpf
 from hf_llpf.cli import main
-from hf_llpf.connect import read_checkpoint
 from hf_llpf.errors import DataMismatchError, EndpointMismatchError, RunDirectoryError
 from hf_llpf.models import create_model, load_endpoint
+from hf_llpf.resume import read_checkpoint
 from hf_llpf.train import evaluate_classifier
 
 torch.set_num_threads(1)

@@ -9,10 +9,11 @@ from torch import nn
 import hf_llpf
 from hf_llpf import geometry
 from hf_llpf.algorithms.m2o import M2O
+from hf_llpf.api import walk_to_origin
 from hf_llpf.config import ConnectConfig, TrainRecipe, build
-from hf_llpf.connect import choose_method, walk_to_origin
 from hf_llpf.errors import ConfigError
 from hf_llpf.models import load_endpoint
+from hf_llpf.spheres import choose_method
 from hf_llpf.stages import build_stages
 from hf_llpf.train import RepairTrainer, train_endpoint
 

@@ -18,9 +18,9 @@ import hf_llpf
 from hf_llpf import resume_state
 from hf_llpf.cli import main
 from hf_llpf.config import TrainRecipe
-from hf_llpf.connect import read_checkpoint
 from hf_llpf.errors import ConfigError, CorruptCheckpointError, DivergenceError, RunDirectoryError
 from hf_llpf.models import load_endpoint
+from hf_llpf.resume import read_checkpoint
 from hf_llpf.run_lock import LOCK, RunLock
 from hf_llpf.train import train_endpoint
 

@@ -1,4 +1,4 @@
-"""``connect``: the one call that turns two endpoints and training data into a path on disk.
+"""The thin orchestrators: :func:`connect` (two endpoints → a path on disk) and :func:`walk_to_origin`.
 
 It resolves the inputs (endpoint specs or modules, data specs, datasets or DataLoaders), builds the
 Follow-Data-Flow stages, opens the run directory and runs the algorithm. No YAML and no Hub are needed:
@@ -9,35 +9,30 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path as FsPath
 from typing import Any
 
-import datasets
-import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch import nn
 
-from hf_llpf import __version__, geometry, resume_state
+from hf_llpf import __version__
 from hf_llpf.algorithms.cross_sphere import record_m2o_points, run_cross_sphere
 from hf_llpf.algorithms.m2m import M2M
 from hf_llpf.algorithms.m2o import M2O, OUTWARD_MESSAGE
-from hf_llpf.config import ConnectConfig, DataConfig, build, to_yaml
-from hf_llpf.data import DataBundle, SeededLoader, load_data
-from hf_llpf.errors import ConfigError, DataMismatchError, LLPFError, RunDirectoryError
-from hf_llpf.models import Endpoint, check_endpoints_match, check_finite, load_endpoint
-from hf_llpf.path import CHECKPOINT_DIR, Path, RunWriter
+from hf_llpf.config import ConnectConfig, to_yaml
+from hf_llpf.errors import ConfigError, RunDirectoryError
+from hf_llpf.inputs import example_batch, read_paths, resolve_config, resolve_endpoint, stage_plan, training_batches
+from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
+from hf_llpf.path import Path, RunWriter
+from hf_llpf.resume import check_same_run, read_checkpoint
 from hf_llpf.seeding import seed_everything
-from hf_llpf.stages import build_stages
+from hf_llpf.spheres import choose_method
 from hf_llpf.train import LossFn, RepairTrainer, check_labels_fit, make_accelerator
 
 logger = get_logger(__name__)
-
-SPHERE_TOLERANCE = 0.5  # |log(Var_B/Var_A)| per tensor beyond which two endpoints are on different spheres
 
 
 def connect(
@@ -71,27 +66,27 @@ def connect(
     Returns:
         The :class:`~hf_llpf.path.Path` (points load lazily from ``run_dir``).
     """
-    config = _resolve_config(config)
+    config = resolve_config(config)
     accelerator = accelerator or make_accelerator(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )
     seed_everything(config.seed)
     setup = {}  # seconds of the set-up phases, for --profile
     t = time.perf_counter()
-    ea, eb = _endpoint(model_a), _endpoint(model_b)
+    ea, eb = resolve_endpoint(model_a), resolve_endpoint(model_b)
     check_finite(ea, label="A")
     check_finite(eb, label="B")
     check_endpoints_match(ea.model, eb.model)
     setup["setup_endpoints"] = time.perf_counter() - t
     t = time.perf_counter()
-    loader, bundle = _training_batches(train_data, config)
+    loader, bundle = training_batches(train_data, config)
     if bundle is not None:
         check_labels_fit(ea.model, bundle)
         config = config.model_copy(update={"data": bundle.config})
-    example = _example_batch(loader)
+    example = example_batch(loader)
     setup["setup_data"] = time.perf_counter() - t
     t = time.perf_counter()
-    plan = _stages_for(ea, example, config)
+    plan = stage_plan(ea, example, config)
     setup["setup_stages"] = time.perf_counter() - t
     method = choose_method(ea, eb, config)
 
@@ -105,26 +100,6 @@ def connect(
     finally:
         if writer is not None:
             writer.close()
-
-
-def _stages_for(endpoint: Endpoint, example: Any, config: ConnectConfig) -> Any:
-    """The stage plan, or a clear error when the data's example batch does not fit the endpoint (channels, size)."""
-    try:
-        return build_stages(endpoint.model, example, overrides=config.stages)
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        if isinstance(err, LLPFError):
-            raise
-        shape = tuple(example[0].shape) if isinstance(example, (tuple, list)) else type(example).__name__
-        raise DataMismatchError(
-            f"the data's batches ({shape}, data={config.data.source!r}) do not fit endpoint A ({endpoint.source}): "
-            f"{str(err).splitlines()[0][:300]}. Choose data for this model (--data, data.image_size)"
-        ) from None
-
-
-def read_paths(*endpoints: Endpoint, config: ConnectConfig) -> list[FsPath]:
-    """The local files and folders a run reads (endpoints, data): a run directory must never delete them."""
-    specs = [e.source for e in endpoints] + [config.data.source]
-    return [FsPath(s) for s in specs if isinstance(s, str) and FsPath(s).exists()]
 
 
 def _run_and_record(
@@ -265,11 +240,6 @@ def trainer_factory(
     return make
 
 
-def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
-    """The resume checkpoint of ``run_dir``, or None (every process reads it; only the main one writes it)."""
-    return resume_state.load(FsPath(run_dir) / CHECKPOINT_DIR)
-
-
 def walk_to_origin(
     model: str | os.PathLike | nn.Module | Endpoint,
     train_data: Any = None,
@@ -287,15 +257,15 @@ def walk_to_origin(
     Raises:
         ConfigError: ``m2o.target_variance`` is not below 1 (M2O never walks outward).
     """
-    config = _resolve_config(config)
+    config = resolve_config(config)
     accelerator = accelerator or make_accelerator(mixed_precision=config.mixed_precision)
     seed_everything(config.seed)
-    endpoint = _endpoint(model)
-    loader, bundle = _training_batches(train_data, config)
+    endpoint = resolve_endpoint(model)
+    loader, bundle = training_batches(train_data, config)
     if bundle is not None:
         check_labels_fit(endpoint.model, bundle)
         config = config.model_copy(update={"data": bundle.config})
-    plan = build_stages(endpoint.model, _example_batch(loader), overrides=config.stages)
+    plan = stage_plan(endpoint, example_batch(loader), config)
     if config.m2o.target_variance >= 1:
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
     writer = RunWriter(run_dir, exist=exist)
@@ -322,154 +292,3 @@ def walk_to_origin(
         },
     )
     return Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None)
-
-
-def choose_method(ea: Endpoint, eb: Endpoint, config: ConnectConfig) -> str:
-    """``m2m`` or ``m2o`` (cross-sphere M2O then M2M): ``config.method``, or the sphere check under ``auto``."""
-    if config.method != "auto":
-        return config.method
-    report = sphere_report(ea.model, eb.model)
-    if same_sphere(report):
-        return "m2m"
-    logger.info(
-        f"the endpoints are on different variance spheres (mean |ln(Var_B/Var_A)| over the weights = "
-        f"{sphere_distance(report):.3g} > {SPHERE_TOLERANCE}): cross-sphere M2O then M2M",
-        main_process_only=True,
-    )
-    return "m2o"
-
-
-# Settings a resume may change (the divergence guard's advice names them); each change is recorded in the summary.
-RESUMABLE_SETTINGS = (
-    "step_a",
-    "step_r",
-    "step_f",
-    "min_iters",
-    "max_iters",
-    "loss_limit",
-    "max_failures",
-    "max_ticks",
-)
-
-
-def check_same_run(
-    run_dir: str | os.PathLike, config: ConnectConfig, ea: Endpoint, eb: Endpoint
-) -> dict[str, list[Any]]:
-    """A resumed run must read the same endpoints and data with the same settings, or the path would mix two runs.
-
-    Returns the changed :data:`RESUMABLE_SETTINGS` as ``{key: [old, new]}``.
-
-    Raises:
-        ConfigError: a setting outside :data:`RESUMABLE_SETTINGS` differs, or an endpoint's content differs from
-            the one the run started with (``endpoints.json``); every difference is listed.
-    """
-    import yaml
-
-    root = FsPath(run_dir)
-    saved = yaml.safe_load((root / "llpf_config.yaml").read_text())
-    now = config.model_dump(mode="json")
-    differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    problems = [
-        f"--resume: {k} was {saved.get(k)!r} in {run_dir}, now {now.get(k)!r} (a resume may change only "
-        f"{', '.join(RESUMABLE_SETTINGS)})"
-        for k in differing
-        if k not in RESUMABLE_SETTINGS
-    ]
-    recorded = json.loads((root / "endpoints.json").read_text())
-    for key, ep in (("A", ea), ("B", eb)):
-        was = (recorded.get(key) or {}).get("sha256")
-        if was is not None and was != ep.describe()["sha256"]:
-            problems.append(
-                f"--resume: endpoint {key} ({ep.source}) is not the one this run started with: its weights' sha256 "
-                f"is {ep.describe()['sha256'][:16]}…, endpoints.json records {was[:16]}…"
-            )
-    if problems:
-        raise ConfigError(problems)
-    return {k: [saved.get(k), now.get(k)] for k in differing}
-
-
-def _resolve_config(config: ConnectConfig | dict | None) -> ConnectConfig:
-    if config is None:
-        return ConnectConfig()
-    if isinstance(config, ConnectConfig):
-        return config
-    if isinstance(config, dict):
-        return build(ConnectConfig, config)
-    raise ConfigError(f"config={type(config).__name__}: expected a ConnectConfig, a dict or None")
-
-
-def _endpoint(spec: Any) -> Endpoint:
-    return spec if isinstance(spec, Endpoint) else load_endpoint(spec)
-
-
-def _training_batches(train_data: Any, config: ConnectConfig) -> tuple[Any, DataBundle | None]:
-    """The batch source of the minimal training, and the DataBundle when the data came from a spec."""
-    if train_data is None or isinstance(train_data, (str, DataConfig)):
-        spec = config.data if train_data is None else train_data
-        bundle = load_data(spec) if isinstance(spec, DataConfig) else load_data(spec, **_data_options(config))
-        return bundle.loader("train", batch_size=config.batch_size, seed=config.seed), bundle
-    if isinstance(train_data, DataBundle):
-        return train_data.loader("train", batch_size=config.batch_size, seed=config.seed), train_data
-    if isinstance(train_data, datasets.Dataset):
-        generator = torch.Generator().manual_seed(config.seed)
-        ds = train_data.with_format("torch")
-        return torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=generator), None
-    if hasattr(train_data, "__iter__"):
-        return train_data, None
-    raise DataMismatchError(
-        f"train_data={type(train_data).__name__}: expected a data spec, DataConfig, DataBundle, datasets.Dataset, "
-        "or an iterable of batches (DataLoader)"
-    )
-
-
-def _data_options(config: ConnectConfig) -> dict:
-    return config.data.model_dump(exclude={"source"})
-
-
-def _example_batch(loader: Any) -> Any:
-    """One batch for tracing the data flow, drawn without moving the training stream."""
-    if isinstance(loader, SeededLoader):
-        probe = SeededLoader(loader.data, batch_size=min(loader.batch_size, 8), seed=0, shuffle=False)
-        return next(iter(probe))
-    batch = next(iter(loader))
-    if isinstance(batch, dict):
-        return {k: v[:8] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    return batch
-
-
-def sphere_report(a: nn.Module, b: nn.Module) -> list[dict]:
-    """Per tensor: Var θ_A, Var θ_B and their ratio (for ``hf-llpf spheres`` and the method choice)."""
-    names = [n for n, p in a.named_parameters() if p.is_floating_point() and p.numel() > 1]
-    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
-    va = geometry.variances([pa[n] for n in names])
-    vb = geometry.variances([pb[n] for n in names])
-    return [
-        {
-            "name": n,
-            "ndim": pa[n].ndim,
-            "numel": pa[n].numel(),
-            "var_a": float(x),
-            "var_b": float(y),
-            "ratio": float(y / x) if x > 0 else float("inf"),
-        }
-        for n, x, y in zip(names, va, vb, strict=True)
-    ]
-
-
-def sphere_distance(report: list[dict]) -> float:
-    """Numel-weighted mean of |ln(Var_B/Var_A)| over the weight tensors (two or more dimensions).
-
-    The paper's spheres are those of the weights; biases and norm parameters vary freely between seeds. The
-    mean is weighted by size because a tiny tensor's variance is a noisy estimate (32 elements give a ratio
-    anywhere in 0.5–2 between two random initialisations of the same recipe).
-    """
-    weights = [r for r in report if r.get("ndim", 2) > 1 and 0 < r["ratio"] < float("inf")]
-    total = sum(r.get("numel", 1) for r in weights)
-    if total == 0:
-        return 0.0
-    return sum(r.get("numel", 1) * abs(math.log(r["ratio"])) for r in weights) / total
-
-
-def same_sphere(report: list[dict], tolerance: float = SPHERE_TOLERANCE) -> bool:
-    """True when :func:`sphere_distance` is within ``tolerance``."""
-    return sphere_distance(report) <= tolerance

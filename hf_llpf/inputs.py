@@ -1,0 +1,90 @@
+"""Input resolution for a run: settings, endpoints, the training batches, one example batch, the stage plan.
+
+Everything a user may pass (spec strings, folders, modules, datasets, DataLoaders, dicts of settings) becomes
+the typed objects the engine works on, and anything that does not fit is a clear error before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path as FsPath
+from typing import Any
+
+import datasets
+import torch
+
+from hf_llpf.config import ConnectConfig, DataConfig, build
+from hf_llpf.data import DataBundle, SeededLoader, load_data
+from hf_llpf.errors import ConfigError, DataMismatchError, LLPFError
+from hf_llpf.models import Endpoint, load_endpoint
+from hf_llpf.stages import build_stages
+
+
+def resolve_config(config: ConnectConfig | dict | None) -> ConnectConfig:
+    """The run's settings from a :class:`ConnectConfig`, a dict of its fields, or None (the defaults)."""
+    if config is None:
+        return ConnectConfig()
+    if isinstance(config, ConnectConfig):
+        return config
+    if isinstance(config, dict):
+        return build(ConnectConfig, config)
+    raise ConfigError(f"config={type(config).__name__}: expected a ConnectConfig, a dict or None")
+
+
+def resolve_endpoint(spec: Any) -> Endpoint:
+    """An :class:`Endpoint` from a spec, a module or an Endpoint."""
+    return spec if isinstance(spec, Endpoint) else load_endpoint(spec)
+
+
+def training_batches(train_data: Any, config: ConnectConfig) -> tuple[Any, DataBundle | None]:
+    """The batch source of the minimal training, and the DataBundle when the data came from a spec."""
+    if train_data is None or isinstance(train_data, (str, DataConfig)):
+        spec = config.data if train_data is None else train_data
+        bundle = load_data(spec) if isinstance(spec, DataConfig) else load_data(spec, **_data_options(config))
+        return bundle.loader("train", batch_size=config.batch_size, seed=config.seed), bundle
+    if isinstance(train_data, DataBundle):
+        return train_data.loader("train", batch_size=config.batch_size, seed=config.seed), train_data
+    if isinstance(train_data, datasets.Dataset):
+        generator = torch.Generator().manual_seed(config.seed)
+        ds = train_data.with_format("torch")
+        return torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=generator), None
+    if hasattr(train_data, "__iter__"):
+        return train_data, None
+    raise DataMismatchError(
+        f"train_data={type(train_data).__name__}: expected a data spec, DataConfig, DataBundle, datasets.Dataset, "
+        "or an iterable of batches (DataLoader)"
+    )
+
+
+def _data_options(config: ConnectConfig) -> dict:
+    return config.data.model_dump(exclude={"source"})
+
+
+def example_batch(loader: Any) -> Any:
+    """One batch for tracing the data flow, drawn without moving the training stream."""
+    if isinstance(loader, SeededLoader):
+        probe = SeededLoader(loader.data, batch_size=min(loader.batch_size, 8), seed=0, shuffle=False)
+        return next(iter(probe))
+    batch = next(iter(loader))
+    if isinstance(batch, dict):
+        return {k: v[:8] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch
+
+
+def stage_plan(endpoint: Endpoint, example: Any, config: ConnectConfig) -> Any:
+    """The stage plan, or a clear error when the data's example batch does not fit the endpoint (channels, size)."""
+    try:
+        return build_stages(endpoint.model, example, overrides=config.stages)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        if isinstance(err, LLPFError):
+            raise
+        shape = tuple(example[0].shape) if isinstance(example, (tuple, list)) else type(example).__name__
+        raise DataMismatchError(
+            f"the data's batches ({shape}, data={config.data.source!r}) do not fit endpoint A ({endpoint.source}): "
+            f"{str(err).splitlines()[0][:300]}. Choose data for this model (--data, data.image_size)"
+        ) from None
+
+
+def read_paths(*endpoints: Endpoint, config: ConnectConfig) -> list[FsPath]:
+    """The local files and folders a run reads (endpoints, data): a run directory must never delete them."""
+    specs = [e.source for e in endpoints] + [config.data.source]
+    return [FsPath(s) for s in specs if isinstance(s, str) and FsPath(s).exists()]

@@ -1,0 +1,68 @@
+"""What a resumed run must match: the checkpoint it continues, its endpoints, data and settings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path as FsPath
+from typing import Any
+
+from hf_llpf import resume_state
+from hf_llpf.config import ConnectConfig
+from hf_llpf.errors import ConfigError
+from hf_llpf.models import Endpoint
+from hf_llpf.path import CHECKPOINT_DIR
+
+
+def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
+    """The resume checkpoint of ``run_dir``, or None (every process reads it; only the main one writes it)."""
+    return resume_state.load(FsPath(run_dir) / CHECKPOINT_DIR)
+
+
+# Settings a resume may change (the divergence guard's advice names them); each change is recorded in the summary.
+RESUMABLE_SETTINGS = (
+    "step_a",
+    "step_r",
+    "step_f",
+    "min_iters",
+    "max_iters",
+    "loss_limit",
+    "max_failures",
+    "max_ticks",
+)
+
+
+def check_same_run(
+    run_dir: str | os.PathLike, config: ConnectConfig, ea: Endpoint, eb: Endpoint
+) -> dict[str, list[Any]]:
+    """A resumed run must read the same endpoints and data with the same settings, or the path would mix two runs.
+
+    Returns the changed :data:`RESUMABLE_SETTINGS` as ``{key: [old, new]}``.
+
+    Raises:
+        ConfigError: a setting outside :data:`RESUMABLE_SETTINGS` differs, or an endpoint's content differs from
+            the one the run started with (``endpoints.json``); every difference is listed.
+    """
+    import yaml
+
+    root = FsPath(run_dir)
+    saved = yaml.safe_load((root / "llpf_config.yaml").read_text())
+    now = config.model_dump(mode="json")
+    differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    problems = [
+        f"--resume: {k} was {saved.get(k)!r} in {run_dir}, now {now.get(k)!r} (a resume may change only "
+        f"{', '.join(RESUMABLE_SETTINGS)})"
+        for k in differing
+        if k not in RESUMABLE_SETTINGS
+    ]
+    recorded = json.loads((root / "endpoints.json").read_text())
+    for key, ep in (("A", ea), ("B", eb)):
+        was = (recorded.get(key) or {}).get("sha256")
+        if was is not None and was != ep.describe()["sha256"]:
+            problems.append(
+                f"--resume: endpoint {key} ({ep.source}) is not the one this run started with: its weights' sha256 "
+                f"is {ep.describe()['sha256'][:16]}…, endpoints.json records {was[:16]}…"
+            )
+    if problems:
+        raise ConfigError(problems)
+    return {k: [saved.get(k), now.get(k)] for k in differing}

@@ -1,0 +1,74 @@
+"""The sphere check and the method choice, in one place.
+
+Two endpoints are on the same variance sphere when the numel-weighted mean of |ln(Var_B/Var_A)| over their
+weight tensors is at most :data:`SPHERE_TOLERANCE` (``docs/algorithm.md``, "the sphere check"): then M2M
+connects them; otherwise a cross-sphere run (M2O, then M2M) does.
+"""
+
+from __future__ import annotations
+
+import math
+
+from accelerate.logging import get_logger
+from torch import nn
+
+from hf_llpf import geometry
+from hf_llpf.config import ConnectConfig
+from hf_llpf.models import Endpoint
+
+logger = get_logger(__name__)
+
+SPHERE_TOLERANCE = 0.5  # |log(Var_B/Var_A)| per tensor beyond which two endpoints are on different spheres
+
+
+def choose_method(ea: Endpoint, eb: Endpoint, config: ConnectConfig) -> str:
+    """``m2m`` or ``m2o`` (cross-sphere M2O then M2M): ``config.method``, or the sphere check under ``auto``."""
+    if config.method != "auto":
+        return config.method
+    report = sphere_report(ea.model, eb.model)
+    if same_sphere(report):
+        return "m2m"
+    logger.info(
+        f"the endpoints are on different variance spheres (mean |ln(Var_B/Var_A)| over the weights = "
+        f"{sphere_distance(report):.3g} > {SPHERE_TOLERANCE}): cross-sphere M2O then M2M",
+        main_process_only=True,
+    )
+    return "m2o"
+
+
+def sphere_report(a: nn.Module, b: nn.Module) -> list[dict]:
+    """Per tensor: Var θ_A, Var θ_B and their ratio (for ``hf-llpf spheres`` and the method choice)."""
+    names = [n for n, p in a.named_parameters() if p.is_floating_point() and p.numel() > 1]
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    va = geometry.variances([pa[n] for n in names])
+    vb = geometry.variances([pb[n] for n in names])
+    return [
+        {
+            "name": n,
+            "ndim": pa[n].ndim,
+            "numel": pa[n].numel(),
+            "var_a": float(x),
+            "var_b": float(y),
+            "ratio": float(y / x) if x > 0 else float("inf"),
+        }
+        for n, x, y in zip(names, va, vb, strict=True)
+    ]
+
+
+def sphere_distance(report: list[dict]) -> float:
+    """Numel-weighted mean of |ln(Var_B/Var_A)| over the weight tensors (two or more dimensions).
+
+    The paper's spheres are those of the weights; biases and norm parameters vary freely between seeds. The
+    mean is weighted by size because a tiny tensor's variance is a noisy estimate (32 elements give a ratio
+    anywhere in 0.5–2 between two random initialisations of the same recipe).
+    """
+    weights = [r for r in report if r.get("ndim", 2) > 1 and 0 < r["ratio"] < float("inf")]
+    total = sum(r.get("numel", 1) for r in weights)
+    if total == 0:
+        return 0.0
+    return sum(r.get("numel", 1) * abs(math.log(r["ratio"])) for r in weights) / total
+
+
+def same_sphere(report: list[dict], tolerance: float = SPHERE_TOLERANCE) -> bool:
+    """True when :func:`sphere_distance` is within ``tolerance``."""
+    return sphere_distance(report) <= tolerance
