@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path as FsPath
 from typing import Any
 
 from accelerate import Accelerator
@@ -19,14 +20,15 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from hf_llpf import __version__
-from hf_llpf.algorithms.cross_sphere import record_m2o_points, run_cross_sphere
+from hf_llpf.algorithms.base import Context, RunRecorder
+from hf_llpf.algorithms.cross_sphere import CrossSphere
 from hf_llpf.algorithms.m2m import M2M
 from hf_llpf.algorithms.m2o import M2O, OUTWARD_MESSAGE
 from hf_llpf.config import ConnectConfig, to_yaml
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.inputs import example_batch, read_paths, resolve_config, resolve_endpoint, stage_plan, training_batches
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
-from hf_llpf.path import Path, RunWriter
+from hf_llpf.path import METRICS_JSON, Path, RunWriter, read_metrics
 from hf_llpf.resume import check_same_run, read_checkpoint
 from hf_llpf.seeding import seed_everything
 from hf_llpf.spheres import choose_method
@@ -119,83 +121,107 @@ def _run_and_record(
 ) -> Path:
     """Write the run's description, run (or resume) the method, write the summary; returns the path."""
     accelerator.wait_for_everyone()
+    template = ea.model if ea.kind == "module" else None
     ckpt = read_checkpoint(run_dir)
-    resumed_with = None
-    if ckpt is not None:
-        resumed_with = check_same_run(run_dir, config, ea, eb)
-        if method == "m2o":
-            raise RunDirectoryError(
-                f"--resume is not supported for cross-sphere (M2O+M2M) runs yet; rerun {run_dir} with --overwrite"
-            )
+    resumed_with = check_same_run(run_dir, config, ea, eb) if ckpt is not None else None
+    if ckpt is not None and ckpt.get("method") != method:
+        raise RunDirectoryError(
+            f"--resume: {run_dir} holds a {ckpt.get('method')!r} run, this one is {method!r}; use --overwrite"
+        )
     if ckpt is not None and ckpt.get("done") and "run" in Path(run_dir).summary:
         logger.info(f"{run_dir} is already complete; nothing to resume", main_process_only=True)
-        return Path(run_dir, template=ea.model if ea.kind == "module" else None)
-    if resumed_with and writer is not None:
-        writer.write_yaml("llpf_config.yaml", to_yaml(config))  # the settings in force from now on
-    if ckpt is None and writer is not None:
-        writer.write_yaml("llpf_config.yaml", to_yaml(config))
-        writer.write_json(
-            "endpoints.json",
-            {
-                "A": ea.describe(),
-                "B": eb.describe(),
-                "command": command,
-                "hf_llpf_version": __version__,
-                "method": method,
-            },
-        )
-        writer.write_json("layer_groups.json", plan.to_json())
-
+        return Path(run_dir, template=template)
+    if writer is not None and (ckpt is None or resumed_with):
+        _describe_run(writer, ea, eb, plan, config, method, command, new=ckpt is None)
     make_trainer = trainer_factory(config, loader, loss_fn, accelerator)
-
-    on_tick = None
-    if config.report_to:
-        accelerator.init_trackers("hf_llpf", config=tracker_config(config))
-
-        def on_tick(row: dict) -> None:
-            keys = ("train_loss", "stage", "dist_b", "sgd_iters")
-            accelerator.log({k: row[k] for k in keys if row.get(k) is not None}, step=row["tick"])
-
+    on_tick = _tracker(config, accelerator)
     start = time.perf_counter()
-    if method == "m2o":
-        loop = run_cross_sphere(
-            ea, eb, plan, config, make_trainer, writer, device=accelerator.device, progress=progress, on_tick=on_tick
-        )
-    else:
-        model = copy.deepcopy(ea.model).to(accelerator.device)
-        loop = M2M(model, eb, ea, plan, config, make_trainer(model), writer, progress=progress)
-        loop.on_tick = on_tick
-        if ckpt is not None:
-            loop.load_checkpoint(ckpt)
-        if ckpt is None or not ckpt.get("done"):  # killed after the final checkpoint: only the summary is missing
-            loop.run()
-    state = loop.state
-    elapsed = time.perf_counter() - start
-    summary = {
-        "run": {
-            "method": method,
-            "phases": sorted({p["phase"] for p in state.points} - {"start", "end"}),
-            "ticks": state.points[-1]["tick"],
-            "sgd_iters": state.points[-1]["sgd_iters"],
-            "seconds_this_session": round(elapsed, 3),
-            "timing": {k: round(v, 4) for k, v in {**setup, **state.timing}.items()},
-            "stage_starts": [t + loop.offset for t in state.stage_starts],
-            "failures": state.failures,
-            "num_stages": len(plan.stages),
-        }
-    }
-    history = Path(run_dir).summary.get("run", {}).get("resumed_with", []) if ckpt is not None else []
-    if resumed_with:
-        history = [*history, {"at_tick": ckpt["loop"]["tick"], "changed": resumed_with}]
+    runner = _runner(method, ea, eb, plan, config, make_trainer, writer, accelerator, progress, ckpt is not None)
+    if on_tick is not None:
+        runner.on_tick = on_tick
+    history = _resume_history(run_dir, resumed_with) if ckpt is not None else []
+    if ckpt is not None:
+        runner.load_state_dict(ckpt["state"])
+    runner.run()
+    summary = _summary(runner, method, plan, setup, elapsed=time.perf_counter() - start)
     if history:
         summary["run"]["resumed_with"] = history
+    state = runner.state
     if writer is not None:
         writer.write_metrics(state.points, state.ticks, summary)
     if config.report_to:
         accelerator.log({f"run/{k}": v for k, v in summary["run"].items() if isinstance(v, (int, float))})
         accelerator.end_training()
     accelerator.wait_for_everyone()
-    return Path(run_dir, template=ea.model if ea.kind == "module" else None)
+    return Path(run_dir, template=template)
+
+
+def _resume_history(run_dir: str | os.PathLike, changed: dict | None) -> list[dict]:
+    """The settings changed at each resume so far, with this one's (at the last tick on disk)."""
+    # A cross-sphere run whose B walks has written no path rows into the run directory yet.
+    metrics = read_metrics(run_dir) if (FsPath(run_dir) / METRICS_JSON).is_file() else {}
+    history = metrics.get("summary", {}).get("run", {}).get("resumed_with", [])
+    at_tick = max((row["tick"] for row in metrics.get("ticks", [])), default=0)
+    return [*history, {"at_tick": at_tick, "changed": changed}] if changed else history
+
+
+def _describe_run(writer, ea, eb, plan, config, method, command, *, new: bool) -> None:
+    """``llpf_config.yaml`` (the settings in force), and for a new run ``endpoints.json`` and ``layer_groups.json``."""
+    writer.write_yaml("llpf_config.yaml", to_yaml(config))
+    if not new:
+        return
+    endpoints = {"A": ea.describe(), "B": eb.describe(), "command": command, "hf_llpf_version": __version__}
+    writer.write_json("endpoints.json", {**endpoints, "method": method})
+    writer.write_json("layer_groups.json", plan.to_json())
+
+
+def _tracker(config: ConnectConfig, accelerator: Accelerator) -> Callable[[dict], None] | None:
+    """With ``report_to``: start the trackers and return the per-tick logging callback."""
+    if not config.report_to:
+        return None
+    accelerator.init_trackers("hf_llpf", config=tracker_config(config))
+    keys = ("train_loss", "stage", "dist_b", "sgd_iters")
+
+    def on_tick(row: dict) -> None:
+        accelerator.log({k: row[k] for k in keys if row.get(k) is not None}, step=row["tick"])
+
+    return on_tick
+
+
+def _runner(method, ea, eb, plan, config, make_trainer, writer, accelerator, progress, resume):
+    """The method object of this run, with its recorder (a :class:`NullRecorder` on non-main processes)."""
+    if method == "m2o":
+        return CrossSphere(ea, eb, plan, config, make_trainer, writer=writer, device=accelerator.device,
+                           progress=progress, resume=resume)  # fmt: skip
+    model = copy.deepcopy(ea.model).to(accelerator.device)
+    ctx = Context(model, make_trainer(model), plan, config, progress=progress)
+    runner = M2M(ctx, eb)
+    if writer is not None:
+        runner.recorder = RunRecorder(writer, ea, state=lambda: run_state(runner, method))
+    return runner
+
+
+def run_state(runner: Any, method: str) -> dict:
+    """The checkpoint of a run: which method, whether it is done, and the method's resumable state."""
+    return {"method": method, "done": runner.finished, "state": runner.state_dict()}
+
+
+def _summary(runner: Any, method: str, plan: Any, setup: dict, *, elapsed: float) -> dict:
+    state = runner.state
+    timing = runner.timing if hasattr(runner, "timing") else state.timing
+    return {
+        "run": {
+            "method": method,
+            "phases": sorted({p["phase"] for p in state.points} - {"start", "end"}),
+            "ticks": state.points[-1]["tick"],
+            "sgd_iters": state.points[-1]["sgd_iters"],
+            "seconds_this_session": round(elapsed, 3),
+            "timing": {k: round(v, 4) for k, v in {**setup, **timing}.items()},
+            "stage_starts": [t + runner.offset for t in state.stage_starts],
+            "failures": state.failures,
+            "num_stages": len(plan.stages),
+        }
+    }
 
 
 def tracker_config(config: ConnectConfig) -> dict[str, int | float | str | bool]:
@@ -268,27 +294,16 @@ def walk_to_origin(
     plan = stage_plan(endpoint, example_batch(loader), config)
     if config.m2o.target_variance >= 1:
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
-    writer = RunWriter(run_dir, exist=exist)
-    writer.write_yaml("llpf_config.yaml", to_yaml(config))
-    writer.write_json(
-        "endpoints.json", {"A": endpoint.describe(), "B": None, "method": "m2o-walk", "hf_llpf_version": __version__}
-    )
-    writer.write_json("layer_groups.json", plan.to_json())
-    work = copy.deepcopy(endpoint.model).to(accelerator.device)
-    trainer = trainer_factory(config, loader, loss_fn, accelerator)(work, per_tensor_lr=True)
-    walk = M2O(work, plan, None, config, trainer, writer, endpoint, progress=progress)
-    record_m2o_points(walk, writer, endpoint, reference_a=endpoint.model, reference_b=None)
-    writer.write_metrics(
-        walk.points,
-        walk.ticks,
-        {
-            "run": {
-                "method": "m2o-walk",
-                "ticks": walk.tick,
-                "sgd_iters": trainer.iterations,
-                "timing": walk.timing,
-                "reached": bool(walk.done()),
-            }
-        },
-    )
+    with RunWriter(run_dir, exist=exist) as writer:
+        writer.write_yaml("llpf_config.yaml", to_yaml(config))
+        description = {"A": endpoint.describe(), "B": None, "method": "m2o-walk", "hf_llpf_version": __version__}
+        writer.write_json("endpoints.json", description)
+        writer.write_json("layer_groups.json", plan.to_json())
+        work = copy.deepcopy(endpoint.model).to(accelerator.device)
+        trainer = trainer_factory(config, loader, loss_fn, accelerator)(work, per_tensor_lr=True)
+        walk = M2O(Context(work, trainer, plan, config, progress=progress), None, reference_a=endpoint.model)
+        walk.recorder = RunRecorder(writer, endpoint, state=lambda: run_state(walk, "m2o-walk"))
+        walk.run()
+        run = {"method": "m2o-walk", "ticks": walk.tick, "sgd_iters": trainer.iterations, "timing": walk.timing}
+        writer.write_metrics(walk.points, walk.ticks, {"run": {**run, "reached": bool(walk.done())}})
     return Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None)

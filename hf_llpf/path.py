@@ -80,6 +80,7 @@ class RunWriter:
         exist: what to do when it already exists: ``"error"`` (refuse), ``"overwrite"`` (empty it first; only a
             run directory of this tool, see :mod:`hf_llpf.run_lock`) or ``"resume"`` (keep it).
         protected: folders and files the run reads (local endpoints, data): never deleted or written over.
+        lock: take the run directory's lock (not for a phase's folder inside a run directory that holds one).
 
     Raises:
         RunDirectoryError: ``root`` is a file, under a file, not writable, in use by another run, not a run
@@ -87,14 +88,21 @@ class RunWriter:
         CorruptCheckpointError: ``resume`` and the checkpoint does not parse.
     """
 
-    def __init__(self, root: str | os.PathLike, *, exist: str = "error", protected: Sequence[os.PathLike] = ()):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        exist: str = "error",
+        protected: Sequence[os.PathLike] = (),
+        lock: bool = True,
+    ):
         self.root = FsPath(root)
         check_out_dir(self.root, field="--out")
         protected_paths = [FsPath(p) for p in protected]
         keep_checkpoint = self._check_exist_policy(exist, protected_paths)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self.lock = RunLock(self.root).acquire()
+            self.lock = RunLock(self.root).acquire() if lock else None
         except OSError as err:
             raise RunDirectoryError(f"--out {str(self.root)!r}: cannot write there ({err.strerror})") from None
         try:
@@ -108,9 +116,11 @@ class RunWriter:
 
     def _check_exist_policy(self, exist: str, protected: list[FsPath]) -> bool:
         """Check ``exist`` against what is on disk before anything is changed; True when a checkpoint is kept."""
-        if exist not in ("error", "overwrite", "resume"):
+        if exist not in ("error", "overwrite", "resume", "append"):
             raise RunDirectoryError(f"exist={exist!r}: expected 'error', 'overwrite' or 'resume'")
         occupied = self.root.is_dir() and any(p.name != LOCK for p in self.root.iterdir())
+        if exist == "append":  # a phase's own folder inside a resumed run: kept as it is
+            return True
         if exist == "resume" and not occupied:
             raise RunDirectoryError(f"cannot resume {str(self.root)!r}: it does not exist or is empty")
         if not occupied:

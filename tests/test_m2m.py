@@ -198,7 +198,7 @@ def test_divergence_guard_rolls_back_then_stops_with_a_checkpoint(endpoints, dig
     config = {**FAST, "loss_limit": 1e-9, "max_failures": 3}
     with pytest.raises(DivergenceError, match="3 times.*--resume"):
         hf_llpf.connect(*endpoints, digits, config=config, run_dir=tmp_path / "run", progress=False)
-    ckpt = read_checkpoint(tmp_path / "run")
+    ckpt = read_checkpoint(tmp_path / "run")["state"]
     assert ckpt["loop"]["failures"] == 3 and ckpt["loop"]["step_scale"] == 0.125
     assert ckpt["loop"]["tick"] == 0  # no broken point was recorded
     a = load_endpoint(endpoints[0]).model.state_dict()

@@ -8,6 +8,7 @@ from torch import nn
 
 import hf_llpf
 from hf_llpf import geometry
+from hf_llpf.algorithms.base import Context
 from hf_llpf.algorithms.m2o import M2O
 from hf_llpf.api import walk_to_origin
 from hf_llpf.config import ConnectConfig, TrainRecipe, build
@@ -125,7 +126,7 @@ def _walk(model, lr_policy="var", compensate=True):
         loss_threshold=0.0,
         per_tensor_lr=True,
     )
-    return M2O(model, plan, None, config, trainer, None, None, progress=False)
+    return M2O(Context(model, trainer, plan, config, progress=False), None)
 
 
 def test_shrink_moves_weights_inward_compensates_layernorm_and_leaves_batchnorm():
@@ -162,3 +163,66 @@ def test_angle_conformal_learning_rates_per_tensor(policy, power):
     for name in ("fc1.bias", "fc2.bias", "ln.weight", "bn.weight"):
         assert lrs[name] == 0.1  # biases and norm parameters keep lr_0
     assert len(walk.trainer.optimizer.param_groups) == len(list(model.parameters()))
+
+
+class _Killed(BaseException):
+    """A kill right after a checkpoint write: what is on disk is exactly what a kill leaves."""
+
+
+def _connect_killed_after(n_saves, a, b, digits, run, config, monkeypatch):
+    from hf_llpf import resume_state
+
+    real, count = resume_state.save, {"n": 0}
+
+    def save(*args, **kwargs):
+        real(*args, **kwargs)
+        count["n"] += 1
+        if count["n"] == n_saves:
+            raise _Killed
+
+    monkeypatch.setattr(resume_state, "save", save)
+    try:
+        hf_llpf.connect(a, b, digits, config=config, run_dir=run, progress=False)
+    except _Killed:
+        pass
+    finally:
+        monkeypatch.setattr(resume_state, "save", real)
+    return count["n"]
+
+
+@pytest.mark.parametrize(
+    "a_name,b_name",
+    [pytest.param("large", "small", marks=pytest.mark.slow), ("small", "large")],  # B walks: the aside folder
+)
+def test_cross_sphere_run_killed_mid_way_resumes_bit_identically(
+    spheres, digits, tmp_path, monkeypatch, a_name, b_name
+):
+    a, b = load_endpoint(spheres / a_name), load_endpoint(spheres / b_name)
+    config = {**FAST, "checkpoint_every": 4}
+    whole = hf_llpf.connect(a, b, digits, config=config, run_dir=tmp_path / "whole", progress=False)
+    total = _connect_killed_after(10**9, a, b, digits, tmp_path / "count", config, monkeypatch)
+    # Kills in the M2O phase, at the phase change and in the M2M phase (and after the last checkpoint).
+    for k in sorted({1, 2, total // 3, total // 2, total - 1, total}):
+        run = tmp_path / f"killed_{k}"
+        _connect_killed_after(k, a, b, digits, run, config, monkeypatch)
+        resumed = hf_llpf.connect(a, b, digits, config=config, run_dir=run, exist="resume", progress=False)
+        assert resumed.ticks == whole.ticks, f"killed after checkpoint {k} of {total}"
+        strip = lambda rows: [{c: v for c, v in r.items() if c != "point"} for r in rows]  # noqa: E731
+        assert strip(resumed.metrics) == strip(whole.metrics), f"killed after checkpoint {k} of {total}"
+        for i in range(len(whole)):
+            assert _equal(resumed.state_dict_at(i), whole.state_dict_at(i)), (k, i)
+        assert not (run / ".m2o_phase").exists()
+
+
+def test_a_diverged_m2o_tick_is_rolled_back(spheres, digits, tmp_path):
+    from hf_llpf.errors import DivergenceError
+    from hf_llpf.resume import read_checkpoint
+
+    walker = load_endpoint(spheres / "large")
+    config = {**FAST, "loss_limit": 1e-9, "max_failures": 2}
+    with pytest.raises(DivergenceError, match="2 times.*m2o.step_a.*--resume"):
+        walk_to_origin(walker, digits, config=config, run_dir=tmp_path / "walk", progress=False)
+    ckpt = read_checkpoint(tmp_path / "walk")["state"]
+    assert ckpt["loop"]["tick"] == 0 and ckpt["loop"]["step_scale"] == 0.25
+    assert _equal(ckpt["model"], walker.model.state_dict())  # the diverged state was not kept
+    assert ckpt["trainer"]["optimizer"]["state"] == {}

@@ -150,7 +150,7 @@ def test_the_divergence_guards_advice_works(pair, digits, tmp_path):
     config = {**FAST, "loss_limit": 1e-9, "max_failures": 2}
     with pytest.raises(DivergenceError, match="2 times"):
         hf_llpf.connect(pair / "A", pair / "B", digits, config=config, run_dir=run, progress=False)
-    ckpt = read_checkpoint(run)
+    ckpt = read_checkpoint(run)["state"]
     # Rolled back exactly: no momentum buffer of the failed first tick survives.
     assert ckpt["trainer"]["optimizer"]["state"] == {}
     # The advice: change a step/iteration setting and --resume. The change is recorded in the run.

@@ -1,5 +1,7 @@
-"""The path-finding algorithms: LLPF_M2M (model to model)."""
+"""The path methods, each behind the protocol of :mod:`hf_llpf.algorithms.base` (run on a context, resumable).
 
-from hf_llpf.algorithms.m2m import M2M
-
-__all__ = ["M2M"]
+- ``m2m``: LLPF_M2M, model to model (:class:`~hf_llpf.algorithms.m2m.M2M`);
+- ``m2o``: cross-sphere, M2O from the larger-sphere endpoint then M2M
+  (:class:`~hf_llpf.algorithms.cross_sphere.CrossSphere`);
+- :class:`~hf_llpf.algorithms.m2o.M2O` alone walks one endpoint toward the origin (``walk_to_origin``).
+"""

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from hf_llpf import geometry
-from hf_llpf.algorithms.m2m import M2M
+from hf_llpf.algorithms.base import Context, NullRecorder, RunRecorder
+from hf_llpf.algorithms.m2m import M2M, TickState
 from hf_llpf.algorithms.m2o import M2O, moved_parameter_names
 from hf_llpf.config import ConnectConfig
 from hf_llpf.models import Endpoint
@@ -31,6 +32,7 @@ from hf_llpf.stages import StagePlan
 from hf_llpf.train import RepairTrainer
 
 TrainerFactory = Callable[..., RepairTrainer]
+ASIDE = ".m2o_phase"  # where a walk of B keeps its points until they are spliced into the path, reversed
 
 
 def larger_sphere_is_a(a: nn.Module, b: nn.Module, names: list[str]) -> bool:
@@ -42,117 +44,130 @@ def larger_sphere_is_a(a: nn.Module, b: nn.Module, names: list[str]) -> bool:
     return bool(torch.log(va[ok] / vb[ok]).mean() > 0)
 
 
-def run_cross_sphere(
-    ea: Endpoint,
-    eb: Endpoint,
-    plan: StagePlan,
-    config: ConnectConfig,
-    make_trainer: TrainerFactory,
-    writer: RunWriter,
-    *,
-    device: torch.device,
-    progress: bool = True,
-    on_tick: Callable[[dict], None] | None = None,
-) -> M2M:
-    """Run M2O then M2M and assemble one path from θ_A to θ_B in ``writer``; returns the finished M2M loop."""
-    names = moved_parameter_names(plan, ea.model)
-    a_larger = larger_sphere_is_a(ea.model, eb.model, [n for n in names if ea.model.get_parameter(n).ndim > 1])
-    walker, other = (ea, eb) if a_larger else (eb, ea)
-    # Where the M2O points go: straight into the path when A walks; aside (to be reversed) when B walks.
-    m2o_writer = writer if a_larger or writer is None else RunWriter(writer.root / ".m2o_phase", exist="overwrite")
-    model = copy.deepcopy(walker.model).to(device)
-    trainer = make_trainer(model, per_tensor_lr=True)
-    pw, po = dict(walker.model.named_parameters()), dict(other.model.named_parameters())
-    target = torch.minimum(geometry.variances([pw[n] for n in names]), geometry.variances([po[n] for n in names]))
-    m2o = M2O(model, plan, target, config, trainer, m2o_writer, walker, progress=progress)
-    record_m2o_points(m2o, m2o_writer, walker, reference_a=ea.model, reference_b=eb.model)
-    walked = Endpoint(copy.deepcopy(model).cpu().eval(), walker.kind, f"{walker.source} (M2O)", None, walker.arch)
+class CrossSphere:
+    """M2O from the larger-sphere endpoint onto the other's sphere, then M2M: one resumable path θ_A → θ_B.
 
-    if a_larger:
-        m2m_model = model
-        target_endpoint, offset = eb, m2o.tick
-        prior_points, prior_ticks = m2o.points, m2o.ticks
-    else:
-        m2m_model = copy.deepcopy(ea.model).to(device)
-        target_endpoint, offset = walked, 0
-        prior_points, prior_ticks = [], []
-    m2m_trainer = make_trainer(m2m_model)
-    if a_larger:  # SGD iterations count along the path: the M2M part continues the M2O part's count
-        m2m_trainer.iterations = trainer.iterations
-    m2m = M2M(
-        m2m_model,
-        target_endpoint,
-        ea,
-        plan,
-        config,
-        m2m_trainer,
-        writer,
-        progress=progress,
-        tick_offset=offset,
-        prior_points=prior_points,
-        prior_ticks=prior_ticks,
-        reference_a=ea.model,
-    )
-    m2m.on_tick = on_tick
-    m2m.run()
-    m2m.state.timing = _merge(m2m.state.timing, m2o.timing)
-    if writer is None:  # not the main process: it computed the same path, the main one writes it
-        return m2m
-    if not a_larger:
-        _append_reversed(m2m, m2o, m2o_writer, writer)
-        m2o_writer.close()
-        shutil.rmtree(m2o_writer.root, ignore_errors=True)
-    writer.write_metrics(m2m.state.points, m2m.state.ticks)
-    return m2m
-
-
-def record_m2o_points(
-    walk: M2O, writer: RunWriter | None, endpoint: Endpoint, *, reference_a: nn.Module, reference_b: nn.Module | None
-) -> None:
-    """Run ``walk`` and save its points (every ``save_every`` ticks and the end) and per-tick rows in ``writer``.
-
-    Distances are to ``reference_a``/``reference_b`` (the path's true endpoints), so cross-sphere columns line up.
+    Args:
+        ea, eb: the endpoints. plan, config: the stages and settings.
+        make_trainer: ``make_trainer(model, per_tensor_lr=False)`` → the repair trainer of a working model.
+        writer: the run directory (main process) or None (other processes: nothing is written).
+        device: the training device. progress: show progress bars. on_tick: called with each M2M tick's row.
     """
-    a_state = _params(reference_a)
-    b_state = _params(reference_b) if reference_b is not None else None
-    trainer, model, every = walk.trainer, walk.model, walk.config.save_every
 
-    def record(tick: int, loss: float) -> None:
-        walk.ticks.append(
-            {
-                "tick": tick,
-                "stage": -1,
-                "train_loss": loss,
-                "iters": None,
-                "sgd_iters": trainer.iterations,
-                "phase": walk.phase,
-            }
-        )
-        if tick % every and not walk.done():
-            return
-        params = _params(model)
-        rel = writer.write_point(tick, _cpu(model), endpoint) if writer is not None else point_name(tick)
-        walk.points.append(
-            {
-                "index": len(walk.points),
-                "tick": tick,
-                "stage": -1,
-                "phase": walk.phase if tick else "start",
-                "train_loss": loss,
-                "sgd_iters": trainer.iterations,
-                "dist_a": _distance(params, a_state),
-                "dist_b": _distance(params, b_state) if b_state is not None else None,
-                "stage_boundary": tick == 0,
-                "point": rel,
-            }
-        )
-        if writer is not None:
-            writer.write_metrics(walk.points, walk.ticks)
+    name = "cross_sphere"
 
-    walk.run(record=record)
-    if walk.points[-1]["tick"] != walk.tick:  # the walk's last state is always a saved point
-        walk.ticks.pop()
-        record(walk.tick, walk.ticks[-1]["train_loss"] if walk.ticks else float("nan"))
+    def __init__(
+        self,
+        ea: Endpoint,
+        eb: Endpoint,
+        plan: StagePlan,
+        config: ConnectConfig,
+        make_trainer: TrainerFactory,
+        *,
+        writer: RunWriter | None,
+        device: torch.device,
+        progress: bool = True,
+        on_tick: Callable[[dict], None] | None = None,
+        resume: bool = False,
+    ):
+        self.ea, self.eb, self.plan, self.config, self.make_trainer = ea, eb, plan, config, make_trainer
+        self.writer, self.device, self.progress, self.on_tick = writer, device, progress, on_tick
+        names = moved_parameter_names(plan, ea.model)
+        weights = [n for n in names if ea.model.get_parameter(n).ndim > 1]
+        self.a_larger = larger_sphere_is_a(ea.model, eb.model, weights)
+        self.walker, other = (ea, eb) if self.a_larger else (eb, ea)
+        # Where the M2O points go: straight into the path when A walks; aside (to be reversed) when B walks.
+        self.aside = None
+        if writer is not None and not self.a_larger:
+            # Inside the run directory, whose lock covers it.
+            self.aside = RunWriter(writer.root / ASIDE, exist="append" if resume else "overwrite", lock=False)
+        model = copy.deepcopy(self.walker.model).to(device)
+        pw, po = dict(self.walker.model.named_parameters()), dict(other.model.named_parameters())
+        target = torch.minimum(geometry.variances([pw[n] for n in names]), geometry.variances([po[n] for n in names]))
+        trainer = make_trainer(model, per_tensor_lr=True)
+        ctx = Context(model, trainer, plan, config, self._recorder(self.aside), progress)
+        self.m2o = M2O(ctx, target, reference_a=ea.model, reference_b=eb.model)
+        self.m2m: M2M | None = None
+        self.walked: dict[str, torch.Tensor] | None = None  # the M2O phase's last state (where M2M starts or ends)
+
+    def _recorder(self, points: RunWriter | None):
+        if self.writer is None:
+            return NullRecorder()
+        return RunRecorder(points or self.writer, self.walker if points is self.aside else self.ea,
+                           checkpoints=self.writer, state=self.run_state)  # fmt: skip
+
+    def run_state(self) -> dict:
+        """The run's checkpoint: both phases and the M2O phase's last state."""
+        return {"method": "m2o", "done": self.finished, "state": self.state_dict()}
+
+    @property
+    def finished(self) -> bool:
+        return self.m2m is not None and self.m2m.finished
+
+    def _build_m2m(self) -> None:
+        m2o = self.m2o
+        if self.walked is None:
+            self.walked = {k: v.detach().clone() for k, v in m2o.model.state_dict().items()}
+        walked_model = copy.deepcopy(self.walker.model)
+        walked_model.load_state_dict(self.walked)
+        walked = Endpoint(walked_model.cpu().eval(), self.walker.kind, f"{self.walker.source} (M2O)", None,
+                          self.walker.arch)  # fmt: skip
+        if self.a_larger:
+            model = m2o.model
+            model.load_state_dict(self.walked)
+            target, offset, prior_points, prior_ticks = self.eb, m2o.tick, m2o.points, m2o.ticks
+        else:
+            model = copy.deepcopy(self.ea.model).to(self.device)
+            target, offset, prior_points, prior_ticks = walked, 0, [], []
+        trainer = self.make_trainer(model)
+        if self.a_larger:  # SGD iterations count along the path: the M2M part continues the M2O part's count
+            trainer.iterations = m2o.trainer.iterations
+        ctx = Context(model, trainer, self.plan, self.config, self._recorder(None), self.progress)
+        self.m2m = M2M(ctx, target, tick_offset=offset, prior_points=list(prior_points), prior_ticks=list(prior_ticks),
+                       reference_a=self.ea.model)  # fmt: skip
+        self.m2m.on_tick = self.on_tick
+
+    def run(self) -> TickState:
+        """Run (or continue) both phases and assemble the path; returns the M2M phase's final state."""
+        if not self.m2o.finished:
+            self.m2o.run()
+        if self.m2m is None:
+            self._build_m2m()
+        if not self.m2m.finished:
+            self.m2m.run()
+        if self.writer is not None:
+            if not self.a_larger:
+                _append_reversed(self.m2m, self.m2o, self.aside, self.writer)
+                self.aside.close()
+                shutil.rmtree(self.aside.root, ignore_errors=True)
+            self.writer.write_metrics(self.m2m.state.points, self.m2m.state.ticks)
+        return self.m2m.state
+
+    @property
+    def state(self) -> TickState:
+        return self.m2m.state
+
+    @property
+    def offset(self) -> int:
+        return self.m2m.offset
+
+    @property
+    def timing(self) -> dict[str, float]:
+        """Seconds per phase, both phases added."""
+        return _merge(self.m2m.state.timing if self.m2m else {}, self.m2o.timing)
+
+    def state_dict(self) -> dict:
+        """Both phases' states (M2M's once it started) and the M2O phase's last state."""
+        return {"m2o": self.m2o.state_dict(), "walked": self.walked,
+                "m2m": self.m2m.state_dict() if self.m2m is not None else None}  # fmt: skip
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        """Continue from :meth:`state_dict` output: the M2O phase first, then (if it had started) M2M."""
+        self.m2o.load_state_dict(ckpt["m2o"])
+        self.walked = ckpt.get("walked")
+        if ckpt.get("m2m") is not None:
+            self._build_m2m()
+            self.m2m.load_state_dict(ckpt["m2m"])
 
 
 def _append_reversed(m2m: M2M, m2o: M2O, m2o_writer: RunWriter, writer: RunWriter) -> None:
@@ -169,9 +184,11 @@ def _append_reversed(m2m: M2M, m2o: M2O, m2o_writer: RunWriter, writer: RunWrite
     for row in reversed(m2o.points[:-1]):
         tick = end + (last - row["tick"])
         dest = writer.root / point_name(tick)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(resolve_inside(m2o_writer.root, row["point"], field="m2o point"), dest)
+        source = resolve_inside(m2o_writer.root, row["point"], field="m2o point")
+        if source.exists():  # absent: moved already by a run killed during this splice
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(source, dest)
         sgd = spent + (m2o_total - row["sgd_iters"])
         st.points.append(
             {

@@ -13,82 +13,64 @@ from Var θ_A[k] to Var θ_B[k] (geometric interpolation), so the path does not 
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from hf_llpf import geometry
-from hf_llpf.config import ConnectConfig
+from hf_llpf.algorithms.base import Context, LoopState, Method, diverged
 from hf_llpf.errors import ConfigError, DivergenceError
 from hf_llpf.models import Endpoint
-from hf_llpf.path import RunWriter, point_name
-from hf_llpf.seeding import rng_state, set_rng_state
-from hf_llpf.stages import StagePlan
 from hf_llpf.stages.matching import GroupMatcher, compile_regex
-from hf_llpf.train import RepairTrainer
 
 
 @dataclass
-class TickState:
-    """Everything about the loop that a resume needs besides the model, optimizer and data position."""
+class TickState(LoopState):
+    """M2M's loop state: the common counters plus the active stages and which tensors have landed on θ_B."""
 
-    tick: int = 0
     active: int = 1  # number of active stages (cumulative, FDF)
-    step_scale: float = 1.0  # halved by the divergence guard
-    failures: int = 0
     stage_starts: list[int] = field(default_factory=lambda: [0])
-    points: list[dict] = field(default_factory=list)
-    ticks: list[dict] = field(default_factory=list)
-    timing: dict[str, float] = field(default_factory=dict)
     landed: list[bool] = field(default_factory=list)  # per tensor: a move has put it exactly on θ_B
 
 
-class M2M:
-    """Walk ``model`` (a copy of θ_A) to θ_B, writing points and checkpoints with ``writer``.
+class M2M(Method):
+    """Walk ``ctx.model`` (a copy of θ_A) to θ_B, recording points and checkpoints through ``ctx.recorder``.
 
     Args:
-        model: the working model, initialised to θ_A, on the training device.
-        endpoint_b: θ_B (its tensors are the targets; its buffers end the path).
-        endpoint_format: the endpoint whose format points are saved in.
-        plan: the stages of layer groups.
-        config: the run's settings.
-        trainer: the minimal-training loop bound to ``model``.
-        writer: the run directory (main process).
+        ctx: the working model (initialised to θ_A, on the training device), its trainer, the plan, settings.
+        target: θ_B (its tensors are the targets; its buffers end the path).
+        tick_offset: a phase after an earlier one (cross-sphere) numbers its points after it ...
+        prior_points, prior_ticks: ... and continues its rows, starting on its last point.
+        reference_a: θ_A for the distance-to-A column when this phase starts elsewhere (after M2O).
     """
+
+    name = "m2m"
 
     def __init__(
         self,
-        model: nn.Module,
-        endpoint_b: Endpoint,
-        endpoint_format: Endpoint,
-        plan: StagePlan,
-        config: ConnectConfig,
-        trainer: RepairTrainer,
-        writer: RunWriter | None,
-        progress: bool = True,
+        ctx: Context,
+        target: Endpoint,
         *,
         tick_offset: int = 0,
         prior_points: list[dict] | None = None,
         prior_ticks: list[dict] | None = None,
-        reference_a: nn.Module | None = None,
+        reference_a: torch.nn.Module | None = None,
     ):
-        self.model, self.config, self.trainer, self.writer = model, config, trainer, writer
-        self.endpoint_format, self.plan, self.progress = endpoint_format, plan, progress
+        super().__init__(ctx)
+        model, plan, config = ctx.model, ctx.plan, ctx.config
+        self.plan, self.progress, self.recorder = plan, ctx.progress, ctx.recorder
         device = next(model.parameters()).device
         self.names = plan.param_names()
         self.params = [model.get_parameter(n) for n in self.names]
-        b_state = endpoint_b.model.state_dict()
+        b_state = target.model.state_dict()
         self.final_state = {k: v.detach().clone() for k, v in b_state.items()}  # θ_B, buffers included
         self.target = [b_state[n].detach().to(device) for n in self.names]
-        # θ_A, for the distance-to-A column (the true θ_A when this phase starts elsewhere, e.g. after M2O).
         ref = self.params if reference_a is None else [reference_a.get_parameter(n) for n in self.names]
         self.start = [p.detach().clone().to(device) for p in ref]
-        # Variance correction applies to floating tensors of more than two elements. The spec (§2 step 2) skips only
+        # Variance correction applies to floating tensors of more than two elements. The paper skips only
         # one-element tensors, but a 2-element tensor's variance sphere at fixed mean is two points (x1 - x2 = ±c):
         # when θ_A and θ_B differ in the sign of x1 - x2, every projection sends the tensor back to θ_A's side and it
         # never arrives (seen on a 2-channel BatchNorm weight of a tiny DLA: 77 % of its distance left at max_ticks).
@@ -102,12 +84,10 @@ class M2M:
         self.start_ticks = self._schedule_start_ticks() if config.schedule else None
         self.state = TickState(points=list(prior_points or []), ticks=list(prior_ticks or []))
         self.state.landed = (self.d0 == 0).tolist()
-        # A phase after an earlier one (cross-sphere) numbers its points after it and starts on its last point.
         self.offset = tick_offset
         self.on_tick = None  # called with each tick's row (experiment trackers)
         self.last_dist = self.d0.clone()  # distances to θ_B after the last tick
-        self._saved: list[torch.Tensor] | None = None
-        self._state_keys: dict[torch.Tensor, set[str]] = {}
+        self.finished = False
 
     # ------------------------------------------------------------------------------------------ set-up
     def _schedule_start_ticks(self) -> list[int]:
@@ -197,47 +177,11 @@ class M2M:
         DLA); over the stage it weighs what it measures. The final snap onto θ_B closes what is left."""
         return bool((self._stage_remaining(dist)[:upto] <= self.config.arrival_tol).all())
 
-    def _live_tensors(self) -> list[torch.Tensor]:
-        """Every tensor a tick changes: parameters, buffers and the optimizer's state (momentum)."""
-        live = list(self.model.state_dict(keep_vars=True).values())
-        for state in self.trainer.optimizer.state.values():
-            live.extend(v for v in state.values() if isinstance(v, torch.Tensor))
-        return [t.data if isinstance(t, nn.Parameter) else t for t in live]
-
-    def _snapshot(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        # Copy into buffers kept from the previous tick: no allocation, one foreach call (the guard is paid
-        # every tick, the rollback almost never).
-        self._state_keys = {k: set(v) for k, v in self.trainer.optimizer.state.items()}
-        live = self._live_tensors()
-        if self._saved is None or [t.shape for t in self._saved] != [t.shape for t in live]:
-            self._saved = [t.detach().clone() for t in live]
-        else:
-            torch._foreach_copy_(self._saved, [t.detach() for t in live])
-        return live, self._saved
-
-    def _restore(self, snap: tuple[list[torch.Tensor], list[torch.Tensor]]) -> None:
-        live, saved = snap
-        with torch.no_grad():
-            torch._foreach_copy_(live, saved)
-        # Optimizer state created during the failed tick (momentum buffers of its first steps) did not exist before.
-        opt_state = self.trainer.optimizer.state
-        for param in list(opt_state):
-            keys = self._state_keys.get(param)
-            if keys is None:
-                del opt_state[param]
-            else:
-                for k in set(opt_state[param]) - keys:
-                    del opt_state[param][k]
-
-    def _timed(self, key: str, start: float) -> float:
-        now = time.perf_counter()
-        self.state.timing[key] = self.state.timing.get(key, 0.0) + now - start
-        return now
-
-    # ------------------------------------------------------------------------------------------ the loop
     def run(self) -> TickState:
         """Run (or continue) the loop to θ_B; returns the final state."""
         st = self.state
+        if self.finished:
+            return st
         if st.tick == 0 and not st.points:  # (a phase after M2O starts on M2O's last point: already saved)
             self._record_point(0, float("nan"), self.d0, boundary=True)
             self._checkpoint()
@@ -261,38 +205,30 @@ class M2M:
         return st
 
     def _tick(self) -> torch.Tensor:
-        st, cfg = self.state, self.config
+        st, cfg, timer = self.state, self.config, self.timer
         while True:
             t = time.perf_counter()
-            snap = self._snapshot()
-            t = self._timed("snapshot", t)
+            self.guard.snapshot()
+            t = timer.lap("snapshot", t)
             active = torch.nonzero(self._active_mask()).flatten().tolist()
             moved = self._move(active, self.last_dist)
-            t = self._timed("move", t)
+            t = timer.lap("move", t)
             self._correct(moved)
-            t = self._timed("correct", t)
+            t = timer.lap("correct", t)
             loss, iters = self.trainer.repair()
-            t = self._timed("train", t)
+            t = timer.lap("train", t)
             dist = self._correct()
-            t = self._timed("correct", t)
-            if math.isfinite(loss) and loss <= cfg.loss_limit:
+            t = timer.lap("correct", t)
+            if not diverged(loss, cfg):
                 self.last_dist = dist
                 st.failures = 0  # failures count within one stretch of failed attempts, not over the run
                 break
-            # Divergence guard: roll back to the state before this tick, halve the step, try again.
-            self._restore(snap)
-            st.failures += 1
-            st.step_scale *= 0.5
-            tqdm.write(
-                f"tick {st.tick + 1}: loss {loss:.4g} above loss_limit={cfg.loss_limit} or not finite; "
-                f"rolled back, step scale now {st.step_scale:g} (failure {st.failures}/{cfg.max_failures})"
-            )
-            if st.failures >= cfg.max_failures:
+            try:
+                advice = "Lower step_a/step_r or raise max_iters"
+                self.guard.failed(st, loss=loss, config=cfg, name="m2m", advice=advice)
+            except DivergenceError:
                 self._checkpoint()
-                raise DivergenceError(
-                    f"the loss diverged {st.failures} times (last {loss:.4g} at tick {st.tick + 1}); the run stopped "
-                    f"with a resumable checkpoint. Lower step_a/step_r or raise max_iters, then rerun with --resume."
-                )
+                raise
         st.tick += 1
         boundary = False
         if cfg.fdf and self.start_ticks is None and st.active < self.num_stages and self._arrived(dist, st.active):
@@ -372,16 +308,14 @@ class M2M:
         )
         if self.on_tick is not None:
             self.on_tick(st.ticks[-1])
-        self._timed("record", t)
+        self.timer.lap("record", t)
 
     def _record_point(self, tick: int, loss: float, dist: torch.Tensor, *, boundary: bool, phase: str = "m2m") -> None:
         st = self.state
         t = time.perf_counter()
         tick += self.offset
-        rel = point_name(tick)
-        if self.writer is not None:
-            rel = self.writer.write_point(tick, _cpu_copy(self.model), self.endpoint_format)
-        t = self._timed("write_points", t)
+        rel = self.recorder.point(tick, self.model)
+        t = self.timer.lap("write_points", t)
         last = st.ticks[-1] if st.ticks else None
         # The tick's row has just measured the distance to θ_A: a point saved at that tick reuses it.
         dist_a = last["dist_a"] if last and last["tick"] == tick else geometry.total_distance(self.start, self.params)
@@ -399,41 +333,21 @@ class M2M:
                 "point": rel,
             }
         )
-        self._timed("record", t)
+        self.timer.lap("record", t)
 
     def _checkpoint(self, done: bool = False) -> None:
-        if self.writer is None:
-            return
         # The metrics file follows the checkpoint, not every point: rewriting it per point was quadratic in
         # ticks, and a resume rewrites the points after the checkpoint anyway.
+        self.finished = done
         t = time.perf_counter()
-        self.writer.write_metrics(self.state.points, self.state.ticks)
-        t = self._timed("write_metrics", t)
-        self.writer.save_checkpoint(
-            {
-                "format": 1,
-                "done": done,
-                "loop": self.state.__dict__,
-                "model": self.model.state_dict(),
-                "trainer": self.trainer.state_dict(),
-                "rng": rng_state(),
-                "last_dist": self.last_dist,
-            }
-        )
-        self._timed("write_checkpoint", t)
+        self.recorder.progress(self.state.points, self.state.ticks)
+        t = self.timer.lap("write_metrics", t)
+        self.recorder.checkpoint()
+        self.timer.lap("write_checkpoint", t)
 
-    def load_checkpoint(self, ckpt: dict) -> None:
-        """Continue from a checkpoint written by this loop."""
-        self.state = TickState(**ckpt["loop"])
-        if self.state.failures >= self.config.max_failures:  # stopped by the guard: a resume starts a new stretch
-            self.state.failures = 0
-        self.model.load_state_dict(ckpt["model"])
-        self.trainer.load_state_dict(ckpt["trainer"])
-        set_rng_state(ckpt["rng"])
-        self.last_dist = ckpt["last_dist"]
+    def extra_state(self) -> dict[str, Any]:
+        return {"last_dist": self.last_dist, "done": self.finished}
 
-
-def _cpu_copy(model: nn.Module) -> nn.Module:
-    """The model itself when it lives on the CPU, else a CPU copy for writing."""
-    p = next(model.parameters(), None)
-    return model if p is None or p.device.type == "cpu" else copy.deepcopy(model).cpu()
+    def load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.last_dist = extra["last_dist"]
+        self.finished = bool(extra.get("done"))

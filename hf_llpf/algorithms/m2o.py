@@ -18,20 +18,18 @@ sphere, inward.
 
 from __future__ import annotations
 
-import math
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from hf_llpf import geometry
-from hf_llpf.config import ConnectConfig
+from hf_llpf.algorithms.base import Context, LoopState, Method, diverged
 from hf_llpf.errors import ConfigError, DivergenceError
-from hf_llpf.models import Endpoint
-from hf_llpf.path import RunWriter
 from hf_llpf.stages import StagePlan
-from hf_llpf.train import RepairTrainer
 
 OUTWARD_MESSAGE = (
     "M2O only walks a model inward, toward the origin: on a larger sphere the same SGD step turns the weights "
@@ -48,76 +46,101 @@ def moved_parameter_names(plan: StagePlan, model: nn.Module) -> list[str]:
     ]
 
 
-class M2O:
-    """Walk ``model`` toward the origin until each moved tensor reaches its target variance.
+@dataclass
+class WalkState(LoopState):
+    """M2O's loop state: the common counters plus which moved tensors have reached their target variance."""
+
+    reached: list[bool] = field(default_factory=list)
+
+
+class M2O(Method):
+    """Walk ``ctx.model`` toward the origin until each moved tensor reaches its target variance.
+
+    Points are saved every ``save_every`` ticks and at the end, through ``ctx.recorder``; a tick whose loss
+    diverges is rolled back (the step halves) by the shared divergence guard.
 
     Args:
-        model: the working model (the start endpoint's copy) on the training device.
-        plan: the stages (used for norm kinds and the parameter order).
+        ctx: the working model (the start endpoint's copy), its trainer (one parameter group per tensor: the
+            AngleConformal rates), the plan (norm kinds, parameter order), the settings (``config.m2o``).
         target_var: per moved tensor, in :attr:`moved_names` order, the variance to stop at; ``None``: the
             start variance times ``config.m2o.target_variance``.
-        config: the run's settings (``config.m2o`` holds this phase's knobs).
-        trainer: the minimal-training loop, built with one parameter group per tensor.
-        writer: the run directory; points are written under ``points_prefix``.
-        endpoint_format: the endpoint whose format points are saved in.
+        reference_a, reference_b: the path's true endpoints, for the distance columns (``None``: no column).
         phase: the phase name recorded for each point.
     """
 
+    name = "m2o"
+
     def __init__(
         self,
-        model: nn.Module,
-        plan: StagePlan,
+        ctx: Context,
         target_var: torch.Tensor | None,
-        config: ConnectConfig,
-        trainer: RepairTrainer,
-        writer: RunWriter | None,
-        endpoint_format: Endpoint,
         *,
+        reference_a: nn.Module | None = None,
+        reference_b: nn.Module | None = None,
         phase: str = "m2o",
-        progress: bool = True,
     ):
-        self.model, self.plan, self.config, self.trainer = model, plan, config, trainer
-        self.writer, self.endpoint_format, self.phase, self.progress = writer, endpoint_format, phase, progress
+        super().__init__(ctx)
+        model, plan = ctx.model, ctx.plan
+        self.plan, self.phase, self.progress, self.recorder = plan, phase, ctx.progress, ctx.recorder
         groups = plan.groups()
         self.moved_names = moved_parameter_names(plan, model)
         self.norm_names = [n for g in groups if g.norm in ("layernorm", "rmsnorm", "groupnorm") for n in g.param_names]
         self.moved = [model.get_parameter(n) for n in self.moved_names]
         self.norms = [model.get_parameter(n) for n in self.norm_names]
         self.start_var = geometry.variances(self.moved)
-        m = config.m2o
+        self.target_var = self._checked_target(target_var)
+        # AngleConformal applies to weight tensors outside norm layers; biases keep lr_0 (paper, AngleConformal).
+        self.conformal = [self.trainer.param_index(p) for p in self.moved if p.ndim > 1]
+        self.conformal_pos = [i for i, p in enumerate(self.moved) if p.ndim > 1]
+        self.refs = [_params(r) if r is not None else None for r in (reference_a, reference_b)]
+        self.state = WalkState(reached=[False] * len(self.moved))
+        self.finished = False
+
+    def _checked_target(self, target_var: torch.Tensor | None) -> torch.Tensor:
+        m = self.config.m2o
         if target_var is None:
             if m.target_variance >= 1:
                 raise ConfigError(f"m2o.target_variance={m.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
             target_var = self.start_var * m.target_variance
-        self.target_var = target_var.to(self.start_var)
-        if bool((self.target_var > self.start_var * (1 + 1e-9)).any()):
-            k = int(torch.argmax(self.target_var / self.start_var.clamp_min(1e-300)))
+        target_var = target_var.to(self.start_var)
+        if bool((target_var > self.start_var * (1 + 1e-9)).any()):
+            k = int(torch.argmax(target_var / self.start_var.clamp_min(1e-300)))
             raise ConfigError(
                 f"M2O target variance of {self.moved_names[k]} is above its start "
-                f"({float(self.target_var[k]):.3g} > {float(self.start_var[k]):.3g}). {OUTWARD_MESSAGE}"
+                f"({float(target_var[k]):.3g} > {float(self.start_var[k]):.3g}). {OUTWARD_MESSAGE}"
             )
-        # AngleConformal applies to weight tensors outside norm layers; biases keep lr_0 (spec §3).
-        self.conformal = [self.trainer.param_index(p) for p in self.moved if p.ndim > 1]
-        self.conformal_pos = [i for i, p in enumerate(self.moved) if p.ndim > 1]
-        self.reached = torch.zeros(len(self.moved), dtype=torch.bool)
-        self.tick = 0
-        self.points: list[dict] = []
-        self.ticks: list[dict] = []
-        self.timing: dict[str, float] = {}
+        return target_var
+
+    @property
+    def tick(self) -> int:
+        return self.state.tick
+
+    @property
+    def points(self) -> list[dict]:
+        return self.state.points
+
+    @property
+    def ticks(self) -> list[dict]:
+        return self.state.ticks
+
+    @property
+    def timing(self) -> dict[str, float]:
+        return self.state.timing
 
     def _shrink(self) -> torch.Tensor:
         """Move every unfinished tensor toward 0; returns the per-tensor scale factors applied (1 = untouched)."""
-        m = self.config.m2o
+        m, scale = self.config.m2o, self.state.step_scale
         var = geometry.variances(self.moved)
         norm = geometry.distance_to_origin(self.moved)
-        step = geometry.step_sizes(norm, step_a=m.step_a, step_f=m.step_f)
+        step = geometry.step_sizes(norm, step_a=m.step_a * scale, step_f=m.step_f * scale)
         factor = torch.where(norm > 0, 1 - step / norm.clamp_min(1e-300), torch.ones_like(norm))
         # Never below the target: var(c·θ) = c²·var(θ), so the last step lands exactly on the target variance.
         floor = torch.sqrt((self.target_var / var.clamp_min(1e-300)).clamp(max=1.0))
         factor = torch.where(var > self.target_var, torch.maximum(factor, floor), torch.ones_like(factor))
         # A tensor counts as arrived once a shrink lands it on its target: repair training may push it back a
         # little each tick (it is then held there by the next shrink), which must not keep the walk going.
-        self.reached |= (factor <= floor) | (var <= self.target_var)
+        reached = torch.tensor(self.state.reached) | (factor <= floor) | (var <= self.target_var)
+        self._reached_now = reached.tolist()
         with torch.no_grad():
             torch._foreach_mul_(self.moved, factor.tolist())
         return factor
@@ -143,36 +166,101 @@ class M2O:
 
     def done(self) -> bool:
         """True when every moved tensor has reached its target variance at least once."""
-        return bool(self.reached.all())
+        return all(self.state.reached)
 
-    def run(self, *, record) -> None:
-        """Walk until :meth:`done` or ``config.m2o.max_ticks``; ``record(tick, loss, phase)`` saves points."""
-        m = self.config.m2o
-        record(0, float("nan"))
-        bar = tqdm(total=m.max_ticks, desc=f"llpf {self.phase}", disable=not self.progress, leave=False)
-        failures = 0
+    def run(self) -> WalkState:
+        """Walk until :meth:`done` or ``config.m2o.max_ticks``; the last state is always a saved point."""
+        st, m = self.state, self.config.m2o
+        if self.finished:
+            return st
+        if st.tick == 0 and not st.points:
+            self._record(0, float("nan"))
+            self._checkpoint()
+        bar = tqdm(total=m.max_ticks, initial=st.tick, desc=f"llpf {self.phase}", disable=not self.progress)
         try:
-            while self.tick < m.max_ticks and not self.done():
-                t = time.perf_counter()
-                factor = self._shrink()
-                self._compensate(factor)
-                self._set_learning_rates()
-                t = self._timed("move", t)
-                loss, _ = self.trainer.repair()
-                self._timed("train", t)
-                if not math.isfinite(loss) or loss > self.config.loss_limit:
-                    failures += 1
-                    if failures >= self.config.max_failures:
-                        raise DivergenceError(f"M2O diverged {failures} times (loss {loss:.4g}); lower m2o.step_a")
-                self.tick += 1
+            while st.tick < m.max_ticks and not self.done():
+                loss = self._tick()
                 bar.update(1)
                 ratio = float((geometry.variances(self.moved) / self.start_var.clamp_min(1e-300)).max())
                 bar.set_postfix(loss=f"{loss:.4f}", var_ratio=f"{ratio:.3f}")
-                record(self.tick, loss)
         finally:
             bar.close()
+        if st.points[-1]["tick"] != st.tick:  # stopped by max_ticks between two saved points
+            st.ticks.pop()
+            self._record(st.tick, st.ticks[-1]["train_loss"] if st.ticks else float("nan"), force=True)
+        self._checkpoint(done=True)
+        return st
 
-    def _timed(self, key: str, start: float) -> float:
-        now = time.perf_counter()
-        self.timing[key] = self.timing.get(key, 0.0) + now - start
-        return now
+    def _tick(self) -> float:
+        st, timer = self.state, self.timer
+        while True:
+            t = time.perf_counter()
+            self.guard.snapshot()
+            factor = self._shrink()
+            self._compensate(factor)
+            self._set_learning_rates()
+            t = timer.lap("move", t)
+            loss, _ = self.trainer.repair()
+            timer.lap("train", t)
+            if not diverged(loss, self.config):
+                st.failures = 0
+                break
+            try:
+                self.guard.failed(st, loss=loss, config=self.config, name=self.phase, advice="Lower m2o.step_a")
+            except DivergenceError:
+                self._checkpoint()
+                raise
+        st.reached = self._reached_now
+        st.tick += 1
+        self._record(st.tick, loss)
+        if st.tick % self.config.checkpoint_every == 0:
+            self._checkpoint()
+        return loss
+
+    def _record(self, tick: int, loss: float, *, force: bool = False) -> None:
+        """The tick's row, and a point every ``save_every`` ticks, at the start and at the end."""
+        st, t = self.state, time.perf_counter()
+        st.ticks.append(
+            {"tick": tick, "stage": -1, "train_loss": loss, "iters": None, "sgd_iters": self.trainer.iterations}
+        )
+        st.ticks[-1]["phase"] = self.phase
+        if tick % self.config.save_every and not self.done() and not force:
+            return
+        rel = self.recorder.point(tick, self.model)
+        t = self.timer.lap("write_points", t)
+        params = _params(self.model)
+        a, b = self.refs
+        st.points.append(
+            {
+                "index": len(st.points),
+                "tick": tick,
+                "stage": -1,
+                "phase": self.phase if tick else "start",
+                "train_loss": loss,
+                "sgd_iters": self.trainer.iterations,
+                "dist_a": _distance(params, a) if a is not None else None,
+                "dist_b": _distance(params, b) if b is not None else None,
+                "stage_boundary": tick == 0,
+                "point": rel,
+            }
+        )
+        self.timer.lap("record", t)
+
+    def _checkpoint(self, done: bool = False) -> None:
+        self.finished = done
+        self.recorder.progress(self.state.points, self.state.ticks)
+        self.recorder.checkpoint()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"done": self.finished}
+
+    def load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.finished = bool(extra.get("done"))
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach() for p in model.parameters()]
+
+
+def _distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return geometry.total_distance([x.cpu() for x in a], [y.cpu() for y in b])

@@ -1,0 +1,244 @@
+"""What every path method shares: the resumable loop state, the recorder, the timer and the divergence guard.
+
+A method (M2M, M2O, and later the baselines) is a class that is built on a :class:`Context`, runs with
+:meth:`Method.run`, and can be checkpointed and resumed with :meth:`Method.state_dict` /
+:meth:`Method.load_state_dict`. It never touches the filesystem: points and progress go to its
+:class:`Recorder`, which the orchestrator creates (a :class:`RunRecorder` on the main process, a
+:class:`NullRecorder` elsewhere, which writes nothing).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from hf_llpf.config import ConnectConfig
+from hf_llpf.errors import DivergenceError
+from hf_llpf.models import Endpoint
+from hf_llpf.path import RunWriter, point_name
+from hf_llpf.seeding import rng_state, set_rng_state
+from hf_llpf.stages import StagePlan
+from hf_llpf.train import RepairTrainer
+
+
+@dataclass
+class LoopState:
+    """The part of a method's state that is plain data (JSON in the checkpoint): counters, rows, timings."""
+
+    tick: int = 0
+    step_scale: float = 1.0  # halved by the divergence guard
+    failures: int = 0  # failed attempts in the current stretch
+    points: list[dict] = field(default_factory=list)
+    ticks: list[dict] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+class Recorder(Protocol):
+    """Where a method's points and progress go."""
+
+    def point(self, tick: int, model: nn.Module) -> str:
+        """Save ``model`` as the point of ``tick``; returns its folder relative to the run directory."""
+
+    def progress(self, points: list[dict], ticks: list[dict]) -> None:
+        """Record the rows so far (with each checkpoint)."""
+
+    def checkpoint(self) -> None:
+        """Save the run's resumable state (the orchestrator knows what it is made of)."""
+
+
+class NullRecorder:
+    """What a non-main process records with: nothing (the main process writes the same path)."""
+
+    def point(self, tick: int, model: nn.Module) -> str:
+        return point_name(tick)
+
+    def progress(self, points: list[dict], ticks: list[dict]) -> None:
+        pass
+
+    def checkpoint(self) -> None:
+        pass
+
+
+class RunRecorder:
+    """Records into a run directory: points in ``endpoint``'s format; checkpoints of ``state()``.
+
+    Args:
+        points: where the points go (the run directory, or an aside one for a phase published reversed).
+        endpoint: the endpoint whose format points are saved in.
+        checkpoints: where progress and checkpoints go (the run directory).
+        state: returns the run's whole resumable state (set by the orchestrator of the run).
+    """
+
+    def __init__(
+        self, points: RunWriter, endpoint: Endpoint, *, checkpoints: RunWriter | None = None, state=None
+    ) -> None:
+        self.points_writer, self.endpoint = points, endpoint
+        self.writer = checkpoints or points
+        self.state: Callable[[], dict] | None = state
+
+    def point(self, tick: int, model: nn.Module) -> str:
+        return self.points_writer.write_point(tick, cpu_copy(model), self.endpoint)
+
+    def progress(self, points: list[dict], ticks: list[dict]) -> None:
+        self.points_writer.write_metrics(points, ticks)
+
+    def checkpoint(self) -> None:
+        if self.state is not None:
+            self.writer.save_checkpoint(self.state())
+
+
+def cpu_copy(model: nn.Module) -> nn.Module:
+    """The model itself when it lives on the CPU, else a CPU copy for writing."""
+    p = next(model.parameters(), None)
+    return model if p is None or p.device.type == "cpu" else copy.deepcopy(model).cpu()
+
+
+@dataclass
+class Context:
+    """What a method runs on: the working model, its repair trainer, the plan, the settings and the recorder."""
+
+    model: nn.Module
+    trainer: RepairTrainer
+    plan: StagePlan
+    config: ConnectConfig
+    recorder: Recorder = field(default_factory=NullRecorder)
+    progress: bool = True
+
+
+class Timer:
+    """Accumulates seconds per phase into a state's ``timing`` (``--profile``)."""
+
+    def __init__(self, state: LoopState):
+        self.state = state
+
+    def lap(self, key: str, start: float) -> float:
+        """Add the time since ``start`` to ``key``; returns now (the next phase's start)."""
+        now = time.perf_counter()
+        self.state.timing[key] = self.state.timing.get(key, 0.0) + now - start
+        return now
+
+
+class DivergenceGuard:
+    """Snapshot of every tensor a tick changes, so a tick whose loss diverged is rolled back exactly.
+
+    Parameters, buffers and the optimizer's state are copied into buffers kept from the previous tick (no
+    allocation, one foreach call: the guard is paid every tick, the rollback almost never); optimizer state
+    created during the failed tick (momentum buffers of its first steps) is removed on rollback.
+    """
+
+    def __init__(self, model: nn.Module, trainer: RepairTrainer):
+        self.model, self.trainer = model, trainer
+        self._saved: list[torch.Tensor] | None = None
+        self._state_keys: dict[torch.Tensor, set[str]] = {}
+
+    def _live(self) -> list[torch.Tensor]:
+        live = list(self.model.state_dict(keep_vars=True).values())
+        for state in self.trainer.optimizer.state.values():
+            live.extend(v for v in state.values() if isinstance(v, torch.Tensor))
+        return [t.data if isinstance(t, nn.Parameter) else t for t in live]
+
+    def snapshot(self) -> None:
+        """Remember the current state."""
+        self._state_keys = {k: set(v) for k, v in self.trainer.optimizer.state.items()}
+        live = self._live()
+        if self._saved is None or [t.shape for t in self._saved] != [t.shape for t in live]:
+            self._saved = [t.detach().clone() for t in live]
+        else:
+            torch._foreach_copy_(self._saved, [t.detach() for t in live])
+        self._live_then = live
+
+    def restore(self) -> None:
+        """Return to the last snapshot, optimizer state included."""
+        with torch.no_grad():
+            torch._foreach_copy_(self._live_then, self._saved)
+        opt_state = self.trainer.optimizer.state
+        for param in list(opt_state):
+            keys = self._state_keys.get(param)
+            if keys is None:
+                del opt_state[param]
+            else:
+                for k in set(opt_state[param]) - keys:
+                    del opt_state[param][k]
+
+    def failed(self, state: LoopState, *, loss: float, config: ConnectConfig, name: str, advice: str) -> None:
+        """Roll back, halve the step and count the failure; stop with a checkpoint after ``max_failures``.
+
+        Raises:
+            DivergenceError: the stretch of failures reached ``config.max_failures``.
+        """
+        self.restore()
+        state.failures += 1
+        state.step_scale *= 0.5
+        tqdm.write(
+            f"{name} tick {state.tick + 1}: loss {loss:.4g} above loss_limit={config.loss_limit} or not finite; "
+            f"rolled back, step scale now {state.step_scale:g} (failure {state.failures}/{config.max_failures})"
+        )
+        if state.failures >= config.max_failures:
+            raise DivergenceError(
+                f"the loss diverged {state.failures} times (last {loss:.4g} at tick {state.tick + 1}); the run "
+                f"stopped with a resumable checkpoint. {advice}, then rerun with --resume."
+            )
+
+
+def diverged(loss: float, config: ConnectConfig) -> bool:
+    """A tick's loss that the guard rolls back: not finite, or above ``loss_limit``."""
+    return not math.isfinite(loss) or loss > config.loss_limit
+
+
+class Method:
+    """Base of the path methods: a resumable loop on a :class:`Context`.
+
+    Subclasses set ``self.state`` (a :class:`LoopState` subclass) and implement :meth:`run`; what else a
+    resume needs goes into :meth:`extra_state` / :meth:`load_extra_state`.
+    """
+
+    name = "method"
+    state: LoopState
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.model, self.trainer, self.config = ctx.model, ctx.trainer, ctx.config
+        self.guard = DivergenceGuard(ctx.model, ctx.trainer)
+
+    def run(self) -> LoopState:  # pragma: no cover - abstract
+        """Run (or continue) to the end; returns the final state."""
+        raise NotImplementedError
+
+    @property
+    def timer(self) -> Timer:
+        return Timer(self.state)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Tensors and values besides the loop state, model and trainer that a resume needs."""
+        return {}
+
+    def load_extra_state(self, extra: dict[str, Any]) -> None:
+        """Restore :meth:`extra_state`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to continue this method exactly: loop state, model, optimizer and data position, RNGs."""
+        return {
+            "loop": dict(self.state.__dict__),
+            "model": self.model.state_dict(),
+            "trainer": self.trainer.state_dict(),
+            "rng": rng_state(),
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` output; a stretch of failures that stopped the run starts anew."""
+        self.state = type(self.state)(**ckpt["loop"])
+        if self.state.failures >= self.config.max_failures:
+            self.state.failures = 0
+        self.model.load_state_dict(ckpt["model"])
+        self.trainer.load_state_dict(ckpt["trainer"])
+        set_rng_state(ckpt["rng"])
+        self.load_extra_state(ckpt.get("extra", {}))
