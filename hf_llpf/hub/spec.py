@@ -59,7 +59,8 @@ def parse_repo_spec(spec: object, *, field: str = "repo_id", allow_revision: boo
         raise ConfigError(f"{field}={spec!r}: {what}; expected {REPO_ID_FORM}, a revision being {_REF_RULE}")
     if repo_id.count("/") != 1:
         # validate_repo_id also accepts a bare "name"; a path repo always has a namespace.
-        raise ConfigError(f"{field}={spec!r}: not a valid Hub repo id (no namespace); expected {REPO_ID_FORM}")
+        why = "no namespace" if "/" not in repo_id else "more than one '/'"
+        raise ConfigError(f"{field}={spec!r}: not a valid Hub repo id ({why}); expected {REPO_ID_FORM}")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
