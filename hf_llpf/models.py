@@ -27,7 +27,13 @@ import torch
 from torch import nn
 
 import hf_llpf.zoo  # noqa: F401  (registers the built-in architectures with timm)
-from hf_llpf.errors import CorruptCheckpointError, EndpointMismatchError, OfflineError, UnknownNameError
+from hf_llpf.errors import (
+    ConfigError,
+    CorruptCheckpointError,
+    EndpointMismatchError,
+    OfflineError,
+    UnknownNameError,
+)
 
 Kind = Literal["timm", "transformers", "module"]
 WEIGHTS_NAME = "model.safetensors"
@@ -184,11 +190,18 @@ def load_endpoint(
             _local_revision(path),
             {"architecture": arch, "model_args": dict(model_args or {})},
         )
-    if re.fullmatch(r"[\w.\-]+/[\w.\-]+(@[\w.\-/]+)?", spec):
-        return _load_hub(spec, trust_remote_code=trust_remote_code)
-    raise UnknownNameError(
-        "endpoint", spec, ["a local model folder", "a .safetensors file with --arch", "a Hub id org/name[@revision]"]
-    )
+    from hf_llpf.hub.spec import parse_repo_spec  # the one parser of org/name[@revision]
+
+    try:
+        parse_repo_spec(spec, field="endpoint")
+    except ConfigError as err:  # not a Hub id either: list every form, with the parser's reason
+        raise UnknownNameError(
+            "endpoint",
+            spec,
+            ["a local model folder", "a .safetensors file with --arch", "a Hub id org/name[@revision]"],
+            hint=err.problems[0] if "/" in spec else "",  # a bare name is more likely a model name
+        ) from None
+    return _load_hub(spec, trust_remote_code=trust_remote_code)
 
 
 def _load_folder(path: Path, *, source: str, revision: str | None, trust_remote_code: bool) -> Endpoint:

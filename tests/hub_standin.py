@@ -1,6 +1,6 @@
 """TEST STAND-IN of the Hugging Face Hub *write* API. Not a Hub, not for use outside the tests.
 
-No installable server accepts Hub uploads offline (``../shared/hub-testing.md``), so the tests talk to this
+No installable server accepts Hub uploads offline (olah only mirrors reads), so the tests talk to this
 small standard-library HTTP server. It answers the requests huggingface_hub 2.4 makes for ``create_repo``,
 ``upload_folder``/``create_commit`` (regular, base64 uploads only: no LFS, no Xet), ``create_branch``,
 ``create_tag``, ``list_repo_refs``, ``list_repo_files`` and ``repo_info(revision=...)``, and commits what it

@@ -4,8 +4,8 @@ Fast tests (default suite, offline): the model card, point selection and export 
 directory, and every input error. Hub tests (``-m hub``): a real ``olah`` server serves git repos for
 reads and the stand-in in ``hub_standin.py`` takes writes into those same repos, so a push made with the
 real ``HfApi`` is read back by real ``snapshot_download`` / ``from_pretrained`` / ``timm``. The Hub
-round trip runs in one subprocess with its own environment: huggingface_hub reads ``HF_ENDPOINT`` and
-``HF_HUB_OFFLINE`` at import, and this test process is offline (``conftest.py``).
+round trip (``hub_round_trip.py``) runs in one subprocess with its own environment: huggingface_hub
+reads ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` at import, and this test process is offline (``conftest.py``).
 """
 
 from __future__ import annotations
@@ -196,146 +196,10 @@ def test_cli_export_and_push_errors(runs, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Hub tests: olah (reads) + the stand-in (writes), one subprocess with its own Hub environment
+# Hub tests: olah (reads) + the stand-in (writes), one subprocess (hub_round_trip.py) with its own Hub environment
 # ----------------------------------------------------------------------------------------------------------------
 
-ROUND_TRIP = r"""
-import json, os, sys, traceback
-from pathlib import Path
-import torch
-torch.set_num_threads(1)
-cfg = json.loads(Path(sys.argv[1]).read_text())
-cfg["token"] = os.environ.pop("LLPF_TEST_TOKEN")  # given in the environment, so no test file holds it
-sys.path.insert(0, cfg["tests"])
-from hub_fixtures import state_digest, tree_digest
-import hf_llpf.hub as hub
-from hf_llpf.models import load_endpoint
-
-out, W = {}, cfg["standin"]
-
-def step(name, fn):
-    try:
-        out[name] = fn()
-    except Exception as err:
-        out[name] = {"error": type(err).__name__, "message": str(err), "trace": traceback.format_exc()}
-
-def endpoints():
-    res = {}
-    for key, spec in cfg["endpoint_specs"].items():
-        ep = load_endpoint(spec)
-        res[key] = {"kind": ep.kind, "revision": ep.revision, "digest": state_digest(ep.model.state_dict())}
-    return res
-step("endpoints", endpoints)
-
-def failing_then_ok():
-    run = Path(cfg["timm_run"])
-    before = tree_digest(run)
-    try:
-        hub.push_path(run, repo_id="llpf/timm-path", token=cfg["token"], endpoint=W)
-        first = "no error"
-    except Exception as err:
-        first = type(err).__name__
-    after = tree_digest(run)
-    second = hub.push_path(run, repo_id="llpf/timm-path", token=cfg["token"], endpoint=W)
-    third = hub.push_path(run, repo_id="llpf/timm-path", token=cfg["token"], endpoint=W)
-    return {"first_error": first, "unchanged": before == after, "second": second, "third": third,
-            "readme": (run / "README.md").read_text()}
-step("timm_push", failing_then_ok)
-
-step("bert_push", lambda: hub.push_path(cfg["bert_run"], repo_id="llpf/bert-path", token=cfg["token"], endpoint=W))
-step("bert_branch", lambda: hub.push_path(cfg["bert_run"], repo_id="llpf/bert-path", token=cfg["token"],
-                                          endpoint=W, revision="exp"))
-step("wrong_token", lambda: hub.push_path(cfg["bert_run"], repo_id="llpf/other", token="hf_wrong", endpoint=W))
-
-def loaded():
-    tag = out["bert_push"]["tag"]
-    path = hub.load_path(f"llpf/bert-path@{tag}")
-    before = sorted(p.relative_to(path.root).as_posix() for p in path.root.rglob("*") if p.is_file())
-    model = path.model_at(2)
-    after = sorted(p.relative_to(path.root).as_posix() for p in path.root.rglob("*") if p.is_file())
-    return {"len": len(path), "ticks": path.ticks, "metrics": path.metrics, "summary": path.summary,
-            "config": path.config, "commit": path.commit, "files_before": before, "files_after": after,
-            "digest": state_digest(model.state_dict()), "main_len": len(hub.load_path("llpf/bert-path"))}
-step("load_path", loaded)
-
-def from_pretrained():
-    from transformers import BertForSequenceClassification
-    m = BertForSequenceClassification.from_pretrained("llpf/bert-path", subfolder="points/t_000010",
-                                                      revision=out["bert_push"]["tag"])
-    return state_digest(m.state_dict())
-step("from_pretrained", from_pretrained)
-
-def timm_export():
-    import timm
-    path = hub.load_path(f"llpf/timm-path@{out['timm_push']['second']['tag']}")
-    info = hub.export_point(path, point="mid", out_dir=cfg["export_dir"], push_to_hub="llpf/timm-mid",
-                            token=cfg["token"], endpoint=W)
-    model = timm.create_model("hf-hub:llpf/timm-mid", pretrained=True)
-    from huggingface_hub import ModelCard
-    card = ModelCard.load("llpf/timm-mid")
-    return {"info": info, "digest": state_digest(model.state_dict()), "base_model": card.data.base_model,
-            "relation": card.data.base_model_relation}
-step("timm_export", timm_export)
-
-def card():
-    from huggingface_hub import ModelCard
-    c = ModelCard.load("llpf/timm-path", repo_type="model")
-    return {"base_model": c.data.base_model, "relation": c.data.base_model_relation,
-            "library": c.data.library_name, "tags": c.data.tags,
-            "figures": {r.metric_name: r.metric_value for r in c.data.eval_results}}
-step("card", card)
-
-def cli_push():
-    from huggingface_hub import constants
-    from hf_llpf.cli import main
-    old, constants.ENDPOINT = constants.ENDPOINT, W  # the CLI has no --endpoint: HfApi() reads this
-    try:
-        rc = main(["push", cfg["bert_run"], "llpf/cli-path", "--token", cfg["token"], "--private"])
-    finally:
-        constants.ENDPOINT = old
-    return rc
-step("cli_push", cli_push)
-
-def cli_evaluate():
-    import contextlib, io
-    from hf_llpf.cli import main
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = main(["evaluate", f"llpf/timm-path@{out['timm_push']['second']['tag']}", "--train-subset", "128",
-                   "--linear-points", "3", "--continuity", "0"])
-    return {"rc": rc, "stdout": buf.getvalue()}
-step("cli_evaluate", cli_evaluate)
-
-def cli_connect_push():
-    from huggingface_hub import constants
-    from hub_fixtures import make_endpoints, save_endpoint_folder
-    from hf_llpf.cli import main
-    base = Path(cfg["export_dir"]).parent / "connect"
-    a, b = make_endpoints("timm")
-    save_endpoint_folder(a, base / "a")
-    save_endpoint_folder(b, base / "b")
-    old, constants.ENDPOINT = constants.ENDPOINT, W
-    os.environ["HF_TOKEN"] = cfg["token"]
-    try:
-        rc = main(["connect", str(base / "a"), str(base / "b"), "--data", "digits", "--out", str(base / "run"),
-                   "--no-progress", "--push-to-hub", "llpf/connected", "step_r=0.5", "max_iters=2", "min_iters=1"])
-    finally:
-        constants.ENDPOINT = old
-        del os.environ["HF_TOKEN"]
-    return rc
-step("cli_connect_push", cli_connect_push)
-
-def hostile_export():
-    # A published path whose point names climb out of the snapshot (to HF_HOME and its token).
-    out_dir = Path(cfg["export_dir"] + "-hostile")
-    try:
-        hub.export_point("evil/path", point="mid", out_dir=out_dir)
-        return {"error": None, "exists": out_dir.exists()}
-    except Exception as err:
-        return {"error_type": type(err).__name__, "message": str(err), "exists": out_dir.exists()}
-step("hostile_export", hostile_export)
-Path(cfg["results"]).write_text(json.dumps(out, default=str))
-"""
+ROUND_TRIP = Path(__file__).with_name("hub_round_trip.py")  # every Hub step, run as its own program
 
 
 def _free_port() -> int:
@@ -427,7 +291,7 @@ def hub_round_trip(olah, tmp_path_factory):
             HF_HUB_DISABLE_XET="1",
         )
         proc = subprocess.run(
-            [sys.executable, "-c", ROUND_TRIP, str(base / "cfg.json")],
+            [sys.executable, str(ROUND_TRIP), str(base / "cfg.json")],
             env=env,
             capture_output=True,
             text=True,

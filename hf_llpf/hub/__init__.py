@@ -1,0 +1,51 @@
+"""Publish a run directory as a Hub model repo, load one back, and export any point as a merged model.
+
+This package is the only part of hf_llpf that talks to the Hugging Face Hub for paths, and it does so
+with huggingface_hub's own pieces (``validate_repo_id``, ``upload_folder``, ``snapshot_download``,
+``ModelCard``/``ModelCardData``/``EvalResult``); see ``docs/hub.md``.
+
+- :func:`push_path` (:mod:`~hf_llpf.hub.push`) uploads a run directory (points, metrics, plots, config,
+  card; never the resume checkpoint) in **one commit**, then tags that commit ``llpf-<content hash>`` so
+  a path version can be cited and loaded exactly. Pushing unchanged content again makes no commit and no tag.
+- :func:`load_path` (:mod:`~hf_llpf.hub.load`) returns the same :class:`~hf_llpf.path.Path` as a local
+  run: metrics, config and card are downloaded at once, each point's folder only when it is first used,
+  and only safetensors weights.
+- :func:`export_point` (:mod:`~hf_llpf.hub.export`) writes one point as a standalone model in the
+  endpoints' format with its own card.
+- :func:`build_model_card` (:mod:`~hf_llpf.hub.card`) builds ``RUN_DIR/README.md`` (``base_model: [A, B]``,
+  relation ``merge``, ``model-index`` from the path summary).
+- :func:`parse_repo_spec` (:mod:`~hf_llpf.hub.spec`) is the one parser of ``org/name[@revision]``.
+"""
+
+from hf_llpf.hub.access import HubAuthError
+from hf_llpf.hub.card import CARD_TAGS, REPORT_END, REPORT_START, build_model_card, build_point_card
+from hf_llpf.hub.export import export_point, select_point
+from hf_llpf.hub.files import IGNORE_PATTERNS, content_hash, publishable_files
+from hf_llpf.hub.load import EAGER_PATTERNS, POINT_FILE_PATTERNS, UNSAFE_WEIGHTS, HubPath, load_path
+from hf_llpf.hub.push import TAG_PREFIX, push_path
+from hf_llpf.hub.spec import REPO_ID_FORM, check_branch_name, is_repo_id, parse_repo_spec
+
+__all__ = [
+    "CARD_TAGS",
+    "EAGER_PATTERNS",
+    "IGNORE_PATTERNS",
+    "POINT_FILE_PATTERNS",
+    "REPORT_END",
+    "REPORT_START",
+    "REPO_ID_FORM",
+    "TAG_PREFIX",
+    "UNSAFE_WEIGHTS",
+    "HubAuthError",
+    "HubPath",
+    "build_model_card",
+    "build_point_card",
+    "check_branch_name",
+    "content_hash",
+    "export_point",
+    "is_repo_id",
+    "load_path",
+    "parse_repo_spec",
+    "publishable_files",
+    "push_path",
+    "select_point",
+]

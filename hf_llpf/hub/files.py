@@ -1,0 +1,124 @@
+"""Which files of a run directory are published, their content hash, and the folder ``upload_folder`` reads.
+
+A run directory holds more than a path: the resume checkpoint (pickled, large, machine-specific), the
+run's marker and lock files, and the leftovers of writes killed half-way. :data:`IGNORE_PATTERNS` names
+them in huggingface_hub's pattern language (``fnmatch``, where ``*`` also matches ``/``), and the same
+patterns are applied by :func:`publishable_files` here and handed to ``upload_folder``. The run directory
+is walked with :func:`hf_llpf.safe_paths.walk_files`, so a link that leaves it is refused by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path as FsPath
+
+from hf_llpf.errors import RunDirectoryError
+from hf_llpf.path import CHECKPOINT_DIR, METRICS_JSON
+from hf_llpf.run_lock import LOCK, MARKER
+from hf_llpf.safe_paths import check_relative_name, walk_files
+
+# Never published. Temporary names are those hf_llpf.path writes: ``.NAME.<random>.tmp`` files and
+# ``points/.tmp_t_<tick>`` folders; each is listed at the top level and below it, as a file and as a folder.
+IGNORE_PATTERNS = (
+    MARKER,
+    LOCK,
+    CHECKPOINT_DIR,
+    f"{CHECKPOINT_DIR}/*",
+    ".tmp_*",
+    "*/.tmp_*",
+    ".*.tmp",
+    "*/.*.tmp",
+    ".*.tmp/*",
+    "*/.*.tmp/*",
+    "__pycache__",
+    "__pycache__/*",
+    "*/__pycache__",
+    "*/__pycache__/*",
+)
+
+
+def check_run_dir(run_dir: str | os.PathLike) -> FsPath:
+    """``run_dir`` as a path, after checking that it is a run directory (it has ``path_metrics.json``).
+
+    Raises:
+        RunDirectoryError: not a directory, or no ``path_metrics.json`` in it.
+    """
+    root = FsPath(run_dir)
+    if not root.is_dir():
+        raise RunDirectoryError(f"run_dir={str(root)!r}: not a directory")
+    if not (root / METRICS_JSON).is_file():
+        raise RunDirectoryError(f"run_dir={str(root)!r} is not a run directory: {METRICS_JSON} is missing")
+    return root
+
+
+def publishable_files(run_dir: str | os.PathLike) -> list[str]:
+    """The files of a run directory that are published, as sorted POSIX paths relative to it.
+
+    Left out: everything :data:`IGNORE_PATTERNS` matches (``checkpoint/``, the run's marker and lock files,
+    temporary files of interrupted writes, ``__pycache__``).
+
+    Raises:
+        RunDirectoryError: a file or folder of the run directory is a link that resolves outside it.
+    """
+    from huggingface_hub.utils import filter_repo_objects
+
+    root = FsPath(run_dir)
+    files = [p.relative_to(root).as_posix() for p in walk_files(root)]
+    return sorted(filter_repo_objects(files, ignore_patterns=list(IGNORE_PATTERNS)))
+
+
+def _sha256_file(path: FsPath) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_hash(files: dict[str, bytes | FsPath]) -> str:
+    """A sha256 over the (path, content) pairs of a set of files; the same content gives the same hash.
+
+    Args:
+        files: relative path -> the content (bytes) or the file holding it.
+    """
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        value = files[rel]
+        blob = hashlib.sha256(value).hexdigest() if isinstance(value, bytes) else _sha256_file(value)
+        digest.update(f"{rel}\0{blob}\n".encode())
+    return digest.hexdigest()
+
+
+@contextmanager
+def staged_folder(files: dict[str, bytes | FsPath]) -> Iterator[FsPath]:
+    """A temporary folder holding exactly ``files``, for ``upload_folder``; removed afterwards.
+
+    ``upload_folder`` publishes a folder, but a push must publish the run directory *with its new card*
+    while leaving ``RUN_DIR/README.md`` untouched until the push succeeded (see ``docs/hub.md``). The
+    staged folder links to the run directory's files (copies where links are not allowed) and holds the
+    generated content (the card) itself, so nothing in the run directory is written and no weights are
+    copied.
+
+    Args:
+        files: relative path -> content (bytes) or the file to publish under that path.
+    """
+    with tempfile.TemporaryDirectory(prefix="hf_llpf-upload-") as tmp:
+        for rel, value in files.items():
+            dest = FsPath(tmp, check_relative_name(rel, field="published file"))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(value, bytes):
+                dest.write_bytes(value)
+                continue
+            source = FsPath(os.path.realpath(value))
+            if not source.is_file():
+                raise RunDirectoryError(f"published file {rel!r}: {str(value)!r} is not a regular file")
+            try:
+                os.symlink(source, dest)
+            except OSError:  # e.g. Windows without the privilege to make links
+                shutil.copyfile(source, dest)
+        yield FsPath(tmp)
