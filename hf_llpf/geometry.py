@@ -156,7 +156,7 @@ def _as(t: Tensor, dtype: torch.dtype | None) -> Tensor:
 
 
 def distances(a: Sequence[Tensor], b: Sequence[Tensor], *, dtype: torch.dtype | None = None) -> Tensor:
-    """L2 norm ‖θ_B[k] − θ_A[k]‖₂ of each tensor's difference (spec §2 step 1, ‖d‖₂ over all elements).
+    """L2 norm ‖θ_B[k] − θ_A[k]‖₂ of each tensor's difference (docs/algorithm.md §2, ‖d‖₂ over all elements).
 
     Args:
         a: tensors of the first point.
