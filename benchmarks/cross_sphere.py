@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 
-from hf_llpf.api import connect
+from hf_llpf.api import connect, evaluate_run
 from hf_llpf.config import ConnectConfig, TrainRecipe, build, load_recipe
 from hf_llpf.data import load_data
-from hf_llpf.evaluate import evaluate_path
 from hf_llpf.models import load_endpoint
 from hf_llpf.spheres import sphere_distance, sphere_report
 from hf_llpf.train import train_or_reuse
@@ -63,7 +62,7 @@ def main() -> None:
             progress=False,
         )
         seconds = time.perf_counter() - t
-        result = evaluate_path(path, data=data, report=False, continuity_k=0)
+        result = evaluate_run(path, data=data, report=False, continuity_k=0)
         s, run = result["summary"]["llpf"], path.summary["run"]
         linear = result["summary"]["linear"]
         print(

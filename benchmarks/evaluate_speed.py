@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
+from hf_llpf.api import evaluate_run
 from hf_llpf.config import ConnectConfig, TrainRecipe, to_yaml
 from hf_llpf.data import load_data
-from hf_llpf.evaluate import evaluate_path, load_point
+from hf_llpf.evaluation import evaluate_path, load_point
 from hf_llpf.path import RunWriter
 from hf_llpf.plots import plot_path
 from hf_llpf.train import train_endpoint
@@ -77,9 +78,9 @@ def main() -> None:
         )
         for name, opts in cases.items():
             start = time.perf_counter()
-            evaluate_path(run, data=data, write=False, **opts)
+            evaluate_path(run, data=data, **opts)
             print(f"  {name:<52} {time.perf_counter() - start:6.2f} s")
-        evaluate_path(run, data=data, write=True, report=False)
+        evaluate_run(run, data=data, report=False)  # the metrics the plots read
         start = time.perf_counter()
         plot_path(run)
         print(f"  {'plots (loss, accuracy, layers)':<52} {time.perf_counter() - start:6.2f} s")

@@ -37,7 +37,7 @@ def parse_candidate(text: str) -> dict:
 def run_candidate(bench, data, overrides: dict, *, continuity: bool = True) -> dict:
     """Connect the benchmark endpoints with ``overrides`` and judge the path; returns the row's figures."""
     from hf_llpf.api import connect
-    from hf_llpf.evaluate import evaluate_path
+    from hf_llpf.evaluation import evaluate_path
 
     start = time.perf_counter()
     path = connect(
@@ -51,7 +51,7 @@ def run_candidate(bench, data, overrides: dict, *, continuity: bool = True) -> d
     )
     wall = time.perf_counter() - start
     judged = {"linear_points": 2} if continuity else {"linear_points": 2, "continuity_k": 0}
-    summary = evaluate_path(path, data=data, write=False, **judged)["summary"]["llpf"]
+    summary = evaluate_path(path, data=data, **judged)["summary"]["llpf"]
     run = path.summary["run"]
     return {
         "max_train_loss": summary["max_train_loss"],

@@ -8,7 +8,7 @@ keeps the other rows; ``--render`` only rewrites the table from the saved JSON).
 Per family: two endpoints of a tiny width (and, where block names allow it, depth) are trained from seeds 0
 and 1 — the image families on the built-in 8x8 digits upscaled to 16 px (32 px for VGG11, whose five
 max-pools need it; LeNet5 reads the 8x8 images), the language models on a generated token task — then
-connected by M2M and judged with :func:`hf_llpf.evaluate.evaluate_path` (eval mode, fixed 512 training
+connected by M2M and judged with :func:`hf_llpf.api.evaluate_run` (eval mode, fixed 512 training
 examples). The stages are those of the family's LLPF recipe (``recipes/<arch>-*-llpf.yaml``: its ``stages``
 override, or its hand-set ``schedule`` turned into the same stages in order), so the run also checks that
 the recipe's regexes fit the model; only the step and the minimal training are shrunk for the CPU.
@@ -33,9 +33,9 @@ import yaml
 from torch import nn
 
 import hf_llpf
+from hf_llpf.api import evaluate_run
 from hf_llpf.config import DataConfig, TrainRecipe
 from hf_llpf.data import DataBundle, load_data
-from hf_llpf.evaluate import evaluate_path
 from hf_llpf.seeding import seed_everything
 from hf_llpf.train import train_endpoint
 
@@ -279,9 +279,9 @@ def run_family(name: str, root: Path, *, connect_overrides: dict[str, Any] | Non
         row["exact_endpoints"] = _states_equal(path.model_at(0), a) and _states_equal(path.model_at(-1), b)
         row["stage_problems"] = stage_coverage(run_dir, a)
         t = time.perf_counter()
-        summary = evaluate_path(
-            path, data=eval_data, train_subset=512, linear_points=11, continuity_k=0, report=False
-        )["summary"]
+        summary = evaluate_run(path, data=eval_data, train_subset=512, linear_points=11, continuity_k=0, report=False)[
+            "summary"
+        ]
         row["eval_seconds"] = round(time.perf_counter() - t, 1)
         for which in ("llpf", "linear"):
             row[f"{which}_max_train_loss"] = summary[which]["max_train_loss"]

@@ -6,7 +6,7 @@ Timings in the plan below are estimates, not measurements.
 
 Run: ``python -m benchmarks.gpu_paper`` (options: ``--epochs``, ``--step-r``, ``--max-iters``, ``--smoke``).
 
-Plan (defaults), against the paper's full experiment (llpf-spec.md §2, §4):
+Plan (defaults), against the paper's full experiment (arXiv 2505.02604; docs/algorithm.md):
 - data: CIFAR-10 through ``datasets.load_dataset("uoft-cs/cifar10")`` when reachable, else generated
   CIFAR-shaped data (50 000 + 10 000 images 3x32x32 in 10 classes, class templates + noise) — the table says
   which was used;
@@ -20,7 +20,7 @@ Plan (defaults), against the paper's full experiment (llpf-spec.md §2, §4):
 - evaluation: 5000 fixed training images and the test set, eval mode, 11 linear points.
 
 Device placement: only through the Accelerator inside :func:`hf_llpf.train.train_endpoint`,
-:func:`hf_llpf.connect` and :func:`hf_llpf.evaluate.evaluate_path` (the GPU when ``torch.cuda.is_available()``).
+:func:`hf_llpf.connect` and :func:`hf_llpf.api.evaluate_run` (the GPU when ``torch.cuda.is_available()``).
 It prints the columns of ``benchmarks/results/families.md`` and writes ``benchmarks/results/gpu_paper.json``.
 """
 
@@ -37,9 +37,9 @@ import torch
 
 import hf_llpf
 from benchmarks.families import RECIPES, RESULTS, markdown_table, recipe_stages, stage_coverage
+from hf_llpf.api import evaluate_run
 from hf_llpf.config import DataConfig, TrainRecipe
 from hf_llpf.data import DataBundle, ImageData, load_data
-from hf_llpf.evaluate import evaluate_path
 from hf_llpf.train import train_endpoint
 
 
@@ -141,7 +141,7 @@ def main(argv: list[str]) -> None:
     t = time.perf_counter()
     path = hf_llpf.connect(*endpoints, bundle, config=config, run_dir=run_dir, exist="overwrite", progress=True)
     connect_seconds = time.perf_counter() - t
-    summary = evaluate_path(
+    summary = evaluate_run(
         path, data=bundle, train_subset=256 if args.smoke else 5000, linear_points=11, continuity_k=1, report=False
     )["summary"]
     run = path.summary["run"]

@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from hf_llpf.api import connect
+from hf_llpf.api import connect, evaluate_run
 from hf_llpf.config import TrainRecipe
 from hf_llpf.data import load_data
-from hf_llpf.evaluate import evaluate_path
 from hf_llpf.train import train_or_reuse
 
 CACHE = Path(".bench_cache/small_cnn_digits")
@@ -40,7 +39,7 @@ def main(argv: list[str]) -> None:
         progress=False,
     )
     wall = time.perf_counter() - start
-    summary = evaluate_path(path, data=data, report=False)["summary"]
+    summary = evaluate_run(path, data=data, report=False)["summary"]
     run = path.summary["run"]
     sgd = run["timing"].get("train", 0.0)
     print(f"settings: {overrides or 'defaults'}")

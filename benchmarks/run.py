@@ -5,11 +5,11 @@
     .venv/bin/python -m benchmarks.run --seeds 10 # + defaults with 10 repair-training seeds (consistency)
 
 Endpoints (seeds 0 and 1 of each model's recipe) are trained once and cached in ``.bench_cache/``. Each LLPF run
-(connect, then evaluate_path on every saved point) is a subprocess, so its peak RSS is its own. One torch thread.
+(connect, then evaluate_run on every saved point) is a subprocess, so its peak RSS is its own. One torch thread.
 Writes ``benchmarks/results/benchmarks.json`` and ``benchmarks.md`` and regenerates the table in ``docs/benchmarks.md``
 (between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->``).
 
-Reference-equivalent settings (llpf-spec.md §2, the authors' ResNet18/CIFAR-10 config): step_a = 0.001, step_f =
+Reference-equivalent settings (the paper's ResNet18/CIFAR-10 config, docs/algorithm.md): step_a = 0.001, step_f =
 step_r = 0, a hand-set cumulative FDF schedule with 2000 ticks per stage and 6000 more after the last stage starts,
 SGD lr 1e-3 without momentum, min 20 iterations per tick, threshold 0.005. Two knobs are scaled so the runs finish
 on a CPU, both stated in the output:
@@ -43,7 +43,7 @@ README = Path("docs/benchmarks.md")
 START_MARK, END_MARK = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 COMMAND = "python -m benchmarks.run"
 
-# The reference's ResNet18/CIFAR-10 knobs (llpf-spec.md §2), before scaling.
+# The reference's ResNet18/CIFAR-10 knobs (the paper's settings, docs/algorithm.md), before scaling.
 REFERENCE = {
     "step_a": 0.001,
     "step_f": 0.0,
@@ -154,8 +154,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     """Connect and evaluate one configuration (run in its own process); returns the row's measurements."""
     import torch
 
-    from hf_llpf.api import connect
-    from hf_llpf.evaluate import evaluate_path
+    from hf_llpf.api import connect, evaluate_run
 
     torch.set_num_threads(1)
     cache = Path(job["cache"])
@@ -174,7 +173,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB; peak of connect (before evaluate)
     run = path.summary["run"]
     t = time.perf_counter()
-    result = evaluate_path(path, data=data, report=False, **job.get("evaluate", {}))
+    result = evaluate_run(path, data=data, report=False, **job.get("evaluate", {}))
     summary = result["summary"]
     return {
         "wall_s": wall,
@@ -315,7 +314,7 @@ def markdown_report(results: dict[str, Any]) -> str:
     parts.append(
         f"- {results['machine']}; one torch thread; wall = the `connect` call (evaluation not included); outside SGD "
         "= (wall − repair-training time) / wall; peak RSS of the process after `connect`. Max train loss, barrier "
-        "and test accuracy: `evaluate_path`, eval mode, all training images, at the saved points (every tick for the "
+        "and test accuracy: `evaluate_run`, eval mode, all training images, at the saved points (every tick for the "
         "defaults, every tenth of a stage's ticks for the reference-equivalent settings; between them the continuity "
         "column judges the straight segments). Shared machine, so times are noisy."
     )

@@ -307,3 +307,53 @@ def walk_to_origin(
         run = {"method": "m2o-walk", "ticks": walk.tick, "sgd_iters": trainer.iterations, "timing": walk.timing}
         writer.write_metrics(walk.points, walk.ticks, {"run": {**run, "reached": bool(walk.done())}})
     return Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None)
+
+
+def evaluate_run(
+    path_or_run_dir: Path | str | os.PathLike,
+    *,
+    report: bool = True,
+    template: nn.Module | None = None,
+    accelerator: Accelerator | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Evaluate a path and write the results into its run directory: what ``hf-llpf evaluate`` does.
+
+    Calls :func:`hf_llpf.evaluation.evaluate_path` (which refuses a damaged run directory before anything is
+    computed or written), then, on the main process only, merges the results into ``path_metrics.json`` and
+    rewrites ``path_metrics.csv`` (:func:`hf_llpf.path.write_evaluation`), and with ``report`` draws
+    ``plots/*.png`` (:func:`hf_llpf.plots.plot_path`) and updates the report section of ``README.md``
+    (:func:`hf_llpf.report.write_report`). A published path, which has no run directory of ours to write
+    into, is evaluated with ``evaluate_path`` alone.
+
+    Args:
+        path_or_run_dir: a run directory or a :class:`~hf_llpf.path.Path`.
+        report: also draw the plots and update the report (``False``: the metrics files only).
+        template: a module of the path's architecture, for paths of plain ``nn.Module`` s.
+        accelerator: decides the device and which process writes (default: a new ``Accelerator``).
+        **options: the other keyword arguments of :func:`~hf_llpf.evaluation.evaluate_path` (``data``,
+            ``train_subset``, ``recalibrate_bn``, ``linear_points``, ``continuity_k``, ``loss_fn``, ...).
+
+    Returns:
+        The result of :func:`~hf_llpf.evaluation.evaluate_path`, as written.
+
+    Raises:
+        RunDirectoryError: not a run directory, or no data recorded and none given.
+        ConfigError: invalid settings.
+    """
+    from accelerate import PartialState
+
+    from hf_llpf.evaluation import as_path, evaluate_path
+    from hf_llpf.path import write_evaluation
+    from hf_llpf.plots import plot_path
+    from hf_llpf.report import write_report
+
+    path = as_path(path_or_run_dir, template)
+    result = evaluate_path(path, template=template, accelerator=accelerator, **options)
+    # evaluate_path has set up the process state (its own Accelerator when none was given).
+    if (accelerator or PartialState()).is_main_process:
+        write_evaluation(path.root, result)
+        if report:
+            plot_path(path.root, template=template)
+            write_report(path.root)
+    return result

@@ -73,11 +73,11 @@ def _cmd_connect(args: argparse.Namespace) -> int:
         return 0
     evaluate_s = 0.0
     if args.push_to_hub:
-        from hf_llpf.evaluate import evaluate_path
+        from hf_llpf.api import evaluate_run
         from hf_llpf.hub import push_path
 
         t = time.perf_counter()
-        evaluate_path(path)  # the card's figures and plots
+        evaluate_run(path)  # the card's figures and plots
         evaluate_s = time.perf_counter() - t
         pushed = push_path(args.out, repo_id=args.push_to_hub)
         print(f"published {args.out} as {pushed['url']} (tag {pushed['tag']})")
@@ -310,7 +310,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from hf_llpf.evaluate import evaluate_path
+    from hf_llpf.api import evaluate_run
+    from hf_llpf.evaluation import evaluate_path
     from hf_llpf.report import summary_table
 
     torch.set_num_threads(args.threads)
@@ -319,9 +320,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from hf_llpf.hub import load_path
 
         source = load_path(args.run_dir)
-    result = evaluate_path(
+    result = (evaluate_path if published else evaluate_run)(
         source,
-        write=not published,
         train_subset=args.train_subset,
         batch_size=args.batch_size,
         recalibrate_bn=args.recalibrate_bn,

@@ -14,8 +14,7 @@ from hf_llpf.data import load_data
 
 def run_demo(out: Path, *, threads: int = 1) -> int:
     """Train (or reuse) both endpoints, connect them with the default settings, evaluate, print a table."""
-    from hf_llpf.api import connect
-    from hf_llpf.evaluate import evaluate_path
+    from hf_llpf.api import connect, evaluate_run
     from hf_llpf.report import endpoint_table
     from hf_llpf.train import train_or_reuse
 
@@ -38,7 +37,7 @@ def run_demo(out: Path, *, threads: int = 1) -> int:
     )
     connect_s = time.perf_counter() - t
     t = time.perf_counter()
-    result = evaluate_path(path, data=data)
+    result = evaluate_run(path, data=data)
     eval_s = time.perf_counter() - t
     llpf, linear = result["summary"]["llpf"], result["summary"]["linear"]
     run = path.summary["run"]

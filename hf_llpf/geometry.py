@@ -151,32 +151,40 @@ def distance_to_origin(tensors: Sequence[Tensor]) -> Tensor:
     return torch.sqrt(_stack64([_sqnorm(t) for t in tensors], _device_of(tensors)))
 
 
-def distances(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    """L2 norm ‖θ_B[k] − θ_A[k]‖₂ of each tensor's difference (spec §2 step 1, ‖d‖₂ over all elements).
+def _as(t: Tensor, dtype: torch.dtype | None) -> Tensor:
+    return t.detach() if dtype is None else t.detach().to(dtype)
+
+
+def distances(a: Sequence[Tensor], b: Sequence[Tensor], *, dtype: torch.dtype | None = None) -> Tensor:
+    """L2 norm ‖θ_B[k] − θ_A[k]‖₂ of each tensor's difference (docs/algorithm.md §2, ‖d‖₂ over all elements).
 
     Args:
         a: tensors of the first point.
         b: tensors of the second point, same shapes.
+        dtype: take each difference in this dtype, one tensor at a time (``torch.float64``: exact for
+            float32/bfloat16 points, as the evaluation needs); ``None``: in the tensors' own dtype (the
+            engine's choice: no copy, fastest).
 
     Returns:
         1-D float64 tensor of per-tensor distances.
     """
     a, b = list(a), list(b)
     _check_pair(a, b)
-    return torch.sqrt(_stack64([_sqnorm(y.detach() - x.detach()) for x, y in zip(a, b)], _device_of(a)))
+    return torch.sqrt(_stack64([_sqnorm(_as(y, dtype) - _as(x, dtype)) for x, y in zip(a, b)], _device_of(a)))
 
 
-def total_distance(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
+def total_distance(a: Sequence[Tensor], b: Sequence[Tensor], *, dtype: torch.dtype | None = None) -> float:
     """Euclidean distance between two points over all tensors: sqrt(Σ_k ‖θ_B[k] − θ_A[k]‖₂²).
 
     Args:
         a: tensors of the first point.
         b: tensors of the second point.
+        dtype: the dtype of the differences, as in :func:`distances` (``None``: the tensors' own).
 
     Returns:
         The distance as a Python float.
     """
-    d = distances(a, b)
+    d = distances(a, b, dtype=dtype)
     return float(torch.sqrt((d * d).sum()))
 
 

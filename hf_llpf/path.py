@@ -1,6 +1,6 @@
 """Paths on disk: the run directory (points, metrics, resume checkpoint) and the :class:`Path` reader.
 
-Run directory (``../shared/design.md``)::
+Run directory (docs/run-directory.md)::
 
     RUN_DIR/
       llpf_config.yaml       the fully resolved settings
@@ -440,3 +440,28 @@ class Path:
     def __iter__(self) -> Iterator[nn.Module]:
         for i in range(len(self)):
             yield self.model_at(i)
+
+
+def write_evaluation(root: str | os.PathLike, result: dict[str, Any]) -> None:
+    """Write an evaluation's results into a run directory, atomically (docs/evaluation.md, "What is written").
+
+    ``result`` (from :func:`hf_llpf.evaluation.evaluate_path`) is merged into ``root/path_metrics.json``: its
+    ``points``, ``linear`` and ``continuity`` replace those there, its ``summary`` sections are merged into the
+    summary (the engine's own sections, such as ``run``, are kept), every other key is kept;
+    ``path_metrics.csv`` is rewritten from the points.
+
+    Args:
+        root: the run directory.
+        result: ``{"points", "linear", "continuity", "summary"}``.
+    """
+    root = FsPath(root)
+    existing = read_metrics(root) if (root / METRICS_JSON).is_file() else {}
+    merged = {
+        **existing,
+        "points": result["points"],
+        "linear": result["linear"],
+        "continuity": result["continuity"],
+        "summary": {**existing.get("summary", {}), **result["summary"]},
+    }
+    atomic_write_text(root / METRICS_JSON, json.dumps(merged, indent=2) + "\n")
+    atomic_write_text(root / METRICS_CSV, points_to_csv(result["points"]))

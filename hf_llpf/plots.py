@@ -7,7 +7,7 @@
   tensors ordered by stage (``layer_groups.json``), points streamed from disk.
 - ``repeats.png`` (:func:`plot_repeats`): the curves of R runs overlaid.
 
-Every function reads what :func:`hf_llpf.evaluate.evaluate_path` wrote; it never evaluates anything itself.
+Every function reads what :func:`hf_llpf.api.evaluate_run` wrote; it never evaluates anything itself.
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ def plot_path(
     """Draw ``loss.png``, ``accuracy.png`` and ``layers.png`` of an evaluated run directory.
 
     Args:
-        run_dir: the run directory (after :func:`hf_llpf.evaluate.evaluate_path`).
+        run_dir: the run directory (after :func:`hf_llpf.api.evaluate_run`).
         template: a module of the architecture, for paths of plain ``nn.Module`` s.
         out_dir: where to write (default ``RUN_DIR/plots``).
 

@@ -4,7 +4,7 @@ Under ``accelerate launch``/``torchrun`` with several processes, ``--repeats R``
 of its own (repeat r goes to process ``r mod P``) instead of splitting every batch of one path. Such a path must
 not take part in any collective operation: no DDP gradient averaging, no reduction of the stopping loss, no
 barrier. :class:`ProcessLocal` wraps the run's Accelerator so that :func:`hf_llpf.connect` and
-:func:`hf_llpf.evaluate.evaluate_path` see one process on this process's device, with the Accelerator's mixed
+:func:`hf_llpf.evaluation.evaluate_path` see one process on this process's device, with the Accelerator's mixed
 precision kept for the training steps.
 """
 

@@ -1,4 +1,4 @@
-"""Consistency: R paths between the same endpoints with different seeds of the minimal training (llpf-spec.md §5).
+"""Consistency: R paths between the same endpoints with different seeds of the minimal training (docs/evaluation.md).
 
 The paper claims the loss curves of ≥ 10 repetitions almost overlap; :func:`run_repeats` measures it: each
 repeat r is a full run directory ``RUN_DIR/repeat_{r:02d}`` built with seed ``config.seed + r`` and evaluated
@@ -22,7 +22,6 @@ from torch import nn
 from hf_llpf.config import ConnectConfig, build
 from hf_llpf.data import DataBundle
 from hf_llpf.errors import ConfigError
-from hf_llpf.evaluate import evaluate_path
 from hf_llpf.path import atomic_write_text, read_metrics
 from hf_llpf.plots import PLOTS_DIR, plot_repeats
 from hf_llpf.process_local import ProcessLocal
@@ -89,8 +88,9 @@ def run_repeats(
         run_dir: the parent folder; repeat r goes to ``run_dir/repeat_{r:02d}``.
         repeats: R ≥ 1.
         loss_fn: the path's loss, used for building and for evaluating.
-        evaluate_options: keyword arguments of :func:`~hf_llpf.evaluate.evaluate_path` (``train_subset``,
-            ``recalibrate_bn``, ``data``, ...). With a ``DataBundle`` as ``train_data`` it is the default ``data``.
+        evaluate_options: keyword arguments of :func:`~hf_llpf.api.evaluate_run` (``train_subset``,
+            ``recalibrate_bn``, ``data``, ``report``, ...). With a ``DataBundle`` as ``train_data`` it is the
+            default ``data``.
         exist: what :func:`hf_llpf.connect` does with an existing repeat directory.
         progress: show the progress bar of each run.
 
@@ -102,7 +102,8 @@ def run_repeats(
     """
     if not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"repeats={repeats!r}: must be a positive integer (the number of paths)")
-    from hf_llpf.api import connect  # here, not at the top: evaluate-only users never import the engine
+    # Here, not at the top: evaluate-only users never import the engine.
+    from hf_llpf.api import connect, evaluate_run
 
     if config is None:
         config = ConnectConfig()
@@ -131,7 +132,7 @@ def run_repeats(
             accelerator=local,
         )
         template = path.template if isinstance(path.template, nn.Module) else None
-        evaluate_path(path, loss_fn=loss_fn, template=template, accelerator=local, **options)
+        evaluate_run(path, loss_fn=loss_fn, template=template, accelerator=local, **options)
     state.wait_for_everyone()
     if state.is_main_process:
         result = consistency_summary(dirs)

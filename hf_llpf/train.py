@@ -1,6 +1,6 @@
 """Training loops: endpoint training (``hf-llpf train``) and the minimal repair training of each tick.
 
-Only this module, :mod:`hf_llpf.path` and :mod:`hf_llpf.evaluate` touch the Accelerator: device
+Only this module, :mod:`hf_llpf.path` and :mod:`hf_llpf.evaluation` touch the Accelerator: device
 placement comes from it alone, never from ``.cuda()``.
 """
 
@@ -12,7 +12,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,14 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
+from hf_llpf.batches import LossFn, default_loss, move_batch
 from hf_llpf.config import TrainRecipe
 from hf_llpf.data import DataBundle, SeededLoader, load_data
 from hf_llpf.errors import DataMismatchError, RunDirectoryError
+from hf_llpf.evaluation.scoring import score
 from hf_llpf.models import WEIGHTS_NAME, Endpoint, as_endpoint, check_finite, create_model, save_model
 from hf_llpf.path import check_out_dir
 from hf_llpf.seeding import seed_everything
-
-LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
 def make_accelerator(
@@ -66,50 +65,10 @@ def make_accelerator(
     )
 
 
-def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
-    """Cross-entropy for ``(inputs, labels)`` batches; the model's own ``outputs.loss`` for dict batches."""
-    if isinstance(batch, dict):
-        out = model(**batch)
-        if getattr(out, "loss", None) is None:
-            raise DataMismatchError("a dict batch needs a model that returns outputs.loss (pass labels in the batch)")
-        return out.loss
-    inputs, labels = batch
-    return F.cross_entropy(model(inputs), labels)
-
-
-def move_batch(batch: Any, device: torch.device) -> Any:
-    """Put every tensor of a batch (tensor, tuple/list or dict) on ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: move_batch(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_batch(v, device) for v in batch)
-    return batch
-
-
-@dataclass
-class SplitMetrics:
-    """Mean loss and accuracy on one split."""
-
-    loss: float
-    accuracy: float
-
-
-@torch.no_grad()
-def evaluate_classifier(model: nn.Module, loader: SeededLoader, device: torch.device) -> SplitMetrics:
-    """Eval-mode cross-entropy and accuracy of ``model`` over every batch of ``loader``."""
-    was_training = model.training
-    model.eval()
-    total_loss, correct, count = 0.0, 0, 0
-    for inputs, labels in loader:
-        inputs, labels = inputs.to(device), labels.to(device)
-        logits = model(inputs)
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(-1) == labels).sum().item()
-        count += len(labels)
-    model.train(was_training)
-    return SplitMetrics(total_loss / count, correct / count)
+def _split_metrics(model: nn.Module, loader: SeededLoader) -> dict[str, float]:
+    """Eval-mode loss and accuracy of an endpoint on one split, as ``metrics.json`` records them."""
+    m = score(model.eval(), loader)
+    return {"loss": m["loss"], "accuracy": m["acc"]}
 
 
 def check_labels_fit(model: nn.Module, data: DataBundle) -> None:
@@ -207,12 +166,8 @@ def train_endpoint(
     seconds = time.perf_counter() - start
     model = accelerator.unwrap_model(model).cpu().eval()
     metrics = {
-        "train": vars(
-            evaluate_classifier(
-                model, data.loader("train", batch_size=256, seed=0, shuffle=False, augment=False), torch.device("cpu")
-            )
-        ),
-        "test": vars(evaluate_classifier(model, data.loader("test", batch_size=256, seed=0), torch.device("cpu"))),
+        "train": _split_metrics(model, data.loader("train", batch_size=256, seed=0, shuffle=False, augment=False)),
+        "test": _split_metrics(model, data.loader("test", batch_size=256, seed=0)),
         "iterations": total_steps,
         "seconds": round(seconds, 3),
         "recipe": recipe.model_dump(mode="json"),
@@ -297,7 +252,7 @@ def batch_stream(train_data: Any) -> Iterator[Any]:
 
 
 class RepairTrainer:
-    """The minimal training of each tick (llpf-spec.md §2 step 3).
+    """The minimal training of each tick (the paper's repair step; docs/algorithm.md).
 
     SGD on the training data with every parameter trainable, in train mode: at least ``min_iters`` and at
     most ``max_iters`` batches, stopping as soon as the mean of the last ``min_iters`` batch losses is at

@@ -10,7 +10,8 @@ import torch
 
 import hf_llpf
 from hf_llpf.config import TrainRecipe
-from hf_llpf.train import evaluate_classifier, train_endpoint
+from hf_llpf.evaluation import score
+from hf_llpf.train import train_endpoint
 
 torch.set_num_threads(1)
 
@@ -64,10 +65,10 @@ def _eval_worker():
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    from hf_llpf.evaluate import evaluate_path
+    from hf_llpf.evaluation import evaluate_path
 
     root = os.environ["HF_LLPF_TEST_ROOT"]
-    result = evaluate_path(os.path.join(root, "run1"), write=False, train_subset=300, continuity_k=2, linear_points=5)
+    result = evaluate_path(os.path.join(root, "run1"), train_subset=300, continuity_k=2, linear_points=5)
     with open(os.path.join(root, f"eval_rank{dist.get_rank()}.json"), "w") as f:
         json.dump(result, f)
 
@@ -157,7 +158,7 @@ def root(tmp_path_factory, digits):
 
 def _max_loss(path, digits):
     loader = digits.loader("train", batch_size=512, seed=0, shuffle=False, augment=False)
-    return max(evaluate_classifier(path.model_at(i), loader, torch.device("cpu")).loss for i in range(len(path)))
+    return max(score(path.model_at(i), loader)["loss"] for i in range(len(path)))  # model_at: eval mode
 
 
 @pytest.mark.slow
@@ -177,14 +178,12 @@ def test_two_processes_stay_in_step_write_once_and_match_one_process(root, digit
 
 @pytest.mark.slow
 def test_two_process_evaluation_equals_one_process(root, digits):
-    from hf_llpf.evaluate import evaluate_path
+    from hf_llpf.evaluation import evaluate_path
 
     if not (root / "run1").exists():
         hf_llpf.connect(root / "a", root / "b", digits, config=CONFIG, run_dir=root / "run1", progress=False)
     _launch("_eval_worker", root)
-    single = json.loads(
-        json.dumps(evaluate_path(root / "run1", write=False, train_subset=300, continuity_k=2, linear_points=5))
-    )
+    single = json.loads(json.dumps(evaluate_path(root / "run1", train_subset=300, continuity_k=2, linear_points=5)))
     for rank in (0, 1):
         sharded = json.loads((root / f"eval_rank{rank}.json").read_text())
         sharded["summary"].pop("evaluation"), single["summary"].pop("evaluation", None)

@@ -7,15 +7,17 @@ not depend on the path engine (except the repeats test, which needs ``hf_llpf.co
 import copy
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
+from hf_llpf.api import evaluate_run
 from hf_llpf.cli import main
 from hf_llpf.config import ConnectConfig, TrainRecipe, to_yaml
 from hf_llpf.errors import ConfigError, RunDirectoryError
-from hf_llpf.evaluate import (
+from hf_llpf.evaluation import (
     EVAL_COLUMNS,
     barrier,
     evaluate_path,
@@ -28,7 +30,7 @@ from hf_llpf.evaluate import (
 from hf_llpf.path import RunWriter, read_metrics
 from hf_llpf.plots import plot_repeats
 from hf_llpf.report import END, START, write_report
-from hf_llpf.train import evaluate_classifier, train_endpoint
+from hf_llpf.train import train_endpoint
 
 torch.set_num_threads(1)
 
@@ -63,6 +65,19 @@ def write_run(root, endpoint, states, *, stages=None, phases=None, layer_groups=
     return root
 
 
+def summed_cross_entropy(model, loader):
+    """Eval-mode mean cross-entropy (summed per example) and accuracy, computed here without hf_llpf."""
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for inputs, labels in loader:
+            logits = model(inputs)
+            total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(-1) == labels).sum().item()
+            count += len(labels)
+    return SimpleNamespace(loss=total / count, accuracy=correct / count)
+
+
 def lerp_states(a, b, n):
     model_states = []
     for i in range(n):
@@ -75,7 +90,7 @@ def test_linear_baseline_ends_equal_the_endpoints_metrics(tmp_path, endpoints, d
     a, b = endpoints
     # The path is the straight line itself at 5 points, so every point is also a point of the 5-point baseline.
     run = write_run(tmp_path / "run", a, lerp_states(a.model.state_dict(), b.model.state_dict(), 5))
-    res = evaluate_path(run, data=digits, recalibrate_bn=True, report=False, **SMALL)
+    res = evaluate_run(run, data=digits, recalibrate_bn=True, report=False, **SMALL)
     pts, lin = res["points"], res["linear"]
     cols = [*EVAL_COLUMNS, *(c + "_recal" for c in EVAL_COLUMNS)]
     for c in cols:
@@ -97,11 +112,9 @@ def test_linear_baseline_ends_equal_the_endpoints_metrics(tmp_path, endpoints, d
     assert len(on_disk["linear"]) == 5 and len(on_disk["continuity"]) == 4 * 4
     assert on_disk["ticks"] == [{"tick": 0, "loss": 0.1}] and on_disk["summary"]["engine"] == {"ticks": 40}
     assert "eval_train_loss_recal" in (run / "path_metrics.csv").read_text().splitlines()[0]
-    # The whole training set by default; the figure agrees with train.evaluate_classifier (a separate code path).
-    full = evaluate_path(run, data=digits, continuity_k=0, linear_points=2, write=False)
-    ref = evaluate_classifier(
-        a.model, digits.loader("train", batch_size=100, seed=0, shuffle=False), torch.device("cpu")
-    )
+    # The whole training set by default; the figure agrees with a hand-computed one (a separate code path).
+    full = evaluate_path(run, data=digits, continuity_k=0, linear_points=2)
+    ref = summed_cross_entropy(a.model, digits.loader("train", batch_size=100, seed=0, shuffle=False))
     assert full["points"][0]["eval_train_loss"] == pytest.approx(ref.loss, rel=1e-5)
     assert full["points"][0]["eval_train_acc"] == ref.accuracy
     assert full["summary"]["evaluation"]["train_examples"] == len(digits.train_tensors)
@@ -110,7 +123,10 @@ def test_linear_baseline_ends_equal_the_endpoints_metrics(tmp_path, endpoints, d
 def test_barrier_of_a_constant_loss_path_is_zero(tmp_path, endpoints, digits):
     a, _ = endpoints
     run = write_run(tmp_path / "run", a, [a.model.state_dict()] * 4)
-    s = evaluate_path(run, data=digits, report=False, **SMALL)["summary"]["llpf"]
+    before = (run / "path_metrics.json").read_bytes()
+    s = evaluate_path(run, data=digits, **SMALL)["summary"]["llpf"]
+    # evaluate_path computes and returns; only evaluate_run writes into the run directory.
+    assert (run / "path_metrics.json").read_bytes() == before and not (run / "plots").exists()
     assert s["barrier"] == 0.0 and s["path_length"] == 0.0
     assert s["worst_continuity_at"]["excess"] == 0.0
     # The formula itself, on numbers worked by hand.
@@ -155,7 +171,7 @@ def test_continuity_flags_broken_points_and_segments(tmp_path, endpoints, digits
     noise = {k: torch.randn(v.shape, generator=g) * v.std() if k in dict(a.model.named_parameters()) else v
              for k, v in sa.items()}  # fmt: skip
     run = write_run(tmp_path / "noise", a, [sa, sa, sa, noise, sa, sa])
-    res = evaluate_path(run, data=digits, report=False, **SMALL)
+    res = evaluate_path(run, data=digits, **SMALL)
     s, cont = res["summary"]["llpf"], res["continuity"]
     clean = res["points"][0]["eval_train_loss"]
     assert s["worst_continuity_loss"] > max(1.0, 4 * clean)
@@ -164,7 +180,7 @@ def test_continuity_flags_broken_points_and_segments(tmp_path, endpoints, digits
     assert all(r["excess"] == 0.0 for r in cont if r["segment"] in (0, 1, 4))  # segments between copies of A
     # (2) Every saved point low, one segment high: A, A, B, B. Saved points say "low", continuity must not.
     run = write_run(tmp_path / "jump", a, [sa, sa, sb, sb])
-    res = evaluate_path(run, data=digits, report=False, **SMALL)
+    res = evaluate_path(run, data=digits, **SMALL)
     s = res["summary"]["llpf"]
     assert s["max_train_loss"] < 0.5 < s["worst_continuity_loss"]
     assert s["worst_continuity_at"]["segment"] == 1 and s["worst_continuity_at"]["excess"] > 0.3
@@ -206,6 +222,8 @@ def test_cli_evaluate_writes_every_plot_and_the_report(tmp_path, endpoints, caps
 def test_bad_inputs_are_refused_with_the_allowed_values(tmp_path, endpoints, digits):
     with pytest.raises(RunDirectoryError, match="path_metrics.json"):
         evaluate_path(tmp_path, data=digits)
+    with pytest.raises(RunDirectoryError, match="path_metrics.json"):
+        evaluate_run(tmp_path, data=digits)
     a, _ = endpoints
     run = write_run(tmp_path / "run", a, [a.model.state_dict()] * 2)
     with pytest.raises(ConfigError) as err:

@@ -125,6 +125,11 @@ def test_distances_cosine_origin():
     assert math.isnan(G.cosine_similarity(a, [torch.zeros(2), torch.zeros(1, 2)]))
     with pytest.raises(ConfigError):
         G.distances(a, b[:1])
+    # dtype=float64 takes the difference exactly (the evaluation's path length); the default keeps the
+    # tensors' own dtype, where 256 - 1.0078125 rounds to 255 in bfloat16.
+    x, y = [torch.tensor([1.0078125], dtype=torch.bfloat16)], [torch.tensor([256.0], dtype=torch.bfloat16)]
+    assert G.total_distance(x, y, dtype=torch.float64) == 254.9921875
+    assert G.total_distance(x, y) == 255.0
 
 
 def test_angle_conformal_factor():

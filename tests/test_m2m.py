@@ -16,9 +16,9 @@ from torch import nn
 import hf_llpf
 from hf_llpf.cli import main
 from hf_llpf.errors import DataMismatchError, EndpointMismatchError, RunDirectoryError
+from hf_llpf.evaluation import score
 from hf_llpf.models import create_model, load_endpoint
 from hf_llpf.resume import read_checkpoint
-from hf_llpf.train import evaluate_classifier
 
 torch.set_num_threads(1)
 
@@ -53,15 +53,14 @@ def test_path_beats_linear_interpolation(endpoints, digits, tmp_path):
     config = {"step_r": 0.1, "min_iters": 2, "max_iters": 20, "save_every": 5}
     path = hf_llpf.connect(*endpoints, digits, config=config, run_dir=tmp_path / "run", progress=False)
     loader = digits.loader("train", batch_size=512, seed=0, shuffle=False, augment=False)
-    cpu = torch.device("cpu")
-    llpf = max(evaluate_classifier(path.model_at(i), loader, cpu).loss for i in range(len(path)))
+    llpf = max(score(path.model_at(i), loader)["loss"] for i in range(len(path)))  # model_at: eval mode
     a, b = load_endpoint(endpoints[0]).model, load_endpoint(endpoints[1]).model
     linear = []
     for t in torch.linspace(0, 1, 11).tolist():
         mid = copy.deepcopy(a)
         sa, sb = a.state_dict(), b.state_dict()
         mid.load_state_dict({k: torch.lerp(sa[k].float(), sb[k].float(), t).to(sa[k].dtype) for k in sa})
-        linear.append(evaluate_classifier(mid, loader, cpu).loss)
+        linear.append(score(mid.eval(), loader)["loss"])
     assert max(linear) > 1.0
     assert llpf < 0.3 < max(linear) / 4
 

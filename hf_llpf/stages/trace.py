@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hf_llpf.batches import move_batch
 from hf_llpf.errors import ConfigError
 from hf_llpf.stages.norms import norm_kind
 from hf_llpf.stages.plan import CONTAINER_TYPE, ROOT_NAME, LayerGroup
@@ -90,16 +91,6 @@ def _call_spec(batch: Any) -> tuple[tuple, dict]:
     )
 
 
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return type(obj)({k: _to_device(v, device) for k, v in obj.items()}) if type(obj) is dict else obj
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
-
-
 def _caller(
     model: nn.Module, example_batch: Any, forward_fn: Callable[[nn.Module, Any], Any] | None
 ) -> tuple[Callable[..., Any], tuple, dict]:
@@ -108,7 +99,7 @@ def _caller(
         device = next(model.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
-    batch = _to_device(example_batch, device)
+    batch = move_batch(example_batch, device)
     if forward_fn is not None:
 
         def call_fn(m: nn.Module) -> Any:

@@ -1,0 +1,201 @@
+"""Judging a path honestly: metrics of every saved point, the linear baseline, continuity (docs/evaluation.md).
+
+The engine's recorded ``train_loss`` is a moving average of augmented mini-batch losses taken *during* the
+repair training. Here every saved point is evaluated afterwards, in eval mode and without gradients, on a
+fixed seeded subset of the training data and on the test set, and compared with straight linear interpolation
+θ(t) = (1−t)·θ_A + t·θ_B on the same data, with the same definitions (:mod:`hf_llpf.evaluation.summary`);
+**path length** (sum of the L2 steps between consecutive points over all parameters) is reported beside the
+**straight distance** |θ_B − θ_A|, and **continuity** checks K interior points of each segment.
+
+θ_A and θ_B are the first and the last saved point. Evaluation computes and returns; it writes nothing:
+:func:`hf_llpf.api.evaluate_run` writes the results into the run directory, draws the plots and updates the
+report.
+
+Modules: :mod:`~hf_llpf.evaluation.sets` (the fixed data), :mod:`~hf_llpf.evaluation.scoring` (loss and
+accuracy of one point), :mod:`~hf_llpf.evaluation.recalibration` (BatchNorm statistics),
+:mod:`~hf_llpf.evaluation.interpolation` (points between points), :mod:`~hf_llpf.evaluation.summary` (the
+figures), :mod:`~hf_llpf.evaluation.walk` (the sharded walk over the saved points).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from hf_llpf.batches import LossFn
+from hf_llpf.errors import ConfigError, RunDirectoryError
+from hf_llpf.evaluation.interpolation import continuity, linear_interpolation, load_point, param_names
+from hf_llpf.evaluation.recalibration import recalibrate_bn
+from hf_llpf.evaluation.scoring import EVAL_COLUMNS, RECAL, evaluate_point, score
+from hf_llpf.evaluation.sets import BatchSource, EvalBatches, EvalSets, make_eval_sets, resolve_data, sets_for
+from hf_llpf.evaluation.summary import barrier, locate_continuity, path_summary, positions, summarise
+from hf_llpf.evaluation.walk import WalkOptions, gather_rows, gather_walk, l2_step, walk_path
+from hf_llpf.path import Path
+
+
+def as_path(path_or_run_dir: Path | str | os.PathLike, template: nn.Module | None = None) -> Path:
+    """A :class:`~hf_llpf.path.Path` for a run directory (or the given one, with ``template`` set if given)."""
+    if isinstance(path_or_run_dir, Path):
+        if template is not None:
+            path_or_run_dir.template = template
+        return path_or_run_dir
+    return Path(path_or_run_dir, template=template)
+
+
+def _check_options(opts: dict[str, Any]) -> list[str]:
+    """What is wrong with the evaluation's settings, one line each (empty: nothing)."""
+    train_subset, batch_size, linear_points = opts["train_subset"], opts["batch_size"], opts["linear_points"]
+    continuity_k, continuity_subset = opts["continuity_k"], opts["continuity_subset"]
+    problems = []
+    if train_subset is not None and train_subset < 1:
+        problems.append(f"train_subset={train_subset!r}: must be a positive number of examples or None (all)")
+    if batch_size < 1:
+        problems.append(f"batch_size={batch_size!r}: must be a positive integer")
+    if linear_points < 2:
+        problems.append(f"linear_points={linear_points!r}: must be at least 2 (the two endpoints)")
+    if continuity_k < 0:
+        problems.append(f"continuity_k={continuity_k!r}: must be 0 (no check) or a positive integer")
+    if continuity_subset < 1:
+        problems.append(f"continuity_subset={continuity_subset!r}: must be a positive number of examples")
+    return problems
+
+
+def _settings(sets: EvalSets, options: dict[str, Any], start: float) -> dict[str, Any]:
+    """The ``summary["evaluation"]`` block: data sizes, options and the wall time."""
+    return {
+        "train_examples": sets.train.num_examples,
+        "test_examples": sets.test.num_examples,
+        "continuity_examples": sets.continuity.num_examples,
+        **{k: options[k] for k in ("train_subset", "batch_size", "recalibrate_bn", "recal_batches")},
+        **{k: options[k] for k in ("linear_points", "continuity_k", "seed")},
+        "loss": "custom loss_fn" if options["loss_fn"] is not None else "default (cross-entropy / outputs.loss)",
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _linear(path: Path, model: nn.Module, sets: EvalSets, opts: dict, accelerator: Accelerator) -> tuple:
+    """The linear baseline between the first and the last point (gathered in order) and their distance."""
+    state_a, state_b = path.state_dict_at(0), path.state_dict_at(-1)
+    straight = l2_step(state_a, state_b, param_names(model))
+    linear = linear_interpolation(
+        model,
+        state_a,
+        state_b,
+        sets,
+        points=opts["linear_points"],
+        loss_fn=opts["loss_fn"],
+        recalibrate=opts["recalibrate_bn"],
+        recal_batches=opts["recal_batches"],
+        shard=(accelerator.process_index, accelerator.num_processes),
+    )
+    return gather_rows(linear, accelerator), straight
+
+
+def _evaluate(path: Path, sets: EvalSets, opts: dict[str, Any], accelerator: Accelerator) -> dict[str, Any]:
+    """The points, segments, baseline and summary of ``path`` on ``sets`` (everything but the settings)."""
+    model = path.model_at(0).to(accelerator.device).eval()
+    walk_opts = WalkOptions(opts["loss_fn"], opts["recalibrate_bn"], opts["recal_batches"], opts["continuity_k"])
+    shard = (accelerator.process_index, accelerator.num_processes)
+    rows, steps, cont = gather_walk(walk_path(path, model, sets, walk_opts, shard), accelerator)
+    pos = positions(steps)
+    locate_continuity(cont, path.ticks, pos)
+    linear, straight = _linear(path, model, sets, opts, accelerator)
+    points = [{**m, **r, "position": t} for m, r, t in zip(path.metrics, rows, pos)]
+    summary = path_summary(
+        points, linear, cont, pos, opts["recalibrate_bn"], path_length=sum(steps), straight=straight
+    )
+    return {"points": points, "linear": linear, "continuity": cont, "summary": summary}
+
+
+def evaluate_path(
+    path_or_run_dir: Path | str | os.PathLike,
+    *,
+    data: Any = None,
+    train_subset: int | None = None,
+    batch_size: int = 256,
+    recalibrate_bn: bool = False,
+    recal_batches: int | None = None,
+    linear_points: int = 21,
+    continuity_k: int = 4,
+    continuity_subset: int = 512,
+    loss_fn: LossFn | None = None,
+    seed: int = 0,
+    template: nn.Module | None = None,
+    accelerator: Accelerator | None = None,
+) -> dict[str, Any]:
+    """Evaluate a path's saved points, its segments and the linear baseline; return the results, write nothing.
+
+    To write them into the run directory (with plots and report) use :func:`hf_llpf.api.evaluate_run`.
+
+    Args:
+        path_or_run_dir: a run directory or a :class:`~hf_llpf.path.Path`.
+        data: a :class:`~hf_llpf.data.DataBundle`, a data spec, a ``DataConfig`` (default: the run's
+            ``llpf_config.yaml`` ``data``), or ``{"train": batches, "test": batches}`` of your own re-iterable
+            batches (a path built from a ``DataLoader`` records no data spec: pass its data this way).
+        train_subset: number of training examples, a fixed seeded subset (``None``: the whole training set).
+        batch_size: evaluation batch size.
+        recalibrate_bn: also report every figure after BatchNorm recalibration (``*_recal`` columns).
+        recal_batches: batches of the training subset used per recalibration (``None``: all of them).
+        linear_points: points of the linear baseline, ends included.
+        continuity_k: interior points per segment between consecutive points (0: no continuity check).
+        continuity_subset: training examples used by the continuity check (part of the training subset).
+        loss_fn: the path's loss ``loss_fn(model, batch) -> scalar`` (default: cross-entropy, or the model's
+            ``outputs.loss`` for dict batches).
+        seed: seed of the fixed subsets.
+        template: a module of the path's architecture, for paths of plain ``nn.Module`` s.
+        accelerator: decides the device (default: a new ``Accelerator``; the GPU when there is one).
+
+    Returns:
+        ``{"points": [...], "linear": [...], "continuity": [...], "summary": {...}}`` (each point's row holds
+        its metrics and the evaluation columns, plus ``position``; ``summary["evaluation"]`` the settings).
+
+    Raises:
+        RunDirectoryError: not a run directory, or no data recorded and none given.
+        ConfigError: invalid settings (empty subset, fewer than 2 linear points, negative K, ...).
+    """
+    opts = {
+        **{"train_subset": train_subset, "batch_size": batch_size, "seed": seed, "loss_fn": loss_fn},
+        **{"recalibrate_bn": recalibrate_bn, "recal_batches": recal_batches, "linear_points": linear_points},
+        **{"continuity_k": continuity_k, "continuity_subset": continuity_subset},
+    }
+    problems = _check_options(opts)
+    if problems:
+        raise ConfigError(problems)
+    start = time.perf_counter()
+    path = as_path(path_or_run_dir, template)
+    path.validate()  # a damaged metadata file is refused before anything is computed or written
+    if len(path) == 0:
+        raise RunDirectoryError(f"{str(path.root)!r} holds no saved point to evaluate")
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    set_opts = {k: opts[k] for k in ("train_subset", "continuity_subset", "batch_size", "seed")}
+    sets = sets_for(resolve_data(path, data), device=accelerator.device, **set_opts)
+    result = _evaluate(path, sets, opts, accelerator)
+    result["summary"]["evaluation"] = _settings(sets, opts, start)
+    return result
+
+
+__all__ = [
+    "EVAL_COLUMNS",
+    "RECAL",
+    "BatchSource",
+    "EvalBatches",
+    "EvalSets",
+    "as_path",
+    "barrier",
+    "continuity",
+    "evaluate_path",
+    "evaluate_point",
+    "linear_interpolation",
+    "load_point",
+    "make_eval_sets",
+    "param_names",
+    "positions",
+    "recalibrate_bn",
+    "score",
+    "summarise",
+]

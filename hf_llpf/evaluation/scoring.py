@@ -1,0 +1,127 @@
+"""Scoring a model as it is: mean loss and accuracy over fixed batches, and the columns of one point.
+
+:func:`score` is the one scoring function of hf_llpf: the evaluation of every point and the endpoint
+metrics of ``hf-llpf train`` (:mod:`hf_llpf.train`) both use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_llpf.batches import LossFn, batch_size_of, default_loss
+from hf_llpf.errors import ConfigError
+from hf_llpf.evaluation.recalibration import recalibrate_bn
+
+EVAL_COLUMNS = ("eval_train_loss", "eval_train_acc", "test_loss", "test_acc")
+RECAL = "_recal"
+
+
+def _labels_of(batch: Any) -> torch.Tensor | None:
+    if isinstance(batch, dict):
+        return batch.get("labels")
+    return batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
+
+
+def _correct(model: nn.Module, output: Any, batch: Any) -> tuple[int, int]:
+    """Correct predictions and how many were counted (0, 0 when the labels are not classes)."""
+    logits = getattr(output, "logits", output)
+    labels = _labels_of(batch)
+    if not isinstance(logits, torch.Tensor) or labels is None or labels.dtype.is_floating_point:
+        return 0, 0
+    name = type(model).__name__
+    if labels.ndim >= 2 and (name.endswith("ForCausalLM") or name.endswith("LMHeadModel")):
+        # Causal language models predict token t+1 from position t (transformers shifts inside the loss too).
+        logits, labels = logits[..., :-1, :], labels[..., 1:]
+    if logits.shape[:-1] != labels.shape:
+        return 0, 0
+    keep = labels != -100  # transformers' ignore index (padding, prompt tokens)
+    hits = (logits.argmax(-1) == labels) & keep
+    return int(hits.sum()), int(keep.sum())
+
+
+@torch.no_grad()
+def score(model: nn.Module, batches: Iterable, *, loss_fn: LossFn | None = None) -> dict[str, float]:
+    """Mean loss and accuracy of ``model`` (as it is: mode unchanged) over ``batches``.
+
+    The loss is ``loss_fn(model, batch)`` (default: cross-entropy, or the model's own ``outputs.loss`` for
+    dict batches), weighted by the batch size. Accuracy is read from the model's output (logits argmax vs
+    integer labels; token accuracy for causal language models); ``nan`` when the labels are not classes.
+
+    Args:
+        model: the model, on the batches' device.
+        batches: ``(inputs, labels)`` tuples or dicts (a list, a loader, :class:`EvalBatches`, ...).
+        loss_fn: the loss ``loss_fn(model, batch) -> scalar`` (a batch mean).
+
+    Returns:
+        ``{"loss": float, "acc": float}``.
+
+    Raises:
+        ConfigError: ``batches`` holds no batch.
+    """
+    loss_fn = loss_fn or default_loss
+    captured: list = []
+    # The forward hook sees the output the loss function produced, so accuracy costs no second forward.
+    handle = model.register_forward_hook(lambda _m, _a, out: captured.append(out))
+    total, count, hits, counted = 0.0, 0, 0, 0
+    try:
+        for batch in batches:
+            captured.clear()
+            n = batch_size_of(batch)
+            total += float(loss_fn(model, batch)) * n
+            count += n
+            if captured:
+                h, c = _correct(model, captured[-1], batch)
+                hits, counted = hits + h, counted + c
+    finally:
+        handle.remove()
+    if count == 0:
+        raise ConfigError("evaluation data: no batch to evaluate on (the split or subset is empty)")
+    return {"loss": total / count, "acc": hits / counted if counted else math.nan}
+
+
+def _columns(model: nn.Module, sets: Any, loss_fn: LossFn | None, suffix: str) -> dict[str, float]:
+    train, test = score(model, sets.train, loss_fn=loss_fn), score(model, sets.test, loss_fn=loss_fn)
+    return {
+        f"eval_train_loss{suffix}": train["loss"],
+        f"eval_train_acc{suffix}": train["acc"],
+        f"test_loss{suffix}": test["loss"],
+        f"test_acc{suffix}": test["acc"],
+    }
+
+
+def evaluate_point(
+    model: nn.Module,
+    sets: Any,
+    *,
+    loss_fn: LossFn | None = None,
+    recalibrate: bool = False,
+    recal_batches: int | None = None,
+) -> dict[str, float]:
+    """The evaluation columns of the point currently loaded in ``model``.
+
+    Args:
+        model: the model holding the point (put in eval mode).
+        sets: the :class:`~hf_llpf.evaluation.sets.EvalSets` (its ``train`` and ``test`` are used).
+        loss_fn: the path's loss.
+        recalibrate: also score after BatchNorm recalibration on the training subset.
+        recal_batches: batches used by the recalibration (``None``: all).
+
+    Returns:
+        ``eval_train_loss``, ``eval_train_acc``, ``test_loss``, ``test_acc``, and with ``recalibrate`` the same
+        four with ``_recal`` after BatchNorm recalibration on the training subset (which changes the model's
+        running statistics: load the point again before reusing the model).
+    """
+    model.eval()
+    row = _columns(model, sets, loss_fn, "")
+    if recalibrate:
+        recalibrate_bn(model, sets.train, max_batches=recal_batches)
+        row |= _columns(model, sets, loss_fn, RECAL)
+    return row
+
+
+__all__ = ["EVAL_COLUMNS", "RECAL", "evaluate_point", "score"]
