@@ -278,7 +278,7 @@ def walk_to_origin(
     accelerator: Accelerator | None = None,
 ) -> Path:
     """LLPF_M2O on its own: walk one endpoint toward the origin until every moved tensor's variance is
-    ``config.m2o.target_variance`` times its start (llpf-spec.md §3), writing the path to ``run_dir``.
+    ``config.m2o.target_variance`` times its start (docs/algorithm.md §6), writing the path to ``run_dir``.
 
     Raises:
         ConfigError: ``m2o.target_variance`` is not below 1 (M2O never walks outward).

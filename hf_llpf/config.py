@@ -102,7 +102,7 @@ class StageSchedule(_Settings):
 
 
 class M2OConfig(_Settings):
-    """The model-to-origin phase (llpf-spec.md §3), used by ``method: m2o`` and cross-sphere ``auto`` runs."""
+    """The model-to-origin phase (docs/algorithm.md §6), used by ``method: m2o`` and cross-sphere ``auto`` runs."""
 
     step_a: float = Field(0.01, gt=0, lt=1, description="shrink per tick as a fraction of the tensor's norm")
     step_f: float = Field(0.0, ge=0, description="fixed L2 shrink length per tick")
@@ -130,7 +130,7 @@ class ConnectConfig(_Settings):
     m2o: M2OConfig = Field(default_factory=M2OConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     seed: int = _seed_field()
-    # Move (llpf-spec.md §2 step 1): s_k = min(‖d‖, max(step_f, step_a·‖d‖, step_r·‖d_0‖)).
+    # Move (docs/algorithm.md §2.1): s_k = min(‖d‖, max(step_f, step_a·‖d‖, step_r·‖d_0‖)).
     step_a: float = Field(0.0, ge=0, le=1, description="step as a fraction of the remaining distance")
     step_f: float = Field(0.0, ge=0, description="fixed L2 step length (the reference's step_f)")
     step_r: float = Field(0.25, ge=0, le=1, description="step as a fraction of the tensor's initial distance")

@@ -9,7 +9,7 @@ A *data spec* is one of
 Images are decoded once into a uint8 tensor kept in memory; normalisation and the optional CIFAR
 augmentation (random crop with padding 4 + horizontal flip) run on whole batches. That keeps the
 minimal-training loop free of per-sample Python and worker processes (the reference's fresh 8-worker
-DataLoader per tick was 9x slower than needed, llpf-spec.md §6), and lets a loader resume at any batch.
+DataLoader per tick was 9x slower than needed), and lets a loader resume at any batch.
 """
 
 from __future__ import annotations

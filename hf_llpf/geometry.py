@@ -1,4 +1,4 @@
-"""Variance-sphere geometry: pure tensor maths on lists of tensors (LLPF spec §2-3).
+"""Variance-sphere geometry: pure tensor maths on lists of tensors (docs/algorithm.md §2 and §6).
 
 Every function takes a list of tensors (one per model tensor, e.g. ``[p for p in model.parameters()]``) and
 returns per-tensor results as a 1-D float64 tensor on the tensors' device, so callers never loop in Python
@@ -39,7 +39,7 @@ __all__ = [
 
 LR_POLICIES = ("var", "std")
 
-# Division guard only (spec §2: "ε only as a division guard"); far below any real tensor variance.
+# Division guard only (never a regulariser of the variance itself); far below any real tensor variance.
 _TINY = 1e-300
 
 
@@ -73,7 +73,7 @@ def _check_pair(a: Sequence[Tensor], b: Sequence[Tensor]) -> None:
 
 
 def variances(tensors: Sequence[Tensor]) -> Tensor:
-    """Unbiased element variance of each tensor: Var θ[k] (spec §1-2, the variance sphere).
+    """Unbiased element variance of each tensor: Var θ[k] (the variance sphere, docs/algorithm.md §1-2).
 
     Args:
         tensors: the tensors θ[k]; any floating dtype.
@@ -95,7 +95,7 @@ def variances(tensors: Sequence[Tensor]) -> Tensor:
 
 @torch.no_grad()
 def project_to_variance_(tensors: Sequence[Tensor], targets: Tensor) -> None:
-    """Rescale each tensor about its own mean onto the variance sphere ``targets[k]``, in place (spec §2 step 2).
+    """Rescale each tensor about its own mean onto the variance sphere ``targets[k]``, in place (docs/algorithm.md §2.2).
 
     ``x ← mean + (x − mean) · sqrt(v / var(x))``, exactly: unlike the reference there is no ε = 1e-4 added to
     the variances, so the resulting variance equals ``v`` up to float rounding (~1e-7 relative for float32).
@@ -139,7 +139,7 @@ def project_to_variance_(tensors: Sequence[Tensor], targets: Tensor) -> None:
 
 
 def distance_to_origin(tensors: Sequence[Tensor]) -> Tensor:
-    """L2 norm ‖θ[k]‖₂ of each tensor (spec §3: M2O's distance to its all-zero target).
+    """L2 norm ‖θ[k]‖₂ of each tensor (M2O's distance to its all-zero target, docs/algorithm.md §6).
 
     Args:
         tensors: the tensors.
@@ -212,7 +212,7 @@ def cosine_similarity(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
 
 
 def step_sizes(dist: Tensor, *, step_a: float, step_f: float | Tensor) -> Tensor:
-    """Clamped move step per tensor: ``s_k = min(‖d_k‖, max(step_f, step_a · ‖d_k‖))`` (spec §2 step 1).
+    """Clamped move step per tensor: ``s_k = min(‖d_k‖, max(step_f, step_a · ‖d_k‖))`` (docs/algorithm.md §2.1).
 
     The reference uses ``max(step_f, step_a·‖d‖)`` unclamped, which overshoots and oscillates once
     ‖d‖ < step_f; the clamp makes the last step land on the target.
@@ -236,7 +236,7 @@ def step_sizes(dist: Tensor, *, step_a: float, step_f: float | Tensor) -> Tensor
 def move_toward_(
     current: Sequence[Tensor], target: Sequence[Tensor], *, step_a: float, step_f: float | Tensor
 ) -> Tensor:
-    """Move each tensor toward its target by the clamped step, in place: ``θ += s·d/‖d‖`` (spec §2 step 1).
+    """Move each tensor toward its target by the clamped step, in place: ``θ += s·d/‖d‖`` (docs/algorithm.md §2.1).
 
     A tensor equal to its target is not touched. A tensor whose step equals its remaining distance gets the
     target's values copied (bit-exact arrival, no rounding from ``θ + d``).
@@ -274,7 +274,7 @@ def move_toward_(
 
 
 def angle_conformal_factor(current_var: Tensor, start_var: Tensor, policy: str = "var") -> Tensor:
-    """AngleConformal learning-rate factor per tensor: ``w/v`` (``"var"``) or ``sqrt(w/v)`` (``"std"``) (spec §3).
+    """AngleConformal learning-rate factor per tensor: ``w/v`` (``"var"``) or ``sqrt(w/v)`` (``"std"``) (docs/algorithm.md §6).
 
     ``lr_k = lr_0 · factor_k`` keeps the angular size of an SGD update constant as a tensor moves to a smaller
     sphere (w: current variance, v: variance at the start).
@@ -299,7 +299,7 @@ def angle_conformal_factor(current_var: Tensor, start_var: Tensor, policy: str =
 
 
 def interpolate_variance(var_a: Tensor, var_b: Tensor, progress: Tensor) -> Tensor:
-    """Target variance per tensor as a tensor travels from θ_A to θ_B (spec §2: start exactly at θ_A, end at θ_B).
+    """Target variance per tensor as a tensor travels from θ_A to θ_B (start exactly at θ_A, end at θ_B: docs/algorithm.md §2.2).
 
     ``v(p) = var_a^(1−p) · var_b^p`` with ``p = 1 − remaining/initial distance`` clamped to [0, 1].
 

@@ -258,14 +258,14 @@ class RepairTrainer:
     most ``max_iters`` batches, stopping as soon as the mean of the last ``min_iters`` batch losses is at
     most ``loss_threshold``. The optimizer is built once, so its state (momentum) carries across ticks; the
     batch stream is one endless iterator, never re-created per tick (a fresh multi-worker DataLoader per
-    tick was the reference's 9x slowdown, spec §6).
+    tick made the reference implementation 9x slower).
 
     With ``bn_momentum`` every BatchNorm layer of ``model`` gets that running-statistics momentum, so the eval-mode
     statistics follow the weights a tick has just moved within a few batches (BatchNorm's usual 0.1 left them
     describing the weights before the move: measured max loss 0.077 instead of 0.045 on one small_cnn path).
 
     With ``per_tensor_lr=True`` every parameter has its own optimizer group, so :meth:`set_lr_factors` can
-    give each tensor its own learning rate (AngleConformal, spec §3).
+    give each tensor its own learning rate (AngleConformal, docs/algorithm.md §6).
 
     Under several processes the model is wrapped for data parallelism by the Accelerator (gradients are
     averaged), each process reads its own shard of every batch, and the loss that drives the stopping rule is

@@ -1,4 +1,4 @@
-"""hf_llpf.geometry: exact variance projection, clamped steps, distances, AngleConformal factor (spec §2-3)."""
+"""hf_llpf.geometry: exact variance projection, clamped steps, distances, AngleConformal factor (docs/algorithm.md §2 and §6)."""
 
 import torch
 

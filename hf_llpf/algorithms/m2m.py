@@ -1,4 +1,4 @@
-"""LLPF_M2M: the tick loop that walks a model from θ_A to θ_B (llpf-spec.md §2).
+"""LLPF_M2M: the tick loop that walks a model from θ_A to θ_B (docs/algorithm.md §2).
 
 One tick: move the active layer groups toward θ_B (clamped step) → variance correction → minimal
 training → variance correction → record. Stages become active cumulatively in Follow-Data-Flow order:

@@ -1,4 +1,4 @@
-"""LLPF_M2O: walk a model toward the origin along a low-loss path (llpf-spec.md §3).
+"""LLPF_M2O: walk a model toward the origin along a low-loss path (docs/algorithm.md §6).
 
 One tick: every moved tensor shrinks toward 0 by the clamped step (``θ ← θ·(1 − s/‖θ‖)``, never below its
 target variance: the last step lands on it exactly) → norm-layer compensation → minimal training with
@@ -12,8 +12,8 @@ sphere, inward.
   ``lr_k = lr_0 · w_k/v_k`` (``var`` policy) or ``lr_0 · sqrt(w_k/v_k)`` (``std``), w_k its current and v_k its
   start variance, so an SGD step turns it by the same angle on a smaller sphere. Biases and norm parameters
   keep ``lr_0``. Each tensor has its own optimizer parameter group (one shared group would silently give
-  every tensor the same rate, spec §6).
-- Only inward: a target variance above the start is refused (outward walks explode, spec §3).
+  every tensor the same rate).
+- Only inward: a target variance above the start is refused (outward walks explode: docs/algorithm.md §6).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from hf_llpf.stages import StagePlan
 
 OUTWARD_MESSAGE = (
     "M2O only walks a model inward, toward the origin: on a larger sphere the same SGD step turns the weights "
-    "less and less while the loss surface scales, and the paper's outward runs exploded (llpf-spec.md §3). To "
+    "less and less while the loss surface scales, and the paper's outward runs exploded (docs/algorithm.md §6). To "
     "connect a smaller-sphere endpoint to a larger-sphere one, hf-llpf walks the LARGER one inward to the "
     "smaller one's sphere and publishes that part reversed (method: auto or m2o)."
 )
