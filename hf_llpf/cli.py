@@ -92,7 +92,8 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     return 0
 
 
-# The set-up, then the engine's phases per tick in the order a tick runs them (docs/algorithm.md §2.1), then the writes.
+# The set-up, then the engine's phases per tick in the order a tick runs them (docs/algorithm.md §2.1),
+# then the writes.
 PROFILE_PHASES = {
     "setup_endpoints": "loading and checking the endpoints",
     "setup_data": "loading the data and the first batch",

@@ -95,7 +95,7 @@ def variances(tensors: Sequence[Tensor]) -> Tensor:
 
 @torch.no_grad()
 def project_to_variance_(tensors: Sequence[Tensor], targets: Tensor) -> None:
-    """Rescale each tensor about its own mean onto the variance sphere ``targets[k]``, in place (docs/algorithm.md §2.2).
+    """Rescale each tensor about its own mean onto the variance sphere ``targets[k]``, in place (algorithm.md §2.2).
 
     ``x ← mean + (x − mean) · sqrt(v / var(x))``, exactly: unlike the reference there is no ε = 1e-4 added to
     the variances, so the resulting variance equals ``v`` up to float rounding (~1e-7 relative for float32).
@@ -274,7 +274,7 @@ def move_toward_(
 
 
 def angle_conformal_factor(current_var: Tensor, start_var: Tensor, policy: str = "var") -> Tensor:
-    """AngleConformal learning-rate factor per tensor: ``w/v`` (``"var"``) or ``sqrt(w/v)`` (``"std"``) (docs/algorithm.md §6).
+    """AngleConformal learning-rate factor per tensor: ``w/v`` (``"var"``) or ``sqrt(w/v)`` (``"std"``); algorithm §6.
 
     ``lr_k = lr_0 · factor_k`` keeps the angular size of an SGD update constant as a tensor moves to a smaller
     sphere (w: current variance, v: variance at the start).
@@ -299,7 +299,7 @@ def angle_conformal_factor(current_var: Tensor, start_var: Tensor, policy: str =
 
 
 def interpolate_variance(var_a: Tensor, var_b: Tensor, progress: Tensor) -> Tensor:
-    """Target variance per tensor as a tensor travels from θ_A to θ_B (start exactly at θ_A, end at θ_B: docs/algorithm.md §2.2).
+    """Target variance per tensor as a tensor travels from θ_A to θ_B (exactly θ_A's at the start, θ_B's at the end).
 
     ``v(p) = var_a^(1−p) · var_b^p`` with ``p = 1 − remaining/initial distance`` clamped to [0, 1].
 

@@ -1,4 +1,4 @@
-"""hf_llpf.geometry: exact variance projection, clamped steps, distances, AngleConformal factor (docs/algorithm.md §2 and §6)."""
+"""hf_llpf.geometry: exact variance projection, clamped steps, distances, AngleConformal (algorithm.md §2, §6)."""
 
 import torch
 

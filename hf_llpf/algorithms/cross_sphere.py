@@ -1,4 +1,5 @@
-"""Cross-sphere connection: M2O from the larger-sphere endpoint onto the other's sphere, then M2M (docs/algorithm.md §7).
+"""Cross-sphere connection: M2O from the larger-sphere endpoint onto the other's sphere, then M2M
+(docs/algorithm.md §7).
 
 The published path always runs from θ_A to θ_B:
 
