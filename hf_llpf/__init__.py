@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "connect": "hf_llpf.api",
     "walk_to_origin": "hf_llpf.api",
-    "Path": "hf_llpf.path",
+    "Path": "hf_llpf.run",
     "evaluate_path": "hf_llpf.evaluation",
     "evaluate_run": "hf_llpf.api",
     "push_path": "hf_llpf.hub",

@@ -28,8 +28,9 @@ from hf_llpf.config import ConnectConfig, to_yaml
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.inputs import example_batch, read_paths, resolve_config, resolve_endpoint, stage_plan, training_batches
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
-from hf_llpf.path import METRICS_JSON, Path, RunWriter, read_metrics
-from hf_llpf.resume import check_same_run, read_checkpoint
+from hf_llpf.run import METRICS_JSON, Path, RunWriter, read_metrics
+from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
+from hf_llpf.run.resume import check_same_run, read_checkpoint
 from hf_llpf.seeding import seed_everything
 from hf_llpf.spheres import choose_method
 from hf_llpf.train import LossFn, RepairTrainer, check_labels_fit, make_accelerator
@@ -66,7 +67,7 @@ def connect(
         command: the command line that started the run (recorded for reproduction).
 
     Returns:
-        The :class:`~hf_llpf.path.Path` (points load lazily from ``run_dir``).
+        The :class:`~hf_llpf.run.Path` (points load lazily from ``run_dir``).
     """
     config = resolve_config(config)
     accelerator = accelerator or make_accelerator(
@@ -167,12 +168,12 @@ def _resume_history(run_dir: str | os.PathLike, changed: dict | None) -> list[di
 
 def _describe_run(writer, ea, eb, plan, config, method, command, *, new: bool) -> None:
     """``llpf_config.yaml`` (the settings in force), and for a new run ``endpoints.json`` and ``layer_groups.json``."""
-    writer.write_yaml("llpf_config.yaml", to_yaml(config))
+    writer.write_yaml(CONFIG_YAML, to_yaml(config))
     if not new:
         return
     endpoints = {"A": ea.describe(), "B": eb.describe(), "command": command, "hf_llpf_version": __version__}
-    writer.write_json("endpoints.json", {**endpoints, "method": method})
-    writer.write_json("layer_groups.json", plan.to_json())
+    writer.write_json(ENDPOINTS_JSON, {**endpoints, "method": method})
+    writer.write_json(LAYER_GROUPS_JSON, plan.to_json())
 
 
 def _tracker(config: ConnectConfig, accelerator: Accelerator) -> Callable[[dict], None] | None:
@@ -295,10 +296,10 @@ def walk_to_origin(
     if config.m2o.target_variance >= 1:
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
     with RunWriter(run_dir, exist=exist) as writer:
-        writer.write_yaml("llpf_config.yaml", to_yaml(config))
+        writer.write_yaml(CONFIG_YAML, to_yaml(config))
         description = {"A": endpoint.describe(), "B": None, "method": "m2o-walk", "hf_llpf_version": __version__}
-        writer.write_json("endpoints.json", description)
-        writer.write_json("layer_groups.json", plan.to_json())
+        writer.write_json(ENDPOINTS_JSON, description)
+        writer.write_json(LAYER_GROUPS_JSON, plan.to_json())
         work = copy.deepcopy(endpoint.model).to(accelerator.device)
         trainer = trainer_factory(config, loader, loss_fn, accelerator)(work, per_tensor_lr=True)
         walk = M2O(Context(work, trainer, plan, config, progress=progress), None, reference_a=endpoint.model)
@@ -321,13 +322,13 @@ def evaluate_run(
 
     Calls :func:`hf_llpf.evaluation.evaluate_path` (which refuses a damaged run directory before anything is
     computed or written), then, on the main process only, merges the results into ``path_metrics.json`` and
-    rewrites ``path_metrics.csv`` (:func:`hf_llpf.path.write_evaluation`), and with ``report`` draws
+    rewrites ``path_metrics.csv`` (:func:`hf_llpf.run.write_evaluation`), and with ``report`` draws
     ``plots/*.png`` (:func:`hf_llpf.plots.plot_path`) and updates the report section of ``README.md``
     (:func:`hf_llpf.report.write_report`). A published path, which has no run directory of ours to write
     into, is evaluated with ``evaluate_path`` alone.
 
     Args:
-        path_or_run_dir: a run directory or a :class:`~hf_llpf.path.Path`.
+        path_or_run_dir: a run directory or a :class:`~hf_llpf.run.Path`.
         report: also draw the plots and update the report (``False``: the metrics files only).
         template: a module of the path's architecture, for paths of plain ``nn.Module`` s.
         accelerator: decides the device and which process writes (default: a new ``Accelerator``).
@@ -344,9 +345,9 @@ def evaluate_run(
     from accelerate import PartialState
 
     from hf_llpf.evaluation import as_path, evaluate_path
-    from hf_llpf.path import write_evaluation
     from hf_llpf.plots import plot_path
     from hf_llpf.report import write_report
+    from hf_llpf.run import write_evaluation
 
     path = as_path(path_or_run_dir, template)
     result = evaluate_path(path, template=template, accelerator=accelerator, **options)

@@ -158,7 +158,7 @@ def _cmd_groups(args: argparse.Namespace) -> int:
 
     from hf_llpf.errors import ConfigError
     from hf_llpf.models import create_model, load_endpoint
-    from hf_llpf.path import check_out_dir
+    from hf_llpf.run import check_out_dir
     from hf_llpf.stages import build_stages, format_stage_table, load_overrides
 
     try:

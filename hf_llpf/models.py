@@ -13,7 +13,6 @@ transformers' ``trust_remote_code`` stays off unless the caller passes ``trust_r
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ from hf_llpf.errors import (
     OfflineError,
     UnknownNameError,
 )
+from hf_llpf.hashing import file_sha256, state_hash
 
 Kind = Literal["timm", "transformers", "module"]
 WEIGHTS_NAME = "model.safetensors"
@@ -70,16 +70,6 @@ class Endpoint:
             "architecture": self.arch.get("architecture") or (self.arch.get("architectures") or [None])[0],
             "sha256": self._sha256,
         }
-
-
-def state_hash(model: nn.Module) -> str:
-    """sha256 over a model's tensor names, dtypes, shapes and bytes (parameters and buffers)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def check_finite(endpoint: Endpoint, *, label: str) -> None:
@@ -322,11 +312,7 @@ def _load_weights(model: nn.Module, path: Path) -> None:
 
 
 def _local_revision(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return "local:" + digest.hexdigest()[:16]
+    return "local:" + file_sha256(path)[:16]
 
 
 def save_model(model: nn.Module, directory: str | os.PathLike, *, kind: Kind, arch: dict[str, Any]) -> Path:

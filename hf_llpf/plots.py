@@ -29,9 +29,9 @@ from torch import nn  # noqa: E402
 
 from hf_llpf.errors import RunDirectoryError  # noqa: E402
 from hf_llpf.geometry import variances  # noqa: E402
-from hf_llpf.path import Path, read_metrics  # noqa: E402
+from hf_llpf.run import Path, read_metrics  # noqa: E402
+from hf_llpf.run.layout import PLOTS_DIR  # noqa: E402
 
-PLOTS_DIR = "plots"
 _LLPF, _LINEAR = "tab:blue", "tab:red"
 _STAGE_COLOURS = ("#f2f2f2", "#dde8f3")
 _PHASE_COLOURS = ("tab:olive", "tab:purple", "tab:cyan", "tab:brown", "tab:pink", "tab:gray")

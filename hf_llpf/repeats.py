@@ -19,13 +19,15 @@ from typing import Any
 
 from torch import nn
 
-from hf_llpf.config import ConnectConfig, build
+from hf_llpf.config import ConnectConfig
 from hf_llpf.data import DataBundle
 from hf_llpf.errors import ConfigError
-from hf_llpf.path import atomic_write_text, read_metrics
-from hf_llpf.plots import PLOTS_DIR, plot_repeats
+from hf_llpf.inputs import resolve_config
+from hf_llpf.plots import plot_repeats
 from hf_llpf.process_local import ProcessLocal
-from hf_llpf.report import CONSISTENCY_JSON, write_report
+from hf_llpf.report import write_report
+from hf_llpf.run import atomic_write_text, read_metrics
+from hf_llpf.run.layout import CONFIG_YAML, CONSISTENCY_JSON, PLOTS_DIR
 from hf_llpf.train import LossFn, make_accelerator
 
 # (summary section, figure) pairs reported across repeats; the *_recal sections are added when present.
@@ -55,7 +57,7 @@ def consistency_summary(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
                 figures[f"{section}.{fig}"] = _stats([float(v) for v in values])
     seeds = []
     for d in run_dirs:
-        cfg = FsPath(d) / "llpf_config.yaml"
+        cfg = FsPath(d) / CONFIG_YAML
         seeds.append(_seed_of(cfg) if cfg.is_file() else None)
     return {"repeats": len(run_dirs), "runs": [FsPath(d).name for d in run_dirs], "seeds": seeds, "figures": figures}
 
@@ -105,10 +107,7 @@ def run_repeats(
     # Here, not at the top: evaluate-only users never import the engine.
     from hf_llpf.api import connect, evaluate_run
 
-    if config is None:
-        config = ConnectConfig()
-    elif isinstance(config, dict):
-        config = build(ConnectConfig, config)
+    config = resolve_config(config)
     options = dict(evaluate_options or {})
     if isinstance(train_data, DataBundle):
         options.setdefault("data", train_data)
@@ -135,12 +134,17 @@ def run_repeats(
         evaluate_run(path, loss_fn=loss_fn, template=template, accelerator=local, **options)
     state.wait_for_everyone()
     if state.is_main_process:
-        result = consistency_summary(dirs)
-        atomic_write_text(root / CONSISTENCY_JSON, json.dumps(result, indent=2) + "\n")
-        plot_repeats(dirs, root / PLOTS_DIR / "repeats.png")
-        write_report(root)
+        _write_consistency(root, dirs)
     state.wait_for_everyone()
     return json.loads((root / CONSISTENCY_JSON).read_text())
+
+
+def _write_consistency(root: FsPath, dirs: list[FsPath]) -> None:
+    """``consistency.json``, ``plots/repeats.png`` and the report of a folder of repeated paths."""
+    result = consistency_summary(dirs)
+    atomic_write_text(root / CONSISTENCY_JSON, json.dumps(result, indent=2) + "\n")
+    plot_repeats(dirs, root / PLOTS_DIR / "repeats.png")
+    write_report(root)
 
 
 __all__ = ["FIGURES", "consistency_summary", "run_repeats"]

@@ -12,11 +12,11 @@ import os
 from pathlib import Path as FsPath
 from typing import Any
 
-from hf_llpf.path import atomic_write_text, read_metrics
+from hf_llpf.run import atomic_write_text, read_metrics
+from hf_llpf.run.layout import CONSISTENCY_JSON, METRICS_JSON, PLOTS_DIR, README
 
 START = "<!-- hf_llpf:report:start -->"
 END = "<!-- hf_llpf:report:end -->"
-CONSISTENCY_JSON = "consistency.json"
 
 _DEFINITIONS = """\
 Definitions (the same for LLPF and linear; *loss* is the path's loss in eval mode on the fixed training subset):
@@ -120,7 +120,7 @@ def render_section(run_dir: str | os.PathLike) -> str:
     """The report section of ``run_dir`` (markers included), from ``path_metrics.json`` and the plots present."""
     run_dir = FsPath(run_dir)
     parts = [START, "## Path evaluation", ""]
-    metrics = read_metrics(run_dir) if (run_dir / "path_metrics.json").is_file() else {}
+    metrics = read_metrics(run_dir) if (run_dir / METRICS_JSON).is_file() else {}
     summary = metrics.get("summary", {})
     if "llpf" in summary:
         ev = summary.get("evaluation", {})
@@ -141,7 +141,7 @@ def render_section(run_dir: str | os.PathLike) -> str:
         ("accuracy", "accuracy along the path"),
         ("layers", "per-layer variance and distance to θ_B"),
     ):
-        if (run_dir / "plots" / f"{name}.png").is_file():
+        if (run_dir / PLOTS_DIR / f"{name}.png").is_file():
             parts += [f"![{alt}](plots/{name}.png)", ""]
     if (run_dir / CONSISTENCY_JSON).is_file():
         consistency = json.loads((run_dir / CONSISTENCY_JSON).read_text())
@@ -151,7 +151,7 @@ def render_section(run_dir: str | os.PathLike) -> str:
             consistency_table(consistency),
             "",
         ]
-        if (run_dir / "plots" / "repeats.png").is_file():
+        if (run_dir / PLOTS_DIR / "repeats.png").is_file():
             parts += ["![all repeats overlaid](plots/repeats.png)", ""]
     parts.append(END)
     return "\n".join(parts)
@@ -164,7 +164,7 @@ def write_report(run_dir: str | os.PathLike) -> FsPath:
         The README path.
     """
     run_dir = FsPath(run_dir)
-    readme = run_dir / "README.md"
+    readme = run_dir / README
     section = render_section(run_dir)
     text = readme.read_text() if readme.is_file() else f"# {run_dir.name}\n\n"
     start, end = text.find(START), text.find(END)

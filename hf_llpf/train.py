@@ -1,6 +1,6 @@
 """Training loops: endpoint training (``hf-llpf train``) and the minimal repair training of each tick.
 
-Only this module, :mod:`hf_llpf.path` and :mod:`hf_llpf.evaluation` touch the Accelerator: device
+Only this module, :mod:`hf_llpf.run` and :mod:`hf_llpf.evaluation` touch the Accelerator: device
 placement comes from it alone, never from ``.cuda()``.
 """
 
@@ -27,7 +27,7 @@ from hf_llpf.data import DataBundle, SeededLoader, load_data
 from hf_llpf.errors import DataMismatchError, RunDirectoryError
 from hf_llpf.evaluation.scoring import score
 from hf_llpf.models import WEIGHTS_NAME, Endpoint, as_endpoint, check_finite, create_model, save_model
-from hf_llpf.path import check_out_dir
+from hf_llpf.run import check_out_dir
 from hf_llpf.seeding import seed_everything
 
 
@@ -134,6 +134,28 @@ def train_endpoint(
     check_labels_fit(model, data)
     loader = data.loader("train", batch_size=recipe.batch_size, seed=recipe.seed)
     total_steps = recipe.epochs * len(loader)
+    optimizer, scheduler = _optimizer(model, recipe, total_steps, len(loader))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    start = time.perf_counter()
+    _train_epochs(model, loader, optimizer, scheduler, recipe, accelerator, progress=progress)
+    seconds = time.perf_counter() - start
+    model = accelerator.unwrap_model(model).cpu().eval()
+    metrics = {
+        "train": _split_metrics(model, data.loader("train", batch_size=256, seed=0, shuffle=False, augment=False)),
+        "test": _split_metrics(model, data.loader("test", batch_size=256, seed=0)),
+        "iterations": total_steps,
+        "seconds": round(seconds, 3),
+        "recipe": recipe.model_dump(mode="json"),
+    }
+    endpoint = as_endpoint(model, source=str(out_dir) if out_dir else f"{recipe.model}@seed{recipe.seed}")
+    check_finite(endpoint, label=f"trained {recipe.model} seed {recipe.seed}")
+    if out_dir is not None:
+        _save_model_folder(model, Path(out_dir), endpoint, metrics)
+    return endpoint, metrics
+
+
+def _optimizer(model: nn.Module, recipe: TrainRecipe, total_steps: int, steps_per_epoch: int) -> tuple[Any, Any]:
+    """The recipe's optimizer (weight decay on weights only, not on biases and norms) and its LR schedule."""
     params = [
         {"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": recipe.weight_decay},
         {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0},
@@ -142,12 +164,15 @@ def train_endpoint(
         optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
     else:
         optimizer = torch.optim.AdamW(params, lr=recipe.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(recipe, total_steps, len(loader)))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(recipe, total_steps, steps_per_epoch))
+    return optimizer, scheduler
+
+
+def _train_epochs(model, loader, optimizer, scheduler, recipe: TrainRecipe, accelerator, *, progress: bool) -> None:
+    """``recipe.epochs`` epochs of plain supervised training (cross-entropy with the recipe's label smoothing)."""
     model.train()
-    start = time.perf_counter()
     bar = tqdm(
-        total=total_steps,
+        total=recipe.epochs * len(loader),
         desc=f"train {recipe.model} seed {recipe.seed}",
         disable=not (progress and accelerator.is_main_process),
         leave=False,
@@ -163,20 +188,6 @@ def train_endpoint(
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
-    seconds = time.perf_counter() - start
-    model = accelerator.unwrap_model(model).cpu().eval()
-    metrics = {
-        "train": _split_metrics(model, data.loader("train", batch_size=256, seed=0, shuffle=False, augment=False)),
-        "test": _split_metrics(model, data.loader("test", batch_size=256, seed=0)),
-        "iterations": total_steps,
-        "seconds": round(seconds, 3),
-        "recipe": recipe.model_dump(mode="json"),
-    }
-    endpoint = as_endpoint(model, source=str(out_dir) if out_dir else f"{recipe.model}@seed{recipe.seed}")
-    check_finite(endpoint, label=f"trained {recipe.model} seed {recipe.seed}")
-    if out_dir is not None:
-        _save_model_folder(model, Path(out_dir), endpoint, metrics)
-    return endpoint, metrics
 
 
 def train_or_reuse(out: Path, recipe: TrainRecipe, data: DataBundle, *, progress: bool = True) -> dict[str, Any]:

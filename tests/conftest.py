@@ -24,17 +24,63 @@ def digits():
 
 
 @pytest.fixture(scope="session")
-def small_cnn_pair(tmp_path_factory, digits):
-    """Two small_cnn endpoints on digits (seeds 0 and 1, 8 epochs), saved as timm folders; read-only in tests."""
+def trained_endpoint(tmp_path_factory, digits):
+    """``trained_endpoint(seed, epochs=8, **recipe)`` → the folder of a small_cnn endpoint trained on digits.
+
+    The one endpoint-training fixture of the suite: each recipe is trained once per session and its folder
+    (timm format) is shared, so tests must treat it as read-only (copy it to change it).
+    """
     from hf_llpf.config import TrainRecipe
     from hf_llpf.train import train_endpoint
 
-    root = tmp_path_factory.mktemp("small_cnn_pair")
-    for seed in (0, 1):
-        train_endpoint(TrainRecipe(seed=seed, epochs=8), out_dir=root / f"s{seed}", data=digits, progress=False)
-    return root / "s0", root / "s1"
+    root = tmp_path_factory.mktemp("endpoints")
+    cache: dict[tuple, object] = {}
+
+    def get(seed: int, epochs: int = 8, **recipe):
+        key = (seed, epochs, *sorted(recipe.items()))
+        if key not in cache:
+            out = root / "_".join(str(k) for k in key)
+            train_endpoint(TrainRecipe(seed=seed, epochs=epochs, **recipe), out_dir=out, data=digits, progress=False)
+            cache[key] = out
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def small_cnn_pair(trained_endpoint):
+    """Two small_cnn endpoints on digits (seeds 0 and 1, 8 epochs), saved as timm folders; read-only in tests."""
+    return trained_endpoint(0), trained_endpoint(1)
 
 
 def state_equal(a: dict, b: dict) -> bool:
     """Two state dicts hold the same names and bit-identical tensors."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Killed(BaseException):
+    """Stands for a kill right after a checkpoint write: what is on disk is exactly what a kill leaves."""
+
+
+def connect_killed_after(n_saves: int, monkeypatch, *args, **kwargs) -> int:
+    """``hf_llpf.connect(*args, **kwargs)``, stopped right after its ``n_saves``-th checkpoint (never, when the
+    run has fewer); returns how many checkpoints were written. The lock is released as by a dead process's."""
+    import hf_llpf
+    import hf_llpf.run.state as resume_state
+
+    real, count = resume_state.save, {"n": 0}
+
+    def save(*a, **k):
+        real(*a, **k)
+        count["n"] += 1
+        if count["n"] == n_saves:
+            raise Killed
+
+    monkeypatch.setattr(resume_state, "save", save)
+    try:
+        hf_llpf.connect(*args, **kwargs)
+    except Killed:
+        pass
+    finally:
+        monkeypatch.setattr(resume_state, "save", real)
+    return count["n"]

@@ -1,6 +1,6 @@
 """Builders of small fake run directories for the Hub tests (no LLPF engine involved).
 
-A run directory is written with the real :class:`~hf_llpf.path.RunWriter`: five points on the straight
+A run directory is written with the real :class:`~hf_llpf.run.RunWriter`: five points on the straight
 line between two small endpoints (timm ``small_cnn`` or a tiny BERT), metrics with a plausible summary,
 a plot, the settings and an evaluation report section in README.md.
 """
@@ -15,9 +15,10 @@ import zlib
 from pathlib import Path
 
 import torch
+from tiny_models import tiny_bert
 
 from hf_llpf.models import as_endpoint, create_model, save_model
-from hf_llpf.path import RunWriter
+from hf_llpf.run import PointRecord, RunWriter, TickRecord
 from hf_llpf.stages import build_stages
 
 TICKS = (0, 5, 10, 15, 20)
@@ -35,17 +36,6 @@ SUMMARY = {
     "linear": {"max_train_loss": 2.1, "barrier": 1.8, "min_train_acc": 0.35},
 }
 REPORT = "<!-- hf_llpf:report:start -->\n## Evaluation report\n\nBarrier 0.05 vs 1.8.\n<!-- hf_llpf:report:end -->"
-
-
-def tiny_bert(seed: int):
-    """A tiny BertForSequenceClassification (about 10k parameters)."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3
-    )
-    return BertForSequenceClassification(cfg).eval()
 
 
 def make_endpoints(kind: str) -> tuple:
@@ -91,29 +81,19 @@ def make_run_dir(
     ep = as_endpoint(a)
     writer = RunWriter(root)
     sa, sb = a.state_dict(), b.state_dict()
-    points = []
+    points, ticks = [], []
     for index, tick in enumerate(TICKS):
         t = tick / TICKS[-1]
         state = {k: (1 - t) * sa[k] + t * sb[k] if sa[k].is_floating_point() else sa[k] for k in sa}
         model = make_endpoints(kind)[0]
         model.load_state_dict(state)
         rel = writer.write_point(tick, model, ep)
-        points.append(
-            {
-                "index": index,
-                "tick": tick,
-                "stage": min(index, 2),
-                "phase": "move",
-                "train_loss": 0.1 + 0.2 * (1 - abs(2 * t - 1)),
-                "sgd_iters": 3,
-                "dist_a": 10.0 * t,
-                "dist_b": 10.0 * (1 - t),
-                "point": rel,
-                "test_acc": 0.9 - 0.01 * index,
-                "test_loss": 0.2 + 0.01 * index,
-            }
-        )
-    writer.write_metrics(points, [{"tick": p["tick"], "train_loss": p["train_loss"]} for p in points], SUMMARY)
+        phase = "start" if index == 0 else "end" if index == len(TICKS) - 1 else "m2m"
+        loss = 0.1 + 0.2 * (1 - abs(2 * t - 1))
+        row = PointRecord(index, tick, min(index, 2), phase, loss, 3, 10.0 * t, 10.0 * (1 - t), index in (0, 4), rel)
+        points.append({**row.row(), "test_acc": 0.9 - 0.01 * index, "test_loss": 0.2 + 0.01 * index})
+        ticks.append(TickRecord(tick, min(index, 2), loss, 3, 3 * index).row())
+    writer.write_metrics(points, ticks, SUMMARY)
 
     def entry(name: str, model) -> dict:
         if hub_ids:

@@ -7,11 +7,10 @@ import sys
 
 import pytest
 import torch
+from conftest import state_equal
 
 import hf_llpf
-from hf_llpf.config import TrainRecipe
 from hf_llpf.evaluation import score
-from hf_llpf.train import train_endpoint
 
 torch.set_num_threads(1)
 
@@ -33,7 +32,7 @@ def _worker():
     import torch.distributed as dist
 
     import hf_llpf.api as connect_module
-    from hf_llpf.path import RunWriter
+    from hf_llpf.run import RunWriter
 
     rank = dist.get_rank()  # the launcher set up the process group
 
@@ -149,10 +148,10 @@ def _launch(worker: str, root, *, expect_failure: bool = False) -> None:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory, digits):
+def root(tmp_path_factory, small_cnn_pair):
     root = tmp_path_factory.mktemp("dist")
-    for name, seed in (("a", 0), ("b", 1)):
-        train_endpoint(TrainRecipe(seed=seed, epochs=8), out_dir=root / name, data=digits, progress=False)
+    for name, folder in zip("ab", small_cnn_pair, strict=True):
+        (root / name).symlink_to(folder, target_is_directory=True)
     return root
 
 
@@ -264,5 +263,4 @@ def test_resume_under_two_processes_equals_an_uninterrupted_run(root):
         assert _state_equal(resumed.state_dict_at(i), uninterrupted.state_dict_at(i)), f"point {i} differs"
 
 
-def _state_equal(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+_state_equal = state_equal

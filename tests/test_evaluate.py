@@ -15,7 +15,7 @@ from PIL import Image
 
 from hf_llpf.api import evaluate_run
 from hf_llpf.cli import main
-from hf_llpf.config import ConnectConfig, TrainRecipe, to_yaml
+from hf_llpf.config import ConnectConfig, to_yaml
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.evaluation import (
     EVAL_COLUMNS,
@@ -27,10 +27,10 @@ from hf_llpf.evaluation import (
     recalibrate_bn,
     score,
 )
-from hf_llpf.path import RunWriter, read_metrics
+from hf_llpf.models import load_endpoint
 from hf_llpf.plots import plot_repeats
 from hf_llpf.report import END, START, write_report
-from hf_llpf.train import train_endpoint
+from hf_llpf.run import PointRecord, RunWriter, read_metrics
 
 torch.set_num_threads(1)
 
@@ -38,10 +38,8 @@ SMALL = {"train_subset": 256, "continuity_subset": 128, "linear_points": 5}
 
 
 @pytest.fixture(scope="module")
-def endpoints(digits):
-    a, _ = train_endpoint(TrainRecipe(seed=0, epochs=3), data=digits, progress=False)
-    b, _ = train_endpoint(TrainRecipe(seed=1, epochs=3), data=digits, progress=False)
-    return a, b
+def endpoints(trained_endpoint):
+    return load_endpoint(trained_endpoint(0, epochs=3)), load_endpoint(trained_endpoint(1, epochs=3))
 
 
 def write_run(root, endpoint, states, *, stages=None, phases=None, layer_groups=None):
@@ -52,10 +50,8 @@ def write_run(root, endpoint, states, *, stages=None, phases=None, layer_groups=
     for i, state in enumerate(states):
         load_point(model, state)
         rel = writer.write_point(10 * i, model, endpoint)
-        points.append({
-            "index": i, "tick": 10 * i, "stage": stages[i] if stages else 0, "phase": phases[i] if phases else "m2m",
-            "train_loss": 0.0, "sgd_iters": 3, "dist_a": 0.0, "dist_b": 0.0, "point": rel,
-        })  # fmt: skip
+        phase, stage = phases[i] if phases else "m2m", stages[i] if stages else 0
+        points.append(PointRecord(i, 10 * i, stage, phase, 0.0, 3, 0.0, 0.0, False, rel).row())
     writer.write_yaml("llpf_config.yaml", to_yaml(ConnectConfig(seed=7)))
     writer.write_json("endpoints.json", {"A": endpoint.describe(), "B": endpoint.describe()})
     if layer_groups is not None:

@@ -8,6 +8,7 @@ LeNet5 (the cheapest) runs in the fast suite, the cheap families in the slow sui
 
 import pytest
 import torch
+from conftest import state_equal
 
 import hf_llpf  # noqa: F401  (registers the built-in models with timm)
 from benchmarks.families import FAMILIES, run_family
@@ -38,7 +39,7 @@ def test_builtin_model_saves_and_loads_bit_for_bit(name, tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors"}
     loaded = load_endpoint(tmp_path).model
     a, b = model.state_dict(), loaded.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert state_equal(a, b)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x)) and model(x).shape == (2, 7)

@@ -35,7 +35,7 @@ from hf_llpf.hub import (
     push_path,
     select_point,
 )
-from hf_llpf.path import Path as LLPFPath
+from hf_llpf.run import Path as LLPFPath
 
 torch.set_num_threads(1)
 

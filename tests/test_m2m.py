@@ -11,6 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import state_equal
+from tiny_models import tiny_bert
 from torch import nn
 
 import hf_llpf
@@ -18,7 +19,7 @@ from hf_llpf.cli import main
 from hf_llpf.errors import DataMismatchError, EndpointMismatchError, RunDirectoryError
 from hf_llpf.evaluation import score
 from hf_llpf.models import create_model, load_endpoint
-from hf_llpf.resume import read_checkpoint
+from hf_llpf.run.resume import read_checkpoint
 
 torch.set_num_threads(1)
 
@@ -88,23 +89,11 @@ def test_plain_module_and_dataloader(tmp_path):
 
 
 def test_transformers_endpoints_with_dict_batches(tmp_path):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    cfg = BertConfig(
-        vocab_size=30,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=2,
-        max_position_embeddings=16,
-    )
+    size = {"vocab_size": 30, "num_labels": 2, "max_position_embeddings": 16}
     torch.manual_seed(0)
     ids = torch.randint(0, 30, (64, 8))
     batches = [{"input_ids": ids[i : i + 16], "labels": (ids[i : i + 16, 0] % 2)} for i in range(0, 64, 16)]
-    a = BertForSequenceClassification(cfg).eval()
-    torch.manual_seed(1)
-    b = BertForSequenceClassification(cfg).eval()
+    a, b = tiny_bert(0, **size), tiny_bert(1, **size)
     path = hf_llpf.connect(
         a, b, batches, config={**FAST, "loss_limit": 100, "max_ticks": 40}, run_dir=tmp_path / "run", progress=False
     )

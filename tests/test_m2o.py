@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from conftest import connect_killed_after, state_equal
 from torch import nn
 
 import hf_llpf
@@ -41,8 +42,7 @@ def spheres(tmp_path_factory, digits):
     return root
 
 
-def _equal(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+_equal = state_equal
 
 
 def _conv_var_ratio(a, b):
@@ -165,29 +165,8 @@ def test_angle_conformal_learning_rates_per_tensor(policy, power):
     assert len(walk.trainer.optimizer.param_groups) == len(list(model.parameters()))
 
 
-class _Killed(BaseException):
-    """A kill right after a checkpoint write: what is on disk is exactly what a kill leaves."""
-
-
 def _connect_killed_after(n_saves, a, b, digits, run, config, monkeypatch):
-    from hf_llpf import resume_state
-
-    real, count = resume_state.save, {"n": 0}
-
-    def save(*args, **kwargs):
-        real(*args, **kwargs)
-        count["n"] += 1
-        if count["n"] == n_saves:
-            raise _Killed
-
-    monkeypatch.setattr(resume_state, "save", save)
-    try:
-        hf_llpf.connect(a, b, digits, config=config, run_dir=run, progress=False)
-    except _Killed:
-        pass
-    finally:
-        monkeypatch.setattr(resume_state, "save", real)
-    return count["n"]
+    return connect_killed_after(n_saves, monkeypatch, a, b, digits, config=config, run_dir=run, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -216,7 +195,7 @@ def test_cross_sphere_run_killed_mid_way_resumes_bit_identically(
 
 def test_a_diverged_m2o_tick_is_rolled_back(spheres, digits, tmp_path):
     from hf_llpf.errors import DivergenceError
-    from hf_llpf.resume import read_checkpoint
+    from hf_llpf.run.resume import read_checkpoint
 
     walker = load_endpoint(spheres / "large")
     config = {**FAST, "loss_limit": 1e-9, "max_failures": 2}

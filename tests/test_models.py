@@ -3,6 +3,7 @@ import json
 import pytest
 import timm
 import torch
+from tiny_models import tiny_bert
 
 from hf_llpf.errors import CorruptCheckpointError, EndpointMismatchError, OfflineError, UnknownNameError
 from hf_llpf.models import as_endpoint, check_endpoints_match, create_model, load_endpoint, save_model
@@ -45,12 +46,9 @@ def test_timm_name_plus_safetensors_file(tmp_path):
 
 
 def test_transformers_folder_round_trip(tmp_path):
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
-    cfg = BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3
-    )
-    model = BertForSequenceClassification(cfg).eval()
+    model = tiny_bert(0)
     endpoint = as_endpoint(model)
     assert endpoint.kind == "transformers"
     save_model(model, tmp_path, kind="transformers", arch=endpoint.arch)

@@ -9,19 +9,17 @@ import safetensors.torch
 import torch
 
 import hf_llpf
-from hf_llpf.config import TrainRecipe
 from hf_llpf.models import load_endpoint
-from hf_llpf.train import train_endpoint
 
 torch.set_num_threads(1)
 
 
 @pytest.mark.slow
-def test_bf16_training_steps_keep_points_fp32_and_tensorboard_logs_every_tick(tmp_path, digits):
+def test_bf16_training_steps_keep_points_fp32_and_tensorboard_logs_every_tick(tmp_path, trained_endpoint):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     for name, seed in (("a", 0), ("b", 1)):
-        train_endpoint(TrainRecipe(seed=seed, epochs=4), out_dir=tmp_path / name, data=digits, progress=False)
+        (tmp_path / name).symlink_to(trained_endpoint(seed, epochs=4), target_is_directory=True)
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "hf_llpf.cli", "connect", str(tmp_path / "a"), str(tmp_path / "b")]
     cmd += ["--data", "digits", "--out", str(run), "--no-progress", "--threads", "1"]

@@ -1,4 +1,4 @@
-"""Resume state is safetensors + JSON (hf_llpf.resume_state): round trip, damaged files, and no unpickling."""
+"""Resume state is safetensors + JSON (hf_llpf.run.state): round trip, damaged files, and no unpickling."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import hf_llpf
-from hf_llpf import resume_state
 from hf_llpf.cli import main
 from hf_llpf.errors import CorruptCheckpointError
-from hf_llpf.path import atomic_write_text
+from hf_llpf.run import atomic_write_text
+from hf_llpf.run import state as resume_state
 from hf_llpf.seeding import rng_state
 
 torch.set_num_threads(1)

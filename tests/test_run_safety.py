@@ -12,16 +12,15 @@ import sys
 import pytest
 import safetensors.torch
 import torch
-from conftest import state_equal
+from conftest import connect_killed_after, state_equal
 
 import hf_llpf
-from hf_llpf import resume_state
 from hf_llpf.cli import main
 from hf_llpf.config import TrainRecipe
 from hf_llpf.errors import ConfigError, CorruptCheckpointError, DivergenceError, RunDirectoryError
 from hf_llpf.models import load_endpoint
-from hf_llpf.resume import read_checkpoint
-from hf_llpf.run_lock import LOCK, RunLock
+from hf_llpf.run.lock import LOCK, RunLock
+from hf_llpf.run.resume import read_checkpoint
 from hf_llpf.train import train_endpoint
 
 torch.set_num_threads(1)
@@ -101,27 +100,9 @@ def test_resume_with_another_endpoint_is_refused(pair, digits, tmp_path):
         hf_llpf.connect(pair / "A", pair / "A", digits, config=FAST, run_dir=run, exist="resume", progress=False)
 
 
-class _Killed(BaseException):
-    """Stands for a kill right after a checkpoint write (what is on disk is exactly what a kill leaves)."""
-
-
 def _run_killed_after(n_saves, pair, digits, run, monkeypatch):
-    real, count = resume_state.save, {"n": 0}
-
-    def save(*args, **kwargs):
-        real(*args, **kwargs)
-        count["n"] += 1
-        if count["n"] == n_saves:
-            raise _Killed
-
-    monkeypatch.setattr(resume_state, "save", save)
-    try:
-        hf_llpf.connect(pair / "A", pair / "B", digits, config=FAST, run_dir=run, progress=False)
-    except _Killed:
-        pass
-    finally:
-        monkeypatch.setattr(resume_state, "save", real)
-    return count["n"]
+    return connect_killed_after(n_saves, monkeypatch, pair / "A", pair / "B", digits, config=FAST, run_dir=run,
+                                progress=False)  # fmt: skip
 
 
 def _comparable(path):
@@ -207,3 +188,14 @@ def test_non_finite_endpoints_are_named_before_any_work(pair, tmp_path, capsys):
     assert main(["connect", str(bad), str(pair / "B"), "--data", "digits", "--out", str(out), "--no-progress"]) == 2
     assert f"endpoint A ({bad}): tensor {name!r}" in capsys.readouterr().err and not out.exists()
     assert load_endpoint(pair / "A").model is not None
+
+
+def test_run_files_carry_the_usual_permissions(tmp_path):
+    from hf_llpf.run import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644

@@ -16,7 +16,7 @@ from hub_fixtures import make_run_dir
 
 from hf_llpf.errors import RunDirectoryError
 from hf_llpf.hub import HubPath, export_point, publishable_files
-from hf_llpf.path import Path as LLPFPath
+from hf_llpf.run import Path as LLPFPath
 from hf_llpf.safe_paths import check_relative_name, resolve_inside, walk_files
 
 torch.set_num_threads(1)

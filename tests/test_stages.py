@@ -8,6 +8,7 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 import timm  # noqa: E402
+from tiny_models import tiny_bert, tiny_gpt2  # noqa: E402
 from torch import nn  # noqa: E402
 
 import hf_llpf.stages as L  # noqa: E402
@@ -30,26 +31,11 @@ def _vit_timm():
 
 
 def _bert():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        num_labels=3,
-    )
-    return BertForSequenceClassification(cfg)
+    return tiny_bert(0, vocab_size=100, num_hidden_layers=2).train()
 
 
 def _gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(vocab_size=100, n_embd=16, n_layer=2, n_head=2, n_positions=32, use_cache=False)
-    cfg.bos_token_id = cfg.eos_token_id = 0
-    return GPT2LMHeadModel(cfg)
+    return tiny_gpt2(0).train()
 
 
 def _vit_hf():

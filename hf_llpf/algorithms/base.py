@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import DivergenceError
 from hf_llpf.models import Endpoint
-from hf_llpf.path import RunWriter, point_name
+from hf_llpf.run import RunWriter, point_name
 from hf_llpf.seeding import rng_state, set_rng_state
 from hf_llpf.stages import StagePlan
 from hf_llpf.train import RepairTrainer

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import shutil
 from collections.abc import Callable
 
 import torch
@@ -27,13 +25,12 @@ from hf_llpf.algorithms.m2m import M2M, TickState
 from hf_llpf.algorithms.m2o import M2O, moved_parameter_names
 from hf_llpf.config import ConnectConfig
 from hf_llpf.models import Endpoint
-from hf_llpf.path import RunWriter, point_name
-from hf_llpf.safe_paths import resolve_inside
+from hf_llpf.run import RunWriter
+from hf_llpf.run.layout import ASIDE
 from hf_llpf.stages import StagePlan
 from hf_llpf.train import RepairTrainer
 
 TrainerFactory = Callable[..., RepairTrainer]
-ASIDE = ".m2o_phase"  # where a walk of B keeps its points until they are spliced into the path, reversed
 
 
 def larger_sphere_is_a(a: nn.Module, b: nn.Module, names: list[str]) -> bool:
@@ -139,8 +136,7 @@ class CrossSphere:
         if self.writer is not None:
             if not self.a_larger:
                 _append_reversed(self.m2m, self.m2o, self.aside, self.writer)
-                self.aside.close()
-                shutil.rmtree(self.aside.root, ignore_errors=True)
+                self.aside.remove()
             self.writer.write_metrics(self.m2m.state.points, self.m2m.state.ticks)
         return self.m2m.state
 
@@ -184,12 +180,7 @@ def _append_reversed(m2m: M2M, m2o: M2O, m2o_writer: RunWriter, writer: RunWrite
     st.points[-1]["phase"] = "m2m"  # B' is where the two parts meet, no longer the end
     for row in reversed(m2o.points[:-1]):
         tick = end + (last - row["tick"])
-        dest = writer.root / point_name(tick)
-        source = resolve_inside(m2o_writer.root, row["point"], field="m2o point")
-        if source.exists():  # absent: moved already by a run killed during this splice
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(source, dest)
+        rel = writer.adopt_point(m2o_writer, row["point"], tick)
         sgd = spent + (m2o_total - row["sgd_iters"])
         st.points.append(
             {
@@ -198,7 +189,7 @@ def _append_reversed(m2m: M2M, m2o: M2O, m2o_writer: RunWriter, writer: RunWrite
                 "tick": tick,
                 "phase": "m2o_reversed",
                 "sgd_iters": sgd,
-                "point": point_name(tick),
+                "point": rel,
             }
         )
     st.points[-1]["phase"] = "end"
@@ -206,19 +197,6 @@ def _append_reversed(m2m: M2M, m2o: M2O, m2o_writer: RunWriter, writer: RunWrite
         if row["tick"] < last:
             sgd = spent + (m2o_total - row["sgd_iters"])
             st.ticks.append({**row, "tick": end + last - row["tick"], "phase": "m2o_reversed", "sgd_iters": sgd})
-
-
-def _params(model: nn.Module) -> list[torch.Tensor]:
-    return [p.detach() for p in model.parameters()]
-
-
-def _distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return geometry.total_distance([x.cpu() for x in a], [y.cpu() for y in b])
-
-
-def _cpu(model: nn.Module) -> nn.Module:
-    p = next(model.parameters(), None)
-    return model if p is None or p.device.type == "cpu" else copy.deepcopy(model).cpu()
 
 
 def _merge(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:

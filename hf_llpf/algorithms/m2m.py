@@ -24,6 +24,7 @@ from hf_llpf import geometry
 from hf_llpf.algorithms.base import Context, LoopState, Method, diverged
 from hf_llpf.errors import ConfigError, DivergenceError
 from hf_llpf.models import Endpoint
+from hf_llpf.run.records import PointRecord, TickRecord
 from hf_llpf.stages.matching import GroupMatcher, compile_regex
 
 
@@ -295,17 +296,16 @@ class M2M(Method):
     def _record_tick(self, loss: float, iters: int, dist: torch.Tensor) -> None:
         st = self.state
         t = time.perf_counter()
-        st.ticks.append(
-            {
-                "tick": st.tick + self.offset,
-                "stage": st.active - 1,
-                "train_loss": loss,
-                "iters": iters,
-                "sgd_iters": self.trainer.iterations,
-                "dist_a": geometry.total_distance(self.start, self.params),
-                "dist_b": float(torch.sqrt((dist**2).sum())),
-            }
+        row = TickRecord(
+            tick=st.tick + self.offset,
+            stage=st.active - 1,
+            train_loss=loss,
+            iters=iters,
+            sgd_iters=self.trainer.iterations,
+            dist_a=geometry.total_distance(self.start, self.params),
+            dist_b=float(torch.sqrt((dist**2).sum())),
         )
+        st.ticks.append(row.row())
         if self.on_tick is not None:
             self.on_tick(st.ticks[-1])
         self.timer.lap("record", t)
@@ -319,20 +319,19 @@ class M2M(Method):
         last = st.ticks[-1] if st.ticks else None
         # The tick's row has just measured the distance to θ_A: a point saved at that tick reuses it.
         dist_a = last["dist_a"] if last and last["tick"] == tick else geometry.total_distance(self.start, self.params)
-        st.points.append(
-            {
-                "index": len(st.points),
-                "tick": tick,
-                "stage": st.active - 1,
-                "phase": "start" if tick == 0 else phase,
-                "train_loss": loss,
-                "sgd_iters": self.trainer.iterations,
-                "dist_a": dist_a,
-                "dist_b": float(torch.sqrt((dist**2).sum())),
-                "stage_boundary": boundary,
-                "point": rel,
-            }
+        row = PointRecord(
+            index=len(st.points),
+            tick=tick,
+            stage=st.active - 1,
+            phase="start" if tick == 0 else phase,
+            train_loss=loss,
+            sgd_iters=self.trainer.iterations,
+            dist_a=dist_a,
+            dist_b=float(torch.sqrt((dist**2).sum())),
+            stage_boundary=boundary,
+            point=rel,
         )
+        st.points.append(row.row())
         self.timer.lap("record", t)
 
     def _checkpoint(self, done: bool = False) -> None:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from hf_llpf import geometry
 from hf_llpf.algorithms.base import Context, LoopState, Method, diverged
 from hf_llpf.errors import ConfigError, DivergenceError
+from hf_llpf.run.records import PointRecord, TickRecord
 from hf_llpf.stages import StagePlan
 
 OUTWARD_MESSAGE = (
@@ -220,30 +221,27 @@ class M2O(Method):
     def _record(self, tick: int, loss: float, *, force: bool = False) -> None:
         """The tick's row, and a point every ``save_every`` ticks, at the start and at the end."""
         st, t = self.state, time.perf_counter()
-        st.ticks.append(
-            {"tick": tick, "stage": -1, "train_loss": loss, "iters": None, "sgd_iters": self.trainer.iterations}
-        )
-        st.ticks[-1]["phase"] = self.phase
+        row = TickRecord(tick, -1, loss, None, self.trainer.iterations, phase=self.phase)
+        st.ticks.append(row.row())
         if tick % self.config.save_every and not self.done() and not force:
             return
         rel = self.recorder.point(tick, self.model)
         t = self.timer.lap("write_points", t)
         params = _params(self.model)
         a, b = self.refs
-        st.points.append(
-            {
-                "index": len(st.points),
-                "tick": tick,
-                "stage": -1,
-                "phase": self.phase if tick else "start",
-                "train_loss": loss,
-                "sgd_iters": self.trainer.iterations,
-                "dist_a": _distance(params, a) if a is not None else None,
-                "dist_b": _distance(params, b) if b is not None else None,
-                "stage_boundary": tick == 0,
-                "point": rel,
-            }
+        point = PointRecord(
+            index=len(st.points),
+            tick=tick,
+            stage=-1,
+            phase=self.phase if tick else "start",
+            train_loss=loss,
+            sgd_iters=self.trainer.iterations,
+            dist_a=_distance(params, a) if a is not None else None,
+            dist_b=_distance(params, b) if b is not None else None,
+            stage_boundary=tick == 0,
+            point=rel,
         )
+        st.points.append(point.row())
         self.timer.lap("record", t)
 
     def _checkpoint(self, done: bool = False) -> None:

@@ -35,11 +35,11 @@ from hf_llpf.evaluation.scoring import EVAL_COLUMNS, RECAL, evaluate_point, scor
 from hf_llpf.evaluation.sets import BatchSource, EvalBatches, EvalSets, make_eval_sets, resolve_data, sets_for
 from hf_llpf.evaluation.summary import barrier, locate_continuity, path_summary, positions, summarise
 from hf_llpf.evaluation.walk import WalkOptions, gather_rows, gather_walk, l2_step, walk_path
-from hf_llpf.path import Path
+from hf_llpf.run import Path
 
 
 def as_path(path_or_run_dir: Path | str | os.PathLike, template: nn.Module | None = None) -> Path:
-    """A :class:`~hf_llpf.path.Path` for a run directory (or the given one, with ``template`` set if given)."""
+    """A :class:`~hf_llpf.run.Path` for a run directory (or the given one, with ``template`` set if given)."""
     if isinstance(path_or_run_dir, Path):
         if template is not None:
             path_or_run_dir.template = template
@@ -133,7 +133,7 @@ def evaluate_path(
     To write them into the run directory (with plots and report) use :func:`hf_llpf.api.evaluate_run`.
 
     Args:
-        path_or_run_dir: a run directory or a :class:`~hf_llpf.path.Path`.
+        path_or_run_dir: a run directory or a :class:`~hf_llpf.run.Path`.
         data: a :class:`~hf_llpf.data.DataBundle`, a data spec, a ``DataConfig`` (default: the run's
             ``llpf_config.yaml`` ``data``), or ``{"train": batches, "test": batches}`` of your own re-iterable
             batches (a path built from a ``DataLoader`` records no data spec: pass its data this way).

@@ -16,7 +16,8 @@ from hf_llpf.batches import batch_size_of, move_batch
 from hf_llpf.config import DataConfig, build
 from hf_llpf.data import DataBundle, ImageData, SeededLoader, load_data
 from hf_llpf.errors import ConfigError, RunDirectoryError
-from hf_llpf.path import Path
+from hf_llpf.run import Path
+from hf_llpf.run.layout import CONFIG_YAML
 
 # Normalised batches of a split are kept (on the device) when they hold at most this many numbers (256 MB as
 # float32); larger splits are normalised again for every point instead.
@@ -190,7 +191,7 @@ def resolve_data(path: Path, data: Any) -> DataBundle | dict:
     if isinstance(data, DataBundle) or (isinstance(data, dict) and set(data) == {"train", "test"}):
         return data
     if data is None:
-        if not (path.root / "llpf_config.yaml").is_file():
+        if not (path.root / CONFIG_YAML).is_file():
             raise RunDirectoryError(
                 f"{str(path.root)!r} has no llpf_config.yaml to say which data the path was built on; pass data="
             )

@@ -20,7 +20,7 @@ from hf_llpf.evaluation.interpolation import continuity, load_point, param_names
 from hf_llpf.evaluation.scoring import evaluate_point, score
 from hf_llpf.evaluation.sets import EvalSets
 from hf_llpf.geometry import total_distance
-from hf_llpf.path import Path
+from hf_llpf.run import Path
 
 State = dict[str, torch.Tensor]
 

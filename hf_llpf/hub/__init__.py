@@ -7,7 +7,7 @@ with huggingface_hub's own pieces (``validate_repo_id``, ``upload_folder``, ``sn
 - :func:`push_path` (:mod:`~hf_llpf.hub.push`) uploads a run directory (points, metrics, plots, config,
   card; never the resume checkpoint) in **one commit**, then tags that commit ``llpf-<content hash>`` so
   a path version can be cited and loaded exactly. Pushing unchanged content again makes no commit and no tag.
-- :func:`load_path` (:mod:`~hf_llpf.hub.load`) returns the same :class:`~hf_llpf.path.Path` as a local
+- :func:`load_path` (:mod:`~hf_llpf.hub.load`) returns the same :class:`~hf_llpf.run.Path` as a local
   run: metrics, config and card are downloaded at once, each point's folder only when it is first used,
   and only safetensors weights.
 - :func:`export_point` (:mod:`~hf_llpf.hub.export`) writes one point as a standalone model in the

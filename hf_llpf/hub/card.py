@@ -20,8 +20,9 @@ import yaml
 from hf_llpf import __version__
 from hf_llpf.hub.files import check_run_dir
 from hf_llpf.hub.spec import is_repo_id
-from hf_llpf.path import METRICS_JSON, POINTS_DIR, read_run_json
 from hf_llpf.report import END, START
+from hf_llpf.run import METRICS_JSON, POINTS_DIR, read_run_json
+from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, PLOTS_DIR, README
 
 # The evaluation report section (hf_llpf.report writes it) is kept, markers included, when a card is rebuilt.
 REPORT_START, REPORT_END = START, END
@@ -113,8 +114,8 @@ class RunFacts:
 
 def read_facts(root: FsPath) -> RunFacts:
     """The :class:`RunFacts` of a run directory (or of the snapshot of a published path)."""
-    endpoints = _read_json(root / "endpoints.json")
-    config = _read_yaml(root / "llpf_config.yaml")
+    endpoints = _read_json(root / ENDPOINTS_JSON)
+    config = _read_yaml(root / CONFIG_YAML)
     kinds = {e.get("kind") for k, e in endpoints.items() if k in ("A", "B") and isinstance(e, dict)}
     library = next(iter(kinds)) if len(kinds) == 1 and kinds <= {"timm", "transformers"} else None
     data = config.get("data")
@@ -253,7 +254,7 @@ def _reproduce(root: FsPath, facts: RunFacts) -> list[str]:
         lines += ["```bash", " ".join(command) if isinstance(command, (list, tuple)) else str(command), "```"]
     else:
         lines += ["No command was recorded with this run; `llpf_config.yaml` below holds the full resolved settings."]
-    config_file = root / "llpf_config.yaml"
+    config_file = root / CONFIG_YAML
     if config_file.is_file():
         lines += ["", "`llpf_config.yaml`:", "", "```yaml", config_file.read_text().rstrip("\n"), "```"]
     run_version = facts.endpoints.get("hf_llpf_version")
@@ -286,7 +287,7 @@ def build_model_card(run_dir: str | os.PathLike, *, repo_id: str | None = None):
     summary, points = metrics.get("summary") or {}, metrics.get("points") or []
     name = repo_id.split("/")[-1] if repo_id else root.resolve().name
     mid = points[len(points) // 2]["point"] if points else f"{POINTS_DIR}/t_000000"
-    plots = sorted(p.relative_to(root).as_posix() for p in (root / "plots").glob("*.png"))
+    plots = sorted(p.relative_to(root).as_posix() for p in (root / PLOTS_DIR).glob("*.png"))
     lines = [
         f"# {name}: a low-loss path between two models",
         "",
@@ -308,7 +309,7 @@ def build_model_card(run_dir: str | os.PathLike, *, repo_id: str | None = None):
         lines += ["", "## Plots", ""] + [f"![{FsPath(p).stem}]({p})" for p in plots]
     lines += ["", "## Load a point", "", *_load_snippet(facts, repo_id or PLACEHOLDER_REPO, mid)]
     lines += _reproduce(root, facts)
-    report = _report_section(root / "README.md")
+    report = _report_section(root / README)
     if report:
         lines += ["", report]
     results = _eval_results(summary, task_type=facts.task_type, dataset=facts.dataset)

@@ -20,7 +20,8 @@ from hf_llpf.hub.files import check_run_dir
 from hf_llpf.hub.load import UNSAFE_WEIGHTS, HubPath, load_path
 from hf_llpf.hub.push import upload
 from hf_llpf.hub.spec import parse_repo_spec
-from hf_llpf.path import Path
+from hf_llpf.run import Path
+from hf_llpf.run.layout import README
 from hf_llpf.safe_paths import walk_files
 
 _POINT_FORMS = ["an index 0..n-1 or negative", "tick:N (or tN)", "best", "mid"]
@@ -97,7 +98,7 @@ def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | 
     files = [
         p
         for p in walk_files(folder, allowed_root=path._fence())
-        if p.suffix not in UNSAFE_WEIGHTS and p.name != "README.md"
+        if p.suffix not in UNSAFE_WEIGHTS and p.name != README
     ]
     if not any(p.suffix == ".safetensors" for p in files):
         raise RunDirectoryError(f"point {i} ({folder}) has no safetensors weights")
@@ -110,7 +111,7 @@ def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | 
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f, dest)
     card = build_point_card(path.root, path.metrics[i], index=i, count=len(path), source=label, repo_id=repo_id)
-    (tmp / "README.md").write_text(str(card))
+    (tmp / README).write_text(str(card))
     if out.exists():
         out.rmdir()
     os.replace(tmp, out)

@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path as FsPath
 
 from hf_llpf.errors import RunDirectoryError
-from hf_llpf.path import CHECKPOINT_DIR, METRICS_JSON
-from hf_llpf.run_lock import LOCK, MARKER
+from hf_llpf.hashing import file_sha256
+from hf_llpf.run import CHECKPOINT_DIR, METRICS_JSON
+from hf_llpf.run.lock import LOCK, MARKER
 from hf_llpf.safe_paths import check_relative_name, walk_files
 
-# Never published. Temporary names are those hf_llpf.path writes: ``.NAME.<random>.tmp`` files and
+# Never published. Temporary names are those hf_llpf.run writes: ``.NAME.<random>.tmp`` files and
 # ``points/.tmp_t_<tick>`` folders; each is listed at the top level and below it, as a file and as a folder.
 IGNORE_PATTERNS = (
     MARKER,
@@ -72,14 +73,6 @@ def publishable_files(run_dir: str | os.PathLike) -> list[str]:
     return sorted(filter_repo_objects(files, ignore_patterns=list(IGNORE_PATTERNS)))
 
 
-def _sha256_file(path: FsPath) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def content_hash(files: dict[str, bytes | FsPath]) -> str:
     """A sha256 over the (path, content) pairs of a set of files; the same content gives the same hash.
 
@@ -89,7 +82,7 @@ def content_hash(files: dict[str, bytes | FsPath]) -> str:
     digest = hashlib.sha256()
     for rel in sorted(files):
         value = files[rel]
-        blob = hashlib.sha256(value).hexdigest() if isinstance(value, bytes) else _sha256_file(value)
+        blob = hashlib.sha256(value).hexdigest() if isinstance(value, bytes) else file_sha256(value)
         digest.update(f"{rel}\0{blob}\n".encode())
     return digest.hexdigest()
 

@@ -2,7 +2,7 @@
 
 Every download goes through ``snapshot_download`` with an allow-list, so only safetensors weights (plus
 configs and small text files) are ever fetched, never pickled weights; every name read from the repo goes
-through :mod:`hf_llpf.safe_paths` (in :class:`~hf_llpf.path.Path`) before it becomes a download pattern
+through :mod:`hf_llpf.safe_paths` (in :class:`~hf_llpf.run.Path`) before it becomes a download pattern
 or a file to open.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path as FsPath
 
 from hf_llpf.errors import OfflineError, RunDirectoryError, UnknownNameError
 from hf_llpf.hub.spec import parse_repo_spec
-from hf_llpf.path import CHECKPOINT_DIR, METRICS_JSON, POINTS_DIR, Path
+from hf_llpf.run import CHECKPOINT_DIR, METRICS_JSON, POINTS_DIR, Path
 
 # Files a published path needs before any point is opened (metrics eager, points lazy).
 EAGER_PATTERNS = ("README.md", "*.json", "*.csv", "*.yaml", "plots/*")
@@ -69,7 +69,7 @@ def snapshot(
 
 
 class HubPath(Path):
-    """A published path: like a local :class:`~hf_llpf.path.Path`, each point downloaded on first use.
+    """A published path: like a local :class:`~hf_llpf.run.Path`, each point downloaded on first use.
 
     Attributes:
         repo_id: the repo asked for.
@@ -105,7 +105,7 @@ class HubPath(Path):
 
 
 def load_path(spec: str, *, endpoint: str | None = None, template=None) -> HubPath:
-    """Load a published path ``"org/repo[@revision]"`` as a :class:`~hf_llpf.path.Path`.
+    """Load a published path ``"org/repo[@revision]"`` as a :class:`~hf_llpf.run.Path`.
 
     Metrics, settings, card and plots are downloaded now; each point's folder when it is first used
     (``model_at``, ``state_dict_at``, ``point_dir``), pinned to the commit the revision resolved to, so a
@@ -114,7 +114,7 @@ def load_path(spec: str, *, endpoint: str | None = None, template=None) -> HubPa
     Args:
         spec: ``org/repo``, ``org/repo@branch``, ``org/repo@llpf-<hash>`` (a tag) or ``org/repo@<commit>``.
         endpoint: the Hub URL (default: ``HF_ENDPOINT`` or the public Hub).
-        template: see :class:`~hf_llpf.path.Path`.
+        template: see :class:`~hf_llpf.run.Path`.
 
     Returns:
         HubPath: the path.

@@ -16,7 +16,8 @@ from hf_llpf.hub.access import check_online, hub_api, hub_errors, resolve_token
 from hf_llpf.hub.card import build_model_card
 from hf_llpf.hub.files import IGNORE_PATTERNS, check_run_dir, content_hash, publishable_files, staged_folder
 from hf_llpf.hub.spec import check_branch_name, parse_repo_spec
-from hf_llpf.path import POINTS_DIR, atomic_write_text
+from hf_llpf.run import POINTS_DIR, atomic_write_text
+from hf_llpf.run.layout import README
 
 TAG_PREFIX = "llpf-"
 # Remote files a push replaces as a whole: a re-run with fewer points or plots leaves no stale ones.
@@ -146,12 +147,12 @@ def push_path(
 
     card = str(build_model_card(root, repo_id=repo_id)).encode()
     files: dict[str, bytes | FsPath] = {rel: root / rel for rel in publishable_files(root)}
-    files["README.md"] = card
+    files[README] = card
     tag = tag or TAG_PREFIX + content_hash(files)[:12]
     api = hub_api(endpoint, token)
     with hub_errors(api, repo_id=repo_id):
         result = _push_tagged(api, repo_id=repo_id, files=files, revision=revision, private=private, tag=tag)
-    if not (root / "README.md").is_file() or (root / "README.md").read_bytes() != card:
+    if not (root / README).is_file() or (root / README).read_bytes() != card:
         atomic_write_text(root / "README.md", card.decode())
     base = (endpoint or api.endpoint).rstrip("/")
     return {**result, "repo_id": repo_id, "revision": revision, "files": len(files), "url": f"{base}/{repo_id}"}

@@ -16,7 +16,6 @@ hash; older tensor files are removed last. A run killed at any moment leaves a c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,9 +26,10 @@ import safetensors.torch
 import torch
 
 from hf_llpf.errors import CorruptCheckpointError
+from hf_llpf.hashing import file_sha256
+from hf_llpf.run.layout import STATE_FILE
 
 FORMAT = 2
-STATE_FILE = "state.json"
 LEGACY_PICKLE = "state.pt"
 _RESUME_ADVICE = "start the run again with --overwrite (or choose a new --out)"
 
@@ -89,14 +89,6 @@ def decode(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return dec(skeleton)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save(folder: str | os.PathLike, state: Any, *, write_text) -> None:
     """Write ``state`` to ``folder`` (``write_text(path, text)`` must write atomically)."""
     folder = Path(folder)
@@ -106,7 +98,7 @@ def save(folder: str | os.PathLike, state: Any, *, write_text) -> None:
     n = 1 + max((int(p.stem.split("-")[1]) for p in old if p.stem.split("-")[1].isdigit()), default=0)
     name = f"tensors-{n}.safetensors"
     safetensors.torch.save_file(tensors, str(folder / name))
-    doc = {"format": FORMAT, "tensors": name, "sha256": _sha256(folder / name), "state": skeleton}
+    doc = {"format": FORMAT, "tensors": name, "sha256": file_sha256(folder / name), "state": skeleton}
     write_text(folder / STATE_FILE, json.dumps(doc) + "\n")
     for p in old:
         p.unlink(missing_ok=True)
@@ -138,7 +130,7 @@ def load(folder: str | os.PathLike) -> Any | None:
         if not isinstance(name, str) or "/" in name or not name.startswith("tensors-"):
             raise ValueError(f"tensors={name!r} is not a tensor file of this folder")
         tensor_file = folder / name
-        if _sha256(tensor_file) != doc["sha256"]:
+        if file_sha256(tensor_file) != doc["sha256"]:
             raise ValueError(f"{name} does not match the hash recorded in {STATE_FILE}")
         return decode(doc["state"], safetensors.torch.load_file(str(tensor_file)))
     except Exception as err:  # any malformed content: one clear error, never a traceback

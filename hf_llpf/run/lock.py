@@ -16,27 +16,7 @@ import time
 from pathlib import Path
 
 from hf_llpf.errors import RunDirectoryError
-
-MARKER = ".hf_llpf-run"
-LOCK = ".hf_llpf-lock"
-# What a run directory of an older version (no marker) may hold; anything else means it is not ours to delete.
-RUN_FILES = {
-    "README.md",
-    "llpf_config.yaml",
-    "endpoints.json",
-    "layer_groups.json",
-    "path_metrics.json",
-    "path_metrics.csv",
-    "consistency.json",
-    "points",
-    "plots",
-    "checkpoint",
-    "m2o",
-    "repeats",
-    "runs",
-    MARKER,
-    LOCK,
-}
+from hf_llpf.run.layout import CONFIG_YAML, LOCK, MARKER, RUN_FILES
 
 
 def is_run_directory(root: Path) -> bool:
@@ -44,7 +24,7 @@ def is_run_directory(root: Path) -> bool:
     if (root / MARKER).is_file():
         return True
     names = {p.name for p in root.iterdir()}
-    return "llpf_config.yaml" in names and all(n in RUN_FILES or n.startswith(".") for n in names)
+    return CONFIG_YAML in names and all(n in RUN_FILES or n.startswith(".") for n in names)
 
 
 def write_marker(root: Path) -> None:

@@ -7,11 +7,11 @@ import os
 from pathlib import Path as FsPath
 from typing import Any
 
-from hf_llpf import resume_state
+import hf_llpf.run.state as resume_state
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError
 from hf_llpf.models import Endpoint
-from hf_llpf.path import CHECKPOINT_DIR
+from hf_llpf.run.layout import CHECKPOINT_DIR, CONFIG_YAML, ENDPOINTS_JSON
 
 
 def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
@@ -46,7 +46,7 @@ def check_same_run(
     import yaml
 
     root = FsPath(run_dir)
-    saved = yaml.safe_load((root / "llpf_config.yaml").read_text())
+    saved = yaml.safe_load((root / CONFIG_YAML).read_text())
     now = config.model_dump(mode="json")
     differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     problems = [
@@ -55,7 +55,7 @@ def check_same_run(
         for k in differing
         if k not in RESUMABLE_SETTINGS
     ]
-    recorded = json.loads((root / "endpoints.json").read_text())
+    recorded = json.loads((root / ENDPOINTS_JSON).read_text())
     for key, ep in (("A", ea), ("B", eb)):
         was = (recorded.get(key) or {}).get("sha256")
         if was is not None and was != ep.describe()["sha256"]:

@@ -1,0 +1,64 @@
+"""The run directory behind one interface: its layout, typed rows, the writer, the reader, the lock, the
+resume state (docs/run-directory.md).
+
+- :mod:`~hf_llpf.run.layout`: every file and folder name;
+- :mod:`~hf_llpf.run.records`: :class:`PointRecord`, :class:`TickRecord` and the CSV columns;
+- :mod:`~hf_llpf.run.rundir`: :class:`RunWriter` (exist policy, lock, atomic writes, checkpoints) and
+  :class:`NullWriter` for non-main processes;
+- :mod:`~hf_llpf.run.reader`: :class:`Path`, the lazy reader, and the checked JSON readers;
+- :mod:`~hf_llpf.run.lock`, :mod:`~hf_llpf.run.state` (safetensors + JSON resume state),
+  :mod:`~hf_llpf.run.resume` (what a resume must match).
+"""
+
+from hf_llpf.run.layout import (
+    CHECKPOINT,
+    CHECKPOINT_DIR,
+    CONFIG_YAML,
+    ENDPOINTS_JSON,
+    LAYER_GROUPS_JSON,
+    LOCK,
+    MARKER,
+    METRICS_CSV,
+    METRICS_JSON,
+    PLOTS_DIR,
+    POINTS_DIR,
+    point_name,
+)
+from hf_llpf.run.reader import Path, read_metrics, read_run_json
+from hf_llpf.run.records import POINT_COLUMNS, PointRecord, TickRecord, points_to_csv
+from hf_llpf.run.rundir import (
+    NullWriter,
+    RunWriter,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_out_dir,
+    write_evaluation,
+)
+
+__all__ = [
+    "CHECKPOINT",
+    "CHECKPOINT_DIR",
+    "CONFIG_YAML",
+    "ENDPOINTS_JSON",
+    "LAYER_GROUPS_JSON",
+    "LOCK",
+    "MARKER",
+    "METRICS_CSV",
+    "METRICS_JSON",
+    "PLOTS_DIR",
+    "POINTS_DIR",
+    "POINT_COLUMNS",
+    "NullWriter",
+    "Path",
+    "PointRecord",
+    "RunWriter",
+    "TickRecord",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_out_dir",
+    "point_name",
+    "points_to_csv",
+    "read_metrics",
+    "read_run_json",
+    "write_evaluation",
+]

@@ -1,0 +1,210 @@
+"""Reading a run directory back: its JSON files checked as they are read, and :class:`Path`, the lazy reader.
+
+Every name read from a run directory (or a Hub snapshot of one) is resolved inside it (:mod:`hf_llpf.safe_paths`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path as FsPath
+from typing import Any
+
+import safetensors.torch
+import torch
+import yaml
+from torch import nn
+
+from hf_llpf.errors import CorruptCheckpointError, RunDirectoryError
+from hf_llpf.models import load_endpoint
+from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON, METRICS_JSON
+from hf_llpf.safe_paths import check_relative_name, resolve_inside
+
+
+def read_run_json(root: str | os.PathLike, name: str, *, kind: type = dict) -> Any:
+    """A JSON file of a run directory, refused with its name when it does not parse or is not a ``kind``.
+
+    Raises:
+        RunDirectoryError: naming the file, the problem and how the file is made.
+    """
+    file = FsPath(root) / name
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunDirectoryError(
+            f"{file}: not valid JSON ({type(err).__name__}: {err}); it is written by `hf-llpf connect`"
+        ) from None
+    if not isinstance(value, kind):
+        raise RunDirectoryError(f"{file}: expected a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def read_metrics(root: str | os.PathLike) -> dict:
+    """``path_metrics.json`` of a run directory, its shape checked (``points``: a list of rows with a tick)."""
+    data = read_run_json(root, METRICS_JSON)
+    points = data.get("points")
+    if not isinstance(points, list) or not all(isinstance(p, dict) and isinstance(p.get("tick"), int) for p in points):
+        raise RunDirectoryError(
+            f"{FsPath(root) / METRICS_JSON}: 'points' must be a list of rows, each with an integer 'tick'"
+        )
+    for key, kind in (("ticks", list), ("summary", dict)):
+        if not isinstance(data.get(key, kind()), kind):
+            raise RunDirectoryError(f"{FsPath(root) / METRICS_JSON}: {key!r} must be a JSON {kind.__name__}")
+    return data
+
+
+class Path:
+    """A path on disk: metrics are read eagerly, points are loaded lazily one at a time.
+
+    ``len(path)`` is the number of saved points; ``path.ticks`` their ticks; ``path.metrics`` one dict
+    per point; ``path.model_at(i)`` builds point ``i`` (negative indices count from the end);
+    ``path.state_dict_at(i)`` reads only its tensors.
+
+    Args:
+        root: the run directory (or a downloaded copy of a published path).
+        template: for paths of plain ``nn.Module`` s (no timm/transformers config): a module of the same
+            architecture whose copy receives each point's weights.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, template: nn.Module | None = None):
+        self.root = FsPath(root)
+        if not (self.root / METRICS_JSON).is_file():
+            raise RunDirectoryError(f"{str(self.root)!r} is not a run directory: {METRICS_JSON} is missing")
+        data = read_metrics(self.root)
+        self.metrics: list[dict] = data["points"]
+        for j, row in enumerate(self.metrics):  # refuse a hostile name before anything is opened
+            check_relative_name(row.get("point"), field=f"points[{j}].point")
+        self.tick_log: list[dict] = data.get("ticks", [])
+        self.summary: dict = data.get("summary", {})
+        self.template = template
+        self._file_names_are_model_names: bool | None = None
+
+    def __len__(self) -> int:
+        return len(self.metrics)
+
+    def __repr__(self) -> str:
+        return f"Path({str(self.root)!r}, points={len(self)}, ticks={self.ticks[:1]}..{self.ticks[-1:]})"
+
+    @property
+    def ticks(self) -> list[int]:
+        """The tick of each saved point."""
+        return [int(m["tick"]) for m in self.metrics]
+
+    @property
+    def config(self) -> dict:
+        """The resolved settings of the run (``llpf_config.yaml``)."""
+        return yaml.safe_load((self.root / CONFIG_YAML).read_text())
+
+    @property
+    def endpoints(self) -> dict:
+        """``endpoints.json`` (``A``/``B``: an object each, or null for a walk to the origin)."""
+        data = read_run_json(self.root, ENDPOINTS_JSON)
+        for key in ("A", "B"):
+            if not isinstance(data.get(key), (dict, type(None))):
+                raise RunDirectoryError(f"{self.root / ENDPOINTS_JSON}: {key!r} must be an object (an endpoint)")
+        return data
+
+    def validate(self) -> None:
+        """Read every metadata file now (endpoints, stages, settings), so a damaged one is refused before any work.
+
+        Raises:
+            RunDirectoryError: naming the file and what is wrong with it.
+        """
+        if (self.root / ENDPOINTS_JSON).is_file():
+            self.endpoints  # noqa: B018 - read for its checks
+        self.layer_groups  # noqa: B018
+        if (self.root / CONFIG_YAML).is_file():
+            try:
+                config = yaml.safe_load((self.root / CONFIG_YAML).read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, yaml.YAMLError) as err:
+                raise RunDirectoryError(f"{self.root / CONFIG_YAML}: not valid YAML ({err})") from None
+            if not isinstance(config, dict):
+                raise RunDirectoryError(f"{self.root / CONFIG_YAML}: expected a mapping of settings")
+
+    @property
+    def layer_groups(self) -> dict | None:
+        """``layer_groups.json`` (the stage plan), or None when the run directory has none."""
+        if not (self.root / LAYER_GROUPS_JSON).is_file():
+            return None
+        data = read_run_json(self.root, LAYER_GROUPS_JSON)
+        stages = data.get("stages")
+        if not isinstance(stages, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("groups"), list) and all(isinstance(g, dict) for g in s["groups"])
+            for s in stages
+        ):
+            raise RunDirectoryError(
+                f"{self.root / LAYER_GROUPS_JSON}: 'stages' must be a list of stages, each with a list of 'groups' "
+                "(the format `hf-llpf groups --json` writes)"
+            )
+        return data
+
+    def point_dir(self, i: int) -> FsPath:
+        """The folder of point ``i``; its recorded name must resolve inside the run directory."""
+        field = f"points[{self._index(i)}].point"
+        return resolve_inside(self.root, self.point_name(i), field=field, allowed_root=self._fence())
+
+    def point_name(self, i: int) -> str:
+        """The recorded folder name of point ``i`` (relative), refused when it could leave the run directory."""
+        j = self._index(i)
+        return check_relative_name(self.metrics[j].get("point"), field=f"points[{j}].point")
+
+    def _index(self, i: int) -> int:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"point index {i} out of range for a path of {n} points (allowed: {-n}..{n - 1})")
+        return i % n
+
+    def state_dict_at(self, i: int) -> dict[str, torch.Tensor]:
+        """The tensors of point ``i`` (parameters and buffers) under the model's own tensor names.
+
+        Read straight from the safetensors file(s) when the file's names are the model's; otherwise (transformers 5
+        writes some architectures, e.g. ViT, under legacy names and renames them on load) through the model loader.
+        """
+        state = self._raw_state_at(i)
+        if self.template is None and not self._names_match(state):
+            return {k: v.detach() for k, v in self.model_at(i).state_dict().items()}
+        return state
+
+    def _raw_state_at(self, i: int) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {}
+        folder, j = self.point_dir(i), self._index(i)
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise RunDirectoryError(f"points[{j}] ({folder}): missing, or holds no safetensors weights")
+        for f in files:
+            resolve_inside(folder, f.name, field=f"points[{j}] file", allowed_root=self._fence())
+            try:
+                state.update(safetensors.torch.load_file(str(f)))
+            except Exception as err:  # SafetensorError, or OSError for a truncated header
+                raise CorruptCheckpointError(
+                    f"points[{j}] ({f}): not a readable safetensors file ({str(err).splitlines()[0]})"
+                ) from None
+        for name, t in state.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CorruptCheckpointError(f"points[{j}] ({folder}): tensor {name!r} has non-finite values")
+        return state
+
+    def _fence(self) -> FsPath:
+        """Where files of this path may resolve to (links included): the run directory."""
+        return self.root
+
+    def _names_match(self, state: dict[str, torch.Tensor]) -> bool:
+        # Decided once per path (every point has the same format) by building one point.
+        if self._file_names_are_model_names is None:
+            own = set(self.model_at(0).state_dict())
+            self._file_names_are_model_names = set(state) <= own
+        return self._file_names_are_model_names
+
+    def model_at(self, i: int) -> nn.Module:
+        """Point ``i`` as a model in eval mode (built from its folder, or from the template)."""
+        if self.template is not None:
+            model = copy.deepcopy(self.template)
+            model.load_state_dict(self._raw_state_at(i), strict=False)
+            return model.eval()
+        return load_endpoint(self.point_dir(i)).model
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        for i in range(len(self)):
+            yield self.model_at(i)

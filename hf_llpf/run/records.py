@@ -1,0 +1,66 @@
+"""Typed rows of a run directory: a saved point, a tick, and the CSV columns that derive from them.
+
+A method builds its rows with :class:`PointRecord` / :class:`TickRecord`; ``path_metrics.json`` holds them as
+objects and ``path_metrics.csv`` has one row per point with these columns first (evaluation columns follow).
+A new column of the engine is a new field here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class PointRecord:
+    """One saved point of a path."""
+
+    index: int  # position in the path's list of points
+    tick: int  # the tick at which it was saved
+    stage: int  # the newest active stage (-1 in an M2O phase)
+    phase: str  # start, m2m, m2o, m2o_reversed or end
+    train_loss: float  # the repair training's loss at that tick (NaN at the ends)
+    sgd_iters: int  # SGD iterations along the path so far
+    dist_a: float | None  # L2 distance to θ_A over the moved parameters
+    dist_b: float | None  # ... and to θ_B
+    stage_boundary: bool  # a stage started here (and at the ends)
+    point: str  # the point's folder, relative to the run directory
+
+    def row(self) -> dict[str, Any]:
+        """As stored in ``path_metrics.json``."""
+        return asdict(self)
+
+
+@dataclass
+class TickRecord:
+    """One tick of a method (every tick, also those whose point is not saved)."""
+
+    tick: int
+    stage: int
+    train_loss: float
+    iters: int | None  # SGD iterations of this tick's repair
+    sgd_iters: int  # along the path so far
+    dist_a: float | None = None
+    dist_b: float | None = None
+    phase: str | None = None  # set by phases other than M2M
+
+    def row(self) -> dict[str, Any]:
+        """As stored in ``path_metrics.json``'s ``ticks`` (``phase`` only when set)."""
+        return {k: v for k, v in asdict(self).items() if not (k == "phase" and v is None)}
+
+
+POINT_COLUMNS = tuple(f.name for f in fields(PointRecord))
+
+
+def points_to_csv(points: list[dict]) -> str:
+    """One CSV row per point: :class:`PointRecord`'s columns first, then any evaluation columns in sorted order."""
+    extra = sorted({k for p in points for k in p} - set(POINT_COLUMNS))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=[*POINT_COLUMNS, *extra], extrasaction="ignore")
+    writer.writeheader()
+    for p in points:
+        writer.writerow({k: (v if not isinstance(v, (dict, list)) else json.dumps(v)) for k, v in p.items()})
+    return out.getvalue()
