@@ -12,11 +12,12 @@ from typing import Any
 import datasets
 import torch
 
+from hf_llpf import data as data_lib
 from hf_llpf.config import ConnectConfig, DataConfig, build
 from hf_llpf.data import DataBundle, SeededLoader, load_data
 from hf_llpf.errors import ConfigError, DataMismatchError, LLPFError
-from hf_llpf.models import Endpoint, load_endpoint
-from hf_llpf.stages import build_stages
+from hf_llpf.models import Endpoint, create_model, load_endpoint
+from hf_llpf.stages import build_stages, load_overrides
 
 
 def resolve_config(config: ConnectConfig | dict | None) -> ConnectConfig:
@@ -88,3 +89,65 @@ def read_paths(*endpoints: Endpoint, config: ConnectConfig) -> list[FsPath]:
     """The local files and folders a run reads (endpoints, data): a run directory must never delete them."""
     specs = [e.source for e in endpoints] + [config.data.source]
     return [FsPath(s) for s in specs if isinstance(s, str) and FsPath(s).exists()]
+
+
+def looks_like_endpoint(spec: str) -> bool:
+    """A folder, a file or a Hub id ``org/name[@rev]``; anything else is a built-in/timm model name."""
+    return FsPath(spec).exists() or "/" in spec or spec.endswith(".safetensors")
+
+
+def check_example_options(model: str, *, data: str | None = None, image_size: int | None = None) -> None:
+    """The options of :func:`example_for` that cannot work together, as an error before anything loads."""
+    if image_size and not data and looks_like_endpoint(model):
+        raise ConfigError(
+            f"--image-size {image_size}: resizes the images of --data, and none was given for the endpoint "
+            f"{model!r}; pass --data (e.g. --data digits) or drop --image-size"
+        )
+
+
+def _first_test_batch(bundle: DataBundle) -> Any:
+    return next(iter(bundle.loader("test", batch_size=8, seed=0, shuffle=False, augment=False)))
+
+
+def example_for(
+    model: str, *, data: str | None = None, image_size: int | None = None, model_args: dict | None = None
+) -> tuple[torch.nn.Module, Any]:
+    """A model and one example batch that fits it, for inspecting its stages (``hf-llpf groups``).
+
+    ``model`` is an endpoint (folder, file, Hub id) or a built-in/timm name, built at random init with its stem
+    fitted to the example images and, when ``data`` is given, its head to the data's classes. The batch is 8 test
+    examples of ``data`` (default digits), or a transformers endpoint's own dummy inputs when no data is given.
+    """
+    check_example_options(model, data=data, image_size=image_size)
+    model_args = dict(model_args or {})
+    bundle = None
+    if data or not looks_like_endpoint(model):  # the module's load_data, looked up now (tests replace it)
+        bundle = data_lib.load_data(data or "digits", **({"image_size": image_size} if image_size else {}))
+    if looks_like_endpoint(model):
+        module = load_endpoint(model, model_args=model_args or None).model
+    else:
+        model_args.setdefault("in_chans", bundle.input_shape[0])  # else the stem's forward fails
+        if data:
+            model_args.setdefault("num_classes", bundle.num_classes)
+        module = create_model(model, **model_args)
+    if bundle is not None:
+        return module, _first_test_batch(bundle)
+    if isinstance(getattr(module, "dummy_inputs", None), dict):
+        return module, module.dummy_inputs  # a transformers endpoint without data: its own dummy inputs
+    return module, _first_test_batch(data_lib.load_data("digits"))
+
+
+def example_plan(module: torch.nn.Module, batch: Any, *, label: str, overrides: str | None = None) -> Any:
+    """The stage plan of ``module`` traced on ``batch`` (and a YAML file of stage overrides), or a clear error."""
+    rules = load_overrides(overrides) if overrides else None
+    try:
+        with torch.no_grad():
+            return build_stages(module, batch, overrides=rules)
+    except (RuntimeError, AssertionError, ValueError) as e:  # the batch does not fit the model (channels, size)
+        if isinstance(e, LLPFError):
+            raise
+        shape = tuple(batch[0].shape) if isinstance(batch, (tuple, list)) else type(batch).__name__
+        raise ConfigError(
+            f"the example batch {shape} does not fit {label}: {str(e).splitlines()[0]} "
+            "(choose --data / --image-size, or --model-args)"
+        ) from e

@@ -8,13 +8,15 @@ connects them; otherwise a cross-sphere run (M2O, then M2M) does.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 from accelerate.logging import get_logger
 from torch import nn
 
 from hf_llpf import geometry
 from hf_llpf.config import ConnectConfig
-from hf_llpf.models import Endpoint
+from hf_llpf.models import Endpoint, check_endpoints_match, check_finite, load_endpoint
 
 logger = get_logger(__name__)
 
@@ -72,3 +74,40 @@ def sphere_distance(report: list[dict]) -> float:
 def same_sphere(report: list[dict], tolerance: float = SPHERE_TOLERANCE) -> bool:
     """True when :func:`sphere_distance` is within ``tolerance``."""
     return sphere_distance(report) <= tolerance
+
+
+@dataclass(frozen=True)
+class SphereVerdict:
+    """The facts of the sphere check (``hf-llpf spheres`` prints them; docs/cli.md#spheres)."""
+
+    tolerance: float
+    distance: float  # :func:`sphere_distance`
+    same: bool  # within ``tolerance``: M2M; else cross-sphere M2O then M2M
+    off: list[bool]  # per report row: a weight tensor whose |ln(ratio)| alone exceeds ``tolerance``
+    tensors: int
+    outside: int  # rows marked off
+    skipped: int  # rows without a finite positive ratio (zero variance in A)
+
+
+def sphere_verdict(report: list[dict], tolerance: float | None = None) -> SphereVerdict:
+    """The verdict on a :func:`sphere_report`: the distance, same sphere or not, and the tensors that stand out."""
+    tol = SPHERE_TOLERANCE if tolerance is None else tolerance
+    off = [r["ndim"] > 1 and 0 < r["ratio"] < math.inf and abs(math.log(r["ratio"])) > tol for r in report]
+    return SphereVerdict(
+        tolerance=tol,
+        distance=sphere_distance(report),
+        same=same_sphere(report, tol),
+        off=off,
+        tensors=len(report),
+        outside=sum(off),
+        skipped=sum(1 for r in report if not 0 < r["ratio"] < math.inf),
+    )
+
+
+def compare_endpoints(spec_a: Any, spec_b: Any) -> list[dict]:
+    """Load two endpoints, check they are finite and of one architecture, and give their :func:`sphere_report`."""
+    ea, eb = load_endpoint(spec_a), load_endpoint(spec_b)
+    check_finite(ea, label="A")
+    check_finite(eb, label="B")
+    check_endpoints_match(ea.model, eb.model)
+    return sphere_report(ea.model, eb.model)

@@ -151,3 +151,18 @@ def test_groups_overrides_and_batch_errors(tmp_path, capsys):
     assert main(["groups", "vit_tiny_patch16_224", "--model-args", tiny_vit]) == 2  # digits images are 8x8
     err = capsys.readouterr().err
     assert "the example batch (8, 1, 8, 8) does not fit vit_tiny_patch16_224" in err
+
+
+def test_sphere_verdict_flags_and_counts():
+    from hf_llpf.spheres import sphere_verdict
+
+    report = [
+        {"name": "w1", "ndim": 2, "numel": 100, "var_a": 1.0, "var_b": 9.0, "ratio": 9.0},
+        {"name": "w2", "ndim": 4, "numel": 100, "var_a": 1.0, "var_b": 1.1, "ratio": 1.1},
+        {"name": "b", "ndim": 1, "numel": 10, "var_a": 1.0, "var_b": 9.0, "ratio": 9.0},  # biases not judged
+        {"name": "n", "ndim": 1, "numel": 10, "var_a": 0.0, "var_b": 0.0, "ratio": float("inf")},
+    ]
+    v = sphere_verdict(report, 0.5)
+    assert v.off == [True, False, False, False]
+    assert (v.tensors, v.outside, v.skipped, v.same) == (4, 1, 1, False)
+    assert sphere_verdict(report, 2.0).same and sphere_verdict(report).tolerance == 0.5

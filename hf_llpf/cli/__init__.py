@@ -1,0 +1,52 @@
+"""``hf-llpf``: the command line. It only parses arguments, calls the library and prints (docs/cli.md).
+
+One module per command, each with ``register(sub)`` (its sub-parser) and ``run(args)``; all printed text is
+built in :mod:`hf_llpf.cli.render`, the shared argument types live in :mod:`hf_llpf.cli.args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from hf_llpf import __version__
+from hf_llpf.cli import connect, demo, evaluate, export, groups, push, spheres, train
+from hf_llpf.errors import LLPFError
+
+# In ``--help`` order.
+COMMANDS = (train, connect, demo, groups, spheres, push, export, evaluate)
+
+# Further ``register(sub)`` callables (e.g. from an extension): each adds its sub-parser after the built-ins.
+_EXTRA_COMMANDS: list = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``hf-llpf`` (every subcommand is listed in ``--help``)."""
+    parser = argparse.ArgumentParser(prog="hf-llpf", description="Low-loss paths between trained checkpoints (LLPF).")
+    parser.add_argument("--version", action="version", version=f"hf-llpf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hf-llpf`` console script."""
+    from hf_llpf.cli.render import error
+
+    parser = build_parser()
+    # key=value overrides may stand anywhere, also after options: argparse leaves those in `extra`.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return args.func(args) or 0
+    except LLPFError as err:
+        print(error(args.command, err), file=sys.stderr)
+        return 2

@@ -1,0 +1,119 @@
+"""``hf-llpf connect``: build an LLPF path from endpoint A to endpoint B (docs/cli.md#connect)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hf_llpf.cli.args import add_settings_args, positive, threads
+
+
+def register(sub) -> None:
+    p = sub.add_parser("connect", help="build an LLPF path from endpoint A to endpoint B")
+    p.add_argument("a", help="endpoint A: model folder, Hub id org/name[@rev], or .safetensors with --arch")
+    p.add_argument("b", help="endpoint B (same architecture as A)")
+    p.add_argument("--data", help="training data spec (default: the recipe's, else digits)")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--arch", help="model name for bare .safetensors endpoints")
+    p.add_argument(
+        "--repeats",
+        type=positive("--repeats"),
+        default=1,
+        metavar="R",
+        help="R paths with repair-training seeds seed..seed+R-1 in OUT/repeat_NN, and their consistency",
+    )
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="evaluate the path, then publish it as this Hub repo")
+    p.add_argument(
+        "--method",
+        choices=["auto", "m2m", "m2o"],
+        help="auto (default): M2M, or M2O+M2M when the endpoints are on different spheres",
+    )
+    exist = p.add_mutually_exclusive_group()
+    exist.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    exist.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--threads", type=threads, default=1, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--profile", action="store_true", help="print where the time went (per phase and per tick)")
+    add_settings_args(p)
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace):
+    from hf_llpf.config import ConnectConfig, apply_overrides, build, load_recipe
+
+    values = load_recipe(args.recipe)
+    if args.data:
+        values.setdefault("data", {})["source"] = args.data
+    if args.method:
+        values["method"] = args.method
+    return build(ConnectConfig, apply_overrides(values, args.overrides))
+
+
+def _command_line() -> str | None:
+    """The command as typed, recorded in the run directory."""
+    import shlex
+
+    return "hf-llpf " + " ".join(shlex.quote(x) for x in sys.argv[1:]) if sys.argv[1:] else None
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from hf_llpf.api import connect
+    from hf_llpf.cli.args import set_threads
+    from hf_llpf.models import load_endpoint
+
+    config = _config(args)
+    set_threads(args.threads)
+    exist = "resume" if args.resume else "overwrite" if args.overwrite else "error"
+    a = load_endpoint(args.a, arch=args.arch)
+    b = load_endpoint(args.b, arch=args.arch)
+    command = _command_line()
+    start = time.perf_counter()
+    if args.repeats > 1:
+        return _repeats(args, a, b, config, exist)
+    path = connect(a, b, config=config, run_dir=args.out, exist=exist, progress=not args.no_progress, command=command)
+    wall = time.perf_counter() - start
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under accelerate launch / torchrun only the main process reports
+        return 0
+    _report(args, path, wall)
+    return 0
+
+
+def _report(args: argparse.Namespace, path, wall: float) -> None:
+    """On the main process: publish when asked (after evaluating, for the card), then the summary and profile."""
+    import time
+
+    from hf_llpf.cli.render import connected, profile_table, published
+
+    evaluate_s = 0.0
+    if args.push_to_hub:
+        from hf_llpf.api import evaluate_run
+        from hf_llpf.hub import push_path
+
+        t = time.perf_counter()
+        evaluate_run(path)  # the card's figures and plots
+        evaluate_s = time.perf_counter() - t
+        print(published(args.out, push_path(args.out, repo_id=args.push_to_hub)))
+    print(connected(args.out, path))
+    if args.profile:
+        run = path.summary.get("run", {})
+        timing = {**run.get("timing", {}), "evaluate": evaluate_s}
+        print(profile_table(timing, wall=wall + evaluate_s, ticks=run.get("ticks") or 0))
+
+
+def _repeats(args: argparse.Namespace, a, b, config, exist: str) -> int:
+    from accelerate import PartialState
+
+    from hf_llpf.cli.render import repeats
+    from hf_llpf.repeats import run_repeats
+
+    summary = run_repeats(
+        a, b, config=config, run_dir=args.out, repeats=args.repeats, exist=exist, progress=not args.no_progress
+    )
+    if not PartialState().is_main_process:  # the repeats were spread over the processes; one reports
+        return 0
+    print(repeats(summary, count=args.repeats, out=args.out))
+    return 0

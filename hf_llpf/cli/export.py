@@ -1,0 +1,33 @@
+"""``hf-llpf export``: write one point of a path as a standalone model (docs/cli.md#export)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="write one point of a path as a standalone (merged) model")
+    p.add_argument("source", help="a run directory or a published path org/repo[@revision]")
+    p.add_argument("--point", default="mid", help="index, tick:N, best or mid (default mid)")
+    p.add_argument("--out", required=True, help="folder to write (must be new or empty)")
+    p.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO", help="also publish it as this model repo")
+    p.add_argument("--token", help="write token for --push-to-hub")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hf_llpf.cli.render import exported, hub_refused
+    from hf_llpf.hub import export_point
+
+    try:
+        info = export_point(
+            args.source, point=args.point, out_dir=args.out, push_to_hub=args.push_to_hub, token=args.token
+        )
+    except HfHubHTTPError as err:
+        print(hub_refused("export", err, retry="re-run with a new --out to retry"), file=sys.stderr)
+        return 2
+    print(exported(info))
+    return 0

@@ -1,0 +1,161 @@
+"""Every text the commands print: tables and summary lines, from what the library returns.
+
+The endpoint and path tables are :mod:`hf_llpf.report`'s (imported when used: ``hf-llpf --help`` stays cheap).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+# The set-up, then the engine's phases per tick in the order a tick runs them (docs/algorithm.md §2.1),
+# then the writes.
+PROFILE_PHASES = {
+    "setup_endpoints": "loading and checking the endpoints",
+    "setup_data": "loading the data and the first batch",
+    "setup_stages": "building the Follow-Data-Flow stages (forward hooks, torch.export)",
+    "snapshot": "copy of the live tensors for the divergence guard's rollback",
+    "move": "clamped steps of the active tensors toward θ_B",
+    "correct": "variance corrections (after the move and after training)",
+    "train": "minimal training (SGD)",
+    "record": "per-tick distances to θ_A/θ_B and the tick log",
+    "write_points": "saving points (safetensors)",
+    "write_metrics": "path_metrics.json/.csv (with each checkpoint and at the end)",
+    "write_checkpoint": "resume checkpoint",
+    "evaluate": "evaluation of the points (none during the run: points are judged by `hf-llpf evaluate`)",
+}
+
+# How the container-owned parameters were placed, by the plan's order source (docs/layer-groups.md).
+_PLACED = {
+    "hooks": "none (every parameter belongs to a leaf module)",
+    "hooks+export graph": "placed at first use in the torch.export graph",
+    "hooks+declared": "placed by declared position (torch.export failed)",
+}
+
+
+def trained(label: str, metrics: dict, out: str) -> str:
+    """``hf-llpf train``: the endpoint's metrics table and where it was saved."""
+    from hf_llpf.report import endpoint_table
+
+    return f"{endpoint_table({label: metrics})}\nsaved to {out}"
+
+
+def connected(out: str, path: Any) -> str:
+    """``hf-llpf connect``: the one-line summary of the written path."""
+    run = path.summary.get("run", {})
+    return (
+        f"path written to {out} ({run.get('method')}): {len(path)} points, {run.get('ticks')} ticks, "
+        f"{run.get('sgd_iters')} SGD iterations, stages started at ticks {run.get('stage_starts')}"
+    )
+
+
+def published(out: str, pushed: dict) -> str:
+    return f"published {out} as {pushed['url']} (tag {pushed['tag']})"
+
+
+def profile_table(timing: dict[str, float], *, wall: float, ticks: int) -> str:
+    """Where a connect run's time went: the engine's phases, plus ``other`` = wall − their sum (set-up, loading)."""
+    phases = {k: float(timing.get(k, 0.0)) for k in PROFILE_PHASES}
+    phases.update({k: float(v) for k, v in timing.items() if k not in phases})  # e.g. M2O's phases
+    phases["other"] = max(wall - sum(phases.values()), 0.0)
+    lines = [f"{'phase':<17} {'seconds':>9} {'share':>7} {'ms/tick':>9}", f"{'-' * 17} {'-' * 9} {'-' * 7} {'-' * 9}"]
+    for name, sec in [*phases.items(), ("total", wall)]:
+        share = sec / wall if wall > 0 else 0.0
+        per_tick = 1000 * sec / ticks if ticks else float("nan")
+        lines.append(f"{name:<17} {sec:>9.3f} {share:>7.1%} {per_tick:>9.2f}")
+    return "\n".join(lines)
+
+
+def repeats(summary: dict, *, count: int, out: str) -> str:
+    import json
+
+    return (
+        f"{json.dumps(summary, indent=2, default=str)}\n"
+        f"{count} paths in {out}/repeat_*; consistency.json and plots/repeats.png written"
+    )
+
+
+def groups_notes(plan: Any, *, overridden: bool) -> str:
+    """``hf-llpf groups``: the lines under the stage table (placement, never-run modules, tied parameters)."""
+    source = plan.order_source.replace("+overrides", "")
+    placed = _PLACED.get(source, source)
+    return "\n".join(
+        [
+            f"container-owned parameters: {placed}" + ("; user overrides applied" if overridden else ""),
+            f"never-run modules: {', '.join(plan.never_run) or 'none'}",
+            f"tied parameters: {', '.join(f'{a} -> {c}' for a, c in plan.tied.items()) or 'none'}",
+        ]
+    )
+
+
+def spheres_table(report: list[dict], off: list[bool]) -> str:
+    """``hf-llpf spheres``: one row per tensor, the variances, their ratio and ``off`` where the verdict says."""
+    header = ("tensor", "Var θ_A", "Var θ_B", "ratio B/A", "")
+    rows = [
+        (
+            r["name"],
+            f"{r['var_a']:.6g}",
+            f"{r['var_b']:.6g}",
+            "-" if r["var_a"] == 0 == r["var_b"] else f"{r['ratio']:.6g}",  # constant in both: no ratio
+            "off" if flag else "",
+        )
+        for r, flag in zip(report, off, strict=True)
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [header, tuple("-" * w for w in widths[:4]) + ("",), *rows]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        for r in lines
+    )
+
+
+def spheres_verdict(v: Any) -> str:
+    """``hf-llpf spheres``: the distance line and the verdict sentence, from :func:`hf_llpf.spheres.sphere_verdict`."""
+    verdict = "same variance sphere -> M2M" if v.same else "different variance spheres -> cross-sphere M2O+M2M needed"
+    tol = v.tolerance
+    return (
+        f"numel-weighted mean |ln(Var_B/Var_A)| over weight tensors: {v.distance:.4g}\n"
+        f"tolerance: mean |ln(Var_B/Var_A)| <= {tol:g} over weight tensors, weighted by size; biases/norms "
+        f"not judged ('off' marks weights with a ratio outside [{math.exp(-tol):.3g}, {math.exp(tol):.3g}]); "
+        f"{v.tensors} tensors, {v.outside} outside, {v.skipped} skipped (zero variance in A): {verdict}"
+    )
+
+
+def pushed(info: dict) -> str:
+    state = "pushed" if info["created_commit"] else "already up to date"
+    return (
+        f"{state}: {info['url']} @ {info['revision']} commit {info['commit']} tag {info['tag']}\n"
+        f'load it with: hf_llpf.load_path("{info["repo_id"]}@{info["tag"]}")'
+    )
+
+
+def hub_refused(command: str, err: Exception, *, retry: str) -> str:
+    """The error line of a push the Hub refused (the local state unchanged)."""
+    return f"hf-llpf {command}: error: the Hub refused the push ({err}); {retry}"
+
+
+def exported(info: dict) -> str:
+    lines = [f"point {info['index']} (tick {info['tick']}, {info['point']}) written to {info['out_dir']}"]
+    if info.get("repo_id"):
+        lines.append(f"pushed to {info['repo_id']} commit {info['commit']}")
+    return "\n".join(lines)
+
+
+def evaluated(result: dict, *, run_dir: str | None) -> str:
+    """``hf-llpf evaluate``: counts, the path table, and (for a local run directory) what was written."""
+    from hf_llpf.report import summary_table
+
+    ev = result["summary"]["evaluation"]
+    lines = [
+        f"{len(result['points'])} points evaluated on {ev['train_examples']} train / {ev['test_examples']} test "
+        f"examples in {ev['seconds']:.1f} s",
+        summary_table(result["summary"]),
+    ]
+    if run_dir is not None:
+        lines.append(f"written: {Path(run_dir) / 'path_metrics.json'}, plots/, README.md")
+    return "\n".join(lines)
+
+
+def error(command: str, err: Exception) -> str:
+    return f"hf-llpf {command}: error: {err}"
