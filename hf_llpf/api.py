@@ -7,7 +7,6 @@ Follow-Data-Flow stages, opens the run directory and runs the algorithm. No YAML
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -20,15 +19,14 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from hf_llpf import __version__
-from hf_llpf.algorithms.base import Context, RunRecorder
-from hf_llpf.algorithms.cross_sphere import CrossSphere
-from hf_llpf.algorithms.m2m import M2M
-from hf_llpf.algorithms.m2o import M2O, OUTWARD_MESSAGE
+from hf_llpf.algorithms.base import RunSetup
+from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
+from hf_llpf.algorithms.registry import method_class
 from hf_llpf.config import ConnectConfig, to_yaml
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.inputs import example_batch, read_paths, resolve_config, resolve_endpoint, stage_plan, training_batches
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
-from hf_llpf.run import METRICS_JSON, Path, RunWriter, read_metrics
+from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
 from hf_llpf.run.resume import check_same_run, read_checkpoint
 from hf_llpf.seeding import seed_everything
@@ -95,14 +93,13 @@ def connect(
 
     # Only the main process writes; the others wait until it has created (or cleared) the run directory.
     protected = read_paths(ea, eb, config=config)
-    writer = RunWriter(run_dir, exist=exist, protected=protected) if accelerator.is_main_process else None
+    writer = RunWriter(run_dir, exist=exist, protected=protected) if accelerator.is_main_process else NullWriter()
     try:
         return _run_and_record(
             ea, eb, plan, method, config, writer, run_dir, loader, loss_fn, accelerator, setup, progress, command
         )
     finally:
-        if writer is not None:
-            writer.close()
+        writer.close()
 
 
 def _run_and_record(
@@ -111,7 +108,7 @@ def _run_and_record(
     plan: Any,
     method: str,
     config: ConnectConfig,
-    writer: RunWriter | None,
+    writer: RunWriter | NullWriter,
     run_dir: str | os.PathLike,
     loader: Any,
     loss_fn: LossFn | None,
@@ -132,12 +129,13 @@ def _run_and_record(
     if ckpt is not None and ckpt.get("done") and "run" in Path(run_dir).summary:
         logger.info(f"{run_dir} is already complete; nothing to resume", main_process_only=True)
         return Path(run_dir, template=template)
-    if writer is not None and (ckpt is None or resumed_with):
+    if ckpt is None or resumed_with:
         _describe_run(writer, ea, eb, plan, config, method, command, new=ckpt is None)
     make_trainer = trainer_factory(config, loader, loss_fn, accelerator)
     on_tick = _tracker(config, accelerator)
     start = time.perf_counter()
-    runner = _runner(method, ea, eb, plan, config, make_trainer, writer, accelerator, progress, ckpt is not None)
+    setup_run = RunSetup(ea, eb, plan, config, make_trainer, writer, accelerator.device, progress, ckpt is not None)
+    runner = method_class(method).for_run(setup_run)
     if on_tick is not None:
         runner.on_tick = on_tick
     history = _resume_history(run_dir, resumed_with) if ckpt is not None else []
@@ -148,8 +146,7 @@ def _run_and_record(
     if history:
         summary["run"]["resumed_with"] = history
     state = runner.state
-    if writer is not None:
-        writer.write_metrics(state.points, state.ticks, summary)
+    writer.write_metrics(state.points, state.ticks, summary)
     if config.report_to:
         accelerator.log({f"run/{k}": v for k, v in summary["run"].items() if isinstance(v, (int, float))})
         accelerator.end_training()
@@ -189,27 +186,9 @@ def _tracker(config: ConnectConfig, accelerator: Accelerator) -> Callable[[dict]
     return on_tick
 
 
-def _runner(method, ea, eb, plan, config, make_trainer, writer, accelerator, progress, resume):
-    """The method object of this run, with its recorder (a :class:`NullRecorder` on non-main processes)."""
-    if method == "m2o":
-        return CrossSphere(ea, eb, plan, config, make_trainer, writer=writer, device=accelerator.device,
-                           progress=progress, resume=resume)  # fmt: skip
-    model = copy.deepcopy(ea.model).to(accelerator.device)
-    ctx = Context(model, make_trainer(model), plan, config, progress=progress)
-    runner = M2M(ctx, eb)
-    if writer is not None:
-        runner.recorder = RunRecorder(writer, ea, state=lambda: run_state(runner, method))
-    return runner
-
-
-def run_state(runner: Any, method: str) -> dict:
-    """The checkpoint of a run: which method, whether it is done, and the method's resumable state."""
-    return {"method": method, "done": runner.finished, "state": runner.state_dict()}
-
-
 def _summary(runner: Any, method: str, plan: Any, setup: dict, *, elapsed: float) -> dict:
     state = runner.state
-    timing = runner.timing if hasattr(runner, "timing") else state.timing
+    timing = runner.timing
     return {
         "run": {
             "method": method,
@@ -300,12 +279,11 @@ def walk_to_origin(
         description = {"A": endpoint.describe(), "B": None, "method": "m2o-walk", "hf_llpf_version": __version__}
         writer.write_json(ENDPOINTS_JSON, description)
         writer.write_json(LAYER_GROUPS_JSON, plan.to_json())
-        work = copy.deepcopy(endpoint.model).to(accelerator.device)
-        trainer = trainer_factory(config, loader, loss_fn, accelerator)(work, per_tensor_lr=True)
-        walk = M2O(Context(work, trainer, plan, config, progress=progress), None, reference_a=endpoint.model)
-        walk.recorder = RunRecorder(writer, endpoint, state=lambda: run_state(walk, "m2o-walk"))
+        make_trainer = trainer_factory(config, loader, loss_fn, accelerator)
+        run = RunSetup(endpoint, None, plan, config, make_trainer, writer, accelerator.device, progress)
+        walk = method_class("m2o-walk").for_run(run)
         walk.run()
-        run = {"method": "m2o-walk", "ticks": walk.tick, "sgd_iters": trainer.iterations, "timing": walk.timing}
+        run = {"method": "m2o-walk", "ticks": walk.tick, "sgd_iters": walk.trainer.iterations, "timing": walk.timing}
         writer.write_metrics(walk.points, walk.ticks, {"run": {**run, "reached": bool(walk.done())}})
     return Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None)
 

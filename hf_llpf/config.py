@@ -124,8 +124,11 @@ class M2OConfig(_Settings):
 class ConnectConfig(_Settings):
     """Settings of an LLPF run (``hf-llpf connect``); defaults are the measured hf_llpf defaults."""
 
-    method: Literal["auto", "m2m", "m2o"] = Field(
-        "auto", description="auto: M2M, or M2O+M2M when the spheres differ; m2m: M2M only; m2o: always M2O+M2M"
+    method: str = Field(
+        "auto",
+        pattern=r"^[a-z][a-z0-9_\-]*$",
+        description="auto: M2M, or M2O+M2M when the spheres differ; m2m: M2M only; m2o: always M2O+M2M; or any "
+        "other registered method (hf_llpf.algorithms.registry), checked when the run starts",
     )
     m2o: M2OConfig = Field(default_factory=M2OConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -24,8 +24,16 @@ SPHERE_TOLERANCE = 0.5  # |log(Var_B/Var_A)| per tensor beyond which two endpoin
 
 
 def choose_method(ea: Endpoint, eb: Endpoint, config: ConnectConfig) -> str:
-    """``m2m`` or ``m2o`` (cross-sphere M2O then M2M): ``config.method``, or the sphere check under ``auto``."""
+    """``config.method`` (a registered method), or under ``auto`` the sphere check: ``m2m`` on one sphere, ``m2o``
+    (cross-sphere M2O then M2M) otherwise.
+
+    Raises:
+        UnknownNameError: ``config.method`` is no registered method (the message lists them).
+    """
     if config.method != "auto":
+        from hf_llpf.algorithms.registry import method_class
+
+        method_class(config.method)  # refuses an unknown name before any work
         return config.method
     report = sphere_report(ea.model, eb.model)
     if same_sphere(report):

@@ -126,13 +126,20 @@ def _connect_in_two(name: str, *, exist: str) -> None:
     hf_llpf.connect(a, b, "digits", config=CONFIG, run_dir=os.path.join(root, name), exist=exist, progress=False)
 
 
+# The workers are imported from this file in fresh interpreters: the repository root (for ``tests.``) and
+# tests/ (for ``conftest``), as pytest's pythonpath setting gives this process.
+_TEST_PATH = os.pathsep.join(
+    [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(os.path.abspath(__file__))]
+)
+
+
 def _launch(worker: str, root, *, expect_failure: bool = False) -> None:
     # A fresh interpreter: processes forked from pytest would inherit its single-process Accelerate state.
     script = (
         f"from accelerate import debug_launcher; from tests.test_distributed import {worker}; "
         f"debug_launcher({worker}, num_processes=2)"
     )
-    env = {**os.environ, "HF_LLPF_TEST_ROOT": str(root), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_LLPF_TEST_ROOT": str(root), "OMP_NUM_THREADS": "1", "PYTHONPATH": _TEST_PATH}
     result = subprocess.run(
         [sys.executable, "-c", script],
         env=env,

@@ -448,6 +448,7 @@ def test_a_hostile_published_path_is_refused_before_anything_is_copied(hub_round
     assert "points[2].point='../../../../..'" in value["message"] and not value["exists"]
 
 
+@pytest.mark.hub
 def test_token_is_never_written(hub_round_trip):
     hits = []
     for root in hub_round_trip["scan"]:

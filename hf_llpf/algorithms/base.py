@@ -113,6 +113,21 @@ class Context:
     progress: bool = True
 
 
+@dataclass
+class RunSetup:
+    """What the orchestrator hands a method to build itself for a run (:meth:`Method.for_run`)."""
+
+    ea: Endpoint  # θ_A (the start; the endpoint whose format points are saved in)
+    eb: Endpoint | None  # θ_B (None: a walk to the origin)
+    plan: StagePlan
+    config: ConnectConfig
+    make_trainer: Callable[..., RepairTrainer]  # make_trainer(model, per_tensor_lr=False)
+    writer: Any  # RunWriter on the main process, NullWriter elsewhere
+    device: torch.device
+    progress: bool = True
+    resume: bool = False
+
+
 class Timer:
     """Accumulates seconds per phase into a state's ``timing`` (``--profile``)."""
 
@@ -200,17 +215,34 @@ class Method:
     resume needs goes into :meth:`extra_state` / :meth:`load_extra_state`.
     """
 
-    name = "method"
+    name = "method"  # set by @register
     state: LoopState
+    finished: bool = False
+    offset: int = 0  # the tick this method's ticks are numbered from
+    on_tick: Callable[[dict], None] | None = None  # called with each tick's row (experiment trackers)
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.model, self.trainer, self.config = ctx.model, ctx.trainer, ctx.config
         self.guard = DivergenceGuard(ctx.model, ctx.trainer)
 
+    @classmethod
+    def for_run(cls, run: RunSetup) -> Method:  # pragma: no cover - abstract
+        """Build the method for a run: its working model, trainer and recorder."""
+        raise NotImplementedError
+
     def run(self) -> LoopState:  # pragma: no cover - abstract
         """Run (or continue) to the end; returns the final state."""
         raise NotImplementedError
+
+    def run_state(self) -> dict[str, Any]:
+        """The run's checkpoint: which method, whether it is done, and its resumable state."""
+        return {"method": self.name, "done": self.finished, "state": self.state_dict()}
+
+    @property
+    def timing(self) -> dict[str, float]:
+        """Seconds per phase of this run."""
+        return self.state.timing
 
     @property
     def timer(self) -> Timer:

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from hf_llpf import geometry
-from hf_llpf.algorithms.base import Context, NullRecorder, RunRecorder
+from hf_llpf.algorithms.base import Context, RunRecorder, RunSetup
 from hf_llpf.algorithms.m2m import M2M, TickState
 from hf_llpf.algorithms.m2o import M2O, moved_parameter_names
+from hf_llpf.algorithms.registry import register
 from hf_llpf.config import ConnectConfig
 from hf_llpf.models import Endpoint
 from hf_llpf.run import RunWriter
@@ -42,6 +43,7 @@ def larger_sphere_is_a(a: nn.Module, b: nn.Module, names: list[str]) -> bool:
     return bool(torch.log(va[ok] / vb[ok]).mean() > 0)
 
 
+@register("m2o")
 class CrossSphere:
     """M2O from the larger-sphere endpoint onto the other's sphere, then M2M: one resumable path θ_A → θ_B.
 
@@ -51,8 +53,6 @@ class CrossSphere:
         writer: the run directory (main process) or None (other processes: nothing is written).
         device: the training device. progress: show progress bars. on_tick: called with each M2M tick's row.
     """
-
-    name = "cross_sphere"
 
     def __init__(
         self,
@@ -75,10 +75,7 @@ class CrossSphere:
         self.a_larger = larger_sphere_is_a(ea.model, eb.model, weights)
         self.walker, other = (ea, eb) if self.a_larger else (eb, ea)
         # Where the M2O points go: straight into the path when A walks; aside (to be reversed) when B walks.
-        self.aside = None
-        if writer is not None and not self.a_larger:
-            # Inside the run directory, whose lock covers it.
-            self.aside = RunWriter(writer.root / ASIDE, exist="append" if resume else "overwrite", lock=False)
+        self.aside = None if self.a_larger else writer.phase_folder(ASIDE, resume=resume)
         model = copy.deepcopy(self.walker.model).to(device)
         pw, po = dict(self.walker.model.named_parameters()), dict(other.model.named_parameters())
         target = torch.minimum(geometry.variances([pw[n] for n in names]), geometry.variances([po[n] for n in names]))
@@ -88,15 +85,19 @@ class CrossSphere:
         self.m2m: M2M | None = None
         self.walked: dict[str, torch.Tensor] | None = None  # the M2O phase's last state (where M2M starts or ends)
 
+    @classmethod
+    def for_run(cls, run: RunSetup) -> CrossSphere:
+        """The cross-sphere run of ``run``'s endpoints."""
+        return cls(run.ea, run.eb, run.plan, run.config, run.make_trainer, writer=run.writer, device=run.device,
+                   progress=run.progress, resume=run.resume)  # fmt: skip
+
     def _recorder(self, points: RunWriter | None):
-        if self.writer is None:
-            return NullRecorder()
         return RunRecorder(points or self.writer, self.walker if points is self.aside else self.ea,
                            checkpoints=self.writer, state=self.run_state)  # fmt: skip
 
     def run_state(self) -> dict:
         """The run's checkpoint: both phases and the M2O phase's last state."""
-        return {"method": "m2o", "done": self.finished, "state": self.state_dict()}
+        return {"method": self.name, "done": self.finished, "state": self.state_dict()}
 
     @property
     def finished(self) -> bool:
@@ -133,11 +134,10 @@ class CrossSphere:
             self._build_m2m()
         if not self.m2m.finished:
             self.m2m.run()
-        if self.writer is not None:
-            if not self.a_larger:
-                _append_reversed(self.m2m, self.m2o, self.aside, self.writer)
-                self.aside.remove()
-            self.writer.write_metrics(self.m2m.state.points, self.m2m.state.ticks)
+        if not self.a_larger:
+            _append_reversed(self.m2m, self.m2o, self.aside, self.writer)
+            self.aside.remove()
+        self.writer.write_metrics(self.m2m.state.points, self.m2m.state.ticks)
         return self.m2m.state
 
     @property

@@ -13,6 +13,7 @@ from Var θ_A[k] to Var θ_B[k] (geometric interpolation), so the path does not 
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_llpf import geometry
-from hf_llpf.algorithms.base import Context, LoopState, Method, diverged
+from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup, diverged
+from hf_llpf.algorithms.registry import register
 from hf_llpf.errors import ConfigError, DivergenceError
 from hf_llpf.models import Endpoint
 from hf_llpf.run.records import PointRecord, TickRecord
@@ -37,6 +39,7 @@ class TickState(LoopState):
     landed: list[bool] = field(default_factory=list)  # per tensor: a move has put it exactly on θ_B
 
 
+@register("m2m")
 class M2M(Method):
     """Walk ``ctx.model`` (a copy of θ_A) to θ_B, recording points and checkpoints through ``ctx.recorder``.
 
@@ -47,8 +50,6 @@ class M2M(Method):
         prior_points, prior_ticks: ... and continues its rows, starting on its last point.
         reference_a: θ_A for the distance-to-A column when this phase starts elsewhere (after M2O).
     """
-
-    name = "m2m"
 
     def __init__(
         self,
@@ -89,6 +90,14 @@ class M2M(Method):
         self.on_tick = None  # called with each tick's row (experiment trackers)
         self.last_dist = self.d0.clone()  # distances to θ_B after the last tick
         self.finished = False
+
+    @classmethod
+    def for_run(cls, run: RunSetup) -> M2M:
+        """A copy of θ_A on the run's device, walking to θ_B; points in θ_A's format."""
+        model = copy.deepcopy(run.ea.model).to(run.device)
+        method = cls(Context(model, run.make_trainer(model), run.plan, run.config, progress=run.progress), run.eb)
+        method.recorder = RunRecorder(run.writer, run.ea, state=method.run_state)
+        return method
 
     # ------------------------------------------------------------------------------------------ set-up
     def _schedule_start_ticks(self) -> list[int]:

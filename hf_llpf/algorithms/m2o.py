@@ -18,6 +18,7 @@ sphere, inward.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hf_llpf import geometry
-from hf_llpf.algorithms.base import Context, LoopState, Method, diverged
+from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup, diverged
+from hf_llpf.algorithms.registry import register
 from hf_llpf.errors import ConfigError, DivergenceError
 from hf_llpf.run.records import PointRecord, TickRecord
 from hf_llpf.stages import StagePlan
@@ -54,6 +56,7 @@ class WalkState(LoopState):
     reached: list[bool] = field(default_factory=list)
 
 
+@register("m2o-walk")
 class M2O(Method):
     """Walk ``ctx.model`` toward the origin until each moved tensor reaches its target variance.
 
@@ -68,8 +71,6 @@ class M2O(Method):
         reference_a, reference_b: the path's true endpoints, for the distance columns (``None``: no column).
         phase: the phase name recorded for each point.
     """
-
-    name = "m2o"
 
     def __init__(
         self,
@@ -96,6 +97,16 @@ class M2O(Method):
         self.refs = [_params(r) if r is not None else None for r in (reference_a, reference_b)]
         self.state = WalkState(reached=[False] * len(self.moved))
         self.finished = False
+
+    @classmethod
+    def for_run(cls, run: RunSetup) -> M2O:
+        """A walk of θ_A toward the origin to ``config.m2o.target_variance`` of its variance (walk_to_origin)."""
+        model = copy.deepcopy(run.ea.model).to(run.device)
+        trainer = run.make_trainer(model, per_tensor_lr=True)
+        ctx = Context(model, trainer, run.plan, run.config, progress=run.progress)
+        method = cls(ctx, None, reference_a=run.ea.model)
+        method.recorder = RunRecorder(run.writer, run.ea, state=method.run_state)
+        return method
 
     def _checked_target(self, target_var: torch.Tensor | None) -> torch.Tensor:
         m = self.config.m2o

@@ -1,13 +1,42 @@
-"""Method names → the classes that run them (``method:`` in the settings; ``auto`` is resolved by the sphere
-check in :mod:`hf_llpf.spheres` before a method is looked up)."""
+"""Method names → the classes that run them.
+
+A method registers itself in its own module (``@register("name")``); :func:`method_class` imports every
+module of :mod:`hf_llpf.algorithms` once, so a new method touches only its own file (and its test). The
+setting ``method: auto`` is resolved by the sphere check (:mod:`hf_llpf.spheres`) before a class is looked up.
+"""
 
 from __future__ import annotations
 
-from hf_llpf.algorithms.cross_sphere import CrossSphere
-from hf_llpf.algorithms.m2m import M2M
-from hf_llpf.algorithms.m2o import M2O
+import importlib
+import pkgutil
+from collections.abc import Callable
 
-METHODS: dict[str, type] = {"m2m": M2M, "m2o": CrossSphere, "m2o-walk": M2O}
+_METHODS: dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: make a method available as ``method: name``."""
+
+    def add(cls: type) -> type:
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return add
+
+
+def _discover() -> None:
+    import hf_llpf.algorithms as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("base", "registry"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def method_names() -> list[str]:
+    """Every registered method name."""
+    _discover()
+    return sorted(_METHODS)
 
 
 def method_class(name: str) -> type:
@@ -18,6 +47,7 @@ def method_class(name: str) -> type:
     """
     from hf_llpf.errors import UnknownNameError
 
-    if name not in METHODS:
-        raise UnknownNameError("method", name, sorted(METHODS))
-    return METHODS[name]
+    _discover()
+    if name not in _METHODS:
+        raise UnknownNameError("method", name, ["auto", *sorted(_METHODS)])
+    return _METHODS[name]

@@ -25,8 +25,7 @@ def register(sub) -> None:
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="evaluate the path, then publish it as this Hub repo")
     p.add_argument(
         "--method",
-        choices=["auto", "m2m", "m2o"],
-        help="auto (default): M2M, or M2O+M2M when the endpoints are on different spheres",
+        help="auto (default): M2M, or M2O+M2M when the endpoints are on different spheres; m2m; m2o",
     )
     exist = p.add_mutually_exclusive_group()
     exist.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

@@ -12,7 +12,11 @@ def register(sub) -> None:
     p.add_argument("--data", help="data spec for the example batch (default: digits)")
     p.add_argument("--image-size", type=int, help="resize the example images to this square size")
     p.add_argument("--model-args", help="JSON constructor arguments, e.g. '{\"num_classes\": 10}'")
-    p.add_argument("--overrides", help="YAML file of stage overrides (list of {match, stage} or {stages: [...]})")
+    p.add_argument(
+        "--overrides",
+        dest="overrides_file",
+        help="YAML file of stage overrides (list of {match, stage} or {stages: [...]})",
+    )
     p.add_argument("--json", metavar="OUT", help="also write the plan as layer_groups.json to OUT")
     p.set_defaults(func=run)
 
@@ -31,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_out_dir(Path(args.json), field="--json", file=True)
     model, batch = example_for(args.model, data=args.data, image_size=args.image_size, model_args=model_args)
-    plan = example_plan(model, batch, label=args.model, overrides=args.overrides)
+    plan = example_plan(model, batch, label=args.model, overrides=args.overrides_file)
     print(format_stage_table(plan, model))
-    print(groups_notes(plan, overridden=bool(args.overrides)))
+    print(groups_notes(plan, overridden=bool(args.overrides_file)))
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)

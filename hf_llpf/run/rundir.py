@@ -179,6 +179,11 @@ class RunWriter:
             os.replace(source, dest)
         return rel
 
+    def phase_folder(self, name: str, *, resume: bool) -> RunWriter:
+        """A writer of the folder ``name`` inside this run directory, for a phase whose points are spliced in
+        later: emptied for a new run, kept as it is on resume; covered by this run directory's lock."""
+        return RunWriter(self.root / name, exist="append" if resume else "overwrite", lock=False)
+
     def remove(self) -> None:
         """Delete this folder (a phase's folder, once spliced into its run directory)."""
         self.close()
@@ -197,9 +202,40 @@ class RunWriter:
 
 
 class NullWriter:
-    """What a non-main process gets instead of a :class:`RunWriter`: it writes nothing and holds no lock."""
+    """What a non-main process gets instead of a :class:`RunWriter`: the same methods, writing nothing.
+
+    The main process writes the path that every process computes; the others go through the same code with
+    this writer, so no caller checks which process it is on.
+    """
 
     root = None
+
+    def write_json(self, name: str, obj: Any) -> None:
+        """Nothing is written."""
+
+    def write_yaml(self, name: str, text: str) -> None:
+        """Nothing is written."""
+
+    def write_point(self, tick: int, model: nn.Module, endpoint: Endpoint) -> str:
+        """Nothing is written; the point's name is what the main process writes."""
+        return point_name(tick)
+
+    def adopt_point(self, other: Any, name: str, tick: int) -> str:
+        """Nothing is moved; the point's name is what the main process gives it."""
+        return point_name(tick)
+
+    def write_metrics(self, points: list[dict], ticks: list[dict], summary: dict | None = None) -> None:
+        """Nothing is written."""
+
+    def save_checkpoint(self, state: dict) -> None:
+        """Nothing is written."""
+
+    def phase_folder(self, name: str, *, resume: bool) -> NullWriter:
+        """Another writer that writes nothing."""
+        return NullWriter()
+
+    def remove(self) -> None:
+        """Nothing to delete."""
 
     def close(self) -> None:
         """Nothing to release."""
