@@ -15,7 +15,7 @@ from hf_llpf.data import load_data
 def run_demo(out: Path, *, threads: int = 1) -> int:
     """Train (or reuse) both endpoints, connect them with the default settings, evaluate, print a table."""
     from hf_llpf.api import connect, evaluate_run
-    from hf_llpf.report import endpoint_table
+    from hf_llpf.report import endpoint_table, path_verdict
     from hf_llpf.train import train_or_reuse
 
     torch.set_num_threads(threads)
@@ -61,4 +61,5 @@ def run_demo(out: Path, *, threads: int = 1) -> int:
         f"worst continuity segment loss: {llpf.get('worst_continuity_loss', float('nan')):.4f}; "
         f"report and plots: {out}/path/README.md, {out}/path/plots/"
     )
+    print(path_verdict(result["summary"]))
     return 0

@@ -116,6 +116,27 @@ def consistency_table(consistency: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def path_verdict(summary: dict[str, Any]) -> str:
+    """One plain sentence comparing the path with linear interpolation on the same data (the run's last line).
+
+    It states what the figures show and nothing more: "lower" or "WORSE", never "connected" or "certified"
+    (no loss ceiling is enforced on the path yet).
+    """
+    llpf, linear = summary.get("llpf", {}), summary.get("linear", {})
+    a, b = llpf.get("max_train_loss"), linear.get("max_train_loss")
+    if a is None or b is None or a != a or b != b:  # NaN: a point could not be judged
+        return "verdict: not available (the path or the linear baseline has no finite maximum train loss)"
+    if a < b:
+        return (
+            f"verdict: the path's maximum train loss {a:.4g} is lower than linear interpolation's {b:.4g} on the "
+            "same data (not certified: no loss ceiling was enforced)"
+        )
+    return (
+        f"verdict: the path is WORSE than linear interpolation: maximum train loss {a:.4g} vs {b:.4g} on the same "
+        "data; use the straight line, or rerun with more repair training (max_iters) or smaller steps (step_r)"
+    )
+
+
 def render_section(run_dir: str | os.PathLike) -> str:
     """The report section of ``run_dir`` (markers included), from ``path_metrics.json`` and the plots present."""
     run_dir = FsPath(run_dir)
@@ -132,6 +153,8 @@ def render_section(run_dir: str | os.PathLike) -> str:
             + ("; BatchNorm recalibrated in separate columns." if ev.get("recalibrate_bn") else "."),
             "",
             summary_table(summary),
+            "",
+            f"**{path_verdict(summary)}**",
             "",
             _DEFINITIONS,
             "",
@@ -176,4 +199,13 @@ def write_report(run_dir: str | os.PathLike) -> FsPath:
     return readme
 
 
-__all__ = ["END", "START", "consistency_table", "endpoint_table", "render_section", "summary_table", "write_report"]
+__all__ = [
+    "END",
+    "START",
+    "consistency_table",
+    "endpoint_table",
+    "path_verdict",
+    "render_section",
+    "summary_table",
+    "write_report",
+]

@@ -266,3 +266,15 @@ def test_repeats_same_seed_agree_different_seeds_differ(tmp_path, endpoints, dig
     assert "Consistency over 2 repeats" in (tmp_path / "x/README.md").read_text()
     with pytest.raises(ConfigError, match="repeats=0"):
         run_repeats(a, b, digits, config=tiny, run_dir=tmp_path / "z", repeats=0)
+
+
+def test_the_verdict_says_plainly_when_the_path_is_worse_than_the_straight_line():
+    from hf_llpf.report import path_verdict
+
+    better = path_verdict({"llpf": {"max_train_loss": 0.07}, "linear": {"max_train_loss": 2.4}})
+    worse = path_verdict({"llpf": {"max_train_loss": 1.173}, "linear": {"max_train_loss": 0.379}})
+    assert "lower than linear interpolation's 2.4" in better and "not certified" in better
+    assert "WORSE than linear interpolation" in worse and "1.173 vs 0.379" in worse
+    for text in (better, worse):
+        assert "connected" not in text and "certified: every" not in text
+    assert "not available" in path_verdict({"llpf": {"max_train_loss": float("nan")}, "linear": {}})

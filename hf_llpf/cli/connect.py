@@ -87,13 +87,14 @@ def _report(args: argparse.Namespace, path, wall: float) -> None:
 
     from hf_llpf.cli.render import connected, profile_table, published
 
-    evaluate_s = 0.0
+    evaluate_s, verdict = 0.0, None
     if args.push_to_hub:
         from hf_llpf.api import evaluate_run
         from hf_llpf.hub import push_path
+        from hf_llpf.report import path_verdict
 
         t = time.perf_counter()
-        evaluate_run(path)  # the card's figures and plots
+        verdict = path_verdict(evaluate_run(path)["summary"])  # the card's figures and plots
         evaluate_s = time.perf_counter() - t
         print(published(args.out, push_path(args.out, repo_id=args.push_to_hub)))
     print(connected(args.out, path))
@@ -101,6 +102,8 @@ def _report(args: argparse.Namespace, path, wall: float) -> None:
         run = path.summary.get("run", {})
         timing = {**run.get("timing", {}), "evaluate": evaluate_s}
         print(profile_table(timing, wall=wall + evaluate_s, ticks=run.get("ticks") or 0))
+    # The last line says what the figures say; without an evaluation there are none yet.
+    print(verdict or f"not judged yet: `hf-llpf evaluate {args.out}` compares it with linear interpolation")
 
 
 def _repeats(args: argparse.Namespace, a, b, config, exist: str) -> int:

@@ -144,7 +144,7 @@ def exported(info: dict) -> str:
 
 def evaluated(result: dict, *, run_dir: str | None) -> str:
     """``hf-llpf evaluate``: counts, the path table, and (for a local run directory) what was written."""
-    from hf_llpf.report import summary_table
+    from hf_llpf.report import path_verdict, summary_table
 
     ev = result["summary"]["evaluation"]
     lines = [
@@ -154,6 +154,7 @@ def evaluated(result: dict, *, run_dir: str | None) -> str:
     ]
     if run_dir is not None:
         lines.append(f"written: {Path(run_dir) / 'path_metrics.json'}, plots/, README.md")
+    lines.append(path_verdict(result["summary"]))  # the last line: what the figures say
     return "\n".join(lines)
 
 
