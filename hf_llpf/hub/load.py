@@ -13,10 +13,11 @@ from pathlib import Path as FsPath
 
 from hf_llpf.errors import OfflineError, RunDirectoryError, UnknownNameError
 from hf_llpf.hub.spec import parse_repo_spec
-from hf_llpf.run import CHECKPOINT_DIR, METRICS_JSON, POINTS_DIR, Path
+from hf_llpf.run import CHECKPOINT_DIR, METRICS_JSON, PLOTS_DIR, POINTS_DIR, Path
+from hf_llpf.run.layout import README
 
 # Files a published path needs before any point is opened (metrics eager, points lazy).
-EAGER_PATTERNS = ("README.md", "*.json", "*.csv", "*.yaml", "plots/*")
+EAGER_PATTERNS = (README, "*.json", "*.csv", "*.yaml", f"{PLOTS_DIR}/*")
 # Weights are only ever fetched as safetensors; configs and small text files come with them.
 POINT_FILE_PATTERNS = ("*.safetensors", "*.json", "*.txt", "*.model", "*.md")
 # Pickle-based or foreign weight formats: never downloaded, never copied into an export.

@@ -153,6 +153,6 @@ def push_path(
     with hub_errors(api, repo_id=repo_id):
         result = _push_tagged(api, repo_id=repo_id, files=files, revision=revision, private=private, tag=tag)
     if not (root / README).is_file() or (root / README).read_bytes() != card:
-        atomic_write_text(root / "README.md", card.decode())
+        atomic_write_text(root / README, card.decode())
     base = (endpoint or api.endpoint).rstrip("/")
     return {**result, "repo_id": repo_id, "revision": revision, "files": len(files), "url": f"{base}/{repo_id}"}
