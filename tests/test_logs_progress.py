@@ -188,3 +188,89 @@ def test_connect_records_the_precision_of_the_launch(env, expected, tmp_path, tr
     assert path.config["mixed_precision"] == expected
     assert path.summary["run"]["mixed_precision"] == expected
     assert "\r" not in result.stderr and "llpf m2m" not in result.stderr
+
+
+class _RecordingBar:
+    """Stands in for tqdm in hf_llpf.algorithms.m2m: records the total, each position and each postfix."""
+
+    made: list[_RecordingBar] = []
+
+    def __init__(self, total=None, initial=0, disable=False, **kwargs):
+        self.total, self.n, self.disable, self.kwargs = total, initial, disable, kwargs
+        self.positions, self.postfixes = [initial], []
+        _RecordingBar.made.append(self)
+
+    def update(self, k=1):
+        self.n += k
+        self.positions.append(self.n)
+
+    def set_postfix(self, **kw):
+        self.postfixes.append(kw)
+
+    def close(self):
+        pass
+
+    @staticmethod
+    def write(text, *a, **k):
+        print(text, file=sys.stderr)
+
+
+def test_the_m2m_bar_counts_stages_with_the_ticks_of_the_current_stage(
+    tmp_path, digits, trained_endpoint, monkeypatch
+):
+    import hf_llpf.algorithms.m2m as m2m
+
+    _RecordingBar.made = []
+    monkeypatch.setattr(m2m, "tqdm", _RecordingBar)
+    monkeypatch.setattr(m2m, "progress_enabled", lambda requested: requested)  # as on a terminal
+    config = {"step_r": 0.25, "min_iters": 1, "max_iters": 2, "arrival_tol": 0.05, "max_ticks": 200}
+    a, b = trained_endpoint(0, epochs=1), trained_endpoint(1, epochs=1)
+    path = hf_llpf.connect(a, b, digits, config=config, run_dir=tmp_path / "run", progress=True)
+    (bar,) = _RecordingBar.made
+    stages = len(path.layer_groups["stages"])
+    assert stages > 1 and len(path.summary["run"]["stage_starts"]) == stages  # every stage started
+    assert bar.total == stages and bar.total != config["max_ticks"]
+    assert bar.disable is False and bar.kwargs["unit"] == "stage"
+    assert bar.positions[0] == 1 and bar.positions[-1] == stages  # starts on stage 1, ends with every stage
+    assert all(x <= y for x, y in zip(bar.positions, bar.positions[1:], strict=False))
+    ticks = [p["stage_ticks"] for p in bar.postfixes]
+    assert len(ticks) == path.summary["run"]["ticks"] - 1  # one postfix per loop tick (not the final snap)
+    assert ticks[0] == 1 and all(t >= 0 for t in ticks)
+    assert ticks.count(0) == stages - 1  # each newly started stage shows 0 of its ticks, once
+
+
+def test_quiet_libraries_silences_transformers_and_hub_then_restores_them():
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as tf_logging
+
+    from hf_llpf.progress import progress_requested, quiet_libraries
+
+    before = tf_logging.is_progress_bar_enabled(), tf_logging.get_verbosity(), hub_utils.are_progress_bars_disabled()
+    with quiet_libraries(True):
+        assert tf_logging.is_progress_bar_enabled() is False
+        assert tf_logging.get_verbosity() == tf_logging.ERROR
+        assert hub_utils.are_progress_bars_disabled() is True
+    after = tf_logging.is_progress_bar_enabled(), tf_logging.get_verbosity(), hub_utils.are_progress_bars_disabled()
+    assert after == before
+    with quiet_libraries(False):
+        assert tf_logging.get_verbosity() == before[1]
+    # Around a point's save or load: quiet under progress=False (the CLI's --no-progress), even on a terminal.
+    from hf_llpf.progress import library_bars
+
+    with progress_requested(False), library_bars():
+        assert tf_logging.is_progress_bar_enabled() is False and tf_logging.get_verbosity() == tf_logging.ERROR
+
+
+def test_saving_and_loading_a_transformers_point_prints_no_transformers_bar(tmp_path, capsys):
+    from tiny_models import tiny_bert
+
+    from hf_llpf.models import load_endpoint, save_model
+
+    model = tiny_bert()
+    capsys.readouterr()
+    model.save_pretrained(tmp_path / "raw")  # the control: transformers' own bar, redirected or not
+    assert "Writing model shards" in capsys.readouterr().err
+    save_model(model, tmp_path / "point", kind="transformers", arch={})
+    load_endpoint(tmp_path / "point")
+    err = capsys.readouterr().err
+    assert "Writing model shards" not in err and "Loading weights" not in err and "\r" not in err, err
