@@ -26,6 +26,7 @@ from hf_llpf.config import ConnectConfig, to_yaml
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.inputs import example_batch, read_paths, resolve_config, resolve_endpoint, stage_plan, training_batches
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
+from hf_llpf.progress import progress_requested
 from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
 from hf_llpf.run.resume import check_same_run, read_checkpoint
@@ -71,10 +72,12 @@ def connect(
     accelerator = accelerator or make_accelerator(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )
+    config = used_precision(config, accelerator)
     seed_everything(config.seed)
     setup = {}  # seconds of the set-up phases, for --profile
     t = time.perf_counter()
-    ea, eb = resolve_endpoint(model_a), resolve_endpoint(model_b)
+    with progress_requested(progress):
+        ea, eb = resolve_endpoint(model_a), resolve_endpoint(model_b)
     check_finite(ea, label="A")
     check_finite(eb, label="B")
     check_endpoints_match(ea.model, eb.model)
@@ -95,9 +98,10 @@ def connect(
     protected = read_paths(ea, eb, config=config)
     writer = RunWriter(run_dir, exist=exist, protected=protected) if accelerator.is_main_process else NullWriter()
     try:
-        return _run_and_record(
-            ea, eb, plan, method, config, writer, run_dir, loader, loss_fn, accelerator, setup, progress, command
-        )
+        with progress_requested(progress):
+            return _run_and_record(
+                ea, eb, plan, method, config, writer, run_dir, loader, loss_fn, accelerator, setup, progress, command
+            )
     finally:
         writer.close()
 
@@ -143,6 +147,7 @@ def _run_and_record(
         runner.load_state_dict(ckpt["state"])
     runner.run()
     summary = _summary(runner, method, plan, setup, elapsed=time.perf_counter() - start)
+    summary["run"]["mixed_precision"] = config.mixed_precision
     if history:
         summary["run"]["resumed_with"] = history
     state = runner.state
@@ -152,6 +157,14 @@ def _run_and_record(
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return Path(run_dir, template=template)
+
+
+def used_precision(config: ConnectConfig, accelerator: Any) -> ConnectConfig:
+    """``config`` with ``mixed_precision`` as the Accelerator actually runs it (``auto`` resolved by the launch):
+    what ``llpf_config.yaml`` and the summary record."""
+    used = accelerator.mixed_precision
+    used = str(getattr(used, "value", used) or "no")
+    return config if config.mixed_precision == used else config.model_copy(update={"mixed_precision": used})
 
 
 def _resume_history(run_dir: str | os.PathLike, changed: dict | None) -> list[dict]:
@@ -265,8 +278,10 @@ def walk_to_origin(
     """
     config = resolve_config(config)
     accelerator = accelerator or make_accelerator(mixed_precision=config.mixed_precision)
+    config = used_precision(config, accelerator)
     seed_everything(config.seed)
-    endpoint = resolve_endpoint(model)
+    with progress_requested(progress):
+        endpoint = resolve_endpoint(model)
     loader, bundle = training_batches(train_data, config)
     if bundle is not None:
         check_labels_fit(endpoint.model, bundle)
@@ -274,7 +289,7 @@ def walk_to_origin(
     plan = stage_plan(endpoint, example_batch(loader), config)
     if config.m2o.target_variance >= 1:
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
-    with RunWriter(run_dir, exist=exist) as writer:
+    with RunWriter(run_dir, exist=exist) as writer, progress_requested(progress):
         writer.write_yaml(CONFIG_YAML, to_yaml(config))
         description = {"A": endpoint.describe(), "B": None, "method": "m2o-walk", "hf_llpf_version": __version__}
         writer.write_json(ENDPOINTS_JSON, description)

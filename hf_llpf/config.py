@@ -167,7 +167,12 @@ class ConnectConfig(_Settings):
         "points are judged in eval mode with stale statistics",
     )
     # Devices (Accelerate): the repair training's precision; moves and corrections stay in the endpoints' dtype.
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast of the repair training")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto",
+        description="autocast of the repair training; auto: what the launch says (`accelerate launch "
+        "--mixed_precision`, ACCELERATE_MIXED_PRECISION, the accelerate config), else no. A run records the "
+        "precision it used",
+    )
     sync_check_every: int = Field(
         25,
         ge=1,

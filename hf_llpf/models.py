@@ -242,8 +242,11 @@ def _load_transformers(location: str, config: dict, *, trust_remote_code: bool, 
                 hint="custom code is only run with trust_remote_code=True",
             )
         cls = transformers.AutoModel
+    from hf_llpf.progress import library_bars
+
     try:
-        return cls.from_pretrained(location, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
+        with library_bars():
+            return cls.from_pretrained(location, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
     except OSError as err:
         if "safetensors" in str(err).lower() or "no file named" in str(err).lower():
             raise CorruptCheckpointError(f"{location}: no readable safetensors weights ({err})") from err
@@ -323,7 +326,10 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, kind: Kind, ar
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if kind == "transformers":
-        model.save_pretrained(directory, safe_serialization=True)
+        from hf_llpf.progress import library_bars
+
+        with library_bars():
+            model.save_pretrained(directory, safe_serialization=True)
         return directory
     state, seen = {}, set()
     for k, v in model.state_dict().items():

@@ -27,14 +27,19 @@ from hf_llpf.data import DataBundle, SeededLoader, load_data
 from hf_llpf.errors import DataMismatchError, RunDirectoryError
 from hf_llpf.evaluation.scoring import score
 from hf_llpf.models import WEIGHTS_NAME, Endpoint, as_endpoint, check_finite, create_model, save_model
+from hf_llpf.progress import progress_enabled
 from hf_llpf.run import check_out_dir
 from hf_llpf.seeding import seed_everything
 
 
 def make_accelerator(
-    *, mixed_precision: str = "no", report_to: list[str] | None = None, project_dir: str | None = None
+    *, mixed_precision: str = "auto", report_to: list[str] | None = None, project_dir: str | None = None
 ) -> Accelerator:
-    """The Accelerator of a run: the device (GPU when there is one), processes, precision and trackers.
+    """The Accelerator of a run: the device, processes, precision and trackers.
+
+    Accelerate chooses the device (CUDA, MPS, XPU, ... or the CPU; ``ACCELERATE_USE_CPU`` forces the CPU), and
+    ``mixed_precision="auto"`` leaves the precision to the launch (``accelerate launch --mixed_precision``, its
+    ``ACCELERATE_MIXED_PRECISION`` environment, the accelerate config), ``no`` when nothing says.
 
     Raises:
         ConfigError: a tracker's package is not installed, or this process already runs an Accelerator with
@@ -52,14 +57,13 @@ def make_accelerator(
             [f"report_to={name!r}: the package {name!r} is not installed (pip install {name})" for name in missing]
         )
     current = AcceleratorState._shared_state.get("_mixed_precision") if AcceleratorState._shared_state else None
-    if current is not None and str(current) != mixed_precision:
+    if mixed_precision != "auto" and current is not None and str(current) != mixed_precision:
         raise ConfigError(
             f"mixed_precision={mixed_precision!r}: this process already runs Accelerate with "
             f"{current!r}; start a new process (a new `hf-llpf connect`) to change it"
         )
     return Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=mixed_precision,
+        mixed_precision=None if mixed_precision == "auto" else mixed_precision,
         log_with=list(report_to or []) or None,
         project_dir=project_dir,
     )
@@ -126,7 +130,7 @@ def train_endpoint(
     """
     if out_dir is not None:
         check_model_out_dir(Path(out_dir), overwrite=overwrite)
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or Accelerator()
     data = data or load_data(recipe.data)
     seed_everything(recipe.seed)
     model_args = {"num_classes": data.num_classes, "in_chans": data.input_shape[0], **recipe.model_args}
@@ -174,7 +178,7 @@ def _train_epochs(model, loader, optimizer, scheduler, recipe: TrainRecipe, acce
     bar = tqdm(
         total=recipe.epochs * len(loader),
         desc=f"train {recipe.model} seed {recipe.seed}",
-        disable=not (progress and accelerator.is_main_process),
+        disable=not progress_enabled(progress and accelerator.is_main_process),
         leave=False,
     )
     for _ in range(recipe.epochs):

@@ -26,6 +26,7 @@ from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, Run
 from hf_llpf.algorithms.registry import register
 from hf_llpf.errors import ConfigError, DivergenceError
 from hf_llpf.models import Endpoint
+from hf_llpf.progress import progress_enabled
 from hf_llpf.run.records import PointRecord, TickRecord
 from hf_llpf.stages.matching import GroupMatcher, compile_regex
 
@@ -195,17 +196,24 @@ class M2M(Method):
         if st.tick == 0 and not st.points:  # (a phase after M2O starts on M2O's last point: already saved)
             self._record_point(0, float("nan"), self.d0, boundary=True)
             self._checkpoint()
+        # The bar counts stages (it advances when a stage starts); the ticks of the current stage are in the
+        # postfix: the number of ticks a run takes is not known in advance (max_ticks is only a cap).
         bar = tqdm(
-            total=self.config.max_ticks, initial=st.tick, desc="llpf m2m", disable=not self.progress, leave=False
+            total=self.num_stages,
+            initial=st.active,
+            desc="llpf m2m stages",
+            unit="stage",
+            disable=not progress_enabled(self.progress),
+            leave=False,
         )
         try:
             # Checked before each tick, not after: a run resumed from the checkpoint of its arrival tick must
             # finish, not take one more tick (the uninterrupted run stopped there).
             while st.tick < self.config.max_ticks and not self._finished(self.last_dist):
                 self._tick()
-                bar.update(1)
+                bar.update(st.active - bar.n)
                 bar.set_postfix(
-                    stage=f"{st.active}/{self.num_stages}",
+                    stage_ticks=st.tick - self._stage_start_tick(),
                     loss=f"{st.ticks[-1]['train_loss']:.4f}",
                     dist_b=f"{st.ticks[-1]['dist_b']:.3g}",
                 )
@@ -213,6 +221,12 @@ class M2M(Method):
             bar.close()
         self._finish()
         return st
+
+    def _stage_start_tick(self) -> int:
+        """The tick at which the newest active stage started (for the progress bar)."""
+        if self.start_ticks is not None:
+            return max([t for t in self.start_ticks if t <= self.state.tick], default=0)
+        return self.state.stage_starts[-1] if self.state.stage_starts else 0
 
     def _tick(self) -> torch.Tensor:
         st, cfg, timer = self.state, self.config, self.timer

@@ -31,6 +31,7 @@ from hf_llpf import geometry
 from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup, diverged
 from hf_llpf.algorithms.registry import register
 from hf_llpf.errors import ConfigError, DivergenceError
+from hf_llpf.progress import progress_enabled
 from hf_llpf.run.records import PointRecord, TickRecord
 from hf_llpf.stages import StagePlan
 
@@ -188,7 +189,9 @@ class M2O(Method):
         if st.tick == 0 and not st.points:
             self._record(0, float("nan"))
             self._checkpoint()
-        bar = tqdm(total=m.max_ticks, initial=st.tick, desc=f"llpf {self.phase}", disable=not self.progress)
+        bar = tqdm(
+            total=m.max_ticks, initial=st.tick, desc=f"llpf {self.phase}", disable=not progress_enabled(self.progress)
+        )
         try:
             while st.tick < m.max_ticks and not self.done():
                 loss = self._tick()

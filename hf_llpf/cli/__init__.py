@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from hf_llpf import __version__
 from hf_llpf.cli import connect, demo, evaluate, export, groups, push, spheres, train
+from hf_llpf.cli.args import add_verbosity_args
 from hf_llpf.errors import LLPFError
 
 # In ``--help`` order.
@@ -25,11 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hf-llpf`` (every subcommand is listed in ``--help``)."""
     parser = argparse.ArgumentParser(prog="hf-llpf", description="Low-loss paths between trained checkpoints (LLPF).")
     parser.add_argument("--version", action="version", version=f"hf-llpf {__version__}")
+    add_verbosity_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
     for register in _EXTRA_COMMANDS:
         register(sub)
+    for command_parser in dict.fromkeys(sub.choices.values()):  # (an alias maps to its command's parser)
+        add_verbosity_args(command_parser)
     return parser
 
 
@@ -45,8 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    try:
-        return args.func(args) or 0
-    except LLPFError as err:
-        print(error(args.command, err), file=sys.stderr)
-        return 2
+    from hf_llpf.logging import configured
+
+    with configured(args.log_level):
+        try:
+            return args.func(args) or 0
+        except LLPFError as err:
+            print(error(args.command, err), file=sys.stderr)
+            return 2

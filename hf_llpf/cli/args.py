@@ -13,6 +13,31 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override a setting (dotted keys for nested)")
 
 
+def add_verbosity_args(p: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``-v``/``--verbose`` (DEBUG) and ``-q``/``--quiet`` (WARNING) of the ``hf_llpf`` logger (INFO otherwise);
+    accepted before the command and after it (``hf-llpf -q train`` and ``hf-llpf train -q``)."""
+    group = p.add_mutually_exclusive_group()
+    default = "info" if top else argparse.SUPPRESS  # a sub-command's absent flag keeps the top-level value
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest="log_level",
+        action="store_const",
+        const="debug",
+        default=default,
+        help="debug messages",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        dest="log_level",
+        action="store_const",
+        const="warning",
+        default=default,
+        help="only warnings and errors",
+    )
+
+
 def threads(text: str) -> int:
     """``--threads``: a whole number from 1 to the machine's CPU count."""
     limit = os.cpu_count() or 1

@@ -23,7 +23,6 @@ import os
 import time
 from typing import Any
 
-import torch
 from accelerate import Accelerator
 from torch import nn
 
@@ -148,7 +147,7 @@ def evaluate_path(
             ``outputs.loss`` for dict batches).
         seed: seed of the fixed subsets.
         template: a module of the path's architecture, for paths of plain ``nn.Module`` s.
-        accelerator: decides the device (default: a new ``Accelerator``; the GPU when there is one).
+        accelerator: decides the device (default: a new ``Accelerator``: the device Accelerate chooses).
 
     Returns:
         ``{"points": [...], "linear": [...], "continuity": [...], "summary": {...}}`` (each point's row holds
@@ -171,7 +170,7 @@ def evaluate_path(
     path.validate()  # a damaged metadata file is refused before anything is computed or written
     if len(path) == 0:
         raise RunDirectoryError(f"{str(path.root)!r} holds no saved point to evaluate")
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or Accelerator()
     set_opts = {k: opts[k] for k in ("train_subset", "continuity_subset", "batch_size", "seed")}
     sets = sets_for(resolve_data(path, data), device=accelerator.device, **set_opts)
     result = _evaluate(path, sets, opts, accelerator)

@@ -1,0 +1,72 @@
+"""The ``hf_llpf`` logger's handler: decisions (e.g. the cross-sphere method choice) go to stderr.
+
+Library modules never attach handlers; the CLI calls :func:`configure` (INFO by default, ``-q`` WARNING,
+``-v`` DEBUG), and Python users may do the same::
+
+    import hf_llpf.logging
+    hf_llpf.logging.configure("info")
+
+Modules log through ``accelerate.logging.get_logger(__name__)``: a wrapper of the stdlib logger of the same
+name (``hf_llpf....``), so its messages reach this handler (logged on the main process only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+
+NAME = "hf_llpf"
+_HANDLER_FLAG = "_hf_llpf_handler"
+
+
+def configure(level: int | str = "info", *, stream=None) -> logging.Logger:
+    """Set the level of the ``hf_llpf`` logger and give it one stderr handler (calling it again replaces it).
+
+    Args:
+        level: ``"debug"``, ``"info"``, ``"warning"``, ``"error"`` or a :mod:`logging` level number.
+        stream: where the messages go (default ``sys.stderr`` at the time of each message).
+
+    Returns:
+        The ``hf_llpf`` logger.
+    """
+    logger = logging.getLogger(NAME)
+    logger.setLevel(level.upper() if isinstance(level, str) else level)
+    for h in [h for h in logger.handlers if getattr(h, _HANDLER_FLAG, False)]:
+        logger.removeHandler(h)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    handler.setFormatter(logging.Formatter("hf-llpf: %(message)s"))
+    setattr(handler, _HANDLER_FLAG, True)
+    logger.addHandler(handler)
+    logger.propagate = False  # one line per message, also when the root logger has a handler
+    return logger
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment (pytest's capsys and redirected streams see the messages)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+@contextlib.contextmanager
+def configured(level: int | str = "info") -> Iterator[logging.Logger]:
+    """:func:`configure` for the duration of a block (the CLI's ``main``); the logger's previous level, handlers
+    and propagation are restored afterwards."""
+    logger = logging.getLogger(NAME)
+    saved = logger.level, list(logger.handlers), logger.propagate
+    try:
+        yield configure(level)
+    finally:
+        logger.setLevel(saved[0])
+        logger.handlers[:] = saved[1]
+        logger.propagate = saved[2]

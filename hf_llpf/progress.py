@@ -1,0 +1,70 @@
+"""When progress bars show, and keeping the libraries' own bars and info logs quiet (docs/cli.md#progress-and-logs).
+
+A bar shows only when it was asked for (``progress=True``, no ``--no-progress``), stderr is a terminal and
+``TQDM_DISABLE`` is not set to a true value: a redirected log gets no ``\\r`` updates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import sys
+from collections.abc import Iterator
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def progress_enabled(requested: bool = True) -> bool:
+    """``requested`` and stderr is a terminal and ``TQDM_DISABLE`` is not true."""
+    if not requested or os.environ.get("TQDM_DISABLE", "").strip().lower() in _TRUE:
+        return False
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # no stderr, or a closed one
+        return False
+
+
+@contextlib.contextmanager
+def quiet_libraries(quiet: bool = True) -> Iterator[None]:
+    """While ``quiet``: no progress bars and only errors from transformers, no progress bars from huggingface_hub
+    (their "Loading weights" / "Writing model shards" bars would appear for every point). Restored afterwards."""
+    if not quiet:
+        yield
+        return
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as tf_logging
+
+    bars, verbosity = tf_logging.is_progress_bar_enabled(), tf_logging.get_verbosity()
+    hub_bars_off = hub_utils.are_progress_bars_disabled()
+    tf_logging.disable_progress_bar()
+    tf_logging.set_verbosity_error()
+    hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(verbosity)
+        if bars:
+            tf_logging.enable_progress_bar()
+        if not hub_bars_off:
+            hub_utils.enable_progress_bars()
+
+
+_REQUESTED: contextvars.ContextVar[bool] = contextvars.ContextVar("hf_llpf_progress_requested", default=True)
+
+
+@contextlib.contextmanager
+def progress_requested(requested: bool) -> Iterator[None]:
+    """Within the block, the libraries' bars follow ``requested`` (a run's ``progress=``) as :func:`library_bars`
+    reads it."""
+    token = _REQUESTED.set(bool(requested))
+    try:
+        yield
+    finally:
+        _REQUESTED.reset(token)
+
+
+def library_bars() -> contextlib.AbstractContextManager:
+    """Around a save or load of a point through transformers / huggingface_hub: quiet unless bars are enabled
+    (asked for by the current run, stderr a terminal, ``TQDM_DISABLE`` unset)."""
+    return quiet_libraries(not progress_enabled(_REQUESTED.get()))

@@ -1,0 +1,276 @@
+"""Logs and progress as Hugging Face users expect (docs/cli.md#progress-and-logs), and launch settings respected
+(docs/distributed.md): bars only on a terminal, TQDM_DISABLE, the -v/-q logger, the precision of the launch."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+import threading
+
+import pytest
+import torch
+
+import hf_llpf
+from hf_llpf.cli import build_parser
+from hf_llpf.config import ConnectConfig
+from hf_llpf.models import as_endpoint, create_model
+from hf_llpf.progress import progress_enabled
+
+torch.set_num_threads(1)
+
+FAST = ["step_r=0.25", "min_iters=1", "max_iters=2", "arrival_tol=0.05", "max_ticks=12"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "ACCELERATE_MIXED_PRECISION")}
+    return {**env, "OMP_NUM_THREADS": "1", **extra}
+
+
+def _train_cmd(out) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "hf_llpf.cli",
+        "train",
+        "small_cnn",
+        "--data",
+        "digits",
+        "--out",
+        str(out),
+        "epochs=1",
+    ]
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_enabled_needs_request_terminal_and_no_tqdm_disable(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(sys, "stderr", _Tty())
+    assert progress_enabled(True) is True
+    assert progress_enabled(False) is False
+    for value, expected in (("1", False), ("true", False), ("YES", False), ("0", True), ("", True)):
+        monkeypatch.setenv("TQDM_DISABLE", value)
+        assert progress_enabled(True) is expected, value
+    monkeypatch.delenv("TQDM_DISABLE")
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # redirected: no terminal
+    assert progress_enabled(True) is False
+
+
+def test_redirected_train_writes_no_carriage_return_progress(tmp_path):
+    result = subprocess.run(_train_cmd(tmp_path / "m"), capture_output=True, text=True, timeout=300, env=_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\r" not in result.stdout and "\r" not in result.stderr
+    assert "train small_cnn seed" not in result.stderr  # the bar's description never appears
+    assert len(result.stderr) < 2000, result.stderr[-2000:]
+
+
+def _train_on_a_terminal(out, env) -> str:
+    """``hf-llpf train`` with stderr on a pseudo-terminal; returns what reached the terminal."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 0-column pty gets empty bars
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    proc = subprocess.run(_train_cmd(out), stdout=subprocess.PIPE, stderr=slave, timeout=300, env=env)
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    assert proc.returncode == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_train_bar_shows_on_a_terminal_unless_tqdm_disable(tmp_path):
+    shown = _train_on_a_terminal(tmp_path / "a", _env())
+    assert "train small_cnn seed 0" in shown and "\r" in shown
+    hidden = _train_on_a_terminal(tmp_path / "b", _env(TQDM_DISABLE="1"))
+    assert "train small_cnn seed" not in hidden and "\r" not in hidden
+
+
+def test_verbosity_flags_set_the_log_level_before_or_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["train", "--out", "x"]).log_level == "info"
+    assert parser.parse_args(["train", "--out", "x", "-q"]).log_level == "warning"
+    assert parser.parse_args(["-q", "train", "--out", "x"]).log_level == "warning"
+    assert parser.parse_args(["connect", "a", "b", "--out", "x", "--verbose"]).log_level == "debug"
+    assert parser.parse_args(["-v", "spheres", "a", "b"]).log_level == "debug"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--out", "x", "-q", "-v"])
+
+
+def _cross_sphere_pair():
+    torch.manual_seed(0)
+    a = create_model("small_cnn")
+    b = create_model("small_cnn")
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        for p in b.parameters():
+            p.mul_(3.0)  # Var × 9: |ln 9| ≈ 2.2 > 0.5, another sphere
+    return as_endpoint(a, source="a"), as_endpoint(b, source="b")
+
+
+@pytest.mark.parametrize(("level", "shown"), [("info", True), ("warning", False), ("debug", True)])
+def test_the_cross_sphere_decision_reaches_stderr_at_info(level, shown, capsys):
+    from accelerate import PartialState
+
+    from hf_llpf.logging import configured
+    from hf_llpf.spheres import choose_method
+
+    PartialState()  # accelerate's logger needs its state (connect has created the Accelerator by then)
+    ea, eb = _cross_sphere_pair()
+    capsys.readouterr()
+    with configured(level):
+        assert choose_method(ea, eb, ConnectConfig(method="auto")) == "m2o"
+    err = capsys.readouterr().err
+    line = "the endpoints are on different variance spheres"
+    assert (line in err) is shown, err
+    if shown:
+        assert "cross-sphere M2O then M2M" in err and "2.2 > 0.5" in err
+        assert err.count(line) == 1  # one handler, no duplicate through the root logger
+
+
+def test_configure_is_for_python_users_and_replaces_its_handler():
+    import logging
+
+    import hf_llpf.logging as llpf_logging
+
+    logger = logging.getLogger("hf_llpf")
+    saved = logger.level, list(logger.handlers), logger.propagate
+    try:
+        stream = io.StringIO()
+        llpf_logging.configure("warning")
+        llpf_logging.configure("info", stream=stream)
+        assert logger.level == logging.INFO
+        assert sum(getattr(h, "_hf_llpf_handler", False) for h in logger.handlers) == 1
+        logging.getLogger("hf_llpf.spheres").info("hello")
+        logging.getLogger("hf_llpf.spheres").debug("hidden")
+        assert stream.getvalue() == "hf-llpf: hello\n"
+    finally:
+        logger.setLevel(saved[0])
+        logger.handlers[:] = saved[1]
+        logger.propagate = saved[2]
+
+
+def test_library_modules_attach_no_handler_at_import():
+    code = "import logging, hf_llpf.api, hf_llpf.spheres; print(len(logging.getLogger('hf_llpf').handlers))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()).stdout
+    assert out.strip() == "0"
+
+
+@pytest.mark.parametrize(("env", "expected"), [({"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16"), ({}, "no")])
+def test_connect_records_the_precision_of_the_launch(env, expected, tmp_path, trained_endpoint):
+    a, b = trained_endpoint(0, epochs=1), trained_endpoint(1, epochs=1)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hf_llpf.cli", "connect", str(a), str(b), "--data", "digits", "--out", str(run)]
+    cmd += ["--threads", "1", *FAST]  # no --no-progress: redirected, the bar stays off anyway
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(**env))
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = hf_llpf.Path(run)
+    assert path.config["mixed_precision"] == expected
+    assert path.summary["run"]["mixed_precision"] == expected
+    assert "\r" not in result.stderr and "llpf m2m" not in result.stderr
+
+
+class _RecordingBar:
+    """Stands in for tqdm in hf_llpf.algorithms.m2m: records the total, each position and each postfix."""
+
+    made: list[_RecordingBar] = []
+
+    def __init__(self, total=None, initial=0, disable=False, **kwargs):
+        self.total, self.n, self.disable, self.kwargs = total, initial, disable, kwargs
+        self.positions, self.postfixes = [initial], []
+        _RecordingBar.made.append(self)
+
+    def update(self, k=1):
+        self.n += k
+        self.positions.append(self.n)
+
+    def set_postfix(self, **kw):
+        self.postfixes.append(kw)
+
+    def close(self):
+        pass
+
+    @staticmethod
+    def write(text, *a, **k):
+        print(text, file=sys.stderr)
+
+
+def test_the_m2m_bar_counts_stages_with_the_ticks_of_the_current_stage(
+    tmp_path, digits, trained_endpoint, monkeypatch
+):
+    import hf_llpf.algorithms.m2m as m2m
+
+    _RecordingBar.made = []
+    monkeypatch.setattr(m2m, "tqdm", _RecordingBar)
+    monkeypatch.setattr(m2m, "progress_enabled", lambda requested: requested)  # as on a terminal
+    config = {"step_r": 0.25, "min_iters": 1, "max_iters": 2, "arrival_tol": 0.05, "max_ticks": 200}
+    a, b = trained_endpoint(0, epochs=1), trained_endpoint(1, epochs=1)
+    path = hf_llpf.connect(a, b, digits, config=config, run_dir=tmp_path / "run", progress=True)
+    (bar,) = _RecordingBar.made
+    stages = len(path.layer_groups["stages"])
+    assert stages > 1 and len(path.summary["run"]["stage_starts"]) == stages  # every stage started
+    assert bar.total == stages and bar.total != config["max_ticks"]
+    assert bar.disable is False and bar.kwargs["unit"] == "stage"
+    assert bar.positions[0] == 1 and bar.positions[-1] == stages  # starts on stage 1, ends with every stage
+    assert all(x <= y for x, y in zip(bar.positions, bar.positions[1:], strict=False))
+    ticks = [p["stage_ticks"] for p in bar.postfixes]
+    assert len(ticks) == path.summary["run"]["ticks"] - 1  # one postfix per loop tick (not the final snap)
+    assert ticks[0] == 1 and all(t >= 0 for t in ticks)
+    assert ticks.count(0) == stages - 1  # each newly started stage shows 0 of its ticks, once
+
+
+def test_quiet_libraries_silences_transformers_and_hub_then_restores_them():
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as tf_logging
+
+    from hf_llpf.progress import progress_requested, quiet_libraries
+
+    before = tf_logging.is_progress_bar_enabled(), tf_logging.get_verbosity(), hub_utils.are_progress_bars_disabled()
+    with quiet_libraries(True):
+        assert tf_logging.is_progress_bar_enabled() is False
+        assert tf_logging.get_verbosity() == tf_logging.ERROR
+        assert hub_utils.are_progress_bars_disabled() is True
+    after = tf_logging.is_progress_bar_enabled(), tf_logging.get_verbosity(), hub_utils.are_progress_bars_disabled()
+    assert after == before
+    with quiet_libraries(False):
+        assert tf_logging.get_verbosity() == before[1]
+    # Around a point's save or load: quiet under progress=False (the CLI's --no-progress), even on a terminal.
+    from hf_llpf.progress import library_bars
+
+    with progress_requested(False), library_bars():
+        assert tf_logging.is_progress_bar_enabled() is False and tf_logging.get_verbosity() == tf_logging.ERROR
+
+
+def test_saving_and_loading_a_transformers_point_prints_no_transformers_bar(tmp_path, capsys):
+    from tiny_models import tiny_bert
+
+    from hf_llpf.models import load_endpoint, save_model
+
+    model = tiny_bert()
+    capsys.readouterr()
+    model.save_pretrained(tmp_path / "raw")  # the control: transformers' own bar, redirected or not
+    assert "Writing model shards" in capsys.readouterr().err
+    save_model(model, tmp_path / "point", kind="transformers", arch={})
+    load_endpoint(tmp_path / "point")
+    err = capsys.readouterr().err
+    assert "Writing model shards" not in err and "Loading weights" not in err and "\r" not in err, err
