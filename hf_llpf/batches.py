@@ -67,3 +67,17 @@ def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 
 
 __all__ = ["LossFn", "batch_size_of", "default_loss", "move_batch"]
+
+
+def cpu_only() -> bool:
+    """True when this machine has no accelerator device Accelerate could use (CUDA, MPS, XPU).
+
+    Accelerate is then told ``cpu=True``: that is what makes it set up several CPU processes (gloo) under
+    ``torchrun``/``accelerate launch``; with a device present, Accelerate chooses it.
+    """
+    mps, xpu = getattr(torch.backends, "mps", None), getattr(torch, "xpu", None)
+    return not (
+        torch.cuda.is_available()
+        or (mps is not None and mps.is_available())
+        or (xpu is not None and xpu.is_available())
+    )

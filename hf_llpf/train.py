@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
-from hf_llpf.batches import LossFn, default_loss, move_batch
+from hf_llpf.batches import LossFn, cpu_only, default_loss, move_batch
 from hf_llpf.config import TrainRecipe
 from hf_llpf.data import DataBundle, SeededLoader, load_data
 from hf_llpf.errors import DataMismatchError, RunDirectoryError
@@ -63,6 +63,7 @@ def make_accelerator(
             f"{current!r}; start a new process (a new `hf-llpf connect`) to change it"
         )
     return Accelerator(
+        cpu=cpu_only(),
         mixed_precision=None if mixed_precision == "auto" else mixed_precision,
         log_with=list(report_to or []) or None,
         project_dir=project_dir,
@@ -130,7 +131,7 @@ def train_endpoint(
     """
     if out_dir is not None:
         check_model_out_dir(Path(out_dir), overwrite=overwrite)
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or Accelerator(cpu=cpu_only())
     data = data or load_data(recipe.data)
     seed_everything(recipe.seed)
     model_args = {"num_classes": data.num_classes, "in_chans": data.input_shape[0], **recipe.model_args}

@@ -26,7 +26,7 @@ from typing import Any
 from accelerate import Accelerator
 from torch import nn
 
-from hf_llpf.batches import LossFn
+from hf_llpf.batches import LossFn, cpu_only
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.evaluation.interpolation import continuity, linear_interpolation, load_point, param_names
 from hf_llpf.evaluation.recalibration import recalibrate_bn
@@ -170,7 +170,7 @@ def evaluate_path(
     path.validate()  # a damaged metadata file is refused before anything is computed or written
     if len(path) == 0:
         raise RunDirectoryError(f"{str(path.root)!r} holds no saved point to evaluate")
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or Accelerator(cpu=cpu_only())
     set_opts = {k: opts[k] for k in ("train_subset", "continuity_subset", "batch_size", "seed")}
     sets = sets_for(resolve_data(path, data), device=accelerator.device, **set_opts)
     result = _evaluate(path, sets, opts, accelerator)
