@@ -136,10 +136,6 @@ class M2O(Method):
     def ticks(self) -> list[dict]:
         return self.state.ticks
 
-    @property
-    def timing(self) -> dict[str, float]:
-        return self.state.timing
-
     def _shrink(self) -> torch.Tensor:
         """Move every unfinished tensor toward 0; returns the per-tensor scale factors applied (1 = untouched)."""
         m, scale = self.config.m2o, self.state.step_scale

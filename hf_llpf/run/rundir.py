@@ -7,6 +7,7 @@ run directory is opened again. Non-main processes get a :class:`NullWriter`, whi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -56,7 +57,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+@functools.cache
 def _umask() -> int:
+    # Read once: os.umask can only be read by setting it, which would race with other threads creating files.
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -80,7 +83,6 @@ class RunWriter:
     Raises:
         RunDirectoryError: ``root`` is a file, under a file, not writable, in use by another run, not a run
             directory while ``overwrite``/``resume`` is asked, or holds a protected path. Nothing is deleted then.
-        CorruptCheckpointError: ``resume`` and the checkpoint does not parse.
     """
 
     def __init__(
@@ -132,7 +134,9 @@ class RunWriter:
                 f"--out {str(self.root)!r} is not a run directory of hf_llpf (no {MARKER}; it holds {found}): "
                 f"refusing to {exist} it; choose a new or empty folder"
             )
-        return exist == "resume" and resume_state.load(self.root / CHECKPOINT_DIR) is not None
+        # Only whether there is one: it is decoded once, by the resume (a damaged one is refused there, and
+        # nothing is deleted before).
+        return exist == "resume" and resume_state.exists(self.root / CHECKPOINT_DIR)
 
     def close(self) -> None:
         """Release the run directory's lock (idempotent)."""

@@ -105,6 +105,12 @@ def save(folder: str | os.PathLike, state: Any, *, write_text) -> None:
     (folder / LEGACY_PICKLE).unlink(missing_ok=True)
 
 
+def exists(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a checkpoint (or an older version's pickle, which :func:`load` refuses)."""
+    folder = Path(folder)
+    return (folder / STATE_FILE).is_file() or (folder / LEGACY_PICKLE).is_file()
+
+
 def load(folder: str | os.PathLike) -> Any | None:
     """The state saved in ``folder``, or None when there is none.
 
