@@ -20,10 +20,14 @@ from torch import nn
 
 from hf_llpf import __version__
 from hf_llpf.algorithms.base import RunSetup
+from hf_llpf.algorithms.certify import Certifier, certification_line, make_certifier
+from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import method_class
+from hf_llpf.batches import move_batch
 from hf_llpf.config import ConnectConfig, to_yaml
 from hf_llpf.errors import ConfigError, RunDirectoryError
+from hf_llpf.evaluation.probe import ProbeSet, build_probe
 from hf_llpf.inputs import example_batch, read_paths, resolve_config, resolve_endpoint, stage_plan, training_batches
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
 from hf_llpf.progress import progress_requested
@@ -49,6 +53,7 @@ def connect(
     progress: bool = True,
     accelerator: Accelerator | None = None,
     command: str | None = None,
+    probe_data: Any = None,
 ) -> Path:
     """Build an LLPF path from ``model_a`` (θ_A) to ``model_b`` (θ_B) and write it to ``run_dir``.
 
@@ -64,6 +69,8 @@ def connect(
         progress: show a progress bar.
         accelerator: the Accelerator that places the model (one on the CPU/GPU by default).
         command: the command line that started the run (recorded for reproduction).
+        probe_data: re-iterable batches to certify the path on (default: ``config.probe_size`` examples of a
+            seeded subset of the training data, docs/algorithm.md §10).
 
     Returns:
         The :class:`~hf_llpf.run.Path` (points load lazily from ``run_dir``).
@@ -92,7 +99,10 @@ def connect(
     t = time.perf_counter()
     plan = stage_plan(ea, example, config)
     setup["setup_stages"] = time.perf_counter() - t
-    method = choose_method(ea, eb, config)
+    t = time.perf_counter()
+    certifier = _certifier([ea, eb], train_data, loader, bundle, config, loss_fn, accelerator, probe_data)
+    method = _straight_if_certified(ea, eb, certifier, config, accelerator) or choose_method(ea, eb, config)
+    setup["setup_probe"] = time.perf_counter() - t
 
     # Only the main process writes; the others wait until it has created (or cleared) the run directory.
     protected = read_paths(ea, eb, config=config)
@@ -100,7 +110,20 @@ def connect(
     try:
         with progress_requested(progress):
             return _run_and_record(
-                ea, eb, plan, method, config, writer, run_dir, loader, loss_fn, accelerator, setup, progress, command
+                ea,
+                eb,
+                plan,
+                method,
+                config,
+                writer,
+                run_dir,
+                loader,
+                loss_fn,
+                accelerator,
+                setup,
+                progress,
+                command,
+                certifier,
             )
     finally:
         writer.close()
@@ -120,6 +143,7 @@ def _run_and_record(
     setup: dict,
     progress: bool,
     command: str | None,
+    certifier: Certifier,
 ) -> Path:
     """Write the run's description, run (or resume) the method, write the summary; returns the path."""
     accelerator.wait_for_everyone()
@@ -138,7 +162,8 @@ def _run_and_record(
     make_trainer = trainer_factory(config, loader, loss_fn, accelerator)
     on_tick = _tracker(config, accelerator)
     start = time.perf_counter()
-    setup_run = RunSetup(ea, eb, plan, config, make_trainer, writer, accelerator.device, progress, ckpt is not None)
+    setup_run = RunSetup(ea, eb, plan, config, make_trainer, writer, accelerator.device, progress, ckpt is not None,
+                         certifier)  # fmt: skip
     runner = method_class(method).for_run(setup_run)
     if on_tick is not None:
         runner.on_tick = on_tick
@@ -148,15 +173,53 @@ def _run_and_record(
     runner.run()
     summary = _summary(runner, method, plan, setup, elapsed=time.perf_counter() - start)
     summary["run"]["mixed_precision"] = config.mixed_precision
+    summary["run"]["certification"] = certifier.summary(runner.uncertified)
     if history:
         summary["run"]["resumed_with"] = history
     state = runner.state
     writer.write_metrics(state.points, state.ticks, summary)
+    logger.info(f"{run_dir}: {len(state.points)} points, {summary['run']['sgd_iters']} SGD iterations; "
+                f"{certification_line(summary['run']['certification'])}", main_process_only=True)  # fmt: skip
     if config.report_to:
         accelerator.log({f"run/{k}": v for k, v in summary["run"].items() if isinstance(v, (int, float))})
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return Path(run_dir, template=template)
+
+
+def _certifier(endpoints, train_data, loader, bundle, config, loss_fn, accelerator, probe_data=None) -> Certifier:
+    """The run's probe set and ceiling (docs/algorithm.md §10); a disabled certifier with ``loss_ceiling: null``."""
+    if config.loss_ceiling is None:
+        return Certifier()
+    if probe_data is not None:
+        batches = [move_batch(b, accelerator.device) for b in probe_data]
+        probe = ProbeSet(batches, loss_fn=loss_fn, accelerator=accelerator)
+    else:
+        probe = build_probe(train_data, loader, bundle, size=config.probe_size, device=accelerator.device,
+                            loss_fn=loss_fn, accelerator=accelerator)  # fmt: skip
+    certifier = make_certifier([e.model for e in endpoints], probe, config, accelerator.device)
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in zip("AB", certifier.endpoint_losses, strict=False))
+    logger.info(
+        f"loss ceiling {certifier.ceiling:.4g} ({'auto' if config.loss_ceiling == 'auto' else 'set'}; endpoint probe "
+        f"losses {losses}) on {probe.num_examples} probe examples",
+        main_process_only=True,
+    )
+    return certifier
+
+
+def _straight_if_certified(ea, eb, certifier: Certifier, config: ConnectConfig, accelerator) -> str | None:
+    """``"linear"`` when ``method: auto`` and the straight line already stays under the ceiling, else ``None``."""
+    if config.method != "auto" or not certifier.enabled:
+        return None
+    ok, top = straight_line_certified(ea.model, eb.model, certifier, accelerator.device)
+    verdict = "stays under" if ok else "rises above"
+    logger.info(
+        f"the straight line {verdict} the ceiling {certifier.ceiling:.4g} (max probe loss {top:.4g} at "
+        f"{2 * (LINEAR_POINTS - 1) - 1} interior points)"
+        + (": the path is the straight line (method: m2m walks anyway)" if ok else ""),
+        main_process_only=True,
+    )
+    return "linear" if ok else None
 
 
 def used_precision(config: ConnectConfig, accelerator: Any) -> ConnectConfig:
@@ -210,8 +273,9 @@ def _summary(runner: Any, method: str, plan: Any, setup: dict, *, elapsed: float
             "sgd_iters": state.points[-1]["sgd_iters"],
             "seconds_this_session": round(elapsed, 3),
             "timing": {k: round(v, 4) for k, v in {**setup, **timing}.items()},
-            "stage_starts": [t + runner.offset for t in state.stage_starts],
+            "stage_starts": [t + runner.offset for t in getattr(state, "stage_starts", [0])],
             "failures": state.failures,
+            "backtracks": runner.backtracks,
             "num_stages": len(plan.stages),
         }
     }

@@ -154,7 +154,7 @@ class ConnectConfig(_Settings):
     min_iters: int = Field(4, ge=1)
     max_iters: int = Field(50, ge=1)
     loss_threshold: float = Field(0.05, ge=0)
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.02, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
@@ -184,6 +184,25 @@ class ConnectConfig(_Settings):
         description="Accelerate trackers that log per-tick loss, stage, distance and SGD "
         "iterations, and the final summary",
     )
+    # Certification (docs/algorithm.md §10): the path is held under a loss ceiling on a fixed probe set.
+    loss_ceiling: float | Literal["auto"] | None = Field(
+        "auto",
+        description="the path's accepted maximum eval-mode training loss on the probe set; auto: the endpoints' "
+        "larger probe loss L plus max(0.02, ceiling_margin·L); null: no ceiling (plain LLPF, as in the paper)",
+    )
+    ceiling_margin: float = Field(0.5, ge=0, description="auto ceiling: the relative margin above the endpoints")
+    probe_size: int = Field(512, ge=1, description="probe examples: a fixed seeded training subset (all if fewer)")
+    repair_budget: int = Field(
+        150,
+        ge=0,
+        description="with a ceiling: the SGD iterations a tick may spend to bring its point under the ceiling "
+        "(rounds of min_iters, 2·min_iters, …) before it backtracks to a shorter move; max_iters and "
+        "loss_threshold then do not apply",
+    )
+    max_backtracks: int = Field(
+        6, ge=0, description="step halvings per tick before a point above the ceiling is kept and reported"
+    )
+    certify_segments: bool = Field(True, description="also probe the midpoint of each segment between ticks")
     # Bookkeeping.
     save_every: int = Field(1, ge=1, description="write a point every N ticks (plus stage boundaries and the end)")
     checkpoint_every: int = Field(25, ge=1, description="write the resume checkpoint every N ticks")
@@ -225,6 +244,8 @@ class ConnectConfig(_Settings):
     def _iters_ordered(self) -> ConnectConfig:
         if self.max_iters < self.min_iters:
             raise ValueError(f"max_iters ({self.max_iters}) must be >= min_iters ({self.min_iters})")
+        if isinstance(self.loss_ceiling, float) and self.loss_ceiling <= 0:
+            raise ValueError(f"loss_ceiling={self.loss_ceiling}: must be > 0, 'auto' or null (no ceiling)")
         if self.step_a == 0 and self.step_f == 0 and self.step_r == 0:
             raise ValueError("at least one of step_a, step_f, step_r must be positive, or nothing ever moves")
         return self

@@ -61,5 +61,5 @@ def run_demo(out: Path, *, threads: int = 1) -> int:
         f"worst continuity segment loss: {llpf.get('worst_continuity_loss', float('nan')):.4f}; "
         f"report and plots: {out}/path/README.md, {out}/path/plots/"
     )
-    print(path_verdict(result["summary"]))
+    print(path_verdict(result["summary"], path.summary["run"].get("certification")))
     return 0

@@ -116,24 +116,33 @@ def consistency_table(consistency: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def path_verdict(summary: dict[str, Any]) -> str:
-    """One plain sentence comparing the path with linear interpolation on the same data (the run's last line).
+def path_verdict(summary: dict[str, Any], certification: dict[str, Any] | None = None) -> str:
+    """The run's last line: the certification against the loss ceiling, then the comparison with linear
+    interpolation on the same data.
 
-    It states what the figures show and nothing more: "lower" or "WORSE", never "connected" or "certified"
-    (no loss ceiling is enforced on the path yet).
+    It states what the figures show and nothing more: "certified" only when the engine held every point and
+    segment under the ceiling, "WORSE" whenever the path's maximum is above the straight line's.
+
+    Args:
+        summary: the evaluation summary (``llpf``, ``linear``; ``run.certification`` when read from the file).
+        certification: the run's ``summary.run.certification`` (default: the one in ``summary``).
     """
+    from hf_llpf.algorithms.certify import certification_line
+
+    cert = certification if certification is not None else summary.get("run", {}).get("certification")
+    certified = certification_line(cert) if cert is not None else "not certified: the run records no loss ceiling"
     llpf, linear = summary.get("llpf", {}), summary.get("linear", {})
     a, b = llpf.get("max_train_loss"), linear.get("max_train_loss")
     if a is None or b is None or a != a or b != b:  # NaN: a point could not be judged
-        return "verdict: not available (the path or the linear baseline has no finite maximum train loss)"
-    if a < b:
+        return f"verdict: {certified}; no comparison (the path or the linear baseline has no finite maximum)"
+    if a <= b:
         return (
-            f"verdict: the path's maximum train loss {a:.4g} is lower than linear interpolation's {b:.4g} on the "
-            "same data (not certified: no loss ceiling was enforced)"
+            f"verdict: {certified}; the path's maximum train loss {a:.4g} is not above linear interpolation's "
+            f"{b:.4g} on the same data"
         )
     return (
         f"verdict: the path is WORSE than linear interpolation: maximum train loss {a:.4g} vs {b:.4g} on the same "
-        "data; use the straight line, or rerun with more repair training (max_iters) or smaller steps (step_r)"
+        f"data ({certified}); use the straight line (method: linear), or lower loss_ceiling"
     )
 
 

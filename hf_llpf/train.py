@@ -327,12 +327,17 @@ class RepairTrainer:
         self._group_of = {id(p): i for i, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
         self.iterations = 0  # over the whole run
 
-    def repair(self) -> tuple[float, int]:
-        """Run one tick's minimal training; returns (mean of the last ``min_iters`` losses, iterations)."""
+    def repair(self, iters: int | None = None) -> tuple[float, int]:
+        """Run one tick's minimal training; returns (mean of the last ``min_iters`` losses, iterations).
+
+        With ``iters`` (the certifier's extra rounds) exactly that many iterations are run, without the
+        threshold stop (a non-finite loss still stops them).
+        """
         self.model.train()
         window: list[float] = []
         device = self.accelerator.device
-        for i in range(1, self.max_iters + 1):
+        limit, threshold = (self.max_iters, self.loss_threshold) if iters is None else (iters, -math.inf)
+        for i in range(1, limit + 1):
             batch = move_batch(next(self.stream), device)
             loss = self.loss_fn(self.model, batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -344,7 +349,7 @@ class RepairTrainer:
                 window.pop(0)
             if i >= self.min_iters and not math.isfinite(window[-1]):
                 break
-            if i >= self.min_iters and sum(window) / len(window) <= self.loss_threshold:
+            if i >= self.min_iters and sum(window) / len(window) <= threshold:
                 break
         self.iterations += i
         return sum(window) / len(window), i

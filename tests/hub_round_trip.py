@@ -176,7 +176,15 @@ def cli_connect_push(cfg: dict) -> int:
     save_endpoint_folder(a, base / "a")
     save_endpoint_folder(b, base / "b")
     argv = ["connect", str(base / "a"), str(base / "b"), "--data", "digits", "--out", str(base / "run")]
-    argv += ["--no-progress", "--push-to-hub", "llpf/connected", "step_r=0.5", "max_iters=2", "min_iters=1"]
+    argv += [
+        "--no-progress",
+        "--push-to-hub",
+        "llpf/connected",
+        "step_r=0.5",
+        "max_iters=2",
+        "min_iters=1",
+        "repair_budget=4",
+    ]
     os.environ["HF_TOKEN"] = cfg["token"]
     try:
         with cli_endpoint(cfg["standin"]):

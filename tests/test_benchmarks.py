@@ -74,7 +74,8 @@ def test_connect_profile_prints_phase_table(tmp_path, capsys, digits):
     for seed in (0, 1):
         train_endpoint(TrainRecipe(seed=seed, **recipe), out_dir=tmp_path / f"s{seed}", data=digits, progress=False)
     argv = ["connect", str(tmp_path / "s0"), str(tmp_path / "s1"), "--data", "digits", "--out", str(tmp_path / "run")]
-    assert main([*argv, "--no-progress", "--profile", "step_r=0.5", "max_iters=2", "min_iters=1"]) == 0
+    assert main([*argv, "--no-progress", "--profile", "step_r=0.5", "max_iters=2", "min_iters=1", "repair_budget=4",
+                 "method=m2m", "loss_ceiling=null"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     ticks = int(re.search(r"(\d+) ticks", out).group(1))
     rows = {m.group(1): m.groups()[1:] for m in re.finditer(r"^(\w+)\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)$", out, re.M)}

@@ -21,6 +21,8 @@ CONFIG = {
     "save_every": 10,
     "sync_check_every": 1,
     "checkpoint_every": 10,
+    "repair_budget": 20,
+    "max_backtracks": 2,
 }
 
 
@@ -72,7 +74,7 @@ def _eval_worker():
         json.dump(result, f)
 
 
-REPEATS_CONFIG = {"step_r": 0.25, "min_iters": 2, "max_iters": 10, "save_every": 2}
+REPEATS_CONFIG = {"step_r": 0.25, "min_iters": 2, "max_iters": 10, "save_every": 2, "repair_budget": 10}
 REPEATS_EVAL = {"train_subset": 300, "continuity_k": 0, "linear_points": 2}
 
 
@@ -217,6 +219,7 @@ def test_cli_under_torchrun(root, tmp_path):
         "--no-progress",
         "step_r=0.2",
         "max_iters=5",
+        "repair_budget=8",
         "sync_check_every=1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

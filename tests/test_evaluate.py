@@ -248,7 +248,15 @@ def test_repeats_same_seed_agree_different_seeds_differ(tmp_path, endpoints, dig
     from hf_llpf.repeats import run_repeats
 
     a, b = endpoints
-    tiny = {"step_r": 0.3, "min_iters": 1, "max_iters": 2, "max_ticks": 6, "save_every": 2, "seed": 3}
+    tiny = {
+        "step_r": 0.3,
+        "min_iters": 1,
+        "max_iters": 2,
+        "max_ticks": 6,
+        "save_every": 2,
+        "seed": 3,
+        "repair_budget": 4,
+    }
     opts = {"train_subset": 128, "continuity_subset": 64, "linear_points": 3, "continuity_k": 1, "report": False}
     two = run_repeats(a, b, digits, config=tiny, run_dir=tmp_path / "x", repeats=2, evaluate_options=opts)
     one = run_repeats(a, b, digits, config=tiny, run_dir=tmp_path / "y", repeats=1, evaluate_options=opts)
@@ -273,8 +281,15 @@ def test_the_verdict_says_plainly_when_the_path_is_worse_than_the_straight_line(
 
     better = path_verdict({"llpf": {"max_train_loss": 0.07}, "linear": {"max_train_loss": 2.4}})
     worse = path_verdict({"llpf": {"max_train_loss": 1.173}, "linear": {"max_train_loss": 0.379}})
-    assert "lower than linear interpolation's 2.4" in better and "not certified" in better
+    assert "not above linear interpolation's 2.4" in better and "not certified" in better
     assert "WORSE than linear interpolation" in worse and "1.173 vs 0.379" in worse
     for text in (better, worse):
         assert "connected" not in text and "certified: every" not in text
-    assert "not available" in path_verdict({"llpf": {"max_train_loss": float("nan")}, "linear": {}})
+    assert "no comparison" in path_verdict({"llpf": {"max_train_loss": float("nan")}, "linear": {}})
+    cert = {"ceiling": 0.042, "probe_examples": 512, "certified": True, "uncertified": [], "segments": True}
+    ok = path_verdict({"llpf": {"max_train_loss": 0.04}, "linear": {"max_train_loss": 2.4}}, cert)
+    assert ok.startswith("verdict: certified: every point and segment <= 0.042 on 512 probe examples; ")
+    bad = {**cert, "certified": False, "uncertified": [{"tick": 7, "stage": 2, "phase": "m2m", "what": "point",
+                                                         "loss": 0.051}]}  # fmt: skip
+    text = path_verdict({"llpf": {"max_train_loss": 0.051}, "linear": {"max_train_loss": 2.4}}, bad)
+    assert "NOT certified: 1 above the ceiling 0.042" in text and "point at tick 7 (stage 2, m2m): 0.051" in text

@@ -24,7 +24,7 @@ from hf_llpf.progress import progress_enabled
 
 torch.set_num_threads(1)
 
-FAST = ["step_r=0.25", "min_iters=1", "max_iters=2", "arrival_tol=0.05", "max_ticks=12"]
+FAST = ["step_r=0.25", "min_iters=1", "max_iters=2", "arrival_tol=0.05", "max_ticks=12", "repair_budget=4"]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -224,6 +224,7 @@ def test_the_m2m_bar_counts_stages_with_the_ticks_of_the_current_stage(
     monkeypatch.setattr(m2m, "tqdm", _RecordingBar)
     monkeypatch.setattr(m2m, "progress_enabled", lambda requested: requested)  # as on a terminal
     config = {"step_r": 0.25, "min_iters": 1, "max_iters": 2, "arrival_tol": 0.05, "max_ticks": 200}
+    config |= {"repair_budget": 4, "method": "m2m"}
     a, b = trained_endpoint(0, epochs=1), trained_endpoint(1, epochs=1)
     path = hf_llpf.connect(a, b, digits, config=config, run_dir=tmp_path / "run", progress=True)
     (bar,) = _RecordingBar.made

@@ -23,7 +23,16 @@ from hf_llpf.run.resume import read_checkpoint
 
 torch.set_num_threads(1)
 
-FAST = {"step_r": 0.2, "min_iters": 2, "max_iters": 5, "save_every": 2, "checkpoint_every": 3, "arrival_tol": 0.05}
+FAST = {
+    "step_r": 0.2,
+    "min_iters": 2,
+    "max_iters": 5,
+    "save_every": 2,
+    "checkpoint_every": 3,
+    "arrival_tol": 0.05,
+    "repair_budget": 8,
+    "max_backtracks": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +104,12 @@ def test_transformers_endpoints_with_dict_batches(tmp_path):
     batches = [{"input_ids": ids[i : i + 16], "labels": (ids[i : i + 16, 0] % 2)} for i in range(0, 64, 16)]
     a, b = tiny_bert(0, **size), tiny_bert(1, **size)
     path = hf_llpf.connect(
-        a, b, batches, config={**FAST, "loss_limit": 100, "max_ticks": 40}, run_dir=tmp_path / "run", progress=False
+        a,
+        b,
+        batches,
+        config={**FAST, "loss_limit": 100, "max_ticks": 40, "method": "m2m"},
+        run_dir=tmp_path / "run",
+        progress=False,
     )
     assert _state_equal(path.model_at(-1).state_dict(), b.state_dict())
     assert type(path.model_at(0)).__name__ == "BertForSequenceClassification"
@@ -110,11 +124,12 @@ RUNNER = textwrap.dedent(
     slow = sys.argv[4] == "slow"
     if slow:  # make every repair step slow so the parent can kill the run mid-way
         original = RepairTrainer.repair
-        def repair(self):
+        def repair(self, *args, **kwargs):
             time.sleep(0.05)
-            return original(self)
+            return original(self, *args, **kwargs)
         RepairTrainer.repair = repair
-    cfg = dict(step_r=0.1, min_iters=2, max_iters=5, save_every=2, checkpoint_every=3, arrival_tol=0.05)
+    cfg = dict(step_r=0.1, min_iters=2, max_iters=5, save_every=2, checkpoint_every=3, arrival_tol=0.05,
+               repair_budget=8, max_backtracks=2)
     hf_llpf.connect(sys.argv[1], sys.argv[2], "digits", config=cfg, run_dir=sys.argv[3], progress=False,
                     exist="resume" if sys.argv[5] == "resume" else "error")
     """
@@ -170,7 +185,7 @@ def test_cli_connect_and_override_errors(endpoints, tmp_path, capsys):
         str(tmp_path / "r"),
         "--no-progress",
     ]
-    assert main([*args, "step_r=0.3", "max_iters=3", "min_iters=1"]) == 0
+    assert main([*args, "step_r=0.3", "max_iters=3", "min_iters=1", "repair_budget=8"]) == 0
     assert "points" in capsys.readouterr().out
     assert main([*args, "--overwrite", "stepr=0.3"]) == 2
     err = capsys.readouterr().err
@@ -260,6 +275,7 @@ def test_a_tiny_tensor_that_training_drags_away_does_not_stall_its_stage(tmp_pat
     batches = _sign_batches(128)
     models = _pair_endpoints([0.0, 0.0], [0.01, 0.01])
     config = {"step_r": 0.25, "min_iters": 2, "max_iters": 2, "max_ticks": 40, "arrival_tol": 0.1}
+    config |= {"method": "m2m", "loss_ceiling": None, "lr": 0.01}  # the plain tick rule, as measured
     config["stages"] = {"stages": [[".*"]]}  # one stage: `pair` and `body` together
     path = hf_llpf.connect(
         *models, batches, config=config, run_dir=tmp_path / "run", loss_fn=_pull_pair, progress=False
@@ -299,6 +315,7 @@ def test_a_two_element_tensor_crosses_between_its_sphere_points(tmp_path):
     batches = _sign_batches(64)
     models = _pair_endpoints([0.3489, 1.5218], [1.2226, 0.8365])
     config = {"step_r": 0.25, "min_iters": 1, "max_iters": 1, "lr": 1e-6, "max_ticks": 30, "arrival_tol": 0.02}
+    config |= {"method": "m2m", "loss_ceiling": None}  # the plain tick rule this test is about
     config["stages"] = {"stages": [["^body"], ["^pair"]]}
     path = hf_llpf.connect(*models, batches, config=config, run_dir=tmp_path / "run", progress=False)
     assert len(path.summary["run"]["stage_starts"]) == 2

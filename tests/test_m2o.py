@@ -28,6 +28,8 @@ FAST = {
     "save_every": 3,
     "arrival_tol": 0.05,
     "m2o": {"step_a": 0.1, "max_ticks": 40},
+    "repair_budget": 8,
+    "max_backtracks": 2,
 }
 
 
@@ -177,7 +179,8 @@ def test_cross_sphere_run_killed_mid_way_resumes_bit_identically(
     spheres, digits, tmp_path, monkeypatch, a_name, b_name
 ):
     a, b = load_endpoint(spheres / a_name), load_endpoint(spheres / b_name)
-    config = {**FAST, "checkpoint_every": 4}
+    # Plain LLPF keeps this 8-run test fast; the resume of a certified run is tested in test_certify.py.
+    config = {**FAST, "checkpoint_every": 4, "loss_ceiling": None}
     whole = hf_llpf.connect(a, b, digits, config=config, run_dir=tmp_path / "whole", progress=False)
     total = _connect_killed_after(10**9, a, b, digits, tmp_path / "count", config, monkeypatch)
     # Kills in the M2O phase, at the phase change and in the M2M phase (and after the last checkpoint).

@@ -23,7 +23,7 @@ def test_bf16_training_steps_keep_points_fp32_and_tensorboard_logs_every_tick(tm
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "hf_llpf.cli", "connect", str(tmp_path / "a"), str(tmp_path / "b")]
     cmd += ["--data", "digits", "--out", str(run), "--no-progress", "--threads", "1"]
-    cmd += ["step_r=0.34", "max_iters=5", "mixed_precision=bf16", "report_to=[tensorboard]"]
+    cmd += ["step_r=0.34", "max_iters=5", "repair_budget=8", "mixed_precision=bf16", "report_to=[tensorboard]"]
     result = subprocess.run(
         cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )

@@ -20,7 +20,15 @@ from hf_llpf.seeding import rng_state
 
 torch.set_num_threads(1)
 
-FAST = {"step_r": 0.25, "min_iters": 1, "max_iters": 2, "checkpoint_every": 2, "arrival_tol": 0.05}
+FAST = {
+    "step_r": 0.25,
+    "min_iters": 1,
+    "max_iters": 2,
+    "checkpoint_every": 2,
+    "arrival_tol": 0.05,
+    "repair_budget": 4,
+    "max_backtracks": 1,
+}
 
 
 def test_round_trip_of_every_kind_of_value(tmp_path):

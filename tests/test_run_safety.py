@@ -25,7 +25,15 @@ from hf_llpf.train import train_endpoint
 
 torch.set_num_threads(1)
 
-FAST = {"step_r": 0.25, "min_iters": 1, "max_iters": 2, "checkpoint_every": 1, "arrival_tol": 0.05}
+FAST = {
+    "step_r": 0.25,
+    "min_iters": 1,
+    "max_iters": 2,
+    "checkpoint_every": 1,
+    "arrival_tol": 0.05,
+    "repair_budget": 4,
+    "max_backtracks": 1,
+}
 
 
 @pytest.fixture()

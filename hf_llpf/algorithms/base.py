@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hf_llpf.algorithms.certify import Certifier, Verdict
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import DivergenceError
 from hf_llpf.models import Endpoint
@@ -39,6 +40,8 @@ class LoopState:
     points: list[dict] = field(default_factory=list)
     ticks: list[dict] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    backtracks: int = 0  # moves retried shorter because a point or segment was above the ceiling
+    uncertified: list[dict] = field(default_factory=list)  # points/segments kept above the ceiling
 
 
 class Recorder(Protocol):
@@ -111,6 +114,7 @@ class Context:
     config: ConnectConfig
     recorder: Recorder = field(default_factory=NullRecorder)
     progress: bool = True
+    certifier: Certifier = field(default_factory=Certifier)  # disabled unless the run has a ceiling
 
 
 @dataclass
@@ -126,6 +130,7 @@ class RunSetup:
     device: torch.device
     progress: bool = True
     resume: bool = False
+    certifier: Certifier = field(default_factory=Certifier)
 
 
 class Timer:
@@ -169,6 +174,10 @@ class DivergenceGuard:
         else:
             torch._foreach_copy_(self._saved, [t.detach() for t in live])
         self._live_then = live
+
+    def saved_model_state(self) -> list[torch.Tensor]:
+        """The snapshot's model tensors, in ``model.state_dict()`` order (the previous tick's point)."""
+        return self._saved[: len(self.model.state_dict())]
 
     def restore(self) -> None:
         """Return to the last snapshot, optimizer state included."""
@@ -221,10 +230,84 @@ class Method:
     offset: int = 0  # the tick this method's ticks are numbered from
     on_tick: Callable[[dict], None] | None = None  # called with each tick's row (experiment trackers)
 
+    max_step_scale: float = 1.0  # how far easy ticks may lengthen the step (the certifier's trust region)
+
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.model, self.trainer, self.config = ctx.model, ctx.trainer, ctx.config
+        self.certifier = ctx.certifier
         self.guard = DivergenceGuard(ctx.model, ctx.trainer)
+
+    @property
+    def uncertified(self) -> list[dict]:
+        """Points and segments kept above the ceiling (tick, stage, phase, what, loss)."""
+        return self.state.uncertified
+
+    @property
+    def backtracks(self) -> int:
+        """Moves retried shorter so far."""
+        return self.state.backtracks
+
+    def rolled_back(self) -> None:
+        """Undo what an attempt changed outside the model and optimizer (called after each rollback)."""
+
+    def _checkpoint(self, done: bool = False) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def certified_tick(
+        self, attempt: Callable[[bool], float], after_repair: Callable[[], None], *, name: str, advice: str
+    ) -> tuple[float, Verdict | None]:
+        """Run ``attempt(repair)`` (one move, and its repair when asked; returns the repair loss) until its point
+        is kept.
+
+        A diverged attempt is rolled back by the divergence guard. With a ceiling, the point and its segment are
+        certified (:meth:`Certifier.certify`); an attempt above the ceiling is rolled back and retried with half
+        the step, at most ``max_backtracks`` times (then kept, and reported by the caller). An attempt certified
+        at once doubles the step of the next tick, up to :attr:`max_step_scale`.
+
+        Returns:
+            The repair loss and the certifier's verdict (``None`` without a ceiling).
+        """
+        st, cfg, cert = self.state, self.config, self.certifier
+        backtracks, verdict = 0, None
+        while True:
+            t = time.perf_counter()
+            self.guard.snapshot()
+            self.timer.lap("snapshot", t)
+            # With a ceiling the certifier does the repair, driven by the probe; without, the attempt repairs.
+            loss = attempt(not cert.enabled)
+            if cert.enabled:
+                verdict = cert.certify(self.model, self.trainer, self.guard.saved_model_state(), after_repair,
+                                       timer=self.timer)  # fmt: skip
+                loss, judged = verdict.train_loss, verdict.point
+            else:
+                judged = loss
+            if diverged(judged, cfg):
+                try:
+                    self.guard.failed(st, loss=judged, config=cfg, name=name, advice=advice)
+                except DivergenceError:
+                    self._checkpoint()
+                    raise
+                self.rolled_back()
+                continue
+            st.failures = 0  # failures count within one stretch of failed attempts, not over the run
+            if verdict is None or verdict.ok or backtracks >= cfg.max_backtracks:
+                break
+            self.guard.restore()
+            self.rolled_back()
+            st.step_scale *= 0.5
+            backtracks += 1
+        st.backtracks += backtracks
+        if verdict is not None and verdict.easy and backtracks == 0:
+            st.step_scale = min(st.step_scale * 2, self.max_step_scale)
+        return loss, verdict
+
+    def note_uncertified(self, verdict: Verdict | None, *, tick: int, stage: int, phase: str) -> None:
+        """Record a kept point (or its segment) that is above the ceiling."""
+        if verdict is None or verdict.ok:
+            return
+        what, loss = ("point", verdict.point) if verdict.point > verdict.ceiling else ("segment", verdict.segment)
+        self.state.uncertified.append({"tick": tick, "stage": stage, "phase": phase, "what": what, "loss": loss})
 
     @classmethod
     def for_run(cls, run: RunSetup) -> Method:  # pragma: no cover - abstract

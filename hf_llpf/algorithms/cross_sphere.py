@@ -21,6 +21,7 @@ from torch import nn
 
 from hf_llpf import geometry
 from hf_llpf.algorithms.base import Context, RunRecorder, RunSetup
+from hf_llpf.algorithms.certify import Certifier
 from hf_llpf.algorithms.m2m import M2M, TickState
 from hf_llpf.algorithms.m2o import M2O, moved_parameter_names
 from hf_llpf.algorithms.registry import register
@@ -67,9 +68,11 @@ class CrossSphere:
         progress: bool = True,
         on_tick: Callable[[dict], None] | None = None,
         resume: bool = False,
+        certifier: Certifier | None = None,
     ):
         self.ea, self.eb, self.plan, self.config, self.make_trainer = ea, eb, plan, config, make_trainer
         self.writer, self.device, self.progress, self.on_tick = writer, device, progress, on_tick
+        self.certifier = certifier or Certifier()
         names = moved_parameter_names(plan, ea.model)
         weights = [n for n in names if ea.model.get_parameter(n).ndim > 1]
         self.a_larger = larger_sphere_is_a(ea.model, eb.model, weights)
@@ -80,7 +83,7 @@ class CrossSphere:
         pw, po = dict(self.walker.model.named_parameters()), dict(other.model.named_parameters())
         target = torch.minimum(geometry.variances([pw[n] for n in names]), geometry.variances([po[n] for n in names]))
         trainer = make_trainer(model, per_tensor_lr=True)
-        ctx = Context(model, trainer, plan, config, self._recorder(self.aside), progress)
+        ctx = Context(model, trainer, plan, config, self._recorder(self.aside), progress, self.certifier)
         self.m2o = M2O(ctx, target, reference_a=ea.model, reference_b=eb.model)
         self.m2m: M2M | None = None
         self.walked: dict[str, torch.Tensor] | None = None  # the M2O phase's last state (where M2M starts or ends)
@@ -89,7 +92,7 @@ class CrossSphere:
     def for_run(cls, run: RunSetup) -> CrossSphere:
         """The cross-sphere run of ``run``'s endpoints."""
         return cls(run.ea, run.eb, run.plan, run.config, run.make_trainer, writer=run.writer, device=run.device,
-                   progress=run.progress, resume=run.resume)  # fmt: skip
+                   progress=run.progress, resume=run.resume, certifier=run.certifier)  # fmt: skip
 
     def _recorder(self, points: RunWriter | None):
         return RunRecorder(points or self.writer, self.walker if points is self.aside else self.ea,
@@ -121,7 +124,7 @@ class CrossSphere:
         trainer = self.make_trainer(model)
         if self.a_larger:  # SGD iterations count along the path: the M2M part continues the M2O part's count
             trainer.iterations = m2o.trainer.iterations
-        ctx = Context(model, trainer, self.plan, self.config, self._recorder(None), self.progress)
+        ctx = Context(model, trainer, self.plan, self.config, self._recorder(None), self.progress, self.certifier)
         self.m2m = M2M(ctx, target, tick_offset=offset, prior_points=list(prior_points), prior_ticks=list(prior_ticks),
                        reference_a=self.ea.model)  # fmt: skip
         self.m2m.on_tick = self.on_tick
@@ -135,10 +138,24 @@ class CrossSphere:
         if not self.m2m.finished:
             self.m2m.run()
         if not self.a_larger:
+            self._reversal = (self.m2m.state.points[-1]["tick"], self.m2o.points[-1]["tick"])
             _append_reversed(self.m2m, self.m2o, self.aside, self.writer)
             self.aside.remove()
         self.writer.write_metrics(self.m2m.state.points, self.m2m.state.ticks)
         return self.m2m.state
+
+    @property
+    def uncertified(self) -> list[dict]:
+        """Both phases' points and segments above the ceiling, with the path's tick numbers."""
+        m2o = [dict(u) for u in self.m2o.uncertified]
+        if not self.a_larger and getattr(self, "_reversal", None):
+            end, last = self._reversal
+            m2o = [{**u, "tick": end + last - u["tick"], "phase": "m2o_reversed"} for u in m2o]
+        return m2o + (self.m2m.uncertified if self.m2m else [])
+
+    @property
+    def backtracks(self) -> int:
+        return self.m2o.backtracks + (self.m2m.backtracks if self.m2m else 0)
 
     @property
     def state(self) -> TickState:

@@ -22,7 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_llpf import geometry
-from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup, diverged
+from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup
+from hf_llpf.algorithms.certify import Verdict
 from hf_llpf.algorithms.registry import register
 from hf_llpf.errors import ConfigError, DivergenceError
 from hf_llpf.models import Endpoint
@@ -91,12 +92,17 @@ class M2M(Method):
         self.on_tick = None  # called with each tick's row (experiment trackers)
         self.last_dist = self.d0.clone()  # distances to θ_B after the last tick
         self.finished = False
+        # Easy ticks may lengthen the step up to one move of a tensor's whole initial distance; a hand-set
+        # schedule keeps the paper's fixed step (its start ticks assume it).
+        self.max_step_scale = 1.0 if config.schedule or config.step_r == 0 else max(1.0, 1.0 / config.step_r)
 
     @classmethod
     def for_run(cls, run: RunSetup) -> M2M:
         """A copy of θ_A on the run's device, walking to θ_B; points in θ_A's format."""
         model = copy.deepcopy(run.ea.model).to(run.device)
-        method = cls(Context(model, run.make_trainer(model), run.plan, run.config, progress=run.progress), run.eb)
+        ctx = Context(model, run.make_trainer(model), run.plan, run.config, progress=run.progress,
+                      certifier=run.certifier)  # fmt: skip
+        method = cls(ctx, run.eb)
         method.recorder = RunRecorder(run.writer, run.ea, state=method.run_state)
         return method
 
@@ -194,7 +200,7 @@ class M2M(Method):
         if self.finished:
             return st
         if st.tick == 0 and not st.points:  # (a phase after M2O starts on M2O's last point: already saved)
-            self._record_point(0, float("nan"), self.d0, boundary=True)
+            self._record_point(0, float("nan"), self.d0, boundary=True, probe=self._probe_as_is())
             self._checkpoint()
         # The bar counts stages (it advances when a stage starts); the ticks of the current stage are in the
         # postfix: the number of ticks a run takes is not known in advance (max_ticks is only a cap).
@@ -228,32 +234,40 @@ class M2M(Method):
             return max([t for t in self.start_ticks if t <= self.state.tick], default=0)
         return self.state.stage_starts[-1] if self.state.stage_starts else 0
 
+    def _attempt(self, repair: bool) -> float:
+        """One try at the tick: move, correct, and with ``repair`` the minimal training and a second correction;
+        returns the repair loss (NaN without repair)."""
+        timer, t = self.timer, time.perf_counter()
+        self._landed_before = list(self.state.landed)
+        active = torch.nonzero(self._active_mask()).flatten().tolist()
+        moved = self._move(active, self.last_dist)
+        t = timer.lap("move", t)
+        self._dist = self._correct(moved)
+        t = timer.lap("correct", t)
+        if not repair:
+            return float("nan")
+        loss, _ = self.trainer.repair()
+        t = timer.lap("train", t)
+        self._dist = self._correct()
+        timer.lap("correct", t)
+        return loss
+
+    def _recorrect(self) -> None:
+        """After the certifier's extra repair: the point is saved after a variance correction."""
+        self._dist = self._correct()
+
+    def rolled_back(self) -> None:
+        self.state.landed = self._landed_before
+
     def _tick(self) -> torch.Tensor:
-        st, cfg, timer = self.state, self.config, self.timer
-        while True:
-            t = time.perf_counter()
-            self.guard.snapshot()
-            t = timer.lap("snapshot", t)
-            active = torch.nonzero(self._active_mask()).flatten().tolist()
-            moved = self._move(active, self.last_dist)
-            t = timer.lap("move", t)
-            self._correct(moved)
-            t = timer.lap("correct", t)
-            loss, iters = self.trainer.repair()
-            t = timer.lap("train", t)
-            dist = self._correct()
-            t = timer.lap("correct", t)
-            if not diverged(loss, cfg):
-                self.last_dist = dist
-                st.failures = 0  # failures count within one stretch of failed attempts, not over the run
-                break
-            try:
-                advice = "Lower step_a/step_r or raise max_iters"
-                self.guard.failed(st, loss=loss, config=cfg, name="m2m", advice=advice)
-            except DivergenceError:
-                self._checkpoint()
-                raise
+        st, cfg = self.state, self.config
+        iters_before = self.trainer.iterations
+        loss, verdict = self.certified_tick(
+            self._attempt, self._recorrect, name="m2m", advice="Lower step_a/step_r or raise max_iters"
+        )
+        dist = self.last_dist = self._dist
         st.tick += 1
+        self.note_uncertified(verdict, tick=st.tick + self.offset, stage=st.active - 1, phase="m2m")
         boundary = False
         if cfg.fdf and self.start_ticks is None and st.active < self.num_stages and self._arrived(dist, st.active):
             st.active += 1  # FDF: the newest stage has arrived, its successor starts
@@ -263,9 +277,9 @@ class M2M(Method):
             started = sum(s <= st.tick for s in self.start_ticks)
             boundary = started > st.active
             st.active = max(st.active, started)
-        self._record_tick(loss, iters, dist)
+        self._record_tick(loss, self.trainer.iterations - iters_before, dist, verdict)
         if boundary or st.tick % cfg.save_every == 0:
-            self._record_point(st.tick, loss, dist, boundary=boundary)
+            self._record_point(st.tick, loss, dist, boundary=boundary, verdict=verdict)
         if self.trainer.distributed and st.tick % cfg.sync_check_every == 0:
             self._check_in_sync()
         if st.tick % cfg.checkpoint_every == 0:
@@ -287,14 +301,33 @@ class M2M(Method):
                 f"distance {rel:.1%} of a stage's initial one): the last segment into θ_B is long — check continuity"
             )
         device = self.params[0].device
+        enabled = self.certifier.enabled
+        previous = [t.detach().clone() for t in self.model.state_dict().values()] if enabled else []
         self.model.load_state_dict({k: v.to(device) for k, v in self.final_state.items()})
         st.tick += 1
-        self._record_tick(float("nan"), 0, torch.zeros_like(dist))
-        self._record_point(st.tick, float("nan"), torch.zeros_like(dist), boundary=True, phase="end")
+        verdict = self._certify_last_segment(previous)
+        self._record_tick(float("nan"), 0, torch.zeros_like(dist), verdict)
+        self._record_point(st.tick, float("nan"), torch.zeros_like(dist), boundary=True, phase="end", verdict=verdict)
         self._verify_end()
         if self.trainer.distributed:
             self._check_in_sync()
         self._checkpoint(done=True)
+
+    def _probe_as_is(self) -> float | None:
+        """The probe loss of the model as it is (``None`` without a ceiling)."""
+        return self.certifier.loss(self.model) if self.certifier.enabled else None
+
+    def _certify_last_segment(self, previous: list[torch.Tensor]) -> Verdict | None:
+        """θ_B's probe loss and the last segment's midpoint (the snap onto θ_B cannot be retried: reported)."""
+        cert = self.certifier
+        if not cert.enabled:
+            return None
+        t = time.perf_counter()
+        segment = cert.midpoint_loss(self.model, previous) if self.config.certify_segments else None
+        verdict = Verdict(cert.loss(self.model), segment, 0, cert.ceiling)
+        self.timer.lap("probe", t)
+        self.note_uncertified(verdict, tick=self.state.tick + self.offset, stage=self.state.active - 1, phase="end")
+        return verdict
 
     def _check_in_sync(self) -> None:
         """Every process must hold the same weights: compare a cheap checksum (sum and sum of squares)."""
@@ -316,7 +349,7 @@ class M2M(Method):
                 raise RuntimeError(f"internal error: the last point differs from θ_B at {k!r}")
 
     # -------------------------------------------------------------------------------------- bookkeeping
-    def _record_tick(self, loss: float, iters: int, dist: torch.Tensor) -> None:
+    def _record_tick(self, loss: float, iters: int, dist: torch.Tensor, verdict: Verdict | None = None) -> None:
         st = self.state
         t = time.perf_counter()
         row = TickRecord(
@@ -327,13 +360,26 @@ class M2M(Method):
             sgd_iters=self.trainer.iterations,
             dist_a=geometry.total_distance(self.start, self.params),
             dist_b=float(torch.sqrt((dist**2).sum())),
+            probe_loss=verdict.point if verdict else None,
+            segment_loss=verdict.segment if verdict else None,
+            step_scale=st.step_scale if verdict else None,
         )
         st.ticks.append(row.row())
         if self.on_tick is not None:
             self.on_tick(st.ticks[-1])
         self.timer.lap("record", t)
 
-    def _record_point(self, tick: int, loss: float, dist: torch.Tensor, *, boundary: bool, phase: str = "m2m") -> None:
+    def _record_point(
+        self,
+        tick: int,
+        loss: float,
+        dist: torch.Tensor,
+        *,
+        boundary: bool,
+        phase: str = "m2m",
+        verdict: Verdict | None = None,
+        probe: float | None = None,
+    ) -> None:
         st = self.state
         t = time.perf_counter()
         tick += self.offset
@@ -353,6 +399,8 @@ class M2M(Method):
             dist_b=float(torch.sqrt((dist**2).sum())),
             stage_boundary=boundary,
             point=rel,
+            probe_loss=verdict.point if verdict else probe,
+            segment_loss=verdict.segment if verdict else None,
         )
         st.points.append(row.row())
         self.timer.lap("record", t)

@@ -28,9 +28,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hf_llpf import geometry
-from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup, diverged
+from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup
+from hf_llpf.algorithms.certify import Verdict
 from hf_llpf.algorithms.registry import register
-from hf_llpf.errors import ConfigError, DivergenceError
+from hf_llpf.errors import ConfigError
 from hf_llpf.progress import progress_enabled
 from hf_llpf.run.records import PointRecord, TickRecord
 from hf_llpf.stages import StagePlan
@@ -104,7 +105,7 @@ class M2O(Method):
         """A walk of θ_A toward the origin to ``config.m2o.target_variance`` of its variance (walk_to_origin)."""
         model = copy.deepcopy(run.ea.model).to(run.device)
         trainer = run.make_trainer(model, per_tensor_lr=True)
-        ctx = Context(model, trainer, run.plan, run.config, progress=run.progress)
+        ctx = Context(model, trainer, run.plan, run.config, progress=run.progress, certifier=run.certifier)
         method = cls(ctx, None, reference_a=run.ea.model)
         method.recorder = RunRecorder(run.writer, run.ea, state=method.run_state)
         return method
@@ -202,36 +203,43 @@ class M2O(Method):
         self._checkpoint(done=True)
         return st
 
+    def _attempt(self, repair: bool) -> float:
+        """One try at the tick: shrink, compensate, set the AngleConformal rates, and with ``repair`` the minimal
+        training; returns its loss (NaN without repair)."""
+        t = time.perf_counter()
+        factor = self._shrink()
+        self._compensate(factor)
+        self._set_learning_rates()
+        t = self.timer.lap("move", t)
+        if not repair:
+            return float("nan")
+        loss, _ = self.trainer.repair()
+        self.timer.lap("train", t)
+        return loss
+
     def _tick(self) -> float:
-        st, timer = self.state, self.timer
-        while True:
-            t = time.perf_counter()
-            self.guard.snapshot()
-            factor = self._shrink()
-            self._compensate(factor)
-            self._set_learning_rates()
-            t = timer.lap("move", t)
-            loss, _ = self.trainer.repair()
-            timer.lap("train", t)
-            if not diverged(loss, self.config):
-                st.failures = 0
-                break
-            try:
-                self.guard.failed(st, loss=loss, config=self.config, name=self.phase, advice="Lower m2o.step_a")
-            except DivergenceError:
-                self._checkpoint()
-                raise
+        st = self.state
+        iters_before = self.trainer.iterations
+        loss, verdict = self.certified_tick(self._attempt, lambda: None, name=self.phase, advice="Lower m2o.step_a")
         st.reached = self._reached_now
         st.tick += 1
-        self._record(st.tick, loss)
+        self.note_uncertified(verdict, tick=st.tick, stage=-1, phase=self.phase)
+        self._record(st.tick, loss, verdict=verdict, iters=self.trainer.iterations - iters_before)
         if st.tick % self.config.checkpoint_every == 0:
             self._checkpoint()
         return loss
 
-    def _record(self, tick: int, loss: float, *, force: bool = False) -> None:
+    def _record(
+        self, tick: int, loss: float, *, force: bool = False, verdict: Verdict | None = None, iters: int | None = None
+    ) -> None:
         """The tick's row, and a point every ``save_every`` ticks, at the start and at the end."""
         st, t = self.state, time.perf_counter()
-        row = TickRecord(tick, -1, loss, None, self.trainer.iterations, phase=self.phase)
+        probe = verdict.point if verdict else None
+        if tick == 0 and self.certifier.enabled:
+            probe = self.certifier.loss(self.model)
+        segment = verdict.segment if verdict else None
+        row = TickRecord(tick, -1, loss, iters, self.trainer.iterations, phase=self.phase, probe_loss=probe,
+                         segment_loss=segment, step_scale=st.step_scale if verdict else None)  # fmt: skip
         st.ticks.append(row.row())
         if tick % self.config.save_every and not self.done() and not force:
             return
@@ -250,6 +258,8 @@ class M2O(Method):
             dist_b=_distance(params, b) if b is not None else None,
             stage_boundary=tick == 0,
             point=rel,
+            probe_loss=probe,
+            segment_loss=segment,
         )
         st.points.append(point.row())
         self.timer.lap("record", t)

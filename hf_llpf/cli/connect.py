@@ -94,7 +94,8 @@ def _report(args: argparse.Namespace, path, wall: float) -> None:
         from hf_llpf.report import path_verdict
 
         t = time.perf_counter()
-        verdict = path_verdict(evaluate_run(path)["summary"])  # the card's figures and plots
+        cert = path.summary.get("run", {}).get("certification")
+        verdict = path_verdict(evaluate_run(path)["summary"], cert)  # the card's figures and plots
         evaluate_s = time.perf_counter() - t
         print(published(args.out, push_path(args.out, repo_id=args.push_to_hub)))
     print(connected(args.out, path))
@@ -102,8 +103,13 @@ def _report(args: argparse.Namespace, path, wall: float) -> None:
         run = path.summary.get("run", {})
         timing = {**run.get("timing", {}), "evaluate": evaluate_s}
         print(profile_table(timing, wall=wall + evaluate_s, ticks=run.get("ticks") or 0))
-    # The last line says what the figures say; without an evaluation there are none yet.
-    print(verdict or f"not judged yet: `hf-llpf evaluate {args.out}` compares it with linear interpolation")
+    # The last line says what the figures say; without an evaluation only the certification is known.
+    if verdict is None:
+        from hf_llpf.algorithms.certify import certification_line
+
+        cert = certification_line(path.summary.get("run", {}).get("certification"))
+        verdict = f"{cert}; not compared yet: `hf-llpf evaluate {args.out}` judges it against linear interpolation"
+    print(verdict)
 
 
 def _repeats(args: argparse.Namespace, a, b, config, exist: str) -> int:

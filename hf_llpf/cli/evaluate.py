@@ -44,5 +44,13 @@ def run(args: argparse.Namespace) -> int:
         continuity_subset=args.continuity_subset,
         seed=args.seed,
     )
-    print(evaluated(result, run_dir=None if published else args.run_dir))
+    summary = source.summary if published else _recorded_summary(args.run_dir)
+    cert = summary.get("run", {}).get("certification")
+    print(evaluated(result, run_dir=None if published else args.run_dir, certification=cert))
     return 0
+
+
+def _recorded_summary(run_dir: str) -> dict:
+    from hf_llpf.run import read_metrics
+
+    return read_metrics(run_dir).get("summary", {})

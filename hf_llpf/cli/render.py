@@ -142,7 +142,7 @@ def exported(info: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluated(result: dict, *, run_dir: str | None) -> str:
+def evaluated(result: dict, *, run_dir: str | None, certification: dict | None = None) -> str:
     """``hf-llpf evaluate``: counts, the path table, and (for a local run directory) what was written."""
     from hf_llpf.report import path_verdict, summary_table
 
@@ -154,7 +154,7 @@ def evaluated(result: dict, *, run_dir: str | None) -> str:
     ]
     if run_dir is not None:
         lines.append(f"written: {Path(run_dir) / 'path_metrics.json'}, plots/, README.md")
-    lines.append(path_verdict(result["summary"]))  # the last line: what the figures say
+    lines.append(path_verdict(result["summary"], certification))  # the last line: what the figures say
     return "\n".join(lines)
 
 

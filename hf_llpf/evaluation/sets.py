@@ -107,6 +107,18 @@ class EvalSets:
     continuity: EvalBatches | BatchSource
 
 
+def subset_indices(n: int, k: int | None, seed: int) -> torch.Tensor | None:
+    """The sorted first ``k`` of a seeded permutation of ``range(n)`` (``None``: all ``n`` examples).
+
+    Every fixed subset of hf_llpf (evaluation training subset, continuity subset, probe set) is such a prefix,
+    so a smaller one is part of a larger one with the same seed.
+    """
+    if k is None or k >= n:
+        return None
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[:k].sort().values
+
+
 def make_eval_sets(
     data: DataBundle,
     *,
@@ -134,10 +146,9 @@ def make_eval_sets(
     """
     device = device or torch.device("cpu")
     n = len(data.train_tensors)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     k = n if train_subset is None else min(train_subset, n)
-    train_idx = None if k == n else perm[:k].sort().values
-    cont_idx = perm[: min(continuity_subset, k)].sort().values
+    train_idx = subset_indices(n, k, seed)
+    cont_idx = subset_indices(n, min(continuity_subset, k), seed)
     common = {"config": data.config, "batch_size": batch_size, "device": device}
     return EvalSets(
         train=EvalBatches(data.train_tensors, indices=train_idx, **common),
@@ -203,4 +214,4 @@ def resolve_data(path: Path, data: Any) -> DataBundle | dict:
     return load_data(data)
 
 
-__all__ = ["BatchSource", "EvalBatches", "EvalSets", "make_eval_sets", "resolve_data", "sets_for"]
+__all__ = ["BatchSource", "EvalBatches", "EvalSets", "make_eval_sets", "resolve_data", "sets_for", "subset_indices"]

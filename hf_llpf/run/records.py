@@ -28,6 +28,8 @@ class PointRecord:
     dist_b: float | None  # ... and to θ_B
     stage_boundary: bool  # a stage started here (and at the ends)
     point: str  # the point's folder, relative to the run directory
+    probe_loss: float | None = None  # eval-mode loss on the probe set, as saved (None: no ceiling)
+    segment_loss: float | None = None  # ... at the midpoint of the segment from the previous tick's point
 
     def row(self) -> dict[str, Any]:
         """As stored in ``path_metrics.json``."""
@@ -46,10 +48,14 @@ class TickRecord:
     dist_a: float | None = None
     dist_b: float | None = None
     phase: str | None = None  # set by phases other than M2M
+    probe_loss: float | None = None  # the kept point's probe loss (certified runs only)
+    segment_loss: float | None = None
+    step_scale: float | None = None  # the step factor the kept move was made with (certified runs only)
 
     def row(self) -> dict[str, Any]:
-        """As stored in ``path_metrics.json``'s ``ticks`` (``phase`` only when set)."""
-        return {k: v for k, v in asdict(self).items() if not (k == "phase" and v is None)}
+        """As stored in ``path_metrics.json``'s ``ticks`` (optional columns only when set)."""
+        optional = ("phase", "probe_loss", "segment_loss", "step_scale")
+        return {k: v for k, v in asdict(self).items() if not (k in optional and v is None)}
 
 
 POINT_COLUMNS = tuple(f.name for f in fields(PointRecord))

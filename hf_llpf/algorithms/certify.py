@@ -1,0 +1,228 @@
+"""Certification: a path held under a loss ceiling on a fixed probe set (docs/algorithm.md §10).
+
+Every method's tick ends with :meth:`Certifier.certify`: the point as it will be saved (after the last
+variance correction, with the BatchNorm statistics it carries) is probed in eval mode; a point above the
+ceiling gets more repair, in rounds, within ``repair_budget`` iterations; then the straight segment from the
+previous tick's point is probed at its midpoint. A tick whose point or segment stays above is rolled back and
+retried with half the step (:meth:`hf_llpf.algorithms.base.Method.certified_tick`); after ``max_backtracks``
+halvings it is kept and reported. An easy tick (certified at once, no extra repair) doubles the next step, up
+to a move of a stage's whole distance, so a stage that one move keeps under the ceiling takes one tick.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_llpf.config import ConnectConfig
+from hf_llpf.errors import ConfigError
+from hf_llpf.evaluation.probe import ProbeSet
+from hf_llpf.train import RepairTrainer
+
+# The auto ceiling's smallest margin above the endpoints: near-zero endpoint losses leave no room for the noise
+# of a repaired point's eval-mode loss (docs/algorithm.md §10: measured spread of repaired points).
+AUTO_FLOOR = 0.04
+GROWTH = 1.5  # repair rounds grow by this factor: short first rounds, few probes on hard ticks
+
+
+def resolve_ceiling(config: ConnectConfig, endpoint_losses: list[float]) -> float | None:
+    """The run's ceiling from ``config.loss_ceiling`` and the endpoints' probe losses (``None``: no ceiling).
+
+    Raises:
+        ConfigError: a set ceiling below an endpoint's own probe loss (both numbers named), or an endpoint
+            whose probe loss is not finite.
+    """
+    if config.loss_ceiling is None:
+        return None
+    bad = [f"{k}={v}" for k, v in zip("AB", endpoint_losses, strict=False) if not math.isfinite(v)]
+    if bad:
+        raise ConfigError(f"loss_ceiling: endpoint probe loss not finite ({', '.join(bad)}); check the endpoints")
+    top = max(endpoint_losses)
+    if config.loss_ceiling == "auto":
+        return top + max(AUTO_FLOOR, config.ceiling_margin * top)
+    if config.loss_ceiling < top:
+        which = "AB"[endpoint_losses.index(top)] if len(endpoint_losses) > 1 else "A"
+        raise ConfigError(
+            f"loss_ceiling={config.loss_ceiling:g} is below endpoint {which}'s own probe loss {top:.4g}: no path "
+            f"can stay under it (set loss_ceiling >= {top:.4g}, or 'auto')"
+        )
+    return float(config.loss_ceiling)
+
+
+def make_certifier(models: list[nn.Module], probe: ProbeSet | None, config: ConnectConfig, device: Any) -> Certifier:
+    """The run's certifier: the endpoints probed, the ceiling resolved (a disabled one without a ceiling).
+
+    Args:
+        models: the endpoints (θ_A, θ_B; one for a walk), wherever they live; each is probed on a copy on ``device``.
+        probe: the probe set (``None`` when ``config.loss_ceiling`` is null).
+        config: the run's settings.
+        device: the training device.
+
+    Raises:
+        ConfigError: a set ceiling below an endpoint's probe loss.
+    """
+    if probe is None or config.loss_ceiling is None:
+        return Certifier()
+    losses = []
+    for m in models:
+        on_device = copy.deepcopy(m).to(device)
+        losses.append(probe.loss(on_device))
+        del on_device
+    return Certifier(probe, resolve_ceiling(config, losses), config, losses)
+
+
+@dataclass
+class Verdict:
+    """What the certifier measured on one attempt of a tick."""
+
+    point: float  # probe loss of the point
+    segment: float | None  # probe loss at the segment's midpoint (None: not probed)
+    extra_iters: int  # repair iterations the point needed
+    ceiling: float
+    train_loss: float = math.nan  # the last repair round's train-mode loss (NaN: no repair was needed)
+
+    @property
+    def ok(self) -> bool:
+        under = self.point <= self.ceiling
+        return under and (self.segment is None or self.segment <= self.ceiling)
+
+    @property
+    def easy(self) -> bool:
+        """Certified with no repair at all: the next move may be longer."""
+        return self.ok and self.extra_iters == 0
+
+
+class Certifier:
+    """Probes points and segments against the ceiling; a disabled one (no probe or no ceiling) measures nothing.
+
+    Args:
+        probe: the probe set (``None``: certification off).
+        ceiling: the loss ceiling (``None``: off).
+        config: ``repair_budget``, ``max_iters`` (the round length), ``certify_segments``, ``max_backtracks``.
+        endpoint_losses: the endpoints' probe losses, as measured when the ceiling was resolved.
+    """
+
+    def __init__(
+        self,
+        probe: ProbeSet | None = None,
+        ceiling: float | None = None,
+        config: ConnectConfig | None = None,
+        endpoint_losses: list[float] | None = None,
+    ):
+        self.probe, self.ceiling, self.config = probe, ceiling, config
+        self.endpoint_losses = list(endpoint_losses or [])
+        self.enabled = probe is not None and ceiling is not None and config is not None
+
+    def loss(self, model: nn.Module) -> float:
+        """The probe loss of ``model`` as it is (NaN when certification is off)."""
+        return self.probe.loss(model) if self.enabled else math.nan
+
+    def certify(
+        self,
+        model: nn.Module,
+        trainer: RepairTrainer,
+        previous: list[torch.Tensor],
+        after_repair: Callable[[], None],
+        *,
+        timer: Any = None,
+    ) -> Verdict:
+        """The tick's repair, driven by the probe: repair only while the point is above the ceiling.
+
+        The moved point is probed first; while it is above the ceiling it is repaired in rounds of
+        ``min_iters``, ``2·min_iters``, ``4·min_iters`` … iterations (at most ``repair_budget`` in all), each
+        followed by the method's variance correction and a probe. A point under the ceiling then has its
+        segment's midpoint probed.
+
+        Args:
+            model: the working model holding the tick's moved point.
+            trainer: its repair trainer.
+            previous: the previous point's state tensors, in ``model.state_dict()`` order.
+            after_repair: what the method does after each repair (its variance correction).
+            timer: a :class:`~hf_llpf.algorithms.base.Timer`: probing goes to ``probe``, repair to ``train``.
+        """
+        cfg, lap = self.config, (timer.lap if timer is not None else lambda _key, start: time.perf_counter())
+        t = time.perf_counter()
+        point, spent, loss, size = self.probe.loss(model), 0, math.nan, cfg.min_iters
+        t = lap("probe", t)
+        while not point <= self.ceiling and spent < cfg.repair_budget:
+            n = min(int(size), cfg.repair_budget - spent)
+            loss, _ = trainer.repair(iters=n)
+            after_repair()
+            spent, size = spent + n, size * GROWTH
+            t = lap("train", t)
+            point = self.probe.loss(model)
+            t = lap("probe", t)
+        segment = None
+        if cfg.certify_segments and point <= self.ceiling:
+            segment = self.midpoint_loss(model, previous)
+            lap("probe", t)
+        return Verdict(point, segment, spent, self.ceiling, loss)
+
+    @torch.no_grad()
+    def midpoint_loss(self, model: nn.Module, previous: list[torch.Tensor]) -> float:
+        """Probe loss at the midpoint of the straight segment from ``previous`` to the model's current state.
+
+        Floating tensors (BatchNorm statistics included) are averaged, as the evaluation's continuity check
+        interpolates them; integer buffers keep the current point's values. The model is left on its point.
+        """
+        state = list(model.state_dict().values())
+        keep = _distinct_floating(state)
+        live, prev = [state[i] for i in keep], [previous[i] for i in keep]
+        here = [t.clone() for t in live]
+        torch._foreach_add_(live, prev)
+        torch._foreach_mul_(live, 0.5)
+        try:
+            return self.probe.loss(model)
+        finally:
+            torch._foreach_copy_(live, here)
+
+    def summary(self, uncertified: list[dict]) -> dict:
+        """The run's certification record (``summary.run.certification``)."""
+        if not self.enabled:
+            return {"ceiling": None, "certified": False, "reason": "no loss ceiling (loss_ceiling: null)"}
+        return {
+            "ceiling": self.ceiling,
+            "probe_examples": self.probe.num_examples,
+            "endpoint_probe_losses": self.endpoint_losses,
+            "probes": self.probe.calls,
+            "certified": not uncertified,
+            "uncertified": uncertified,
+            "segments": bool(self.config.certify_segments),
+        }
+
+
+def _distinct_floating(tensors: list[torch.Tensor]) -> list[int]:
+    """Indices of the floating tensors, each storage once (tied weights appear under two state_dict names)."""
+    seen, keep = set(), []
+    for i, t in enumerate(tensors):
+        key = (t.data_ptr(), tuple(t.shape), t.stride())
+        if t.is_floating_point() and key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return keep
+
+
+def certification_line(cert: dict | None) -> str:
+    """The run's certification sentence: what every point and segment measured against the ceiling."""
+    if not cert or cert.get("ceiling") is None:
+        return "not certified: no loss ceiling was enforced (loss_ceiling: null)"
+    ceiling, n = cert["ceiling"], cert.get("probe_examples")
+    what = "every point and segment" if cert.get("segments") else "every point (segments not probed)"
+    if cert.get("certified"):
+        return f"certified: {what} <= {ceiling:.4g} on {n} probe examples"
+    bad = cert.get("uncertified", [])
+    listed = "; ".join(
+        f"{u['what']} at tick {u['tick']} (stage {u['stage']}, {u['phase']}): {u['loss']:.4g}" for u in bad[:5]
+    )
+    more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return f"NOT certified: {len(bad)} above the ceiling {ceiling:.4g} on {n} probe examples: {listed}{more}"
+
+
+__all__ = ["AUTO_FLOOR", "Certifier", "Verdict", "certification_line", "make_certifier", "resolve_ceiling"]

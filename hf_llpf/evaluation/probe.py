@@ -1,0 +1,123 @@
+"""The probe set: the fixed training examples on which a run certifies its path (docs/algorithm.md §10).
+
+The probe is judged exactly as :func:`hf_llpf.evaluation.evaluate_path` judges a point: the model in eval mode,
+the same loss function, the same scorer (:func:`~hf_llpf.evaluation.scoring.score`). Its examples are the
+first ``size`` of the seeded permutation that the evaluation's subsets are prefixes of, so with the default
+seed the probe is the evaluation's continuity subset, and the training subset of ``train_subset=size``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+import torch
+from torch import nn
+
+from hf_llpf.batches import LossFn, batch_size_of, move_batch
+from hf_llpf.data import DataBundle
+from hf_llpf.errors import ConfigError
+from hf_llpf.evaluation.scoring import score
+from hf_llpf.evaluation.sets import EvalBatches, subset_indices
+
+
+class ProbeSet:
+    """Fixed batches and the loss that certifies a point: ``probe.loss(model)``.
+
+    Args:
+        batches: the probe's batches, already on the training device (iterated once per probe).
+        loss_fn: the path's loss (``None``: the default of :func:`~hf_llpf.evaluation.scoring.score`).
+        accelerator: with several processes, the probe loss is averaged across them so that every process
+            takes the same decision (they hold the same weights and the same batches).
+    """
+
+    def __init__(self, batches: Any, *, loss_fn: LossFn | None = None, accelerator: Any = None):
+        self.batches, self.loss_fn, self.accelerator = batches, loss_fn, accelerator
+        self.num_examples = sum(batch_size_of(b) for b in batches)
+        self.calls = 0  # probes so far (each one full pass over the probe examples)
+        if self.num_examples == 0:
+            raise ConfigError("probe_size: the probe set is empty (the training data holds no example)")
+
+    @torch.no_grad()
+    def loss(self, model: nn.Module) -> float:
+        """Eval-mode mean loss of ``model`` over the probe examples; the model's mode is restored after."""
+        was_training = model.training
+        model.eval()
+        try:
+            value = score(model, self.batches, loss_fn=self.loss_fn)["loss"]
+        finally:
+            model.train(was_training)
+        self.calls += 1
+        acc = self.accelerator
+        if acc is not None and acc.num_processes > 1:
+            value = float(acc.reduce(torch.tensor(value, dtype=torch.float64, device=acc.device), "mean"))
+        return float(value)
+
+
+def build_probe(
+    train_data: Any,
+    loader: Any,
+    bundle: DataBundle | None,
+    *,
+    size: int,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device,
+    loss_fn: LossFn | None = None,
+    accelerator: Any = None,
+) -> ProbeSet:
+    """The probe set of a run's training data.
+
+    Args:
+        train_data: what the caller passed as training data (a ``datasets.Dataset`` is subset directly).
+        loader: the training batch source built from it (used for any other iterable of batches).
+        bundle: the loaded data when it came from a spec (the fast, seeded-subset path).
+        size: number of probe examples (all of them when the training data is smaller).
+        seed: seed of the subset's permutation (the evaluation's default is 0).
+        batch_size: probe batch size (it changes only speed, not the loss).
+        device: where the probe runs (the training device).
+        loss_fn: the path's loss.
+        accelerator: for the cross-process average.
+    """
+    if bundle is not None:
+        n = len(bundle.train_tensors)
+        batches = EvalBatches(
+            bundle.train_tensors,
+            indices=subset_indices(n, size, seed),
+            config=bundle.config,
+            batch_size=batch_size,
+            device=device,
+        )
+        batches = list(batches)
+    elif isinstance(train_data, datasets.Dataset):
+        idx = subset_indices(len(train_data), size, seed)
+        ds = train_data.with_format("torch")
+        ds = ds if idx is None else ds.select(idx.tolist())
+        batches = [move_batch(b, device) for b in torch.utils.data.DataLoader(ds, batch_size=batch_size)]
+    else:
+        batches = _first_examples(loader, size, device)
+    return ProbeSet(batches, loss_fn=loss_fn, accelerator=accelerator)
+
+
+def _first_examples(loader: Any, size: int, device: torch.device) -> list:
+    """The first ``size`` examples of one pass over ``loader`` (its own order: seed a shuffled loader)."""
+    out, seen = [], 0
+    for batch in loader:
+        n = batch_size_of(batch)
+        if seen + n > size:
+            batch = _head(batch, size - seen)
+            n = size - seen
+        out.append(move_batch(batch, device))
+        seen += n
+        if seen >= size:
+            break
+    return out
+
+
+def _head(batch: Any, k: int) -> Any:
+    if isinstance(batch, dict):
+        return {key: v[:k] if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
+    return type(batch)(v[:k] if isinstance(v, torch.Tensor) else v for v in batch)
+
+
+__all__ = ["ProbeSet", "build_probe"]

@@ -1,0 +1,145 @@
+"""Certified paths: every point and segment under the loss ceiling, on probe examples the test measures itself."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import state_equal
+
+import hf_llpf
+from hf_llpf.algorithms.certify import AUTO_FLOOR, Certifier
+from hf_llpf.errors import ConfigError
+from hf_llpf.models import load_endpoint
+from hf_llpf.run import read_metrics
+
+torch.set_num_threads(1)
+
+# A quick certified run: short stages, the default (auto) ceiling.
+QUICK = {"step_r": 0.5, "arrival_tol": 0.05, "checkpoint_every": 4}
+
+
+def probe_examples(digits, size=512, seed=0):
+    """The probe set rebuilt here, independently of hf_llpf: the seeded subset, normalised as the data says."""
+    images, labels = digits.train_tensors.images, digits.train_tensors.labels
+    idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+    x = images[idx].float() / 255.0
+    x = (x - 0.5) / 0.5
+    return x, labels[idx]
+
+
+@torch.no_grad()
+def own_probe_loss(model, x, y):
+    model.eval()
+    return float(F.cross_entropy(model(x), y))
+
+
+@pytest.fixture(scope="module")
+def certified_run(small_cnn_pair, digits, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("certified") / "run"
+    path = hf_llpf.connect(*small_cnn_pair, digits, config=QUICK, run_dir=run_dir, progress=False)
+    return path, run_dir
+
+
+def test_every_saved_point_is_under_the_ceiling_by_an_independent_measure(certified_run, small_cnn_pair, digits):
+    path, run_dir = certified_run
+    cert = read_metrics(run_dir)["summary"]["run"]["certification"]
+    ceiling = cert["ceiling"]
+    x, y = probe_examples(digits)
+    a, b = (load_endpoint(p).model for p in small_cnn_pair)
+    ends = [own_probe_loss(m, x, y) for m in (a, b)]
+    assert cert["probe_examples"] == 512
+    assert cert["endpoint_probe_losses"] == pytest.approx(ends, rel=1e-5)
+    assert ceiling == pytest.approx(max(ends) + max(AUTO_FLOOR, 0.5 * max(ends)), rel=1e-6)
+    assert cert["certified"] and cert["uncertified"] == []
+    assert len(path) >= 4
+    for i, row in enumerate(path.metrics):
+        mine = own_probe_loss(path.model_at(i), x, y)
+        assert row["probe_loss"] == pytest.approx(mine, rel=1e-4, abs=1e-6), f"point {i}"
+        assert mine <= ceiling, f"point {i}: {mine} > {ceiling}"
+        if i > 0:  # the segment from the previous tick's point (every tick is saved here)
+            assert row["segment_loss"] <= ceiling
+    # The segments' midpoints, measured here between consecutive saved points.
+    for i in range(1, len(path)):
+        sa, sb = path.state_dict_at(i - 1), path.state_dict_at(i)
+        mid = copy.deepcopy(a)
+        mid.load_state_dict({k: (sa[k] + sb[k]) / 2 if sa[k].is_floating_point() else sb[k] for k in sa})
+        assert own_probe_loss(mid, x, y) <= ceiling * (1 + 1e-5), f"segment {i - 1}-{i}"
+    assert state_equal(path.state_dict_at(0), a.state_dict())
+    assert state_equal(path.state_dict_at(-1), b.state_dict())
+
+
+def test_the_run_says_certified_and_the_path_beats_the_straight_line(certified_run):
+    from hf_llpf.algorithms.certify import certification_line
+
+    _, run_dir = certified_run
+    cert = read_metrics(run_dir)["summary"]["run"]["certification"]
+    line = certification_line(cert)
+    assert line == f"certified: every point and segment <= {cert['ceiling']:.4g} on 512 probe examples"
+
+
+def test_a_segment_above_the_ceiling_gets_a_point_inserted(small_cnn_pair, digits, tmp_path, monkeypatch):
+    plain = hf_llpf.connect(*small_cnn_pair, digits, config=QUICK, run_dir=tmp_path / "plain", progress=False)
+    real, calls = Certifier.midpoint_loss, {"n": 0}
+
+    def first_segment_fails(self, model, previous):
+        calls["n"] += 1
+        return 10.0 if calls["n"] == 1 else real(self, model, previous)
+
+    monkeypatch.setattr(Certifier, "midpoint_loss", first_segment_fails)
+    run = hf_llpf.connect(*small_cnn_pair, digits, config=QUICK, run_dir=tmp_path / "split", progress=False)
+    summary = run.summary["run"]
+    assert summary["backtracks"] >= 1 and summary["certification"]["certified"]
+    # The first move was retried at half the step: the first point now lies about halfway to where it was.
+    first_plain, first_split = plain.metrics[1]["dist_a"], run.metrics[1]["dist_a"]
+    assert 0.3 * first_plain < first_split < 0.75 * first_plain
+    assert len(run) > len(plain) - 1
+    assert all(r["segment_loss"] <= summary["certification"]["ceiling"] for r in run.metrics[1:])
+
+
+def test_a_ceiling_below_an_endpoint_is_refused_with_both_numbers(small_cnn_pair, digits, tmp_path):
+    with pytest.raises(ConfigError, match=r"loss_ceiling=1e-06 is below endpoint [AB]'s own probe loss 0\.0\d+"):
+        hf_llpf.connect(*small_cnn_pair, digits, config={"loss_ceiling": 1e-6}, run_dir=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()  # refused before the run directory is created
+
+
+def test_an_unreachable_ceiling_is_reported_not_hidden(small_cnn_pair, digits, tmp_path):
+    from hf_llpf.algorithms.certify import certification_line
+
+    # Just above the endpoints, 4 repair iterations a tick and no backtracking: interior points stay above it.
+    ends = [own_probe_loss(load_endpoint(p).model, *probe_examples(digits)) for p in small_cnn_pair]
+    config = {**QUICK, "loss_ceiling": max(ends) * 1.01, "repair_budget": 4, "max_backtracks": 0}
+    path = hf_llpf.connect(*small_cnn_pair, digits, config=config, run_dir=tmp_path / "r", progress=False)
+    cert = path.summary["run"]["certification"]
+    assert not cert["certified"] and cert["uncertified"]
+    first = cert["uncertified"][0]
+    assert first["loss"] > cert["ceiling"] and first["what"] in ("point", "segment")
+    assert certification_line(cert).startswith(f"NOT certified: {len(cert['uncertified'])} above the ceiling")
+    assert state_equal(path.state_dict_at(-1), load_endpoint(small_cnn_pair[1]).model.state_dict())
+
+
+def test_a_straight_line_under_the_ceiling_is_the_path(small_cnn_pair, digits, tmp_path):
+    a = load_endpoint(small_cnn_pair[0]).model
+    b = copy.deepcopy(a)
+    with torch.no_grad():  # a "fine-tune" of A: close enough that the straight line stays low
+        for p in b.parameters():
+            p.add_(0.01 * torch.randn_like(p) * p.std().clamp_min(1e-3))
+    path = hf_llpf.connect(a, b, digits, run_dir=tmp_path / "line", progress=False)
+    run = path.summary["run"]
+    assert run["method"] == "linear" and run["sgd_iters"] == 0 and len(path) == 9
+    assert run["certification"]["certified"]
+    assert state_equal(path.state_dict_at(0), a.state_dict()) and state_equal(path.state_dict_at(-1), b.state_dict())
+    x, y = probe_examples(digits)
+    assert max(own_probe_loss(path.model_at(i), x, y) for i in range(9)) <= run["certification"]["ceiling"]
+    # Forcing the walk still walks.
+    walked = hf_llpf.connect(a, b, digits, config={**QUICK, "method": "m2m"}, run_dir=tmp_path / "walk",
+                             progress=False)  # fmt: skip
+    assert walked.summary["run"]["method"] == "m2m"
+
+
+def test_no_ceiling_is_plain_llpf(small_cnn_pair, digits, tmp_path):
+    config = {**QUICK, "loss_ceiling": None}
+    path = hf_llpf.connect(*small_cnn_pair, digits, config=config, run_dir=tmp_path / "r", progress=False)
+    cert = path.summary["run"]["certification"]
+    assert cert["ceiling"] is None and not cert["certified"]
+    assert all(r["probe_loss"] is None for r in path.metrics)
