@@ -143,3 +143,23 @@ def test_no_ceiling_is_plain_llpf(small_cnn_pair, digits, tmp_path):
     cert = path.summary["run"]["certification"]
     assert cert["ceiling"] is None and not cert["certified"]
     assert all(r["probe_loss"] is None for r in path.metrics)
+
+
+def test_a_certified_run_killed_mid_way_resumes_bit_identically(certified_run, small_cnn_pair, digits, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    from conftest import connect_killed_after
+
+    whole, _ = certified_run
+    total = len(whole.ticks) // QUICK["checkpoint_every"] + 2  # about: one checkpoint per 4 ticks, start, end
+    for k in (1, max(2, total // 2)):
+        run = tmp_path / f"killed_{k}"
+        connect_killed_after(k, monkeypatch, *small_cnn_pair, digits, config=QUICK, run_dir=run, progress=False)
+        resumed = hf_llpf.connect(*small_cnn_pair, digits, config=QUICK, run_dir=run, exist="resume", progress=False)
+        assert resumed.ticks == whole.ticks, f"killed after checkpoint {k}"
+        strip = lambda rows: [{c: v for c, v in r.items() if c != "point"} for r in rows]  # noqa: E731
+        assert strip(resumed.metrics) == strip(whole.metrics), f"killed after checkpoint {k}"
+        for i in range(len(whole)):
+            assert state_equal(resumed.state_dict_at(i), whole.state_dict_at(i)), (k, i)
+        assert resumed.summary["run"]["certification"] == whole.summary["run"]["certification"] | {
+            "probes": resumed.summary["run"]["certification"]["probes"]
+        }

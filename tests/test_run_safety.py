@@ -31,8 +31,7 @@ FAST = {
     "max_iters": 2,
     "checkpoint_every": 1,
     "arrival_tol": 0.05,
-    "repair_budget": 4,
-    "max_backtracks": 1,
+    "loss_ceiling": None,  # run-directory mechanics: plain LLPF (certified resume: test_certify.py)
 }
 
 

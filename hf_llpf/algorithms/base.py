@@ -262,14 +262,15 @@ class Method:
 
         A diverged attempt is rolled back by the divergence guard. With a ceiling, the point and its segment are
         certified (:meth:`Certifier.certify`); an attempt above the ceiling is rolled back and retried with half
-        the step, at most ``max_backtracks`` times (then kept, and reported by the caller). An attempt certified
-        at once doubles the step of the next tick, up to :attr:`max_step_scale`.
+        the step, at most ``max_backtracks`` times (then kept, reported by the caller, and the next tick starts
+        with this tick's step again). An attempt certified at once, with at most one repair round, doubles the
+        step of the next tick, up to :attr:`max_step_scale`.
 
         Returns:
             The repair loss and the certifier's verdict (``None`` without a ceiling).
         """
         st, cfg, cert = self.state, self.config, self.certifier
-        backtracks, verdict = 0, None
+        backtracks, verdict, scale = 0, None, st.step_scale
         while True:
             t = time.perf_counter()
             self.guard.snapshot()
@@ -298,7 +299,9 @@ class Method:
             st.step_scale *= 0.5
             backtracks += 1
         st.backtracks += backtracks
-        if verdict is not None and verdict.easy and backtracks == 0:
+        if verdict is not None and not verdict.ok:
+            st.step_scale = scale  # shorter moves did not help: the next tick goes on at the step it started with
+        elif verdict is not None and verdict.easy and backtracks == 0:
             st.step_scale = min(st.step_scale * 2, self.max_step_scale)
         return loss, verdict
 

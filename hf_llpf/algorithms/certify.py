@@ -93,10 +93,12 @@ class Verdict:
         under = self.point <= self.ceiling
         return under and (self.segment is None or self.segment <= self.ceiling)
 
+    min_iters: int = 0  # the first repair round's length
+
     @property
     def easy(self) -> bool:
-        """Certified with no repair at all: the next move may be longer."""
-        return self.ok and self.extra_iters == 0
+        """Certified after at most the first repair round: the next move may be longer."""
+        return self.ok and self.extra_iters <= self.min_iters
 
 
 class Certifier:
@@ -163,7 +165,7 @@ class Certifier:
         if cfg.certify_segments and point <= self.ceiling:
             segment = self.midpoint_loss(model, previous)
             lap("probe", t)
-        return Verdict(point, segment, spent, self.ceiling, loss)
+        return Verdict(point, segment, spent, self.ceiling, loss, cfg.min_iters)
 
     @torch.no_grad()
     def midpoint_loss(self, model: nn.Module, previous: list[torch.Tensor]) -> float:
