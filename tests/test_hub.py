@@ -104,8 +104,7 @@ def test_card_with_local_endpoints_and_no_recorded_command(runs):
 
 def test_select_point_forms(runs):
     path = LLPFPath(runs["timm"])
-    assert select_point(path, "best") == 1  # highest test_acc among interior points (0.89 at index 1)
-    assert select_point(path, "mid") == 2  # dist_a == dist_b at index 2
+    assert select_point(path, "mid") == 2  # position 0.5 by arc length (test_hub_points.py has the criteria)
     assert select_point(path, "tick:15") == 3 and select_point(path, "t5") == 1
     assert select_point(path, -1) == 4 and select_point(path, "0") == 0
     with pytest.raises(UnknownNameError, match=r"tick:N"):

@@ -137,6 +137,8 @@ def hub_refused(command: str, err: Exception, *, retry: str) -> str:
 
 def exported(info: dict) -> str:
     lines = [f"point {info['index']} (tick {info['tick']}, {info['point']}) written to {info['out_dir']}"]
+    if info.get("reason"):
+        lines.append(f"chosen: {info['reason']}")
     if info.get("repo_id"):
         lines.append(f"pushed to {info['repo_id']} commit {info['commit']}")
     return "\n".join(lines)

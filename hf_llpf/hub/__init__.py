@@ -19,9 +19,10 @@ with huggingface_hub's own pieces (``validate_repo_id``, ``upload_folder``, ``sn
 
 from hf_llpf.hub.access import HubAuthError
 from hf_llpf.hub.card import CARD_TAGS, REPORT_END, REPORT_START, build_model_card, build_point_card
-from hf_llpf.hub.export import export_point, select_point
+from hf_llpf.hub.export import export_point
 from hf_llpf.hub.files import IGNORE_PATTERNS, content_hash, publishable_files
 from hf_llpf.hub.load import EAGER_PATTERNS, POINT_FILE_PATTERNS, UNSAFE_WEIGHTS, HubPath, load_path
+from hf_llpf.hub.points import arc_positions, choose_point, select_point, select_points
 from hf_llpf.hub.push import TAG_PREFIX, push_path
 from hf_llpf.hub.spec import REPO_ID_FORM, check_branch_name, is_repo_id, parse_repo_spec
 
@@ -37,9 +38,11 @@ __all__ = [
     "UNSAFE_WEIGHTS",
     "HubAuthError",
     "HubPath",
+    "arc_positions",
     "build_model_card",
     "build_point_card",
     "check_branch_name",
+    "choose_point",
     "content_hash",
     "export_point",
     "is_repo_id",
@@ -48,4 +51,5 @@ __all__ = [
     "publishable_files",
     "push_path",
     "select_point",
+    "select_points",
 ]

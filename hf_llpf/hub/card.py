@@ -319,7 +319,9 @@ def build_model_card(run_dir: str | os.PathLike, *, repo_id: str | None = None):
 # ---- an exported point's card ---------------------------------------------------------------------------------
 
 
-def build_point_card(root: FsPath, row: dict, *, index: int, count: int, source: str, repo_id: str | None):
+def build_point_card(
+    root: FsPath, row: dict, *, index: int, count: int, source: str, repo_id: str | None, reason: str | None = None
+):
     """The card of one exported point: the path's metadata (tagged ``llpf-point``), its figures, how to load it.
 
     Args:
@@ -328,6 +330,7 @@ def build_point_card(root: FsPath, row: dict, *, index: int, count: int, source:
         index, count: the point's index and the number of points of the path.
         source: how the path is named in the text (a folder or ``org/repo@commit``).
         repo_id: the repo the point is exported to (used in the loading code); a placeholder when None.
+        reason: why this point was chosen (:func:`~hf_llpf.hub.points.choose_point`), said in the card.
 
     Returns:
         huggingface_hub.ModelCard: the card.
@@ -343,6 +346,7 @@ def build_point_card(root: FsPath, row: dict, *, index: int, count: int, source:
         f"- **A**: {_endpoint_label(facts.a)}",
         f"- **B**: {_endpoint_label(facts.b)}",
         f"- **point**: index {index}, tick {row.get('tick')}, stage {row.get('stage')}, phase {row.get('phase')}",
+        *([f"- **chosen as**: {reason}"] if reason else []),
         "",
         "| figure | value |",
         "|---|---|",
