@@ -27,10 +27,11 @@ from hf_llpf.safe_paths import walk_files
 
 def _open_source(source: str | os.PathLike | Path, endpoint: str | None) -> tuple[Path, str]:
     """The path to export from and how its card names it (a folder, or ``org/repo@commit``)."""
+    # A local run directory is named by its folder name: the card never holds a path of this machine.
     if isinstance(source, Path):
-        path, label = source, str(source.root)
+        path, label = source, source.root.resolve().name
     elif FsPath(source).is_dir():
-        path, label = Path(check_run_dir(source)), str(source)
+        path, label = Path(check_run_dir(source)), FsPath(source).resolve().name
     else:
         path, label = load_path(str(source), endpoint=endpoint), str(source)
     if isinstance(path, HubPath):
