@@ -42,6 +42,18 @@ def transformers_point(repo: str, point: str) -> str:
     return digest(AutoModelForSequenceClassification.from_pretrained(repo, subfolder=point).state_dict())
 
 
+def transformers_revision(repo: str, revision: str) -> str:
+    from transformers import AutoModelForSequenceClassification
+
+    return digest(AutoModelForSequenceClassification.from_pretrained(repo, revision=revision).state_dict())
+
+
+def timm_revision(repo: str, revision: str) -> str:
+    import timm
+
+    return digest(timm.create_model(f"hf-hub:{repo}@{revision}", pretrained=True).state_dict())
+
+
 def timm_root(repo: str) -> str:
     import timm
 
@@ -92,6 +104,9 @@ def main(cfg_file: str) -> None:
     step(out, "transformers_point", lambda: transformers_point(bert, point))
     step(out, "timm_root", lambda: timm_root(timm_repo))
     step(out, "timm_point", lambda: timm_point(timm_repo, point))
+    rev_repo, rev = cfg["plain_bert_rev_repo"], cfg["plain_revision"]
+    step(out, "transformers_revision", lambda: transformers_revision(rev_repo, rev))
+    step(out, "timm_revision", lambda: timm_revision(timm_repo, rev))
     step(out, "timm_card", lambda: card(timm_repo))
     step(out, "bert_card", lambda: card(bert))
     out["hf_llpf_imported"] = any(m == "hf_llpf" or m.startswith("hf_llpf.") for m in sys.modules)

@@ -200,9 +200,11 @@ def hostile_export(cfg: dict) -> dict:
 def plain_push(cfg: dict) -> dict:
     import hf_llpf.hub as hub
 
-    return hub.push_path(
-        cfg["plain_run"], repo_id=cfg["plain_timm_repo"], token=cfg["token"], endpoint=cfg["standin"], license="mit"
-    )
+    push = {"token": cfg["token"], "endpoint": cfg["standin"], "point_revisions": True}
+    timm_push = hub.push_path(cfg["plain_run"], repo_id=cfg["plain_timm_repo"], license="mit", **push)
+    bert_push = hub.push_path(cfg["bert_run"], repo_id=cfg["plain_bert_rev_repo"], **push)
+    again = hub.push_path(cfg["plain_run"], repo_id=cfg["plain_timm_repo"], license="mit", **push)
+    return {"timm": timm_push, "bert": bert_push, "again": again}
 
 
 def plain_load(cfg: dict) -> dict:

@@ -288,6 +288,8 @@ def hub_round_trip(olah, tmp_path_factory):
             "plain_timm_repo": "llpf/plain-path",
             "plain_bert_repo": "llpf/bert-path",
             "plain_point": "points/t_000010",
+            "plain_bert_rev_repo": "llpf/bert-revisions",
+            "plain_revision": "t_000005",
             "plain_results": str(base / "plain_results.json"),
         }
         (base / "cfg.json").write_text(json.dumps(cfg))
@@ -609,3 +611,25 @@ def test_push_options_every_exclude_message_private_and_a_pull_request(hub_round
     assert _blob(repo, "refs/pr/1", "model.safetensors") == _blob(
         repo, "refs/pr/1", "points/t_000005/model.safetensors"
     )
+
+
+@pytest.mark.hub
+def test_point_revisions_load_by_revision_with_plain_libraries(hub_round_trip):
+    from hub_fixtures import state_digest
+
+    res, runs = _ok(hub_round_trip["results"], "plain_load"), hub_round_trip["runs"]
+    pushed = _ok(hub_round_trip["results"], "plain_push")
+    branches = [f"t_0000{t:02d}" for t in (0, 5, 10, 15, 20)]
+    assert sorted(pushed["timm"]["point_revisions"]) == branches == sorted(pushed["bert"]["point_revisions"])
+    assert _ok(res, "transformers_revision") == state_digest(LLPFPath(runs["bert"]).state_dict_at(1))
+    assert _ok(res, "timm_revision") == state_digest(LLPFPath(runs["plain"]).state_dict_at(1))
+    repo = hub_round_trip["mirrors"] / "models" / "llpf/plain-path"
+    card = _blob(repo, "t_000005", "README.md").decode()
+    assert "**point 1 of 5**" in card and "chosen as the point of this branch, `t_000005`" in card
+    assert _blob(repo, "t_000005", "model.safetensors") == _blob(repo, "main", "points/t_000005/model.safetensors")
+    assert "**point 2 of 5**" in _blob(repo, "main", "README.md").decode()  # main's root is still the middle
+    # A point branch holds main's files with another root: its commit changed only the root model and the card.
+    changed = _git(repo, "diff", "--name-only", pushed["timm"]["commit"], "t_000005").splitlines()
+    assert sorted(changed) == ["README.md", "model.safetensors"]  # config.json is the same for every point
+    again = pushed["again"]  # a re-run changes nothing, on main or on a branch
+    assert not again["created_commit"] and again["point_revisions"] == pushed["timm"]["point_revisions"]

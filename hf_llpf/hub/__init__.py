@@ -23,10 +23,11 @@ with huggingface_hub's own pieces (``validate_repo_id``, ``create_commit``, ``sn
 """
 
 from hf_llpf.hub.access import HubAuthError
-from hf_llpf.hub.card import CARD_TAGS, REPORT_END, REPORT_START, build_model_card, build_point_card
+from hf_llpf.hub.card import CARD_TAGS, REPORT_END, REPORT_START, build_model_card
 from hf_llpf.hub.export import export_point
 from hf_llpf.hub.files import IGNORE_PATTERNS, content_hash, publishable_files
 from hf_llpf.hub.load import EAGER_PATTERNS, POINT_FILE_PATTERNS, UNSAFE_WEIGHTS, HubPath, load_path
+from hf_llpf.hub.point_card import build_point_card
 from hf_llpf.hub.points import arc_positions, choose_point, select_point, select_points
 from hf_llpf.hub.push import TAG_PREFIX, push_path
 from hf_llpf.hub.spec import REPO_ID_FORM, check_branch_name, is_repo_id, parse_repo_spec

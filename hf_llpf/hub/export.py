@@ -14,9 +14,9 @@ from pathlib import Path as FsPath
 from hf_llpf import __version__
 from hf_llpf.errors import RunDirectoryError
 from hf_llpf.hub.access import check_online, hub_api, hub_errors, resolve_token
-from hf_llpf.hub.card import build_point_card
 from hf_llpf.hub.files import check_run_dir
 from hf_llpf.hub.load import UNSAFE_WEIGHTS, HubPath, load_path
+from hf_llpf.hub.point_card import build_point_card
 from hf_llpf.hub.points import choose_point
 from hf_llpf.hub.push import upload
 from hf_llpf.hub.spec import parse_repo_spec
