@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path as FsPath
 
 from hf_llpf import __version__
-from hf_llpf.errors import RunDirectoryError
+from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.hub.access import check_online, hub_api, hub_errors, resolve_token
 from hf_llpf.hub.files import check_run_dir
 from hf_llpf.hub.load import UNSAFE_WEIGHTS, HubPath, load_path
 from hf_llpf.hub.point_card import build_point_card
 from hf_llpf.hub.points import choose_point
+from hf_llpf.hub.public import UNKNOWN_LICENSE, resolve_license
 from hf_llpf.hub.push import upload
 from hf_llpf.hub.spec import parse_repo_spec
 from hf_llpf.run import Path
@@ -57,8 +58,19 @@ def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | 
         dest = tmp / f.relative_to(folder)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f, dest)
+    try:  # the endpoints' license when they agree (recorded or in a local endpoint's card), else "unknown"
+        license, _ = resolve_license(path.endpoints)
+    except ConfigError:
+        license = UNKNOWN_LICENSE
     card = build_point_card(
-        path.root, path.metrics[i], index=i, count=len(path), source=label, repo_id=repo_id, reason=reason
+        path.root,
+        path.metrics[i],
+        index=i,
+        count=len(path),
+        source=label,
+        repo_id=repo_id,
+        reason=reason,
+        license=license,
     )
     (tmp / README).write_text(str(card))
     if out.exists():
