@@ -2,9 +2,12 @@
 
 - ``loss.png`` and ``accuracy.png``: train (eval mode, fixed subset) and test along the path vs the linear
   baseline, x = normalised position along the path; the continuity samples as crosses; stages shaded, phases
-  marked in a band at the bottom; a log-scale loss axis when the losses span more than two orders of magnitude.
+  marked in a band at the bottom (a one-point phase such as "end" gets a visible width); a log-scale loss axis
+  when the losses span more than two orders of magnitude or the baseline's peak is more than
+  :data:`DWARF_RATIO` times the path's (a path under 0.05 beside a barrier of 2.4 is not a flat line at zero).
 - ``layers.png``: per-parameter-tensor variance and relative distance to θ_B along the path as heat maps,
-  tensors ordered by stage (``layer_groups.json``), points streamed from disk.
+  tensors ordered by stage (``layer_groups.json``), points streamed from disk; the variance colour scale
+  leaves out constant tensors (variance < 1e-12) and the lowest 1% (grey), see :func:`variance_limits`.
 - ``repeats.png`` (:func:`plot_repeats`): the curves of R runs overlaid.
 
 Every function reads what :func:`hf_llpf.api.evaluate_run` wrote; it never evaluates anything itself.
@@ -35,6 +38,9 @@ from hf_llpf.run.layout import PLOTS_DIR  # noqa: E402
 _LLPF, _LINEAR = "tab:blue", "tab:red"
 _STAGE_COLOURS = ("#f2f2f2", "#dde8f3")
 _PHASE_COLOURS = ("tab:olive", "tab:purple", "tab:cyan", "tab:brown", "tab:pink", "tab:gray")
+_MIN_BAND = 0.012  # narrowest phase band drawn, as a fraction of the axis (~9 pixels at the default size)
+DWARF_RATIO = 10.0  # baseline max / path max above which the loss axis is logarithmic
+VARIANCE_FLOOR = -12.0  # log10 variance below which a tensor counts as constant (drawn grey, off the scale)
 
 
 def _metrics(run_dir: FsPath) -> dict:
@@ -83,21 +89,50 @@ def _shade(ax: plt.Axes, points: list[dict], pos: list[float]) -> list:
         names = list(dict.fromkeys(phases))
         for j, (first, last, phase) in enumerate(runs):
             right = pos[runs[j + 1][0]] if j + 1 < len(runs) else pos[last]
+            left, right = _visible_span(pos[first], right, lo=pos[0], hi=pos[-1])
             colour = _PHASE_COLOURS[names.index(phase) % len(_PHASE_COLOURS)]
-            ax.axvspan(pos[first], right, ymin=0, ymax=0.03, color=colour, lw=0, zorder=1)
+            # Narrow (widened) spans drawn above their neighbours, so a one-point phase stays visible.
+            ax.axvspan(left, right, ymin=0, ymax=0.03, color=colour, lw=0, zorder=1 + (right - left < 2 * _MIN_BAND))
         for phase in names:
             colour = _PHASE_COLOURS[names.index(phase) % len(_PHASE_COLOURS)]
             handles.append(mpatches.Patch(color=colour, label=f"phase: {phase}"))
     return handles
 
 
-def _wants_log(values: Sequence[float]) -> bool:
-    finite = [v for v in values if math.isfinite(v)]
-    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 100
+def _visible_span(left: float, right: float, *, lo: float, hi: float) -> tuple[float, float]:
+    """``[left, right]`` widened to at least :data:`_MIN_BAND`, inside ``[lo, hi]``.
+
+    The last phase ("end") is one point: its own span is the last segment, often ~0.1% of the axis.
+    """
+    if right - left >= _MIN_BAND:
+        return left, right
+    centre = (left + right) / 2
+    left, right = centre - _MIN_BAND / 2, centre + _MIN_BAND / 2
+    if left < lo:
+        left, right = lo, lo + _MIN_BAND
+    if right > hi:
+        left, right = hi - _MIN_BAND, hi
+    return left, right
 
 
-def _curve_plot(run_dir: FsPath, data: dict, *, metric: str, out: FsPath) -> FsPath:
-    """loss.png or accuracy.png: LLPF vs linear, train and test, raw and (when present) recalibrated."""
+def _wants_log(values: Sequence[float], baseline: Sequence[float] = ()) -> bool:
+    """A log-scale loss axis: the losses span > 2 decades, or the baseline's peak dwarfs the path's.
+
+    With a linear baseline at 2.4 and a path under 0.05 a linear axis draws the path as a flat line at zero,
+    hiding its barrier; above :data:`DWARF_RATIO` (baseline max / path max) the axis turns logarithmic.
+    """
+    own = [v for v in values if math.isfinite(v)]
+    base = [v for v in baseline if math.isfinite(v)]
+    every = own + base
+    if not every or min(every) <= 0:
+        return False  # a log axis would drop the zeros and the negatives
+    if max(every) / min(every) > 100:
+        return True
+    return bool(own and base) and max(base) > DWARF_RATIO * max(own)
+
+
+def _curve_figure(run_dir: FsPath, data: dict, *, metric: str) -> plt.Figure:
+    """The figure of loss.png or accuracy.png: LLPF vs linear, train and test, raw and (when present) recalibrated."""
     points, linear, cont = data["points"], data.get("linear", []), data.get("continuity", [])
     pos = [p["position"] for p in points]
     lin_t = [r["t"] for r in linear]
@@ -105,7 +140,8 @@ def _curve_plot(run_dir: FsPath, data: dict, *, metric: str, out: FsPath) -> FsP
     scale = 1.0 if metric == "loss" else 100.0
     fig, ax = plt.subplots(figsize=(12, 5), dpi=100)
     extra = _shade(ax, points, pos)
-    plotted: list[float] = []
+    plotted: list[float] = []  # the path's own values
+    baseline: list[float] = []  # linear interpolation's
     marks = len(points) <= 60  # markers on long paths only hide the curve
     for suffix, style in (("", {}), ("_recal", {"alpha": 0.55, "lw": 1.2})):
         if train + suffix not in points[0]:
@@ -136,7 +172,7 @@ def _curve_plot(run_dir: FsPath, data: dict, *, metric: str, out: FsPath) -> FsP
                     label=f"linear {split}{tag}",
                     **style,
                 )
-                plotted += y
+                baseline += y
     if cont and metric == "loss":
         y = [r["loss"] for r in cont]
         ax.plot(
@@ -148,7 +184,7 @@ def _curve_plot(run_dir: FsPath, data: dict, *, metric: str, out: FsPath) -> FsP
             label="LLPF segment interiors (continuity, train subset)",
         )
         plotted += y
-    if metric == "loss" and _wants_log(plotted):
+    if metric == "loss" and _wants_log(plotted, baseline):
         ax.set_yscale("log")
     ax.set_xlim(0, 1)
     ax.set_xlabel("normalised position along the path (cumulative L2 length / total; linear: t)")
@@ -159,6 +195,11 @@ def _curve_plot(run_dir: FsPath, data: dict, *, metric: str, out: FsPath) -> FsP
     ax.legend(handles=handles + extra, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def _curve_plot(run_dir: FsPath, data: dict, *, metric: str, out: FsPath) -> FsPath:
+    fig = _curve_figure(run_dir, data, metric=metric)
     fig.savefig(out)
     plt.close(fig)
     return out
@@ -198,6 +239,29 @@ def _layer_tables(path: Path, names: list[str]) -> tuple[torch.Tensor, torch.Ten
     return torch.stack(log_var, 1), torch.stack(rel_dist, 1)  # tensors x points
 
 
+def variance_limits(log_var: torch.Tensor) -> tuple[float, float, bool]:
+    """Colour limits of the variance panel: ``(vmin, vmax, whether some cells fall below vmin)``.
+
+    A tensor that never moves (a zero bias, a constant scale) has a variance of rounding size (~1e-15,
+    or 0 clamped to 1e-30): taken as the colour scale's minimum it squeezes every other tensor into one
+    colour. So cells under ``10**VARIANCE_FLOOR`` are left off the scale, and when the lowest 1% of the rest
+    lies more than a decade under the others the scale starts at that 1st percentile. Cells below the
+    scale are drawn grey, and the colour bar says so with an arrow.
+    """
+    values = log_var[torch.isfinite(log_var)].double()
+    if values.numel() == 0:
+        return 0.0, 1.0, False
+    live = values[values > VARIANCE_FLOOR]
+    live = live if live.numel() else values
+    lo, hi = float(live.min()), float(live.max())
+    q = float(torch.quantile(live, 0.01))
+    if q - lo > 1.0:  # a few cells more than a decade under the rest: outliers, not the scale
+        lo = q
+    if hi - lo < 1e-9:  # one value everywhere: a unit-wide scale around it
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi, bool((values < lo).any())
+
+
 def _edges(pos: list[float]) -> list[float]:
     if len(pos) == 1:
         return [0.0, 1.0]
@@ -217,15 +281,24 @@ def _layers_plot(run_dir: FsPath, data: dict, *, template: nn.Module | None, out
     y = list(range(len(names) + 1))
     height = min(14.0, 2.5 + 0.22 * len(names))
     fig, axes = plt.subplots(1, 2, figsize=(13, height), dpi=110, sharey=True)
+    lo, hi, clipped = variance_limits(log_var)
+    var_title = "log10 variance of each tensor"
+    if clipped:
+        var_title += f"\n(grey: below {lo:.3g}: constant tensors, variance < 1e{VARIANCE_FLOOR:.0f}, or outliers)"
     panels = (
-        (log_var, "log10 variance of each tensor", "viridis", None),
-        (rel_dist, "distance to θ_B, relative: ‖θ−θ_B‖ / ‖θ_A−θ_B‖", "magma", (0, max(1.0, float(rel_dist.max())))),
+        (log_var, var_title, "viridis", (lo, hi), "min" if clipped else "neither"),
+        (
+            rel_dist,
+            "distance to θ_B, relative: ‖θ−θ_B‖ / ‖θ_A−θ_B‖",
+            "magma",
+            (0, max(1.0, float(rel_dist.max()))),
+            "neither",
+        ),
     )
-    for ax, (table, title, cmap, lim) in zip(axes, panels):
-        mesh = ax.pcolormesh(
-            x, y, table.numpy(), cmap=cmap, shading="flat", vmin=lim[0] if lim else None, vmax=lim[1] if lim else None
-        )
-        fig.colorbar(mesh, ax=ax, fraction=0.05, pad=0.02)
+    for ax, (table, title, name, lim, extend) in zip(axes, panels):
+        cmap = plt.get_cmap(name).with_extremes(under="0.7")
+        mesh = ax.pcolormesh(x, y, table.numpy(), cmap=cmap, shading="flat", vmin=lim[0], vmax=lim[1])
+        fig.colorbar(mesh, ax=ax, fraction=0.05, pad=0.02, extend=extend)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("normalised position along the path")
         for j in range(1, len(stages)):
@@ -308,11 +381,10 @@ def plot_repeats(run_dirs: Sequence[str | os.PathLike], out_png: str | os.PathLi
             ax.plot(pos, y, "-", color=colour, lw=1.2, alpha=0.85, label=_run_label(run_dir))
             values += y
         linear = runs[0][1].get("linear") or []
+        base = [row[col] for row in linear]
         if linear:
-            y = [row[col] for row in linear]
-            ax.plot([row["t"] for row in linear], y, "--", color="0.4", lw=1.2, label="linear (first run)")
-            values += y
-        if _wants_log(values):
+            ax.plot([row["t"] for row in linear], base, "--", color="0.4", lw=1.2, label="linear (first run)")
+        if _wants_log(values, base):
             ax.set_yscale("log")
         ax.set_xlim(0, 1)
         ax.set_xlabel("normalised position along the path")
@@ -327,4 +399,4 @@ def plot_repeats(run_dirs: Sequence[str | os.PathLike], out_png: str | os.PathLi
     return out_png
 
 
-__all__ = ["PLOTS_DIR", "plot_path", "plot_repeats"]
+__all__ = ["DWARF_RATIO", "PLOTS_DIR", "VARIANCE_FLOOR", "plot_path", "plot_repeats", "variance_limits"]

@@ -40,11 +40,13 @@ REPORT = "<!-- hf_llpf:report:start -->\n## Evaluation report\n\nBarrier 0.05 vs
 
 def make_endpoints(kind: str) -> tuple:
     """Two endpoints of the same architecture with different weights."""
-    if kind == "timm":
+    if kind in ("timm", "timm-plain"):
+        # "timm-plain": an architecture of timm itself (~100k parameters), loadable with no hf_llpf import.
+        name, args = ("small_cnn", {}) if kind == "timm" else ("test_efficientnet", {"in_chans": 1})
         torch.manual_seed(0)
-        a = create_model("small_cnn", num_classes=10)
+        a = create_model(name, num_classes=10, **args)
         torch.manual_seed(1)
-        b = create_model("small_cnn", num_classes=10)
+        b = create_model(name, num_classes=10, **args)
         return a.eval(), b.eval()
     return tiny_bert(0), tiny_bert(1)
 
@@ -72,7 +74,7 @@ def make_run_dir(
     """Write a fake run directory of five points between two endpoints; returns ``root``.
 
     Args:
-        kind: ``"timm"`` (small_cnn) or ``"transformers"`` (tiny BERT).
+        kind: ``"timm"`` (small_cnn), ``"timm-plain"`` (timm's test_efficientnet) or ``"transformers"`` (tiny BERT).
         hub_ids: endpoint ids as Hub repos (recorded with a 40-hex revision) instead of local folders.
         command: the ``command`` entry of ``endpoints.json`` (None: not recorded).
         report: write an evaluation report section into README.md.

@@ -205,9 +205,67 @@ def hostile_export(cfg: dict) -> dict:
         return {"error_type": type(err).__name__, "message": str(err), "exists": out_dir.exists()}
 
 
+def plain_push(cfg: dict) -> dict:
+    import hf_llpf.hub as hub
+
+    push = {"token": cfg["token"], "endpoint": cfg["standin"], "point_revisions": True}
+    timm_push = hub.push_path(cfg["plain_run"], repo_id=cfg["plain_timm_repo"], license="mit", **push)
+    bert_push = hub.push_path(cfg["bert_run"], repo_id=cfg["plain_bert_rev_repo"], **push)
+    again = hub.push_path(cfg["plain_run"], repo_id=cfg["plain_timm_repo"], license="mit", **push)
+    return {"timm": timm_push, "bert": bert_push, "again": again}
+
+
+def plain_load(cfg: dict) -> dict:
+    """The card's promises, checked by a process that never imports hf_llpf (hub_plain_load.py)."""
+    import subprocess
+
+    script = Path(cfg["tests"]) / "hub_plain_load.py"
+    proc = subprocess.run([sys.executable, str(script), cfg["cfg_file"]], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        return {"error": "plain_load failed", "message": proc.stderr[-3000:], "trace": proc.stdout[-3000:]}
+    return json.loads(Path(cfg["plain_results"]).read_text())
+
+
+def resumed_push(cfg: dict) -> dict:
+    """A push in batches of 4 files whose 3rd commit fails (the stand-in's hook), then the same push again."""
+    import hf_llpf.hub as hub
+    from hf_llpf.hub.push import published_files
+
+    run = cfg["resume_run"]
+    push = {"repo_id": "llpf/resume-path", "token": cfg["token"], "endpoint": cfg["standin"], "files_per_commit": 4}
+    try:
+        hub.push_path(run, **push)
+        first = "no error"
+    except Exception as err:
+        first = type(err).__name__
+    second = hub.push_path(run, **push)
+    third = hub.push_path(run, **push)
+    files, _ = published_files(run, repo_id="llpf/resume-path")
+    return {
+        "first_error": first,
+        "second": second,
+        "third": third,
+        "expected_tag": hub.TAG_PREFIX + hub.content_hash(files)[:12],
+        "expected_files": sorted(files),
+    }
+
+
+def options_push(cfg: dict) -> dict:
+    """--every, --exclude, --commit-message, --private, and then --create-pr with another root point."""
+    import hf_llpf.hub as hub
+
+    push = {"repo_id": "llpf/options-path", "token": cfg["token"], "endpoint": cfg["standin"]}
+    first = hub.push_path(
+        cfg["resume_run"], every=3, exclude=["plots/*"], commit_message="a path, every 3rd point", private=True, **push
+    )
+    pr = hub.push_path(cfg["resume_run"], every=3, exclude=["plots/*"], root_point="best", create_pr=True, **push)
+    return {"first": first, "pr": pr}
+
+
 def main(cfg_file: str) -> None:
     torch.set_num_threads(1)
     cfg = json.loads(Path(cfg_file).read_text())
+    cfg["cfg_file"] = cfg_file
     cfg["token"] = os.environ.pop("LLPF_TEST_TOKEN")  # given in the environment, so no test file holds it
     sys.path.insert(0, cfg["tests"])
     import hf_llpf.hub as hub
@@ -233,6 +291,10 @@ def main(cfg_file: str) -> None:
     step(out, "cli_evaluate", lambda: cli_evaluate(out))
     step(out, "cli_connect_push", lambda: cli_connect_push(cfg))
     step(out, "hostile_export", lambda: hostile_export(cfg))
+    step(out, "plain_push", lambda: plain_push(cfg))
+    step(out, "plain_load", lambda: plain_load(cfg))
+    step(out, "resumed_push", lambda: resumed_push(cfg))
+    step(out, "options_push", lambda: options_push(cfg))
     Path(cfg["results"]).write_text(json.dumps(out, default=str))
 
 

@@ -13,8 +13,14 @@ Behaviour copied from the Hub: a repo is created with one commit holding ``.gita
 the branch so unchanged files are skipped (no empty commits); tags are immutable (409 when one exists);
 writes need ``Authorization: Bearer <token>`` matching the configured token (401 otherwise).
 
-Test hooks: ``fail_commits`` (repo ids whose next commit answers 500 after the files were received) and
-``requests`` (method and path of every request, for assertions; headers are never recorded).
+Pull requests: a commit with ``create_pr=1`` starts ``refs/pr/<n>`` at the branch head and answers its
+``/discussions/<n>`` URL; later commits and preuploads may name ``refs/pr/<n>`` as their revision.
+
+Test hooks: ``fail_commits`` (repo ids whose next commit answers 500 after the files were received),
+``fail_commit_at`` (repo id -> the number of the commit request, counted from 1, that answers 500: a push
+killed mid-way), ``committed`` (repo id -> the files each commit made carried), ``created`` (repo id ->
+its ``private`` flag as asked) and ``requests`` (method and
+path of every request, for assertions; headers are never recorded).
 """
 
 from __future__ import annotations
@@ -82,6 +88,10 @@ class HubStandin:
         self.mirrors = Path(mirrors)
         self.token = token
         self.fail_commits: set[str] = set()
+        self.fail_commit_at: dict[str, int] = {}
+        self.committed: dict[str, list[list[str]]] = {}
+        self.created: dict[str, dict] = {}  # repo id -> {"private": ...} as asked at creation
+        self._commit_requests: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()  # one git operation at a time, like one Hub commit per repo
         self._server = ThreadingHTTPServer((host, 0), _make_handler(self))
@@ -128,8 +138,10 @@ class HubStandin:
         return entries
 
     def commit(self, repo: Path, branch: str, lines: list[dict]) -> str:
-        """Apply NDJSON commit lines to ``branch`` with git plumbing (the work tree is synced after)."""
-        parent = self.resolve(repo, f"refs/heads/{branch}")
+        """Apply NDJSON commit lines to ``branch`` (a branch name or a full ``refs/...`` name) with git plumbing
+        (the work tree is synced after)."""
+        ref = branch if branch.startswith("refs/") else f"refs/heads/{branch}"
+        parent = self.resolve(repo, ref)
         index = repo / ".git" / f"standin-index-{threading.get_ident()}"
         env = {"GIT_INDEX_FILE": str(index)}
         try:
@@ -157,11 +169,11 @@ class HubStandin:
             message = header.get("summary", "") + ("\n\n" + header["description"] if header.get("description") else "")
             args = ["commit-tree", tree, "-m", message or "commit"] + (["-p", parent] if parent else [])
             sha = git(repo, *args)
-            git(repo, "update-ref", f"refs/heads/{branch}", sha)
+            git(repo, "update-ref", ref, sha)
         finally:
             if index.exists():
                 index.unlink()
-        if git(repo, "symbolic-ref", "--short", "HEAD") == branch:
+        if git(repo, "symbolic-ref", "HEAD") == ref:
             git(repo, "reset", "-q", "--hard")  # keep the checked-out work tree equal to the branch
         return sha
 
@@ -235,6 +247,8 @@ def _make_handler(hub: HubStandin):
                         409, {"error": message, "url": f"{hub.url}/{repo_id}"}, extra={"X-Error-Message": message}
                     )
                 init_repo(repo)
+                # huggingface_hub 2.4 sends "visibility": "private"; older versions sent "private": true.
+                hub.created[repo_id] = {"private": req.get("visibility") == "private" or bool(req.get("private"))}
                 return self._send(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
             if method == "POST" and path == "/api/validate-yaml":
                 return self._send(200, {"warnings": []})
@@ -264,8 +278,9 @@ def _make_handler(hub: HubStandin):
                     return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
                 entries = [e for e in hub.tree(repo, sha) if not sub or e["path"].startswith(sub.rstrip("/") + "/")]
                 return self._send(200, entries)
+            ref = rest if rest.startswith("refs/") else f"refs/heads/{rest}"
             if action == "preupload" and method == "POST":
-                sha = hub.resolve(repo, f"refs/heads/{rest}")
+                sha = hub.resolve(repo, ref)
                 existing = hub.blob_ids(repo, sha) if sha else {}
                 files = json.loads(body)["files"]
                 answer = [
@@ -275,13 +290,24 @@ def _make_handler(hub: HubStandin):
                 return self._send(200, {"files": answer, "commitOid": sha})
             if action == "commit" and method == "POST":
                 lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
-                if repo_id in hub.fail_commits:
+                hub._commit_requests[repo_id] = number = hub._commit_requests.get(repo_id, 0) + 1
+                if repo_id in hub.fail_commits or hub.fail_commit_at.get(repo_id) == number:
                     hub.fail_commits.discard(repo_id)
                     return self._error(500, "stand-in: injected commit failure")
-                if hub.resolve(repo, f"refs/heads/{rest}") is None:
+                head = hub.resolve(repo, ref)
+                if head is None:
                     return self._error(404, f"Invalid rev id: {rest}", "RevisionNotFound")
-                sha = hub.commit(repo, rest, lines)
-                return self._send(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{sha}", "commitOid": sha})
+                answer = {}
+                if query.get("create_pr") == ["1"]:
+                    prs = git(repo, "for-each-ref", "--format=%(refname)", "refs/pr").split()
+                    ref = f"refs/pr/{len(prs) + 1}"
+                    git(repo, "update-ref", ref, head)
+                    answer["pullRequestUrl"] = f"{hub.url}/{repo_id}/discussions/{len(prs) + 1}"
+                sha = hub.commit(repo, ref, lines)
+                files = [item["value"]["path"] for item in lines if item["key"] == "file"]
+                hub.committed.setdefault(repo_id, []).append(files)
+                answer.update(commitUrl=f"{hub.url}/{repo_id}/commit/{sha}", commitOid=sha)
+                return self._send(200, answer)
             if action == "branch" and method == "POST":
                 if hub.resolve(repo, f"refs/heads/{rest}"):
                     return self._error(409, f"Reference already exists: refs/heads/{rest}")

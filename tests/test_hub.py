@@ -70,14 +70,13 @@ def test_card_metadata_round_trips_through_modelcard_load(runs, tmp_path):
     assert data.library_name == "timm"
     assert data.tags == CARD_TAGS
     assert data.model_name == "path"
-    figures = {r.metric_name: (r.metric_type, r.metric_value) for r in data.eval_results}
-    assert figures == {
-        "max train loss (LLPF path)": ("loss", SUMMARY["llpf"]["max_train_loss"]),
-        "loss barrier (LLPF path)": ("loss", SUMMARY["llpf"]["barrier"]),
-        "min train accuracy (LLPF path)": ("accuracy", SUMMARY["llpf"]["min_train_acc"]),
-        "max train loss (linear interpolation)": ("loss", SUMMARY["linear"]["max_train_loss"]),
-        "loss barrier (linear interpolation)": ("loss", SUMMARY["linear"]["barrier"]),
-        "min train accuracy (linear interpolation)": ("accuracy", SUMMARY["linear"]["min_train_acc"]),
+    figures = {r.metric_name: (r.metric_type, r.metric_value, r.dataset_split) for r in data.eval_results}
+    assert figures == {  # the path's own results only (test_hub_card.py checks the rest of the conventions)
+        "max train loss along the path": ("loss", SUMMARY["llpf"]["max_train_loss"], "train"),
+        "loss barrier of the path": ("loss", SUMMARY["llpf"]["barrier"], "train"),
+        "min train accuracy along the path": ("accuracy", SUMMARY["llpf"]["min_train_acc"], "train"),
+        "max test loss along the path": ("loss", SUMMARY["llpf"]["test_loss_range"][1], "test"),
+        "min test accuracy along the path": ("accuracy", SUMMARY["llpf"]["test_acc_range"][0], "test"),
     }
     assert {r.task_type for r in data.eval_results} == {"image-classification"}
     text = loaded.text
@@ -85,7 +84,7 @@ def test_card_metadata_round_trips_through_modelcard_load(runs, tmp_path):
     assert "hf-llpf connect org/a org/b --data digits --seed 0" in text  # the recorded command
     assert "method: m2m" in text and "step_r: 0.02" in text  # llpf_config.yaml
     assert f"hf_llpf {__version__}" in text
-    assert 'load_path("me/path").model_at(-1)' in text and 'timm.create_model("hf-hub:' in text
+    assert 'load_path("me/path")' in text and 'timm.create_model("hf-hub:me/path", pretrained=True)' in text
     # The evaluation report section is kept once; the old card text around it is not.
     assert text.count("<!-- hf_llpf:report:start -->") == 1 and "Barrier 0.05 vs 1.8." in text
     assert "# old card" not in text
@@ -97,15 +96,16 @@ def test_card_with_local_endpoints_and_no_recorded_command(runs):
     assert card.data.base_model is None and card.data.get("base_model_relation") is None
     assert card.data.library_name == "transformers" and card.data.datasets is None  # "digits" is not a Hub id
     assert {r.task_type for r in card.data.eval_results} == {"text-classification"}
-    assert 'BertForSequenceClassification.from_pretrained("me/bert-path", subfolder="points/t_000010")' in card.text
+    assert (
+        'AutoModelForSequenceClassification.from_pretrained("me/bert-path", subfolder="points/t_000010")' in card.text
+    )
     assert "No command was recorded" in card.text
     assert "hf_llpf:report" not in card.text
 
 
 def test_select_point_forms(runs):
     path = LLPFPath(runs["timm"])
-    assert select_point(path, "best") == 1  # highest test_acc among interior points (0.89 at index 1)
-    assert select_point(path, "mid") == 2  # dist_a == dist_b at index 2
+    assert select_point(path, "mid") == 2  # position 0.5 by arc length (test_hub_points.py has the criteria)
     assert select_point(path, "tick:15") == 3 and select_point(path, "t5") == 1
     assert select_point(path, -1) == 4 and select_point(path, "0") == 0
     with pytest.raises(UnknownNameError, match=r"tick:N"):
@@ -263,6 +263,8 @@ def hub_round_trip(olah, tmp_path_factory):
     bert_run = make_run_dir(base / "bert-run", kind="transformers", hub_ids=("endpoints/transformers-a", "x/y"))
     # A pickle weights file in a point is published as is but must never be downloaded by load_path.
     (bert_run / "points" / "t_000010" / "pytorch_model.bin").write_bytes(b"not a real pickle" * 64)
+    plain_run = make_run_dir(base / "plain-run", kind="timm-plain", hub_ids=("org/plain-a", "org/plain-b"))
+    resume_run = make_run_dir(base / "resume-run", kind="timm")
     hostile = make_run_dir(base / "hostile-run", kind="timm")
     metrics = json.loads((hostile / "path_metrics.json").read_text())
     metrics["points"][2]["point"] = "../../../../.."
@@ -272,6 +274,7 @@ def hub_round_trip(olah, tmp_path_factory):
     home = base / "hf_home"
     with HubStandin(mirrors, token=TOKEN) as standin:
         standin.fail_commits.add("llpf/timm-path")  # the first push of the timm path fails midway
+        standin.fail_commit_at["llpf/resume-path"] = 3  # a push in batches, killed at its third commit
         cfg = {
             "tests": str(Path(__file__).parent),
             "standin": standin.url,
@@ -280,6 +283,14 @@ def hub_round_trip(olah, tmp_path_factory):
             "bert_run": str(bert_run),
             "export_dir": str(base / "export"),
             "results": str(base / "results.json"),
+            "plain_run": str(plain_run),
+            "resume_run": str(resume_run),
+            "plain_timm_repo": "llpf/plain-path",
+            "plain_bert_repo": "llpf/bert-path",
+            "plain_point": "points/t_000010",
+            "plain_bert_rev_repo": "llpf/bert-revisions",
+            "plain_revision": "t_000005",
+            "plain_results": str(base / "plain_results.json"),
         }
         (base / "cfg.json").write_text(json.dumps(cfg))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "TRANSFORMERS_"))}
@@ -298,6 +309,7 @@ def hub_round_trip(olah, tmp_path_factory):
             timeout=900,
         )
         requests = list(standin.requests)
+        committed, created = dict(standin.committed), dict(standin.created)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((base / "results.json").read_text())
     return {
@@ -305,7 +317,10 @@ def hub_round_trip(olah, tmp_path_factory):
         "seeded": seeded,
         "local_digests": local_digests,
         "mirrors": mirrors,
-        "runs": {"timm": timm_run, "bert": bert_run},
+        "runs": {"timm": timm_run, "bert": bert_run, "plain": plain_run, "resume": resume_run},
+        "committed": committed,
+        "created": created,
+        "base": base,
         "logs": proc.stdout + proc.stderr + olah_log.read_text(errors="replace") + repr(requests),
         "scan": [base, mirrors],
         "requests": requests,
@@ -344,9 +359,11 @@ def test_failed_push_changes_nothing_and_rerun_publishes_one_tagged_commit(hub_r
     )
     run = hub_round_trip["runs"]["timm"]
     published = set(_git(repo, "ls-tree", "-r", "--name-only", second["tag"]).splitlines())
-    from hf_llpf.hub import publishable_files
+    from hf_llpf.hub.push import published_files
 
-    assert published == {".gitattributes", *publishable_files(run)}
+    files, _ = published_files(run, repo_id="llpf/timm-path")
+    assert published == {".gitattributes", *files}
+    assert {"config.json", "model.safetensors"} <= published  # the model at the root
     assert not any(p.startswith("checkpoint") or ".tmp" in p for p in published)
     assert _git(repo, "show", f"{second['tag']}:README.md") == (run / "README.md").read_text().strip()
     assert 'load_path("llpf/timm-path")' in res["readme"]
@@ -415,8 +432,8 @@ def test_published_card_metadata_round_trips(hub_round_trip):
     res = _ok(hub_round_trip["results"], "card")
     assert res["base_model"] == ["endpoints/timm-a", "endpoints/timm-b"] and res["relation"] == "merge"
     assert res["library"] == "timm" and res["tags"] == CARD_TAGS
-    assert res["figures"]["loss barrier (LLPF path)"] == SUMMARY["llpf"]["barrier"]
-    assert res["figures"]["loss barrier (linear interpolation)"] == SUMMARY["linear"]["barrier"]
+    assert res["figures"]["loss barrier of the path"] == SUMMARY["llpf"]["barrier"]
+    assert not any("linear" in name for name in res["figures"])  # the baseline's figures are in the text only
 
 
 @pytest.mark.hub
@@ -468,3 +485,151 @@ def test_token_is_never_written(hub_round_trip):
     for repo in (hub_round_trip["mirrors"] / "models").glob("*/*"):
         assert TOKEN not in _git(repo, "log", "-p", "--all")
     assert shutil.which("git")
+
+
+def _blob(repo: Path, rev: str, rel: str) -> bytes:
+    return subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{rel}"], capture_output=True, check=True).stdout
+
+
+@pytest.mark.hub
+def test_plain_libraries_load_the_root_and_a_middle_point(hub_round_trip):
+    """transformers and timm alone (no hf_llpf in the process) load what the card promises."""
+    from hub_fixtures import state_digest
+
+    res, runs = _ok(hub_round_trip["results"], "plain_load"), hub_round_trip["runs"]
+    assert res["hf_llpf_imported"] is False
+    bert, plain = LLPFPath(runs["bert"]), LLPFPath(runs["plain"])
+    # The root is the middle of the path by arc length: index 2 of 5 evenly spaced points (points/t_000010).
+    assert _ok(res, "transformers_root") == state_digest(bert.state_dict_at(2))
+    assert _ok(res, "transformers_point") == state_digest(bert.state_dict_at(2))
+    assert _ok(res, "timm_root") == state_digest(plain.state_dict_at(2))
+    point = _ok(res, "timm_point")
+    assert point["digest"] == state_digest(plain.state_dict_at(2))
+    assert point["files"] == ["points/t_000010/config.json", "points/t_000010/model.safetensors"]  # that folder only
+    assert state_digest(plain.state_dict_at(2)) != state_digest(
+        plain.state_dict_at(1)
+    )  # the digests tell points apart
+
+
+@pytest.mark.hub
+def test_the_card_follows_hub_conventions(hub_round_trip):
+    res = _ok(hub_round_trip["results"], "plain_load")
+    timm_card, bert_card = _ok(res, "timm_card"), _ok(res, "bert_card")
+    assert (timm_card["license"], timm_card["pipeline_tag"], timm_card["library_name"]) == (
+        "mit",
+        "image-classification",
+        "timm",
+    )
+    assert timm_card["base_model"] == ["org/plain-a", "org/plain-b"] and timm_card["relation"] == "merge"
+    results = {(r["name"], r["split"]): r["value"] for r in timm_card["results"]}
+    assert results == {
+        ("max train loss along the path", "train"): SUMMARY["llpf"]["max_train_loss"],
+        ("loss barrier of the path", "train"): SUMMARY["llpf"]["barrier"],
+        ("min train accuracy along the path", "train"): SUMMARY["llpf"]["min_train_acc"],
+        ("max test loss along the path", "test"): SUMMARY["llpf"]["test_loss_range"][1],
+        ("min test accuracy along the path", "test"): SUMMARY["llpf"]["test_acc_range"][0],
+    }
+    assert {r["dataset"] for r in timm_card["results"]} == {"digits"}
+    text = timm_card["text"]
+    assert "**point 2 of 5**" in text and "chosen as mid: the point nearest the middle" in text
+    assert text.count("![") == 1 and "| barrier | 0.05 | 1.8 |" in text  # plots and summary once (the report's)
+    assert 'timm.create_model("hf-hub:llpf/plain-path", pretrained=True)' in text and "import hf_llpf" not in text
+    assert 'allow_patterns=["points/t_000010/*"]' in text and "{'" not in text  # no raw Python dict
+    assert (bert_card["license"], bert_card["pipeline_tag"], bert_card["library_name"]) == (
+        "unknown",
+        "text-classification",
+        "transformers",
+    )
+    assert bert_card["base_model"] == ["endpoints/transformers-a", "x/y"]
+    assert 'AutoModelForSequenceClassification.from_pretrained("llpf/bert-path", subfolder=' in bert_card["text"]
+
+
+@pytest.mark.hub
+def test_no_published_file_holds_a_path_of_the_machine(hub_round_trip):
+    forbidden = {str(hub_round_trip["base"]), os.getcwd(), str(Path.home()), str(REPO_ROOT), "/tmp/"}
+    forbidden = {f.encode() for f in forbidden if len(Path(f).parts) > 1}
+    hits, checked = [], 0
+    for repo in sorted((hub_round_trip["mirrors"] / "models" / "llpf").glob("*")):
+        for ref in _git(repo, "for-each-ref", "--format=%(refname)").split():
+            for rel in _git(repo, "ls-tree", "-r", "--name-only", ref).splitlines():
+                data = _blob(repo, ref, rel)
+                checked += 1
+                hits += [f"{repo.name}@{ref}:{rel}: {f.decode()}" for f in forbidden if f in data]
+    assert checked > 100 and hits == [], hits
+    # The connect run had local endpoints given by absolute paths: published by folder name and hashes.
+    connected = hub_round_trip["mirrors"] / "models" / "llpf/connected"
+    endpoints = json.loads(_blob(connected, "main", "endpoints.json"))
+    assert (endpoints["A"]["id"], endpoints["B"]["id"]) == ("a", "b")
+    assert endpoints["A"]["source"] == "local" and endpoints["A"]["revision"].startswith("local:")
+
+
+@pytest.mark.hub
+def test_a_push_killed_mid_way_resumes_with_only_what_is_missing(hub_round_trip):
+    res = _ok(hub_round_trip["results"], "resumed_push")
+    commits = hub_round_trip["committed"]["llpf/resume-path"]
+    expected = res["expected_files"]
+    batches = -(-len(expected) // 4)  # 4 files a commit
+    assert res["first_error"] == "HfHubHTTPError" and batches >= 4
+    first_run, rerun = commits[:2], commits[2:]  # the 3rd commit of the first run failed
+    assert [len(c) for c in first_run] == [4, 4] and len(rerun) == batches - 2
+    sent_first = {f for c in first_run for f in c}
+    sent_again = {f for c in rerun for f in c}
+    assert not sent_first & sent_again and sent_first | sent_again == set(expected)  # nothing sent twice
+    second, third = res["second"], res["third"]
+    assert second["tag"] == res["expected_tag"] and second["commits"] == batches - 2 and second["created_tag"]
+    assert (third["created_commit"], third["created_tag"], third["tag"]) == (False, False, second["tag"])
+    repo = hub_round_trip["mirrors"] / "models" / "llpf/resume-path"
+    assert set(_git(repo, "ls-tree", "-r", "--name-only", second["tag"]).splitlines()) == {".gitattributes", *expected}
+    assert _git(repo, "rev-parse", f"{second['tag']}^{{commit}}") == _git(repo, "rev-parse", "main")
+    assert _git(repo, "rev-list", "--count", "main") == str(1 + 2 + batches - 2)
+
+
+@pytest.mark.hub
+def test_push_options_every_exclude_message_private_and_a_pull_request(hub_round_trip):
+    res = _ok(hub_round_trip["results"], "options_push")
+    first, pr = res["first"], res["pr"]
+    # every 3rd point (0, 3) + both ends and the stage boundaries (0, 4) + the root's point (mid: 2).
+    assert first["points"] == [0, 2, 3, 4] and first["root"][0] == 2
+    repo = hub_round_trip["mirrors"] / "models" / "llpf/options-path"
+    files = set(_git(repo, "ls-tree", "-r", "--name-only", "main").splitlines())
+    assert {f.split("/")[1] for f in files if f.startswith("points/")} == {
+        "t_000000",
+        "t_000010",
+        "t_000015",
+        "t_000020",
+    }
+    assert not any(f.startswith("plots/") for f in files)
+    metrics = json.loads(_blob(repo, "main", "path_metrics.json"))
+    assert [p["point"] for p in metrics["points"]] == [f"points/t_0000{t:02d}" for t in (0, 10, 15, 20)]
+    assert _git(repo, "log", "-1", "--format=%s", "main") == "a path, every 3rd point"
+    assert hub_round_trip["created"]["llpf/options-path"] == {"private": True}
+    # The pull request: root moved to "best" (index 1, lowest train loss in the middle half), main untouched.
+    assert pr["pr_url"].endswith("/llpf/options-path/discussions/1") and pr["tag"] is None and pr["root"][0] == 1
+    assert _git(repo, "rev-parse", "main") == first["commit"] and _git(repo, "rev-parse", "refs/pr/1") == pr["commit"]
+    pr_files = set(_git(repo, "ls-tree", "-r", "--name-only", "refs/pr/1").splitlines())
+    assert "points/t_000005/model.safetensors" in pr_files and "points/t_000010/model.safetensors" not in pr_files
+    assert _blob(repo, "refs/pr/1", "model.safetensors") == _blob(
+        repo, "refs/pr/1", "points/t_000005/model.safetensors"
+    )
+
+
+@pytest.mark.hub
+def test_point_revisions_load_by_revision_with_plain_libraries(hub_round_trip):
+    from hub_fixtures import state_digest
+
+    res, runs = _ok(hub_round_trip["results"], "plain_load"), hub_round_trip["runs"]
+    pushed = _ok(hub_round_trip["results"], "plain_push")
+    branches = [f"t_0000{t:02d}" for t in (0, 5, 10, 15, 20)]
+    assert sorted(pushed["timm"]["point_revisions"]) == branches == sorted(pushed["bert"]["point_revisions"])
+    assert _ok(res, "transformers_revision") == state_digest(LLPFPath(runs["bert"]).state_dict_at(1))
+    assert _ok(res, "timm_revision") == state_digest(LLPFPath(runs["plain"]).state_dict_at(1))
+    repo = hub_round_trip["mirrors"] / "models" / "llpf/plain-path"
+    card = _blob(repo, "t_000005", "README.md").decode()
+    assert "**point 1 of 5**" in card and "chosen as the point of this branch, `t_000005`" in card
+    assert _blob(repo, "t_000005", "model.safetensors") == _blob(repo, "main", "points/t_000005/model.safetensors")
+    assert "**point 2 of 5**" in _blob(repo, "main", "README.md").decode()  # main's root is still the middle
+    # A point branch holds main's files with another root: its commit changed only the root model and the card.
+    changed = _git(repo, "diff", "--name-only", pushed["timm"]["commit"], "t_000005").splitlines()
+    assert sorted(changed) == ["README.md", "model.safetensors"]  # config.json is the same for every point
+    again = pushed["again"]  # a re-run changes nothing, on main or on a branch
+    assert not again["created_commit"] and again["point_revisions"] == pushed["timm"]["point_revisions"]

@@ -9,7 +9,12 @@ import sys
 def register(sub) -> None:
     p = sub.add_parser("export", help="write one point of a path as a standalone (merged) model")
     p.add_argument("source", help="a run directory or a published path org/repo[@revision]")
-    p.add_argument("--point", default="mid", help="index, tick:N, best or mid (default mid)")
+    p.add_argument(
+        "--point",
+        default="mid",
+        help="index, tick:N, mid (the middle by arc length; default) or best (lowest train loss among the points "
+        "at position 0.25-0.75 by arc length)",
+    )
     p.add_argument("--out", required=True, help="folder to write (must be new or empty)")
     p.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO", help="also publish it as this model repo")
     p.add_argument("--token", help="write token for --push-to-hub")

@@ -124,10 +124,17 @@ def spheres_verdict(v: Any) -> str:
 
 def pushed(info: dict) -> str:
     state = "pushed" if info["created_commit"] else "already up to date"
-    return (
-        f"{state}: {info['url']} @ {info['revision']} commit {info['commit']} tag {info['tag']}\n"
-        f'load it with: hf_llpf.load_path("{info["repo_id"]}@{info["tag"]}")'
-    )
+    commits = f" ({info['commits']} commits)" if info.get("commits", 0) > 1 else ""
+    lines = [f"{state}: {info['url']} @ {info['revision']} commit {info['commit']}{commits} tag {info['tag']}"]
+    if info.get("pr_url"):
+        lines = [f"{state}: pull request {info['pr_url']} (commit {info['commit']}{commits}; no tag until merged)"]
+    if info.get("points") is not None:
+        lines.append(f"{info['files']} files, {len(info['points'])} points, license {info.get('license')}")
+    if info.get("root"):
+        lines.append(f"repo root: point {info['root'][0]}, {info['root'][1]}")
+    spec = info["repo_id"] + (f"@{info['tag']}" if info.get("tag") else "")
+    lines.append(f'load it with: hf_llpf.load_path("{spec}")')
+    return "\n".join(lines)
 
 
 def hub_refused(command: str, err: Exception, *, retry: str) -> str:
@@ -137,6 +144,8 @@ def hub_refused(command: str, err: Exception, *, retry: str) -> str:
 
 def exported(info: dict) -> str:
     lines = [f"point {info['index']} (tick {info['tick']}, {info['point']}) written to {info['out_dir']}"]
+    if info.get("reason"):
+        lines.append(f"chosen: {info['reason']}")
     if info.get("repo_id"):
         lines.append(f"pushed to {info['repo_id']} commit {info['commit']}")
     return "\n".join(lines)

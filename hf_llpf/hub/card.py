@@ -1,17 +1,19 @@
 """Model cards: one builder for the card of a published path and for the card of an exported point.
 
 Both cards carry the same metadata, built with huggingface_hub's ``ModelCardData`` (and ``EvalResult``
-for the ``model-index``): both endpoints under ``base_model`` with ``base_model_relation: merge`` when
-both are Hub models (so the path appears in both endpoints' model trees), the library, the tags and the
-dataset. Only the text and the figures differ (see ``docs/hub.md``, "The model card").
+for the ``model-index``), by the Hub's conventions: ``license``, ``library_name``, ``pipeline_tag``, the
+tags, the dataset, and both endpoints under ``base_model`` with ``base_model_relation: merge`` when both
+are Hub models (so the path appears in both endpoints' model trees). The ``model-index`` holds the path's
+own results only, each with its dataset and split; the linear baseline's figures are in the text. No
+local path of the machine is written: a local endpoint is named by its folder name and content hash
+(:mod:`hf_llpf.hub.public`). See ``docs/hub.md``, "The model card".
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -19,6 +21,8 @@ import yaml
 
 from hf_llpf import __version__
 from hf_llpf.hub.files import check_run_dir
+from hf_llpf.hub.public import UNKNOWN_LICENSE, is_local, local_names, public_name, scrub_text
+from hf_llpf.hub.snippets import path_snippet
 from hf_llpf.hub.spec import is_repo_id
 from hf_llpf.report import END, START
 from hf_llpf.run import METRICS_JSON, POINTS_DIR, read_run_json
@@ -30,11 +34,13 @@ CARD_TAGS = ["llpf", "mode-connectivity", "merge"]
 POINT_TAG = "llpf-point"
 PLACEHOLDER_REPO = "ORG/NAME"
 
-# (summary key, metric type, human name); the linear-interpolation figure is put beside each one.
-_SUMMARY_METRICS = (
-    ("max_train_loss", "loss", "max train loss"),
-    ("barrier", "loss", "loss barrier"),
-    ("min_train_acc", "accuracy", "min train accuracy"),
+# The model-index: (summary key, index in a [min, max] range or None, metric type, name, split setting).
+_RESULTS = (
+    ("max_train_loss", None, "loss", "max train loss along the path", "train_split"),
+    ("barrier", None, "loss", "loss barrier of the path", "train_split"),
+    ("min_train_acc", None, "accuracy", "min train accuracy along the path", "train_split"),
+    ("test_loss_range", 1, "loss", "max test loss along the path", "test_split"),
+    ("test_acc_range", 0, "accuracy", "min test accuracy along the path", "test_split"),
 )
 _TASKS = (
     ("ForSequenceClassification", "text-classification"),
@@ -42,6 +48,7 @@ _TASKS = (
     ("ForTokenClassification", "token-classification"),
     ("ForCausalLM", "text-generation"),
     ("ForQuestionAnswering", "question-answering"),
+    ("ForMaskedLM", "fill-mask"),
 )
 
 
@@ -63,17 +70,21 @@ def _read_yaml(path: FsPath) -> dict:
 
 
 def _hub_id(entry: dict) -> str | None:
-    """The Hub repo id of an ``endpoints.json`` entry, or None for a local endpoint.
-
-    A Hub endpoint was resolved to a 40-hex commit sha; a local one carries ``local:<hash>``. Only Hub ids
-    go into ``base_model``: the Hub rejects other values there.
-    """
-    source, revision = str(entry.get("id") or ""), str(entry.get("revision") or "")
-    return source if re.fullmatch(r"[0-9a-f]{40}", revision) and is_repo_id(source) else None
+    """The Hub repo id of an ``endpoints.json`` entry, or None for a local endpoint (the Hub rejects other
+    values in ``base_model``)."""
+    source = str(entry.get("id") or "")
+    return source if not is_local(entry) and is_repo_id(source) else None
 
 
-def _endpoint_label(entry: dict) -> str:
+def endpoint_label(entry: dict) -> str:
+    """How a card names an endpoint: a Hub id with its commit, or a local folder's name and content hashes."""
     rev = entry.get("revision")
+    if is_local(entry):
+        sha = entry.get("sha256")
+        hashes = ", ".join(
+            x for x in (f"revision `{rev}`" if rev else "", f"weights sha256 `{sha}`" if sha else "") if x
+        )
+        return f"`{public_name(entry)}` (a local folder" + (f"; {hashes})" if hashes else ")")
     return f"`{entry.get('id')}`" + (f" (revision `{rev}`)" if rev else "")
 
 
@@ -111,6 +122,11 @@ class RunFacts:
         """The dataset when it is a Hub id (the card's ``datasets`` accepts nothing else)."""
         return self.dataset if is_repo_id(self.dataset) and not FsPath(self.dataset).exists() else None
 
+    def split(self, setting: str) -> str:
+        data = self.config.get("data")
+        value = data.get(setting) if isinstance(data, dict) else None
+        return str(value or setting.removesuffix("_split"))
+
 
 def read_facts(root: FsPath) -> RunFacts:
     """The :class:`RunFacts` of a run directory (or of the snapshot of a published path)."""
@@ -124,19 +140,26 @@ def read_facts(root: FsPath) -> RunFacts:
     else:
         source, revision = (data if isinstance(data, str) else None), None
     bases = [b for b in (_hub_id(endpoints.get("A") or {}), _hub_id(endpoints.get("B") or {})) if b]
-    dataset = str(source) if source else "unknown"
+    dataset = scrub_text(str(source), local_names(endpoints)) if source else "unknown"
     return RunFacts(endpoints, config, library, bases, dataset, revision)
 
 
 def model_card(
-    facts: RunFacts, lines: list[str], *, tags: list[str], model_name: str | None = None, eval_results=None
+    facts: RunFacts,
+    lines: list[str],
+    *,
+    tags: list[str],
+    license: str = UNKNOWN_LICENSE,
+    model_name: str | None = None,
+    eval_results=None,
 ):
     """The one card builder: the shared metadata of ``facts`` plus the given text.
 
     Args:
         facts: the run's endpoints, library and dataset.
-        lines: the card's text, one line each.
+        lines: the card's text, one line each (local paths are replaced by public names).
         tags: the card's tags.
+        license: the ``license`` (a Hub license id; ``unknown`` when not known).
         model_name: the ``model-index`` name (needed with ``eval_results``).
         eval_results: a list of ``huggingface_hub.EvalResult`` for the ``model-index``, or None.
 
@@ -146,8 +169,10 @@ def model_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     data = ModelCardData(
-        base_model=facts.bases or None,
+        license=license,
         library_name=facts.library,
+        pipeline_tag=facts.task_type if facts.task_type != "other" else None,
+        base_model=facts.bases or None,
         tags=list(tags),
         datasets=[facts.hub_dataset] if facts.hub_dataset else None,
         model_name=model_name,
@@ -156,38 +181,63 @@ def model_card(
     if len(facts.bases) == 2:
         # Both endpoints are Hub models: the model is a merge of the two (the Hub's model tree).
         data.base_model_relation = "merge"
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+    text = scrub_text("\n".join(lines), local_names(facts.endpoints))
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}\n")
 
 
 # ---- the path's card ------------------------------------------------------------------------------------------
 
 
-def _eval_results(summary: dict, *, task_type: str, dataset: str) -> list:
+@dataclass
+class Publication:
+    """What a push publishes besides the run directory, as the path's card describes it.
+
+    Attributes:
+        root: ``(index, reason)`` of the point copied to the repo root, or None (no model at the root).
+        published: the indices of the published points (None: all).
+        revisions: every published point also has its own branch, named like its folder (``t_000010``).
+        license: the ``license``, and ``license_source`` where it came from (one phrase).
+    """
+
+    root: tuple[int, str] | None = None
+    published: list[int] | None = None
+    revisions: bool = False
+    license: str = UNKNOWN_LICENSE
+    license_source: str = "not recorded"
+    selection: str = field(default="")
+
+
+def _eval_results(summary: dict, facts: RunFacts) -> list:
+    """The path's own results (never the baseline's), each with its dataset and split."""
     from huggingface_hub import EvalResult
 
-    results = []
-    for method, label in (("llpf", "LLPF path"), ("linear", "linear interpolation")):
-        figures = summary.get(method) or {}
-        results += [
-            EvalResult(
-                task_type=task_type,
-                dataset_type=dataset,
-                dataset_name=dataset,
-                metric_type=metric_type,
-                metric_name=f"{name} ({label})",
-                metric_value=float(figures[key]),
+    figures, results = summary.get("llpf") or {}, []
+    for key, pick, metric_type, name, split in _RESULTS:
+        value = figures.get(key)
+        value = value[pick] if pick is not None and isinstance(value, (list, tuple)) and len(value) == 2 else value
+        if finite(value):
+            results.append(
+                EvalResult(
+                    task_type=facts.task_type,
+                    dataset_type=facts.dataset,
+                    dataset_name=facts.dataset,
+                    dataset_split=facts.split(split),
+                    dataset_revision=facts.data_revision,
+                    metric_type=metric_type,
+                    metric_name=name,
+                    metric_value=float(value),
+                )
             )
-            for key, metric_type, name in _SUMMARY_METRICS
-            if finite(figures.get(key))
-        ]
     return results
 
 
 def _format_figure(v: Any) -> str:
     if finite(v):
         return f"{v:.4g}"
-    if isinstance(v, (list, tuple)) and all(finite(x) for x in v):
-        return "–".join(f"{x:.4g}" for x in v)
+    if isinstance(v, (list, tuple)) and v and all(finite(x) for x in v):
+        return " – ".join(f"{x:.4g}" for x in v)
+    if isinstance(v, dict):  # e.g. where the worst continuity loss is: "segment 6, from tick 6, ..."
+        return ", ".join(f"{k.replace('_', ' ')} {_format_figure(x)}" for k, x in v.items())
     return "–" if v is None else str(v)
 
 
@@ -214,44 +264,14 @@ def _report_section(readme: FsPath) -> str:
     return text[start : end + len(REPORT_END)]
 
 
-def _load_snippet(facts: RunFacts, repo: str, point: str) -> list[str]:
-    lines = [
-        "```python",
-        "from hf_llpf.hub import load_path",
-        f'model = load_path("{repo}").model_at(-1)  # any point: index 0..len-1',
-        "```",
-    ]
-    if facts.library == "transformers":
-        arch = facts.architecture
-        lines += [
-            "",
-            "With plain transformers (each point is a subfolder):",
-            "",
-            "```python",
-            f"from transformers import {arch}",
-            f'model = {arch}.from_pretrained("{repo}", subfolder="{point}")',
-            "```",
-        ]
-    elif facts.library == "timm":
-        lines += [
-            "",
-            "With plain timm (timm loads whole repos, not subfolders: export the point to its own repo first, "
-            f"`hf-llpf export {repo} --point mid --out mid --push-to-hub ORG/NAME`):",
-            "",
-            "```python",
-            "import hf_llpf, timm  # hf_llpf registers its built-in architectures with timm",
-            'model = timm.create_model("hf-hub:ORG/NAME", pretrained=True)',
-            "```",
-        ]
-    return lines
-
-
 def _reproduce(root: FsPath, facts: RunFacts) -> list[str]:
     """The card's "Reproduce" section: the recorded command, the full settings and the versions."""
     command = facts.endpoints.get("command") or facts.config.get("command")
     lines = ["", "## Reproduce", ""]
     if command:
         lines += ["```bash", " ".join(command) if isinstance(command, (list, tuple)) else str(command), "```"]
+        if any(is_local(e) for e in (facts.a, facts.b) if e):
+            lines += ["", "A local endpoint is named by its folder name; its weights' sha256 is given above."]
     else:
         lines += ["No command was recorded with this run; `llpf_config.yaml` below holds the full resolved settings."]
     config_file = root / CONFIG_YAML
@@ -262,18 +282,60 @@ def _reproduce(root: FsPath, facts: RunFacts) -> list[str]:
     return [*lines, "", made or f"Made with hf_llpf {__version__}."]
 
 
-def build_model_card(run_dir: str | os.PathLike, *, repo_id: str | None = None):
+def _root_lines(points: list[dict], pub: Publication, library: str | None, repo: str) -> list[str]:
+    if pub.root is None:
+        return ["", "The repo root holds no model; every point is a model in its own folder (below)."]
+    i, reason = pub.root
+    row = points[i] if i < len(points) else {}
+    where = f", position {row['position']:.3f} by arc length" if finite(row.get("position")) else ""
+    loads = {
+        "transformers": f'`from_pretrained("{repo}")` loads it',
+        "timm": f'`timm.create_model("hf-hub:{repo}", pretrained=True)` loads it',
+    }.get(library or "", "`hf_llpf.models.load_endpoint` loads it")
+    return [
+        "",
+        "## The model at the root",
+        "",
+        f"The repo root is a complete model in the endpoints' format: **point {i} of {len(points)}** (tick "
+        f"{row.get('tick')}, folder `{row.get('point')}`{where}), chosen as {reason}. {loads}; it is the same "
+        f"model as `{row.get('point')}/`.",
+    ]
+
+
+def _points_lines(points: list[dict], pub: Publication) -> list[str]:
+    n = len(points)
+    if pub.published is None or len(pub.published) == n:
+        text = f"All {n} saved points are published"
+    else:
+        text = (
+            f"{len(pub.published)} of the path's {n} saved points are published ({pub.selection or 'a selection'}; "
+            "both ends and every stage boundary always are); `path_metrics.json` lists the published ones, the "
+            f"summary figures are those of all {n}"
+        )
+    text += f" (`{POINTS_DIR}/t_<tick>/`, each a complete model in the endpoints' format)"
+    if pub.revisions:
+        text += "; each also has its own branch, named like its folder (`t_<tick>`), whose root is that point"
+    return ["", text + ". Every published version is tagged `llpf-<content hash>`."]
+
+
+def build_model_card(
+    run_dir: str | os.PathLike, *, repo_id: str | None = None, publication: Publication | None = None
+):
     """Build the model card (``README.md``) of a run directory.
 
-    The metadata is that of :func:`model_card`, with the tags ``llpf``/``mode-connectivity``/``merge``
-    and a ``model-index`` with the path summary (max train loss, barrier, min train accuracy), the
-    linear-interpolation figures beside them. The text has the plots, the command and settings to
-    reproduce the run, the package version and how to load a point. An evaluation report already in the
-    README (between the hf_llpf report markers) is kept.
+    The metadata is that of :func:`model_card` with the tags ``llpf``/``mode-connectivity``/``merge`` and a
+    ``model-index`` of the path's own results (max train loss, barrier, min train accuracy, max test loss,
+    min test accuracy), each with its dataset and split. The text names the endpoints (a local one by its
+    folder name and hashes), says which point is the model at the repo root, has one summary table beside the
+    linear-interpolation figures and the plots once (the evaluation report section already in the README,
+    kept between the hf_llpf report markers, when there is one), how to load a point with the endpoints'
+    library and with hf_llpf, and the command and settings to reproduce the run.
 
     Args:
         run_dir: the run directory.
         repo_id: the Hub repo the card is for (used in the loading code); a placeholder when None.
+        publication: what the push publishes (root point, points, license); default: no root model, all
+            points, the license ``unknown``.
 
     Returns:
         huggingface_hub.ModelCard: the card (``str(card)`` is the README text).
@@ -282,87 +344,37 @@ def build_model_card(run_dir: str | os.PathLike, *, repo_id: str | None = None):
         RunDirectoryError: ``run_dir`` is not a run directory.
     """
     root = check_run_dir(run_dir)
-    facts = read_facts(root)
+    facts, pub = read_facts(root), publication or Publication()
     metrics = _read_json(root / METRICS_JSON)
     summary, points = metrics.get("summary") or {}, metrics.get("points") or []
+    repo = repo_id or PLACEHOLDER_REPO
     name = repo_id.split("/")[-1] if repo_id else root.resolve().name
-    mid = points[len(points) // 2]["point"] if points else f"{POINTS_DIR}/t_000000"
-    plots = sorted(p.relative_to(root).as_posix() for p in (root / PLOTS_DIR).glob("*.png"))
+    shown = pub.root[0] if pub.root else len(points) // 2
+    example = points[shown]["point"] if points else f"{POINTS_DIR}/t_000000"
     lines = [
         f"# {name}: a low-loss path between two models",
         "",
-        "A path of models found with [hf_llpf](https://arxiv.org/abs/2505.02604) (LLPF) between",
-        f"- **A**: {_endpoint_label(facts.a)}",
-        f"- **B**: {_endpoint_label(facts.b)}",
+        "A path of models found with hf_llpf (LLPF, [arXiv:2505.02604](https://arxiv.org/abs/2505.02604)) between",
+        f"- **A**: {endpoint_label(facts.a)}",
+        f"- **B**: {endpoint_label(facts.b)}",
         "",
-        f"The path has {len(points)} saved points (`{POINTS_DIR}/t_<tick>/`, each a standalone model in the "
-        "endpoints' format); `path_metrics.json`/`.csv` hold the figures of every point. Every point is a "
-        "merge of A and B; every published version is tagged `llpf-<content hash>`.",
-        "",
-        "## Summary",
-        "",
-        _summary_table(summary),
-        "",
-        f"Data: `{facts.dataset}`" + (f" (revision `{facts.data_revision}`)" if facts.data_revision else "") + ".",
+        f"Every point is a merge of A and B. Data: `{facts.dataset}`"
+        + (f" (revision `{facts.data_revision}`)" if facts.data_revision else "")
+        + f". License: `{pub.license}` ({pub.license_source}).",
+        *_root_lines(points, pub, facts.library, repo),
+        *_points_lines(points, pub),
     ]
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{FsPath(p).stem}]({p})" for p in plots]
-    lines += ["", "## Load a point", "", *_load_snippet(facts, repo_id or PLACEHOLDER_REPO, mid)]
-    lines += _reproduce(root, facts)
+    # The evaluation report (hf_llpf.report) has a summary table and the plots: the card shows each once.
     report = _report_section(root / README)
+    if "\n|---" not in report:
+        lines += ["", "## Summary", "", _summary_table(summary)]
+    plots = sorted(p.relative_to(root).as_posix() for p in (root / PLOTS_DIR).glob("*.png"))
+    if plots and "![" not in report:
+        lines += ["", "## Plots", ""] + [f"![{FsPath(p).stem}]({p})" for p in plots]
     if report:
         lines += ["", report]
-    results = _eval_results(summary, task_type=facts.task_type, dataset=facts.dataset)
-    return model_card(facts, lines, tags=CARD_TAGS, model_name=name, eval_results=results)
-
-
-# ---- an exported point's card ---------------------------------------------------------------------------------
-
-
-def build_point_card(root: FsPath, row: dict, *, index: int, count: int, source: str, repo_id: str | None):
-    """The card of one exported point: the path's metadata (tagged ``llpf-point``), its figures, how to load it.
-
-    Args:
-        root: the run directory or snapshot of the path (its ``endpoints.json`` and settings are read).
-        row: the point's row of ``path_metrics.json``.
-        index, count: the point's index and the number of points of the path.
-        source: how the path is named in the text (a folder or ``org/repo@commit``).
-        repo_id: the repo the point is exported to (used in the loading code); a placeholder when None.
-
-    Returns:
-        huggingface_hub.ModelCard: the card.
-    """
-    facts = read_facts(root)
-    repo = repo_id or PLACEHOLDER_REPO
-    figures = [f"| {k} | {v:.4g} |" for k, v in row.items() if finite(v) and k not in ("index", "tick")]
-    lines = [
-        f"# Point {index} (tick {row.get('tick')}) of an LLPF path",
-        "",
-        "A model merged from two endpoints: point "
-        f"{index} of {count} of the low-loss path `{source}` (folder `{row.get('point')}`), found with hf_llpf.",
-        f"- **A**: {_endpoint_label(facts.a)}",
-        f"- **B**: {_endpoint_label(facts.b)}",
-        f"- **point**: index {index}, tick {row.get('tick')}, stage {row.get('stage')}, phase {row.get('phase')}",
-        "",
-        "| figure | value |",
-        "|---|---|",
-        *figures,
-        "",
-        "## Load",
-        "",
-        "```python",
-    ]
-    if facts.library == "timm":
-        lines += [
-            "import hf_llpf, timm  # hf_llpf registers its built-in architectures",
-            f'model = timm.create_model("hf-hub:{repo}", pretrained=True)',
-        ]
-    elif facts.library == "transformers":
-        lines += [
-            f"from transformers import {facts.architecture}",
-            f'model = {facts.architecture}.from_pretrained("{repo}")',
-        ]
-    else:
-        lines += ["from hf_llpf.models import load_endpoint", f'model = load_endpoint("{repo}").model']
-    lines += ["```", "", f"Made with hf_llpf {__version__}."]
-    return model_card(facts, lines, tags=[*CARD_TAGS, POINT_TAG])
+    snippet = path_snippet(facts.library, facts.architecture, repo, point=example, revisions=pub.revisions)
+    lines += ["", "## Load a point", "", *snippet]
+    lines += _reproduce(root, facts)
+    results = _eval_results(summary, facts)
+    return model_card(facts, lines, tags=CARD_TAGS, license=pub.license, model_name=name, eval_results=results)

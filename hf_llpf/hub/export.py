@@ -8,83 +8,31 @@ all; pickled weight files are never copied and a link that leaves the path's fol
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path as FsPath
 
 from hf_llpf import __version__
-from hf_llpf.errors import RunDirectoryError, UnknownNameError
+from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.hub.access import check_online, hub_api, hub_errors, resolve_token
-from hf_llpf.hub.card import build_point_card, finite
 from hf_llpf.hub.files import check_run_dir
 from hf_llpf.hub.load import UNSAFE_WEIGHTS, HubPath, load_path
+from hf_llpf.hub.point_card import build_point_card
+from hf_llpf.hub.points import choose_point
+from hf_llpf.hub.public import UNKNOWN_LICENSE, resolve_license
 from hf_llpf.hub.push import upload
 from hf_llpf.hub.spec import parse_repo_spec
 from hf_llpf.run import Path
 from hf_llpf.run.layout import README
 from hf_llpf.safe_paths import walk_files
 
-_POINT_FORMS = ["an index 0..n-1 or negative", "tick:N (or tN)", "best", "mid"]
-# "best" ranks the interior points by the first figure every one of them has.
-_BEST_KEYS = (("test_acc", -1), ("test_accuracy", -1), ("test_loss", 1), ("train_loss", 1))
-
-
-def _by_figures(path: Path, text: str, point: str | int) -> int:
-    """``mid`` or ``best``, chosen among the interior points (all points when there are none)."""
-    n, rows = len(path), path.metrics
-    candidates = list(range(1, n - 1)) if n > 2 else list(range(n))
-    if text == "mid":
-        if all(finite(rows[i].get("dist_a")) and finite(rows[i].get("dist_b")) for i in candidates):
-            return min(candidates, key=lambda i: (abs(rows[i]["dist_a"] - rows[i]["dist_b"]), i))
-        return n // 2
-    if text == "best":
-        for key, sign in _BEST_KEYS:
-            if all(finite(rows[i].get(key)) for i in candidates):
-                return min(candidates, key=lambda i: (sign * rows[i][key], i))
-        raise UnknownNameError(
-            "point", point, _POINT_FORMS, hint="'best' needs test_acc, test_loss or train_loss per point"
-        )
-    raise UnknownNameError("point", point, _POINT_FORMS)
-
-
-def select_point(path: Path, point: str | int) -> int:
-    """The index of the point named by ``point``.
-
-    Args:
-        path: the path.
-        point: an index (``3``, ``-1``), ``tick:N`` / ``tN`` (the point saved at tick N), ``best`` (the
-            interior point with the highest test accuracy, else lowest test loss, else lowest train loss;
-            the endpoints themselves are left out when the path has interior points) or ``mid`` (the point
-            most nearly equidistant from A and B, by ``dist_a``/``dist_b``; else the middle index).
-
-    Returns:
-        int: the index, in ``0..len(path)-1``.
-
-    Raises:
-        UnknownNameError: the value matches none of these forms, or no point has that tick.
-    """
-    n = len(path)
-    text = str(point).strip().lower()
-    if re.fullmatch(r"-?\d+", text):
-        i = int(text)
-        if not -n <= i < n:
-            raise UnknownNameError("point", point, [f"an index in {-n}..{n - 1}", *_POINT_FORMS[1:]])
-        return i % n
-    m = re.fullmatch(r"(?:tick[:=]|t)(\d+)", text)
-    if m:
-        tick = int(m.group(1))
-        if tick not in path.ticks:
-            raise UnknownNameError("point tick", tick, path.ticks)
-        return path.ticks.index(tick)
-    return _by_figures(path, text, point)
-
 
 def _open_source(source: str | os.PathLike | Path, endpoint: str | None) -> tuple[Path, str]:
     """The path to export from and how its card names it (a folder, or ``org/repo@commit``)."""
+    # A local run directory is named by its folder name: the card never holds a path of this machine.
     if isinstance(source, Path):
-        path, label = source, str(source.root)
+        path, label = source, source.root.resolve().name
     elif FsPath(source).is_dir():
-        path, label = Path(check_run_dir(source)), str(source)
+        path, label = Path(check_run_dir(source)), FsPath(source).resolve().name
     else:
         path, label = load_path(str(source), endpoint=endpoint), str(source)
     if isinstance(path, HubPath):
@@ -92,7 +40,7 @@ def _open_source(source: str | os.PathLike | Path, endpoint: str | None) -> tupl
     return path, label
 
 
-def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | None) -> None:
+def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | None, reason: str) -> None:
     """Copy point ``i``'s safe files and its card into ``out``, which appears whole or not at all."""
     folder = path.point_dir(i)
     files = [
@@ -110,7 +58,20 @@ def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | 
         dest = tmp / f.relative_to(folder)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f, dest)
-    card = build_point_card(path.root, path.metrics[i], index=i, count=len(path), source=label, repo_id=repo_id)
+    try:  # the endpoints' license when they agree (recorded or in a local endpoint's card), else "unknown"
+        license, _ = resolve_license(path.endpoints)
+    except ConfigError:
+        license = UNKNOWN_LICENSE
+    card = build_point_card(
+        path.root,
+        path.metrics[i],
+        index=i,
+        count=len(path),
+        source=label,
+        repo_id=repo_id,
+        reason=reason,
+        license=license,
+    )
     (tmp / README).write_text(str(card))
     if out.exists():
         out.rmdir()
@@ -131,7 +92,9 @@ def export_point(
 
     Args:
         source: a run directory, a published path ``org/repo[@revision]``, or a loaded :class:`Path`.
-        point: which point (see :func:`select_point`): an index, ``tick:N``, ``best`` or ``mid``.
+        point: which point (see :func:`~hf_llpf.hub.points.choose_point`): an index, ``tick:N``, ``mid`` (the
+            middle by arc length) or ``best`` (the lowest train loss among the points with position in
+            [0.25, 0.75] by arc length).
         out_dir: the folder to write (must be empty or absent).
         push_to_hub: also publish the folder as this model repo (one commit, on ``main``).
         private: create the ``push_to_hub`` repo private.
@@ -139,7 +102,8 @@ def export_point(
         endpoint: the Hub URL for reading a published ``source`` and for ``push_to_hub``.
 
     Returns:
-        dict: ``index``, ``tick``, ``point`` (folder in the path), ``out_dir``, ``files``, and ``commit`` /
+        dict: ``index``, ``tick``, ``point`` (folder in the path), ``reason`` (why that point), ``out_dir``,
+        ``files``, and ``commit`` /
         ``repo_id`` when pushed.
 
     Raises:
@@ -155,10 +119,10 @@ def export_point(
         check_online("push an exported point to the Hub")
         token = resolve_token(token)
     path, label = _open_source(source, endpoint)
-    i = select_point(path, point)
-    _write_point(path, i, out, label=label, repo_id=push_to_hub)
+    i, reason = choose_point(path, point)
+    _write_point(path, i, out, label=label, repo_id=push_to_hub, reason=reason)
     row = path.metrics[i]
-    result = {"index": i, "tick": row.get("tick"), "point": row.get("point"), "out_dir": str(out)}
+    result = {"index": i, "tick": row.get("tick"), "point": row.get("point"), "out_dir": str(out), "reason": reason}
     result["files"] = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     if push_to_hub is not None:
         api = hub_api(endpoint, token)

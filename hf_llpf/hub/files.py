@@ -1,9 +1,9 @@
-"""Which files of a run directory are published, their content hash, and the folder ``upload_folder`` reads.
+"""Which files of a run directory are published, and their content hash.
 
 A run directory holds more than a path: the resume checkpoint (pickled, large, machine-specific), the
 run's marker and lock files, and the leftovers of writes killed half-way. :data:`IGNORE_PATTERNS` names
 them in huggingface_hub's pattern language (``fnmatch``, where ``*`` also matches ``/``), and the same
-patterns are applied by :func:`publishable_files` here and handed to ``upload_folder``. The run directory
+patterns are applied by :func:`publishable_files` here. The run directory
 is walked with :func:`hf_llpf.safe_paths.walk_files`, so a link that leaves it is refused by name.
 """
 
@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path as FsPath
 
 from hf_llpf.errors import RunDirectoryError
 from hf_llpf.hashing import file_sha256
 from hf_llpf.run import CHECKPOINT_DIR, METRICS_JSON
 from hf_llpf.run.lock import LOCK, MARKER
-from hf_llpf.safe_paths import check_relative_name, walk_files
+from hf_llpf.safe_paths import walk_files
 
 # Never published. Temporary names are those hf_llpf.run writes: ``.NAME.<random>.tmp`` files and
 # ``points/.tmp_t_<tick>`` folders; each is listed at the top level and below it, as a file and as a folder.
@@ -85,33 +81,3 @@ def content_hash(files: dict[str, bytes | FsPath]) -> str:
         blob = hashlib.sha256(value).hexdigest() if isinstance(value, bytes) else file_sha256(value)
         digest.update(f"{rel}\0{blob}\n".encode())
     return digest.hexdigest()
-
-
-@contextmanager
-def staged_folder(files: dict[str, bytes | FsPath]) -> Iterator[FsPath]:
-    """A temporary folder holding exactly ``files``, for ``upload_folder``; removed afterwards.
-
-    ``upload_folder`` publishes a folder, but a push must publish the run directory *with its new card*
-    while leaving ``RUN_DIR/README.md`` untouched until the push succeeded (see ``docs/hub.md``). The
-    staged folder links to the run directory's files (copies where links are not allowed) and holds the
-    generated content (the card) itself, so nothing in the run directory is written and no weights are
-    copied.
-
-    Args:
-        files: relative path -> content (bytes) or the file to publish under that path.
-    """
-    with tempfile.TemporaryDirectory(prefix="hf_llpf-upload-") as tmp:
-        for rel, value in files.items():
-            dest = FsPath(tmp, check_relative_name(rel, field="published file"))
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(value, bytes):
-                dest.write_bytes(value)
-                continue
-            source = FsPath(os.path.realpath(value))
-            if not source.is_file():
-                raise RunDirectoryError(f"published file {rel!r}: {str(value)!r} is not a regular file")
-            try:
-                os.symlink(source, dest)
-            except OSError:  # e.g. Windows without the privilege to make links
-                shutil.copyfile(source, dest)
-        yield FsPath(tmp)

@@ -1,27 +1,49 @@
-"""Publish a run directory as a Hub model repo: one commit made with ``upload_folder``, then one tag.
+"""Publish a run directory as a Hub model repo: the files in batches of commits, a model at the root, one tag.
 
-The commit is tagged ``llpf-<content hash>`` so a path version can be cited and loaded exactly (see
-``docs/hub.md``). Pushing unchanged content again makes no commit and no tag; a push that fails midway
-leaves the run directory as it was (the new card is written to ``RUN_DIR/README.md`` only after success).
+What is published (:func:`published_files`): the run directory's files (never its resume checkpoint), the
+chosen points (all, every N-th, or a selection; both ends and every stage boundary always), a complete
+model of the endpoints' library at the repo root (by default the point at the middle of the path by arc
+length), ``endpoints.json`` naming local endpoints by folder name and hash, and the card; no file holds
+a path of this machine. The files go up in batches (:mod:`hf_llpf.hub.upload`), resumable: a re-run
+after a failure uploads only what is missing. The last commit is tagged ``llpf-<content hash>`` so a path
+version can be cited and loaded exactly (see ``docs/hub.md``); pushing unchanged content again makes no
+commit and no tag, and the new card is written to ``RUN_DIR/README.md`` only after success.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 from pathlib import Path as FsPath
 from typing import Any
 
 from hf_llpf import __version__
+from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.hub.access import check_online, hub_api, hub_errors, resolve_token
-from hf_llpf.hub.card import build_model_card
-from hf_llpf.hub.files import IGNORE_PATTERNS, check_run_dir, content_hash, publishable_files, staged_folder
+from hf_llpf.hub.card import Publication, build_model_card
+from hf_llpf.hub.files import check_run_dir, content_hash, publishable_files
+from hf_llpf.hub.load import UNSAFE_WEIGHTS
+from hf_llpf.hub.points import choose_point, select_points
+from hf_llpf.hub.public import (
+    check_no_machine_paths,
+    local_names,
+    machine_paths,
+    public_endpoints,
+    public_files,
+    resolve_license,
+)
+from hf_llpf.hub.revisions import branch_name, push_point_branches
 from hf_llpf.hub.spec import check_branch_name, parse_repo_spec
-from hf_llpf.run import POINTS_DIR, atomic_write_text
-from hf_llpf.run.layout import README
+from hf_llpf.hub.upload import FILES_PER_COMMIT, PRUNE_PATTERNS, commit_in_batches, stale_files
+from hf_llpf.run import METRICS_JSON, Path, atomic_write_text
+from hf_llpf.run.layout import ENDPOINTS_JSON, README
+from hf_llpf.safe_paths import walk_files
 
 TAG_PREFIX = "llpf-"
-# Remote files a push replaces as a whole: a re-run with fewer points or plots leaves no stale ones.
-PRUNE_PATTERNS = (f"{POINTS_DIR}/*", "plots/*")
+METRICS_CSV = "path_metrics.csv"
+__all__ = ["PRUNE_PATTERNS", "TAG_PREFIX", "published_files", "push_path", "upload"]
 
 
 def _refs(api: Any, repo_id: str):
@@ -34,30 +56,11 @@ def _refs(api: Any, repo_id: str):
         return None
 
 
-def upload(
-    api: Any,
-    *,
-    repo_id: str,
-    folder: FsPath,
-    revision: str,
-    private: bool,
-    message: str,
-    delete_patterns: tuple[str, ...] = (),
-) -> tuple[str, bool, Any]:
-    """Create the repo and branch if needed, and publish ``folder`` on the branch in one commit.
-
-    Args:
-        api: the ``HfApi`` to use.
-        repo_id, revision: the repo and branch (a missing branch starts at ``main``'s head).
-        folder: the folder to publish, as it should appear in the repo.
-        private: create the repo private (an existing repo keeps its visibility).
-        message: the commit message.
-        delete_patterns: remote files matching these and not in ``folder`` are deleted in the same commit.
+def upload(api: Any, *, repo_id: str, folder: FsPath, revision: str, private: bool, message: str) -> tuple:
+    """Create the repo and branch if needed and publish ``folder`` on the branch in one commit (an export).
 
     Returns:
-        tuple: ``(commit sha, whether a commit was made, the refs before the push or None)``. Unchanged
-        files are not sent, and when nothing changed ``upload_folder`` makes no commit and returns the
-        branch head.
+        tuple: ``(commit sha, whether a commit was made, the refs before the push or None)``.
     """
     api.create_repo(repo_id, private=private, exist_ok=True)
     refs = _refs(api, repo_id)
@@ -65,40 +68,176 @@ def upload(
     if revision not in branches:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
         branches[revision] = branches.get("main")  # a new branch starts at main's head
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        revision=revision,
-        commit_message=message,
-        ignore_patterns=list(IGNORE_PATTERNS),
-        delete_patterns=list(delete_patterns) or None,
-    )
+    info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=message)
     return info.oid, info.oid != branches.get(revision), refs
 
 
-def _push_tagged(api: Any, *, repo_id: str, files: dict, revision: str, private: bool, tag: str) -> dict:
+def _filtered_metrics(root: FsPath, keep: set[str]) -> dict[str, bytes]:
+    """``path_metrics.json``/``.csv`` holding only the published points' rows (the summary is kept whole)."""
+    data = json.loads((root / METRICS_JSON).read_text())
+    data["points"] = [row for row in data.get("points", []) if row.get("point") in keep]
+    out = {METRICS_JSON: (json.dumps(data, indent=2) + "\n").encode()}
+    if (root / METRICS_CSV).is_file():
+        reader = csv.DictReader(io.StringIO((root / METRICS_CSV).read_text()))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=reader.fieldnames or [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(row for row in reader if row.get("point") in keep)
+        out[METRICS_CSV] = buf.getvalue().encode()
+    return out
+
+
+def _root_files(path: Path, i: int) -> dict[str, FsPath]:
+    """The files of point ``i`` as they appear at the repo root (its weights, config and processor files)."""
+    folder = path.point_dir(i)
+    return {
+        f.relative_to(folder).as_posix(): f
+        for f in walk_files(folder, allowed_root=path.root)
+        if f.suffix not in UNSAFE_WEIGHTS and f.name != README
+    }
+
+
+def _patterns(value, field: str) -> list[str] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) and p for p in items):
+        raise ConfigError(f"{field}={value!r}: must be a glob pattern or a list of them (e.g. 'plots/*')")
+    return list(items)
+
+
+def published_files(
+    run_dir: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    root_point: str | int | None = "mid",
+    every: int | None = None,
+    points: str | None = None,
+    include=None,
+    exclude=None,
+    license: str | None = None,
+    api: Any = None,
+    point_revisions: bool = False,
+    root_reason: str | None = None,
+    license_source: str | None = None,
+) -> tuple[dict[str, bytes | FsPath], Publication]:
+    """What :func:`push_path` would publish: repo path -> content (bytes) or file, and the card's :class:`Publication`.
+
+    Args: see :func:`push_path` (``api`` reads the Hub endpoints' cards for their license; None: offline).
+        ``root_reason`` replaces the reason given for the root's point and ``license_source`` (with ``license``)
+        the license resolution: both for the point branches, which repeat the main push's choices.
+
+    Raises:
+        ConfigError: a bad option, or the endpoints' licenses differ and none was given. RunDirectoryError: not
+            a run directory, a link leaving it, a point file colliding with a run file at the root, or a published
+            file that would hold a path of this machine. UnknownNameError: a point name that names no point.
+    """
+    root = check_run_dir(run_dir)
+    include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
+    path = Path(root)
+    chosen = select_points(path, every=every, points=points)
+    pub = Publication(published=chosen, selection=f"every {every}th point" if every else f"points {points!r}")
+    pub.revisions = point_revisions
+    if root_point is not None and str(root_point).lower() != "none":
+        pub.root = choose_point(path, root_point)
+        pub.root = (pub.root[0], root_reason or pub.root[1])
+        chosen = sorted(set(chosen) | {pub.root[0]})  # the root's point is always published too
+        pub.published = chosen
+    keep = {path.point_name(i) for i in chosen}
+    dropped = {path.point_name(i) for i in range(len(path))} - keep
+    files: dict[str, bytes | FsPath] = {
+        rel: root / rel for rel in publishable_files(root) if not any(rel.startswith(d + "/") for d in dropped)
+    }
+    if dropped:
+        files.update(_filtered_metrics(root, keep))
+    if pub.root is not None:
+        for rel, f in _root_files(path, pub.root[0]).items():
+            if rel in files:
+                raise RunDirectoryError(f"point file {rel!r} would replace the run file of that name at the repo root")
+            files[rel] = f
+    if (root / ENDPOINTS_JSON).is_file():
+        files[ENDPOINTS_JSON] = (json.dumps(public_endpoints(path.endpoints), indent=2) + "\n").encode()
+    if include is not None or exclude is not None:
+        from huggingface_hub.utils import filter_repo_objects
+
+        files = {
+            rel: files[rel]
+            for rel in filter_repo_objects(list(files), allow_patterns=include, ignore_patterns=exclude)
+        }
+    if license_source is not None:
+        pub.license, pub.license_source = str(license), license_source
+    else:
+        pub.license, pub.license_source = resolve_license(path.endpoints, license=license, api=api)
+    files[README] = str(build_model_card(root, repo_id=repo_id, publication=pub)).encode()  # always published
+    names = local_names(path.endpoints)
+    files = public_files(files, names)
+    check_no_machine_paths(files, machine_paths(root, *names))
+    return files, pub
+
+
+def _push(api: Any, *, repo_id: str, files: dict, revision: str, private: bool, tag: str, opts: dict) -> dict:
     # Idempotence: if this exact content is already the branch head under its tag, there is nothing to do.
     refs = _refs(api, repo_id)
-    if refs is not None:
+    if refs is not None and not opts["create_pr"]:
         tags = {t.name: t.target_commit for t in refs.tags}
         heads = {b.name: b.target_commit for b in refs.branches}
         if tag in tags and heads.get(revision) == tags[tag]:
-            return {"commit": tags[tag], "tag": tag, "created_commit": False, "created_tag": False}
-    with staged_folder(files) as folder:
-        commit, created, refs = upload(
-            api,
-            repo_id=repo_id,
-            folder=folder,
-            revision=revision,
-            private=private,
-            message=f"hf_llpf {__version__}: publish path ({tag})",
-            delete_patterns=PRUNE_PATTERNS,
-        )
-    created_tag = tag not in {t.name for t in (refs.tags if refs else [])}
-    if created_tag:
+            return {"commit": tags[tag], "tag": tag, "created_commit": False, "created_tag": False, "commits": 0}
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    refs = _refs(api, repo_id)
+    branches = {b.name: b.target_commit for b in (refs.branches if refs else [])}
+    if revision not in branches:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+        branches[revision] = branches.get("main")  # a new branch starts at main's head
+    remote = api.list_repo_files(repo_id, revision=revision)
+    deletions = stale_files(remote, set(files), include=opts["include"], exclude=opts["exclude"])
+    done = commit_in_batches(
+        api,
+        repo_id=repo_id,
+        files=files,
+        revision=revision,
+        message=opts["message"] or f"hf_llpf {__version__}: publish path ({tag})",
+        deletions=deletions,
+        create_pr=opts["create_pr"],
+        files_per_commit=opts["files_per_commit"],
+        head=branches.get(revision),
+    )
+    created_tag = False
+    if not opts["create_pr"] and tag not in {t.name for t in (refs.tags if refs else [])}:
         # exist_ok covers a concurrent push of the same content; a tag, once made, never moves (a citation).
-        api.create_tag(repo_id, tag=tag, revision=commit, tag_message=f"LLPF path {tag}", exist_ok=True)
-    return {"commit": commit, "tag": tag, "created_commit": created, "created_tag": created_tag}
+        api.create_tag(repo_id, tag=tag, revision=done["commit"], tag_message=f"LLPF path {tag}", exist_ok=True)
+        created_tag = True
+    return {
+        "commit": done["commit"],
+        "tag": None if opts["create_pr"] else tag,
+        "created_commit": done["commits"] > 0,
+        "created_tag": created_tag,
+        "commits": done["commits"],
+        "batches": done["batches"],
+        "deleted": deletions,
+        "pr_url": done["pr_url"],
+    }
+
+
+def _point_branches(api: Any, root: FsPath, commit: str, pub: Publication, options: dict, opts: dict) -> dict:
+    """``push --point-revisions``: one branch per published point, the same choices as the main push."""
+    path = Path(root)
+    names = {i: path.point_name(i) for i in pub.published}
+    license = {"license": pub.license, "license_source": pub.license_source}
+
+    def files_for(i: int) -> dict:
+        reason = f"the point of this branch, `{branch_name(names[i])}`"
+        return published_files(root, root_point=i, root_reason=reason, **license, **options)[0]
+
+    return push_point_branches(
+        api,
+        repo_id=options["repo_id"],
+        base_commit=commit,
+        points=names,
+        files_for=files_for,
+        message=opts["message"] or f"hf_llpf {__version__}: point branch",
+        files_per_commit=opts["files_per_commit"],
+    )
 
 
 def push_path(
@@ -110,14 +249,25 @@ def push_path(
     token: str | None = None,
     endpoint: str | None = None,
     tag: str | None = None,
+    root_point: str | int | None = "mid",
+    every: int | None = None,
+    points: str | None = None,
+    include: str | list[str] | None = None,
+    exclude: str | list[str] | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    license: str | None = None,
+    files_per_commit: int = FILES_PER_COMMIT,
+    point_revisions: bool = False,
 ) -> dict:
-    """Publish a run directory as a Hub model repo in one commit, then tag that commit.
+    """Publish a run directory as a Hub model repo, in batches of commits, then tag the last commit.
 
-    The model card is rebuilt for ``repo_id`` and uploaded with the other files (never ``checkpoint/``,
-    the run's marker and lock files or temporary files); it is written to ``RUN_DIR/README.md`` only after
-    the push succeeded, so a push that fails midway changes nothing local and can simply be run again.
-    Content already published under its tag at the branch head is not pushed again (no new commit, no
-    new tag).
+    Published: the run directory's files (never ``checkpoint/``, the run's marker and lock files or temporary
+    files), the chosen points, the point ``root_point`` again at the repo root (so plain
+    ``from_pretrained(repo_id)`` / ``timm.create_model("hf-hub:" + repo_id)`` load it) and the card, rebuilt
+    for ``repo_id``. It is written to ``RUN_DIR/README.md`` only after the push succeeded; a push that fails
+    midway changes nothing local and, run again, uploads only what is missing and ends with the same tag.
+    Content already published under its tag at the branch head is not pushed again.
 
     Args:
         run_dir: the run directory.
@@ -127,32 +277,69 @@ def push_path(
         token: a write token; default: ``HF_TOKEN`` or the token saved by ``hf auth login``. Never written to disk.
         endpoint: the Hub URL (default: ``HF_ENDPOINT`` or the public Hub).
         tag: the tag to create; default ``llpf-<first 12 hex of the content hash>``.
+        root_point: the point put at the repo root (:func:`~hf_llpf.hub.points.choose_point` forms); default
+            ``mid``, the middle of the path by arc length; None or ``"none"``: no model at the root.
+        every: publish every N-th point only (both ends and every stage boundary are always published).
+        points: publish this selection only, e.g. ``"0:10,mid,tick:40"`` (:func:`~hf_llpf.hub.points.select_points`).
+        include, exclude: glob patterns (huggingface_hub's ``allow_patterns``/``ignore_patterns``) of the
+            repo files to publish; the card is always published.
+        commit_message: the commit message (default names the version and the tag).
+        create_pr: open a pull request instead of committing to the branch (no tag is made).
+        license: the ``license`` of the card (default: the endpoints', when they agree).
+        files_per_commit: at most this many files in one commit (the Hub advises fewer than 100).
+        point_revisions: also give every published point its own branch, named like its folder (``t_000010``),
+            whose root is that point (:mod:`~hf_llpf.hub.revisions`); not with ``create_pr``.
 
     Returns:
-        dict: ``repo_id``, ``revision``, ``commit`` (sha), ``tag``, ``created_commit``, ``created_tag``,
-        ``files`` (number published), ``url``.
+        dict: ``repo_id``, ``revision``, ``commit`` (sha), ``tag``, ``created_commit``, ``created_tag``, ``commits``
+        (how many were made), ``files`` (number published), ``points`` (indices published), ``root`` (index and
+        why), ``license``, ``pr_url``, ``url``, and ``point_revisions`` (branch -> commit) when asked.
 
     Raises:
-        ConfigError: invalid ``repo_id`` or ``revision``. RunDirectoryError: not a run directory, or a link
-            in it leaves it. OfflineError: ``HF_HUB_OFFLINE=1`` or the Hub cannot be reached.
+        ConfigError: invalid ``repo_id``, ``revision`` or another option. RunDirectoryError: see
+            :func:`published_files`. OfflineError: ``HF_HUB_OFFLINE=1`` or the Hub cannot be reached.
             HubAuthError: no token, or the token was refused.
     """
     repo_id, _ = parse_repo_spec(repo_id, allow_revision=False)
     if revision is not None:
         check_branch_name(revision, field="revision")
+    if isinstance(files_per_commit, bool) or not isinstance(files_per_commit, int) or files_per_commit < 1:
+        raise ConfigError(f"files_per_commit={files_per_commit!r}: must be an integer >= 1 (the Hub advises < 100)")
+    if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
+        raise ConfigError(f"commit_message={commit_message!r}: must be a non-empty string")
     root = check_run_dir(run_dir)
     check_online("push a path to the Hub")
     token = resolve_token(token)
     revision = revision or "main"
-
-    card = str(build_model_card(root, repo_id=repo_id)).encode()
-    files: dict[str, bytes | FsPath] = {rel: root / rel for rel in publishable_files(root)}
-    files[README] = card
-    tag = tag or TAG_PREFIX + content_hash(files)[:12]
     api = hub_api(endpoint, token)
+    if point_revisions and create_pr:
+        raise ConfigError("point_revisions=True with create_pr=True: point branches are made from a pushed branch")
+    options = {"every": every, "points": points, "include": include, "exclude": exclude, "repo_id": repo_id}
+    options["point_revisions"] = bool(point_revisions)
+    files, pub = published_files(root, root_point=root_point, license=license, api=api, **options)
+    tag = tag or TAG_PREFIX + content_hash(files)[:12]
+    opts = {
+        "create_pr": bool(create_pr),
+        "message": commit_message,
+        "files_per_commit": files_per_commit,
+        "include": _patterns(include, "include"),
+        "exclude": _patterns(exclude, "exclude"),
+    }
     with hub_errors(api, repo_id=repo_id):
-        result = _push_tagged(api, repo_id=repo_id, files=files, revision=revision, private=private, tag=tag)
+        result = _push(api, repo_id=repo_id, files=files, revision=revision, private=private, tag=tag, opts=opts)
+        if point_revisions:
+            result["point_revisions"] = _point_branches(api, root, result["commit"], pub, options, opts)
+    card = files[README]
     if not (root / README).is_file() or (root / README).read_bytes() != card:
         atomic_write_text(root / README, card.decode())
     base = (endpoint or api.endpoint).rstrip("/")
-    return {**result, "repo_id": repo_id, "revision": revision, "files": len(files), "url": f"{base}/{repo_id}"}
+    return {
+        **result,
+        "repo_id": repo_id,
+        "revision": revision,
+        "files": len(files),
+        "points": pub.published,
+        "root": pub.root,
+        "license": pub.license,
+        "url": f"{base}/{repo_id}",
+    }

@@ -1,0 +1,117 @@
+"""A plain-library user of a published path: ``python hub_plain_load.py CFG_JSON`` (run by ``hub_round_trip.py``).
+
+It never imports hf_llpf (checked at the end): it loads what the model card promises with transformers,
+timm and huggingface_hub alone, from the local olah server (``HF_ENDPOINT``), and writes, per step, the
+weights' digest (or the error) and the card's metadata to ``cfg["plain_results"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import traceback
+from pathlib import Path
+
+
+def digest(state: dict) -> str:
+    """The same digest as ``hub_fixtures.state_digest`` (copied: that module imports hf_llpf)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def step(out: dict, name: str, fn) -> None:
+    try:
+        out[name] = fn()
+    except Exception as err:
+        out[name] = {"error": type(err).__name__, "message": str(err), "trace": traceback.format_exc()}
+
+
+def transformers_root(repo: str) -> str:
+    from transformers import AutoModelForSequenceClassification
+
+    return digest(AutoModelForSequenceClassification.from_pretrained(repo).state_dict())
+
+
+def transformers_point(repo: str, point: str) -> str:
+    from transformers import AutoModelForSequenceClassification
+
+    return digest(AutoModelForSequenceClassification.from_pretrained(repo, subfolder=point).state_dict())
+
+
+def transformers_revision(repo: str, revision: str) -> str:
+    from transformers import AutoModelForSequenceClassification
+
+    return digest(AutoModelForSequenceClassification.from_pretrained(repo, revision=revision).state_dict())
+
+
+def timm_revision(repo: str, revision: str) -> str:
+    import timm
+
+    return digest(timm.create_model(f"hf-hub:{repo}@{revision}", pretrained=True).state_dict())
+
+
+def timm_root(repo: str) -> str:
+    import timm
+
+    return digest(timm.create_model(f"hf-hub:{repo}", pretrained=True).state_dict())
+
+
+def timm_point(repo: str, point: str) -> dict:
+    """The card's recipe: download the point's folder only, then ``local-dir:``."""
+    import timm
+    from huggingface_hub import snapshot_download
+
+    folder = snapshot_download(repo, allow_patterns=[f"{point}/*"])
+    # The snapshot folder is shared by every download of that commit: list what lies in the point's folder.
+    files = sorted(p.relative_to(folder).as_posix() for p in (Path(folder) / point).rglob("*") if p.is_file())
+    model = timm.create_model(f"local-dir:{folder}/{point}", pretrained=True)
+    return {"digest": digest(model.state_dict()), "files": files}
+
+
+def card(repo: str) -> dict:
+    from huggingface_hub import ModelCard
+
+    c = ModelCard.load(repo)
+    return {
+        "license": c.data.license,
+        "pipeline_tag": c.data.pipeline_tag,
+        "library_name": c.data.library_name,
+        "base_model": c.data.base_model,
+        "relation": c.data.get("base_model_relation"),
+        "results": [
+            {
+                "name": r.metric_name,
+                "type": r.metric_type,
+                "value": r.metric_value,
+                "dataset": r.dataset_name,
+                "split": r.dataset_split,
+            }
+            for r in (c.data.eval_results or [])
+        ],
+        "text": c.text,
+    }
+
+
+def main(cfg_file: str) -> None:
+    cfg = json.loads(Path(cfg_file).read_text())
+    out: dict = {}
+    bert, timm_repo, point = cfg["plain_bert_repo"], cfg["plain_timm_repo"], cfg["plain_point"]
+    step(out, "transformers_root", lambda: transformers_root(bert))
+    step(out, "transformers_point", lambda: transformers_point(bert, point))
+    step(out, "timm_root", lambda: timm_root(timm_repo))
+    step(out, "timm_point", lambda: timm_point(timm_repo, point))
+    rev_repo, rev = cfg["plain_bert_rev_repo"], cfg["plain_revision"]
+    step(out, "transformers_revision", lambda: transformers_revision(rev_repo, rev))
+    step(out, "timm_revision", lambda: timm_revision(timm_repo, rev))
+    step(out, "timm_card", lambda: card(timm_repo))
+    step(out, "bert_card", lambda: card(bert))
+    out["hf_llpf_imported"] = any(m == "hf_llpf" or m.startswith("hf_llpf.") for m in sys.modules)
+    Path(cfg["plain_results"]).write_text(json.dumps(out, default=str))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
