@@ -20,7 +20,7 @@ _LAZY = {
     "push_path": "hf_llpf.hub",
     "load_path": "hf_llpf.hub",
     "export_point": "hf_llpf.hub",
-    "compare": "hf_llpf.compare",
+    "compare": "hf_llpf.comparison",
     "build_baseline": "hf_llpf.baselines",
 }
 
