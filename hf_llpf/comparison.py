@@ -327,7 +327,8 @@ def plot_comparison(table: dict, out_png: str | os.PathLike) -> FsPath:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("loss")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_lines():
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
     out_png = FsPath(out_png)
     fig.savefig(out_png)
