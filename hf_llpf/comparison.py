@@ -11,7 +11,6 @@ and one plot (``comparison.png``: every method's loss against normalised positio
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -20,10 +19,18 @@ from typing import Any
 
 import torch
 
+from hf_llpf.comparison_table import (
+    PLOT,
+    TABLE_JSON,
+    TABLE_MD,
+    markdown_table,
+    plot_comparison,
+    table_row,
+    write_comparison,
+)
 from hf_llpf.errors import ConfigError, NotApplicableError, UnknownNameError
 
 METHODS = ("llpf", "linear", "slerp", "bezier", "weight-matching")
-TABLE_JSON, TABLE_MD, PLOT = "comparison.json", "comparison.md", "comparison.png"
 
 
 def _digest_batch(h: Any, batch: Any) -> None:
@@ -79,35 +86,76 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
     return methods
 
 
-def _row(method: str, result: dict, seconds: float, path: Any, probes: dict, recal: bool) -> dict:
-    """One row of the table from the evaluator's result for one path."""
-    fig = result["summary"]["llpf"]  # the evaluated path's own figures (the key is the engine's, for any method)
-    run = path.summary.get("run", {})
-    row = {
-        "method": method,
-        "status": "ok",
-        "max_train_loss": fig["max_train_loss"],
-        "barrier": fig["barrier"],
-        "min_train_acc": fig["min_train_acc"],
-        "test_loss_range": fig["test_loss_range"],
-        "test_acc_range": fig["test_acc_range"],
-        "sgd_iters": int(run.get("sgd_iters") or 0),
-        "seconds": round(seconds, 2),
-        "eval_seconds": result["summary"]["evaluation"]["seconds"],
-        "points": len(result["points"]),
-        "path_length": fig["path_length"],
-        "straight_distance": fig["straight_distance"],
-        "probe": probes,
-        "run_dir": str(path.root),
-    }
-    if recal:
-        rec = result["summary"]["llpf_recal"]
-        row["max_train_loss_recal"], row["barrier_recal"] = rec["max_train_loss"], rec["barrier"]
-    wm = run.get("weight_matching")
-    if wm is not None:
-        row["ends_check"] = wm["ends_check"]
-        row["note"] = "ends at π(θ_B) (θ_B's units permuted: same outputs, see ends_check)"
-    return row
+class _Judge:
+    """The one evaluator of a comparison: fixed batches built once, wrapped in :class:`ProbeRecorder` s, and the
+    rows of the table, one per judged path."""
+
+    def __init__(
+        self,
+        bundle: Any,
+        *,
+        train_subset: int | None,
+        batch_size: int,
+        seed: int,
+        recalibrate_bn: bool,
+        continuity_k: int,
+        linear_points: int = 21,
+        template: Any = None,
+    ):
+        from hf_llpf.evaluation.sets import make_eval_sets
+
+        self.sets = make_eval_sets(bundle, train_subset=train_subset, batch_size=batch_size, seed=seed)
+        self.train, self.test = ProbeRecorder(self.sets.train), ProbeRecorder(self.sets.test)
+        self.recal, self.template = recalibrate_bn, template
+        self.options = {
+            "data": {"train": self.train, "test": self.test},
+            "recalibrate_bn": recalibrate_bn,
+            "continuity_k": continuity_k,
+            "linear_points": linear_points,
+        }
+        self.rows: list[dict] = []
+
+    def judge(self, method: str, path: Any, seconds: float) -> dict:
+        """Evaluate ``path`` (written into its run directory) and add its row; returns the evaluation."""
+        from hf_llpf.api import evaluate_run
+
+        result = evaluate_run(path, template=self.template, **self.options)
+        probes = {"train": self.train.take(), "test": self.test.take()}
+        self.rows.append(table_row(method, result, seconds, path, probes, self.recal))
+        return result
+
+    def not_applicable(self, method: str, err: NotApplicableError) -> None:
+        """The row of a method that does not apply to the model."""
+        self.rows.append({"method": method, "status": f"not applicable: {err.reason}"})
+
+    def table(self, settings: dict) -> dict:
+        """The table: the rows, the digest of the probe data, the settings."""
+        probe = {
+            "train": probe_digest(self.sets.train),
+            "test": probe_digest(self.sets.test),
+            "train_examples": self.sets.train.num_examples,
+            "test_examples": self.sets.test.num_examples,
+        }
+        return {"rows": self.rows, "probe": probe, "settings": settings}
+
+
+def _baseline(
+    method: str,
+    model_a: Any,
+    model_b: Any,
+    bundle: Any,
+    run_dir: FsPath,
+    *,
+    bezier: dict | None,
+    llpf_iters: int | None,
+    **kw: Any,
+) -> Any:
+    """One baseline's path; Bézier's budget is the LLPF path's SGD iterations unless ``bezier`` sets ``iters``."""
+    from hf_llpf.baselines import build_baseline, with_iters
+
+    if method == "bezier" and llpf_iters and "iters" not in (bezier or {}):
+        bezier = with_iters(bezier, llpf_iters)
+    return build_baseline(method, model_a, model_b, bundle, run_dir=run_dir, bezier=bezier, **kw)
 
 
 def compare(
@@ -156,9 +204,7 @@ def compare(
     Raises:
         UnknownNameError: an unknown method. ConfigError: invalid settings.
     """
-    from hf_llpf.api import connect, evaluate_run
-    from hf_llpf.baselines import build_baseline, with_iters
-    from hf_llpf.evaluation.sets import make_eval_sets
+    from hf_llpf.api import connect
     from hf_llpf.inputs import resolve_config, training_batches
 
     methods = _check_methods(methods)
@@ -171,14 +217,17 @@ def compare(
     config = config.model_copy(update={"data": bundle.config})
     out = FsPath(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sets = make_eval_sets(bundle, train_subset=train_subset, batch_size=eval_batch_size, seed=config.seed)
-    probe_train, probe_test = ProbeRecorder(sets.train), ProbeRecorder(sets.test)
-    eval_data = {"train": probe_train, "test": probe_test}
-    options = {"data": eval_data, "recalibrate_bn": recalibrate_bn, "continuity_k": continuity_k}
-    rows, llpf_iters = [], None
+    judge = _Judge(
+        bundle,
+        train_subset=train_subset,
+        batch_size=eval_batch_size,
+        seed=config.seed,
+        recalibrate_bn=recalibrate_bn,
+        continuity_k=continuity_k,
+    )
+    llpf_iters = None
     for method in methods:
         start = time.perf_counter()
-        run_dir = out / method
         try:
             if method == "llpf":
                 path = connect(
@@ -186,43 +235,33 @@ def compare(
                     model_b,
                     bundle,
                     config=config,
-                    run_dir=run_dir,
+                    run_dir=out / method,
                     exist=exist,
                     progress=progress,
                     command=command,
                 )
                 llpf_iters = int(path.summary["run"]["sgd_iters"])
             else:
-                settings = with_iters(bezier, llpf_iters) if (llpf_iters and "iters" not in (bezier or {})) else bezier
-                path = build_baseline(
+                path = _baseline(
                     method,
                     model_a,
                     model_b,
                     bundle,
-                    run_dir=run_dir,
+                    out / method,
                     config=config,
                     points=points,
-                    bezier=settings,
+                    bezier=bezier,
+                    llpf_iters=llpf_iters,
                     recalibrate_bn=recalibrate_bn,
                     exist=exist,
                     command=command,
                 )
         except NotApplicableError as err:
-            rows.append({"method": method, "status": f"not applicable: {err.reason}"})
+            judge.not_applicable(method, err)
             continue
-        seconds = time.perf_counter() - start
-        result = evaluate_run(path, **options)
-        probes = {"train": probe_train.take(), "test": probe_test.take()}
-        rows.append(_row(method, result, seconds, path, probes, recalibrate_bn))
-    table = {
-        "rows": rows,
-        "probe": {
-            "train": probe_digest(sets.train),
-            "test": probe_digest(sets.test),
-            "train_examples": sets.train.num_examples,
-            "test_examples": sets.test.num_examples,
-        },
-        "settings": {
+        judge.judge(method, path, time.perf_counter() - start)
+    table = judge.table(
+        {
             "methods": methods,
             "points": points,
             "train_subset": train_subset,
@@ -230,110 +269,132 @@ def compare(
             "recalibrate_bn": recalibrate_bn,
             "continuity_k": continuity_k,
             "data": bundle.config.source,
-        },
-    }
-    _write(out, table)
+        }
+    )
+    write_comparison(out, table)
     return table
 
 
-def _write(out: FsPath, table: dict) -> None:
-    import json
-
-    from hf_llpf.run import atomic_write_text
-
-    atomic_write_text(out / TABLE_JSON, json.dumps(table, indent=2) + "\n")
-    atomic_write_text(out / TABLE_MD, markdown_table(table) + "\n")
-    plot_comparison(table, out / PLOT)
+BASELINES_DIR = "baselines"  # inside a run directory: what `hf-llpf evaluate RUN --baselines ...` writes
 
 
-def _f(x: Any, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    return f"{x:.{digits}f}"
+def compare_run(
+    run_dir: str | os.PathLike,
+    baselines: Sequence[str],
+    *,
+    data: Any = None,
+    points: int = 31,
+    bezier: dict | None = None,
+    train_subset: int | None = None,
+    continuity_k: int = 4,
+    eval_batch_size: int = 256,
+    recalibrate_bn: bool = False,
+    template: Any = None,
+    seed: int = 0,
+    linear_points: int = 21,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Add baselines to an existing LLPF run: what ``hf-llpf evaluate RUN --baselines ...`` does.
 
+    The baselines are built between the run's first and last points (θ_A and θ_B) on the run's data, written to
+    ``RUN/baselines/<method>`` (replaced when there), and judged with the run itself by one evaluator on the same
+    fixed batches; the run's own evaluation is rewritten with those batches. The table and plot are written to
+    ``RUN/baselines/comparison.*``. Bézier's budget defaults to the run's SGD iterations.
 
-def _range(r: Sequence[float] | None, digits: int = 3) -> str:
-    return "—" if not r else f"{_f(r[0], digits)}–{_f(r[1], digits)}"
+    Args:
+        run_dir: the LLPF run directory.
+        baselines: any of ``linear``, ``slerp``, ``bezier``, ``weight-matching``.
+        data: the data (default: the run's ``llpf_config.yaml`` ``data``); a spec, ``DataConfig`` or DataBundle.
+        template: a module of the architecture, for runs of plain ``nn.Module`` s.
+        seed: seed of the evaluation's fixed subsets (as ``hf-llpf evaluate --seed``).
+        linear_points: points of the evaluator's linear line between each path's ends.
+        points, bezier, train_subset, continuity_k, eval_batch_size, recalibrate_bn, command: as for :func:`compare`.
 
+    Returns:
+        The table, as written to ``RUN/baselines/comparison.json``.
 
-def markdown_table(table: dict) -> str:
-    """The comparison as a markdown table (one row per method, the probe data named under it)."""
-    recal = table["settings"].get("recalibrate_bn")
-    head = [
-        "method",
-        "max train loss",
-        "barrier",
-        "min train acc",
-        "test loss range",
-        "test acc range",
-        "SGD iters",
-        "wall s",
-    ] + (["max train loss (BN recal)", "barrier (BN recal)"] if recal else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    notes = []
-    for r in table["rows"]:
-        if r["status"] != "ok":
-            lines.append(f"| {r['method']} | {r['status']} |" + " |" * (len(head) - 2))
-            continue
-        cells = [
-            r["method"],
-            _f(r["max_train_loss"]),
-            _f(r["barrier"]),
-            _f(r["min_train_acc"]),
-            _range(r["test_loss_range"]),
-            _range(r["test_acc_range"]),
-            str(r["sgd_iters"]),
-            _f(r["seconds"], 1),
-        ]
-        if recal:
-            cells += [_f(r.get("max_train_loss_recal")), _f(r.get("barrier_recal"))]
-        lines.append("| " + " | ".join(cells) + " |")
-        if "ends_check" in r:
-            c = r["ends_check"]
-            notes.append(
-                f"{r['method']}: {r['note']}; max |Δ output| {c['max_abs_output_diff']:.2e} "
-                f"(outputs up to {c['max_abs_output']:.2f}), same predictions: {c['same_predictions']}"
-            )
-    p = table["probe"]
-    lines += [
-        "",
-        f"All rows judged on the same data: {p['train_examples']} train examples (sha256 {p['train'][:12]}…), "
-        f"{p['test_examples']} test examples (sha256 {p['test'][:12]}…).",
+    Raises:
+        RunDirectoryError: not a run directory. ConfigError: no usable data, an unknown method or ``llpf`` asked.
+    """
+    from hf_llpf.data import DataBundle
+    from hf_llpf.evaluation.sets import resolve_data
+    from hf_llpf.inputs import resolve_config
+    from hf_llpf.models import as_endpoint, load_endpoint
+    from hf_llpf.run import Path
+
+    baselines = _check_methods(baselines)
+    if "llpf" in baselines:
+        raise ConfigError("--baselines llpf: the run itself is the LLPF path; name baselines only")
+    path = Path(run_dir, template=template)
+    path.validate()
+    bundle = resolve_data(path, data)
+    if not isinstance(bundle, DataBundle):
+        raise ConfigError("data: adding baselines needs a data spec, DataConfig or DataBundle (its test split too)")
+    recorded = path.config if (path.root / "llpf_config.yaml").is_file() else {}
+    config = resolve_config({k: recorded[k] for k in ("batch_size", "seed") if k in recorded})
+    config = config.model_copy(update={"data": bundle.config})
+    ends = [
+        as_endpoint(path.model_at(i)) if template is not None else load_endpoint(path.point_dir(i)) for i in (0, -1)
     ]
-    lines += [f"- {n}" for n in notes]
-    return "\n".join(lines)
-
-
-def plot_comparison(table: dict, out_png: str | os.PathLike) -> FsPath:
-    """``comparison.png``: each method's train loss (left) and test loss (right), eval mode on the fixed data,
-    against normalised position along its path (cumulative L2 length / total length, as the barrier uses)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-
-    from hf_llpf.run import read_metrics
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for r in table["rows"]:
-        if r["status"] != "ok":
+    judge = _Judge(
+        bundle,
+        train_subset=train_subset,
+        batch_size=eval_batch_size,
+        seed=seed,
+        linear_points=linear_points,
+        recalibrate_bn=recalibrate_bn,
+        continuity_k=continuity_k,
+        template=template,
+    )
+    run = path.summary.get("run", {})
+    judge.judge("llpf", path, float(run.get("seconds_this_session") or 0.0))
+    out = path.root / BASELINES_DIR
+    for method in baselines:
+        start = time.perf_counter()
+        try:
+            baseline = _baseline(
+                method,
+                *ends,
+                bundle,
+                out / method,
+                config=config,
+                points=points,
+                bezier=bezier,
+                llpf_iters=int(run.get("sgd_iters") or 0) or None,
+                recalibrate_bn=recalibrate_bn,
+                exist="overwrite",
+                command=command,
+            )
+        except NotApplicableError as err:
+            judge.not_applicable(method, err)
             continue
-        pts = read_metrics(r["run_dir"])["points"]
-        pos = [p["position"] for p in pts]
-        for ax, col in zip(axes, ("eval_train_loss", "test_loss")):
-            ax.plot(pos, [p[col] for p in pts], marker=".", ms=3, lw=1.3, label=r["method"])
-    for ax, title in zip(axes, ("train loss (fixed subset, eval mode)", "test loss")):
-        ax.set_xlabel("normalised position along the path")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("loss")
-    if axes[0].get_lines():
-        axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    out_png = FsPath(out_png)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+        judge.judge(method, baseline, time.perf_counter() - start)
+    table = judge.table(
+        {
+            "methods": ["llpf", *baselines],
+            "points": points,
+            "train_subset": train_subset,
+            "seed": config.seed,
+            "recalibrate_bn": recalibrate_bn,
+            "continuity_k": continuity_k,
+            "data": bundle.config.source,
+            "run_dir": str(path.root),
+        }
+    )
+    write_comparison(out, table)
+    return table
 
 
-__all__ = ["METHODS", "ProbeRecorder", "compare", "markdown_table", "plot_comparison", "probe_digest"]
+__all__ = [
+    "BASELINES_DIR",
+    "PLOT",
+    "TABLE_JSON",
+    "TABLE_MD",
+    "METHODS",
+    "ProbeRecorder",
+    "compare",
+    "compare_run",
+    "markdown_table",
+    "plot_comparison",
+    "probe_digest",
+]

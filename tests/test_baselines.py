@@ -173,3 +173,32 @@ def test_weight_matching_not_applicable_is_a_row_not_a_crash(tmp_path, digits):
     table = compare(a, b, digits, out_dir=tmp_path / "c", methods=["weight-matching"], points=3, train_subset=64)
     (row,) = table["rows"]
     assert row["status"].startswith("not applicable: ")
+
+
+FAST = {"step_r": 0.2, "min_iters": 2, "max_iters": 5, "save_every": 2, "checkpoint_every": 3, "arrival_tol": 0.05}
+
+
+def test_evaluate_with_baselines_adds_them_to_an_llpf_run(small_cnn_pair, digits, tmp_path, capsys):
+    import hf_llpf
+    from hf_llpf.cli import main
+
+    run = tmp_path / "run"
+    path = hf_llpf.connect(*small_cnn_pair, digits, config=FAST, run_dir=run, progress=False)
+    iters = path.summary["run"]["sgd_iters"]
+    args = ["evaluate", str(run), "--baselines", "slerp,bezier", "--points", "3", "--train-subset", "128"]
+    assert main([*args, "--continuity", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| llpf |" in out and "| slerp |" in out and "| bezier |" in out
+    table = json.loads((run / "baselines" / "comparison.json").read_text())
+    rows = {r["method"]: r for r in table["rows"]}
+    assert rows["bezier"]["sgd_iters"] == iters == rows["llpf"]["sgd_iters"]  # Bézier at the run's budget
+    assert rows["llpf"]["probe"] == rows["slerp"]["probe"] == rows["bezier"]["probe"]
+    assert rows["llpf"]["probe"]["train"] == [table["probe"]["train"]]
+    # The baselines start and end at the run's own ends.
+    slerp = hf_llpf.Path(run / "baselines" / "slerp")
+    assert state_equal(slerp.state_dict_at(0), path.state_dict_at(0))
+    assert state_equal(slerp.state_dict_at(-1), path.state_dict_at(-1))
+    # The run's own evaluation was written with the same data.
+    assert len(json.loads((run / "path_metrics.json").read_text())["points"][0]) > 10
+    assert main(["evaluate", str(run), "--baselines", "llpf"]) == 2
+    assert "--baselines llpf" in capsys.readouterr().err
