@@ -192,8 +192,10 @@ def compare(
         train_subset: training examples the evaluation uses (a fixed seeded subset; ``None``: all).
         continuity_k: interior points per segment checked by the evaluation.
         eval_batch_size: evaluation batch size.
-        recalibrate_bn: also report every path after BatchNorm recalibration (``*_recal``), and recompute the
-            statistics of the linear/SLERP/weight-matching points (Bézier always does).
+        recalibrate_bn: also report every path after BatchNorm recalibration on the training subset (the
+            ``*_recal`` columns: for weight matching the "reset" of REPAIR). The points themselves keep their
+            interpolated statistics (Bézier's are recomputed at every t, by its definition); to write recomputed
+            statistics into a baseline's points use :func:`hf_llpf.build_baseline` ``(recalibrate_bn=True)``.
         exist: ``"error"`` or ``"overwrite"`` for each method's run directory.
         progress: show LLPF's progress bar.
         command: the command line, recorded.
@@ -252,7 +254,7 @@ def compare(
                     points=points,
                     bezier=bezier,
                     llpf_iters=llpf_iters,
-                    recalibrate_bn=recalibrate_bn,
+                    recalibrate_bn=False,
                     exist=exist,
                     command=command,
                 )
@@ -361,7 +363,7 @@ def compare_run(
                 points=points,
                 bezier=bezier,
                 llpf_iters=int(run.get("sgd_iters") or 0) or None,
-                recalibrate_bn=recalibrate_bn,
+                recalibrate_bn=False,
                 exist="overwrite",
                 command=command,
             )
