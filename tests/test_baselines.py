@@ -202,3 +202,16 @@ def test_evaluate_with_baselines_adds_them_to_an_llpf_run(small_cnn_pair, digits
     assert len(json.loads((run / "path_metrics.json").read_text())["points"][0]) > 10
     assert main(["evaluate", str(run), "--baselines", "llpf"]) == 2
     assert "--baselines llpf" in capsys.readouterr().err
+
+
+def test_a_baseline_path_exports_and_its_card_does_not_call_it_llpf(small_cnn_pair, digits, tmp_path):
+    from hf_llpf.hub import export_point
+    from hf_llpf.hub.card import build_model_card
+
+    run = tmp_path / "wm"
+    path = build_baseline("weight-matching", *small_cnn_pair, digits, run_dir=run, points=3)
+    card = str(build_model_card(run, repo_id="org/wm"))
+    assert "weight-matching path between two models" in card and "LLPF path" not in card
+    assert "the path ends at π(θ_B)" in card
+    export_point(run, point="mid", out_dir=tmp_path / "mid")
+    assert state_equal(load_endpoint(tmp_path / "mid").model.state_dict(), path.state_dict_at(1))

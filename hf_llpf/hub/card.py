@@ -162,11 +162,20 @@ def model_card(
 # ---- the path's card ------------------------------------------------------------------------------------------
 
 
-def _eval_results(summary: dict, *, task_type: str, dataset: str) -> list:
+# Paths written by hf_llpf.baselines (endpoints.json "method"): the card must not call them LLPF paths.
+_BASELINE_METHODS = ("linear", "slerp", "bezier", "weight-matching")
+
+
+def _path_label(endpoints: dict) -> str:
+    method = endpoints.get("method")
+    return f"{method} path" if method in _BASELINE_METHODS else "LLPF path"
+
+
+def _eval_results(summary: dict, *, task_type: str, dataset: str, path_label: str = "LLPF path") -> list:
     from huggingface_hub import EvalResult
 
     results = []
-    for method, label in (("llpf", "LLPF path"), ("linear", "linear interpolation")):
+    for method, label in (("llpf", path_label), ("linear", "linear interpolation")):
         figures = summary.get(method) or {}
         results += [
             EvalResult(
@@ -191,12 +200,12 @@ def _format_figure(v: Any) -> str:
     return "–" if v is None else str(v)
 
 
-def _summary_table(summary: dict) -> str:
+def _summary_table(summary: dict, path_label: str = "LLPF path") -> str:
     llpf, linear = summary.get("llpf") or {}, summary.get("linear") or {}
     keys = list(dict.fromkeys([*llpf, *linear]))
     if not keys:
         return "_No summary yet: run `hf-llpf evaluate` on the run directory to add one._"
-    rows = ["| figure | LLPF path | linear interpolation |", "|---|---|---|"]
+    rows = [f"| figure | {path_label} | linear interpolation |", "|---|---|---|"]
     rows += [
         f"| {k.replace('_', ' ')} | {_format_figure(llpf.get(k))} | {_format_figure(linear.get(k))} |" for k in keys
     ]
@@ -289,11 +298,14 @@ def build_model_card(run_dir: str | os.PathLike, *, repo_id: str | None = None):
     mid = points[len(points) // 2]["point"] if points else f"{POINTS_DIR}/t_000000"
     plots = sorted(p.relative_to(root).as_posix() for p in (root / PLOTS_DIR).glob("*.png"))
     lines = [
-        f"# {name}: a low-loss path between two models",
+        f"# {name}: a low-loss path between two models"
+        if _path_label(facts.endpoints) == "LLPF path"
+        else f"# {name}: a {_path_label(facts.endpoints)} between two models",
         "",
-        "A path of models found with [hf_llpf](https://arxiv.org/abs/2505.02604) (LLPF) between",
+        _intro(facts.endpoints),
         f"- **A**: {_endpoint_label(facts.a)}",
-        f"- **B**: {_endpoint_label(facts.b)}",
+        f"- **B**: {_endpoint_label(facts.b)}"
+        + (f"; the path ends at {facts.b['path_end']}" if facts.b.get("path_end") else ""),
         "",
         f"The path has {len(points)} saved points (`{POINTS_DIR}/t_<tick>/`, each a standalone model in the "
         "endpoints' format); `path_metrics.json`/`.csv` hold the figures of every point. Every point is a "
@@ -301,7 +313,7 @@ def build_model_card(run_dir: str | os.PathLike, *, repo_id: str | None = None):
         "",
         "## Summary",
         "",
-        _summary_table(summary),
+        _summary_table(summary, _path_label(facts.endpoints)),
         "",
         f"Data: `{facts.dataset}`" + (f" (revision `{facts.data_revision}`)" if facts.data_revision else "") + ".",
     ]
@@ -312,8 +324,20 @@ def build_model_card(run_dir: str | os.PathLike, *, repo_id: str | None = None):
     report = _report_section(root / README)
     if report:
         lines += ["", report]
-    results = _eval_results(summary, task_type=facts.task_type, dataset=facts.dataset)
+    results = _eval_results(
+        summary, task_type=facts.task_type, dataset=facts.dataset, path_label=_path_label(facts.endpoints)
+    )
     return model_card(facts, lines, tags=CARD_TAGS, model_name=name, eval_results=results)
+
+
+def _intro(endpoints: dict) -> str:
+    method = endpoints.get("method")
+    if method in _BASELINE_METHODS:
+        return (
+            f"A path of models built by the `{method}` baseline of [hf_llpf](https://arxiv.org/abs/2505.02604) "
+            "(not by LLPF; hf_llpf's docs/baselines.md describes the method) between"
+        )
+    return "A path of models found with [hf_llpf](https://arxiv.org/abs/2505.02604) (LLPF) between"
 
 
 # ---- an exported point's card ---------------------------------------------------------------------------------
