@@ -106,6 +106,8 @@ def test_weight_matching_reads_resnets_and_refuses_what_it_cannot_read():
     # The stem and the four residual streams are joined by the additions: 4 residual spaces + 8 inner ones.
     assert len(resnet.spaces) == 12
     assert sorted(v["size"] for v in resnet.spaces.values()) == [4, 4, 4, 8, 8, 8, 16, 16, 16, 32, 32, 32]
+    timm_resnet = permutation_spec(create_model("resnet18", num_classes=10).eval(), torch.randn(1, 3, 32, 32))
+    assert len(timm_resnet.spaces) == 12  # timm's ResNet: the same structure read from another definition
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 20), nn.ReLU(), nn.Linear(20, 10), nn.ReLU(), nn.Linear(10, 3))
     assert [v["size"] for v in permutation_spec(mlp, torch.randn(2, 1, 8, 8)).spaces.values()] == [20, 10]
     with pytest.raises(NotApplicableError, match="weight-matching: not applicable: grouped convolution"):
