@@ -102,7 +102,9 @@ def test_weight_matching_recovers_an_exact_permutation(small_cnn_pair, digits, t
 
 
 def test_weight_matching_reads_resnets_and_refuses_what_it_cannot_read():
-    resnet = permutation_spec(create_model("cifar_resnet18", width=4).eval(), torch.randn(2, 3, 32, 32))
+    model = create_model("cifar_resnet18", width=4).eval()
+    resnet = permutation_spec(model, torch.randn(2, 3, 32, 32))
+    assert not any(m.training for m in model.modules())  # the trace shares the modules: modes are restored
     # The stem and the four residual streams are joined by the additions: 4 residual spaces + 8 inner ones.
     assert len(resnet.spaces) == 12
     assert sorted(v["size"] for v in resnet.spaces.values()) == [4, 4, 4, 8, 8, 8, 16, 16, 16, 32, 32, 32]

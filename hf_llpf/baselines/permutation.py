@@ -211,13 +211,15 @@ def _trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
         raise NotApplicableError(
             METHOD, f"the model's graph cannot be traced ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
         ) from None
-    was = gm.training
+    # The GraphModule shares the model's submodules: put every module's mode back as it was afterwards.
+    modes = {m: m.training for m in [*model.modules(), *gm.modules()]}
     gm.eval()
     try:
         with torch.no_grad():
             ShapeProp(gm).propagate(example)
     finally:
-        gm.train(was)
+        for m, mode in modes.items():
+            m.training = mode
     return gm
 
 
