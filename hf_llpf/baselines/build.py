@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from hf_llpf.baselines import bezier as bz
+from hf_llpf.baselines.bezier import BezierCurve, BezierSettings, check
 from hf_llpf.baselines.pathdir import BaselineRun, State, fixed_ts, state_of, write_path
 from hf_llpf.baselines.permutation import permutation_spec
 from hf_llpf.baselines.slerp import lerp_state, slerp_state
@@ -58,15 +58,15 @@ def _recalibrated(state_at: Callable[[float], State], model: torch.nn.Module, ba
     return at
 
 
-def _settings(bezier: bz.BezierSettings | dict | None, seed: int) -> bz.BezierSettings:
+def _settings(bezier: BezierSettings | dict | None, seed: int) -> BezierSettings:
     if bezier is None:
-        return bz.BezierSettings(seed=seed)
+        return BezierSettings(seed=seed)
     if isinstance(bezier, dict):
-        unknown = sorted(set(bezier) - set(bz.BezierSettings.__dataclass_fields__))
+        unknown = sorted(set(bezier) - set(BezierSettings.__dataclass_fields__))
         if unknown:
-            raise UnknownNameError("bezier setting", unknown[0], list(bz.BezierSettings.__dataclass_fields__))
-        bezier = bz.BezierSettings(**{"seed": seed, **bezier})
-    bz.check(bezier)
+            raise UnknownNameError("bezier setting", unknown[0], list(BezierSettings.__dataclass_fields__))
+        bezier = BezierSettings(**{"seed": seed, **bezier})
+    check(bezier)
     return bezier
 
 
@@ -79,7 +79,7 @@ def build_baseline(
     run_dir: str | os.PathLike,
     config: Any = None,
     points: int = 31,
-    bezier: bz.BezierSettings | dict | None = None,
+    bezier: BezierSettings | dict | None = None,
     recalibrate_bn: bool = False,
     loss_fn: LossFn | None = None,
     exist: str = "error",
@@ -172,7 +172,7 @@ def _bezier(
     sb: State,
     loader: Any,
     batches: list,
-    settings: bz.BezierSettings,
+    settings: BezierSettings,
     run: BaselineRun,
     *,
     loss_fn: LossFn | None,
@@ -180,7 +180,7 @@ def _bezier(
 ) -> Callable:
     """Train the control point; ``t -> φ(t)`` with BatchNorm statistics recomputed on ``batches``."""
     device = device or Accelerator(cpu=cpu_only()).device
-    curve = bz.BezierCurve(ea.model, sa, sb, device=device)
+    curve = BezierCurve(ea.model, sa, sb, device=device)
     losses = curve.train(batch_stream(loader), settings, loss_fn=loss_fn)
     run.sgd_iters = curve.iterations
     run.settings["bezier"] = asdict(settings)
@@ -189,9 +189,9 @@ def _bezier(
     return lambda t: curve.state_at(t, batches)
 
 
-def with_iters(settings: bz.BezierSettings | dict | None, iters: int) -> dict | bz.BezierSettings:
+def with_iters(settings: BezierSettings | dict | None, iters: int) -> dict | BezierSettings:
     """``settings`` with ``iters`` set (a budget matched to another method's SGD iterations)."""
-    if isinstance(settings, bz.BezierSettings):
+    if isinstance(settings, BezierSettings):
         return replace(settings, iters=iters)
     if settings is not None and not isinstance(settings, dict):
         raise ConfigError(f"bezier={type(settings).__name__}: expected BezierSettings, a dict or None")
