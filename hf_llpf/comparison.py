@@ -10,14 +10,11 @@ and one plot (``comparison.png``: every method's loss against normalised positio
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path as FsPath
 from typing import Any
-
-import torch
 
 from hf_llpf.comparison_table import (
     PLOT,
@@ -29,51 +26,9 @@ from hf_llpf.comparison_table import (
     write_comparison,
 )
 from hf_llpf.errors import ConfigError, NotApplicableError, UnknownNameError
+from hf_llpf.evaluation.probe import ProbeRecorder, probe_digest
 
 METHODS = ("llpf", "linear", "slerp", "bezier", "weight-matching")
-
-
-def _digest_batch(h: Any, batch: Any) -> None:
-    items = batch.values() if isinstance(batch, dict) else batch
-    for t in items:
-        if isinstance(t, torch.Tensor):
-            h.update(str((tuple(t.shape), t.dtype)).encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-
-
-class ProbeRecorder:
-    """Re-iterable batches that record the SHA-256 of every complete pass made over them.
-
-    Args:
-        batches: the fixed batches (re-iterable).
-
-    Attributes:
-        digests: the digest of each complete pass, in order (a pass stopped early is not recorded).
-    """
-
-    def __init__(self, batches: Any):
-        self.batches = batches
-        self.digests: list[str] = []
-
-    def __iter__(self) -> Iterator[Any]:
-        h = hashlib.sha256()
-        for batch in self.batches:
-            _digest_batch(h, batch)
-            yield batch
-        self.digests.append(h.hexdigest())
-
-    def take(self) -> list[str]:
-        """The distinct digests recorded since the last call (one, when every pass saw the same data)."""
-        seen, self.digests = sorted(set(self.digests)), []
-        return seen
-
-
-def probe_digest(batches: Any) -> str:
-    """The SHA-256 of one pass over ``batches`` (what :class:`ProbeRecorder` records)."""
-    h = hashlib.sha256()
-    for batch in batches:
-        _digest_batch(h, batch)
-    return h.hexdigest()
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:
@@ -84,6 +39,25 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
     if not methods:
         raise ConfigError(f"methods=[]: give at least one of {', '.join(METHODS)}")
     return methods
+
+
+def _check_options(*, points: int, train_subset: int | None, bezier: dict | None, continuity_k: int) -> None:
+    """Refuse settings that would fail after the first method has run, every problem at once."""
+    from hf_llpf.baselines.build import bezier_settings
+
+    problems = []
+    if not isinstance(points, int) or points < 2:
+        problems.append(f"points={points!r}: must be a whole number of at least 2 (the two ends)")
+    if train_subset is not None and train_subset < 1:
+        problems.append(f"train_subset={train_subset!r}: must be a positive number of examples or None (all)")
+    if continuity_k < 0:
+        problems.append(f"continuity_k={continuity_k!r}: must be 0 (no check) or a positive integer")
+    try:
+        bezier_settings(bezier, 0)
+    except ConfigError as err:
+        problems += err.problems
+    if problems:
+        raise ConfigError(problems)
 
 
 class _Judge:
@@ -210,6 +184,7 @@ def compare(
     from hf_llpf.inputs import resolve_config, training_batches
 
     methods = _check_methods(methods)
+    _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k)
     if exist not in ("error", "overwrite"):
         raise ConfigError(f"exist={exist!r}: expected 'error' or 'overwrite'")
     config = resolve_config(config)
@@ -325,6 +300,7 @@ def compare_run(
     from hf_llpf.run import Path
 
     baselines = _check_methods(baselines)
+    _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k)
     if "llpf" in baselines:
         raise ConfigError("--baselines llpf: the run itself is the LLPF path; name baselines only")
     path = Path(run_dir, template=template)

@@ -219,3 +219,12 @@ def test_a_baseline_path_exports_and_its_card_does_not_call_it_llpf(small_cnn_pa
     assert "the path ends at π(θ_B)" in card
     export_point(run, point="mid", out_dir=tmp_path / "mid")
     assert state_equal(load_endpoint(tmp_path / "mid").model.state_dict(), path.state_dict_at(1))
+
+
+def test_compare_refuses_bad_settings_before_any_work(small_cnn_pair, tmp_path):
+    from hf_llpf import compare
+
+    with pytest.raises(ConfigError) as err:
+        compare(*small_cnn_pair, "digits", out_dir=tmp_path / "c", points=1, train_subset=0, bezier={"lr": -1.0})
+    assert [p.split(":")[0] for p in err.value.problems] == ["points=1", "train_subset=0", "bezier lr=-1.0"]
+    assert not (tmp_path / "c").exists()

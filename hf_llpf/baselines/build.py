@@ -58,7 +58,12 @@ def _recalibrated(state_at: Callable[[float], State], model: torch.nn.Module, ba
     return at
 
 
-def _settings(bezier: BezierSettings | dict | None, seed: int) -> BezierSettings:
+def bezier_settings(bezier: BezierSettings | dict | None, seed: int) -> BezierSettings:
+    """Checked :class:`BezierSettings` from settings, a dict of their fields or None (the defaults).
+
+    Raises:
+        UnknownNameError: an unknown field. ConfigError: an invalid value.
+    """
     if bezier is None:
         return BezierSettings(seed=seed)
     if isinstance(bezier, dict):
@@ -127,7 +132,7 @@ def build_baseline(
     sa, sb = state_of(ea.model), state_of(eb.model)
     run = BaselineRun(method=method, data=data, seed=config.seed, settings={"points": points})
     recal = recalibrate_bn or method == "bezier"
-    settings = _settings(bezier, config.seed) if method == "bezier" else None
+    settings = bezier_settings(bezier, config.seed) if method == "bezier" else None
     batches = _recal_batches(loader, bundle, config, settings.recal_batches if settings else 8) if recal else []
     if method == "linear":
         state_at = lambda t: lerp_state(t, sa, sb)  # noqa: E731
@@ -198,4 +203,4 @@ def with_iters(settings: BezierSettings | dict | None, iters: int) -> dict | Bez
     return {**(settings or {}), "iters": iters}
 
 
-__all__ = ["BASELINES", "build_baseline", "with_iters"]
+__all__ = ["BASELINES", "bezier_settings", "build_baseline", "with_iters"]
