@@ -20,6 +20,8 @@ _LAZY = {
     "push_path": "hf_llpf.hub",
     "load_path": "hf_llpf.hub",
     "export_point": "hf_llpf.hub",
+    "compare": "hf_llpf.comparison",
+    "build_baseline": "hf_llpf.baselines",
 }
 
 if "timm" in sys.modules:
@@ -41,6 +43,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "Path",
     "__version__",
+    "build_baseline",
+    "compare",
     "connect",
     "evaluate_path",
     "evaluate_run",

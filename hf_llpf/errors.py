@@ -64,3 +64,12 @@ class RunDirectoryError(LLPFError, ValueError):
 
 class DivergenceError(LLPFError, RuntimeError):
     """The path could not continue: the loss diverged too many times (a resumable checkpoint is kept)."""
+
+
+class NotApplicableError(LLPFError, ValueError):
+    """A method does not apply to this model (e.g. weight matching on a graph whose permutations are unknown);
+    the message starts with ``not applicable:`` and gives the reason."""
+
+    def __init__(self, method: str, reason: str):
+        self.method, self.reason = method, reason
+        super().__init__(f"{method}: not applicable: {reason}")

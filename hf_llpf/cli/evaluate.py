@@ -19,6 +19,14 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0, help="seed of the fixed subsets")
     p.add_argument("--threads", type=threads, default=1, help="torch CPU threads")
+    p.add_argument(
+        "--baselines",
+        metavar="LIST",
+        help="also build these baselines (linear,slerp,bezier,weight-matching) into RUN/baselines/ and compare "
+        "them with the path on the same data (docs/baselines.md)",
+    )
+    p.add_argument("--points", type=int, default=31, help="points of each baseline (with --baselines; default 31)")
+    p.add_argument("--bezier-iters", type=int, help="Bézier's SGD iterations (default: the run's own)")
     p.set_defaults(func=run)
 
 
@@ -29,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from hf_llpf.evaluation import evaluate_path
 
     set_threads(args.threads)
+    if args.baselines:
+        return _with_baselines(args)
     source, published = args.run_dir, not Path(args.run_dir).exists() and "/" in args.run_dir
     if published:  # a path published on the Hub (org/repo[@rev]): evaluate it here, write nothing back
         from hf_llpf.hub import load_path
@@ -54,3 +64,34 @@ def _recorded_summary(run_dir: str) -> dict:
     from hf_llpf.run import read_metrics
 
     return read_metrics(run_dir).get("summary", {})
+
+
+def _with_baselines(args: argparse.Namespace) -> int:
+    """``--baselines``: the run and the baselines judged together (written into the run directory)."""
+    from hf_llpf.cli.compare import _methods
+    from hf_llpf.comparison import BASELINES_DIR, compare_run, markdown_table
+    from hf_llpf.errors import ConfigError
+
+    if not Path(args.run_dir).exists():
+        raise ConfigError(
+            f"--baselines: {args.run_dir!r} is not a local run directory (a published path is read-only)"
+        )
+    try:
+        methods = _methods(args.baselines)
+    except argparse.ArgumentTypeError as err:
+        raise ConfigError(str(err).replace("--methods", "--baselines")) from None
+    table = compare_run(
+        args.run_dir,
+        methods,
+        points=args.points,
+        bezier={"iters": args.bezier_iters} if args.bezier_iters is not None else None,
+        train_subset=args.train_subset,
+        continuity_k=args.continuity,
+        eval_batch_size=args.batch_size,
+        recalibrate_bn=args.recalibrate_bn,
+        seed=args.seed,
+        linear_points=args.linear_points,
+    )
+    print(markdown_table(table))
+    print(f"written: {Path(args.run_dir) / BASELINES_DIR} (one run directory per baseline, comparison.md/.json/.png)")
+    return 0

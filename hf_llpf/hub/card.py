@@ -241,12 +241,31 @@ def _format_figure(v: Any) -> str:
     return "–" if v is None else str(v)
 
 
-def _summary_table(summary: dict) -> str:
+# Paths written by hf_llpf.baselines or the straight line (endpoints.json "method"): not called LLPF paths.
+_BASELINE_METHODS = ("linear", "slerp", "bezier", "weight-matching")
+
+
+def _path_label(endpoints: dict) -> str:
+    method = endpoints.get("method")
+    return f"{method} path" if method in _BASELINE_METHODS else "LLPF path"
+
+
+def _intro(endpoints: dict) -> str:
+    method = endpoints.get("method")
+    if method in _BASELINE_METHODS:
+        return (
+            f"A path of models built by the `{method}` method of hf_llpf (not by LLPF's walk; hf_llpf's "
+            "docs/baselines.md and docs/algorithm.md describe it) between"
+        )
+    return "A path of models found with hf_llpf (LLPF, [arXiv:2505.02604](https://arxiv.org/abs/2505.02604)) between"
+
+
+def _summary_table(summary: dict, path_label: str = "LLPF path") -> str:
     llpf, linear = summary.get("llpf") or {}, summary.get("linear") or {}
     keys = list(dict.fromkeys([*llpf, *linear]))
     if not keys:
         return "_No summary yet: run `hf-llpf evaluate` on the run directory to add one._"
-    rows = ["| figure | LLPF path | linear interpolation |", "|---|---|---|"]
+    rows = [f"| figure | {path_label} | linear interpolation |", "|---|---|---|"]
     rows += [
         f"| {k.replace('_', ' ')} | {_format_figure(llpf.get(k))} | {_format_figure(linear.get(k))} |" for k in keys
     ]
@@ -352,11 +371,14 @@ def build_model_card(
     shown = pub.root[0] if pub.root else len(points) // 2
     example = points[shown]["point"] if points else f"{POINTS_DIR}/t_000000"
     lines = [
-        f"# {name}: a low-loss path between two models",
+        f"# {name}: a low-loss path between two models"
+        if _path_label(facts.endpoints) == "LLPF path"
+        else f"# {name}: a {_path_label(facts.endpoints)} between two models",
         "",
-        "A path of models found with hf_llpf (LLPF, [arXiv:2505.02604](https://arxiv.org/abs/2505.02604)) between",
+        _intro(facts.endpoints),
         f"- **A**: {endpoint_label(facts.a)}",
-        f"- **B**: {endpoint_label(facts.b)}",
+        f"- **B**: {endpoint_label(facts.b)}"
+        + (f"; the path ends at {facts.b['path_end']}" if facts.b.get("path_end") else ""),
         "",
         f"Every point is a merge of A and B. Data: `{facts.dataset}`"
         + (f" (revision `{facts.data_revision}`)" if facts.data_revision else "")
@@ -367,7 +389,7 @@ def build_model_card(
     # The evaluation report (hf_llpf.report) has a summary table and the plots: the card shows each once.
     report = _report_section(root / README)
     if "\n|---" not in report:
-        lines += ["", "## Summary", "", _summary_table(summary)]
+        lines += ["", "## Summary", "", _summary_table(summary, _path_label(facts.endpoints))]
     plots = sorted(p.relative_to(root).as_posix() for p in (root / PLOTS_DIR).glob("*.png"))
     if plots and "![" not in report:
         lines += ["", "## Plots", ""] + [f"![{FsPath(p).stem}]({p})" for p in plots]

@@ -1,0 +1,206 @@
+"""Building a baseline's path between two endpoints: :func:`build_baseline` (docs/baselines.md).
+
+Resolves the endpoints and the training data the way :func:`hf_llpf.connect` does, runs one method and writes
+its points at fixed t as a run directory (:mod:`hf_llpf.baselines.pathdir`), which is then judged by the same
+evaluator as an LLPF path (:func:`hf_llpf.evaluate_run`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from itertools import islice
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from hf_llpf.baselines.bezier import BezierCurve, BezierSettings, check
+from hf_llpf.baselines.pathdir import BaselineRun, State, fixed_ts, state_of, write_path
+from hf_llpf.baselines.permutation import permutation_spec
+from hf_llpf.baselines.slerp import lerp_state, slerp_state
+from hf_llpf.baselines.weight_matching import apply_permutation, ends_check, match_weights
+from hf_llpf.batches import LossFn, cpu_only
+from hf_llpf.errors import ConfigError, UnknownNameError
+from hf_llpf.evaluation.recalibration import recalibrate_bn
+from hf_llpf.inputs import example_batch, resolve_config, resolve_endpoint, training_batches
+from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
+from hf_llpf.run import Path
+from hf_llpf.seeding import seed_everything
+from hf_llpf.train import batch_stream
+
+BASELINES = ("linear", "slerp", "bezier", "weight-matching")
+
+
+def _recal_batches(loader: Any, bundle: Any, config: Any, n: int) -> list:
+    """``n`` unaugmented training batches for recomputing BatchNorm statistics (the same for every point)."""
+    if bundle is not None:
+        loader = bundle.loader("train", batch_size=config.batch_size, seed=config.seed, augment=False)
+    return list(islice(iter(loader), n))
+
+
+def _recalibrated(state_at: Callable[[float], State], model: torch.nn.Module, batches: list) -> Callable:
+    """``state_at`` whose interior points get their BatchNorm statistics recomputed on ``batches``."""
+    import copy
+
+    work = copy.deepcopy(model).cpu()
+
+    def at(t: float) -> State:
+        state = state_at(t)
+        if t in (0.0, 1.0):
+            return state
+        work.load_state_dict(state)
+        recalibrate_bn(work, batches)
+        return state_of(work)
+
+    return at
+
+
+def bezier_settings(bezier: BezierSettings | dict | None, seed: int) -> BezierSettings:
+    """Checked :class:`BezierSettings` from settings, a dict of their fields or None (the defaults).
+
+    Raises:
+        UnknownNameError: an unknown field. ConfigError: an invalid value.
+    """
+    if bezier is None:
+        return BezierSettings(seed=seed)
+    if isinstance(bezier, dict):
+        unknown = sorted(set(bezier) - set(BezierSettings.__dataclass_fields__))
+        if unknown:
+            raise UnknownNameError("bezier setting", unknown[0], list(BezierSettings.__dataclass_fields__))
+        bezier = BezierSettings(**{"seed": seed, **bezier})
+    check(bezier)
+    return bezier
+
+
+def build_baseline(
+    method: str,
+    model_a: str | os.PathLike | torch.nn.Module | Endpoint,
+    model_b: str | os.PathLike | torch.nn.Module | Endpoint,
+    train_data: Any = None,
+    *,
+    run_dir: str | os.PathLike,
+    config: Any = None,
+    points: int = 31,
+    bezier: BezierSettings | dict | None = None,
+    recalibrate_bn: bool = False,
+    loss_fn: LossFn | None = None,
+    exist: str = "error",
+    device: torch.device | str | None = None,
+    command: str | None = None,
+) -> Path:
+    """Build the path of one baseline from θ_A to θ_B and write it to ``run_dir`` (points at fixed t).
+
+    Args:
+        method: ``linear``, ``slerp``, ``bezier`` or ``weight-matching``.
+        model_a, model_b: endpoint specs, modules or Endpoints (as for :func:`hf_llpf.connect`).
+        train_data: the training data (as for :func:`hf_llpf.connect`; ``None``: ``config.data``): Bézier trains
+            on it, every method recomputes BatchNorm statistics on it when asked, weight matching checks its ends
+            on one batch of it.
+        config: a :class:`~hf_llpf.config.ConnectConfig` or dict: its ``data``, ``batch_size`` and ``seed`` are used.
+        points: points written, ends included, at t = i/(points−1).
+        bezier: :class:`~hf_llpf.baselines.bezier.BezierSettings` or a dict of its fields (``iters``, ``lr``, ...).
+        recalibrate_bn: recompute the BatchNorm statistics of every interior point (linear, SLERP, weight matching:
+            the "reset" of REPAIR, Jordan et al. 2022); Bézier always does (Garipov et al. 2018).
+        loss_fn: the training loss of Bézier (default: cross-entropy / ``outputs.loss``).
+        exist: ``"error"`` or ``"overwrite"``.
+        device: where Bézier trains (default: the device Accelerate chooses).
+        command: the command line, recorded.
+
+    Returns:
+        The :class:`~hf_llpf.run.Path`.
+
+    Raises:
+        UnknownNameError: an unknown method.
+        NotApplicableError: weight matching on a model whose permutations cannot be read from its graph.
+        ConfigError: invalid settings.
+    """
+    if method not in BASELINES:
+        raise UnknownNameError("baseline method", method, BASELINES)
+    ts = fixed_ts(points)
+    config = resolve_config(config)
+    seed_everything(config.seed)
+    start = time.perf_counter()
+    ea, eb = resolve_endpoint(model_a), resolve_endpoint(model_b)
+    check_finite(ea, label="A")
+    check_finite(eb, label="B")
+    check_endpoints_match(ea.model, eb.model)
+    loader, bundle = training_batches(train_data, config)
+    data = bundle.config.model_dump(mode="json") if bundle is not None else None
+    sa, sb = state_of(ea.model), state_of(eb.model)
+    run = BaselineRun(method=method, data=data, seed=config.seed, settings={"points": points})
+    recal = recalibrate_bn or method == "bezier"
+    settings = bezier_settings(bezier, config.seed) if method == "bezier" else None
+    batches = _recal_batches(loader, bundle, config, settings.recal_batches if settings else 8) if recal else []
+    if method == "linear":
+        state_at = lambda t: lerp_state(t, sa, sb)  # noqa: E731
+    elif method == "slerp":
+        state_at = lambda t: slerp_state(t, sa, sb)  # noqa: E731
+    elif method == "weight-matching":
+        state_at = _weight_matching(ea, sa, sb, loader, run, seed=config.seed)
+    else:
+        state_at = _bezier(ea, sa, sb, loader, batches, settings, run, loss_fn=loss_fn, device=device)
+    if recal and method != "bezier":
+        state_at = _recalibrated(state_at, ea.model, batches)
+    run.settings["recalibrate_bn"] = recal
+    return write_path(
+        run_dir, ea, eb, ts, state_at, run, exist=exist, command=command, seconds=time.perf_counter() - start
+    )
+
+
+def _weight_matching(ea: Endpoint, sa: State, sb: State, loader: Any, run: BaselineRun, *, seed: int) -> Callable:
+    """Match θ_B to θ_A; ``t -> (1−t)·θ_A + t·π(θ_B)``. Records the permutation and the ends check in ``run``."""
+    example = example_batch(loader)
+    inputs = example[0] if isinstance(example, (tuple, list)) else example
+    spec = permutation_spec(ea.model, inputs)
+    perms, sweeps = match_weights(sa, sb, spec, seed=seed)
+    spb = apply_permutation(sb, spec, perms)
+    check = ends_check(ea.model, sb, spb, inputs)
+    moved = sum(int((p != torch.arange(len(p))).sum()) for p in perms.values())
+    total = sum(len(p) for p in perms.values())
+    run.end_b = "π(θ_B): θ_B with its hidden units permuted (same function, different weights)"
+    run.summary["weight_matching"] = {
+        "spaces": {k: v["size"] for k, v in spec.spaces.items()},
+        "sweeps": sweeps,
+        "units_moved": moved,
+        "units": total,
+        "ends_check": check,
+    }
+    return lambda t: lerp_state(t, sa, spb)
+
+
+def _bezier(
+    ea: Endpoint,
+    sa: State,
+    sb: State,
+    loader: Any,
+    batches: list,
+    settings: BezierSettings,
+    run: BaselineRun,
+    *,
+    loss_fn: LossFn | None,
+    device: Any,
+) -> Callable:
+    """Train the control point; ``t -> φ(t)`` with BatchNorm statistics recomputed on ``batches``."""
+    device = device or Accelerator(cpu=cpu_only()).device
+    curve = BezierCurve(ea.model, sa, sb, device=device)
+    losses = curve.train(batch_stream(loader), settings, loss_fn=loss_fn)
+    run.sgd_iters = curve.iterations
+    run.settings["bezier"] = asdict(settings)
+    tail = losses[-min(len(losses), 50) :]
+    run.summary["bezier"] = {"final_train_loss": sum(tail) / len(tail) if tail else None}
+    return lambda t: curve.state_at(t, batches)
+
+
+def with_iters(settings: BezierSettings | dict | None, iters: int) -> dict | BezierSettings:
+    """``settings`` with ``iters`` set (a budget matched to another method's SGD iterations)."""
+    if isinstance(settings, BezierSettings):
+        return replace(settings, iters=iters)
+    if settings is not None and not isinstance(settings, dict):
+        raise ConfigError(f"bezier={type(settings).__name__}: expected BezierSettings, a dict or None")
+    return {**(settings or {}), "iters": iters}
+
+
+__all__ = ["BASELINES", "bezier_settings", "build_baseline", "with_iters"]

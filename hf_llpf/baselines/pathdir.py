@@ -1,0 +1,146 @@
+"""Writing a baseline's path: points at fixed t in the run-directory format of an LLPF run (docs/baselines.md).
+
+A baseline (linear, SLERP, Bézier, weight matching) is a curve θ(t), t ∈ [0, 1]; its path is the curve
+sampled at fixed t and written exactly like an LLPF path (``points/t_NNNNNN``, ``path_metrics.json``,
+``endpoints.json``, ``llpf_config.yaml``), so :class:`hf_llpf.run.Path`, :func:`hf_llpf.evaluate_path`,
+``hf-llpf evaluate``, ``export`` and ``push`` work on it unchanged. The point's ``tick`` is its index; ``t`` is
+recorded beside it, and ``llpf_config.yaml`` holds the method's own settings (plus ``data``, which the
+evaluation reads), not LLPF settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from hf_llpf import __version__
+from hf_llpf.errors import ConfigError
+from hf_llpf.evaluation.interpolation import load_point, param_names
+from hf_llpf.evaluation.walk import l2_step
+from hf_llpf.models import Endpoint
+from hf_llpf.run import Path, PointRecord, RunWriter
+from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON
+
+State = dict[str, torch.Tensor]
+
+
+def fixed_ts(points: int) -> list[float]:
+    """``points`` evenly spaced t in [0, 1], ends included (exactly 0.0 and 1.0).
+
+    Raises:
+        ConfigError: fewer than 2 points.
+    """
+    if not isinstance(points, int) or points < 2:
+        raise ConfigError(f"points={points!r}: must be a whole number of at least 2 (the two ends)")
+    return [i / (points - 1) for i in range(points)]
+
+
+def state_of(model: nn.Module) -> State:
+    """A detached copy of ``model``'s tensors on the CPU (parameters and buffers)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class BaselineRun:
+    """What a baseline writes besides its points.
+
+    Attributes:
+        method: the method's name (``linear``, ``slerp``, ``bezier``, ``weight-matching``).
+        settings: the method's own settings (written to ``llpf_config.yaml`` under ``baseline``).
+        data: the data spec as a dict (``DataConfig.model_dump``), or ``None`` (the evaluation then needs data=).
+        seed: the seed the method used.
+        sgd_iters: SGD iterations the method spent (0 for closed-form curves).
+        summary: extra figures for ``path_metrics.json``'s ``summary["run"]`` (e.g. the ends check).
+        end_b: what the last point is, when it is not θ_B itself (weight matching: "π(θ_B)").
+    """
+
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    data: dict | None = None
+    seed: int = 0
+    sgd_iters: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
+    end_b: str | None = None
+
+
+def write_path(
+    run_dir: str | os.PathLike,
+    ea: Endpoint,
+    eb: Endpoint,
+    ts: Iterable[float],
+    state_at: Callable[[float], State],
+    run: BaselineRun,
+    *,
+    exist: str = "error",
+    command: str | None = None,
+    seconds: float = 0.0,
+) -> Path:
+    """Write the points ``state_at(t)`` for each ``t`` of ``ts`` as a run directory.
+
+    Points are computed and written one at a time (at most one point's tensors besides the two ends).
+
+    Args:
+        run_dir: the run directory to write.
+        ea, eb: the endpoints (A decides the points' format; both are described in ``endpoints.json``).
+        ts: the fixed t of the points, starting at 0.0 and ending at 1.0.
+        state_at: ``t -> state dict`` of the curve.
+        run: the method's description (:class:`BaselineRun`).
+        exist: ``"error"`` or ``"overwrite"`` (see :class:`~hf_llpf.run.RunWriter`).
+        command: the command line that made it, recorded for reproduction.
+        seconds: time the method spent before writing (training, matching); added to the wall time.
+
+    Returns:
+        The :class:`~hf_llpf.run.Path` (points load lazily).
+
+    Raises:
+        ConfigError: ``ts`` does not start at 0 and end at 1.
+    """
+    ts = list(ts)
+    if len(ts) < 2 or ts[0] != 0.0 or ts[-1] != 1.0:
+        raise ConfigError(f"ts={ts[:3]}...{ts[-2:]}: a baseline's points must start at t=0.0 and end at t=1.0")
+    start = time.perf_counter()
+    model = copy.deepcopy(ea.model).cpu()
+    names = param_names(model)
+    state_a, state_b = state_at(0.0), state_at(1.0)
+    points = []
+    with RunWriter(run_dir, exist=exist) as writer:
+        config = {"method": run.method, "seed": run.seed, "data": run.data, "baseline": run.settings}
+        writer.write_yaml(CONFIG_YAML, yaml.safe_dump(config, sort_keys=False))
+        b = {**eb.describe(), "path_end": run.end_b} if run.end_b else eb.describe()
+        ends = {"A": ea.describe(), "B": b, "method": run.method, "command": command, "hf_llpf_version": __version__}
+        writer.write_json(ENDPOINTS_JSON, ends)
+        for i, t in enumerate(ts):
+            state = state_a if t == 0.0 else state_b if t == 1.0 else state_at(t)
+            load_point(model, state)
+            rel = writer.write_point(i, model, ea)
+            last = i == len(ts) - 1
+            record = PointRecord(
+                index=i,
+                tick=i,
+                stage=0,
+                phase="start" if i == 0 else "end" if last else run.method,
+                train_loss=math.nan,
+                sgd_iters=run.sgd_iters if i > 0 else 0,
+                dist_a=l2_step(state, state_a, names),
+                dist_b=l2_step(state, state_b, names),
+                stage_boundary=i == 0 or last,
+                point=rel,
+            )
+            points.append({**record.row(), "t": t})
+        seconds_total = round(seconds + time.perf_counter() - start, 3)
+        summary = {"run": {"method": run.method, "ticks": len(ts) - 1, "sgd_iters": run.sgd_iters, **run.summary}}
+        summary["run"]["seconds_this_session"] = seconds_total
+        writer.write_metrics(points, [], summary)
+    return Path(run_dir, template=ea.model if ea.kind == "module" else None)
+
+
+__all__ = ["BaselineRun", "State", "fixed_ts", "state_of", "write_path"]

@@ -1,0 +1,77 @@
+"""``hf-llpf compare``: LLPF and the baselines on the same endpoints, data and budget (docs/baselines.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+from hf_llpf.cli.args import add_settings_args, positive, threads
+
+
+def _methods(text: str) -> list[str]:
+    from hf_llpf.comparison import METHODS
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(
+            f"--methods {text!r}: expected a comma-separated list of {', '.join(METHODS)}"
+        )
+    return methods
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compare", help="LLPF vs linear, SLERP, Bézier and weight matching, judged on the same data")
+    p.add_argument("a", help="endpoint A: model folder, Hub id org/name[@rev], or .safetensors with --arch")
+    p.add_argument("b", help="endpoint B (same architecture as A)")
+    p.add_argument("--data", help="data spec (default: the recipe's, else digits)")
+    p.add_argument("--out", required=True, help="folder of the comparison (one run directory per method)")
+    p.add_argument("--arch", help="model name for bare .safetensors endpoints")
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        default="llpf,linear,slerp,bezier,weight-matching",
+        help="comma-separated: llpf, linear, slerp, bezier, weight-matching (default: all)",
+    )
+    p.add_argument("--points", type=positive("--points"), default=31, help="points of each baseline (default 31)")
+    p.add_argument(
+        "--bezier-iters", type=int, help="SGD iterations of the Bézier control point (default: LLPF's, else 500)"
+    )
+    p.add_argument("--bezier-lr", type=float, help="SGD learning rate of the Bézier control point (default 0.01)")
+    p.add_argument("--train-subset", type=int, help="fixed seeded subset of N training examples (default: all)")
+    p.add_argument("--recalibrate-bn", action="store_true", help="also judge every path after BatchNorm recalibration")
+    p.add_argument("--overwrite", action="store_true", help="replace the methods' existing run directories")
+    p.add_argument("--threads", type=threads, default=1, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="hide LLPF's progress bar")
+    add_settings_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hf_llpf.cli.args import set_threads
+    from hf_llpf.cli.connect import _command_line, _config
+    from hf_llpf.comparison import PLOT, TABLE_JSON, TABLE_MD, compare, markdown_table
+    from hf_llpf.models import load_endpoint
+
+    args.method = None  # compare runs LLPF with the recipe's method (auto by default)
+    config = _config(args)
+    set_threads(args.threads)
+    bezier = {k: v for k, v in (("iters", args.bezier_iters), ("lr", args.bezier_lr)) if v is not None}
+    methods = args.methods if isinstance(args.methods, list) else _methods(args.methods)
+    table = compare(
+        load_endpoint(args.a, arch=args.arch),
+        load_endpoint(args.b, arch=args.arch),
+        args.data or config.data,
+        out_dir=args.out,
+        methods=methods,
+        config=config,
+        points=args.points,
+        bezier=bezier or None,
+        train_subset=args.train_subset,
+        recalibrate_bn=args.recalibrate_bn,
+        exist="overwrite" if args.overwrite else "error",
+        progress=not args.no_progress,
+        command=_command_line(),
+    )
+    print(markdown_table(table))
+    print(f"written: {args.out}/{TABLE_MD}, {TABLE_JSON}, {PLOT} and one run directory per method")
+    return 0

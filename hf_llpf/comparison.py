@@ -1,0 +1,378 @@
+"""Comparing path methods on the same endpoints, data and budget: :func:`compare` (docs/baselines.md).
+
+Every method (LLPF through :func:`hf_llpf.connect`, and the baselines of :mod:`hf_llpf.baselines`) writes its
+path as a run directory under ``out_dir/<method>``; every path is then judged by the one evaluator
+(:func:`hf_llpf.evaluate_run`) on the same fixed batches, built once here. Those batches are wrapped in a
+:class:`ProbeRecorder`, which hashes every complete pass the evaluator makes over them, so each row of the table
+carries the digest of the data it was actually judged on. One table (``comparison.md`` / ``comparison.json``)
+and one plot (``comparison.png``: every method's loss against normalised position) are written to ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path as FsPath
+from typing import Any
+
+from hf_llpf.comparison_table import (
+    PLOT,
+    TABLE_JSON,
+    TABLE_MD,
+    markdown_table,
+    plot_comparison,
+    table_row,
+    write_comparison,
+)
+from hf_llpf.errors import ConfigError, NotApplicableError, UnknownNameError
+from hf_llpf.evaluation.recorded import ProbeRecorder, probe_digest
+
+METHODS = ("llpf", "linear", "slerp", "bezier", "weight-matching")
+
+
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UnknownNameError("method", unknown[0], METHODS)
+    if not methods:
+        raise ConfigError(f"methods=[]: give at least one of {', '.join(METHODS)}")
+    return methods
+
+
+def _check_options(*, points: int, train_subset: int | None, bezier: dict | None, continuity_k: int) -> None:
+    """Refuse settings that would fail after the first method has run, every problem at once."""
+    from hf_llpf.baselines.build import bezier_settings
+
+    problems = []
+    if not isinstance(points, int) or points < 2:
+        problems.append(f"points={points!r}: must be a whole number of at least 2 (the two ends)")
+    if train_subset is not None and train_subset < 1:
+        problems.append(f"train_subset={train_subset!r}: must be a positive number of examples or None (all)")
+    if continuity_k < 0:
+        problems.append(f"continuity_k={continuity_k!r}: must be 0 (no check) or a positive integer")
+    try:
+        bezier_settings(bezier, 0)
+    except ConfigError as err:
+        problems += err.problems
+    if problems:
+        raise ConfigError(problems)
+
+
+class _Judge:
+    """The one evaluator of a comparison: fixed batches built once, wrapped in :class:`ProbeRecorder` s, and the
+    rows of the table, one per judged path."""
+
+    def __init__(
+        self,
+        bundle: Any,
+        *,
+        train_subset: int | None,
+        batch_size: int,
+        seed: int,
+        recalibrate_bn: bool,
+        continuity_k: int,
+        linear_points: int = 21,
+        template: Any = None,
+    ):
+        from hf_llpf.evaluation.sets import make_eval_sets
+
+        self.sets = make_eval_sets(bundle, train_subset=train_subset, batch_size=batch_size, seed=seed)
+        self.train, self.test = ProbeRecorder(self.sets.train), ProbeRecorder(self.sets.test)
+        self.recal, self.template = recalibrate_bn, template
+        self.options = {
+            "data": {"train": self.train, "test": self.test},
+            "recalibrate_bn": recalibrate_bn,
+            "continuity_k": continuity_k,
+            "linear_points": linear_points,
+        }
+        self.rows: list[dict] = []
+
+    def judge(self, method: str, path: Any, seconds: float) -> dict:
+        """Evaluate ``path`` (written into its run directory) and add its row; returns the evaluation."""
+        from hf_llpf.api import evaluate_run
+
+        result = evaluate_run(path, template=self.template, **self.options)
+        probes = {"train": self.train.take(), "test": self.test.take()}
+        self.rows.append(table_row(method, result, seconds, path, probes, self.recal))
+        return result
+
+    def not_applicable(self, method: str, err: NotApplicableError) -> None:
+        """The row of a method that does not apply to the model."""
+        self.rows.append({"method": method, "status": f"not applicable: {err.reason}"})
+
+    def table(self, settings: dict) -> dict:
+        """The table: the rows, the digest of the probe data, the settings."""
+        probe = {
+            "train": probe_digest(self.sets.train),
+            "test": probe_digest(self.sets.test),
+            "train_examples": self.sets.train.num_examples,
+            "test_examples": self.sets.test.num_examples,
+        }
+        return {"rows": self.rows, "probe": probe, "settings": settings}
+
+
+def _baseline(
+    method: str,
+    model_a: Any,
+    model_b: Any,
+    bundle: Any,
+    run_dir: FsPath,
+    *,
+    bezier: dict | None,
+    llpf_iters: int | None,
+    **kw: Any,
+) -> Any:
+    """One baseline's path; Bézier's budget is the LLPF path's SGD iterations unless ``bezier`` sets ``iters``."""
+    from hf_llpf.baselines import build_baseline, with_iters
+
+    if method == "bezier" and llpf_iters and "iters" not in (bezier or {}):
+        bezier = with_iters(bezier, llpf_iters)
+    return build_baseline(method, model_a, model_b, bundle, run_dir=run_dir, bezier=bezier, **kw)
+
+
+def compare(
+    model_a: Any,
+    model_b: Any,
+    train_data: Any = None,
+    *,
+    out_dir: str | os.PathLike,
+    methods: Sequence[str] = METHODS,
+    config: Any = None,
+    points: int = 31,
+    bezier: dict | None = None,
+    train_subset: int | None = None,
+    continuity_k: int = 4,
+    eval_batch_size: int = 256,
+    recalibrate_bn: bool = False,
+    exist: str = "error",
+    progress: bool = False,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run every method between θ_A and θ_B, judge all with the same evaluator on the same data, write the table.
+
+    Args:
+        model_a, model_b: endpoint specs, modules or Endpoints.
+        train_data: a data spec, ``DataConfig`` or :class:`~hf_llpf.data.DataBundle` (``None``: ``config.data``);
+            the evaluation's fixed batches are drawn from it.
+        out_dir: the folder of the comparison: one run directory per method, the table and the plot.
+        methods: any of ``llpf``, ``linear``, ``slerp``, ``bezier``, ``weight-matching``.
+        config: :class:`~hf_llpf.config.ConnectConfig` or a dict (LLPF's settings; its data, batch size and seed
+            are used by every method).
+        points: points of each baseline's path (ends included).
+        bezier: Bézier settings (``iters``, ``lr``, ...); ``iters`` defaults to the LLPF path's SGD iterations when
+            ``llpf`` is compared, else to 500.
+        train_subset: training examples the evaluation uses (a fixed seeded subset; ``None``: all).
+        continuity_k: interior points per segment checked by the evaluation.
+        eval_batch_size: evaluation batch size.
+        recalibrate_bn: also report every path after BatchNorm recalibration on the training subset (the
+            ``*_recal`` columns: for weight matching the "reset" of REPAIR). The points themselves keep their
+            interpolated statistics (Bézier's are recomputed at every t, by its definition); to write recomputed
+            statistics into a baseline's points use :func:`hf_llpf.build_baseline` ``(recalibrate_bn=True)``.
+        exist: ``"error"`` or ``"overwrite"`` for each method's run directory.
+        progress: show LLPF's progress bar.
+        command: the command line, recorded.
+
+    Returns:
+        ``{"rows": [...], "probe": {...}, "settings": {...}}``, as written to ``comparison.json``.
+
+    Raises:
+        UnknownNameError: an unknown method. ConfigError: invalid settings.
+    """
+    from hf_llpf.api import connect
+    from hf_llpf.inputs import resolve_config, training_batches
+
+    methods = _check_methods(methods)
+    _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k)
+    if exist not in ("error", "overwrite"):
+        raise ConfigError(f"exist={exist!r}: expected 'error' or 'overwrite'")
+    config = resolve_config(config)
+    _, bundle = training_batches(train_data, config)
+    if bundle is None:
+        raise ConfigError("train_data: compare needs a data spec, DataConfig or DataBundle (its test split too)")
+    config = config.model_copy(update={"data": bundle.config})
+    out = FsPath(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    judge = _Judge(
+        bundle,
+        train_subset=train_subset,
+        batch_size=eval_batch_size,
+        seed=config.seed,
+        recalibrate_bn=recalibrate_bn,
+        continuity_k=continuity_k,
+    )
+    llpf_iters = None
+    for method in methods:
+        start = time.perf_counter()
+        try:
+            if method == "llpf":
+                path = connect(
+                    model_a,
+                    model_b,
+                    bundle,
+                    config=config,
+                    run_dir=out / method,
+                    exist=exist,
+                    progress=progress,
+                    command=command,
+                )
+                llpf_iters = int(path.summary["run"]["sgd_iters"])
+            else:
+                path = _baseline(
+                    method,
+                    model_a,
+                    model_b,
+                    bundle,
+                    out / method,
+                    config=config,
+                    points=points,
+                    bezier=bezier,
+                    llpf_iters=llpf_iters,
+                    recalibrate_bn=False,
+                    exist=exist,
+                    command=command,
+                )
+        except NotApplicableError as err:
+            judge.not_applicable(method, err)
+            continue
+        judge.judge(method, path, time.perf_counter() - start)
+    table = judge.table(
+        {
+            "methods": methods,
+            "points": points,
+            "train_subset": train_subset,
+            "seed": config.seed,
+            "recalibrate_bn": recalibrate_bn,
+            "continuity_k": continuity_k,
+            "data": bundle.config.source,
+        }
+    )
+    write_comparison(out, table)
+    return table
+
+
+BASELINES_DIR = "baselines"  # inside a run directory: what `hf-llpf evaluate RUN --baselines ...` writes
+
+
+def compare_run(
+    run_dir: str | os.PathLike,
+    baselines: Sequence[str],
+    *,
+    data: Any = None,
+    points: int = 31,
+    bezier: dict | None = None,
+    train_subset: int | None = None,
+    continuity_k: int = 4,
+    eval_batch_size: int = 256,
+    recalibrate_bn: bool = False,
+    template: Any = None,
+    seed: int = 0,
+    linear_points: int = 21,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Add baselines to an existing LLPF run: what ``hf-llpf evaluate RUN --baselines ...`` does.
+
+    The baselines are built between the run's first and last points (θ_A and θ_B) on the run's data, written to
+    ``RUN/baselines/<method>`` (replaced when there), and judged with the run itself by one evaluator on the same
+    fixed batches; the run's own evaluation is rewritten with those batches. The table and plot are written to
+    ``RUN/baselines/comparison.*``. Bézier's budget defaults to the run's SGD iterations.
+
+    Args:
+        run_dir: the LLPF run directory.
+        baselines: any of ``linear``, ``slerp``, ``bezier``, ``weight-matching``.
+        data: the data (default: the run's ``llpf_config.yaml`` ``data``); a spec, ``DataConfig`` or DataBundle.
+        template: a module of the architecture, for runs of plain ``nn.Module`` s.
+        seed: seed of the evaluation's fixed subsets (as ``hf-llpf evaluate --seed``).
+        linear_points: points of the evaluator's linear line between each path's ends.
+        points, bezier, train_subset, continuity_k, eval_batch_size, recalibrate_bn, command: as for :func:`compare`.
+
+    Returns:
+        The table, as written to ``RUN/baselines/comparison.json``.
+
+    Raises:
+        RunDirectoryError: not a run directory. ConfigError: no usable data, an unknown method or ``llpf`` asked.
+    """
+    from hf_llpf.data import DataBundle
+    from hf_llpf.evaluation.sets import resolve_data
+    from hf_llpf.inputs import resolve_config
+    from hf_llpf.models import as_endpoint, load_endpoint
+    from hf_llpf.run import Path
+
+    baselines = _check_methods(baselines)
+    _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k)
+    if "llpf" in baselines:
+        raise ConfigError("--baselines llpf: the run itself is the LLPF path; name baselines only")
+    path = Path(run_dir, template=template)
+    path.validate()
+    bundle = resolve_data(path, data)
+    if not isinstance(bundle, DataBundle):
+        raise ConfigError("data: adding baselines needs a data spec, DataConfig or DataBundle (its test split too)")
+    recorded = path.config if (path.root / "llpf_config.yaml").is_file() else {}
+    config = resolve_config({k: recorded[k] for k in ("batch_size", "seed") if k in recorded})
+    config = config.model_copy(update={"data": bundle.config})
+    ends = [
+        as_endpoint(path.model_at(i)) if template is not None else load_endpoint(path.point_dir(i)) for i in (0, -1)
+    ]
+    judge = _Judge(
+        bundle,
+        train_subset=train_subset,
+        batch_size=eval_batch_size,
+        seed=seed,
+        linear_points=linear_points,
+        recalibrate_bn=recalibrate_bn,
+        continuity_k=continuity_k,
+        template=template,
+    )
+    run = path.summary.get("run", {})
+    judge.judge("llpf", path, float(run.get("seconds_this_session") or 0.0))
+    out = path.root / BASELINES_DIR
+    for method in baselines:
+        start = time.perf_counter()
+        try:
+            baseline = _baseline(
+                method,
+                *ends,
+                bundle,
+                out / method,
+                config=config,
+                points=points,
+                bezier=bezier,
+                llpf_iters=int(run.get("sgd_iters") or 0) or None,
+                recalibrate_bn=False,
+                exist="overwrite",
+                command=command,
+            )
+        except NotApplicableError as err:
+            judge.not_applicable(method, err)
+            continue
+        judge.judge(method, baseline, time.perf_counter() - start)
+    table = judge.table(
+        {
+            "methods": ["llpf", *baselines],
+            "points": points,
+            "train_subset": train_subset,
+            "seed": config.seed,
+            "recalibrate_bn": recalibrate_bn,
+            "continuity_k": continuity_k,
+            "data": bundle.config.source,
+            "run_dir": str(path.root),
+        }
+    )
+    write_comparison(out, table)
+    return table
+
+
+__all__ = [
+    "BASELINES_DIR",
+    "PLOT",
+    "TABLE_JSON",
+    "TABLE_MD",
+    "METHODS",
+    "ProbeRecorder",
+    "compare",
+    "compare_run",
+    "markdown_table",
+    "plot_comparison",
+    "probe_digest",
+]

@@ -1,0 +1,150 @@
+"""The comparison's table and plot: ``comparison.md``, ``comparison.json``, ``comparison.png`` (docs/baselines.md).
+
+Reads the rows :func:`hf_llpf.compare` made (and, for the plot, each method's evaluated ``path_metrics.json``);
+computes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path as FsPath
+from typing import Any
+
+TABLE_JSON, TABLE_MD, PLOT = "comparison.json", "comparison.md", "comparison.png"
+
+
+def table_row(method: str, result: dict, seconds: float, path: Any, probes: dict, recal: bool) -> dict:
+    """One row of the table from the evaluator's result for one path (``probes``: the digests it saw)."""
+    fig = result["summary"]["llpf"]  # the evaluated path's own figures (the key is the engine's, for any method)
+    run = path.summary.get("run", {})
+    row = {
+        "method": method,
+        "status": "ok",
+        "max_train_loss": fig["max_train_loss"],
+        "barrier": fig["barrier"],
+        "min_train_acc": fig["min_train_acc"],
+        "test_loss_range": fig["test_loss_range"],
+        "test_acc_range": fig["test_acc_range"],
+        "sgd_iters": int(run.get("sgd_iters") or 0),
+        "seconds": round(seconds, 2),
+        "eval_seconds": result["summary"]["evaluation"]["seconds"],
+        "points": len(result["points"]),
+        "path_length": fig["path_length"],
+        "straight_distance": fig["straight_distance"],
+        "probe": probes,
+        "run_dir": str(path.root),
+    }
+    if recal:
+        rec = result["summary"]["llpf_recal"]
+        row["max_train_loss_recal"], row["barrier_recal"] = rec["max_train_loss"], rec["barrier"]
+    wm = run.get("weight_matching")
+    if wm is not None:
+        row["ends_check"] = wm["ends_check"]
+        row["note"] = "ends at π(θ_B) (θ_B's units permuted: same outputs, see ends_check)"
+    return row
+
+
+def write_comparison(out: FsPath, table: dict) -> None:
+    """Write ``comparison.json``, ``comparison.md`` and ``comparison.png`` into ``out``, atomically."""
+    import json
+
+    from hf_llpf.run import atomic_write_text
+
+    atomic_write_text(out / TABLE_JSON, json.dumps(table, indent=2) + "\n")
+    atomic_write_text(out / TABLE_MD, markdown_table(table) + "\n")
+    plot_comparison(table, out / PLOT)
+
+
+def _f(x: Any, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:.{digits}f}"
+
+
+def _range(r: Sequence[float] | None, digits: int = 3) -> str:
+    return "—" if not r else f"{_f(r[0], digits)}–{_f(r[1], digits)}"
+
+
+def markdown_table(table: dict) -> str:
+    """The comparison as a markdown table (one row per method, the probe data named under it)."""
+    recal = table["settings"].get("recalibrate_bn")
+    head = [
+        "method",
+        "max train loss",
+        "barrier",
+        "min train acc",
+        "test loss range",
+        "test acc range",
+        "SGD iters",
+        "wall s",
+    ] + (["max train loss (BN recal)", "barrier (BN recal)"] if recal else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
+    for r in table["rows"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['method']} | {r['status']} |" + " |" * (len(head) - 2))
+            continue
+        cells = [
+            r["method"],
+            _f(r["max_train_loss"]),
+            _f(r["barrier"]),
+            _f(r["min_train_acc"]),
+            _range(r["test_loss_range"]),
+            _range(r["test_acc_range"]),
+            str(r["sgd_iters"]),
+            _f(r["seconds"], 1),
+        ]
+        if recal:
+            cells += [_f(r.get("max_train_loss_recal")), _f(r.get("barrier_recal"))]
+        lines.append("| " + " | ".join(cells) + " |")
+        if "ends_check" in r:
+            c = r["ends_check"]
+            notes.append(
+                f"{r['method']}: {r['note']}; max |Δ output| {c['max_abs_output_diff']:.2e} "
+                f"(outputs up to {c['max_abs_output']:.2f}), same predictions: {c['same_predictions']}"
+            )
+    p = table["probe"]
+    lines += [
+        "",
+        f"All rows judged on the same data: {p['train_examples']} train examples (sha256 {p['train'][:12]}…), "
+        f"{p['test_examples']} test examples (sha256 {p['test'][:12]}…).",
+    ]
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def plot_comparison(table: dict, out_png: str | os.PathLike) -> FsPath:
+    """``comparison.png``: each method's train loss (left) and test loss (right), eval mode on the fixed data,
+    against normalised position along its path (cumulative L2 length / total length, as the barrier uses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    from hf_llpf.run import read_metrics
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for r in table["rows"]:
+        if r["status"] != "ok":
+            continue
+        pts = read_metrics(r["run_dir"])["points"]
+        pos = [p["position"] for p in pts]
+        for ax, col in zip(axes, ("eval_train_loss", "test_loss")):
+            ax.plot(pos, [p[col] for p in pts], marker=".", ms=3, lw=1.3, label=r["method"])
+    for ax, title in zip(axes, ("train loss (fixed subset, eval mode)", "test loss")):
+        ax.set_xlabel("normalised position along the path")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss")
+    if axes[0].get_lines():
+        axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    out_png = FsPath(out_png)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
+
+__all__ = ["PLOT", "TABLE_JSON", "TABLE_MD", "markdown_table", "plot_comparison", "table_row", "write_comparison"]
