@@ -47,10 +47,22 @@ def _seed_field() -> Any:
 class DataConfig(_Settings):
     """Where the data come from and how they are prepared (see :func:`hf_llpf.data.load_data`)."""
 
-    source: str = Field("digits", description="'digits', a Hub dataset id, or a local parquet/Arrow/image-folder path")
+    source: str = Field("digits", description="'digits', a Hub dataset id, or a local file or folder (docs/data.md)")
     revision: str | None = Field(None, description="Hub revision of the dataset")
     image_column: str | None = Field(None, description="column holding the images (auto: image/img/pixel_values)")
     label_column: str | None = Field(None, description="column holding the class labels (auto: label/labels)")
+    task: Literal["auto", "image", "text-classification", "causal-lm"] = Field(
+        "auto", description="auto: from the endpoints' heads and the data's columns"
+    )
+    text_column: str | None = Field(None, description="column holding the text (auto: the one string column)")
+    text_pair_column: str | None = Field(None, description="second text of sentence-pair classification")
+    max_length: int | None = Field(
+        None, ge=2, le=1 << 20, description="tokens per example (causal LM: per block); default: the model's limit"
+    )
+    tokenizer: str | None = Field(None, description="tokenizer folder or Hub id (default: endpoint A's own)")
+    recorded: dict[str, Any] | None = Field(
+        None, description="written by the run, not a setting: task, example counts, fingerprints of what was read"
+    )
     train_split: str = "train"
     test_split: str = "test"
     image_size: int | None = Field(
