@@ -186,7 +186,7 @@ def example_for(
     if data:
         spec = build(DataConfig, {"source": data})
         train, _ = read_splits(spec)
-        check_task("image", data_task(train, spec), endpoint=model, data=data, train=train)
+        check_task("image", data_task(train, spec), endpoint=model, data=data, train=train, who="the model")
     # The module's load_data, looked up now (tests replace it).
     bundle = data_lib.load_data(data or "digits", **({"image_size": image_size} if image_size else {}))
     model_args.setdefault("in_chans", bundle.input_shape[0])  # else the stem's forward fails

@@ -58,13 +58,16 @@ def _image_column(ds: datasets.Dataset) -> str | None:
     return next((c for c in IMAGE_COLUMNS if c in ds.column_names), None)
 
 
-def check_task(endpoint_kind: str | None, data_kind: str, *, endpoint: str, data: str, train: Any = None) -> None:
+def check_task(
+    endpoint_kind: str | None, data_kind: str, *, endpoint: str, data: str, train: Any = None, who: str = "endpoint A"
+) -> None:
     """Refuse a text endpoint given images and an image endpoint given text, naming both.
 
     Args:
         endpoint_kind: :func:`endpoint_task` of endpoint A (``None``: the model does not say).
         data_kind: the task of the data.
         endpoint: how endpoint A was given (its source), for the message.
+        who: what the model is called in the message.
         data: the data spec, for the message.
         train: the training split (its columns are listed).
     """
@@ -78,16 +81,20 @@ def check_task(endpoint_kind: str | None, data_kind: str, *, endpoint: str, data
     }
     if {endpoint_kind, data_kind} == {"text-classification", "causal-lm"}:
         raise DataMismatchError(
-            f"endpoint A ({endpoint}) is a {_NAMES[endpoint_kind]} model and data.task={data_kind!r}; "
+            f"{who} ({endpoint}) is {_NAMES[endpoint_kind]} model and data.task={data_kind!r}; "
             f"drop data.task or set it to {endpoint_kind!r}"
         )
     raise DataMismatchError(
-        f"endpoint A ({endpoint}) is a {_NAMES[endpoint_kind]} model, but data {data!r} hold "
-        f"{_NAMES[data_kind]} data{columns}; pass --data with {wanted[endpoint_kind]}"
+        f"{who} ({endpoint}) is {_NAMES[endpoint_kind]} model, but data {data!r} hold "
+        f"{_NAMES[data_kind].split(' ', 1)[1]} data{columns}; pass --data with {wanted[endpoint_kind]}"
     )
 
 
-_NAMES = {"image": "image classification", "text-classification": "text classification", "causal-lm": "causal LM"}
+_NAMES = {
+    "image": "an image classification",
+    "text-classification": "a text classification",
+    "causal-lm": "a causal LM",
+}
 
 
 def pick_column(ds: datasets.Dataset, wanted: str | None, candidates: tuple[str, ...], field_name: str) -> str:

@@ -162,6 +162,7 @@ def text_bundle(
         label, pair, num_classes = None, None, None
     else:
         label = pick_column(train, config.label_column, LABEL_COLUMNS, "label_column")
+        check_labels(train, label)  # first: a text column named as the labels is that error, not "no text"
         text, pair = text_columns(train, config, label=label)
     for ds in (train, test):
         for name, field in ((text, "text_column"), (pair, "text_pair_column")):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import datasets
 import torch
-
 from tiny_models import tiny_bert, tiny_gpt2
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]

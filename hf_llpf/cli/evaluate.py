@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_llpf.cli.args import set_threads
     from hf_llpf.cli.render import evaluated
     from hf_llpf.evaluation import evaluate_path
+    from hf_llpf.run import Path as Path_
 
     set_threads(args.threads)
     source, published = args.run_dir, not Path(args.run_dir).exists() and "/" in args.run_dir
@@ -44,5 +45,16 @@ def run(args: argparse.Namespace) -> int:
         continuity_subset=args.continuity_subset,
         seed=args.seed,
     )
-    print(evaluated(result, run_dir=None if published else args.run_dir))
+    causal_lm = _task(source if published else Path_(args.run_dir)) == "causal-lm"
+    print(evaluated(result, run_dir=None if published else args.run_dir, causal_lm=causal_lm))
     return 0
+
+
+def _task(path) -> str | None:
+    """The task the run recorded (``data.task`` of ``llpf_config.yaml``), ``None`` when it says none."""
+    try:
+        config = path.config
+    except OSError:
+        return None
+    data = config.get("data") if isinstance(config, dict) else None
+    return data.get("task") if isinstance(data, dict) else None
