@@ -17,12 +17,12 @@ from hf_llpf.config import ConnectConfig, DataConfig, build
 from hf_llpf.data import DataBundle, SeededLoader, build_bundle
 from hf_llpf.errors import ConfigError, DataMismatchError, LLPFError
 from hf_llpf.models import Endpoint, create_model, load_endpoint
+from hf_llpf.recipe_model import check_labels_fit
 from hf_llpf.sources import read_splits, string_columns
 from hf_llpf.stages import build_stages, load_overrides
 from hf_llpf.task import check_task, data_task, endpoint_task
 from hf_llpf.text import TextBundle, text_bundle
 from hf_llpf.tokenizer import endpoint_tokenizers, load_tokenizer
-from hf_llpf.train import check_labels_fit
 
 
 def resolve_config(config: ConnectConfig | dict | None) -> ConnectConfig:

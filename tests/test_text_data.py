@@ -114,6 +114,23 @@ def test_causal_lm_cli_connect_then_evaluate(w, monkeypatch, capsys):
     assert f"max train {worst:.4g} on the path" in printed
 
 
+def test_train_fine_tunes_a_text_endpoint_and_saves_its_tokenizer(w, monkeypatch, capsys):
+    monkeypatch.chdir(w)
+    args = ["train", "bert_0", "--data", "reviews.parquet", "--out", "ft", "epochs=1", "batch_size=16"]
+    assert main([*args, "optimizer=adamw", "lr=0.001"]) == 0
+    assert {"tokenizer.json", "model.safetensors", "metrics.json"} <= {p.name for p in (w / "ft").iterdir()}
+    metrics = __import__("json").loads((w / "ft" / "metrics.json").read_text())
+    assert metrics["iterations"] == 8  # 128 training reviews, batches of 16, one epoch
+    from hf_llpf.evaluation import score
+
+    bundle = load_for_endpoints(DataConfig(source="reviews.parquet"), load_endpoint(w / "ft"))
+    again = score(load_endpoint(w / "ft").model, bundle.eval_loader("test", indices=None, batch_size=256))
+    assert metrics["test"]["loss"] == pytest.approx(again["loss"], abs=1e-6)
+    assert main(["train", "small_cnn", "--data", "reviews.parquet", "--out", "cnn"]) == 2
+    err = capsys.readouterr().err
+    assert "the model (small_cnn) is an image classification model, but data 'reviews.parquet' hold text" in err
+
+
 def test_task_mismatch_names_both(w, monkeypatch, capsys):
     monkeypatch.chdir(w)
     assert main(["connect", "bert_0", "bert_1", "--out", "no_data", "--no-progress"]) == 2
