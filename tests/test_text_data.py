@@ -78,6 +78,15 @@ def test_text_classification_cli_connect_then_evaluate(w, monkeypatch, capsys):
     assert first["test_loss"] == pytest.approx(out.loss.item(), abs=1e-5)
     assert first["test_acc"] == pytest.approx((out.logits.argmax(-1) == batch["labels"]).float().mean().item())
     assert first["test_loss"] < math.log(3)  # the endpoints learned something: below chance
+    from hf_llpf.hub.card import build_model_card
+
+    card = str(build_model_card(w / "run"))
+    assert (
+        f"Data: `reviews.parquet`: text-classification; splits `train`/`test`: 128/32 examples; columns `text`, "
+        f"`label`; tokenizer `bert_0` (sha256 `{rec['tokenizer_sha256']}`); fingerprints "
+        f"`{rec['train_fingerprint']}`/`{rec['test_fingerprint']}`." in card
+    )
+    assert "digits" not in card
 
 
 def test_causal_lm_cli_connect_then_evaluate(w, monkeypatch, capsys):
