@@ -315,7 +315,7 @@ def _check_channels(config: DataConfig, channels: int) -> None:
 def _to_tensors(ds: datasets.Dataset, image_col: str, label_col: str, image_size: int | None) -> ImageData:
     feature = ds.features[image_col]
     if isinstance(feature, datasets.Image):
-        # Palette, RGBA, CMYK, ... become RGB (their colours kept); 1-bit and 16-bit greys become 8-bit grey.
+        # Palette, RGBA, CMYK, ... become RGB (their colours kept); 1-bit, 16-bit and alpha greys 8-bit grey.
         arrays = [np.asarray(_rgb_or_grey(im)) for im in ds[image_col]]
     else:
         _check_pixel_column(ds, image_col, feature)
@@ -331,7 +331,8 @@ def _to_tensors(ds: datasets.Dataset, image_col: str, label_col: str, image_size
 def _rgb_or_grey(im: Any) -> Any:
     if im.mode in ("L", "RGB"):
         return im
-    return im.convert("L") if im.mode in ("1", "I", "I;16", "F") else im.convert("RGB")
+    greys = ("1", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+    return im.convert("L") if im.mode in greys else im.convert("RGB")
 
 
 def _check_pixel_column(ds: datasets.Dataset, name: str, feature: Any) -> None:
