@@ -285,3 +285,19 @@ def test_mixed_image_sizes_and_palette_images(tmp_path):
     k = next(i for i in range(len(ds)) if ds[i]["image"].size == (8, 8) and ds[i]["image"].mode == "P")
     rgb = np.asarray(ds[k]["image"].convert("RGB")).transpose(2, 0, 1)
     assert np.array_equal(bundle.train_tensors.images[k].numpy(), rgb)
+
+
+def test_text_run_killed_mid_way_resumes_bit_identically(w, tmp_path, monkeypatch):
+    from conftest import connect_killed_after, state_equal
+
+    a, b = load_endpoint(w / "bert_0"), load_endpoint(w / "bert_1")
+    data = str(w / "reviews.parquet")
+    config = {"max_ticks": 6, "min_iters": 2, "max_iters": 3, "checkpoint_every": 2, "batch_size": 16}
+    whole = hf_llpf.connect(a, b, data, config=config, run_dir=tmp_path / "whole", progress=False)
+    run = tmp_path / "killed"
+    assert connect_killed_after(2, monkeypatch, a, b, data, config=config, run_dir=run, progress=False) == 2
+    resumed = hf_llpf.connect(a, b, data, config=config, run_dir=run, exist="resume", progress=False)
+    strip = lambda rows: [{c: v for c, v in r.items() if c != "point"} for r in rows]  # noqa: E731
+    assert resumed.ticks == whole.ticks and strip(resumed.metrics) == strip(whole.metrics)
+    for i in range(len(whole)):
+        assert state_equal(resumed.state_dict_at(i), whole.state_dict_at(i)), i
