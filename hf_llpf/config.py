@@ -49,6 +49,7 @@ class DataConfig(_Settings):
 
     source: str = Field("digits", description="'digits', a Hub dataset id, or a local file or folder (docs/data.md)")
     revision: str | None = Field(None, description="Hub revision of the dataset")
+    config_name: str | None = Field(None, description="configuration of a Hub dataset that has several")
     image_column: str | None = Field(None, description="column holding the images (auto: image/img/pixel_values)")
     label_column: str | None = Field(None, description="column holding the class labels (auto: label/labels)")
     task: Literal["auto", "image", "text-classification", "causal-lm"] = Field(
@@ -69,6 +70,9 @@ class DataConfig(_Settings):
         None, ge=4, le=4096, description="resize images to this square size (e.g. 32 for CIFAR stems; at most 4096)"
     )
     augment: bool = Field(False, description="CIFAR augmentation: random crop (padding 4) + horizontal flip")
+    decode: Literal["auto", "memory", "on_access"] = Field(
+        "auto", description="images decoded once into memory, or per batch; auto: on access above 128 MiB of pixels"
+    )
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     split_seed: int = Field(0, ge=0, lt=2**32, description="seed of the fixed train/test split of one-split sources")

@@ -4,8 +4,9 @@
 local file or folder), decides the task (:mod:`hf_llpf.task`) and builds an image :class:`DataBundle` here or a
 text bundle (:mod:`hf_llpf.text`: text classification, causal LM). docs/data.md lists the options.
 
-Images are decoded once into a uint8 tensor kept in memory; normalisation and the optional CIFAR
-augmentation (random crop with padding 4 + horizontal flip) run on whole batches. That keeps the
+Images are decoded once into a uint8 tensor kept in memory, or, for large sets, per batch
+(:mod:`hf_llpf.images`); normalisation and the optional CIFAR augmentation (random crop with padding 4 +
+horizontal flip) run on whole batches. That keeps the
 minimal-training loop free of per-sample Python and worker processes (the reference's fresh 8-worker
 DataLoader per tick was 9x slower than needed), and lets a loader resume at any batch.
 """
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 from hf_llpf.config import DataConfig, build
 from hf_llpf.errors import DataMismatchError, UnknownNameError
+from hf_llpf.images import LazyImages, image_tensors
 from hf_llpf.sources import BUILTIN_DATASETS, check_column, describe_columns, feature_type, read_splits
 from hf_llpf.task import IMAGE_COLUMNS, LABEL_COLUMNS, data_task, pick_column
 
@@ -31,9 +33,10 @@ __all__ = ["BUILTIN_DATASETS", "DataBundle", "ImageData", "SeededLoader", "cifar
 
 @dataclass
 class ImageData:
-    """One split held in memory: uint8 images ``N, C, H, W`` and int64 labels ``N``."""
+    """One split: uint8 images ``N, C, H, W`` (in memory, or :class:`~hf_llpf.images.LazyImages` decoded per
+    batch) and int64 labels ``N``."""
 
-    images: torch.Tensor
+    images: torch.Tensor | LazyImages
     labels: torch.Tensor
 
     def __len__(self) -> int:
@@ -77,7 +80,8 @@ class DataBundle:
         """Fixed batches (unshuffled, unaugmented) of ``split``, or of its examples ``indices``."""
         data = self.train_tensors if split == "train" else self.test_tensors
         if indices is not None:
-            data = ImageData(data.images[indices], data.labels[indices])
+            images = data.images.subset(indices) if isinstance(data.images, LazyImages) else data.images[indices]
+            data = ImageData(images, data.labels[indices])
         mean, std = self.config.mean, self.config.std
         return SeededLoader(data, batch_size=batch_size, seed=0, shuffle=False, augment=False, mean=mean, std=std)
 
@@ -242,8 +246,16 @@ def load_data(spec: str | DataConfig, *, tokenizer: Any = None, **options) -> An
     return build_bundle(config, train, test, tokenizer=tokenizer)
 
 
-def build_bundle(config: DataConfig, train: datasets.Dataset, test: datasets.Dataset, *, tokenizer: Any = None) -> Any:
-    """The bundle of splits already read, for ``config.task`` (``auto``: from the columns alone)."""
+def build_bundle(
+    config: DataConfig,
+    train: datasets.Dataset,
+    test: datasets.Dataset,
+    *,
+    tokenizer: Any = None,
+    channels: int | None = None,
+) -> Any:
+    """The bundle of splits already read, for ``config.task`` (``auto``: from the columns alone); images are
+    converted to ``channels`` (the model's, when known)."""
     task = data_task(train, config) if config.task == "auto" else config.task
     if task != "image":
         from hf_llpf.text import text_bundle
@@ -255,8 +267,12 @@ def build_bundle(config: DataConfig, train: datasets.Dataset, test: datasets.Dat
     check_column(test, label_col, "label_column")
     for ds in (train, test):
         check_labels(ds, label_col)
-    train_t = _to_tensors(train, image_col, label_col, config.image_size)
-    test_t = _to_tensors(test, image_col, label_col, config.image_size)
+    train_t, test_t = (_split_tensors(ds, image_col, label_col, config, channels) for ds in (train, test))
+    if train_t.images.shape[1:] != test_t.images.shape[1:]:  # e.g. grey train and colour test images
+        raise DataMismatchError(
+            f"data {config.source!r}: train images are {tuple(train_t.images.shape[1:])} and test images "
+            f"{tuple(test_t.images.shape[1:])} (C, H, W); pass data.image_size=N (and a model with fixed channels)"
+        )
     _check_channels(config, train_t.images.shape[1])
     feature = train.features[label_col]
     num_classes = feature.num_classes if isinstance(feature, datasets.ClassLabel) else int(train_t.labels.max()) + 1
@@ -265,6 +281,11 @@ def build_bundle(config: DataConfig, train: datasets.Dataset, test: datasets.Dat
     )
     resolved = resolved.model_copy(update={"recorded": recorded(resolved, train, test, num_classes=num_classes)})
     return DataBundle(train, test, train_t, test_t, num_classes, resolved)
+
+
+def _split_tensors(ds: datasets.Dataset, image_col: str, label_col: str, config: DataConfig, channels) -> ImageData:
+    images = image_tensors(ds, image_col, image_size=config.image_size, channels=channels, decode=config.decode)
+    return ImageData(images, torch.as_tensor(np.asarray(ds[label_col]), dtype=torch.int64))
 
 
 def recorded(config: DataConfig, train: datasets.Dataset, test: datasets.Dataset, **more: Any) -> dict[str, Any]:
@@ -310,81 +331,6 @@ def _check_channels(config: DataConfig, channels: int) -> None:
                 f"data.{name}={list(values)!r}: {len(values)} values for images of {channels} channel"
                 f"{'s' if channels != 1 else ''}; give one value or {channels}"
             )
-
-
-def _to_tensors(ds: datasets.Dataset, image_col: str, label_col: str, image_size: int | None) -> ImageData:
-    feature = ds.features[image_col]
-    if isinstance(feature, datasets.Image):
-        # Palette, RGBA, CMYK, ... become RGB (their colours kept); 1-bit, 16-bit and alpha greys 8-bit grey.
-        arrays = [np.asarray(_rgb_or_grey(im)) for im in ds[image_col]]
-    else:
-        _check_pixel_column(ds, image_col, feature)
-        arrays = [np.asarray(a) for a in ds[image_col]]
-    if {a.ndim for a in arrays} == {2, 3}:  # mixed grey and colour: bring greys to three channels
-        arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
-    arrays = [a[None] if a.ndim == 2 else a for a in arrays]  # 1, H, W for greys; H, W, C or C, H, W otherwise
-    images = _stack(arrays, image_col, image_size)
-    labels = torch.as_tensor(np.asarray(ds[label_col]), dtype=torch.int64)
-    return ImageData(images.contiguous(), labels)
-
-
-def _rgb_or_grey(im: Any) -> Any:
-    if im.mode in ("L", "RGB"):
-        return im
-    greys = ("1", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
-    return im.convert("L") if im.mode in greys else im.convert("RGB")
-
-
-def _check_pixel_column(ds: datasets.Dataset, name: str, feature: Any) -> None:
-    """An image column that is not ``datasets.Image`` must hold arrays of pixels: 0..255 or floats 0..1."""
-    kind = feature_type(feature)
-    expected = "images (an Image column, or arrays of H x W [x C] pixels: integers 0..255 or floats 0..1)"
-    if isinstance(feature, datasets.Value):
-        example = f"{ds[0][name]!r:.60}"
-        raise DataMismatchError(f"image_column {name!r} holds {kind} values (e.g. {example}); expected {expected}")
-    try:
-        shape = np.asarray(ds[0][name]).shape
-    except ValueError:  # ragged nested lists
-        shape = None
-    if shape is None or len(shape) < 2:
-        raise DataMismatchError(
-            f"image_column {name!r} holds {kind} values (shape {shape or 'ragged'}: token ids or other sequences, "
-            f"not pixel grids); expected {expected}"
-        )
-
-
-def _stack(arrays: list[np.ndarray], name: str, image_size: int | None) -> torch.Tensor:
-    """``N, C, H, W`` uint8 images, resized to ``image_size`` (each on its own when their sizes differ)."""
-    channels_last = all(a.shape[-1] in (1, 3, 4) and a.shape[0] not in (1, 3, 4) for a in arrays)
-    arrays = [a.transpose(2, 0, 1) if channels_last else a for a in arrays]  # C, H, W views
-    top, low = max(float(a.max()) for a in arrays), min(float(a.min()) for a in arrays)
-    if low < 0 or top > 255:  # never clamped: token ids (2023 → 255) or normalised features are not pixels
-        raise DataMismatchError(
-            f"image_column {name!r} holds values from {low:g} to {top:g}; expected pixel values 0..255 or floats "
-            "0..1 (token ids or normalised features are not images)"
-        )
-    scale = 255.0 if arrays[0].dtype.kind == "f" and top <= 1.0 else 1.0
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1 and image_size is None:
-        raise DataMismatchError(
-            f"image_column {name!r} holds images of {len(shapes)} sizes (e.g. {sorted(shapes)[:3]}); pass "
-            "data.image_size=N to resize each one to N x N"
-        )
-    if len({s[0] for s in shapes}) > 1:
-        raise DataMismatchError(f"image_column {name!r} mixes channel counts: {sorted(shapes)[:3]}")
-    if len(shapes) > 1:  # each image on its own, before stacking: the bilinear resize a batch of one size gets
-        return torch.cat([_resize(torch.from_numpy(a[None].astype(np.float32)) * scale, image_size) for a in arrays])
-    images = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
-    if images.dtype != torch.uint8:
-        images = (images.float() * scale).round().clamp(0, 255).to(torch.uint8)
-    if image_size is not None and tuple(images.shape[-2:]) != (image_size, image_size):
-        images = _resize(images.float(), image_size)
-    return images
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    resized = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return resized.round().clamp(0, 255).to(torch.uint8)
 
 
 def _per_channel(values: tuple[float, ...], channels: int) -> list[float]:

@@ -16,6 +16,7 @@ from hf_llpf import data as data_lib
 from hf_llpf.config import ConnectConfig, DataConfig, build
 from hf_llpf.data import DataBundle, SeededLoader, build_bundle
 from hf_llpf.errors import ConfigError, DataMismatchError, LLPFError
+from hf_llpf.images import model_channels
 from hf_llpf.models import Endpoint, create_model, load_endpoint
 from hf_llpf.recipe_model import check_labels_fit
 from hf_llpf.sources import read_splits, string_columns
@@ -98,7 +99,7 @@ def load_for_endpoints(spec: DataConfig, ea: Endpoint, eb: Endpoint | None = Non
     check_task(kind, task, endpoint=ea.source, data=spec.source, train=train)
     spec = spec.model_copy(update={"task": task})
     if task == "image":
-        bundle = build_bundle(spec, train, test)
+        bundle = build_bundle(spec, train, test, channels=model_channels(ea.model))
         check_labels_fit(ea.model, bundle)
         return bundle
     if spec.tokenizer is not None:

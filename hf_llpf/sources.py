@@ -19,7 +19,7 @@ import datasets
 import numpy as np
 
 from hf_llpf.config import DataConfig
-from hf_llpf.errors import DataMismatchError, OfflineError, UnknownNameError
+from hf_llpf.errors import ConfigError, DataMismatchError, OfflineError, UnknownNameError
 
 BUILTIN_DATASETS = ("digits",)
 # Local files by suffix: the `datasets` packaged builder that reads them.
@@ -117,8 +117,13 @@ def _load_source(config: DataConfig) -> datasets.DatasetDict:
             hint=f"no local file or folder {source!r} exists" if ("/" in source or "." in source) else "",
         )
     try:
-        return datasets.load_dataset(source, revision=config.revision)
+        return datasets.load_dataset(source, config.config_name, revision=config.revision)
     except Exception as err:  # the datasets library raises many types for "cannot reach the Hub"
+        if "config name is missing" in str(err).lower() or "builderconfig" in str(err).lower():
+            raise ConfigError(
+                f"data.config_name={config.config_name!r}: the Hub dataset {source!r} has several configurations; "
+                f"{str(err).splitlines()[0][:300]}"
+            ) from None
         if _looks_offline(err):
             raise OfflineError(
                 f"no local file or folder {source!r}, and the Hub dataset {source!r} cannot be fetched while offline "

@@ -301,3 +301,84 @@ def test_text_run_killed_mid_way_resumes_bit_identically(w, tmp_path, monkeypatc
     assert resumed.ticks == whole.ticks and strip(resumed.metrics) == strip(whole.metrics)
     for i in range(len(whole)):
         assert state_equal(resumed.state_dict_at(i), whole.state_dict_at(i)), i
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """48 colour and palette PNGs of three sizes in two classes."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(1)
+    for i in range(48):
+        folder = root / f"c{i % 2}"
+        folder.mkdir(exist_ok=True)
+        size = 6 + 2 * (i % 3)
+        rgb = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+        (rgb.convert("P") if i % 4 == 1 else rgb).save(folder / f"{i}.png")
+    return root
+
+
+def test_images_decoded_on_access_equal_the_in_memory_ones(image_folder):
+    from hf_llpf.images import LazyImages
+
+    memory = load_data(str(image_folder), image_size=8, decode="memory", augment=True)
+    lazy = load_data(str(image_folder), image_size=8, decode="on_access", augment=True)
+    assert isinstance(lazy.train_tensors.images, LazyImages) and isinstance(memory.train_tensors.images, torch.Tensor)
+    assert lazy.input_shape == memory.input_shape == (3, 8, 8)
+    a, b = memory.loader("train", batch_size=5, seed=2).stream(), lazy.loader("train", batch_size=5, seed=2).stream()
+    for _ in range(12):  # across an epoch boundary, augmented
+        (xa, ya), (xb, yb) = next(a), next(b)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    from hf_llpf.evaluation import make_eval_sets
+
+    sets_m, sets_l = (make_eval_sets(d, train_subset=20, continuity_subset=7, batch_size=6) for d in (memory, lazy))
+    for part in ("train", "test", "continuity"):
+        for (xa, ya), (xb, yb) in zip(getattr(sets_m, part), getattr(sets_l, part), strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_images_converted_to_the_models_channels(image_folder, tmp_path):
+    from PIL import Image
+
+    from hf_llpf.models import as_endpoint, create_model
+
+    grey_model = as_endpoint(create_model("small_cnn", num_classes=2, in_chans=1))
+    bundle = load_for_endpoints(DataConfig(source=str(image_folder), image_size=8), grey_model)
+    assert bundle.input_shape == (1, 8, 8)
+    ds = bundle.train
+    k = next(i for i in range(len(ds)) if ds[i]["image"].size == (8, 8))
+    expected = np.asarray(ds[k]["image"].convert("L"))
+    assert np.array_equal(bundle.train_tensors.images[k][0].numpy(), expected)
+    greys = tmp_path / "greys"
+    for i in range(10):
+        (greys / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((6, 6), 20 * i, dtype=np.uint8)).save(greys / f"c{i % 2}" / f"{i}.png")
+    colour_model = as_endpoint(create_model("small_cnn", num_classes=2, in_chans=3))
+    bundle = load_for_endpoints(DataConfig(source=str(greys)), colour_model)
+    assert bundle.input_shape == (3, 6, 6)  # grey images repeated into three equal channels for an RGB model
+    x = bundle.train_tensors.images[:4]
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+
+
+def test_lazily_decoded_run_killed_mid_way_resumes_bit_identically(image_folder, tmp_path, monkeypatch):
+    from conftest import connect_killed_after, state_equal
+
+    from hf_llpf.models import as_endpoint, create_model
+
+    a, b = (as_endpoint(create_model("small_cnn", num_classes=2, in_chans=3, width=4)) for _ in range(2))
+    spec = DataConfig(source=str(image_folder), image_size=8, decode="on_access", augment=True)
+    config = {"max_ticks": 6, "min_iters": 2, "max_iters": 3, "checkpoint_every": 2, "batch_size": 8}
+    whole = hf_llpf.connect(a, b, spec, config=config, run_dir=tmp_path / "whole", progress=False)
+    run = tmp_path / "killed"
+    assert connect_killed_after(2, monkeypatch, a, b, spec, config=config, run_dir=run, progress=False) == 2
+    resumed = hf_llpf.connect(a, b, spec, config=config, run_dir=run, exist="resume", progress=False)
+    strip = lambda rows: [{c: v for c, v in r.items() if c != "point"} for r in rows]  # noqa: E731
+    assert resumed.ticks == whole.ticks and strip(resumed.metrics) == strip(whole.metrics)
+    for i in range(len(whole)):
+        assert state_equal(resumed.state_dict_at(i), whole.state_dict_at(i)), i
+    recorded = yaml.safe_load((run / "llpf_config.yaml").read_text())["data"]
+    got = (recorded["decode"], recorded["image_column"], recorded["recorded"]["train_examples"])
+    assert (
+        got == ("on_access", "image", 38) and recorded["recorded"]["test_examples"] == 10
+    )  # 48 images, 20 % held out
