@@ -14,11 +14,10 @@ import torch
 
 from hf_llpf import data as data_lib
 from hf_llpf.config import ConnectConfig, DataConfig, build
-from hf_llpf.data import DataBundle, SeededLoader, build_bundle
+from hf_llpf.data import DataBundle, SeededLoader, build_bundle, check_labels_fit
 from hf_llpf.errors import ConfigError, DataMismatchError, LLPFError
 from hf_llpf.images import model_channels
 from hf_llpf.models import Endpoint, create_model, load_endpoint
-from hf_llpf.recipe_model import check_labels_fit
 from hf_llpf.sources import read_splits, string_columns
 from hf_llpf.stages import build_stages, load_overrides
 from hf_llpf.task import check_task, data_task, endpoint_task

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_llpf.config import TrainRecipe
-from hf_llpf.data import DataBundle, build_bundle
-from hf_llpf.errors import ConfigError, DataMismatchError
+from hf_llpf.data import build_bundle, check_labels_fit
+from hf_llpf.errors import ConfigError
+from hf_llpf.inputs import load_for_endpoints, looks_like_endpoint
 from hf_llpf.models import create_model, load_endpoint
 from hf_llpf.sources import read_splits
 from hf_llpf.task import check_task, data_task
@@ -23,8 +24,6 @@ from hf_llpf.task import check_task, data_task
 
 def model_and_data(recipe: TrainRecipe, data: Any) -> tuple[nn.Module, Any]:
     """The model to train and its data: a built-in/timm model built for the data, or an endpoint to fine-tune."""
-    from hf_llpf.inputs import load_for_endpoints, looks_like_endpoint  # (inputs imports this module)
-
     if looks_like_endpoint(recipe.model):
         if recipe.model_args:
             raise ConfigError(
@@ -57,17 +56,4 @@ def training_loss(model: nn.Module, batch: Any, label_smoothing: float) -> torch
     return out.loss
 
 
-def check_labels_fit(model: nn.Module, data: DataBundle) -> None:
-    """Raise :class:`DataMismatchError` when the labels exceed the model's classifier head."""
-    num_classes = getattr(model, "num_classes", None)
-    if num_classes is None:
-        return
-    top = int(max(data.train_tensors.labels.max(), data.test_tensors.labels.max()))
-    if top >= num_classes:
-        raise DataMismatchError(
-            f"the data have labels up to {top} ({data.num_classes} classes) but the model's head has "
-            f"num_classes={num_classes}; allowed: labels in [0, {num_classes - 1}]"
-        )
-
-
-__all__ = ["check_labels_fit", "model_and_data", "training_loss"]
+__all__ = ["model_and_data", "training_loss"]

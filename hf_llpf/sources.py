@@ -14,6 +14,7 @@ describes columns for error messages.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import datasets
 import numpy as np
@@ -84,6 +85,41 @@ def check_column(ds: datasets.Dataset, name: str, field_name: str) -> str:
     if name not in ds.column_names:
         raise UnknownNameError(field_name, name, ds.column_names, hint=f"columns found: {describe_columns(ds)}")
     return name
+
+
+def recorded(config: DataConfig, train: datasets.Dataset, test: datasets.Dataset, **more: Any) -> dict[str, Any]:
+    """What a run records of the data it read (``DataConfig.recorded``): the task, sizes, fingerprints."""
+    return {
+        "task": config.task,
+        "train_examples": len(train),
+        "test_examples": len(test),
+        # datasets' fingerprints change when the files' content does: evaluate compares them.
+        "train_fingerprint": getattr(train, "_fingerprint", None),
+        "test_fingerprint": getattr(test, "_fingerprint", None),
+        **more,
+    }
+
+
+def check_labels(ds: datasets.Dataset, label_col: str, *, num_labels: int | None = None) -> None:
+    """Class labels must be integers from 0 (below ``num_labels`` when given): refuse strings, floats (never
+    truncated), negative values and labels the model's head has no output for."""
+    feature = ds.features[label_col]
+    if not isinstance(feature, datasets.ClassLabel):
+        dtype = feature_type(feature)
+        if not (isinstance(feature, datasets.Value) and dtype.startswith(("int", "uint"))):
+            raise DataMismatchError(
+                f"label_column {label_col!r} holds {dtype} values (e.g. {ds[0][label_col]!r}); expected integer "
+                f"class labels 0..K-1 (a ClassLabel or an int column). Columns: {describe_columns(ds)}"
+            )
+    values = ds[label_col]
+    low, high = min(values), max(values)
+    if low < 0:
+        raise DataMismatchError(f"label_column {label_col!r} holds the label {low}; class labels are 0 or more")
+    if num_labels is not None and high >= num_labels:
+        raise DataMismatchError(
+            f"label_column {label_col!r} holds labels up to {high}, but the model's head has {num_labels} outputs; "
+            f"allowed: labels in [0, {num_labels - 1}]"
+        )
 
 
 def _digits(seed: int) -> datasets.DatasetDict:
@@ -181,4 +217,5 @@ def _pick_split(splits: datasets.DatasetDict, name: str) -> datasets.Dataset:
     raise UnknownNameError("split", name, list(splits))
 
 
-__all__ = ["BUILTIN_DATASETS", "check_column", "describe_columns", "feature_type", "read_splits", "string_columns"]
+__all__ = ["BUILTIN_DATASETS", "check_column", "check_labels", "describe_columns", "feature_type", "read_splits"]
+__all__ += ["recorded", "string_columns"]

@@ -21,9 +21,9 @@ import datasets
 import torch
 
 from hf_llpf.config import DataConfig
-from hf_llpf.data import SeededLoader, check_labels, recorded
 from hf_llpf.errors import DataMismatchError
-from hf_llpf.sources import check_column, describe_columns, feature_type, string_columns
+from hf_llpf.loader import SeededLoader
+from hf_llpf.sources import check_column, check_labels, describe_columns, feature_type, recorded, string_columns
 from hf_llpf.task import LABEL_COLUMNS, pick_column, text_columns
 from hf_llpf.tokenizer import load_tokenizer, model_max_length, tokenizer_fingerprint
 

@@ -140,6 +140,20 @@ def test_train_fine_tunes_a_text_endpoint_and_saves_its_tokenizer(w, monkeypatch
     assert "the model (small_cnn) is an image classification model, but data 'reviews.parquet' hold text" in err
 
 
+def test_groups_traces_a_text_endpoint_on_its_tokenized_data(w, monkeypatch, capsys):
+    from hf_llpf.inputs import example_for, example_plan
+
+    monkeypatch.chdir(w)
+    assert main(["groups", "bert_0", "--data", "reviews.parquet"]) == 0
+    printed = capsys.readouterr().out
+    model, batch = example_for("bert_0", data="reviews.parquet")
+    assert set(batch) == {"input_ids", "attention_mask", "labels"} and batch["input_ids"].shape[0] == 8
+    plan = example_plan(model, batch, label="bert_0")
+    dummy = example_plan(model, model.dummy_inputs, label="bert_0")
+    assert plan.to_json()["stages"] == dummy.to_json()["stages"]  # the same stages as the model's own inputs
+    assert printed.count("bert.encoder.layer.0") >= 1
+
+
 def test_task_mismatch_names_both(w, monkeypatch, capsys):
     monkeypatch.chdir(w)
     assert main(["connect", "bert_0", "bert_1", "--out", "no_data", "--no-progress"]) == 2
