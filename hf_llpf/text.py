@@ -105,10 +105,15 @@ class TextBundle:
     ) -> TextLoader:
         """A seeded loader over one split (training: shuffled); ``augment`` has no meaning for text."""
         shuffle = split == "train" if shuffle is None else shuffle
+        collate = self._collate()
         return TextLoader(
-            self._features(split), collate=self._collate(), batch_size=batch_size, seed=seed, shuffle=shuffle,
+            self._features(split),
+            collate=collate,
+            batch_size=batch_size,
+            seed=seed,
+            shuffle=shuffle,
             drop_last=drop_last,
-        )  # fmt: skip
+        )
 
     def split_size(self, split: str) -> int:
         """Examples (causal LM: blocks) in ``split``."""
@@ -161,6 +166,12 @@ def text_bundle(
         text, _ = text_columns(train, config, label=None)
         label, pair, num_classes = None, None, None
     else:
+        if tokenizer.pad_token is None:  # batches are padded to their longest example
+            raise DataMismatchError(
+                f"the tokenizer ({config.tokenizer}) has no pad token, and text classification batches are padded; "
+                "set one and save it with the endpoint (tokenizer.pad_token = tokenizer.eos_token, and the model's "
+                "config.pad_token_id to match)"
+            )
         label = pick_column(train, config.label_column, LABEL_COLUMNS, "label_column")
         check_labels(train, label)  # first: a text column named as the labels is that error, not "no text"
         text, pair = text_columns(train, config, label=label)

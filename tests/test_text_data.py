@@ -396,3 +396,20 @@ def test_lazily_decoded_run_killed_mid_way_resumes_bit_identically(image_folder,
     assert (
         got == ("on_access", "image", 38) and recorded["recorded"]["test_examples"] == 10
     )  # 48 images, 20 % held out
+
+
+def test_evaluate_warns_when_the_data_changed_since_the_run(w, tmp_path, caplog):
+    import logging
+
+    data = write_reviews(tmp_path / "reviews.parquet", n=60)
+    a, b = load_endpoint(w / "bert_0"), load_endpoint(w / "bert_1")
+    config = {"max_ticks": 2, "min_iters": 2, "max_iters": 2, "batch_size": 16}
+    hf_llpf.connect(a, b, str(data), config=config, run_dir=tmp_path / "run", progress=False)
+    options = {"continuity_k": 0, "linear_points": 2, "report": False}
+    with caplog.at_level(logging.WARNING, logger="hf_llpf"):
+        hf_llpf.evaluate_run(tmp_path / "run", **options)
+        assert not [r for r in caplog.records if "differ from what the run recorded" in r.getMessage()]
+        write_reviews(data, n=60, seed=5)  # same path, other reviews
+        hf_llpf.evaluate_run(tmp_path / "run", **options)
+    changed = [r.getMessage() for r in caplog.records if "differ from what the run recorded" in r.getMessage()]
+    assert len(changed) == 1 and "train_fingerprint, test_fingerprint" in changed[0]
