@@ -58,9 +58,11 @@ class DataBundle:
 
     Attributes:
         train, test: the splits as ``datasets.Dataset`` (columns as in the source).
-        train_tensors, test_tensors: the same splits decoded to uint8 tensors (resized if asked).
+        train_tensors, test_tensors: the same splits as uint8 images (resized if asked; in memory or decoded
+            on access) and labels.
         num_classes: number of label classes.
         config: the resolved :class:`~hf_llpf.config.DataConfig`.
+        task: ``"image"`` (a text bundle, :class:`~hf_llpf.text.TextBundle`, says which text task it holds).
     """
 
     train: datasets.Dataset
@@ -80,10 +82,6 @@ class DataBundle:
     def split_size(self, split: str) -> int:
         """Examples in ``split`` (``"train"`` or ``"test"``)."""
         return len(self.train_tensors if split == "train" else self.test_tensors)
-
-    def labels(self, split: str) -> torch.Tensor:
-        """The class labels of ``split``."""
-        return (self.train_tensors if split == "train" else self.test_tensors).labels
 
     def eval_loader(self, split: str, *, indices: torch.Tensor | None, batch_size: int) -> SeededLoader:
         """Fixed batches (unshuffled, unaugmented) of ``split``, or of its examples ``indices``."""

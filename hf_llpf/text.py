@@ -119,10 +119,6 @@ class TextBundle:
         """Examples (causal LM: blocks) in ``split``."""
         return len(self._features(split))
 
-    def labels(self, split: str) -> torch.Tensor | None:
-        """The class labels of ``split`` (``None`` for causal LM)."""
-        return None if self.task == "causal-lm" else torch.tensor(self._features(split)["labels"])
-
     def eval_loader(self, split: str, *, indices: torch.Tensor | None, batch_size: int) -> TextLoader:
         """Fixed (unshuffled) batches of ``split``, or of its examples ``indices``."""
         data = self._features(split)
