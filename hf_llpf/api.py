@@ -28,7 +28,7 @@ from hf_llpf.batches import move_batch
 from hf_llpf.config import ConnectConfig, to_yaml
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.evaluation.probe import ProbeSet, build_probe
-from hf_llpf.inputs import example_batch, read_paths, resolve_config, resolve_endpoint, stage_plan, training_batches
+from hf_llpf.inputs import example_batch, prepare_data, read_paths, resolve_config, resolve_endpoint, stage_plan
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
 from hf_llpf.progress import progress_requested
 from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
@@ -36,7 +36,7 @@ from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
 from hf_llpf.run.resume import check_same_run, read_checkpoint
 from hf_llpf.seeding import seed_everything
 from hf_llpf.spheres import choose_method
-from hf_llpf.train import LossFn, RepairTrainer, check_labels_fit, make_accelerator
+from hf_llpf.train import LossFn, RepairTrainer, make_accelerator
 
 logger = get_logger(__name__)
 
@@ -90,10 +90,7 @@ def connect(
     check_endpoints_match(ea.model, eb.model)
     setup["setup_endpoints"] = time.perf_counter() - t
     t = time.perf_counter()
-    loader, bundle = training_batches(train_data, config)
-    if bundle is not None:
-        check_labels_fit(ea.model, bundle)
-        config = config.model_copy(update={"data": bundle.config})
+    loader, bundle, config = prepare_data(train_data, config, ea, eb)
     example = example_batch(loader)
     setup["setup_data"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -346,10 +343,7 @@ def walk_to_origin(
     seed_everything(config.seed)
     with progress_requested(progress):
         endpoint = resolve_endpoint(model)
-    loader, bundle = training_batches(train_data, config)
-    if bundle is not None:
-        check_labels_fit(endpoint.model, bundle)
-        config = config.model_copy(update={"data": bundle.config})
+    loader, _, config = prepare_data(train_data, config, endpoint)
     plan = stage_plan(endpoint, example_batch(loader), config)
     if config.m2o.target_variance >= 1:
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")

@@ -47,16 +47,32 @@ def _seed_field() -> Any:
 class DataConfig(_Settings):
     """Where the data come from and how they are prepared (see :func:`hf_llpf.data.load_data`)."""
 
-    source: str = Field("digits", description="'digits', a Hub dataset id, or a local parquet/Arrow/image-folder path")
+    source: str = Field("digits", description="'digits', a Hub dataset id, or a local file or folder (docs/data.md)")
     revision: str | None = Field(None, description="Hub revision of the dataset")
+    config_name: str | None = Field(None, description="configuration of a Hub dataset that has several")
     image_column: str | None = Field(None, description="column holding the images (auto: image/img/pixel_values)")
     label_column: str | None = Field(None, description="column holding the class labels (auto: label/labels)")
+    task: Literal["auto", "image", "text-classification", "causal-lm"] = Field(
+        "auto", description="auto: from the endpoints' heads and the data's columns"
+    )
+    text_column: str | None = Field(None, description="column holding the text (auto: the one string column)")
+    text_pair_column: str | None = Field(None, description="second text of sentence-pair classification")
+    max_length: int | None = Field(
+        None, ge=2, le=1 << 20, description="tokens per example (causal LM: per block); default: the model's limit"
+    )
+    tokenizer: str | None = Field(None, description="tokenizer folder or Hub id (default: endpoint A's own)")
+    recorded: dict[str, Any] | None = Field(
+        None, description="written by the run, not a setting: task, example counts, fingerprints of what was read"
+    )
     train_split: str = "train"
     test_split: str = "test"
     image_size: int | None = Field(
         None, ge=4, le=4096, description="resize images to this square size (e.g. 32 for CIFAR stems; at most 4096)"
     )
     augment: bool = Field(False, description="CIFAR augmentation: random crop (padding 4) + horizontal flip")
+    decode: Literal["auto", "memory", "on_access"] = Field(
+        "auto", description="images decoded once into memory, or per batch; auto: on access above 128 MiB of pixels"
+    )
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     split_seed: int = Field(0, ge=0, lt=2**32, description="seed of the fixed train/test split of one-split sources")

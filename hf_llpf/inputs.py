@@ -14,10 +14,15 @@ import torch
 
 from hf_llpf import data as data_lib
 from hf_llpf.config import ConnectConfig, DataConfig, build
-from hf_llpf.data import DataBundle, SeededLoader, load_data
+from hf_llpf.data import DataBundle, SeededLoader, build_bundle, check_labels_fit
 from hf_llpf.errors import ConfigError, DataMismatchError, LLPFError
+from hf_llpf.images import model_channels
 from hf_llpf.models import Endpoint, create_model, load_endpoint
+from hf_llpf.sources import read_splits, string_columns
 from hf_llpf.stages import build_stages, load_overrides
+from hf_llpf.task import check_task, data_task, endpoint_task
+from hf_llpf.text import TextBundle, text_bundle
+from hf_llpf.tokenizer import endpoint_tokenizers, load_tokenizer
 
 
 def resolve_config(config: ConnectConfig | dict | None) -> ConnectConfig:
@@ -36,35 +41,84 @@ def resolve_endpoint(spec: Any) -> Endpoint:
     return spec if isinstance(spec, Endpoint) else load_endpoint(spec)
 
 
-def training_batches(train_data: Any, config: ConnectConfig) -> tuple[Any, DataBundle | None]:
-    """The batch source of the minimal training, and the DataBundle when the data came from a spec."""
+def prepare_data(train_data: Any, config: ConnectConfig, ea: Endpoint, eb: Endpoint | None = None) -> tuple:
+    """The batch source of the minimal training, the bundle (when the data came from a spec or a bundle), and
+    ``config`` whose ``data`` records what was read: the resolved spec, or what the Python object was.
+
+    Raises:
+        DataMismatchError: the data do not fit endpoint A (task, labels, columns).
+    """
     if train_data is None or isinstance(train_data, (str, DataConfig)):
         spec = config.data if train_data is None else train_data
-        bundle = load_data(spec) if isinstance(spec, DataConfig) else load_data(spec, **_data_options(config))
-        return bundle.loader("train", batch_size=config.batch_size, seed=config.seed), bundle
-    if isinstance(train_data, DataBundle):
-        return train_data.loader("train", batch_size=config.batch_size, seed=config.seed), train_data
+        if isinstance(spec, str):  # the run's data options, with this source
+            spec = build(DataConfig, {**config.data.model_dump(exclude={"source", "recorded"}), "source": spec})
+        bundle = load_for_endpoints(spec, ea, eb)
+    elif isinstance(train_data, (DataBundle, TextBundle)):
+        bundle = train_data
+        check_task(endpoint_task(ea.model), bundle.task, endpoint=ea.source, data=bundle.config.source)
+        if bundle.task == "image":
+            check_labels_fit(ea.model, bundle)
+    else:
+        loader = _python_batches(train_data, config)
+        return loader, None, config.model_copy(update={"data": _described(train_data)})
+    loader = bundle.loader("train", batch_size=config.batch_size, seed=config.seed)
+    return loader, bundle, config.model_copy(update={"data": bundle.config})
+
+
+def _python_batches(train_data: Any, config: ConnectConfig) -> Any:
     if isinstance(train_data, datasets.Dataset):
         generator = torch.Generator().manual_seed(config.seed)
         ds = train_data.with_format("torch")
-        return torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=generator), None
+        return torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=generator)
     if hasattr(train_data, "__iter__"):
-        return train_data, None
+        return train_data
     raise DataMismatchError(
         f"train_data={type(train_data).__name__}: expected a data spec, DataConfig, DataBundle, datasets.Dataset, "
         "or an iterable of batches (DataLoader)"
     )
 
 
-def _data_options(config: ConnectConfig) -> dict:
-    return config.data.model_dump(exclude={"source"})
+def _described(train_data: Any) -> DataConfig:
+    """What a run records of data passed as a Python object: never a data spec it did not read."""
+    record: dict[str, Any] = {"given_as": type(train_data).__name__}
+    if isinstance(train_data, datasets.Dataset):
+        record |= {"train_examples": len(train_data), "train_fingerprint": train_data._fingerprint}
+        record["columns"] = list(train_data.column_names)
+    elif hasattr(train_data, "dataset") and hasattr(train_data.dataset, "__len__"):
+        record["train_examples"] = len(train_data.dataset)
+    return DataConfig(source=f"<{type(train_data).__name__}>", recorded=record)
+
+
+def load_for_endpoints(spec: DataConfig, ea: Endpoint, eb: Endpoint | None = None) -> DataBundle | TextBundle:
+    """The data of ``spec`` for endpoint A's task (checked against the data's), text tokenized with the endpoints'
+    tokenizer (endpoint A's, which must agree with B's; or ``spec.tokenizer``)."""
+    train, test = read_splits(spec)
+    kind = endpoint_task(ea.model)
+    task = data_task(train, spec, hint=kind) if spec.task == "auto" else spec.task
+    check_task(kind, task, endpoint=ea.source, data=spec.source, train=train)
+    spec = spec.model_copy(update={"task": task})
+    if task == "image":
+        bundle = build_bundle(spec, train, test, channels=model_channels(ea.model))
+        check_labels_fit(ea.model, bundle)
+        return bundle
+    if spec.tokenizer is not None:
+        tokenizer = load_tokenizer(spec.tokenizer)
+    else:
+        tokenizer, where = endpoint_tokenizers(ea, eb, texts=_sample_texts(train, spec))
+        spec = spec.model_copy(update={"tokenizer": where})
+    return text_bundle(spec, train, test, tokenizer=tokenizer, model=ea.model)
+
+
+def _sample_texts(train: datasets.Dataset, spec: DataConfig, n: int = 32) -> list[str]:
+    """The first texts of the data, on which both endpoints' tokenizers must agree."""
+    names = [spec.text_column] if spec.text_column in train.column_names else string_columns(train)
+    return [str(t) for t in train.select(range(min(n, len(train))))[names[0]]] if names else []
 
 
 def example_batch(loader: Any) -> Any:
     """One batch for tracing the data flow, drawn without moving the training stream."""
     if isinstance(loader, SeededLoader):
-        probe = SeededLoader(loader.data, batch_size=min(loader.batch_size, 8), seed=0, shuffle=False)
-        return next(iter(probe))
+        return loader.first_batch(8)
     batch = next(iter(loader))
     if isinstance(batch, dict):
         return {k: v[:8] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -105,8 +159,8 @@ def check_example_options(model: str, *, data: str | None = None, image_size: in
         )
 
 
-def _first_test_batch(bundle: DataBundle) -> Any:
-    return next(iter(bundle.loader("test", batch_size=8, seed=0, shuffle=False, augment=False)))
+def _first_test_batch(bundle: DataBundle | TextBundle) -> Any:
+    return bundle.eval_loader("test", indices=None, batch_size=8).first_batch(8)
 
 
 def example_for(
@@ -116,25 +170,29 @@ def example_for(
 
     ``model`` is an endpoint (folder, file, Hub id) or a built-in/timm name, built at random init with its stem
     fitted to the example images and, when ``data`` is given, its head to the data's classes. The batch is 8 test
-    examples of ``data`` (default digits), or a transformers endpoint's own dummy inputs when no data is given.
+    examples of ``data`` (default digits; text tokenized with the endpoint's tokenizer), or a transformers
+    endpoint's own dummy inputs when no data is given.
     """
     check_example_options(model, data=data, image_size=image_size)
     model_args = dict(model_args or {})
-    bundle = None
-    if data or not looks_like_endpoint(model):  # the module's load_data, looked up now (tests replace it)
-        bundle = data_lib.load_data(data or "digits", **({"image_size": image_size} if image_size else {}))
     if looks_like_endpoint(model):
-        module = load_endpoint(model, model_args=model_args or None).model
-    else:
-        model_args.setdefault("in_chans", bundle.input_shape[0])  # else the stem's forward fails
+        endpoint = load_endpoint(model, model_args=model_args or None)
         if data:
-            model_args.setdefault("num_classes", bundle.num_classes)
-        module = create_model(model, **model_args)
-    if bundle is not None:
-        return module, _first_test_batch(bundle)
-    if isinstance(getattr(module, "dummy_inputs", None), dict):
-        return module, module.dummy_inputs  # a transformers endpoint without data: its own dummy inputs
-    return module, _first_test_batch(data_lib.load_data("digits"))
+            spec = build(DataConfig, {"source": data, **({"image_size": image_size} if image_size else {})})
+            return endpoint.model, _first_test_batch(load_for_endpoints(spec, endpoint))
+        if isinstance(getattr(endpoint.model, "dummy_inputs", None), dict):
+            return endpoint.model, endpoint.model.dummy_inputs  # a transformers endpoint: its own dummy inputs
+        return endpoint.model, _first_test_batch(data_lib.load_data("digits"))
+    if data:
+        spec = build(DataConfig, {"source": data})
+        train, _ = read_splits(spec)
+        check_task("image", data_task(train, spec), endpoint=model, data=data, train=train, who="the model")
+    # The module's load_data, looked up now (tests replace it).
+    bundle = data_lib.load_data(data or "digits", **({"image_size": image_size} if image_size else {}))
+    model_args.setdefault("in_chans", bundle.input_shape[0])  # else the stem's forward fails
+    if data:
+        model_args.setdefault("num_classes", bundle.num_classes)
+    return create_model(model, **model_args), _first_test_batch(bundle)
 
 
 def example_plan(module: torch.nn.Module, batch: Any, *, label: str, overrides: str | None = None) -> Any:

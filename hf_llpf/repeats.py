@@ -28,6 +28,7 @@ from hf_llpf.process_local import ProcessLocal
 from hf_llpf.report import write_report
 from hf_llpf.run import atomic_write_text, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, CONSISTENCY_JSON, PLOTS_DIR
+from hf_llpf.text import TextBundle
 from hf_llpf.train import LossFn, make_accelerator
 
 # (summary section, figure) pairs reported across repeats; the *_recal sections are added when present.
@@ -109,7 +110,7 @@ def run_repeats(
 
     config = resolve_config(config)
     options = dict(evaluate_options or {})
-    if isinstance(train_data, DataBundle):
+    if isinstance(train_data, (DataBundle, TextBundle)):
         options.setdefault("data", train_data)
     root = FsPath(run_dir)
     root.mkdir(parents=True, exist_ok=True)

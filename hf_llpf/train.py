@@ -16,20 +16,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
 from hf_llpf.batches import LossFn, cpu_only, default_loss, move_batch
 from hf_llpf.config import TrainRecipe
-from hf_llpf.data import DataBundle, SeededLoader, load_data
-from hf_llpf.errors import DataMismatchError, RunDirectoryError
+from hf_llpf.data import DataBundle, SeededLoader
+from hf_llpf.errors import ConfigError, DataMismatchError, RunDirectoryError
 from hf_llpf.evaluation.scoring import score
-from hf_llpf.models import WEIGHTS_NAME, Endpoint, as_endpoint, check_finite, create_model, save_model
+from hf_llpf.models import WEIGHTS_NAME, Endpoint, as_endpoint, check_finite, save_model
 from hf_llpf.progress import progress_enabled
+from hf_llpf.recipe_model import model_and_data, training_loss
 from hf_llpf.run import check_out_dir
 from hf_llpf.seeding import seed_everything
+
+# What save_pretrained writes for a tokenizer: a model folder of this tool may hold them.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json")
+_TOKENIZER_FILES += ("merges.txt", "added_tokens.json", "chat_template.jinja")
 
 
 def make_accelerator(
@@ -48,8 +52,6 @@ def make_accelerator(
     import importlib.util
 
     from accelerate.state import AcceleratorState
-
-    from hf_llpf.errors import ConfigError
 
     missing = [name for name in report_to or [] if importlib.util.find_spec(name) is None]
     if missing:
@@ -74,19 +76,6 @@ def _split_metrics(model: nn.Module, loader: SeededLoader) -> dict[str, float]:
     """Eval-mode loss and accuracy of an endpoint on one split, as ``metrics.json`` records them."""
     m = score(model.eval(), loader)
     return {"loss": m["loss"], "accuracy": m["acc"]}
-
-
-def check_labels_fit(model: nn.Module, data: DataBundle) -> None:
-    """Raise :class:`DataMismatchError` when the labels exceed the model's classifier head."""
-    num_classes = getattr(model, "num_classes", None)
-    if num_classes is None:
-        return
-    top = int(max(data.train_tensors.labels.max(), data.test_tensors.labels.max()))
-    if top >= num_classes:
-        raise DataMismatchError(
-            f"the data have labels up to {top} ({data.num_classes} classes) but the model's head has "
-            f"num_classes={num_classes}; allowed: labels in [0, {num_classes - 1}]"
-        )
 
 
 def _lr_lambda(recipe: TrainRecipe, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
@@ -118,7 +107,11 @@ def train_endpoint(
     progress: bool = True,
     overwrite: bool = False,
 ) -> tuple[Endpoint, dict[str, Any]]:
-    """Train one endpoint from scratch as ``recipe`` says, and optionally save it.
+    """Train one endpoint as ``recipe`` says, and optionally save it.
+
+    ``recipe.model`` is a built-in or timm name (trained from scratch on image data), or an endpoint (a model
+    folder or Hub id: fine-tuned from its weights, on text data tokenized with its own tokenizer, which is saved
+    with the result; docs/data.md).
 
     ``out_dir`` is checked before any work: an existing non-empty folder is refused unless ``overwrite``
     (then only a model folder of this tool is replaced), and non-finite weights are never saved.
@@ -132,11 +125,9 @@ def train_endpoint(
     if out_dir is not None:
         check_model_out_dir(Path(out_dir), overwrite=overwrite)
     accelerator = accelerator or Accelerator(cpu=cpu_only())
-    data = data or load_data(recipe.data)
     seed_everything(recipe.seed)
-    model_args = {"num_classes": data.num_classes, "in_chans": data.input_shape[0], **recipe.model_args}
-    model = create_model(recipe.model, **model_args)
-    check_labels_fit(model, data)
+    model, data = model_and_data(recipe, data)
+    seed_everything(recipe.seed)  # the same data order whether loading the data drew random numbers or not
     loader = data.loader("train", batch_size=recipe.batch_size, seed=recipe.seed)
     total_steps = recipe.epochs * len(loader)
     optimizer, scheduler = _optimizer(model, recipe, total_steps, len(loader))
@@ -155,7 +146,7 @@ def train_endpoint(
     endpoint = as_endpoint(model, source=str(out_dir) if out_dir else f"{recipe.model}@seed{recipe.seed}")
     check_finite(endpoint, label=f"trained {recipe.model} seed {recipe.seed}")
     if out_dir is not None:
-        _save_model_folder(model, Path(out_dir), endpoint, metrics)
+        _save_model_folder(model, Path(out_dir), endpoint, metrics, tokenizer=getattr(data, "tokenizer", None))
     return endpoint, metrics
 
 
@@ -183,9 +174,8 @@ def _train_epochs(model, loader, optimizer, scheduler, recipe: TrainRecipe, acce
         leave=False,
     )
     for _ in range(recipe.epochs):
-        for inputs, labels in loader:
-            inputs, labels = inputs.to(accelerator.device), labels.to(accelerator.device)
-            loss = F.cross_entropy(model(inputs), labels, label_smoothing=recipe.label_smoothing)
+        for batch in loader:
+            loss = training_loss(model, move_batch(batch, accelerator.device), recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
@@ -223,18 +213,20 @@ def check_model_out_dir(out: Path, *, overwrite: bool) -> None:
     names = sorted(p.name for p in out.iterdir())
     if not overwrite:
         raise RunDirectoryError(f"--out {str(out)!r} already exists ({names[:6]}); pass --overwrite or a new folder")
-    if not set(names) <= {"config.json", WEIGHTS_NAME, "metrics.json"}:
+    if not set(names) <= {"config.json", WEIGHTS_NAME, "metrics.json", "generation_config.json", *_TOKENIZER_FILES}:
         raise RunDirectoryError(
             f"--out {str(out)!r} holds more than a model folder ({names[:8]}): refusing to overwrite it"
         )
 
 
-def _save_model_folder(model: nn.Module, out: Path, endpoint: Endpoint, metrics: dict) -> None:
-    """Write the model folder whole: into a temporary sibling, then renamed over ``out``."""
+def _save_model_folder(model: nn.Module, out: Path, endpoint: Endpoint, metrics: dict, *, tokenizer: Any) -> None:
+    """Write the model folder whole (with its tokenizer): into a temporary sibling, then renamed over ``out``."""
     tmp = out.with_name(f".{out.name}.tmp_train")
     if tmp.exists():
         shutil.rmtree(tmp)
     save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if out.exists():
         shutil.rmtree(out)

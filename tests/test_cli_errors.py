@@ -40,6 +40,10 @@ def w(tmp_path_factory):
     }.items():
         datasets.Dataset.from_dict({"image": images, "label": labels}).to_parquet(str(root / f"{name}.parquet"))
     datasets.Dataset.from_dict({"image": [], "label": []}).to_parquet(str(root / "empty.parquet"))
+    rgb = [rng.integers(0, 255, (8, 8, 3), dtype=np.uint8) for _ in range(40)]
+    datasets.Dataset.from_dict({"image": rgb, "label": [i % 10 for i in range(40)]}).to_parquet(
+        str(root / "rgb_arrays.parquet")
+    )
     (root / "bad_config").mkdir()
     (root / "bad_config" / "config.json").write_text("{not json")
     shutil.copy(root / "A" / "model.safetensors", root / "bad_config" / "model.safetensors")
@@ -112,7 +116,8 @@ CASES = [
      ["no local file or folder", "nope.parquet"]),
     ("model-args-unknown", lambda w: ["train", "--out", w / "o", "model_args={widht: 4}", "epochs=1"],
      ["model_args", "widht"]),
-    ("channel-mismatch", lambda w: ["connect", w / "C3", w / "C3", "--data", "digits", "--out", w / "o"],
+    # Image files are converted to the model's channels (digits become RGB for C3); pixel arrays are not.
+    ("channel-mismatch", lambda w: ["connect", w / "A", w / "B", "--data", w / "rgb_arrays.parquet", "--out", w / "o"],
      ["1 channel", "3"]),
     ("connect-out-is-file", lambda w: ["connect", w / "A", w / "B", "--out", w / "afile"], ["is a file"]),
     ("connect-out-under-file", lambda w: ["connect", w / "A", w / "B", "--out", w / "afile" / "x"],

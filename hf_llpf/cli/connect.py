@@ -12,7 +12,11 @@ def register(sub) -> None:
     p = sub.add_parser("connect", help="build an LLPF path from endpoint A to endpoint B")
     p.add_argument("a", help="endpoint A: model folder, Hub id org/name[@rev], or .safetensors with --arch")
     p.add_argument("b", help="endpoint B (same architecture as A)")
-    p.add_argument("--data", help="training data spec (default: the recipe's, else digits)")
+    p.add_argument(
+        "--data",
+        help="training data spec: Hub id or local file/folder, images or text (default: the recipe's, else digits, "
+        "for image models only; docs/data.md)",
+    )
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--arch", help="model name for bare .safetensors endpoints")
     p.add_argument(

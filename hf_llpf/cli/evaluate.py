@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_llpf.cli.args import set_threads
     from hf_llpf.cli.render import evaluated
     from hf_llpf.evaluation import evaluate_path
+    from hf_llpf.run import Path as Path_
 
     set_threads(args.threads)
     if args.baselines:
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = source.summary if published else _recorded_summary(args.run_dir)
     cert = summary.get("run", {}).get("certification")
-    print(evaluated(result, run_dir=None if published else args.run_dir, certification=cert))
+    causal_lm = _task(source if published else Path_(args.run_dir)) == "causal-lm"
+    print(evaluated(result, run_dir=None if published else args.run_dir, certification=cert, causal_lm=causal_lm))
     return 0
 
 
@@ -95,3 +97,13 @@ def _with_baselines(args: argparse.Namespace) -> int:
     print(markdown_table(table))
     print(f"written: {Path(args.run_dir) / BASELINES_DIR} (one run directory per baseline, comparison.md/.json/.png)")
     return 0
+
+
+def _task(path) -> str | None:
+    """The task the run recorded (``data.task`` of ``llpf_config.yaml``), ``None`` when it says none."""
+    try:
+        config = path.config
+    except OSError:
+        return None
+    data = config.get("data") if isinstance(config, dict) else None
+    return data.get("task") if isinstance(data, dict) else None

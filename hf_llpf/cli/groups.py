@@ -9,7 +9,9 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser("groups", help="print the Follow-Data-Flow stages of a model (layer groups, order, variance)")
     p.add_argument("model", help="endpoint (folder, .safetensors, Hub id) or built-in/timm model name (random init)")
-    p.add_argument("--data", help="data spec for the example batch (default: digits)")
+    p.add_argument(
+        "--data", help="data spec for the example batch (default: digits, or a text endpoint's own dummy inputs)"
+    )
     p.add_argument("--image-size", type=int, help="resize the example images to this square size")
     p.add_argument("--model-args", help="JSON constructor arguments, e.g. '{\"num_classes\": 10}'")
     p.add_argument(

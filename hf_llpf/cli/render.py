@@ -151,7 +151,23 @@ def exported(info: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluated(result: dict, *, run_dir: str | None, certification: dict | None = None) -> str:
+def perplexities(result: dict) -> str:
+    """A causal LM's figures as perplexities: exp of the mean next-token cross-entropy (the loss columns)."""
+
+    def ppl(rows: list[dict], key: str) -> list[float]:
+        return [math.exp(min(r[key], 700.0)) for r in rows if isinstance(r.get(key), (int, float))]
+
+    path, line = ppl(result["points"], "eval_train_loss"), ppl(result["linear"], "eval_train_loss")
+    test = ppl(result["points"], "test_loss")
+    if not (path and line and test):
+        return "perplexity: no loss figures"
+    return (
+        f"perplexity (exp of the mean next-token cross-entropy): max train {max(path):.4g} on the path, "
+        f"{max(line):.4g} on the straight line; test {min(test):.4g} – {max(test):.4g} on the path"
+    )
+
+
+def evaluated(result: dict, *, run_dir: str | None, certification: dict | None = None, causal_lm: bool = False) -> str:
     """``hf-llpf evaluate``: counts, the path table, and (for a local run directory) what was written."""
     from hf_llpf.report import path_verdict, summary_table
 
@@ -161,6 +177,8 @@ def evaluated(result: dict, *, run_dir: str | None, certification: dict | None =
         f"examples in {ev['seconds']:.1f} s",
         summary_table(result["summary"]),
     ]
+    if causal_lm:
+        lines.append(perplexities(result))
     if run_dir is not None:
         lines.append(f"written: {Path(run_dir) / 'path_metrics.json'}, plots/, README.md")
     lines.append(path_verdict(result["summary"], certification))  # the last line: what the figures say

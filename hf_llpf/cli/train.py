@@ -9,8 +9,13 @@ from hf_llpf.cli.args import add_settings_args, set_threads, threads
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train one endpoint (model + data + seed + recipe)")
-    p.add_argument("model", nargs="?", help="built-in or timm model name (default: the recipe's, else small_cnn)")
-    p.add_argument("--data", help="data spec: 'digits', a Hub dataset id or a local path")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="built-in or timm model name (default: the recipe's, else small_cnn), or an endpoint folder / Hub id "
+        "to fine-tune (text models: on text data, with their own tokenizer)",
+    )
+    p.add_argument("--data", help="data spec: 'digits', a Hub dataset id or a local file/folder (docs/data.md)")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", required=True, help="folder to write the model and metrics.json to")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder of this tool")

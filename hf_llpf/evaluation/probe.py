@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from hf_llpf.batches import LossFn, batch_size_of, move_batch
-from hf_llpf.data import DataBundle
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.scoring import score
 from hf_llpf.evaluation.sets import EvalBatches, subset_indices
@@ -57,7 +56,7 @@ class ProbeSet:
 def build_probe(
     train_data: Any,
     loader: Any,
-    bundle: DataBundle | None,
+    bundle: Any,
     *,
     size: int,
     seed: int = 0,
@@ -71,7 +70,7 @@ def build_probe(
     Args:
         train_data: what the caller passed as training data (a ``datasets.Dataset`` is subset directly).
         loader: the training batch source built from it (used for any other iterable of batches).
-        bundle: the loaded data when it came from a spec (the fast, seeded-subset path).
+        bundle: the loaded data when it came from a spec (a ``DataBundle`` or ``TextBundle``: its fixed batches).
         size: number of probe examples (all of them when the training data is smaller).
         seed: seed of the subset's permutation (the evaluation's default is 0).
         batch_size: probe batch size (it changes only speed, not the loss).
@@ -79,16 +78,10 @@ def build_probe(
         loss_fn: the path's loss.
         accelerator: for the cross-process average.
     """
-    if bundle is not None:
-        n = len(bundle.train_tensors)
-        batches = EvalBatches(
-            bundle.train_tensors,
-            indices=subset_indices(n, size, seed),
-            config=bundle.config,
-            batch_size=batch_size,
-            device=device,
-        )
-        batches = list(batches)
+    if bundle is not None:  # image or text data loaded from a spec: the evaluation's own fixed batches
+        indices = subset_indices(bundle.split_size("train"), size, seed)
+        loader = bundle.eval_loader("train", indices=indices, batch_size=batch_size)
+        batches = list(EvalBatches(loader, device=device, cache=True))
     elif isinstance(train_data, datasets.Dataset):
         idx = subset_indices(len(train_data), size, seed)
         ds = train_data.with_format("torch")

@@ -11,13 +11,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.logging import get_logger
 
 from hf_llpf.batches import batch_size_of, move_batch
 from hf_llpf.config import DataConfig, build
-from hf_llpf.data import DataBundle, ImageData, SeededLoader, load_data
+from hf_llpf.data import DataBundle, SeededLoader, load_data
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.run import Path
 from hf_llpf.run.layout import CONFIG_YAML
+from hf_llpf.text import TextBundle
+
+logger = get_logger(__name__)
 
 # Normalised batches of a split are kept (on the device) when they hold at most this many numbers (256 MB as
 # float32); larger splits are normalised again for every point instead.
@@ -28,30 +32,17 @@ class EvalBatches:
     """Fixed batches of one split: unshuffled, unaugmented, the same for every point.
 
     Args:
-        tensors: the split in memory.
-        indices: which examples (sorted); ``None`` for all.
-        config: the data's normalisation (mean, std).
-        batch_size: examples per batch.
+        loader: the split's fixed batches (``DataBundle.eval_loader``: images, or text dicts).
         device: where the batches are used.
+        cache: keep the batches on the device (small splits), instead of building them again for every point.
     """
 
-    def __init__(
-        self,
-        tensors: ImageData,
-        *,
-        indices: torch.Tensor | None,
-        config: DataConfig,
-        batch_size: int,
-        device: torch.device,
-    ):
-        data = tensors if indices is None else ImageData(tensors.images[indices], tensors.labels[indices])
-        self.loader = SeededLoader(
-            data, batch_size=batch_size, seed=0, shuffle=False, augment=False, mean=config.mean, std=config.std
-        )
+    def __init__(self, loader: SeededLoader, *, device: torch.device, cache: bool):
+        self.loader = loader
         self.device = device
-        self.num_examples = len(data)
+        self.num_examples = len(loader.data)
         self._cached: list | None = None
-        if data.images.numel() <= _CACHE_LIMIT:
+        if cache:
             self._cached = [move_batch(b, device) for b in self.loader]
 
     def __len__(self) -> int:
@@ -145,16 +136,19 @@ def make_eval_sets(
         The three sets.
     """
     device = device or torch.device("cpu")
-    n = len(data.train_tensors)
+    n = data.split_size("train")
     k = n if train_subset is None else min(train_subset, n)
     train_idx = subset_indices(n, k, seed)
     cont_idx = subset_indices(n, min(continuity_subset, k), seed)
-    common = {"config": data.config, "batch_size": batch_size, "device": device}
-    return EvalSets(
-        train=EvalBatches(data.train_tensors, indices=train_idx, **common),
-        test=EvalBatches(data.test_tensors, indices=None, **common),
-        continuity=EvalBatches(data.train_tensors, indices=cont_idx, **common),
-    )
+
+    def batches(split: str, indices: torch.Tensor | None) -> EvalBatches:
+        loader = data.eval_loader(split, indices=indices, batch_size=batch_size)
+        whole = data.eval_numel(split)
+        cached = whole if indices is None else whole * len(indices) // max(data.split_size(split), 1)
+        return EvalBatches(loader, device=device, cache=cached <= _CACHE_LIMIT)
+
+    test = batches("test", None)
+    return EvalSets(train=batches("train", train_idx), test=test, continuity=batches("train", cont_idx))
 
 
 def sets_for(
@@ -171,7 +165,7 @@ def sets_for(
     The caller's own batches are used as given: ``train_subset``, ``batch_size`` and ``seed`` do not apply to
     them; the continuity set is the first ``continuity_subset`` examples of ``data["train"]``.
     """
-    if isinstance(data, DataBundle):
+    if isinstance(data, (DataBundle, TextBundle)):
         return make_eval_sets(
             data,
             train_subset=train_subset,
@@ -199,7 +193,7 @@ def resolve_data(path: Path, data: Any) -> DataBundle | dict:
         RunDirectoryError: ``data`` is ``None`` and the run directory has no ``llpf_config.yaml``.
         ConfigError: ``data`` is ``None`` and ``llpf_config.yaml`` has no ``data`` section.
     """
-    if isinstance(data, DataBundle) or (isinstance(data, dict) and set(data) == {"train", "test"}):
+    if isinstance(data, (DataBundle, TextBundle)) or (isinstance(data, dict) and set(data) == {"train", "test"}):
         return data
     if data is None:
         if not (path.root / CONFIG_YAML).is_file():
@@ -211,7 +205,27 @@ def resolve_data(path: Path, data: Any) -> DataBundle | dict:
             raise ConfigError("llpf_config.yaml has no 'data' section; pass data= (a data spec or DataBundle)")
     if isinstance(data, dict):
         data = build(DataConfig, data)
-    return load_data(data)
+    if isinstance(data, DataConfig) and data.source.startswith("<"):
+        raise ConfigError(
+            f"{str(path.root)!r} was built on data passed from Python ({data.source}, recorded: {data.recorded}); "
+            "pass the same data again: data={'train': batches, 'test': batches} or a DataBundle"
+        )
+    bundle = load_data(data)
+    _warn_if_changed(data, bundle.config)
+    return bundle
+
+
+def _warn_if_changed(was: Any, now: DataConfig) -> None:
+    """The data read now against the fingerprints the run recorded (same files, same tokenizer)."""
+    old = getattr(was, "recorded", None) or {}
+    new = now.recorded or {}
+    changed = [k for k in ("train_fingerprint", "test_fingerprint", "tokenizer_sha256") if old.get(k) != new.get(k)]
+    if old and changed:
+        logger.warning(
+            f"data {now.source!r}: {', '.join(changed)} differ from what the run recorded ({old.get(changed[0])} → "
+            f"{new.get(changed[0])}): the data or tokenizer changed since the path was built (or were read from "
+            "another copy); the figures describe the data as they are now"
+        )
 
 
 __all__ = ["BatchSource", "EvalBatches", "EvalSets", "make_eval_sets", "resolve_data", "sets_for", "subset_indices"]

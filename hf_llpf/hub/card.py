@@ -118,6 +118,29 @@ class RunFacts:
         return next((task for suffix, task in _TASKS if self.architecture.endswith(suffix)), "other")
 
     @property
+    def data_line(self) -> str:
+        """``Data: `source` (revision …): task, splits and sizes, columns, tokenizer, fingerprints.``"""
+        line = f"Data: `{self.dataset}`" + (f" (revision `{self.data_revision}`)" if self.data_revision else "")
+        data = self.config.get("data") if isinstance(self.config.get("data"), dict) else {}
+        rec = data.get("recorded") or {}
+        parts = [str(rec["task"])] if rec.get("task") else []
+        unit = "blocks" if rec.get("task") == "causal-lm" else "examples"
+        if "test_examples" in rec:
+            sizes = f"{rec['train_examples']}/{rec['test_examples']} {unit}"
+            parts.append(f"splits `{data.get('train_split')}`/`{data.get('test_split')}`: {sizes}")
+        elif "train_examples" in rec:
+            parts.append(f"{rec['train_examples']} training {unit}, given as a Python `{rec.get('given_as')}`")
+        names = ("image_column", "text_column", "text_pair_column", "label_column")
+        columns = [f"`{data[k]}`" for k in names if data.get(k)]
+        if columns:
+            parts.append("columns " + ", ".join(columns))
+        if data.get("tokenizer"):
+            parts.append(f"tokenizer `{data['tokenizer']}` (sha256 `{rec.get('tokenizer_sha256')}`)")
+        if rec.get("train_fingerprint"):
+            parts.append(f"fingerprints `{rec.get('train_fingerprint')}`/`{rec.get('test_fingerprint')}`")
+        return line + (": " + "; ".join(parts) if parts else "") + "."
+
+    @property
     def hub_dataset(self) -> str | None:
         """The dataset when it is a Hub id (the card's ``datasets`` accepts nothing else)."""
         return self.dataset if is_repo_id(self.dataset) and not FsPath(self.dataset).exists() else None
@@ -380,9 +403,7 @@ def build_model_card(
         f"- **B**: {endpoint_label(facts.b)}"
         + (f"; the path ends at {facts.b['path_end']}" if facts.b.get("path_end") else ""),
         "",
-        f"Every point is a merge of A and B. Data: `{facts.dataset}`"
-        + (f" (revision `{facts.data_revision}`)" if facts.data_revision else "")
-        + f". License: `{pub.license}` ({pub.license_source}).",
+        f"Every point is a merge of A and B. {facts.data_line}" + f" License: `{pub.license}` ({pub.license_source}).",
         *_root_lines(points, pub, facts.library, repo),
         *_points_lines(points, pub),
     ]
