@@ -181,14 +181,15 @@ def compare(
         UnknownNameError: an unknown method. ConfigError: invalid settings.
     """
     from hf_llpf.api import connect
-    from hf_llpf.inputs import resolve_config, training_batches
+    from hf_llpf.inputs import prepare_data, resolve_config, resolve_endpoint
 
     methods = _check_methods(methods)
     _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k)
     if exist not in ("error", "overwrite"):
         raise ConfigError(f"exist={exist!r}: expected 'error' or 'overwrite'")
     config = resolve_config(config)
-    _, bundle = training_batches(train_data, config)
+    model_a, model_b = resolve_endpoint(model_a), resolve_endpoint(model_b)  # loaded once, for every method
+    _, bundle, config = prepare_data(train_data, config, model_a, model_b)
     if bundle is None:
         raise ConfigError("train_data: compare needs a data spec, DataConfig or DataBundle (its test split too)")
     config = config.model_copy(update={"data": bundle.config})

@@ -25,7 +25,7 @@ from hf_llpf.baselines.weight_matching import apply_permutation, ends_check, mat
 from hf_llpf.batches import LossFn, cpu_only
 from hf_llpf.errors import ConfigError, UnknownNameError
 from hf_llpf.evaluation.recalibration import recalibrate_bn
-from hf_llpf.inputs import example_batch, resolve_config, resolve_endpoint, training_batches
+from hf_llpf.inputs import example_batch, prepare_data, resolve_config, resolve_endpoint
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
 from hf_llpf.run import Path
 from hf_llpf.seeding import seed_everything
@@ -127,7 +127,7 @@ def build_baseline(
     check_finite(ea, label="A")
     check_finite(eb, label="B")
     check_endpoints_match(ea.model, eb.model)
-    loader, bundle = training_batches(train_data, config)
+    loader, bundle, _ = prepare_data(train_data, config, ea, eb)
     data = bundle.config.model_dump(mode="json") if bundle is not None else None
     sa, sb = state_of(ea.model), state_of(eb.model)
     run = BaselineRun(method=method, data=data, seed=config.seed, settings={"points": points})
