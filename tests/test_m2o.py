@@ -56,7 +56,8 @@ def test_cross_sphere_path_has_exact_ends_and_phases(spheres, digits, tmp_path, 
     a, b = load_endpoint(spheres / a_name), load_endpoint(spheres / b_name)
     assert _conv_var_ratio(load_endpoint(spheres / "large").model, load_endpoint(spheres / "small").model) < 0.5
     assert choose_method(a, b, ConnectConfig()) == "m2o"
-    path = hf_llpf.connect(a, b, digits, config=FAST, run_dir=tmp_path / "run", progress=False)
+    config = {**FAST, "loss_ceiling": None}  # the phases' mechanics; certified: the slow test below
+    path = hf_llpf.connect(a, b, digits, config=config, run_dir=tmp_path / "run", progress=False)
     assert _equal(path.state_dict_at(0), a.model.state_dict())
     assert _equal(path.state_dict_at(-1), b.model.state_dict())
     phases = [m["phase"] for m in path.metrics]
@@ -208,3 +209,17 @@ def test_a_diverged_m2o_tick_is_rolled_back(spheres, digits, tmp_path):
     assert ckpt["loop"]["tick"] == 0 and ckpt["loop"]["step_scale"] == 0.25
     assert _equal(ckpt["model"], walker.model.state_dict())  # the diverged state was not kept
     assert ckpt["trainer"]["optimizer"]["state"] == {}
+
+
+@pytest.mark.slow
+def test_a_certified_cross_sphere_path_holds_both_phases_under_the_ceiling(spheres, digits, tmp_path):
+    a, b = load_endpoint(spheres / "large"), load_endpoint(spheres / "small")
+    path = hf_llpf.connect(a, b, digits, config=FAST, run_dir=tmp_path / "run", progress=False)
+    run = path.summary["run"]
+    cert = run["certification"]
+    assert run["method"] == "m2o" and {"m2o", "m2m"} <= set(run["phases"])
+    assert cert["certified"], cert["uncertified"]
+    m2o_rows = [p for p in path.metrics if p["phase"] == "m2o"]
+    assert m2o_rows and all(p["probe_loss"] <= cert["ceiling"] for p in m2o_rows)
+    assert all(p["probe_loss"] <= cert["ceiling"] for p in path.metrics)
+    assert _equal(path.state_dict_at(0), a.model.state_dict()) and _equal(path.state_dict_at(-1), b.model.state_dict())

@@ -104,7 +104,7 @@ def test_a_damaged_checkpoint_is_a_clear_error_from_the_cli(finished_run, small_
     damage(finished_run / "checkpoint")
     before = sorted(p.relative_to(finished_run).as_posix() for p in finished_run.rglob("*"))
     args = ["connect", str(small_cnn_pair[0]), str(small_cnn_pair[1]), "--data", "digits", "--out", str(finished_run)]
-    flags = [f"{k}={v}" for k, v in FAST.items()]
+    flags = [f"{k}={'null' if v is None else v}" for k, v in FAST.items()]
     assert main([*args, "--resume", "--no-progress", *flags]) == 2
     err = capsys.readouterr().err
     assert "resume checkpoint" in err and "damaged" in err and "--overwrite" in err and "Traceback" not in err

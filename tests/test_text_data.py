@@ -307,6 +307,7 @@ def test_text_run_killed_mid_way_resumes_bit_identically(w, tmp_path, monkeypatc
     a, b = load_endpoint(w / "bert_0"), load_endpoint(w / "bert_1")
     data = str(w / "reviews.parquet")
     config = {"max_ticks": 6, "min_iters": 2, "max_iters": 3, "checkpoint_every": 2, "batch_size": 16}
+    config |= {"method": "m2m", "repair_budget": 6}  # a walk (the straight line is certified for these twins)
     whole = hf_llpf.connect(a, b, data, config=config, run_dir=tmp_path / "whole", progress=False)
     run = tmp_path / "killed"
     assert connect_killed_after(2, monkeypatch, a, b, data, config=config, run_dir=run, progress=False) == 2
@@ -383,6 +384,7 @@ def test_lazily_decoded_run_killed_mid_way_resumes_bit_identically(image_folder,
     a, b = (as_endpoint(create_model("small_cnn", num_classes=2, in_chans=3, width=4)) for _ in range(2))
     spec = DataConfig(source=str(image_folder), image_size=8, decode="on_access", augment=True)
     config = {"max_ticks": 6, "min_iters": 2, "max_iters": 3, "checkpoint_every": 2, "batch_size": 8}
+    config |= {"method": "m2m", "repair_budget": 6}  # a walk, with its certified ticks
     whole = hf_llpf.connect(a, b, spec, config=config, run_dir=tmp_path / "whole", progress=False)
     run = tmp_path / "killed"
     assert connect_killed_after(2, monkeypatch, a, b, spec, config=config, run_dir=run, progress=False) == 2
