@@ -78,7 +78,8 @@ def test_a_second_run_into_a_locked_directory_is_refused(pair, tmp_path):
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "hf_llpf.cli", "connect", str(pair / "A"), str(pair / "B"), "--data", "digits",
-             "--out", str(run), "--no-progress", "--overwrite", *(f"{k}={'null' if v is None else v}" for k, v in FAST.items())],
+             "--out", str(run), "--no-progress", "--overwrite",
+             *(f"{k}={'null' if v is None else v}" for k, v in FAST.items())],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     finally:
