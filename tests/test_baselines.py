@@ -182,6 +182,7 @@ def test_weight_matching_not_applicable_is_a_row_not_a_crash(tmp_path, digits):
 FAST = {"step_r": 0.2, "min_iters": 2, "max_iters": 5, "save_every": 2, "checkpoint_every": 3, "arrival_tol": 0.05}
 
 
+@pytest.mark.slow
 def test_evaluate_with_baselines_adds_them_to_an_llpf_run(small_cnn_pair, digits, tmp_path, capsys):
     import hf_llpf
     from hf_llpf.cli import main

@@ -78,6 +78,7 @@ def test_the_run_says_certified_and_the_path_beats_the_straight_line(certified_r
     assert line == f"certified: every point and segment <= {cert['ceiling']:.4g} on 512 probe examples"
 
 
+@pytest.mark.slow
 def test_a_segment_above_the_ceiling_gets_a_point_inserted(small_cnn_pair, digits, tmp_path, monkeypatch):
     plain = hf_llpf.connect(*small_cnn_pair, digits, config=QUICK, run_dir=tmp_path / "plain", progress=False)
     real, calls = Certifier.midpoint_loss, {"n": 0}
@@ -145,6 +146,7 @@ def test_no_ceiling_is_plain_llpf(small_cnn_pair, digits, tmp_path):
     assert all(r["probe_loss"] is None for r in path.metrics)
 
 
+@pytest.mark.slow
 def test_a_certified_run_killed_mid_way_resumes_bit_identically(certified_run, small_cnn_pair, digits, tmp_path,
                                                                  monkeypatch):  # fmt: skip
     from conftest import connect_killed_after

@@ -207,6 +207,7 @@ def test_divergence_guard_rolls_back_then_stops_with_a_checkpoint(endpoints, dig
     assert all(torch.equal(ckpt["model"][k], a[k]) for k in a)  # rolled back to θ_A, buffers included
 
 
+@pytest.mark.slow
 def test_cli_repeats_write_every_path_and_the_consistency_report(endpoints, tmp_path, capsys):
     import json
 
