@@ -5,8 +5,8 @@ variance correction, with the BatchNorm statistics it carries) is probed in eval
 ceiling gets more repair, in rounds, within ``repair_budget`` iterations; then the straight segment from the
 previous tick's point is probed at its midpoint. A tick whose point or segment stays above is rolled back and
 retried with half the step (:meth:`hf_llpf.algorithms.base.Method.certified_tick`); after ``max_backtracks``
-halvings it is kept and reported. An easy tick (certified at once, no extra repair) doubles the next step, up
-to a move of a stage's whole distance, so a stage that one move keeps under the ceiling takes one tick.
+halvings it is kept and reported. An easy tick (certified at once, within one repair round) doubles the next
+step, up to a move of a stage's whole distance, so a stage that one move keeps under the ceiling takes one tick.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class Certifier:
         """The tick's repair, driven by the probe: repair only while the point is above the ceiling.
 
         The moved point is probed first; while it is above the ceiling it is repaired in rounds of
-        ``min_iters``, ``2·min_iters``, ``4·min_iters`` … iterations (at most ``repair_budget`` in all), each
+        ``min_iters`` iterations, each round 1.5× the last (at most ``repair_budget`` in all), each
         followed by the method's variance correction and a probe. A point under the ceiling then has its
         segment's midpoint probed.
 
