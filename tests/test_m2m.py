@@ -141,6 +141,7 @@ def _run(endpoints, run_dir, mode, exist):
     )
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted_run(endpoints, tmp_path):
     whole = tmp_path / "whole"
     assert _run(endpoints, whole, "fast", "new").wait(timeout=300) == 0
