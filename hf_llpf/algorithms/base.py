@@ -251,8 +251,11 @@ class Method:
     def rolled_back(self) -> None:
         """Undo what an attempt changed outside the model and optimizer (called after each rollback)."""
 
-    def _checkpoint(self, done: bool = False) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _checkpoint(self, done: bool = False) -> None:
+        """Record the rows so far and write the resume checkpoint (``done``: the method has finished)."""
+        self.finished = done
+        self.recorder.progress(self.state.points, self.state.ticks)
+        self.recorder.checkpoint()
 
     def certified_tick(
         self, attempt: Callable[[bool], float], after_repair: Callable[[], None], *, name: str, advice: str
@@ -336,10 +339,11 @@ class Method:
 
     def extra_state(self) -> dict[str, Any]:
         """Tensors and values besides the loop state, model and trainer that a resume needs."""
-        return {}
+        return {"done": self.finished}
 
     def load_extra_state(self, extra: dict[str, Any]) -> None:
         """Restore :meth:`extra_state`."""
+        self.finished = bool(extra.get("done"))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything to continue this method exactly: loop state, model, optimizer and data position, RNGs."""

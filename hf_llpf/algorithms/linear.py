@@ -106,14 +106,3 @@ class Linear(Method):
         point = ends[0] if k == 0 else ends[-1] if k == last else probes[2 * k]
         segment = probes[2 * k - 1] if k > 0 and self.config.certify_segments else None
         return Verdict(point, segment, 0, self.certifier.ceiling)
-
-    def _checkpoint(self, done: bool = False) -> None:
-        self.finished = done
-        self.recorder.progress(self.state.points, self.state.ticks)
-        self.recorder.checkpoint()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"done": self.finished}
-
-    def load_extra_state(self, extra: dict[str, Any]) -> None:
-        self.finished = bool(extra.get("done"))

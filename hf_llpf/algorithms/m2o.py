@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -263,17 +262,6 @@ class M2O(Method):
         )
         st.points.append(point.row())
         self.timer.lap("record", t)
-
-    def _checkpoint(self, done: bool = False) -> None:
-        self.finished = done
-        self.recorder.progress(self.state.points, self.state.ticks)
-        self.recorder.checkpoint()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"done": self.finished}
-
-    def load_extra_state(self, extra: dict[str, Any]) -> None:
-        self.finished = bool(extra.get("done"))
 
 
 def _params(model: nn.Module) -> list[torch.Tensor]:
