@@ -209,13 +209,13 @@ def _straight_if_certified(ea, eb, certifier: Certifier, config: ConnectConfig, 
     if config.method != "auto" or not certifier.enabled:
         return None
     ok, top = straight_line_certified(ea.model, eb.model, certifier, accelerator.device)
-    verdict = "stays under" if ok else "rises above"
-    logger.info(
-        f"the straight line {verdict} the ceiling {certifier.ceiling:.4g} (max probe loss {top:.4g} at "
-        f"{2 * (LINEAR_POINTS - 1) - 1} interior points)"
-        + (": the path is the straight line (method: m2m walks anyway)" if ok else ""),
-        main_process_only=True,
+    measured = (
+        f"stays under the ceiling {certifier.ceiling:.4g} (max probe loss {top:.4g} at "
+        f"{2 * (LINEAR_POINTS - 1) - 1} interior points): the path is the straight line (method: m2m walks anyway)"
+        if ok
+        else f"rises above the ceiling {certifier.ceiling:.4g} (a probe loss >= {top:.4g})"
     )
+    logger.info(f"the straight line {measured}", main_process_only=True)
     return "linear" if ok else None
 
 

@@ -204,7 +204,7 @@ class ConnectConfig(_Settings):
     loss_ceiling: float | Literal["auto"] | None = Field(
         "auto",
         description="the path's accepted maximum eval-mode training loss on the probe set; auto: the endpoints' "
-        "larger probe loss L plus max(0.02, ceiling_margin·L); null: no ceiling (plain LLPF, as in the paper)",
+        "larger probe loss L plus max(0.04, ceiling_margin·L); null: no ceiling (plain LLPF, as in the paper)",
     )
     ceiling_margin: float = Field(0.5, ge=0, description="auto ceiling: the relative margin above the endpoints")
     probe_size: int = Field(512, ge=1, description="probe examples: a fixed seeded training subset (all if fewer)")
@@ -212,7 +212,7 @@ class ConnectConfig(_Settings):
         150,
         ge=0,
         description="with a ceiling: the SGD iterations a tick may spend to bring its point under the ceiling "
-        "(rounds of min_iters, 2·min_iters, …) before it backtracks to a shorter move; max_iters and "
+        "(rounds of min_iters, 1.5·min_iters, …) before it backtracks to a shorter move; max_iters and "
         "loss_threshold then do not apply",
     )
     max_backtracks: int = Field(

@@ -10,6 +10,8 @@ from conftest import state_equal
 import hf_llpf
 from hf_llpf.algorithms.certify import AUTO_FLOOR, Certifier
 from hf_llpf.errors import ConfigError
+from hf_llpf.evaluation.probe import ProbeSet
+from hf_llpf.evaluation.scoring import score
 from hf_llpf.models import load_endpoint
 from hf_llpf.run import read_metrics
 
@@ -165,3 +167,30 @@ def test_a_certified_run_killed_mid_way_resumes_bit_identically(certified_run, s
         assert resumed.summary["run"]["certification"] == whole.summary["run"]["certification"] | {
             "probes": resumed.summary["run"]["certification"]["probes"]
         }
+
+
+def _probe_of(model_seed=0, batches=8, size=64):
+    """A probe of random images on a small linear classifier (loss about ln 10 per example)."""
+    g = torch.Generator().manual_seed(model_seed)
+    data = [
+        (torch.randn(size, 1, 8, 8, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(batches)
+    ]
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    return ProbeSet(data), model, data
+
+
+def test_probe_loss_equals_the_scorer_and_stops_early_only_above():
+    probe, model, data = _probe_of()
+    full = probe.loss(model)
+    assert full == score(model, data)["loss"]  # the same sum in the same order: equal, not close
+    assert probe.examples_run == 512 and probe.stopped == 0
+    # Asked whether it is above a value it exceeds: decided early, with a lower bound that is itself above.
+    bound = probe.loss(model, above=full / 4)
+    assert full / 4 < bound < full and probe.stopped == 1 and probe.examples_run < 2 * 512
+    # Asked about a value it does not exceed: the full pass, the exact value.
+    assert probe.loss(model, above=full * 1.01) == full and probe.stopped == 1
+    # The estimate stops clearly-above probes after two batches; a custom loss (maybe negative) never stops.
+    run = probe.examples_run
+    assert probe.loss(model, above=full * 0.8, estimate=True) > full * 0.8 and probe.examples_run - run == 128
+    custom = ProbeSet(data, loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]))
+    assert custom.loss(model, above=full / 4) == pytest.approx(full, rel=1e-6) and custom.stopped == 0

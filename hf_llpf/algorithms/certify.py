@@ -122,9 +122,10 @@ class Certifier:
         self.endpoint_losses = list(endpoint_losses or [])
         self.enabled = probe is not None and ceiling is not None and config is not None
 
-    def loss(self, model: nn.Module) -> float:
-        """The probe loss of ``model`` as it is (NaN when certification is off)."""
-        return self.probe.loss(model) if self.enabled else math.nan
+    def loss(self, model: nn.Module, *, above: float | None = None) -> float:
+        """The probe loss of ``model`` as it is (NaN when certification is off); ``above``: see
+        :meth:`ProbeSet.loss` (a lower bound once it is above)."""
+        return self.probe.loss(model, above=above) if self.enabled else math.nan
 
     def certify(
         self,
@@ -138,9 +139,10 @@ class Certifier:
         """The tick's repair, driven by the probe: repair only while the point is above the ceiling.
 
         The moved point is probed first; while it is above the ceiling it is repaired in rounds of
-        ``min_iters`` iterations, each round 1.5× the last (at most ``repair_budget`` in all), each
-        followed by the method's variance correction and a probe. A point under the ceiling then has its
-        segment's midpoint probed.
+        ``min_iters`` iterations, each round 1.5× the last (at most ``repair_budget`` in all), each followed by
+        the method's variance correction and a probe. A point under the ceiling then has its
+        segment's midpoint probed. Probes that only decide "above" stop early (:meth:`ProbeSet.loss`); a value
+        that ends up reported (a point or segment kept above the ceiling) is measured in full.
 
         Args:
             model: the working model holding the tick's moved point.
@@ -150,29 +152,36 @@ class Certifier:
             timer: a :class:`~hf_llpf.algorithms.base.Timer`: probing goes to ``probe``, repair to ``train``.
         """
         cfg, lap = self.config, (timer.lap if timer is not None else lambda _key, start: time.perf_counter())
-        t = time.perf_counter()
-        point, spent, loss, size = self.probe.loss(model), 0, math.nan, cfg.min_iters
+        ceiling, t = self.ceiling, time.perf_counter()
+        # Until the point is under, "above" decides only whether to repair on: an estimate is enough.
+        point, spent, loss = self.probe.loss(model, above=ceiling, estimate=True), 0, math.nan
+        size = cfg.min_iters
         t = lap("probe", t)
-        while not point <= self.ceiling and spent < cfg.repair_budget:
+        while not point <= ceiling and spent < cfg.repair_budget:
             n = min(int(size), cfg.repair_budget - spent)
             loss, _ = trainer.repair(iters=n)
             after_repair()
             spent, size = spent + n, size * GROWTH
             t = lap("train", t)
-            point = self.probe.loss(model)
+            point = self.probe.loss(model, above=ceiling, estimate=True)
             t = lap("probe", t)
         segment = None
-        if cfg.certify_segments and point <= self.ceiling:
-            segment = self.midpoint_loss(model, previous)
-            lap("probe", t)
-        return Verdict(point, segment, spent, self.ceiling, loss, cfg.min_iters)
+        if not point <= ceiling:
+            point = self.probe.loss(model)  # kept or rolled back: the figure reported is the full one
+        elif cfg.certify_segments:
+            segment = self.midpoint_loss(model, previous, above=ceiling)
+            if segment > ceiling:
+                segment = self.midpoint_loss(model, previous)
+        lap("probe", t)
+        return Verdict(point, segment, spent, ceiling, loss, cfg.min_iters)
 
     @torch.no_grad()
-    def midpoint_loss(self, model: nn.Module, previous: list[torch.Tensor]) -> float:
+    def midpoint_loss(self, model: nn.Module, previous: list[torch.Tensor], *, above: float | None = None) -> float:
         """Probe loss at the midpoint of the straight segment from ``previous`` to the model's current state.
 
         Floating tensors (BatchNorm statistics included) are averaged, as the evaluation's continuity check
         interpolates them; integer buffers keep the current point's values. The model is left on its point.
+        ``above``: as in :meth:`ProbeSet.loss` (a lower bound once it is above).
         """
         state = list(model.state_dict().values())
         keep = _distinct_floating(state)
@@ -181,7 +190,7 @@ class Certifier:
         torch._foreach_add_(live, prev)
         torch._foreach_mul_(live, 0.5)
         try:
-            return self.probe.loss(model)
+            return self.probe.loss(model, above=above)
         finally:
             torch._foreach_copy_(live, here)
 
@@ -194,6 +203,7 @@ class Certifier:
             "probe_examples": self.probe.num_examples,
             "endpoint_probe_losses": self.endpoint_losses,
             "probes": self.probe.calls,
+            "probes_stopped_early": self.probe.stopped,
             "certified": not uncertified,
             "uncertified": uncertified,
             "segments": bool(self.config.certify_segments),

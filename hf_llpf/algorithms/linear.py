@@ -8,6 +8,7 @@ walk could be worse. ``method: linear`` writes it in any case (its certification
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -39,12 +40,23 @@ def probe_line(model: torch.nn.Module, a: dict, b: dict, certifier: Certifier, *
 
 def straight_line_certified(ea_model: torch.nn.Module, eb_model: torch.nn.Module, certifier: Certifier,
                             device: Any) -> tuple[bool, float]:  # fmt: skip
-    """Whether the straight line stays under the ceiling at every probed t; returns (certified, its max loss)."""
+    """Whether the straight line stays under the ceiling at every probed t.
+
+    The t of :func:`probe_line` are probed from the middle out (where a barrier peaks) and the first one above
+    the ceiling ends the check, its probe stopped early (:meth:`ProbeSet.loss`). Returns (certified, loss):
+    the largest probe loss when certified, else a lower bound of the first one found above the ceiling.
+    """
     model = copy.deepcopy(ea_model).to(device)
     a = {k: v.detach().to(device) for k, v in ea_model.state_dict().items()}
     b = {k: v.detach().to(device) for k, v in eb_model.state_dict().items()}
-    top = max(probe_line(model, a, b, certifier).values())
-    return top <= certifier.ceiling, top
+    n, top = 2 * (LINEAR_POINTS - 1), -math.inf
+    for j in sorted(range(1, n), key=lambda j: (abs(2 * j - n), j)):
+        load_point(model, a, b, j / n)
+        loss = certifier.loss(model, above=certifier.ceiling)
+        if not loss <= certifier.ceiling:
+            return False, loss
+        top = max(top, loss)
+    return True, top
 
 
 @register("linear")

@@ -1,22 +1,22 @@
 """The probe set: the fixed training examples on which a run certifies its path (docs/algorithm.md §10).
 
 The probe is judged exactly as :func:`hf_llpf.evaluation.evaluate_path` judges a point: the model in eval mode,
-the same loss function, the same scorer (:func:`~hf_llpf.evaluation.scoring.score`). Its examples are the
+the same loss function, summed as :func:`~hf_llpf.evaluation.scoring.score` sums it. Its examples are the
 first ``size`` of the seeded permutation that the evaluation's subsets are prefixes of, so with the default
 seed the probe is the evaluation's continuity subset, and the training subset of ``train_subset=size``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import datasets
 import torch
 from torch import nn
 
-from hf_llpf.batches import LossFn, batch_size_of, move_batch
+from hf_llpf.batches import LossFn, batch_size_of, default_loss, move_batch
 from hf_llpf.errors import ConfigError
-from hf_llpf.evaluation.scoring import score
 from hf_llpf.evaluation.sets import EvalBatches, subset_indices
 
 
@@ -33,24 +33,66 @@ class ProbeSet:
     def __init__(self, batches: Any, *, loss_fn: LossFn | None = None, accelerator: Any = None):
         self.batches, self.loss_fn, self.accelerator = batches, loss_fn, accelerator
         self.num_examples = sum(batch_size_of(b) for b in batches)
-        self.calls = 0  # probes so far (each one full pass over the probe examples)
+        self.calls = 0  # probes so far
+        self.stopped = 0  # of which stopped early, once above the value asked about
+        self.examples_run = 0  # examples evaluated by all probes so far (the probing work, machine-independent)
         if self.num_examples == 0:
             raise ConfigError("probe_size: the probe set is empty (the training data holds no example)")
 
     @torch.no_grad()
-    def loss(self, model: nn.Module) -> float:
-        """Eval-mode mean loss of ``model`` over the probe examples; the model's mode is restored after."""
+    def loss(self, model: nn.Module, *, above: float | None = None, estimate: bool = False) -> float:
+        """Eval-mode mean loss of ``model`` over the probe examples; the model's mode is restored after.
+
+        The full value equals :func:`~hf_llpf.evaluation.scoring.score`'s loss on the same batches (the same
+        sum, in the same order). ``above`` lets a pass whose answer is "above ``above``" stop early; only for
+        the default loss (never negative) on one process (several processes must all reach the average):
+
+        - always when the examples seen already put the mean over ``above``: the value returned is then the
+          partial sum over all the examples, a lower bound itself above ``above`` ("above" decided exactly);
+        - with ``estimate``, also when the mean of the examples seen is above ``above`` by two standard errors
+          (from the spread of the batch means): the value returned is that mean, an estimate. For decisions
+          whose mistake costs only work (one more repair round), never for a certificate.
+        """
+        acc = self.accelerator
+        several = acc is not None and acc.num_processes > 1
+        early = above is not None and self.loss_fn is None and not several
+        loss_fn = self.loss_fn or default_loss
         was_training = model.training
         model.eval()
+        sums, counts = [], []
         try:
-            value = score(model, self.batches, loss_fn=self.loss_fn)["loss"]
+            for batch in self.batches:
+                counts.append(batch_size_of(batch))
+                self.examples_run += counts[-1]
+                sums.append(float(loss_fn(model, batch)) * counts[-1])
+                if early and (stopped := _stop(sums, counts, self.num_examples, above, estimate)) is not None:
+                    self.stopped += 1
+                    self.calls += 1
+                    return stopped
         finally:
             model.train(was_training)
         self.calls += 1
-        acc = self.accelerator
-        if acc is not None and acc.num_processes > 1:
+        value = 0.0
+        for part in sums:  # summed one by one, as score sums
+            value += part
+        value /= self.num_examples
+        if several:
             value = float(acc.reduce(torch.tensor(value, dtype=torch.float64, device=acc.device), "mean"))
         return float(value)
+
+
+def _stop(sums: list[float], counts: list[int], total: int, above: float, estimate: bool) -> float | None:
+    """The value to stop a probe with, once its batches so far decide "above" (``None``: go on)."""
+    seen_sum, seen = sum(sums), sum(counts)
+    if seen_sum > above * total:
+        return seen_sum / total
+    if not estimate or len(sums) < 2 or seen >= total:
+        return None
+    means = [s / c for s, c in zip(sums, counts, strict=True)]
+    mean = seen_sum / seen
+    spread = math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1))
+    error = spread / math.sqrt(len(means)) * math.sqrt(1 - seen / total)  # finite-population correction
+    return mean if mean - 2 * error > above else None
 
 
 def build_probe(
@@ -60,7 +102,7 @@ def build_probe(
     *,
     size: int,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = 64,
     device: torch.device,
     loss_fn: LossFn | None = None,
     accelerator: Any = None,
@@ -73,7 +115,8 @@ def build_probe(
         bundle: the loaded data when it came from a spec (a ``DataBundle`` or ``TextBundle``: its fixed batches).
         size: number of probe examples (all of them when the training data is smaller).
         seed: seed of the subset's permutation (the evaluation's default is 0).
-        batch_size: probe batch size (it changes only speed, not the loss).
+        batch_size: probe batch size (small batches let a probe above the ceiling stop early; the loss
+            changes only by rounding).
         device: where the probe runs (the training device).
         loss_fn: the path's loss.
         accelerator: for the cross-process average.

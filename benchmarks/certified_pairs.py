@@ -1,0 +1,105 @@
+"""Certified paths on pairs of one's own: a user-set ceiling on LeNet5/28 px, and the cost of a deep pair.
+
+Run: ``.venv/bin/python -m benchmarks.certified_pairs [lenet28] [deep_bert]`` (default: both). Prints one block
+per pair and appends nothing to the repository; the figures are quoted in ``docs/benchmarks.md``.
+
+- ``lenet28``: two LeNet5 endpoints trained on the built-in digits upscaled to 28 px (SGD lr 0.01, momentum
+  0.9, batch 64, constant rate, seeds 0 and 1: no seed shared; 150 epochs = 3,450 iterations, because digits
+  holds 1,437 training images where MNIST holds 60,000: 20 epochs are 460 iterations and leave the endpoints at a
+  probe loss of 0.117, above the ceiling asked for), connected with the engine's
+  defaults and ``loss_ceiling: 0.025``; judged on every training image at every saved point and at the
+  midpoint of every segment (on the 512 continuity examples).
+- ``deep_bert``: two 12-layer tiny BERTs (hidden 32) trained from seeds 0 and 1 on the generated token task
+  of the families benchmark, connected with the defaults (auto ceiling); prints the ticks each stage took
+  and the SGD iterations ÷ one endpoint's.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import hf_llpf
+from benchmarks.families import _batches, _train_hf, token_task
+from hf_llpf.api import evaluate_run
+from hf_llpf.config import DataConfig, TrainRecipe
+from hf_llpf.data import load_data
+from hf_llpf.seeding import seed_everything
+from hf_llpf.train import train_endpoint
+
+SCRATCH = Path(".bench_cache/certified_pairs")
+
+
+def lenet28() -> None:
+    """A user ceiling of 0.025 on a LeNet5 pair at 28 px."""
+    bundle = load_data("digits", image_size=28)
+    ends, iters = [], 0
+    for seed in (0, 1):
+        recipe = TrainRecipe(model="lenet5", data=DataConfig(source="digits", image_size=28), seed=seed, epochs=150,
+                             batch_size=64, lr=0.01, momentum=0.9, schedule="constant", weight_decay=0.0)  # fmt: skip
+        endpoint, metrics = train_endpoint(recipe, data=bundle, progress=False)
+        ends.append(endpoint.model)
+        iters = metrics["iterations"]
+    start = time.perf_counter()
+    path = hf_llpf.connect(*ends, bundle, config={"loss_ceiling": 0.025}, run_dir=SCRATCH / "lenet28",
+                           exist="overwrite", progress=False)  # fmt: skip
+    wall = time.perf_counter() - start
+    run, summary = path.summary["run"], evaluate_run(path, data=bundle, continuity_k=1, report=False)["summary"]
+    cert = run["certification"]
+    print(
+        f"lenet28 | endpoint probe losses {[round(x, 4) for x in cert['endpoint_probe_losses']]} | ceiling "
+        f"{cert['ceiling']} | certified {cert['certified']} | max train loss (all {bundle.split_size('train')}) "
+        f"{summary['llpf']['max_train_loss']:.4f} | worst midpoint (512) "
+        f"{summary['llpf']['worst_continuity_loss']:.4f} | linear {summary['linear']['max_train_loss']:.4f} | "
+        f"points {len(path)} | ticks {run['ticks']} | SGD "
+        f"{run['sgd_iters']} (one endpoint {iters}) | backtracks {run['backtracks']} | wall {wall:.0f} s",
+        flush=True,
+    )
+
+
+def _bert(seed: int, layers: int) -> torch.nn.Module:
+    import transformers as tf
+
+    seed_everything(seed)
+    cfg = tf.BertConfig(vocab_size=16, max_position_embeddings=16, type_vocab_size=1, num_labels=4, hidden_size=32,
+                        num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64)  # fmt: skip
+    return tf.BertForSequenceClassification(cfg)
+
+
+def deep_bert(layers: int = 12) -> None:
+    """Ticks per stage on a deep pair: a stage its first move keeps under the ceiling should take one tick."""
+    train_cols, test_cols = token_task("bert", n=1024, seed=10), token_task("bert", n=256, seed=11)
+    models = [_bert(s, layers) for s in (0, 1)]
+    iters = [_train_hf(m, train_cols, epochs=30, seed=s) for s, m in enumerate(models)][0]
+    evaluation = {"train": _batches(train_cols, 256)[:2], "test": _batches(test_cols, 256)}
+    start = time.perf_counter()
+    path = hf_llpf.connect(models[0].eval(), models[1].eval(), _batches(train_cols, 64, seed=0),
+                           config={"method": "m2m", "checkpoint_every": 1000}, run_dir=SCRATCH / "deep_bert",
+                           exist="overwrite", progress=False, probe_data=evaluation["train"])  # fmt: skip
+    wall = time.perf_counter() - start
+    run = path.summary["run"]
+    summary = evaluate_run(path, data=evaluation, train_subset=512, continuity_k=0, report=False)["summary"]
+    starts = run["stage_starts"] + [run["ticks"]]
+    per_stage = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    cert = run["certification"]
+    print(
+        f"deep_bert ({layers} layers, {sum(p.numel() for p in models[0].parameters()):,} params) | stages "
+        f"{run['num_stages']} | ticks {run['ticks']} | ticks per stage {per_stage} | SGD {run['sgd_iters']} = "
+        f"{run['sgd_iters'] / iters:.2f}x one endpoint ({iters}) | ceiling {cert['ceiling']:.4f} | certified "
+        f"{cert['certified']} | max train loss {summary['llpf']['max_train_loss']:.4f} | linear "
+        f"{summary['linear']['max_train_loss']:.4f} | backtracks {run['backtracks']} | wall {wall:.0f} s",
+        flush=True,
+    )
+
+
+def main(argv: list[str]) -> None:
+    torch.set_num_threads(1)
+    for name in argv or ["lenet28", "deep_bert"]:
+        {"lenet28": lenet28, "deep_bert": deep_bert}[name]()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
