@@ -50,6 +50,16 @@ def quiet_libraries(quiet: bool = True) -> Iterator[None]:
             hub_utils.enable_progress_bars()
 
 
+def counting_bar(items, *, desc: str, unit: str, requested: bool = True, main: bool = True):
+    """``items`` wrapped in a tqdm bar of ``len(items)`` when a bar shows (:func:`progress_enabled`) on the main
+    process; ``items`` itself otherwise."""
+    if not (main and progress_enabled(requested)):
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit=unit, leave=False)
+
+
 _REQUESTED: contextvars.ContextVar[bool] = contextvars.ContextVar("hf_llpf_progress_requested", default=True)
 
 

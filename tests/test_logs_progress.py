@@ -275,3 +275,54 @@ def test_saving_and_loading_a_transformers_point_prints_no_transformers_bar(tmp_
     load_endpoint(tmp_path / "point")
     err = capsys.readouterr().err
     assert "Writing model shards" not in err and "Loading weights" not in err and "\r" not in err, err
+
+
+def test_the_m2o_bar_counts_the_tensors_at_their_target_variance(tmp_path, digits, trained_endpoint, monkeypatch):
+    import hf_llpf.algorithms.m2o as m2o
+    from hf_llpf.api import walk_to_origin
+
+    _RecordingBar.made = []
+    monkeypatch.setattr(m2o, "tqdm", _RecordingBar)
+    monkeypatch.setattr(m2o, "progress_enabled", lambda requested: requested)  # as on a terminal
+    config = {"min_iters": 1, "max_iters": 2, "m2o": {"step_a": 0.1, "target_variance": 0.5, "max_ticks": 300}}
+    path = walk_to_origin(trained_endpoint(0, epochs=1), digits, config=config, run_dir=tmp_path / "w", progress=True)
+    (bar,) = _RecordingBar.made
+    assert 1 < bar.total < config["m2o"]["max_ticks"] and bar.kwargs["unit"] == "tensor"  # not the cap on ticks
+    assert bar.positions[0] == 0 and bar.positions[-1] == bar.total  # the walk ends with every tensor at target
+    assert all(x <= y for x, y in zip(bar.positions, bar.positions[1:], strict=False))
+    assert [p["tick"] for p in bar.postfixes] == list(range(1, len(bar.postfixes) + 1))
+    assert len(bar.postfixes) == path.summary["run"]["ticks"]
+
+
+class _IterBar(list):
+    """tqdm stand-in for :func:`hf_llpf.progress.counting_bar`: records what it wraps."""
+
+    made: list = []
+
+    def __init__(self, items, **kwargs):
+        super().__init__(items)
+        self.kwargs = kwargs
+        _IterBar.made.append(self)
+
+
+def test_evaluation_shows_bars_over_the_points_and_the_baseline_only_when_asked(
+    tmp_path, digits, small_cnn_pair, monkeypatch
+):
+    import tqdm.auto
+
+    import hf_llpf.progress as progress
+    from hf_llpf.evaluation import evaluate_path
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", _IterBar)
+    monkeypatch.setattr(progress, "progress_enabled", lambda requested=True: requested)  # as on a terminal
+    run = tmp_path / "line"
+    hf_llpf.connect(*small_cnn_pair, digits, config={"method": "linear"}, run_dir=run, progress=False)
+    _IterBar.made = []
+    evaluate_path(run, data=digits, train_subset=64, linear_points=3, continuity_k=0)
+    assert [(len(bar), bar.kwargs["desc"]) for bar in _IterBar.made] == [
+        (9, "evaluate path points"),
+        (3, "evaluate linear baseline"),
+    ]
+    _IterBar.made = []
+    evaluate_path(run, data=digits, train_subset=64, linear_points=3, continuity_k=0, progress=False)
+    assert _IterBar.made == []

@@ -185,15 +185,22 @@ class M2O(Method):
         if st.tick == 0 and not st.points:
             self._record(0, float("nan"))
             self._checkpoint()
+        # The bar counts the tensors that have reached their target variance (the walk ends when all have); the
+        # tick count is in the postfix: max_ticks is only a cap.
         bar = tqdm(
-            total=m.max_ticks, initial=st.tick, desc=f"llpf {self.phase}", disable=not progress_enabled(self.progress)
+            total=len(st.reached),
+            initial=sum(st.reached),
+            desc=f"llpf {self.phase} tensors at target",
+            unit="tensor",
+            disable=not progress_enabled(self.progress),
+            leave=False,
         )
         try:
             while st.tick < m.max_ticks and not self.done():
                 loss = self._tick()
-                bar.update(1)
+                bar.update(sum(st.reached) - bar.n)
                 ratio = float((geometry.variances(self.moved) / self.start_var.clamp_min(1e-300)).max())
-                bar.set_postfix(loss=f"{loss:.4f}", var_ratio=f"{ratio:.3f}")
+                bar.set_postfix(tick=st.tick, loss=f"{loss:.4f}", var_ratio=f"{ratio:.3f}")
         finally:
             bar.close()
         if st.points[-1]["tick"] != st.tick:  # stopped by max_ticks between two saved points

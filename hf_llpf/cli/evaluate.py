@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0, help="seed of the fixed subsets")
     p.add_argument("--threads", type=threads, default=1, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
     p.add_argument(
         "--baselines",
         metavar="LIST",
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         continuity_k=args.continuity,
         continuity_subset=args.continuity_subset,
         seed=args.seed,
+        progress=not args.no_progress,
     )
     summary = source.summary if published else _recorded_summary(args.run_dir)
     cert = summary.get("run", {}).get("certification")

@@ -91,6 +91,7 @@ def _linear(path: Path, model: nn.Module, sets: EvalSets, opts: dict, accelerato
         recalibrate=opts["recalibrate_bn"],
         recal_batches=opts["recal_batches"],
         shard=(accelerator.process_index, accelerator.num_processes),
+        progress=opts["progress"],
     )
     return gather_rows(linear, accelerator), straight
 
@@ -98,7 +99,9 @@ def _linear(path: Path, model: nn.Module, sets: EvalSets, opts: dict, accelerato
 def _evaluate(path: Path, sets: EvalSets, opts: dict[str, Any], accelerator: Accelerator) -> dict[str, Any]:
     """The points, segments, baseline and summary of ``path`` on ``sets`` (everything but the settings)."""
     model = path.model_at(0).to(accelerator.device).eval()
-    walk_opts = WalkOptions(opts["loss_fn"], opts["recalibrate_bn"], opts["recal_batches"], opts["continuity_k"])
+    walk_opts = WalkOptions(
+        opts["loss_fn"], opts["recalibrate_bn"], opts["recal_batches"], opts["continuity_k"], opts["progress"]
+    )
     shard = (accelerator.process_index, accelerator.num_processes)
     rows, steps, cont = gather_walk(walk_path(path, model, sets, walk_opts, shard), accelerator)
     pos = positions(steps)
@@ -126,6 +129,7 @@ def evaluate_path(
     seed: int = 0,
     template: nn.Module | None = None,
     accelerator: Accelerator | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a path's saved points, its segments and the linear baseline; return the results, write nothing.
 
@@ -148,6 +152,8 @@ def evaluate_path(
         seed: seed of the fixed subsets.
         template: a module of the path's architecture, for paths of plain ``nn.Module`` s.
         accelerator: decides the device (default: a new ``Accelerator``: the device Accelerate chooses).
+        progress: bars over the path's points and the baseline's (only on a terminal, on the first process,
+            with ``TQDM_DISABLE`` unset: docs/cli.md#progress-and-logs).
 
     Returns:
         ``{"points": [...], "linear": [...], "continuity": [...], "summary": {...}}`` (each point's row holds
@@ -160,7 +166,7 @@ def evaluate_path(
     opts = {
         **{"train_subset": train_subset, "batch_size": batch_size, "seed": seed, "loss_fn": loss_fn},
         **{"recalibrate_bn": recalibrate_bn, "recal_batches": recal_batches, "linear_points": linear_points},
-        **{"continuity_k": continuity_k, "continuity_subset": continuity_subset},
+        **{"continuity_k": continuity_k, "continuity_subset": continuity_subset, "progress": progress},
     }
     problems = _check_options(opts)
     if problems:

@@ -13,6 +13,7 @@ from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.evaluation.scoring import evaluate_point, score
 from hf_llpf.evaluation.sets import EvalSets
 from hf_llpf.evaluation.summary import chord
+from hf_llpf.progress import counting_bar
 
 
 @torch.no_grad()
@@ -59,6 +60,7 @@ def linear_interpolation(
     recalibrate: bool = False,
     recal_batches: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    progress: bool = False,
 ) -> list[dict]:
     """Evaluate θ(t) = (1−t)·θ_A + t·θ_B at ``points`` evenly spaced t (ends included, exactly θ_A and θ_B).
 
@@ -74,6 +76,7 @@ def linear_interpolation(
         recalibrate: also report the figures after BatchNorm recalibration.
         recal_batches: batches used per recalibration (``None``: all).
         shard: ``(rank, world)``: this process evaluates points ``rank, rank + world, ...``.
+        progress: a bar over the points (on a terminal, on the first process).
 
     Returns:
         One dict per point of this process: ``index``, ``t`` and the columns of :func:`evaluate_point`.
@@ -85,7 +88,8 @@ def linear_interpolation(
         raise ConfigError(f"linear_points={points}: need at least 2 (the two endpoints)")
     rows = []
     rank, world = shard
-    for i in range(rank, points, world):
+    mine = range(rank, points, world)
+    for i in counting_bar(mine, desc="evaluate linear baseline", unit="point", requested=progress, main=rank == 0):
         t = i / (points - 1)
         load_point(model, state_a, state_b, t)
         cols = evaluate_point(model, sets, loss_fn=loss_fn, recalibrate=recalibrate, recal_batches=recal_batches)

@@ -20,6 +20,7 @@ from hf_llpf.evaluation.interpolation import continuity, load_point, param_names
 from hf_llpf.evaluation.scoring import evaluate_point, score
 from hf_llpf.evaluation.sets import EvalSets
 from hf_llpf.geometry import total_distance
+from hf_llpf.progress import counting_bar
 from hf_llpf.run import Path
 
 State = dict[str, torch.Tensor]
@@ -34,12 +35,14 @@ class WalkOptions:
         recalibrate: also score each point after BatchNorm recalibration.
         recal_batches: batches used per recalibration (``None``: all).
         k: interior points per segment (0: no continuity check).
+        progress: a bar over the points (on a terminal, on the first process; see :mod:`hf_llpf.progress`).
     """
 
     loss_fn: LossFn | None = None
     recalibrate: bool = False
     recal_batches: int | None = None
     k: int = 4
+    progress: bool = False
 
 
 def l2_step(a: State, b: State, names: list[str]) -> float:
@@ -85,7 +88,8 @@ def walk_path(
     items = []
     losses = _ContinuityLosses(model, sets, opts)
     last: tuple[int, State] | None = None
-    for i in range(rank, len(path), world):
+    mine = range(rank, len(path), world)
+    for i in counting_bar(mine, desc="evaluate path points", unit="point", requested=opts.progress, main=rank == 0):
         cur = path.state_dict_at(i)
         load_point(model, cur)
         row = evaluate_point(
