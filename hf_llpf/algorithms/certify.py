@@ -165,13 +165,11 @@ class Certifier:
             t = lap("train", t)
             point = self.probe.loss(model, above=ceiling, estimate=True)
             t = lap("probe", t)
+        if not point <= ceiling:  # the budget is spent: the full figure (it may be reported; an estimate may err)
+            point = self.probe.loss(model)
         segment = None
-        if not point <= ceiling:
-            point = self.probe.loss(model)  # kept or rolled back: the figure reported is the full one
-        elif cfg.certify_segments:
+        if cfg.certify_segments and point <= ceiling:
             segment = self.midpoint_loss(model, previous, above=ceiling)
-            if segment > ceiling:
-                segment = self.midpoint_loss(model, previous)
         lap("probe", t)
         return Verdict(point, segment, spent, ceiling, loss, cfg.min_iters)
 
@@ -181,7 +179,8 @@ class Certifier:
 
         Floating tensors (BatchNorm statistics included) are averaged, as the evaluation's continuity check
         interpolates them; integer buffers keep the current point's values. The model is left on its point.
-        ``above``: as in :meth:`ProbeSet.loss` (a lower bound once it is above).
+        ``above``: a pass above it may stop early (:meth:`ProbeSet.loss`); the value returned is then measured
+        again in full, as it may be reported.
         """
         state = list(model.state_dict().values())
         keep = _distinct_floating(state)
@@ -190,7 +189,8 @@ class Certifier:
         torch._foreach_add_(live, prev)
         torch._foreach_mul_(live, 0.5)
         try:
-            return self.probe.loss(model, above=above)
+            loss = self.probe.loss(model, above=above)
+            return loss if above is None or loss <= above else self.probe.loss(model)
         finally:
             torch._foreach_copy_(live, here)
 
