@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path as FsPath
 
 from hf_llpf import __version__
-from hf_llpf.assets import read_assets, with_assets
+from hf_llpf.assets import ASSET_KINDS, TOKENIZER, read_assets, with_assets
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.hub.access import check_online, hub_api, hub_errors, resolve_token
 from hf_llpf.hub.files import check_run_dir
@@ -74,6 +74,7 @@ def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | 
         repo_id=repo_id,
         reason=reason,
         license=license,
+        tokenizer=any(ASSET_KINDS.get(rel) == TOKENIZER for rel in files),
     )
     (tmp / README).write_text(str(card))
     if out.exists():
