@@ -220,3 +220,31 @@ def test_write_assets_replaces_the_folder_whole(tmp_path):
     assert not any(p.name.startswith(".tmp_") for p in Path(tmp_path).iterdir())
     write_assets(tmp_path / "none", Assets())
     assert not (tmp_path / "none").exists() or not (tmp_path / "none" / "assets").exists()
+
+
+def test_a_baseline_path_keeps_the_companion_files_and_timm_data_config(text, tmp_path):
+    from hf_llpf.baselines.build import build_baseline
+
+    data = str(text / "reviews.parquet")
+    build_baseline("linear", text / "bert_0", text / "bert_1", data, run_dir=tmp_path / "lin", points=3)
+    assert sorted(read_assets(tmp_path / "lin")) == ["tokenizer.json", "tokenizer_config.json"]
+    torch.manual_seed(0)
+    a, b = create_model("small_cnn"), create_model("small_cnn")
+    build_baseline("linear", a, b, "digits", run_dir=tmp_path / "cnn", points=3, config={"data": {"std": [0.3]}})
+    written = json.loads((tmp_path / "cnn" / "points" / "t_000001" / "config.json").read_text())
+    assert written["pretrained_cfg"]["input_size"] == [1, 8, 8] and written["pretrained_cfg"]["std"] == [0.3]
+    assert not (tmp_path / "cnn" / "assets").exists()  # nothing to carry for timm endpoints
+
+
+def test_the_cards_show_how_to_load_the_tokenizer(tmp_path):
+    from hub_fixtures import make_run_dir
+
+    from hf_llpf.hub.push import published_files
+
+    run = make_run_dir(tmp_path / "bert", kind="transformers")
+    files, _ = published_files(run, repo_id="org/x")
+    assert 'AutoTokenizer.from_pretrained("org/x", subfolder="points/t_000010")' in files["README.md"].decode()
+    export_point(run, point="mid", out_dir=tmp_path / "mid")
+    assert 'AutoTokenizer.from_pretrained("ORG/NAME")' in (tmp_path / "mid" / "README.md").read_text()
+    timm_run = make_run_dir(tmp_path / "timm", kind="timm")
+    assert "AutoTokenizer" not in published_files(timm_run, repo_id="org/y")[0]["README.md"].decode()
