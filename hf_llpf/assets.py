@@ -275,7 +275,41 @@ def run_assets(ea: Any, eb: Any = None, bundle: Any = None) -> Assets:
             tokenizer, origin = tokenizer_files(None, bundle.tokenizer), "the run's tokenizer"
         elif spec != tokenizer_spec(ea):
             tokenizer = tokenizer_files(spec)
-    return merge_assets(a, b, labels=labels, tokenizer=tokenizer, tokenizer_origin=origin)
+    assets = merge_assets(a, b, labels=labels, tokenizer=tokenizer, tokenizer_origin=origin)
+    if getattr(bundle, "task", None) == "image" and "preprocessor_config.json" in assets.files:
+        _check_processor(assets, bundle)
+    return assets
+
+
+def _check_processor(assets: Assets, bundle: Any) -> None:
+    """Note (and warn) when the image processor that travels describes other inputs than the run's data.
+
+    The processor is the endpoint's, published as it is: a user of a point would feed it images prepared that
+    way, while the points were trained on the run's (``data.image_size``, ``data.mean``, ``data.std``).
+    """
+    try:
+        proc = json.loads(assets.files["preprocessor_config.json"])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return
+    channels, height, width = bundle.input_shape
+    data = bundle.config
+    ours = {
+        "image_mean": [round(float(v), 4) for v in data.mean] * (channels if len(data.mean) == 1 else 1),
+        "image_std": [round(float(v), 4) for v in data.std] * (channels if len(data.std) == 1 else 1),
+    }
+    found = []
+    for key, value in ours.items():
+        theirs = proc.get(key)
+        if isinstance(theirs, list) and [round(float(v), 4) for v in theirs] != value:
+            found.append(f"{key} {theirs} (the run's data: {value})")
+    size = proc.get("size") if isinstance(proc.get("size"), dict) else {}
+    if {"height", "width"} <= set(size) and (size["height"], size["width"]) != (height, width):
+        found.append(f"size {size['height']}x{size['width']} (the run's data: {height}x{width})")
+    if found:
+        note = ("preprocessor_config.json (the endpoint's, published as it is) describes other inputs than the run's "
+                f"data: {'; '.join(found)}")  # fmt: skip
+        assets.notes.append(note)
+        logger.warning(note, main_process_only=True)
 
 
 def write_assets(root: str | os.PathLike, assets: Assets) -> None:

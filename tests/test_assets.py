@@ -248,3 +248,19 @@ def test_the_cards_show_how_to_load_the_tokenizer(tmp_path):
     assert 'AutoTokenizer.from_pretrained("ORG/NAME")' in (tmp_path / "mid" / "README.md").read_text()
     timm_run = make_run_dir(tmp_path / "timm", kind="timm")
     assert "AutoTokenizer" not in published_files(timm_run, repo_id="org/y")[0]["README.md"].decode()
+
+
+def test_an_image_processor_describing_other_inputs_than_the_run_data_is_named(tmp_path):
+    from types import SimpleNamespace
+
+    proc = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.5, 0.5, 0.5], "size": {"height": 224, "width": 224}}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "preprocessor_config.json").write_text(json.dumps(proc))
+    ea, eb = (SimpleNamespace(source=str(tmp_path / n), kind="transformers", revision=None) for n in "ab")
+    bundle = SimpleNamespace(task="image", input_shape=(3, 8, 8), config=SimpleNamespace(mean=(0.5,), std=(0.5,)))
+    assets = run_assets(ea, eb, bundle)
+    assert assets.origin == {"preprocessor_config.json": "A and B"}
+    (note,) = assets.notes
+    assert "image_mean [0.485, 0.456, 0.406] (the run's data: [0.5, 0.5, 0.5])" in note and "size 224x224" in note
+    assert "image_std" not in note  # that one agrees
