@@ -24,6 +24,7 @@ from hf_llpf.algorithms.certify import Certifier, certification_line, make_certi
 from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import method_class
+from hf_llpf.assets import run_assets, write_assets
 from hf_llpf.batches import move_batch
 from hf_llpf.config import ConnectConfig, to_yaml
 from hf_llpf.errors import ConfigError, RunDirectoryError
@@ -36,6 +37,7 @@ from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
 from hf_llpf.run.resume import check_same_run, read_checkpoint
 from hf_llpf.seeding import seed_everything
 from hf_llpf.spheres import choose_method
+from hf_llpf.timm_config import run_data_config, with_data_config
 from hf_llpf.train import LossFn, RepairTrainer, make_accelerator
 
 logger = get_logger(__name__)
@@ -92,6 +94,11 @@ def connect(
     t = time.perf_counter()
     loader, bundle, config = prepare_data(train_data, config, ea, eb)
     example = example_batch(loader)
+    # timm points say what they were trained on (input size, normalisation); the endpoints' companion files are
+    # checked now, before any work, and travel with the points (hf_llpf.assets).
+    data_config = run_data_config(bundle, example, config.data)
+    ea, eb = with_data_config(ea, data_config), with_data_config(eb, data_config)
+    assets = run_assets(ea, eb, bundle)
     setup["setup_data"] = time.perf_counter() - t
     t = time.perf_counter()
     plan = stage_plan(ea, example, config)
@@ -105,6 +112,8 @@ def connect(
     protected = read_paths(ea, eb, config=config)
     writer = RunWriter(run_dir, exist=exist, protected=protected) if accelerator.is_main_process else NullWriter()
     try:
+        if writer.root is not None:
+            write_assets(writer.root, assets)
         with progress_requested(progress):
             return _run_and_record(
                 ea,
@@ -343,11 +352,15 @@ def walk_to_origin(
     seed_everything(config.seed)
     with progress_requested(progress):
         endpoint = resolve_endpoint(model)
-    loader, _, config = prepare_data(train_data, config, endpoint)
-    plan = stage_plan(endpoint, example_batch(loader), config)
+    loader, bundle, config = prepare_data(train_data, config, endpoint)
+    example = example_batch(loader)
+    plan = stage_plan(endpoint, example, config)
     if config.m2o.target_variance >= 1:
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
+    endpoint = with_data_config(endpoint, run_data_config(bundle, example, config.data))
+    assets = run_assets(endpoint, None, bundle)
     with RunWriter(run_dir, exist=exist) as writer, progress_requested(progress):
+        write_assets(writer.root, assets)
         writer.write_yaml(CONFIG_YAML, to_yaml(config))
         description = {"A": endpoint.describe(), "B": None, "method": "m2o-walk", "hf_llpf_version": __version__}
         writer.write_json(ENDPOINTS_JSON, description)

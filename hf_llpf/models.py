@@ -338,27 +338,11 @@ def save_model(model: nn.Module, directory: str | os.PathLike, *, kind: Kind, ar
         state[k] = v.detach().clone() if ptr in seen else v.detach().contiguous()
         seen.add(ptr)
     safetensors.torch.save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    if kind == "timm":
-        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        cfg.pop("architecture", None)
-        model_args = dict(arch.get("model_args") or {})
-        config = {
-            "architecture": arch["architecture"],
-            "num_classes": getattr(model, "num_classes", model_args.get("num_classes")),
-            "num_features": getattr(model, "num_features", None),
-            "model_args": model_args,
-            "pretrained_cfg": {k: v for k, v in cfg.items() if _jsonable(v)},
-        }
-        (directory / "config.json").write_text(json.dumps(config, indent=2))
+    if kind == "timm":  # timm's own config writer, with the run's data config when arch carries one
+        from hf_llpf.timm_config import write_timm_config
+
+        write_timm_config(model, directory, arch)
     return directory
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-        return True
-    except TypeError:
-        return False
 
 
 def check_endpoints_match(a: nn.Module, b: nn.Module) -> None:

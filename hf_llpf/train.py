@@ -30,6 +30,7 @@ from hf_llpf.progress import progress_enabled
 from hf_llpf.recipe_model import model_and_data, training_loss
 from hf_llpf.run import check_out_dir
 from hf_llpf.seeding import seed_everything
+from hf_llpf.timm_config import run_data_config, with_data_config
 
 # What save_pretrained writes for a tokenizer: a model folder of this tool may hold them.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json")
@@ -144,6 +145,8 @@ def train_endpoint(
         "recipe": recipe.model_dump(mode="json"),
     }
     endpoint = as_endpoint(model, source=str(out_dir) if out_dir else f"{recipe.model}@seed{recipe.seed}")
+    # A trained timm endpoint's config.json says what it was trained on, as a path's points do (hf_llpf.timm_config).
+    endpoint = with_data_config(endpoint, run_data_config(data, None, data.config))
     check_finite(endpoint, label=f"trained {recipe.model} seed {recipe.seed}")
     if out_dir is not None:
         _save_model_folder(model, Path(out_dir), endpoint, metrics, tokenizer=getattr(data, "tokenizer", None))

@@ -2,7 +2,8 @@
 
 A run directory is written with the real :class:`~hf_llpf.run.RunWriter`: five points on the straight
 line between two small endpoints (timm ``small_cnn`` or a tiny BERT), metrics with a plausible summary,
-a plot, the settings and an evaluation report section in README.md.
+a plot, the settings and an evaluation report section in README.md. As a run does, timm points are saved with the
+data config of the recorded data (digits: 1 x 8 x 8, mean/std 0.5) and a BERT run keeps its tokenizer in ``assets/``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,15 @@ from pathlib import Path
 import torch
 from tiny_models import tiny_bert
 
+from hf_llpf.assets import merge_assets, tokenizer_files, write_assets
 from hf_llpf.models import as_endpoint, create_model, save_model
 from hf_llpf.run import PointRecord, RunWriter, TickRecord
 from hf_llpf.stages import build_stages
+from hf_llpf.timm_config import with_data_config
+
+# What a digits run's timm points record (hf_llpf.timm_config.run_data_config of the digits bundle).
+DIGITS_DATA_CONFIG = {"input_size": (1, 8, 8), "mean": (0.5,), "std": (0.5,), "interpolation": "bilinear",
+                      "crop_pct": 1.0, "crop_mode": "center"}  # fmt: skip
 
 TICKS = (0, 5, 10, 15, 20)
 SUMMARY = {
@@ -80,8 +87,13 @@ def make_run_dir(
         report: write an evaluation report section into README.md.
     """
     a, b = make_endpoints(kind)
-    ep = as_endpoint(a)
+    ep = with_data_config(as_endpoint(a), DIGITS_DATA_CONFIG)
     writer = RunWriter(root)
+    if kind == "transformers":  # the tokenizer the BERT endpoints share (vocabulary within tiny_bert's 50)
+        from benchmarks.text_data import word_tokenizer
+
+        files = tokenizer_files(None, word_tokenizer())
+        write_assets(root, merge_assets(files, dict(files), labels=("a", "b")))
     sa, sb = a.state_dict(), b.state_dict()
     points, ticks = [], []
     for index, tick in enumerate(TICKS):

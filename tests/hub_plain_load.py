@@ -72,6 +72,46 @@ def timm_point(repo: str, point: str) -> dict:
     return {"digest": digest(model.state_dict()), "files": files}
 
 
+TEXT = "good great film"
+
+
+def tokenizer_ids(repo: str, **where) -> list[int]:
+    """The published tokenizer's ids for :data:`TEXT` (root, ``subfolder=`` or ``revision=``)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(repo, **where)(TEXT)["input_ids"]
+
+
+def text_pipeline(repo: str, **where) -> dict:
+    """``pipeline("text-classification")`` on the published model and tokenizer, and the weights' digest."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    if not where:  # the plainest form: the repo id alone
+        classify = pipeline("text-classification", model=repo)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(repo, **where)
+        classify = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(repo, **where))
+    got = classify(TEXT)[0]
+    return {"label": got["label"], "score": float(got["score"]), "digest": digest(classify.model.state_dict())}
+
+
+def timm_data(repo: str, revision: str | None = None, point: str | None = None) -> dict:
+    """timm's data config of the published model, and its config.json's pretrained_cfg keys."""
+    import timm
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    if point is not None:
+        folder = snapshot_download(repo, allow_patterns=[f"{point}/*"])
+        model = timm.create_model(f"local-dir:{folder}/{point}", pretrained=True)
+        config = json.loads((Path(folder) / point / "config.json").read_text())
+    else:
+        model = timm.create_model(f"hf-hub:{repo}" + (f"@{revision}" if revision else ""), pretrained=True)
+        config = json.loads(Path(hf_hub_download(repo, "config.json", revision=revision)).read_text())
+    data = timm.data.resolve_data_config(model=model)
+    return {"data": {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()},
+            "keys": sorted(config["pretrained_cfg"]), "num_classes": model.num_classes}  # fmt: skip
+
+
 def card(repo: str) -> dict:
     from huggingface_hub import ModelCard
 
@@ -107,6 +147,15 @@ def main(cfg_file: str) -> None:
     rev_repo, rev = cfg["plain_bert_rev_repo"], cfg["plain_revision"]
     step(out, "transformers_revision", lambda: transformers_revision(rev_repo, rev))
     step(out, "timm_revision", lambda: timm_revision(timm_repo, rev))
+    step(out, "tokenizer_root", lambda: tokenizer_ids(bert))
+    step(out, "tokenizer_point", lambda: tokenizer_ids(bert, subfolder=point))
+    step(out, "tokenizer_revision", lambda: tokenizer_ids(rev_repo, revision=rev))
+    step(out, "pipeline_root", lambda: text_pipeline(bert))
+    step(out, "pipeline_point", lambda: text_pipeline(bert, subfolder=point))
+    step(out, "pipeline_revision", lambda: text_pipeline(rev_repo, revision=rev))
+    step(out, "timm_data_root", lambda: timm_data(timm_repo))
+    step(out, "timm_data_point", lambda: timm_data(timm_repo, point=point))
+    step(out, "timm_data_revision", lambda: timm_data(timm_repo, revision=rev))
     step(out, "timm_card", lambda: card(timm_repo))
     step(out, "bert_card", lambda: card(bert))
     out["hf_llpf_imported"] = any(m == "hf_llpf" or m.startswith("hf_llpf.") for m in sys.modules)

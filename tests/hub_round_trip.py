@@ -219,8 +219,13 @@ def plain_load(cfg: dict) -> dict:
     """The card's promises, checked by a process that never imports hf_llpf (hub_plain_load.py)."""
     import subprocess
 
+    from hub_read_proxy import ReadProxy  # olah answers a missing file 401, the Hub 404: see that module
+
     script = Path(cfg["tests"]) / "hub_plain_load.py"
-    proc = subprocess.run([sys.executable, str(script), cfg["cfg_file"]], capture_output=True, text=True, timeout=600)
+    with ReadProxy(Path(cfg["mirrors"]), os.environ["HF_ENDPOINT"]) as proxy:
+        env = {**os.environ, "HF_ENDPOINT": proxy.url}
+        run = [sys.executable, str(script), cfg["cfg_file"]]
+        proc = subprocess.run(run, capture_output=True, text=True, timeout=600, env=env)
     if proc.returncode != 0:
         return {"error": "plain_load failed", "message": proc.stderr[-3000:], "trace": proc.stdout[-3000:]}
     return json.loads(Path(cfg["plain_results"]).read_text())

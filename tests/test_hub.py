@@ -291,6 +291,7 @@ def hub_round_trip(olah, tmp_path_factory):
             "plain_bert_rev_repo": "llpf/bert-revisions",
             "plain_revision": "t_000005",
             "plain_results": str(base / "plain_results.json"),
+            "mirrors": str(mirrors),
         }
         (base / "cfg.json").write_text(json.dumps(cfg))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "TRANSFORMERS_"))}
@@ -402,7 +403,8 @@ def test_load_path_reads_metrics_eagerly_and_points_lazily(hub_round_trip):
     assert not any(f.startswith("points/") for f in res["files_before"])
     assert "plots/loss.png" in res["files_before"] and "path_metrics.csv" in res["files_before"]
     new = set(res["files_after"]) - set(res["files_before"])
-    assert new == {"points/t_000010/config.json", "points/t_000010/model.safetensors"}
+    point_files = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+    assert new == {f"points/t_000010/{name}" for name in point_files}  # the point's weights, config and tokenizer
     from hub_fixtures import state_digest
 
     assert res["digest"] == state_digest(local.state_dict_at(2))
@@ -512,6 +514,37 @@ def test_plain_libraries_load_the_root_and_a_middle_point(hub_round_trip):
 
 
 @pytest.mark.hub
+def test_published_points_are_complete_models_for_plain_libraries(hub_round_trip):
+    """Tokenizer and pipeline by root, subfolder and revision; timm's data config is the run's data (digits)."""
+    from hub_fixtures import DIGITS_DATA_CONFIG, state_digest
+
+    from benchmarks.text_data import word_tokenizer
+
+    res, runs = _ok(hub_round_trip["results"], "plain_load"), hub_round_trip["runs"]
+    ids = word_tokenizer()("good great film")["input_ids"]
+    for where in ("root", "point", "revision"):
+        assert _ok(res, f"tokenizer_{where}") == ids, where
+    bert = LLPFPath(runs["bert"])
+    for where, index in (("root", 2), ("point", 2), ("revision", 1)):
+        got = _ok(res, f"pipeline_{where}")
+        assert got["digest"] == state_digest(bert.state_dict_at(index)), where
+        model, batch = bert.model_at(index), word_tokenizer()("good great film", return_tensors="pt")
+        with torch.no_grad():
+            probs = torch.softmax(model(**batch).logits[0], -1)
+        assert got["label"] == f"LABEL_{int(probs.argmax())}" and got["score"] == pytest.approx(float(probs.max()))
+    expected = {k: list(v) if isinstance(v, tuple) else v for k, v in DIGITS_DATA_CONFIG.items()}
+    for where in ("root", "point", "revision"):
+        got = _ok(res, f"timm_data_{where}")
+        assert got["data"] == expected and got["num_classes"] == 10, where
+        assert not {"hf_hub_id", "url", "tag", "license", "origin_url", "paper_ids"} & set(got["keys"]), where
+    repo = hub_round_trip["mirrors"] / "models" / "llpf/bert-path"
+    listed = _git(repo, "ls-tree", "-r", "--name-only", "main").splitlines()
+    for where in ("", "points/t_000000/", "points/t_000010/", "points/t_000020/"):
+        assert {f"{where}tokenizer.json", f"{where}tokenizer_config.json"} <= set(listed), where
+    assert not [f for f in listed if f.startswith("assets/")]  # stored once in the run dir, published per point
+
+
+@pytest.mark.hub
 def test_the_card_follows_hub_conventions(hub_round_trip):
     res = _ok(hub_round_trip["results"], "plain_load")
     timm_card, bert_card = _ok(res, "timm_card"), _ok(res, "bert_card")
@@ -542,6 +575,7 @@ def test_the_card_follows_hub_conventions(hub_round_trip):
     )
     assert bert_card["base_model"] == ["endpoints/transformers-a", "x/y"]
     assert 'AutoModelForSequenceClassification.from_pretrained("llpf/bert-path", subfolder=' in bert_card["text"]
+    assert 'AutoTokenizer.from_pretrained("llpf/bert-path", subfolder="points/t_000010")' in bert_card["text"]
 
 
 @pytest.mark.hub

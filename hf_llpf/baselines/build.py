@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from hf_llpf.assets import run_assets
 from hf_llpf.baselines.bezier import BezierCurve, BezierSettings, check
 from hf_llpf.baselines.pathdir import BaselineRun, State, fixed_ts, state_of, write_path
 from hf_llpf.baselines.permutation import permutation_spec
@@ -29,6 +30,7 @@ from hf_llpf.inputs import example_batch, prepare_data, resolve_config, resolve_
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
 from hf_llpf.run import Path
 from hf_llpf.seeding import seed_everything
+from hf_llpf.timm_config import run_data_config, with_data_config
 from hf_llpf.train import batch_stream
 
 BASELINES = ("linear", "slerp", "bezier", "weight-matching")
@@ -127,7 +129,10 @@ def build_baseline(
     check_finite(ea, label="A")
     check_finite(eb, label="B")
     check_endpoints_match(ea.model, eb.model)
-    loader, bundle, _ = prepare_data(train_data, config, ea, eb)
+    loader, bundle, data_config = prepare_data(train_data, config, ea, eb)
+    # As connect does: timm points record the data they describe, and the companion files travel (hf_llpf.assets).
+    ea = with_data_config(ea, run_data_config(bundle, example_batch(loader), data_config.data))
+    assets = run_assets(ea, eb, bundle)
     data = bundle.config.model_dump(mode="json") if bundle is not None else None
     sa, sb = state_of(ea.model), state_of(eb.model)
     run = BaselineRun(method=method, data=data, seed=config.seed, settings={"points": points})
@@ -145,9 +150,8 @@ def build_baseline(
     if recal and method != "bezier":
         state_at = _recalibrated(state_at, ea.model, batches)
     run.settings["recalibrate_bn"] = recal
-    return write_path(
-        run_dir, ea, eb, ts, state_at, run, exist=exist, command=command, seconds=time.perf_counter() - start
-    )
+    return write_path(run_dir, ea, eb, ts, state_at, run, exist=exist, command=command,
+                      seconds=time.perf_counter() - start, assets=assets)  # fmt: skip
 
 
 def _weight_matching(ea: Endpoint, sa: State, sb: State, loader: Any, run: BaselineRun, *, seed: int) -> Callable:

@@ -23,6 +23,7 @@ import yaml
 from torch import nn
 
 from hf_llpf import __version__
+from hf_llpf.assets import Assets, write_assets
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.interpolation import load_point, param_names
 from hf_llpf.evaluation.walk import l2_step
@@ -83,6 +84,7 @@ def write_path(
     exist: str = "error",
     command: str | None = None,
     seconds: float = 0.0,
+    assets: Assets | None = None,
 ) -> Path:
     """Write the points ``state_at(t)`` for each ``t`` of ``ts`` as a run directory.
 
@@ -97,6 +99,7 @@ def write_path(
         exist: ``"error"`` or ``"overwrite"`` (see :class:`~hf_llpf.run.RunWriter`).
         command: the command line that made it, recorded for reproduction.
         seconds: time the method spent before writing (training, matching); added to the wall time.
+        assets: the endpoints' companion files (:func:`hf_llpf.assets.run_assets`), stored in ``assets/``.
 
     Returns:
         The :class:`~hf_llpf.run.Path` (points load lazily).
@@ -118,6 +121,8 @@ def write_path(
         b = {**eb.describe(), "path_end": run.end_b} if run.end_b else eb.describe()
         ends = {"A": ea.describe(), "B": b, "method": run.method, "command": command, "hf_llpf_version": __version__}
         writer.write_json(ENDPOINTS_JSON, ends)
+        if assets is not None:
+            write_assets(writer.root, assets)
         for i, t in enumerate(ts):
             state = state_a if t == 0.0 else state_b if t == 1.0 else state_at(t)
             load_point(model, state)

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from hf_llpf import __version__
+from hf_llpf.assets import ASSET_KINDS, TOKENIZER, read_assets
 from hf_llpf.hub.files import check_run_dir
 from hf_llpf.hub.public import UNKNOWN_LICENSE, is_local, local_names, public_name, scrub_text
 from hf_llpf.hub.snippets import path_snippet
@@ -416,7 +417,9 @@ def build_model_card(
         lines += ["", "## Plots", ""] + [f"![{FsPath(p).stem}]({p})" for p in plots]
     if report:
         lines += ["", report]
-    snippet = path_snippet(facts.library, facts.architecture, repo, point=example, revisions=pub.revisions)
+    tokenizer = any(ASSET_KINDS[name] == TOKENIZER for name in read_assets(root))
+    snippet = path_snippet(facts.library, facts.architecture, repo, point=example, revisions=pub.revisions,
+                           tokenizer=tokenizer)  # fmt: skip
     lines += ["", "## Load a point", "", *snippet]
     lines += _reproduce(root, facts)
     results = _eval_results(summary, facts)

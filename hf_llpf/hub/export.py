@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path as FsPath
 
 from hf_llpf import __version__
+from hf_llpf.assets import ASSET_KINDS, TOKENIZER, read_assets, with_assets
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.hub.access import check_online, hub_api, hub_errors, resolve_token
 from hf_llpf.hub.files import check_run_dir
@@ -43,19 +44,21 @@ def _open_source(source: str | os.PathLike | Path, endpoint: str | None) -> tupl
 def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | None, reason: str) -> None:
     """Copy point ``i``'s safe files and its card into ``out``, which appears whole or not at all."""
     folder = path.point_dir(i)
-    files = [
-        p
+    own = {
+        p.relative_to(folder).as_posix(): p
         for p in walk_files(folder, allowed_root=path._fence())
         if p.suffix not in UNSAFE_WEIGHTS and p.name != README
-    ]
-    if not any(p.suffix == ".safetensors" for p in files):
+    }
+    if not any(p.suffix == ".safetensors" for p in own.values()):
         raise RunDirectoryError(f"point {i} ({folder}) has no safetensors weights")
+    # A run directory keeps the tokenizer / processor / generation files once (assets/); a published point holds them.
+    files = with_assets(own, read_assets(path.root, fence=path._fence()))
     tmp = out.with_name(f".{out.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    for f in files:
-        dest = tmp / f.relative_to(folder)
+    for rel, f in files.items():
+        dest = tmp / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f, dest)
     try:  # the endpoints' license when they agree (recorded or in a local endpoint's card), else "unknown"
@@ -71,6 +74,7 @@ def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | 
         repo_id=repo_id,
         reason=reason,
         license=license,
+        tokenizer=any(ASSET_KINDS.get(rel) == TOKENIZER for rel in files),
     )
     (tmp / README).write_text(str(card))
     if out.exists():

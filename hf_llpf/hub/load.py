@@ -19,7 +19,7 @@ from hf_llpf.run.layout import README
 # Files a published path needs before any point is opened (metrics eager, points lazy).
 EAGER_PATTERNS = (README, "*.json", "*.csv", "*.yaml", f"{PLOTS_DIR}/*")
 # Weights are only ever fetched as safetensors; configs and small text files come with them.
-POINT_FILE_PATTERNS = ("*.safetensors", "*.json", "*.txt", "*.model", "*.md")
+POINT_FILE_PATTERNS = ("*.safetensors", "*.json", "*.txt", "*.model", "*.spm", "*.jinja", "*.md")
 # Pickle-based or foreign weight formats: never downloaded, never copied into an export.
 UNSAFE_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack")
 

@@ -21,6 +21,7 @@ def build_point_card(
     repo_id: str | None,
     reason: str | None = None,
     license: str = UNKNOWN_LICENSE,
+    tokenizer: bool = False,
 ):
     """The card of one exported point: the path's metadata (tagged ``llpf-point``), its figures, how to load it.
 
@@ -32,6 +33,7 @@ def build_point_card(
         repo_id: the repo the point is exported to (used in the loading code); a placeholder when None.
         reason: why this point was chosen (:func:`~hf_llpf.hub.points.choose_point`), said in the card.
         license: the card's ``license``.
+        tokenizer: the exported folder carries a tokenizer (its loading line is shown).
 
     Returns:
         huggingface_hub.ModelCard: the card.
@@ -55,7 +57,7 @@ def build_point_card(
         "",
         "## Load",
         "",
-        *point_snippet(facts.library, facts.architecture, repo),
+        *point_snippet(facts.library, facts.architecture, repo, tokenizer=tokenizer),
         "",
         f"Made with hf_llpf {__version__}.",
     ]

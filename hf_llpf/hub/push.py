@@ -20,6 +20,7 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from hf_llpf import __version__
+from hf_llpf.assets import read_assets, with_assets
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.hub.access import check_online, hub_api, hub_errors, resolve_token
 from hf_llpf.hub.card import Publication, build_model_card
@@ -38,7 +39,7 @@ from hf_llpf.hub.revisions import branch_name, push_point_branches
 from hf_llpf.hub.spec import check_branch_name, parse_repo_spec
 from hf_llpf.hub.upload import FILES_PER_COMMIT, PRUNE_PATTERNS, commit_in_batches, stale_files
 from hf_llpf.run import METRICS_JSON, Path, atomic_write_text
-from hf_llpf.run.layout import ENDPOINTS_JSON, README
+from hf_llpf.run.layout import ASSETS_DIR, ENDPOINTS_JSON, README
 from hf_llpf.safe_paths import walk_files
 
 TAG_PREFIX = "llpf-"
@@ -87,14 +88,23 @@ def _filtered_metrics(root: FsPath, keep: set[str]) -> dict[str, bytes]:
     return out
 
 
-def _root_files(path: Path, i: int) -> dict[str, FsPath]:
-    """The files of point ``i`` as they appear at the repo root (its weights, config and processor files)."""
+def _root_files(path: Path, i: int, assets: dict[str, FsPath]) -> dict[str, FsPath]:
+    """The files of point ``i`` as they appear at the repo root: its weights and config, and the run's companion
+    files (tokenizer, processor, generation config) where the point has none of that name."""
     folder = path.point_dir(i)
-    return {
+    own = {
         f.relative_to(folder).as_posix(): f
         for f in walk_files(folder, allowed_root=path.root)
         if f.suffix not in UNSAFE_WEIGHTS and f.name != README
     }
+    return with_assets(own, assets)
+
+
+def _point_assets(files: dict, names: set[str], assets: dict[str, FsPath]) -> None:
+    """Add the run's companion files to every published point folder that has no file of that name."""
+    for name in sorted(names):
+        for rel, f in assets.items():
+            files.setdefault(f"{name}/{rel}", f)
 
 
 def _patterns(value, field: str) -> list[str] | None:
@@ -145,13 +155,18 @@ def published_files(
         pub.published = chosen
     keep = {path.point_name(i) for i in chosen}
     dropped = {path.point_name(i) for i in range(len(path))} - keep
+    # assets/ is stored once in the run directory; its files are published inside every point and at the root.
     files: dict[str, bytes | FsPath] = {
-        rel: root / rel for rel in publishable_files(root) if not any(rel.startswith(d + "/") for d in dropped)
+        rel: root / rel
+        for rel in publishable_files(root)
+        if not any(rel.startswith(d + "/") for d in (*dropped, ASSETS_DIR))
     }
+    assets = read_assets(root)
+    _point_assets(files, keep, assets)
     if dropped:
         files.update(_filtered_metrics(root, keep))
     if pub.root is not None:
-        for rel, f in _root_files(path, pub.root[0]).items():
+        for rel, f in _root_files(path, pub.root[0], assets).items():
             if rel in files:
                 raise RunDirectoryError(f"point file {rel!r} would replace the run file of that name at the repo root")
             files[rel] = f

@@ -31,7 +31,9 @@ def _builtin(architecture: str) -> bool:
     return architecture in BUILTIN_MODELS
 
 
-def path_snippet(library: str | None, architecture: str, repo: str, *, point: str, revisions: bool) -> list[str]:
+def path_snippet(
+    library: str | None, architecture: str, repo: str, *, point: str, revisions: bool, tokenizer: bool = False
+) -> list[str]:
     """The card's "Load a point" code for a published path: the root, one point, any point with hf_llpf.
 
     Args:
@@ -40,6 +42,7 @@ def path_snippet(library: str | None, architecture: str, repo: str, *, point: st
         repo: the repo id.
         point: a point folder to show (``points/t_000010``).
         revisions: whether every published point also has its own branch (named like its folder).
+        tokenizer: the points carry a tokenizer (hf_llpf.assets): show how to load it.
     """
     branch = point.rsplit("/", 1)[-1]
     lines: list[str] = []
@@ -53,6 +56,12 @@ def path_snippet(library: str | None, architecture: str, repo: str, *, point: st
         ]
         if revisions:
             lines.append(f'point = {auto}.from_pretrained("{repo}", revision="{branch}")  # or its branch')
+        if tokenizer:
+            lines += [
+                "",
+                "from transformers import AutoTokenizer  # every point and the root carry the tokenizer",
+                f'tokenizer = AutoTokenizer.from_pretrained("{repo}", subfolder="{point}")',
+            ]
         lines.append("```")
     elif library == "timm":
         register = _builtin(architecture)
@@ -83,8 +92,8 @@ def path_snippet(library: str | None, architecture: str, repo: str, *, point: st
     return lines
 
 
-def point_snippet(library: str | None, architecture: str, repo: str) -> list[str]:
-    """The "Load" code of an exported point (a whole repo of its own)."""
+def point_snippet(library: str | None, architecture: str, repo: str, *, tokenizer: bool = False) -> list[str]:
+    """The "Load" code of an exported point (a whole repo of its own; ``tokenizer``: it carries one)."""
     if library == "timm":
         lines = ["import timm"]
         if _builtin(architecture):
@@ -93,6 +102,8 @@ def point_snippet(library: str | None, architecture: str, repo: str) -> list[str
     elif library == "transformers":
         auto = auto_class(architecture)
         lines = [f"from transformers import {auto}", f'model = {auto}.from_pretrained("{repo}")']
+        if tokenizer:
+            lines += ["from transformers import AutoTokenizer", f'tokenizer = AutoTokenizer.from_pretrained("{repo}")']
     else:
         lines = ["from hf_llpf.models import load_endpoint", f'model = load_endpoint("{repo}").model']
     return ["```python", *lines, "```"]

@@ -11,6 +11,8 @@ CONSISTENCY_JSON = "consistency.json"  # --repeats: figures across the repeated 
 README = "README.md"  # the model card (also the Hub card)
 POINTS_DIR = "points"  # one folder per saved point, in the endpoints' own format
 PLOTS_DIR = "plots"
+ASSETS_DIR = "assets"  # the endpoints' tokenizer / processor / generation files, once (hf_llpf.assets)
+ASSETS_MANIFEST = f"{ASSETS_DIR}/manifest.json"  # which files, their sha256, where each came from
 CHECKPOINT_DIR = "checkpoint"  # resume state: never published, never unpickled
 STATE_FILE = "state.json"  # in CHECKPOINT_DIR, naming its tensors-<n>.safetensors
 CHECKPOINT = f"{CHECKPOINT_DIR}/{STATE_FILE}"
@@ -30,6 +32,7 @@ RUN_FILES = frozenset(
         CONSISTENCY_JSON,
         POINTS_DIR,
         PLOTS_DIR,
+        ASSETS_DIR,
         CHECKPOINT_DIR,
         MARKER,
         LOCK,
