@@ -24,7 +24,9 @@ from torch import nn
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.probe import ProbeSet
+from hf_llpf.run.storage import round_to_storage
 from hf_llpf.train import RepairTrainer
+from hf_llpf.weights import STORAGE_DTYPES
 
 # The auto ceiling's smallest margin above the endpoints: near-zero endpoint losses leave no room for the noise
 # of a repaired point's eval-mode loss (docs/algorithm.md §10: measured spread of repaired points).
@@ -121,10 +123,17 @@ class Certifier:
         self.probe, self.ceiling, self.config = probe, ceiling, config
         self.endpoint_losses = list(endpoint_losses or [])
         self.enabled = probe is not None and ceiling is not None and config is not None
+        self.storage = STORAGE_DTYPES.get(config.point_dtype) if config is not None else None
 
     def loss(self, model: nn.Module) -> float:
-        """The probe loss of ``model`` as it is (NaN when certification is off)."""
-        return self.probe.loss(model) if self.enabled else math.nan
+        """The probe loss of ``model`` as it will be stored (NaN when certification is off)."""
+        return self._probe_stored(model) if self.enabled else math.nan
+
+    def _probe_stored(self, model: nn.Module) -> float:
+        """Round the point in place to the storage dtype (``point_dtype``), then probe it: the probe judges the
+        numbers that are written, and the run goes on from them (:mod:`hf_llpf.run.storage`)."""
+        round_to_storage(model, self.storage)
+        return self.probe.loss(model)
 
     def certify(
         self,
@@ -151,7 +160,7 @@ class Certifier:
         """
         cfg, lap = self.config, (timer.lap if timer is not None else lambda _key, start: time.perf_counter())
         t = time.perf_counter()
-        point, spent, loss, size = self.probe.loss(model), 0, math.nan, cfg.min_iters
+        point, spent, loss, size = self._probe_stored(model), 0, math.nan, cfg.min_iters
         t = lap("probe", t)
         while not point <= self.ceiling and spent < cfg.repair_budget:
             n = min(int(size), cfg.repair_budget - spent)
@@ -159,7 +168,7 @@ class Certifier:
             after_repair()
             spent, size = spent + n, size * GROWTH
             t = lap("train", t)
-            point = self.probe.loss(model)
+            point = self._probe_stored(model)
             t = lap("probe", t)
         segment = None
         if cfg.certify_segments and point <= self.ceiling:
