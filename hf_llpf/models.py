@@ -279,8 +279,8 @@ def _load_hub(spec: str, *, trust_remote_code: bool) -> Endpoint:
         config_path = hf_hub_download(repo_id, "config.json", revision=revision)
         folder = Path(config_path).parent
         config = json.loads(Path(config_path).read_text())
-        if "architecture" in config:
-            download_weights(repo_id, revision)
+        if "architecture" in config:  # pinned to the commit config.json came from (its snapshot folder)
+            download_weights(repo_id, folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision)
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as err:
         raise OfflineError(
             f"no local folder {spec!r}, and the Hub id {spec!r} is not in the local cache while the Hub cannot be "

@@ -18,7 +18,7 @@ import safetensors.torch
 import torch
 
 from hf_llpf.errors import ConfigError, CorruptCheckpointError
-from hf_llpf.safe_paths import resolve_inside
+from hf_llpf.safe_paths import check_relative_name
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -87,7 +87,8 @@ def weight_files(directory: str | os.PathLike) -> list[Path]:
     """The safetensors files of a model folder: the shards its index names, else ``model.safetensors``.
 
     Raises:
-        CorruptCheckpointError: the index is not valid, names a file outside the folder, or a named shard is missing.
+        CorruptCheckpointError: the index is not valid, or a shard it names is missing.
+        RunDirectoryError: the index names a file that could leave the folder (``..``, an absolute path).
     """
     directory = Path(directory)
     index = directory / INDEX_NAME
@@ -99,7 +100,8 @@ def weight_files(directory: str | os.PathLike) -> list[Path]:
         names = sorted(set(weight_map.values()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise CorruptCheckpointError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
-    files = [resolve_inside(directory, name, field=f"{INDEX_NAME} shard") for name in names]
+    # Names only (a Hub snapshot's files are links into its blob store; the readers check where links lead).
+    files = [directory / check_relative_name(name, field=f"{INDEX_NAME} shard") for name in names]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise CorruptCheckpointError(f"{index}: names shard(s) {missing[:3]} that are not in {directory}")
@@ -143,20 +145,12 @@ def stored_dtype(directory: str | os.PathLike) -> str | None:
 
 
 def download_weights(repo_id: str, revision: str | None) -> None:
-    """Download a Hub model's ``model.safetensors``, or its index and the shards it names (one snapshot folder)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    """Download a Hub model's ``model.safetensors``, or its index and shards, into the snapshot of ``revision``.
 
-    from hf_llpf.safe_paths import check_relative_name
+    One ``snapshot_download`` with an allow-list of the two layouts' names: nothing else is fetched, and a repo
+    without the file of the other layout is not asked for it (some mirrors answer a missing file with 401).
+    """
+    from huggingface_hub import snapshot_download
 
-    try:
-        hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision)
-        return
-    except EntryNotFoundError:
-        index = Path(hf_hub_download(repo_id, INDEX_NAME, revision=revision))  # a sharded point: read its index
-    try:
-        names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise CorruptCheckpointError(f"{repo_id}: {INDEX_NAME} is not a safetensors index ({err})") from None
-    for name in names:
-        hf_hub_download(repo_id, check_relative_name(name, field=f"{INDEX_NAME} shard"), revision=revision)
+    shards = WEIGHTS_NAME.replace(".safetensors", "-*-of-*.safetensors")
+    snapshot_download(repo_id, revision=revision, allow_patterns=[WEIGHTS_NAME, INDEX_NAME, shards])

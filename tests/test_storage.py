@@ -183,3 +183,15 @@ def test_a_run_writer_shards_points_and_the_path_reads_them(tmp_path):
     path = hf_llpf.run.Path(tmp_path / "run")
     assert (path.point_dir(0) / INDEX_NAME).is_file()
     assert state_equal(path.state_dict_at(0), rounded(model).state_dict())
+
+
+def test_an_index_naming_a_file_outside_the_folder_is_refused(tmp_path):
+    from hf_llpf.errors import RunDirectoryError
+
+    model = create_model("small_cnn").eval()
+    save_model(model, tmp_path / "p", kind="timm", arch=as_endpoint(model).arch, max_shard_size=20_000)
+    index = json.loads((tmp_path / "p" / INDEX_NAME).read_text())
+    index["weight_map"][next(iter(index["weight_map"]))] = "../elsewhere.safetensors"
+    (tmp_path / "p" / INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(RunDirectoryError, match="'../elsewhere.safetensors' is refused"):
+        load_endpoint(tmp_path / "p")
