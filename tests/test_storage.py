@@ -195,3 +195,18 @@ def test_an_index_naming_a_file_outside_the_folder_is_refused(tmp_path):
     (tmp_path / "p" / INDEX_NAME).write_text(json.dumps(index))
     with pytest.raises(RunDirectoryError, match="'../elsewhere.safetensors' is refused"):
         load_endpoint(tmp_path / "p")
+
+
+def test_a_run_directory_written_before_the_storage_settings_resumes(tmp_path):
+    import yaml
+
+    from hf_llpf.run.resume import check_same_run
+
+    saved = ConnectConfig().model_dump(mode="json")
+    del saved["point_dtype"], saved["max_shard_size"]  # what an earlier version wrote
+    (tmp_path / "llpf_config.yaml").write_text(yaml.safe_dump(saved))
+    (tmp_path / "endpoints.json").write_text(json.dumps({"A": None, "B": None}))
+    ep = as_endpoint(create_model("small_cnn"))
+    assert check_same_run(tmp_path, ConnectConfig(), ep, ep) == {}
+    with pytest.raises(ConfigError, match="point_dtype was 'auto'"):
+        check_same_run(tmp_path, ConnectConfig(point_dtype="bf16"), ep, ep)
