@@ -163,8 +163,8 @@ class Path:
 
         Read straight from the safetensors file(s) when the file's names are the model's; otherwise (transformers 5
         writes some architectures, e.g. ViT, under legacy names and renames them on load) through the model loader.
-        Points stored in bfloat16/float16 (``point_dtype``) come back in the dtype :meth:`model_at` builds (the
-        template's, else torch's default): exactly the stored numbers, and interpolations between them are not
+        Tensors stored in bfloat16/float16 (``point_dtype``) come back in torch's default dtype (float32), or the
+        template's dtype with a template: exactly the stored numbers, and interpolations between points are not
         rounded again.
         """
         state = self._raw_state_at(i)
@@ -193,7 +193,8 @@ class Path:
         return {k: v.to(working) if v.dtype in _HALF and v.dtype != working else v for k, v in state.items()}
 
     def _working_dtype(self) -> torch.dtype:
-        """The floating dtype of the models this path builds: the template's, else the loaders' (torch's default)."""
+        """The dtype half-precision tensors are read back in: the template's, else torch's default (what timm models
+        and transformers models without a dtype in their config are built in)."""
         if self.template is not None:
             own = next((t.dtype for t in self.template.state_dict().values() if t.is_floating_point()), None)
             return own or torch.get_default_dtype()
