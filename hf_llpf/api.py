@@ -35,6 +35,7 @@ from hf_llpf.progress import progress_requested
 from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
 from hf_llpf.run.resume import check_same_run, read_checkpoint
+from hf_llpf.run.storage import PointStorage
 from hf_llpf.seeding import seed_everything
 from hf_llpf.spheres import choose_method
 from hf_llpf.timm_config import run_data_config, with_data_config
@@ -90,6 +91,10 @@ def connect(
     check_finite(ea, label="A")
     check_finite(eb, label="B")
     check_endpoints_match(ea.model, eb.model)
+    # point_dtype narrower than the endpoints': the path starts and ends at the endpoints as they are stored.
+    storage = PointStorage.from_config(config)
+    ea = storage.endpoint(ea, owned=isinstance(model_a, (str, os.PathLike)))
+    eb = storage.endpoint(eb, owned=isinstance(model_b, (str, os.PathLike)))
     setup["setup_endpoints"] = time.perf_counter() - t
     t = time.perf_counter()
     loader, bundle, config = prepare_data(train_data, config, ea, eb)
@@ -110,7 +115,11 @@ def connect(
 
     # Only the main process writes; the others wait until it has created (or cleared) the run directory.
     protected = read_paths(ea, eb, config=config)
-    writer = RunWriter(run_dir, exist=exist, protected=protected) if accelerator.is_main_process else NullWriter()
+    writer = (
+        RunWriter(run_dir, exist=exist, protected=protected, storage=storage)
+        if accelerator.is_main_process
+        else NullWriter(storage)
+    )
     try:
         if writer.root is not None:
             write_assets(writer.root, assets)
@@ -179,6 +188,7 @@ def _run_and_record(
     runner.run()
     summary = _summary(runner, method, plan, setup, elapsed=time.perf_counter() - start)
     summary["run"]["mixed_precision"] = config.mixed_precision
+    summary["run"].update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
     summary["run"]["certification"] = certifier.summary(runner.uncertified)
     if history:
         summary["run"]["resumed_with"] = history
@@ -352,6 +362,8 @@ def walk_to_origin(
     seed_everything(config.seed)
     with progress_requested(progress):
         endpoint = resolve_endpoint(model)
+    storage = PointStorage.from_config(config)
+    endpoint = storage.endpoint(endpoint, owned=isinstance(model, (str, os.PathLike)))
     loader, bundle, config = prepare_data(train_data, config, endpoint)
     example = example_batch(loader)
     plan = stage_plan(endpoint, example, config)
@@ -359,7 +371,7 @@ def walk_to_origin(
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
     endpoint = with_data_config(endpoint, run_data_config(bundle, example, config.data))
     assets = run_assets(endpoint, None, bundle)
-    with RunWriter(run_dir, exist=exist) as writer, progress_requested(progress):
+    with RunWriter(run_dir, exist=exist, storage=storage) as writer, progress_requested(progress):
         write_assets(writer.root, assets)
         writer.write_yaml(CONFIG_YAML, to_yaml(config))
         description = {"A": endpoint.describe(), "B": None, "method": "m2o-walk", "hf_llpf_version": __version__}
@@ -370,6 +382,7 @@ def walk_to_origin(
         walk = method_class("m2o-walk").for_run(run)
         walk.run()
         run = {"method": "m2o-walk", "ticks": walk.tick, "sgd_iters": walk.trainer.iterations, "timing": walk.timing}
+        run.update(storage.summary(endpoint.model))
         writer.write_metrics(walk.points, walk.ticks, {"run": {**run, "reached": bool(walk.done())}})
     return Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None)
 

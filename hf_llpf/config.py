@@ -221,9 +221,32 @@ class ConnectConfig(_Settings):
     certify_segments: bool = Field(True, description="also probe the midpoint of each segment between ticks")
     # Bookkeeping.
     save_every: int = Field(1, ge=1, description="write a point every N ticks (plus stage boundaries and the end)")
+    # Storage (docs/run-directory.md, "How points are stored"): what a point costs on disk and on the Hub.
+    point_dtype: Literal["auto", "bf16", "fp16"] = Field(
+        "auto",
+        description="floating dtype of the saved points; auto: the endpoints' own. With bf16/fp16 the working model "
+        "is rounded to it before every probe and write, so the path is certified and evaluated as stored; the "
+        "endpoints are rounded too (the path's ends are exact in that dtype)",
+    )
+    max_shard_size: int | str = Field(
+        "5GB",
+        description="a point larger than this is written as safetensors shards with model.safetensors.index.json "
+        "(digits with KB/MB/GB/TB, or bytes). timm's own loaders read only unsharded points",
+    )
     checkpoint_every: int = Field(25, ge=1, description="write the resume checkpoint every N ticks")
     loss_limit: float = Field(10.0, gt=0, description="a tick whose loss is above this (or non-finite) is rolled back")
     max_failures: int = Field(5, ge=1, description="rolled-back ticks allowed before the run stops")
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _shard_size_readable(cls, v: int | str) -> int | str:
+        from hf_llpf.weights import shard_bytes
+
+        try:
+            shard_bytes(v)
+        except ConfigError as e:
+            raise ValueError(e.problems[0].split(": ", 1)[1]) from None
+        return v
 
     @field_validator("schedule")
     @classmethod

@@ -6,6 +6,9 @@ Formats (both loadable by plain timm / transformers, and by :func:`load_endpoint
 - **transformers**: a ``save_pretrained`` folder (``AutoModelFor...`` named by ``config.architectures``);
 - **module**: any other ``nn.Module``; only ``model.safetensors`` is written and loading needs the module.
 
+Weights above the shard size are written as shards and an index (:mod:`hf_llpf.weights`), possibly in a narrower
+floating dtype than the model's (a run's ``point_dtype``); the loaders read both and cast to the model's dtype.
+
 Security: weights are only ever read from safetensors files (never ``torch.load``/pickle), and
 transformers' ``trust_remote_code`` stays off unless the caller passes ``trust_remote_code=True``.
 """
@@ -20,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import safetensors.torch
 import timm
 import torch
 from torch import nn
@@ -34,9 +36,17 @@ from hf_llpf.errors import (
     UnknownNameError,
 )
 from hf_llpf.hashing import file_sha256, state_hash
+from hf_llpf.weights import (
+    DEFAULT_MAX_SHARD_SIZE,
+    WEIGHTS_NAME,
+    cast_floating,
+    download_weights,
+    read_weights,
+    weight_files,
+    write_weights,
+)
 
 Kind = Literal["timm", "transformers", "module"]
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -209,19 +219,19 @@ def _load_folder(path: Path, *, source: str, revision: str | None, trust_remote_
         raise CorruptCheckpointError(f"{config_file}: not valid JSON ({err}); a model folder's config.json") from None
     if not isinstance(config, dict):
         raise CorruptCheckpointError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
-    weights = path / WEIGHTS_NAME
+    files = weight_files(path)  # model.safetensors, or the shards of model.safetensors.index.json
     if "architecture" in config:  # timm's Hub format
-        if not weights.is_file():
-            raise CorruptCheckpointError(f"{weights}: missing; only safetensors weights are read")
+        if not files:
+            raise CorruptCheckpointError(f"{path / WEIGHTS_NAME}: missing; only safetensors weights are read")
         model_args = dict(config.get("model_args") or {})
         model_args.setdefault("num_classes", config.get("num_classes", 1000))
         model = create_model(config["architecture"], **model_args)
-        _load_weights(model, weights)
+        _load_weights(model, path)
         arch = {"architecture": config["architecture"], "model_args": model_args}
-        return Endpoint(model.eval(), "timm", source, revision or _local_revision(weights), arch)
+        return Endpoint(model.eval(), "timm", source, revision or _local_revision(*files), arch)
     if "model_type" in config:  # transformers
         model = _load_transformers(str(path), config, trust_remote_code=trust_remote_code)
-        rev = revision or (_local_revision(weights) if weights.is_file() else None)
+        rev = revision or (_local_revision(*files) if files else None)
         return Endpoint(model.eval(), "transformers", source, rev, model.config.to_dict())
     raise UnknownNameError(
         "config.json format", sorted(config)[:8], ["timm (has 'architecture')", "transformers (has 'model_type')"]
@@ -269,8 +279,8 @@ def _load_hub(spec: str, *, trust_remote_code: bool) -> Endpoint:
         config_path = hf_hub_download(repo_id, "config.json", revision=revision)
         folder = Path(config_path).parent
         config = json.loads(Path(config_path).read_text())
-        if "architecture" in config:
-            hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision)
+        if "architecture" in config:  # pinned to the commit config.json came from (its snapshot folder)
+            download_weights(repo_id, folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision)
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as err:
         raise OfflineError(
             f"no local folder {spec!r}, and the Hub id {spec!r} is not in the local cache while the Hub cannot be "
@@ -293,10 +303,8 @@ def _load_hub(spec: str, *, trust_remote_code: bool) -> Endpoint:
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:
-    try:
-        state = safetensors.torch.load_file(str(path))
-    except Exception as err:  # SafetensorError, or OSError for a truncated header
-        raise CorruptCheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+    """Load a safetensors file, or a model folder's weights (one file or shards), cast to the model's dtypes."""
+    state = read_weights(path)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -314,30 +322,60 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _local_revision(path: Path) -> str:
-    return "local:" + file_sha256(path)[:16]
+def _local_revision(*files: Path) -> str:
+    """``local:`` and a hash of the weights file (of each shard's hash, in order, for sharded weights)."""
+    if len(files) == 1:
+        return "local:" + file_sha256(files[0])[:16]
+    import hashlib
+
+    return "local:" + hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()[:16]
 
 
-def save_model(model: nn.Module, directory: str | os.PathLike, *, kind: Kind, arch: dict[str, Any]) -> Path:
+def save_model(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    kind: Kind,
+    arch: dict[str, Any],
+    dtype: torch.dtype | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+) -> Path:
     """Write ``model`` to ``directory`` in the format of its kind (see the module docstring).
 
     Tied parameters are written once (safetensors forbids shared storage); the loaders re-tie them.
+
+    Args:
+        model: the model.
+        directory: the folder to write.
+        kind: ``"timm"``, ``"transformers"`` or ``"module"``.
+        arch: what rebuilds the model (see :class:`Endpoint`).
+        dtype: the floating dtype to store the weights in (``None``: the model's own); integer buffers are kept.
+        max_shard_size: weights larger than this are cut into shards with an index (``"5GB"``, or bytes).
+
+    Raises:
+        ConfigError: ``dtype`` cannot hold a value of the model (float16 above 65504), or a bad ``max_shard_size``.
     """
+    from hf_llpf.weights import shard_bytes
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    shard = shard_bytes(max_shard_size)
     if kind == "transformers":
         from hf_llpf.progress import library_bars
 
+        # config.json keeps the model's dtype: from_pretrained (dtype "auto" in transformers 5) then builds the
+        # model the path was judged with, holding the stored numbers.
+        state = cast_floating(model.state_dict(), dtype) if dtype is not None else None
         with library_bars():
-            model.save_pretrained(directory, safe_serialization=True)
+            model.save_pretrained(directory, safe_serialization=True, state_dict=state, max_shard_size=shard)
         return directory
     state, seen = {}, set()
-    for k, v in model.state_dict().items():
+    for k, v in cast_floating(model.state_dict(), dtype).items():
         # safetensors refuses tensors that share storage (tied weights): write a copy of the second one.
         ptr = (v.untyped_storage().data_ptr(), v.storage_offset())
         state[k] = v.detach().clone() if ptr in seen else v.detach().contiguous()
         seen.add(ptr)
-    safetensors.torch.save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    write_weights(state, directory, max_shard_size=shard)
     if kind == "timm":  # timm's own config writer, with the run's data config when arch carries one
         from hf_llpf.timm_config import write_timm_config
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from hf_llpf.run import atomic_write_text, read_metrics
 from hf_llpf.run.layout import CONSISTENCY_JSON, METRICS_JSON, PLOTS_DIR, README
+from hf_llpf.run.storage import storage_sentence
 
 START = "<!-- hf_llpf:report:start -->"
 END = "<!-- hf_llpf:report:end -->"
@@ -160,7 +161,7 @@ def render_section(run_dir: str | os.PathLike) -> str:
             f"{ev.get('linear_points')} points; continuity: {ev.get('continuity_k')} interior point(s) per segment on "
             f"{ev.get('continuity_examples')} training examples"
             + ("; BatchNorm recalibrated in separate columns." if ev.get("recalibrate_bn") else "."),
-            "",
+            *([storage, ""] if (storage := storage_sentence(summary)) else [""]),
             summary_table(summary),
             "",
             f"**{path_verdict(summary)}**",

@@ -25,6 +25,7 @@ from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import DivergenceError
 from hf_llpf.models import Endpoint
 from hf_llpf.run import RunWriter, point_name
+from hf_llpf.run.storage import round_to_storage
 from hf_llpf.seeding import rng_state, set_rng_state
 from hf_llpf.stages import StagePlan
 from hf_llpf.train import RepairTrainer
@@ -88,6 +89,9 @@ class RunRecorder:
         self.state: Callable[[], dict] | None = state
 
     def point(self, tick: int, model: nn.Module) -> str:
+        # Rounded in place first (a no-op unless point_dtype narrows it, and on every process, a NullWriter's
+        # included), so the working model goes on from exactly the point that is stored.
+        round_to_storage(model, self.points_writer.storage.dtype)
         return self.points_writer.write_point(tick, cpu_copy(model), self.endpoint)
 
     def progress(self, points: list[dict], ticks: list[dict]) -> None:

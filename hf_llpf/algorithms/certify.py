@@ -24,7 +24,9 @@ from torch import nn
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.probe import ProbeSet
+from hf_llpf.run.storage import round_to_storage
 from hf_llpf.train import RepairTrainer
+from hf_llpf.weights import STORAGE_DTYPES
 
 # The auto ceiling's smallest margin above the endpoints: near-zero endpoint losses leave no room for the noise
 # of a repaired point's eval-mode loss (docs/algorithm.md §10: measured spread of repaired points).
@@ -121,11 +123,19 @@ class Certifier:
         self.probe, self.ceiling, self.config = probe, ceiling, config
         self.endpoint_losses = list(endpoint_losses or [])
         self.enabled = probe is not None and ceiling is not None and config is not None
+        self.storage = STORAGE_DTYPES.get(config.point_dtype) if config is not None else None
 
     def loss(self, model: nn.Module, *, above: float | None = None) -> float:
-        """The probe loss of ``model`` as it is (NaN when certification is off); ``above``: see
+        """The probe loss of ``model`` as it will be stored (NaN when certification is off); ``above``: see
         :meth:`ProbeSet.loss` (a lower bound once it is above)."""
-        return self.probe.loss(model, above=above) if self.enabled else math.nan
+        return self._probe_stored(model, above=above) if self.enabled else math.nan
+
+    def _probe_stored(self, model: nn.Module, **probe: Any) -> float:
+        """Round the point in place to the storage dtype (``point_dtype``), then probe it (``probe``: the options
+        of :meth:`ProbeSet.loss`): the probe judges the numbers that are written, and the run goes on from them
+        (:mod:`hf_llpf.run.storage`)."""
+        round_to_storage(model, self.storage)
+        return self.probe.loss(model, **probe)
 
     def certify(
         self,
@@ -154,7 +164,7 @@ class Certifier:
         cfg, lap = self.config, (timer.lap if timer is not None else lambda _key, start: time.perf_counter())
         ceiling, t = self.ceiling, time.perf_counter()
         # Until the point is under, "above" decides only whether to repair on: an estimate is enough.
-        point, spent, loss = self.probe.loss(model, above=ceiling, estimate=True), 0, math.nan
+        point, spent, loss = self._probe_stored(model, above=ceiling, estimate=True), 0, math.nan
         size = cfg.min_iters
         t = lap("probe", t)
         while not point <= ceiling and spent < cfg.repair_budget:
@@ -163,7 +173,7 @@ class Certifier:
             after_repair()
             spent, size = spent + n, size * GROWTH
             t = lap("train", t)
-            point = self.probe.loss(model, above=ceiling, estimate=True)
+            point = self._probe_stored(model, above=ceiling, estimate=True)
             t = lap("probe", t)
         if not point <= ceiling:  # the budget is spent: the full figure (it may be reported; an estimate may err)
             point = self.probe.loss(model)

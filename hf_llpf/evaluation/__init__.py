@@ -35,6 +35,7 @@ from hf_llpf.evaluation.sets import BatchSource, EvalBatches, EvalSets, make_eva
 from hf_llpf.evaluation.summary import barrier, locate_continuity, path_summary, positions, summarise
 from hf_llpf.evaluation.walk import WalkOptions, gather_rows, gather_walk, l2_step, walk_path
 from hf_llpf.run import Path
+from hf_llpf.weights import stored_dtype
 
 
 def as_path(path_or_run_dir: Path | str | os.PathLike, template: nn.Module | None = None) -> Path:
@@ -181,6 +182,8 @@ def evaluate_path(
     sets = sets_for(resolve_data(path, data), device=accelerator.device, **set_opts)
     result = _evaluate(path, sets, opts, accelerator)
     result["summary"]["evaluation"] = _settings(sets, opts, start)
+    # What was judged: the points as stored (read from their files; bf16/fp16 with point_dtype).
+    result["summary"]["evaluation"]["point_dtype"] = stored_dtype(path.point_dir(0))
     return result
 
 

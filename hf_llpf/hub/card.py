@@ -28,6 +28,7 @@ from hf_llpf.hub.spec import is_repo_id
 from hf_llpf.report import END, START
 from hf_llpf.run import METRICS_JSON, POINTS_DIR, read_run_json
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, PLOTS_DIR, README
+from hf_llpf.run.storage import storage_sentence
 
 # The evaluation report section (hf_llpf.report writes it) is kept, markers included, when a card is rebuilt.
 REPORT_START, REPORT_END = START, END
@@ -410,6 +411,9 @@ def build_model_card(
     ]
     # The evaluation report (hf_llpf.report) has a summary table and the plots: the card shows each once.
     report = _report_section(root / README)
+    storage = storage_sentence(summary)  # the points' dtype when it is not the endpoints' (the report may have it)
+    if storage and storage not in report:
+        lines += ["", storage]
     if "\n|---" not in report:
         lines += ["", "## Summary", "", _summary_table(summary, _path_label(facts.endpoints))]
     plots = sorted(p.relative_to(root).as_posix() for p in (root / PLOTS_DIR).glob("*.png"))

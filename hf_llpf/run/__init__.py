@@ -7,7 +7,9 @@ resume state (docs/run-directory.md).
   :class:`NullWriter` for non-main processes;
 - :mod:`~hf_llpf.run.reader`: :class:`Path`, the lazy reader, and the checked JSON readers;
 - :mod:`~hf_llpf.run.lock`, :mod:`~hf_llpf.run.state` (safetensors + JSON resume state),
-  :mod:`~hf_llpf.run.resume` (what a resume must match).
+  :mod:`~hf_llpf.run.resume` (what a resume must match);
+- :mod:`~hf_llpf.run.storage`: the dtype and shard size points are stored in, and the rounding that makes the
+  working model the stored point.
 """
 
 from hf_llpf.run.layout import (

@@ -22,6 +22,8 @@ from hf_llpf.models import load_endpoint
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON, METRICS_JSON
 from hf_llpf.safe_paths import check_relative_name, resolve_inside
 
+_HALF = (torch.bfloat16, torch.float16)  # storage dtypes of point_dtype, read back in the working dtype
+
 
 def read_run_json(root: str | os.PathLike, name: str, *, kind: type = dict) -> Any:
     """A JSON file of a run directory, refused with its name when it does not parse or is not a ``kind``.
@@ -161,6 +163,9 @@ class Path:
 
         Read straight from the safetensors file(s) when the file's names are the model's; otherwise (transformers 5
         writes some architectures, e.g. ViT, under legacy names and renames them on load) through the model loader.
+        Tensors stored in bfloat16/float16 (``point_dtype``) come back in torch's default dtype (float32), or the
+        template's dtype with a template: exactly the stored numbers, and interpolations between points are not
+        rounded again.
         """
         state = self._raw_state_at(i)
         if self.template is None and not self._names_match(state):
@@ -184,7 +189,16 @@ class Path:
         for name, t in state.items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise CorruptCheckpointError(f"points[{j}] ({folder}): tensor {name!r} has non-finite values")
-        return state
+        working = self._working_dtype()
+        return {k: v.to(working) if v.dtype in _HALF and v.dtype != working else v for k, v in state.items()}
+
+    def _working_dtype(self) -> torch.dtype:
+        """The dtype half-precision tensors are read back in: the template's, else torch's default (what timm models
+        and transformers models without a dtype in their config are built in)."""
+        if self.template is not None:
+            own = next((t.dtype for t in self.template.state_dict().values() if t.is_floating_point()), None)
+            return own or torch.get_default_dtype()
+        return torch.get_default_dtype()
 
     def _fence(self) -> FsPath:
         """Where files of this path may resolve to (links included): the run directory."""

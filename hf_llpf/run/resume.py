@@ -30,6 +30,8 @@ RESUMABLE_SETTINGS = (
     "max_failures",
     "max_ticks",
 )
+# Settings added after run directories were written: one without them ran as these values do.
+ADDED_SETTINGS = {"point_dtype": "auto", "max_shard_size": "5GB"}
 
 
 def check_same_run(
@@ -46,7 +48,7 @@ def check_same_run(
     import yaml
 
     root = FsPath(run_dir)
-    saved = yaml.safe_load((root / CONFIG_YAML).read_text())
+    saved = {**ADDED_SETTINGS, **yaml.safe_load((root / CONFIG_YAML).read_text())}
     now = config.model_dump(mode="json")
     differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     problems = [

@@ -35,6 +35,7 @@ from hf_llpf.run.layout import (
 from hf_llpf.run.lock import RunLock, check_not_protected, is_run_directory, write_marker
 from hf_llpf.run.reader import read_metrics
 from hf_llpf.run.records import points_to_csv
+from hf_llpf.run.storage import PointStorage
 from hf_llpf.safe_paths import resolve_inside
 
 
@@ -79,6 +80,7 @@ class RunWriter:
             run directory of this tool, see :mod:`hf_llpf.run.lock`) or ``"resume"`` (keep it).
         protected: folders and files the run reads (local endpoints, data): never deleted or written over.
         lock: take the run directory's lock (not for a phase's folder inside a run directory that holds one).
+        storage: the dtype and shard size points are written in (default: the endpoints' dtype, 5GB shards).
 
     Raises:
         RunDirectoryError: ``root`` is a file, under a file, not writable, in use by another run, not a run
@@ -92,8 +94,10 @@ class RunWriter:
         exist: str = "error",
         protected: Sequence[os.PathLike] = (),
         lock: bool = True,
+        storage: PointStorage | None = None,
     ):
         self.root = FsPath(root)
+        self.storage = storage or PointStorage()
         check_out_dir(self.root, field="--out")
         protected_paths = [FsPath(p) for p in protected]
         keep_checkpoint = self._check_exist_policy(exist, protected_paths)
@@ -159,13 +163,16 @@ class RunWriter:
         atomic_write_text(self.root / name, text)
 
     def write_point(self, tick: int, model: nn.Module, endpoint: Endpoint) -> str:
-        """Save ``model`` as the point of ``tick`` in ``endpoint``'s format; returns its relative folder."""
+        """Save ``model`` as the point of ``tick`` in ``endpoint``'s format and the writer's storage dtype and shard
+        size; returns its relative folder."""
         rel = point_name(tick)
         final = self.root / rel
         tmp = self.root / temporary_point_name(tick)
         if tmp.exists():
             shutil.rmtree(tmp)
-        save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch)
+        store = self.storage
+        save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch, dtype=store.dtype,
+                   max_shard_size=store.max_shard_size)  # fmt: skip
         if final.exists():  # rewritten after a resume: same content, replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -186,7 +193,7 @@ class RunWriter:
     def phase_folder(self, name: str, *, resume: bool) -> RunWriter:
         """A writer of the folder ``name`` inside this run directory, for a phase whose points are spliced in
         later: emptied for a new run, kept as it is on resume; covered by this run directory's lock."""
-        return RunWriter(self.root / name, exist="append" if resume else "overwrite", lock=False)
+        return RunWriter(self.root / name, exist="append" if resume else "overwrite", lock=False, storage=self.storage)
 
     def remove(self) -> None:
         """Delete this folder (a phase's folder, once spliced into its run directory)."""
@@ -214,6 +221,9 @@ class NullWriter:
 
     root = None
 
+    def __init__(self, storage: PointStorage | None = None):
+        self.storage = storage or PointStorage()  # the same rounding as the main process: see RunRecorder.point
+
     def write_json(self, name: str, obj: Any) -> None:
         """Nothing is written."""
 
@@ -236,7 +246,7 @@ class NullWriter:
 
     def phase_folder(self, name: str, *, resume: bool) -> NullWriter:
         """Another writer that writes nothing."""
-        return NullWriter()
+        return NullWriter(self.storage)
 
     def remove(self) -> None:
         """Nothing to delete."""
