@@ -39,7 +39,7 @@ OPTIONS = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 EVAL = {"train_subset": 512, "linear_points": 11, "continuity_k": 0, "report": False}
 README = ROOT / "docs" / "benchmarks.md"
 MARKS = ("<!-- storage:start -->", "<!-- storage:end -->")
-# Measured on a 100M-parameter float32 model: its paths had 410-555 points.
+# Points of a 100M-parameter model's path, extrapolated from the stage counts of this project's paths (not measured).
 BIG_PARAMS, BIG_POINTS = 100_000_000, (410, 555)
 BYTES_PER_VALUE = {"auto": 4, "bf16": 2, "fp16": 2}
 
@@ -154,9 +154,9 @@ def report(rows: list[dict[str, Any]], run: dict[str, Any] | None) -> str:
         "",
         table(rows),
         "",
-        "Extrapolation, not a measurement: parameters × 4 (fp32) or 2 (bf16/fp16) bytes × the 410–555 points "
-        "measured on the paths of a 100M-parameter float32 model (a point's safetensors header and config add about "
-        "1 kB).",
+        "Extrapolation, not a measurement: parameters × 4 (fp32) or 2 (bf16/fp16) bytes × 410–555 points, the "
+        "path length extrapolated from the stage counts of this project's paths for a 100M-parameter model (no such "
+        "path was run; a point's safetensors header and config add about 1 kB).",
         "",
         extrapolation(),
     ]

@@ -65,6 +65,7 @@ def test_progress_enabled_needs_request_terminal_and_no_tqdm_disable(monkeypatch
     assert progress_enabled(True) is False
 
 
+@pytest.mark.slow
 def test_redirected_train_writes_no_carriage_return_progress(tmp_path):
     result = subprocess.run(_train_cmd(tmp_path / "m"), capture_output=True, text=True, timeout=300, env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
@@ -99,6 +100,7 @@ def _train_on_a_terminal(out, env) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_train_bar_shows_on_a_terminal_unless_tqdm_disable(tmp_path):
     shown = _train_on_a_terminal(tmp_path / "a", _env())
     assert "train small_cnn seed 0" in shown and "\r" in shown
@@ -176,6 +178,7 @@ def test_library_modules_attach_no_handler_at_import():
     assert out.strip() == "0"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("env", "expected"), [({"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16"), ({}, "no")])
 def test_connect_records_the_precision_of_the_launch(env, expected, tmp_path, trained_endpoint):
     a, b = trained_endpoint(0, epochs=1), trained_endpoint(1, epochs=1)

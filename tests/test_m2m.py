@@ -174,6 +174,7 @@ def test_bad_inputs(endpoints, digits, tmp_path):
         hf_llpf.connect(a, endpoints[1], digits, config=FAST, run_dir=tmp_path / "z", progress=False)
 
 
+@pytest.mark.slow
 def test_cli_connect_and_override_errors(endpoints, tmp_path, capsys):
     args = [
         "connect",

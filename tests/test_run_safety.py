@@ -71,6 +71,7 @@ def test_overwrite_replaces_a_run_directory(pair, digits, tmp_path):
     assert not (run / "points" / "stale.txt").exists() and not (run / LOCK).exists()
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_locked_directory_is_refused(pair, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -118,6 +119,7 @@ def _comparable(path):
     return [{k: v for k, v in r.items() if k not in strip} for r in path.metrics]
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_at_every_checkpoint_equals_the_whole_run(pair, digits, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     total = _run_killed_after(10**9, pair, digits, whole, monkeypatch)  # never killed: counts the checkpoints
