@@ -227,12 +227,12 @@ def _straight_if_certified(ea, eb, certifier: Certifier, config: ConnectConfig, 
     """``"linear"`` when ``method: auto`` and the straight line already stays under the ceiling, else ``None``."""
     if config.method != "auto" or not certifier.enabled:
         return None
-    ok, top = straight_line_certified(ea.model, eb.model, certifier, accelerator.device)
+    ok, top, t = straight_line_certified(ea.model, eb.model, certifier, accelerator.device)
     measured = (
         f"stays under the ceiling {certifier.ceiling:.4g} (max probe loss {top:.4g} at "
         f"{2 * (LINEAR_POINTS - 1) - 1} interior points): the path is the straight line (method: m2m walks anyway)"
         if ok
-        else f"rises above the ceiling {certifier.ceiling:.4g} (a probe loss >= {top:.4g})"
+        else f"rises above the ceiling {certifier.ceiling:.4g} (probe loss at t={t:.4g} at least {top:.4g})"
     )
     logger.info(f"the straight line {measured}", main_process_only=True)
     return "linear" if ok else None

@@ -39,24 +39,24 @@ def probe_line(model: torch.nn.Module, a: dict, b: dict, certifier: Certifier, *
 
 
 def straight_line_certified(ea_model: torch.nn.Module, eb_model: torch.nn.Module, certifier: Certifier,
-                            device: Any) -> tuple[bool, float]:  # fmt: skip
+                            device: Any) -> tuple[bool, float, float]:  # fmt: skip
     """Whether the straight line stays under the ceiling at every probed t.
 
     The t of :func:`probe_line` are probed from the middle out (where a barrier peaks) and the first one above
-    the ceiling ends the check, its probe stopped early (:meth:`ProbeSet.loss`). Returns (certified, loss):
-    the largest probe loss when certified, else a lower bound of the first one found above the ceiling.
+    the ceiling ends the check, its probe stopped early (:meth:`ProbeSet.loss`). Returns (certified, loss, t):
+    the largest probe loss and its t when certified, else a lower bound of the loss at the first t found above.
     """
     model = copy.deepcopy(ea_model).to(device)
     a = {k: v.detach().to(device) for k, v in ea_model.state_dict().items()}
     b = {k: v.detach().to(device) for k, v in eb_model.state_dict().items()}
-    n, top = 2 * (LINEAR_POINTS - 1), -math.inf
+    n, top = 2 * (LINEAR_POINTS - 1), (-math.inf, 0.5)
     for j in sorted(range(1, n), key=lambda j: (abs(2 * j - n), j)):
         load_point(model, a, b, j / n)
         loss = certifier.loss(model, above=certifier.ceiling)
         if not loss <= certifier.ceiling:
-            return False, loss
-        top = max(top, loss)
-    return True, top
+            return False, loss, j / n
+        top = max(top, (loss, j / n))
+    return True, *top
 
 
 @register("linear")
