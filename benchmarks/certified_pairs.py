@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import hf_llpf
-from benchmarks.families import _batches, token_task
+from benchmarks.families import _batches, _train_hf, token_task
 from hf_llpf.api import evaluate_run
 from hf_llpf.config import DataConfig, TrainRecipe
 from hf_llpf.data import load_data
@@ -74,28 +74,12 @@ def _bert(seed: int, layers: int) -> torch.nn.Module:
     return tf.BertForSequenceClassification(cfg)
 
 
-def _train_deep(model: torch.nn.Module, train: dict, *, epochs: int, seed: int) -> int:
-    """AdamW with a one-cycle rate (peak 1e-3): the families' constant 3e-3 leaves a 12-layer BERT at chance."""
-    seed_everything(seed)
-    steps = epochs * len(_batches(train, 64))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps)
-    model.train()
-    for epoch in range(epochs):
-        for batch in _batches(train, 64, seed=seed * 1000 + epoch):
-            loss = model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return steps
-
-
 def deep_bert(layers: int = 12) -> None:
     """Ticks per stage on a deep pair: a stage its first move keeps under the ceiling should take one tick."""
     train_cols, test_cols = token_task("bert", n=1024, seed=10), token_task("bert", n=256, seed=11)
     models = [_bert(s, layers) for s in (0, 1)]
-    iters = [_train_deep(m, train_cols, epochs=40, seed=s) for s, m in enumerate(models)][0]
+    # A one-cycle rate peaking at 1e-3: the families' constant 3e-3 leaves a 12-layer BERT at chance.
+    iters = [_train_hf(m, train_cols, epochs=40, seed=s, lr=1e-3, one_cycle=True) for s, m in enumerate(models)][0]
     evaluation = {"train": _batches(train_cols, 256)[:2], "test": _batches(test_cols, 256)}
     start = time.perf_counter()
     path = hf_llpf.connect(models[0].eval(), models[1].eval(), _batches(train_cols, 64, seed=0),

@@ -196,10 +196,16 @@ def _hf_model(kind: str, seed: int) -> nn.Module:
     return tf.GPT2LMHeadModel(cfg)
 
 
-def _train_hf(model: nn.Module, train: dict[str, torch.Tensor], *, epochs: int, seed: int) -> int:
-    """AdamW on dict batches (the model's own ``outputs.loss``); returns the iteration count."""
+def _train_hf(
+    model: nn.Module, train: dict[str, torch.Tensor], *, epochs: int, seed: int, lr: float = 3e-3,
+    one_cycle: bool = False,
+) -> int:  # fmt: skip
+    """AdamW on dict batches (the model's own ``outputs.loss``), at a constant ``lr`` or a one-cycle schedule
+    peaking at it; returns the iteration count."""
     seed_everything(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    steps = epochs * len(_batches(train, 64))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps) if one_cycle else None
     model.train()
     iters = 0
     for epoch in range(epochs):
@@ -208,6 +214,8 @@ def _train_hf(model: nn.Module, train: dict[str, torch.Tensor], *, epochs: int, 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             iters += 1
     return iters
 

@@ -72,10 +72,7 @@ class ProbeSet:
         finally:
             model.train(was_training)
         self.calls += 1
-        value = 0.0
-        for part in sums:  # summed one by one, as score sums
-            value += part
-        value /= self.num_examples
+        value = sum(sums) / self.num_examples  # summed in order from 0, as score sums
         if several:
             value = float(acc.reduce(torch.tensor(value, dtype=torch.float64, device=acc.device), "mean"))
         return float(value)
