@@ -17,6 +17,7 @@ Prints one line per pair and writes nothing to the repository; the figures are q
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from pathlib import Path
@@ -80,30 +81,60 @@ def deep_bert(layers: int = 12) -> None:
     models = [_bert(s, layers) for s in (0, 1)]
     # A one-cycle rate peaking at 1e-3: the families' constant 3e-3 leaves a 12-layer BERT at chance.
     iters = [_train_hf(m, train_cols, epochs=40, seed=s, lr=1e-3, one_cycle=True) for s, m in enumerate(models)][0]
+    _connect_deep([m.eval() for m in models], train_cols, test_cols, iters, f"deep_bert ({layers} layers)")
+
+
+def deep_bert_finetunes(layers: int = 12) -> None:
+    """Ticks per stage on two fine-tunes of one deep base: every stage's first move should keep it under.
+
+    The base is a ``layers``-layer tiny BERT trained on a related task (label = token 2 mod 4); each fine-tune
+    starts from it with its own classifier head (seed 0 or 1) and its own data order, and learns the families'
+    task (label = token 1 mod 4). ``method: m2m`` forces LLPF (the straight line between two fine-tunes is
+    usually certified already, and would otherwise be the path).
+    """
+    train_cols, test_cols = token_task("bert", n=1024, seed=10), token_task("bert", n=256, seed=11)
+    base = _bert(10, layers)
+    related = dict(train_cols, labels=train_cols["input_ids"][:, 2] % 4)
+    _train_hf(base, related, epochs=40, seed=10, lr=1e-3, one_cycle=True)
+    models = []
+    for seed in (0, 1):
+        model = copy.deepcopy(base)
+        seed_everything(seed)
+        model.classifier.reset_parameters()
+        iters = _train_hf(model, train_cols, epochs=20, seed=seed, lr=1e-3, one_cycle=True)
+        models.append(model.eval())
+    _connect_deep(models, train_cols, test_cols, iters, f"deep_bert_finetunes ({layers} layers)")
+
+
+def _connect_deep(models: list, train_cols: dict, test_cols: dict, iters: int, tag: str) -> None:
+    """Connect a deep pair with the defaults (``method: m2m``); print ticks per stage and the cost."""
     evaluation = {"train": _batches(train_cols, 256)[:2], "test": _batches(test_cols, 256)}
     start = time.perf_counter()
-    path = hf_llpf.connect(models[0].eval(), models[1].eval(), _batches(train_cols, 64, seed=0),
-                           config={"method": "m2m", "checkpoint_every": 1000}, run_dir=SCRATCH / "deep_bert",
-                           exist="overwrite", progress=False, probe_data=evaluation["train"])  # fmt: skip
+    path = hf_llpf.connect(models[0], models[1], _batches(train_cols, 64, seed=0), config={"method": "m2m"},
+                           run_dir=SCRATCH / "deep_bert", exist="overwrite", progress=False,
+                           probe_data=evaluation["train"])  # fmt: skip
     wall = time.perf_counter() - start
     run = path.summary["run"]
     summary = evaluate_run(path, data=evaluation, train_subset=512, continuity_k=0, report=False)["summary"]
     starts = run["stage_starts"] + [run["ticks"]]
     per_stage = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     cert = run["certification"]
+    ends = [round(x, 4) for x in cert["endpoint_probe_losses"]]
     print(
-        f"deep_bert ({layers} layers, {sum(p.numel() for p in models[0].parameters()):,} params) | stages "
-        f"{run['num_stages']} | ticks {run['ticks']} | ticks per stage {per_stage} | SGD {run['sgd_iters']} = "
-        f"{run['sgd_iters'] / iters:.2f}x one endpoint ({iters}) | ceiling {cert['ceiling']:.4f} | certified "
-        f"{cert['certified']} | max train loss {summary['llpf']['max_train_loss']:.4f} | linear "
-        f"{summary['linear']['max_train_loss']:.4f} | backtracks {run['backtracks']} | wall {wall:.0f} s",
+        f"{tag}, {sum(p.numel() for p in models[0].parameters()):,} params | stages {run['num_stages']} | ticks "
+        f"{run['ticks']} | ticks per stage {per_stage} | stages of one tick {per_stage.count(1)}/{len(per_stage)} | "
+        f"SGD {run['sgd_iters']} = {run['sgd_iters'] / iters:.2f}x one endpoint ({iters}) | ceiling "
+        f"{cert['ceiling']:.4f} (endpoint probe losses {ends}) | certified {cert['certified']} | max train loss "
+        f"{summary['llpf']['max_train_loss']:.4f} | linear {summary['linear']['max_train_loss']:.4f} | "
+        f"backtracks {run['backtracks']} | wall {wall:.0f} s",
         flush=True,
     )
 
 
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
-    runs = {"lenet28": lenet28, "lenet28_probe_all": lambda: lenet28(probe_all=True), "deep_bert": deep_bert}
+    runs = {"lenet28": lenet28, "lenet28_probe_all": lambda: lenet28(probe_all=True), "deep_bert": deep_bert,
+            "deep_bert_finetunes": deep_bert_finetunes}  # fmt: skip
     for name in argv or list(runs):
         runs[name]()
 

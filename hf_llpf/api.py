@@ -20,15 +20,13 @@ from torch import nn
 
 from hf_llpf import __version__
 from hf_llpf.algorithms.base import RunSetup
-from hf_llpf.algorithms.certify import Certifier, certification_line, make_certifier
+from hf_llpf.algorithms.certify import Certifier, certification_line, run_certifier
 from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import method_class
 from hf_llpf.assets import run_assets, write_assets
-from hf_llpf.batches import move_batch
 from hf_llpf.config import ConnectConfig, to_yaml
 from hf_llpf.errors import ConfigError, RunDirectoryError
-from hf_llpf.evaluation.probe import ProbeSet, build_probe
 from hf_llpf.inputs import example_batch, prepare_data, read_paths, resolve_config, resolve_endpoint, stage_plan
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
 from hf_llpf.progress import progress_requested
@@ -109,7 +107,7 @@ def connect(
     plan = stage_plan(ea, example, config)
     setup["setup_stages"] = time.perf_counter() - t
     t = time.perf_counter()
-    certifier = _certifier([ea, eb], train_data, loader, bundle, config, loss_fn, accelerator, probe_data)
+    certifier = run_certifier([ea, eb], train_data, loader, bundle, config, loss_fn, accelerator, probe_data)
     method = _straight_if_certified(ea, eb, certifier, config, accelerator) or choose_method(ea, eb, config)
     setup["setup_probe"] = time.perf_counter() - t
 
@@ -201,26 +199,6 @@ def _run_and_record(
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return Path(run_dir, template=template)
-
-
-def _certifier(endpoints, train_data, loader, bundle, config, loss_fn, accelerator, probe_data=None) -> Certifier:
-    """The run's probe set and ceiling (docs/algorithm.md §10); a disabled certifier with ``loss_ceiling: null``."""
-    if config.loss_ceiling is None:
-        return Certifier()
-    if probe_data is not None:
-        batches = [move_batch(b, accelerator.device) for b in probe_data]
-        probe = ProbeSet(batches, loss_fn=loss_fn, accelerator=accelerator)
-    else:
-        probe = build_probe(train_data, loader, bundle, size=config.probe_size, device=accelerator.device,
-                            loss_fn=loss_fn, accelerator=accelerator)  # fmt: skip
-    certifier = make_certifier([e.model for e in endpoints], probe, config, accelerator.device)
-    losses = ", ".join(f"{k} {v:.4g}" for k, v in zip("AB", certifier.endpoint_losses, strict=False))
-    logger.info(
-        f"loss ceiling {certifier.ceiling:.4g} ({'auto' if config.loss_ceiling == 'auto' else 'set'}; endpoint probe "
-        f"losses {losses}) on {probe.num_examples} probe examples",
-        main_process_only=True,
-    )
-    return certifier
 
 
 def _straight_if_certified(ea, eb, certifier: Certifier, config: ConnectConfig, accelerator) -> str | None:
@@ -378,12 +356,18 @@ def walk_to_origin(
         writer.write_json(ENDPOINTS_JSON, description)
         writer.write_json(LAYER_GROUPS_JSON, plan.to_json())
         make_trainer = trainer_factory(config, loader, loss_fn, accelerator)
-        run = RunSetup(endpoint, None, plan, config, make_trainer, writer, accelerator.device, progress)
+        certifier = run_certifier([endpoint], train_data, loader, bundle, config, loss_fn, accelerator)
+        run = RunSetup(endpoint, None, plan, config, make_trainer, writer, accelerator.device, progress,
+                       certifier=certifier)  # fmt: skip
         walk = method_class("m2o-walk").for_run(run)
         walk.run()
         run = {"method": "m2o-walk", "ticks": walk.tick, "sgd_iters": walk.trainer.iterations, "timing": walk.timing}
         run.update(storage.summary(endpoint.model))
-        writer.write_metrics(walk.points, walk.ticks, {"run": {**run, "reached": bool(walk.done())}})
+        run.update(reached=bool(walk.done()), backtracks=walk.backtracks,
+                   certification=certifier.summary(walk.uncertified))  # fmt: skip
+        writer.write_metrics(walk.points, walk.ticks, {"run": run})
+    logger.info(f"{run_dir}: {len(walk.points)} points, {walk.trainer.iterations} SGD iterations; "
+                f"{certification_line(run['certification'])}", main_process_only=True)  # fmt: skip
     return Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hf_llpf.algorithms.certify import Certifier, Verdict
+from hf_llpf.algorithms.segments import SegmentStart
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import DivergenceError
 from hf_llpf.models import Endpoint
@@ -241,6 +242,8 @@ class Method:
         self.model, self.trainer, self.config = ctx.model, ctx.trainer, ctx.config
         self.certifier = ctx.certifier
         self.guard = DivergenceGuard(ctx.model, ctx.trainer)
+        tracking = self.certifier.enabled and self.config.certify_segments and self.config.save_every > 1
+        self.segments = SegmentStart(tracking)
 
     @property
     def uncertified(self) -> list[dict]:
@@ -254,6 +257,14 @@ class Method:
 
     def rolled_back(self) -> None:
         """Undo what an attempt changed outside the model and optimizer (called after each rollback)."""
+
+    def insert_previous_point(self) -> None:  # pragma: no cover - abstract
+        """Save the model, which holds the previous tick's point, as a point of the path (``save_every`` > 1)."""
+        raise NotImplementedError
+
+    def wrote_point(self, tick: int) -> None:
+        """The model, as just written, is the path's point of this method's ``tick``: segments start there."""
+        self.segments.saved(self.model, tick)
 
     def _checkpoint(self, done: bool = False) -> None:
         """Record the rows so far and write the resume checkpoint (``done``: the method has finished)."""
@@ -271,7 +282,9 @@ class Method:
         certified (:meth:`Certifier.certify`); an attempt above the ceiling is rolled back and retried with half
         the step, at most ``max_backtracks`` times (then kept, reported by the caller, and the next tick starts
         with this tick's step again). An attempt certified at once, with at most one repair round, doubles the
-        step of the next tick, up to :attr:`max_step_scale`.
+        step of the next tick, up to :attr:`max_step_scale`. With ``save_every`` > 1 the segment runs from the last
+        saved point (:mod:`hf_llpf.algorithms.segments`); when only it is above, the previous tick's point is saved
+        and the tick retried, without halving the step.
 
         Returns:
             The repair loss and the certifier's verdict (``None`` without a ceiling).
@@ -285,8 +298,8 @@ class Method:
             # With a ceiling the certifier does the repair, driven by the probe; without, the attempt repairs.
             loss = attempt(not cert.enabled)
             if cert.enabled:
-                verdict = cert.certify(self.model, self.trainer, self.guard.saved_model_state(), after_repair,
-                                       timer=self.timer)  # fmt: skip
+                start = self.segments.start(self.guard.saved_model_state())
+                verdict = cert.certify(self.model, self.trainer, start, after_repair, timer=self.timer)
                 loss, judged = verdict.train_loss, verdict.point
             else:
                 judged = loss
@@ -299,7 +312,16 @@ class Method:
                 self.rolled_back()
                 continue
             st.failures = 0  # failures count within one stretch of failed attempts, not over the run
-            if verdict is None or verdict.ok or backtracks >= cfg.max_backtracks:
+            if verdict is None or verdict.ok:
+                break
+            if verdict.point <= verdict.ceiling and self.segments.behind(st.tick):
+                # The point is under but the segment from an older saved point is not: the previous tick's point,
+                # whose own segment was certified, joins the path, and the tick is tried again from it.
+                self.guard.restore()
+                self.rolled_back()
+                self.insert_previous_point()
+                continue
+            if backtracks >= cfg.max_backtracks:
                 break
             self.guard.restore()
             self.rolled_back()
@@ -357,6 +379,7 @@ class Method:
             "trainer": self.trainer.state_dict(),
             "rng": rng_state(),
             "extra": self.extra_state(),
+            "segments": self.segments.state_dict(),
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -368,3 +391,4 @@ class Method:
         self.trainer.load_state_dict(ckpt["trainer"])
         set_rng_state(ckpt["rng"])
         self.load_extra_state(ckpt.get("extra", {}))
+        self.segments.load_state_dict(ckpt.get("segments", {}))

@@ -19,14 +19,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.logging import get_logger
 from torch import nn
 
+from hf_llpf.batches import move_batch
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError
-from hf_llpf.evaluation.probe import ProbeSet
+from hf_llpf.evaluation.probe import ProbeSet, build_probe
 from hf_llpf.run.storage import round_to_storage
 from hf_llpf.train import RepairTrainer
 from hf_llpf.weights import STORAGE_DTYPES
+
+logger = get_logger(__name__)
 
 # The auto ceiling's smallest margin above the endpoints: near-zero endpoint losses leave no room for the noise
 # of a repaired point's eval-mode loss (docs/algorithm.md §10: measured spread of repaired points).
@@ -56,6 +60,45 @@ def resolve_ceiling(config: ConnectConfig, endpoint_losses: list[float]) -> floa
             f"can stay under it (set loss_ceiling >= {top:.4g}, or 'auto')"
         )
     return float(config.loss_ceiling)
+
+
+def run_certifier(
+    endpoints: list[Any],
+    train_data: Any,
+    loader: Any,
+    bundle: Any,
+    config: ConnectConfig,
+    loss_fn: Any,
+    accelerator: Any,
+    probe_data: Any = None,
+) -> Certifier:
+    """A run's certifier: its probe set built, the endpoints probed, the ceiling resolved and printed.
+
+    Args:
+        endpoints: the run's :class:`~hf_llpf.models.Endpoint` s (θ_A and θ_B, or the one a walk starts from).
+        train_data, loader, bundle: the training data as given, its batch source and its loaded bundle
+            (:func:`hf_llpf.evaluation.probe.build_probe`).
+        config: the run's settings (``loss_ceiling: null``: a disabled certifier).
+        loss_fn: the path's loss.
+        accelerator: the run's Accelerator (device, cross-process average).
+        probe_data: re-iterable batches to probe instead of ``config.probe_size`` training examples.
+    """
+    if config.loss_ceiling is None:
+        return Certifier()
+    if probe_data is not None:
+        batches = [move_batch(b, accelerator.device) for b in probe_data]
+        probe = ProbeSet(batches, loss_fn=loss_fn, accelerator=accelerator)
+    else:
+        probe = build_probe(train_data, loader, bundle, size=config.probe_size, device=accelerator.device,
+                            loss_fn=loss_fn, accelerator=accelerator)  # fmt: skip
+    certifier = make_certifier([e.model for e in endpoints], probe, config, accelerator.device)
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in zip("AB", certifier.endpoint_losses, strict=False))
+    logger.info(
+        f"loss ceiling {certifier.ceiling:.4g} ({'auto' if config.loss_ceiling == 'auto' else 'set'}; endpoint probe "
+        f"losses {losses}) on {probe.num_examples} probe examples",
+        main_process_only=True,
+    )
+    return certifier
 
 
 def make_certifier(models: list[nn.Module], probe: ProbeSet | None, config: ConnectConfig, device: Any) -> Certifier:
@@ -247,4 +290,12 @@ def certification_line(cert: dict | None) -> str:
     return f"NOT certified: {len(bad)} above the ceiling {ceiling:.4g} on {n} probe examples: {listed}{more}"
 
 
-__all__ = ["AUTO_FLOOR", "Certifier", "Verdict", "certification_line", "make_certifier", "resolve_ceiling"]
+__all__ = [
+    "AUTO_FLOOR",
+    "Certifier",
+    "Verdict",
+    "certification_line",
+    "make_certifier",
+    "resolve_ceiling",
+    "run_certifier",
+]

@@ -202,6 +202,8 @@ class M2M(Method):
         if st.tick == 0 and not st.points:  # (a phase after M2O starts on M2O's last point: already saved)
             self._record_point(0, float("nan"), self.d0, boundary=True, probe=self._probe_as_is())
             self._checkpoint()
+        if self.segments.tick is None:  # a phase after M2O starts on M2O's last point, which is saved
+            self.wrote_point(st.tick)
         # The bar counts stages (it advances when a stage starts); the ticks of the current stage are in the
         # postfix: the number of ticks a run takes is not known in advance (max_ticks is only a cap).
         bar = tqdm(
@@ -259,6 +261,13 @@ class M2M(Method):
     def rolled_back(self) -> None:
         self.state.landed = self._landed_before
 
+    def insert_previous_point(self) -> None:
+        """Save the last tick's point, which the model holds again, with that tick's figures."""
+        last = self.state.ticks[-1]
+        verdict = Verdict(last["probe_loss"], last["segment_loss"], 0, self.certifier.ceiling)
+        self._record_point(self.state.tick, last["train_loss"], self.last_dist, boundary=False, verdict=verdict,
+                           sgd_iters=last["sgd_iters"])  # fmt: skip
+
     def _tick(self) -> torch.Tensor:
         st, cfg = self.state, self.config
         iters_before = self.trainer.iterations
@@ -300,6 +309,8 @@ class M2M(Method):
                 f"max_ticks={self.config.max_ticks} reached before every stage arrived (largest remaining "
                 f"distance {rel:.1%} of a stage's initial one): the last segment into θ_B is long — check continuity"
             )
+        if self.segments.behind(st.tick):  # the last segment must start at a saved point: the last tick's
+            self.insert_previous_point()
         device = self.params[0].device
         enabled = self.certifier.enabled
         previous = [t.detach().clone() for t in self.model.state_dict().values()] if enabled else []
@@ -379,11 +390,13 @@ class M2M(Method):
         phase: str = "m2m",
         verdict: Verdict | None = None,
         probe: float | None = None,
+        sgd_iters: int | None = None,
     ) -> None:
         st = self.state
         t = time.perf_counter()
+        rel = self.recorder.point(tick + self.offset, self.model)
+        self.wrote_point(tick)
         tick += self.offset
-        rel = self.recorder.point(tick, self.model)
         t = self.timer.lap("write_points", t)
         last = st.ticks[-1] if st.ticks else None
         # The tick's row has just measured the distance to θ_A: a point saved at that tick reuses it.
@@ -394,7 +407,7 @@ class M2M(Method):
             stage=st.active - 1,
             phase="start" if tick == 0 else phase,
             train_loss=loss,
-            sgd_iters=self.trainer.iterations,
+            sgd_iters=self.trainer.iterations if sgd_iters is None else sgd_iters,
             dist_a=dist_a,
             dist_b=float(torch.sqrt((dist**2).sum())),
             stage_boundary=boundary,

@@ -185,6 +185,8 @@ class M2O(Method):
         if st.tick == 0 and not st.points:
             self._record(0, float("nan"))
             self._checkpoint()
+        if self.segments.tick is None:  # a resume from a checkpoint that predates the segments' start
+            self.wrote_point(st.tick)
         # The bar counts the tensors that have reached their target variance (the walk ends when all have); the
         # tick count is in the postfix: max_ticks is only a cap.
         bar = tqdm(
@@ -204,8 +206,7 @@ class M2O(Method):
         finally:
             bar.close()
         if st.points[-1]["tick"] != st.tick:  # stopped by max_ticks between two saved points
-            st.ticks.pop()
-            self._record(st.tick, st.ticks[-1]["train_loss"] if st.ticks else float("nan"), force=True)
+            self.insert_previous_point()
         self._checkpoint(done=True)
         return st
 
@@ -235,11 +236,9 @@ class M2O(Method):
             self._checkpoint()
         return loss
 
-    def _record(
-        self, tick: int, loss: float, *, force: bool = False, verdict: Verdict | None = None, iters: int | None = None
-    ) -> None:
+    def _record(self, tick: int, loss: float, *, verdict: Verdict | None = None, iters: int | None = None) -> None:
         """The tick's row, and a point every ``save_every`` ticks, at the start and at the end."""
-        st, t = self.state, time.perf_counter()
+        st = self.state
         probe = verdict.point if verdict else None
         if tick == 0 and self.certifier.enabled:
             probe = self.certifier.loss(self.model)
@@ -247,9 +246,20 @@ class M2O(Method):
         row = TickRecord(tick, -1, loss, iters, self.trainer.iterations, phase=self.phase, probe_loss=probe,
                          segment_loss=segment, step_scale=st.step_scale if verdict else None)  # fmt: skip
         st.ticks.append(row.row())
-        if tick % self.config.save_every and not self.done() and not force:
-            return
+        if tick % self.config.save_every == 0 or self.done():
+            self._save_point(tick, loss, probe, segment)
+
+    def insert_previous_point(self) -> None:
+        """Save the last tick's point, which the model holds again, with that tick's figures."""
+        last = self.state.ticks[-1]
+        self._save_point(last["tick"], last["train_loss"], last["probe_loss"], last["segment_loss"], last["sgd_iters"])
+
+    def _save_point(
+        self, tick: int, loss: float, probe: float | None, segment: float | None, sgd_iters: int | None = None
+    ) -> None:
+        st, t = self.state, time.perf_counter()
         rel = self.recorder.point(tick, self.model)
+        self.wrote_point(tick)
         t = self.timer.lap("write_points", t)
         params = _params(self.model)
         a, b = self.refs
@@ -259,7 +269,7 @@ class M2O(Method):
             stage=-1,
             phase=self.phase if tick else "start",
             train_loss=loss,
-            sgd_iters=self.trainer.iterations,
+            sgd_iters=self.trainer.iterations if sgd_iters is None else sgd_iters,
             dist_a=_distance(params, a) if a is not None else None,
             dist_b=_distance(params, b) if b is not None else None,
             stage_boundary=tick == 0,
