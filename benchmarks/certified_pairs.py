@@ -101,7 +101,7 @@ def deep_bert_finetunes(layers: int = 12) -> None:
         model = copy.deepcopy(base)
         seed_everything(seed)
         model.classifier.reset_parameters()
-        iters = _train_hf(model, train_cols, epochs=20, seed=seed, lr=1e-3, one_cycle=True)
+        iters = _train_hf(model, train_cols, epochs=40, seed=seed, lr=1e-3, one_cycle=True)
         models.append(model.eval())
     _connect_deep(models, train_cols, test_cols, iters, f"deep_bert_finetunes ({layers} layers)")
 

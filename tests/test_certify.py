@@ -182,7 +182,11 @@ def _probe_of(model_seed=0, batches=8, size=64):
 def test_probe_loss_equals_the_scorer_and_stops_early_only_above():
     probe, model, data = _probe_of()
     full = probe.loss(model)
-    assert full == score(model, data)["loss"]  # the same sum in the same order: equal, not close
+    # The probe's examples, in order, re-cut into batches of 32, 32, 64, 128, ... (early stops, fast full passes).
+    assert [len(y) for _, y in probe.batches] == [32, 32, 64, 128, 128, 128]
+    assert torch.equal(torch.cat([x for x, _ in probe.batches]), torch.cat([x for x, _ in data]))
+    assert full == score(model, probe.batches)["loss"]  # the same sum in the same order: equal, not close
+    assert full == pytest.approx(score(model, data)["loss"], rel=1e-6)  # other batches: rounding only
     assert probe.examples_run == 512 and probe.stopped == 0
     # Asked whether it is above a value it exceeds: decided early, with a lower bound that is itself above.
     bound = probe.loss(model, above=full / 4)
@@ -191,6 +195,18 @@ def test_probe_loss_equals_the_scorer_and_stops_early_only_above():
     assert probe.loss(model, above=full * 1.01) == full and probe.stopped == 1
     # The estimate stops clearly-above probes after two batches; a custom loss (maybe negative) never stops.
     run = probe.examples_run
-    assert probe.loss(model, above=full * 0.8, estimate=True) > full * 0.8 and probe.examples_run - run == 128
+    assert probe.loss(model, above=full * 0.8, estimate=True) > full * 0.8 and probe.examples_run - run == 64
     custom = ProbeSet(data, loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]))
     assert custom.loss(model, above=full / 4) == pytest.approx(full, rel=1e-6) and custom.stopped == 0
+
+
+def test_probe_batches_are_re_cut_only_when_they_join():
+    from hf_llpf.evaluation.probe import graduated
+
+    g = torch.Generator().manual_seed(0)
+    same = [{"input_ids": torch.randint(0, 9, (50, 8), generator=g), "labels": torch.arange(50)} for _ in range(3)]
+    cut = graduated(same)
+    assert [len(b["labels"]) for b in cut] == [32, 32, 64, 22]
+    assert torch.equal(torch.cat([b["input_ids"] for b in cut]), torch.cat([b["input_ids"] for b in same]))
+    padded = [{"input_ids": torch.zeros(4, n, dtype=torch.long), "labels": torch.zeros(4)} for n in (5, 7)]
+    assert graduated(padded) is padded  # text padded to different lengths: kept as it is

@@ -1,7 +1,8 @@
 """The probe set: the fixed training examples on which a run certifies its path (docs/algorithm.md §10).
 
 The probe is judged exactly as :func:`hf_llpf.evaluation.evaluate_path` judges a point: the model in eval mode,
-the same loss function, summed as :func:`~hf_llpf.evaluation.scoring.score` sums it. Its examples are the
+the same loss function, in the same memory layout (:mod:`hf_llpf.evaluation.layout`), summed as
+:func:`~hf_llpf.evaluation.scoring.score` sums it. Its examples are the
 first ``size`` of the seeded permutation that the evaluation's subsets are prefixes of, so with the default
 seed the probe is the evaluation's continuity subset, and the training subset of ``train_subset=size``.
 """
@@ -17,6 +18,7 @@ from torch import nn
 
 from hf_llpf.batches import LossFn, batch_size_of, default_loss, move_batch
 from hf_llpf.errors import ConfigError
+from hf_llpf.evaluation.layout import channels_last_batch, eval_view
 from hf_llpf.evaluation.sets import EvalBatches, subset_indices
 
 
@@ -31,13 +33,20 @@ class ProbeSet:
     """
 
     def __init__(self, batches: Any, *, loss_fn: LossFn | None = None, accelerator: Any = None):
-        self.batches, self.loss_fn, self.accelerator = batches, loss_fn, accelerator
-        self.num_examples = sum(batch_size_of(b) for b in batches)
+        self.batches, self.loss_fn, self.accelerator = graduated(list(batches)), loss_fn, accelerator
+        self.num_examples = sum(batch_size_of(b) for b in self.batches)
         self.calls = 0  # probes so far
         self.stopped = 0  # of which stopped early, once above the value asked about
+        self._cl_batches: list | None = None
         self.examples_run = 0  # examples evaluated by all probes so far (the probing work, machine-independent)
         if self.num_examples == 0:
             raise ConfigError("probe_size: the probe set is empty (the training data holds no example)")
+
+    def _channels_last(self) -> list:
+        """The probe's batches in the channels-last layout (converted once)."""
+        if self._cl_batches is None:
+            self._cl_batches = [channels_last_batch(b) for b in self.batches]
+        return self._cl_batches
 
     @torch.no_grad()
     def loss(self, model: nn.Module, *, above: float | None = None, estimate: bool = False) -> float:
@@ -61,10 +70,11 @@ class ProbeSet:
         model.eval()
         sums, counts = [], []
         try:
-            for batch in self.batches:
+            runner, fast = eval_view(model, self.batches[0], self.loss_fn)  # as score runs it
+            for batch in self._channels_last() if fast else self.batches:
                 counts.append(batch_size_of(batch))
                 self.examples_run += counts[-1]
-                sums.append(float(loss_fn(model, batch)) * counts[-1])
+                sums.append(float(loss_fn(runner, batch)) * counts[-1])
                 if early and (stopped := _stop(sums, counts, self.num_examples, above, estimate)) is not None:
                     self.stopped += 1
                     self.calls += 1
@@ -85,11 +95,71 @@ def _stop(sums: list[float], counts: list[int], total: int, above: float, estima
         return seen_sum / total
     if not estimate or len(sums) < 2 or seen >= total:
         return None
-    means = [s / c for s, c in zip(sums, counts, strict=True)]
     mean = seen_sum / seen
-    spread = math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1))
-    error = spread / math.sqrt(len(means)) * math.sqrt(1 - seen / total)  # finite-population correction
+    # A batch mean of n examples varies as sigma^2 / n: n·(batch mean - mean)^2 estimates the examples' variance.
+    variance = sum(s * s / c - 2 * s * mean + c * mean * mean for s, c in zip(sums, counts, strict=True))
+    variance = max(variance, 0.0) / (len(sums) - 1)
+    error = math.sqrt(variance / seen * (1 - seen / total))  # with the finite-population correction
     return mean if mean - 2 * error > above else None
+
+
+def graduated(batches: list) -> list:
+    """The same examples in the same order, re-cut into batches of 32, 32, 64, then 128 (:data:`CHUNKS`).
+
+    Small first batches let a probe whose answer is "above" stop after 32 or 64 examples; the large later
+    ones make a full pass cheaper than batches of 64. Batches that cannot be joined (text padded to different
+    lengths, anything but tensors) are kept as they are.
+    """
+    joined = _join(batches)
+    if joined is None:
+        return batches
+    total, out, start = batch_size_of(joined), [], 0
+    for size in _chunk_sizes(total):
+        out.append(_slice(joined, start, start + size))
+        start += size
+    return out
+
+
+CHUNKS = (32, 32, 64)  # then 128 each
+_LATER = 128
+
+
+def _chunk_sizes(total: int) -> list[int]:
+    sizes, left = [], total
+    for size in (*CHUNKS, *([_LATER] * (total // _LATER + 1))):
+        if left <= 0:
+            break
+        sizes.append(min(size, left))
+        left -= sizes[-1]
+    return sizes
+
+
+def _join(batches: list) -> Any:
+    """All batches concatenated along the first axis, or ``None`` when they do not join."""
+    if len(batches) == 0 or not all(type(b) is type(batches[0]) for b in batches):
+        return None
+    first = batches[0]
+    keys = list(first) if isinstance(first, dict) else range(len(first)) if isinstance(first, (list, tuple)) else None
+    if keys is None:
+        return None
+    columns = {}
+    for k in keys:
+        parts = [b[k] for b in batches]
+        if not all(isinstance(t, torch.Tensor) and t.ndim >= 1 and t.shape[1:] == parts[0].shape[1:] for t in parts):
+            return None
+        columns[k] = torch.cat(parts)
+    return columns if isinstance(first, dict) else _like(first, [columns[k] for k in keys])
+
+
+def _slice(batch: Any, start: int, stop: int) -> Any:
+    if isinstance(batch, dict):
+        return {k: v[start:stop] for k, v in batch.items()}
+    return _like(batch, [v[start:stop] for v in batch])
+
+
+def _like(batch: Any, values: list) -> Any:
+    """A list, tuple or named tuple of ``values``, as ``batch`` is."""
+    return type(batch)(*values) if hasattr(batch, "_fields") else type(batch)(values)
 
 
 def build_probe(

@@ -15,6 +15,7 @@ from torch import nn
 
 from hf_llpf.batches import LossFn, batch_size_of, default_loss
 from hf_llpf.errors import ConfigError
+from hf_llpf.evaluation.layout import channels_last_batch, eval_view
 from hf_llpf.evaluation.recalibration import recalibrate_bn
 
 EVAL_COLUMNS = ("eval_train_loss", "eval_train_acc", "test_loss", "test_acc")
@@ -48,7 +49,8 @@ def _correct(model: nn.Module, output: Any, batch: Any) -> tuple[int, int]:
 def score(model: nn.Module, batches: Iterable, *, loss_fn: LossFn | None = None) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` (as it is: mode unchanged) over ``batches``.
 
-    The loss is ``loss_fn(model, batch)`` (default: cross-entropy, or the model's own ``outputs.loss`` for
+    Convolutional models in eval mode on the CPU run channels-last (:mod:`hf_llpf.evaluation.layout`). The loss
+    is ``loss_fn(model, batch)`` (default: cross-entropy, or the model's own ``outputs.loss`` for
     dict batches), weighted by the batch size. Accuracy is read from the model's output (logits argmax vs
     integer labels; token accuracy for causal language models); ``nan`` when the labels are not classes.
 
@@ -63,22 +65,25 @@ def score(model: nn.Module, batches: Iterable, *, loss_fn: LossFn | None = None)
     Raises:
         ConfigError: ``batches`` holds no batch.
     """
-    loss_fn = loss_fn or default_loss
     captured: list = []
-    # The forward hook sees the output the loss function produced, so accuracy costs no second forward.
-    handle = model.register_forward_hook(lambda _m, _a, out: captured.append(out))
+    handle, runner, fast = None, model, False
     total, count, hits, counted = 0.0, 0, 0, 0
     try:
         for batch in batches:
+            if handle is None:  # the first batch decides the layout the passes run in (hf_llpf.evaluation.layout)
+                runner, fast = eval_view(model, batch, loss_fn)
+                # The forward hook sees the output the loss function produced, so accuracy costs no second forward.
+                handle = runner.register_forward_hook(lambda _m, _a, out: captured.append(out))
             captured.clear()
             n = batch_size_of(batch)
-            total += float(loss_fn(model, batch)) * n
+            total += float((loss_fn or default_loss)(runner, channels_last_batch(batch) if fast else batch)) * n
             count += n
             if captured:
                 h, c = _correct(model, captured[-1], batch)
                 hits, counted = hits + h, counted + c
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
     if count == 0:
         raise ConfigError("evaluation data: no batch to evaluate on (the split or subset is empty)")
     return {"loss": total / count, "acc": hits / counted if counted else math.nan}

@@ -1,0 +1,101 @@
+"""Eval-mode forward passes of convolutional models in the channels-last memory format, on the CPU.
+
+On the CPU, PyTorch's convolution, BatchNorm and pooling kernels are much faster on channels-last (NHWC)
+tensors than on the default NCHW ones for the small images of the built-in data: over one probe of 256 images
+per family, channels-last took 0.52–0.95× the time (small_cnn 0.64×, where an NCHW max-pool alone was 5.5 ms of
+a 13 ms pass; numbers in docs/benchmarks.md). Both the certifier's probe (:mod:`hf_llpf.evaluation.probe`) and
+the evaluation's :func:`~hf_llpf.evaluation.scoring.score` run through :func:`eval_view`, so they keep computing
+the same numbers; the loss changes from the NCHW one by rounding only (at most a few 1e-8 on those models).
+
+The working model itself is never converted (its optimizer, divergence guard and saved points see plain
+contiguous tensors): a channels-last *copy* of it, its view, has the model's state copied in before each pass.
+A model whose view fails or disagrees with it on the first batch (a ``.view()`` on an activation, say) keeps
+running as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_llpf.batches import LossFn, default_loss
+
+# Per model object: its channels-last view, or None where it must run as it is (decided on its first batch).
+_VIEWS: weakref.WeakKeyDictionary[nn.Module, nn.Module | None] = weakref.WeakKeyDictionary()
+_TOLERANCE = 1e-4  # relative: what "agrees" means on the first batch (rounding differences are ~1e-7)
+
+
+def channels_last_batch(batch: Any) -> Any:
+    """``batch`` with its 4-D floating tensors (images) in the channels-last memory format."""
+
+    def convert(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.ndim == 4 and v.is_floating_point():
+            return v.contiguous(memory_format=torch.channels_last)
+        return v
+
+    if isinstance(batch, dict):
+        return {k: convert(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(convert(v) for v in batch)
+    return convert(batch)
+
+
+def _eligible(model: nn.Module, batch: Any) -> bool:
+    """In eval mode, on the CPU, with a 2-D convolution and a 4-D image input."""
+    if model.training or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return False
+    first = next(model.parameters(), None)
+    if first is None or first.device.type != "cpu":
+        return False
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else [batch]
+    return any(isinstance(v, torch.Tensor) and v.ndim == 4 and v.is_floating_point() for v in values)
+
+
+def _sync(view: nn.Module, model: nn.Module) -> bool:
+    """Copy ``model``'s parameters and buffers into its view (the copy converts the layout); False when the
+    model's tensors no longer match the view's (its structure changed: the view is built again)."""
+    mine, theirs = list(view.state_dict().values()), list(model.state_dict().values())
+    if [t.shape for t in mine] != [t.shape for t in theirs]:
+        return False
+    with torch.no_grad():
+        torch._foreach_copy_(mine, theirs)
+    return True
+
+
+def _make_view(model: nn.Module, batch: Any, loss_fn: LossFn) -> nn.Module | None:
+    """A channels-last copy of ``model``, kept only when it computes the same loss on ``batch``."""
+    try:
+        view = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+        with torch.no_grad():
+            plain = float(loss_fn(model, batch))
+            fast = float(loss_fn(view, channels_last_batch(batch)))
+    except Exception:  # the model cannot run channels-last: it runs as it is
+        return None
+    return view if abs(fast - plain) <= _TOLERANCE * max(abs(plain), 1e-6) else None
+
+
+def eval_view(model: nn.Module, batch: Any, loss_fn: LossFn | None = None) -> tuple[nn.Module, bool]:
+    """The module to run ``model``'s eval-mode passes with, and whether its batches go channels-last.
+
+    Args:
+        model: the model (its state at this moment is what the view computes with).
+        batch: the first batch of the pass (decides, for a model seen the first time, whether the view is used).
+        loss_fn: the pass's loss (the first batch's loss must agree between the model and its view).
+
+    Returns:
+        ``(view, True)`` for an eligible model whose view agrees, with the model's state copied in; else
+        ``(model, False)``.
+    """
+    if not _eligible(model, batch):
+        return model, False
+    view = _VIEWS.get(model, model)
+    if view is not None and (view is model or not _sync(view, model)):
+        view = _VIEWS[model] = _make_view(model, batch, loss_fn or default_loss)
+    return (model, False) if view is None else (view, True)
+
+
+__all__ = ["channels_last_batch", "eval_view"]
