@@ -323,3 +323,34 @@ def test_a_two_element_tensor_crosses_between_its_sphere_points(tmp_path):
     assert len(path.summary["run"]["stage_starts"]) == 2
     assert path.summary["run"]["ticks"] <= 10  # 4 moves per stage (+1 to see the arrival) and the snap; not 30
     assert torch.allclose(path.state_dict_at(-2)["pair"], models[1].pair.detach(), atol=1e-4)  # arrived by moving
+
+
+def test_a_move_at_the_largest_step_lands_even_past_the_initial_distance():
+    # Repair during earlier stages can push a later stage's tensors farther from θ_B than they started; the
+    # largest step (one initial distance) would then stop short, and the stage would need a second tick.
+    from hf_llpf.algorithms.base import Context
+    from hf_llpf.algorithms.m2m import M2M
+    from hf_llpf.config import ConnectConfig, build
+    from hf_llpf.models import Endpoint
+    from hf_llpf.stages import build_stages
+    from hf_llpf.train import RepairTrainer
+
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 3), nn.Linear(4, 3)
+    model = copy.deepcopy(a)
+    config = build(ConnectConfig, {"step_r": 0.25})
+    trainer = RepairTrainer(model, [(torch.randn(8, 4), torch.randint(0, 3, (8,)))], lr=0.1, momentum=0.0,
+                            weight_decay=0.0, min_iters=1, max_iters=1, loss_threshold=0.0)  # fmt: skip
+    method = M2M(Context(model, trainer, build_stages(model, torch.randn(2, 4)), config, progress=False),
+                 Endpoint(model=b, kind="module", source="b"))  # fmt: skip
+    with torch.no_grad():  # three initial distances away from θ_B
+        for p, pb in zip(model.parameters(), b.parameters(), strict=True):
+            p.add_(2 * (p - pb))
+    active = list(range(len(method.params)))
+    method.state.step_scale = 1.0
+    short = method._move(active, method.last_dist)
+    assert bool((short > 0).all())  # a quarter of the initial distance: far from there
+    method.state.step_scale = method.max_step_scale  # 4 = 1 / step_r
+    assert bool((method._move(active, method.last_dist) == 0).all())
+    for p, pb in zip(model.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, pb)

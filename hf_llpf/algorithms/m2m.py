@@ -146,10 +146,13 @@ class M2M(Method):
         # Per-tensor floor of the step: the fixed length step_f and a fraction step_r of the initial distance,
         # so every tensor arrives in a bounded number of ticks (step_a alone only approaches geometrically).
         floor = torch.clamp_min(cfg.step_r * self.d0[active], cfg.step_f) * self.state.step_scale
+        # At the largest step the move lands: repair during earlier stages may have pushed a tensor farther from
+        # θ_B than its initial distance, which one initial distance would then no longer cover.
+        whole = self.max_step_scale > 1 and self.state.step_scale >= self.max_step_scale
         remaining = geometry.move_toward_(
             [self.params[i] for i in active],
             [self.target[i] for i in active],
-            step_a=cfg.step_a * self.state.step_scale,
+            step_a=1.0 if whole else cfg.step_a * self.state.step_scale,
             step_f=floor,
         )
         for i, r in zip(active, (remaining == 0).tolist(), strict=True):
