@@ -1,6 +1,7 @@
 """Certified paths on pairs of one's own: a user-set ceiling on LeNet5/28 px, and the cost of a deep pair.
 
-Run: ``.venv/bin/python -m benchmarks.certified_pairs [lenet28] [lenet28_probe_all] [deep_bert]`` (default: all).
+Run: ``.venv/bin/python -m benchmarks.certified_pairs [lenet28] [lenet28_probe_all] [deep_bert]
+[deep_bert_finetunes]`` (default: all).
 Prints one line per pair and writes nothing to the repository; the figures are quoted in ``docs/benchmarks.md``.
 
 - ``lenet28``: two LeNet5 endpoints trained on the built-in digits upscaled to 28 px (SGD lr 0.01, momentum
@@ -13,6 +14,8 @@ Prints one line per pair and writes nothing to the repository; the figures are q
 - ``deep_bert``: two 12-layer tiny BERTs (hidden 32) trained from seeds 0 and 1 on the generated token task
   of the families benchmark (AdamW, one-cycle rate peaking at 1e-3, 40 epochs), connected with the defaults
   (auto ceiling); prints the ticks each stage took and the SGD iterations ÷ one endpoint's.
+- ``deep_bert_finetunes``: two fine-tunes of one 12-layer tiny BERT base (:func:`deep_bert_finetunes`), with the
+  defaults (stopped at 60 ticks) and with the repair's lr at 0.005; the same figures.
 """
 
 from __future__ import annotations
@@ -87,32 +90,47 @@ def deep_bert(layers: int = 12) -> None:
 def deep_bert_finetunes(layers: int = 12) -> None:
     """Ticks per stage on two fine-tunes of one deep base: every stage's first move should keep it under.
 
-    The base is a ``layers``-layer tiny BERT trained on a related task (label = token 2 mod 4); each fine-tune
-    starts from it with its own classifier head (seed 0 or 1) and its own data order, and learns the families'
-    task (label = token 1 mod 4). ``method: m2m`` forces LLPF (the straight line between two fine-tunes is
-    usually certified already, and would otherwise be the path).
+    The base is a ``layers``-layer tiny BERT trained on a related task (label = token 2 mod 4, 40 epochs); each
+    fine-tune starts from it with its own classifier head (seed 0 or 1) and its own data order, and learns the
+    families' task (label = token 1 mod 4, 40 epochs; both AdamW with a one-cycle rate peaking at 1e-3).
+    ``method: m2m`` forces LLPF (the straight line between two fine-tunes is usually certified already, and
+    would otherwise be the path). Two runs: the defaults, stopped at 60 ticks (their repair, SGD at lr 0.02,
+    does not bring the embedding stage's points back under the ceiling), and the repair at lr 0.005.
     """
     train_cols, test_cols = token_task("bert", n=1024, seed=10), token_task("bert", n=256, seed=11)
-    base = _bert(10, layers)
-    related = dict(train_cols, labels=train_cols["input_ids"][:, 2] % 4)
-    _train_hf(base, related, epochs=40, seed=10, lr=1e-3, one_cycle=True)
-    models = []
-    for seed in (0, 1):
-        model = copy.deepcopy(base)
-        seed_everything(seed)
-        model.classifier.reset_parameters()
-        iters = _train_hf(model, train_cols, epochs=40, seed=seed, lr=1e-3, one_cycle=True)
-        models.append(model.eval())
-    _connect_deep(models, train_cols, test_cols, iters, f"deep_bert_finetunes ({layers} layers)")
+    models, iters = _finetunes(train_cols, layers)
+    tag = f"deep_bert_finetunes ({layers} layers)"
+    _connect_deep(models, train_cols, test_cols, iters, f"{tag}, defaults", {"max_ticks": 60})
+    _connect_deep(models, train_cols, test_cols, iters, f"{tag}, lr 0.005", {"lr": 0.005})
 
 
-def _connect_deep(models: list, train_cols: dict, test_cols: dict, iters: int, tag: str) -> None:
-    """Connect a deep pair with the defaults (``method: m2m``); print ticks per stage and the cost."""
+def _finetunes(train_cols: dict, layers: int) -> tuple[list, int]:
+    """The two fine-tunes (trained once, then read from ``SCRATCH``) and one fine-tune's iterations."""
+    import transformers as tf
+
+    folder = SCRATCH / f"finetunes_{layers}"
+    iters = 40 * len(_batches(train_cols, 64))
+    if not (folder / "1" / "config.json").exists():
+        base = _bert(10, layers)
+        related = dict(train_cols, labels=train_cols["input_ids"][:, 2] % 4)
+        _train_hf(base, related, epochs=40, seed=10, lr=1e-3, one_cycle=True)
+        for seed in (0, 1):
+            model = copy.deepcopy(base)
+            seed_everything(seed)
+            model.classifier.reset_parameters()
+            iters = _train_hf(model, train_cols, epochs=40, seed=seed, lr=1e-3, one_cycle=True)
+            model.save_pretrained(folder / str(seed))
+    models = [tf.BertForSequenceClassification.from_pretrained(folder / str(s)).eval() for s in (0, 1)]
+    return models, iters
+
+
+def _connect_deep(models: list, train_cols: dict, test_cols: dict, iters: int, tag: str, config=None) -> None:
+    """Connect a deep pair with the defaults and ``config`` (``method: m2m``); print ticks per stage and the cost."""
     evaluation = {"train": _batches(train_cols, 256)[:2], "test": _batches(test_cols, 256)}
     start = time.perf_counter()
-    path = hf_llpf.connect(models[0], models[1], _batches(train_cols, 64, seed=0), config={"method": "m2m"},
-                           run_dir=SCRATCH / "deep_bert", exist="overwrite", progress=False,
-                           probe_data=evaluation["train"])  # fmt: skip
+    path = hf_llpf.connect(models[0], models[1], _batches(train_cols, 64, seed=0),
+                           config={"method": "m2m", **(config or {})}, run_dir=SCRATCH / "deep_bert",
+                           exist="overwrite", progress=False, probe_data=evaluation["train"])  # fmt: skip
     wall = time.perf_counter() - start
     run = path.summary["run"]
     summary = evaluate_run(path, data=evaluation, train_subset=512, continuity_k=0, report=False)["summary"]
@@ -121,10 +139,11 @@ def _connect_deep(models: list, train_cols: dict, test_cols: dict, iters: int, t
     cert = run["certification"]
     ends = [round(x, 4) for x in cert["endpoint_probe_losses"]]
     print(
-        f"{tag}, {sum(p.numel() for p in models[0].parameters()):,} params | stages {run['num_stages']} | ticks "
-        f"{run['ticks']} | ticks per stage {per_stage} | stages of one tick {per_stage.count(1)}/{len(per_stage)} | "
-        f"SGD {run['sgd_iters']} = {run['sgd_iters'] / iters:.2f}x one endpoint ({iters}) | ceiling "
-        f"{cert['ceiling']:.4f} (endpoint probe losses {ends}) | certified {cert['certified']} | max train loss "
+        f"{tag}, {sum(p.numel() for p in models[0].parameters()):,} params | stages {run['num_stages']} (reached "
+        f"{len(run['stage_starts'])}) | ticks {run['ticks']} | ticks per stage {per_stage} | stages of one tick "
+        f"{per_stage.count(1)}/{len(per_stage)} | SGD {run['sgd_iters']} = {run['sgd_iters'] / iters:.2f}x one "
+        f"endpoint ({iters}) | ceiling {cert['ceiling']:.4f} (endpoint probe losses {ends}) | certified "
+        f"{cert['certified']} ({len(cert['uncertified'])} listed) | max train loss "
         f"{summary['llpf']['max_train_loss']:.4f} | linear {summary['linear']['max_train_loss']:.4f} | "
         f"backtracks {run['backtracks']} | wall {wall:.0f} s",
         flush=True,
