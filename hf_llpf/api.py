@@ -349,6 +349,7 @@ def walk_to_origin(
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
     endpoint = with_data_config(endpoint, run_data_config(bundle, example, config.data))
     assets = run_assets(endpoint, None, bundle)
+    certifier = run_certifier([endpoint], train_data, loader, bundle, config, loss_fn, accelerator)  # before any write
     with RunWriter(run_dir, exist=exist, storage=storage) as writer, progress_requested(progress):
         write_assets(writer.root, assets)
         writer.write_yaml(CONFIG_YAML, to_yaml(config))
@@ -356,7 +357,6 @@ def walk_to_origin(
         writer.write_json(ENDPOINTS_JSON, description)
         writer.write_json(LAYER_GROUPS_JSON, plan.to_json())
         make_trainer = trainer_factory(config, loader, loss_fn, accelerator)
-        certifier = run_certifier([endpoint], train_data, loader, bundle, config, loss_fn, accelerator)
         run = RunSetup(endpoint, None, plan, config, make_trainer, writer, accelerator.device, progress,
                        certifier=certifier)  # fmt: skip
         walk = method_class("m2o-walk").for_run(run)

@@ -53,7 +53,7 @@ class SegmentStart:
         return {"tick": self.tick, "tensors": self.tensors} if self.tracking else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (a checkpoint without it: the next saved point starts the segments)."""
+        """Restore :meth:`state_dict` (a checkpoint without it: the method starts the segments where it resumes)."""
         if self.tracking and state:
             self.tick, self.tensors = state.get("tick"), state.get("tensors")
 
