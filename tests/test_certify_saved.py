@@ -90,3 +90,12 @@ def test_a_walk_to_the_origin_is_certified(small_cnn_pair, digits, tmp_path):
     assert cert["ceiling"] > cert["endpoint_probe_losses"][0] and len(walked) >= 3
     assert_saved_segments_certified(walked, a, x, y)
     assert all(r["probe_loss"] is not None for r in read_metrics(walked.root)["ticks"])
+
+
+def test_a_walk_with_a_ceiling_below_its_endpoint_is_refused_before_writing(small_cnn_pair, digits, tmp_path):
+    from hf_llpf.errors import ConfigError
+
+    config = {"loss_ceiling": 1e-6, "m2o": {"target_variance": 0.5}}
+    with pytest.raises(ConfigError, match=r"loss_ceiling=1e-06 is below endpoint A's own probe loss 0\.0\d+"):
+        walk_to_origin(small_cnn_pair[0], digits, config=config, run_dir=tmp_path / "w", progress=False)
+    assert not (tmp_path / "w").exists()
