@@ -270,6 +270,7 @@ def _summary(runner: Any, method: str, plan: Any, setup: dict, *, elapsed: float
             "stage_starts": [t + runner.offset for t in getattr(state, "stage_starts", [0])],
             "failures": state.failures,
             "backtracks": runner.backtracks,
+            "repair_lr_scale": getattr(state, "lr_scale", 1.0),  # the repair's final lr over config.lr
             "num_stages": len(plan.stages),
         }
     }

@@ -308,6 +308,7 @@ class RepairTrainer:
         self.loss_fn = loss_fn or default_loss
         self.min_iters, self.max_iters, self.loss_threshold = min_iters, max_iters, loss_threshold
         self.base_lr = lr
+        self.lr_scale = 1.0  # the certifier lowers the repair's rate where its budget could not repair a point
         if bn_momentum is not None:
             set_bn_momentum(model, bn_momentum)
         params = list(model.parameters())
@@ -358,7 +359,13 @@ class RepairTrainer:
         if len(self.optimizer.param_groups) == 1 and len(groups) > 1:
             raise RuntimeError("per-tensor learning rates need RepairTrainer(per_tensor_lr=True)")
         for g, f in zip(groups, factors, strict=True):
-            self.optimizer.param_groups[g]["lr"] = self.base_lr * f
+            self.optimizer.param_groups[g]["lr"] = self.base_lr * self.lr_scale * f
+
+    def scale_lr(self, scale: float) -> None:
+        """Every group's learning rate to ``scale`` times its unscaled value (its own factor kept)."""
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["lr"] * scale / self.lr_scale
+        self.lr_scale = scale
 
     def state_dict(self) -> dict:
         """Optimizer state, iteration count and (for a SeededLoader) the data position."""

@@ -44,6 +44,7 @@ class LoopState:
     timing: dict[str, float] = field(default_factory=dict)
     backtracks: int = 0  # moves retried shorter because a point or segment was above the ceiling
     uncertified: list[dict] = field(default_factory=list)  # points/segments kept above the ceiling
+    lr_scale: float = 1.0  # the repair's learning rate over config.lr (halved when a repair budget ran out)
 
 
 class Recorder(Protocol):
@@ -217,6 +218,9 @@ class DivergenceGuard:
             )
 
 
+MIN_LR_SCALE = 1 / 8  # the repair's rate goes down to config.lr / 8 at most
+
+
 def diverged(loss: float, config: ConnectConfig) -> bool:
     """A tick's loss that the guard rolls back: not finite, or above ``loss_limit``."""
     return not math.isfinite(loss) or loss > config.loss_limit
@@ -314,6 +318,8 @@ class Method:
             st.failures = 0  # failures count within one stretch of failed attempts, not over the run
             if verdict is None or verdict.ok:
                 break
+            if verdict.point > verdict.ceiling and 0 < cfg.repair_budget <= verdict.extra_iters:
+                self._lower_repair_rate(name)
             if verdict.point <= verdict.ceiling and self.segments.behind(st.tick):
                 # The point is under but the segment from an older saved point is not: the previous tick's point,
                 # whose own segment was certified, joins the path, and the tick is tried again from it.
@@ -333,6 +339,20 @@ class Method:
         elif verdict is not None and verdict.easy and backtracks == 0:
             st.step_scale = min(st.step_scale * 2, self.max_step_scale)
         return loss, verdict
+
+    def _lower_repair_rate(self, name: str) -> None:
+        """Halve the repair's learning rate for the rest of the run (down to :data:`MIN_LR_SCALE`): a whole repair
+        budget left the point above the ceiling, so SGD at this rate does not get under it (its noise alone kept a
+        transformer's embedding stage at the ceiling, docs/algorithm.md §10.2)."""
+        st = self.state
+        if st.lr_scale <= MIN_LR_SCALE:
+            return
+        st.lr_scale /= 2
+        self.trainer.scale_lr(st.lr_scale)
+        tqdm.write(
+            f"{name} tick {st.tick + 1 + self.offset}: the point stayed above the ceiling after repair_budget="
+            f"{self.config.repair_budget} iterations; the repair's lr is now {self.config.lr * st.lr_scale:g}"
+        )
 
     def note_uncertified(self, verdict: Verdict | None, *, tick: int, stage: int, phase: str) -> None:
         """Record a kept point (or its segment) that is above the ceiling."""
@@ -389,6 +409,7 @@ class Method:
             self.state.failures = 0
         self.model.load_state_dict(ckpt["model"])
         self.trainer.load_state_dict(ckpt["trainer"])
+        self.trainer.lr_scale = self.state.lr_scale  # the optimizer's groups hold the scaled rates already
         set_rng_state(ckpt["rng"])
         self.load_extra_state(ckpt.get("extra", {}))
         self.segments.load_state_dict(ckpt.get("segments", {}))
