@@ -71,12 +71,9 @@ def test_lenet5_connects(tmp_path):
 # The cheap families (about a minute each, measured) run in the slow suite that CI runs; the others take 2-15 minutes
 # each on 2 cores and run under the `families` marker (make test-families).
 IN_CI = ("resnet18", "vgg11_bn", "shufflenetv2", "bert", "gpt2")
-# The engine holds every family's path under its ceiling or says where not. The tiny ViT's endpoints differ with the
-# CPU's rounding; on one machine of this kind its pair keeps one embedding-stage point above the ceiling at the default
-# repair rate (0.3281 > 0.2394, docs/benchmarks.md), on another every point was under: not strict.
-KNOWN_FAILURES: dict[str, str] = {
-    "vit": "on some machines one embedding-stage point stays above the ceiling at the default repair rate (lr 0.02)"
-}
+# No known failures: the engine holds every family's path under its ceiling or says where not. (The tiny ViT kept one
+# embedding-stage point above it on one machine until the repair's rate could come down, docs/benchmarks.md.)
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _param(name: str):
