@@ -266,8 +266,8 @@ class M2M(Method):
 
     def insert_previous_point(self) -> None:
         """Save the last tick's point, which the model holds again, with that tick's figures."""
-        last = self.state.ticks[-1]
-        verdict = Verdict(last["probe_loss"], last["segment_loss"], 0, self.certifier.ceiling)
+        last = self.state.ticks[-1]  # a row leaves out what was not measured (a segment after a point kept above)
+        verdict = Verdict(last.get("probe_loss"), last.get("segment_loss"), 0, self.certifier.ceiling)
         self._record_point(self.state.tick, last["train_loss"], self.last_dist, boundary=False, verdict=verdict,
                            sgd_iters=last["sgd_iters"])  # fmt: skip
 

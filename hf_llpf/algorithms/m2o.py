@@ -251,8 +251,9 @@ class M2O(Method):
 
     def insert_previous_point(self) -> None:
         """Save the last tick's point, which the model holds again, with that tick's figures."""
-        last = self.state.ticks[-1]
-        self._save_point(last["tick"], last["train_loss"], last["probe_loss"], last["segment_loss"], last["sgd_iters"])
+        last = self.state.ticks[-1]  # a row leaves out what was not measured (a segment after a point kept above)
+        probe, segment = last.get("probe_loss"), last.get("segment_loss")
+        self._save_point(last["tick"], last["train_loss"], probe, segment, last["sgd_iters"])
 
     def _save_point(
         self, tick: int, loss: float, probe: float | None, segment: float | None, sgd_iters: int | None = None
