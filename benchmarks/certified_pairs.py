@@ -33,7 +33,7 @@ from hf_llpf.api import evaluate_run
 from hf_llpf.config import DataConfig, TrainRecipe
 from hf_llpf.data import load_data
 from hf_llpf.seeding import seed_everything
-from hf_llpf.train import train_endpoint
+from hf_llpf.train import train_or_reuse
 
 SCRATCH = Path(".bench_cache/certified_pairs")
 
@@ -45,9 +45,8 @@ def lenet28(probe_all: bool = False) -> None:
     for seed in (0, 1):
         recipe = TrainRecipe(model="lenet5", data=DataConfig(source="digits", image_size=28), seed=seed, epochs=150,
                              batch_size=64, lr=0.01, momentum=0.9, schedule="constant", weight_decay=0.0)  # fmt: skip
-        endpoint, metrics = train_endpoint(recipe, data=bundle, progress=False)
-        ends.append(endpoint.model)
-        iters = metrics["iterations"]
+        iters = train_or_reuse(SCRATCH / f"lenet28_seed{seed}", recipe, bundle, progress=False)["iterations"]
+        ends.append(SCRATCH / f"lenet28_seed{seed}")
     start = time.perf_counter()
     config = {"loss_ceiling": 0.025} | ({"probe_size": bundle.split_size("train")} if probe_all else {})
     path = hf_llpf.connect(*ends, bundle, config=config, run_dir=SCRATCH / "lenet28", exist="overwrite",

@@ -137,6 +137,11 @@ class M2OConfig(_Settings):
     compensate_norms: bool = Field(True, description="grow LayerNorm/RMSNorm/GroupNorm parameters as tensors shrink")
 
 
+# repair_headroom under a set ceiling (auto): on a LeNet5 pair at a user ceiling of 0.025, points repaired only to
+# the ceiling reached 0.0285 on all training images, 0.0223-0.0226 with 0.2 (docs/algorithm.md §10).
+HEADROOM_SET = 0.2
+
+
 class ConnectConfig(_Settings):
     """Settings of an LLPF run (``hf-llpf connect``); defaults are the measured hf_llpf defaults."""
 
@@ -215,6 +220,13 @@ class ConnectConfig(_Settings):
         "(rounds of min_iters, 1.5·min_iters, …) before it backtracks to a shorter move; max_iters and "
         "loss_threshold then do not apply",
     )
+    repair_headroom: float | Literal["auto"] = Field(
+        "auto",
+        description="with a ceiling: the repair first aims this fraction of the way from the ceiling down to the "
+        "endpoints' probe loss, relaxing to the ceiling as the tick's repair_budget is spent (room for the "
+        f"training examples the probe does not hold); auto: {HEADROOM_SET} under a set loss_ceiling, 0 under "
+        "the auto one (its margin is that room)",
+    )
     max_backtracks: int = Field(
         6, ge=0, description="step halvings per tick before a point above the ceiling is kept and reported"
     )
@@ -285,6 +297,8 @@ class ConnectConfig(_Settings):
             raise ValueError(f"max_iters ({self.max_iters}) must be >= min_iters ({self.min_iters})")
         if isinstance(self.loss_ceiling, float) and self.loss_ceiling <= 0:
             raise ValueError(f"loss_ceiling={self.loss_ceiling}: must be > 0, 'auto' or null (no ceiling)")
+        if isinstance(self.repair_headroom, float) and not 0 <= self.repair_headroom < 1:
+            raise ValueError(f"repair_headroom={self.repair_headroom}: must be in [0, 1) or 'auto'")
         if self.step_a == 0 and self.step_f == 0 and self.step_r == 0:
             raise ValueError("at least one of step_a, step_f, step_r must be positive, or nothing ever moves")
         return self

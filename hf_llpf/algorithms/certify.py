@@ -23,7 +23,7 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from hf_llpf.batches import move_batch
-from hf_llpf.config import ConnectConfig
+from hf_llpf.config import HEADROOM_SET, ConnectConfig
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.probe import ProbeSet, build_probe
 from hf_llpf.run.storage import round_to_storage
@@ -60,6 +60,15 @@ def resolve_ceiling(config: ConnectConfig, endpoint_losses: list[float]) -> floa
             f"can stay under it (set loss_ceiling >= {top:.4g}, or 'auto')"
         )
     return float(config.loss_ceiling)
+
+
+def resolve_headroom(config: ConnectConfig) -> float:
+    """The repair's headroom (:meth:`Certifier.target`): ``repair_headroom``, where ``auto`` is
+    :data:`~hf_llpf.config.HEADROOM_SET` under a set ceiling and 0 under the auto one, whose margin above the
+    endpoints is itself the room for the examples the probe does not hold."""
+    if config.repair_headroom != "auto":
+        return float(config.repair_headroom)
+    return HEADROOM_SET if isinstance(config.loss_ceiling, float) else 0.0
 
 
 def run_certifier(
@@ -167,6 +176,7 @@ class Certifier:
         self.endpoint_losses = list(endpoint_losses or [])
         self.enabled = probe is not None and ceiling is not None and config is not None
         self.storage = STORAGE_DTYPES.get(config.point_dtype) if config is not None else None
+        self.headroom = resolve_headroom(config) if config is not None else 0.0
 
     def loss(self, model: nn.Module, *, above: float | None = None) -> float:
         """The probe loss of ``model`` as it will be stored (NaN when certification is off); ``above``: see
@@ -189,9 +199,10 @@ class Certifier:
         *,
         timer: Any = None,
     ) -> Verdict:
-        """The tick's repair, driven by the probe: repair only while the point is above the ceiling.
+        """The tick's repair, driven by the probe: repair only while the point is above the repair's target.
 
-        The moved point is probed first; while it is above the ceiling it is repaired in rounds of
+        The moved point is probed first; while it is above the target (:meth:`target`: the ceiling, less the
+        headroom that shrinks as the budget is spent) it is repaired in rounds of
         ``min_iters`` iterations, each round 1.5× the last (at most ``repair_budget`` in all), each followed by
         the method's variance correction and a probe. A point under the ceiling then has its
         segment's midpoint probed. Probes that only decide "above" stop early (:meth:`ProbeSet.loss`); a value
@@ -207,24 +218,36 @@ class Certifier:
         cfg, lap = self.config, (timer.lap if timer is not None else lambda _key, start: time.perf_counter())
         ceiling, t = self.ceiling, time.perf_counter()
         # Until the point is under, "above" decides only whether to repair on: an estimate is enough.
-        point, spent, loss = self._probe_stored(model, above=ceiling, estimate=True), 0, math.nan
+        point, spent, loss = self._probe_stored(model, above=self.target(0), estimate=True), 0, math.nan
         size = cfg.min_iters
         t = lap("probe", t)
-        while not point <= ceiling and spent < cfg.repair_budget:
+        while not point <= self.target(spent) and spent < cfg.repair_budget:
             n = min(int(size), cfg.repair_budget - spent)
             loss, _ = trainer.repair(iters=n)
             after_repair()
             spent, size = spent + n, size * GROWTH
             t = lap("train", t)
-            point = self._probe_stored(model, above=ceiling, estimate=True)
+            point = self._probe_stored(model, above=self.target(spent), estimate=True)
             t = lap("probe", t)
-        if not point <= ceiling:  # the budget is spent: the full figure (it may be reported; an estimate may err)
+        if not point <= self.target(spent):  # the full figure (it may be reported or certify; an estimate may err)
             point = self.probe.loss(model)
         segment = None
         if cfg.certify_segments and point <= ceiling:
             segment = self.midpoint_loss(model, previous, above=ceiling)
         lap("probe", t)
         return Verdict(point, segment, spent, ceiling, loss, cfg.min_iters)
+
+    def target(self, spent: int) -> float:
+        """What the repair aims at after ``spent`` of the tick's budget: ``repair_headroom`` of the way from the
+        ceiling down to the endpoints' probe loss at first, the ceiling itself once the budget is spent.
+
+        A point repaired only to the ceiling sits just under it on the probe, and the training examples the probe
+        does not hold put it above as often as not; the headroom buys room for them while the budget allows.
+        """
+        room = self.headroom * (self.ceiling - max(self.endpoint_losses, default=self.ceiling))
+        budget = self.config.repair_budget
+        left = 1.0 - min(spent / budget, 1.0) if budget > 0 else 0.0
+        return self.ceiling - max(room, 0.0) * left
 
     @torch.no_grad()
     def midpoint_loss(self, model: nn.Module, previous: list[torch.Tensor], *, above: float | None = None) -> float:
@@ -297,5 +320,6 @@ __all__ = [
     "certification_line",
     "make_certifier",
     "resolve_ceiling",
+    "resolve_headroom",
     "run_certifier",
 ]

@@ -1,9 +1,9 @@
 """Eval-mode forward passes of convolutional models in the channels-last memory format, on the CPU.
 
-On the CPU, PyTorch's convolution, BatchNorm and pooling kernels are much faster on channels-last (NHWC)
-tensors than on the default NCHW ones for the small images of the built-in data: over one probe of 256 images
-per family, channels-last took 0.52–0.95× the time (small_cnn 0.64×, where an NCHW max-pool alone was 5.5 ms of
-a 13 ms pass; numbers in docs/benchmarks.md). Both the certifier's probe (:mod:`hf_llpf.evaluation.probe`) and
+On the CPU, PyTorch's convolution, BatchNorm and pooling kernels are often much faster on channels-last (NHWC)
+tensors than on the default NCHW ones for the small images of the built-in data: over one pass of 256 images
+per family, channels-last took 0.44–0.99× the time, median 0.74× (small_cnn 0.67×; ``python -m
+benchmarks.layout_speed``). Both the certifier's probe (:mod:`hf_llpf.evaluation.probe`) and
 the evaluation's :func:`~hf_llpf.evaluation.scoring.score` run through :func:`eval_view`, so they keep computing
 the same numbers; the loss changes from the NCHW one by rounding only (at most a few 1e-8 on those models).
 
@@ -46,7 +46,10 @@ def channels_last_batch(batch: Any) -> Any:
 
 def _eligible(model: nn.Module, batch: Any) -> bool:
     """In eval mode, on the CPU, with a 2-D convolution and a 4-D image input."""
-    if model.training or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    if model.training:
+        return False
+    # A model with a view (or one refused) was scanned already: the scan is the costly part of a small probe.
+    if model not in _VIEWS and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return False
     first = next(model.parameters(), None)
     if first is None or first.device.type != "cpu":

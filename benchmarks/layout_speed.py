@@ -1,0 +1,108 @@
+"""What the channels-last eval passes buy on the CPU: one probe-sized pass per convolutional family, both layouts.
+
+    .venv/bin/python -m benchmarks.layout_speed [--images 256] [--repeats 15] [names ...]
+
+For each convolutional model of the families benchmark (its tiny variant, untrained: the time does not depend on
+the weights) and for small_cnn, the median time of one eval-mode pass over ``--images`` digits images at the
+family's size, as the model runs (NCHW) and through :func:`hf_llpf.evaluation.layout.eval_view` (channels-last
+copy, state copied in first, as every probe and score does), the ratio of the two, and the largest difference of
+the loss. Also one SGD step of batch 64 on small_cnn in both layouts (training stays NCHW; this is what converting
+it would buy). One torch thread; medians, because these machines are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.families import FAMILIES
+from hf_llpf.evaluation.layout import channels_last_batch, eval_view
+from hf_llpf.models import create_model
+
+TIMM_FREE = {"small_cnn": ("small_cnn", {}, None)}  # name -> (model, args, image size: None is 8x8)
+
+
+def _models(names: list[str]) -> dict[str, tuple[str, dict, int | None]]:
+    conv = {
+        n: (f.model, f.model_args, f.image_size) for n, f in FAMILIES.items() if f.model not in ("vit", "bert", "gpt2")
+    }
+    every = {**TIMM_FREE, **conv}
+    return {n: every[n] for n in names} if names else every
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up (the view is built on the first pass)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+@torch.no_grad()
+def pass_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> tuple[float, float, float]:
+    """(NCHW ms, channels-last ms, |loss difference|) of one eval-mode pass over ``x`` in batches of 128."""
+    model.eval()
+    batches = [(x[i : i + 128], y[i : i + 128]) for i in range(0, len(x), 128)]
+    fast = [channels_last_batch(b) for b in batches]
+
+    def plain() -> float:
+        return sum(float(F.cross_entropy(model(bx), by, reduction="sum")) for bx, by in batches)
+
+    def view() -> float:
+        runner, ok = eval_view(model, batches[0])
+        return sum(float(F.cross_entropy(runner(bx), by, reduction="sum")) for bx, by in (fast if ok else batches))
+
+    return _median_ms(plain, repeats), _median_ms(view, repeats), abs(plain() - view()) / len(x)
+
+
+def _step_ms(memory_format: torch.memory_format, repeats: int) -> float:
+    torch.manual_seed(0)
+    model = create_model("small_cnn").to(memory_format=memory_format).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(64, 1, 8, 8).contiguous(memory_format=memory_format)
+    y = torch.randint(0, 10, (64,))
+
+    def step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return _median_ms(step, repeats)
+
+
+def train_step_times(repeats: int) -> tuple[float, float]:
+    """(NCHW ms, channels-last ms) of one SGD step of batch 64 on small_cnn at 8x8."""
+    return _step_ms(torch.contiguous_format, repeats), _step_ms(torch.channels_last, repeats)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("names", nargs="*", help="families (default: small_cnn and every convolutional family)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"one eval pass over {args.images} images, batches of 128, median of {args.repeats}; one torch thread")
+    print("model           | size | NCHW ms | channels-last ms | ratio | loss difference")
+    ratios = []
+    for name, (model_name, model_args, size) in _models(args.names).items():
+        torch.manual_seed(0)
+        model = create_model(model_name, **{**model_args, "in_chans": 1, "num_classes": 10})
+        side = size or 8
+        x, y = torch.randn(args.images, 1, side, side), torch.randint(0, 10, (args.images,))
+        plain, view, diff = pass_times(model, x, y, args.repeats)
+        ratios.append(view / plain)
+        print(f"{name:15} | {side:4d} | {plain:7.2f} | {view:16.2f} | {view / plain:5.2f} | {diff:.1e}", flush=True)
+    print(f"ratio channels-last / NCHW: {min(ratios):.2f}-{max(ratios):.2f}, median {statistics.median(ratios):.2f}")
+    nchw, cl = train_step_times(args.repeats * 4)
+    print(f"small_cnn SGD step, batch 64: NCHW {nchw:.2f} ms, channels-last {cl:.2f} ms ({cl / nchw:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
