@@ -58,6 +58,30 @@ def state_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def linear_m2m(settings: dict):
+    """An M2M method built by hand between two seeded ``nn.Linear(4, 3)`` endpoints, for tests of its internals.
+
+    Returns ``(method, model, b)``: the method, its working model (starting at θ_A) and the θ_B module.
+    """
+    import copy
+
+    from hf_llpf.algorithms.base import Context
+    from hf_llpf.algorithms.m2m import M2M
+    from hf_llpf.config import ConnectConfig, build
+    from hf_llpf.models import Endpoint
+    from hf_llpf.stages import build_stages
+    from hf_llpf.train import RepairTrainer
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    model = copy.deepcopy(a)
+    trainer = RepairTrainer(model, [(torch.randn(8, 4), torch.randint(0, 3, (8,)))], lr=0.1, momentum=0.0,
+                            weight_decay=0.0, min_iters=1, max_iters=1, loss_threshold=0.0)  # fmt: skip
+    context = Context(model, trainer, build_stages(model, torch.randn(2, 4)), build(ConnectConfig, settings),
+                      progress=False)  # fmt: skip
+    return M2M(context, Endpoint(model=b, kind="module", source="b")), model, b
+
+
 class Killed(BaseException):
     """Stands for a kill right after a checkpoint write: what is on disk is exactly what a kill leaves."""
 

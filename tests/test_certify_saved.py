@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import connect_killed_after, state_equal
+from conftest import connect_killed_after, linear_m2m, state_equal
 from test_certify import QUICK, own_probe_loss, probe_examples
 
 import hf_llpf
@@ -104,24 +104,9 @@ def test_a_walk_with_a_ceiling_below_its_endpoint_is_refused_before_writing(smal
 def test_a_point_kept_above_the_ceiling_can_be_inserted_later():
     # A tick whose point was kept above the ceiling has no segment figure in its row (nothing was measured); saving
     # that point later, when its successor's segment from an older saved point is above, must not need one.
-    from torch import nn
-
-    from hf_llpf.algorithms.base import Context
-    from hf_llpf.algorithms.m2m import M2M
-    from hf_llpf.config import ConnectConfig, build
-    from hf_llpf.models import Endpoint
     from hf_llpf.run.records import TickRecord
-    from hf_llpf.stages import build_stages
-    from hf_llpf.train import RepairTrainer
 
-    torch.manual_seed(0)
-    a, b = nn.Linear(4, 3), nn.Linear(4, 3)
-    model = copy.deepcopy(a)
-    trainer = RepairTrainer(model, [(torch.randn(8, 4), torch.randint(0, 3, (8,)))], lr=0.1, momentum=0.0,
-                            weight_decay=0.0, min_iters=1, max_iters=1, loss_threshold=0.0)  # fmt: skip
-    config = build(ConnectConfig, {"save_every": 3})
-    method = M2M(Context(model, trainer, build_stages(model, torch.randn(2, 4)), config, progress=False),
-                 Endpoint(model=b, kind="module", source="b"))  # fmt: skip
+    method, _, _ = linear_m2m({"save_every": 3})
     row = TickRecord(1, 0, 0.5, 4, 4, dist_a=0.1, dist_b=0.2, probe_loss=0.9, step_scale=1.0).row()
     assert "segment_loss" not in row
     method.state.ticks.append(row)

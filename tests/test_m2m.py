@@ -10,7 +10,7 @@ import time
 import pytest
 import safetensors.torch
 import torch
-from conftest import state_equal
+from conftest import linear_m2m, state_equal
 from tiny_models import tiny_bert
 from torch import nn
 
@@ -328,21 +328,7 @@ def test_a_two_element_tensor_crosses_between_its_sphere_points(tmp_path):
 def test_a_move_at_the_largest_step_lands_even_past_the_initial_distance():
     # Repair during earlier stages can push a later stage's tensors farther from θ_B than they started; the
     # largest step (one initial distance) would then stop short, and the stage would need a second tick.
-    from hf_llpf.algorithms.base import Context
-    from hf_llpf.algorithms.m2m import M2M
-    from hf_llpf.config import ConnectConfig, build
-    from hf_llpf.models import Endpoint
-    from hf_llpf.stages import build_stages
-    from hf_llpf.train import RepairTrainer
-
-    torch.manual_seed(0)
-    a, b = nn.Linear(4, 3), nn.Linear(4, 3)
-    model = copy.deepcopy(a)
-    config = build(ConnectConfig, {"step_r": 0.25})
-    trainer = RepairTrainer(model, [(torch.randn(8, 4), torch.randint(0, 3, (8,)))], lr=0.1, momentum=0.0,
-                            weight_decay=0.0, min_iters=1, max_iters=1, loss_threshold=0.0)  # fmt: skip
-    method = M2M(Context(model, trainer, build_stages(model, torch.randn(2, 4)), config, progress=False),
-                 Endpoint(model=b, kind="module", source="b"))  # fmt: skip
+    method, model, b = linear_m2m({"step_r": 0.25})
     with torch.no_grad():  # three initial distances away from θ_B
         for p, pb in zip(model.parameters(), b.parameters(), strict=True):
             p.add_(2 * (p - pb))
