@@ -1,7 +1,8 @@
 """Every architecture family connects: a CPU-scale LLPF M2M run per family, judged against linear interpolation.
 
 Run: ``.venv/bin/python -m benchmarks.families [FAMILY ...]`` (default: every family; naming some reruns those and
-keeps the other rows; ``--render`` only rewrites the table from the saved JSON). Writes
+keeps the other rows; ``--render`` only rewrites the table from the saved JSON; ``--threads N [FAMILY ...]``
+runs with N torch threads, another rounding, and only prints its rows). Writes
 ``benchmarks/results/families.json``, ``benchmarks/results/families.md`` and the table in ``docs/benchmarks.md``
 (between its ``<!-- families:start -->``/``<!-- families:end -->`` markers).
 
@@ -427,7 +428,10 @@ def main(argv: list[str]) -> None:
     if argv == ["--render"]:
         print(render())
         return
-    torch.set_num_threads(1)
+    threads = 1
+    if argv[:1] == ["--threads"]:  # another rounding: rows are printed, the one-thread table is left as it is
+        threads, argv = int(argv[1]), argv[2:]
+    torch.set_num_threads(threads)
     names = argv or list(FAMILIES)
     unknown = [n for n in names if n not in FAMILIES]
     if unknown:
@@ -442,7 +446,7 @@ def main(argv: list[str]) -> None:
             print(row["traceback"], file=sys.stderr, flush=True)
         # After each family, so that a killed run keeps what it measured. Naming some families reruns those and
         # keeps the other rows; a run of all replaces the table once every family has a new row.
-        all_rows = _save(rows, keep_others=bool(argv) or len(rows) < len(names))
+        all_rows = _save(rows, keep_others=bool(argv) or len(rows) < len(names)) if threads == 1 else rows
     print(markdown_table(all_rows))
 
 

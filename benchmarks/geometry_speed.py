@@ -14,7 +14,8 @@ import time
 import torch
 
 
-def _median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` (these machines are shared: medians, not means)."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -70,7 +71,7 @@ def main() -> None:
     model = timm.create_model("cifar_resnet18", pretrained=False, num_classes=10)  # width 64, 11.2M params
     x = torch.randn(2, 3, 32, 32)
     build_stages(model, x)  # warm-up (first-call allocations)
-    t = _median_time(lambda: build_stages(model, x), args.repeats)
+    t = median_time(lambda: build_stages(model, x), args.repeats)
     plan = build_stages(model, x)
     print(f"build_stages(cifar_resnet18 width 64, batch 2x3x32x32): {t * 1000:.1f} ms  ({len(plan.stages)} stages)")
 
@@ -91,7 +92,7 @@ def main() -> None:
         ("move_toward_ (step_a=1e-3)", lambda: G.move_toward_(cur, b, step_a=1e-3, step_f=0.0)),
     ]
     for name, fn in rows:
-        print(f"  {name:<28} {_median_time(fn, args.repeats) * 1000:8.1f} ms")
+        print(f"  {name:<28} {median_time(fn, args.repeats) * 1000:8.1f} ms")
 
 
 if __name__ == "__main__":

@@ -14,34 +14,29 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.families import FAMILIES
+from benchmarks.geometry_speed import median_time
 from hf_llpf.evaluation.layout import channels_last_batch, eval_view
 from hf_llpf.models import create_model
 
-TIMM_FREE = {"small_cnn": ("small_cnn", {}, None)}  # name -> (model, args, image size: None is 8x8)
+EXTRA_MODELS = {"small_cnn": ("small_cnn", {}, None)}  # name -> (model, args, image size: None is 8x8)
 
 
 def _models(names: list[str]) -> dict[str, tuple[str, dict, int | None]]:
     conv = {
         n: (f.model, f.model_args, f.image_size) for n, f in FAMILIES.items() if f.model not in ("vit", "bert", "gpt2")
     }
-    every = {**TIMM_FREE, **conv}
+    every = {**EXTRA_MODELS, **conv}
     return {n: every[n] for n in names} if names else every
 
 
 def _median_ms(fn, repeats: int) -> float:
     fn()  # warm-up (the view is built on the first pass)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_time(fn, repeats)
 
 
 @torch.no_grad()

@@ -50,7 +50,7 @@ def _run(small_cnn_pair, digits, tmp_path, headroom):
 def test_each_point_repaired_within_its_budget_is_under_its_target(small_cnn_pair, digits, tmp_path):
     path, ticks, top = _run(small_cnn_pair, digits, tmp_path, 0.5)
     cert = path.summary["run"]["certification"]
-    ceiling, budget = cert["ceiling"], 150
+    ceiling, budget = cert["ceiling"], ConnectConfig().repair_budget
     assert cert["certified"]
     repaired = [r for r in ticks if 0 < r["iters"] < budget]
     assert len(repaired) >= 3

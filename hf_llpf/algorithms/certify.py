@@ -177,6 +177,8 @@ class Certifier:
         self.enabled = probe is not None and ceiling is not None and config is not None
         self.storage = STORAGE_DTYPES.get(config.point_dtype) if config is not None else None
         self.headroom = resolve_headroom(config) if config is not None else 0.0
+        top = max(self.endpoint_losses, default=ceiling)
+        self._room = max(self.headroom * (ceiling - top), 0.0) if self.enabled else 0.0  # target(0)'s distance down
 
     def loss(self, model: nn.Module, *, above: float | None = None) -> float:
         """The probe loss of ``model`` as it will be stored (NaN when certification is off); ``above``: see
@@ -244,10 +246,9 @@ class Certifier:
         A point repaired only to the ceiling sits just under it on the probe, and the training examples the probe
         does not hold put it above as often as not; the headroom buys room for them while the budget allows.
         """
-        room = self.headroom * (self.ceiling - max(self.endpoint_losses, default=self.ceiling))
         budget = self.config.repair_budget
         left = 1.0 - min(spent / budget, 1.0) if budget > 0 else 0.0
-        return self.ceiling - max(room, 0.0) * left
+        return self.ceiling - self._room * left
 
     @torch.no_grad()
     def midpoint_loss(self, model: nn.Module, previous: list[torch.Tensor], *, above: float | None = None) -> float:
