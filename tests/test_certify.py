@@ -1,6 +1,7 @@
 """Certified paths: every point and segment under the loss ceiling, on probe examples the test measures itself."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,7 +9,9 @@ import torch.nn.functional as F
 from conftest import state_equal
 
 import hf_llpf
-from hf_llpf.algorithms.certify import AUTO_FLOOR, Certifier
+from hf_llpf.algorithms.base import Method
+from hf_llpf.algorithms.certify import AUTO_FLOOR, WATCH_FACTOR, Certifier, Verdict
+from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.probe import ProbeSet
 from hf_llpf.evaluation.scoring import score
@@ -198,6 +201,44 @@ def test_probe_loss_equals_the_scorer_and_stops_early_only_above():
     assert probe.loss(model, above=full * 0.8, estimate=True) > full * 0.8 and probe.examples_run - run == 64
     custom = ProbeSet(data, loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]))
     assert custom.loss(model, above=full / 4) == pytest.approx(full, rel=1e-6) and custom.stopped == 0
+    # ``first``: a decision on the first examples only, their mean (never for a custom loss).
+    head = score(model, probe.batches[:2])["loss"]
+    assert probe.loss(model, above=full * 10, first=64) == pytest.approx(head, rel=1e-6) and probe.stopped == 3
+    assert custom.loss(model, above=full * 10, first=64) == pytest.approx(full, rel=1e-6) and custom.stopped == 0
+
+
+class _NoRepair:
+    """A repair trainer whose rounds change nothing: the point stays where the move put it."""
+
+    def __init__(self):
+        self.iters = 0
+
+    def repair(self, iters):
+        self.iters += iters
+        return 1.0, None
+
+
+def test_a_segment_far_above_after_the_first_round_ends_the_attempt():
+    probe, model, _ = _probe_of()
+    point = probe.loss(model)
+    ceiling = point / 2  # the point needs repair, and no repair helps it
+    config = ConnectConfig(loss_ceiling=ceiling, repair_budget=40)
+    cert = Certifier(probe, ceiling, config, [ceiling])
+    here = [t.clone() for t in model.state_dict().values()]
+    far = [t * 50 for t in here]  # a midpoint 25x the weights: its loss is far above three ceilings
+    assert cert.midpoint_loss(model, far) > WATCH_FACTOR * ceiling
+
+    trainer = _NoRepair()
+    verdict = cert.certify(model, trainer, far, lambda: None, watch=True)
+    assert verdict.abandoned and not verdict.ok and verdict.extra_iters == trainer.iters == config.min_iters
+    assert verdict.segment > WATCH_FACTOR * ceiling
+    # Not watched (the attempt would be kept), or a segment near the point: the whole budget is spent.
+    for previous, watch in ((far, False), (here, True)):
+        trainer = _NoRepair()
+        verdict = cert.certify(model, trainer, previous, lambda: None, watch=watch)
+        assert not verdict.abandoned and verdict.extra_iters == trainer.iters == 40 and not verdict.ok
+        assert verdict.point == point  # reported values are full passes
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), here, strict=True))
 
 
 def test_probe_batches_are_re_cut_only_when_they_join():
@@ -210,3 +251,22 @@ def test_probe_batches_are_re_cut_only_when_they_join():
     assert torch.equal(torch.cat([b["input_ids"] for b in cut]), torch.cat([b["input_ids"] for b in same]))
     padded = [{"input_ids": torch.zeros(4, n, dtype=torch.long), "labels": torch.zeros(4)} for n in (5, 7)]
     assert graduated(padded) is padded  # text padded to different lengths: kept as it is
+
+
+def test_the_repair_rate_comes_down_after_a_spent_budget_or_a_far_segment_twice():
+    lowered = []
+    method = SimpleNamespace(
+        config=ConnectConfig(repair_budget=40), _lower_repair_rate=lambda name, why: lowered.append(why)
+    )
+
+    def judge(verdict, far_before):
+        lowered.clear()
+        Method._judge_repair_rate(method, verdict, far_before=far_before, name="m2m")
+        return lowered
+
+    spent = Verdict(point=0.5, segment=None, extra_iters=40, ceiling=0.1)
+    assert judge(spent, far_before=False) == ["the point stayed above the ceiling after repair_budget=40 iterations"]
+    far = Verdict(point=0.5, segment=1.0, extra_iters=4, ceiling=0.1, min_iters=4, abandoned=True)
+    assert judge(far, far_before=False) == []  # the first far segment: a shorter move may mend it
+    assert judge(far, far_before=True) and "half the step" in lowered[0]
+    assert judge(Verdict(point=0.05, segment=0.2, extra_iters=10, ceiling=0.1), far_before=True) == []

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 
 def test_auto_headroom_is_set_under_a_set_ceiling_and_none_under_the_auto_one():
-    assert resolve_headroom(ConnectConfig(loss_ceiling=0.05)) == HEADROOM_SET == 0.2
+    assert resolve_headroom(ConnectConfig(loss_ceiling=0.05)) == HEADROOM_SET == 0.3
     assert resolve_headroom(ConnectConfig(loss_ceiling=1)) == HEADROOM_SET  # an int ceiling is a set one too
     assert resolve_headroom(ConnectConfig()) == 0.0  # loss_ceiling: auto
     assert resolve_headroom(ConnectConfig(repair_headroom=0.35)) == 0.35

@@ -214,7 +214,9 @@ class Method:
         A diverged attempt is rolled back by the divergence guard. With a ceiling, the point and its segment are
         certified (:meth:`Certifier.certify`); an attempt above the ceiling is rolled back and retried with half
         the step, at most ``max_backtracks`` times (then kept, reported by the caller, and the next tick starts
-        with this tick's step again). An attempt certified at once, with at most one repair round, doubles the
+        with this tick's step again); an attempt whose segment was far above after one repair round
+        (:attr:`Verdict.abandoned`) is retried the same way, and one that follows another lowers the repair's rate
+        (:meth:`_judge_repair_rate`). An attempt certified at once, with at most one repair round, doubles the
         step of the next tick, up to :attr:`max_step_scale`. With ``save_every`` > 1 the segment runs from the last
         saved point (:mod:`hf_llpf.algorithms.segments`); when only it is above, the previous tick's point is saved
         and the tick retried, without halving the step.
@@ -223,7 +225,7 @@ class Method:
             The repair loss and the certifier's verdict (``None`` without a ceiling).
         """
         st, cfg, cert = self.state, self.config, self.certifier
-        backtracks, verdict, scale = 0, None, st.step_scale
+        backtracks, verdict, scale, far_before = 0, None, st.step_scale, False
         while True:
             t = time.perf_counter()
             self.guard.snapshot()
@@ -232,7 +234,8 @@ class Method:
             loss = attempt(not cert.enabled)
             if cert.enabled:
                 start = self.segments.start(self.guard.saved_model_state())
-                verdict = cert.certify(self.model, self.trainer, start, after_repair, timer=self.timer)
+                watch = backtracks < cfg.max_backtracks and not self.segments.behind(st.tick)
+                verdict = cert.certify(self.model, self.trainer, start, after_repair, timer=self.timer, watch=watch)
                 loss, judged = verdict.train_loss, verdict.point
             else:
                 judged = loss
@@ -247,8 +250,8 @@ class Method:
             st.failures = 0  # failures count within one stretch of failed attempts, not over the run
             if verdict is None or verdict.ok:
                 break
-            if verdict.point > verdict.ceiling and 0 < cfg.repair_budget <= verdict.extra_iters:
-                self._lower_repair_rate(name)
+            self._judge_repair_rate(verdict, far_before=far_before, name=name)
+            far_before = verdict.abandoned
             if verdict.point <= verdict.ceiling and self.segments.behind(st.tick):
                 # The point is under but the segment from an older saved point is not: the previous tick's point,
                 # whose own segment was certified, joins the path, and the tick is tried again from it.
@@ -269,18 +272,32 @@ class Method:
             st.step_scale = min(st.step_scale * 2, self.max_step_scale)
         return loss, verdict
 
-    def _lower_repair_rate(self, name: str) -> None:
-        """Halve the repair's learning rate for the rest of the run (down to :data:`MIN_LR_SCALE`): a whole repair
-        budget left the point above the ceiling, so SGD at this rate does not get under it (its noise alone kept a
-        transformer's embedding stage at the ceiling, docs/algorithm.md §10.2)."""
+    def _judge_repair_rate(self, verdict: Verdict, *, far_before: bool, name: str) -> None:
+        """Lower the repair's rate after a failed attempt that says SGD at this rate does not get the point under:
+        a whole repair budget left the point above the ceiling, or a segment far above after the first round
+        stayed that far with a move half as long (``far_before``: the attempt before it in this tick was
+        abandoned too), so the first round's own steps made the barrier."""
+        budget = self.config.repair_budget
+        if verdict.point > verdict.ceiling and 0 < budget <= verdict.extra_iters:
+            self._lower_repair_rate(
+                name, f"the point stayed above the ceiling after repair_budget={budget} iterations"
+            )
+        elif verdict.abandoned and far_before:
+            self._lower_repair_rate(
+                name, "its segment stayed far above the ceiling after one repair round at half the step"
+            )
+
+    def _lower_repair_rate(self, name: str, why: str) -> None:
+        """Halve the repair's learning rate for the rest of the run (down to :data:`MIN_LR_SCALE`; ``why``: what
+        the run prints): its noise alone kept a transformer's embedding stage at the ceiling (docs/algorithm.md
+        §10.2)."""
         st = self.state
         if st.lr_scale <= MIN_LR_SCALE:
             return
         st.lr_scale /= 2
         self.trainer.scale_lr(st.lr_scale)
         tqdm.write(
-            f"{name} tick {st.tick + 1 + self.offset}: the point stayed above the ceiling after repair_budget="
-            f"{self.config.repair_budget} iterations; the repair's lr is now {self.config.lr * st.lr_scale:g}"
+            f"{name} tick {st.tick + 1 + self.offset}: {why}; the repair's lr is now {self.config.lr * st.lr_scale:g}"
         )
 
     def note_uncertified(self, verdict: Verdict | None, *, tick: int, stage: int, phase: str) -> None:

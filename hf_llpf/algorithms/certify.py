@@ -5,7 +5,8 @@ variance correction, with the BatchNorm statistics it carries) is probed in eval
 ceiling gets more repair, in rounds, within ``repair_budget`` iterations; then the straight segment from the
 previous tick's point is probed at its midpoint. A tick whose point or segment stays above is rolled back and
 retried with half the step (:meth:`hf_llpf.algorithms.base.Method.certified_tick`); after ``max_backtracks``
-halvings it is kept and reported. An easy tick (certified at once, within one repair round) doubles the next
+halvings it is kept and reported; a segment already far above after the first repair round ends its attempt
+there. An easy tick (certified at once, within one repair round) doubles the next
 step, up to a move of a stage's whole distance, so a stage that one move keeps under the ceiling takes one tick.
 """
 
@@ -36,6 +37,10 @@ logger = get_logger(__name__)
 # of a repaired point's eval-mode loss (docs/algorithm.md §10: measured spread of repaired points).
 AUTO_FLOOR = 0.04
 GROWTH = 1.5  # repair rounds grow by this factor: short first rounds, few probes on hard ticks
+# After the first repair round, a segment midpoint this many ceilings up ends the attempt: a barrier that high
+# never came down with more repair, and the budget it would spend is lost to the backtrack (docs/algorithm.md §10.2).
+WATCH_FACTOR = 3.0
+WATCH_EXAMPLES = 64  # what that decision reads: a midpoint three ceilings up shows on the first two probe batches
 
 
 def resolve_ceiling(config: ConnectConfig, endpoint_losses: list[float]) -> float | None:
@@ -141,13 +146,13 @@ class Verdict:
     extra_iters: int  # repair iterations the point needed
     ceiling: float
     train_loss: float = math.nan  # the last repair round's train-mode loss (NaN: no repair was needed)
+    min_iters: int = 0  # the first repair round's length
+    abandoned: bool = False  # the repair stopped after its first round: the segment was far above (an estimate)
 
     @property
     def ok(self) -> bool:
-        under = self.point <= self.ceiling
+        under = self.point <= self.ceiling and not self.abandoned
         return under and (self.segment is None or self.segment <= self.ceiling)
-
-    min_iters: int = 0  # the first repair round's length
 
     @property
     def easy(self) -> bool:
@@ -200,6 +205,7 @@ class Certifier:
         after_repair: Callable[[], None],
         *,
         timer: Any = None,
+        watch: bool = False,
     ) -> Verdict:
         """The tick's repair, driven by the probe: repair only while the point is above the repair's target.
 
@@ -207,8 +213,11 @@ class Certifier:
         headroom that shrinks as the budget is spent) it is repaired in rounds of
         ``min_iters`` iterations, each round 1.5× the last (at most ``repair_budget`` in all), each followed by
         the method's variance correction and a probe. A point under the ceiling then has its
-        segment's midpoint probed. Probes that only decide "above" stop early (:meth:`ProbeSet.loss`); a value
-        that ends up reported (a point or segment kept above the ceiling) is measured in full.
+        segment's midpoint probed. With ``watch``, a point still above after its first round has its segment's
+        midpoint probed too, and an estimate above :data:`WATCH_FACTOR` ceilings ends the attempt there
+        (``abandoned``): the caller backtracks without spending the rest of the budget on it. Probes that only
+        decide "above" stop early (:meth:`ProbeSet.loss`); a value that ends up reported (a point or segment kept
+        above the ceiling) is measured in full.
 
         Args:
             model: the working model holding the tick's moved point.
@@ -216,6 +225,7 @@ class Certifier:
             previous: the previous point's state tensors, in ``model.state_dict()`` order.
             after_repair: what the method does after each repair (its variance correction).
             timer: a :class:`~hf_llpf.algorithms.base.Timer`: probing goes to ``probe``, repair to ``train``.
+            watch: whether a hopeless segment may end the attempt early (not when the attempt will be kept anyway).
         """
         cfg, lap = self.config, (timer.lap if timer is not None else lambda _key, start: time.perf_counter())
         ceiling, t = self.ceiling, time.perf_counter()
@@ -230,6 +240,10 @@ class Certifier:
             spent, size = spent + n, size * GROWTH
             t = lap("train", t)
             point = self._probe_stored(model, above=self.target(spent), estimate=True)
+            go_on = not point <= self.target(spent)
+            if watch and spent == n and go_on and (far := self._far_segment(model, previous)):  # after round one
+                lap("probe", t)
+                return Verdict(point, far, spent, ceiling, loss, cfg.min_iters, abandoned=True)
             t = lap("probe", t)
         if not point <= self.target(spent):  # the full figure (it may be reported or certify; an estimate may err)
             point = self.probe.loss(model)
@@ -238,6 +252,16 @@ class Certifier:
             segment = self.midpoint_loss(model, previous, above=ceiling)
         lap("probe", t)
         return Verdict(point, segment, spent, ceiling, loss, cfg.min_iters)
+
+    def _far_segment(self, model: nn.Module, previous: list[torch.Tensor]) -> float | None:
+        """The segment's midpoint estimate when it is above :data:`WATCH_FACTOR` ceilings (``None``: not that far,
+        or segments are not certified). On the families' CNNs a midpoint that high after the first repair round
+        stayed above the ceiling through the whole budget; certified ones were at most 2.3 ceilings there."""
+        if not self.config.certify_segments:
+            return None
+        bar = WATCH_FACTOR * self.ceiling
+        loss = self.midpoint_loss(model, previous, above=bar, estimate=True, first=WATCH_EXAMPLES)
+        return loss if loss > bar else None
 
     def target(self, spent: int) -> float:
         """What the repair aims at after ``spent`` of the tick's budget: ``repair_headroom`` of the way from the
@@ -251,13 +275,22 @@ class Certifier:
         return self.ceiling - self._room * left
 
     @torch.no_grad()
-    def midpoint_loss(self, model: nn.Module, previous: list[torch.Tensor], *, above: float | None = None) -> float:
+    def midpoint_loss(
+        self,
+        model: nn.Module,
+        previous: list[torch.Tensor],
+        *,
+        above: float | None = None,
+        estimate: bool = False,
+        first: int | None = None,
+    ) -> float:
         """Probe loss at the midpoint of the straight segment from ``previous`` to the model's current state.
 
         Floating tensors (BatchNorm statistics included) are averaged, as the evaluation's continuity check
         interpolates them; integer buffers keep the current point's values. The model is left on its point.
         ``above``: a pass above it may stop early (:meth:`ProbeSet.loss`); the value returned is then measured
-        again in full, as it may be reported.
+        again in full, as it may be reported, unless ``estimate`` or ``first`` ask for a decision only (the early
+        value or estimate is returned).
         """
         state = list(model.state_dict().values())
         keep = _distinct_floating(state)
@@ -266,8 +299,9 @@ class Certifier:
         torch._foreach_add_(live, prev)
         torch._foreach_mul_(live, 0.5)
         try:
-            loss = self.probe.loss(model, above=above)
-            return loss if above is None or loss <= above else self.probe.loss(model)
+            loss = self.probe.loss(model, above=above, estimate=estimate, first=first)
+            decision = estimate or first is not None
+            return loss if above is None or loss <= above or decision else self.probe.loss(model)
         finally:
             torch._foreach_copy_(live, here)
 

@@ -49,7 +49,9 @@ class ProbeSet:
         return self._cl_batches
 
     @torch.no_grad()
-    def loss(self, model: nn.Module, *, above: float | None = None, estimate: bool = False) -> float:
+    def loss(
+        self, model: nn.Module, *, above: float | None = None, estimate: bool = False, first: int | None = None
+    ) -> float:
         """Eval-mode mean loss of ``model`` over the probe examples; the model's mode is restored after.
 
         The full value equals :func:`~hf_llpf.evaluation.scoring.score`'s loss on the same batches (the same
@@ -60,7 +62,9 @@ class ProbeSet:
           partial sum over all the examples, a lower bound itself above ``above`` ("above" decided exactly);
         - with ``estimate``, also when the mean of the examples seen is above ``above`` by two standard errors
           (from the spread of the batch means): the value returned is that mean, an estimate. For decisions
-          whose mistake costs only work (one more repair round), never for a certificate.
+          whose mistake costs only work (one more repair round), never for a certificate;
+        - with ``first``, at the latest once that many examples are seen: the value returned is their mean, an
+          estimate for a decision on a coarse bar (a segment far above the ceiling).
         """
         acc = self.accelerator
         several = acc is not None and acc.num_processes > 1
@@ -79,6 +83,10 @@ class ProbeSet:
                     self.stopped += 1
                     self.calls += 1
                     return stopped
+                if early and first is not None and sum(counts) >= min(first, self.num_examples):
+                    self.stopped += 1
+                    self.calls += 1
+                    return sum(sums) / sum(counts)
         finally:
             model.train(was_training)
         self.calls += 1
