@@ -40,7 +40,7 @@ GROWTH = 1.5  # repair rounds grow by this factor: short first rounds, few probe
 # After the first repair round, a segment midpoint this many ceilings up ends the attempt: a barrier that high
 # never came down with more repair, and the budget it would spend is lost to the backtrack (docs/algorithm.md §10.2).
 WATCH_FACTOR = 3.0
-WATCH_EXAMPLES = 64  # what that decision reads: a midpoint three ceilings up shows on the first two probe batches
+WATCH_EXAMPLES = 64  # what that decision reads: the first two probe batches (32 + 32), a coarse estimate
 
 
 def resolve_ceiling(config: ConnectConfig, endpoint_losses: list[float]) -> float | None:
@@ -256,7 +256,8 @@ class Certifier:
     def _far_segment(self, model: nn.Module, previous: list[torch.Tensor]) -> float | None:
         """The segment's midpoint estimate when it is above :data:`WATCH_FACTOR` ceilings (``None``: not that far,
         or segments are not certified). On the families' CNNs a midpoint that high after the first repair round
-        stayed above the ceiling through the whole budget; certified ones were at most 2.3 ceilings there."""
+        stayed above the ceiling through the whole budget; certified ones were at most 2.3 ceilings there (an
+        instrumented run, docs/algorithm.md §10.2 step 4)."""
         if not self.config.certify_segments:
             return None
         bar = WATCH_FACTOR * self.ceiling
