@@ -1,13 +1,15 @@
-"""What the channels-last eval passes buy on the CPU: one probe-sized pass per convolutional family, both layouts.
+"""What the eval view buys on the CPU: one probe-sized pass per convolutional family, as the model runs and viewed.
 
     .venv/bin/python -m benchmarks.layout_speed [--images 256] [--repeats 15] [names ...]
 
 For each convolutional model of the families benchmark (its tiny variant, untrained: the time does not depend on
 the weights) and for small_cnn, the median time of one eval-mode pass over ``--images`` digits images at the
 family's size, as the model runs (NCHW) and through :func:`hf_llpf.evaluation.layout.eval_view` (channels-last
-copy, state copied in first, as every probe and score does), the ratio of the two, and the largest difference of
-the loss. Also one SGD step of batch 64 on small_cnn in both layouts (training stays NCHW; this is what converting
-it would buy). One torch thread; medians, because these machines are shared.
+copy with its BatchNorm layers folded where the graph allows, state copied in first, as every probe and score
+does), the ratio of the two, how many BatchNorm layers were folded, and the difference of the mean loss. The
+BatchNorm statistics and affine weights are drawn at random first (seeded), so that a fold changes the weights as
+it does on a trained model. Also one SGD step of batch 64 on small_cnn in both layouts (training stays NCHW; this
+is what converting it would buy). One torch thread; medians, because these machines are shared.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 
 from benchmarks.families import FAMILIES
 from benchmarks.geometry_speed import median_time
+from hf_llpf.evaluation import layout
 from hf_llpf.evaluation.layout import channels_last_batch, eval_view
 from hf_llpf.models import create_model
 
@@ -34,6 +37,28 @@ def _models(names: list[str]) -> dict[str, tuple[str, dict, int | None]]:
     return {n: every[n] for n in names} if names else every
 
 
+@torch.no_grad()
+def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """``model`` with every BatchNorm's running statistics and affine weights drawn at random (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            n = m.num_features
+            m.running_mean.copy_(0.5 * torch.randn(n, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            if m.affine:
+                m.weight.copy_(1 + 0.5 * torch.randn(n, generator=g))
+                m.bias.copy_(0.5 * torch.randn(n, generator=g))
+    return model
+
+
+def folded(model: torch.nn.Module) -> tuple[int, int]:
+    """(BatchNorm layers its eval view folded, BatchNorm2d layers it has), after a pass through the view."""
+    view = layout._VIEWS.get(model)
+    total = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    return (len(view.folds) if view is not None else 0), total
+
+
 def _median_ms(fn, repeats: int) -> float:
     fn()  # warm-up (the view is built on the first pass)
     return 1e3 * median_time(fn, repeats)
@@ -41,7 +66,7 @@ def _median_ms(fn, repeats: int) -> float:
 
 @torch.no_grad()
 def pass_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> tuple[float, float, float]:
-    """(NCHW ms, channels-last ms, |loss difference|) of one eval-mode pass over ``x`` in batches of 128."""
+    """(NCHW ms, view ms, |mean loss difference|) of one eval-mode pass over ``x`` in batches of 128."""
     model.eval()
     batches = [(x[i : i + 128], y[i : i + 128]) for i in range(0, len(x), 128)]
     fast = [channels_last_batch(b) for b in batches]
@@ -84,17 +109,19 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     print(f"one eval pass over {args.images} images, batches of 128, median of {args.repeats}; one torch thread")
-    print("model           | size | NCHW ms | channels-last ms | ratio | loss difference")
+    print("model           | size | NCHW ms | view ms | ratio | BatchNorm folded | loss difference")
     ratios = []
     for name, (model_name, model_args, size) in _models(args.names).items():
         torch.manual_seed(0)
-        model = create_model(model_name, **{**model_args, "in_chans": 1, "num_classes": 10})
+        model = randomize_batchnorm(create_model(model_name, **{**model_args, "in_chans": 1, "num_classes": 10}))
         side = size or 8
         x, y = torch.randn(args.images, 1, side, side), torch.randint(0, 10, (args.images,))
         plain, view, diff = pass_times(model, x, y, args.repeats)
         ratios.append(view / plain)
-        print(f"{name:15} | {side:4d} | {plain:7.2f} | {view:16.2f} | {view / plain:5.2f} | {diff:.1e}", flush=True)
-    print(f"ratio channels-last / NCHW: {min(ratios):.2f}-{max(ratios):.2f}, median {statistics.median(ratios):.2f}")
+        done, total = folded(model)
+        cells = f"{plain:7.2f} | {view:7.2f} | {view / plain:5.2f} | {done:>7d} of {total:<5d} | {diff:.1e}"
+        print(f"{name:15} | {side:4d} | {cells}", flush=True)
+    print(f"ratio view / NCHW: {min(ratios):.2f}-{max(ratios):.2f}, median {statistics.median(ratios):.2f}")
     nchw, cl = train_step_times(args.repeats * 4)
     print(f"small_cnn SGD step, batch 64: NCHW {nchw:.2f} ms, channels-last {cl:.2f} ms ({cl / nchw:.2f}x)")
 

@@ -1,17 +1,17 @@
-"""Eval-mode forward passes of convolutional models in the channels-last memory format, on the CPU.
+"""Eval-mode forward passes of convolutional models on a channels-last view, on the CPU.
 
 On the CPU, PyTorch's convolution, BatchNorm and pooling kernels are often much faster on channels-last (NHWC)
-tensors than on the default NCHW ones for the small images of the built-in data: over one pass of 256 images
-per family, channels-last took 0.44–0.99× the time, median 0.74× (small_cnn 0.67×; ``python -m
-benchmarks.layout_speed``). Both the certifier's probe (:mod:`hf_llpf.evaluation.probe`) and
-the evaluation's :func:`~hf_llpf.evaluation.scoring.score` run through :func:`eval_view`, so they keep computing
-the same numbers; the loss differs from the NCHW one by rounding at most (``benchmarks.layout_speed`` prints the
-difference: 0 on every family it times).
+tensors than on the default NCHW ones for the small images of the built-in data, and a BatchNorm folded into the
+convolution before it (:mod:`hf_llpf.evaluation.folding`) is not run at all: over one pass of 256 images per family
+the view took 0.27–1.03× the time, median 0.70× (small_cnn 0.67×; ``python -m benchmarks.layout_speed``). Both the
+certifier's probe (:mod:`hf_llpf.evaluation.probe`) and the evaluation's :func:`~hf_llpf.evaluation.scoring.score`
+run through :func:`eval_view`, so they keep computing the same numbers; the loss differs from the NCHW one by
+rounding (``benchmarks.layout_speed`` prints the difference: at most 2.4e-07 on the families it times).
 
 The working model itself is never converted (its optimizer, divergence guard and saved points see plain
 contiguous tensors): a channels-last *copy* of it, its view, has the model's state copied in before each pass.
 A model whose view fails or disagrees with it on the first batch (a ``.view()`` on an activation, say) keeps
-running as it is.
+running as it is; a folded view that disagrees is replaced by one without folds first.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from hf_llpf.batches import LossFn, default_loss
+from hf_llpf.evaluation.folding import fold_batchnorm
 
 # Per model object: its channels-last view, or None where it must run as it is (decided on its first batch).
-_VIEWS: weakref.WeakKeyDictionary[nn.Module, nn.Module | None] = weakref.WeakKeyDictionary()
+_VIEWS: weakref.WeakKeyDictionary[nn.Module, _View | None] = weakref.WeakKeyDictionary()
 _TOLERANCE = 1e-4  # relative: what "agrees" means on the first batch (far above rounding)
 
 
@@ -59,27 +60,56 @@ def _eligible(model: nn.Module, batch: Any) -> bool:
     return any(isinstance(v, torch.Tensor) and v.ndim == 4 and v.is_floating_point() for v in values)
 
 
-def _sync(view: nn.Module, model: nn.Module) -> bool:
-    """Copy ``model``'s parameters and buffers into its view (the copy converts the layout); False when the
-    model's tensors no longer match the view's (its structure changed: the view is built again)."""
-    mine, theirs = list(view.state_dict().values()), list(model.state_dict().values())
-    if [t.shape for t in mine] != [t.shape for t in theirs]:
-        return False
-    with torch.no_grad():
-        torch._foreach_copy_(mine, theirs)
-    return True
+class _View:
+    """A model's channels-last copy (BatchNorm folded where the graph allows, :mod:`.folding`) and how the
+    model's state is copied into it before each pass."""
+
+    def __init__(self, model: nn.Module, *, fold: bool = True):
+        runner = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+        self.runner, self.folds = fold_batchnorm(runner) if fold else (runner, [])
+        state, mine = model.state_dict(), self.runner.state_dict()
+        self.layout = [(key, t.shape) for key, t in state.items()]  # what sync checks the model still has
+        self.keys = [k for k in state if k in mine and not any(f.owns(k) for f in self.folds)]
+        self.targets = [mine[k] for k in self.keys]
+
+    @torch.no_grad()
+    def sync(self, model: nn.Module) -> bool:
+        """Copy ``model``'s parameters and buffers into the view (the copy converts the layout); False when the
+        model's tensors no longer match the view's (its structure changed: the view is built again)."""
+        state = model.state_dict()
+        if [(key, t.shape) for key, t in state.items()] != self.layout:
+            return False
+        torch._foreach_copy_(self.targets, [state[k] for k in self.keys])
+        for fold in self.folds:
+            fold.load(state)
+        return True
 
 
-def _make_view(model: nn.Module, batch: Any, loss_fn: LossFn) -> nn.Module | None:
-    """A channels-last copy of ``model``, kept only when it computes the same loss on ``batch``."""
+def _agrees(view: _View, model: nn.Module, batch: Any, loss_fn: LossFn) -> bool:
+    """Whether the view computes ``model``'s loss on ``batch`` (to :data:`_TOLERANCE`)."""
     try:
-        view = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
         with torch.no_grad():
+            view.sync(model)
             plain = float(loss_fn(model, batch))
-            fast = float(loss_fn(view, channels_last_batch(batch)))
-    except Exception:  # the model cannot run channels-last: it runs as it is
-        return None
-    return view if abs(fast - plain) <= _TOLERANCE * max(abs(plain), 1e-6) else None
+            fast = float(loss_fn(view.runner, channels_last_batch(batch)))
+    except Exception:  # the model cannot run channels-last (or traced): it runs as it is
+        return False
+    return abs(fast - plain) <= _TOLERANCE * max(abs(plain), 1e-6)
+
+
+def _make_view(model: nn.Module, batch: Any, loss_fn: LossFn) -> _View | None:
+    """A channels-last view of ``model``, kept only when it computes the same loss on ``batch``: with its
+    BatchNorm layers folded where they fold, else as the model is."""
+    for fold in (True, False):
+        try:
+            view = _View(model, fold=fold)
+        except Exception:  # the model cannot be copied or converted: it runs as it is
+            return None
+        if _agrees(view, model, batch, loss_fn):
+            return view
+        if not view.folds:  # the view without folding is this one
+            return None
+    return None
 
 
 def eval_view(model: nn.Module, batch: Any, loss_fn: LossFn | None = None) -> tuple[nn.Module, bool]:
@@ -97,9 +127,9 @@ def eval_view(model: nn.Module, batch: Any, loss_fn: LossFn | None = None) -> tu
     if not _eligible(model, batch):
         return model, False
     view = _VIEWS.get(model, model)
-    if view is not None and (view is model or not _sync(view, model)):
+    if view is not None and (view is model or not view.sync(model)):
         view = _VIEWS[model] = _make_view(model, batch, loss_fn or default_loss)
-    return (model, False) if view is None else (view, True)
+    return (model, False) if view is None else (view.runner, True)
 
 
 __all__ = ["channels_last_batch", "eval_view"]
