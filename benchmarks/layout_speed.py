@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +66,9 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 @torch.no_grad()
-def pass_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> tuple[float, float, float]:
-    """(NCHW ms, view ms, |mean loss difference|) of one eval-mode pass over ``x`` in batches of 128."""
+def pass_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> tuple[float, ...]:
+    """(NCHW ms, channels-last ms without folds, view ms, |mean loss difference|) of one eval-mode pass over ``x``
+    in batches of 128; each viewed pass copies the model's state in first, as a probe does."""
     model.eval()
     batches = [(x[i : i + 128], y[i : i + 128]) for i in range(0, len(x), 128)]
     fast = [channels_last_batch(b) for b in batches]
@@ -78,7 +80,28 @@ def pass_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats
         runner, ok = eval_view(model, batches[0])
         return sum(float(F.cross_entropy(runner(bx), by, reduction="sum")) for bx, by in (fast if ok else batches))
 
-    return _median_ms(plain, repeats), _median_ms(view, repeats), abs(plain() - view()) / len(x)
+    unfolded = layout._View(model, fold=False)
+
+    def channels_last() -> float:
+        unfolded.sync(model)
+        return sum(float(F.cross_entropy(unfolded.runner(bx), by, reduction="sum")) for bx, by in fast)
+
+    return *interleaved_ms([plain, channels_last, view], repeats), abs(plain() - view()) / len(x)
+
+
+def interleaved_ms(fns: list, repeats: int) -> list[float]:
+    """Median ms of each of ``fns``, called in turn ``repeats`` times, the order reversed every other time (a slow
+    spell of the machine hits all of them, and none always runs on the caches its predecessor warmed)."""
+    for fn in fns:
+        fn()  # warm-up (the view is built on the first pass)
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(repeats):
+        pairs = list(zip(fns, times, strict=True))
+        for fn, out in pairs if i % 2 == 0 else pairs[::-1]:
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return [1e3 * statistics.median(t) for t in times]
 
 
 def _step_ms(memory_format: torch.memory_format, repeats: int) -> float:
@@ -108,20 +131,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("names", nargs="*", help="families (default: small_cnn and every convolutional family)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"one eval pass over {args.images} images, batches of 128, median of {args.repeats}; one torch thread")
-    print("model           | size | NCHW ms | view ms | ratio | BatchNorm folded | loss difference")
-    ratios = []
+    print(f"one eval pass over {args.images} images, batches of 128, median of {args.repeats}, in turn; one thread")
+    print("model           | size | NCHW ms | channels-last ms | + folded ms | ratio | fold's ratio | BatchNorm "
+          "folded | loss difference")  # fmt: skip
+    ratios, folds = [], []
     for name, (model_name, model_args, size) in _models(args.names).items():
         torch.manual_seed(0)
         model = randomize_batchnorm(create_model(model_name, **{**model_args, "in_chans": 1, "num_classes": 10}))
         side = size or 8
         x, y = torch.randn(args.images, 1, side, side), torch.randint(0, 10, (args.images,))
-        plain, view, diff = pass_times(model, x, y, args.repeats)
+        plain, cl, view, diff = pass_times(model, x, y, args.repeats)
         ratios.append(view / plain)
         done, total = folded(model)
-        cells = f"{plain:7.2f} | {view:7.2f} | {view / plain:5.2f} | {done:>7d} of {total:<5d} | {diff:.1e}"
-        print(f"{name:15} | {side:4d} | {cells}", flush=True)
+        if done:
+            folds.append(view / cl)
+        cells = f"{plain:7.2f} | {cl:16.2f} | {view:11.2f} | {view / plain:5.2f} | {view / cl:12.2f}"
+        print(f"{name:15} | {side:4d} | {cells} | {done:>7d} of {total:<5d} | {diff:.1e}", flush=True)
     print(f"ratio view / NCHW: {min(ratios):.2f}-{max(ratios):.2f}, median {statistics.median(ratios):.2f}")
+    print(f"ratio folded / channels-last where a layer folds: {min(folds):.2f}-{max(folds):.2f}, "
+          f"median {statistics.median(folds):.2f}")  # fmt: skip
     nchw, cl = train_step_times(args.repeats * 4)
     print(f"small_cnn SGD step, batch 64: NCHW {nchw:.2f} ms, channels-last {cl:.2f} ms ({cl / nchw:.2f}x)")
 

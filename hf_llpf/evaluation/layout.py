@@ -3,7 +3,7 @@
 On the CPU, PyTorch's convolution, BatchNorm and pooling kernels are often much faster on channels-last (NHWC)
 tensors than on the default NCHW ones for the small images of the built-in data, and a BatchNorm folded into the
 convolution before it (:mod:`hf_llpf.evaluation.folding`) is not run at all: over one pass of 256 images per family
-the view took 0.27–1.03× the time, median 0.70× (small_cnn 0.67×; ``python -m benchmarks.layout_speed``). Both the
+the view took 0.41–0.98× the time, median 0.72× (small_cnn 0.63×; ``python -m benchmarks.layout_speed``). Both the
 certifier's probe (:mod:`hf_llpf.evaluation.probe`) and the evaluation's :func:`~hf_llpf.evaluation.scoring.score`
 run through :func:`eval_view`, so they keep computing the same numbers; the loss differs from the NCHW one by
 rounding (``benchmarks.layout_speed`` prints the difference: at most 2.4e-07 on the families it times).
