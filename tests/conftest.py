@@ -11,6 +11,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -56,6 +57,22 @@ def small_cnn_pair(trained_endpoint):
 def state_equal(a: dict, b: dict) -> bool:
     """Two state dicts hold the same names and bit-identical tensors."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def image_batches(channels=3, batches=3, size=32, seed=0):
+    """Seeded (images, labels) batches of 8x8 images and 10 classes, for the eval-view tests."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(size, channels, 8, 8, generator=g), torch.randint(0, 10, (size,), generator=g))
+        for _ in range(batches)
+    ]
+
+
+@torch.no_grad()
+def plain_eval_loss(model, data):
+    """The model's own eval-mode cross-entropy over ``data`` (NCHW, unfolded), computed without hf_llpf."""
+    total = sum(float(F.cross_entropy(model(x), y)) * len(y) for x, y in data)
+    return total / sum(len(y) for _, y in data)
 
 
 def linear_m2m(settings: dict):

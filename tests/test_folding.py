@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import image_batches, plain_eval_loss
 from torch import nn
 
 from hf_llpf.evaluation import layout
@@ -14,21 +14,6 @@ from hf_llpf.evaluation.scoring import score
 from hf_llpf.zoo.small import SmallCNN
 
 torch.set_num_threads(1)
-
-
-def _data(channels=3, batches=3, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(size, channels, 8, 8, generator=g), torch.randint(0, 10, (size,), generator=g))
-        for _ in range(batches)
-    ]
-
-
-@torch.no_grad()
-def _plain_loss(model, data):
-    """The eval-mode figure of the model as it is, computed here without hf_llpf."""
-    total = sum(float(F.cross_entropy(model(x), y)) * len(y) for x, y in data)
-    return total / sum(len(y) for _, y in data)
 
 
 def _trained_statistics(model, seed=1):
@@ -53,17 +38,17 @@ def _folds(model, data):
 
 def test_small_cnn_folds_every_pair_and_keeps_its_loss_and_the_scorers():
     torch.manual_seed(0)
-    model, data = _trained_statistics(SmallCNN(in_chans=3)), _data()
+    model, data = _trained_statistics(SmallCNN(in_chans=3)), image_batches()
     assert _folds(model, data) == [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
     probe = ProbeSet(data).loss(model)
     assert probe == score(model, data)["loss"]  # one view, one sum
-    assert probe == pytest.approx(_plain_loss(model, data), rel=1e-6)
+    assert probe == pytest.approx(plain_eval_loss(model, data), rel=1e-6)
     assert model.conv1.bias is None and isinstance(model.bn1, nn.BatchNorm2d)  # the model itself is untouched
 
 
 def test_the_folded_weights_follow_the_models_state():
     torch.manual_seed(0)
-    model, data = _trained_statistics(SmallCNN(in_chans=1)), _data(channels=1)
+    model, data = _trained_statistics(SmallCNN(in_chans=1)), image_batches(channels=1)
     probe = ProbeSet(data)
     before = probe.loss(model)
     with torch.no_grad():
@@ -71,7 +56,7 @@ def test_the_folded_weights_follow_the_models_state():
         model.bn2.running_var.mul_(4.0)
         model.bn3.bias.add_(1.0)
     after = probe.loss(model)
-    assert after != before and after == pytest.approx(_plain_loss(model, data), rel=1e-6)
+    assert after != before and after == pytest.approx(plain_eval_loss(model, data), rel=1e-6)
 
 
 class _PreNormResidual(nn.Module):
@@ -94,10 +79,10 @@ class _PreNormResidual(nn.Module):
 
 def test_a_convolution_with_another_consumer_or_batch_statistics_is_not_folded():
     torch.manual_seed(0)
-    model, data = _trained_statistics(_PreNormResidual()), _data()
+    model, data = _trained_statistics(_PreNormResidual()), image_batches()
     assert fold_batchnorm(copy.deepcopy(model))[1] == []  # the graph's rule, not the view's agreement check
     assert _folds(model, data) == []
-    assert ProbeSet(data).loss(model) == pytest.approx(_plain_loss(model, data), rel=1e-6)
+    assert ProbeSet(data).loss(model) == pytest.approx(plain_eval_loss(model, data), rel=1e-6)
 
 
 class _Branches(nn.Module):
@@ -118,13 +103,13 @@ class _Branches(nn.Module):
 
 def test_a_model_that_does_not_trace_runs_channels_last_unfolded():
     torch.manual_seed(0)
-    model, data = _trained_statistics(_Branches()), _data()
+    model, data = _trained_statistics(_Branches()), image_batches()
     runner, folds = fold_batchnorm(model)
     assert runner is model and folds == []
     assert _folds(model, data) == []  # a view without folds, still channels-last
     runner, fast = layout.eval_view(model, data[0])
     assert fast and runner.conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert ProbeSet(data).loss(model) == pytest.approx(_plain_loss(model, data), rel=1e-6)
+    assert ProbeSet(data).loss(model) == pytest.approx(plain_eval_loss(model, data), rel=1e-6)
 
 
 def test_a_conv_with_bias_in_a_sequential_folds_exactly_to_rounding():
@@ -133,9 +118,9 @@ def test_a_conv_with_bias_in_a_sequential_folds_exactly_to_rounding():
         nn.Conv2d(3, 8, 3, padding=1, bias=True), nn.BatchNorm2d(8), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
     )  # fmt: skip
-    model, data = _trained_statistics(model), _data()
+    model, data = _trained_statistics(model), image_batches()
     assert _folds(model, data) == [("0", "1")]
-    assert ProbeSet(data).loss(model) == pytest.approx(_plain_loss(model, data), rel=1e-6)
+    assert ProbeSet(data).loss(model) == pytest.approx(plain_eval_loss(model, data), rel=1e-6)
 
 
 def test_a_convolution_sharing_its_weight_is_not_folded():
@@ -144,6 +129,6 @@ def test_a_convolution_sharing_its_weight_is_not_folded():
     second.weight = first.weight  # one weight, two convolutions: a fold would change both
     model = nn.Sequential(first, nn.BatchNorm2d(3), second, nn.BatchNorm2d(3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(3, 10))  # fmt: skip
-    model, data = _trained_statistics(model), _data()
+    model, data = _trained_statistics(model), image_batches()
     assert fold_batchnorm(copy.deepcopy(model))[1] == []
-    assert ProbeSet(data).loss(model) == pytest.approx(_plain_loss(model, data), rel=1e-6)
+    assert ProbeSet(data).loss(model) == pytest.approx(plain_eval_loss(model, data), rel=1e-6)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import image_batches, plain_eval_loss
 from torch import nn
 
 from hf_llpf.evaluation.layout import eval_view
@@ -13,24 +13,9 @@ from hf_llpf.zoo.small import SmallCNN
 torch.set_num_threads(1)
 
 
-def _data(channels=3, batches=3, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(size, channels, 8, 8, generator=g), torch.randint(0, 10, (size,), generator=g))
-        for _ in range(batches)
-    ]
-
-
-@torch.no_grad()
-def _plain_loss(model, data):
-    """The NCHW figure, computed here without hf_llpf."""
-    total = sum(float(F.cross_entropy(model(x), y)) * len(y) for x, y in data)
-    return total / sum(len(y) for _, y in data)
-
-
 def test_probe_and_scorer_agree_exactly_and_with_the_plain_pass_to_rounding():
     torch.manual_seed(0)
-    model, data = SmallCNN(in_chans=3).eval(), _data()
+    model, data = SmallCNN(in_chans=3).eval(), image_batches()
     view, fast = eval_view(model, data[0])
     assert fast and view is not model
     assert view.conv2.weight.is_contiguous(memory_format=torch.channels_last)
@@ -39,19 +24,19 @@ def test_probe_and_scorer_agree_exactly_and_with_the_plain_pass_to_rounding():
     )  # the model itself is never converted
     probe, scored = ProbeSet(data).loss(model), score(model, data)
     assert probe == scored["loss"]  # the same layout, the same sum in the same order
-    assert probe == pytest.approx(_plain_loss(model, data), rel=1e-6)
+    assert probe == pytest.approx(plain_eval_loss(model, data), rel=1e-6)
 
 
 def test_the_view_follows_the_models_state_and_mode():
     torch.manual_seed(0)
-    model, data = SmallCNN(in_chans=1).eval(), _data(channels=1)
+    model, data = SmallCNN(in_chans=1).eval(), image_batches(channels=1)
     probe = ProbeSet(data)
     before = probe.loss(model)
     with torch.no_grad():
         model.conv1.weight.mul_(0.5)
         model.bn2.running_var.mul_(4.0)
     after = probe.loss(model)
-    assert after != before and after == pytest.approx(_plain_loss(model, data), rel=1e-6)
+    assert after != before and after == pytest.approx(plain_eval_loss(model, data), rel=1e-6)
     model.train()
     assert eval_view(model, data[0]) == (model, False)  # train mode (BatchNorm statistics) runs as it is
     assert model.training  # and the probe restores the mode it found
@@ -74,14 +59,14 @@ class _Flattens(nn.Module):
 
 def test_a_model_that_cannot_run_channels_last_runs_as_it_is():
     torch.manual_seed(0)
-    model, data = _Flattens().eval(), _data()
+    model, data = _Flattens().eval(), image_batches()
     assert eval_view(model, data[0]) == (model, False)
-    assert ProbeSet(data).loss(model) == score(model, data)["loss"] == pytest.approx(_plain_loss(model, data))
+    assert ProbeSet(data).loss(model) == score(model, data)["loss"] == pytest.approx(plain_eval_loss(model, data))
 
 
 def test_models_without_convolutions_or_images_run_as_they_are():
     linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()
-    data = _data()
+    data = image_batches()
     assert eval_view(linear, data[0]) == (linear, False)
     conv = SmallCNN(in_chans=3).eval()
     tokens = (torch.randint(0, 5, (4, 8)), torch.zeros(4, dtype=torch.long))
