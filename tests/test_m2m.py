@@ -209,6 +209,23 @@ def test_divergence_guard_rolls_back_then_stops_with_a_checkpoint(endpoints, dig
     assert all(torch.equal(ckpt["model"][k], a[k]) for k in a)  # rolled back to θ_A, buffers included
 
 
+def test_sync_check_names_the_tick_when_processes_disagree():
+    from types import SimpleNamespace
+
+    from hf_llpf.algorithms.guard import check_in_sync
+    from hf_llpf.errors import DivergenceError
+
+    params = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
+    local = torch.tensor([[6.0, 14.0]], dtype=torch.float64)  # sum and sum of squares over every tensor
+    same = SimpleNamespace(device=torch.device("cpu"), gather=lambda t: torch.cat([t, t]))
+    check_in_sync(same, params, where="at tick 3")  # the process's own checksum, twice: in step
+    other = SimpleNamespace(device=torch.device("cpu"), gather=lambda t: torch.cat([t, local + 1]))
+    with pytest.raises(
+        DivergenceError, match=r"different weights at tick 3 \(checksums \[\[6.0, 14.0\], \[7.0, 15.0\]\]"
+    ):
+        check_in_sync(other, params, where="at tick 3")
+
+
 @pytest.mark.slow
 def test_cli_repeats_write_every_path_and_the_consistency_report(endpoints, tmp_path, capsys):
     import json

@@ -2,15 +2,13 @@
 override and schedule errors raised when the settings are built."""
 
 import re
-from types import SimpleNamespace
 
 import pytest
 
-from hf_llpf.algorithms.m2m import M2M
 from hf_llpf.config import ConnectConfig, build
 from hf_llpf.errors import ConfigError
 from hf_llpf.stages import LayerGroup, apply_overrides
-from hf_llpf.stages.matching import GroupMatcher
+from hf_llpf.stages.matching import GroupMatcher, schedule_start_ticks
 from hf_llpf.stages.overrides import ExplicitStages, MoveOverride, load_overrides
 from hf_llpf.stages.rules import plan_from_trace
 from hf_llpf.stages.trace import ModelTrace
@@ -132,7 +130,7 @@ def test_matcher_tied_aliases_only_when_given():
 
 def _schedule_starts(plan, schedule):
     config = build(ConnectConfig, {"schedule": schedule})
-    return M2M._schedule_start_ticks(SimpleNamespace(plan=plan, config=config, num_stages=len(plan.stages)))
+    return schedule_start_ticks(plan, config.schedule)
 
 
 def test_overrides_and_schedules_select_the_same_groups():

@@ -93,3 +93,20 @@ def diverged(loss: float, config: ConnectConfig) -> bool:
 
 
 __all__ = ["DivergenceGuard", "diverged"]
+
+
+def check_in_sync(accelerator: Any, params: list[torch.Tensor], *, where: str) -> None:
+    """Every process must hold the same weights: compare a cheap checksum (sum and sum of squares) of ``params``.
+
+    Raises:
+        DivergenceError: the processes' checksums differ (``where`` says when, e.g. "at tick 12").
+    """
+    local = torch.stack(
+        [torch.stack([p.detach().double().sum(), p.detach().double().square().sum()]) for p in params]
+    ).sum(0)  # (2,)
+    everyone = accelerator.gather(local.to(accelerator.device).unsqueeze(0))  # (processes, 2)
+    if not bool((everyone == everyone[0]).all()):
+        raise DivergenceError(
+            f"processes hold different weights {where} (checksums {everyone.tolist()}); a move or correction "
+            "was not identical on every process"
+        )

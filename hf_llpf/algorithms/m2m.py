@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 from hf_llpf import geometry
 from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup
 from hf_llpf.algorithms.certify import Verdict
+from hf_llpf.algorithms.guard import check_in_sync
 from hf_llpf.algorithms.registry import register
-from hf_llpf.errors import ConfigError, DivergenceError
 from hf_llpf.models import Endpoint
 from hf_llpf.progress import progress_enabled
 from hf_llpf.run.records import PointRecord, TickRecord
-from hf_llpf.stages.matching import GroupMatcher, compile_regex
+from hf_llpf.stages.matching import schedule_start_ticks
 
 
 @dataclass
@@ -85,7 +85,7 @@ class M2M(Method):
         stage_of = {n: s.index for s in plan.stages for g in s.groups for n in g.param_names}
         self.stage_index = torch.tensor([stage_of[n] for n in self.names])
         self.num_stages = len(plan.stages)
-        self.start_ticks = self._schedule_start_ticks() if config.schedule else None
+        self.start_ticks = schedule_start_ticks(plan, config.schedule) if config.schedule else None
         self.state = TickState(points=list(prior_points or []), ticks=list(prior_ticks or []))
         self.state.landed = (self.d0 == 0).tolist()
         self.offset = tick_offset
@@ -107,31 +107,6 @@ class M2M(Method):
         return method
 
     # ------------------------------------------------------------------------------------------ set-up
-    def _schedule_start_ticks(self) -> list[int]:
-        """Hand-set schedule → the start tick of each stage (the paper's per-architecture schedules).
-
-        Every stage's groups must be matched by some schedule entry; a stage starts at the earliest tick
-        of the entries matching its parameters.
-        """
-        # Canonical names only (no tied aliases), as schedules have always matched; regexes checked by the config.
-        matcher = GroupMatcher(self.plan.groups())
-        hits: dict[str, list[int]] = {}
-        for e in self.config.schedule:
-            for name in matcher.params(compile_regex(e.match)):
-                hits.setdefault(name, []).append(e.start)
-        starts: list[int | None] = [None] * self.num_stages
-        unmatched = []
-        for s in self.plan.stages:
-            for name in (n for g in s.groups for n in g.param_names):
-                if name not in hits:
-                    unmatched.append(name)
-                    continue
-                first = min(hits[name])
-                starts[s.index] = first if starts[s.index] is None else min(starts[s.index], first)
-        if unmatched:
-            raise ConfigError(f"schedule: no entry matches these parameters: {', '.join(unmatched[:20])}")
-        return [int(s) for s in starts]
-
     def _active_mask(self) -> torch.Tensor:
         if not self.config.fdf:
             return torch.ones(len(self.names), dtype=torch.bool)
@@ -203,7 +178,8 @@ class M2M(Method):
         if self.finished:
             return st
         if st.tick == 0 and not st.points:  # (a phase after M2O starts on M2O's last point: already saved)
-            self._record_point(0, float("nan"), self.d0, boundary=True, probe=self._probe_as_is())
+            probe = self.certifier.loss(self.model) if self.certifier.enabled else None
+            self._record_point(0, float("nan"), self.d0, boundary=True, probe=probe)
             self._checkpoint()
         if self.segments.tick is None:  # a phase after M2O starts on M2O's last point, which is saved
             self.wrote_point(st.tick)
@@ -293,7 +269,7 @@ class M2M(Method):
         if boundary or st.tick % cfg.save_every == 0:
             self._record_point(st.tick, loss, dist, boundary=boundary, verdict=verdict)
         if self.trainer.distributed and st.tick % cfg.sync_check_every == 0:
-            self._check_in_sync()
+            check_in_sync(self.trainer.accelerator, self.params, where=f"at tick {st.tick + self.offset}")
         if st.tick % cfg.checkpoint_every == 0:
             self._checkpoint()
         return dist
@@ -324,12 +300,8 @@ class M2M(Method):
         self._record_point(st.tick, float("nan"), torch.zeros_like(dist), boundary=True, phase="end", verdict=verdict)
         self._verify_end()
         if self.trainer.distributed:
-            self._check_in_sync()
+            check_in_sync(self.trainer.accelerator, self.params, where=f"at tick {st.tick + self.offset}")
         self._checkpoint(done=True)
-
-    def _probe_as_is(self) -> float | None:
-        """The probe loss of the model as it is (``None`` without a ceiling)."""
-        return self.certifier.loss(self.model) if self.certifier.enabled else None
 
     def _certify_last_segment(self, previous: list[torch.Tensor]) -> Verdict | None:
         """θ_B's probe loss and the last segment's midpoint (the snap onto θ_B cannot be retried: reported)."""
@@ -342,19 +314,6 @@ class M2M(Method):
         self.timer.lap("probe", t)
         self.note_uncertified(verdict, tick=self.state.tick + self.offset, stage=self.state.active - 1, phase="end")
         return verdict
-
-    def _check_in_sync(self) -> None:
-        """Every process must hold the same weights: compare a cheap checksum (sum and sum of squares)."""
-        acc = self.trainer.accelerator
-        local = torch.stack(
-            [torch.stack([p.detach().double().sum(), p.detach().double().square().sum()]) for p in self.params]
-        ).sum(0)  # (2,)
-        everyone = acc.gather(local.to(acc.device).unsqueeze(0))  # (processes, 2)
-        if not bool((everyone == everyone[0]).all()):
-            raise DivergenceError(
-                f"processes hold different weights at tick {self.state.tick + self.offset} (checksums "
-                f"{everyone.tolist()}); a move or correction was not identical on every process"
-            )
 
     def _verify_end(self) -> None:
         state = self.model.state_dict()

@@ -11,9 +11,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hf_llpf.stages.plan import LayerGroup
+from hf_llpf.errors import ConfigError
+from hf_llpf.stages.plan import LayerGroup, StagePlan
 
-__all__ = ["GroupMatcher", "compile_regex"]
+__all__ = ["GroupMatcher", "compile_regex", "schedule_start_ticks"]
 
 ALLOWED_REGEX = "a Python regular expression, searched (re.search) in parameter names"
 
@@ -65,3 +66,36 @@ class GroupMatcher:
     def group_indices(self, rx: re.Pattern) -> list[int]:
         """Indices (into ``groups``) of the groups ``rx`` selects: those with at least one selected parameter."""
         return [i for i, g in enumerate(self.groups) if any(self.selects(rx, p) for p in g.param_names)]
+
+
+def schedule_start_ticks(plan: StagePlan, schedule: Sequence[Any]) -> list[int]:
+    """A hand-set schedule's start tick of each stage (the paper's per-architecture schedules).
+
+    Args:
+        plan: the run's stage plan.
+        schedule: the config's ``schedule`` entries (``match`` regex, ``start`` tick; regexes checked by the config).
+
+    Returns:
+        Per stage, in plan order, the earliest start of the entries that match any of its parameters.
+
+    Raises:
+        ConfigError: a parameter of the plan that no entry matches (the first 20 named).
+    """
+    # Canonical names only (no tied aliases), as schedules have always matched.
+    matcher = GroupMatcher(plan.groups())
+    hits: dict[str, list[int]] = {}
+    for e in schedule:
+        for name in matcher.params(compile_regex(e.match)):
+            hits.setdefault(name, []).append(e.start)
+    starts: list[int | None] = [None] * len(plan.stages)
+    unmatched = []
+    for s in plan.stages:
+        for name in (n for g in s.groups for n in g.param_names):
+            if name not in hits:
+                unmatched.append(name)
+                continue
+            first = min(hits[name])
+            starts[s.index] = first if starts[s.index] is None else min(starts[s.index], first)
+    if unmatched:
+        raise ConfigError(f"schedule: no entry matches these parameters: {', '.join(unmatched[:20])}")
+    return [int(s) for s in starts]
