@@ -16,7 +16,7 @@ with huggingface_hub's own pieces (``validate_repo_id``, ``create_commit``, ``sn
   endpoints' format with its own card.
 - :func:`build_model_card` (:mod:`~hf_llpf.hub.card`) builds ``RUN_DIR/README.md`` by the Hub's conventions
   (``license``, ``pipeline_tag``, ``base_model: [A, B]`` with relation ``merge``, a ``model-index`` of the
-  path's own results with dataset and split).
+  path's own results with dataset and split), from the run's facts (:mod:`~hf_llpf.hub.facts`).
 - :func:`choose_point` / :func:`select_points` (:mod:`~hf_llpf.hub.points`) name one point (``mid``,
   ``best``, ...) or the published subset.
 - :func:`parse_repo_spec` (:mod:`~hf_llpf.hub.spec`) is the one parser of ``org/name[@revision]``.

@@ -17,17 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
 
-import yaml
-
 from hf_llpf import __version__
 from hf_llpf.assets import ASSET_KINDS, TOKENIZER, read_assets
+from hf_llpf.hub.facts import RunFacts, endpoint_label, read_facts, read_json
 from hf_llpf.hub.files import check_run_dir
-from hf_llpf.hub.public import UNKNOWN_LICENSE, is_local, local_names, public_name, scrub_text
+from hf_llpf.hub.public import UNKNOWN_LICENSE, is_local, local_names, scrub_text
 from hf_llpf.hub.snippets import path_snippet
-from hf_llpf.hub.spec import is_repo_id
 from hf_llpf.report import END, START
-from hf_llpf.run import METRICS_JSON, POINTS_DIR, read_run_json
-from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, PLOTS_DIR, README
+from hf_llpf.run import METRICS_JSON, POINTS_DIR
+from hf_llpf.run.layout import CONFIG_YAML, PLOTS_DIR, README
 from hf_llpf.run.storage import storage_sentence
 
 # The evaluation report section (hf_llpf.report writes it) is kept, markers included, when a card is rebuilt.
@@ -44,129 +42,11 @@ _RESULTS = (
     ("test_loss_range", 1, "loss", "max test loss along the path", "test_split"),
     ("test_acc_range", 0, "accuracy", "min test accuracy along the path", "test_split"),
 )
-_TASKS = (
-    ("ForSequenceClassification", "text-classification"),
-    ("ForImageClassification", "image-classification"),
-    ("ForTokenClassification", "token-classification"),
-    ("ForCausalLM", "text-generation"),
-    ("ForQuestionAnswering", "question-answering"),
-    ("ForMaskedLM", "fill-mask"),
-)
 
 
 def finite(value: Any) -> bool:
     """Whether ``value`` is a real, finite number (not a bool, not NaN or inf)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _read_json(path: FsPath) -> dict:
-    # A damaged file is refused by name (read_run_json); a missing one means "not recorded".
-    return read_run_json(path.parent, path.name) if path.is_file() else {}
-
-
-def _read_yaml(path: FsPath) -> dict:
-    if not path.is_file():
-        return {}
-    loaded = yaml.safe_load(path.read_text())
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def _hub_id(entry: dict) -> str | None:
-    """The Hub repo id of an ``endpoints.json`` entry, or None for a local endpoint (the Hub rejects other
-    values in ``base_model``)."""
-    source = str(entry.get("id") or "")
-    return source if not is_local(entry) and is_repo_id(source) else None
-
-
-def endpoint_label(entry: dict) -> str:
-    """How a card names an endpoint: a Hub id with its commit, or a local folder's name and content hashes."""
-    rev = entry.get("revision")
-    if is_local(entry):
-        sha = entry.get("sha256")
-        hashes = ", ".join(
-            x for x in (f"revision `{rev}`" if rev else "", f"weights sha256 `{sha}`" if sha else "") if x
-        )
-        return f"`{public_name(entry)}` (a local folder" + (f"; {hashes})" if hashes else ")")
-    return f"`{entry.get('id')}`" + (f" (revision `{rev}`)" if rev else "")
-
-
-@dataclass
-class RunFacts:
-    """What both cards say about the run a path came from (read from its ``endpoints.json`` and settings)."""
-
-    endpoints: dict
-    config: dict
-    library: str | None
-    bases: list[str]
-    dataset: str
-    data_revision: str | None
-
-    @property
-    def a(self) -> dict:
-        return self.endpoints.get("A") or {}
-
-    @property
-    def b(self) -> dict:
-        return self.endpoints.get("B") or {}
-
-    @property
-    def architecture(self) -> str:
-        return str(self.a.get("architecture") or "AutoModel")
-
-    @property
-    def task_type(self) -> str:
-        if self.library == "timm":
-            return "image-classification"
-        return next((task for suffix, task in _TASKS if self.architecture.endswith(suffix)), "other")
-
-    @property
-    def data_line(self) -> str:
-        """``Data: `source` (revision …): task, splits and sizes, columns, tokenizer, fingerprints.``"""
-        line = f"Data: `{self.dataset}`" + (f" (revision `{self.data_revision}`)" if self.data_revision else "")
-        data = self.config.get("data") if isinstance(self.config.get("data"), dict) else {}
-        rec = data.get("recorded") or {}
-        parts = [str(rec["task"])] if rec.get("task") else []
-        unit = "blocks" if rec.get("task") == "causal-lm" else "examples"
-        if "test_examples" in rec:
-            sizes = f"{rec['train_examples']}/{rec['test_examples']} {unit}"
-            parts.append(f"splits `{data.get('train_split')}`/`{data.get('test_split')}`: {sizes}")
-        elif "train_examples" in rec:
-            parts.append(f"{rec['train_examples']} training {unit}, given as a Python `{rec.get('given_as')}`")
-        names = ("image_column", "text_column", "text_pair_column", "label_column")
-        columns = [f"`{data[k]}`" for k in names if data.get(k)]
-        if columns:
-            parts.append("columns " + ", ".join(columns))
-        if data.get("tokenizer"):
-            parts.append(f"tokenizer `{data['tokenizer']}` (sha256 `{rec.get('tokenizer_sha256')}`)")
-        if rec.get("train_fingerprint"):
-            parts.append(f"fingerprints `{rec.get('train_fingerprint')}`/`{rec.get('test_fingerprint')}`")
-        return line + (": " + "; ".join(parts) if parts else "") + "."
-
-    @property
-    def hub_dataset(self) -> str | None:
-        """The dataset when it is a Hub id (the card's ``datasets`` accepts nothing else)."""
-        return self.dataset if is_repo_id(self.dataset) and not FsPath(self.dataset).exists() else None
-
-    def split(self, setting: str) -> str:
-        data = self.config.get("data")
-        value = data.get(setting) if isinstance(data, dict) else None
-        return str(value or setting.removesuffix("_split"))
-
-
-def read_facts(root: FsPath) -> RunFacts:
-    """The :class:`RunFacts` of a run directory (or of the snapshot of a published path)."""
-    endpoints = _read_json(root / ENDPOINTS_JSON)
-    config = _read_yaml(root / CONFIG_YAML)
-    kinds = {e.get("kind") for k, e in endpoints.items() if k in ("A", "B") and isinstance(e, dict)}
-    library = next(iter(kinds)) if len(kinds) == 1 and kinds <= {"timm", "transformers"} else None
-    data = config.get("data")
-    if isinstance(data, dict):
-        source, revision = data.get("source"), data.get("revision")
-    else:
-        source, revision = (data if isinstance(data, str) else None), None
-    bases = [b for b in (_hub_id(endpoints.get("A") or {}), _hub_id(endpoints.get("B") or {})) if b]
-    dataset = scrub_text(str(source), local_names(endpoints)) if source else "unknown"
-    return RunFacts(endpoints, config, library, bases, dataset, revision)
 
 
 def model_card(
@@ -389,7 +269,7 @@ def build_model_card(
     """
     root = check_run_dir(run_dir)
     facts, pub = read_facts(root), publication or Publication()
-    metrics = _read_json(root / METRICS_JSON)
+    metrics = read_json(root / METRICS_JSON)
     summary, points = metrics.get("summary") or {}, metrics.get("points") or []
     repo = repo_id or PLACEHOLDER_REPO
     name = repo_id.split("/")[-1] if repo_id else root.resolve().name

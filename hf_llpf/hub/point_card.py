@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path as FsPath
 
 from hf_llpf import __version__
-from hf_llpf.hub.card import CARD_TAGS, PLACEHOLDER_REPO, POINT_TAG, endpoint_label, finite, model_card, read_facts
+from hf_llpf.hub.card import CARD_TAGS, PLACEHOLDER_REPO, POINT_TAG, finite, model_card
+from hf_llpf.hub.facts import endpoint_label, read_facts
 from hf_llpf.hub.public import UNKNOWN_LICENSE
 from hf_llpf.hub.snippets import point_snippet
 
