@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from hf_llpf.api import connect, evaluate_run
-from hf_llpf.config import ConnectConfig, TrainRecipe, build, load_recipe
+from hf_llpf.config import ConnectConfig, TrainRecipe, build
 from hf_llpf.data import load_data
 from hf_llpf.models import load_endpoint
+from hf_llpf.recipes import load_recipe
 from hf_llpf.spheres import sphere_distance, sphere_report
 from hf_llpf.train import train_or_reuse
 

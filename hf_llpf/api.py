@@ -25,11 +25,12 @@ from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import method_class
 from hf_llpf.assets import run_assets, write_assets
-from hf_llpf.config import ConnectConfig, to_yaml
+from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.inputs import example_batch, prepare_data, read_paths, resolve_config, resolve_endpoint, stage_plan
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
 from hf_llpf.progress import progress_requested
+from hf_llpf.recipes import to_yaml
 from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
 from hf_llpf.run.resume import check_same_run, read_checkpoint

@@ -15,7 +15,7 @@ from PIL import Image
 
 from hf_llpf.api import evaluate_run
 from hf_llpf.cli import main
-from hf_llpf.config import ConnectConfig, to_yaml
+from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.evaluation import (
     EVAL_COLUMNS,
@@ -29,6 +29,7 @@ from hf_llpf.evaluation import (
 )
 from hf_llpf.models import load_endpoint
 from hf_llpf.plots import plot_repeats
+from hf_llpf.recipes import to_yaml
 from hf_llpf.report import END, START, write_report
 from hf_llpf.run import PointRecord, RunWriter, read_metrics
 

@@ -9,8 +9,9 @@ import torch
 import yaml
 
 import hf_llpf  # noqa: F401  (registers the built-in models with timm)
-from hf_llpf.config import ConnectConfig, TrainRecipe, build, load_recipe
+from hf_llpf.config import ConnectConfig, TrainRecipe, build
 from hf_llpf.models import create_model
+from hf_llpf.recipes import load_recipe
 from hf_llpf.stages import build_stages
 from hf_llpf.stages.overrides import ExplicitStages
 

@@ -42,7 +42,8 @@ def register(sub) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from hf_llpf.config import ConnectConfig, apply_overrides, build, load_recipe
+    from hf_llpf.config import ConnectConfig, build
+    from hf_llpf.recipes import apply_overrides, load_recipe
 
     values = load_recipe(args.recipe)
     if args.data:

@@ -26,7 +26,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hf_llpf.cli.render import trained
-    from hf_llpf.config import TrainRecipe, apply_overrides, build, load_recipe
+    from hf_llpf.config import TrainRecipe, build
+    from hf_llpf.recipes import apply_overrides, load_recipe
     from hf_llpf.train import train_endpoint
 
     values = load_recipe(args.recipe)
