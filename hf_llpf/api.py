@@ -7,7 +7,6 @@ Follow-Data-Flow stages, opens the run directory and runs the algorithm. No YAML
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from hf_llpf.run.storage import PointStorage
 from hf_llpf.seeding import seed_everything
 from hf_llpf.spheres import choose_method
 from hf_llpf.timm_config import run_data_config, with_data_config
+from hf_llpf.tracking import tick_logger
 from hf_llpf.train import LossFn, RepairTrainer, make_accelerator
 
 logger = get_logger(__name__)
@@ -174,7 +174,7 @@ def _run_and_record(
     if ckpt is None or resumed_with:
         _describe_run(writer, ea, eb, plan, config, method, command, new=ckpt is None)
     make_trainer = trainer_factory(config, loader, loss_fn, accelerator)
-    on_tick = _tracker(config, accelerator)
+    on_tick = tick_logger(config, accelerator)
     start = time.perf_counter()
     setup_run = RunSetup(ea, eb, plan, config, make_trainer, writer, accelerator.device, progress, ckpt is not None,
                          certifier)  # fmt: skip
@@ -244,19 +244,6 @@ def _describe_run(writer, ea, eb, plan, config, method, command, *, new: bool) -
     writer.write_json(LAYER_GROUPS_JSON, plan.to_json())
 
 
-def _tracker(config: ConnectConfig, accelerator: Accelerator) -> Callable[[dict], None] | None:
-    """With ``report_to``: start the trackers and return the per-tick logging callback."""
-    if not config.report_to:
-        return None
-    accelerator.init_trackers("hf_llpf", config=tracker_config(config))
-    keys = ("train_loss", "stage", "dist_b", "sgd_iters")
-
-    def on_tick(row: dict) -> None:
-        accelerator.log({k: row[k] for k in keys if row.get(k) is not None}, step=row["tick"])
-
-    return on_tick
-
-
 def _summary(runner: Any, method: str, plan: Any, setup: dict, *, elapsed: float) -> dict:
     state = runner.state
     timing = runner.timing
@@ -275,24 +262,6 @@ def _summary(runner: Any, method: str, plan: Any, setup: dict, *, elapsed: float
             "num_stages": len(plan.stages),
         }
     }
-
-
-def tracker_config(config: ConnectConfig) -> dict[str, int | float | str | bool]:
-    """The run's settings flattened for experiment trackers: ``m2o.policy``-style keys, scalar values only
-    (TensorBoard's hparams refuse nested dicts, lists and None; those become their JSON text)."""
-    flat: dict[str, int | float | str | bool] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}{k}.", v)
-        elif isinstance(value, (bool, int, float, str)):
-            flat[prefix[:-1]] = value
-        else:
-            flat[prefix[:-1]] = json.dumps(value)
-
-    walk("", config.model_dump(mode="json"))
-    return flat
 
 
 def trainer_factory(
