@@ -7,7 +7,8 @@
   :data:`DWARF_RATIO` times the path's (a path under 0.05 beside a barrier of 2.4 is not a flat line at zero).
 - ``layers.png``: per-parameter-tensor variance and relative distance to θ_B along the path as heat maps,
   tensors ordered by stage (``layer_groups.json``), points streamed from disk; the variance colour scale
-  leaves out constant tensors (variance < 1e-12) and the lowest 1% (grey), see :func:`variance_limits`.
+  leaves out constant tensors (variance < 1e-12) and the lowest 1% (grey), see :func:`variance_limits`
+  (:mod:`hf_llpf.layer_plots`).
 - ``repeats.png`` (:func:`plot_repeats`): the curves of R runs overlaid.
 
 Every function reads what :func:`hf_llpf.api.evaluate_run` wrote; it never evaluates anything itself.
@@ -27,11 +28,10 @@ matplotlib.use("Agg")  # files only: no display on servers, and no GUI toolkit i
 
 import matplotlib.patches as mpatches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hf_llpf.errors import RunDirectoryError  # noqa: E402
-from hf_llpf.geometry import variances  # noqa: E402
+from hf_llpf.layer_plots import VARIANCE_FLOOR, layers_plot, variance_limits  # noqa: E402
 from hf_llpf.run import Path, read_metrics  # noqa: E402
 from hf_llpf.run.layout import PLOTS_DIR  # noqa: E402
 
@@ -40,7 +40,6 @@ _STAGE_COLOURS = ("#f2f2f2", "#dde8f3")
 _PHASE_COLOURS = ("tab:olive", "tab:purple", "tab:cyan", "tab:brown", "tab:pink", "tab:gray")
 _MIN_BAND = 0.012  # narrowest phase band drawn, as a fraction of the axis (~9 pixels at the default size)
 DWARF_RATIO = 10.0  # baseline max / path max above which the loss axis is logarithmic
-VARIANCE_FLOOR = -12.0  # log10 variance below which a tensor counts as constant (drawn grey, off the scale)
 
 
 def _metrics(run_dir: FsPath) -> dict:
@@ -205,118 +204,6 @@ def _curve_plot(run_dir: FsPath, data: dict, *, metric: str, out: FsPath) -> FsP
     return out
 
 
-def _param_order(run_dir: FsPath, names: list[str]) -> tuple[list[str], list[int]]:
-    """Parameter names in stage order (``layer_groups.json``; else model order) and each one's stage."""
-    plan = Path(run_dir).layer_groups
-    if plan is None:
-        return names, [0] * len(names)
-    ordered, stages = [], []
-    for s in plan.get("stages", []):
-        for g in s.get("groups", []):
-            for n in g.get("param_names", []):
-                if n in names and n not in ordered:
-                    ordered.append(n)
-                    stages.append(int(s.get("index", 0)))
-    rest = [n for n in names if n not in ordered]  # never grouped (frozen, or not found): shown last
-    return ordered + rest, stages + [stages[-1] + 1 if stages else 0] * len(rest)
-
-
-@torch.no_grad()
-def _layer_tables(path: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per point and tensor: log10 variance and ‖θ_i − θ_B‖ / ‖θ_A − θ_B‖, streaming the points."""
-    state_b = path.state_dict_at(-1)
-    state_a = path.state_dict_at(0)
-    d0 = torch.stack([torch.linalg.vector_norm((state_a[n] - state_b[n]).double()) for n in names])
-    del state_a
-    log_var, rel_dist = [], []
-    for i in range(len(path)):
-        cur = path.state_dict_at(i)
-        tensors = [cur[n] for n in names]
-        log_var.append(torch.log10(variances(tensors).clamp_min(1e-30)))
-        d = torch.stack([torch.linalg.vector_norm((cur[n] - state_b[n]).double()) for n in names])
-        # Tensors with θ_A = θ_B (not moved by the path) get 0 rather than 0/0.
-        rel_dist.append(torch.where(d0 > 0, d / d0.clamp_min(1e-300), torch.zeros_like(d)))
-    return torch.stack(log_var, 1), torch.stack(rel_dist, 1)  # tensors x points
-
-
-def variance_limits(log_var: torch.Tensor) -> tuple[float, float, bool]:
-    """Colour limits of the variance panel: ``(vmin, vmax, whether some cells fall below vmin)``.
-
-    A tensor that never moves (a zero bias, a constant scale) has a variance of rounding size (~1e-15,
-    or 0 clamped to 1e-30): taken as the colour scale's minimum it squeezes every other tensor into one
-    colour. So cells under ``10**VARIANCE_FLOOR`` are left off the scale, and when the lowest 1% of the rest
-    lies more than a decade under the others the scale starts at that 1st percentile. Cells below the
-    scale are drawn grey, and the colour bar says so with an arrow.
-    """
-    values = log_var[torch.isfinite(log_var)].double()
-    if values.numel() == 0:
-        return 0.0, 1.0, False
-    live = values[values > VARIANCE_FLOOR]
-    live = live if live.numel() else values
-    lo, hi = float(live.min()), float(live.max())
-    q = float(torch.quantile(live, 0.01))
-    if q - lo > 1.0:  # a few cells more than a decade under the rest: outliers, not the scale
-        lo = q
-    if hi - lo < 1e-9:  # one value everywhere: a unit-wide scale around it
-        lo, hi = lo - 0.5, hi + 0.5
-    return lo, hi, bool((values < lo).any())
-
-
-def _edges(pos: list[float]) -> list[float]:
-    if len(pos) == 1:
-        return [0.0, 1.0]
-    mids = [(a + b) / 2 for a, b in zip(pos, pos[1:])]
-    return [pos[0] - (mids[0] - pos[0]), *mids, pos[-1] + (pos[-1] - mids[-1])]
-
-
-def _layers_plot(run_dir: FsPath, data: dict, *, template: nn.Module | None, out: FsPath) -> FsPath:
-    path = Path(run_dir, template=template)
-    model = path.model_at(0)
-    names = [n for n, p in model.named_parameters() if p.is_floating_point()]
-    del model
-    names, stages = _param_order(run_dir, names)
-    log_var, rel_dist = _layer_tables(path, names)
-    pos = [p["position"] for p in data["points"]]
-    x = _edges(pos)
-    y = list(range(len(names) + 1))
-    height = min(14.0, 2.5 + 0.22 * len(names))
-    fig, axes = plt.subplots(1, 2, figsize=(13, height), dpi=110, sharey=True)
-    lo, hi, clipped = variance_limits(log_var)
-    var_title = "log10 variance of each tensor"
-    if clipped:
-        var_title += f"\n(grey: below {lo:.3g}: constant tensors, variance < 1e{VARIANCE_FLOOR:.0f}, or outliers)"
-    panels = (
-        (log_var, var_title, "viridis", (lo, hi), "min" if clipped else "neither"),
-        (
-            rel_dist,
-            "distance to θ_B, relative: ‖θ−θ_B‖ / ‖θ_A−θ_B‖",
-            "magma",
-            (0, max(1.0, float(rel_dist.max()))),
-            "neither",
-        ),
-    )
-    for ax, (table, title, name, lim, extend) in zip(axes, panels):
-        cmap = plt.get_cmap(name).with_extremes(under="0.7")
-        mesh = ax.pcolormesh(x, y, table.numpy(), cmap=cmap, shading="flat", vmin=lim[0], vmax=lim[1])
-        fig.colorbar(mesh, ax=ax, fraction=0.05, pad=0.02, extend=extend)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("normalised position along the path")
-        for j in range(1, len(stages)):
-            if stages[j] != stages[j - 1]:
-                ax.axhline(j, color="white", lw=0.8)
-    every = max(1, math.ceil(len(names) / 45))  # keep tick labels legible on deep models
-    ticks = list(range(0, len(names), every))
-    axes[0].set_yticks([t + 0.5 for t in ticks])
-    axes[0].set_yticklabels([f"s{stages[t]} {names[t]}" for t in ticks], fontsize=7)
-    axes[0].set_ylabel("parameter tensor (stage order; white lines separate stages)")
-    axes[0].invert_yaxis()  # shallowest stage at the top
-    fig.suptitle(f"{run_dir.name}: per-tensor variance and distance to θ_B along the path", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
-
-
 def plot_path(
     run_dir: str | os.PathLike, *, template: nn.Module | None = None, out_dir: str | os.PathLike | None = None
 ) -> list[FsPath]:
@@ -340,7 +227,7 @@ def plot_path(
     return [
         _curve_plot(run_dir, data, metric="loss", out=out_dir / "loss.png"),
         _curve_plot(run_dir, data, metric="accuracy", out=out_dir / "accuracy.png"),
-        _layers_plot(run_dir, data, template=template, out=out_dir / "layers.png"),
+        layers_plot(run_dir, data, template=template, out=out_dir / "layers.png"),
     ]
 
 
