@@ -1,4 +1,5 @@
-"""Content hashes: of a file (read in blocks) and of a model's weights (names, dtypes, shapes and bytes)."""
+"""Content hashes: of a file (read in blocks), of a local model folder's weights files, and of a model's weights
+(names, dtypes, shapes and bytes)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def local_revision(*files: str | os.PathLike) -> str:
+    """The revision of a local endpoint: ``local:`` and a hash of its weights file (of each shard's hash, in order,
+    for sharded weights)."""
+    if len(files) == 1:
+        return "local:" + file_sha256(files[0])[:16]
+    return "local:" + hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()[:16]
 
 
 def state_hash(model: nn.Module) -> str:

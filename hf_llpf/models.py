@@ -35,7 +35,7 @@ from hf_llpf.errors import (
     OfflineError,
     UnknownNameError,
 )
-from hf_llpf.hashing import file_sha256, state_hash
+from hf_llpf.hashing import local_revision, state_hash
 from hf_llpf.weights import (
     DEFAULT_MAX_SHARD_SIZE,
     WEIGHTS_NAME,
@@ -187,7 +187,7 @@ def load_endpoint(
             model.eval(),
             "timm",
             spec,
-            _local_revision(path),
+            local_revision(path),
             {"architecture": arch, "model_args": dict(model_args or {})},
         )
     from hf_llpf.hub.spec import parse_repo_spec  # the one parser of org/name[@revision]
@@ -228,10 +228,10 @@ def _load_folder(path: Path, *, source: str, revision: str | None, trust_remote_
         model = create_model(config["architecture"], **model_args)
         _load_weights(model, path)
         arch = {"architecture": config["architecture"], "model_args": model_args}
-        return Endpoint(model.eval(), "timm", source, revision or _local_revision(*files), arch)
+        return Endpoint(model.eval(), "timm", source, revision or local_revision(*files), arch)
     if "model_type" in config:  # transformers
         model = _load_transformers(str(path), config, trust_remote_code=trust_remote_code)
-        rev = revision or (_local_revision(*files) if files else None)
+        rev = revision or (local_revision(*files) if files else None)
         return Endpoint(model.eval(), "transformers", source, rev, model.config.to_dict())
     raise UnknownNameError(
         "config.json format", sorted(config)[:8], ["timm (has 'architecture')", "transformers (has 'model_type')"]
@@ -320,15 +320,6 @@ def _load_weights(model: nn.Module, path: Path) -> None:
             parts.append(f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}")
         raise EndpointMismatchError(f"{path} does not fit the model: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
-
-
-def _local_revision(*files: Path) -> str:
-    """``local:`` and a hash of the weights file (of each shard's hash, in order, for sharded weights)."""
-    if len(files) == 1:
-        return "local:" + file_sha256(files[0])[:16]
-    import hashlib
-
-    return "local:" + hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()[:16]
 
 
 def save_model(
