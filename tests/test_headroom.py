@@ -1,12 +1,13 @@
-"""The repair's headroom: under a set ceiling the repair first aims below it, relaxing to it as the budget is spent."""
+"""The repair's headroom: the repair first aims below the ceiling, relaxing to it as the budget is spent (all
+of it under a set ceiling, its first quarter under the auto one)."""
 
 import pytest
 import torch
 from test_certify import QUICK, own_probe_loss, probe_examples
 
 import hf_llpf
-from hf_llpf.algorithms.certify import Certifier, resolve_headroom
-from hf_llpf.config import HEADROOM_SET, ConnectConfig
+from hf_llpf.algorithms.certify import Certifier, headroom_span, resolve_headroom
+from hf_llpf.config import HEADROOM_AUTO, HEADROOM_AUTO_SPAN, HEADROOM_SET, ConnectConfig
 from hf_llpf.errors import ConfigError
 from hf_llpf.models import load_endpoint
 from hf_llpf.run import read_metrics
@@ -14,10 +15,10 @@ from hf_llpf.run import read_metrics
 torch.set_num_threads(1)
 
 
-def test_auto_headroom_is_set_under_a_set_ceiling_and_none_under_the_auto_one():
+def test_auto_headroom_is_larger_under_a_set_ceiling_than_under_the_auto_one():
     assert resolve_headroom(ConnectConfig(loss_ceiling=0.05)) == HEADROOM_SET == 0.3
     assert resolve_headroom(ConnectConfig(loss_ceiling=1)) == HEADROOM_SET  # an int ceiling is a set one too
-    assert resolve_headroom(ConnectConfig()) == 0.0  # loss_ceiling: auto
+    assert resolve_headroom(ConnectConfig()) == HEADROOM_AUTO == 0.1  # loss_ceiling: auto
     assert resolve_headroom(ConnectConfig(repair_headroom=0.35)) == 0.35
     assert resolve_headroom(ConnectConfig(loss_ceiling=0.05, repair_headroom=0)) == 0.0
 
@@ -38,6 +39,16 @@ def test_the_target_relaxes_linearly_from_the_headroom_to_the_ceiling():
     assert cert.target(100) == cert.target(150) == 0.05
     no_budget = Certifier(object(), 0.05, ConnectConfig(loss_ceiling=0.05, repair_budget=0), [0.01])
     assert no_budget.target(0) == 0.05  # nothing to spend: the ceiling is the target at once
+
+
+def test_under_the_auto_ceiling_the_target_relaxes_over_the_first_quarter_of_the_budget():
+    config = ConnectConfig(repair_budget=100)  # loss_ceiling: auto, repair_headroom: auto
+    cert = Certifier(object(), 0.0422, config, [0.0022, 0.0021])  # the room is 0.1 * (0.0422 - 0.0022) = 0.004
+    assert headroom_span(config) == 100 * HEADROOM_AUTO_SPAN == 25
+    assert cert.target(0) == pytest.approx(0.0382)
+    assert cert.target(12.5) == pytest.approx(0.0402)
+    assert cert.target(25) == cert.target(100) == 0.0422
+    assert headroom_span(ConnectConfig(loss_ceiling=0.05, repair_budget=100)) == 100  # a set ceiling: all of it
 
 
 def _run(small_cnn_pair, digits, tmp_path, headroom):

@@ -24,7 +24,7 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from hf_llpf.batches import move_batch
-from hf_llpf.config import HEADROOM_SET, ConnectConfig
+from hf_llpf.config import HEADROOM_AUTO, HEADROOM_AUTO_SPAN, HEADROOM_SET, ConnectConfig
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.probe import ProbeSet, build_probe
 from hf_llpf.run.storage import round_to_storage
@@ -69,11 +69,21 @@ def resolve_ceiling(config: ConnectConfig, endpoint_losses: list[float]) -> floa
 
 def resolve_headroom(config: ConnectConfig) -> float:
     """The repair's headroom (:meth:`Certifier.target`): ``repair_headroom``, where ``auto`` is
-    :data:`~hf_llpf.config.HEADROOM_SET` under a set ceiling and 0 under the auto one, whose margin above the
-    endpoints is itself the room for the examples the probe does not hold."""
+    :data:`~hf_llpf.config.HEADROOM_SET` under a set ceiling and the smaller
+    :data:`~hf_llpf.config.HEADROOM_AUTO` under the auto one, whose margin above the endpoints is most of the room
+    for the examples the probe does not hold."""
     if config.repair_headroom != "auto":
         return float(config.repair_headroom)
-    return HEADROOM_SET if isinstance(config.loss_ceiling, float) else 0.0
+    return HEADROOM_SET if isinstance(config.loss_ceiling, float) else HEADROOM_AUTO
+
+
+def headroom_span(config: ConnectConfig) -> float:
+    """The SGD iterations over which the repair's target relaxes from the headroom to the ceiling
+    (:meth:`Certifier.target`): the whole ``repair_budget`` under a set ceiling, its first
+    :data:`~hf_llpf.config.HEADROOM_AUTO_SPAN` under the auto one (where the whole budget cost families whose paths
+    run near the ceiling up to 3× their iterations)."""
+    whole = float(config.repair_budget)
+    return whole if isinstance(config.loss_ceiling, float) else whole * HEADROOM_AUTO_SPAN
 
 
 def run_certifier(
@@ -182,6 +192,7 @@ class Certifier:
         self.enabled = probe is not None and ceiling is not None and config is not None
         self.storage = STORAGE_DTYPES.get(config.point_dtype) if config is not None else None
         self.headroom = resolve_headroom(config) if config is not None else 0.0
+        self._span = headroom_span(config) if config is not None else 0.0
         top = max(self.endpoint_losses, default=ceiling)
         self._room = max(self.headroom * (ceiling - top), 0.0) if self.enabled else 0.0  # target(0)'s distance down
 
@@ -266,13 +277,12 @@ class Certifier:
 
     def target(self, spent: int) -> float:
         """What the repair aims at after ``spent`` of the tick's budget: ``repair_headroom`` of the way from the
-        ceiling down to the endpoints' probe loss at first, the ceiling itself once the budget is spent.
+        ceiling down to the endpoints' probe loss at first, the ceiling itself once :func:`headroom_span` is spent.
 
         A point repaired only to the ceiling sits just under it on the probe, and the training examples the probe
         does not hold put it above as often as not; the headroom buys room for them while the budget allows.
         """
-        budget = self.config.repair_budget
-        left = 1.0 - min(spent / budget, 1.0) if budget > 0 else 0.0
+        left = 1.0 - min(spent / self._span, 1.0) if self._span > 0 else 0.0
         return self.ceiling - self._room * left
 
     @torch.no_grad()
@@ -354,6 +364,7 @@ __all__ = [
     "Certifier",
     "Verdict",
     "certification_line",
+    "headroom_span",
     "make_certifier",
     "resolve_ceiling",
     "resolve_headroom",
