@@ -229,9 +229,9 @@ class ConnectConfig(_Settings):
     repair_headroom: float | Literal["auto"] = Field(
         "auto",
         description="with a ceiling: the repair first aims this fraction of the way from the ceiling down to the "
-        "endpoints' probe loss, relaxing to the ceiling as the tick's repair_budget is spent (room for the "
-        f"training examples the probe does not hold); auto: {HEADROOM_SET} under a set loss_ceiling, "
-        f"{HEADROOM_AUTO} under the auto one (relaxing over the first {HEADROOM_AUTO_SPAN:.0%} of the budget)",
+        "endpoints' probe loss, relaxing to the ceiling as the tick's repair_budget is spent (under the auto "
+        f"ceiling: its first {HEADROOM_AUTO_SPAN:.0%}); room for the training examples the probe does not hold; "
+        f"auto: {HEADROOM_SET} under a set loss_ceiling, {HEADROOM_AUTO} under the auto one",
     )
     max_backtracks: int = Field(
         6, ge=0, description="step halvings per tick before a point above the ceiling is kept and reported"
