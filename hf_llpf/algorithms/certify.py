@@ -74,7 +74,7 @@ def resolve_headroom(config: ConnectConfig) -> float:
     for the examples the probe does not hold."""
     if config.repair_headroom != "auto":
         return float(config.repair_headroom)
-    return HEADROOM_SET if isinstance(config.loss_ceiling, float) else HEADROOM_AUTO
+    return HEADROOM_SET if _ceiling_is_set(config) else HEADROOM_AUTO
 
 
 def headroom_span(config: ConnectConfig) -> float:
@@ -83,7 +83,12 @@ def headroom_span(config: ConnectConfig) -> float:
     :data:`~hf_llpf.config.HEADROOM_AUTO_SPAN` under the auto one (where the whole budget cost families whose paths
     run near the ceiling up to 3× their iterations)."""
     whole = float(config.repair_budget)
-    return whole if isinstance(config.loss_ceiling, float) else whole * HEADROOM_AUTO_SPAN
+    return whole if _ceiling_is_set(config) else whole * HEADROOM_AUTO_SPAN
+
+
+def _ceiling_is_set(config: ConnectConfig) -> bool:
+    """Whether the user named the ceiling (a number; not ``auto``, not ``None``)."""
+    return isinstance(config.loss_ceiling, float)
 
 
 def run_certifier(
