@@ -35,6 +35,7 @@ def table_row(method: str, result: dict, seconds: float, path: Any, probes: dict
         "straight_distance": fig["straight_distance"],
         "probe": probes,
         "run_dir": str(path.root),
+        "certified": _certified(run.get("certification")),
     }
     if recal:
         rec = result["summary"]["llpf_recal"]
@@ -44,6 +45,42 @@ def table_row(method: str, result: dict, seconds: float, path: Any, probes: dict
         row["ends_check"] = wm["ends_check"]
         row["note"] = "ends at π(θ_B) (θ_B's units permuted: same outputs, see ends_check)"
     return row
+
+
+def _certified(cert: Any) -> bool | None:
+    """Whether the path was certified under a ceiling: ``None`` for a path that was not held under one (closed-form
+    curves, a run with ``loss_ceiling: null``)."""
+    if not isinstance(cert, dict) or cert.get("ceiling") is None:
+        return None
+    return cert.get("certified") is True
+
+
+def verdict_lines(rows: Sequence[dict]) -> list[str]:
+    """One line per criterion naming the method that wins it: the lowest maximum train loss (on the same data for
+    every row), and the lowest cost to certify (SGD iterations, then seconds, among the certified paths)."""
+    judged = [r for r in rows if r["status"] == "ok" and not _missing(r["max_train_loss"])]
+    lines = []
+    if judged:
+        ranked = sorted(judged, key=lambda r: r["max_train_loss"])
+        best = ranked[0]
+        runner_up = f"; next {ranked[1]['method']} {_f(ranked[1]['max_train_loss'])}" if len(ranked) > 1 else ""
+        lines.append(f"lowest maximum train loss: {best['method']} ({_f(best['max_train_loss'])}{runner_up})")
+    certified = [r for r in judged if r.get("certified")]
+    if certified:
+        cheapest = min(certified, key=lambda r: (r["sgd_iters"], r["seconds"]))
+        others = [r["method"] for r in certified if r is not cheapest]
+        also = f"; also certified: {', '.join(others)}" if others else "; no other method was certified"
+        lines.append(
+            f"lowest cost to certify: {cheapest['method']} ({cheapest['sgd_iters']} SGD iterations, "
+            f"{_f(cheapest['seconds'], 1)} s){also}"
+        )
+    else:
+        lines.append("lowest cost to certify: none — no path in this comparison was certified under a ceiling")
+    return lines
+
+
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def write_comparison(out: FsPath, table: dict) -> None:
@@ -58,7 +95,7 @@ def write_comparison(out: FsPath, table: dict) -> None:
 
 
 def _f(x: Any, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if _missing(x):
         return "—"
     return f"{x:.{digits}f}"
 
@@ -79,6 +116,7 @@ def markdown_table(table: dict) -> str:
         "test acc range",
         "SGD iters",
         "wall s",
+        "certified",
     ] + (["max train loss (BN recal)", "barrier (BN recal)"] if recal else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
@@ -95,6 +133,7 @@ def markdown_table(table: dict) -> str:
             _range(r["test_acc_range"]),
             str(r["sgd_iters"]),
             _f(r["seconds"], 1),
+            {True: "yes", False: "NO"}.get(r.get("certified"), "—"),
         ]
         if recal:
             cells += [_f(r.get("max_train_loss_recal")), _f(r.get("barrier_recal"))]
@@ -112,6 +151,7 @@ def markdown_table(table: dict) -> str:
         f"{p['test_examples']} test examples (sha256 {p['test'][:12]}…).",
     ]
     lines += [f"- {n}" for n in notes]
+    lines += ["", *(f"verdict: {v}" for v in verdict_lines(table["rows"]))]
     return "\n".join(lines)
 
 
@@ -147,4 +187,13 @@ def plot_comparison(table: dict, out_png: str | os.PathLike) -> FsPath:
     return out_png
 
 
-__all__ = ["PLOT", "TABLE_JSON", "TABLE_MD", "markdown_table", "plot_comparison", "table_row", "write_comparison"]
+__all__ = [
+    "PLOT",
+    "TABLE_JSON",
+    "TABLE_MD",
+    "markdown_table",
+    "plot_comparison",
+    "table_row",
+    "verdict_lines",
+    "write_comparison",
+]

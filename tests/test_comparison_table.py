@@ -1,0 +1,49 @@
+"""The comparison table's verdict lines: who won each criterion, from the rows alone."""
+
+from hf_llpf.comparison_table import markdown_table, verdict_lines
+
+
+def _row(method, max_loss, iters, seconds, certified):
+    return {"method": method, "status": "ok", "max_train_loss": max_loss, "sgd_iters": iters, "seconds": seconds,
+            "certified": certified, "barrier": 0.0, "min_train_acc": 1.0, "test_loss_range": [0.1, 0.2],
+            "test_acc_range": [0.9, 1.0]}  # fmt: skip
+
+
+def test_each_criterion_names_its_winner_even_when_it_is_not_llpf():
+    rows = [
+        _row("llpf", 0.0717, 521, 30.0, True),
+        _row("linear", 0.1932, 0, 1.0, None),
+        _row("bezier", 0.0105, 521, 20.0, True),
+        _row("slerp", 0.0250, 0, 1.0, None),
+        {"method": "weight-matching", "status": "not applicable: attention"},
+    ]
+    assert verdict_lines(rows) == [
+        "lowest maximum train loss: bezier (0.0105; next slerp 0.0250)",
+        "lowest cost to certify: bezier (521 SGD iterations, 20.0 s); also certified: llpf",
+    ]
+
+
+def test_an_uncertified_path_never_wins_the_cost_to_certify():
+    rows = [_row("llpf", 0.05, 600, 9.0, True), _row("bezier", 0.04, 100, 2.0, False)]
+    assert verdict_lines(rows)[1] == (
+        "lowest cost to certify: llpf (600 SGD iterations, 9.0 s); no other method was certified"
+    )
+    assert verdict_lines([_row("linear", 2.4, 0, 1.0, None)]) == [
+        "lowest maximum train loss: linear (2.4000)",
+        "lowest cost to certify: none — no path in this comparison was certified under a ceiling",
+    ]
+
+
+def test_the_markdown_table_ends_with_the_verdicts_and_shows_certification():
+    table = {
+        "settings": {},
+        "rows": [_row("llpf", 0.05, 600, 9.0, True), _row("linear", 2.4, 0, 1.0, None)],
+        "probe": {"train_examples": 10, "train": "a" * 64, "test_examples": 5, "test": "b" * 64},
+    }
+    lines = markdown_table(table).splitlines()
+    assert lines[0].endswith("| wall s | certified |")
+    assert lines[2].endswith("| 600 | 9.0 | yes |") and lines[3].endswith("| 0 | 1.0 | — |")
+    assert lines[-2:] == [
+        "verdict: lowest maximum train loss: llpf (0.0500; next linear 2.4000)",
+        "verdict: lowest cost to certify: llpf (600 SGD iterations, 9.0 s); no other method was certified",
+    ]
