@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 import sys
 from collections.abc import Iterator
 
@@ -37,10 +39,22 @@ def configure(level: int | str = "info", *, stream=None) -> logging.Logger:
         logger.removeHandler(h)
     handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(logging.Formatter("hf-llpf: %(message)s"))
+    handler.addFilter(_drop_lone_rank)
     setattr(handler, _HANDLER_FLAG, True)
     logger.addHandler(handler)
     logger.propagate = False  # one line per message, also when the root logger has a handler
     return logger
+
+
+_RANK_PREFIX = re.compile(r"^\[RANK \d+\] ")
+
+
+def _drop_lone_rank(record: logging.LogRecord) -> bool:
+    """Drop the ``[RANK n]`` prefix that Accelerate's logger puts on every message when this is the only process:
+    it tells processes apart, and alone it is noise on every line."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 and isinstance(record.msg, str):
+        record.msg = _RANK_PREFIX.sub("", record.msg, count=1)
+    return True
 
 
 class _StderrHandler(logging.StreamHandler):

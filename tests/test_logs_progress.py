@@ -329,3 +329,20 @@ def test_evaluation_shows_bars_over_the_points_and_the_baseline_only_when_asked(
     _IterBar.made = []
     evaluate_path(run, data=digits, train_subset=64, linear_points=3, continuity_k=0, progress=False)
     assert _IterBar.made == []
+
+
+def test_a_lone_process_logs_without_the_rank_prefix_and_several_keep_it(capsys, monkeypatch):
+    from accelerate import PartialState
+    from accelerate.logging import get_logger
+
+    from hf_llpf.logging import configured
+
+    PartialState()
+    logger = get_logger("hf_llpf.test_logs_progress")
+    capsys.readouterr()
+    with configured("info"):
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+        logger.info("ceiling %.3g", 0.04218)
+        monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun and accelerate launch set for each process
+        logger.info("ceiling %.3g", 0.04218)
+    assert capsys.readouterr().err.splitlines() == ["hf-llpf: ceiling 0.0422", "hf-llpf: [RANK 0] ceiling 0.0422"]
