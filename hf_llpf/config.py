@@ -287,6 +287,16 @@ class ConnectConfig(_Settings):
             raise ValueError("; ".join(problems))
         return v
 
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_as_the_trainer_spells_it(cls, v: Any) -> Any:
+        """One name (``report_to=tensorboard``), a comma-separated list or ``none``, as transformers' Trainer
+        takes it, besides a list."""
+        if isinstance(v, str):
+            names = [n.strip() for n in v.split(",") if n.strip()]
+            return [] if names == ["none"] else names
+        return v
+
     @field_validator("stages", mode="before")
     @classmethod
     def _typed_stage_overrides(cls, v: Any) -> Any:

@@ -48,3 +48,13 @@ def test_bf16_training_steps_keep_points_fp32_and_tensorboard_logs_every_tick(tm
         # one value per tick of the loop; the last tick (the snap onto θ_B) has no training loss
         assert steps[: ticks - 1] == list(range(1, ticks)), tag
     assert acc.Scalars("run/sgd_iters")[-1].value == path.summary["run"]["sgd_iters"]
+
+
+def test_report_to_takes_one_name_as_the_trainer_does():
+    from hf_llpf.config import ConnectConfig
+    from hf_llpf.recipes import apply_overrides
+
+    assert ConnectConfig(report_to="tensorboard").report_to == ["tensorboard"]
+    assert ConnectConfig(report_to="tensorboard, wandb").report_to == ["tensorboard", "wandb"]
+    assert ConnectConfig(report_to="none").report_to == [] == ConnectConfig().report_to
+    assert ConnectConfig(**apply_overrides({}, ["report_to=tensorboard"])).report_to == ["tensorboard"]
