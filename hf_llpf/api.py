@@ -174,7 +174,7 @@ def _run_and_record(
     if ckpt is None or resumed_with:
         _describe_run(writer, ea, eb, plan, config, method, command, new=ckpt is None)
     make_trainer = trainer_factory(config, loader, loss_fn, accelerator)
-    on_tick = tick_logger(config, accelerator)
+    on_tick = tick_logger(config, accelerator, ceiling=certifier.ceiling)
     start = time.perf_counter()
     setup_run = RunSetup(ea, eb, plan, config, make_trainer, writer, accelerator.device, progress, ckpt is not None,
                          certifier)  # fmt: skip

@@ -183,6 +183,8 @@ def _curve_figure(run_dir: FsPath, data: dict, *, metric: str) -> plt.Figure:
             label="LLPF segment interiors (continuity, train subset)",
         )
         plotted += y
+    if metric == "loss":
+        plotted += _levels(ax, points, data.get("summary", {}))
     if metric == "loss" and _wants_log(plotted, baseline):
         ax.set_yscale("log")
     ax.set_xlim(0, 1)
@@ -195,6 +197,22 @@ def _curve_figure(run_dir: FsPath, data: dict, *, metric: str) -> plt.Figure:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def _levels(ax: plt.Axes, points: list[dict], summary: dict) -> list[float]:
+    """The levels a reader judges the loss curve by: the ceiling the run certified against (with its verdict) and
+    the endpoints' train loss; returns the values drawn."""
+    ends = max(points[0]["eval_train_loss"], points[-1]["eval_train_loss"])
+    ax.axhline(ends, color="gray", ls=":", lw=1.2, label=f"endpoints' train loss (higher end) {ends:.4g}")
+    drawn = [ends]
+    run = summary.get("run") if isinstance(summary, dict) else None
+    cert = run.get("certification") if isinstance(run, dict) else None
+    ceiling = cert.get("ceiling") if isinstance(cert, dict) else None
+    if isinstance(ceiling, (int, float)) and math.isfinite(ceiling):
+        verdict = "certified" if cert.get("certified") is True else "NOT certified"
+        ax.axhline(ceiling, color="black", ls="-.", lw=1.2, label=f"loss ceiling {ceiling:.4g} ({verdict})")
+        drawn.append(float(ceiling))
+    return drawn
 
 
 def _curve_plot(run_dir: FsPath, data: dict, *, metric: str, out: FsPath) -> FsPath:

@@ -1,4 +1,4 @@
-"""Experiment trackers (``report_to``, through Accelerate): the run's settings and a row per tick."""
+"""Experiment trackers (``report_to``, through Accelerate): the run's settings, a row per tick, the ceiling."""
 
 from __future__ import annotations
 
@@ -11,19 +11,25 @@ from accelerate import Accelerator
 from hf_llpf.config import ConnectConfig
 
 
-def tick_logger(config: ConnectConfig, accelerator: Accelerator) -> Callable[[dict], None] | None:
+def tick_logger(
+    config: ConnectConfig, accelerator: Accelerator, *, ceiling: float | None = None
+) -> Callable[[dict], None] | None:
     """With ``report_to``: start the run's experiment trackers and return the per-tick logging callback.
 
-    Each tick logs its training loss, stage, distance to θ_B and SGD iterations so far, at step = its tick.
+    Each tick logs its training loss, stage, distance to θ_B, SGD iterations so far and, where the certifier
+    measured them, the probe losses of its point and segment, at step = its tick; with a loss ceiling, the
+    ceiling too (``loss_ceiling``, one value per tick, so it draws as a line beside the probe losses).
     Without ``report_to``: ``None`` (nothing is started).
     """
     if not config.report_to:
         return None
     accelerator.init_trackers("hf_llpf", config=tracker_config(config))
-    keys = ("train_loss", "stage", "dist_b", "sgd_iters")
+    keys = ("train_loss", "stage", "dist_b", "sgd_iters", "probe_loss", "segment_loss")
+    fixed = {} if ceiling is None else {"loss_ceiling": ceiling}
 
     def on_tick(row: dict) -> None:
-        accelerator.log({k: row[k] for k in keys if row.get(k) is not None}, step=row["tick"])
+        logged = {k: row[k] for k in keys if row.get(k) is not None}
+        accelerator.log({**logged, **fixed}, step=row["tick"])
 
     return on_tick
 

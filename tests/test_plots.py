@@ -97,3 +97,22 @@ def test_the_one_point_end_phase_gets_a_visible_band():
     assert len(bands) == 1
     left, width = bands[0].get_x(), bands[0].get_width()  # data coordinates on x (axvspan)
     assert left + width == pytest.approx(1.0) and width == pytest.approx(0.012)
+
+
+def test_the_loss_plot_draws_the_certified_ceiling_and_the_endpoints_level():
+    data = _data([0.002, 0.03, 0.041, 0.003], [0.002, 2.0, 0.003])
+    data["summary"] = {"run": {"certification": {"ceiling": 0.04218, "certified": True}}}
+    fig = _curve_figure(Path("run"), data, metric="loss")
+    try:
+        levels = {line.get_label(): line.get_ydata()[0] for line in fig.axes[0].lines if len(line.get_ydata()) == 2}
+    finally:
+        plt.close(fig)
+    assert levels == {
+        "endpoints' train loss (higher end) 0.003": pytest.approx(0.003),
+        "loss ceiling 0.04218 (certified)": pytest.approx(0.04218),
+    }
+    data["summary"]["run"]["certification"]["certified"] = False
+    fig = _curve_figure(Path("run"), data, metric="loss")
+    labels = [line.get_label() for line in fig.axes[0].lines]
+    plt.close(fig)
+    assert "loss ceiling 0.04218 (NOT certified)" in labels

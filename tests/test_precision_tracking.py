@@ -23,7 +23,7 @@ def test_bf16_training_steps_keep_points_fp32_and_tensorboard_logs_every_tick(tm
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "hf_llpf.cli", "connect", str(tmp_path / "a"), str(tmp_path / "b")]
     cmd += ["--data", "digits", "--out", str(run), "--no-progress", "--threads", "1"]
-    cmd += ["step_r=0.34", "max_iters=5", "repair_budget=8", "mixed_precision=bf16", "report_to=[tensorboard]"]
+    cmd += ["step_r=0.34", "max_iters=5", "repair_budget=8", "mixed_precision=bf16", "report_to=tensorboard"]
     result = subprocess.run(
         cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
@@ -48,6 +48,11 @@ def test_bf16_training_steps_keep_points_fp32_and_tensorboard_logs_every_tick(tm
         # one value per tick of the loop; the last tick (the snap onto θ_B) has no training loss
         assert steps[: ticks - 1] == list(range(1, ticks)), tag
     assert acc.Scalars("run/sgd_iters")[-1].value == path.summary["run"]["sgd_iters"]
+    ceiling = path.summary["run"]["certification"]["ceiling"]
+    assert {e.value for e in acc.Scalars("loss_ceiling")} == {pytest.approx(ceiling, rel=1e-6)}
+    probed = {e.step: e.value for e in acc.Scalars("probe_loss")}
+    recorded = {t["tick"]: t["probe_loss"] for t in path.tick_log if t.get("probe_loss") is not None}
+    assert probed.keys() == recorded.keys() and len(probed) > 0
 
 
 def test_report_to_takes_one_name_as_the_trainer_does():
