@@ -104,6 +104,11 @@ def _range(r: Sequence[float] | None, digits: int = 3) -> str:
     return "—" if not r else f"{_f(r[0], digits)}–{_f(r[1], digits)}"
 
 
+def _pct(x: Any) -> str:
+    """An accuracy as a percentage, the unit of every report of this tool (stored as a fraction)."""
+    return "—" if _missing(x) else f"{100 * x:.2f}%"
+
+
 def markdown_table(table: dict) -> str:
     """The comparison as a markdown table (one row per method, the probe data named under it)."""
     recal = table["settings"].get("recalibrate_bn")
@@ -128,9 +133,9 @@ def markdown_table(table: dict) -> str:
             r["method"],
             _f(r["max_train_loss"]),
             _f(r["barrier"]),
-            _f(r["min_train_acc"]),
+            _pct(r["min_train_acc"]),
             _range(r["test_loss_range"]),
-            _range(r["test_acc_range"]),
+            "—" if not r["test_acc_range"] else f"{_pct(r['test_acc_range'][0])}–{_pct(r['test_acc_range'][1])}",
             str(r["sgd_iters"]),
             _f(r["seconds"], 1),
             {True: "yes", False: "NO"}.get(r.get("certified"), "—"),

@@ -42,7 +42,8 @@ def test_the_markdown_table_ends_with_the_verdicts_and_shows_certification():
     }
     lines = markdown_table(table).splitlines()
     assert lines[0].endswith("| wall s | certified |")
-    assert lines[2].endswith("| 600 | 9.0 | yes |") and lines[3].endswith("| 0 | 1.0 | — |")
+    assert lines[2] == "| llpf | 0.0500 | 0.0000 | 100.00% | 0.100–0.200 | 90.00%–100.00% | 600 | 9.0 | yes |"
+    assert lines[3].endswith("| 0 | 1.0 | — |")  # accuracy in percent, as evaluate and the card print it
     assert lines[-2:] == [
         "verdict: lowest maximum train loss: llpf (0.0500; next linear 2.4000)",
         "verdict: lowest cost to certify: llpf (600 SGD iterations, 9.0 s); no other method was certified",
