@@ -215,6 +215,19 @@ def _check_tokenizers(a: dict[str, bytes], b: dict[str, bytes], differ: list[str
         ) from None
 
 
+def _same(name: str, a: bytes, b: bytes) -> bool:
+    """Whether two endpoints' files of one name are the same file: equal bytes, or, for ``tokenizer.json``, equal up
+    to the call state a fine-tune leaves in it (the truncation it was last called with)."""
+    if a == b:
+        return True
+    if name != "tokenizer.json":
+        return False
+    from hf_llpf.tokenizer import without_call_state
+
+    clean_a = without_call_state(a)
+    return clean_a is not None and clean_a == without_call_state(b)
+
+
 def merge_assets(
     a: dict[str, bytes], b: dict[str, bytes], *, labels: tuple[str, str], tokenizer: dict[str, bytes] | None = None,
     tokenizer_origin: str = "data.tokenizer",
@@ -236,16 +249,17 @@ def merge_assets(
         a, b = ({k: v for k, v in d.items() if ASSET_KINDS[k] != TOKENIZER} for d in (a, b))
         out.files.update(tokenizer)
         out.origin.update(dict.fromkeys(tokenizer, tokenizer_origin))
-    tok_differ = sorted(k for k in a.keys() & b.keys() if ASSET_KINDS[k] == TOKENIZER and a[k] != b[k])
+    tok_differ = sorted(k for k in a.keys() & b.keys() if ASSET_KINDS[k] == TOKENIZER and not _same(k, a[k], b[k]))
     if tok_differ:
         _check_tokenizers(*({k: v for k, v in d.items() if ASSET_KINDS[k] == TOKENIZER} for d in (a, b)),
                           tok_differ, labels)  # fmt: skip
     for name in sorted(a.keys() | b.keys()):
         if name in a and name in b:
-            out.files[name], out.origin[name] = a[name], "A" if a[name] != b[name] else "A and B"
-            if a[name] != b[name]:
-                same = ASSET_KINDS[name] == TOKENIZER
-                why = "the tokenizers read text the same way" if same else "A is the reference"
+            same = _same(name, a[name], b[name])
+            out.files[name], out.origin[name] = a[name], "A and B" if same else "A"
+            if not same:
+                tok = ASSET_KINDS[name] == TOKENIZER
+                why = "the tokenizers read text the same way" if tok else "A is the reference"
                 out.notes.append(f"{name} differs between endpoint A and endpoint B: A's is kept ({why})")
         else:
             side = "A" if name in a else "B"

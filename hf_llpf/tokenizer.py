@@ -107,10 +107,30 @@ def check_same_tokenizer(a: Any, b: Any, *, texts: list[str]) -> None:
             )
 
 
+# What a fast tokenizer's JSON holds of the last call (calling it with truncation or padding sets them): the run
+# passes its own truncation and padding at every call, so they are not part of what the tokenizer is.
+_CALL_STATE = ("truncation", "padding")
+
+
+def without_call_state(tokenizer_json: str | bytes) -> str | None:
+    """A fast tokenizer's ``tokenizer.json`` with its call state (truncation, padding) cleared, as canonical JSON
+    (``None`` when the text is not a JSON object)."""
+    try:
+        data = json.loads(tokenizer_json)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return json.dumps({**data, **dict.fromkeys(_CALL_STATE)}, sort_keys=True, ensure_ascii=False)
+
+
 def tokenizer_fingerprint(tok: Any) -> str:
-    """A short sha256 of what decides the token ids (the fast tokenizer's JSON, else the vocabulary)."""
+    """A short sha256 of what decides the token ids: the fast tokenizer's JSON without its call state (so an untouched
+    tokenizer gives the same fingerprint before and after it was called with truncation), else the vocabulary."""
     backend = getattr(tok, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    text = None if backend is None else without_call_state(backend.to_str())
+    if text is None:
+        text = json.dumps(sorted(tok.get_vocab().items()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -127,4 +147,12 @@ def model_max_length(tok: Any, model: Any = None) -> int | None:
     return min(limits) if limits else None
 
 
-__all__ = ["check_same_tokenizer", "endpoint_tokenizers", "load_tokenizer", "model_max_length", "tokenizer_spec"]
+__all__ = [
+    "check_same_tokenizer",
+    "endpoint_tokenizers",
+    "load_tokenizer",
+    "model_max_length",
+    "tokenizer_fingerprint",
+    "tokenizer_spec",
+    "without_call_state",
+]

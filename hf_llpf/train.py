@@ -230,10 +230,22 @@ def _save_model_folder(model: nn.Module, out: Path, endpoint: Endpoint, metrics:
     save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+        _clear_call_state(tmp / "tokenizer.json")
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+def _clear_call_state(tokenizer_json: Path) -> None:
+    """Save the tokenizer as it was loaded, not as the training last called it: the truncation the data pipeline
+    set would otherwise make one fine-tune's tokenizer.json differ from another's (and from its base model's)."""
+    from hf_llpf.tokenizer import without_call_state
+
+    if tokenizer_json.is_file():
+        clean = without_call_state(tokenizer_json.read_text(encoding="utf-8"))
+        if clean is not None:
+            tokenizer_json.write_text(clean, encoding="utf-8")
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> int:

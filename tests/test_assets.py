@@ -118,6 +118,20 @@ def test_tokenizer_files_differing_in_bytes_only_keep_a():
     assert any("tokenizer_config.json differs" in n and "read text the same way" in n for n in assets.notes)
 
 
+def test_a_tokenizer_json_differing_only_in_its_call_state_is_the_same_file_and_fingerprint():
+    from hf_llpf.tokenizer import tokenizer_fingerprint
+
+    tok = word_tokenizer()
+    a = tokenizer_files(None, tok)
+    before = tokenizer_fingerprint(tok)
+    tok("a call with truncation sets the backend's state", truncation=True, max_length=4, padding="max_length")
+    called = tokenizer_files(None, tok)
+    assert json.loads(called["tokenizer.json"])["truncation"] is not None  # what a fine-tune's save holds
+    assert tokenizer_fingerprint(tok) == before
+    assets = merge_assets(a, called, labels=LABELS)
+    assert assets.origin["tokenizer.json"] == "A and B" and assets.notes == []
+
+
 def test_tokenizers_that_read_text_differently_are_an_error_naming_both_endpoints():
     a, b = _tok_files(), _tok_files(extra=("zebra",))
     with pytest.raises(DataMismatchError, match=r"tokenizer.json.*folder-a.*folder-b|folder-a.*folder-b.*tokenizer"):

@@ -83,7 +83,7 @@ def test_text_classification_cli_connect_then_evaluate(w, monkeypatch, capsys):
     card = str(build_model_card(w / "run"))
     assert (
         f"Data: `reviews.parquet`: text-classification; splits `train`/`test`: 128/32 examples; columns `text`, "
-        f"`label`; tokenizer `bert_0` (sha256 `{rec['tokenizer_sha256']}`); fingerprints "
+        f"`label`; tokenizer `bert_0` (fingerprint `{rec['tokenizer_sha256']}` of what decides its ids); fingerprints "
         f"`{rec['train_fingerprint']}`/`{rec['test_fingerprint']}`." in card
     )
     assert "digits" not in card
@@ -128,6 +128,8 @@ def test_train_fine_tunes_a_text_endpoint_and_saves_its_tokenizer(w, monkeypatch
     args = ["train", "bert_0", "--data", "reviews.parquet", "--out", "ft", "epochs=1", "batch_size=16"]
     assert main([*args, "optimizer=adamw", "lr=0.001"]) == 0
     assert {"tokenizer.json", "model.safetensors", "metrics.json"} <= {p.name for p in (w / "ft").iterdir()}
+    saved = __import__("json").loads((w / "ft" / "tokenizer.json").read_text())
+    assert saved["truncation"] is None and saved["padding"] is None  # saved as loaded, not as the training called it
     metrics = __import__("json").loads((w / "ft" / "metrics.json").read_text())
     assert metrics["iterations"] == 8  # 128 training reviews, batches of 16, one epoch
     from hf_llpf.evaluation import score

@@ -105,7 +105,8 @@ class RunFacts:
         if columns:
             parts.append("columns " + ", ".join(columns))
         if data.get("tokenizer"):
-            parts.append(f"tokenizer `{data['tokenizer']}` (sha256 `{rec.get('tokenizer_sha256')}`)")
+            fingerprint = rec.get("tokenizer_sha256")
+            parts.append(f"tokenizer `{data['tokenizer']}` (fingerprint `{fingerprint}` of what decides its ids)")
         if rec.get("train_fingerprint"):
             parts.append(f"fingerprints `{rec.get('train_fingerprint')}`/`{rec.get('test_fingerprint')}`")
         return line + (": " + "; ".join(parts) if parts else "") + "."
