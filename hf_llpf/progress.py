@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -61,6 +62,12 @@ def counting_bar(items, *, desc: str, unit: str, requested: bool = True, main: b
 
 
 _REQUESTED: contextvars.ContextVar[bool] = contextvars.ContextVar("hf_llpf_progress_requested", default=True)
+
+
+def loss_label(loss: float | None) -> str:
+    """A tick's repair loss as a progress bar shows it: ``no repair`` for a tick that needed none (its loss is
+    ``nan`` in the records, which on a bar reads like a diverged run)."""
+    return f"{loss:.4f}" if loss is not None and math.isfinite(loss) else "no repair"
 
 
 @contextlib.contextmanager

@@ -20,10 +20,17 @@ def _hard_config(small_cnn_pair, digits):
     return {**QUICK, "loss_ceiling": max(ends) * 1.01, "repair_budget": 4, "max_backtracks": 1}
 
 
-def test_a_spent_budget_halves_the_repair_rate_down_to_its_floor(small_cnn_pair, digits, tmp_path):
+def test_a_spent_budget_halves_the_repair_rate_down_to_its_floor(small_cnn_pair, digits, tmp_path, capsys):
+    from hf_llpf.logging import configured
+
     config = _hard_config(small_cnn_pair, digits)
-    path = hf_llpf.connect(*small_cnn_pair, digits, config=config, run_dir=tmp_path / "r", progress=False)
+    with configured("info"):
+        path = hf_llpf.connect(*small_cnn_pair, digits, config=config, run_dir=tmp_path / "r", progress=False)
     assert path.summary["run"]["repair_lr_scale"] == MIN_LR_SCALE  # 1 -> 1/2 -> 1/4 -> 1/8, then kept
+    out, err = capsys.readouterr()
+    lowered = [line for line in err.splitlines() if "the repair's lr is now" in line]
+    assert len(lowered) == 3 and all(line.startswith("hf-llpf: ") for line in lowered)  # a warning on stderr
+    assert "lr is now" not in out
     easy = hf_llpf.connect(*small_cnn_pair, digits, config=QUICK, run_dir=tmp_path / "e", progress=False)
     ticks = read_metrics(easy.root)["ticks"]
     assert max(r["iters"] for r in ticks) < QUICK.get("repair_budget", 150)  # no budget ran out ...

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from accelerate.logging import get_logger
 from torch import nn
-from tqdm.auto import tqdm
 
 from hf_llpf.algorithms.certify import Certifier, Verdict
 from hf_llpf.algorithms.guard import DivergenceGuard, diverged
@@ -30,6 +30,8 @@ from hf_llpf.run.storage import round_to_storage
 from hf_llpf.seeding import rng_state, set_rng_state
 from hf_llpf.stages import StagePlan
 from hf_llpf.train import RepairTrainer
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -296,7 +298,7 @@ class Method:
             return
         st.lr_scale /= 2
         self.trainer.scale_lr(st.lr_scale)
-        tqdm.write(
+        logger.warning(
             f"{name} tick {st.tick + 1 + self.offset}: {why}; the repair's lr is now {self.config.lr * st.lr_scale:g}"
         )
 

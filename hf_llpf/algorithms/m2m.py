@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from hf_llpf import geometry
@@ -27,9 +28,11 @@ from hf_llpf.algorithms.certify import Verdict
 from hf_llpf.algorithms.guard import check_in_sync
 from hf_llpf.algorithms.registry import register
 from hf_llpf.models import Endpoint
-from hf_llpf.progress import progress_enabled
+from hf_llpf.progress import loss_label, progress_enabled
 from hf_llpf.run.records import PointRecord, TickRecord
 from hf_llpf.stages.matching import schedule_start_ticks
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -201,7 +204,7 @@ class M2M(Method):
                 bar.update(st.active - bar.n)
                 bar.set_postfix(
                     stage_ticks=st.tick - self._stage_start_tick(),
-                    loss=f"{st.ticks[-1]['train_loss']:.4f}",
+                    loss=loss_label(st.ticks[-1]["train_loss"]),
                     dist_b=f"{st.ticks[-1]['dist_b']:.3g}",
                 )
         finally:
@@ -284,7 +287,7 @@ class M2M(Method):
         dist = geometry.distances(self.params, self.target)
         rel = float(self._stage_remaining(dist).max())
         if rel > self.config.arrival_tol:
-            tqdm.write(
+            logger.warning(
                 f"max_ticks={self.config.max_ticks} reached before every stage arrived (largest remaining "
                 f"distance {rel:.1%} of a stage's initial one): the last segment into θ_B is long — check continuity"
             )

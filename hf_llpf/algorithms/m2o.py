@@ -31,7 +31,7 @@ from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, Run
 from hf_llpf.algorithms.certify import Verdict
 from hf_llpf.algorithms.registry import register
 from hf_llpf.errors import ConfigError
-from hf_llpf.progress import progress_enabled
+from hf_llpf.progress import loss_label, progress_enabled
 from hf_llpf.run.records import PointRecord, TickRecord
 from hf_llpf.stages import StagePlan
 
@@ -202,7 +202,7 @@ class M2O(Method):
                 loss = self._tick()
                 bar.update(sum(st.reached) - bar.n)
                 ratio = float((geometry.variances(self.moved) / self.start_var.clamp_min(1e-300)).max())
-                bar.set_postfix(tick=st.tick, loss=f"{loss:.4f}", var_ratio=f"{ratio:.3f}")
+                bar.set_postfix(tick=st.tick, loss=loss_label(loss), var_ratio=f"{ratio:.3f}")
         finally:
             bar.close()
         if st.points[-1]["tick"] != st.tick:  # stopped by max_ticks between two saved points
