@@ -108,6 +108,10 @@ def test_push_into_a_repo_of_other_files_refuses_listing_them_and_uploads_nothin
     assert "config.json" in replaced and "model.safetensors" in replaced
     assert _state(repo) == before and tree_digest(run) == local  # no commit, no branch, no tag; README unchanged
     assert not [r for r in standin.requests if r[0] == "POST" and "user/mixed" in r[1]]  # no preupload, no commit
+    # A new branch starts from main and holds the same files: checked alike, and not created.
+    rc, _, err = _push(standin, run, "user/mixed", "--revision", "dev", capsys=capsys)
+    assert rc == 2 and "user/mixed@dev (a new branch from main) refused" in err and "points/keep.txt" in err
+    assert _state(repo) == before
 
 
 def test_delete_patterns_allow_only_what_they_match(hub, online, tmp_path, capsys):

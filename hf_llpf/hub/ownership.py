@@ -109,6 +109,7 @@ def plan_changes(
     files: dict[str, bytes | FsPath],
     opts: dict,
     point_branch: bool = False,
+    target: str | None = None,
 ) -> Changes:
     """Check what the push of ``files`` would delete or replace on ``revision`` (the branch, or where a new
     branch starts; None: a new repo) and return it.
@@ -116,7 +117,7 @@ def plan_changes(
     ``opts``: ``include``/``exclude`` (the push's patterns), ``delete_other`` (bool), ``delete_patterns``.
     ``point_branch``: a branch of ``push --point-revisions``, made by the tool from a tagged commit: its root
     model and card are its own (rewritten by every push), and a file it deletes is another's only when its
-    content is in no tagged commit at all.
+    content is in no tagged commit at all. ``target``: the branch pushed to, when it is a new one (for the message).
 
     Raises:
         HubConflictError: the push would delete or replace files no earlier push published, without permission;
@@ -138,7 +139,8 @@ def plan_changes(
     other_replaced = [p for p in common if p not in own and not same_content(remote[p], files[p])]
     refused = [p for p in (*other_deleted, *other_replaced) if not opts.get("delete_other") and p not in user]
     if refused:
-        raise HubConflictError(_refusal(repo_id, revision, other_deleted, other_replaced, refused))
+        where = revision if target in (None, revision) else f"{target} (a new branch from {revision})"
+        raise HubConflictError(_refusal(repo_id, where, other_deleted, other_replaced, refused))
     return Changes(deletions=deletions, replaced_other=other_replaced, deleted_other=other_deleted)
 
 
@@ -157,7 +159,7 @@ def _refusal(repo_id: str, revision: str, deleted: list[str], replaced: list[str
         f"push to {repo_id}@{revision} refused, nothing was uploaded: it would {'; and '.join(parts)} — files "
         "that no earlier push of hf_llpf published (none is in a commit tagged llpf-…). To keep them, name them "
         "with --exclude GLOB (a push neither publishes nor deletes excluded files; keeping the root's config.json "
-        "and model.safetensors also needs --root-point none), or push to another repo or --revision; to delete "
+        "and model.safetensors also needs --root-point none), or push to another repo; to delete "
         "or replace them, pass --delete-other (all of them) or --delete-patterns GLOB (those matching)"
     )
 

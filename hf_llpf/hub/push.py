@@ -212,7 +212,7 @@ def _push(api: Any, *, repo_id: str, files: dict, revision: str, private: bool, 
     # Before anything is sent: what the push deletes or replaces on the branch (or on main, where a new branch
     # starts); files no earlier push published are refused unless the user allowed it (hf_llpf.hub.ownership).
     base = revision if revision in branches else ("main" if "main" in branches else None)
-    changes = plan_changes(api, repo_id=repo_id, revision=base, refs=refs, files=files, opts=opts)
+    changes = plan_changes(api, repo_id=repo_id, revision=base, refs=refs, files=files, opts=opts, target=revision)
     api.create_repo(repo_id, private=private, exist_ok=True)
     refs = _refs(api, repo_id)
     branches = {b.name: b.target_commit for b in (refs.branches if refs else [])}
