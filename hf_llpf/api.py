@@ -102,7 +102,7 @@ def connect(
     # checked now, before any work, and travel with the points (hf_llpf.assets).
     data_config = run_data_config(bundle, example, config.data)
     ea, eb = with_data_config(ea, data_config), with_data_config(eb, data_config)
-    assets = run_assets(ea, eb, bundle)
+    assets = run_assets(ea, eb, bundle, keep_auto_map=config.keep_auto_map)
     setup["setup_data"] = time.perf_counter() - t
     t = time.perf_counter()
     plan = stage_plan(ea, example, config)
@@ -319,7 +319,7 @@ def walk_to_origin(
     if config.m2o.target_variance >= 1:
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
     endpoint = with_data_config(endpoint, run_data_config(bundle, example, config.data))
-    assets = run_assets(endpoint, None, bundle)
+    assets = run_assets(endpoint, None, bundle, keep_auto_map=config.keep_auto_map)
     certifier = run_certifier([endpoint], train_data, loader, bundle, config, loss_fn, accelerator)  # before any write
     with RunWriter(run_dir, exist=exist, storage=storage) as writer, progress_requested(progress):
         write_assets(writer.root, assets)

@@ -270,9 +270,13 @@ def merge_assets(
     return out
 
 
-def run_assets(ea: Any, eb: Any = None, bundle: Any = None) -> Assets:
+def run_assets(ea: Any, eb: Any = None, bundle: Any = None, *, keep_auto_map: bool = False) -> Assets:
     """The companion files of a run: the endpoints' (:func:`merge_assets`), with the run's own tokenizer when it
     was not endpoint A's (``data.tokenizer``, or a tokenizer object in a text bundle given from Python).
+
+    Unless ``keep_auto_map``, the pointers to code in other repos (``auto_map``, :mod:`hf_llpf.remote_code`) are
+    removed from the files, as the point writer removes them from each point's ``config.json``; one log line names
+    what the endpoints carried.
 
     Raises:
         DataMismatchError: see :func:`merge_assets`.
@@ -292,7 +296,25 @@ def run_assets(ea: Any, eb: Any = None, bundle: Any = None) -> Assets:
     assets = merge_assets(a, b, labels=labels, tokenizer=tokenizer, tokenizer_origin=origin)
     if getattr(bundle, "task", None) == "image" and "preprocessor_config.json" in assets.files:
         _check_processor(assets, bundle)
+    if not keep_auto_map:
+        _strip_remote_code(assets, ea, eb)
     return assets
+
+
+def _strip_remote_code(assets: Assets, ea: Any, eb: Any) -> None:
+    """Remove the remote-code pointers from the companion files; log one line for them and the endpoints' configs
+    (whose copies in the points the point writer strips)."""
+    from hf_llpf.remote_code import carried, removed_note, strip_files
+
+    files, found = strip_files(assets.files)
+    assets.files.update(files)
+    for label, ep in (("A", ea), ("B", eb)):
+        if getattr(ep, "kind", None) == "transformers" and carried(getattr(ep, "arch", None) or {}):
+            found[f"endpoint {label}'s config.json (in every point)"] = carried(ep.arch)
+    if found:
+        what = "what this run writes"
+        logger.warning(removed_note({k if " " in k else f"{ASSETS_DIR}/{k}": v for k, v in found.items()},
+                                    what=what), main_process_only=True)  # fmt: skip
 
 
 def _check_processor(assets: Assets, bundle: Any) -> None:

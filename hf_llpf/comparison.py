@@ -297,7 +297,7 @@ def compare_run(
     from hf_llpf.data import DataBundle
     from hf_llpf.evaluation.sets import resolve_data
     from hf_llpf.inputs import resolve_config
-    from hf_llpf.models import as_endpoint, load_endpoint
+    from hf_llpf.models import as_endpoint
     from hf_llpf.run import Path
 
     baselines = _check_methods(baselines)
@@ -312,9 +312,7 @@ def compare_run(
     recorded = path.config if (path.root / "llpf_config.yaml").is_file() else {}
     config = resolve_config({k: recorded[k] for k in ("batch_size", "seed") if k in recorded})
     config = config.model_copy(update={"data": bundle.config})
-    ends = [
-        as_endpoint(path.model_at(i)) if template is not None else load_endpoint(path.point_dir(i)) for i in (0, -1)
-    ]
+    ends = [as_endpoint(path.model_at(i)) if template is not None else path.endpoint_at(i) for i in (0, -1)]
     judge = _Judge(
         bundle,
         train_subset=train_subset,

@@ -251,6 +251,11 @@ class ConnectConfig(_Settings):
         description="a point larger than this is written as safetensors shards with model.safetensors.index.json "
         "(digits with KB/MB/GB/TB, or bytes). timm's own loaders read only unsharded points",
     )
+    keep_auto_map: bool = Field(
+        False,
+        description="keep the endpoints' auto_map / custom_pipelines (pointers to code in other repos) in the points' "
+        "config.json and the run's tokenizer/processor configs; by default they are removed (docs/hub.md)",
+    )
     checkpoint_every: int = Field(25, ge=1, description="write the resume checkpoint every N ticks")
     loss_limit: float = Field(10.0, gt=0, description="a tick whose loss is above this (or non-finite) is rolled back")
     max_failures: int = Field(5, ge=1, description="rolled-back ticks allowed before the run stops")

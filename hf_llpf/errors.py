@@ -73,3 +73,13 @@ class NotApplicableError(LLPFError, ValueError):
     def __init__(self, method: str, reason: str):
         self.method, self.reason = method, reason
         super().__init__(f"{method}: not applicable: {reason}")
+
+
+class UnsafeEndpointError(LLPFError, ValueError):
+    """An endpoint's files ask for something hf_llpf never does: build a model by loading a file from a path
+    (a pickle checkpoint), or fetch weights from elsewhere. The message names the file, the key and why."""
+
+
+class HubConflictError(LLPFError, ValueError):
+    """A push would delete or replace files of the Hub repo that no earlier push of hf_llpf published; nothing
+    was uploaded. The message lists them and the options that allow it."""

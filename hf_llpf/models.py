@@ -107,6 +107,9 @@ def create_model(name: str, **model_args: Any) -> nn.Module:
         close = difflib.get_close_matches(name, timm.list_models(), n=8)
         allowed = [*hf_llpf.zoo.BUILTIN_MODELS, *close, "... (timm.list_models() has the rest)"]
         raise UnknownNameError("model", name, allowed)
+    from hf_llpf.timm_config import check_model_args
+
+    check_model_args(model_args, source="model_args")  # before timm sees them: checkpoint_path is a torch.load
     allowed = _builtin_args(name)
     unknown = sorted(set(model_args) - set(allowed)) if allowed is not None else []
     if unknown:
@@ -152,6 +155,7 @@ def load_endpoint(
     arch: str | None = None,
     model_args: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
+    allowed_root: str | os.PathLike | None = None,
 ) -> Endpoint:
     """Load one endpoint.
 
@@ -161,16 +165,22 @@ def load_endpoint(
         arch: timm/built-in model name, needed when ``spec`` is a bare safetensors file.
         model_args: constructor arguments for ``arch`` (e.g. ``{"num_classes": 10}``).
         trust_remote_code: passed to transformers; off unless asked.
+        allowed_root: for a folder ``spec`` read from an untrusted place (a point of a run directory): every file
+            in it must resolve inside this folder once links are followed, or nothing is read.
 
     Raises:
-        UnknownNameError, CorruptCheckpointError, OfflineError: see the messages.
+        UnknownNameError, CorruptCheckpointError, OfflineError: see the messages. UnsafeEndpointError: a timm
+            config.json whose ``model_args`` or ``pretrained_cfg`` would load weights from a file or another
+            source. RunDirectoryError: with ``allowed_root``, a file of the folder resolves outside it.
     """
     if isinstance(spec, nn.Module):
         return as_endpoint(spec)
     spec = str(spec)
     path = Path(spec)
     if path.is_dir():
-        return _load_folder(path, source=spec, revision=None, trust_remote_code=trust_remote_code)
+        return _load_folder(
+            path, source=spec, revision=None, trust_remote_code=trust_remote_code, allowed_root=allowed_root
+        )
     if spec.endswith(".safetensors"):
         if not path.is_file():
             raise UnknownNameError("endpoint file", spec, ["an existing .safetensors file"])
@@ -204,7 +214,14 @@ def load_endpoint(
     return _load_hub(spec, trust_remote_code=trust_remote_code)
 
 
-def _load_folder(path: Path, *, source: str, revision: str | None, trust_remote_code: bool) -> Endpoint:
+def _load_folder(
+    path: Path, *, source: str, revision: str | None, trust_remote_code: bool, allowed_root: str | os.PathLike | None
+) -> Endpoint:
+    if allowed_root is not None:  # an untrusted folder: no file of it may lead outside, whatever reads it
+        from hf_llpf.safe_paths import walk_files
+
+        for _ in walk_files(path, allowed_root=Path(allowed_root)):
+            pass
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UnknownNameError(
@@ -219,14 +236,18 @@ def _load_folder(path: Path, *, source: str, revision: str | None, trust_remote_
         raise CorruptCheckpointError(f"{config_file}: not valid JSON ({err}); a model folder's config.json") from None
     if not isinstance(config, dict):
         raise CorruptCheckpointError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
-    files = weight_files(path)  # model.safetensors, or the shards of model.safetensors.index.json
+    # model.safetensors, or the shards of model.safetensors.index.json (each resolved inside allowed_root)
+    files = weight_files(path, allowed_root=allowed_root)
     if "architecture" in config:  # timm's Hub format
+        from hf_llpf.timm_config import check_timm_config
+
+        check_timm_config(config, source=str(config_file))
         if not files:
             raise CorruptCheckpointError(f"{path / WEIGHTS_NAME}: missing; only safetensors weights are read")
         model_args = dict(config.get("model_args") or {})
         model_args.setdefault("num_classes", config.get("num_classes", 1000))
         model = create_model(config["architecture"], **model_args)
-        _load_weights(model, path)
+        _load_weights(model, path, allowed_root=allowed_root)
         arch = {"architecture": config["architecture"], "model_args": model_args}
         return Endpoint(model.eval(), "timm", source, revision or local_revision(*files), arch)
     if "model_type" in config:  # transformers
@@ -297,14 +318,15 @@ def _load_hub(spec: str, *, trust_remote_code: bool) -> Endpoint:
     # hf_hub_download returns .../snapshots/<commit sha>/config.json: the sha pins the revision.
     sha = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision
     if "architecture" in config:
-        return _load_folder(folder, source=spec, revision=sha, trust_remote_code=False)
+        # The snapshot's files link into the repo's blob store: models--org--name/{snapshots/<sha>,blobs}.
+        return _load_folder(folder, source=spec, revision=sha, trust_remote_code=False, allowed_root=folder.parents[1])
     model = _load_transformers(repo_id, config, trust_remote_code=trust_remote_code, revision=sha or revision)
     return Endpoint(model.eval(), "transformers", spec, sha, model.config.to_dict())
 
 
-def _load_weights(model: nn.Module, path: Path) -> None:
+def _load_weights(model: nn.Module, path: Path, *, allowed_root: str | os.PathLike | None = None) -> None:
     """Load a safetensors file, or a model folder's weights (one file or shards), cast to the model's dtypes."""
-    state = read_weights(path)
+    state = read_weights(path, allowed_root=allowed_root)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -330,6 +352,7 @@ def save_model(
     arch: dict[str, Any],
     dtype: torch.dtype | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    keep_auto_map: bool = False,
 ) -> Path:
     """Write ``model`` to ``directory`` in the format of its kind (see the module docstring).
 
@@ -342,6 +365,8 @@ def save_model(
         arch: what rebuilds the model (see :class:`Endpoint`).
         dtype: the floating dtype to store the weights in (``None``: the model's own); integer buffers are kept.
         max_shard_size: weights larger than this are cut into shards with an index (``"5GB"``, or bytes).
+        keep_auto_map: keep ``auto_map`` / ``custom_pipelines`` (pointers to code in other repos) in a transformers
+            model's ``config.json``; by default they are removed (:mod:`hf_llpf.remote_code`).
 
     Raises:
         ConfigError: ``dtype`` cannot hold a value of the model (float16 above 65504), or a bad ``max_shard_size``.
@@ -359,6 +384,10 @@ def save_model(
         state = cast_floating(model.state_dict(), dtype) if dtype is not None else None
         with library_bars():
             model.save_pretrained(directory, safe_serialization=True, state_dict=state, max_shard_size=shard)
+        if not keep_auto_map:  # an endpoint's pointer to another repo's code is not republished with the point
+            from hf_llpf.remote_code import strip_file
+
+            strip_file(directory / "config.json")
         return directory
     state, seen = {}, set()
     for k, v in cast_floating(model.state_dict(), dtype).items():

@@ -27,6 +27,57 @@ _FOREIGN = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "tag", "ori
             "notes", "license", "description", "label_names", "label_descriptions", "test_input_size",
             "test_crop_pct")  # fmt: skip
 DATA_CONFIG = "data_config"  # the key of Endpoint.arch that carries the run's data config to save_model
+# timm.create_model arguments that load weights from a file or fetch them (checkpoint_path is read with torch.load,
+# a pickle; the pretrained_cfg* entries name a file, a URL or a repo to read weights from). A point is built from
+# safetensors alone, so an endpoint's config.json naming one of them is refused.
+LOAD_ARGS = ("checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+# The keys of a pretrained_cfg that name where weights come from (timm's _PRETRAINED_SOURCE_KEYS).
+_SOURCE_KEYS = ("file", "url", "hf_hub_id", "hf_hub_filename")
+
+
+def check_model_args(model_args: Any, *, source: str) -> None:
+    """Refuse ``model_args`` that would make timm load a file (or fetch weights) while building the model.
+
+    Args:
+        model_args: the constructor arguments (a config.json's ``model_args``, or given by the user).
+        source: how to name where they came from in the message (the config file, or ``model_args``).
+
+    Raises:
+        UnsafeEndpointError: naming the source, the key and its value, and why it is refused.
+    """
+    from hf_llpf.errors import UnsafeEndpointError
+
+    if not isinstance(model_args, dict):
+        raise UnsafeEndpointError(f"{source}: model_args={model_args!r} must be an object of constructor arguments")
+    for key in LOAD_ARGS:
+        if model_args.get(key) not in (None, False, {}, ""):
+            raise UnsafeEndpointError(
+                f"{source}: model_args.{key}={model_args[key]!r} is refused: it makes timm load weights from a "
+                "file or another source while building the model (checkpoint_path is read with torch.load, a "
+                "pickle). hf_llpf reads weights only from the folder's safetensors files; remove the key"
+            )
+
+
+def check_timm_config(config: dict[str, Any], *, source: str) -> None:
+    """Refuse a timm ``config.json`` whose ``model_args`` or ``pretrained_cfg`` name a file or source of weights.
+
+    Raises:
+        UnsafeEndpointError: see :func:`check_model_args`; or ``pretrained_cfg`` naming a ``file``/``url``/hub id
+            (timm's ``hf-hub:`` loader would read weights from there).
+    """
+    from hf_llpf.errors import UnsafeEndpointError
+
+    check_model_args(config.get("model_args") or {}, source=source)
+    cfg = config.get("pretrained_cfg")
+    if cfg is not None and not isinstance(cfg, dict):
+        raise UnsafeEndpointError(f"{source}: pretrained_cfg={cfg!r} must be an object (timm's pretrained config)")
+    for key in _SOURCE_KEYS:
+        if (cfg or {}).get(key):
+            raise UnsafeEndpointError(
+                f"{source}: pretrained_cfg.{key}={cfg[key]!r} is refused: it names a source timm would load "
+                "weights from instead of the folder's model.safetensors; remove the key (timm's own "
+                "save_for_hf never writes it)"
+            )
 
 
 def run_data_config(bundle: Any, example: Any, data: Any) -> dict[str, Any] | None:
@@ -87,4 +138,13 @@ def write_timm_config(model: Any, directory: str | Path, arch: dict[str, Any]) -
     (Path(directory) / "config.json").write_text(json.dumps(timm_config(model, arch), indent=2))
 
 
-__all__ = ["DATA_CONFIG", "run_data_config", "timm_config", "with_data_config", "write_timm_config"]
+__all__ = [
+    "DATA_CONFIG",
+    "LOAD_ARGS",
+    "check_model_args",
+    "check_timm_config",
+    "run_data_config",
+    "timm_config",
+    "with_data_config",
+    "write_timm_config",
+]

@@ -18,7 +18,7 @@ import safetensors.torch
 import torch
 
 from hf_llpf.errors import ConfigError, CorruptCheckpointError
-from hf_llpf.safe_paths import check_relative_name
+from hf_llpf.safe_paths import check_relative_name, resolve_inside
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -83,39 +83,55 @@ def write_weights(state: dict[str, torch.Tensor], directory: str | os.PathLike, 
     )
 
 
-def weight_files(directory: str | os.PathLike) -> list[Path]:
+def weight_files(directory: str | os.PathLike, *, allowed_root: str | os.PathLike | None = None) -> list[Path]:
     """The safetensors files of a model folder: the shards its index names, else ``model.safetensors``.
+
+    Args:
+        directory: the model folder.
+        allowed_root: where the files may lie once links are followed (a point's own folder; a Hub snapshot's
+            repo cache folder). None: only the names are checked (a model folder the user gave).
 
     Raises:
         CorruptCheckpointError: the index is not valid, or a shard it names is missing.
-        RunDirectoryError: the index names a file that could leave the folder (``..``, an absolute path).
+        RunDirectoryError: the index names a file that could leave the folder (``..``, an absolute path), or,
+            with ``allowed_root``, a file that resolves (through a link) outside it.
     """
     directory = Path(directory)
-    index = directory / INDEX_NAME
+
+    def named(name: object, field: str) -> Path:
+        if allowed_root is None:  # names only (a Hub snapshot's files are links into its blob store)
+            return directory / check_relative_name(name, field=field)
+        return resolve_inside(directory, name, field=field, allowed_root=Path(allowed_root))
+
+    index = named(INDEX_NAME, INDEX_NAME)
     if not index.is_file():
-        single = directory / WEIGHTS_NAME
+        single = named(WEIGHTS_NAME, WEIGHTS_NAME)
         return [single] if single.is_file() else []
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         names = sorted(set(weight_map.values()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise CorruptCheckpointError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
-    # Names only (a Hub snapshot's files are links into its blob store; the readers check where links lead).
-    files = [directory / check_relative_name(name, field=f"{INDEX_NAME} shard") for name in names]
+    files = [named(name, f"{directory / INDEX_NAME} shard") for name in names]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise CorruptCheckpointError(f"{index}: names shard(s) {missing[:3]} that are not in {directory}")
     return files
 
 
-def read_weights(location: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_weights(
+    location: str | os.PathLike, *, allowed_root: str | os.PathLike | None = None
+) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, or of a model folder (one file or all the shards of its index).
 
+    ``allowed_root``: as in :func:`weight_files`.
+
     Raises:
-        CorruptCheckpointError: no weights, or a file that is not readable safetensors.
+        CorruptCheckpointError: no weights, or a file that is not readable safetensors. RunDirectoryError: see
+            :func:`weight_files`.
     """
     location = Path(location)
-    files = weight_files(location) if location.is_dir() else [location]
+    files = weight_files(location, allowed_root=allowed_root) if location.is_dir() else [location]
     if not files:
         raise CorruptCheckpointError(f"{location}: no {WEIGHTS_NAME} or {INDEX_NAME}; only safetensors are read")
     state: dict[str, torch.Tensor] = {}
@@ -127,11 +143,12 @@ def read_weights(location: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def stored_dtype(directory: str | os.PathLike) -> str | None:
+def stored_dtype(directory: str | os.PathLike, *, allowed_root: str | os.PathLike | None = None) -> str | None:
     """The floating dtype the folder's weights are stored in (``"bfloat16"``, ``"float32"``, …; the most common
-    one by tensor count when mixed), read from the safetensors headers only; ``None`` without floating tensors."""
+    one by tensor count when mixed), read from the safetensors headers only; ``None`` without floating tensors.
+    ``allowed_root``: as in :func:`weight_files`."""
     counts: dict[str, int] = {}
-    for f in weight_files(directory):
+    for f in weight_files(directory, allowed_root=allowed_root):
         with safetensors.safe_open(str(f), framework="pt") as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
                 dtype = handle.get_slice(name).get_dtype()

@@ -18,6 +18,12 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="folder to write (must be new or empty)")
     p.add_argument("--push-to-hub", dest="push_to_hub", metavar="REPO", help="also publish it as this model repo")
     p.add_argument("--token", help="write token for --push-to-hub")
+    p.add_argument(
+        "--keep-auto-map",
+        dest="keep_auto_map",
+        action="store_true",
+        help="keep auto_map/custom_pipelines (pointers to code in other repos) in the exported configs",
+    )
     p.set_defaults(func=run)
 
 
@@ -29,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         info = export_point(
-            args.source, point=args.point, out_dir=args.out, push_to_hub=args.push_to_hub, token=args.token
+            args.source,
+            point=args.point,
+            out_dir=args.out,
+            push_to_hub=args.push_to_hub,
+            token=args.token,
+            keep_auto_map=args.keep_auto_map,
         )
     except HfHubHTTPError as err:
         print(hub_refused("export", err, retry="re-run with a new --out to retry"), file=sys.stderr)

@@ -49,6 +49,25 @@ def register(sub) -> None:
         action="store_true",
         help="also one branch per published point (named like its folder, t_000010) with that point at its root",
     )
+    p.add_argument(
+        "--delete-other",
+        dest="delete_other",
+        action="store_true",
+        help="allow deleting and replacing repo files that no earlier push of hf_llpf published (refused otherwise)",
+    )
+    p.add_argument(
+        "--delete-patterns",
+        dest="delete_patterns",
+        action="append",
+        metavar="GLOB",
+        help="repo files matching may be deleted or replaced; those not published are deleted (repeatable)",
+    )
+    p.add_argument(
+        "--keep-auto-map",
+        dest="keep_auto_map",
+        action="store_true",
+        help="keep auto_map/custom_pipelines (pointers to code in other repos) in the published configs",
+    )
     p.add_argument("--license", help="the card's license (default: the endpoints', when they agree)")
     p.add_argument(
         "--files-per-commit",
@@ -84,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
             license=args.license,
             files_per_commit=args.files_per_commit,
             point_revisions=args.point_revisions,
+            delete_other=args.delete_other,
+            delete_patterns=args.delete_patterns,
+            keep_auto_map=args.keep_auto_map,
         )
     except HfHubHTTPError as err:  # the local run directory is unchanged: say so, and that a re-run is safe
         retry = "nothing local changed; re-run to upload what is missing"

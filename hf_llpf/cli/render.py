@@ -124,6 +124,7 @@ def spheres_verdict(v: Any) -> str:
 
 def pushed(info: dict) -> str:
     state = "pushed" if info["created_commit"] else "already up to date"
+    other = set(info.get("deleted_other") or [])
     commits = f" ({info['commits']} commits)" if info.get("commits", 0) > 1 else ""
     lines = [f"{state}: {info['url']} @ {info['revision']} commit {info['commit']}{commits} tag {info['tag']}"]
     if info.get("pr_url"):
@@ -132,7 +133,13 @@ def pushed(info: dict) -> str:
         lines.append(f"{info['files']} files, {len(info['points'])} points, license {info.get('license')}")
     if info.get("root"):
         lines.append(f"repo root: point {info['root'][0]}, {info['root'][1]}")
-    spec = info["repo_id"] + (f"@{info['tag']}" if info.get("tag") else "")
+    for rel in info.get("deleted") or []:  # every deletion is named
+        lines.append(f"deleted: {rel}" + (" (not published by hf_llpf; allowed)" if rel in other else ""))
+    for rel in info.get("replaced_other") or []:
+        lines.append(f"replaced: {rel} (not published by hf_llpf; allowed)")
+    # A pull request's files live at its own ref until it is merged: the hint loads that ref, not the branch.
+    rev = info.get("pr_revision") or info.get("tag")
+    spec = info["repo_id"] + (f"@{rev}" if rev else "")
     lines.append(f'load it with: hf_llpf.load_path("{spec}")')
     return "\n".join(lines)
 

@@ -183,7 +183,8 @@ def evaluate_path(
     result = _evaluate(path, sets, opts, accelerator)
     result["summary"]["evaluation"] = _settings(sets, opts, start)
     # What was judged: the points as stored (read from their files; bf16/fp16 with point_dtype).
-    result["summary"]["evaluation"]["point_dtype"] = stored_dtype(path.point_dir(0))
+    first = path.checked_point_dir(0)
+    result["summary"]["evaluation"]["point_dtype"] = stored_dtype(first, allowed_root=path.point_fence(first))
     return result
 
 

@@ -102,6 +102,8 @@ class Publication:
         published: the indices of the published points (None: all).
         revisions: every published point also has its own branch, named like its folder (``t_000010``).
         license: the ``license``, and ``license_source`` where it came from (one phrase).
+        remote_code_removed: published file -> the pointers to code in other repos removed from it
+            (:mod:`hf_llpf.remote_code`; empty with ``keep_auto_map``).
     """
 
     root: tuple[int, str] | None = None
@@ -110,6 +112,7 @@ class Publication:
     license: str = UNKNOWN_LICENSE
     license_source: str = "not recorded"
     selection: str = field(default="")
+    remote_code_removed: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _eval_results(summary: dict, facts: RunFacts) -> list:

@@ -7,6 +7,7 @@ all; pickled weight files are never copied and a link that leaves the path's fol
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path as FsPath
@@ -22,9 +23,12 @@ from hf_llpf.hub.points import choose_point
 from hf_llpf.hub.public import UNKNOWN_LICENSE, resolve_license
 from hf_llpf.hub.push import upload
 from hf_llpf.hub.spec import parse_repo_spec
+from hf_llpf.remote_code import removed_note, strip_files
 from hf_llpf.run import Path
 from hf_llpf.run.layout import README
 from hf_llpf.safe_paths import walk_files
+
+logger = logging.getLogger(__name__)
 
 
 def _open_source(source: str | os.PathLike | Path, endpoint: str | None) -> tuple[Path, str]:
@@ -41,7 +45,9 @@ def _open_source(source: str | os.PathLike | Path, endpoint: str | None) -> tupl
     return path, label
 
 
-def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | None, reason: str) -> None:
+def _write_point(
+    path: Path, i: int, out: FsPath, *, label: str, repo_id: str | None, reason: str, keep_auto_map: bool
+) -> None:
     """Copy point ``i``'s safe files and its card into ``out``, which appears whole or not at all."""
     folder = path.point_dir(i)
     own = {
@@ -52,7 +58,11 @@ def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | 
     if not any(p.suffix == ".safetensors" for p in own.values()):
         raise RunDirectoryError(f"point {i} ({folder}) has no safetensors weights")
     # A run directory keeps the tokenizer / processor / generation files once (assets/); a published point holds them.
-    files = with_assets(own, read_assets(path.root, fence=path._fence()))
+    files: dict = with_assets(own, read_assets(path.root, fence=path._fence()))
+    if not keep_auto_map:  # a point written before they were removed (or with keep_auto_map) still holds them
+        files, removed = strip_files(files)
+        if removed:
+            logger.warning(removed_note(removed, what=f"the exported point {i}"))
     tmp = out.with_name(f".{out.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -60,7 +70,10 @@ def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | 
     for rel, f in files.items():
         dest = tmp / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(f, dest)
+        if isinstance(f, bytes):
+            dest.write_bytes(f)
+        else:
+            shutil.copyfile(f, dest)
     try:  # the endpoints' license when they agree (recorded or in a local endpoint's card), else "unknown"
         license, _ = resolve_license(path.endpoints)
     except ConfigError:
@@ -91,6 +104,7 @@ def export_point(
     private: bool = False,
     token: str | None = None,
     endpoint: str | None = None,
+    keep_auto_map: bool = False,
 ) -> dict:
     """Write one point of a path as a standalone model (the endpoints' format) with its own model card.
 
@@ -104,6 +118,8 @@ def export_point(
         private: create the ``push_to_hub`` repo private.
         token: a write token for ``push_to_hub`` (see :func:`~hf_llpf.hub.push_path`).
         endpoint: the Hub URL for reading a published ``source`` and for ``push_to_hub``.
+        keep_auto_map: keep ``auto_map`` / ``custom_pipelines`` (pointers to code in other repos) in the exported
+            configs; by default they are removed and one log line says so (:mod:`hf_llpf.remote_code`).
 
     Returns:
         dict: ``index``, ``tick``, ``point`` (folder in the path), ``reason`` (why that point), ``out_dir``,
@@ -124,7 +140,7 @@ def export_point(
         token = resolve_token(token)
     path, label = _open_source(source, endpoint)
     i, reason = choose_point(path, point)
-    _write_point(path, i, out, label=label, repo_id=push_to_hub, reason=reason)
+    _write_point(path, i, out, label=label, repo_id=push_to_hub, reason=reason, keep_auto_map=keep_auto_map)
     row = path.metrics[i]
     result = {"index": i, "tick": row.get("tick"), "point": row.get("point"), "out_dir": str(out), "reason": reason}
     result["files"] = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())

@@ -91,6 +91,10 @@ class HubPath(Path):
         # The snapshot's files are links into the repo's blob store: models--org--name/{snapshots/<sha>,blobs}.
         return self.root.parent.parent
 
+    def point_fence(self, folder: FsPath) -> FsPath:
+        """A point's files are links into the repo's blob store: they may lie anywhere in the repo's cache folder."""
+        return self._fence()
+
     def point_dir(self, i: int) -> FsPath:
         """The local folder of point ``i``, downloaded (safetensors weights and configs only) the first time."""
         rel = self.point_name(i)  # checked by safe_paths before it becomes a download pattern

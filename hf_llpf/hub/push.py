@@ -7,7 +7,10 @@ length), ``endpoints.json`` naming local endpoints by folder name and hash, and 
 a path of this machine. The files go up in batches (:mod:`hf_llpf.hub.upload`), resumable: a re-run
 after a failure uploads only what is missing. The last commit is tagged ``llpf-<content hash>`` so a path
 version can be cited and loaded exactly (see ``docs/hub.md``); pushing unchanged content again makes no
-commit and no tag, and the new card is written to ``RUN_DIR/README.md`` only after success.
+commit and no tag, and the new card is written to ``RUN_DIR/README.md`` only after success. Files already in
+the repo that no earlier push published are never deleted nor replaced without ``delete_other`` or
+``delete_patterns`` (:mod:`hf_llpf.hub.ownership`), and the pointers to code in other repos (``auto_map``) are
+removed from what is published unless ``keep_auto_map`` (:mod:`hf_llpf.remote_code`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from pathlib import Path as FsPath
 from typing import Any
@@ -26,6 +30,7 @@ from hf_llpf.hub.access import check_online, hub_api, hub_errors, resolve_token
 from hf_llpf.hub.card import Publication, build_model_card
 from hf_llpf.hub.files import check_run_dir, content_hash, publishable_files
 from hf_llpf.hub.load import UNSAFE_WEIGHTS
+from hf_llpf.hub.ownership import TAG_PREFIX, plan_changes
 from hf_llpf.hub.points import choose_point, select_points
 from hf_llpf.hub.public import (
     check_no_machine_paths,
@@ -37,12 +42,13 @@ from hf_llpf.hub.public import (
 )
 from hf_llpf.hub.revisions import branch_name, push_point_branches
 from hf_llpf.hub.spec import check_branch_name, parse_repo_spec
-from hf_llpf.hub.upload import FILES_PER_COMMIT, PRUNE_PATTERNS, commit_in_batches, stale_files
+from hf_llpf.hub.upload import FILES_PER_COMMIT, PRUNE_PATTERNS, commit_in_batches
+from hf_llpf.remote_code import removed_note, strip_files
 from hf_llpf.run import METRICS_JSON, Path, atomic_write_text
 from hf_llpf.run.layout import ASSETS_DIR, ENDPOINTS_JSON, README
 from hf_llpf.safe_paths import walk_files
 
-TAG_PREFIX = "llpf-"
+logger = logging.getLogger(__name__)
 METRICS_CSV = "path_metrics.csv"
 __all__ = ["PRUNE_PATTERNS", "TAG_PREFIX", "published_files", "push_path", "upload"]
 
@@ -130,12 +136,15 @@ def published_files(
     point_revisions: bool = False,
     root_reason: str | None = None,
     license_source: str | None = None,
+    keep_auto_map: bool = False,
 ) -> tuple[dict[str, bytes | FsPath], Publication]:
     """What :func:`push_path` would publish: repo path -> content (bytes) or file, and the card's :class:`Publication`.
 
     Args: see :func:`push_path` (``api`` reads the Hub endpoints' cards for their license; None: offline).
         ``root_reason`` replaces the reason given for the root's point and ``license_source`` (with ``license``)
-        the license resolution: both for the point branches, which repeat the main push's choices.
+        the license resolution: both for the point branches, which repeat the main push's choices. Unless
+        ``keep_auto_map``, the pointers to code in other repos are removed from every published config
+        (:mod:`hf_llpf.remote_code`) and listed in ``Publication.remote_code_removed``.
 
     Raises:
         ConfigError: a bad option, or the endpoints' licenses differ and none was given. RunDirectoryError: not
@@ -183,6 +192,8 @@ def published_files(
         pub.license, pub.license_source = str(license), license_source
     else:
         pub.license, pub.license_source = resolve_license(path.endpoints, license=license, api=api)
+    if not keep_auto_map:  # a run written before they were removed, or with keep_auto_map, still holds them
+        files, pub.remote_code_removed = strip_files(files)
     files[README] = str(build_model_card(root, repo_id=repo_id, publication=pub)).encode()  # always published
     names = local_names(path.endpoints)
     files = public_files(files, names)
@@ -193,26 +204,28 @@ def published_files(
 def _push(api: Any, *, repo_id: str, files: dict, revision: str, private: bool, tag: str, opts: dict) -> dict:
     # Idempotence: if this exact content is already the branch head under its tag, there is nothing to do.
     refs = _refs(api, repo_id)
+    branches = {b.name: b.target_commit for b in (refs.branches if refs else [])}
     if refs is not None and not opts["create_pr"]:
         tags = {t.name: t.target_commit for t in refs.tags}
-        heads = {b.name: b.target_commit for b in refs.branches}
-        if tag in tags and heads.get(revision) == tags[tag]:
+        if tag in tags and branches.get(revision) == tags[tag]:
             return {"commit": tags[tag], "tag": tag, "created_commit": False, "created_tag": False, "commits": 0}
+    # Before anything is sent: what the push deletes or replaces on the branch (or on main, where a new branch
+    # starts); files no earlier push published are refused unless the user allowed it (hf_llpf.hub.ownership).
+    base = revision if revision in branches else ("main" if "main" in branches else None)
+    changes = plan_changes(api, repo_id=repo_id, revision=base, refs=refs, files=files, opts=opts, target=revision)
     api.create_repo(repo_id, private=private, exist_ok=True)
     refs = _refs(api, repo_id)
     branches = {b.name: b.target_commit for b in (refs.branches if refs else [])}
     if revision not in branches:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
         branches[revision] = branches.get("main")  # a new branch starts at main's head
-    remote = api.list_repo_files(repo_id, revision=revision)
-    deletions = stale_files(remote, set(files), include=opts["include"], exclude=opts["exclude"])
     done = commit_in_batches(
         api,
         repo_id=repo_id,
         files=files,
         revision=revision,
         message=opts["message"] or f"hf_llpf {__version__}: publish path ({tag})",
-        deletions=deletions,
+        deletions=changes.deletions,
         create_pr=opts["create_pr"],
         files_per_commit=opts["files_per_commit"],
         head=branches.get(revision),
@@ -229,8 +242,11 @@ def _push(api: Any, *, repo_id: str, files: dict, revision: str, private: bool, 
         "created_tag": created_tag,
         "commits": done["commits"],
         "batches": done["batches"],
-        "deleted": deletions,
+        "deleted": changes.deletions,
+        "deleted_other": changes.deleted_other,
+        "replaced_other": changes.replaced_other,
         "pr_url": done["pr_url"],
+        "pr_revision": done["pr_revision"],
     }
 
 
@@ -252,6 +268,7 @@ def _point_branches(api: Any, root: FsPath, commit: str, pub: Publication, optio
         files_for=files_for,
         message=opts["message"] or f"hf_llpf {__version__}: point branch",
         files_per_commit=opts["files_per_commit"],
+        opts={"delete_other": opts["delete_other"], "delete_patterns": opts["delete_patterns"]},
     )
 
 
@@ -274,6 +291,9 @@ def push_path(
     license: str | None = None,
     files_per_commit: int = FILES_PER_COMMIT,
     point_revisions: bool = False,
+    delete_other: bool = False,
+    delete_patterns: str | list[str] | None = None,
+    keep_auto_map: bool = False,
 ) -> dict:
     """Publish a run directory as a Hub model repo, in batches of commits, then tag the last commit.
 
@@ -283,6 +303,11 @@ def push_path(
     for ``repo_id``. It is written to ``RUN_DIR/README.md`` only after the push succeeded; a push that fails
     midway changes nothing local and, run again, uploads only what is missing and ends with the same tag.
     Content already published under its tag at the branch head is not pushed again.
+
+    Files already on the branch are deleted (points, plots and weights the new version no longer has) or replaced
+    only when an earlier push published them (:mod:`~hf_llpf.hub.ownership`: the same file is in a commit tagged
+    ``llpf-…``); any other file it would delete or replace makes the push refuse, nothing uploaded, unless
+    ``delete_other`` or ``delete_patterns`` allows it. Every deletion is returned (``deleted``).
 
     Args:
         run_dir: the run directory.
@@ -304,16 +329,24 @@ def push_path(
         files_per_commit: at most this many files in one commit (the Hub advises fewer than 100).
         point_revisions: also give every published point its own branch, named like its folder (``t_000010``),
             whose root is that point (:mod:`~hf_llpf.hub.revisions`); not with ``create_pr``.
+        delete_other: allow deleting and replacing files of the repo that no earlier push of hf_llpf published.
+        delete_patterns: glob patterns (huggingface_hub's ``delete_patterns``) of repo files this push may delete
+            or replace even though no earlier push published them; those it does not publish are deleted.
+        keep_auto_map: keep ``auto_map`` / ``custom_pipelines`` in the published configs (removed by default,
+            :mod:`hf_llpf.remote_code`).
 
     Returns:
         dict: ``repo_id``, ``revision``, ``commit`` (sha), ``tag``, ``created_commit``, ``created_tag``, ``commits``
         (how many were made), ``files`` (number published), ``points`` (indices published), ``root`` (index and
-        why), ``license``, ``pr_url``, ``url``, and ``point_revisions`` (branch -> commit) when asked.
+        why), ``license``, ``pr_url``, ``pr_revision`` (``refs/pr/N`` of the pull request), ``url``, ``deleted``
+        (the repo files deleted), ``replaced_other`` (files no earlier push published, replaced as allowed),
+        ``remote_code_removed`` (file -> keys), and ``point_revisions`` (branch -> commit) when asked.
 
     Raises:
         ConfigError: invalid ``repo_id``, ``revision`` or another option. RunDirectoryError: see
             :func:`published_files`. OfflineError: ``HF_HUB_OFFLINE=1`` or the Hub cannot be reached.
-            HubAuthError: no token, or the token was refused.
+            HubAuthError: no token, or the token was refused. HubConflictError: the push would delete or replace
+            files no earlier push published (listed), without ``delete_other``/``delete_patterns``.
     """
     repo_id, _ = parse_repo_spec(repo_id, allow_revision=False)
     if revision is not None:
@@ -322,6 +355,7 @@ def push_path(
         raise ConfigError(f"files_per_commit={files_per_commit!r}: must be an integer >= 1 (the Hub advises < 100)")
     if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
         raise ConfigError(f"commit_message={commit_message!r}: must be a non-empty string")
+    delete_patterns = _patterns(delete_patterns, "delete_patterns")
     root = check_run_dir(run_dir)
     check_online("push a path to the Hub")
     token = resolve_token(token)
@@ -330,8 +364,10 @@ def push_path(
     if point_revisions and create_pr:
         raise ConfigError("point_revisions=True with create_pr=True: point branches are made from a pushed branch")
     options = {"every": every, "points": points, "include": include, "exclude": exclude, "repo_id": repo_id}
-    options["point_revisions"] = bool(point_revisions)
+    options.update(point_revisions=bool(point_revisions), keep_auto_map=bool(keep_auto_map))
     files, pub = published_files(root, root_point=root_point, license=license, api=api, **options)
+    if pub.remote_code_removed:
+        logger.warning(removed_note(pub.remote_code_removed, what="the published files"))
     tag = tag or TAG_PREFIX + content_hash(files)[:12]
     opts = {
         "create_pr": bool(create_pr),
@@ -339,6 +375,8 @@ def push_path(
         "files_per_commit": files_per_commit,
         "include": _patterns(include, "include"),
         "exclude": _patterns(exclude, "exclude"),
+        "delete_other": bool(delete_other),
+        "delete_patterns": delete_patterns,
     }
     with hub_errors(api, repo_id=repo_id):
         result = _push(api, repo_id=repo_id, files=files, revision=revision, private=private, tag=tag, opts=opts)
@@ -357,4 +395,5 @@ def push_path(
         "root": pub.root,
         "license": pub.license,
         "url": f"{base}/{repo_id}",
+        "remote_code_removed": pub.remote_code_removed,
     }

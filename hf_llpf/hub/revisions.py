@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path as FsPath
 from typing import Any
 
+from hf_llpf.hub.ownership import plan_changes
 from hf_llpf.hub.spec import check_branch_name
-from hf_llpf.hub.upload import commit_in_batches, stale_files
+from hf_llpf.hub.upload import commit_in_batches
 
 
 def branch_name(point_name: str) -> str:
@@ -31,6 +32,7 @@ def push_point_branches(
     files_for: Callable[[int], dict[str, bytes | FsPath]],
     message: str,
     files_per_commit: int,
+    opts: dict | None = None,
 ) -> dict[str, str]:
     """Create or update one branch per point, each holding ``files_for(index)``.
 
@@ -42,6 +44,11 @@ def push_point_branches(
         files_for: the files of the version whose root is that point.
         message: the commit message.
         files_per_commit: as in :func:`~hf_llpf.hub.upload.commit_in_batches`.
+        opts: ``delete_other`` / ``delete_patterns`` as for the main push (see
+            :func:`~hf_llpf.hub.ownership.plan_changes`).
+
+    Raises:
+        HubConflictError: a branch holds a file no tagged push published that this push would delete.
 
     Returns:
         dict: branch name -> its head commit.
@@ -55,14 +62,16 @@ def push_point_branches(
             api.create_branch(repo_id, branch=branch, revision=base_commit, exist_ok=True)
             heads[branch] = base_commit
         files = files_for(i)
-        remote = api.list_repo_files(repo_id, revision=branch)
+        check = {"include": None, "exclude": None, **(opts or {})}
+        changes = plan_changes(api, repo_id=repo_id, revision=branch, refs=refs, files=files, opts=check,
+                               point_branch=True)  # fmt: skip
         done = commit_in_batches(
             api,
             repo_id=repo_id,
             files=files,
             revision=branch,
             message=f"{message}: point {i} at the root",
-            deletions=stale_files(remote, set(files)),
+            deletions=changes.deletions,
             files_per_commit=files_per_commit,
             head=heads[branch],
         )

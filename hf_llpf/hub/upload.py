@@ -7,7 +7,8 @@ when nothing changed; so a push killed after some batches, run again, uploads on
 commits only the batches that changed. Point folders go first and the files that describe the path
 (``path_metrics.json``, ``endpoints.json``, the card) last, so until the last batch lands the repo's
 card and metrics still describe the previous version. Remote files a push replaces as a whole (points,
-plots, weights) that the new version no longer has are deleted in the last batch.
+plots, weights) that the new version no longer has are deleted in the last batch; which of them a push may
+delete (those an earlier push published) is decided by :mod:`hf_llpf.hub.ownership` before anything is sent.
 """
 
 from __future__ import annotations
@@ -72,12 +73,13 @@ def commit_in_batches(
 
     Returns:
         dict: ``commit`` (the last commit's sha, or the branch head when nothing changed), ``commits`` (how
-        many were made), ``batches``, ``pr_url`` (None unless a pull request was opened).
+        many were made), ``batches``, ``pr_url`` and ``pr_revision`` (the pull request's ref, ``refs/pr/N``;
+        both None unless a pull request was opened).
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     groups = batches(list(files), files_per_commit)
-    target, made, pr_url = revision, 0, None
+    target, made, pr_url, pr_revision = revision, 0, None, None
     for k, group in enumerate(groups):
         ops: list = [
             CommitOperationAdd(path_in_repo=rel, path_or_fileobj=v if isinstance(v, bytes) else str(v))
@@ -99,7 +101,8 @@ def commit_in_batches(
         head = info.oid
         if create_pr and pr_url is None and getattr(info, "pr_revision", None):
             target, pr_url = info.pr_revision, info.pr_url  # the later batches go to the same pull request
-    return {"commit": head, "commits": made, "batches": len(groups), "pr_url": pr_url}
+            pr_revision = info.pr_revision
+    return {"commit": head, "commits": made, "batches": len(groups), "pr_url": pr_url, "pr_revision": pr_revision}
 
 
 __all__ = ["FILES_PER_COMMIT", "PRUNE_PATTERNS", "batches", "commit_in_batches", "stale_files"]

@@ -18,9 +18,10 @@ import yaml
 from torch import nn
 
 from hf_llpf.errors import CorruptCheckpointError, RunDirectoryError
-from hf_llpf.models import load_endpoint
+from hf_llpf.models import Endpoint, load_endpoint
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON, METRICS_JSON
-from hf_llpf.safe_paths import check_relative_name, resolve_inside
+from hf_llpf.safe_paths import check_relative_name, resolve_inside, walk_files
+from hf_llpf.weights import weight_files
 
 _HALF = (torch.bfloat16, torch.float16)  # storage dtypes of point_dtype, read back in the working dtype
 
@@ -172,14 +173,40 @@ class Path:
             return {k: v.detach() for k, v in self.model_at(i).state_dict().items()}
         return state
 
+    def point_fence(self, folder: FsPath) -> FsPath:
+        """Where the files of a point's folder may lie once links are followed: the folder itself."""
+        return folder
+
+    def checked_point_dir(self, i: int) -> FsPath:
+        """The folder of point ``i`` after checking that no file in it leads outside it (a link to another run,
+        ``~/.ssh``, or a shard folder elsewhere): what every reader of a point's files opens.
+
+        Raises:
+            RunDirectoryError: naming the file and where it leads.
+        """
+        folder = self.point_dir(i)
+        for _ in walk_files(folder, allowed_root=self.point_fence(folder)):
+            pass
+        return folder
+
+    def point_weight_files(self, i: int) -> list[FsPath]:
+        """The safetensors files of point ``i`` (its shards when it has an index), each resolved inside its folder.
+
+        Raises:
+            RunDirectoryError: a file or shard resolves outside the point's folder. CorruptCheckpointError: a
+                damaged index, or no weights.
+        """
+        folder = self.checked_point_dir(i)
+        files = weight_files(folder, allowed_root=self.point_fence(folder))
+        if not files:
+            raise RunDirectoryError(f"points[{self._index(i)}] ({folder}): missing, or holds no safetensors weights")
+        return files
+
     def _raw_state_at(self, i: int) -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {}
-        folder, j = self.point_dir(i), self._index(i)
-        files = sorted(folder.glob("*.safetensors"))
-        if not files:
-            raise RunDirectoryError(f"points[{j}] ({folder}): missing, or holds no safetensors weights")
-        for f in files:
-            resolve_inside(folder, f.name, field=f"points[{j}] file", allowed_root=self._fence())
+        j = self._index(i)
+        folder = self.point_dir(i)
+        for f in self.point_weight_files(i):
             try:
                 state.update(safetensors.torch.load_file(str(f)))
             except Exception as err:  # SafetensorError, or OSError for a truncated header
@@ -217,7 +244,13 @@ class Path:
             model = copy.deepcopy(self.template)
             model.load_state_dict(self._raw_state_at(i), strict=False)
             return model.eval()
-        return load_endpoint(self.point_dir(i)).model
+        return self.endpoint_at(i).model
+
+    def endpoint_at(self, i: int) -> Endpoint:
+        """Point ``i`` loaded from its folder as an :class:`~hf_llpf.models.Endpoint` (its format kept); every
+        file it reads resolves inside the folder (:meth:`checked_point_dir`)."""
+        folder = self.checked_point_dir(i)
+        return load_endpoint(folder, allowed_root=self.point_fence(folder))
 
     def __iter__(self) -> Iterator[nn.Module]:
         for i in range(len(self)):

@@ -172,7 +172,7 @@ class RunWriter:
             shutil.rmtree(tmp)
         store = self.storage
         save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch, dtype=store.dtype,
-                   max_shard_size=store.max_shard_size)  # fmt: skip
+                   max_shard_size=store.max_shard_size, keep_auto_map=store.keep_auto_map)  # fmt: skip
         if final.exists():  # rewritten after a resume: same content, replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)

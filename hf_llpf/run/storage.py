@@ -58,15 +58,23 @@ class PointStorage:
     Attributes:
         dtype: the floating dtype points are stored in (``None``: the endpoints' own, ``point_dtype: auto``).
         max_shard_size: weights larger than this are written as shards and an index (``"5GB"`` or bytes).
+        keep_auto_map: keep the endpoints' pointers to code in other repos in the points' ``config.json``
+            (:mod:`hf_llpf.remote_code`); by default they are removed.
     """
 
     dtype: torch.dtype | None = None
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE
+    keep_auto_map: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> PointStorage:
-        """The storage of a :class:`~hf_llpf.config.ConnectConfig` (``point_dtype``, ``max_shard_size``)."""
-        return cls(STORAGE_DTYPES.get(config.point_dtype), config.max_shard_size)
+        """The storage of a :class:`~hf_llpf.config.ConnectConfig` (``point_dtype``, ``max_shard_size``,
+        ``keep_auto_map``)."""
+        return cls(
+            STORAGE_DTYPES.get(config.point_dtype),
+            config.max_shard_size,
+            bool(getattr(config, "keep_auto_map", False)),
+        )
 
     def rounds(self, model: nn.Module) -> bool:
         """Whether storing ``model`` changes its numbers (the storage dtype is not the model's own)."""
