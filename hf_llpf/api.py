@@ -33,7 +33,7 @@ from hf_llpf.recipes import to_yaml
 from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
 from hf_llpf.run.resume import check_same_run, read_checkpoint
-from hf_llpf.run.storage import PointStorage
+from hf_llpf.run.storage import PointStorage, disk_estimate
 from hf_llpf.seeding import seed_everything
 from hf_llpf.spheres import choose_method
 from hf_llpf.timm_config import run_data_config, with_data_config
@@ -111,6 +111,8 @@ def connect(
     certifier = run_certifier([ea, eb], train_data, loader, bundle, config, loss_fn, accelerator, probe_data)
     method = _straight_if_certified(ea, eb, certifier, config, accelerator) or choose_method(ea, eb, config)
     setup["setup_probe"] = time.perf_counter() - t
+    estimate, large = disk_estimate(ea.model, storage, method=method, stages=len(plan.stages), config=config)
+    (logger.warning if large else logger.info)(f"{run_dir}: {estimate}", main_process_only=True)
 
     # Only the main process writes; the others wait until it has created (or cleared) the run directory.
     protected = read_paths(ea, eb, config=config)

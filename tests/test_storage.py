@@ -210,3 +210,29 @@ def test_a_run_directory_written_before_the_storage_settings_resumes(tmp_path):
     assert check_same_run(tmp_path, ConnectConfig(), ep, ep) == {}
     with pytest.raises(ConfigError, match="point_dtype was 'auto'"):
         check_same_run(tmp_path, ConnectConfig(point_dtype="bf16"), ep, ep)
+
+
+def test_the_disk_estimate_counts_stored_bytes_once_per_tensor_and_warns_above_its_size():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from hf_llpf.run.storage import PointStorage, disk_estimate, point_bytes
+
+    model = nn.Sequential(nn.Linear(1000, 1000), nn.Linear(1000, 1000))
+    model[1].weight = model[0].weight  # tied: stored once
+    assert point_bytes(model, None) == (1000 * 1000 + 2 * 1000) * 4
+    assert point_bytes(model, torch.bfloat16) == (1000 * 1000 + 2 * 1000) * 2
+    config = SimpleNamespace(step_r=0.25, save_every=1, max_ticks=2000)
+    line, large = disk_estimate(model, PointStorage(), method="m2m", stages=10, config=config)
+    assert line == (
+        "each point takes 4.0 MB on disk; 10 stages at step_r=0.25 and a point every 1 tick(s) make roughly "
+        "41–121 points: 164.3 MB–485.0 MB"
+    )
+    assert not large
+    line, large = disk_estimate(model, PointStorage(), method="m2m", stages=1000, config=config)
+    assert large and "2001–2001 points: 8.02 GB–8.02 GB; point_dtype=bf16 halves that" in line  # max_ticks caps
+    assert disk_estimate(model, PointStorage(), method="m2o", stages=10, config=config) == (
+        "each point takes 4.0 MB on disk",
+        False,
+    )

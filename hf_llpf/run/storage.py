@@ -104,6 +104,58 @@ class PointStorage:
         }
 
 
+# Above this estimated size a run warns before it writes its first point, naming the settings that shrink it.
+LARGE_RUN_BYTES = 5 * 1024**3
+
+
+def point_bytes(model: nn.Module, dtype: torch.dtype | None) -> int:
+    """Bytes of one point's tensors when stored in ``dtype`` (``None``: as they are); tied tensors once."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in model.state_dict().values():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        stored = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        total += tensor.numel() * stored.itemsize
+    return total
+
+
+def disk_estimate(
+    model: nn.Module, storage: PointStorage, *, method: str, stages: int, config: Any
+) -> tuple[str, bool]:
+    """The run's disk cost stated before it starts, and whether it may be large (above :data:`LARGE_RUN_BYTES`).
+
+    The number of ticks is not known in advance: with ``step_r > 0`` a stage moves for about ``ceil(1/step_r)``
+    ticks, and repair training and the arrival test often take a few times more (docs/algorithm.md §3), so the
+    range stated is ``stages × ceil(1/step_r)`` to three times that, in points kept (one per ``save_every`` ticks,
+    plus stage boundaries); ``max_ticks`` caps it. M2O walks are stated per point only.
+    """
+    each = point_bytes(model, storage.dtype)
+    line = f"each point takes {_size(each)} on disk"
+    if method != "m2m" or config.step_r <= 0:
+        return line, False
+    per_stage = math.ceil(1 / config.step_r)
+
+    def kept(ticks: int) -> int:
+        ticks = min(ticks, config.max_ticks)
+        return min(ticks + 1, ticks // config.save_every + stages + 2)
+
+    low, high = kept(stages * per_stage), kept(3 * stages * per_stage)
+    line += (
+        f"; {stages} stages at step_r={config.step_r:g} and a point every {config.save_every} tick(s) make roughly "
+        f"{low}–{high} points: {_size(low * each)}–{_size(high * each)}"
+    )
+    large = high * each > LARGE_RUN_BYTES
+    if large:
+        line += "; point_dtype=bf16 halves that, save_every=N keeps a point every N ticks"
+    return line, large
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
 def storage_sentence(summary: dict) -> str | None:
     """One sentence for the card and the report: the dtype the points are stored in, and that the figures judge
     the points as stored (``None`` when the run records no storage dtype, or it is the endpoints' own)."""
@@ -123,4 +175,13 @@ def storage_sentence(summary: dict) -> str | None:
     return text + "."
 
 
-__all__ = ["PointStorage", "dtype_name", "model_dtype", "round_to_storage", "storage_sentence"]
+__all__ = [
+    "LARGE_RUN_BYTES",
+    "PointStorage",
+    "disk_estimate",
+    "dtype_name",
+    "model_dtype",
+    "point_bytes",
+    "round_to_storage",
+    "storage_sentence",
+]
