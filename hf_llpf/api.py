@@ -38,7 +38,7 @@ from hf_llpf.seeding import seed_everything
 from hf_llpf.spheres import choose_method
 from hf_llpf.timm_config import run_data_config, with_data_config
 from hf_llpf.tracking import tick_logger
-from hf_llpf.train import LossFn, RepairTrainer, make_accelerator
+from hf_llpf.train import LossFn, RepairTrainer, describe_launch, launch_line, make_accelerator
 
 logger = get_logger(__name__)
 
@@ -82,6 +82,7 @@ def connect(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )
     config = used_precision(config, accelerator)
+    logger.info(launch_line(describe_launch(accelerator)), main_process_only=True)
     seed_everything(config.seed)
     setup = {}  # seconds of the set-up phases, for --profile
     t = time.perf_counter()
@@ -189,6 +190,7 @@ def _run_and_record(
     runner.run()
     summary = _summary(runner, method, plan, setup, elapsed=time.perf_counter() - start)
     summary["run"]["mixed_precision"] = config.mixed_precision
+    summary["run"]["launch"] = describe_launch(accelerator)
     summary["run"].update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
     summary["run"]["certification"] = certifier.summary(runner.uncertified)
     if history:

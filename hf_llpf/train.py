@@ -73,6 +73,39 @@ def make_accelerator(
     )
 
 
+def describe_launch(accelerator: Accelerator) -> dict[str, Any]:
+    """What the run runs on, as recorded in ``summary.run.launch`` and stated in one line at its start.
+
+    ``asked_processes`` is set when the environment names a process group (``MASTER_ADDR``, which
+    ``accelerate launch --num_processes N`` sets) that this run did not join: Accelerate without a GPU and
+    without ``--multi_cpu`` runs the script once, alone.
+    """
+    processes = accelerator.num_processes
+    launch = {
+        "processes": processes,
+        "device": str(accelerator.device),
+        "distributed": str(accelerator.distributed_type).rsplit(".", 1)[-1].lower(),
+        "sharding": "none (every process holds the whole model)",
+        "mixed_precision": str(accelerator.mixed_precision),
+    }
+    if processes == 1 and os.environ.get("MASTER_ADDR") and "WORLD_SIZE" not in os.environ:
+        launch["note"] = (
+            "the environment names a process group (MASTER_ADDR) but one process started: accelerate launch "
+            "runs one process without a GPU unless --multi_cpu is given; torchrun --nproc_per_node N starts N"
+        )
+    return launch
+
+
+def launch_line(launch: dict[str, Any]) -> str:
+    """The start line of a command: processes, device, how the work is split, and the launch's note if any."""
+    split = "data-parallel" if launch["processes"] > 1 else "one process"
+    line = (
+        f"{launch['processes']} process(es) on {launch['device']} ({split}, {launch['distributed']}), "
+        f"sharding: {launch['sharding']}, mixed precision: {launch['mixed_precision']}"
+    )
+    return line + (f"; {launch['note']}" if launch.get("note") else "")
+
+
 def _split_metrics(model: nn.Module, loader: SeededLoader) -> dict[str, float]:
     """Eval-mode loss and accuracy of an endpoint on one split, as ``metrics.json`` records them."""
     m = score(model.eval(), loader)

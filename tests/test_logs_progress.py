@@ -346,3 +346,27 @@ def test_a_lone_process_logs_without_the_rank_prefix_and_several_keep_it(capsys,
         monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun and accelerate launch set for each process
         logger.info("ceiling %.3g", 0.04218)
     assert capsys.readouterr().err.splitlines() == ["hf-llpf: ceiling 0.0422", "hf-llpf: [RANK 0] ceiling 0.0422"]
+
+
+def test_the_start_line_states_processes_device_and_sharding_and_a_launch_that_started_fewer(monkeypatch):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from hf_llpf.train import describe_launch, launch_line
+
+    one = SimpleNamespace(num_processes=1, device=torch.device("cpu"), distributed_type=DistributedType.NO,
+                          mixed_precision="no")  # fmt: skip
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    launch = describe_launch(one)
+    assert launch_line(launch) == (
+        "1 process(es) on cpu (one process, no), sharding: none (every process holds the whole model), "
+        "mixed precision: no"
+    )
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # what `accelerate launch --num_processes 2` sets
+    assert "one process started: accelerate launch runs one process without a GPU" in launch_line(describe_launch(one))
+    two = SimpleNamespace(num_processes=2, device=torch.device("cpu"), distributed_type=DistributedType.MULTI_CPU,
+                          mixed_precision="no")  # fmt: skip
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launch_line(describe_launch(two)).startswith("2 process(es) on cpu (data-parallel, multi_cpu)")
