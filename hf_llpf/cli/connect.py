@@ -79,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     exist = "resume" if args.resume else "overwrite" if args.overwrite else "error"
     protected = read_by_command(args, config)
-    if args.repeats == 1:  # before the endpoints load; connect checks again before it writes
+    # Before the endpoints load (connect checks again before it writes; a resume's checks need the settings as
+    # the run records them, and come first in connect).
+    if args.repeats == 1 and exist != "resume":
         check_exist(args.out, exist, protected=protected)
     a = load_endpoint(args.a, arch=args.arch)
     b = load_endpoint(args.b, arch=args.arch)
