@@ -343,7 +343,8 @@ def walk_to_origin(
     endpoint = with_data_config(endpoint, run_data_config(bundle, example, config.data))
     assets = run_assets(endpoint, None, bundle)
     certifier = run_certifier([endpoint], train_data, loader, bundle, config, loss_fn, accelerator)  # before any write
-    with RunWriter(run_dir, exist=exist, storage=storage) as writer, progress_requested(progress):
+    protected = read_paths(endpoint, config=config)
+    with RunWriter(run_dir, exist=exist, storage=storage, protected=protected) as writer, progress_requested(progress):
         write_assets(writer.root, assets)
         writer.write_yaml(CONFIG_YAML, to_yaml(config))
         description = {"A": endpoint.describe(), "B": None, "method": "m2o-walk", "hf_llpf_version": __version__}

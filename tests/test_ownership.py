@@ -106,7 +106,7 @@ def test_overwrite_refuses_a_link_anywhere_in_a_run_directory(finished, small_cn
     before = snapshot(tmp_path)
     assert _connect(small_cnn_pair, run, "--overwrite") == 2
     err = capsys.readouterr().err
-    assert "symbolic links, never followed: points/t_000099" in err and "it would delete:" in err
+    assert f"symbolic links, never followed: points/t_000099 -> {victim}" in err and "it would delete:" in err
     assert snapshot(tmp_path) == before
 
 
@@ -148,6 +148,18 @@ def test_overwrite_never_deletes_the_recipe_it_reads(finished, small_cnn_pair, t
     assert _connect(small_cnn_pair, run, "--recipe", str(run / "llpf_config.yaml"), "--overwrite") == 2
     err = capsys.readouterr().err
     assert f"{run / 'llpf_config.yaml'}" in err and "which this command reads" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_repeats_into_a_git_repository_are_refused(small_cnn_pair, tmp_path, capsys):
+    repo = _git_repo(tmp_path / "myexp")
+    before = snapshot(tmp_path)
+    assert _connect(small_cnn_pair, repo, "--repeats", "2") == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert _connect(small_cnn_pair, repo, "--repeats", "2", "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "not a repeats folder of hf_llpf" in err and "did not write there: .git/, llpf_config.yaml" in err
+    assert "it would delete: README.md" in err
     assert snapshot(tmp_path) == before
 
 
@@ -278,3 +290,27 @@ def test_compare_overwrites_only_its_own_folder(small_cnn_pair, tmp_path, capsys
     assert _compare(small_cnn_pair, out, "--overwrite") == 2
     assert "did not write there: linear/notes.txt" in capsys.readouterr().err
     assert snapshot(tmp_path) == before
+
+
+def test_a_folder_is_ours_only_by_its_marker_or_an_exact_older_layout(tmp_path):
+    from hf_llpf.run.ownership import is_ours
+
+    old = tmp_path / "old"
+    (old / "points" / "t_000000").mkdir(parents=True)
+    (old / "llpf_config.yaml").write_text("seed: 0\n")
+    (old / "path_metrics.json").write_text("{}")
+    assert is_run_directory(old) and survey(old).foreign == []
+    for intruder in (".git", ".ssh", "notes.txt"):
+        folder = tmp_path / intruder.strip(".")
+        shutil.copytree(old, folder)
+        (folder / intruder).mkdir()
+        assert not is_run_directory(folder), intruder
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (tmp_path / "marker").write_text("{}")
+    os.symlink(tmp_path / "marker", linked / ".hf_llpf-run")  # a link is no marker
+    assert not is_run_directory(linked)
+    cmp_folder = tmp_path / "cmp"
+    cmp_folder.mkdir()
+    (cmp_folder / ".hf_llpf-run").write_text(json.dumps({"hf_llpf": "0", "kind": "comparison"}))
+    assert is_ours(cmp_folder, "comparison") and not is_run_directory(cmp_folder)

@@ -42,7 +42,7 @@ from hf_llpf.run.layout import (
 )
 
 KINDS = ("run", "comparison", "repeats")
-_POINT = re.compile(r"t_\d{6}")
+_POINT = re.compile(r"t_\d{6,}")
 _REPEAT = re.compile(r"repeat_\d{2,}")
 _TENSORS = re.compile(r"tensors-\d+\.safetensors")
 
@@ -131,7 +131,7 @@ class Survey:
     """What a folder holds, against the layout of its kind (relative names, folders ending in ``/``).
 
     Attributes:
-        links: symbolic links anywhere in it.
+        links: symbolic links anywhere in it (``name -> target``).
         foreign: entries this tool does not write there (the first of each foreign folder, not its content).
         owned: its top-level entries of the layout (what ``--overwrite`` deletes), the lock excluded.
     """
@@ -153,7 +153,7 @@ def _walk(folder: Path, prefix: str, rule: Rule | str, found: Survey) -> None:
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         rel = f"{prefix}{entry.name}"
         if entry.is_symlink():
-            found.links.append(rel)
+            found.links.append(f"{rel} -> {os.readlink(entry.path)}")
             continue
         is_dir = entry.is_dir(follow_symlinks=False)
         sub = ANY if rule == ANY else rule(entry.name, is_dir)
@@ -217,7 +217,7 @@ def refuse_link(path: Path, *, inside: Path | None = None, field: str = "--out")
             where = f"{field} {str(p)!r} is" if p == path else f"{field} {str(path)!r}: the folder {str(p)!r} is"
             raise RunDirectoryError(
                 f"{where} a symbolic link (to {os.readlink(p)!r}); hf_llpf never writes or deletes through a link. "
-                "Nothing was changed: remove the link, or pass the folder it points to"
+                "Nothing was changed: remove the link (for --out: or pass the folder it points to)"
             )
 
 
@@ -280,7 +280,7 @@ def check_owned(
         deleted = f"; it would delete: {_listing(found.owned)}" if action == "overwrite" and found.owned else ""
         raise RunDirectoryError(
             f"{field} {str(root)!r}: refusing to {action} it: {'; '.join(problems)}{deleted}. Nothing was changed: "
-            f"move those files out, or choose a new or empty {field}"
+            f"move those entries out{' and remove the links' if found.links else ''}, or choose a new or empty {field}"
         )
     return found
 
