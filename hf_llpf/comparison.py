@@ -223,7 +223,6 @@ def _compare(
     command: str | None,
 ) -> dict[str, Any]:
     """:func:`compare` once its folder is open: every method into a new folder ``out/<method>``, then the table."""
-    from hf_llpf.api import connect
     from hf_llpf.inputs import prepare_data, resolve_endpoint
 
     model_a, model_b = resolve_endpoint(model_a), resolve_endpoint(model_b)  # loaded once, for every method
@@ -243,35 +242,14 @@ def _compare(
     for method in methods:
         start = time.perf_counter()
         try:
-            if method == "llpf":
-                path = connect(
-                    model_a,
-                    model_b,
-                    bundle,
-                    config=config,
-                    run_dir=out / method,
-                    progress=progress,
-                    command=command,
-                    protected=protected,
-                )
-                llpf_iters = int(path.summary["run"]["sgd_iters"])
-            else:
-                path = _baseline(
-                    method,
-                    model_a,
-                    model_b,
-                    bundle,
-                    out / method,
-                    config=config,
-                    points=points,
-                    bezier=bezier,
-                    llpf_iters=llpf_iters,
-                    recalibrate_bn=False,
-                    command=command,
-                )
+            path = _method_path(method, model_a, model_b, bundle, out, config, llpf_iters=llpf_iters,
+                                protected=protected, points=points, bezier=bezier, progress=progress,
+                                command=command)  # fmt: skip
         except NotApplicableError as err:
             judge.not_applicable(method, err)
             continue
+        if method == "llpf":
+            llpf_iters = int(path.summary["run"]["sgd_iters"])
         judge.judge(method, path, time.perf_counter() - start)
     table = judge.table(
         {
@@ -286,6 +264,31 @@ def _compare(
     )
     write_comparison(out, table)
     return table
+
+
+def _method_path(
+    method: str,
+    model_a: Any,
+    model_b: Any,
+    bundle: Any,
+    out: FsPath,
+    config: Any,
+    *,
+    llpf_iters: int | None,
+    protected: list,
+    points: int,
+    bezier: dict | None,
+    progress: bool,
+    command: str | None,
+) -> Any:
+    """The path of one method of :func:`compare`, written to the new folder ``out/<method>``."""
+    from hf_llpf.api import connect
+
+    if method == "llpf":
+        return connect(model_a, model_b, bundle, config=config, run_dir=out / method, progress=progress,
+                       command=command, protected=protected)  # fmt: skip
+    return _baseline(method, model_a, model_b, bundle, out / method, config=config, points=points, bezier=bezier,
+                     llpf_iters=llpf_iters, recalibrate_bn=False, command=command)  # fmt: skip
 
 
 def compare_run(
