@@ -25,6 +25,7 @@ from hf_llpf.models import Endpoint, save_model
 from hf_llpf.run.layout import (
     CHECKPOINT_DIR,
     LOCK,
+    MARKER,
     METRICS_CSV,
     METRICS_JSON,
     PLOTS_DIR,
@@ -319,8 +320,9 @@ def check_out_dir(root: FsPath, *, field: str, file: bool = False) -> None:
 
 def _empty(root: FsPath, owned: list[str]) -> None:
     """Delete the entries of the layout ``owned`` (from :func:`check_exist`) of a folder of this tool; nothing else
-    (the survey found no link and nothing foreign in it)."""
-    for name in owned:
+    (the survey found no link and nothing foreign in it). The marker goes last: a folder emptied half-way (a kill)
+    is still recognised as this tool's."""
+    for name in sorted(owned, key=lambda n: n == MARKER):
         p = root / name.rstrip("/")
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
