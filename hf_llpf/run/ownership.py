@@ -38,13 +38,23 @@ from hf_llpf.run.layout import (
     REPEATS_FILES,
     RUN_FILES,
     TRACKER_DIR,
-    is_temporary,
 )
 
 KINDS = ("run", "comparison", "repeats")
 _POINT = re.compile(r"t_\d{6,}")
 _REPEAT = re.compile(r"repeat_\d{2,}")
 _TENSORS = re.compile(r"tensors-\d+\.safetensors")
+_TMP_POINT = re.compile(r"\.tmp_t_\d{6,}")  # hf_llpf.run.layout.temporary_point_name
+TMP_ASSETS = f".tmp_{ASSETS_DIR}"  # hf_llpf.assets.write_assets writes the folder here, then renames it
+
+
+def is_leftover(name: str, is_dir: bool, folder: str = "") -> bool:
+    """A leftover of a write killed half-way, by the names the tool gives them in ``folder`` (relative to the run
+    directory): atomic writes' ``.NAME.*.tmp`` files anywhere, ``.tmp_assets/`` at the top, ``points/.tmp_t_*/``."""
+    if not is_dir:
+        return name.startswith(".") and name.endswith(".tmp")
+    return (folder == "" and name == TMP_ASSETS) or (folder == POINTS_DIR and bool(_TMP_POINT.fullmatch(name)))
+
 
 # A rule says, for one entry of a folder (its name, whether it is a folder), whether the tool writes it there:
 # None (foreign), FILE (a file of the layout), ANY (a folder the tool writes whole) or the rule of its entries.
@@ -58,18 +68,18 @@ def _point_entry(name: str, is_dir: bool) -> object:
 
 
 def _points_entry(name: str, is_dir: bool) -> object:
-    if is_temporary(name):
-        return ANY
+    if is_leftover(name, is_dir, POINTS_DIR):
+        return ANY if is_dir else FILE
     return _point_entry if is_dir and _POINT.fullmatch(name) else None
 
 
 def _checkpoint_entry(name: str, is_dir: bool) -> object:
-    known = name in ("state.json", "state.pt") or _TENSORS.fullmatch(name) or is_temporary(name)
+    known = name in ("state.json", "state.pt") or _TENSORS.fullmatch(name) or is_leftover(name, is_dir)
     return FILE if not is_dir and known else None
 
 
 def _plots_entry(name: str, is_dir: bool) -> object:
-    return FILE if not is_dir and (name in PLOT_FILES or is_temporary(name)) else None
+    return FILE if not is_dir and (name in PLOT_FILES or is_leftover(name, is_dir)) else None
 
 
 def _files_entry(name: str, is_dir: bool) -> object:
@@ -85,7 +95,7 @@ def _methods() -> tuple[str, ...]:
 def _baselines_entry(name: str, is_dir: bool) -> object:
     if is_dir:
         return run_entry if name in _methods() else None
-    return FILE if name in COMPARISON_FILES or is_temporary(name) else None
+    return FILE if name in COMPARISON_FILES or is_leftover(name, is_dir) else None
 
 
 _RUN_FOLDERS: dict[str, Rule | str] = {
@@ -100,8 +110,8 @@ _RUN_FOLDERS: dict[str, Rule | str] = {
 
 def run_entry(name: str, is_dir: bool) -> object:
     """The rule of a run directory's own entries."""
-    if is_temporary(name):
-        return ANY
+    if is_leftover(name, is_dir):
+        return ANY if is_dir else FILE
     if is_dir:
         if name == ASIDE:
             return run_entry
@@ -113,14 +123,14 @@ def comparison_entry(name: str, is_dir: bool) -> object:
     """The rule of a ``compare --out`` folder: one run directory per method, the table and the plot."""
     if is_dir:
         return run_entry if name in _methods() else None
-    return FILE if name in (*COMPARISON_FILES, MARKER, LOCK) or is_temporary(name) else None
+    return FILE if name in (*COMPARISON_FILES, MARKER, LOCK) or is_leftover(name, is_dir) else None
 
 
 def repeats_entry(name: str, is_dir: bool) -> object:
     """The rule of a ``connect --repeats`` folder: the repeats' run directories, the summary and its report."""
     if is_dir:
         return run_entry if _REPEAT.fullmatch(name) else _plots_entry if name == PLOTS_DIR else None
-    return FILE if name in (*REPEATS_FILES, MARKER, LOCK) or is_temporary(name) else None
+    return FILE if name in (*REPEATS_FILES, MARKER, LOCK) or is_leftover(name, is_dir) else None
 
 
 RULES: dict[str, Rule] = {"run": run_entry, "comparison": comparison_entry, "repeats": repeats_entry}
@@ -195,7 +205,7 @@ def is_ours(root: Path, kind: str = "run") -> bool:
     entries = [(p.name, p.is_dir() and not p.is_symlink()) for p in root.iterdir()]
     names = {n for n, _ in entries}
     if kind == "run":
-        return CONFIG_YAML in names and all(n in RUN_FILES or is_temporary(n) for n in names)
+        return CONFIG_YAML in names and all(n in RUN_FILES or is_leftover(n, d) for n, d in entries)
     signature = (lambda n: n in _methods()) if kind == "comparison" else _REPEAT.fullmatch
     return any(d and signature(n) for n, d in entries) and all(RULES[kind](n, d) is not None for n, d in entries)
 
@@ -290,6 +300,7 @@ __all__ = [
     "RULES",
     "Survey",
     "check_owned",
+    "is_leftover",
     "is_ours",
     "marker_kind",
     "read_by_this_run",

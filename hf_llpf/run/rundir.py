@@ -30,12 +30,11 @@ from hf_llpf.run.layout import (
     METRICS_JSON,
     PLOTS_DIR,
     POINTS_DIR,
-    is_temporary,
     point_name,
     temporary_point_name,
 )
 from hf_llpf.run.lock import RunLock, check_not_protected, is_run_directory, write_marker
-from hf_llpf.run.ownership import check_owned, read_by_this_run, refuse_link, survey
+from hf_llpf.run.ownership import check_owned, is_leftover, read_by_this_run, refuse_link, survey
 from hf_llpf.run.reader import read_metrics
 from hf_llpf.run.records import points_to_csv
 from hf_llpf.run.storage import PointStorage
@@ -331,14 +330,15 @@ def _empty(root: FsPath, owned: list[str]) -> None:
 
 
 def _remove_temporary_files(root: FsPath) -> None:
-    """Leftovers of writes killed half-way (``.NAME.*.tmp`` files, ``points/.tmp_*`` folders), where the tool
-    writes them: the folder itself, ``points/``, ``checkpoint/`` and ``plots/`` (never deeper, never through a
-    link)."""
-    for folder in (root, root / POINTS_DIR, root / CHECKPOINT_DIR, root / PLOTS_DIR):
+    """Leftovers of writes killed half-way (:func:`~hf_llpf.run.ownership.is_leftover`: ``.NAME.*.tmp`` files,
+    ``.tmp_assets/``, ``points/.tmp_t_*/``), where the tool writes them: the folder itself, ``points/``,
+    ``checkpoint/`` and ``plots/`` (never deeper, never through a link)."""
+    for rel in ("", POINTS_DIR, CHECKPOINT_DIR, PLOTS_DIR):
+        folder = root / rel
         if folder.is_symlink() or not folder.is_dir():
             continue
         for p in sorted(folder.iterdir()):
-            if not is_temporary(p.name) or p.is_symlink():
+            if p.is_symlink() or not is_leftover(p.name, p.is_dir(), rel):
                 continue
             if p.is_dir():
                 shutil.rmtree(p)
