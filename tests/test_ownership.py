@@ -195,6 +195,14 @@ def test_resume_without_a_checkpoint_continues_only_an_exact_run_directory(small
     assert _connect(small_cnn_pair, other, "--resume") == 2
     assert "did not write there: notes.txt" in capsys.readouterr().err
     assert snapshot(other) == before
+    # An older layout without the marker: nothing foreign, but not a run this version started.
+    (other / "notes.txt").unlink()
+    (other / ".hf_llpf-run").unlink()
+    (other / "llpf_config.yaml").write_text("seed: 0\n")
+    before = snapshot(other)
+    assert _connect(small_cnn_pair, other, "--resume") == 2
+    assert "no checkpoint/ and no .hf_llpf-run marker" in capsys.readouterr().err
+    assert snapshot(other) == before
 
 
 # --- 4. --resume of a finished run whose checkpoint was removed ---------------------------------------------

@@ -34,7 +34,7 @@ from hf_llpf.run.layout import (
     temporary_point_name,
 )
 from hf_llpf.run.lock import RunLock, check_not_protected, is_run_directory, write_marker
-from hf_llpf.run.ownership import check_owned, is_leftover, read_by_this_run, refuse_link, survey
+from hf_llpf.run.ownership import check_owned, is_leftover, marker_kind, read_by_this_run, refuse_link, survey
 from hf_llpf.run.reader import read_metrics
 from hf_llpf.run.records import points_to_csv
 from hf_llpf.run.storage import PointStorage
@@ -257,8 +257,8 @@ def check_exist(
     - ``"overwrite"``: ``root`` is missing, empty, or a folder of this tool of ``kind`` (marker, or an older
       run's exact layout) holding no link and nothing the layout does not name.
     - ``"resume"``: ``root`` holds a checkpoint (and no link) and is a run directory of this tool; without a
-      checkpoint, it is exactly a run directory of this tool (as for an overwrite) that holds no path yet:
-      nothing is deleted, the run starts again over its own files.
+      checkpoint, it is exactly a run directory of this tool (its marker, nothing foreign, no link) that holds
+      no path yet: nothing is deleted, the run starts again over its own files.
     - ``"append"``: a phase's own folder inside a resumed run: kept as it is.
 
     Raises:
@@ -285,6 +285,12 @@ def check_exist(
         # Only whether there is one: it is decoded once, by the resume (a damaged one is refused there).
         return _check_resumable(root, protected)
     found = check_owned(root, kind=kind, action=action[exist], protected=protected)
+    if exist == "resume" and kind == "run" and marker_kind(root) != "run":
+        raise RunDirectoryError(
+            f"cannot resume {str(root)!r}: it has no {CHECKPOINT_DIR}/ and no {MARKER} marker; --resume without a "
+            "checkpoint continues only a run directory this version of hf_llpf started. Nothing was changed: pass "
+            "--overwrite to start it again, or choose another --out"
+        )
     if exist == "resume" and (root / METRICS_JSON).exists():
         raise RunDirectoryError(
             f"cannot resume {str(root)!r}: it holds a path ({METRICS_JSON}) but no {CHECKPOINT_DIR}/ to continue it "
