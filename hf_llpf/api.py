@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -26,13 +26,22 @@ from hf_llpf.algorithms.registry import method_class
 from hf_llpf.assets import run_assets, write_assets
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError, RunDirectoryError
-from hf_llpf.inputs import example_batch, prepare_data, read_paths, resolve_config, resolve_endpoint, stage_plan
+from hf_llpf.inputs import (
+    example_batch,
+    local_specs,
+    prepare_data,
+    read_paths,
+    resolve_config,
+    resolve_endpoint,
+    stage_plan,
+)
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
 from hf_llpf.progress import progress_requested
 from hf_llpf.recipes import to_yaml
 from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
-from hf_llpf.run.resume import check_same_run, read_checkpoint
+from hf_llpf.run.resume import check_same_run, read_checkpoint, refuse_path_without_checkpoint
+from hf_llpf.run.rundir import check_exist
 from hf_llpf.run.storage import PointStorage, disk_estimate
 from hf_llpf.seeding import seed_everything
 from hf_llpf.spheres import choose_method
@@ -56,6 +65,7 @@ def connect(
     accelerator: Accelerator | None = None,
     command: str | None = None,
     probe_data: Any = None,
+    protected: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Build an LLPF path from ``model_a`` (θ_A) to ``model_b`` (θ_B) and write it to ``run_dir``.
 
@@ -73,15 +83,27 @@ def connect(
         command: the command line that started the run (recorded for reproduction).
         probe_data: re-iterable batches to certify the path on (default: ``config.probe_size`` examples of a
             seeded subset of the training data, docs/algorithm.md §10).
+        protected: other files and folders the caller reads (the CLI's ``--recipe``): ``run_dir`` must not be,
+            hold or lie inside one of them, as for the local endpoints and data (docs/run-directory.md).
 
     Returns:
         The :class:`~hf_llpf.run.Path` (points load lazily from ``run_dir``).
+
+    Raises:
+        RunDirectoryError: ``run_dir`` cannot be written under ``exist`` (checked before anything is loaded, and
+            again before anything is written; docs/run-directory.md, "What --overwrite and --resume may do").
     """
     config = resolve_config(config)
     accelerator = accelerator or make_accelerator(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )
     config = used_precision(config, accelerator)
+    if accelerator.is_main_process:  # fail before any work; checked again when the run directory is opened
+        if exist == "resume":
+            refuse_path_without_checkpoint(run_dir, config)
+        check_exist(
+            run_dir, exist, protected=[*protected, *local_specs(model_a, model_b, train_data, config.data.source)]
+        )
     logger.info(launch_line(describe_launch(accelerator)), main_process_only=True)
     seed_everything(config.seed)
     setup = {}  # seconds of the set-up phases, for --profile
@@ -116,7 +138,7 @@ def connect(
     (logger.warning if large else logger.info)(f"{run_dir}: {estimate}", main_process_only=True)
 
     # Only the main process writes; the others wait until it has created (or cleared) the run directory.
-    protected = read_paths(ea, eb, config=config)
+    protected = [*protected, *read_paths(ea, eb, config=config)]
     writer = (
         RunWriter(run_dir, exist=exist, protected=protected, storage=storage)
         if accelerator.is_main_process
@@ -325,7 +347,8 @@ def walk_to_origin(
     endpoint = with_data_config(endpoint, run_data_config(bundle, example, config.data))
     assets = run_assets(endpoint, None, bundle, keep_auto_map=config.keep_auto_map)
     certifier = run_certifier([endpoint], train_data, loader, bundle, config, loss_fn, accelerator)  # before any write
-    with RunWriter(run_dir, exist=exist, storage=storage) as writer, progress_requested(progress):
+    protected = read_paths(endpoint, config=config)
+    with RunWriter(run_dir, exist=exist, storage=storage, protected=protected) as writer, progress_requested(progress):
         write_assets(writer.root, assets)
         writer.write_yaml(CONFIG_YAML, to_yaml(config))
         description = {"A": endpoint.describe(), "B": None, "method": "m2o-walk", "hf_llpf_version": __version__}
@@ -383,9 +406,12 @@ def evaluate_run(
     from hf_llpf.evaluation import as_path, evaluate_path
     from hf_llpf.plots import plot_path
     from hf_llpf.report import write_report
-    from hf_llpf.run import write_evaluation
+    from hf_llpf.run import PLOTS_DIR, write_evaluation
+    from hf_llpf.run.ownership import refuse_links_under
 
     path = as_path(path_or_run_dir, template)
+    if report:  # plots are drawn by file name: never into a link planted in the run directory
+        refuse_links_under(path.root, [PLOTS_DIR])
     result = evaluate_path(path, template=template, accelerator=accelerator, **options)
     # evaluate_path has set up the process state (its own Accelerator when none was given).
     if (accelerator or PartialState()).is_main_process:

@@ -27,6 +27,7 @@ from hf_llpf.comparison_table import (
 )
 from hf_llpf.errors import ConfigError, NotApplicableError, UnknownNameError
 from hf_llpf.evaluation.recorded import ProbeRecorder, probe_digest
+from hf_llpf.run.layout import BASELINES_DIR
 
 METHODS = ("llpf", "linear", "slerp", "bezier", "weight-matching")
 
@@ -149,6 +150,7 @@ def compare(
     exist: str = "error",
     progress: bool = False,
     command: str | None = None,
+    protected: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any]:
     """Run every method between θ_A and θ_B, judge all with the same evaluator on the same data, write the table.
 
@@ -170,31 +172,64 @@ def compare(
             ``*_recal`` columns: for weight matching the "reset" of REPAIR). The points themselves keep their
             interpolated statistics (Bézier's are recomputed at every t, by its definition); to write recomputed
             statistics into a baseline's points use :func:`hf_llpf.build_baseline` ``(recalibrate_bn=True)``.
-        exist: ``"error"`` or ``"overwrite"`` for each method's run directory.
+        exist: ``"error"`` (``out_dir`` must be new or empty) or ``"overwrite"`` (``out_dir`` must be a comparison
+            folder of this tool holding nothing else; it is emptied first). Checked before anything is loaded.
         progress: show LLPF's progress bar.
         command: the command line, recorded.
+        protected: other files and folders the caller reads (the CLI's ``--recipe``); ``out_dir`` must not be,
+            hold or lie inside one of them, nor the local endpoints or data.
 
     Returns:
         ``{"rows": [...], "probe": {...}, "settings": {...}}``, as written to ``comparison.json``.
 
     Raises:
-        UnknownNameError: an unknown method. ConfigError: invalid settings.
+        UnknownNameError: an unknown method. ConfigError: invalid settings. RunDirectoryError: ``out_dir`` cannot
+            be written under ``exist`` (docs/run-directory.md, "What --overwrite and --resume may do").
     """
-    from hf_llpf.api import connect
-    from hf_llpf.inputs import prepare_data, resolve_config, resolve_endpoint
+    from hf_llpf.inputs import local_specs, resolve_config
+    from hf_llpf.run import RunWriter
 
     methods = _check_methods(methods)
     _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k)
     if exist not in ("error", "overwrite"):
         raise ConfigError(f"exist={exist!r}: expected 'error' or 'overwrite'")
     config = resolve_config(config)
+    protected = [*protected, *local_specs(model_a, model_b, train_data, config.data.source)]
+    out = FsPath(out_dir)
+    with RunWriter(out, exist=exist, protected=protected, kind="comparison"):  # before anything is loaded
+        table = _compare(model_a, model_b, train_data, out, methods, config, protected=protected, points=points,
+                         bezier=bezier, train_subset=train_subset, continuity_k=continuity_k,
+                         eval_batch_size=eval_batch_size, recalibrate_bn=recalibrate_bn, progress=progress,
+                         command=command)  # fmt: skip
+    return table
+
+
+def _compare(
+    model_a: Any,
+    model_b: Any,
+    train_data: Any,
+    out: FsPath,
+    methods: list[str],
+    config: Any,
+    *,
+    protected: list,
+    points: int,
+    bezier: dict | None,
+    train_subset: int | None,
+    continuity_k: int,
+    eval_batch_size: int,
+    recalibrate_bn: bool,
+    progress: bool,
+    command: str | None,
+) -> dict[str, Any]:
+    """:func:`compare` once its folder is open: every method into a new folder ``out/<method>``, then the table."""
+    from hf_llpf.inputs import prepare_data, resolve_endpoint
+
     model_a, model_b = resolve_endpoint(model_a), resolve_endpoint(model_b)  # loaded once, for every method
     _, bundle, config = prepare_data(train_data, config, model_a, model_b)
     if bundle is None:
         raise ConfigError("train_data: compare needs a data spec, DataConfig or DataBundle (its test split too)")
     config = config.model_copy(update={"data": bundle.config})
-    out = FsPath(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     judge = _Judge(
         bundle,
         train_subset=train_subset,
@@ -207,36 +242,14 @@ def compare(
     for method in methods:
         start = time.perf_counter()
         try:
-            if method == "llpf":
-                path = connect(
-                    model_a,
-                    model_b,
-                    bundle,
-                    config=config,
-                    run_dir=out / method,
-                    exist=exist,
-                    progress=progress,
-                    command=command,
-                )
-                llpf_iters = int(path.summary["run"]["sgd_iters"])
-            else:
-                path = _baseline(
-                    method,
-                    model_a,
-                    model_b,
-                    bundle,
-                    out / method,
-                    config=config,
-                    points=points,
-                    bezier=bezier,
-                    llpf_iters=llpf_iters,
-                    recalibrate_bn=False,
-                    exist=exist,
-                    command=command,
-                )
+            path = _method_path(method, model_a, model_b, bundle, out, config, llpf_iters=llpf_iters,
+                                protected=protected, points=points, bezier=bezier, progress=progress,
+                                command=command)  # fmt: skip
         except NotApplicableError as err:
             judge.not_applicable(method, err)
             continue
+        if method == "llpf":
+            llpf_iters = int(path.summary["run"]["sgd_iters"])
         judge.judge(method, path, time.perf_counter() - start)
     table = judge.table(
         {
@@ -253,7 +266,29 @@ def compare(
     return table
 
 
-BASELINES_DIR = "baselines"  # inside a run directory: what `hf-llpf evaluate RUN --baselines ...` writes
+def _method_path(
+    method: str,
+    model_a: Any,
+    model_b: Any,
+    bundle: Any,
+    out: FsPath,
+    config: Any,
+    *,
+    llpf_iters: int | None,
+    protected: list,
+    points: int,
+    bezier: dict | None,
+    progress: bool,
+    command: str | None,
+) -> Any:
+    """The path of one method of :func:`compare`, written to the new folder ``out/<method>``."""
+    from hf_llpf.api import connect
+
+    if method == "llpf":
+        return connect(model_a, model_b, bundle, config=config, run_dir=out / method, progress=progress,
+                       command=command, protected=protected)  # fmt: skip
+    return _baseline(method, model_a, model_b, bundle, out / method, config=config, points=points, bezier=bezier,
+                     llpf_iters=llpf_iters, recalibrate_bn=False, command=command)  # fmt: skip
 
 
 def compare_run(
@@ -299,6 +334,7 @@ def compare_run(
     from hf_llpf.inputs import resolve_config
     from hf_llpf.models import as_endpoint
     from hf_llpf.run import Path
+    from hf_llpf.run.ownership import refuse_links_under
 
     baselines = _check_methods(baselines)
     _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k)
@@ -306,6 +342,8 @@ def compare_run(
         raise ConfigError("--baselines llpf: the run itself is the LLPF path; name baselines only")
     path = Path(run_dir, template=template)
     path.validate()
+    # Written below: RUN/baselines/<method> and the table beside them; nothing on the way may be a link.
+    refuse_links_under(path.root, [BASELINES_DIR, *(f"{BASELINES_DIR}/{m}" for m in baselines)])
     bundle = resolve_data(path, data)
     if not isinstance(bundle, DataBundle):
         raise ConfigError("data: adding baselines needs a data spec, DataConfig or DataBundle (its test split too)")
@@ -341,6 +379,7 @@ def compare_run(
                 recalibrate_bn=False,
                 exist="overwrite",
                 command=command,
+                inside=path.root,
             )
         except NotApplicableError as err:
             judge.not_applicable(method, err)

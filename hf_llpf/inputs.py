@@ -6,6 +6,7 @@ the typed objects the engine works on, and anything that does not fit is a clear
 
 from __future__ import annotations
 
+import os
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -143,6 +144,13 @@ def read_paths(*endpoints: Endpoint, config: ConnectConfig) -> list[FsPath]:
     """The local files and folders a run reads (endpoints, data): a run directory must never delete them."""
     specs = [e.source for e in endpoints] + [config.data.source]
     return [FsPath(s) for s in specs if isinstance(s, str) and FsPath(s).exists()]
+
+
+def local_specs(*specs: Any) -> list[FsPath]:
+    """The local files and folders named by endpoint or data specs before they are loaded (an Endpoint: its
+    source); what is not a local path (a Hub id, a module, a built-in name) is left out."""
+    names = [s.source if isinstance(s, Endpoint) else s for s in specs]
+    return [FsPath(s) for s in names if isinstance(s, (str, os.PathLike)) and FsPath(s).exists()]
 
 
 def looks_like_endpoint(spec: str) -> bool:

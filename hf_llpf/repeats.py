@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from collections.abc import Sequence
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -26,7 +27,7 @@ from hf_llpf.inputs import resolve_config
 from hf_llpf.plots import plot_repeats
 from hf_llpf.process_local import ProcessLocal
 from hf_llpf.report import write_report
-from hf_llpf.run import atomic_write_text, read_metrics
+from hf_llpf.run import RunWriter, atomic_write_text, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, CONSISTENCY_JSON, PLOTS_DIR
 from hf_llpf.text import TextBundle
 from hf_llpf.train import LossFn, make_accelerator
@@ -81,6 +82,7 @@ def run_repeats(
     evaluate_options: dict[str, Any] | None = None,
     exist: str = "error",
     progress: bool = False,
+    protected: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any]:
     """Build and evaluate ``repeats`` paths with seeds ``config.seed + r``; write ``consistency.json`` and plots.
 
@@ -94,8 +96,10 @@ def run_repeats(
         evaluate_options: keyword arguments of :func:`~hf_llpf.api.evaluate_run` (``train_subset``,
             ``recalibrate_bn``, ``data``, ``report``, ...). With a ``DataBundle`` as ``train_data`` it is the
             default ``data``.
-        exist: what :func:`hf_llpf.connect` does with an existing repeat directory.
+        exist: ``"error"``, ``"overwrite"`` or ``"resume"``: for ``run_dir`` (a folder of repeats of this tool,
+            see :class:`~hf_llpf.run.RunWriter` ``kind="repeats"``) and for each repeat directory.
         progress: show the progress bar of each run.
+        protected: files and folders the caller reads (as for :func:`hf_llpf.connect`).
 
     Returns:
         The content of ``consistency.json``.
@@ -105,24 +109,39 @@ def run_repeats(
     """
     if not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"repeats={repeats!r}: must be a positive integer (the number of paths)")
-    # Here, not at the top: evaluate-only users never import the engine.
-    from hf_llpf.api import connect, evaluate_run
-
     config = resolve_config(config)
     options = dict(evaluate_options or {})
     if isinstance(train_data, (DataBundle, TextBundle)):
         options.setdefault("data", train_data)
     root = FsPath(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     dirs = [root / f"repeat_{r:02d}" for r in range(repeats)]
     # The Accelerator first: it detects the processes (a bare PartialState misses CPU-only multi-process launches).
     state = make_accelerator(mixed_precision=config.mixed_precision)
     local = ProcessLocal(state) if state.num_processes > 1 else None
-    for r in range(state.process_index, repeats, state.num_processes):
+    # The folder of the repeats: checked (exist policy, ownership, links) and held by the main process.
+    holder = RunWriter(root, exist=exist, protected=protected, kind="repeats") if state.is_main_process else None
+    state.wait_for_everyone()
+    try:
+        _build_repeats(model_a, model_b, train_data, config, dirs, state, local, loss_fn, options, exist, progress,
+                       protected)  # fmt: skip
+        if state.is_main_process:
+            _write_consistency(root, dirs)
+    finally:
+        if holder is not None:
+            holder.close()
+    state.wait_for_everyone()
+    return json.loads((root / CONSISTENCY_JSON).read_text())
+
+
+def _build_repeats(a, b, train_data, config, dirs, state, local, loss_fn, options, exist, progress, protected) -> None:
+    """Build and evaluate this process's share of the repeats."""
+    from hf_llpf.api import connect, evaluate_run
+
+    for r in range(state.process_index, len(dirs), state.num_processes):
         cfg = config.model_copy(update={"seed": config.seed + r})
         path = connect(
-            model_a,
-            model_b,
+            a,
+            b,
             train_data,
             config=cfg,
             run_dir=dirs[r],
@@ -130,14 +149,11 @@ def run_repeats(
             exist=exist,
             progress=progress and state.is_main_process,
             accelerator=local,
+            protected=protected,
         )
         template = path.template if isinstance(path.template, nn.Module) else None
         evaluate_run(path, loss_fn=loss_fn, template=template, accelerator=local, **options)
     state.wait_for_everyone()
-    if state.is_main_process:
-        _write_consistency(root, dirs)
-    state.wait_for_everyone()
-    return json.loads((root / CONSISTENCY_JSON).read_text())
 
 
 def _write_consistency(root: FsPath, dirs: list[FsPath]) -> None:

@@ -51,9 +51,9 @@ def _tree(root):
 
 def test_overwrite_never_deletes_what_is_not_a_run_directory(pair, digits):
     before = _tree(pair)
-    with pytest.raises(RunDirectoryError, match="holds .*which this run reads"):
+    with pytest.raises(RunDirectoryError, match="holds .*which this command reads"):
         hf_llpf.connect(pair / "A", pair / "B", digits, config=FAST, run_dir=pair, exist="overwrite", progress=False)
-    with pytest.raises(RunDirectoryError, match="holds .*which this run reads"):
+    with pytest.raises(RunDirectoryError, match="holds .*which this command reads"):
         hf_llpf.connect(pair / "A", pair / "B", digits, config=FAST, run_dir=pair / "A", exist="overwrite")
     other = pair.parent / "other"
     other.mkdir()
@@ -66,9 +66,10 @@ def test_overwrite_never_deletes_what_is_not_a_run_directory(pair, digits):
 def test_overwrite_replaces_a_run_directory(pair, digits, tmp_path):
     run = tmp_path / "run"
     hf_llpf.connect(pair / "A", pair / "B", digits, config=FAST, run_dir=run, progress=False)
-    (run / "points" / "stale.txt").write_text("from the first run")
+    (run / "points" / "t_999999").mkdir()  # a point of the layout, left by the first run: deleted with it
+    (run / "points" / "t_999999" / "model.safetensors").write_bytes(b"from the first run")
     hf_llpf.connect(pair / "A", pair / "B", digits, config=FAST, run_dir=run, exist="overwrite", progress=False)
-    assert not (run / "points" / "stale.txt").exists() and not (run / LOCK).exists()
+    assert not (run / "points" / "t_999999").exists() and not (run / LOCK).exists()
 
 
 @pytest.mark.slow

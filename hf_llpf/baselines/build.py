@@ -26,9 +26,10 @@ from hf_llpf.baselines.weight_matching import apply_permutation, ends_check, mat
 from hf_llpf.batches import LossFn, cpu_only
 from hf_llpf.errors import ConfigError, UnknownNameError
 from hf_llpf.evaluation.recalibration import recalibrate_bn
-from hf_llpf.inputs import example_batch, prepare_data, resolve_config, resolve_endpoint
+from hf_llpf.inputs import example_batch, local_specs, prepare_data, resolve_config, resolve_endpoint
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
 from hf_llpf.run import Path
+from hf_llpf.run.rundir import check_exist
 from hf_llpf.seeding import seed_everything
 from hf_llpf.timm_config import run_data_config, with_data_config
 from hf_llpf.train import batch_stream
@@ -92,6 +93,7 @@ def build_baseline(
     exist: str = "error",
     device: torch.device | str | None = None,
     command: str | None = None,
+    inside: str | os.PathLike | None = None,
 ) -> Path:
     """Build the path of one baseline from θ_A to θ_B and write it to ``run_dir`` (points at fixed t).
 
@@ -110,6 +112,7 @@ def build_baseline(
         exist: ``"error"`` or ``"overwrite"``.
         device: where Bézier trains (default: the device Accelerate chooses).
         command: the command line, recorded.
+        inside: the run directory ``run_dir`` lies in, when it is one's baseline (no link may lie between them).
 
     Returns:
         The :class:`~hf_llpf.run.Path`.
@@ -122,6 +125,7 @@ def build_baseline(
     if method not in BASELINES:
         raise UnknownNameError("baseline method", method, BASELINES)
     ts = fixed_ts(points)
+    check_exist(run_dir, exist, inside=inside, protected=local_specs(model_a, model_b, train_data))  # before any work
     config = resolve_config(config)
     seed_everything(config.seed)
     start = time.perf_counter()
@@ -151,7 +155,7 @@ def build_baseline(
         state_at = _recalibrated(state_at, ea.model, batches)
     run.settings["recalibrate_bn"] = recal
     return write_path(run_dir, ea, eb, ts, state_at, run, exist=exist, command=command,
-                      seconds=time.perf_counter() - start, assets=assets)  # fmt: skip
+                      seconds=time.perf_counter() - start, assets=assets, inside=inside)  # fmt: skip
 
 
 def _weight_matching(ea: Endpoint, sa: State, sb: State, loader: Any, run: BaselineRun, *, seed: int) -> Callable:

@@ -85,6 +85,7 @@ def write_path(
     command: str | None = None,
     seconds: float = 0.0,
     assets: Assets | None = None,
+    inside: str | os.PathLike | None = None,
 ) -> Path:
     """Write the points ``state_at(t)`` for each ``t`` of ``ts`` as a run directory.
 
@@ -100,6 +101,8 @@ def write_path(
         command: the command line that made it, recorded for reproduction.
         seconds: time the method spent before writing (training, matching); added to the wall time.
         assets: the endpoints' companion files (:func:`hf_llpf.assets.run_assets`), stored in ``assets/``.
+        inside: the run directory ``run_dir`` lies in (``RUN/baselines/<method>``): no folder between them may be a
+            symbolic link (see :class:`~hf_llpf.run.RunWriter`).
 
     Returns:
         The :class:`~hf_llpf.run.Path` (points load lazily).
@@ -115,7 +118,7 @@ def write_path(
     names = param_names(model)
     state_a, state_b = state_at(0.0), state_at(1.0)
     points = []
-    with RunWriter(run_dir, exist=exist) as writer:
+    with RunWriter(run_dir, exist=exist, inside=inside) as writer:
         config = {"method": run.method, "seed": run.seed, "data": run.data, "baseline": run.settings}
         writer.write_yaml(CONFIG_YAML, yaml.safe_dump(config, sort_keys=False))
         b = {**eb.describe(), "path_end": run.end_b} if run.end_b else eb.describe()

@@ -39,7 +39,11 @@ def register(sub) -> None:
     p.add_argument("--bezier-lr", type=float, help="SGD learning rate of the Bézier control point (default 0.01)")
     p.add_argument("--train-subset", type=int, help="fixed seeded subset of N training examples (default: all)")
     p.add_argument("--recalibrate-bn", action="store_true", help="also judge every path after BatchNorm recalibration")
-    p.add_argument("--overwrite", action="store_true", help="replace the methods' existing run directories")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a comparison folder written by compare (refused when it holds anything else)",
+    )
     p.add_argument("--threads", type=threads, default=1, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="hide LLPF's progress bar")
     add_settings_args(p)
@@ -48,13 +52,17 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hf_llpf.cli.args import set_threads
-    from hf_llpf.cli.connect import _command_line, _config
+    from hf_llpf.cli.connect import _command_line, _config, read_by_command
     from hf_llpf.comparison import PLOT, TABLE_JSON, TABLE_MD, compare, markdown_table
     from hf_llpf.models import load_endpoint
+    from hf_llpf.run.rundir import check_exist
 
     args.method = None  # compare runs LLPF with the recipe's method (auto by default)
     config = _config(args)
     set_threads(args.threads)
+    exist = "overwrite" if args.overwrite else "error"
+    protected = read_by_command(args, config)
+    check_exist(args.out, exist, protected=protected, kind="comparison")  # before anything loads
     bezier = {k: v for k, v in (("iters", args.bezier_iters), ("lr", args.bezier_lr)) if v is not None}
     methods = args.methods if isinstance(args.methods, list) else _methods(args.methods)
     table = compare(
@@ -68,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
         bezier=bezier or None,
         train_subset=args.train_subset,
         recalibrate_bn=args.recalibrate_bn,
-        exist="overwrite" if args.overwrite else "error",
+        exist=exist,
         progress=not args.no_progress,
         command=_command_line(),
+        protected=protected,
     )
     print(markdown_table(table))
     print(f"written: {args.out}/{TABLE_MD}, {TABLE_JSON}, {PLOT} and one run directory per method")

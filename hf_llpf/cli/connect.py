@@ -53,6 +53,13 @@ def _config(args: argparse.Namespace):
     return build(ConnectConfig, apply_overrides(values, args.overrides))
 
 
+def read_by_command(args: argparse.Namespace, config) -> list:
+    """The local files and folders the command reads (the endpoints, the data, the recipe): never written."""
+    from hf_llpf.inputs import local_specs
+
+    return local_specs(args.a, args.b, config.data.source, args.recipe)
+
+
 def _command_line() -> str | None:
     """The command as typed, recorded in the run directory."""
     import shlex
@@ -66,17 +73,24 @@ def run(args: argparse.Namespace) -> int:
     from hf_llpf.api import connect
     from hf_llpf.cli.args import set_threads
     from hf_llpf.models import load_endpoint
+    from hf_llpf.run.rundir import check_exist
 
     config = _config(args)
     set_threads(args.threads)
     exist = "resume" if args.resume else "overwrite" if args.overwrite else "error"
+    protected = read_by_command(args, config)
+    # Before the endpoints load (connect checks again before it writes; a resume's checks need the settings as
+    # the run records them, and come first in connect).
+    if args.repeats == 1 and exist != "resume":
+        check_exist(args.out, exist, protected=protected)
     a = load_endpoint(args.a, arch=args.arch)
     b = load_endpoint(args.b, arch=args.arch)
     command = _command_line()
     start = time.perf_counter()
     if args.repeats > 1:
-        return _repeats(args, a, b, config, exist)
-    path = connect(a, b, config=config, run_dir=args.out, exist=exist, progress=not args.no_progress, command=command)
+        return _repeats(args, a, b, config, exist, protected)
+    path = connect(a, b, config=config, run_dir=args.out, exist=exist, progress=not args.no_progress, command=command,
+                   protected=protected)  # fmt: skip
     wall = time.perf_counter() - start
     from accelerate import PartialState
 
@@ -117,14 +131,21 @@ def _report(args: argparse.Namespace, path, wall: float) -> None:
     print(verdict)
 
 
-def _repeats(args: argparse.Namespace, a, b, config, exist: str) -> int:
+def _repeats(args: argparse.Namespace, a, b, config, exist: str, protected: list) -> int:
     from accelerate import PartialState
 
     from hf_llpf.cli.render import repeats
     from hf_llpf.repeats import run_repeats
 
     summary = run_repeats(
-        a, b, config=config, run_dir=args.out, repeats=args.repeats, exist=exist, progress=not args.no_progress
+        a,
+        b,
+        config=config,
+        run_dir=args.out,
+        repeats=args.repeats,
+        exist=exist,
+        progress=not args.no_progress,
+        protected=protected,
     )
     if not PartialState().is_main_process:  # the repeats were spread over the processes; one reports
         return 0

@@ -6,6 +6,8 @@ resume state (docs/run-directory.md).
 - :mod:`~hf_llpf.run.rundir`: :class:`RunWriter` (exist policy, lock, atomic writes, checkpoints) and
   :class:`NullWriter` for non-main processes;
 - :mod:`~hf_llpf.run.reader`: :class:`Path`, the lazy reader, and the checked JSON readers;
+- :mod:`~hf_llpf.run.ownership`: what in a folder this tool wrote (marker, layout, links): what
+  ``--overwrite`` may delete and ``--resume`` may continue;
 - :mod:`~hf_llpf.run.lock`, :mod:`~hf_llpf.run.state` (safetensors + JSON resume state),
   :mod:`~hf_llpf.run.resume` (what a resume must match);
 - :mod:`~hf_llpf.run.storage`: the dtype and shard size points are stored in, and the rounding that makes the
@@ -33,6 +35,7 @@ from hf_llpf.run.rundir import (
     RunWriter,
     atomic_write_bytes,
     atomic_write_text,
+    check_exist,
     check_out_dir,
     write_evaluation,
 )
@@ -57,6 +60,7 @@ __all__ = [
     "TickRecord",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_exist",
     "check_out_dir",
     "point_name",
     "points_to_csv",

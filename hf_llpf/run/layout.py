@@ -19,6 +19,11 @@ CHECKPOINT = f"{CHECKPOINT_DIR}/{STATE_FILE}"
 MARKER = ".hf_llpf-run"  # this folder is a run directory of hf_llpf (what --overwrite may empty)
 LOCK = ".hf_llpf-lock"  # held by the run writing the folder
 ASIDE = ".m2o_phase"  # a cross-sphere walk of B keeps its points here until they are spliced in, reversed
+TRACKER_DIR = "hf_llpf"  # TensorBoard's event files, with report_to: [tensorboard]
+BASELINES_DIR = "baselines"  # what `hf-llpf evaluate RUN --baselines ...` writes: one run directory per method
+PLOT_FILES = ("loss.png", "accuracy.png", "layers.png", "repeats.png")  # what hf_llpf.plots draws in PLOTS_DIR
+COMPARISON_FILES = ("comparison.json", "comparison.md", "comparison.png")  # hf_llpf.comparison_table
+REPEATS_FILES = ("consistency.json", "README.md")  # beside the repeat_NN run directories (hf_llpf.repeats)
 
 # What a run directory of an older version (no marker) may hold; anything else means it is not ours to delete.
 RUN_FILES = frozenset(

@@ -1,8 +1,9 @@
 """Who owns a run directory: the marker that makes it recognisably ours, and the lock of the run writing it.
 
-- ``.hf_llpf-run`` marks a folder as a run directory of this tool. ``--overwrite`` empties only such a folder
-  (or one in the layout older versions wrote, holding nothing but run files), never a folder that holds an
-  endpoint, the data, or anything else.
+- ``.hf_llpf-run`` marks a folder as one of this tool (its JSON names the kind: ``run``, ``comparison``,
+  ``repeats``). ``--overwrite`` empties only such a folder (or one in the layout older versions wrote, holding
+  nothing but run files), and only when it holds nothing else, no link and nothing the command reads
+  (:mod:`hf_llpf.run.ownership`).
 - ``.hf_llpf-lock`` is held for the whole run (PID, host, start time). A second run into the same folder is
   refused; a lock whose process is gone (same host, PID not alive) is stale and taken over.
 """
@@ -16,35 +17,36 @@ import time
 from pathlib import Path
 
 from hf_llpf.errors import RunDirectoryError
-from hf_llpf.run.layout import CONFIG_YAML, LOCK, MARKER, RUN_FILES
+from hf_llpf.run.layout import LOCK, MARKER
+from hf_llpf.run.ownership import is_ours, read_by_this_run
 
 
 def is_run_directory(root: Path) -> bool:
-    """Whether ``root`` is a run directory of this tool (marker, or an older run's layout and nothing else)."""
-    if (root / MARKER).is_file():
-        return True
-    names = {p.name for p in root.iterdir()}
-    return CONFIG_YAML in names and all(n in RUN_FILES or n.startswith(".") for n in names)
+    """Whether ``root`` is a run directory of this tool: its marker, or an older run's exact layout (see
+    :func:`hf_llpf.run.ownership.is_ours`)."""
+    return is_ours(root, "run")
 
 
-def write_marker(root: Path) -> None:
-    """Mark ``root`` as a run directory (idempotent)."""
+def write_marker(root: Path, kind: str = "run") -> None:
+    """Mark ``root`` as a folder of this tool of ``kind`` (``run``, ``comparison``, ``repeats``); idempotent."""
     from hf_llpf import __version__
 
-    if not (root / MARKER).is_file():
-        (root / MARKER).write_text(json.dumps({"hf_llpf": __version__}) + "\n")
+    marker = root / MARKER
+    if not marker.is_symlink() and marker.is_file():
+        return
+    if os.path.lexists(marker):  # a link or a folder in its place: never written through
+        raise RunDirectoryError(f"{str(marker)!r} is not a plain file (a link or a folder); remove it first")
+    marker.write_text(json.dumps({"hf_llpf": __version__, "kind": kind}) + "\n")
 
 
-def check_not_protected(root: Path, protected: list[Path], *, action: str) -> None:
-    """Refuse ``action`` on ``root`` when it is, or contains, a folder or file the run reads."""
-    here = Path(os.path.realpath(root))
-    for p in protected:
-        other = Path(os.path.realpath(p))
-        if other == here or here in other.parents:
-            raise RunDirectoryError(
-                f"--out {str(root)!r}: refusing to {action} it: it holds {str(p)!r}, which this run reads "
-                "(an endpoint or the data); choose another --out"
-            )
+def check_not_protected(root: Path, protected: list[Path], *, action: str, field: str = "--out") -> None:
+    """Refuse ``action`` on ``root`` when it is, holds, or lies inside a folder or file the command reads."""
+    hits = read_by_this_run(root, protected)
+    if hits:
+        raise RunDirectoryError(
+            f"{field} {str(root)!r}: refusing to {action} it: it is, holds or lies inside {hits[0]!r}, which this "
+            f"command reads (an endpoint, the data or the recipe); hf_llpf never writes there: choose another {field}"
+        )
 
 
 def _alive(pid: int) -> bool:

@@ -9,9 +9,10 @@ from typing import Any
 
 import hf_llpf.run.state as resume_state
 from hf_llpf.config import ConnectConfig
-from hf_llpf.errors import ConfigError
+from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.models import Endpoint
-from hf_llpf.run.layout import CHECKPOINT_DIR, CONFIG_YAML, ENDPOINTS_JSON
+from hf_llpf.run.layout import CHECKPOINT_DIR, CONFIG_YAML, ENDPOINTS_JSON, METRICS_JSON
+from hf_llpf.run.reader import read_metrics
 
 
 def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
@@ -45,12 +46,8 @@ def check_same_run(
         ConfigError: a setting outside :data:`RESUMABLE_SETTINGS` differs, or an endpoint's content differs from
             the one the run started with (``endpoints.json``); every difference is listed.
     """
-    import yaml
-
     root = FsPath(run_dir)
-    saved = {**ADDED_SETTINGS, **yaml.safe_load((root / CONFIG_YAML).read_text())}
-    now = config.model_dump(mode="json")
-    differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    saved, now, differing = _differences(root, config)
     problems = [
         f"--resume: {k} was {saved.get(k)!r} in {run_dir}, now {now.get(k)!r} (a resume may change only "
         f"{', '.join(RESUMABLE_SETTINGS)})"
@@ -68,3 +65,47 @@ def check_same_run(
     if problems:
         raise ConfigError(problems)
     return {k: [saved.get(k), now.get(k)] for k in differing}
+
+
+def _differences(root: FsPath, config: ConnectConfig) -> tuple[dict, dict, list[str]]:
+    """The settings recorded in ``root/llpf_config.yaml``, those given, and the keys where they differ."""
+    import yaml
+
+    saved = {**ADDED_SETTINGS, **yaml.safe_load((root / CONFIG_YAML).read_text())}
+    now = config.model_dump(mode="json")
+    return saved, now, sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+
+
+def refuse_path_without_checkpoint(run_dir: str | os.PathLike, config: ConnectConfig) -> None:
+    """``--resume`` of a run directory that holds a path but no checkpoint (removed, or never written) is refused:
+    without the checkpoint nothing can be continued, and starting again would replace the path. The message says
+    whether it is finished and how ``config`` differs from the settings it recorded (``llpf_config.yaml``), as a
+    resume with a checkpoint compares them (:func:`check_same_run`).
+
+    Raises:
+        RunDirectoryError: the folder holds ``path_metrics.json`` and no checkpoint.
+    """
+    root = FsPath(run_dir)
+    if resume_state.exists(root / CHECKPOINT_DIR) or not (root / METRICS_JSON).is_file():
+        return
+    metrics = read_metrics(root)
+    finished = "run" in metrics.get("summary", {})
+    state = f"a {'finished' if finished else 'partial'} path of {len(metrics['points'])} points"
+    if (root / CONFIG_YAML).is_file():
+        saved, now, differing = _differences(root, config)
+        # Checked before the data are loaded: of the data, the spec as given is compared.
+        source = [(saved.get("data") or {}).get("source"), (now.get("data") or {}).get("source")]
+        changes = [f"{k} was {saved.get(k)!r}, now {now.get(k)!r}" for k in differing if k != "data"]
+        changes += [f"data.source was {source[0]!r}, now {source[1]!r}"] if source[0] != source[1] else []
+        settings = (
+            f"the settings differ from its {CONFIG_YAML}: {'; '.join(changes)}"
+            if changes
+            else (f"the settings are those of its {CONFIG_YAML}" + ("; nothing to resume" if finished else ""))
+        )
+    else:
+        settings = f"it has no {CONFIG_YAML} to compare the settings with"
+    raise RunDirectoryError(
+        f"--resume {str(root)!r}: it holds {state} and no {CHECKPOINT_DIR}/ to continue it from ({settings}). "
+        "--resume never rewrites a path it cannot continue: it is kept as it is. Pass --overwrite to build it "
+        "again, or choose another --out"
+    )

@@ -28,11 +28,13 @@ from hf_llpf.run.layout import (
     MARKER,
     METRICS_CSV,
     METRICS_JSON,
-    is_temporary,
+    PLOTS_DIR,
+    POINTS_DIR,
     point_name,
     temporary_point_name,
 )
 from hf_llpf.run.lock import RunLock, check_not_protected, is_run_directory, write_marker
+from hf_llpf.run.ownership import check_owned, is_leftover, marker_kind, read_by_this_run, refuse_link, survey
 from hf_llpf.run.reader import read_metrics
 from hf_llpf.run.records import points_to_csv
 from hf_llpf.run.storage import PointStorage
@@ -76,15 +78,18 @@ class RunWriter:
 
     Args:
         root: the run directory.
-        exist: what to do when it already exists: ``"error"`` (refuse), ``"overwrite"`` (empty it first; only a
-            run directory of this tool, see :mod:`hf_llpf.run.lock`) or ``"resume"`` (keep it).
-        protected: folders and files the run reads (local endpoints, data): never deleted or written over.
+        exist: what to do when it already exists (:func:`check_exist`): ``"error"`` (refuse), ``"overwrite"``
+            (delete its entries of the layout first; only a folder of this tool holding nothing else) or
+            ``"resume"`` (keep it; never deletes).
+        protected: folders and files the command reads (local endpoints, data, recipe): never deleted or written.
         lock: take the run directory's lock (not for a phase's folder inside a run directory that holds one).
         storage: the dtype and shard size points are written in (default: the endpoints' dtype, 5GB shards).
+        kind: the layout written: ``"run"``, ``"comparison"`` (``compare --out``) or ``"repeats"``.
+        inside: the run directory this folder is written in (a baseline's, a phase's): no folder between the two
+            may be a symbolic link.
 
     Raises:
-        RunDirectoryError: ``root`` is a file, under a file, not writable, in use by another run, not a run
-            directory while ``overwrite``/``resume`` is asked, or holds a protected path. Nothing is deleted then.
+        RunDirectoryError: see :func:`check_exist`; also: not writable, in use by another run. Nothing is deleted.
     """
 
     def __init__(
@@ -95,52 +100,26 @@ class RunWriter:
         protected: Sequence[os.PathLike] = (),
         lock: bool = True,
         storage: PointStorage | None = None,
+        kind: str = "run",
+        inside: str | os.PathLike | None = None,
     ):
         self.root = FsPath(root)
+        self.kind = kind
         self.storage = storage or PointStorage()
-        check_out_dir(self.root, field="--out")
-        protected_paths = [FsPath(p) for p in protected]
-        keep_checkpoint = self._check_exist_policy(exist, protected_paths)
+        check_exist(self.root, exist, protected=protected, kind=kind, inside=inside)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self.lock = RunLock(self.root).acquire() if lock else None
         except OSError as err:
             raise RunDirectoryError(f"--out {str(self.root)!r}: cannot write there ({err.strerror})") from None
         try:
-            if exist == "overwrite" or (exist == "resume" and not keep_checkpoint):
-                _empty(self.root)  # resume before the first checkpoint: nothing to keep, start again
+            if exist == "overwrite":  # checked again under the lock: what is deleted is what was surveyed
+                _empty(self.root, check_exist(self.root, exist, protected=protected, kind=kind, inside=inside))
             _remove_temporary_files(self.root)
-            write_marker(self.root)
+            write_marker(self.root, kind)
         except BaseException:
             self.close()
             raise
-
-    def _check_exist_policy(self, exist: str, protected: list[FsPath]) -> bool:
-        """Check ``exist`` against what is on disk before anything is changed; True when a checkpoint is kept."""
-        if exist not in ("error", "overwrite", "resume", "append"):
-            raise RunDirectoryError(f"exist={exist!r}: expected 'error', 'overwrite' or 'resume'")
-        occupied = self.root.is_dir() and any(p.name != LOCK for p in self.root.iterdir())
-        if exist == "append":  # a phase's own folder inside a resumed run: kept as it is
-            return True
-        if exist == "resume" and not occupied:
-            raise RunDirectoryError(f"cannot resume {str(self.root)!r}: it does not exist or is empty")
-        if not occupied:
-            return False
-        if exist == "error":
-            raise RunDirectoryError(
-                f"run directory {str(self.root)!r} already exists; pass --resume to continue it or "
-                "--overwrite to replace it"
-            )
-        check_not_protected(self.root, protected, action="overwrite" if exist == "overwrite" else "resume into")
-        if not is_run_directory(self.root):
-            found = sorted(p.name for p in self.root.iterdir())[:8]
-            raise RunDirectoryError(
-                f"--out {str(self.root)!r} is not a run directory of hf_llpf (no {MARKER}; it holds {found}): "
-                f"refusing to {exist} it; choose a new or empty folder"
-            )
-        # Only whether there is one: it is decoded once, by the resume (a damaged one is refused there, and
-        # nothing is deleted before).
-        return exist == "resume" and resume_state.exists(self.root / CHECKPOINT_DIR)
 
     def close(self) -> None:
         """Release the run directory's lock (idempotent)."""
@@ -193,7 +172,8 @@ class RunWriter:
     def phase_folder(self, name: str, *, resume: bool) -> RunWriter:
         """A writer of the folder ``name`` inside this run directory, for a phase whose points are spliced in
         later: emptied for a new run, kept as it is on resume; covered by this run directory's lock."""
-        return RunWriter(self.root / name, exist="append" if resume else "overwrite", lock=False, storage=self.storage)
+        exist = "append" if resume else "overwrite"
+        return RunWriter(self.root / name, exist=exist, lock=False, storage=self.storage, inside=self.root)
 
     def remove(self) -> None:
         """Delete this folder (a phase's folder, once spliced into its run directory)."""
@@ -261,6 +241,73 @@ class NullWriter:
         pass
 
 
+def check_exist(
+    root: str | os.PathLike,
+    exist: str,
+    *,
+    protected: Sequence[os.PathLike] = (),
+    kind: str = "run",
+    inside: str | os.PathLike | None = None,
+) -> list[str]:
+    """Check the exist policy against what is on disk, changing nothing; returns what an overwrite deletes.
+
+    - Always: ``root`` is not a symbolic link (nor a folder between ``inside`` and it), and is not, does not hold
+      and does not lie inside a path of ``protected``.
+    - ``"error"``: ``root`` is missing or empty.
+    - ``"overwrite"``: ``root`` is missing, empty, or a folder of this tool of ``kind`` (marker, or an older
+      run's exact layout) holding no link and nothing the layout does not name.
+    - ``"resume"``: ``root`` holds a checkpoint (and no link) and is a run directory of this tool; without a
+      checkpoint, it is exactly a run directory of this tool (its marker, nothing foreign, no link) that holds
+      no path yet: nothing is deleted, the run starts again over its own files.
+    - ``"append"``: a phase's own folder inside a resumed run: kept as it is.
+
+    Raises:
+        RunDirectoryError: naming the folder and why; every listing names what is foreign, the links and (for an
+            overwrite) what would have been deleted.
+    """
+    root = FsPath(root)
+    if exist not in ("error", "overwrite", "resume", "append"):
+        raise RunDirectoryError(f"exist={exist!r}: expected 'error', 'overwrite' or 'resume'")
+    check_out_dir(root, field="--out")
+    refuse_link(root, inside=FsPath(inside) if inside is not None else None)
+    action = {"error": "write into", "overwrite": "overwrite", "resume": "resume into", "append": "write into"}
+    occupied = root.is_dir() and any(p.name != LOCK for p in root.iterdir())
+    if not (occupied and exist in ("overwrite", "resume")):  # else listed with the folder's other problems
+        check_not_protected(root, [FsPath(p) for p in protected], action=action[exist])
+    if exist == "resume" and not occupied:
+        raise RunDirectoryError(f"cannot resume {str(root)!r}: it does not exist or is empty")
+    if not occupied or exist == "append":
+        return []
+    if exist == "error":
+        advice = "--resume to continue it or --overwrite" if kind == "run" else "--overwrite"
+        raise RunDirectoryError(f"--out {str(root)!r} already exists and is not empty; pass {advice} to replace it")
+    if exist == "resume" and kind == "run" and resume_state.exists(root / CHECKPOINT_DIR):
+        # Only whether there is one: it is decoded once, by the resume (a damaged one is refused there).
+        return _check_resumable(root, protected)
+    found = check_owned(root, kind=kind, action=action[exist], protected=protected)
+    if exist == "resume" and kind == "run" and marker_kind(root) != "run":
+        raise RunDirectoryError(
+            f"cannot resume {str(root)!r}: it has no {CHECKPOINT_DIR}/ and no {MARKER} marker; --resume without a "
+            "checkpoint continues only a run directory this version of hf_llpf started. Nothing was changed: pass "
+            "--overwrite to start it again, or choose another --out"
+        )
+    if exist == "resume" and (root / METRICS_JSON).exists():
+        raise RunDirectoryError(
+            f"cannot resume {str(root)!r}: it holds a path ({METRICS_JSON}) but no {CHECKPOINT_DIR}/ to continue it "
+            "from; --resume never rewrites it. It is kept as it is: pass --overwrite to build it again, or choose "
+            "another --out"
+        )
+    return found.owned if exist == "overwrite" else []
+
+
+def _check_resumable(root: FsPath, protected: Sequence[os.PathLike]) -> list[str]:
+    """A folder with a checkpoint: a run directory of this tool without links, holding nothing the command reads
+    (files it does not name are kept: a resume deletes nothing)."""
+    if not is_run_directory(root) or survey(root, "run").links or read_by_this_run(root, protected):
+        check_owned(root, kind="run", action="resume into", protected=protected)
+    return []
+
+
 def check_out_dir(root: FsPath, *, field: str, file: bool = False) -> None:
     """Refuse an output folder (``file``: an output file) that is of the other kind or sits under a file, or whose
     nearest existing parent is not writable, before any work is done."""
@@ -276,24 +323,33 @@ def check_out_dir(root: FsPath, *, field: str, file: bool = False) -> None:
             break
 
 
-def _empty(root: FsPath) -> None:
-    """Delete everything in a run directory except its lock."""
-    for p in root.iterdir():
-        if p.name == LOCK:
-            continue
+def _empty(root: FsPath, owned: list[str]) -> None:
+    """Delete the entries of the layout ``owned`` (from :func:`check_exist`) of a folder of this tool; nothing else
+    (the survey found no link and nothing foreign in it). The marker goes last: a folder emptied half-way (a kill)
+    is still recognised as this tool's."""
+    for name in sorted(owned, key=lambda n: n == MARKER):
+        p = root / name.rstrip("/")
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
-        else:
+        elif os.path.lexists(p):
             p.unlink()
 
 
 def _remove_temporary_files(root: FsPath) -> None:
-    """Leftovers of writes killed half-way (``.NAME.*.tmp`` files, ``points/.tmp_*`` folders)."""
-    for p in sorted(root.rglob(".*"), reverse=True):
-        if is_temporary(p.name) and p.is_dir():
-            shutil.rmtree(p)
-        elif is_temporary(p.name) and p.is_file():
-            p.unlink()
+    """Leftovers of writes killed half-way (:func:`~hf_llpf.run.ownership.is_leftover`: ``.NAME.*.tmp`` files,
+    ``.tmp_assets/``, ``points/.tmp_t_*/``), where the tool writes them: the folder itself, ``points/``,
+    ``checkpoint/`` and ``plots/`` (never deeper, never through a link)."""
+    for rel in ("", POINTS_DIR, CHECKPOINT_DIR, PLOTS_DIR):
+        folder = root / rel
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if p.is_symlink() or not is_leftover(p.name, p.is_dir(), rel):
+                continue
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
 
 
 def _json_default(obj: Any) -> Any:
