@@ -42,6 +42,7 @@ from hf_llpf.weights import (
     cast_floating,
     download_weights,
     read_weights,
+    usual_permissions,
     weight_files,
     write_weights,
 )
@@ -359,6 +360,7 @@ def save_model(
         state = cast_floating(model.state_dict(), dtype) if dtype is not None else None
         with library_bars():
             model.save_pretrained(directory, safe_serialization=True, state_dict=state, max_shard_size=shard)
+        usual_permissions(directory)
         return directory
     state, seen = {}, set()
     for k, v in cast_floating(model.state_dict(), dtype).items():
@@ -371,6 +373,7 @@ def save_model(
         from hf_llpf.timm_config import write_timm_config
 
         write_timm_config(model, directory, arch)
+    usual_permissions(directory)
     return directory
 
 
