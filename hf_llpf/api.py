@@ -32,6 +32,7 @@ from hf_llpf.progress import progress_requested
 from hf_llpf.recipes import to_yaml
 from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
+from hf_llpf.run.lock import holds_run_directory
 from hf_llpf.run.resume import check_same_run, read_checkpoint
 from hf_llpf.run.storage import PointStorage
 from hf_llpf.seeding import seed_everything
@@ -342,6 +343,7 @@ def walk_to_origin(
     return Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None)
 
 
+@holds_run_directory("path_or_run_dir", exclusive=True, action="evaluate")
 def evaluate_run(
     path_or_run_dir: Path | str | os.PathLike,
     *,
@@ -377,16 +379,26 @@ def evaluate_run(
     from accelerate import PartialState
 
     from hf_llpf.evaluation import as_path, evaluate_path
-    from hf_llpf.plots import plot_path
-    from hf_llpf.report import write_report
-    from hf_llpf.run import write_evaluation
 
     path = as_path(path_or_run_dir, template)
     result = evaluate_path(path, template=template, accelerator=accelerator, **options)
     # evaluate_path has set up the process state (its own Accelerator when none was given).
     if (accelerator or PartialState()).is_main_process:
-        write_evaluation(path.root, result)
-        if report:
-            plot_path(path.root, template=template)
-            write_report(path.root)
+        record_evaluation(path.root, result, template=template, report=report)
     return result
+
+
+def record_evaluation(
+    run_dir: str | os.PathLike, result: dict[str, Any], *, template: nn.Module | None = None, report: bool = True
+) -> None:
+    """Write an evaluation's ``result`` (:func:`~hf_llpf.evaluation.evaluate_path`) into its run directory: the
+    metrics files (:func:`hf_llpf.run.write_evaluation`), and with ``report`` the plots and the report section of
+    ``README.md``. Called once everything is computed, so a failure before leaves the run directory unchanged."""
+    from hf_llpf.plots import plot_path
+    from hf_llpf.report import write_report
+    from hf_llpf.run import write_evaluation
+
+    write_evaluation(run_dir, result)
+    if report:
+        plot_path(run_dir, template=template)
+        write_report(run_dir)

@@ -24,6 +24,7 @@ from hf_llpf.hub.push import upload
 from hf_llpf.hub.spec import parse_repo_spec
 from hf_llpf.run import Path
 from hf_llpf.run.layout import README
+from hf_llpf.run.lock import holds_run_directory
 from hf_llpf.safe_paths import walk_files
 
 
@@ -82,6 +83,7 @@ def _write_point(path: Path, i: int, out: FsPath, *, label: str, repo_id: str | 
     os.replace(tmp, out)
 
 
+@holds_run_directory("source", exclusive=False, action="export")
 def export_point(
     source: str | os.PathLike | Path,
     *,

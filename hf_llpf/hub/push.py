@@ -40,6 +40,7 @@ from hf_llpf.hub.spec import check_branch_name, parse_repo_spec
 from hf_llpf.hub.upload import FILES_PER_COMMIT, PRUNE_PATTERNS, commit_in_batches, stale_files
 from hf_llpf.run import METRICS_JSON, Path, atomic_write_text
 from hf_llpf.run.layout import ASSETS_DIR, ENDPOINTS_JSON, README
+from hf_llpf.run.lock import holds_run_directory
 from hf_llpf.safe_paths import walk_files
 
 TAG_PREFIX = "llpf-"
@@ -116,6 +117,7 @@ def _patterns(value, field: str) -> list[str] | None:
     return list(items)
 
 
+@holds_run_directory("run_dir", exclusive=False, action="push")
 def published_files(
     run_dir: str | os.PathLike,
     *,
@@ -255,6 +257,7 @@ def _point_branches(api: Any, root: FsPath, commit: str, pub: Publication, optio
     )
 
 
+@holds_run_directory("run_dir", exclusive=True, action="push")
 def push_path(
     run_dir: str | os.PathLike,
     *,

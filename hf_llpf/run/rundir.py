@@ -327,3 +327,19 @@ def write_evaluation(root: str | os.PathLike, result: dict[str, Any]) -> None:
     }
     atomic_write_text(root / METRICS_JSON, json.dumps(merged, indent=2) + "\n")
     atomic_write_text(root / METRICS_CSV, points_to_csv(result["points"]))
+
+
+def check_exist_policy(
+    root: str | os.PathLike, *, exist: str, protected: Sequence[os.PathLike] = (), field: str = "--out"
+) -> None:
+    """Refuse now what ``RunWriter(root, exist=exist, protected=protected)`` would refuse, changing nothing: for a
+    command that writes several run directories, so it fails before the first is written.
+
+    Raises:
+        RunDirectoryError: as :class:`RunWriter` would.
+    """
+    root = FsPath(root)
+    check_out_dir(root, field=field)
+    probe = RunWriter.__new__(RunWriter)  # the writer's own checks, without opening (locking, emptying) anything
+    probe.root = root
+    probe._check_exist_policy(exist, [FsPath(p) for p in protected])

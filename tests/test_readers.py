@@ -1,0 +1,124 @@
+"""Readers and writers of one run directory never mix (docs/run-directory.md, "Readers and writers"); a failed
+`evaluate --baselines` changes nothing; points and checkpoints carry the user's umask."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import hf_llpf
+from hf_llpf.cli import main
+from hf_llpf.errors import RunDirectoryError
+
+torch.set_num_threads(1)
+
+FAST = {"step_r": 0.25, "min_iters": 1, "max_iters": 2, "checkpoint_every": 1, "arrival_tol": 0.05,
+        "loss_ceiling": None}  # fmt: skip
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def finished_run(small_cnn_pair, digits, tmp_path_factory):
+    """A complete run directory (read-only in tests: copy it with :func:`_copy`)."""
+    run = tmp_path_factory.mktemp("readers") / "run"
+    hf_llpf.connect(*small_cnn_pair, digits, config=FAST, run_dir=run, progress=False)
+    return run
+
+
+def _copy(run, tmp_path):
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _tree_hash(root) -> str:
+    """Every name and every byte under ``root``."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+class Holder:
+    """A second process holding ``run``: ``writer`` (a run writing it: RunWriter's lock) or ``reader``."""
+
+    def __init__(self, run, kind: str):
+        if kind == "writer":
+            hold = f"from hf_llpf.run import RunWriter\nw = RunWriter({str(run)!r}, exist='resume')"
+        else:
+            hold = (
+                "from hf_llpf.run.lock import holding\n"
+                f"h = holding({str(run)!r}, exclusive=False, action='evaluate')\nh.__enter__()"
+            )
+        code = textwrap.dedent(hold) + "\nprint('held', flush=True)\nimport sys\nsys.stdin.read()\n"
+        env = {**os.environ, "PYTHONPATH": REPO}
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+        line = self.proc.stdout.readline()
+        assert line == "held\n", self.proc.stderr.read()
+        self.pid = self.proc.pid
+
+    def __enter__(self) -> Holder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.stdin.close()  # the holder ends, giving the run directory back
+        assert self.proc.wait(timeout=60) == 0, self.proc.stderr.read()
+
+
+def test_every_reader_refuses_a_run_that_is_being_written(finished_run, tmp_path, capsys):
+    from hf_llpf.comparison import compare_run
+    from hf_llpf.evaluation import evaluate_path
+    from hf_llpf.hub import push_path
+    from hf_llpf.hub.card import build_model_card
+
+    run = _copy(finished_run, tmp_path)
+    with Holder(run, "writer") as writer:
+        before = _tree_hash(run)
+        commands = [
+            ("evaluate", ["evaluate", str(run), "--train-subset", "64", "--continuity", "0"]),
+            ("evaluate", ["evaluate", str(run), "--baselines", "slerp", "--points", "3"]),
+            ("push", ["push", str(run), "org/path"]),
+            ("export", ["export", str(run), "--out", str(tmp_path / "mid")]),
+        ]
+        for action, argv in commands:
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert f"{action} {str(run)!r}: the run directory is still being written by process {writer.pid}" in err
+            assert "wait for it to end, then run" in err and "Traceback" not in err
+        reads = {
+            "evaluate": lambda: evaluate_path(run),
+            "evaluate --baselines": lambda: compare_run(run, ["linear"]),
+            "push": lambda: push_path(run, repo_id="org/path"),
+            "build the card of": lambda: build_model_card(run),
+        }
+        for action, read in reads.items():
+            with pytest.raises(RunDirectoryError) as err:
+                read()
+            assert str(err.value).startswith(f"{action} {str(run)!r}: the run directory is still being written by "
+                                             f"process {writer.pid} on ")  # fmt: skip
+        assert _tree_hash(run) == before and not (tmp_path / "mid").exists()
+    # Once the writer has ended, the same readers work.
+    assert main(["export", str(run), "--out", str(tmp_path / "mid")]) == 0
+
+
+def test_a_run_is_refused_while_a_reader_holds_its_directory(finished_run, small_cnn_pair, digits, tmp_path, capsys):
+    run = _copy(finished_run, tmp_path)
+    with Holder(run, "reader") as reader:
+        before = _tree_hash(run)
+        for exist in ("resume", "overwrite"):
+            with pytest.raises(RunDirectoryError, match=f"is being read by process {reader.pid} .*wait for it"):
+                hf_llpf.connect(*small_cnn_pair, digits, config=FAST, run_dir=run, exist=exist, progress=False)
+        # evaluate writes into the run directory: refused too; other readers share it.
+        assert main(["evaluate", str(run), "--train-subset", "64", "--continuity", "0"]) == 2
+        assert f"is being read by process {reader.pid}" in capsys.readouterr().err
+        assert main(["export", str(run), "--out", str(tmp_path / "mid")]) == 0
+        assert _tree_hash(run) == before
