@@ -33,7 +33,7 @@ from hf_llpf.recipes import to_yaml
 from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
 from hf_llpf.run.lock import holds_run_directory
-from hf_llpf.run.resume import check_same_run, read_checkpoint
+from hf_llpf.run.resume import Stretches, carried_stretches, check_same_run, read_checkpoint, version_notice
 from hf_llpf.run.storage import PointStorage
 from hf_llpf.seeding import seed_everything
 from hf_llpf.spheres import choose_method
@@ -185,6 +185,8 @@ def _run_and_record(
     history = _resume_history(run_dir, resumed_with) if ckpt is not None else []
     if ckpt is not None:
         runner.load_state_dict(ckpt["state"])
+        certifier.restore_counters(ckpt.get("counters"))
+    stretches = _open_stretches(run_dir, ckpt, runner, certifier, writer)
     runner.run()
     summary = _summary(runner, method, plan, setup, elapsed=time.perf_counter() - start)
     summary["run"]["mixed_precision"] = config.mixed_precision
@@ -192,6 +194,8 @@ def _run_and_record(
     summary["run"]["certification"] = certifier.summary(runner.uncertified)
     if history:
         summary["run"]["resumed_with"] = history
+    summary["run"]["stretches"] = stretches.all()
+    summary["run"].update(stretches.totals())
     state = runner.state
     writer.write_metrics(state.points, state.ticks, summary)
     logger.info(f"{run_dir}: {len(state.points)} points, {summary['run']['sgd_iters']} SGD iterations; "
@@ -201,6 +205,18 @@ def _run_and_record(
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return Path(run_dir, template=template)
+
+
+def _open_stretches(run_dir, ckpt: dict | None, runner: Any, certifier: Certifier, writer: Any) -> Stretches:
+    """This session's stretch of the run, carried by every checkpoint it writes; says so when an earlier stretch
+    was written by another hf_llpf version."""
+    carried = carried_stretches(run_dir, ckpt)
+    notice = version_notice(run_dir, carried)
+    if notice is not None:
+        logger.warning(notice, main_process_only=True)
+    stretches = Stretches(carried, work=runner.work, counters=certifier.counters)
+    writer.checkpoint_extra = stretches.checkpoint  # (a NullWriter writes no checkpoint)
+    return stretches
 
 
 def _straight_if_certified(ea, eb, certifier: Certifier, config: ConnectConfig, accelerator) -> str | None:

@@ -122,3 +122,41 @@ def test_a_run_is_refused_while_a_reader_holds_its_directory(finished_run, small
         assert f"is being read by process {reader.pid}" in capsys.readouterr().err
         assert main(["export", str(run), "--out", str(tmp_path / "mid")]) == 0
         assert _tree_hash(run) == before
+
+
+CERTIFIED = {"step_r": 0.5, "min_iters": 2, "max_iters": 4, "arrival_tol": 0.05, "checkpoint_every": 2}
+COUNTERS = ("ticks", "sgd_iters", "failures", "backtracks")
+
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_run_counts_what_an_uninterrupted_one_does(small_cnn_pair, digits, tmp_path,
+                                                                         monkeypatch, caplog):  # fmt: skip
+    from conftest import connect_killed_after
+
+    whole = hf_llpf.connect(*small_cnn_pair, digits, config=CERTIFIED, run_dir=tmp_path / "whole", progress=False)
+    run = tmp_path / "killed"
+    assert connect_killed_after(2, monkeypatch, *small_cnn_pair, digits, config=CERTIFIED, run_dir=run,
+                                progress=False) == 2  # fmt: skip
+    monkeypatch.setattr(hf_llpf, "__version__", "9.9.9")  # the resume is made by another version
+    with caplog.at_level("WARNING", logger="hf_llpf"):
+        resumed = hf_llpf.connect(*small_cnn_pair, digits, config=CERTIFIED, run_dir=run, exist="resume",
+                                  progress=False)  # fmt: skip
+    was, now = whole.summary["run"], resumed.summary["run"]
+    assert resumed.ticks == whole.ticks
+    assert {k: now[k] for k in COUNTERS} == {k: was[k] for k in COUNTERS}
+    probes = ("probes", "probes_stopped_early")
+    assert {k: now["certification"][k] for k in probes} == {k: was["certification"][k] for k in probes}
+    # Two stretches, each with its version; their counts add up to the run's.
+    first, second = now["stretches"]
+    assert first["version"] == whole.summary["run"]["stretches"][0]["version"] != second["version"] == "9.9.9"
+    assert first["ticks"] > 0 and second["ticks"] > 0
+    assert first["ticks"] + second["ticks"] == was["stretches"][0]["ticks"]
+    assert first["sgd_iters"] + second["sgd_iters"] == was["sgd_iters"] == was["stretches"][0]["sgd_iters"]
+    for k in probes:
+        assert first[k] + second[k] == now["certification"][k] == was["stretches"][0][k]
+    assert now["seconds"] == round(first["seconds"] + second["seconds"], 3)
+    notices = [r.getMessage() for r in caplog.records if "--resume: " in r.getMessage()]
+    assert len(notices) == 1 and notices[0].endswith(
+        f"--resume: {run} was written so far by hf_llpf {first['version']}; this stretch is written by 9.9.9 (each "
+        "stretch's version is recorded in summary.run.stretches)"
+    )
