@@ -160,3 +160,63 @@ def test_a_killed_and_resumed_run_counts_what_an_uninterrupted_one_does(small_cn
         f"--resume: {run} was written so far by hf_llpf {first['version']}; this stretch is written by 9.9.9 (each "
         "stretch's version is recorded in summary.run.stretches)"
     )
+
+
+def _outside(root, skip: str = "baselines") -> str:
+    """:func:`_tree_hash` of everything in ``root`` but the folder ``skip``."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if rel.parts[0] != skip:
+            h.update(str(rel).encode() + (p.read_bytes() if p.is_file() else b""))
+    return h.hexdigest()
+
+
+def test_a_failing_baseline_leaves_the_runs_own_evaluation_as_it_was(finished_run, tmp_path, monkeypatch, capsys):
+    import hf_llpf.baselines.build as build
+    from hf_llpf.errors import ConfigError
+
+    run = _copy(finished_run, tmp_path)
+    metrics = (run / "path_metrics.json").read_bytes()
+    argv = ["evaluate", str(run), "--train-subset", "64", "--continuity", "0", "--linear-points", "3", "--points", "3"]
+    # A folder of the user's where a baseline would go: refused before anything is judged or written.
+    (run / "baselines" / "slerp").mkdir(parents=True)
+    (run / "baselines" / "slerp" / "notes.txt").write_text("mine")
+    before = _tree_hash(run)
+    assert main([*argv, "--baselines", "linear,slerp"]) == 2
+    err = capsys.readouterr().err
+    assert f"{str(run / 'baselines' / 'slerp')!r} is not a run directory of hf_llpf" in err and "notes.txt" in err
+    assert _tree_hash(run) == before
+    # A baseline that fails while it is built (after the run itself was judged): the run's files are unchanged.
+    shutil.rmtree(run / "baselines")
+    before = _outside(run)
+
+    def broken(*args, **kwargs):
+        raise ConfigError("slerp: broken on purpose")
+
+    monkeypatch.setattr(build, "slerp_state", broken)
+    assert main([*argv, "--baselines", "slerp"]) == 2
+    assert "slerp: broken on purpose" in capsys.readouterr().err
+    assert (run / "path_metrics.json").read_bytes() == metrics and _outside(run) == before
+
+
+def test_points_and_checkpoints_carry_the_users_umask(tmp_path):
+    import hf_llpf.run.rundir as rundir
+    import hf_llpf.weights as weights
+    from hf_llpf.models import as_endpoint, create_model
+    from hf_llpf.run import RunWriter
+
+    model = create_model("lenet5")
+    old = os.umask(0o022)
+    weights._umask.cache_clear(), rundir._umask.cache_clear()  # read once per process: read it under 022
+    try:
+        with RunWriter(tmp_path / "run") as writer:
+            writer.write_point(0, model, as_endpoint(model))
+            writer.save_checkpoint({"model": model.state_dict(), "tick": 0})
+    finally:
+        os.umask(old)
+        weights._umask.cache_clear(), rundir._umask.cache_clear()
+    files = sorted(p for p in (tmp_path / "run").rglob("*") if p.is_file())
+    names = [p.relative_to(tmp_path / "run").as_posix() for p in files]
+    assert "points/t_000000/model.safetensors" in names and "checkpoint/tensors-1.safetensors" in names
+    assert {n: oct(p.stat().st_mode & 0o777) for n, p in zip(names, files)} == dict.fromkeys(names, "0o644")
