@@ -339,8 +339,11 @@ def holds_run_directory(param: str, *, exclusive: bool, action: str) -> Callable
         @functools.wraps(fn)
         def held(*args: Any, **kwargs: Any) -> Any:
             value = signature.bind_partial(*args, **kwargs).arguments.get(param)
-            # a folder, or a reader (hf_llpf.run.Path: not os.PathLike) whose root is the folder
+            # a folder, or a reader (hf_llpf.run.Path: not os.PathLike) whose root is the folder; a path downloaded
+            # from the Hub (repo_id) is a read-only snapshot no run writes
             root = value if isinstance(value, (str, os.PathLike)) else getattr(value, "root", None)
+            if hasattr(value, "repo_id"):
+                root = None
             if not isinstance(root, (str, os.PathLike)):
                 return fn(*args, **kwargs)
             with holding(root, exclusive=exclusive, action=action):
