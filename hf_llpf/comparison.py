@@ -342,7 +342,8 @@ def compare_run(
     )
     run = path.summary.get("run", {})
     # Judged now, written last: a baseline that fails leaves the run's own evaluation as it was.
-    own = judge.judge("llpf", path, float(run.get("seconds_this_session") or 0.0), write=False)
+    seconds = run.get("seconds", run.get("seconds_this_session"))  # every stretch of a resumed run
+    own = judge.judge("llpf", path, float(seconds or 0.0), write=False)
     for method in baselines:
         start = time.perf_counter()
         try:
