@@ -231,10 +231,9 @@ def _in_use_by_readers(root: Path, action: str | None) -> str:
 def _command_line() -> str:
     """``hf-llpf <command>`` when run by the CLI, else the program's name (what a refusal names)."""
     argv = [a for a in sys.argv if a]
-    prog = Path(argv[0]).name if argv else "python"
-    if prog in ("__main__.py", "hf-llpf") and len(argv) > 1:
-        return f"hf-llpf {argv[1]}"
-    return prog
+    prog = Path(argv[0]) if argv else Path("python")
+    cli = prog.name == "hf-llpf" or prog.parts[-3:] == ("hf_llpf", "cli", "__main__.py")
+    return f"hf-llpf {argv[1]}" if cli and len(argv) > 1 else prog.name
 
 
 # Run directories this process holds: realpath -> [RunLock or flock descriptor, exclusive, depth]. A command
