@@ -40,7 +40,15 @@ from hf_llpf.progress import progress_requested
 from hf_llpf.recipes import to_yaml
 from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
-from hf_llpf.run.resume import check_same_run, read_checkpoint, refuse_path_without_checkpoint
+from hf_llpf.run.lock import holds_run_directory
+from hf_llpf.run.resume import (
+    Stretches,
+    carried_stretches,
+    check_same_run,
+    read_checkpoint,
+    refuse_path_without_checkpoint,
+    version_notice,
+)
 from hf_llpf.run.rundir import check_exist
 from hf_llpf.run.storage import PointStorage, disk_estimate
 from hf_llpf.seeding import seed_everything
@@ -209,6 +217,8 @@ def _run_and_record(
     history = _resume_history(run_dir, resumed_with) if ckpt is not None else []
     if ckpt is not None:
         runner.load_state_dict(ckpt["state"])
+        certifier.restore_counters(ckpt.get("counters"))
+    stretches = _open_stretches(run_dir, ckpt, runner, certifier, writer)
     runner.run()
     summary = _summary(runner, method, plan, setup, elapsed=time.perf_counter() - start)
     summary["run"]["mixed_precision"] = config.mixed_precision
@@ -217,6 +227,8 @@ def _run_and_record(
     summary["run"]["certification"] = certifier.summary(runner.uncertified)
     if history:
         summary["run"]["resumed_with"] = history
+    summary["run"]["stretches"] = stretches.all()
+    summary["run"].update(stretches.totals())
     state = runner.state
     writer.write_metrics(state.points, state.ticks, summary)
     logger.info(f"{run_dir}: {len(state.points)} points, {summary['run']['sgd_iters']} SGD iterations; "
@@ -226,6 +238,18 @@ def _run_and_record(
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return Path(run_dir, template=template)
+
+
+def _open_stretches(run_dir, ckpt: dict | None, runner: Any, certifier: Certifier, writer: Any) -> Stretches:
+    """This session's stretch of the run, carried by every checkpoint it writes; says so when an earlier stretch
+    was written by another hf_llpf version."""
+    carried = carried_stretches(run_dir, ckpt)
+    notice = version_notice(run_dir, carried)
+    if notice is not None:
+        logger.warning(notice, main_process_only=True)
+    stretches = Stretches(carried, work=runner.work, counters=certifier.counters)
+    writer.checkpoint_extra = stretches.checkpoint  # (a NullWriter writes no checkpoint)
+    return stretches
 
 
 def _straight_if_certified(ea, eb, certifier: Certifier, config: ConnectConfig, accelerator) -> str | None:
@@ -369,6 +393,7 @@ def walk_to_origin(
     return Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None)
 
 
+@holds_run_directory("path_or_run_dir", exclusive=True, action="evaluate")
 def evaluate_run(
     path_or_run_dir: Path | str | os.PathLike,
     *,
@@ -404,9 +429,7 @@ def evaluate_run(
     from accelerate import PartialState
 
     from hf_llpf.evaluation import as_path, evaluate_path
-    from hf_llpf.plots import plot_path
-    from hf_llpf.report import write_report
-    from hf_llpf.run import PLOTS_DIR, write_evaluation
+    from hf_llpf.run import PLOTS_DIR
     from hf_llpf.run.ownership import refuse_links_under
 
     path = as_path(path_or_run_dir, template)
@@ -415,8 +438,21 @@ def evaluate_run(
     result = evaluate_path(path, template=template, accelerator=accelerator, **options)
     # evaluate_path has set up the process state (its own Accelerator when none was given).
     if (accelerator or PartialState()).is_main_process:
-        write_evaluation(path.root, result)
-        if report:
-            plot_path(path.root, template=template)
-            write_report(path.root)
+        record_evaluation(path.root, result, template=template, report=report)
     return result
+
+
+def record_evaluation(
+    run_dir: str | os.PathLike, result: dict[str, Any], *, template: nn.Module | None = None, report: bool = True
+) -> None:
+    """Write an evaluation's ``result`` (:func:`~hf_llpf.evaluation.evaluate_path`) into its run directory: the
+    metrics files (:func:`hf_llpf.run.write_evaluation`), and with ``report`` the plots and the report section of
+    ``README.md``. Called once everything is computed, so a failure before leaves the run directory unchanged."""
+    from hf_llpf.plots import plot_path
+    from hf_llpf.report import write_report
+    from hf_llpf.run import write_evaluation
+
+    write_evaluation(run_dir, result)
+    if report:
+        plot_path(run_dir, template=template)
+        write_report(run_dir)

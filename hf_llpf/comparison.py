@@ -28,6 +28,7 @@ from hf_llpf.comparison_table import (
 from hf_llpf.errors import ConfigError, NotApplicableError, UnknownNameError
 from hf_llpf.evaluation.recorded import ProbeRecorder, probe_digest
 from hf_llpf.run.layout import BASELINES_DIR
+from hf_llpf.run.lock import holds_run_directory
 
 METHODS = ("llpf", "linear", "slerp", "bezier", "weight-matching")
 
@@ -90,11 +91,14 @@ class _Judge:
         }
         self.rows: list[dict] = []
 
-    def judge(self, method: str, path: Any, seconds: float) -> dict:
-        """Evaluate ``path`` (written into its run directory) and add its row; returns the evaluation."""
+    def judge(self, method: str, path: Any, seconds: float, *, write: bool = True) -> dict:
+        """Evaluate ``path`` (written into its run directory unless ``write`` is False) and add its row; returns
+        the evaluation."""
         from hf_llpf.api import evaluate_run
+        from hf_llpf.evaluation import evaluate_path
 
-        result = evaluate_run(path, template=self.template, **self.options)
+        evaluate = evaluate_run if write else evaluate_path
+        result = evaluate(path, template=self.template, **self.options)
         probes = {"train": self.train.take(), "test": self.test.take()}
         self.rows.append(table_row(method, result, seconds, path, probes, self.recal))
         return result
@@ -291,6 +295,7 @@ def _method_path(
                      llpf_iters=llpf_iters, recalibrate_bn=False, command=command)  # fmt: skip
 
 
+@holds_run_directory("run_dir", exclusive=True, action="evaluate --baselines")
 def compare_run(
     run_dir: str | os.PathLike,
     baselines: Sequence[str],
@@ -314,6 +319,11 @@ def compare_run(
     fixed batches; the run's own evaluation is rewritten with those batches. The table and plot are written to
     ``RUN/baselines/comparison.*``. Bézier's budget defaults to the run's SGD iterations.
 
+    Everything is checked before anything is written (the settings, the data, the run's ends, and that every
+    ``RUN/baselines/<method>`` may be replaced), and the run's own evaluation is written last, once every baseline
+    is built and judged: a comparison that fails leaves the run's ``path_metrics.json``, plots and report as
+    they were. The run directory is held for the whole call (:func:`hf_llpf.run.lock.holding`).
+
     Args:
         run_dir: the LLPF run directory.
         baselines: any of ``linear``, ``slerp``, ``bezier``, ``weight-matching``.
@@ -329,12 +339,14 @@ def compare_run(
     Raises:
         RunDirectoryError: not a run directory. ConfigError: no usable data, an unknown method or ``llpf`` asked.
     """
+    from hf_llpf.api import record_evaluation
     from hf_llpf.data import DataBundle
     from hf_llpf.evaluation.sets import resolve_data
     from hf_llpf.inputs import resolve_config
     from hf_llpf.models import as_endpoint
     from hf_llpf.run import Path
     from hf_llpf.run.ownership import refuse_links_under
+    from hf_llpf.run.rundir import check_exist
 
     baselines = _check_methods(baselines)
     _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k)
@@ -350,6 +362,9 @@ def compare_run(
     recorded = path.config if (path.root / "llpf_config.yaml").is_file() else {}
     config = resolve_config({k: recorded[k] for k in ("batch_size", "seed") if k in recorded})
     config = config.model_copy(update={"data": bundle.config})
+    out = path.root / BASELINES_DIR
+    for method in baselines:  # refused now, not after the first baselines are built
+        check_exist(out / method, "overwrite", inside=path.root)
     ends = [as_endpoint(path.model_at(i)) if template is not None else path.endpoint_at(i) for i in (0, -1)]
     judge = _Judge(
         bundle,
@@ -362,8 +377,9 @@ def compare_run(
         template=template,
     )
     run = path.summary.get("run", {})
-    judge.judge("llpf", path, float(run.get("seconds_this_session") or 0.0))
-    out = path.root / BASELINES_DIR
+    # Judged now, written last: a baseline that fails leaves the run's own evaluation as it was.
+    seconds = run.get("seconds", run.get("seconds_this_session"))  # every stretch of a resumed run
+    own = judge.judge("llpf", path, float(seconds or 0.0), write=False)
     for method in baselines:
         start = time.perf_counter()
         try:
@@ -397,6 +413,7 @@ def compare_run(
             "run_dir": str(path.root),
         }
     )
+    record_evaluation(path.root, own, template=template)
     write_comparison(out, table)
     return table
 

@@ -42,6 +42,7 @@ from hf_llpf.weights import (
     cast_floating,
     download_weights,
     read_weights,
+    usual_permissions,
     weight_files,
     write_weights,
 )
@@ -388,6 +389,7 @@ def save_model(
             from hf_llpf.remote_code import strip_file
 
             strip_file(directory / "config.json")
+        usual_permissions(directory)
         return directory
     state, seen = {}, set()
     for k, v in cast_floating(model.state_dict(), dtype).items():
@@ -400,6 +402,7 @@ def save_model(
         from hf_llpf.timm_config import write_timm_config
 
         write_timm_config(model, directory, arch)
+    usual_permissions(directory)
     return directory
 
 

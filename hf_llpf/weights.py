@@ -9,6 +9,7 @@ only ``model.safetensors``: a sharded timm-format folder loads with :func:`hf_ll
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -71,6 +72,26 @@ def cast_floating(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> 
                 )
         out[name] = done[key]
     return out
+
+
+@functools.cache
+def _umask() -> int:
+    # Read once: os.umask can only be read by setting it, which would race with other threads creating files.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def usual_permissions(*paths: str | os.PathLike) -> None:
+    """Give ``paths`` (files, or every file under a folder) the permissions a new file gets under the user's umask
+    (0644 under umask 022): safetensors and huggingface_hub write weights through temporary files created
+    -rw-------, which readers of the folder (another account, a web server) could not open."""
+    mode = 0o666 & ~_umask()
+    for path in map(Path, paths):
+        files = [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()] if path.is_dir() else [path]
+        for f in files:
+            if f.stat().st_mode & 0o777 != mode:
+                os.chmod(f, mode)
 
 
 def write_weights(state: dict[str, torch.Tensor], directory: str | os.PathLike, *, max_shard_size: int | str) -> None:

@@ -196,6 +196,10 @@ def test_cross_sphere_run_killed_mid_way_resumes_bit_identically(
         for i in range(len(whole)):
             assert _equal(resumed.state_dict_at(i), whole.state_dict_at(i)), (k, i)
         assert not (run / ".m2o_phase").exists()
+        # Both phases' ticks and SGD iterations are counted once over the stretches, as the whole run counts them.
+        (one,) = whole.summary["run"]["stretches"]
+        for key in ("ticks", "sgd_iters"):
+            assert sum(s[key] for s in resumed.summary["run"]["stretches"]) == one[key], (k, key)
 
 
 def test_a_diverged_m2o_tick_is_rolled_back(spheres, digits, tmp_path):

@@ -318,6 +318,10 @@ class Method:
         """Run (or continue) to the end; returns the final state."""
         raise NotImplementedError
 
+    def work(self) -> dict[str, int]:
+        """What this method has done so far: ``ticks`` (of its own) and ``sgd_iters`` (its trainer's)."""
+        return {"ticks": int(self.state.tick), "sgd_iters": int(self.trainer.iterations)}
+
     def run_state(self) -> dict[str, Any]:
         """The run's checkpoint: which method, whether it is done, and its resumable state."""
         return {"method": self.name, "done": self.finished, "state": self.state_dict()}

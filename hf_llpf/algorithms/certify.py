@@ -321,6 +321,19 @@ class Certifier:
         finally:
             torch._foreach_copy_(live, here)
 
+    def counters(self) -> dict[str, int]:
+        """The probes made so far (``probes``, ``probes_stopped_early``): carried by every checkpoint."""
+        if not self.enabled:
+            return {"probes": 0, "probes_stopped_early": 0}
+        return {"probes": self.probe.calls, "probes_stopped_early": self.probe.stopped}
+
+    def restore_counters(self, counters: dict | None) -> None:
+        """Continue the counts of the checkpoint a run resumes from. The probes this session has made so far (the
+        endpoints', to resolve the ceiling again) repeat the first session's, which the counts already hold."""
+        if self.enabled and isinstance(counters, dict):
+            self.probe.calls = int(counters.get("probes", self.probe.calls))
+            self.probe.stopped = int(counters.get("probes_stopped_early", self.probe.stopped))
+
     def summary(self, uncertified: list[dict]) -> dict:
         """The run's certification record (``summary.run.certification``)."""
         if not self.enabled:

@@ -98,6 +98,15 @@ class CrossSphere:
         return RunRecorder(points or self.writer, self.walker if points is self.aside else self.ea,
                            checkpoints=self.writer, state=self.run_state)  # fmt: skip
 
+    def work(self) -> dict[str, int]:
+        """Ticks and SGD iterations of both phases so far (M2M's trainer continues M2O's count when A walks)."""
+        walked = self.m2o.work()
+        if self.m2m is None:
+            return walked
+        joined = self.m2m.work()
+        sgd = joined["sgd_iters"] if self.a_larger else walked["sgd_iters"] + joined["sgd_iters"]
+        return {"ticks": walked["ticks"] + joined["ticks"], "sgd_iters": sgd}
+
     def run_state(self) -> dict:
         """The run's checkpoint: both phases and the M2O phase's last state."""
         return {"method": self.name, "done": self.finished, "state": self.state_dict()}

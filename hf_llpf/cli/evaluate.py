@@ -32,15 +32,22 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hf_llpf.api import evaluate_run
     from hf_llpf.cli.args import set_threads
+    from hf_llpf.run.lock import holding
+
+    set_threads(args.threads)
+    # A local run directory is held for the whole command (judged, written, summarised): a run writing it, or
+    # a push reading it, is refused, and none of them can start before this ends.
+    with holding(args.run_dir, exclusive=True, action="evaluate"):
+        return _with_baselines(args) if args.baselines else _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from hf_llpf.api import evaluate_run
     from hf_llpf.cli.render import evaluated
     from hf_llpf.evaluation import evaluate_path
     from hf_llpf.run import Path as Path_
 
-    set_threads(args.threads)
-    if args.baselines:
-        return _with_baselines(args)
     source, published = args.run_dir, not Path(args.run_dir).exists() and "/" in args.run_dir
     if published:  # a path published on the Hub (org/repo[@rev]): evaluate it here, write nothing back
         from hf_llpf.hub import load_path

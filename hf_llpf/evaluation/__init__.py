@@ -35,6 +35,7 @@ from hf_llpf.evaluation.sets import BatchSource, EvalBatches, EvalSets, make_eva
 from hf_llpf.evaluation.summary import barrier, locate_continuity, path_summary, positions, summarise
 from hf_llpf.evaluation.walk import WalkOptions, gather_rows, gather_walk, l2_step, walk_path
 from hf_llpf.run import Path
+from hf_llpf.run.lock import holds_run_directory
 from hf_llpf.weights import stored_dtype
 
 
@@ -115,6 +116,7 @@ def _evaluate(path: Path, sets: EvalSets, opts: dict[str, Any], accelerator: Acc
     return {"points": points, "linear": linear, "continuity": cont, "summary": summary}
 
 
+@holds_run_directory("path_or_run_dir", exclusive=False, action="evaluate")
 def evaluate_path(
     path_or_run_dir: Path | str | os.PathLike,
     *,

@@ -26,6 +26,7 @@ from hf_llpf.hub.snippets import path_snippet
 from hf_llpf.report import END, START
 from hf_llpf.run import METRICS_JSON, POINTS_DIR
 from hf_llpf.run.layout import CONFIG_YAML, PLOTS_DIR, README
+from hf_llpf.run.lock import holds_run_directory
 from hf_llpf.run.storage import storage_sentence
 
 # The evaluation report section (hf_llpf.report writes it) is kept, markers included, when a card is rebuilt.
@@ -245,6 +246,7 @@ def _points_lines(points: list[dict], pub: Publication) -> list[str]:
     return ["", text + ". Every published version is tagged `llpf-<content hash>`."]
 
 
+@holds_run_directory("run_dir", exclusive=False, action="build the card of")
 def build_model_card(
     run_dir: str | os.PathLike, *, repo_id: str | None = None, publication: Publication | None = None
 ):

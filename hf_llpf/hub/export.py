@@ -26,6 +26,7 @@ from hf_llpf.hub.spec import parse_repo_spec
 from hf_llpf.remote_code import removed_note, strip_files
 from hf_llpf.run import Path
 from hf_llpf.run.layout import README
+from hf_llpf.run.lock import holds_run_directory
 from hf_llpf.safe_paths import walk_files
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def _write_point(
     os.replace(tmp, out)
 
 
+@holds_run_directory("source", exclusive=False, action="export")
 def export_point(
     source: str | os.PathLike | Path,
     *,

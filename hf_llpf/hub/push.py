@@ -46,6 +46,7 @@ from hf_llpf.hub.upload import FILES_PER_COMMIT, PRUNE_PATTERNS, commit_in_batch
 from hf_llpf.remote_code import removed_note, strip_files
 from hf_llpf.run import METRICS_JSON, Path, atomic_write_text
 from hf_llpf.run.layout import ASSETS_DIR, ENDPOINTS_JSON, README
+from hf_llpf.run.lock import holds_run_directory
 from hf_llpf.safe_paths import walk_files
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def _patterns(value, field: str) -> list[str] | None:
     return list(items)
 
 
+@holds_run_directory("run_dir", exclusive=False, action="push")
 def published_files(
     run_dir: str | os.PathLike,
     *,
@@ -272,6 +274,7 @@ def _point_branches(api: Any, root: FsPath, commit: str, pub: Publication, optio
     )
 
 
+@holds_run_directory("run_dir", exclusive=True, action="push")
 def push_path(
     run_dir: str | os.PathLike,
     *,

@@ -65,6 +65,10 @@ class Path:
     per point; ``path.model_at(i)`` builds point ``i`` (negative indices count from the end);
     ``path.state_dict_at(i)`` reads only its tensors.
 
+    A ``Path`` does not hold its run directory: it reads what is on disk when it is made and when a point is
+    loaded. The commands and functions that read one (``evaluate_path``, ``export_point``, ``push_path``, the
+    card) hold it for their whole call, refused while a run writes it (:func:`hf_llpf.run.lock.holding`).
+
     Args:
         root: the run directory (or a downloaded copy of a published path).
         template: for paths of plain ``nn.Module`` s (no timm/transformers config): a module of the same

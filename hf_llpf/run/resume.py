@@ -1,9 +1,11 @@
-"""What a resumed run must match: the checkpoint it continues, its endpoints, data and settings."""
+"""What a resumed run must match (the checkpoint it continues, its endpoints, data and settings) and what it
+records: the stretches of the sessions that wrote it."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -108,4 +110,80 @@ def refuse_path_without_checkpoint(run_dir: str | os.PathLike, config: ConnectCo
         f"--resume {str(root)!r}: it holds {state} and no {CHECKPOINT_DIR}/ to continue it from ({settings}). "
         "--resume never rewrites a path it cannot continue: it is kept as it is. Pass --overwrite to build it "
         "again, or choose another --out"
+    )
+
+
+class Stretches:
+    """The stretches of a run: one per session that wrote it (the first, and one per ``--resume``), each with the
+    hf_llpf version that wrote it and what it counted (ticks, SGD iterations, probes, seconds).
+
+    The counts travel in every checkpoint (:meth:`checkpoint`), cut at that checkpoint: a run killed and resumed
+    counts each tick once, as the uninterrupted run does, and the stretches add up to the run's totals.
+
+    Args:
+        carried: the stretches of the sessions before (from the checkpoint); empty for a new run.
+        work: returns what the method has done so far (``{"ticks", "sgd_iters"}``).
+        counters: returns the certifier's counters so far (``{"probes", "probes_stopped_early"}``).
+    """
+
+    COUNTS = ("ticks", "sgd_iters", "probes", "probes_stopped_early")
+
+    def __init__(self, carried: list[dict], *, work, counters):
+        from hf_llpf import __version__
+
+        self.carried, self.work, self.counters = carried, work, counters
+        self.version = __version__
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._clock = time.perf_counter()
+        # A new run counts from zero (the endpoints' probes made to resolve the ceiling included); a resumed one
+        # from the checkpoint it continues.
+        self._start = self._now() if carried else dict.fromkeys(self.COUNTS, 0)
+
+    def _now(self) -> dict[str, int]:
+        return {**self.work(), **self.counters()}
+
+    def current(self) -> dict[str, Any]:
+        """This session's stretch so far."""
+        now = self._now()
+        counts = {k: now[k] - self._start[k] for k in self.COUNTS}
+        seconds = round(time.perf_counter() - self._clock, 3)
+        return {"version": self.version, "started": self.started, **counts, "seconds": seconds}
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every stretch, this session's last."""
+        return [*self.carried, self.current()]
+
+    def checkpoint(self) -> dict[str, Any]:
+        """What a checkpoint carries: the certifier's counters and the stretches up to this moment."""
+        return {"counters": self.counters(), "stretches": self.all()}
+
+    def totals(self) -> dict[str, Any]:
+        """``seconds``: the stretches' seconds added up (the other counts are the run's own totals)."""
+        return {"seconds": round(sum(s.get("seconds") or 0.0 for s in self.all()), 3)}
+
+
+def carried_stretches(run_dir: str | os.PathLike, ckpt: dict | None) -> list[dict]:
+    """The stretches before this session: the checkpoint's, or for a checkpoint of a version that kept none, one
+    stretch naming the version that started the run (``endpoints.json``), its counts unknown."""
+    if ckpt is None:
+        return []
+    if isinstance(ckpt.get("stretches"), list):
+        return [s for s in ckpt["stretches"] if isinstance(s, dict)]
+    try:
+        version = json.loads((FsPath(run_dir) / ENDPOINTS_JSON).read_text()).get("hf_llpf_version")
+    except (OSError, ValueError, AttributeError):
+        version = None
+    return [{"version": version, "counted": False}]
+
+
+def version_notice(run_dir: str | os.PathLike, carried: list[dict]) -> str | None:
+    """One line when an earlier stretch of the run was written by another hf_llpf version (None otherwise)."""
+    from hf_llpf import __version__
+
+    others = sorted({str(s.get("version")) for s in carried if s.get("version") != __version__})
+    if not others:
+        return None
+    return (
+        f"--resume: {run_dir} was written so far by hf_llpf {', '.join(others)}; this stretch is written by "
+        f"{__version__} (each stretch's version is recorded in summary.run.stretches)"
     )

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -187,8 +187,14 @@ class RunWriter:
         self.write_json(METRICS_JSON, {"points": points, "ticks": ticks, "summary": merged_summary})
         atomic_write_text(self.root / METRICS_CSV, points_to_csv(points))
 
+    # Set by the orchestrator of a run: what every checkpoint carries besides the method's state (the run's
+    # counters and stretches, hf_llpf.run.resume.Stretches).
+    checkpoint_extra: Callable[[], dict] | None = None
+
     def save_checkpoint(self, state: dict) -> None:
         """Write the resume state (safetensors + JSON, see :mod:`hf_llpf.run.state`); never published."""
+        if self.checkpoint_extra is not None:
+            state = {**state, **self.checkpoint_extra()}
         resume_state.save(self.root / CHECKPOINT_DIR, state, write_text=atomic_write_text)
 
 

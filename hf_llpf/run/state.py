@@ -28,6 +28,7 @@ import torch
 from hf_llpf.errors import CorruptCheckpointError
 from hf_llpf.hashing import file_sha256
 from hf_llpf.run.layout import STATE_FILE
+from hf_llpf.weights import usual_permissions
 
 FORMAT = 2
 LEGACY_PICKLE = "state.pt"
@@ -98,6 +99,7 @@ def save(folder: str | os.PathLike, state: Any, *, write_text) -> None:
     n = 1 + max((int(p.stem.split("-")[1]) for p in old if p.stem.split("-")[1].isdigit()), default=0)
     name = f"tensors-{n}.safetensors"
     safetensors.torch.save_file(tensors, str(folder / name))
+    usual_permissions(folder / name)  # written -rw------- by safetensors: the user's umask, as every other file
     doc = {"format": FORMAT, "tensors": name, "sha256": file_sha256(folder / name), "state": skeleton}
     write_text(folder / STATE_FILE, json.dumps(doc) + "\n")
     for p in old:
