@@ -30,7 +30,7 @@ from hf_llpf.evaluation.recorded import ProbeRecorder, probe_digest
 from hf_llpf.run.layout import BASELINES_DIR
 from hf_llpf.run.lock import holds_run_directory
 
-METHODS = ("llpf", "linear", "slerp", "bezier", "weight-matching")
+METHODS = ("llpf", "linear", "slerp", "bezier", "autoneb", "weight-matching")
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:
@@ -129,12 +129,14 @@ def _baseline(
     llpf_iters: int | None,
     **kw: Any,
 ) -> Any:
-    """One baseline's path; Bézier's budget is the LLPF path's SGD iterations unless ``bezier`` sets ``iters``."""
+    """One baseline's path; a training baseline's budget (Bézier, AutoNEB) is the LLPF path's SGD iterations unless
+    ``bezier`` sets Bézier's ``iters``."""
     from hf_llpf.baselines import build_baseline, with_iters
 
     if method == "bezier" and llpf_iters and "iters" not in (bezier or {}):
         bezier = with_iters(bezier, llpf_iters)
-    return build_baseline(method, model_a, model_b, bundle, run_dir=run_dir, bezier=bezier, **kw)
+    autoneb = {"iters": llpf_iters} if method == "autoneb" and llpf_iters else None
+    return build_baseline(method, model_a, model_b, bundle, run_dir=run_dir, bezier=bezier, autoneb=autoneb, **kw)
 
 
 def compare(
@@ -163,7 +165,7 @@ def compare(
         train_data: a data spec, ``DataConfig`` or :class:`~hf_llpf.data.DataBundle` (``None``: ``config.data``);
             the evaluation's fixed batches are drawn from it.
         out_dir: the folder of the comparison: one run directory per method, the table and the plot.
-        methods: any of ``llpf``, ``linear``, ``slerp``, ``bezier``, ``weight-matching``.
+        methods: any of ``llpf``, ``linear``, ``slerp``, ``bezier``, ``autoneb``, ``weight-matching``.
         config: :class:`~hf_llpf.config.ConnectConfig` or a dict (LLPF's settings; its data, batch size and seed
             are used by every method).
         points: points of each baseline's path (ends included).

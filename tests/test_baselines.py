@@ -68,6 +68,25 @@ def test_bezier_path_on_disk_has_exact_ends_and_records_its_budget(small_cnn_pai
         build_baseline("bezier", *small_cnn_pair, digits, run_dir=tmp_path / "bad", bezier={"iters": -1})
 
 
+def test_autoneb_bends_the_band_below_the_straight_line_with_exact_ends(small_cnn_pair, digits, tmp_path):
+    from hf_llpf.api import evaluate_run
+
+    options = {"train_subset": 300, "continuity_k": 0, "linear_points": 5, "report": False}
+    straight = build_baseline("autoneb", *small_cnn_pair, digits, run_dir=tmp_path / "n0", points=11,
+                              autoneb={"iters": 0})  # fmt: skip
+    band = build_baseline("autoneb", *small_cnn_pair, digits, run_dir=tmp_path / "n", points=11,
+                          autoneb={"iters": 200})  # fmt: skip
+    assert state_equal(band.state_dict_at(0), state_of(load_endpoint(small_cnn_pair[0]).model))
+    assert state_equal(band.state_dict_at(-1), state_of(load_endpoint(small_cnn_pair[1]).model))
+    run = band.summary["run"]
+    assert 0 < run["sgd_iters"] <= 200 and run["autoneb"]["pivots"] == 3 + sum(run["autoneb"]["inserted_per_cycle"])
+    flat = evaluate_run(straight, **options)["summary"]["llpf"]["max_train_loss"]
+    bent = evaluate_run(band, **options)["summary"]["llpf"]["max_train_loss"]
+    assert bent < 0.5 * flat  # the band left the straight line's barrier (margin: measured far below half)
+    with pytest.raises(ConfigError, match="autoneb lr=0"):
+        build_baseline("autoneb", *small_cnn_pair, digits, run_dir=tmp_path / "bad", autoneb={"lr": 0})
+
+
 def _permuted_copy(folder, tmp_path, digits):
     """B = A with every hidden unit of every permutation space shuffled: the same function, other weights."""
     ea = load_endpoint(folder)

@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 
 from hf_llpf.assets import run_assets
+from hf_llpf.baselines import autoneb as neb
 from hf_llpf.baselines.bezier import BezierCurve, BezierSettings, check
 from hf_llpf.baselines.pathdir import BaselineRun, State, fixed_ts, state_of, write_path
 from hf_llpf.baselines.permutation import permutation_spec
@@ -34,7 +35,8 @@ from hf_llpf.seeding import seed_everything
 from hf_llpf.timm_config import run_data_config, with_data_config
 from hf_llpf.train import batch_stream
 
-BASELINES = ("linear", "slerp", "bezier", "weight-matching")
+BASELINES = ("linear", "slerp", "bezier", "autoneb", "weight-matching")
+TRAINED = ("bezier", "autoneb")  # the baselines that train (SGD), their BatchNorm statistics recomputed at each t
 
 
 def _recal_batches(loader: Any, bundle: Any, config: Any, n: int) -> list:
@@ -78,6 +80,24 @@ def bezier_settings(bezier: BezierSettings | dict | None, seed: int) -> BezierSe
     return bezier
 
 
+def autoneb_settings(settings: neb.AutoNEBSettings | dict | None, seed: int) -> neb.AutoNEBSettings:
+    """Checked :class:`~hf_llpf.baselines.autoneb.AutoNEBSettings` from settings, a dict of their fields or None.
+
+    Raises:
+        UnknownNameError: an unknown field. ConfigError: an invalid value.
+    """
+    fields = list(neb.AutoNEBSettings.__dataclass_fields__)
+    if settings is None:
+        settings = neb.AutoNEBSettings(seed=seed)
+    elif isinstance(settings, dict):
+        unknown = sorted(set(settings) - set(fields))
+        if unknown:
+            raise UnknownNameError("autoneb setting", unknown[0], fields)
+        settings = neb.AutoNEBSettings(**{"seed": seed, **settings})
+    neb.check(settings)
+    return settings
+
+
 def build_baseline(
     method: str,
     model_a: str | os.PathLike | torch.nn.Module | Endpoint,
@@ -88,6 +108,7 @@ def build_baseline(
     config: Any = None,
     points: int = 31,
     bezier: BezierSettings | dict | None = None,
+    autoneb: neb.AutoNEBSettings | dict | None = None,
     recalibrate_bn: bool = False,
     loss_fn: LossFn | None = None,
     exist: str = "error",
@@ -98,7 +119,7 @@ def build_baseline(
     """Build the path of one baseline from θ_A to θ_B and write it to ``run_dir`` (points at fixed t).
 
     Args:
-        method: ``linear``, ``slerp``, ``bezier`` or ``weight-matching``.
+        method: ``linear``, ``slerp``, ``bezier``, ``autoneb`` or ``weight-matching``.
         model_a, model_b: endpoint specs, modules or Endpoints (as for :func:`hf_llpf.connect`).
         train_data: the training data (as for :func:`hf_llpf.connect`; ``None``: ``config.data``): Bézier trains
             on it, every method recomputes BatchNorm statistics on it when asked, weight matching checks its ends
@@ -106,6 +127,7 @@ def build_baseline(
         config: a :class:`~hf_llpf.config.ConnectConfig` or dict: its ``data``, ``batch_size`` and ``seed`` are used.
         points: points written, ends included, at t = i/(points−1).
         bezier: :class:`~hf_llpf.baselines.bezier.BezierSettings` or a dict of its fields (``iters``, ``lr``, ...).
+        autoneb: :class:`~hf_llpf.baselines.autoneb.AutoNEBSettings` or a dict of its fields (``iters``, ...).
         recalibrate_bn: recompute the BatchNorm statistics of every interior point (linear, SLERP, weight matching:
             the "reset" of REPAIR, Jordan et al. 2022); Bézier always does (Garipov et al. 2018).
         loss_fn: the training loss of Bézier (default: cross-entropy / ``outputs.loss``).
@@ -140,8 +162,9 @@ def build_baseline(
     data = bundle.config.model_dump(mode="json") if bundle is not None else None
     sa, sb = state_of(ea.model), state_of(eb.model)
     run = BaselineRun(method=method, data=data, seed=config.seed, settings={"points": points})
-    recal = recalibrate_bn or method == "bezier"
-    settings = bezier_settings(bezier, config.seed) if method == "bezier" else None
+    recal = recalibrate_bn or method in TRAINED
+    settings = {"bezier": lambda: bezier_settings(bezier, config.seed),
+                "autoneb": lambda: autoneb_settings(autoneb, config.seed)}.get(method, lambda: None)()  # fmt: skip
     batches = _recal_batches(loader, bundle, config, settings.recal_batches if settings else 8) if recal else []
     if method == "linear":
         state_at = lambda t: lerp_state(t, sa, sb)  # noqa: E731
@@ -149,9 +172,11 @@ def build_baseline(
         state_at = lambda t: slerp_state(t, sa, sb)  # noqa: E731
     elif method == "weight-matching":
         state_at = _weight_matching(ea, sa, sb, loader, run, seed=config.seed)
+    elif method == "autoneb":
+        state_at = _autoneb(ea, sa, sb, loader, batches, settings, run, loss_fn=loss_fn, device=device)
     else:
         state_at = _bezier(ea, sa, sb, loader, batches, settings, run, loss_fn=loss_fn, device=device)
-    if recal and method != "bezier":
+    if recal and method not in TRAINED:
         state_at = _recalibrated(state_at, ea.model, batches)
     run.settings["recalibrate_bn"] = recal
     return write_path(run_dir, ea, eb, ts, state_at, run, exist=exist, command=command,
@@ -202,6 +227,34 @@ def _bezier(
     return lambda t: curve.state_at(t, batches)
 
 
+def _autoneb(
+    ea: Endpoint,
+    sa: State,
+    sb: State,
+    loader: Any,
+    batches: list,
+    settings: neb.AutoNEBSettings,
+    run: BaselineRun,
+    *,
+    loss_fn: LossFn | None,
+    device: Any,
+) -> Callable:
+    """Train the elastic band; ``t -> band(t)`` with BatchNorm statistics recomputed on ``batches``."""
+    device = device or Accelerator(cpu=cpu_only()).device
+    band = neb.ElasticBand(ea.model, sa, sb, device=device)
+    eval_batches = batches[: settings.eval_batches]
+    losses = band.train(batch_stream(loader), eval_batches, settings, loss_fn=loss_fn)
+    run.sgd_iters = band.iterations
+    run.settings["autoneb"] = asdict(settings)
+    tail = losses[-min(len(losses), 50) :]
+    run.summary["autoneb"] = {
+        "final_train_loss": sum(tail) / len(tail) if tail else None,
+        "pivots": len(band.pivots) - 2,
+        "inserted_per_cycle": band.inserted,
+    }
+    return lambda t: band.state_at(t, batches)
+
+
 def with_iters(settings: BezierSettings | dict | None, iters: int) -> dict | BezierSettings:
     """``settings`` with ``iters`` set (a budget matched to another method's SGD iterations)."""
     if isinstance(settings, BezierSettings):
@@ -211,4 +264,4 @@ def with_iters(settings: BezierSettings | dict | None, iters: int) -> dict | Bez
     return {**(settings or {}), "iters": iters}
 
 
-__all__ = ["BASELINES", "bezier_settings", "build_baseline", "with_iters"]
+__all__ = ["BASELINES", "TRAINED", "autoneb_settings", "bezier_settings", "build_baseline", "with_iters"]
