@@ -29,8 +29,8 @@ def register(sub) -> None:
     p.add_argument(
         "--methods",
         type=_methods,
-        default="llpf,linear,slerp,bezier,weight-matching",
-        help="comma-separated: llpf, linear, slerp, bezier, weight-matching (default: all)",
+        default="llpf,linear,slerp,bezier,autoneb,weight-matching",
+        help="comma-separated: llpf, linear, slerp, bezier, autoneb, weight-matching (default: all)",
     )
     p.add_argument("--points", type=positive("--points"), default=31, help="points of each baseline (default 31)")
     p.add_argument(

@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument(
         "--baselines",
         metavar="LIST",
-        help="also build these baselines (linear,slerp,bezier,weight-matching) into RUN/baselines/ and compare "
+        help="also build these baselines (linear,slerp,bezier,autoneb,weight-matching) into RUN/baselines/ and compare "
         "them with the path on the same data (docs/baselines.md)",
     )
     p.add_argument("--points", type=int, default=31, help="points of each baseline (with --baselines; default 31)")
