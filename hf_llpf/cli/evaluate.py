@@ -23,8 +23,8 @@ def register(sub) -> None:
     p.add_argument(
         "--baselines",
         metavar="LIST",
-        help="also build these baselines (linear,slerp,bezier,autoneb,weight-matching) into RUN/baselines/ and compare "
-        "them with the path on the same data (docs/baselines.md)",
+        help="also build these baselines (linear,slerp,bezier,autoneb,weight-matching) into RUN/baselines/ and "
+        "compare them with the path on the same data (docs/baselines.md)",
     )
     p.add_argument("--points", type=int, default=31, help="points of each baseline (with --baselines; default 31)")
     p.add_argument("--bezier-iters", type=int, help="Bézier's SGD iterations (default: the run's own)")
