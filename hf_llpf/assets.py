@@ -34,9 +34,10 @@ from typing import Any
 
 from accelerate.logging import get_logger
 
-from hf_llpf.errors import DataMismatchError
+from hf_llpf.errors import CorruptCheckpointError, DataMismatchError
 from hf_llpf.run.layout import ASSETS_DIR, ASSETS_MANIFEST
 from hf_llpf.safe_paths import resolve_inside
+from hf_llpf.textfiles import check_kind, parse_json
 
 logger = get_logger(__name__)
 
@@ -287,10 +288,7 @@ def _check_processor(assets: Assets, bundle: Any) -> None:
     The processor is the endpoint's, published as it is: a user of a point would feed it images prepared that
     way, while the points were trained on the run's (``data.image_size``, ``data.mean``, ``data.std``).
     """
-    try:
-        proc = json.loads(assets.files["preprocessor_config.json"])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return
+    proc = _read_processor(assets)
     channels, height, width = bundle.input_shape
     data = bundle.config
     ours = {
@@ -310,6 +308,25 @@ def _check_processor(assets: Assets, bundle: Any) -> None:
                 f"data: {'; '.join(found)}")  # fmt: skip
         assets.notes.append(note)
         logger.warning(note, main_process_only=True)
+
+
+def _read_processor(assets: Assets) -> dict:
+    """The image processor's settings, refused by name when they do not parse or have other types than a processor's
+    (it would be published with every point)."""
+    where = f"preprocessor_config.json (endpoint {assets.origin.get('preprocessor_config.json', 'A')})"
+    proc = parse_json(assets.files["preprocessor_config.json"], where=where, error=CorruptCheckpointError)
+    for key in ("image_mean", "image_std"):
+        value = proc.get(key)
+        if value is not None and not isinstance(value, (int, float)):
+            check_kind(value, kind=list, where=f"{where}: {key}", error=CorruptCheckpointError)
+            for v in value:
+                check_kind(v, kind=(int, float), where=f"{where}: {key} entry", error=CorruptCheckpointError)
+    size = proc.get("size")
+    if isinstance(size, dict):
+        for key in ("height", "width", "shortest_edge"):
+            if key in size:
+                check_kind(size[key], kind=int, where=f"{where}: size.{key}", error=CorruptCheckpointError)
+    return proc
 
 
 def write_assets(root: str | os.PathLike, assets: Assets) -> None:

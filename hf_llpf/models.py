@@ -16,7 +16,6 @@ transformers' ``trust_remote_code`` stays off unless the caller passes ``trust_r
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from hf_llpf.errors import (
     UnknownNameError,
 )
 from hf_llpf.hashing import local_revision, state_hash
+from hf_llpf.textfiles import read_json
 from hf_llpf.weights import (
     DEFAULT_MAX_SHARD_SIZE,
     WEIGHTS_NAME,
@@ -213,12 +213,7 @@ def _load_folder(path: Path, *, source: str, revision: str | None, trust_remote_
             ["a folder with config.json (timm or transformers)"],
             hint=f"files found: {sorted(p.name for p in path.iterdir())[:10]}",
         )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptCheckpointError(f"{config_file}: not valid JSON ({err}); a model folder's config.json") from None
-    if not isinstance(config, dict):
-        raise CorruptCheckpointError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    config = read_json(config_file, error=CorruptCheckpointError)
     files = weight_files(path)  # model.safetensors, or the shards of model.safetensors.index.json
     if "architecture" in config:  # timm's Hub format
         if not files:
@@ -278,7 +273,7 @@ def _load_hub(spec: str, *, trust_remote_code: bool) -> Endpoint:
     try:
         config_path = hf_hub_download(repo_id, "config.json", revision=revision)
         folder = Path(config_path).parent
-        config = json.loads(Path(config_path).read_text())
+        config = read_json(config_path, error=CorruptCheckpointError)
         if "architecture" in config:  # pinned to the commit config.json came from (its snapshot folder)
             download_weights(repo_id, folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision)
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as err:

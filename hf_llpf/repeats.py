@@ -26,9 +26,10 @@ from hf_llpf.inputs import resolve_config
 from hf_llpf.plots import plot_repeats
 from hf_llpf.process_local import ProcessLocal
 from hf_llpf.report import write_report
-from hf_llpf.run import atomic_write_text, read_metrics
+from hf_llpf.run import atomic_write_text, read_metrics, read_run_json
 from hf_llpf.run.layout import CONFIG_YAML, CONSISTENCY_JSON, PLOTS_DIR
 from hf_llpf.text import TextBundle
+from hf_llpf.textfiles import read_yaml
 from hf_llpf.train import LossFn, make_accelerator
 
 # (summary section, figure) pairs reported across repeats; the *_recal sections are added when present.
@@ -64,9 +65,7 @@ def consistency_summary(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
 
 
 def _seed_of(config_file: FsPath) -> int | None:
-    import yaml
-
-    return (yaml.safe_load(config_file.read_text()) or {}).get("seed")
+    return read_yaml(config_file).get("seed")
 
 
 def run_repeats(
@@ -137,7 +136,7 @@ def run_repeats(
     if state.is_main_process:
         _write_consistency(root, dirs)
     state.wait_for_everyone()
-    return json.loads((root / CONSISTENCY_JSON).read_text())
+    return read_run_json(root, CONSISTENCY_JSON)
 
 
 def _write_consistency(root: FsPath, dirs: list[FsPath]) -> None:

@@ -30,6 +30,7 @@ from hf_llpf.progress import progress_enabled
 from hf_llpf.recipe_model import model_and_data, training_loss
 from hf_llpf.run import check_out_dir
 from hf_llpf.seeding import seed_everything
+from hf_llpf.textfiles import read_json
 from hf_llpf.timm_config import run_data_config, with_data_config
 
 # What save_pretrained writes for a tokenizer: a model folder of this tool may hold them.
@@ -196,7 +197,7 @@ def train_or_reuse(out: Path, recipe: TrainRecipe, data: DataBundle, *, progress
     """
     metrics_file = Path(out) / "metrics.json"
     if metrics_file.is_file() and (Path(out) / WEIGHTS_NAME).is_file():
-        metrics = json.loads(metrics_file.read_text())
+        metrics = read_json(metrics_file)
         if metrics.get("recipe") == recipe.model_dump(mode="json"):
             return {**metrics, "reused": True}
     _, metrics = train_endpoint(recipe, out_dir=out, data=data, progress=progress, overwrite=True)

@@ -98,7 +98,7 @@ def weight_files(directory: str | os.PathLike) -> list[Path]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         names = sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as err:
         raise CorruptCheckpointError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
     # Names only (a Hub snapshot's files are links into its blob store; the readers check where links lead).
     files = [directory / check_relative_name(name, field=f"{INDEX_NAME} shard") for name in names]

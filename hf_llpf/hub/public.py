@@ -148,7 +148,7 @@ def _card_license(text: str) -> str | None:
         return None
     try:
         meta = yaml.safe_load(m.group(1))
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return None
     value = meta.get("license") if isinstance(meta, dict) else None
     return str(value) if value else None

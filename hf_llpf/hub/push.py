@@ -38,7 +38,7 @@ from hf_llpf.hub.public import (
 from hf_llpf.hub.revisions import branch_name, push_point_branches
 from hf_llpf.hub.spec import check_branch_name, parse_repo_spec
 from hf_llpf.hub.upload import FILES_PER_COMMIT, PRUNE_PATTERNS, commit_in_batches, stale_files
-from hf_llpf.run import METRICS_JSON, Path, atomic_write_text
+from hf_llpf.run import METRICS_JSON, Path, atomic_write_text, read_metrics
 from hf_llpf.run.layout import ASSETS_DIR, ENDPOINTS_JSON, README
 from hf_llpf.safe_paths import walk_files
 
@@ -75,7 +75,7 @@ def upload(api: Any, *, repo_id: str, folder: FsPath, revision: str, private: bo
 
 def _filtered_metrics(root: FsPath, keep: set[str]) -> dict[str, bytes]:
     """``path_metrics.json``/``.csv`` holding only the published points' rows (the summary is kept whole)."""
-    data = json.loads((root / METRICS_JSON).read_text())
+    data = read_metrics(root)
     data["points"] = [row for row in data.get("points", []) if row.get("point") in keep]
     out = {METRICS_JSON: (json.dumps(data, indent=2) + "\n").encode()}
     if (root / METRICS_CSV).is_file():

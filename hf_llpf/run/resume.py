@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path as FsPath
 from typing import Any
 
 import hf_llpf.run.state as resume_state
 from hf_llpf.config import ConnectConfig
-from hf_llpf.errors import ConfigError
+from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.models import Endpoint
 from hf_llpf.run.layout import CHECKPOINT_DIR, CONFIG_YAML, ENDPOINTS_JSON
+from hf_llpf.run.reader import read_run_json
+from hf_llpf.textfiles import check_kind, read_yaml
 
 
 def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
@@ -45,10 +46,8 @@ def check_same_run(
         ConfigError: a setting outside :data:`RESUMABLE_SETTINGS` differs, or an endpoint's content differs from
             the one the run started with (``endpoints.json``); every difference is listed.
     """
-    import yaml
-
     root = FsPath(run_dir)
-    saved = {**ADDED_SETTINGS, **yaml.safe_load((root / CONFIG_YAML).read_text())}
+    saved = {**ADDED_SETTINGS, **read_yaml(root / CONFIG_YAML)}
     now = config.model_dump(mode="json")
     differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     problems = [
@@ -57,9 +56,12 @@ def check_same_run(
         for k in differing
         if k not in RESUMABLE_SETTINGS
     ]
-    recorded = json.loads((root / ENDPOINTS_JSON).read_text())
+    recorded = read_run_json(root, ENDPOINTS_JSON)
     for key, ep in (("A", ea), ("B", eb)):
-        was = (recorded.get(key) or {}).get("sha256")
+        entry = check_kind(recorded.get(key), kind=(dict, type(None)), where=f"{root / ENDPOINTS_JSON}: {key}",
+                           error=RunDirectoryError)  # fmt: skip
+        was = check_kind((entry or {}).get("sha256"), kind=(str, type(None)),
+                         where=f"{root / ENDPOINTS_JSON}: {key}.sha256", error=RunDirectoryError)  # fmt: skip
         if was is not None and was != ep.describe()["sha256"]:
             problems.append(
                 f"--resume: endpoint {key} ({ep.source}) is not the one this run started with: its weights' sha256 "
