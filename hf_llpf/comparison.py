@@ -182,11 +182,13 @@ def compare(
     """
     from hf_llpf.api import connect
     from hf_llpf.inputs import prepare_data, resolve_config, resolve_endpoint
+    from hf_llpf.run import check_out_dir
 
     methods = _check_methods(methods)
     _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k)
     if exist not in ("error", "overwrite"):
         raise ConfigError(f"exist={exist!r}: expected 'error' or 'overwrite'")
+    check_out_dir(FsPath(out_dir), field="out_dir")  # before the endpoints and data are loaded
     config = resolve_config(config)
     model_a, model_b = resolve_endpoint(model_a), resolve_endpoint(model_b)  # loaded once, for every method
     _, bundle, config = prepare_data(train_data, config, model_a, model_b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from hf_llpf.cli.args import add_settings_args, positive, threads
 
@@ -51,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
     from hf_llpf.cli.connect import _command_line, _config
     from hf_llpf.comparison import PLOT, TABLE_JSON, TABLE_MD, compare, markdown_table
     from hf_llpf.models import load_endpoint
+    from hf_llpf.run import check_out_dir
 
     args.method = None  # compare runs LLPF with the recipe's method (auto by default)
+    check_out_dir(Path(args.out), field="--out")  # before anything is loaded
     config = _config(args)
     set_threads(args.threads)
     bezier = {k: v for k, v in (("iters", args.bezier_iters), ("lr", args.bezier_lr)) if v is not None}
