@@ -268,18 +268,23 @@ def _load_hub(spec: str, *, trust_remote_code: bool) -> Endpoint:
         RevisionNotFoundError,
     )
 
+    from hf_llpf.hub.access import hub_unreachable, offline_mode
+
     repo_id, _, revision = spec.partition("@")
     revision = revision or None
+    # Offline, or the Hub's host not answering: the cache only, at once (a download would retry for tens of seconds).
+    why = "offline mode is on" if offline_mode() else hub_unreachable()
+    local = {"local_files_only": True} if why else {}
     try:
-        config_path = hf_hub_download(repo_id, "config.json", revision=revision)
+        config_path = hf_hub_download(repo_id, "config.json", revision=revision, **local)
         folder = Path(config_path).parent
         config = read_json(config_path, error=CorruptCheckpointError)
         if "architecture" in config:  # pinned to the commit config.json came from (its snapshot folder)
-            download_weights(repo_id, folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision)
+            download_weights(repo_id, folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision, **local)
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as err:
         raise OfflineError(
             f"no local folder {spec!r}, and the Hub id {spec!r} is not in the local cache while the Hub cannot be "
-            f"reached ({type(err).__name__}). Check the path, or "
+            f"reached ({why or type(err).__name__}). Check the path, or "
             "download it elsewhere (e.g. `hf download` or save_pretrained) and pass the local folder."
         ) from err
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
@@ -293,7 +298,7 @@ def _load_hub(spec: str, *, trust_remote_code: bool) -> Endpoint:
     sha = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision
     if "architecture" in config:
         return _load_folder(folder, source=spec, revision=sha, trust_remote_code=False)
-    model = _load_transformers(repo_id, config, trust_remote_code=trust_remote_code, revision=sha or revision)
+    model = _load_transformers(repo_id, config, trust_remote_code=trust_remote_code, revision=sha or revision, **local)
     return Endpoint(model.eval(), "transformers", spec, sha, model.config.to_dict())
 
 

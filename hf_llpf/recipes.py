@@ -68,9 +68,7 @@ class _StrictLoader(yaml.SafeLoader):
         # Refused before anything is built: nested aliases ("billion laughs") expand exponentially once walked.
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are refused; write each value out", mark
-            )
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are refused; write each value out", mark)
         return super().compose_node(parent, index)
 
 

@@ -144,7 +144,7 @@ def stored_dtype(directory: str | os.PathLike) -> str | None:
     return names.get(top, top.lower())
 
 
-def download_weights(repo_id: str, revision: str | None) -> None:
+def download_weights(repo_id: str, revision: str | None, *, local_files_only: bool = False) -> None:
     """Download a Hub model's ``model.safetensors``, or its index and shards, into the snapshot of ``revision``.
 
     One ``snapshot_download`` with an allow-list of the two layouts' names: nothing else is fetched, and a repo
@@ -153,4 +153,5 @@ def download_weights(repo_id: str, revision: str | None) -> None:
     from huggingface_hub import snapshot_download
 
     shards = WEIGHTS_NAME.replace(".safetensors", "-*-of-*.safetensors")
-    snapshot_download(repo_id, revision=revision, allow_patterns=[WEIGHTS_NAME, INDEX_NAME, shards])
+    patterns = [WEIGHTS_NAME, INDEX_NAME, shards]
+    snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=local_files_only)
