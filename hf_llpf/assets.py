@@ -35,6 +35,7 @@ from typing import Any
 from accelerate.logging import get_logger
 
 from hf_llpf.errors import CorruptCheckpointError, DataMismatchError
+from hf_llpf.partial import cleaned_on_failure
 from hf_llpf.run.layout import ASSETS_DIR, ASSETS_MANIFEST
 from hf_llpf.safe_paths import resolve_inside
 from hf_llpf.textfiles import check_kind, parse_json
@@ -341,10 +342,11 @@ def write_assets(root: str | os.PathLike, assets: Assets) -> None:
     tmp = resolve_inside(root, f".tmp_{ASSETS_DIR}", field="assets folder")  # removed when a run dir is opened
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    for name, data in assets.files.items():
-        (tmp / name).write_bytes(data)
-    (tmp / Path(ASSETS_MANIFEST).name).write_text(json.dumps(assets.manifest(), indent=2) + "\n")
+    with cleaned_on_failure(tmp):  # a failed write (a full disk) leaves no temporary folder behind
+        tmp.mkdir()
+        for name, data in assets.files.items():
+            (tmp / name).write_bytes(data)
+        (tmp / Path(ASSETS_MANIFEST).name).write_text(json.dumps(assets.manifest(), indent=2) + "\n")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hf_llpf.geometry import variances  # noqa: E402
+from hf_llpf.partial import save_figure  # noqa: E402
 from hf_llpf.run import Path  # noqa: E402
 
 VARIANCE_FLOOR = -12.0  # log10 variance below which a tensor counts as constant (drawn grey, off the scale)
@@ -132,7 +133,7 @@ def layers_plot(run_dir: FsPath, data: dict, *, template: nn.Module | None, out:
     axes[0].invert_yaxis()  # shallowest stage at the top
     fig.suptitle(f"{run_dir.name}: per-tensor variance and distance to θ_B along the path", fontsize=11)
     fig.tight_layout()
-    fig.savefig(out)
+    save_figure(fig, out)  # whole or not at all (a full disk leaves no half PNG)
     plt.close(fig)
     return out
 

@@ -26,6 +26,7 @@ from hf_llpf.data import DataBundle, SeededLoader
 from hf_llpf.errors import ConfigError, DataMismatchError, RunDirectoryError
 from hf_llpf.evaluation.scoring import score
 from hf_llpf.models import WEIGHTS_NAME, Endpoint, as_endpoint, check_finite, save_model
+from hf_llpf.partial import cleaned_on_failure
 from hf_llpf.progress import progress_enabled
 from hf_llpf.recipe_model import model_and_data, training_loss
 from hf_llpf.run import check_out_dir
@@ -228,10 +229,11 @@ def _save_model_folder(model: nn.Module, out: Path, endpoint: Endpoint, metrics:
     tmp = out.with_name(f".{out.name}.tmp_train")
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with cleaned_on_failure(tmp):  # a failed write (a full disk) leaves no temporary folder behind
+        save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
