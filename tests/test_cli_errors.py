@@ -1,8 +1,11 @@
 """Every CLI command with a table of bad inputs: exit code 2, one short message naming the problem, no traceback,
-and nothing deleted or written."""
+and nothing deleted or written (the tree's content hashed before and after). Also: a full disk at each writer (one
+paragraph naming the file, no temporary left, and the run resumes), and a Hub id that cannot be fetched fails
+fast."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -47,7 +50,36 @@ def w(tmp_path_factory):
     (root / "bad_config").mkdir()
     (root / "bad_config" / "config.json").write_text("{not json")
     shutil.copy(root / "A" / "model.safetensors", root / "bad_config" / "model.safetensors")
+    shutil.copytree(root / "A", root / "A_processor")
+    (root / "A_processor" / "preprocessor_config.json").write_text('{"image_mean": "x"}')
+    datasets.Dataset.from_dict({"image": images[:1], "label": [0]}).to_parquet(str(root / "one_row.parquet"))
+    _text_workspace(root)
+    import hf_llpf
+
+    # A real run with a checkpoint, for the --resume rows.
+    hf_llpf.connect(root / "A", root / "B", "digits", config=FAST, run_dir=root / "real", progress=False)
     return root
+
+
+FAST = {"step_r": 0.25, "min_iters": 1, "max_iters": 2, "checkpoint_every": 1, "arrival_tol": 0.05,
+        "loss_ceiling": None}  # fmt: skip
+FAST_ARGS = [f"{k}={'null' if v is None else v}" for k, v in FAST.items()]
+
+
+def _text_workspace(root: Path) -> None:
+    """An (untrained) tiny BERT with its tokenizer, and text files: one null text in 120, all texts empty."""
+    from text_fixtures import reviews, word_tokenizer
+    from tiny_models import tiny_bert
+
+    tok = word_tokenizer()
+    tiny_bert(0, vocab_size=len(tok)).save_pretrained(root / "bert")
+    tok.save_pretrained(root / "bert")
+    data = reviews(120, seed=3)
+    texts = list(data["text"])
+    texts[57] = None
+    datasets.Dataset.from_dict({"text": texts, "label": data["label"]}).to_parquet(str(root / "null_text.parquet"))
+    empty = {"text": [""] * 120, "label": data["label"]}
+    datasets.Dataset.from_dict(empty).to_parquet(str(root / "empty_texts.parquet"))
 
 
 def _damaged_run(w: Path, name: str, damage) -> Path:
@@ -62,6 +94,20 @@ def _point(run: Path, i: int) -> Path:
     return run / json.loads((run / "path_metrics.json").read_text())["points"][i]["point"] / "model.safetensors"
 
 
+def _summary(run: Path, change) -> None:
+    data = json.loads((run / "path_metrics.json").read_text())
+    change(data["summary"])
+    (run / "path_metrics.json").write_text(json.dumps(data))
+
+
+def _huge_tick(run: Path) -> None:
+    text = (run / "path_metrics.json").read_text()
+    (run / "path_metrics.json").write_text(text.replace('"tick": 0', '"tick": ' + "9" * 5000, 1))
+
+
+ALIAS_BOMB = "".join(f"{x}: &{x} [{', '.join([f'*{p}'] * 9)}]\n" for p, x in zip("abcdefgh", "bcdefghi"))
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + ALIAS_BOMB
+
 DAMAGE = {
     "missing_point": lambda run: shutil.rmtree(_point(run, 2).parent),
     "truncated_point": lambda run: _point(run, 2).write_bytes(_point(run, 2).read_bytes()[:100]),
@@ -70,6 +116,30 @@ DAMAGE = {
     "odd_layer_groups": lambda run: (run / "layer_groups.json").write_text('"stages"'),
     "odd_endpoints": lambda run: (run / "endpoints.json").write_text("[]"),
     "nan_point": lambda run: _nan_point(_point(run, 2)),
+    "deep_json": lambda run: (run / "path_metrics.json").write_text("[" * 100_000),
+    "huge_integer": _huge_tick,
+    "summary_run_int": lambda run: _summary(run, lambda s: s.update(run=7)),
+    "certification_string": lambda run: _summary(run, lambda s: s.setdefault("run", {}).update(certification="yes")),
+    "config_not_yaml": lambda run: (run / "llpf_config.yaml").write_text("data: [\n"),
+    "config_not_utf8": lambda run: (run / "llpf_config.yaml").write_bytes(b"seed: \xff\xfe\n"),
+    "config_alias_bomb": lambda run: (run / "llpf_config.yaml").write_text(ALIAS_BOMB),
+}
+# What the message of each damage names (evaluate, push, export and --resume alike).
+DAMAGE_WORDS = {
+    "missing_point": ["points[2]", "missing"],
+    "truncated_point": ["points[2]", "not a readable safetensors"],
+    "corrupt_metrics": ["path_metrics.json", "not valid JSON"],
+    "metrics_not_a_mapping": ["path_metrics.json", "expected a JSON object, got a list"],
+    "odd_layer_groups": ["layer_groups.json"],
+    "odd_endpoints": ["endpoints.json"],
+    "nan_point": ["points[2]", "non-finite"],
+    "deep_json": ["path_metrics.json", "nested too deeply"],
+    "huge_integer": ["path_metrics.json", "not readable JSON", "4300 digits"],
+    "summary_run_int": ["path_metrics.json", "summary.run:", "expected a JSON object, got integer 7"],
+    "certification_string": ["summary.run.certification", "expected a JSON object or null, got string 'yes'"],
+    "config_not_yaml": ["llpf_config.yaml", "not valid YAML", "line 2"],
+    "config_not_utf8": ["llpf_config.yaml", "not UTF-8"],
+    "config_alias_bomb": ["llpf_config.yaml", "aliases (*name) are refused"],
 }
 
 
@@ -84,6 +154,39 @@ def _nan_point(file: Path) -> None:
 
 def _evaluate_argv(name: str):
     return lambda w: ["evaluate", _damaged_run(w, name, DAMAGE[name])]
+
+
+def _export_argv(name: str):
+    return lambda w: ["export", _damaged_run(w, name, DAMAGE[name]), "--out", w / "o"]
+
+
+def _resume_argv(name: str, damage):
+    def argv(w: Path) -> list:
+        run = w / f"real_{name}"
+        if not run.exists():
+            shutil.copytree(w / "real", run)
+            damage(run)
+        return ["connect", w / "A", w / "B", "--data", "digits", "--out", run, "--resume", "--no-progress", *FAST_ARGS]
+
+    return argv
+
+
+RESUME_DAMAGE = {
+    "config_not_yaml": (DAMAGE["config_not_yaml"], DAMAGE_WORDS["config_not_yaml"]),
+    "config_not_utf8": (DAMAGE["config_not_utf8"], DAMAGE_WORDS["config_not_utf8"]),
+    "config_alias_bomb": (
+        lambda run: (run / "llpf_config.yaml").write_text((run / "llpf_config.yaml").read_text() + ALIAS_BOMB),
+        DAMAGE_WORDS["config_alias_bomb"],
+    ),
+    "endpoints_list": (
+        lambda run: (run / "endpoints.json").write_text("[]"),
+        ["endpoints.json", "expected a JSON object, got a list"],
+    ),
+    "endpoints_deep": (
+        lambda run: (run / "endpoints.json").write_text('{"A": ' * 50_000),
+        ["endpoints.json", "nested too deeply"],
+    ),
+}
 
 
 # (id, argv builder, substrings the message must hold)
@@ -139,18 +242,25 @@ CASES = [
     ("groups-image-size-huge", lambda w: ["groups", "small_cnn", "--image-size", "100000"], ["image_size", "4096"]),
     ("groups-image-size-without-data", lambda w: ["groups", w / "A", "--image-size", "16"],
      ["--image-size", "--data"]),
-    *[(f"evaluate-{name}", _evaluate_argv(name), []) for name in DAMAGE],
+    ("recipe-alias", lambda w: ["train", "--out", w / "o", "--recipe", _yaml(w, "x: &x 1\nlr: *x\n")],
+     ["not valid YAML", "aliases (*name) are refused"]),
+    ("recipe-deep", lambda w: ["train", "--out", w / "o", "--recipe", _yaml(w, "[" * 100_000)], ["nested too deeply"]),
+    ("processor-malformed", lambda w: ["connect", w / "A_processor", w / "B", "--out", w / "o", "--no-progress"],
+     ["preprocessor_config.json", "image_mean", "expected a JSON list, got string 'x'"]),
+    ("compare-out-is-file", lambda w: ["compare", w / "A", w / "B", "--data", "digits", "--out", w / "afile"],
+     ["--out", "afile", "is a file"]),
+    ("data-one-row", lambda w: ["train", "--data", w / "one_row.parquet", "--out", w / "o", "epochs=1"],
+     ["1 example(s)", "at least 2 examples"]),
+    ("text-null", lambda w: ["connect", w / "bert", w / "bert", "--data", w / "null_text.parquet", "--out", w / "o"],
+     ["text_column 'text'", "missing (null"]),
+    ("text-all-empty",
+     lambda w: ["connect", w / "bert", w / "bert", "--data", w / "empty_texts.parquet", "--out", w / "o"],
+     ["text_column 'text'", "are empty"]),
+    *[(f"evaluate-{name}", _evaluate_argv(name), DAMAGE_WORDS[name]) for name in DAMAGE],
+    *[(f"export-{name}", _export_argv(name), DAMAGE_WORDS[name])
+      for name in ("config_not_yaml", "config_not_utf8", "summary_run_int", "deep_json")],
+    *[(f"resume-{name}", _resume_argv(name, damage), words) for name, (damage, words) in RESUME_DAMAGE.items()],
 ]  # fmt: skip
-
-EVALUATE_WORDS = {
-    "missing_point": ["points[2]", "missing"],
-    "truncated_point": ["points[2]", "not a readable safetensors"],
-    "corrupt_metrics": ["path_metrics.json", "not valid JSON"],
-    "metrics_not_a_mapping": ["path_metrics.json", "expected a JSON dict"],
-    "odd_layer_groups": ["layer_groups.json"],
-    "odd_endpoints": ["endpoints.json"],
-    "nan_point": ["points[2]", "non-finite"],
-}
 
 
 def _yaml(w: Path, content: str | bytes) -> Path:
@@ -166,22 +276,76 @@ def _run(argv) -> int:
         return exit_.code
 
 
+def _tree(root: Path) -> dict[str, str]:
+    """Every file and folder under ``root`` with the hash of its content (folders: ``dir``)."""
+    return {
+        p.relative_to(root).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+    }
+
+
+def _one_paragraph(err: str) -> None:
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 12, err
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_error(case, w, capsys):
     name, argv, words = case
     args = argv(w)
-    before = sorted(p.relative_to(w).as_posix() for p in w.rglob("*"))
+    before = _tree(w)
     rc = _run(args)
     err = capsys.readouterr().err
-    if name.startswith("evaluate-"):
-        words = EVALUATE_WORDS[name.removeprefix("evaluate-")]
     assert rc == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) <= 12, err
+    _one_paragraph(err)
     for word in words:
         assert word in err, f"{word!r} not in: {err}"
-    after = sorted(p.relative_to(w).as_posix() for p in w.rglob("*"))
-    assert after == before
+    assert _tree(w) == before
     assert not os.path.exists(w / "o")
+
+
+class _NoHub:
+    """An HfApi stand-in that fails the test when used: nothing may be sent before the run's files are read."""
+
+    def __getattr__(self, name):
+        pytest.fail(f"the Hub was contacted ({name})")
+
+
+@pytest.mark.parametrize(
+    "name", ["summary_run_int", "certification_string", "config_not_yaml", "config_not_utf8", "deep_json"]
+)
+def test_push_refuses_a_damaged_run_before_sending_anything(name, w, capsys, monkeypatch):
+    import hf_llpf.hub.push as push
+
+    monkeypatch.setattr(push, "check_online", lambda action: None)  # the tests are offline; the files are read first
+    monkeypatch.setattr(push, "hub_api", lambda *a, **k: _NoHub())
+    run = _damaged_run(w, name, DAMAGE[name])
+    before = _tree(w)
+    rc = _run(["push", run, "org/x", "--token", "hf_unused_token_x"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    _one_paragraph(err)
+    for word in DAMAGE_WORDS[name]:
+        assert word in err, f"{word!r} not in: {err}"
+    assert "hf_unused_token_x" not in err and _tree(w) == before
+
+
+@pytest.mark.parametrize("name", ["summary_run_int", "certification_string", "huge_integer"])
+def test_evaluate_of_a_damaged_published_path_is_one_clear_error(name, w, tmp_path, capsys, monkeypatch):
+    import hf_llpf.hub.load as load
+
+    snapshot = tmp_path / "models--org--path" / "snapshots" / ("a" * 40)
+    shutil.copytree(_damaged_run(w, name, DAMAGE[name]), snapshot)
+    monkeypatch.setattr(load, "snapshot", lambda *a, **k: snapshot)  # what a download of org/path would give
+    before = _tree(tmp_path)
+    rc = _run(["evaluate", "org/path", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    _one_paragraph(err)
+    for word in DAMAGE_WORDS[name]:
+        assert word in err, f"{word!r} not in: {err}"
+    assert _tree(tmp_path) == before
 
 
 def test_push_to_an_unreachable_hub_is_a_clear_error(w):
