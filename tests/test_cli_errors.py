@@ -5,6 +5,7 @@ fast."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -367,3 +368,171 @@ def test_push_to_an_unreachable_hub_is_a_clear_error(w):
     assert "cannot reach the Hub" in proc.stderr and "Traceback" not in proc.stderr
     assert "hf_unused_token_x" not in proc.stderr
     assert sorted(p.relative_to(w).as_posix() for p in (w / "run").rglob("*")) == before
+
+
+# ---- a full disk at each writer: one paragraph naming the file, no temporary left, and the run resumes ----------
+
+ENOSPC_TEXT = os.strerror(errno.ENOSPC)
+
+
+def _full_disk_at_fsync(monkeypatch, marker: str, *, at: int) -> None:
+    """The ``at``-th atomic write of a file whose name holds ``marker`` fails as on a full disk, after its bytes went
+    to the temporary file (a failed write names no file)."""
+    real, seen = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        if marker in os.path.basename(os.readlink(f"/proc/self/fd/{fd}")):
+            seen.append(fd)
+            if len(seen) == at:
+                raise OSError(errno.ENOSPC, ENOSPC_TEXT)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def _full_disk_at_point(monkeypatch, *, at: int) -> None:
+    """The ``at``-th point is half written when the disk fills."""
+    import hf_llpf.run.rundir as rundir
+
+    real, calls = rundir.save_model, []
+
+    def save_model(model, folder, **kwargs):
+        calls.append(folder)
+        if len(calls) == at:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / "model.safetensors").write_bytes(b"half a point")
+            raise OSError(errno.ENOSPC, ENOSPC_TEXT)
+        return real(model, folder, **kwargs)
+
+    monkeypatch.setattr(rundir, "save_model", save_model)
+
+
+def _full_disk_at_checkpoint(monkeypatch, *, at: int) -> None:
+    """The ``at``-th checkpoint's tensor file is half written when the disk fills; safetensors reports it as its own
+    error type wrapping the I/O error, as it does on a real full disk."""
+    import safetensors.torch
+
+    real, calls = safetensors.torch.save_file, []
+
+    def save_file(tensors, filename, *args, **kwargs):
+        if "checkpoint" in str(filename):
+            calls.append(filename)
+            if len(calls) == at:
+                Path(filename).write_bytes(b"half a checkpoint")
+                raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+
+FULL_DISK = {  # writer: (inject, what the message names)
+    "points": (lambda m: _full_disk_at_point(m, at=4), "points/.tmp_t_000003"),
+    "checkpoint": (lambda m: _full_disk_at_checkpoint(m, at=3), "checkpoint/tensors-3.safetensors"),
+    "metrics": (lambda m: _full_disk_at_fsync(m, "path_metrics.json", at=3), "path_metrics.json"),
+}
+
+
+def _temporaries(root: Path) -> list[str]:
+    return [p.name for p in root.rglob("*") if ".tmp" in p.name or p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("writer", list(FULL_DISK))
+def test_a_full_disk_while_connecting_is_one_message_and_the_run_resumes(writer, w, tmp_path, capsys, monkeypatch):
+    from conftest import state_equal
+
+    import hf_llpf
+
+    inject, names = FULL_DISK[writer]
+    run = tmp_path / "run"
+    argv = ["connect", w / "A", w / "B", "--data", "digits", "--out", run, "--no-progress", *FAST_ARGS]
+    with monkeypatch.context() as m:
+        inject(m)
+        rc = _run(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    _one_paragraph(err)
+    assert f"{run}/{names}: {ENOSPC_TEXT} (ENOSPC)" in err, err
+    assert f"run the same command with --resume: {run} continues from its last checkpoint" in err
+    assert _temporaries(run) == []
+    assert _run([*argv, "--resume"]) == 0, capsys.readouterr().err
+    resumed, reference = hf_llpf.Path(run), hf_llpf.Path(w / "real")
+    assert resumed.ticks == reference.ticks
+    assert all(state_equal(resumed.state_dict_at(i), reference.state_dict_at(i)) for i in (1, len(reference) // 2, -1))
+    assert _temporaries(run) == []
+
+
+def test_a_full_disk_while_plotting_is_one_message_and_evaluate_runs_again(w, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(w / "real", run)
+    with monkeypatch.context() as m:
+        _full_disk_at_fsync(m, "loss.png", at=1)
+        rc = _run(["evaluate", run, "--no-progress", "--train-subset", "64"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    _one_paragraph(err)
+    assert f"{run}/plots/loss.png: {ENOSPC_TEXT} (ENOSPC); the disk is full" in err
+    assert _temporaries(run) == [] and not (run / "plots" / "loss.png").exists()
+    assert _run(["evaluate", run, "--no-progress", "--train-subset", "64"]) == 0
+    assert (run / "plots" / "loss.png").stat().st_size > 0 and _temporaries(run) == []
+
+
+def test_a_full_disk_while_exporting_leaves_nothing(w, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "exported"
+    real = shutil.copyfile
+
+    def copyfile(src, dst, **kwargs):  # half the file, then the disk is full (the error names the source)
+        Path(dst).write_bytes(Path(src).read_bytes()[:64])
+        raise OSError(errno.ENOSPC, ENOSPC_TEXT, str(src))
+
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "copyfile", copyfile)
+        rc = _run(["export", w / "real", "--out", out])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    _one_paragraph(err)
+    assert f"{tmp_path}/.exported.tmp/" in err and "(ENOSPC)" in err and "run the same command again" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert shutil.copyfile is real and _run(["export", w / "real", "--out", out]) == 0
+    assert (out / "model.safetensors").is_file()
+
+
+# ---- a Hub id that cannot be fetched fails fast ------------------------------------------------------------------
+
+
+def test_a_hub_id_is_read_from_the_cache_only_when_the_hub_cannot_be_reached(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    import hf_llpf.hub.access as access
+    from hf_llpf.errors import OfflineError
+    from hf_llpf.models import load_endpoint
+
+    calls = []
+
+    def download(repo_id, filename, **kwargs):
+        calls.append(kwargs)
+        raise LocalEntryNotFoundError("not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(access, "offline_mode", lambda: False)
+    monkeypatch.setattr(access, "hub_unreachable", lambda *a, **k: "hub.invalid:443 did not accept a connection")
+    with pytest.raises(OfflineError, match="no local folder 'no/such'.*hub.invalid:443 did not accept a connection"):
+        load_endpoint("no/such")
+    assert calls == [{"revision": None, "local_files_only": True}]  # one cache lookup: no download, no retries
+
+
+def test_hub_unreachable_is_one_connection_attempt(monkeypatch):
+    import socket
+
+    from hf_llpf.hub.access import _PROXY_VARIABLES, hub_unreachable
+
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        assert hub_unreachable(url) is None
+    assert "did not accept a connection" in hub_unreachable(url)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub_unreachable(url) is None  # behind a proxy only the download itself can tell
