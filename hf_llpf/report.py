@@ -14,6 +14,7 @@ from typing import Any
 from hf_llpf.run import atomic_write_text, read_metrics, read_run_json
 from hf_llpf.run.layout import CONSISTENCY_JSON, METRICS_JSON, PLOTS_DIR, README
 from hf_llpf.run.storage import storage_sentence
+from hf_llpf.textfiles import read_text
 
 START = "<!-- hf_llpf:report:start -->"
 END = "<!-- hf_llpf:report:end -->"
@@ -198,7 +199,7 @@ def write_report(run_dir: str | os.PathLike) -> FsPath:
     run_dir = FsPath(run_dir)
     readme = run_dir / README
     section = render_section(run_dir)
-    text = readme.read_text() if readme.is_file() else f"# {run_dir.name}\n\n"
+    text = read_text(readme) if readme.is_file() else f"# {run_dir.name}\n\n"
     start, end = text.find(START), text.find(END)
     if start != -1 and end > start:
         text = text[:start] + section + text[end + len(END) :]

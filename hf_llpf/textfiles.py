@@ -84,6 +84,17 @@ def read_json(
     return parse_json(raw, where=str(path), kind=kind, error=error)
 
 
+def read_text(path: str | os.PathLike, *, error: type[LLPFError] = RunDirectoryError) -> str:
+    """A text file (a README, a CSV) as UTF-8; an unreadable or non-UTF-8 file is an ``error`` naming it."""
+    path = Path(path)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise error(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
 def read_yaml(path: str | os.PathLike, *, error: type[LLPFError] = RunDirectoryError) -> dict:
     """Read a YAML mapping (``llpf_config.yaml``) strictly: safe loader, no aliases, no duplicate keys.
 
@@ -103,4 +114,4 @@ def read_yaml(path: str | os.PathLike, *, error: type[LLPFError] = RunDirectoryE
     return check_kind({} if value is None else value, kind=dict, where=str(path), error=error)
 
 
-__all__ = ["check_kind", "json_type", "parse_json", "read_json", "read_yaml", "type_names"]
+__all__ = ["check_kind", "json_type", "parse_json", "read_json", "read_text", "read_yaml", "type_names"]

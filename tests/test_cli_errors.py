@@ -124,7 +124,10 @@ DAMAGE = {
     "config_not_yaml": lambda run: (run / "llpf_config.yaml").write_text("data: [\n"),
     "config_not_utf8": lambda run: (run / "llpf_config.yaml").write_bytes(b"seed: \xff\xfe\n"),
     "config_alias_bomb": lambda run: (run / "llpf_config.yaml").write_text(ALIAS_BOMB),
+    "readme_not_utf8": lambda run: (run / "README.md").write_bytes(b"# run\n\xff\xfe notes\n"),
 }
+# Only push reads the CSV (evaluate writes it anew from path_metrics.json).
+PUSH_DAMAGE = {**DAMAGE, "csv_not_utf8": lambda run: (run / "path_metrics.csv").write_bytes(b"tick,point\n\xff\n")}
 # What the message of each damage names (evaluate, push, export and --resume alike).
 DAMAGE_WORDS = {
     "missing_point": ["points[2]", "missing"],
@@ -141,6 +144,8 @@ DAMAGE_WORDS = {
     "config_not_yaml": ["llpf_config.yaml", "not valid YAML", "line 2"],
     "config_not_utf8": ["llpf_config.yaml", "not UTF-8"],
     "config_alias_bomb": ["llpf_config.yaml", "aliases (*name) are refused"],
+    "readme_not_utf8": ["README.md", "not UTF-8 text (byte 6)"],
+    "csv_not_utf8": ["path_metrics.csv", "not UTF-8 text"],
 }
 
 
@@ -314,14 +319,15 @@ class _NoHub:
 
 
 @pytest.mark.parametrize(
-    "name", ["summary_run_int", "certification_string", "config_not_yaml", "config_not_utf8", "deep_json"]
-)
+    "name",
+    ["summary_run_int", "certification_string", "config_not_yaml", "config_not_utf8", "deep_json", "readme_not_utf8"],
+)  # fmt: skip
 def test_push_refuses_a_damaged_run_before_sending_anything(name, w, capsys, monkeypatch):
     import hf_llpf.hub.push as push
 
     monkeypatch.setattr(push, "check_online", lambda action: None)  # the tests are offline; the files are read first
     monkeypatch.setattr(push, "hub_api", lambda *a, **k: _NoHub())
-    run = _damaged_run(w, name, DAMAGE[name])
+    run = _damaged_run(w, name, PUSH_DAMAGE[name])
     before = _tree(w)
     rc = _run(["push", run, "org/x", "--token", "hf_unused_token_x"])
     err = capsys.readouterr().err
@@ -330,6 +336,15 @@ def test_push_refuses_a_damaged_run_before_sending_anything(name, w, capsys, mon
     for word in DAMAGE_WORDS[name]:
         assert word in err, f"{word!r} not in: {err}"
     assert "hf_unused_token_x" not in err and _tree(w) == before
+
+
+def test_push_refuses_a_metrics_csv_that_is_not_utf8(w):
+    from hf_llpf.errors import RunDirectoryError
+    from hf_llpf.hub.push import _filtered_metrics  # read once the branch is known, before any upload
+
+    run = _damaged_run(w, "csv_not_utf8", PUSH_DAMAGE["csv_not_utf8"])
+    with pytest.raises(RunDirectoryError, match=r"path_metrics.csv: not UTF-8 text \(byte 11\)"):
+        _filtered_metrics(run, {"points/t_000000"})
 
 
 @pytest.mark.parametrize("name", ["summary_run_int", "certification_string", "huge_integer"])

@@ -41,6 +41,7 @@ from hf_llpf.hub.upload import FILES_PER_COMMIT, PRUNE_PATTERNS, commit_in_batch
 from hf_llpf.run import METRICS_JSON, Path, atomic_write_text, read_metrics
 from hf_llpf.run.layout import ASSETS_DIR, ENDPOINTS_JSON, README
 from hf_llpf.safe_paths import walk_files
+from hf_llpf.textfiles import read_text
 
 TAG_PREFIX = "llpf-"
 METRICS_CSV = "path_metrics.csv"
@@ -79,11 +80,14 @@ def _filtered_metrics(root: FsPath, keep: set[str]) -> dict[str, bytes]:
     data["points"] = [row for row in data.get("points", []) if row.get("point") in keep]
     out = {METRICS_JSON: (json.dumps(data, indent=2) + "\n").encode()}
     if (root / METRICS_CSV).is_file():
-        reader = csv.DictReader(io.StringIO((root / METRICS_CSV).read_text()))
+        reader = csv.DictReader(io.StringIO(read_text(root / METRICS_CSV)))
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=reader.fieldnames or [], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(row for row in reader if row.get("point") in keep)
+        try:
+            writer = csv.DictWriter(buf, fieldnames=reader.fieldnames or [], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(row for row in reader if row.get("point") in keep)
+        except (csv.Error, ValueError) as err:
+            raise RunDirectoryError(f"{root / METRICS_CSV}: not a readable CSV table ({err})") from None
         out[METRICS_CSV] = buf.getvalue().encode()
     return out
 

@@ -83,7 +83,7 @@ class RunLock:
         try:
             owner = json.loads(self.path.read_text())
             pid, host = int(owner["pid"]), str(owner["host"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, RecursionError, KeyError, TypeError):
             owner, pid, host = None, -1, socket.gethostname()  # unreadable: written by a process killed mid-write
         if host == socket.gethostname() and (pid == -1 or not _alive(pid)):
             self.path.unlink(missing_ok=True)

@@ -17,9 +17,9 @@ from torch import nn
 
 from hf_llpf.errors import CorruptCheckpointError, RunDirectoryError
 from hf_llpf.models import load_endpoint
-from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON, METRICS_JSON
+from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON, METRICS_JSON, README
 from hf_llpf.safe_paths import check_relative_name, resolve_inside
-from hf_llpf.textfiles import check_kind, parse_json, read_yaml
+from hf_llpf.textfiles import check_kind, parse_json, read_text, read_yaml
 
 _HALF = (torch.bfloat16, torch.float16)  # storage dtypes of point_dtype, read back in the working dtype
 
@@ -163,6 +163,8 @@ class Path:
         self.layer_groups  # noqa: B018
         if (self.root / CONFIG_YAML).is_file():
             read_yaml(self.root / CONFIG_YAML)
+        if (self.root / README).is_file():  # rewritten with the report: its text must be readable
+            read_text(self.root / README)
 
     @property
     def layer_groups(self) -> dict | None:
