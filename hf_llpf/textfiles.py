@@ -31,7 +31,8 @@ def parse_json(
         LLPFError: an ``error``, naming ``where`` and the problem.
     """
     try:
-        value = json.loads(text)
+        # JSON is UTF-8 (RFC 8259): bytes are not left to json's guess, which would read \xff\xfe as UTF-16.
+        value = json.loads(text.decode("utf-8-sig") if isinstance(text, bytes) else text)
     except UnicodeDecodeError as err:
         raise error(f"{where}: not UTF-8 text (byte {err.start}); expected a JSON file") from None
     except json.JSONDecodeError as err:
