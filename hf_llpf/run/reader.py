@@ -55,9 +55,9 @@ SUMMARY_SHAPE: tuple[tuple[str, tuple[type, ...]], ...] = (
     ("run.phases", (list,)),
     ("run.stage_starts", (list,)),
     ("run.resumed_with", (list,)),
-    ("run.sgd_iters", (int,)),
-    ("run.ticks", (int,)),
-    ("run.failures", (int,)),
+    ("run.sgd_iters", _NUMBER),
+    ("run.ticks", _NUMBER),
+    ("run.failures", _NUMBER),
 )
 # Point-row columns the readers do arithmetic on: a number, or null where not measured.
 NUMERIC_COLUMNS = ("train_loss", "dist_a", "dist_b", "probe_loss", "segment_loss", "eval_train_loss",
