@@ -7,8 +7,11 @@ one at a time. The variance colour scale leaves out constant tensors and the low
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from pathlib import Path as FsPath
+from typing import Any
 
 import matplotlib
 
@@ -19,8 +22,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hf_llpf.geometry import variances  # noqa: E402
-from hf_llpf.partial import save_figure  # noqa: E402
-from hf_llpf.run import Path  # noqa: E402
+from hf_llpf.run import Path, atomic_write_bytes  # noqa: E402
 
 VARIANCE_FLOOR = -12.0  # log10 variance below which a tensor counts as constant (drawn grey, off the scale)
 
@@ -138,4 +140,14 @@ def layers_plot(run_dir: FsPath, data: dict, *, template: nn.Module | None, out:
     return out
 
 
-__all__ = ["VARIANCE_FLOOR", "layers_plot", "variance_limits"]
+def save_figure(fig: Any, out: str | os.PathLike) -> FsPath:
+    """Write a matplotlib figure to ``out`` whole or not at all: rendered in memory, then written atomically (a full
+    disk leaves no half PNG)."""
+    out = FsPath(out)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=out.suffix.lstrip(".") or "png")
+    atomic_write_bytes(out, buffer.getvalue())
+    return out
+
+
+__all__ = ["VARIANCE_FLOOR", "layers_plot", "save_figure", "variance_limits"]

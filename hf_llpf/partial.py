@@ -1,21 +1,19 @@
 """Nothing half-written: what a failed write (a full disk, a read-only folder) leaves behind is removed again.
 
 Files and folders are written under a temporary name and renamed into place (:func:`hf_llpf.run.atomic_write_bytes`
-for files). :func:`cleaned_on_failure` removes the temporary file or folder when the writing fails, and names it in
-the ``OSError`` (a failed ``write`` says neither which file nor where), so the command's one-line error can say
-which file could not be written.
+for files, :func:`hf_llpf.layer_plots.save_figure` for plots). :func:`cleaned_on_failure` removes the temporary
+file or folder when the writing fails, and names it in the ``OSError`` (a failed ``write`` says neither which file
+nor where), so the command's one-line error can say which file could not be written.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 
 @contextmanager
@@ -52,15 +50,4 @@ def as_os_error(err: BaseException, path: str | os.PathLike) -> OSError | None:
     return OSError(code, os.strerror(code), os.fspath(path))
 
 
-def save_figure(fig: Any, out: str | os.PathLike) -> Path:
-    """Write a matplotlib figure to ``out`` whole or not at all (rendered in memory, then written atomically)."""
-    from hf_llpf.run import atomic_write_bytes
-
-    out = Path(out)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=out.suffix.lstrip(".") or "png")
-    atomic_write_bytes(out, buffer.getvalue())
-    return out
-
-
-__all__ = ["as_os_error", "cleaned_on_failure", "save_figure"]
+__all__ = ["as_os_error", "cleaned_on_failure"]

@@ -31,8 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hf_llpf.errors import RunDirectoryError  # noqa: E402
-from hf_llpf.layer_plots import VARIANCE_FLOOR, layers_plot, variance_limits  # noqa: E402
-from hf_llpf.partial import save_figure  # noqa: E402
+from hf_llpf.layer_plots import VARIANCE_FLOOR, layers_plot, save_figure, variance_limits  # noqa: E402
 from hf_llpf.run import Path, read_metrics  # noqa: E402
 from hf_llpf.run.layout import PLOTS_DIR  # noqa: E402
 
