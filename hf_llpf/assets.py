@@ -34,9 +34,11 @@ from typing import Any
 
 from accelerate.logging import get_logger
 
-from hf_llpf.errors import DataMismatchError
+from hf_llpf.errors import CorruptCheckpointError, DataMismatchError
+from hf_llpf.partial import cleaned_on_failure
 from hf_llpf.run.layout import ASSETS_DIR, ASSETS_MANIFEST
 from hf_llpf.safe_paths import resolve_inside
+from hf_llpf.textfiles import check_kind, parse_json
 
 logger = get_logger(__name__)
 
@@ -323,10 +325,7 @@ def _check_processor(assets: Assets, bundle: Any) -> None:
     The processor is the endpoint's, published as it is: a user of a point would feed it images prepared that
     way, while the points were trained on the run's (``data.image_size``, ``data.mean``, ``data.std``).
     """
-    try:
-        proc = json.loads(assets.files["preprocessor_config.json"])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return
+    proc = _read_processor(assets)
     channels, height, width = bundle.input_shape
     data = bundle.config
     ours = {
@@ -348,6 +347,25 @@ def _check_processor(assets: Assets, bundle: Any) -> None:
         logger.warning(note, main_process_only=True)
 
 
+def _read_processor(assets: Assets) -> dict:
+    """The image processor's settings, refused by name when they do not parse or have other types than a processor's
+    (it would be published with every point)."""
+    where = f"preprocessor_config.json (endpoint {assets.origin.get('preprocessor_config.json', 'A')})"
+    proc = parse_json(assets.files["preprocessor_config.json"], where=where, error=CorruptCheckpointError)
+    for key in ("image_mean", "image_std"):
+        value = proc.get(key)
+        if value is not None and not isinstance(value, (int, float)):
+            check_kind(value, kind=list, where=f"{where}: {key}", error=CorruptCheckpointError)
+            for v in value:
+                check_kind(v, kind=(int, float), where=f"{where}: {key} entry", error=CorruptCheckpointError)
+    size = proc.get("size")
+    if isinstance(size, dict):
+        for key in ("height", "width", "shortest_edge"):
+            if key in size:
+                check_kind(size[key], kind=int, where=f"{where}: size.{key}", error=CorruptCheckpointError)
+    return proc
+
+
 def write_assets(root: str | os.PathLike, assets: Assets) -> None:
     """Store the assets in ``root/assets/`` (with ``manifest.json``), the folder appearing whole or not at all.
 
@@ -360,10 +378,11 @@ def write_assets(root: str | os.PathLike, assets: Assets) -> None:
     tmp = resolve_inside(root, f".tmp_{ASSETS_DIR}", field="assets folder")  # removed when a run dir is opened
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    for name, data in assets.files.items():
-        (tmp / name).write_bytes(data)
-    (tmp / Path(ASSETS_MANIFEST).name).write_text(json.dumps(assets.manifest(), indent=2) + "\n")
+    with cleaned_on_failure(tmp):  # a failed write (a full disk) leaves no temporary folder behind
+        tmp.mkdir()
+        for name, data in assets.files.items():
+            (tmp / name).write_bytes(data)
+        (tmp / Path(ASSETS_MANIFEST).name).write_text(json.dumps(assets.manifest(), indent=2) + "\n")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

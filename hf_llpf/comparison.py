@@ -193,12 +193,13 @@ def compare(
             be written under ``exist`` (docs/run-directory.md, "What --overwrite and --resume may do").
     """
     from hf_llpf.inputs import local_specs, resolve_config
-    from hf_llpf.run import RunWriter
+    from hf_llpf.run import RunWriter, check_out_dir
 
     methods = _check_methods(methods)
     _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k)
     if exist not in ("error", "overwrite"):
         raise ConfigError(f"exist={exist!r}: expected 'error' or 'overwrite'")
+    check_out_dir(FsPath(out_dir), field="out_dir")  # before the endpoints and data are loaded
     config = resolve_config(config)
     protected = [*protected, *local_specs(model_a, model_b, train_data, config.data.source)]
     out = FsPath(out_dir)

@@ -7,8 +7,11 @@ one at a time. The variance colour scale leaves out constant tensors and the low
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from pathlib import Path as FsPath
+from typing import Any
 
 import matplotlib
 
@@ -19,7 +22,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hf_llpf.geometry import variances  # noqa: E402
-from hf_llpf.run import Path  # noqa: E402
+from hf_llpf.run import Path, atomic_write_bytes  # noqa: E402
 
 VARIANCE_FLOOR = -12.0  # log10 variance below which a tensor counts as constant (drawn grey, off the scale)
 
@@ -132,9 +135,19 @@ def layers_plot(run_dir: FsPath, data: dict, *, template: nn.Module | None, out:
     axes[0].invert_yaxis()  # shallowest stage at the top
     fig.suptitle(f"{run_dir.name}: per-tensor variance and distance to θ_B along the path", fontsize=11)
     fig.tight_layout()
-    fig.savefig(out)
+    save_figure(fig, out)  # whole or not at all (a full disk leaves no half PNG)
     plt.close(fig)
     return out
 
 
-__all__ = ["VARIANCE_FLOOR", "layers_plot", "variance_limits"]
+def save_figure(fig: Any, out: str | os.PathLike) -> FsPath:
+    """Write a matplotlib figure to ``out`` whole or not at all: rendered in memory, then written atomically (a full
+    disk leaves no half PNG)."""
+    out = FsPath(out)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=out.suffix.lstrip(".") or "png")
+    atomic_write_bytes(out, buffer.getvalue())
+    return out
+
+
+__all__ = ["VARIANCE_FLOOR", "layers_plot", "save_figure", "variance_limits"]

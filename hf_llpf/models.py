@@ -16,7 +16,6 @@ transformers' ``trust_remote_code`` stays off unless the caller passes ``trust_r
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from hf_llpf.errors import (
     UnknownNameError,
 )
 from hf_llpf.hashing import local_revision, state_hash
+from hf_llpf.textfiles import read_json
 from hf_llpf.weights import (
     DEFAULT_MAX_SHARD_SIZE,
     WEIGHTS_NAME,
@@ -231,12 +231,7 @@ def _load_folder(
             ["a folder with config.json (timm or transformers)"],
             hint=f"files found: {sorted(p.name for p in path.iterdir())[:10]}",
         )
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CorruptCheckpointError(f"{config_file}: not valid JSON ({err}); a model folder's config.json") from None
-    if not isinstance(config, dict):
-        raise CorruptCheckpointError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    config = read_json(config_file, error=CorruptCheckpointError)
     # model.safetensors, or the shards of model.safetensors.index.json (each resolved inside allowed_root)
     files = weight_files(path, allowed_root=allowed_root)
     if "architecture" in config:  # timm's Hub format
@@ -295,18 +290,23 @@ def _load_hub(spec: str, *, trust_remote_code: bool) -> Endpoint:
         RevisionNotFoundError,
     )
 
+    from hf_llpf.hub.access import hub_unreachable, offline_mode
+
     repo_id, _, revision = spec.partition("@")
     revision = revision or None
+    # Offline, or the Hub's host not answering: the cache only, at once (a download would retry for tens of seconds).
+    why = "offline mode is on" if offline_mode() else hub_unreachable()
+    local = {"local_files_only": True} if why else {}
     try:
-        config_path = hf_hub_download(repo_id, "config.json", revision=revision)
+        config_path = hf_hub_download(repo_id, "config.json", revision=revision, **local)
         folder = Path(config_path).parent
-        config = json.loads(Path(config_path).read_text())
+        config = read_json(config_path, error=CorruptCheckpointError)
         if "architecture" in config:  # pinned to the commit config.json came from (its snapshot folder)
-            download_weights(repo_id, folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision)
+            download_weights(repo_id, folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision, **local)
     except (OfflineModeIsEnabled, LocalEntryNotFoundError) as err:
         raise OfflineError(
             f"no local folder {spec!r}, and the Hub id {spec!r} is not in the local cache while the Hub cannot be "
-            f"reached ({type(err).__name__}). Check the path, or "
+            f"reached ({why or type(err).__name__}). Check the path, or "
             "download it elsewhere (e.g. `hf download` or save_pretrained) and pass the local folder."
         ) from err
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
@@ -321,7 +321,7 @@ def _load_hub(spec: str, *, trust_remote_code: bool) -> Endpoint:
     if "architecture" in config:
         # The snapshot's files link into the repo's blob store: models--org--name/{snapshots/<sha>,blobs}.
         return _load_folder(folder, source=spec, revision=sha, trust_remote_code=False, allowed_root=folder.parents[1])
-    model = _load_transformers(repo_id, config, trust_remote_code=trust_remote_code, revision=sha or revision)
+    model = _load_transformers(repo_id, config, trust_remote_code=trust_remote_code, revision=sha or revision, **local)
     return Endpoint(model.eval(), "transformers", spec, sha, model.config.to_dict())
 
 

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hf_llpf.errors import RunDirectoryError  # noqa: E402
-from hf_llpf.layer_plots import VARIANCE_FLOOR, layers_plot, variance_limits  # noqa: E402
+from hf_llpf.layer_plots import VARIANCE_FLOOR, layers_plot, save_figure, variance_limits  # noqa: E402
 from hf_llpf.run import Path, read_metrics  # noqa: E402
 from hf_llpf.run.layout import PLOTS_DIR  # noqa: E402
 
@@ -217,7 +217,7 @@ def _levels(ax: plt.Axes, points: list[dict], summary: dict) -> list[float]:
 
 def _curve_plot(run_dir: FsPath, data: dict, *, metric: str, out: FsPath) -> FsPath:
     fig = _curve_figure(run_dir, data, metric=metric)
-    fig.savefig(out)
+    save_figure(fig, out)  # whole or not at all (a full disk leaves no half PNG)
     plt.close(fig)
     return out
 
@@ -299,7 +299,7 @@ def plot_repeats(run_dirs: Sequence[str | os.PathLike], out_png: str | os.PathLi
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.865, 0.5), fontsize=8, framealpha=0.9)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
-    fig.savefig(out_png)
+    save_figure(fig, out_png)  # whole or not at all (a full disk leaves no half PNG)
     plt.close(fig)
     return out_png
 

@@ -1,6 +1,7 @@
 """Settings as text: YAML recipes read strictly, ``key=value`` overrides, resolved settings written back.
 
-YAML is read with the safe loader only (no Python tags) and refuses duplicate keys; every problem is a
+YAML is read with the safe loader only (no Python tags) and refuses duplicate keys and aliases (``*name``: an
+alias bomb expands a few lines into billions of entries); every problem is a
 :class:`~hf_llpf.errors.ConfigError` naming the file or the override. Validation is :func:`hf_llpf.config.build`'s.
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from hf_llpf.errors import ConfigError
+from hf_llpf.errors import ConfigError, LLPFError
 
 
 def load_recipe(path: str | Path | None) -> dict[str, Any]:
@@ -61,7 +62,14 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing duplicate keys (YAML keeps the last one, hiding a typo)."""
+    """YAML's safe loader, refusing duplicate keys (YAML keeps the last one, hiding a typo) and aliases."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        # Refused before anything is built: nested aliases ("billion laughs") expand exponentially once walked.
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are refused; write each value out", mark)
+        return super().compose_node(parent, index)
 
 
 def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -79,20 +87,22 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, d
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
-def parse_yaml(text: str, *, where: str) -> Any:
-    """Parse YAML with the safe loader (no Python tags), duplicate keys refused.
+def parse_yaml(text: str, *, where: str, error: type[LLPFError] = ConfigError) -> Any:
+    """Parse YAML with the safe loader (no Python tags), duplicate keys and aliases refused.
 
     Raises:
-        ConfigError: naming ``where`` and the line/column of the problem.
+        ConfigError: (or ``error``) naming ``where`` and the line/column of the problem.
     """
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise error(f"{where}: YAML nested too deeply to read") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         hint = "; only plain YAML values are read, Python tags are refused" if "constructor" in problem else ""
-        raise ConfigError(f"{where}: not valid YAML{at}: {problem}{hint}") from None
+        raise error(f"{where}: not valid YAML{at}: {problem}{hint}") from None
 
 
 def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:
@@ -101,4 +111,11 @@ def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:
 
 def to_yaml(settings: BaseModel) -> str:
     """The fully resolved settings as YAML (what ``llpf_config.yaml`` holds)."""
-    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)
+    return yaml.dump(settings.model_dump(mode="json"), Dumper=_PlainDumper, sort_keys=False)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """The safe dumper, writing a value seen twice out again (the readers refuse aliases)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True

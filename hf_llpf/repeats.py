@@ -27,9 +27,10 @@ from hf_llpf.inputs import resolve_config
 from hf_llpf.plots import plot_repeats
 from hf_llpf.process_local import ProcessLocal
 from hf_llpf.report import write_report
-from hf_llpf.run import RunWriter, atomic_write_text, read_metrics
+from hf_llpf.run import RunWriter, atomic_write_text, read_metrics, read_run_json
 from hf_llpf.run.layout import CONFIG_YAML, CONSISTENCY_JSON, PLOTS_DIR
 from hf_llpf.text import TextBundle
+from hf_llpf.textfiles import read_yaml
 from hf_llpf.train import LossFn, make_accelerator
 
 # (summary section, figure) pairs reported across repeats; the *_recal sections are added when present.
@@ -65,9 +66,7 @@ def consistency_summary(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
 
 
 def _seed_of(config_file: FsPath) -> int | None:
-    import yaml
-
-    return (yaml.safe_load(config_file.read_text()) or {}).get("seed")
+    return read_yaml(config_file).get("seed")
 
 
 def run_repeats(
@@ -130,7 +129,7 @@ def run_repeats(
         if holder is not None:
             holder.close()
     state.wait_for_everyone()
-    return json.loads((root / CONSISTENCY_JSON).read_text())
+    return read_run_json(root, CONSISTENCY_JSON)
 
 
 def _build_repeats(a, b, train_data, config, dirs, state, local, loss_fn, options, exist, progress, protected) -> None:

@@ -6,15 +6,15 @@ the file (the Hub model card), so :func:`write_report` replaces only that sectio
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path as FsPath
 from typing import Any
 
-from hf_llpf.run import atomic_write_text, read_metrics
+from hf_llpf.run import atomic_write_text, read_metrics, read_run_json
 from hf_llpf.run.layout import CONSISTENCY_JSON, METRICS_JSON, PLOTS_DIR, README
 from hf_llpf.run.storage import storage_sentence
+from hf_llpf.textfiles import read_text
 
 START = "<!-- hf_llpf:report:start -->"
 END = "<!-- hf_llpf:report:end -->"
@@ -177,7 +177,7 @@ def render_section(run_dir: str | os.PathLike) -> str:
         if (run_dir / PLOTS_DIR / f"{name}.png").is_file():
             parts += [f"![{alt}](plots/{name}.png)", ""]
     if (run_dir / CONSISTENCY_JSON).is_file():
-        consistency = json.loads((run_dir / CONSISTENCY_JSON).read_text())
+        consistency = read_run_json(run_dir, CONSISTENCY_JSON)
         parts += [
             f"### Consistency over {consistency.get('repeats')} repeats (seeds {consistency.get('seeds')})",
             "",
@@ -199,7 +199,7 @@ def write_report(run_dir: str | os.PathLike) -> FsPath:
     run_dir = FsPath(run_dir)
     readme = run_dir / README
     section = render_section(run_dir)
-    text = readme.read_text() if readme.is_file() else f"# {run_dir.name}\n\n"
+    text = read_text(readme) if readme.is_file() else f"# {run_dir.name}\n\n"
     start, end = text.find(START), text.find(END)
     if start != -1 and end > start:
         text = text[:start] + section + text[end + len(END) :]

@@ -45,6 +45,13 @@ def read_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset]
     splits = _digits(config.split_seed) if config.source == "digits" else _load_source(config)
     if config.test_split not in splits and list(splits) == [config.train_split]:
         # A source with one split: hold out 20 % with a fixed seed, the same way every time.
+        n = len(splits[config.train_split])
+        if n < 2:
+            raise DataMismatchError(
+                f"data {config.source!r}: {n} example(s) in its one split {config.train_split!r}; 20% of a single "
+                "split are held out as the test split, which needs at least 2 examples (pass more data, or a source "
+                "with a test split)"
+            )
         held_out = splits[config.train_split].train_test_split(test_size=0.2, seed=config.split_seed)
         splits = datasets.DatasetDict({config.train_split: held_out["train"], config.test_split: held_out["test"]})
     train, test = _pick_split(splits, config.train_split), _pick_split(splits, config.test_split)

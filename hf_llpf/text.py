@@ -171,10 +171,10 @@ def text_bundle(
         label = pick_column(train, config.label_column, LABEL_COLUMNS, "label_column")
         check_labels(train, label)  # first: a text column named as the labels is that error, not "no text"
         text, pair = text_columns(train, config, label=label)
-    for ds in (train, test):
+    for ds, split in ((train, "train"), (test, "test")):
         for name, field in ((text, "text_column"), (pair, "text_pair_column")):
             if name is not None:
-                _check_text(ds, check_column(ds, name, field), field)
+                _check_text(ds, check_column(ds, name, field), field, split)
         if label is not None:
             check_labels(ds, check_column(ds, label, "label_column"), num_labels=_num_labels(model))
     if label is not None:
@@ -197,11 +197,25 @@ def _num_labels(model: Any) -> int | None:
     return getattr(config, "num_labels", None) if config is not None else None
 
 
-def _check_text(ds: datasets.Dataset, name: str, field: str) -> None:
+def _check_text(ds: datasets.Dataset, name: str, field: str, split: str) -> None:
+    """A string column with no missing value, and not only empty texts (a model learns and is judged on nothing:
+    refused rather than certified)."""
     if name not in string_columns(ds):
         raise DataMismatchError(
             f"{field} {name!r} holds {feature_type(ds.features[name])} values (e.g. {ds[0][name]!r:.60}); expected "
             f"text (a string column). Columns: {describe_columns(ds)}"
+        )
+    values = ds[name]
+    missing = [i for i, v in enumerate(values) if v is None]
+    if missing:
+        raise DataMismatchError(
+            f"{field} {name!r}: {len(missing)} of the {len(values)} texts of the {split} split are missing (null; "
+            f"first at row {missing[0]} of the split); drop or fill those rows"
+        )
+    if not any(v.strip() for v in values):
+        raise DataMismatchError(
+            f"{field} {name!r}: all {len(values)} texts of the {split} split are empty; a path built and judged on "
+            "empty texts says nothing about the models. Check text_column (columns: " + describe_columns(ds) + ")"
         )
 
 

@@ -26,10 +26,12 @@ from hf_llpf.data import DataBundle, SeededLoader
 from hf_llpf.errors import ConfigError, DataMismatchError, RunDirectoryError
 from hf_llpf.evaluation.scoring import score
 from hf_llpf.models import WEIGHTS_NAME, Endpoint, as_endpoint, check_finite, save_model
+from hf_llpf.partial import cleaned_on_failure
 from hf_llpf.progress import progress_enabled
 from hf_llpf.recipe_model import model_and_data, training_loss
 from hf_llpf.run import check_out_dir
 from hf_llpf.seeding import seed_everything
+from hf_llpf.textfiles import read_json
 from hf_llpf.timm_config import run_data_config, with_data_config
 
 # What save_pretrained writes for a tokenizer: a model folder of this tool may hold them.
@@ -229,7 +231,7 @@ def train_or_reuse(out: Path, recipe: TrainRecipe, data: DataBundle, *, progress
     """
     metrics_file = Path(out) / "metrics.json"
     if metrics_file.is_file() and (Path(out) / WEIGHTS_NAME).is_file():
-        metrics = json.loads(metrics_file.read_text())
+        metrics = read_json(metrics_file)
         if metrics.get("recipe") == recipe.model_dump(mode="json"):
             return {**metrics, "reused": True}
     _, metrics = train_endpoint(recipe, out_dir=out, data=data, progress=progress, overwrite=True)
@@ -260,11 +262,12 @@ def _save_model_folder(model: nn.Module, out: Path, endpoint: Endpoint, metrics:
     tmp = out.with_name(f".{out.name}.tmp_train")
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-        _clear_call_state(tmp / "tokenizer.json")
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with cleaned_on_failure(tmp):  # a failed write (a full disk) leaves no temporary folder behind
+        save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+            _clear_call_state(tmp / "tokenizer.json")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

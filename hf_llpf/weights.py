@@ -131,7 +131,7 @@ def weight_files(directory: str | os.PathLike, *, allowed_root: str | os.PathLik
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         names = sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as err:
         raise CorruptCheckpointError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
     files = [named(name, f"{directory / INDEX_NAME} shard") for name in names]
     missing = [f.name for f in files if not f.is_file()]
@@ -182,7 +182,7 @@ def stored_dtype(directory: str | os.PathLike, *, allowed_root: str | os.PathLik
     return names.get(top, top.lower())
 
 
-def download_weights(repo_id: str, revision: str | None) -> None:
+def download_weights(repo_id: str, revision: str | None, *, local_files_only: bool = False) -> None:
     """Download a Hub model's ``model.safetensors``, or its index and shards, into the snapshot of ``revision``.
 
     One ``snapshot_download`` with an allow-list of the two layouts' names: nothing else is fetched, and a repo
@@ -191,4 +191,5 @@ def download_weights(repo_id: str, revision: str | None) -> None:
     from huggingface_hub import snapshot_download
 
     shards = WEIGHTS_NAME.replace(".safetensors", "-*-of-*.safetensors")
-    snapshot_download(repo_id, revision=revision, allow_patterns=[WEIGHTS_NAME, INDEX_NAME, shards])
+    patterns = [WEIGHTS_NAME, INDEX_NAME, shards]
+    snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=local_files_only)

@@ -20,7 +20,7 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from hf_llpf.algorithms.certify import Certifier, Verdict
-from hf_llpf.algorithms.guard import DivergenceGuard, diverged
+from hf_llpf.algorithms.guard import Advice, DivergenceGuard, diverged
 from hf_llpf.algorithms.segments import SegmentStart
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import DivergenceError
@@ -208,7 +208,7 @@ class Method:
         self.recorder.checkpoint()
 
     def certified_tick(
-        self, attempt: Callable[[bool], float], after_repair: Callable[[], None], *, name: str, advice: str
+        self, attempt: Callable[[bool], float], after_repair: Callable[[], None], *, name: str, advice: Advice
     ) -> tuple[float, Verdict | None]:
         """Run ``attempt(repair)`` (one move, and its repair when asked; returns the repair loss) until its point
         is kept.
@@ -243,7 +243,7 @@ class Method:
                 judged = loss
             if diverged(judged, cfg):
                 try:
-                    self.guard.failed(st, loss=judged, config=cfg, name=name, advice=advice)
+                    self.guard.failed(st, loss=judged, config=cfg, name=name, advice=advice, certified=cert.enabled)
                 except DivergenceError:
                     self._checkpoint()
                     raise

@@ -181,7 +181,8 @@ class Certifier:
     Args:
         probe: the probe set (``None``: certification off).
         ceiling: the loss ceiling (``None``: off).
-        config: ``repair_budget``, ``max_iters`` (the round length), ``certify_segments``, ``max_backtracks``.
+        config: ``repair_budget``, ``min_iters`` (the first round's length), ``certify_segments``,
+            ``max_backtracks``.
         endpoint_losses: the endpoints' probe losses, as measured when the ceiling was resolved.
     """
 

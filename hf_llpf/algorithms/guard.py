@@ -7,6 +7,7 @@ rolls back through it when it backtracks (:meth:`hf_llpf.algorithms.base.Method.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -64,11 +65,14 @@ class DivergenceGuard:
                 for k in set(opt_state[param]) - keys:
                     del opt_state[param][k]
 
-    def failed(self, state: Any, *, loss: float, config: ConnectConfig, name: str, advice: str) -> None:
+    def failed(
+        self, state: Any, *, loss: float, config: ConnectConfig, name: str, advice: Advice, certified: bool
+    ) -> None:
         """Roll back, halve the step and count the failure; stop with a checkpoint after ``max_failures``.
 
         ``state`` is the method's :class:`~hf_llpf.algorithms.base.LoopState` (``failures``, ``step_scale``,
-        ``tick``).
+        ``tick``); ``advice`` the method's own settings that act on a diverging tick; ``certified`` whether a
+        loss ceiling is enforced (then ``max_iters`` does not act: the certifier's repair rounds replace it).
 
         Raises:
             DivergenceError: the stretch of failures reached ``config.max_failures``.
@@ -81,10 +85,58 @@ class DivergenceGuard:
             f"rolled back, step scale now {state.step_scale:g} (failure {state.failures}/{config.max_failures})"
         )
         if state.failures >= config.max_failures:
+            what = divergence_advice(config, advice, loss=loss, certified=certified)
             raise DivergenceError(
                 f"the loss diverged {state.failures} times (last {loss:.4g} at tick {state.tick + 1}); the run "
-                f"stopped with a resumable checkpoint. {advice}, then rerun with --resume."
+                f"stopped with a resumable checkpoint. {what}"
             )
+
+
+@dataclass(frozen=True)
+class Advice:
+    """A method's settings that act on a diverging tick: ``resumable`` ones (a ``--resume`` may change them) and
+    ``new_run`` ones (``--resume`` refuses a change: only a new run can take them)."""
+
+    resumable: tuple[str, ...] = ()
+    new_run: tuple[str, ...] = ()
+
+
+def divergence_advice(config: ConnectConfig, advice: Advice, *, loss: float, certified: bool) -> str:
+    """What to change after the guard stopped a run: only settings that act, each said with the way it can change.
+
+    A resume keeps the halved step and starts a new stretch of failures, so even an unchanged ``--resume`` tries
+    shorter moves; ``lr`` (the repair's learning rate, the usual cause of a loss that grows or is not finite) is
+    fixed for the run, as are the method's settings outside :data:`hf_llpf.run.resume.RESUMABLE_SETTINGS`.
+    """
+    # Only the step settings in force act (the step is the largest of them, docs/algorithm.md §2.1).
+    resumable = [f"lower {k} (now {_now(config, k)})" for k in advice.resumable if _value(config, k)]
+    if not certified:  # under a loss ceiling the certifier's repair rounds replace max_iters
+        resumable.append(f"raise max_iters (now {config.max_iters}) so the repair trains longer")
+    resumable.append(f"raise max_failures (now {config.max_failures}) so the step is halved more times")
+    if math.isfinite(loss):
+        resumable.append(f"raise loss_limit (now {config.loss_limit:g}) if a loss of {loss:.4g} is acceptable")
+    new_run = [f"lower {k} (now {_now(config, k)})" for k in advice.new_run]
+    new_run.append(
+        f"lower lr (now {config.lr:g}), the repair's learning rate, when the repair training itself diverges "
+        "(its loss grows or is not finite)"
+    )
+    refused = " or ".join((*advice.new_run, "lr"))
+    return (
+        f"To continue this run, {'; or '.join(resumable)}; then rerun with --resume (the step stays halved). "
+        f"In a new run instead (another --out; --resume refuses a changed {refused}): {'; or '.join(new_run)}."
+    )
+
+
+def _value(config: ConnectConfig, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _now(config: ConnectConfig, key: str) -> str:
+    value = _value(config, key)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def diverged(loss: float, config: ConnectConfig) -> bool:
@@ -92,7 +144,7 @@ def diverged(loss: float, config: ConnectConfig) -> bool:
     return not math.isfinite(loss) or loss > config.loss_limit
 
 
-__all__ = ["DivergenceGuard", "diverged"]
+__all__ = ["Advice", "DivergenceGuard", "divergence_advice", "diverged"]
 
 
 def check_in_sync(accelerator: Any, params: list[torch.Tensor], *, where: str) -> None:

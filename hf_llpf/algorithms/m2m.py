@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from hf_llpf import geometry
 from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup
 from hf_llpf.algorithms.certify import Verdict
-from hf_llpf.algorithms.guard import check_in_sync
+from hf_llpf.algorithms.guard import Advice, check_in_sync
 from hf_llpf.algorithms.registry import register
 from hf_llpf.models import Endpoint
 from hf_llpf.progress import loss_label, progress_enabled
@@ -254,7 +254,7 @@ class M2M(Method):
         st, cfg = self.state, self.config
         iters_before = self.trainer.iterations
         loss, verdict = self.certified_tick(
-            self._attempt, self._recorrect, name="m2m", advice="Lower step_a/step_r or raise max_iters"
+            self._attempt, self._recorrect, name="m2m", advice=Advice(resumable=("step_a", "step_r", "step_f"))
         )
         dist = self.last_dist = self._dist
         st.tick += 1

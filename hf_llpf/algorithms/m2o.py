@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from hf_llpf import geometry
 from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup
 from hf_llpf.algorithms.certify import Verdict
+from hf_llpf.algorithms.guard import Advice
 from hf_llpf.algorithms.registry import register
 from hf_llpf.errors import ConfigError
 from hf_llpf.progress import loss_label, progress_enabled
@@ -227,7 +228,8 @@ class M2O(Method):
     def _tick(self) -> float:
         st = self.state
         iters_before = self.trainer.iterations
-        loss, verdict = self.certified_tick(self._attempt, lambda: None, name=self.phase, advice="Lower m2o.step_a")
+        advice = Advice(new_run=("m2o.step_a",))  # a nested setting: --resume refuses a change of `m2o`
+        loss, verdict = self.certified_tick(self._attempt, lambda: None, name=self.phase, advice=advice)
         st.reached = self._reached_now
         st.tick += 1
         self.note_uncertified(verdict, tick=st.tick, stage=-1, phase=self.phase)

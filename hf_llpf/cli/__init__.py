@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from hf_llpf import __version__
 from hf_llpf.cli import compare, connect, demo, evaluate, export, groups, push, spheres, train
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hf-llpf`` console script."""
-    from hf_llpf.cli.render import error
+    from hf_llpf.cli.render import error, os_error
 
     parser = build_parser()
     # key=value overrides may stand anywhere, also after options: argparse leaves those in `extra`.
@@ -57,3 +58,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         except LLPFError as err:
             print(error(args.command, err), file=sys.stderr)
             return 2
+        except OSError as err:  # last resort: a full disk or a refused write, wherever it happened
+            print(os_error(args.command, err, rerun=_rerun(args)), file=sys.stderr)
+            return 2
+
+
+def _rerun(args: argparse.Namespace) -> str | None:
+    """How to run a ``connect`` again that stopped on a failed write: ``--resume`` when its run directory holds a
+    checkpoint, ``--overwrite`` when it is this tool's run directory without one yet; None otherwise."""
+    from hf_llpf.run import CHECKPOINT_DIR, MARKER
+    from hf_llpf.run.state import exists
+
+    out = getattr(args, "out", None)
+    if args.command != "connect" or out is None or getattr(args, "repeats", 1) not in (None, 1):
+        return None
+    if exists(Path(out) / CHECKPOINT_DIR):
+        return f"run the same command with --resume: {out} continues from its last checkpoint"
+    if (Path(out) / MARKER).is_file() and not getattr(args, "resume", False):
+        return f"run the same command with --overwrite: {out} holds no checkpoint yet"
+    return None

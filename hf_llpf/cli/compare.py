@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from hf_llpf.cli.args import add_settings_args, positive, threads
 
@@ -55,9 +56,11 @@ def run(args: argparse.Namespace) -> int:
     from hf_llpf.cli.connect import _command_line, _config, read_by_command
     from hf_llpf.comparison import PLOT, TABLE_JSON, TABLE_MD, compare, markdown_table
     from hf_llpf.models import load_endpoint
+    from hf_llpf.run import check_out_dir
     from hf_llpf.run.rundir import check_exist
 
     args.method = None  # compare runs LLPF with the recipe's method (auto by default)
+    check_out_dir(Path(args.out), field="--out")  # before anything is loaded
     config = _config(args)
     set_threads(args.threads)
     exist = "overwrite" if args.overwrite else "error"

@@ -194,3 +194,26 @@ def evaluated(result: dict, *, run_dir: str | None, certification: dict | None =
 
 def error(command: str, err: Exception) -> str:
     return f"hf-llpf {command}: error: {err}"
+
+
+# What to do about a failed file operation, by errno name.
+_OS_ADVICE = {
+    "ENOSPC": "the disk is full: free space on it",
+    "EDQUOT": "the disk quota is used up: free space or raise the quota",
+    "EROFS": "the file system is read-only: choose a writable folder",
+    "EACCES": "permission denied: check the folder's permissions or choose another",
+    "EPERM": "operation not permitted: check the folder's permissions or choose another",
+}
+
+
+def os_error(command: str, err: OSError, *, rerun: str | None) -> str:
+    """One paragraph for a failed file operation (a full disk, a read-only folder): the file, what went wrong and
+    what to do; ``rerun`` says how to run the command again when plain "the same command" would not do."""
+    import errno as errno_names
+
+    name = errno_names.errorcode.get(err.errno or 0, "")
+    where = f"{err.filename}: " if err.filename else ""
+    what = err.strerror or str(err)
+    advice = _OS_ADVICE.get(name, "fix the cause")
+    then = f"then {rerun}" if rerun else "then run the same command again"
+    return f"hf-llpf {command}: error: {where}{what}" + (f" ({name})" if name else "") + f"; {advice}, {then}."

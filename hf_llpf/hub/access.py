@@ -8,6 +8,7 @@ messages that never contain the token.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,13 +28,44 @@ def hub_api(endpoint: str | None, token: str | None):
     return HfApi(endpoint=endpoint, token=token, library_name="hf_llpf", library_version=__version__)
 
 
-def check_online(action: str) -> None:
-    """Raise :class:`~hf_llpf.errors.OfflineError` when offline mode is on, before anything is sent."""
+def offline_mode() -> bool:
+    """Whether offline mode is on (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``, as huggingface_hub read it at
+    import or as the environment says now)."""
     # huggingface_hub reads HF_HUB_OFFLINE once at import; the environment may have changed since, so look at both.
     from huggingface_hub import constants
 
     env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    if constants.is_offline_mode() or env.strip().upper() in {"1", "ON", "YES", "TRUE"}:
+    return constants.is_offline_mode() or env.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable(endpoint: str | None = None, *, timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be reached now (its host does not accept a connection within ``timeout`` seconds), or
+    None when it can, or when a proxy is configured (then only the download itself can tell).
+
+    A download from an unreachable Hub retries for tens of seconds before it gives up; this check costs one
+    connection attempt, so a read that can be served from the cache (or not at all) fails fast.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return None
+    url = urlsplit(endpoint or constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"{url.hostname}:{port} did not accept a connection ({err.strerror or type(err).__name__})"
+
+
+def check_online(action: str) -> None:
+    """Raise :class:`~hf_llpf.errors.OfflineError` when offline mode is on, before anything is sent."""
+    if offline_mode():
         raise OfflineError(
             f"cannot {action}: offline mode is on (HF_HUB_OFFLINE=1). Nothing was sent or changed; unset "
             "HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) and run the same command again."

@@ -28,6 +28,7 @@ from hf_llpf.run import METRICS_JSON, POINTS_DIR
 from hf_llpf.run.layout import CONFIG_YAML, PLOTS_DIR, README
 from hf_llpf.run.lock import holds_run_directory
 from hf_llpf.run.storage import storage_sentence
+from hf_llpf.textfiles import read_text
 
 # The evaluation report section (hf_llpf.report writes it) is kept, markers included, when a card is rebuilt.
 REPORT_START, REPORT_END = START, END
@@ -185,7 +186,7 @@ def _report_section(readme: FsPath) -> str:
     """The evaluation report kept from an existing README (between the hf_llpf report markers)."""
     if not readme.is_file():
         return ""
-    text = readme.read_text()
+    text = read_text(readme)
     start, end = text.find(REPORT_START), text.find(REPORT_END)
     if start < 0 or end < start:
         return ""

@@ -7,6 +7,7 @@ all; pickled weight files are never copied and a link that leaves the path's fol
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from hf_llpf.hub.points import choose_point
 from hf_llpf.hub.public import UNKNOWN_LICENSE, resolve_license
 from hf_llpf.hub.push import upload
 from hf_llpf.hub.spec import parse_repo_spec
+from hf_llpf.partial import cleaned_on_failure
 from hf_llpf.remote_code import removed_note, strip_files
 from hf_llpf.run import Path
 from hf_llpf.run.layout import README
@@ -67,14 +69,28 @@ def _write_point(
     tmp = out.with_name(f".{out.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    with cleaned_on_failure(tmp):  # a failed write (a full disk) leaves neither the folder nor its temporary
+        tmp.mkdir(parents=True)
+        _fill(tmp, files, path, i, label=label, repo_id=repo_id, reason=reason)
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+
+
+def _fill(tmp: FsPath, files: dict, path: Path, i: int, *, label: str, repo_id: str | None, reason: str) -> None:
+    """Copy the point's files into ``tmp`` and write its card."""
     for rel, f in files.items():
         dest = tmp / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(f, bytes):
-            dest.write_bytes(f)
-        else:
-            shutil.copyfile(f, dest)
+        try:
+            if isinstance(f, bytes):
+                dest.write_bytes(f)
+            else:
+                shutil.copyfile(f, dest)
+        except OSError as err:  # a full or read-only disk is the destination's: name it, not the source
+            if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise OSError(err.errno, err.strerror, str(dest)) from err
+            raise
     try:  # the endpoints' license when they agree (recorded or in a local endpoint's card), else "unknown"
         license, _ = resolve_license(path.endpoints)
     except ConfigError:
@@ -91,9 +107,6 @@ def _write_point(
         tokenizer=any(ASSET_KINDS.get(rel) == TOKENIZER for rel in files),
     )
     (tmp / README).write_text(str(card))
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
 
 
 @holds_run_directory("source", exclusive=False, action="export")

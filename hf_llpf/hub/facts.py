@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 
-import yaml
-
 from hf_llpf.hub.public import is_local, local_names, public_name, scrub_text
 from hf_llpf.hub.spec import is_repo_id
 from hf_llpf.run import read_run_json
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON
+from hf_llpf.textfiles import read_yaml
 
 _TASKS = (
     ("ForSequenceClassification", "text-classification"),
@@ -33,10 +32,8 @@ def read_json(path: FsPath) -> dict:
 
 
 def _read_yaml(path: FsPath) -> dict:
-    if not path.is_file():
-        return {}
-    loaded = yaml.safe_load(path.read_text())
-    return loaded if isinstance(loaded, dict) else {}
+    """A run's settings (``{}`` when the file is missing; a damaged one is refused by name)."""
+    return read_yaml(path) if path.is_file() else {}
 
 
 def _hub_id(entry: dict) -> str | None:

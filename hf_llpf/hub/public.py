@@ -24,8 +24,6 @@ import tempfile
 from pathlib import Path as FsPath
 from typing import Any
 
-import yaml
-
 from hf_llpf.errors import ConfigError, RunDirectoryError
 
 TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".md", ".csv", ".txt", ".toml", ".cfg", ".jinja")
@@ -146,9 +144,11 @@ def _card_license(text: str) -> str | None:
     m = re.match(r"---\s*\n(.*?)\n---", text, re.S)
     if not m:
         return None
+    from hf_llpf.recipes import parse_yaml  # strict: aliases refused (a license of nested aliases would explode)
+
     try:
-        meta = yaml.safe_load(m.group(1))
-    except yaml.YAMLError:
+        meta = parse_yaml(m.group(1), where="model card")
+    except ConfigError:
         return None
     value = meta.get("license") if isinstance(meta, dict) else None
     return str(value) if value else None

@@ -44,10 +44,11 @@ from hf_llpf.hub.revisions import branch_name, push_point_branches
 from hf_llpf.hub.spec import check_branch_name, parse_repo_spec
 from hf_llpf.hub.upload import FILES_PER_COMMIT, PRUNE_PATTERNS, commit_in_batches
 from hf_llpf.remote_code import removed_note, strip_files
-from hf_llpf.run import METRICS_JSON, Path, atomic_write_text
+from hf_llpf.run import METRICS_JSON, Path, atomic_write_text, read_metrics
 from hf_llpf.run.layout import ASSETS_DIR, ENDPOINTS_JSON, README
 from hf_llpf.run.lock import holds_run_directory
 from hf_llpf.safe_paths import walk_files
+from hf_llpf.textfiles import read_text
 
 logger = logging.getLogger(__name__)
 METRICS_CSV = "path_metrics.csv"
@@ -82,15 +83,18 @@ def upload(api: Any, *, repo_id: str, folder: FsPath, revision: str, private: bo
 
 def _filtered_metrics(root: FsPath, keep: set[str]) -> dict[str, bytes]:
     """``path_metrics.json``/``.csv`` holding only the published points' rows (the summary is kept whole)."""
-    data = json.loads((root / METRICS_JSON).read_text())
+    data = read_metrics(root)
     data["points"] = [row for row in data.get("points", []) if row.get("point") in keep]
     out = {METRICS_JSON: (json.dumps(data, indent=2) + "\n").encode()}
     if (root / METRICS_CSV).is_file():
-        reader = csv.DictReader(io.StringIO((root / METRICS_CSV).read_text()))
+        reader = csv.DictReader(io.StringIO(read_text(root / METRICS_CSV)))
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=reader.fieldnames or [], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(row for row in reader if row.get("point") in keep)
+        try:
+            writer = csv.DictWriter(buf, fieldnames=reader.fieldnames or [], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(row for row in reader if row.get("point") in keep)
+        except (csv.Error, ValueError) as err:
+            raise RunDirectoryError(f"{root / METRICS_CSV}: not a readable CSV table ({err})") from None
         out[METRICS_CSV] = buf.getvalue().encode()
     return out
 

@@ -129,7 +129,7 @@ def lock_owner(root: Path) -> dict | None:
         pid, host = int(owner["pid"]), str(owner["host"])
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
         return None  # unreadable: written by a process killed mid-write
     if host == socket.gethostname() and not _alive(pid):
         return None

@@ -6,7 +6,6 @@ Every name read from a run directory (or a Hub snapshot of one) is resolved insi
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path as FsPath
@@ -14,13 +13,13 @@ from typing import Any
 
 import safetensors.torch
 import torch
-import yaml
 from torch import nn
 
 from hf_llpf.errors import CorruptCheckpointError, RunDirectoryError
 from hf_llpf.models import Endpoint, load_endpoint
-from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON, METRICS_JSON
+from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON, METRICS_JSON, README
 from hf_llpf.safe_paths import check_relative_name, resolve_inside, walk_files
+from hf_llpf.textfiles import check_kind, parse_json, read_text, read_yaml
 from hf_llpf.weights import weight_files
 
 _HALF = (torch.bfloat16, torch.float16)  # storage dtypes of point_dtype, read back in the working dtype
@@ -34,27 +33,72 @@ def read_run_json(root: str | os.PathLike, name: str, *, kind: type = dict) -> A
     """
     file = FsPath(root) / name
     try:
-        value = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunDirectoryError(
-            f"{file}: not valid JSON ({type(err).__name__}: {err}); it is written by `hf-llpf connect`"
-        ) from None
-    if not isinstance(value, kind):
-        raise RunDirectoryError(f"{file}: expected a JSON {kind.__name__}, got {type(value).__name__}")
-    return value
+        raw = file.read_bytes()
+    except OSError as err:
+        raise RunDirectoryError(f"{file}: cannot be read ({err.strerror or err})") from None
+    try:
+        return parse_json(raw, where=str(file), kind=kind)
+    except RunDirectoryError as err:
+        raise RunDirectoryError(f"{err}; it is written by `hf-llpf connect`") from None
+
+
+# What the readers of path_metrics.json rely on, checked where it is read: (dotted key, allowed JSON types).
+_NUMBER = (int, float)
+SUMMARY_SHAPE: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("run", (dict,)),
+    ("evaluation", (dict,)),
+    ("llpf", (dict,)),
+    ("linear", (dict,)),
+    ("run.certification", (dict, type(None))),
+    ("run.certification.ceiling", (*_NUMBER, type(None))),
+    ("run.certification.certified", (bool,)),
+    ("run.timing", (dict,)),
+    ("run.phases", (list,)),
+    ("run.stage_starts", (list,)),
+    ("run.resumed_with", (list,)),
+    ("run.sgd_iters", _NUMBER),
+    ("run.ticks", _NUMBER),
+    ("run.failures", _NUMBER),
+)
+# Point-row columns the readers do arithmetic on: a number, or null where not measured.
+NUMERIC_COLUMNS = ("train_loss", "dist_a", "dist_b", "probe_loss", "segment_loss", "eval_train_loss",
+                   "eval_train_acc", "test_loss", "test_acc", "position")  # fmt: skip
+
+
+def check_summary(summary: dict, *, where: str) -> None:
+    """Refuse a ``summary`` whose known keys have another JSON type than the readers expect (:data:`SUMMARY_SHAPE`).
+
+    Raises:
+        RunDirectoryError: naming the file, the key and the type expected.
+    """
+    for key, kinds in SUMMARY_SHAPE:
+        parent, _, last = key.rpartition(".")
+        holder = summary
+        for part in parent.split(".") if parent else ():
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and last in holder:
+            check_kind(holder[last], kind=kinds, where=f"{where}: summary.{key}", error=RunDirectoryError)
 
 
 def read_metrics(root: str | os.PathLike) -> dict:
-    """``path_metrics.json`` of a run directory, its shape checked (``points``: a list of rows with a tick)."""
+    """``path_metrics.json`` of a run directory, its shape checked (``points``: a list of rows with a tick; the
+    summary's known keys and the rows' numeric columns of the JSON types the readers expect)."""
+    file = FsPath(root) / METRICS_JSON
     data = read_run_json(root, METRICS_JSON)
     points = data.get("points")
-    if not isinstance(points, list) or not all(isinstance(p, dict) and isinstance(p.get("tick"), int) for p in points):
-        raise RunDirectoryError(
-            f"{FsPath(root) / METRICS_JSON}: 'points' must be a list of rows, each with an integer 'tick'"
-        )
+    if not isinstance(points, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("tick"), int) and not isinstance(p["tick"], bool) for p in points
+    ):
+        raise RunDirectoryError(f"{file}: 'points' must be a list of rows, each with an integer 'tick'")
     for key, kind in (("ticks", list), ("summary", dict)):
         if not isinstance(data.get(key, kind()), kind):
-            raise RunDirectoryError(f"{FsPath(root) / METRICS_JSON}: {key!r} must be a JSON {kind.__name__}")
+            raise RunDirectoryError(f"{file}: {key!r} must be a JSON {kind.__name__}")
+    for j, row in enumerate(points):
+        for col in NUMERIC_COLUMNS:
+            if col in row:
+                check_kind(row[col], kind=(*_NUMBER, type(None)), where=f"{file}: points[{j}].{col}",
+                           error=RunDirectoryError)  # fmt: skip
+    check_summary(data.get("summary", {}), where=str(file))
     return data
 
 
@@ -102,7 +146,7 @@ class Path:
     @property
     def config(self) -> dict:
         """The resolved settings of the run (``llpf_config.yaml``)."""
-        return yaml.safe_load((self.root / CONFIG_YAML).read_text())
+        return read_yaml(self.root / CONFIG_YAML)
 
     @property
     def endpoints(self) -> dict:
@@ -123,12 +167,9 @@ class Path:
             self.endpoints  # noqa: B018 - read for its checks
         self.layer_groups  # noqa: B018
         if (self.root / CONFIG_YAML).is_file():
-            try:
-                config = yaml.safe_load((self.root / CONFIG_YAML).read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, yaml.YAMLError) as err:
-                raise RunDirectoryError(f"{self.root / CONFIG_YAML}: not valid YAML ({err})") from None
-            if not isinstance(config, dict):
-                raise RunDirectoryError(f"{self.root / CONFIG_YAML}: expected a mapping of settings")
+            read_yaml(self.root / CONFIG_YAML)
+        if (self.root / README).is_file():  # rewritten with the report: its text must be readable
+            read_text(self.root / README)
 
     @property
     def layer_groups(self) -> dict | None:

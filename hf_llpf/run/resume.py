@@ -3,7 +3,6 @@ records: the stretches of the sessions that wrote it."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path as FsPath
@@ -14,7 +13,8 @@ from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.models import Endpoint
 from hf_llpf.run.layout import CHECKPOINT_DIR, CONFIG_YAML, ENDPOINTS_JSON, METRICS_JSON
-from hf_llpf.run.reader import read_metrics
+from hf_llpf.run.reader import read_metrics, read_run_json
+from hf_llpf.textfiles import check_kind, read_yaml
 
 
 def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
@@ -56,9 +56,12 @@ def check_same_run(
         for k in differing
         if k not in RESUMABLE_SETTINGS
     ]
-    recorded = json.loads((root / ENDPOINTS_JSON).read_text())
+    recorded = read_run_json(root, ENDPOINTS_JSON)
     for key, ep in (("A", ea), ("B", eb)):
-        was = (recorded.get(key) or {}).get("sha256")
+        entry = check_kind(recorded.get(key), kind=(dict, type(None)), where=f"{root / ENDPOINTS_JSON}: {key}",
+                           error=RunDirectoryError)  # fmt: skip
+        was = check_kind((entry or {}).get("sha256"), kind=(str, type(None)),
+                         where=f"{root / ENDPOINTS_JSON}: {key}.sha256", error=RunDirectoryError)  # fmt: skip
         if was is not None and was != ep.describe()["sha256"]:
             problems.append(
                 f"--resume: endpoint {key} ({ep.source}) is not the one this run started with: its weights' sha256 "
@@ -71,9 +74,7 @@ def check_same_run(
 
 def _differences(root: FsPath, config: ConnectConfig) -> tuple[dict, dict, list[str]]:
     """The settings recorded in ``root/llpf_config.yaml``, those given, and the keys where they differ."""
-    import yaml
-
-    saved = {**ADDED_SETTINGS, **yaml.safe_load((root / CONFIG_YAML).read_text())}
+    saved = {**ADDED_SETTINGS, **read_yaml(root / CONFIG_YAML)}
     now = config.model_dump(mode="json")
     return saved, now, sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
 
@@ -170,8 +171,8 @@ def carried_stretches(run_dir: str | os.PathLike, ckpt: dict | None) -> list[dic
     if isinstance(ckpt.get("stretches"), list):
         return [s for s in ckpt["stretches"] if isinstance(s, dict)]
     try:
-        version = json.loads((FsPath(run_dir) / ENDPOINTS_JSON).read_text()).get("hf_llpf_version")
-    except (OSError, ValueError, AttributeError):
+        version = read_run_json(run_dir, ENDPOINTS_JSON).get("hf_llpf_version")
+    except RunDirectoryError:  # missing or damaged: the version is unknown, the resume itself checks the file
         version = None
     return [{"version": version, "counted": False}]
 

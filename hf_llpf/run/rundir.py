@@ -22,6 +22,7 @@ from torch import nn
 import hf_llpf.run.state as resume_state
 from hf_llpf.errors import RunDirectoryError
 from hf_llpf.models import Endpoint, save_model
+from hf_llpf.partial import cleaned_on_failure
 from hf_llpf.run.layout import (
     CHECKPOINT_DIR,
     LOCK,
@@ -54,9 +55,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:  # a failed write names no file: say which
+            err.filename = str(path)
         raise
 
 
@@ -150,8 +153,9 @@ class RunWriter:
         if tmp.exists():
             shutil.rmtree(tmp)
         store = self.storage
-        save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch, dtype=store.dtype,
-                   max_shard_size=store.max_shard_size, keep_auto_map=store.keep_auto_map)  # fmt: skip
+        with cleaned_on_failure(tmp):  # a full disk leaves no half-written point behind
+            save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch, dtype=store.dtype,
+                       max_shard_size=store.max_shard_size, keep_auto_map=store.keep_auto_map)  # fmt: skip
         if final.exists():  # rewritten after a resume: same content, replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)

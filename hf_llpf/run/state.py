@@ -27,6 +27,7 @@ import torch
 
 from hf_llpf.errors import CorruptCheckpointError
 from hf_llpf.hashing import file_sha256
+from hf_llpf.partial import cleaned_on_failure
 from hf_llpf.run.layout import STATE_FILE
 from hf_llpf.weights import usual_permissions
 
@@ -98,10 +99,13 @@ def save(folder: str | os.PathLike, state: Any, *, write_text) -> None:
     old = sorted(folder.glob("tensors-*.safetensors"))
     n = 1 + max((int(p.stem.split("-")[1]) for p in old if p.stem.split("-")[1].isdigit()), default=0)
     name = f"tensors-{n}.safetensors"
-    safetensors.torch.save_file(tensors, str(folder / name))
-    usual_permissions(folder / name)  # written -rw------- by safetensors: the user's umask, as every other file
-    doc = {"format": FORMAT, "tensors": name, "sha256": file_sha256(folder / name), "state": skeleton}
-    write_text(folder / STATE_FILE, json.dumps(doc) + "\n")
+    # Until the new state file names it, the new tensor file is unused: a failed write (a full disk) removes it,
+    # and the previous checkpoint stays whole.
+    with cleaned_on_failure(folder / name):
+        safetensors.torch.save_file(tensors, str(folder / name))
+        usual_permissions(folder / name)  # written -rw------- by safetensors: the user's umask, as every other file
+        doc = {"format": FORMAT, "tensors": name, "sha256": file_sha256(folder / name), "state": skeleton}
+        write_text(folder / STATE_FILE, json.dumps(doc) + "\n")
     for p in old:
         p.unlink(missing_ok=True)
     (folder / LEGACY_PICKLE).unlink(missing_ok=True)

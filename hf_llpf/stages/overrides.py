@@ -146,16 +146,17 @@ def _read(path_or_obj: Any) -> list | dict:
     """The raw overrides: a YAML file's content, or the object itself (typed ones as plain lists/dicts)."""
     obj = _plain(path_or_obj)
     if isinstance(path_or_obj, (str, os.PathLike)):
-        import yaml
+        from hf_llpf.recipes import parse_yaml
 
         path = os.fspath(path_or_obj)
         if not os.path.isfile(path):
             raise ConfigError(f"overrides: file not found: {path!r}")
         try:
-            with open(path, encoding="utf-8") as fh:
-                obj = yaml.safe_load(fh)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"overrides: {path!r} is not valid YAML: {e}") from e
+            with open(path, "rb") as fh:
+                text = fh.read().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"overrides: {path!r} is not UTF-8 text (byte {err.start})") from None
+        obj = parse_yaml(text, where=f"overrides: {path!r}")
     if isinstance(obj, Mapping):
         return dict(obj)
     if isinstance(obj, (list, tuple)):
