@@ -20,6 +20,7 @@ from torch import nn
 from hf_llpf import __version__
 from hf_llpf.algorithms.base import RunSetup
 from hf_llpf.algorithms.certify import Certifier, certification_line, run_certifier
+from hf_llpf.algorithms.final_check import final_check, record_final
 from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import method_class
@@ -185,6 +186,8 @@ def _run_and_record(
     if ckpt is not None:
         runner.load_state_dict(ckpt["state"])
     runner.run()
+    accelerator.wait_for_everyone()  # the points are written: the final check reads them back
+    close_the_loop(certifier, Path(run_dir, template=template), ea.model, runner.state, device=accelerator.device)
     summary = _summary(runner, method, plan, setup, elapsed=time.perf_counter() - start)
     summary["run"]["mixed_precision"] = config.mixed_precision
     summary["run"].update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
@@ -200,6 +203,18 @@ def _run_and_record(
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return Path(run_dir, template=template)
+
+
+def close_the_loop(certifier: Certifier, path: Path, model: nn.Module, state: Any, *, device: Any) -> None:
+    """On the exact route, the final check (:func:`~hf_llpf.algorithms.final_check.final_check`): every saved
+    point and segment midpoint evaluated on all the training examples; its figures go into the certifier's record,
+    the points' rows (``full_loss``, ``full_segment_loss``) and the timing (``probe_final``)."""
+    if not certifier.enabled or not certifier.examples.exact:
+        return
+    final = certifier.final = final_check(certifier, path, model, device=device)
+    if len(state.points) == final["points"]:
+        record_final(state.points, final)
+    state.timing["probe_final"] = state.timing.get("probe_final", 0.0) + final["seconds"]
 
 
 def _straight_if_certified(ea, eb, certifier: Certifier, config: ConnectConfig, accelerator) -> str | None:
@@ -332,6 +347,9 @@ def walk_to_origin(
                        certifier=certifier)  # fmt: skip
         walk = method_class("m2o-walk").for_run(run)
         walk.run()
+        writer.write_metrics(walk.points, walk.ticks)  # the final check reads the points back
+        close_the_loop(certifier, Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None),
+                       endpoint.model, walk.state, device=accelerator.device)  # fmt: skip
         run = {"method": "m2o-walk", "ticks": walk.tick, "sgd_iters": walk.trainer.iterations, "timing": walk.timing}
         run.update(storage.summary(endpoint.model))
         run.update(reached=bool(walk.done()), backtracks=walk.backtracks,
