@@ -187,7 +187,7 @@ def _run_and_record(
         runner.load_state_dict(ckpt["state"])
     runner.run()
     accelerator.wait_for_everyone()  # the points are written: the final check reads them back
-    close_the_loop(certifier, Path(run_dir, template=template), ea.model, runner.state, device=accelerator.device)
+    close_the_loop(certifier, Path(run_dir, template=template), ea.model, runner.state, accelerator=accelerator)
     summary = _summary(runner, method, plan, setup, elapsed=time.perf_counter() - start)
     summary["run"]["mixed_precision"] = config.mixed_precision
     summary["run"].update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
@@ -205,13 +205,16 @@ def _run_and_record(
     return Path(run_dir, template=template)
 
 
-def close_the_loop(certifier: Certifier, path: Path, model: nn.Module, state: Any, *, device: Any) -> None:
+def close_the_loop(certifier: Certifier, path: Path, model: nn.Module, state: Any, *, accelerator: Any) -> None:
     """On the exact route, the final check (:func:`~hf_llpf.algorithms.final_check.final_check`): every saved
     point and segment midpoint evaluated on all the training examples; its figures go into the certifier's record,
     the points' rows (``full_loss``, ``full_segment_loss``) and the timing (``probe_final``)."""
     if not certifier.enabled or not certifier.examples.exact:
         return
-    final = certifier.final = final_check(certifier, path, model, device=device)
+    # Several processes average every pass, so all must make the same passes: none reuses its own run's values
+    # (BatchNorm statistics are per process, and the points on disk are the main process's).
+    certifier.reuse = accelerator.num_processes == 1
+    final = certifier.final = final_check(certifier, path, model, device=accelerator.device)
     if len(state.points) == final["points"]:
         record_final(state.points, final)
     state.timing["probe_final"] = state.timing.get("probe_final", 0.0) + final["seconds"]
@@ -349,7 +352,7 @@ def walk_to_origin(
         walk.run()
         writer.write_metrics(walk.points, walk.ticks)  # the final check reads the points back
         close_the_loop(certifier, Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None),
-                       endpoint.model, walk.state, device=accelerator.device)  # fmt: skip
+                       endpoint.model, walk.state, accelerator=accelerator)  # fmt: skip
         run = {"method": "m2o-walk", "ticks": walk.tick, "sgd_iters": walk.trainer.iterations, "timing": walk.timing}
         run.update(storage.summary(endpoint.model))
         run.update(reached=bool(walk.done()), backtracks=walk.backtracks,
