@@ -20,7 +20,7 @@ from torch import nn
 from hf_llpf import __version__
 from hf_llpf.algorithms.base import RunSetup
 from hf_llpf.algorithms.certify import Certifier, certification_line, run_certifier
-from hf_llpf.algorithms.final_check import final_check, record_final
+from hf_llpf.algorithms.final_check import environment, final_check, point_hashes, record_final
 from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import method_class
@@ -208,8 +208,12 @@ def _run_and_record(
 def close_the_loop(certifier: Certifier, path: Path, model: nn.Module, state: Any, *, accelerator: Any) -> None:
     """On the exact route, the final check (:func:`~hf_llpf.algorithms.final_check.final_check`): every saved
     point and segment midpoint evaluated on all the training examples; its figures go into the certifier's record,
-    the points' rows (``full_loss``, ``full_segment_loss``) and the timing (``probe_final``)."""
-    if not certifier.enabled or not certifier.examples.exact:
+    the points' rows (``full_loss``, ``full_segment_loss``) and the timing (``probe_final``). On every route, each
+    point's sha256 and where the figures were computed (what ``hf-llpf verify`` checks)."""
+    if not certifier.enabled:
+        return
+    certifier.recorded = {"point_sha256": point_hashes(path), "environment": environment(model, accelerator.device)}
+    if not certifier.examples.exact:
         return
     # Several processes average every pass, so all must make the same passes: none reuses its own run's values
     # (BatchNorm statistics are per process, and the points on disk are the main process's).

@@ -267,6 +267,7 @@ class Certifier:
         self.clip = _clip(config, ceiling) if self.enabled else math.inf
         self.final: dict | None = None  # the final check's record (:func:`hf_llpf.algorithms.final_check.final_check`)
         self.rule = "set"  # which auto ceiling it is (CEILING_RULES), or "set"
+        self.recorded: dict = {}  # the points' sha256 and the environment, once the path is written
         self.measured: dict[str, float] = {}  # exact route: whole passes so far, by the fingerprint of the weights
         self.reuse = True  # whether the final check may take a whole pass made on the same bits during the run
 
@@ -441,6 +442,7 @@ class Certifier:
             record.update(delta=decider.delta, clip=self.clip, tail=decider.tail, decision_cap=decider.cap)
         if self.final is not None:
             record["final_check"] = {k: v for k, v in self.final.items() if k != "above"}
+        record.update(self.recorded)
         return record
 
 

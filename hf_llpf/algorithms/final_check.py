@@ -9,6 +9,8 @@ in the verdict (the path is then not certified); none is ever certified on a sub
 from __future__ import annotations
 
 import copy
+import hashlib
+import platform
 import time
 from typing import Any
 
@@ -76,6 +78,27 @@ def _loss(certifier: Any, model: nn.Module) -> float:
     return known if known is not None else certifier.probe.loss(model)
 
 
+def point_hashes(path: Any) -> list[str]:
+    """The sha256 of each saved point's weights: its safetensors files' bytes, in name order."""
+    out = []
+    for i in range(len(path)):
+        digest = hashlib.sha256()
+        for f in sorted(path.point_dir(i).glob("*.safetensors")):
+            with open(f, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 24), b""):
+                    digest.update(block)
+        out.append(digest.hexdigest())
+    return out
+
+
+def environment(model: nn.Module, device: Any) -> dict[str, Any]:
+    """Where the figures were computed: what ``hf-llpf verify`` compares with (the loss of the same weights moves by
+    rounding between devices, dtypes and thread counts)."""
+    dtype = next((t.dtype for t in model.state_dict().values() if t.is_floating_point()), None)
+    return {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "machine": platform.machine()}  # fmt: skip
+
+
 def midpoint(here: torch.Tensor, there: torch.Tensor) -> torch.Tensor:
     """The segment's midpoint of one tensor: ``(here + there) · 0.5`` for floating tensors, ``here`` otherwise."""
     return (here + there) * 0.5 if here.is_floating_point() else here
@@ -107,4 +130,4 @@ def record_final(points: list[dict], final: dict[str, Any]) -> None:
             row["full_segment_loss"] = final["segment_losses"][i - 1]
 
 
-__all__ = ["SEGMENT_POSITION", "final_check", "midpoint", "record_final"]
+__all__ = ["SEGMENT_POSITION", "environment", "final_check", "midpoint", "point_hashes", "record_final"]
