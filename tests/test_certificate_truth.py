@@ -113,3 +113,22 @@ def test_above_the_exact_limit_decisions_are_sequential_and_the_guarantee_says_s
         )
     else:
         assert certification_line(cert).startswith("NOT certified:")
+
+
+def test_the_auto_ceiling_follows_the_task():
+    import math
+
+    from tiny_models import tiny_gpt2
+
+    from hf_llpf.algorithms.certify import CEILING_RULES, ceiling_rule, resolve_ceiling
+
+    auto = ConnectConfig()
+    lm, cnn = tiny_gpt2(0, vocab_size=50), torch.nn.Linear(2, 2)
+    assert ceiling_rule([lm]) == "causal-lm" and ceiling_rule([cnn]) == "classifier"
+    assert ceiling_rule([lm], loss_fn=lambda m, b: 0) == "custom"
+    # A pair of small GPT-2s at 3.545: perplexity at most 1.5x theirs (the classifier's rule gave 5.317).
+    assert resolve_ceiling(auto, [3.5, 3.545], rule="causal-lm") == pytest.approx(3.545 + math.log(1.5))
+    assert math.exp(resolve_ceiling(auto, [3.545], rule="causal-lm")) == pytest.approx(1.5 * math.exp(3.545))
+    assert resolve_ceiling(auto, [3.545], rule="classifier") == pytest.approx(3.545 * 1.5)
+    assert resolve_ceiling(auto, [0.002], rule="custom") == pytest.approx(0.042)
+    assert "perplexity at most 1.5x" in CEILING_RULES["causal-lm"] and "set loss_ceiling" in CEILING_RULES["custom"]
