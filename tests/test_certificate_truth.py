@@ -132,3 +132,23 @@ def test_the_auto_ceiling_follows_the_task():
     assert resolve_ceiling(auto, [3.545], rule="classifier") == pytest.approx(3.545 * 1.5)
     assert resolve_ceiling(auto, [0.002], rule="custom") == pytest.approx(0.042)
     assert "perplexity at most 1.5x" in CEILING_RULES["causal-lm"] and "set loss_ceiling" in CEILING_RULES["custom"]
+
+
+@pytest.mark.slow
+def test_a_sequential_run_killed_mid_way_draws_the_same_examples_after_its_resume(
+    small_cnn_pair, digits, tmp_path, monkeypatch
+):
+    from conftest import connect_killed_after, state_equal
+    from test_certify import assert_same_certificate
+
+    config = {**QUICK, "certify_exact_max": 700, "loss_ceiling": 0.3, "max_ticks": 12}
+    whole = hf_llpf.connect(*small_cnn_pair, digits, config=config, run_dir=tmp_path / "whole", progress=False)
+    run = tmp_path / "killed"
+    connect_killed_after(2, monkeypatch, *small_cnn_pair, digits, config=config, run_dir=run, progress=False)
+    resumed = hf_llpf.connect(*small_cnn_pair, digits, config=config, run_dir=run, exist="resume", progress=False)
+    strip = lambda rows: [{c: v for c, v in r.items() if c != "point"} for r in rows]  # noqa: E731
+    assert strip(resumed.metrics) == strip(whole.metrics)  # the same decisions, so the same values
+    assert all(state_equal(resumed.state_dict_at(i), whole.state_dict_at(i)) for i in range(len(whole)))
+    cert = resumed.summary["run"]["certification"]
+    assert cert["route"] == "sequential"
+    assert_same_certificate(cert, whole.summary["run"]["certification"])
