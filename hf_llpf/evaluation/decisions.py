@@ -15,8 +15,9 @@ and stops as soon as it can:
 - **exact**: all examples seen: the decision is the exact mean's. With at most ``exact_max`` training examples a
   decision may run to the end; with more it stops undecided at ``exact_max`` examples (not accepted).
 
-A decision's value is ``<= bar`` exactly when it accepts: the sample mean (or the exact mean) when accepted, else the
-estimate or lower bound above the bar, or the upper bound when undecided.
+A decision's value is ``<= bar`` exactly when it accepts (the sample mean, or the exact mean; else the estimate or
+lower bound above the bar, or the upper bound when undecided), except a ``first`` decision: the mean of its examples,
+an estimate whose caller only reads whether it is above a coarse bar.
 """
 
 from __future__ import annotations
@@ -142,8 +143,8 @@ class Decider:
             error = float(losses.std()) / math.sqrt(seen) * math.sqrt(1 - seen / self.n)
             if mean - 2 * error > bar:
                 return Decision(mean, False, seen)
-        if first is not None and seen >= first:
-            return Decision(mean if mean > bar else ucb, False, seen)
+        if first is not None and seen >= first:  # an estimate for a coarse bar: the caller reads only "above"
+            return Decision(mean, False, seen)
         if seen >= self.cap:  # undecided at the cap: not accepted
             return Decision(max(ucb, math.nextafter(bar, math.inf)), False, seen)
         return None
