@@ -47,7 +47,10 @@ def one_run(data, overrides: dict, endpoint_iters: int, tag: str) -> dict:
         "ticks": run["ticks"],
         "sgd": run["sgd_iters"],
         "x_endpoint": run["sgd_iters"] / endpoint_iters,
-        "probe_share": timing.get("probe", 0.0) / wall,
+        # Every forward pass made for the certificate: the run's decisions, the final check, and the set-up's
+        # endpoint losses and straight-line check.
+        "probe_share": sum(timing.get(k, 0.0) for k in ("probe", "probe_final", "setup_probe")) / wall,
+        "examples": cert.get("examples_run"),
         "backtracks": run["backtracks"],
         "probes": cert["probes"],
         "stopped": cert.get("probes_stopped_early", 0),
@@ -60,7 +63,8 @@ def _print(row: dict) -> None:
         f"{row['tag']:>10} | ceiling {row['ceiling']:.4f} | certified {row['certified']!s:5} | max train loss "
         f"{row['max_train_loss']:.4f} (all 1437) | worst midpoint {row['worst_midpoint']:.4f} | ticks "
         f"{row['ticks']:3d} | SGD {row['sgd']:5d} = {row['x_endpoint']:.2f}x | backtracks {row['backtracks']} | "
-        f"probes {row['probes']} ({row['stopped']} stopped early) | probing {row['probe_share']:.1%} | wall "
+        f"probes {row['probes']} ({row['stopped']} stopped early), {row['examples']} examples | probing "
+        f"{row['probe_share']:.1%} | wall "
         f"{row['wall']:.1f} s",
         flush=True,
     )

@@ -20,6 +20,7 @@ from torch import nn
 from hf_llpf import __version__
 from hf_llpf.algorithms.base import RunSetup
 from hf_llpf.algorithms.certify import Certifier, certification_line, run_certifier
+from hf_llpf.algorithms.final_check import environment, final_check, point_hashes, record_final
 from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import method_class
@@ -220,6 +221,8 @@ def _run_and_record(
         certifier.restore_counters(ckpt.get("counters"))
     stretches = _open_stretches(run_dir, ckpt, runner, certifier, writer)
     runner.run()
+    accelerator.wait_for_everyone()  # the points are written: the final check reads them back
+    close_the_loop(certifier, Path(run_dir, template=template), ea.model, runner.state, accelerator=accelerator)
     summary = _summary(runner, method, plan, setup, elapsed=time.perf_counter() - start)
     summary["run"]["mixed_precision"] = config.mixed_precision
     summary["run"]["launch"] = describe_launch(accelerator)
@@ -250,6 +253,25 @@ def _open_stretches(run_dir, ckpt: dict | None, runner: Any, certifier: Certifie
     stretches = Stretches(carried, work=runner.work, counters=certifier.counters)
     writer.checkpoint_extra = stretches.checkpoint  # (a NullWriter writes no checkpoint)
     return stretches
+
+
+def close_the_loop(certifier: Certifier, path: Path, model: nn.Module, state: Any, *, accelerator: Any) -> None:
+    """On the exact route, the final check (:func:`~hf_llpf.algorithms.final_check.final_check`): every saved
+    point and segment midpoint evaluated on all the training examples; its figures go into the certifier's record,
+    the points' rows (``full_loss``, ``full_segment_loss``) and the timing (``probe_final``). On every route, each
+    point's sha256 and where the figures were computed (what ``hf-llpf verify`` checks)."""
+    if not certifier.enabled:
+        return
+    certifier.recorded = {"point_sha256": point_hashes(path), "environment": environment(model, accelerator.device)}
+    if not certifier.examples.exact:
+        return
+    # Several processes average every pass, so all must make the same passes: none reuses its own run's values
+    # (BatchNorm statistics are per process, and the points on disk are the main process's).
+    certifier.reuse = accelerator.num_processes == 1
+    final = certifier.final = final_check(certifier, path, model, device=accelerator.device)
+    if len(state.points) == final["points"]:
+        record_final(state.points, final)
+    state.timing["probe_final"] = state.timing.get("probe_final", 0.0) + final["seconds"]
 
 
 def _straight_if_certified(ea, eb, certifier: Certifier, config: ConnectConfig, accelerator) -> str | None:
@@ -383,6 +405,9 @@ def walk_to_origin(
                        certifier=certifier)  # fmt: skip
         walk = method_class("m2o-walk").for_run(run)
         walk.run()
+        writer.write_metrics(walk.points, walk.ticks)  # the final check reads the points back
+        close_the_loop(certifier, Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None),
+                       endpoint.model, walk.state, accelerator=accelerator)  # fmt: skip
         run = {"method": "m2o-walk", "ticks": walk.tick, "sgd_iters": walk.trainer.iterations, "timing": walk.timing}
         run.update(storage.summary(endpoint.model))
         run.update(reached=bool(walk.done()), backtracks=walk.backtracks,

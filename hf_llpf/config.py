@@ -214,11 +214,17 @@ class ConnectConfig(_Settings):
     # Certification (docs/algorithm.md §10): the path is held under a loss ceiling on a fixed probe set.
     loss_ceiling: float | Literal["auto"] | None = Field(
         "auto",
-        description="the path's accepted maximum eval-mode training loss on the probe set; auto: the endpoints' "
-        "larger probe loss L plus max(0.04, ceiling_margin·L); null: no ceiling (plain LLPF, as in the paper)",
+        description="the path's accepted maximum mean eval-mode training loss; auto: from the endpoints' larger loss "
+        "L, L + max(0.04, ceiling_margin·L) for a classifier (and a custom loss_fn), L + ln 1.5 for a causal LM (a "
+        "perplexity at most 1.5x the endpoints'); null: no ceiling (plain LLPF, as in the paper)",
     )
     ceiling_margin: float = Field(0.5, ge=0, description="auto ceiling: the relative margin above the endpoints")
-    probe_size: int = Field(512, ge=1, description="probe examples: a fixed seeded training subset (all if fewer)")
+    probe_size: int = Field(
+        512,
+        ge=1,
+        description="above certify_exact_max training examples: the seeded subset the endpoints' losses (and so the "
+        "auto ceiling) are measured on (all if fewer)",
+    )
     repair_budget: int = Field(
         150,
         ge=0,
@@ -237,6 +243,26 @@ class ConnectConfig(_Settings):
         6, ge=0, description="step halvings per tick before a point above the ceiling is kept and reported"
     )
     certify_segments: bool = Field(True, description="also probe the midpoint of each segment between ticks")
+    certify_exact_max: int = Field(
+        5000,
+        ge=0,
+        description="with a ceiling and at most this many training examples, every decision and the final check "
+        "evaluate all of them (an exact certificate; probe_size is not used); with more, points are accepted by "
+        "sequential confidence bounds on random draws (certify_delta, certify_clip)",
+    )
+    certify_delta: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="above certify_exact_max examples: the probability, over the whole run, that any accepted point "
+        "or segment is above the ceiling after all",
+    )
+    certify_clip: float | Literal["auto"] = Field(
+        "auto",
+        description="above certify_exact_max examples: B, the loss each example is clipped at for the confidence "
+        "bound (the guarantee is on the mean of min(loss, B), with a bound on the fraction above B); auto: 10 "
+        "ceilings",
+    )
     # Bookkeeping.
     save_every: int = Field(1, ge=1, description="write a point every N ticks (plus stage boundaries and the end)")
     # Storage (docs/run-directory.md, "How points are stored"): what a point costs on disk and on the Hub.
@@ -318,6 +344,8 @@ class ConnectConfig(_Settings):
             raise ValueError(f"max_iters ({self.max_iters}) must be >= min_iters ({self.min_iters})")
         if isinstance(self.loss_ceiling, float) and self.loss_ceiling <= 0:
             raise ValueError(f"loss_ceiling={self.loss_ceiling}: must be > 0, 'auto' or null (no ceiling)")
+        if isinstance(self.certify_clip, float) and self.certify_clip <= 0:
+            raise ValueError(f"certify_clip={self.certify_clip}: must be > 0 or 'auto'")
         if isinstance(self.repair_headroom, float) and not 0 <= self.repair_headroom < 1:
             raise ValueError(f"repair_headroom={self.repair_headroom}: must be in [0, 1) or 'auto'")
         if self.step_a == 0 and self.step_f == 0 and self.step_r == 0:

@@ -185,7 +185,7 @@ def test_two_processes_stay_in_step_write_once_and_match_one_process(root, digit
     # Certified alike: the same probe examples on every process, so the same ceiling from the same endpoint losses,
     # and every point the two processes kept is under it or listed as kept above it.
     cert2, cert1 = (p.summary["run"]["certification"] for p in (two, one))
-    assert cert2["ceiling"] == pytest.approx(cert1["ceiling"], rel=1e-6) and cert2["probe_examples"] == 512
+    assert cert2["ceiling"] == pytest.approx(cert1["ceiling"], rel=1e-6) and cert2["probe_examples"] == 1437
     listed = {u["tick"] for u in cert2["uncertified"] if u["what"] == "point"}
     for row in two.metrics[1:-1]:
         assert row["probe_loss"] <= cert2["ceiling"] or row["tick"] in listed, row

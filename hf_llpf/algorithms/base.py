@@ -352,6 +352,7 @@ class Method:
             "rng": rng_state(),
             "extra": self.extra_state(),
             "segments": self.segments.state_dict(),
+            "certifier": self.certifier.state_dict(),  # the sequential decisions' draws
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -365,3 +366,4 @@ class Method:
         set_rng_state(ckpt["rng"])
         self.load_extra_state(ckpt.get("extra", {}))
         self.segments.load_state_dict(ckpt.get("segments", {}))
+        self.certifier.load_state_dict(ckpt.get("certifier", {}))

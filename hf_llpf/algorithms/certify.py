@@ -13,7 +13,9 @@ step, up to a move of a stage's whole distance, so a stage that one move keeps u
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +28,10 @@ from torch import nn
 from hf_llpf.batches import move_batch
 from hf_llpf.config import HEADROOM_AUTO, HEADROOM_AUTO_SPAN, HEADROOM_SET, ConnectConfig
 from hf_llpf.errors import ConfigError
+from hf_llpf.evaluation.decisions import TrainingExamples
 from hf_llpf.evaluation.probe import ProbeSet, build_probe
 from hf_llpf.run.storage import round_to_storage
+from hf_llpf.task import endpoint_task
 from hf_llpf.train import RepairTrainer
 from hf_llpf.weights import STORAGE_DTYPES
 
@@ -36,19 +40,44 @@ logger = get_logger(__name__)
 # The auto ceiling's smallest margin above the endpoints: near-zero endpoint losses leave no room for the noise
 # of a repaired point's eval-mode loss (docs/algorithm.md §10: measured spread of repaired points).
 AUTO_FLOOR = 0.04
+# The auto ceiling of a causal LM: a perplexity at most this multiple of the endpoints' (L + ln of it). A loss margin
+# means nothing in a causal LM's units, where L is about 3.5; a perplexity ratio is what its users compare.
+PERPLEXITY_RATIO = 1.5
 GROWTH = 1.5  # repair rounds grow by this factor: short first rounds, few probes on hard ticks
 # After the first repair round, a segment midpoint this many ceilings up ends the attempt: a barrier that high
 # never came down with more repair, and the budget it would spend is lost to the backtrack (docs/algorithm.md §10.2).
 WATCH_FACTOR = 3.0
+CLIP_CEILINGS = 10.0  # certify_clip: auto, in ceilings (a larger B widens the bound; a smaller one says less)
 WATCH_EXAMPLES = 64  # what that decision reads: the first two probe batches (32 + 32), a coarse estimate
 
 
-def resolve_ceiling(config: ConnectConfig, endpoint_losses: list[float]) -> float | None:
-    """The run's ceiling from ``config.loss_ceiling`` and the endpoints' probe losses (``None``: no ceiling).
+def ceiling_rule(models: list[nn.Module], loss_fn: Any = None) -> str:
+    """Which auto ceiling fits the path's loss: ``"causal-lm"`` (a causal LM scored by its own token cross-entropy),
+    ``"custom"`` (a caller's ``loss_fn``: its units are unknown) or ``"classifier"``."""
+    if loss_fn is not None:
+        return "custom"
+    return "causal-lm" if models and endpoint_task(models[0]) == "causal-lm" else "classifier"
+
+
+# What each rule means, in the units a user thinks in (printed when the run starts and recorded in the summary).
+CEILING_RULES = {
+    "classifier": "L + max(0.04, ceiling_margin·L)",
+    "causal-lm": f"L + ln {PERPLEXITY_RATIO:g}: a perplexity at most {PERPLEXITY_RATIO:g}x the endpoints'",
+    "custom": "L + max(0.04, ceiling_margin·L), the classifier's rule (a custom loss_fn: set loss_ceiling when its "
+    "units are not a cross-entropy's)",
+}
+
+
+def resolve_ceiling(config: ConnectConfig, endpoint_losses: list[float], *, rule: str = "classifier") -> float | None:
+    """The run's ceiling from ``config.loss_ceiling`` and the endpoints' losses (``None``: no ceiling).
+
+    ``auto`` follows ``rule`` (:func:`ceiling_rule`, :data:`CEILING_RULES`): a classifier's ``L + max(0.04,
+    ceiling_margin·L)``; a causal LM's ``L + ln 1.5``, a perplexity at most 1.5× the endpoints' (the classifier's
+    rule gave a small GPT-2 pair at L = 3.5 a ceiling of 5.3, a perplexity 5.9× theirs).
 
     Raises:
-        ConfigError: a set ceiling below an endpoint's own probe loss (both numbers named), or an endpoint
-            whose probe loss is not finite.
+        ConfigError: a set ceiling below an endpoint's own loss (both numbers named), or an endpoint
+            whose loss is not finite.
     """
     if config.loss_ceiling is None:
         return None
@@ -56,6 +85,8 @@ def resolve_ceiling(config: ConnectConfig, endpoint_losses: list[float]) -> floa
     if bad:
         raise ConfigError(f"loss_ceiling: endpoint probe loss not finite ({', '.join(bad)}); check the endpoints")
     top = max(endpoint_losses)
+    if config.loss_ceiling == "auto" and rule == "causal-lm":
+        return top + math.log(PERPLEXITY_RATIO)
     if config.loss_ceiling == "auto":
         return top + max(AUTO_FLOOR, config.ceiling_margin * top)
     if config.loss_ceiling < top:
@@ -67,13 +98,16 @@ def resolve_ceiling(config: ConnectConfig, endpoint_losses: list[float]) -> floa
     return float(config.loss_ceiling)
 
 
-def resolve_headroom(config: ConnectConfig) -> float:
-    """The repair's headroom (:meth:`Certifier.target`): ``repair_headroom``, where ``auto`` is
+def resolve_headroom(config: ConnectConfig, *, exact: bool = False) -> float:
+    """The repair's headroom (:meth:`Certifier.target`): ``repair_headroom``, where ``auto`` is 0 on the exact route
+    (``exact``: decisions see every training example, so there are none left to make room for),
     :data:`~hf_llpf.config.HEADROOM_SET` under a set ceiling and the smaller
     :data:`~hf_llpf.config.HEADROOM_AUTO` under the auto one, whose margin above the endpoints is most of the room
-    for the examples the probe does not hold."""
+    for the examples a decision does not see."""
     if config.repair_headroom != "auto":
         return float(config.repair_headroom)
+    if exact:
+        return 0.0
     return HEADROOM_SET if _ceiling_is_set(config) else HEADROOM_AUTO
 
 
@@ -84,6 +118,11 @@ def headroom_span(config: ConnectConfig) -> float:
     run near the ceiling up to 3× their iterations)."""
     whole = float(config.repair_budget)
     return whole if _ceiling_is_set(config) else whole * HEADROOM_AUTO_SPAN
+
+
+def _clip(config: ConnectConfig, ceiling: float) -> float:
+    """B, the loss each example is clipped at in the sequential route's confidence bound (``certify_clip``)."""
+    return CLIP_CEILINGS * ceiling if config.certify_clip == "auto" else float(config.certify_clip)
 
 
 def _ceiling_is_set(config: ConnectConfig) -> bool:
@@ -116,40 +155,56 @@ def run_certifier(
         return Certifier()
     if probe_data is not None:
         batches = [move_batch(b, accelerator.device) for b in probe_data]
-        probe = ProbeSet(batches, loss_fn=loss_fn, accelerator=accelerator)
-    else:
-        probe = build_probe(train_data, loader, bundle, size=config.probe_size, device=accelerator.device,
+        whole = ProbeSet(batches, loss_fn=loss_fn, accelerator=accelerator)
+    else:  # every training example: the data spec's training split unaugmented, a dataset, one pass of a loader
+        whole = build_probe(train_data, loader, bundle, size=sys.maxsize, device=accelerator.device,
                             loss_fn=loss_fn, accelerator=accelerator)  # fmt: skip
-    certifier = make_certifier([e.model for e in endpoints], probe, config, accelerator.device)
+    examples = TrainingExamples(whole, config, loss_fn=loss_fn, accelerator=accelerator, given=probe_data is not None)
+    certifier = make_certifier([e.model for e in endpoints], examples, config, accelerator.device, loss_fn=loss_fn)
     losses = ", ".join(f"{k} {v:.4g}" for k, v in zip("AB", certifier.endpoint_losses, strict=False))
+    how = f"auto: {CEILING_RULES[certifier.rule]}" if certifier.rule != "set" else "set"
     logger.info(
-        f"loss ceiling {certifier.ceiling:.4g} ({'auto' if config.loss_ceiling == 'auto' else 'set'}; endpoint probe "
-        f"losses {losses}) on {probe.num_examples} probe examples",
+        f"loss ceiling {certifier.ceiling:.4g} ({how}; endpoint "
+        f"losses {losses} on {certifier.probe.num_examples} training examples); {examples.route_line()}",
         main_process_only=True,
     )
     return certifier
 
 
-def make_certifier(models: list[nn.Module], probe: ProbeSet | None, config: ConnectConfig, device: Any) -> Certifier:
-    """The run's certifier: the endpoints probed, the ceiling resolved (a disabled one without a ceiling).
+def make_certifier(
+    models: list[nn.Module],
+    probe: ProbeSet | TrainingExamples | None,
+    config: ConnectConfig,
+    device: Any,
+    *,
+    loss_fn: Any = None,
+) -> Certifier:
+    """The run's certifier: the endpoints measured, the ceiling resolved (a disabled one without a ceiling).
 
     Args:
-        models: the endpoints (θ_A, θ_B; one for a walk), wherever they live; each is probed on a copy on ``device``.
-        probe: the probe set (``None`` when ``config.loss_ceiling`` is null).
+        models: the endpoints (θ_A, θ_B; one for a walk), wherever they live; each is measured on a copy on
+            ``device``.
+        probe: the training examples (:class:`TrainingExamples`), or a fixed probe set judged exactly (``None``
+            when ``config.loss_ceiling`` is null).
         config: the run's settings.
         device: the training device.
+        loss_fn: the path's loss (which auto ceiling applies: :func:`ceiling_rule`).
 
     Raises:
-        ConfigError: a set ceiling below an endpoint's probe loss.
+        ConfigError: a set ceiling below an endpoint's loss.
     """
     if probe is None or config.loss_ceiling is None:
         return Certifier()
+    measure = probe.endpoints if isinstance(probe, TrainingExamples) else probe
     losses = []
     for m in models:
         on_device = copy.deepcopy(m).to(device)
-        losses.append(probe.loss(on_device))
+        losses.append(measure.loss(on_device))
         del on_device
-    return Certifier(probe, resolve_ceiling(config, losses), config, losses)
+    rule = ceiling_rule(models, loss_fn)
+    certifier = Certifier(probe, resolve_ceiling(config, losses, rule=rule), config, losses)
+    certifier.rule = rule if config.loss_ceiling == "auto" else "set"
+    return certifier
 
 
 @dataclass
@@ -176,43 +231,80 @@ class Verdict:
 
 
 class Certifier:
-    """Probes points and segments against the ceiling; a disabled one (no probe or no ceiling) measures nothing.
+    """Judges points and segments against the ceiling on the training examples; a disabled one (no examples or no
+    ceiling) measures nothing.
 
     Args:
-        probe: the probe set (``None``: certification off).
+        examples: the training examples and their route (:class:`~hf_llpf.evaluation.decisions.TrainingExamples`;
+            ``None``: certification off).
         ceiling: the loss ceiling (``None``: off).
         config: ``repair_budget``, ``min_iters`` (the first round's length), ``certify_segments``,
             ``max_backtracks``.
-        endpoint_losses: the endpoints' probe losses, as measured when the ceiling was resolved.
+        endpoint_losses: the endpoints' losses, as measured when the ceiling was resolved.
     """
 
     def __init__(
         self,
-        probe: ProbeSet | None = None,
+        examples: TrainingExamples | ProbeSet | None = None,
         ceiling: float | None = None,
         config: ConnectConfig | None = None,
         endpoint_losses: list[float] | None = None,
     ):
-        self.probe, self.ceiling, self.config = probe, ceiling, config
+        # Exact: every training example is judged. A bare probe set (a caller's fixed batches) is judged exactly too,
+        # but it may not hold every training example: the repair keeps its headroom for those it does not.
+        exact = isinstance(examples, TrainingExamples) and examples.exact
+        if examples is not None and not isinstance(examples, TrainingExamples):
+            examples = TrainingExamples(examples, config, exact=True)
+        self.examples, self.ceiling, self.config = examples, ceiling, config
+        self.probe = examples.probe if examples is not None else None  # the exact passes over every example
+        self.decider = examples.decider if examples is not None else None  # sequential decisions (None: exact)
         self.endpoint_losses = list(endpoint_losses or [])
-        self.enabled = probe is not None and ceiling is not None and config is not None
+        self.enabled = examples is not None and ceiling is not None and config is not None
         self.storage = STORAGE_DTYPES.get(config.point_dtype) if config is not None else None
-        self.headroom = resolve_headroom(config) if config is not None else 0.0
+        self.headroom = resolve_headroom(config, exact=exact) if config is not None else 0.0
         self._span = headroom_span(config) if config is not None else 0.0
         top = max(self.endpoint_losses, default=ceiling)
         self._room = max(self.headroom * (ceiling - top), 0.0) if self.enabled else 0.0  # target(0)'s distance down
+        self.clip = _clip(config, ceiling) if self.enabled else math.inf
+        self.final: dict | None = None  # the final check's record (:func:`hf_llpf.algorithms.final_check.final_check`)
+        self.rule = "set"  # which auto ceiling it is (CEILING_RULES), or "set"
+        self.recorded: dict = {}  # the points' sha256 and the environment, once the path is written
+        self.measured: dict[str, float] = {}  # exact route: whole passes so far, by the fingerprint of the weights
+        self.reuse = True  # whether the final check may take a whole pass made on the same bits during the run
 
     def loss(self, model: nn.Module, *, above: float | None = None) -> float:
-        """The probe loss of ``model`` as it will be stored (NaN when certification is off); ``above``: see
-        :meth:`ProbeSet.loss` (a lower bound once it is above)."""
+        """The loss of ``model`` as it will be stored (NaN when certification is off): the exact mean over every
+        training example, or on the sequential route a decision against ``above`` (default: the ceiling) whose
+        value is at most it exactly when it accepts; ``above``: a pass that is above it may stop early, its value
+        then a lower bound or an estimate above it."""
         return self._probe_stored(model, above=above) if self.enabled else math.nan
 
     def _probe_stored(self, model: nn.Module, **probe: Any) -> float:
-        """Round the point in place to the storage dtype (``point_dtype``), then probe it (``probe``: the options
-        of :meth:`ProbeSet.loss`): the probe judges the numbers that are written, and the run goes on from them
+        """Round the point in place to the storage dtype (``point_dtype``), then measure it (``probe``: the options
+        of :meth:`ProbeSet.loss`): the numbers that are written are judged, and the run goes on from them
         (:mod:`hf_llpf.run.storage`)."""
         round_to_storage(model, self.storage)
-        return self.probe.loss(model, **probe)
+        return self._measure(model, **probe)
+
+    def _measure(self, model: nn.Module, *, above: float | None = None, estimate: bool = False,
+                 first: int | None = None) -> float:  # fmt: skip
+        """The exact route's :meth:`ProbeSet.loss`, or the sequential route's decision against ``above``."""
+        if self.decider is None:
+            value = self.probe.loss(model, above=above, estimate=estimate, first=first)
+            if self.probe.log[-1] == self.probe.num_examples:  # a whole pass: the final check may reuse it
+                self.measured[fingerprint(model)] = value
+            return value
+        bar = self.ceiling if above is None else above
+        return self.decider.decide(model, bar, clip=self.clip, estimate=estimate, first=first).value
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sequential decisions' position (their generator), for a resume bit for bit."""
+        return self.decider.state_dict() if self.decider is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
+        if self.decider is not None:
+            self.decider.load_state_dict(state)
 
     def certify(
         self,
@@ -263,7 +355,7 @@ class Certifier:
                 return Verdict(point, far, spent, ceiling, loss, cfg.min_iters, abandoned=True)
             t = lap("probe", t)
         if not point <= self.target(spent):  # the full figure (it may be reported or certify; an estimate may err)
-            point = self.probe.loss(model)
+            point = self._measure(model)
         segment = None
         if cfg.certify_segments and point <= ceiling:
             segment = self.midpoint_loss(model, previous, above=ceiling)
@@ -316,9 +408,9 @@ class Certifier:
         torch._foreach_add_(live, prev)
         torch._foreach_mul_(live, 0.5)
         try:
-            loss = self.probe.loss(model, above=above, estimate=estimate, first=first)
-            decision = estimate or first is not None
-            return loss if above is None or loss <= above or decision else self.probe.loss(model)
+            loss = self._measure(model, above=above, estimate=estimate, first=first)
+            decision = estimate or first is not None or self.decider is not None
+            return loss if above is None or loss <= above or decision else self._measure(model)
         finally:
             torch._foreach_copy_(live, here)
 
@@ -336,19 +428,47 @@ class Certifier:
             self.probe.stopped = int(counters.get("probes_stopped_early", self.probe.stopped))
 
     def summary(self, uncertified: list[dict]) -> dict:
-        """The run's certification record (``summary.run.certification``)."""
+        """The run's certification record (``summary.run.certification``): the route, what each decision read,
+        the final check (:mod:`hf_llpf.algorithms.final_check`) and what stayed above the ceiling."""
         if not self.enabled:
             return {"ceiling": None, "certified": False, "reason": "no loss ceiling (loss_ceiling: null)"}
-        return {
+        decider, probe = self.decider, self.probe
+        log = decider.log if decider is not None else probe.log
+        above = list(uncertified) + list((self.final or {}).get("above", []))
+        record = {
             "ceiling": self.ceiling,
-            "probe_examples": self.probe.num_examples,
+            "route": self.examples.route,
+            "ceiling_rule": CEILING_RULES.get(self.rule, "set"),
+            "probe_examples": self.examples.num_examples,  # the training examples certified on (all of them)
+            "examples_source": "probe_data" if self.examples.given else "training set",
             "endpoint_probe_losses": self.endpoint_losses,
-            "probes": self.probe.calls,
-            "probes_stopped_early": self.probe.stopped,
-            "certified": not uncertified,
-            "uncertified": uncertified,
+            "decisions": len(log),
+            "examples_per_decision": list(log),
+            "examples_run": (decider.examples_run if decider is not None else 0) + probe.examples_run,
+            "probes": probe.calls,
+            "probes_stopped_early": probe.stopped,
+            "certified": not above,
+            "uncertified": above,
             "segments": bool(self.config.certify_segments),
+            "segment_positions": [0.5] if self.config.certify_segments else [],
         }
+        if decider is not None:
+            record.update(delta=decider.delta, clip=self.clip, tail=decider.tail, decision_cap=decider.cap)
+        if self.final is not None:
+            record["final_check"] = {k: v for k, v in self.final.items() if k != "above"}
+        record.update(self.recorded)
+        return record
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A digest of every tensor of ``model``'s state (names, dtypes, shapes, bits): two states with the same
+    fingerprint hold the same numbers, so a loss measured on one is the other's."""
+    digest = hashlib.blake2b(digest_size=20)
+    for name, t in model.state_dict().items():
+        t = t.detach().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).cpu().numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def _distinct_floating(tensors: list[torch.Tensor]) -> list[int]:
@@ -363,26 +483,54 @@ def _distinct_floating(tensors: list[torch.Tensor]) -> list[int]:
 
 
 def certification_line(cert: dict | None) -> str:
-    """The run's certification sentence: what every point and segment measured against the ceiling."""
+    """The run's certification sentence: the guarantee, in the terms the run earned it, or what broke it.
+
+    The exact route: every saved point and each segment's checked positions, evaluated on all N training examples
+    in the final check. The sequential route: the confidence, the clip B and the bound on the fraction above it.
+    """
     if not cert or cert.get("ceiling") is None:
         return "not certified: no loss ceiling was enforced (loss_ceiling: null)"
     ceiling, n = cert["ceiling"], cert.get("probe_examples")
-    what = "every point and segment" if cert.get("segments") else "every point (segments not probed)"
-    if cert.get("certified"):
-        return f"certified: {what} <= {ceiling:.4g} on {n} probe examples"
+    positions = ", ".join(f"t = {p:g}" for p in cert.get("segment_positions", [0.5]))
+    what = (f"every saved point and every segment at {positions}" if cert.get("segments")
+            else "every saved point (segments not checked)")  # fmt: skip
+    route = cert.get("route")
+    if route == "sequential":
+        clip, conf = cert["clip"], f"{1 - cert['delta']:g}"
+        claim = (f"has a mean of min(loss, {clip:.4g}) <= {ceiling:.4g} over the {n} training examples, and at most "
+                 f"{cert.get('tail', 1.0):.2%} of them above {clip:.4g} (sequential decisions, at most "
+                 f"{cert.get('decision_cap', n)} examples each)")  # fmt: skip
+        if cert.get("certified"):
+            return f"certified with confidence {conf}: {what} {claim}"
+        where = f"(sequential decisions at confidence {conf}, {n} training examples)"
+    elif route == "exact":
+        source = "training examples" if cert.get("examples_source") != "probe_data" else "examples of probe_data"
+        final = cert.get("final_check")
+        where = f"over all {n} {source} (exact" + (f"; final check: maximum {final['max']:.4g})" if final else ")")
+        if cert.get("certified"):
+            return f"certified: {what} has mean eval-mode training loss <= {ceiling:.4g} {where}"
+    else:  # a run of an earlier version: decided on a fixed probe subset (its own words)
+        where = f"on {n} probe examples"
+        if cert.get("certified"):
+            old = "every point and segment" if cert.get("segments") else "every point (segments not probed)"
+            return f"certified: {old} <= {ceiling:.4g} {where}"
     bad = cert.get("uncertified", [])
     listed = "; ".join(
         f"{u['what']} at tick {u['tick']} (stage {u['stage']}, {u['phase']}): {u['loss']:.4g}" for u in bad[:5]
     )
     more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
-    return f"NOT certified: {len(bad)} above the ceiling {ceiling:.4g} on {n} probe examples: {listed}{more}"
+    return f"NOT certified: {len(bad)} above the ceiling {ceiling:.4g} {where}: {listed}{more}"
 
 
 __all__ = [
     "AUTO_FLOOR",
+    "CEILING_RULES",
+    "PERPLEXITY_RATIO",
     "Certifier",
     "Verdict",
+    "ceiling_rule",
     "certification_line",
+    "fingerprint",
     "headroom_span",
     "make_certifier",
     "resolve_ceiling",

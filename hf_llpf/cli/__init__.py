@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hf_llpf import __version__
-from hf_llpf.cli import compare, connect, demo, evaluate, export, groups, push, spheres, train
+from hf_llpf.cli import compare, connect, demo, evaluate, export, groups, push, spheres, train, verify
 from hf_llpf.cli.args import add_verbosity_args
 from hf_llpf.errors import LLPFError
 
 # In ``--help`` order.
-COMMANDS = (train, connect, demo, groups, spheres, push, export, evaluate, compare)
+COMMANDS = (train, connect, demo, groups, spheres, push, export, evaluate, verify, compare)
 
 # Further ``register(sub)`` callables (e.g. from an extension): each adds its sub-parser after the built-ins.
 _EXTRA_COMMANDS: list = []

@@ -217,3 +217,41 @@ def os_error(command: str, err: OSError, *, rerun: str | None) -> str:
     advice = _OS_ADVICE.get(name, "fix the cause")
     then = f"then {rerun}" if rerun else "then run the same command again"
     return f"hf-llpf {command}: error: {where}{what}" + (f" ({name})" if name else "") + f"; {advice}, {then}."
+
+
+def verified(report: dict, tolerance: float) -> str:
+    """``hf-llpf verify``'s report: hashes, losses against the record, the guarantee here, the environments."""
+    lines, hashes, losses = [], report["hashes"], report["losses"]
+    if hashes["differ"]:
+        lines += [f"point {d['index']} (tick {d['tick']}): weights differ from the recorded ones (sha256 recorded "
+                  f"{str(d['recorded'])[:12]}…, found {str(d['found'])[:12]}…)" for d in hashes["differ"]]  # fmt: skip
+    lines.append(f"point hashes: {hashes['checked'] - len(hashes['differ'])} of {hashes['checked']} match the record")
+    for d in losses["differ"]:
+        lines.append(f"{d['what']} {d['index']} (tick {d['tick']}): loss {d['found']:.6g} here, {d['recorded']:.6g} "
+                     f"recorded ({d['relative']:.2e} relative)")  # fmt: skip
+    if losses["checked"]:
+        lines.append(f"losses: {losses['checked'] - len(losses['differ'])} of {losses['checked']} within "
+                     f"{tolerance:g} of the record (largest difference {losses['largest']:.2e} relative)")  # fmt: skip
+    else:
+        lines.append(f"losses: the run recorded no final check ({report['route']} route); measured here only")
+    rec, env = report.get("recorded_environment") or {}, report["environment"]
+    lines.append(f"recorded on {_env(rec)}; checked here on {_env(env)}, {report['examples']} training examples"
+                 + (f" (recorded {report['recorded_examples']})" if report["recorded_examples"] != report["examples"]
+                    else ""))  # fmt: skip
+    above = report["above"]
+    if above:
+        named = "; ".join(f"{a['what']} at tick {a['tick']}: {a['loss']:.4g}" for a in above[:5])
+        lines.append(f"verify: the guarantee does NOT hold here: {len(above)} above the ceiling "
+                     f"{report['ceiling']:.4g}: {named}")  # fmt: skip
+    elif hashes["differ"]:
+        lines.append("verify: the guarantee does NOT hold: the points are not the ones the run certified")
+    else:
+        lines.append(f"verify: the guarantee holds here: every saved point and every segment midpoint has mean "
+                     f"training loss <= {report['ceiling']:.4g} (maximum {report['max']:.4g})")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _env(env: dict) -> str:
+    if not env:
+        return "an unrecorded machine"
+    return f"{env.get('device')} {env.get('dtype')} {env.get('threads')} thread(s), torch {env.get('torch')}"

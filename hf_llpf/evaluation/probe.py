@@ -39,6 +39,7 @@ class ProbeSet:
         self.stopped = 0  # of which stopped early, once above the value asked about
         self._cl_batches: list | None = None
         self.examples_run = 0  # examples evaluated by all probes so far (the probing work, machine-independent)
+        self.log: list[int] = []  # examples evaluated per probe
         if self.num_examples == 0:
             raise ConfigError("probe_size: the probe set is empty (the training data holds no example)")
 
@@ -80,20 +81,24 @@ class ProbeSet:
                 self.examples_run += counts[-1]
                 sums.append(float(loss_fn(runner, batch)) * counts[-1])
                 if early and (stopped := _stop(sums, counts, self.num_examples, above, estimate)) is not None:
-                    self.stopped += 1
-                    self.calls += 1
+                    self._count(counts, stopped=True)
                     return stopped
                 if early and first is not None and sum(counts) >= min(first, self.num_examples):
-                    self.stopped += 1
-                    self.calls += 1
+                    self._count(counts, stopped=True)
                     return sum(sums) / sum(counts)
         finally:
             model.train(was_training)
-        self.calls += 1
+        self._count(counts, stopped=False)
         value = sum(sums) / self.num_examples  # summed in order from 0, as score sums
         if several:
             value = float(acc.reduce(torch.tensor(value, dtype=torch.float64, device=acc.device), "mean"))
         return float(value)
+
+    def _count(self, counts: list[int], *, stopped: bool) -> None:
+        """Book one probe: ``counts``, the sizes of the batches it evaluated."""
+        self.calls += 1
+        self.stopped += int(stopped)
+        self.log.append(sum(counts))
 
 
 def _stop(sums: list[float], counts: list[int], total: int, above: float, estimate: bool) -> float | None:

@@ -1,0 +1,133 @@
+"""The final check: every saved point and every segment's checked position, read back from the run directory and
+evaluated on all the training examples (docs/algorithm.md §10.3).
+
+It closes the loop on the exact route: the certificate is stated about the points as they are stored, on every
+training example, whatever the run decided along the way. A point or segment found above the ceiling here is named
+in the verdict (the path is then not certified); none is ever certified on a subset.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import platform
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+SEGMENT_POSITION = 0.5  # the position of each segment that decisions and the final check evaluate (its midpoint)
+
+
+@torch.no_grad()
+def final_check(certifier: Any, path: Any, model: nn.Module, *, device: Any = None) -> dict[str, Any]:
+    """Evaluate every point of ``path`` and each segment's midpoint on all of ``certifier``'s training examples.
+
+    Args:
+        certifier: the run's :class:`~hf_llpf.algorithms.certify.Certifier` (exact route: its probe holds every
+            training example).
+        path: the run's :class:`~hf_llpf.run.Path` (the points as written).
+        model: a module of the path's architecture (copied; its weights are not used).
+        device: where the copy runs (the training device, where the examples are; default: ``model``'s).
+
+    Returns:
+        ``{"examples", "points", "segments", "max", "point_losses", "segment_losses", "examples_run", "reused",
+        "seconds", "above"}``: ``segment_losses[i]`` is the midpoint of points ``i`` and ``i + 1``; ``above`` lists
+        what is above the ceiling (``tick``, ``stage``, ``phase``, ``what``, ``loss``, ``check: "final"``).
+    """
+    start, probe = time.perf_counter(), certifier.probe
+    before, calls = probe.examples_run, probe.calls
+    work = copy.deepcopy(model).eval()
+    device = device if device is not None else next(work.parameters()).device
+    work.to(device)
+    points: list[float] = []
+    segments: list[float] = []
+    previous = None
+    for i in range(len(path)):
+        state = {k: v.to(device) for k, v in path.state_dict_at(i).items()}
+        work.load_state_dict(state, strict=False)
+        points.append(_loss(certifier, work))
+        if previous is not None and certifier.config.certify_segments:
+            # As the run's segment check interpolates: floating tensors (BatchNorm statistics included) averaged,
+            # in the same order of operations; integer buffers keep the later point's values.
+            work.load_state_dict({k: midpoint(v, previous[k]) for k, v in state.items()}, strict=False)
+            segments.append(_loss(certifier, work))
+        previous = state
+    above = _above(path.metrics, points, segments, certifier.ceiling)
+    return {
+        "examples": probe.num_examples,
+        "points": len(points),
+        "segments": len(segments),
+        "max": max(points + segments),
+        "point_losses": points,
+        "segment_losses": segments,
+        "examples_run": probe.examples_run - before,  # those measured again ...
+        "reused": len(points) + len(segments) - (probe.calls - calls),  # ... the others: the run's whole passes
+        "seconds": round(time.perf_counter() - start, 4),
+        "above": above,
+    }
+
+
+def _loss(certifier: Any, model: nn.Module) -> float:
+    """The exact loss over every training example: measured again, unless the run made a whole pass over these very
+    bits already (the same fingerprint, :func:`~hf_llpf.algorithms.certify.fingerprint`)."""
+    from hf_llpf.algorithms.certify import fingerprint
+
+    known = certifier.measured.get(fingerprint(model)) if certifier.reuse else None
+    return known if known is not None else certifier.probe.loss(model)
+
+
+def point_hashes(path: Any) -> list[str]:
+    """The sha256 of each saved point's weights: its safetensors files' bytes, in name order."""
+    out = []
+    for i in range(len(path)):
+        digest = hashlib.sha256()
+        for f in sorted(path.point_dir(i).glob("*.safetensors")):
+            with open(f, "rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 24), b""):
+                    digest.update(block)
+        out.append(digest.hexdigest())
+    return out
+
+
+def environment(model: nn.Module, device: Any) -> dict[str, Any]:
+    """Where the figures were computed: what ``hf-llpf verify`` compares with (the loss of the same weights moves by
+    rounding between devices, dtypes and thread counts)."""
+    dtype = next((t.dtype for t in model.state_dict().values() if t.is_floating_point()), None)
+    return {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "machine": platform.machine()}  # fmt: skip
+
+
+def midpoint(here: torch.Tensor, there: torch.Tensor) -> torch.Tensor:
+    """The segment's midpoint of one tensor: ``(here + there) · 0.5`` for floating tensors, ``here`` otherwise."""
+    return (here + there) * 0.5 if here.is_floating_point() else here
+
+
+def _above(rows: list[dict], points: list[float], segments: list[float], ceiling: float) -> list[dict]:
+    """What the final check found above the ceiling, named as the run names points (tick, stage, phase)."""
+    out = []
+    for i, loss in enumerate(points):
+        if not loss <= ceiling:
+            out.append(_entry(rows[i], "point", loss))
+    for i, loss in enumerate(segments):
+        if not loss <= ceiling:
+            out.append(_entry(rows[i + 1], "segment", loss))
+    return out
+
+
+def _entry(row: dict, what: str, loss: float) -> dict:
+    return {"tick": row["tick"], "stage": row.get("stage", -1), "phase": row.get("phase", ""), "what": what,
+            "loss": loss, "check": "final"}  # fmt: skip
+
+
+def record_final(points: list[dict], final: dict[str, Any]) -> None:
+    """Write the final check's figures into the points' rows: ``full_loss`` (the point) and ``full_segment_loss``
+    (the segment that ends at it)."""
+    for i, row in enumerate(points):
+        row["full_loss"] = final["point_losses"][i]
+        if 0 < i <= len(final["segment_losses"]):
+            row["full_segment_loss"] = final["segment_losses"][i - 1]
+
+
+__all__ = ["SEGMENT_POSITION", "environment", "final_check", "midpoint", "point_hashes", "record_final"]
