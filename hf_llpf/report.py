@@ -136,15 +136,37 @@ def path_verdict(summary: dict[str, Any], certification: dict[str, Any] | None =
     a, b = llpf.get("max_train_loss"), linear.get("max_train_loss")
     if a is None or b is None or a != a or b != b:  # NaN: a point could not be judged
         return f"verdict: {certified}; no comparison (the path or the linear baseline has no finite maximum)"
+    where, accuracy = _worst_place(llpf.get("worst_point")), _accuracy_clause(llpf, linear)
     if a <= b:
         return (
-            f"verdict: {certified}; the path's maximum train loss {a:.4g} is not above linear interpolation's "
-            f"{b:.4g} on the same data"
+            f"verdict: {certified}; the path's maximum train loss {a:.4g}{where} is not above linear "
+            f"interpolation's {b:.4g} on the same data{accuracy}"
         )
     return (
-        f"verdict: the path is WORSE than linear interpolation: maximum train loss {a:.4g} vs {b:.4g} on the same "
-        f"data ({certified}); use the straight line (method: linear), or lower loss_ceiling"
+        f"verdict: the path is WORSE than linear interpolation: maximum train loss {a:.4g}{where} vs {b:.4g} on the "
+        f"same data{accuracy} ({certified}); use the straight line (method: linear), or lower loss_ceiling"
     )
+
+
+def _worst_place(worst: Any) -> str:
+    """`` (tick T, stage S, at 42% of the path)`` for the path's worst point, when the evaluation located it."""
+    if not isinstance(worst, dict) or worst.get("tick") is None:
+        return ""
+    stage = f", stage {worst['stage']}" if worst.get("stage") is not None else ""
+    position = worst.get("position")
+    at = f", at {100 * position:.0f}% of the path" if isinstance(position, (int, float)) else ""
+    return f" (tick {worst['tick']}{stage}{at})"
+
+
+def _accuracy_clause(llpf: dict, linear: dict) -> str:
+    """The path's minimum train accuracy against the straight line's, saying plainly when it is lower (empty when
+    the task has no accuracy)."""
+    a, b = llpf.get("min_train_acc"), linear.get("min_train_acc")
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (a, b)):
+        return ""
+    if a < b:
+        return f"; its minimum train accuracy {100 * a:.2f}% is BELOW linear interpolation's {100 * b:.2f}%"
+    return f"; its minimum train accuracy {100 * a:.2f}% is not below linear interpolation's {100 * b:.2f}%"
 
 
 def render_section(run_dir: str | os.PathLike) -> str:

@@ -294,3 +294,18 @@ def test_the_verdict_says_plainly_when_the_path_is_worse_than_the_straight_line(
                                                          "loss": 0.051}]}  # fmt: skip
     text = path_verdict({"llpf": {"max_train_loss": 0.051}, "linear": {"max_train_loss": 2.4}}, bad)
     assert "NOT certified: 1 above the ceiling 0.042" in text and "point at tick 7 (stage 2, m2m): 0.051" in text
+
+
+def test_the_verdict_names_the_worst_point_and_a_lower_accuracy():
+    from hf_llpf.report import path_verdict
+
+    worst = {"index": 5, "tick": 12, "stage": 3, "phase": "m2m", "position": 0.4231, "loss": 0.0717}
+    llpf = {"max_train_loss": 0.0717, "min_train_acc": 0.9706, "worst_point": worst}
+    text = path_verdict({"llpf": llpf, "linear": {"max_train_loss": 0.1932, "min_train_acc": 0.9906}})
+    assert "maximum train loss 0.0717 (tick 12, stage 3, at 42% of the path) is not above linear" in text
+    assert text.endswith("; its minimum train accuracy 97.06% is BELOW linear interpolation's 99.06%")
+    llpf["min_train_acc"] = 0.9951
+    text = path_verdict({"llpf": llpf, "linear": {"max_train_loss": 2.4, "min_train_acc": 0.1301}})
+    assert text.endswith("; its minimum train accuracy 99.51% is not below linear interpolation's 13.01%")
+    lm = {"max_train_loss": 3.6, "min_train_acc": float("nan")}  # a task without accuracy: no clause
+    assert "accuracy" not in path_verdict({"llpf": lm, "linear": {"max_train_loss": 5.0, "min_train_acc": 0.1}})

@@ -113,6 +113,19 @@ def worst_continuity(cont: list[dict]) -> tuple[float | None, dict | None]:
     return worst["loss"], at
 
 
+def worst_point(points: list[dict], pos: Sequence[float]) -> dict[str, Any] | None:
+    """Where the path's train loss is highest: the point's index, tick, stage, phase, position and loss (a NaN loss
+    first; ``None`` for no points)."""
+    if not points:
+        return None
+    losses = [float(p["eval_train_loss"]) for p in points]
+    nan = [i for i, v in enumerate(losses) if math.isnan(v)]
+    i = nan[0] if nan else max(range(len(losses)), key=losses.__getitem__)
+    row = points[i]
+    return {"index": i, "tick": row.get("tick"), "stage": row.get("stage"), "phase": row.get("phase"),
+            "position": pos[i], "loss": losses[i]}  # fmt: skip
+
+
 def path_summary(
     points: list[dict],
     linear: list[dict],
@@ -141,6 +154,7 @@ def path_summary(
             "straight_distance": straight,
             "worst_continuity_loss": worst,
             "worst_continuity_at": at,
+            "worst_point": worst_point(points, pos),
         },
         "linear": summarise(linear, lin_pos),
     }
