@@ -42,6 +42,7 @@ from hf_llpf.recipes import to_yaml
 from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
 from hf_llpf.run.lock import holds_run_directory
+from hf_llpf.run.records import stage_records
 from hf_llpf.run.resume import (
     Stretches,
     carried_stretches,
@@ -332,6 +333,7 @@ def _summary(runner: Any, method: str, plan: Any, setup: dict, *, elapsed: float
             "backtracks": runner.backtracks,
             "repair_lr_scale": getattr(state, "lr_scale", 1.0),  # the repair's final lr over config.lr
             "num_stages": len(plan.stages),
+            "stages": stage_records(state.ticks),
         }
     }
 

@@ -225,7 +225,8 @@ def _curve_plot(run_dir: FsPath, data: dict, *, metric: str, out: FsPath) -> FsP
 def plot_path(
     run_dir: str | os.PathLike, *, template: nn.Module | None = None, out_dir: str | os.PathLike | None = None
 ) -> list[FsPath]:
-    """Draw ``loss.png``, ``accuracy.png`` and ``layers.png`` of an evaluated run directory.
+    """Draw ``loss.png``, ``accuracy.png``, ``layers.png`` and (for a run that records its stages) ``stages.png``
+    of an evaluated run directory.
 
     Args:
         run_dir: the run directory (after :func:`hf_llpf.api.evaluate_run`).
@@ -242,11 +243,51 @@ def plot_path(
     out_dir = FsPath(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     data = _metrics(run_dir)
-    return [
+    drawn = [
         _curve_plot(run_dir, data, metric="loss", out=out_dir / "loss.png"),
         _curve_plot(run_dir, data, metric="accuracy", out=out_dir / "accuracy.png"),
         layers_plot(run_dir, data, template=template, out=out_dir / "layers.png"),
     ]
+    run = data.get("summary", {}).get("run") or {}
+    if isinstance(run.get("stages"), list) and run["stages"]:
+        drawn.append(_stages_plot(run_dir, run, out=out_dir / "stages.png"))
+    return drawn
+
+
+def _stages_plot(run_dir: FsPath, run: dict, *, out: FsPath) -> FsPath:
+    """``stages.png``: per stage (``summary.run.stages``), the worst probe loss of its points and segments against
+    the ceiling (left) and the SGD iterations its repairs took, with its backtracks (right): where a path's bump
+    and its cost are, without reading the CSV."""
+    stages = run["stages"]
+    labels = [f"{s['phase']} {s['stage']}" if s["phase"] != "m2m" else str(s["stage"]) for s in stages]
+    x = list(range(len(stages)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(10, 0.25 * len(stages) + 6), 4.2), dpi=100)
+    points = [s["max_probe_loss"] if s["max_probe_loss"] is not None else math.nan for s in stages]
+    segments = [s["max_segment_loss"] if s["max_segment_loss"] is not None else math.nan for s in stages]
+    left.bar(x, points, color=_LLPF, alpha=0.7, label="worst point (probe)")
+    left.plot(x, segments, "v", color="tab:green", ms=5, label="worst segment midpoint (probe)")
+    ceiling = ((run.get("certification") or {}).get("ceiling")) if isinstance(run.get("certification"), dict) else None
+    if isinstance(ceiling, (int, float)):
+        left.axhline(ceiling, color="black", ls="-.", lw=1.2, label=f"loss ceiling {ceiling:.4g}")
+    left.set_ylabel("loss (eval mode)")
+    left.set_title("worst loss per stage", fontsize=10)
+    right.bar(x, [s["sgd_iters"] for s in stages], color="tab:orange", alpha=0.8, label="SGD iterations")
+    for i, s in enumerate(stages):
+        if s["backtracks"]:
+            right.annotate(f"{s['backtracks']} bt", (i, s["sgd_iters"]), ha="center", va="bottom", fontsize=7)
+    right.set_ylabel("SGD iterations of the repairs")
+    right.set_title("cost per stage (bt: moves retried shorter)", fontsize=10)
+    step = max(1, len(stages) // 40)  # at most ~40 labels: every stage has its bar, every step-th its label
+    for ax in (left, right):
+        ax.set_xticks(x[::step], labels[::step], rotation=90 if len(stages) > 12 else 0, fontsize=7)
+        ax.set_xlabel("stage (data-flow order)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{run_dir.name}: {len(stages)} stages", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, out)
+    plt.close(fig)
+    return out
 
 
 def _run_label(run_dir: FsPath) -> str:

@@ -71,3 +71,21 @@ def test_models_without_convolutions_or_images_run_as_they_are():
     conv = SmallCNN(in_chans=3).eval()
     tokens = (torch.randint(0, 5, (4, 8)), torch.zeros(4, dtype=torch.long))
     assert eval_view(conv, tokens) == (conv, False)  # no 4-D floating input
+
+
+def test_stage_records_say_where_the_work_went():
+    from hf_llpf.run.records import stage_records
+
+    ticks = [
+        {"tick": 1, "stage": 0, "iters": 5, "probe_loss": 0.01, "segment_loss": 0.02, "backtracks": 0},
+        {"tick": 2, "stage": 0, "iters": 7, "probe_loss": 0.03, "segment_loss": 0.01, "backtracks": 2},
+        {"tick": 3, "stage": 1, "iters": 0, "probe_loss": 0.02, "segment_loss": None, "backtracks": 2},
+        {"tick": 4, "stage": 1, "iters": 9, "probe_loss": float("nan"), "backtracks": 3},
+        {"tick": 5, "stage": -1, "iters": 4, "phase": "m2o", "backtracks": 1},  # a phase counting from zero
+    ]
+    m2m0, m2m1, m2o = stage_records(ticks)
+    assert m2m0 == {"phase": "m2m", "stage": 0, "first_tick": 1, "last_tick": 2, "ticks": 2, "sgd_iters": 12,
+                    "backtracks": 2, "max_probe_loss": 0.03, "max_segment_loss": 0.02}  # fmt: skip
+    assert (m2m1["ticks"], m2m1["sgd_iters"], m2m1["backtracks"]) == (2, 9, 1)
+    assert m2m1["max_probe_loss"] != m2m1["max_probe_loss"]  # a NaN probe is the worst, never hidden
+    assert (m2o["phase"], m2o["backtracks"], m2o["max_probe_loss"]) == ("m2o", 1, None)

@@ -116,3 +116,31 @@ def test_the_loss_plot_draws_the_certified_ceiling_and_the_endpoints_level():
     labels = [line.get_label() for line in fig.axes[0].lines]
     plt.close(fig)
     assert "loss ceiling 0.04218 (NOT certified)" in labels
+
+
+def test_the_stages_plot_draws_one_bar_per_stage_and_the_ceiling(tmp_path):
+    from hf_llpf.plots import _stages_plot
+
+    stages = [
+        {"phase": "m2m", "stage": i, "ticks": 3, "sgd_iters": 10 * i, "backtracks": i % 2, "max_probe_loss": 0.01 * i,
+         "max_segment_loss": None if i == 0 else 0.005 * i, "first_tick": 3 * i, "last_tick": 3 * i + 2}
+        for i in range(5)
+    ]  # fmt: skip
+    run = {"stages": stages, "certification": {"ceiling": 0.042}}
+    captured = {}
+    original = plt.close
+
+    def keep(fig):
+        captured["fig"] = fig
+
+    plt.close = keep
+    try:
+        out = _stages_plot(Path(tmp_path / "run"), run, out=tmp_path / "stages.png")
+    finally:
+        plt.close = original
+    left, right = captured["fig"].axes
+    assert out.stat().st_size > 5_000
+    assert [round(b.get_height(), 6) for b in left.patches] == [0.0, 0.01, 0.02, 0.03, 0.04]
+    assert [b.get_height() for b in right.patches] == [0, 10, 20, 30, 40]
+    assert any(line.get_label() == "loss ceiling 0.042" for line in left.lines)
+    plt.close(captured["fig"])

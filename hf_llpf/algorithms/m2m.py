@@ -339,6 +339,7 @@ class M2M(Method):
             probe_loss=verdict.point if verdict else None,
             segment_loss=verdict.segment if verdict else None,
             step_scale=st.step_scale if verdict else None,
+            backtracks=st.backtracks if verdict else None,
         )
         st.ticks.append(row.row())
         if self.on_tick is not None:

@@ -246,7 +246,8 @@ class M2O(Method):
             probe = self.certifier.loss(self.model)
         segment = verdict.segment if verdict else None
         row = TickRecord(tick, -1, loss, iters, self.trainer.iterations, phase=self.phase, probe_loss=probe,
-                         segment_loss=segment, step_scale=st.step_scale if verdict else None)  # fmt: skip
+                         segment_loss=segment, step_scale=st.step_scale if verdict else None,
+                         backtracks=st.backtracks if verdict else None)  # fmt: skip
         st.ticks.append(row.row())
         if tick % self.config.save_every == 0 or self.done():
             self._save_point(tick, loss, probe, segment)

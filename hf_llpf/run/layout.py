@@ -21,7 +21,13 @@ LOCK = ".hf_llpf-lock"  # held by the run writing the folder
 ASIDE = ".m2o_phase"  # a cross-sphere walk of B keeps its points here until they are spliced in, reversed
 TRACKER_DIR = "hf_llpf"  # TensorBoard's event files, with report_to: [tensorboard]
 BASELINES_DIR = "baselines"  # what `hf-llpf evaluate RUN --baselines ...` writes: one run directory per method
-PLOT_FILES = ("loss.png", "accuracy.png", "layers.png", "repeats.png")  # what hf_llpf.plots draws in PLOTS_DIR
+PLOT_FILES = (
+    "loss.png",
+    "accuracy.png",
+    "layers.png",
+    "stages.png",
+    "repeats.png",
+)  # what hf_llpf.plots draws in PLOTS_DIR
 COMPARISON_FILES = ("comparison.json", "comparison.md", "comparison.png")  # hf_llpf.comparison_table
 REPEATS_FILES = ("consistency.json", "README.md")  # beside the repeat_NN run directories (hf_llpf.repeats)
 

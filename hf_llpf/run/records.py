@@ -51,6 +51,7 @@ class TickRecord:
     probe_loss: float | None = None  # the kept point's probe loss (certified runs only)
     segment_loss: float | None = None
     step_scale: float | None = None  # the step factor the kept move was made with (certified runs only)
+    backtracks: int | None = None  # moves retried shorter so far in the run (certified runs only)
 
     def row(self) -> dict[str, Any]:
         """As stored in ``path_metrics.json``'s ``ticks`` (optional columns only when set)."""
@@ -59,6 +60,35 @@ class TickRecord:
 
 
 POINT_COLUMNS = tuple(f.name for f in fields(PointRecord))
+
+
+def stage_records(ticks: list[dict]) -> list[dict[str, Any]]:
+    """Where a path's work went, one record per stage of each phase (``summary.run.stages``): its ticks, the
+    SGD iterations of their repairs, the moves retried shorter, and the worst probe losses of its kept points and
+    segments (``None`` when nothing was probed).
+
+    Args:
+        ticks: the tick rows of ``path_metrics.json`` (:class:`TickRecord`), in order.
+    """
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    before = 0  # the run's backtracks before the tick (the rows hold the running count)
+    for row in ticks:
+        key = (row.get("phase") or "m2m", row["stage"])
+        rec = records.setdefault(key, {"phase": key[0], "stage": key[1], "first_tick": row["tick"], "ticks": 0,
+                                       "sgd_iters": 0, "backtracks": 0, "max_probe_loss": None,
+                                       "max_segment_loss": None})  # fmt: skip
+        rec["ticks"] += 1
+        rec["last_tick"] = row["tick"]
+        rec["sgd_iters"] += row.get("iters") or 0
+        if row.get("backtracks") is not None:  # a phase of its own (cross-sphere) counts from zero again
+            count = row["backtracks"]
+            rec["backtracks"] += count - before if count >= before else count
+            before = count
+        for col, top in (("probe_loss", "max_probe_loss"), ("segment_loss", "max_segment_loss")):
+            value = row.get(col)
+            if isinstance(value, (int, float)) and (rec[top] is None or not value <= rec[top]):
+                rec[top] = value
+    return list(records.values())
 
 
 def points_to_csv(points: list[dict]) -> str:
