@@ -63,7 +63,7 @@ def test_the_final_check_is_an_independent_evaluation_of_every_point_and_midpoin
 def test_a_point_under_the_ceiling_on_the_probe_but_above_it_on_the_training_set_is_not_certified(exact_run, digits):
     path, _ = exact_run
     x, y = every_example(digits)
-    px, py = probe_examples(digits)  # the 512 examples the run was certified on before
+    px, py = probe_examples(digits, size=512)  # the 512 examples the run was certified on before
     full = [own_probe_loss(path.model_at(i), x, y) for i in range(len(path))]
     probe = [own_probe_loss(path.model_at(i), px, py) for i in range(len(path))]
     i = max(range(len(path)), key=lambda j: full[j] - probe[j])
