@@ -36,11 +36,12 @@ from hf_llpf.inputs import (
     resolve_endpoint,
     stage_plan,
 )
+from hf_llpf.logging import RunLog
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
 from hf_llpf.progress import progress_requested
 from hf_llpf.recipes import to_yaml
 from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
-from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON
+from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON, LOG_FILE
 from hf_llpf.run.lock import holds_run_directory
 from hf_llpf.run.records import stage_records
 from hf_llpf.run.resume import (
@@ -108,6 +109,19 @@ def connect(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )
     config = used_precision(config, accelerator)
+    run_log = RunLog() if accelerator.is_main_process else None
+    try:
+        return _connect(model_a, model_b, train_data, config, run_dir, loss_fn, exist, progress, accelerator,
+                        command, probe_data, protected, run_log)  # fmt: skip
+    finally:
+        if run_log is not None:
+            run_log.close()
+
+
+def _connect(model_a, model_b, train_data, config, run_dir, loss_fn, exist, progress, accelerator, command,
+             probe_data, protected, run_log) -> Path:  # fmt: skip
+    """:func:`connect` once its settings and Accelerator are resolved: everything it says goes to ``run_log``
+    (the run directory's log file, once that is open)."""
     if accelerator.is_main_process:  # fail before any work; checked again when the run directory is opened
         if exist == "resume":
             refuse_path_without_checkpoint(run_dir, config)
@@ -156,6 +170,7 @@ def connect(
     )
     try:
         if writer.root is not None:
+            run_log.open(writer.root / LOG_FILE)
             write_assets(writer.root, assets)
         with progress_requested(progress):
             return _run_and_record(

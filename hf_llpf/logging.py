@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import re
 import sys
@@ -70,6 +71,45 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+
+class RunLog:
+    """The run's log file, ``RUN_DIR/hf_llpf.log``: every message of the ``hf_llpf`` logger, from the start of the
+    command (held in memory until the run directory is open) to its end, each with its time and level.
+
+    The file is opened without following a link and appended to, so a resumed run's stretches follow one another.
+    Messages reach it at the logger's level (``-q``: warnings only).
+    """
+
+    def __init__(self):
+        self.logger = logging.getLogger(NAME)
+        self.format = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+        self.handler: logging.Handler = logging.handlers.MemoryHandler(
+            capacity=100_000, flushLevel=logging.CRITICAL + 1
+        )
+        self.handler.addFilter(_drop_lone_rank)
+        self.logger.addHandler(self.handler)
+
+    def open(self, path: str | os.PathLike) -> None:
+        """Write what was held, and everything after, to ``path`` (created with the user's umask)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        target = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
+        target.setFormatter(self.format)
+        target.addFilter(_drop_lone_rank)
+        held = self.handler
+        held.setTarget(target)
+        held.flush()
+        self.logger.removeHandler(held)
+        self.logger.addHandler(target)
+        self.handler = target
+
+    def close(self) -> None:
+        """Stop writing (idempotent); the file is closed."""
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
+        stream = getattr(self.handler, "stream", None)
+        if stream is not None:
+            stream.close()
 
 
 @contextlib.contextmanager

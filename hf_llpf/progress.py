@@ -11,7 +11,9 @@ import contextvars
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator
+from typing import Any
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -62,6 +64,46 @@ def counting_bar(items, *, desc: str, unit: str, requested: bool = True, main: b
 
 
 _REQUESTED: contextvars.ContextVar[bool] = contextvars.ContextVar("hf_llpf_progress_requested", default=True)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+class ProgressLines:
+    """Progress as log lines, for a run whose output is not a terminal (a file, ``nohup``, a pipe), where a bar
+    shows nothing: one line when a stage is done and at least every ``interval`` seconds between, with an ETA
+    from the stages this session has done and what they cost.
+
+    Args:
+        what: how the lines start (``"llpf m2m"``).
+        total: the number of stages.
+        done: the stages already done when the session starts (a resumed run).
+        log: where a line goes (the ``hf_llpf`` logger's ``info``, main process only).
+        enabled: write lines at all (progress asked, and no bar showing).
+        interval: the longest silence between two lines, in seconds.
+    """
+
+    def __init__(self, what: str, *, total: int, done: int, log: Any, enabled: bool, interval: float = 60.0):
+        self.what, self.total, self.log, self.enabled, self.interval = what, total, log, enabled, interval
+        self.start = self.last = time.monotonic()
+        self.done0 = self.last_done = done
+
+    def update(self, done: int, fields: dict[str, Any]) -> None:
+        """Write a line when ``done`` grew or ``interval`` has passed; ``fields`` follow in their order."""
+        now = time.monotonic()
+        if not self.enabled or (done == self.last_done and now - self.last < self.interval):
+            return
+        self.last, self.last_done = now, done
+        elapsed, rate_done = now - self.start, done - self.done0
+        if done >= self.total:
+            eta = "last stage arriving"
+        elif rate_done > 0:
+            eta = f"ETA ~{_duration(elapsed / rate_done * (self.total - done))}"
+        else:
+            eta = "ETA after the first stage"
+        shown = ", ".join(f"{k} {v}" for k, v in fields.items())
+        self.log(f"{self.what}: {done}/{self.total} stages done, {shown}; {_duration(elapsed)} so far, {eta}")
 
 
 def loss_label(loss: float | None) -> str:

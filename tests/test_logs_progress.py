@@ -190,7 +190,12 @@ def test_connect_records_the_precision_of_the_launch(env, expected, tmp_path, tr
     path = hf_llpf.Path(run)
     assert path.config["mixed_precision"] == expected
     assert path.summary["run"]["mixed_precision"] == expected
-    assert "\r" not in result.stderr and "llpf m2m" not in result.stderr
+    assert "\r" not in result.stderr and "llpf m2m stages" not in result.stderr  # no bar ...
+    stages = len(path.layer_groups["stages"])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("hf-llpf: llpf m2m: ")]
+    assert len(lines) >= stages - 1 and lines[0].startswith("hf-llpf: llpf m2m: 1/")  # ... but a line per stage
+    log = (run / "hf_llpf.log").read_text()
+    assert "INFO 1 process(es) on cpu" in log.splitlines()[0] and "llpf m2m: 1/" in log
 
 
 class _RecordingBar:
@@ -370,3 +375,59 @@ def test_the_start_line_states_processes_device_and_sharding_and_a_launch_that_s
                           mixed_precision="no")  # fmt: skip
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert launch_line(describe_launch(two)).startswith("2 process(es) on cpu (data-parallel, multi_cpu)")
+
+
+def test_progress_lines_come_per_stage_and_at_least_every_interval_with_an_eta(monkeypatch):
+    import hf_llpf.progress as progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    said: list[str] = []
+    lines = progress.ProgressLines("llpf m2m", total=4, done=1, log=said.append, enabled=True, interval=60)
+    for t, done in ((10, 1), (30, 2), (50, 2), (95, 2), (120, 3), (130, 4)):
+        clock[0] = 100.0 + t
+        lines.update(done, {"tick": t})
+    assert said == [
+        "llpf m2m: 2/4 stages done, tick 30; 30 s so far, ETA ~60 s",  # a stage in 30 s, two to go
+        "llpf m2m: 2/4 stages done, tick 95; 1.6 min so far, ETA ~3.2 min",  # a minute of silence at most
+        "llpf m2m: 3/4 stages done, tick 120; 2.0 min so far, ETA ~60 s",
+        "llpf m2m: 4/4 stages done, tick 130; 2.2 min so far, last stage arriving",
+    ]
+    quiet = progress.ProgressLines("x", total=2, done=0, log=said.append, enabled=False)
+    quiet.update(1, {})
+    assert len(said) == 4
+
+
+def test_the_run_log_holds_what_was_said_before_and_after_the_folder_opened(tmp_path):
+    import logging
+
+    from hf_llpf.logging import RunLog
+
+    logger = logging.getLogger("hf_llpf.test")
+    saved = logging.getLogger("hf_llpf").level
+    logging.getLogger("hf_llpf").setLevel(logging.INFO)
+    try:
+        log = RunLog()
+        logger.info("before the run directory exists")
+        log.open(tmp_path / "hf_llpf.log")
+        logger.warning("after")
+        log.close()
+        logger.info("not written: the run is over")
+    finally:
+        logging.getLogger("hf_llpf").setLevel(saved)
+    lines = (tmp_path / "hf_llpf.log").read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == ["INFO before the run directory exists", "WARNING after"]
+    assert oct((tmp_path / "hf_llpf.log").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    (tmp_path / "target").write_text("someone's file\n")
+    (tmp_path / "link.log").symlink_to(tmp_path / "target")
+    other = RunLog()
+    with pytest.raises(OSError):  # never written through a link
+        other.open(tmp_path / "link.log")
+    other.close()
+    assert (tmp_path / "target").read_text() == "someone's file\n"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -28,7 +28,7 @@ from hf_llpf.algorithms.certify import Verdict
 from hf_llpf.algorithms.guard import Advice, check_in_sync
 from hf_llpf.algorithms.registry import register
 from hf_llpf.models import Endpoint
-from hf_llpf.progress import loss_label, progress_enabled
+from hf_llpf.progress import ProgressLines, loss_label, progress_enabled
 from hf_llpf.run.records import PointRecord, TickRecord
 from hf_llpf.stages.matching import schedule_start_ticks
 
@@ -196,11 +196,16 @@ class M2M(Method):
             disable=not progress_enabled(self.progress),
             leave=False,
         )
+        lines = ProgressLines("llpf m2m", total=self.num_stages, done=max(st.active - 1, 0), log=logger.info,
+                              enabled=self.progress and bar.disable)  # fmt: skip
         try:
             # Checked before each tick, not after: a run resumed from the checkpoint of its arrival tick must
             # finish, not take one more tick (the uninterrupted run stopped there).
             while st.tick < self.config.max_ticks and not self._finished(self.last_dist):
                 self._tick()
+                last = st.ticks[-1]
+                lines.update(max(st.active - 1, 0), {"tick": st.tick, "repair loss": loss_label(last["train_loss"]),
+                                                     "distance to θ_B": f"{last['dist_b']:.3g}"})  # fmt: skip
                 bar.update(st.active - bar.n)
                 bar.set_postfix(
                     stage_ticks=st.tick - self._stage_start_tick(),

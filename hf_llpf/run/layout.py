@@ -18,6 +18,7 @@ STATE_FILE = "state.json"  # in CHECKPOINT_DIR, naming its tensors-<n>.safetenso
 CHECKPOINT = f"{CHECKPOINT_DIR}/{STATE_FILE}"
 MARKER = ".hf_llpf-run"  # this folder is a run directory of hf_llpf (what --overwrite may empty)
 LOCK = ".hf_llpf-lock"  # held by the run writing the folder
+LOG_FILE = "hf_llpf.log"  # every message of the run, with its time (hf_llpf.logging.RunLog)
 ASIDE = ".m2o_phase"  # a cross-sphere walk of B keeps its points here until they are spliced in, reversed
 TRACKER_DIR = "hf_llpf"  # TensorBoard's event files, with report_to: [tensorboard]
 BASELINES_DIR = "baselines"  # what `hf-llpf evaluate RUN --baselines ...` writes: one run directory per method
@@ -47,6 +48,7 @@ RUN_FILES = frozenset(
         CHECKPOINT_DIR,
         MARKER,
         LOCK,
+        LOG_FILE,
     }
 )
 
