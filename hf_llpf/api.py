@@ -170,7 +170,6 @@ def _connect(model_a, model_b, train_data, config, run_dir, loss_fn, exist, prog
     )
     try:
         if writer.root is not None:
-            run_log.open(writer.root / LOG_FILE)
             write_assets(writer.root, assets)
         with progress_requested(progress):
             return _run_and_record(
@@ -188,6 +187,7 @@ def _connect(model_a, model_b, train_data, config, run_dir, loss_fn, exist, prog
                 progress,
                 command,
                 certifier,
+                run_log,
             )
     finally:
         writer.close()
@@ -208,8 +208,10 @@ def _run_and_record(
     progress: bool,
     command: str | None,
     certifier: Certifier,
+    run_log: RunLog | None,
 ) -> Path:
-    """Write the run's description, run (or resume) the method, write the summary; returns the path."""
+    """Write the run's description, run (or resume) the method, write the summary; returns the path. The run's log
+    file is opened once the run goes ahead: a refused resume leaves the run directory as it was."""
     accelerator.wait_for_everyone()
     template = ea.model if ea.kind == "module" else None
     ckpt = read_checkpoint(run_dir)
@@ -221,6 +223,8 @@ def _run_and_record(
     if ckpt is not None and ckpt.get("done") and "run" in Path(run_dir).summary:
         logger.info(f"{run_dir} is already complete; nothing to resume", main_process_only=True)
         return Path(run_dir, template=template)
+    if run_log is not None:
+        run_log.open(writer.root / LOG_FILE)
     if ckpt is None or resumed_with:
         _describe_run(writer, ea, eb, plan, config, method, command, new=ckpt is None)
     make_trainer = trainer_factory(config, loader, loss_fn, accelerator)

@@ -27,10 +27,10 @@ from hf_llpf.comparison_table import (
 )
 from hf_llpf.errors import ConfigError, NotApplicableError, UnknownNameError
 from hf_llpf.evaluation.recorded import ProbeRecorder, probe_digest
-from hf_llpf.run.layout import BASELINES_DIR
+from hf_llpf.run.layout import BASELINES_DIR, COMPARISON_METHODS
 from hf_llpf.run.lock import holds_run_directory
 
-METHODS = ("llpf", "linear", "slerp", "bezier", "autoneb", "weight-matching")
+METHODS = COMPARISON_METHODS
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+import hf_llpf.baselines.autoneb as neb
 from hf_llpf.assets import run_assets
-from hf_llpf.baselines import autoneb as neb
 from hf_llpf.baselines.bezier import BezierCurve, BezierSettings, check
 from hf_llpf.baselines.pathdir import BaselineRun, State, fixed_ts, state_of, write_path
 from hf_llpf.baselines.permutation import permutation_spec

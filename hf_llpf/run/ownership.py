@@ -29,6 +29,7 @@ from hf_llpf.run.layout import (
     BASELINES_DIR,
     CHECKPOINT_DIR,
     COMPARISON_FILES,
+    COMPARISON_METHODS,
     CONFIG_YAML,
     LOCK,
     MARKER,
@@ -87,9 +88,7 @@ def _files_entry(name: str, is_dir: bool) -> object:
 
 
 def _methods() -> tuple[str, ...]:
-    from hf_llpf.comparison import METHODS  # here: hf_llpf.comparison imports this package
-
-    return METHODS
+    return COMPARISON_METHODS
 
 
 def _baselines_entry(name: str, is_dir: bool) -> object:
