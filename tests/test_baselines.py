@@ -68,6 +68,7 @@ def test_bezier_path_on_disk_has_exact_ends_and_records_its_budget(small_cnn_pai
         build_baseline("bezier", *small_cnn_pair, digits, run_dir=tmp_path / "bad", bezier={"iters": -1})
 
 
+@pytest.mark.slow
 def test_autoneb_bends_the_band_below_the_straight_line_with_exact_ends(small_cnn_pair, digits, tmp_path):
     from hf_llpf.api import evaluate_run
 
@@ -146,6 +147,7 @@ def test_weight_matching_reads_resnets_and_refuses_what_it_cannot_read():
         permutation_spec(Cat(), torch.randn(2, 4))
 
 
+@pytest.mark.slow
 def test_compare_judges_every_method_on_the_same_probe_data(small_cnn_pair, digits, tmp_path):
     from hf_llpf import compare
     from hf_llpf.comparison import probe_digest

@@ -151,6 +151,7 @@ def test_a_straight_line_under_the_ceiling_is_the_path(small_cnn_pair, digits, t
     assert walked.summary["run"]["method"] == "m2m"
 
 
+@pytest.mark.slow
 def test_no_ceiling_is_plain_llpf(small_cnn_pair, digits, tmp_path):
     config = {**QUICK, "loss_ceiling": None}
     path = hf_llpf.connect(*small_cnn_pair, digits, config=config, run_dir=tmp_path / "r", progress=False)

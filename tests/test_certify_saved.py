@@ -39,6 +39,7 @@ def assert_saved_segments_certified(path, template, x, y):
         assert path.metrics[i]["segment_loss"] == pytest.approx(mine, rel=1e-4, abs=1e-6), f"segment {i - 1}-{i}"
 
 
+@pytest.mark.slow
 def test_with_save_every_the_segments_between_saved_points_are_certified(small_cnn_pair, digits, tmp_path):
     path = hf_llpf.connect(*small_cnn_pair, digits, config=EVERY3, run_dir=tmp_path / "r", progress=False)
     a, b = (load_endpoint(p).model for p in small_cnn_pair)
@@ -48,6 +49,7 @@ def test_with_save_every_the_segments_between_saved_points_are_certified(small_c
     assert state_equal(path.state_dict_at(-1), b.state_dict())
 
 
+@pytest.mark.slow
 def test_a_long_segment_from_the_last_saved_point_saves_the_previous_tick(
     small_cnn_pair, digits, tmp_path, monkeypatch
 ):

@@ -245,6 +245,7 @@ def test_score_matches_a_hand_computed_mean(endpoints, digits):
     assert sets.continuity.num_examples == 10 and sets.train.num_examples == 100
 
 
+@pytest.mark.slow
 def test_repeats_same_seed_agree_different_seeds_differ(tmp_path, endpoints, digits):
     from hf_llpf.repeats import run_repeats
 

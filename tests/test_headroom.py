@@ -58,6 +58,7 @@ def _run(small_cnn_pair, digits, tmp_path, headroom):
     return path, read_metrics(path.root)["ticks"], max(ends)
 
 
+@pytest.mark.slow
 def test_each_point_repaired_within_its_budget_is_under_its_target(small_cnn_pair, digits, tmp_path):
     path, ticks, top = _run(small_cnn_pair, digits, tmp_path, 0.5)
     cert = path.summary["run"]["certification"]

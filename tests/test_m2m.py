@@ -58,6 +58,7 @@ def test_exact_endpoints_and_every_point_loads(endpoints, digits, tmp_path):
     assert path.summary["run"]["sgd_iters"] == path.metrics[-1]["sgd_iters"] > 0
 
 
+@pytest.mark.slow
 def test_path_beats_linear_interpolation(endpoints, digits, tmp_path):
     config = {"step_r": 0.1, "min_iters": 2, "max_iters": 20, "save_every": 5}
     path = hf_llpf.connect(*endpoints, digits, config=config, run_dir=tmp_path / "run", progress=False)

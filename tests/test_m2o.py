@@ -51,6 +51,7 @@ def _conv_var_ratio(a, b):
     return float(b.conv2.weight.detach().var() / a.conv2.weight.detach().var())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("a_name,b_name", [("large", "small"), ("small", "large")])
 def test_cross_sphere_path_has_exact_ends_and_phases(spheres, digits, tmp_path, a_name, b_name):
     a, b = load_endpoint(spheres / a_name), load_endpoint(spheres / b_name)
@@ -77,6 +78,7 @@ def test_same_sphere_chooses_plain_m2m(spheres):
     assert choose_method(a, b, ConnectConfig(method="m2o")) == "m2o"
 
 
+@pytest.mark.slow
 def test_walk_reaches_the_target_variance_and_keeps_the_loss_low(spheres, digits, tmp_path):
     config = {
         "m2o": {"step_a": 0.05, "target_variance": 0.25, "max_ticks": 200},

@@ -284,6 +284,7 @@ def test_compare_never_writes_into_what_it_reads(small_cnn_pair, tmp_path, capsy
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_compare_overwrites_only_its_own_folder(small_cnn_pair, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert _compare(small_cnn_pair, out) == 0

@@ -20,6 +20,7 @@ def _hard_config(small_cnn_pair, digits):
     return {**QUICK, "loss_ceiling": max(ends) * 1.01, "repair_budget": 4, "max_backtracks": 1}
 
 
+@pytest.mark.slow
 def test_a_spent_budget_halves_the_repair_rate_down_to_its_floor(small_cnn_pair, digits, tmp_path, capsys):
     from hf_llpf.logging import configured
 

@@ -137,6 +137,7 @@ def test_resume_after_a_kill_at_every_checkpoint_equals_the_whole_run(pair, digi
         assert resumed.summary["run"]["sgd_iters"] == reference.summary["run"]["sgd_iters"]
 
 
+@pytest.mark.slow
 def test_the_divergence_guards_advice_works(pair, digits, tmp_path):
     run = tmp_path / "run"
     config = {**FAST, "loss_limit": 1e-9, "max_failures": 2}

@@ -28,6 +28,7 @@ def test_same_seed_gives_identical_files_and_loader_reads_them(tmp_path, digits)
     assert set(metrics) >= {"train", "test", "iterations"} and metrics["iterations"] == 2 * 23
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_small_cnn_reaches_98_percent_on_digits(digits, seed):
     _, metrics = train_endpoint(TrainRecipe(seed=seed), data=digits, progress=False)
