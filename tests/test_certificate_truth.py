@@ -105,7 +105,8 @@ def test_above_the_exact_limit_decisions_are_sequential_and_the_guarantee_says_s
     assert cert["clip"] == pytest.approx(10 * cert["ceiling"]) and "final_check" not in cert
     per = cert["examples_per_decision"]
     assert per and max(per) <= 700 and len(per) == cert["decisions"]
-    assert min(per) == 32  # a decision read only its first batch (the far-above ones, or a point far under)
+    # Far from the ceiling a decision stops after its first batches; only those near it read up to the cap.
+    assert min(per) <= 64 and sorted(per)[len(per) // 2] < 700, per
     if cert["certified"]:
         assert certification_line(cert).startswith(
             "certified with confidence 0.95: every saved point and every segment at t = 0.5 has a mean of "
