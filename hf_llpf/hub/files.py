@@ -16,14 +16,17 @@ from pathlib import Path as FsPath
 from hf_llpf.errors import RunDirectoryError
 from hf_llpf.hashing import file_sha256
 from hf_llpf.run import CHECKPOINT_DIR, METRICS_JSON
+from hf_llpf.run.layout import LOG_FILE
 from hf_llpf.run.lock import LOCK, MARKER
 from hf_llpf.safe_paths import walk_files
 
-# Never published. Temporary names are those hf_llpf.run writes: ``.NAME.<random>.tmp`` files and
-# ``points/.tmp_t_<tick>`` folders; each is listed at the top level and below it, as a file and as a folder.
+# Never published. The run's log names the machine's folders; temporary names are those hf_llpf.run writes:
+# ``.NAME.<random>.tmp`` files and ``points/.tmp_t_<tick>`` folders; each is listed at the top level and below it,
+# as a file and as a folder.
 IGNORE_PATTERNS = (
     MARKER,
     LOCK,
+    LOG_FILE,
     CHECKPOINT_DIR,
     f"{CHECKPOINT_DIR}/*",
     ".tmp_*",
