@@ -86,7 +86,8 @@ def describe_launch(accelerator: Accelerator) -> dict[str, Any]:
     launch = {
         "processes": processes,
         "device": str(accelerator.device),
-        "distributed": str(accelerator.distributed_type).rsplit(".", 1)[-1].lower(),
+        # A repeat's ProcessLocal view is one process with no process group of its own.
+        "distributed": str(getattr(accelerator, "distributed_type", "process-local")).rsplit(".", 1)[-1].lower(),
         "sharding": "none (every process holds the whole model)",
         "mixed_precision": str(accelerator.mixed_precision),
     }

@@ -250,8 +250,10 @@ def test_cli_under_torchrun(root, tmp_path):
     assert path.metrics[-1]["phase"] == "end" and len(path) > 2
     assert path.summary["run"]["launch"]["processes"] == 2 and "note" not in path.summary["run"]["launch"]
     starts = [line for line in result.stderr.splitlines() if "process(es) on cpu" in line]
-    assert starts == ["hf-llpf: 2 process(es) on cpu (data-parallel, multi_cpu), sharding: none (every process "
-                      "holds the whole model), mixed precision: no"]  # fmt: skip
+    assert starts == [
+        "hf-llpf: [RANK 0] 2 process(es) on cpu (data-parallel, multi_cpu), sharding: none (every "
+        "process holds the whole model), mixed precision: no"
+    ]  # fmt: skip (rank named: 2 processes)
 
 
 @pytest.mark.slow
