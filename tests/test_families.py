@@ -57,7 +57,7 @@ def _check(row: dict) -> None:
     assert row["exact_endpoints"], "first/last point must equal θ_A/θ_B bit for bit"
     assert row["stage_problems"] == [], row["stage_problems"]
     assert row["llpf_max_train_loss"] <= row["linear_max_train_loss"], row
-    # Certified: the engine's own record, and the judged maximum (the same 512 examples) under the ceiling.
+    # Certified: the engine's own record, and the judged maximum (on the certificate's examples) under the ceiling.
     assert row["engine_certified"], row["uncertified"]
     assert row["llpf_max_train_loss"] <= row["ceiling"] * (1 + 1e-6), row
     assert row["status"] == "certified"
