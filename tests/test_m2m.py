@@ -187,7 +187,7 @@ def test_cli_connect_and_override_errors(endpoints, tmp_path, capsys):
         str(tmp_path / "r"),
         "--no-progress",
     ]
-    assert main([*args, "step_r=0.3", "max_iters=3", "min_iters=1", "repair_budget=8"]) == 0
+    assert main([*args, "step_r=0.3", "max_iters=3", "min_iters=1", "repair_budget=8", "loss_ceiling=null"]) == 0
     assert "points" in capsys.readouterr().out
     assert main([*args, "--overwrite", "stepr=0.3"]) == 2
     err = capsys.readouterr().err
