@@ -24,6 +24,7 @@ def test_bf16_training_steps_keep_points_fp32_and_tensorboard_logs_every_tick(tm
     cmd = [sys.executable, "-m", "hf_llpf.cli", "connect", str(tmp_path / "a"), str(tmp_path / "b")]
     cmd += ["--data", "digits", "--out", str(run), "--no-progress", "--threads", "1"]
     cmd += ["step_r=0.34", "max_iters=5", "repair_budget=8", "mixed_precision=bf16", "report_to=tensorboard"]
+    cmd += ["loss_ceiling=0.3"]  # a generous set ceiling: this tests precision and logging, not a hard certificate
     result = subprocess.run(
         cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
