@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
+from hf_llpf.baselines.bezier import _CurvePoint  # the model called with given parameters
 from hf_llpf.baselines.pathdir import State
 from hf_llpf.batches import LossFn, default_loss, move_batch
 from hf_llpf.errors import ConfigError
@@ -87,17 +87,6 @@ class AutoNEBSettings:
         return out
 
 
-class _AtParams(nn.Module):
-    """``model`` called with the given parameters (a graph through them), its buffers its own."""
-
-    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]):
-        super().__init__()
-        self.model, self.params = model, params
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self.model, self.params, args, kwargs, strict=False)
-
-
 def _flat(params: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
     return torch.cat([params[n].reshape(-1) for n in names])
 
@@ -137,7 +126,7 @@ class ElasticBand:
         return out
 
     def _loss(self, flat: torch.Tensor, batch: Any, loss_fn: LossFn) -> torch.Tensor:
-        return loss_fn(_AtParams(self.model, self._params(flat)), batch)
+        return loss_fn(_CurvePoint(self.model, self._params(flat)), batch)
 
     def _force(self, i: int, grad: torch.Tensor, spring: float) -> torch.Tensor:
         """The descent direction of pivot ``i``: minus the gradient's component across the band, plus the spring."""
