@@ -85,7 +85,8 @@ def describe_launch(accelerator: Accelerator) -> dict[str, Any]:
     processes = accelerator.num_processes
     launch = {
         "processes": processes,
-        "device": str(accelerator.device),
+        # A CPU's index names no device of its own (torchrun reports cpu:0 on some machines).
+        "device": "cpu" if accelerator.device.type == "cpu" else str(accelerator.device),
         # A repeat's ProcessLocal view is one process with no process group of its own.
         "distributed": str(getattr(accelerator, "distributed_type", "process-local")).rsplit(".", 1)[-1].lower(),
         "sharding": "none (every process holds the whole model)",

@@ -336,18 +336,24 @@ class Certifier:
         finally:
             torch._foreach_copy_(live, here)
 
-    def counters(self) -> dict[str, int]:
-        """The probes made so far (``probes``, ``probes_stopped_early``): carried by every checkpoint."""
+    def counters(self) -> dict[str, Any]:
+        """The probes made so far (``probes``, ``probes_stopped_early``) and, on the exact route, the whole passes
+        made (``measured``, by fingerprint, which the final check reuses): carried by every checkpoint."""
         if not self.enabled:
             return {"probes": 0, "probes_stopped_early": 0}
-        return {"probes": self.probe.calls, "probes_stopped_early": self.probe.stopped}
+        counts = {"probes": self.probe.calls, "probes_stopped_early": self.probe.stopped}
+        return {**counts, "measured": dict(self.measured)} if self.reuse else counts
 
     def restore_counters(self, counters: dict | None) -> None:
         """Continue the counts of the checkpoint a run resumes from. The probes this session has made so far (the
-        endpoints', to resolve the ceiling again) repeat the first session's, which the counts already hold."""
+        endpoints', to resolve the ceiling again) repeat the first session's, which the counts already hold; the
+        whole passes carried let a resumed run's final check measure what an uninterrupted run's would."""
         if self.enabled and isinstance(counters, dict):
             self.probe.calls = int(counters.get("probes", self.probe.calls))
             self.probe.stopped = int(counters.get("probes_stopped_early", self.probe.stopped))
+            measured = counters.get("measured")
+            if self.reuse and isinstance(measured, dict):
+                self.measured.update({str(k): float(v) for k, v in measured.items() if isinstance(v, (int, float))})
 
     def summary(self, uncertified: list[dict]) -> dict:
         """The run's certification record (``summary.run.certification``): the route, what each decision read,
