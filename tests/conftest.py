@@ -54,6 +54,22 @@ def small_cnn_pair(trained_endpoint):
     return trained_endpoint(0), trained_endpoint(1)
 
 
+@pytest.fixture(scope="session")
+def quick_certified_run(small_cnn_pair, tmp_path_factory):
+    """``(Path, run_dir)``: the small_cnn pair connected from the CLI on digits with ``test_certify.QUICK`` under the
+    automatic ceiling (exact route, final check). Shared by the certificate tests: read-only (copy it to change it)."""
+    from test_certify import QUICK
+
+    import hf_llpf
+    from hf_llpf.cli import main
+
+    run_dir = tmp_path_factory.mktemp("quick_certified") / "run"
+    overrides = [f"{k}={v}" for k, v in QUICK.items()]
+    assert main(["connect", str(small_cnn_pair[0]), str(small_cnn_pair[1]), "--data", "digits", "--out",
+                 str(run_dir), "--no-progress", *overrides]) == 0  # fmt: skip
+    return hf_llpf.Path(run_dir), run_dir
+
+
 def state_equal(a: dict, b: dict) -> bool:
     """Two state dicts hold the same names and bit-identical tensors."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -30,11 +30,9 @@ def midpoint_model(template, path, i):
     return mid
 
 
-@pytest.fixture(scope="module")
-def exact_run(small_cnn_pair, digits, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("exact") / "run"
-    path = hf_llpf.connect(*small_cnn_pair, digits, config=QUICK, run_dir=run_dir, progress=False)
-    return path, run_dir
+@pytest.fixture
+def exact_run(quick_certified_run):
+    return quick_certified_run  # connected with QUICK from the CLI; read-only
 
 
 def test_the_final_check_is_an_independent_evaluation_of_every_point_and_midpoint(exact_run, small_cnn_pair, digits):

@@ -41,11 +41,9 @@ def own_probe_loss(model, x, y):
     return float(F.cross_entropy(model(x), y))
 
 
-@pytest.fixture(scope="module")
-def certified_run(small_cnn_pair, digits, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("certified") / "run"
-    path = hf_llpf.connect(*small_cnn_pair, digits, config=QUICK, run_dir=run_dir, progress=False)
-    return path, run_dir
+@pytest.fixture
+def certified_run(quick_certified_run):
+    return quick_certified_run  # connected with QUICK from the CLI; read-only
 
 
 def test_every_saved_point_is_under_the_ceiling_by_an_independent_measure(certified_run, small_cnn_pair, digits):

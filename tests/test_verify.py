@@ -5,7 +5,6 @@ import shutil
 import pytest
 import safetensors.torch
 import torch
-from test_certify import QUICK
 
 from hf_llpf.cli import main
 from hf_llpf.run import read_metrics
@@ -13,13 +12,9 @@ from hf_llpf.run import read_metrics
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def verified_run(small_cnn_pair, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("verify") / "run"
-    overrides = [f"{k}={v}" for k, v in QUICK.items()]
-    assert main(["connect", str(small_cnn_pair[0]), str(small_cnn_pair[1]), "--data", "digits", "--out",
-                 str(run_dir), "--no-progress", *overrides]) == 0  # fmt: skip
-    return run_dir
+@pytest.fixture
+def verified_run(quick_certified_run):
+    return quick_certified_run[1]  # read-only: the tests that change it work on a copy
 
 
 def test_an_untouched_run_verifies_with_no_difference(verified_run, capsys):
