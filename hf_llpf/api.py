@@ -19,30 +19,27 @@ from torch import nn
 
 from hf_llpf import __version__
 from hf_llpf.algorithms.base import RunSetup
-from hf_llpf.algorithms.certify import Certifier, certification_line, run_certifier
+from hf_llpf.algorithms.certify import Certifier, certification_line
 from hf_llpf.algorithms.final_check import environment, final_check, point_hashes, record_final
 from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import method_class
-from hf_llpf.assets import run_assets, write_assets
+from hf_llpf.assets import write_assets
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.inputs import (
-    example_batch,
     local_specs,
-    prepare_data,
     read_paths,
     resolve_config,
-    resolve_endpoint,
-    stage_plan,
 )
 from hf_llpf.logging import RunLog
-from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
+from hf_llpf.models import Endpoint
 from hf_llpf.progress import progress_requested
 from hf_llpf.recipes import to_yaml
 from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON, LOG_FILE
 from hf_llpf.run.lock import holds_run_directory
+from hf_llpf.run.preparation import PreparedRun, prepare_run
 from hf_llpf.run.records import stage_records
 from hf_llpf.run.resume import (
     Stretches,
@@ -53,10 +50,9 @@ from hf_llpf.run.resume import (
     version_notice,
 )
 from hf_llpf.run.rundir import check_exist
-from hf_llpf.run.storage import PointStorage, disk_estimate
+from hf_llpf.run.storage import disk_estimate
 from hf_llpf.seeding import seed_everything
 from hf_llpf.spheres import choose_method
-from hf_llpf.timm_config import run_data_config, with_data_config
 from hf_llpf.tracking import tick_logger
 from hf_llpf.train import LossFn, RepairTrainer, describe_launch, launch_line, make_accelerator
 
@@ -130,34 +126,14 @@ def _connect(model_a, model_b, train_data, config, run_dir, loss_fn, exist, prog
         )
     logger.info(launch_line(describe_launch(accelerator)), main_process_only=True)
     seed_everything(config.seed)
-    setup = {}  # seconds of the set-up phases, for --profile
+    prepared = prepare_run([model_a, model_b], train_data, config, loss_fn=loss_fn, accelerator=accelerator,
+                           progress=progress, probe_data=probe_data)  # fmt: skip
+    ea, eb = prepared.endpoints
+    config, storage, plan, certifier, setup = (prepared.config, prepared.storage, prepared.plan,
+                                               prepared.certifier, prepared.setup)  # fmt: skip
     t = time.perf_counter()
-    with progress_requested(progress):
-        ea, eb = resolve_endpoint(model_a), resolve_endpoint(model_b)
-    check_finite(ea, label="A")
-    check_finite(eb, label="B")
-    check_endpoints_match(ea.model, eb.model)
-    # point_dtype narrower than the endpoints': the path starts and ends at the endpoints as they are stored.
-    storage = PointStorage.from_config(config)
-    ea = storage.endpoint(ea, owned=isinstance(model_a, (str, os.PathLike)))
-    eb = storage.endpoint(eb, owned=isinstance(model_b, (str, os.PathLike)))
-    setup["setup_endpoints"] = time.perf_counter() - t
-    t = time.perf_counter()
-    loader, bundle, config = prepare_data(train_data, config, ea, eb)
-    example = example_batch(loader)
-    # timm points say what they were trained on (input size, normalisation); the endpoints' companion files are
-    # checked now, before any work, and travel with the points (hf_llpf.assets).
-    data_config = run_data_config(bundle, example, config.data)
-    ea, eb = with_data_config(ea, data_config), with_data_config(eb, data_config)
-    assets = run_assets(ea, eb, bundle, keep_auto_map=config.keep_auto_map)
-    setup["setup_data"] = time.perf_counter() - t
-    t = time.perf_counter()
-    plan = stage_plan(ea, example, config)
-    setup["setup_stages"] = time.perf_counter() - t
-    t = time.perf_counter()
-    certifier = run_certifier([ea, eb], train_data, loader, bundle, config, loss_fn, accelerator, probe_data)
     method = _straight_if_certified(ea, eb, certifier, config, accelerator) or choose_method(ea, eb, config)
-    setup["setup_probe"] = time.perf_counter() - t
+    setup["setup_probe"] += time.perf_counter() - t
     estimate, large = disk_estimate(ea.model, storage, method=method, stages=len(plan.stages), config=config)
     (logger.warning if large else logger.info)(f"{run_dir}: {estimate}", main_process_only=True)
 
@@ -170,49 +146,28 @@ def _connect(model_a, model_b, train_data, config, run_dir, loss_fn, exist, prog
     )
     try:
         if writer.root is not None:
-            write_assets(writer.root, assets)
+            write_assets(writer.root, prepared.assets)
         with progress_requested(progress):
-            return _run_and_record(
-                ea,
-                eb,
-                plan,
-                method,
-                config,
-                writer,
-                run_dir,
-                loader,
-                loss_fn,
-                accelerator,
-                setup,
-                progress,
-                command,
-                certifier,
-                run_log,
-            )
+            return _run_and_record(prepared, method, writer, run_dir, loss_fn, accelerator, progress, command, run_log)
     finally:
         writer.close()
 
 
 def _run_and_record(
-    ea: Endpoint,
-    eb: Endpoint,
-    plan: Any,
+    prepared: PreparedRun,
     method: str,
-    config: ConnectConfig,
     writer: RunWriter | NullWriter,
     run_dir: str | os.PathLike,
-    loader: Any,
     loss_fn: LossFn | None,
     accelerator: Accelerator,
-    setup: dict,
     progress: bool,
     command: str | None,
-    certifier: Certifier,
     run_log: RunLog | None,
 ) -> Path:
     """Write the run's description, run (or resume) the method, write the summary; returns the path. The run's log
     file is opened once the run goes ahead: a refused resume leaves the run directory as it was."""
     accelerator.wait_for_everyone()
+    (ea, eb), config, certifier = prepared.endpoints, prepared.config, prepared.certifier
     template = ea.model if ea.kind == "module" else None
     ckpt = read_checkpoint(run_dir)
     resumed_with = check_same_run(run_dir, config, ea, eb) if ckpt is not None else None
@@ -226,13 +181,13 @@ def _run_and_record(
     if run_log is not None:
         run_log.open(writer.root / LOG_FILE)
     if ckpt is None or resumed_with:
-        _describe_run(writer, ea, eb, plan, config, method, command, new=ckpt is None)
-    make_trainer = trainer_factory(config, loader, loss_fn, accelerator)
-    on_tick = tick_logger(config, accelerator, ceiling=certifier.ceiling)
+        _describe_run(writer, ea, eb, prepared.plan, config, method, command, new=ckpt is None)
+    make_trainer = trainer_factory(config, prepared.loader, loss_fn, accelerator)
     start = time.perf_counter()
-    setup_run = RunSetup(ea, eb, plan, config, make_trainer, writer, accelerator.device, progress, ckpt is not None,
-                         certifier)  # fmt: skip
+    setup_run = RunSetup(ea, eb, prepared.plan, config, make_trainer, writer, accelerator.device, progress,
+                         ckpt is not None, certifier)  # fmt: skip
     runner = method_class(method).for_run(setup_run)
+    on_tick = tick_logger(config, accelerator, ceiling=certifier.ceiling)
     if on_tick is not None:
         runner.on_tick = on_tick
     history = _resume_history(run_dir, resumed_with) if ckpt is not None else []
@@ -243,8 +198,7 @@ def _run_and_record(
     runner.run()
     accelerator.wait_for_everyone()  # the points are written: the final check reads them back
     close_the_loop(certifier, Path(run_dir, template=template), ea.model, runner.state, accelerator=accelerator)
-    summary = _summary(runner, method, plan, setup, elapsed=time.perf_counter() - start)
-    summary["run"]["mixed_precision"] = config.mixed_precision
+    summary = _summary(runner, method, prepared, elapsed=time.perf_counter() - start)
     summary["run"]["launch"] = describe_launch(accelerator)
     summary["run"].update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
     summary["run"]["certification"] = certifier.summary(runner.uncertified)
@@ -252,15 +206,19 @@ def _run_and_record(
         summary["run"]["resumed_with"] = history
     summary["run"]["stretches"] = stretches.all()
     summary["run"].update(stretches.totals())
-    state = runner.state
-    writer.write_metrics(state.points, state.ticks, summary)
+    writer.write_metrics(runner.state.points, runner.state.ticks, summary)
+    _announce_end(run_dir, runner.state, summary, config, accelerator)
+    return Path(run_dir, template=template)
+
+
+def _announce_end(run_dir, state: Any, summary: dict, config: ConnectConfig, accelerator: Accelerator) -> None:
+    """The run's last line, and its figures to the trackers."""
     logger.info(f"{run_dir}: {len(state.points)} points, {summary['run']['sgd_iters']} SGD iterations; "
                 f"{certification_line(summary['run']['certification'])}", main_process_only=True)  # fmt: skip
     if config.report_to:
         accelerator.log({f"run/{k}": v for k, v in summary["run"].items() if isinstance(v, (int, float))})
         accelerator.end_training()
     accelerator.wait_for_everyone()
-    return Path(run_dir, template=template)
 
 
 def _open_stretches(run_dir, ckpt: dict | None, runner: Any, certifier: Certifier, writer: Any) -> Stretches:
@@ -336,8 +294,9 @@ def _describe_run(writer, ea, eb, plan, config, method, command, *, new: bool) -
     writer.write_json(LAYER_GROUPS_JSON, plan.to_json())
 
 
-def _summary(runner: Any, method: str, plan: Any, setup: dict, *, elapsed: float) -> dict:
-    state = runner.state
+def _summary(runner: Any, method: str, prepared: PreparedRun, *, elapsed: float) -> dict:
+    """The run's summary so far: what the method did, its timing (the preparation's phases first) and its stages."""
+    state, plan = runner.state, prepared.plan
     timing = runner.timing
     return {
         "run": {
@@ -346,13 +305,14 @@ def _summary(runner: Any, method: str, plan: Any, setup: dict, *, elapsed: float
             "ticks": state.points[-1]["tick"],
             "sgd_iters": state.points[-1]["sgd_iters"],
             "seconds_this_session": round(elapsed, 3),
-            "timing": {k: round(v, 4) for k, v in {**setup, **timing}.items()},
+            "timing": {k: round(v, 4) for k, v in {**prepared.setup, **timing}.items()},
             "stage_starts": [t + runner.offset for t in getattr(state, "stage_starts", [0])],
             "failures": state.failures,
             "backtracks": runner.backtracks,
             "repair_lr_scale": getattr(state, "lr_scale", 1.0),  # the repair's final lr over config.lr
             "num_stages": len(plan.stages),
             "stages": stage_records(state.ticks),
+            "mixed_precision": prepared.config.mixed_precision,
         }
     }
 
@@ -401,27 +361,20 @@ def walk_to_origin(
     config = resolve_config(config)
     accelerator = accelerator or make_accelerator(mixed_precision=config.mixed_precision)
     config = used_precision(config, accelerator)
-    seed_everything(config.seed)
-    with progress_requested(progress):
-        endpoint = resolve_endpoint(model)
-    storage = PointStorage.from_config(config)
-    endpoint = storage.endpoint(endpoint, owned=isinstance(model, (str, os.PathLike)))
-    loader, bundle, config = prepare_data(train_data, config, endpoint)
-    example = example_batch(loader)
-    plan = stage_plan(endpoint, example, config)
     if config.m2o.target_variance >= 1:
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
-    endpoint = with_data_config(endpoint, run_data_config(bundle, example, config.data))
-    assets = run_assets(endpoint, None, bundle, keep_auto_map=config.keep_auto_map)
-    certifier = run_certifier([endpoint], train_data, loader, bundle, config, loss_fn, accelerator)  # before any write
+    seed_everything(config.seed)
+    prepared = prepare_run([model], train_data, config, loss_fn=loss_fn, accelerator=accelerator, progress=progress)
+    (endpoint,) = prepared.endpoints
+    config, storage, plan, certifier = prepared.config, prepared.storage, prepared.plan, prepared.certifier
     protected = read_paths(endpoint, config=config)
     with RunWriter(run_dir, exist=exist, storage=storage, protected=protected) as writer, progress_requested(progress):
-        write_assets(writer.root, assets)
+        write_assets(writer.root, prepared.assets)
         writer.write_yaml(CONFIG_YAML, to_yaml(config))
         description = {"A": endpoint.describe(), "B": None, "method": "m2o-walk", "hf_llpf_version": __version__}
         writer.write_json(ENDPOINTS_JSON, description)
         writer.write_json(LAYER_GROUPS_JSON, plan.to_json())
-        make_trainer = trainer_factory(config, loader, loss_fn, accelerator)
+        make_trainer = trainer_factory(config, prepared.loader, loss_fn, accelerator)
         run = RunSetup(endpoint, None, plan, config, make_trainer, writer, accelerator.device, progress,
                        certifier=certifier)  # fmt: skip
         walk = method_class("m2o-walk").for_run(run)

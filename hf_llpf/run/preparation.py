@@ -1,0 +1,103 @@
+"""One run preparation for the entry points that build a path from endpoints: settings already resolved →
+endpoints loaded and checked → storage → data → the run's data config applied alike to every endpoint → assets →
+stage plan → certifier.
+
+Everything here happens before the run directory is opened, so any problem is a clear error before anything is
+written. The order is the order the engine's seeded randomness depends on: it must not change.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hf_llpf.algorithms.certify import Certifier, run_certifier
+from hf_llpf.assets import Assets, run_assets
+from hf_llpf.config import ConnectConfig
+from hf_llpf.inputs import example_batch, prepare_data, resolve_endpoint, stage_plan
+from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
+from hf_llpf.progress import progress_requested
+from hf_llpf.run.storage import PointStorage
+from hf_llpf.timm_config import run_data_config, with_data_config
+
+
+@dataclass
+class PreparedRun:
+    """What a run works on, prepared once by :func:`prepare_run`.
+
+    Attributes:
+        endpoints: θ_A and θ_B (one endpoint for a walk to the origin), as the points store them, each carrying
+            the run's data config.
+        config: the settings, their ``data`` recording what was read.
+        storage: the dtype and shard size of the points.
+        loader: the training batches of the repair SGD; ``bundle``: the loaded data (``None`` for Python batches).
+        example: one batch, for tracing the data flow.
+        assets: the companion files the points carry (tokenizer, processor, timm config).
+        plan: the Follow-Data-Flow stage plan.
+        certifier: the run's certifier (disabled without a ceiling).
+        setup: seconds of each preparation phase (``setup_endpoints``, ``setup_data``, ``setup_stages``,
+            ``setup_probe``), for ``--profile``.
+    """
+
+    endpoints: list[Endpoint]
+    config: ConnectConfig
+    storage: PointStorage
+    loader: Any
+    bundle: Any
+    example: Any
+    assets: Assets
+    plan: Any
+    certifier: Certifier
+    setup: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_run(
+    models: list[Any],
+    train_data: Any,
+    config: ConnectConfig,
+    *,
+    loss_fn: Any,
+    accelerator: Any,
+    progress: bool,
+    probe_data: Any = None,
+) -> PreparedRun:
+    """Prepare a run from endpoint specs, modules or Endpoints (``[A, B]``, or ``[A]`` for a walk).
+
+    Raises:
+        LLPFError: an endpoint that does not load, holds a non-finite value or does not match the other; data that
+            do not fit endpoint A; a ceiling that cannot be resolved.
+    """
+    setup: dict[str, float] = {}
+    t = time.perf_counter()
+    with progress_requested(progress):
+        endpoints = [resolve_endpoint(m) for m in models]
+    for endpoint, label in zip(endpoints, "AB"):
+        check_finite(endpoint, label=label)
+    if len(endpoints) == 2:
+        check_endpoints_match(endpoints[0].model, endpoints[1].model)
+    # point_dtype narrower than the endpoints': the path starts and ends at the endpoints as they are stored.
+    storage = PointStorage.from_config(config)
+    endpoints = [storage.endpoint(e, owned=isinstance(m, (str, os.PathLike))) for e, m in zip(endpoints, models)]
+    setup["setup_endpoints"] = time.perf_counter() - t
+    t = time.perf_counter()
+    loader, bundle, config = prepare_data(train_data, config, *endpoints)
+    example = example_batch(loader)
+    # timm points say what they were trained on (input size, normalisation); the endpoints' companion files are
+    # checked now, before any work, and travel with the points (hf_llpf.assets).
+    data_config = run_data_config(bundle, example, config.data)
+    endpoints = [with_data_config(e, data_config) for e in endpoints]
+    other = endpoints[1] if len(endpoints) == 2 else None
+    assets = run_assets(endpoints[0], other, bundle, keep_auto_map=config.keep_auto_map)
+    setup["setup_data"] = time.perf_counter() - t
+    t = time.perf_counter()
+    plan = stage_plan(endpoints[0], example, config)
+    setup["setup_stages"] = time.perf_counter() - t
+    t = time.perf_counter()
+    certifier = run_certifier(endpoints, train_data, loader, bundle, config, loss_fn, accelerator, probe_data)
+    setup["setup_probe"] = time.perf_counter() - t
+    return PreparedRun(endpoints, config, storage, loader, bundle, example, assets, plan, certifier, setup)
+
+
+__all__ = ["PreparedRun", "prepare_run"]
