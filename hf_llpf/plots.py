@@ -132,56 +132,14 @@ def _wants_log(values: Sequence[float], baseline: Sequence[float] = ()) -> bool:
 
 def _curve_figure(run_dir: FsPath, data: dict, *, metric: str) -> plt.Figure:
     """The figure of loss.png or accuracy.png: LLPF vs linear, train and test, raw and (when present) recalibrated."""
-    points, linear, cont = data["points"], data.get("linear", []), data.get("continuity", [])
-    pos = [p["position"] for p in points]
-    lin_t = [r["t"] for r in linear]
-    train, test = ("eval_train_loss", "test_loss") if metric == "loss" else ("eval_train_acc", "test_acc")
-    scale = 1.0 if metric == "loss" else 100.0
+    points, cont = data["points"], data.get("continuity", [])
     fig, ax = plt.subplots(figsize=(12, 5), dpi=100)
-    extra = _shade(ax, points, pos)
-    plotted: list[float] = []  # the path's own values
-    baseline: list[float] = []  # linear interpolation's
-    marks = len(points) <= 60  # markers on long paths only hide the curve
-    for suffix, style in (("", {}), ("_recal", {"alpha": 0.55, "lw": 1.2})):
-        if train + suffix not in points[0]:
-            continue
-        tag = " (BN recalibrated)" if suffix else ""
-        for col, ls, split in ((train, "-", "train"), (test, "--", "test")):
-            y = [scale * p[col + suffix] for p in points]
-            ax.plot(
-                pos,
-                y,
-                ls,
-                color=_LLPF,
-                marker="o" if marks and not suffix else None,
-                ms=3,
-                label=f"LLPF {split}{tag}",
-                **style,
-            )
-            plotted += y
-            if linear:
-                y = [scale * r[col + suffix] for r in linear]
-                ax.plot(
-                    lin_t,
-                    y,
-                    ls,
-                    color=_LINEAR,
-                    marker="s" if not suffix else None,
-                    ms=3,
-                    label=f"linear {split}{tag}",
-                    **style,
-                )
-                baseline += y
+    extra = _shade(ax, points, [p["position"] for p in points])
+    plotted, baseline = _curves(ax, points, data.get("linear", []), metric=metric)
     if cont and metric == "loss":
         y = [r["loss"] for r in cont]
-        ax.plot(
-            [r["position"] for r in cont],
-            y,
-            "x",
-            color="tab:green",
-            ms=4,
-            label="LLPF segment interiors (continuity, train subset)",
-        )
+        ax.plot([r["position"] for r in cont], y, "x", color="tab:green", ms=4,
+                label="LLPF segment interiors (continuity, train subset)")  # fmt: skip
         plotted += y
     if metric == "loss":
         plotted += _levels(ax, points, data.get("summary", {}))
@@ -197,6 +155,32 @@ def _curve_figure(run_dir: FsPath, data: dict, *, metric: str) -> plt.Figure:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def _curves(ax: plt.Axes, points: list[dict], linear: list[dict], *, metric: str) -> tuple[list[float], list[float]]:
+    """The path's and linear interpolation's train and test curves, raw and (when present) recalibrated; returns
+    the values drawn, the path's and the baseline's (they decide the scale)."""
+    pos, lin_t = [p["position"] for p in points], [r["t"] for r in linear]
+    train, test = ("eval_train_loss", "test_loss") if metric == "loss" else ("eval_train_acc", "test_acc")
+    scale = 1.0 if metric == "loss" else 100.0
+    plotted: list[float] = []
+    baseline: list[float] = []
+    marks = len(points) <= 60  # markers on long paths only hide the curve
+    for suffix, style in (("", {}), ("_recal", {"alpha": 0.55, "lw": 1.2})):
+        if train + suffix not in points[0]:
+            continue
+        tag = " (BN recalibrated)" if suffix else ""
+        for col, ls, split in ((train, "-", "train"), (test, "--", "test")):
+            y = [scale * p[col + suffix] for p in points]
+            ax.plot(pos, y, ls, color=_LLPF, marker="o" if marks and not suffix else None, ms=3,
+                    label=f"LLPF {split}{tag}", **style)  # fmt: skip
+            plotted += y
+            if linear:
+                y = [scale * r[col + suffix] for r in linear]
+                ax.plot(lin_t, y, ls, color=_LINEAR, marker="s" if not suffix else None, ms=3,
+                        label=f"linear {split}{tag}", **style)  # fmt: skip
+                baseline += y
+    return plotted, baseline
 
 
 def _levels(ax: plt.Axes, points: list[dict], summary: dict) -> list[float]:
