@@ -78,16 +78,21 @@ def run_certifier(
     if probe_data is not None:
         batches = [move_batch(b, accelerator.device) for b in probe_data]
         whole = ProbeSet(batches, loss_fn=loss_fn, accelerator=accelerator)
+        examples = TrainingExamples(whole, config, loss_fn=loss_fn, accelerator=accelerator, given=True)
+    elif bundle is not None and bundle.split_size("train") > config.certify_exact_max:
+        # The sequential route on a loaded data set: decisions read what they draw, so none of it is held.
+        examples = TrainingExamples.read_on_demand(bundle, config, device=accelerator.device, loss_fn=loss_fn,
+                                                   accelerator=accelerator)  # fmt: skip
     else:  # every training example: the data spec's training split unaugmented, a dataset, one pass of a loader
         whole = build_probe(train_data, loader, bundle, size=sys.maxsize, device=accelerator.device,
                             loss_fn=loss_fn, accelerator=accelerator)  # fmt: skip
-    examples = TrainingExamples(whole, config, loss_fn=loss_fn, accelerator=accelerator, given=probe_data is not None)
+        examples = TrainingExamples(whole, config, loss_fn=loss_fn, accelerator=accelerator)
     certifier = make_certifier([e.model for e in endpoints], examples, config, accelerator.device, loss_fn=loss_fn)
     losses = ", ".join(f"{k} {v:.4g}" for k, v in zip("AB", certifier.endpoint_losses, strict=False))
     how = f"auto: {CEILING_RULES[certifier.rule]}" if certifier.rule != "set" else "set"
     logger.info(
         f"loss ceiling {certifier.ceiling:.4g} ({how}; endpoint "
-        f"losses {losses} on {certifier.probe.num_examples} training examples); {examples.route_line()}",
+        f"losses {losses} on {examples.endpoints.num_examples} training examples); {examples.route_line()}",
         main_process_only=True,
     )
     return certifier

@@ -30,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_llpf.batches import LossFn, batch_size_of, default_loss
+from hf_llpf.batches import LossFn, batch_size_of, default_loss, move_batch
 from hf_llpf.evaluation.layout import channels_last_batch, eval_view
-from hf_llpf.evaluation.probe import _join, _slice
+from hf_llpf.evaluation.probe import ProbeSet, _join, _slice
 from hf_llpf.evaluation.sequential import spent, upper_bound
 
+PROBE_BATCH = 64  # the batches of the exact passes (build_probe's), which the endpoints' measure keeps
 FIRST = 32  # the first batch of a decision; then 32, 64, 128, ... (each the size of all seen so far)
 
 
@@ -53,7 +54,8 @@ class Decider:
     """Draws and judges: sequential decisions over a fixed set of training examples.
 
     Args:
-        batches: every training example, as batches on the training device (the exact pass's batches).
+        examples: every training example, as batches on the training device (the exact pass's batches, joined into
+            :class:`JoinedExamples`), or a source that reads the drawn examples on demand (:class:`BundleExamples`).
         num_examples: their number, N.
         loss_fn: the path's loss (``None``: cross-entropy / the model's own ``outputs.loss``).
         delta: the run's error budget δ, spent over its accept decisions.
@@ -61,9 +63,10 @@ class Decider:
         seed: the seed of the draws' generator.
     """
 
-    def __init__(self, batches: list, num_examples: int, *, loss_fn: LossFn | None, delta: float, exact_max: int,
-                 seed: int) -> None:  # fmt: skip
-        self.joined = _join(batches)  # None: examples that cannot be drawn one by one (text of several lengths)
+    def __init__(self, examples: list | BundleExamples, num_examples: int, *, loss_fn: LossFn | None, delta: float,
+                 exact_max: int, seed: int) -> None:  # fmt: skip
+        # None: examples that cannot be drawn one by one (batches of text of several lengths)
+        self.source = examples if isinstance(examples, BundleExamples) else JoinedExamples.of(examples)
         self.n, self.loss_fn, self.delta = num_examples, loss_fn, delta
         self.cap = num_examples if num_examples <= exact_max else exact_max
         self.generator = torch.Generator().manual_seed(seed)
@@ -75,7 +78,7 @@ class Decider:
     @property
     def drawable(self) -> bool:
         """Whether examples can be drawn one by one (else every decision is a full pass)."""
-        return self.joined is not None
+        return self.source is not None
 
     def state_dict(self) -> dict[str, Any]:
         """The draws' position: the generator, the decision count, the per-decision log."""
@@ -151,10 +154,47 @@ class Decider:
 
     def _losses(self, model: nn.Module, index: torch.Tensor) -> torch.Tensor:
         """Per-example eval-mode losses of the examples ``index`` (float64, on the CPU)."""
-        batch = _gather(self.joined, index)
+        batch = self.source.take(index)
         runner, fast = eval_view(model, batch, self.loss_fn)
         batch = channels_last_batch(batch) if fast else batch
         return example_losses(runner, batch, self.loss_fn).to(torch.float64).cpu()
+
+
+class JoinedExamples:
+    """Every training example in memory, joined into columns: a draw is an index into them."""
+
+    def __init__(self, joined: Any) -> None:
+        self.joined = joined
+
+    @classmethod
+    def of(cls, batches: list) -> JoinedExamples | None:
+        """The joined examples of ``batches``, or ``None`` when they do not join (text of several lengths)."""
+        joined = _join(batches)
+        return None if joined is None else cls(joined)
+
+    def take(self, index: torch.Tensor) -> Any:
+        """The examples ``index``, as one batch."""
+        return _gather(self.joined, index)
+
+
+class BundleExamples:
+    """The training split of a loaded data set, read on demand: only the examples a decision draws are decoded,
+    batched (text padded as the evaluation pads it) and moved to the device, so the training set need not fit in
+    memory (images decoded on access, text held by Arrow on disk).
+
+    Args:
+        bundle: a :class:`~hf_llpf.data.DataBundle` or :class:`~hf_llpf.text.TextBundle`.
+        device: the training device.
+    """
+
+    def __init__(self, bundle: Any, device: torch.device) -> None:
+        self.bundle, self.device = bundle, device
+        self.num_examples = bundle.split_size("train")
+
+    def take(self, index: torch.Tensor) -> Any:
+        """The examples ``index`` of the training split, in that order, as one batch on the device."""
+        loader = self.bundle.eval_loader("train", indices=index, batch_size=len(index))
+        return move_batch(next(iter(loader)), self.device)
 
 
 def _gather(joined: Any, index: torch.Tensor) -> Any:
@@ -211,19 +251,33 @@ class TrainingExamples:
     """
 
     def __init__(self, whole: Any, config: Any, *, loss_fn: LossFn | None = None, accelerator: Any = None,
-                 exact: bool = False, given: bool = False) -> None:  # fmt: skip
+                 exact: bool = False, given: bool = False, drawn: BundleExamples | None = None) -> None:  # fmt: skip
         self.given = given
-        self.probe, self.num_examples = whole, getattr(whole, "num_examples", 0)
+        self.probe = whole
+        self.num_examples = drawn.num_examples if drawn is not None else getattr(whole, "num_examples", 0)
         self.decider: Decider | None = None
         if not exact and self.num_examples > config.certify_exact_max:
-            decider = Decider(whole.batches, self.num_examples, loss_fn=loss_fn, delta=config.certify_delta,
+            examples = drawn if drawn is not None else whole.batches
+            decider = Decider(examples, self.num_examples, loss_fn=loss_fn, delta=config.certify_delta,
                               exact_max=config.certify_exact_max, seed=config.seed)  # fmt: skip
             self.decider = decider if decider.drawable else None
         self.exact = self.decider is None
         self.endpoints = whole
-        if not self.exact:
+        if not self.exact and drawn is None:
             first = _first(whole.batches, min(config.probe_size, self.num_examples))
             self.endpoints = type(whole)(first, loss_fn=loss_fn, accelerator=accelerator)
+
+    @classmethod
+    def read_on_demand(cls, bundle: Any, config: Any, *, device: torch.device, loss_fn: LossFn | None = None,
+                       accelerator: Any = None) -> TrainingExamples:  # fmt: skip
+        """The sequential route over a loaded data set of more than ``certify_exact_max`` training examples, none
+        of them held: each decision reads the examples it draws (:class:`BundleExamples`), and the endpoints are
+        measured on the first ``probe_size`` examples, as on the route whose examples are all in memory."""
+        drawn = BundleExamples(bundle, device)
+        first = torch.arange(min(config.probe_size, drawn.num_examples))
+        loader = bundle.eval_loader("train", indices=first, batch_size=PROBE_BATCH)
+        endpoints = ProbeSet([move_batch(b, device) for b in loader], loss_fn=loss_fn, accelerator=accelerator)
+        return cls(endpoints, config, loss_fn=loss_fn, accelerator=accelerator, drawn=drawn)
 
     @property
     def route(self) -> str:
