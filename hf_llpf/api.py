@@ -371,18 +371,18 @@ def walk_to_origin(
     with RunWriter(run_dir, exist=exist, storage=storage, protected=protected) as writer, progress_requested(progress):
         write_assets(writer.root, prepared.assets)
         writer.write_yaml(CONFIG_YAML, to_yaml(config))
-        description = {"A": endpoint.describe(), "B": None, "method": "m2o-walk", "hf_llpf_version": __version__}
+        description = {"A": endpoint.describe(), "B": None, "method": "m2o", "hf_llpf_version": __version__}
         writer.write_json(ENDPOINTS_JSON, description)
         writer.write_json(LAYER_GROUPS_JSON, plan.to_json())
         make_trainer = trainer_factory(config, prepared.loader, loss_fn, accelerator)
         run = RunSetup(endpoint, None, plan, config, make_trainer, writer, accelerator.device, progress,
                        certifier=certifier)  # fmt: skip
-        walk = method_class("m2o-walk").for_run(run)
+        walk = method_class("m2o").for_run(run)
         walk.run()
         writer.write_metrics(walk.points, walk.ticks)  # the final check reads the points back
         close_the_loop(certifier, Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None),
                        endpoint.model, walk.state, accelerator=accelerator)  # fmt: skip
-        run = {"method": "m2o-walk", "ticks": walk.tick, "sgd_iters": walk.trainer.iterations, "timing": walk.timing}
+        run = {"method": "m2o", "ticks": walk.tick, "sgd_iters": walk.trainer.iterations, "timing": walk.timing}
         run.update(storage.summary(endpoint.model))
         run.update(reached=bool(walk.done()), backtracks=walk.backtracks,
                    certification=certifier.summary(walk.uncertified))  # fmt: skip

@@ -17,6 +17,35 @@ from hf_llpf.errors import ConfigError
 from hf_llpf.stages.matching import compile_regex
 from hf_llpf.stages.overrides import ExplicitStages, MoveOverride, parse_overrides
 
+SCHEMA = 2  # the settings' schema: 2 renamed the methods (m2o → cross-sphere, m2o-walk → m2o)
+# Method names of schema 1, as schema 2 names them (recipes, llpf_config.yaml and checkpoints without a schema).
+SCHEMA_1_METHODS = {"m2o": "cross-sphere", "m2o-walk": "m2o"}
+WALK_IS_NOT_A_CONNECTION = (
+    "method='m2o': m2o is the walk of one endpoint to the origin (hf_llpf.walk_to_origin); it does not connect two "
+    "endpoints. M2O then M2M, which 'm2o' named before settings schema 2, is method='cross-sphere'"
+)
+
+
+def upgrade_settings(values: dict[str, Any], *, where: str) -> tuple[dict[str, Any], str | None]:
+    """Settings read from a file (a recipe, a run directory's ``llpf_config.yaml``), in today's schema.
+
+    A file without ``schema_version`` was written under schema 1: its ``method: m2o`` meant M2O then M2M, named
+    ``cross-sphere`` now. Returns the settings with ``schema_version`` set, and a one-line notice when a name was
+    translated (``None`` otherwise). A schema newer than this hf_llpf's is left to the settings' check, which
+    refuses it.
+    """
+    if not isinstance(values, dict) or "schema_version" in values:
+        return values, None
+    values = {**values, "schema_version": SCHEMA}
+    old = values.get("method")
+    if isinstance(old, str) and old in SCHEMA_1_METHODS:
+        values["method"] = SCHEMA_1_METHODS[old]
+        return values, (
+            f"{where} has no settings schema (written before schema {SCHEMA}): its method {old!r} is read as "
+            f"{values['method']!r}, that method's name now"
+        )
+    return values, None
+
 
 class _Settings(BaseModel):
     # allow_inf_nan: no setting has a meaning at inf/NaN (lr=.inf trained to NaN weights).
@@ -117,7 +146,8 @@ class StageSchedule(_Settings):
 
 
 class M2OConfig(_Settings):
-    """The model-to-origin phase (docs/algorithm.md §6), used by ``method: m2o`` and cross-sphere ``auto`` runs."""
+    """The model-to-origin walk (docs/algorithm.md §6): :func:`hf_llpf.walk_to_origin`, and the first phase of
+    ``method: cross-sphere`` (chosen by ``auto`` for endpoints on different spheres)."""
 
     step_a: float = Field(0.01, gt=0, lt=1, description="shrink per tick as a fraction of the tensor's norm")
     step_f: float = Field(0.0, ge=0, description="fixed L2 shrink length per tick")
@@ -154,8 +184,17 @@ class ConnectConfig(_Settings):
     method: str = Field(
         "auto",
         pattern=r"^[a-z][a-z0-9_\-]*$",
-        description="auto: M2M, or M2O+M2M when the spheres differ; m2m: M2M only; m2o: always M2O+M2M; or any "
-        "other registered method (hf_llpf.algorithms.registry), checked when the run starts",
+        description="auto: M2M, or M2O then M2M when the spheres differ; m2m: M2M only; cross-sphere: always M2O "
+        "then M2M; or any other registered method (hf_llpf.algorithms.registry), checked when the run starts. "
+        "(m2o is the walk to the origin alone, hf_llpf.walk_to_origin; before settings schema 2 it named "
+        "cross-sphere)",
+    )
+    schema_version: int = Field(
+        SCHEMA,
+        ge=1,
+        le=SCHEMA,
+        description="the settings' schema: a recipe or llpf_config.yaml without one is read with the names of "
+        "schema 1 (docs/cli.md#settings-schema)",
     )
     m2o: M2OConfig = Field(default_factory=M2OConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -15,7 +15,7 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from hf_llpf import geometry
-from hf_llpf.config import ConnectConfig
+from hf_llpf.config import WALK_IS_NOT_A_CONNECTION, ConnectConfig
 from hf_llpf.models import Endpoint, check_endpoints_match, check_finite, load_endpoint
 
 logger = get_logger(__name__)
@@ -24,12 +24,17 @@ SPHERE_TOLERANCE = 0.5  # |log(Var_B/Var_A)| per tensor beyond which two endpoin
 
 
 def choose_method(ea: Endpoint, eb: Endpoint, config: ConnectConfig) -> str:
-    """``config.method`` (a registered method), or under ``auto`` the sphere check: ``m2m`` on one sphere, ``m2o``
-    (cross-sphere M2O then M2M) otherwise.
+    """``config.method`` (a registered method), or under ``auto`` the sphere check: ``m2m`` on one sphere,
+    ``cross-sphere`` (M2O then M2M) otherwise.
 
     Raises:
         UnknownNameError: ``config.method`` is no registered method (the message lists them).
+        ConfigError: ``method: m2o``, the walk to the origin alone, which does not connect two endpoints.
     """
+    if config.method == "m2o":
+        from hf_llpf.errors import ConfigError
+
+        raise ConfigError(WALK_IS_NOT_A_CONNECTION)
     if config.method != "auto":
         from hf_llpf.algorithms.registry import method_class
 
@@ -43,7 +48,7 @@ def choose_method(ea: Endpoint, eb: Endpoint, config: ConnectConfig) -> str:
         f"{sphere_distance(report):.3g} > {SPHERE_TOLERANCE}): cross-sphere M2O then M2M",
         main_process_only=True,
     )
-    return "m2o"
+    return "cross-sphere"
 
 
 def sphere_report(a: nn.Module, b: nn.Module) -> list[dict]:

@@ -237,7 +237,7 @@ CASES = [
     ("endpoint-missing-with-slash", lambda w: ["spheres", "no/such", w / "A"],
      ["no local folder 'no/such'", "Hub id"]),
     ("method-unknown", lambda w: ["connect", w / "A", w / "B", "--out", w / "o", "--method", "bezierr"],
-     ["unknown method 'bezierr'", "m2m", "m2o"]),
+     ["unknown method 'bezierr'", "m2m", "cross-sphere"]),
     ("demo-threads-zero", lambda w: ["demo", "--out", w / "o", "--threads", "0"], ["--threads"]),
     ("threads-zero", lambda w: ["connect", w / "A", w / "B", "--out", w / "o", "--threads", "0"], ["--threads"]),
     ("repeats-zero", lambda w: ["connect", w / "A", w / "B", "--out", w / "o", "--repeats", "0"], ["--repeats"]),

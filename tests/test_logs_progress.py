@@ -141,7 +141,7 @@ def test_the_cross_sphere_decision_reaches_stderr_at_info(level, shown, capsys):
     ea, eb = _cross_sphere_pair()
     capsys.readouterr()
     with configured(level):
-        assert choose_method(ea, eb, ConnectConfig(method="auto")) == "m2o"
+        assert choose_method(ea, eb, ConnectConfig(method="auto")) == "cross-sphere"
     err = capsys.readouterr().err
     line = "the endpoints are on different variance spheres"
     assert (line in err) is shown, err

@@ -56,7 +56,7 @@ def _conv_var_ratio(a, b):
 def test_cross_sphere_path_has_exact_ends_and_phases(spheres, digits, tmp_path, a_name, b_name):
     a, b = load_endpoint(spheres / a_name), load_endpoint(spheres / b_name)
     assert _conv_var_ratio(load_endpoint(spheres / "large").model, load_endpoint(spheres / "small").model) < 0.5
-    assert choose_method(a, b, ConnectConfig()) == "m2o"
+    assert choose_method(a, b, ConnectConfig()) == "cross-sphere"
     config = {**FAST, "loss_ceiling": None}  # the phases' mechanics; certified: the slow test below
     path = hf_llpf.connect(a, b, digits, config=config, run_dir=tmp_path / "run", progress=False)
     assert _equal(path.state_dict_at(0), a.model.state_dict())
@@ -67,7 +67,7 @@ def test_cross_sphere_path_has_exact_ends_and_phases(spheres, digits, tmp_path, 
     seen = [p for i, p in enumerate(phases[1:-1]) if i == 0 or p != phases[i]]
     assert seen == expected
     assert path.ticks == sorted(path.ticks) and len(set(path.ticks)) == len(path.ticks)
-    assert path.summary["run"]["method"] == "m2o"
+    assert path.summary["run"]["method"] == "cross-sphere"
     sgd = [m["sgd_iters"] for m in path.metrics]
     assert sgd == sorted(sgd)  # counted along the path, also through the reversed part
 
@@ -75,7 +75,10 @@ def test_cross_sphere_path_has_exact_ends_and_phases(spheres, digits, tmp_path, 
 def test_same_sphere_chooses_plain_m2m(spheres):
     a, b = load_endpoint(spheres / "large"), load_endpoint(spheres / "large2")
     assert choose_method(a, b, ConnectConfig()) == "m2m"
-    assert choose_method(a, b, ConnectConfig(method="m2o")) == "m2o"
+    assert choose_method(a, b, ConnectConfig(method="cross-sphere")) == "cross-sphere"
+    with pytest.raises(ConfigError) as err:  # m2o is the walk to the origin: it connects nothing
+        choose_method(a, b, ConnectConfig(method="m2o"))
+    assert "M2O then M2M, which 'm2o' named before settings schema 2, is method='cross-sphere'" in str(err.value)
 
 
 @pytest.mark.slow
@@ -226,7 +229,7 @@ def test_a_certified_cross_sphere_path_holds_both_phases_under_the_ceiling(spher
     path = hf_llpf.connect(a, b, digits, config=config, run_dir=tmp_path / "run", progress=False)
     run = path.summary["run"]
     cert = run["certification"]
-    assert run["method"] == "m2o" and {"m2o", "m2m"} <= set(run["phases"])
+    assert run["method"] == "cross-sphere" and {"m2o", "m2m"} <= set(run["phases"])
     assert cert["certified"], cert["uncertified"]
     m2o_rows = [p for p in path.metrics if p["phase"] == "m2o"]
     assert m2o_rows and all(p["probe_loss"] <= cert["ceiling"] for p in m2o_rows)

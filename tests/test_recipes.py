@@ -67,7 +67,7 @@ def test_every_architecture_has_both_recipes():
     assert {"digits-small_cnn-train", "digits-small_cnn-llpf"} <= stems
     for arch in ("dla", "cct_7_3x1"):  # the paper also connects these across spheres
         config = build(ConnectConfig, load_recipe(RECIPES / f"{arch}-cifar10-cross-sphere.yaml"))
-        assert config.method == "m2o" and config.m2o.lr_policy == "var"
+        assert config.method == "cross-sphere" and config.m2o.lr_policy == "var" and config.schema_version == 2
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])

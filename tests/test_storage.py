@@ -232,7 +232,7 @@ def test_the_disk_estimate_counts_stored_bytes_once_per_tensor_and_warns_above_i
     assert not large
     line, large = disk_estimate(model, PointStorage(), method="m2m", stages=1000, config=config)
     assert large and "2001–2001 points: 8.02 GB–8.02 GB; point_dtype=bf16 halves that" in line  # max_ticks caps
-    assert disk_estimate(model, PointStorage(), method="m2o", stages=10, config=config) == (
+    assert disk_estimate(model, PointStorage(), method="cross-sphere", stages=10, config=config) == (
         "each point takes 4.0 MB on disk",
         False,
     )

@@ -22,7 +22,7 @@ from torch import nn
 from hf_llpf.algorithms.certify import Certifier, Verdict
 from hf_llpf.algorithms.guard import Advice, DivergenceGuard, diverged
 from hf_llpf.algorithms.segments import SegmentStart
-from hf_llpf.config import ConnectConfig
+from hf_llpf.config import SCHEMA, ConnectConfig
 from hf_llpf.errors import DivergenceError
 from hf_llpf.models import Endpoint
 from hf_llpf.run import RunWriter, point_name
@@ -324,7 +324,7 @@ class Method:
 
     def run_state(self) -> dict[str, Any]:
         """The run's checkpoint: which method, whether it is done, and its resumable state."""
-        return {"method": self.name, "done": self.finished, "state": self.state_dict()}
+        return {"method": self.name, "schema_version": SCHEMA, "done": self.finished, "state": self.state_dict()}
 
     @property
     def timing(self) -> dict[str, float]:

@@ -25,7 +25,7 @@ from hf_llpf.algorithms.certify import Certifier
 from hf_llpf.algorithms.m2m import M2M, TickState
 from hf_llpf.algorithms.m2o import M2O, moved_parameter_names
 from hf_llpf.algorithms.registry import register
-from hf_llpf.config import ConnectConfig
+from hf_llpf.config import SCHEMA, ConnectConfig
 from hf_llpf.models import Endpoint
 from hf_llpf.run import RunWriter
 from hf_llpf.run.layout import ASIDE
@@ -44,7 +44,7 @@ def larger_sphere_is_a(a: nn.Module, b: nn.Module, names: list[str]) -> bool:
     return bool(torch.log(va[ok] / vb[ok]).mean() > 0)
 
 
-@register("m2o")
+@register("cross-sphere")
 class CrossSphere:
     """M2O from the larger-sphere endpoint onto the other's sphere, then M2M: one resumable path θ_A → θ_B.
 
@@ -109,7 +109,7 @@ class CrossSphere:
 
     def run_state(self) -> dict:
         """The run's checkpoint: both phases and the M2O phase's last state."""
-        return {"method": self.name, "done": self.finished, "state": self.state_dict()}
+        return {"method": self.name, "schema_version": SCHEMA, "done": self.finished, "state": self.state_dict()}
 
     @property
     def finished(self) -> bool:

@@ -58,7 +58,7 @@ class WalkState(LoopState):
     reached: list[bool] = field(default_factory=list)
 
 
-@register("m2o-walk")
+@register("m2o")
 class M2O(Method):
     """Walk ``ctx.model`` toward the origin until each moved tensor reaches its target variance.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from hf_llpf.cli.args import add_settings_args, positive, threads
@@ -29,7 +30,8 @@ def register(sub) -> None:
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="evaluate the path, then publish it as this Hub repo")
     p.add_argument(
         "--method",
-        help="auto (default): M2M, or M2O+M2M when the endpoints are on different spheres; m2m; m2o",
+        help="auto (default): M2M, or M2O then M2M when the endpoints are on different spheres; m2m; cross-sphere "
+        "(m2o, the walk to the origin alone, named cross-sphere before settings schema 2)",
     )
     exist = p.add_mutually_exclusive_group()
     exist.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -42,10 +44,14 @@ def register(sub) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from hf_llpf.config import ConnectConfig, build
+    from hf_llpf.config import ConnectConfig, build, upgrade_settings
     from hf_llpf.recipes import apply_overrides, load_recipe
 
     values = load_recipe(args.recipe)
+    if args.recipe is not None:  # a recipe written before schema 2 names the methods as it did then
+        values, notice = upgrade_settings(values, where=f"recipe {args.recipe}")
+        if notice is not None:
+            logging.getLogger("hf_llpf").warning(notice)
     if args.data:
         values.setdefault("data", {})["source"] = args.data
     if args.method:

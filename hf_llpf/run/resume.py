@@ -3,23 +3,31 @@ records: the stretches of the sessions that wrote it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path as FsPath
 from typing import Any
 
 import hf_llpf.run.state as resume_state
-from hf_llpf.config import ConnectConfig
+from hf_llpf.config import SCHEMA, SCHEMA_1_METHODS, ConnectConfig, upgrade_settings
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.models import Endpoint
 from hf_llpf.run.layout import CHECKPOINT_DIR, CONFIG_YAML, ENDPOINTS_JSON, METRICS_JSON
 from hf_llpf.run.reader import read_metrics, read_run_json
 from hf_llpf.textfiles import check_kind, read_yaml
 
+logger = logging.getLogger(__name__)
+
 
 def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
-    """The resume checkpoint of ``run_dir``, or None (every process reads it; only the main one writes it)."""
-    return resume_state.load(FsPath(run_dir) / CHECKPOINT_DIR)
+    """The resume checkpoint of ``run_dir``, or None (every process reads it; only the main one writes it). A
+    checkpoint written before settings schema 2 names its method as schema 2 does (``m2o`` → ``cross-sphere``)."""
+    ckpt = resume_state.load(FsPath(run_dir) / CHECKPOINT_DIR)
+    if isinstance(ckpt, dict) and "schema_version" not in ckpt:
+        method = ckpt.get("method")
+        ckpt = {**ckpt, "schema_version": SCHEMA, "method": SCHEMA_1_METHODS.get(method, method)}
+    return ckpt
 
 
 # Settings a resume may change (the divergence guard's advice names them); each change is recorded in the summary.
@@ -74,7 +82,10 @@ def check_same_run(
 
 def _differences(root: FsPath, config: ConnectConfig) -> tuple[dict, dict, list[str]]:
     """The settings recorded in ``root/llpf_config.yaml``, those given, and the keys where they differ."""
-    saved = {**ADDED_SETTINGS, **read_yaml(root / CONFIG_YAML)}
+    saved, notice = upgrade_settings(read_yaml(root / CONFIG_YAML), where=str(root / CONFIG_YAML))
+    if notice is not None:
+        logger.warning(notice)
+    saved = {**ADDED_SETTINGS, **saved}
     now = config.model_dump(mode="json")
     return saved, now, sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
 
