@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -72,7 +73,7 @@ def shard_model(model: nn.Module) -> nn.Module:
 
 def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Largest difference relative to the reference's largest magnitude (elementwise ulp noise stays ~1e-7)."""
-    x, ref = x.double(), ref.double()
+    x, ref = x.detach().double(), ref.detach().double()
     diff = float((x - ref).abs().max()) if ref.numel() else 0.0
     scale = float(ref.abs().max()) if ref.numel() else 0.0
     return diff / scale if scale > 0 else diff  # an all-zero reference (a zero-initialised bias): absolute
@@ -248,6 +249,29 @@ def _one_process_bits(root: str, rank: int) -> dict[str, float]:
             "one_process_sharded": float(sum(isinstance(p, DTensor) for p in mine))}  # fmt: skip
 
 
+def _point_files(build, root: str, label: str, dtype, max_shard_size) -> dict[str, float]:
+    """A point written from the shards against the unsharded writer's folder: file names and bytes."""
+    from hf_llpf.models import save_model
+
+    whole, model = build(0), shard_model(build(0))
+    mine, ref = os.path.join(root, f"{label}_from_shards"), os.path.join(root, f"{label}_whole")
+    written = sharding.write_weights_from_shards(model.state_dict(), mine, max_shard_size=max_shard_size, dtype=dtype)
+    out = {f"{label}_files_written": float(len(written))}
+    if torch.distributed.get_rank() == 0:
+        save_model(whole, ref, kind="module", arch={}, dtype=dtype, max_shard_size=max_shard_size)
+        names = sorted(os.listdir(ref))
+        out[f"{label}_file_names_differ"] = float(names != sorted(os.listdir(mine)))
+        out[f"{label}_files"] = float(len(names))
+        differ = [Path(ref, n).read_bytes() != Path(mine, n).read_bytes() for n in names]
+        out[f"{label}_bytes_differ"] = float(sum(differ))
+    torch.distributed.barrier()  # the unsharded folder is written: each process reads its rows of it back
+    params = dict(model.named_parameters())
+    rows = sharding.read_local_slices(ref, params)
+    stored = [p.to_local().to(dtype or p.dtype).to(p.dtype) for p in params.values()]
+    out[f"{label}_folder_rows_differ"] = float(sum(not torch.equal(rows[n], t) for n, t in zip(params, stored)))
+    return out
+
+
 def _worker(rank: int, port: int, root: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -260,6 +284,8 @@ def _worker(rank: int, port: int, root: str) -> None:
         result["errors"].update(_model_errors(tiny_gpt, mesh, root, "gpt2"))
         result["errors"].update(_model_errors(tiny_cnn, mesh, root, "cnn"))
         result["errors"].update(_one_process_bits(root, rank))
+        result["points"] = _point_files(tiny_gpt, root, "gpt2", torch.bfloat16, 20_000)  # an index and shards
+        result["points"].update(_point_files(tiny_cnn, root, "cnn", None, "5GB"))  # one file, an int64 buffer
         with open(os.path.join(root, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
     finally:
@@ -372,3 +398,12 @@ def test_one_process_gives_the_unsharded_results_bit_for_bit(two_processes):
     for result in two_processes:
         assert result["errors"]["one_process_bits_differ"] == 0
         assert result["errors"]["one_process_sharded"] == 28  # every GPT-2 parameter was a DTensor (on one process)
+
+
+def test_a_point_written_from_shards_has_the_unsharded_writers_bytes_and_reads_back_by_rows(two_processes):
+    main, other = (result["points"] for result in two_processes)
+    assert main["gpt2_files"] > 2 and main["cnn_files"] == 1  # shards and an index; one model.safetensors
+    for label in ("gpt2", "cnn"):
+        assert main[f"{label}_file_names_differ"] == 0 and main[f"{label}_bytes_differ"] == 0
+        assert main[f"{label}_files_written"] == main[f"{label}_files"] and other[f"{label}_files_written"] == 0
+        assert main[f"{label}_folder_rows_differ"] == 0 and other[f"{label}_folder_rows_differ"] == 0

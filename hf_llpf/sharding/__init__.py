@@ -9,7 +9,9 @@ functions of :mod:`hf_llpf.geometry` give on the whole tensors, exchanging only 
 - :mod:`~hf_llpf.sharding.distance`: distances (sums of squares) and the move toward θ_B;
 - :mod:`~hf_llpf.sharding.variance`: variances (count, mean and squared deviations merged by Chan's formula)
   and the variance correction;
-- :mod:`~hf_llpf.sharding.slices`: this process's rows of θ_A and θ_B read from safetensors files.
+- :mod:`~hf_llpf.sharding.slices`: this process's rows of θ_A and θ_B read from safetensors files;
+- :mod:`~hf_llpf.sharding.points`: a point written from the shards one tensor at a time, the unsharded writer's
+  bytes.
 
 With one process (no tensor sharded) each function is the unsharded one itself. The tick loop does not run
 sharded yet (docs/distributed.md, "Models larger than one device").
@@ -17,6 +19,7 @@ sharded yet (docs/distributed.md, "Models larger than one device").
 
 from hf_llpf.sharding.distance import cosine_similarity, distance_to_origin, distances, move_toward_, total_distance
 from hf_llpf.sharding.layout import ShardGroup, local_parts, row_range
+from hf_llpf.sharding.points import write_weights_from_shards
 from hf_llpf.sharding.slices import read_local_slices, tensor_files
 from hf_llpf.sharding.variance import merge_moments, moments, project_to_variance_, variances
 
@@ -35,4 +38,5 @@ __all__ = [
     "tensor_files",
     "total_distance",
     "variances",
+    "write_weights_from_shards",
 ]
