@@ -61,14 +61,23 @@ def tiny_gpt(seed: int) -> nn.Module:
 
 
 def shard_model(model: nn.Module) -> nn.Module:
-    """fully_shard every GPT-2 block or the CNN's conv block, then the root (which takes the rest)."""
+    """fully_shard every GPT-2 block or the CNN's conv block, then the root: GPT-2's root takes the rest (the
+    embeddings, the final LayerNorm); the CNN's leaves its linear head out (plain parameters, held whole)."""
     from torch.distributed.fsdp import fully_shard
 
-    blocks = model.transformer.h if hasattr(model, "transformer") else [model[0]]
-    for block in blocks:
+    gpt = hasattr(model, "transformer")
+    for block in model.transformer.h if gpt else [model[0]]:
         fully_shard(block)
-    fully_shard(model)
+    fully_shard(model, ignored_params=None if gpt else set(model[2].parameters()))
     return model
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -167,10 +176,11 @@ def _model_errors(build, mesh, root: str, label: str) -> dict[str, float]:
     local_b = sharding.read_local_slices(path, {n: params[n] for n in names})
     b_sharded = dict(shard_model(b).named_parameters())
     err = {f"{label}_slices_differ_from_fully_shard": float(
-        sum(not torch.equal(local_b[n], b_sharded[n].to_local()) for n in names))}  # fmt: skip
+        sum(not torch.equal(local_b[n], _local(b_sharded[n])) for n in names))}  # fmt: skip
     sharding.move_toward_([params[n] for n in names], [local_b[n] for n in names], step_a=0.5, step_f=0.0)
     sharding.project_to_variance_([params[n] for n in names], var_b)
-    err[label] = max(_rel(params[n].full_tensor(), ref[n]) for n in names)
+    err[label] = max(_rel(_whole(params[n]), ref[n]) for n in names)
+    err[f"{label}_held_whole"] = float(sum(not hasattr(params[n], "to_local") for n in names))
     err[f"{label}_buffers_changed"] = float(sum(not torch.equal(t, buffers[n]) for n, t in model.named_buffers()))
     if label == "gpt2":
         err["gpt2_tie_broken"] = float(model.lm_head.weight is not model.transformer.wte.weight)
@@ -267,7 +277,7 @@ def _point_files(build, root: str, label: str, dtype, max_shard_size) -> dict[st
     torch.distributed.barrier()  # the unsharded folder is written: each process reads its rows of it back
     params = dict(model.named_parameters())
     rows = sharding.read_local_slices(ref, params)
-    stored = [p.to_local().to(dtype or p.dtype).to(p.dtype) for p in params.values()]
+    stored = [_local(p).to(dtype or p.dtype).to(p.dtype) for p in params.values()]
     out[f"{label}_folder_rows_differ"] = float(sum(not torch.equal(rows[n], t) for n, t in zip(params, stored)))
     return out
 
@@ -379,6 +389,7 @@ def test_fully_shard_models_move_and_correct_as_the_whole_model(two_processes):
         assert err["gpt2_tie_broken"] == 0 and err["gpt2_parameters"] == 28  # lm_head is wte: moved once
         assert err["gpt2_buffers_changed"] == 0 and err["cnn_buffers_changed"] == 0
         assert err["cnn_buffer_variances"] == 0  # held whole by every process, counted once
+        assert err["gpt2_held_whole"] == 0 and err["cnn_held_whole"] == 2  # the CNN's head is outside fully_shard
 
 
 def test_refusals_name_the_file_the_tensor_and_what_is_allowed(two_processes):
