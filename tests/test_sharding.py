@@ -155,6 +155,31 @@ def _synthetic_errors(mesh, rank: int) -> dict[str, float]:
     return err
 
 
+def _low_precision_errors(mesh, rank: int) -> dict[str, float]:
+    """bfloat16 and float16 tensors: the scalars to 1e-6; moves and corrections within one rounding of the dtype."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    err = {}
+    for label, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        a = {n: t.to(dtype) for n, t in kinds(0).items()}
+        b = {n: t.to(dtype) for n, t in kinds(1).items()}
+        whole_a, whole_b = list(a.values()), list(b.values())
+        shards = [distribute_tensor(t.clone(), mesh, [Shard(0)]) for t in whole_a]
+        local_b = [t[slice(*sharding.row_range(len(t), rank=rank, world=2))] for t in whole_b]
+        ref_var, ref_dist = geometry.variances(whole_a), geometry.distances(whole_a, whole_b)
+        var_err = ((sharding.variances(shards) - ref_var).abs() / ref_var).max()
+        dist_err = ((sharding.distances(shards, local_b) - ref_dist).abs() / ref_dist).max()
+        err[f"{label}_scalars"] = max(float(var_err), float(dist_err))
+        geometry.move_toward_(whole_a, whole_b, step_a=0.3, step_f=0.05)
+        sharding.move_toward_(shards, local_b, step_a=0.3, step_f=0.05)
+        err[f"{label}_move"] = max(_rel(s.full_tensor(), r) for s, r in zip(shards, whole_a))
+        targets = geometry.variances(whole_b)
+        geometry.project_to_variance_(whole_a, targets)
+        sharding.project_to_variance_(shards, targets)
+        err[f"{label}_correction"] = max(_rel(s.full_tensor(), r) for s, r in zip(shards, whole_a))
+    return err
+
+
 def _model_errors(build, mesh, root: str, label: str) -> dict[str, float]:
     """Move halfway to θ_B then correct, sharded (θ_B read by rows from its file) and on the whole model."""
     a, b = build(0), build(1)
@@ -177,6 +202,10 @@ def _model_errors(build, mesh, root: str, label: str) -> dict[str, float]:
     b_sharded = dict(shard_model(b).named_parameters())
     err = {f"{label}_slices_differ_from_fully_shard": float(
         sum(not torch.equal(local_b[n], _local(b_sharded[n])) for n in names))}  # fmt: skip
+    b_rows = sharding.shards_like([params[n] for n in names], [local_b[n] for n in names])
+    # (zero-initialised GPT-2 biases have variance 0 in both: the clamp makes their error 0, not 0/0)
+    var_err = (sharding.variances(b_rows) - var_b).abs() / var_b.clamp_min(1e-30)
+    err[f"{label}_target_variances"] = float(var_err.max())
     sharding.move_toward_([params[n] for n in names], [local_b[n] for n in names], step_a=0.5, step_f=0.0)
     sharding.project_to_variance_([params[n] for n in names], var_b)
     err[label] = max(_rel(_whole(params[n]), ref[n]) for n in names)
@@ -291,6 +320,7 @@ def _worker(rank: int, port: int, root: str) -> None:
 
         mesh = init_device_mesh("cpu", (2,))
         result = {"errors": _synthetic_errors(mesh, rank), "refusals": _refusals(root)}
+        result["errors"].update(_low_precision_errors(mesh, rank))
         result["errors"].update(_model_errors(tiny_gpt, mesh, root, "gpt2"))
         result["errors"].update(_model_errors(tiny_cnn, mesh, root, "cnn"))
         result["errors"].update(_one_process_bits(root, rank))
@@ -378,6 +408,10 @@ def test_two_processes_agree_with_the_unsharded_maths(two_processes):
         assert err["shard_rows_mismatch"] == 0  # distribute_tensor's rows are row_range's
         assert err["landing_bits_differ"] == 0  # a step that covers the distance lands bit for bit
         assert err["naive_layernorm"] > 100 * TOLERANCE  # the test tensor does catch a one-pass variance
+        for label, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):  # within one rounding of the dtype
+            assert err[f"{label}_scalars"] <= TOLERANCE, (label, err[f"{label}_scalars"])
+            eps = torch.finfo(dtype).eps
+            assert err[f"{label}_move"] <= eps and err[f"{label}_correction"] <= eps, (label, err)
     assert two_processes[0]["errors"] == two_processes[1]["errors"]  # the same scalars on every process
 
 
@@ -385,6 +419,7 @@ def test_fully_shard_models_move_and_correct_as_the_whole_model(two_processes):
     for result in two_processes:
         err = result["errors"]
         assert err["gpt2"] <= TOLERANCE and err["cnn"] <= TOLERANCE, (err["gpt2"], err["cnn"])
+        assert err["gpt2_target_variances"] <= TOLERANCE and err["cnn_target_variances"] <= TOLERANCE  # θ_B's rows
         assert err["gpt2_slices_differ_from_fully_shard"] == 0 and err["cnn_slices_differ_from_fully_shard"] == 0
         assert err["gpt2_tie_broken"] == 0 and err["gpt2_parameters"] == 28  # lm_head is wte: moved once
         assert err["gpt2_buffers_changed"] == 0 and err["cnn_buffers_changed"] == 0

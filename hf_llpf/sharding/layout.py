@@ -18,7 +18,7 @@ from torch import Tensor
 
 from hf_llpf.errors import ShardingError
 
-__all__ = ["ShardGroup", "local_parts", "row_range"]
+__all__ = ["ShardGroup", "local_parts", "row_range", "shards_like"]
 
 
 def row_range(rows: int, *, rank: int, world: int) -> tuple[int, int]:
@@ -108,3 +108,31 @@ def local_parts(tensors: Sequence[Tensor]) -> tuple[list[Tensor], list[bool], Sh
     if mesh is None or mesh.size() == 1:
         return parts, sharded, ShardGroup()
     return parts, sharded, ShardGroup(mesh.get_group(), mesh.get_local_rank(), mesh.size())
+
+
+def shards_like(model_tensors: Sequence[Tensor], parts: Sequence[Tensor]) -> list[Tensor]:
+    """``parts`` (this process's rows of other tensors, e.g. θ_B's from :func:`read_local_slices`) as tensors laid
+    out like ``model_tensors``: a DTensor of the same mesh, placement and global shape where the model's is one.
+
+    The functions that read one list of tensors only (:func:`variances`) take their layout from it: rows given as
+    plain tensors would count as whole tensors.
+
+    Raises:
+        ShardingError: a part whose shape is not the model tensor's local shape.
+    """
+    local, sharded, _ = local_parts(list(model_tensors))
+    out = []
+    for k, (t, mine, part, split) in enumerate(zip(model_tensors, local, parts, sharded, strict=True)):
+        if part.shape != mine.shape:
+            raise ShardingError(
+                f"tensor #{k}: this process holds a part of shape {tuple(mine.shape)} but was given "
+                f"{tuple(part.shape)}; allowed: the same rows of the same tensor"
+            )
+        if not split:
+            out.append(part)
+            continue
+        from torch.distributed.tensor import DTensor
+
+        out.append(DTensor.from_local(part, t.device_mesh, t.placements, run_check=False, shape=t.shape,
+                                      stride=t.stride()))  # fmt: skip
+    return out

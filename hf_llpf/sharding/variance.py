@@ -20,7 +20,7 @@ from torch import Tensor
 
 from hf_llpf import geometry
 from hf_llpf.errors import ConfigError
-from hf_llpf.sharding.collectives import gather_scalars
+from hf_llpf.sharding.collectives import gather_scalars, sum_scalars
 from hf_llpf.sharding.layout import ShardGroup, local_parts
 
 __all__ = ["merge_moments", "moments", "project_to_variance_", "variances"]
@@ -102,9 +102,14 @@ def variances(tensors: Sequence[Tensor]) -> Tensor:
     return torch.where(n > 1, stats[:, 2] / (n - 1).clamp_min(1.0), torch.zeros_like(n))
 
 
+def _reduction_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the unsharded correction measures a tensor's mean in (bfloat16/float16 are reduced in float32)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def _rounded(values: list[float], dtypes: list[torch.dtype]) -> list[float]:
-    """Each value rounded to its tensor's dtype (a scalar the tensor's own arithmetic represents exactly)."""
-    return [float(torch.tensor(v, dtype=torch.float64).to(d)) for v, d in zip(values, dtypes, strict=True)]
+    """Each value as the unsharded correction holds its mean: rounded to the tensor's reduction dtype."""
+    return [float(torch.tensor(v, dtype=torch.float64).to(_reduction_dtype(d))) for v, d in zip(values, dtypes)]
 
 
 @torch.no_grad()
@@ -114,7 +119,8 @@ def project_to_variance_(tensors: Sequence[Tensor], targets: Tensor) -> None:
     The same correction as :func:`hf_llpf.geometry.project_to_variance_` (``x ← μ + (x − μ)·sqrt(v/var)``;
     which tensors are left alone is decided the same way, from the whole tensors' figures) and, with one
     process, that function itself. Over several, μ and var come from the merged moments, so every process
-    scales its rows by the same factor. Collective over the tensors' mesh.
+    scales its rows by the same factor, and the deviations' remainder that geometry measures is summed over the
+    processes (two gathers of scalars in all). Collective over the tensors' mesh.
 
     Args:
         tensors: the tensors to correct (DTensors placed ``Shard(0)`` or plain tensors), changed in place.
@@ -142,10 +148,18 @@ def project_to_variance_(tensors: Sequence[Tensor], targets: Tensor) -> None:
     xs = [parts[idx[k]] for k in keep]
     mu = [means[k] for k in keep]
     s = [factors[k] for k in keep]
-    m = _rounded(mu, [x.dtype for x in xs])  # the mean as the tensor's dtype holds it: x − m is exact near m
-    # The float64 mean is known, so the part of it that m left out is added back scaled by (1 − s): the mean is
-    # kept without a second pass over the data (geometry measures that remainder, having only a float32 mean).
-    offsets = [mk + (uk - mk) * (1.0 - sk) for mk, uk, sk in zip(m, mu, s, strict=True)]
+    m = _rounded(mu, [x.dtype for x in xs])  # the mean as geometry holds it (float32 for bfloat16/float16)
     torch._foreach_sub_(xs, m)
+    # As in geometry, the deviations' own mean r (what rounding m, and the deviations in a low-precision dtype,
+    # left over) is measured and added back as m + r·(1 − s), in the tensor's dtype: the mean stays exact even
+    # when s is large. One more scalar per tensor from every process.
+    owned = [sharded[idx[k]] or group.rank == 0 for k in keep]
+    sums = [torch.sum(x, dtype=torch.float64) if o else torch.zeros((), dtype=torch.float64, device=x.device)
+            for x, o in zip(xs, owned, strict=True)]  # fmt: skip
+    r = (sum_scalars(torch.stack(sums), group) / stats[keep, 0]).tolist()
+    offsets = [
+        torch.tensor(rk * (1.0 - sk) + mk, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
+        for x, rk, sk, mk in zip(xs, r, s, m, strict=True)
+    ]
     torch._foreach_mul_(xs, s)
     torch._foreach_add_(xs, offsets)
