@@ -83,3 +83,8 @@ class UnsafeEndpointError(LLPFError, ValueError):
 class HubConflictError(LLPFError, ValueError):
     """A push would delete or replace files of the Hub repo that no earlier push of hf_llpf published; nothing
     was uploaded. The message lists them and the options that allow it."""
+
+
+class ShardingError(LLPFError, ValueError):
+    """Tensors spread over processes in a way hf_llpf does not handle (a placement other than FSDP2's dim-0 chunks,
+    shards of different meshes, a target shard that does not match the model's); the message says what is allowed."""

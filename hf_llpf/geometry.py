@@ -26,6 +26,7 @@ from hf_llpf.errors import ConfigError
 __all__ = [
     "LR_POLICIES",
     "angle_conformal_factor",
+    "apply_move_",
     "cosine_similarity",
     "distance_to_origin",
     "distances",
@@ -257,6 +258,36 @@ def move_toward_(
         return torch.zeros(0, dtype=torch.float64)
     diffs = torch._foreach_sub([t.detach() for t in target], [c.detach() for c in current])  # d = θ_B − θ
     dist = torch.sqrt(_stack64([_sqnorm(d) for d in diffs], _device_of(current)))  # (K,)
+    return apply_move_(current, target, diffs, dist, step_a=step_a, step_f=step_f)
+
+
+@torch.no_grad()
+def apply_move_(
+    current: Sequence[Tensor],
+    target: Sequence[Tensor],
+    diffs: Sequence[Tensor],
+    dist: Tensor,
+    *,
+    step_a: float,
+    step_f: float | Tensor,
+) -> Tensor:
+    """The update of :func:`move_toward_` once the differences and their norms are known, in place.
+
+    Split out so that a caller holding only part of each tensor (a process's shard, :mod:`hf_llpf.sharding`)
+    applies the same update with norms summed over every process: ``dist`` must be the whole tensors' norms.
+
+    Args:
+        current: the tensors θ[k] to move (modified in place).
+        target: the target tensors, same shapes.
+        diffs: ``target[k] − current[k]`` (consumed: scaled in place).
+        dist: 1-D tensor of the whole tensors' ‖d_k‖₂.
+        step_a: fraction of the remaining distance per move.
+        step_f: fixed L2 step length per move (a scalar or one value per tensor).
+
+    Returns:
+        1-D float64 tensor of remaining distances after the move, as :func:`move_toward_` returns them.
+    """
+    current, target, diffs = list(current), list(target), list(diffs)
     step = step_sizes(dist, step_a=step_a, step_f=step_f)
     arrive = (step >= dist) & (dist > 0)
     remaining = torch.where(arrive | (dist == 0), torch.zeros_like(dist), dist - step)
