@@ -432,3 +432,23 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_library_s_repeated_messages_are_said_once_with_their_count(capsys):
+    import logging
+
+    from hf_llpf.logging import configured, folded
+
+    library, api = logging.getLogger("huggingface_hub"), logging.getLogger("huggingface_hub.hf_api")
+    before = (list(library.handlers), library.propagate)
+    with configured("info"), folded("huggingface_hub"):
+        for _ in range(3):
+            api.warning("No files have been modified since last commit.")
+        api.warning("another message")
+        assert capsys.readouterr().err == ""  # held until the block ends
+    assert capsys.readouterr().err.splitlines() == [
+        "hf-llpf: huggingface_hub (3 times): No files have been modified since last commit.",
+        "hf-llpf: huggingface_hub: another message",
+    ]
+    assert (library.handlers, library.propagate) == before  # the library's own handlers are back
+

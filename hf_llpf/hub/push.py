@@ -43,6 +43,7 @@ from hf_llpf.hub.public import (
 from hf_llpf.hub.revisions import branch_name, push_point_branches
 from hf_llpf.hub.spec import check_branch_name, parse_repo_spec
 from hf_llpf.hub.upload import FILES_PER_COMMIT, PRUNE_PATTERNS, commit_in_batches
+from hf_llpf.logging import folded
 from hf_llpf.remote_code import removed_note, strip_files
 from hf_llpf.run import METRICS_JSON, Path, atomic_write_text, read_metrics
 from hf_llpf.run.layout import ASSETS_DIR, ENDPOINTS_JSON, README
@@ -388,9 +389,14 @@ def push_path(
         "delete_other": bool(delete_other),
         "delete_patterns": delete_patterns,
     }
-    with hub_errors(api, repo_id=repo_id):
+    # huggingface_hub says "No files have been modified since last commit" for every commit that changes nothing
+    # (each unchanged point branch): each of its messages is said once, with a count, at the end.
+    with folded("huggingface_hub"), hub_errors(api, repo_id=repo_id):
         result = _push(api, repo_id=repo_id, files=files, revision=revision, private=private, tag=tag, opts=opts)
         if point_revisions:
+            n = result["commits"]
+            made = f"{n} commit{'s' if n > 1 else ''}" if n else "unchanged, no commit"
+            logger.info(f"{repo_id}@{revision}: {made}; next, {len(pub.published)} point branches")
             result["point_revisions"] = _point_branches(api, root, result["commit"], pub, options, opts)
     card = files[README]
     if not (root / README).is_file() or (root / README).read_bytes() != card:
