@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -274,6 +275,10 @@ def test_cli_under_torchrun(root, tmp_path):
     result = _torchrun(args, tmp_path, bars=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("path written to") == 1  # printed by the main process only
+    # The endpoints were trained by `hf-llpf train`: the end line sets the run's wall time against A's training.
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("path written to")]
+    assert re.search(r"; \d+\.\d s wall time, \d+\.\d× the training of endpoint A \(\d+\.\d s for \d+ iterations, "
+                     r"as its metrics.json records\)$", line), line  # fmt: skip
     # Both processes were asked for bars and see a terminal: only the main one draws them.
     bars = _bars(tmp_path)
     assert list(bars) == ["rank0"] and "llpf m2m stages" in bars["rank0"], bars
