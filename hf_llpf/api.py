@@ -105,6 +105,7 @@ def connect(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )
     config = used_precision(config, accelerator)
+    progress = progress and accelerator.is_main_process  # one bar (or one set of progress lines) per run
     run_log = RunLog() if accelerator.is_main_process else None
     try:
         return _connect(model_a, model_b, train_data, config, run_dir, loss_fn, exist, progress, accelerator,
@@ -361,6 +362,7 @@ def walk_to_origin(
     config = resolve_config(config)
     accelerator = accelerator or make_accelerator(mixed_precision=config.mixed_precision)
     config = used_precision(config, accelerator)
+    progress = progress and accelerator.is_main_process  # one bar per run
     if config.m2o.target_variance >= 1:
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
     seed_everything(config.seed)

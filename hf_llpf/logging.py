@@ -112,6 +112,38 @@ class RunLog:
             stream.close()
 
 
+class _Collector(logging.Handler):
+    """Holds a library's messages: each distinct text once, in order, with its level and how often it came."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: dict[str, list[int]] = {}  # message -> [level, count]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        entry = self.seen.setdefault(record.getMessage(), [record.levelno, 0])
+        entry[0], entry[1] = max(entry[0], record.levelno), entry[1] + 1
+
+
+@contextlib.contextmanager
+def folded(library: str = "huggingface_hub", *, into: str = NAME) -> Iterator[None]:
+    """Within the block, ``library``'s log messages are held and each distinct one is said once at the end, through
+    the ``into`` logger (so at its level: ``-q`` keeps warnings), with how often it came: ``huggingface_hub
+    (135 times): No files have been modified since last commit. ...`` instead of 135 lines (one per commit that
+    changed nothing). The library's own handlers and propagation are restored afterwards, also after an error."""
+    lib = logging.getLogger(library)
+    saved = list(lib.handlers), lib.propagate
+    collector = _Collector()
+    lib.handlers[:] = [collector]
+    lib.propagate = False
+    try:
+        yield
+    finally:
+        lib.handlers[:], lib.propagate = saved
+        out = logging.getLogger(into)
+        for message, (level, count) in collector.seen.items():
+            out.log(level, f"{library}" + (f" ({count} times)" if count > 1 else "") + f": {message}")
+
+
 @contextlib.contextmanager
 def configured(level: int | str = "info") -> Iterator[logging.Logger]:
     """:func:`configure` for the duration of a block (the CLI's ``main``); the logger's previous level, handlers

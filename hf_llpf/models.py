@@ -157,6 +157,7 @@ def load_endpoint(
     model_args: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
     allowed_root: str | os.PathLike | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Endpoint:
     """Load one endpoint.
 
@@ -168,6 +169,8 @@ def load_endpoint(
         trust_remote_code: passed to transformers; off unless asked.
         allowed_root: for a folder ``spec`` read from an untrusted place (a point of a run directory): every file
             in it must resolve inside this folder once links are followed, or nothing is read.
+        dtype: for a transformers model folder, the floating dtype to build the model in (None: the dtype its
+            ``config.json`` names); a run reads its points, stored in ``point_dtype``, back in the endpoints' dtype.
 
     Raises:
         UnknownNameError, CorruptCheckpointError, OfflineError: see the messages. UnsafeEndpointError: a timm
@@ -180,7 +183,12 @@ def load_endpoint(
     path = Path(spec)
     if path.is_dir():
         return _load_folder(
-            path, source=spec, revision=None, trust_remote_code=trust_remote_code, allowed_root=allowed_root
+            path,
+            source=spec,
+            revision=None,
+            trust_remote_code=trust_remote_code,
+            allowed_root=allowed_root,
+            dtype=dtype,
         )
     if spec.endswith(".safetensors"):
         if not path.is_file():
@@ -216,7 +224,13 @@ def load_endpoint(
 
 
 def _load_folder(
-    path: Path, *, source: str, revision: str | None, trust_remote_code: bool, allowed_root: str | os.PathLike | None
+    path: Path,
+    *,
+    source: str,
+    revision: str | None,
+    trust_remote_code: bool,
+    allowed_root: str | os.PathLike | None,
+    dtype: torch.dtype | None = None,
 ) -> Endpoint:
     if allowed_root is not None:  # an untrusted folder: no file of it may lead outside, whatever reads it
         from hf_llpf.safe_paths import walk_files
@@ -247,7 +261,8 @@ def _load_folder(
         arch = {"architecture": config["architecture"], "model_args": model_args}
         return Endpoint(model.eval(), "timm", source, revision or local_revision(*files), arch)
     if "model_type" in config:  # transformers
-        model = _load_transformers(str(path), config, trust_remote_code=trust_remote_code)
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        model = _load_transformers(str(path), config, trust_remote_code=trust_remote_code, **kwargs)
         rev = revision or (local_revision(*files) if files else None)
         return Endpoint(model.eval(), "transformers", source, rev, model.config.to_dict())
     raise UnknownNameError(
@@ -380,11 +395,13 @@ def save_model(
     if kind == "transformers":
         from hf_llpf.progress import library_bars
 
-        # config.json keeps the model's dtype: from_pretrained (dtype "auto" in transformers 5) then builds the
-        # model the path was judged with, holding the stored numbers.
         state = cast_floating(model.state_dict(), dtype) if dtype is not None else None
         with library_bars():
             model.save_pretrained(directory, safe_serialization=True, state_dict=state, max_shard_size=shard)
+        if dtype is not None:
+            # config.json names the stored dtype, so from_pretrained (dtype "auto" in transformers 5) builds the
+            # model in it instead of upcasting; hf_llpf reads a run's points back in the endpoints' dtype.
+            set_config_dtype(directory / "config.json", dtype)
         if not keep_auto_map:  # an endpoint's pointer to another repo's code is not republished with the point
             from hf_llpf.remote_code import strip_file
 
@@ -404,6 +421,22 @@ def save_model(
         write_timm_config(model, directory, arch)
     usual_permissions(directory)
     return directory
+
+
+def set_config_dtype(config_file: Path, dtype: torch.dtype) -> None:
+    """Record ``dtype`` in a transformers ``config.json`` under the key the installed transformers writes
+    (``dtype`` from version 5, ``torch_dtype`` before; both when the file has both)."""
+    import json
+
+    import transformers
+
+    data = json.loads(config_file.read_text())
+    keys = [k for k in ("dtype", "torch_dtype") if k in data]
+    if not keys:
+        keys = ["dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"]
+    for key in keys:
+        data[key] = str(dtype).removeprefix("torch.")
+    config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def check_endpoints_match(a: nn.Module, b: nn.Module) -> None:

@@ -77,6 +77,7 @@ def make_run_dir(
     hub_ids: tuple[str, str] | None = None,
     command: str | None = "hf-llpf connect org/a org/b --data digits --seed 0",
     report: bool = True,
+    evaluated: bool = False,
 ) -> Path:
     """Write a fake run directory of five points between two endpoints; returns ``root``.
 
@@ -85,6 +86,8 @@ def make_run_dir(
         hub_ids: endpoint ids as Hub repos (recorded with a 40-hex revision) instead of local folders.
         command: the ``command`` entry of ``endpoints.json`` (None: not recorded).
         report: write an evaluation report section into README.md.
+        evaluated: give every point the evaluation's own train figures (``eval_train_loss``/``eval_train_acc``,
+            from :func:`eval_train`), as ``hf-llpf evaluate`` does.
     """
     a, b = make_endpoints(kind)
     ep = with_data_config(as_endpoint(a), DIGITS_DATA_CONFIG)
@@ -106,6 +109,8 @@ def make_run_dir(
         loss = 0.1 + 0.2 * (1 - abs(2 * t - 1))
         row = PointRecord(index, tick, min(index, 2), phase, loss, 3, 10.0 * t, 10.0 * (1 - t), index in (0, 4), rel)
         points.append({**row.row(), "test_acc": 0.9 - 0.01 * index, "test_loss": 0.2 + 0.01 * index})
+        if evaluated:
+            points[-1].update(zip(("eval_train_loss", "eval_train_acc"), eval_train(index, loss), strict=True))
         ticks.append(TickRecord(tick, min(index, 2), loss, 3, 3 * index).row())
     writer.write_metrics(points, ticks, SUMMARY)
 
@@ -137,6 +142,11 @@ def make_run_dir(
     if report:
         (root / "README.md").write_text("# old card\n\n" + REPORT + "\n")
     return root
+
+
+def eval_train(index: int, loss: float) -> tuple[float, float]:
+    """The evaluated train loss and accuracy a fixture point gets with ``evaluated=True``."""
+    return round(loss + 0.01, 6), round(0.99 - 0.02 * index, 6)
 
 
 def _arch(ep, model) -> str:

@@ -133,6 +133,7 @@ def timm_export(cfg: dict, out: dict) -> dict:
         "digest": state_digest(model.state_dict()),
         "base_model": card.data.base_model,
         "relation": card.data.base_model_relation,
+        "figures": {f"{r.metric_name} ({r.dataset_split})": r.metric_value for r in card.data.eval_results or []},
     }
 
 
@@ -145,7 +146,9 @@ def card() -> dict:
         "relation": c.data.base_model_relation,
         "library": c.data.library_name,
         "tags": c.data.tags,
-        "figures": {r.metric_name: r.metric_value for r in c.data.eval_results},
+        "figures": {f"{r.metric_name} ({r.dataset_split})": r.metric_value for r in c.data.eval_results or []},
+        "datasets": c.data.datasets,
+        "dataset_ids": sorted({r.dataset_type for r in c.data.eval_results or []}),
     }
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -217,43 +218,96 @@ def test_two_process_evaluation_equals_one_process(root, digits):
         assert sharded == single  # the same numbers, bit for bit, whichever process evaluated each point
 
 
+# Loaded first by every process of a launch (on PYTHONPATH): stderr says it is a terminal, so each process draws
+# the bars it was asked for, and every bar drawn is recorded per rank (tqdm bars carry no rank to count them by).
+_BAR_RECORDER = """
+import json, os, sys
+
+class _Terminal:
+    def __init__(self, stream):
+        self._stream = stream
+
+    def isatty(self):
+        return True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+sys.stderr = _Terminal(sys.stderr)
+
+import tqdm.std
+
+_init = tqdm.std.tqdm.__init__
+
+def _recorded(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    if not self.disable and "RANK" in os.environ:
+        with open(os.path.join(os.environ["HF_LLPF_BARS"], "rank" + os.environ["RANK"]), "a") as f:
+            f.write(json.dumps(str(self.desc)) + "\\n")
+
+tqdm.std.tqdm.__init__ = _recorded
+"""
+
+
+def _torchrun(args: list[str], tmp_path, *, bars: bool = False) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 -m hf_llpf.cli ARGS`` (with ``bars``: every bar drawn is recorded
+    in ``tmp_path/bars/rank<N>``, stderr passing for a terminal)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hf_llpf.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if bars:
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "sitecustomize.py").write_text(_BAR_RECORDER)
+        (tmp_path / "bars").mkdir()
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")])
+        env["HF_LLPF_BARS"] = str(tmp_path / "bars")
+        env.pop("TQDM_DISABLE", None)
+    return subprocess.run(cmd + args, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _bars(tmp_path) -> dict[str, list[str]]:
+    return {f.name: [json.loads(x) for x in f.read_text().splitlines()] for f in sorted((tmp_path / "bars").iterdir())}
+
+
 @pytest.mark.slow
 def test_cli_under_torchrun(root, tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "hf_llpf.cli",
-        "connect",
-        str(root / "a"),
-        str(root / "b"),
-        "--data",
-        "digits",
-        "--out",
-        str(tmp_path / "run"),
-        "--no-progress",
-        "step_r=0.2",
-        "max_iters=5",
-        "repair_budget=8",
-        f"loss_ceiling={GENEROUS_CEILING}",
-        "sync_check_every=1",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    args = ["connect", str(root / "a"), str(root / "b"), "--data", "digits", "--out", str(tmp_path / "run")]
+    args += ["step_r=0.2", "max_iters=5", "repair_budget=8", f"loss_ceiling={GENEROUS_CEILING}", "sync_check_every=1"]
+    result = _torchrun(args, tmp_path, bars=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("path written to") == 1  # printed by the main process only
+    # The endpoints were trained by `hf-llpf train`: the end line sets the run's wall time against A's training.
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("path written to")]
+    assert re.search(r"; \d+\.\d s wall time, \d+\.\d× the training of endpoint A \(\d+\.\d s for \d+ iterations, "
+                     r"as its metrics.json records\)$", line), line  # fmt: skip
+    # Both processes were asked for bars and see a terminal: only the main one draws them.
+    bars = _bars(tmp_path)
+    assert list(bars) == ["rank0"] and "llpf m2m stages" in bars["rank0"], bars
     path = hf_llpf.Path(tmp_path / "run")
     assert path.metrics[-1]["phase"] == "end" and len(path) > 2
     assert path.summary["run"]["launch"]["processes"] == 2 and "note" not in path.summary["run"]["launch"]
     starts = [line for line in result.stderr.splitlines() if "process(es) on cpu" in line]
-    assert starts == [
+    assert [line.rsplit("\r", 1)[-1] for line in starts] == [
         "hf-llpf: [RANK 0] 2 process(es) on cpu (data-parallel, multi_cpu), sharding: none (every "
         "process holds the whole model), mixed precision: no"
     ]  # fmt: skip (rank named: 2 processes)
+
+
+@pytest.mark.slow
+def test_evaluate_under_torchrun_speaks_once(root, digits, tmp_path):
+    import shutil
+
+    if not (root / "run1").exists():
+        hf_llpf.connect(root / "a", root / "b", digits, config=CONFIG, run_dir=root / "run1", progress=False)
+    run = shutil.copytree(root / "run1", tmp_path / "run")
+    args = ["evaluate", str(run), "--train-subset", "200", "--linear-points", "3", "--continuity", "0"]
+    result = _torchrun(args, tmp_path, bars=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    # The table, the written line and the verdict, once each (both processes judged their share of the points).
+    assert out.count("points evaluated on 200 train") == 1 and out.count("| figure | LLPF | linear |") == 1
+    assert out.count(f"written: {run / 'path_metrics.json'}, plots/, README.md") == 1
+    assert out.count("verdict: ") == 1 and out.rstrip("\n").splitlines()[-1].startswith("verdict: ")
+    assert list(_bars(tmp_path)) == ["rank0"]  # the evaluation's bars: the main process only
 
 
 @pytest.mark.slow

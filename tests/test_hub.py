@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_fixtures import SUMMARY, make_run_dir, tree_digest
+import yaml
+from hub_fixtures import make_run_dir, tree_digest
 
 from hf_llpf import __version__
 from hf_llpf.errors import ConfigError, OfflineError, RunDirectoryError, UnknownNameError
@@ -35,6 +36,7 @@ from hf_llpf.hub import (
     push_path,
     select_point,
 )
+from hf_llpf.hub.card import Publication
 from hf_llpf.run import Path as LLPFPath
 
 torch.set_num_threads(1)
@@ -48,7 +50,7 @@ TOKEN = "hf_standinSECRETtoken0123456789abcdef"
 def runs(tmp_path_factory):
     """One timm run with Hub endpoints and one transformers run with local endpoints (read-only in tests)."""
     base = tmp_path_factory.mktemp("runs")
-    timm_run = make_run_dir(base / "timm", kind="timm", hub_ids=("org/a", "org/b"))
+    timm_run = make_run_dir(base / "timm", kind="timm", hub_ids=("org/a", "org/b"), evaluated=True)
     bert_run = make_run_dir(base / "bert", kind="transformers", command=None, report=False)
     return {"timm": timm_run, "bert": bert_run}
 
@@ -61,7 +63,7 @@ def runs(tmp_path_factory):
 def test_card_metadata_round_trips_through_modelcard_load(runs, tmp_path):
     from huggingface_hub import ModelCard
 
-    card = build_model_card(runs["timm"], repo_id="me/path")
+    card = build_model_card(runs["timm"], repo_id="me/path", publication=Publication(root=(2, "mid")))
     (tmp_path / "README.md").write_text(str(card))
     loaded = ModelCard.load(tmp_path / "README.md")
     data = loaded.data
@@ -70,13 +72,13 @@ def test_card_metadata_round_trips_through_modelcard_load(runs, tmp_path):
     assert data.library_name == "timm"
     assert data.tags == CARD_TAGS
     assert data.model_name == "path"
+    row = json.loads((runs["timm"] / "path_metrics.json").read_text())["points"][2]
     figures = {r.metric_name: (r.metric_type, r.metric_value, r.dataset_split) for r in data.eval_results}
-    assert figures == {  # the path's own results only (test_hub_card.py checks the rest of the conventions)
-        "max train loss along the path": ("loss", SUMMARY["llpf"]["max_train_loss"], "train"),
-        "loss barrier of the path": ("loss", SUMMARY["llpf"]["barrier"], "train"),
-        "min train accuracy along the path": ("accuracy", SUMMARY["llpf"]["min_train_acc"], "train"),
-        "max test loss along the path": ("loss", SUMMARY["llpf"]["test_loss_range"][1], "test"),
-        "min test accuracy along the path": ("accuracy", SUMMARY["llpf"]["test_acc_range"][0], "test"),
+    assert figures == {  # the root model's own figures only (test_hub_card.py checks the rest of the conventions)
+        "train loss": ("loss", row["eval_train_loss"], "train"),
+        "train accuracy": ("accuracy", row["eval_train_acc"], "train"),
+        "test loss": ("loss", row["test_loss"], "test"),
+        "test accuracy": ("accuracy", row["test_acc"], "test"),
     }
     assert {r.task_type for r in data.eval_results} == {"image-classification"}
     text = loaded.text
@@ -92,10 +94,14 @@ def test_card_metadata_round_trips_through_modelcard_load(runs, tmp_path):
 
 
 def test_card_with_local_endpoints_and_no_recorded_command(runs):
-    card = build_model_card(runs["bert"], repo_id="me/bert-path")
+    card = build_model_card(runs["bert"], repo_id="me/bert-path", publication=Publication(root=(2, "mid")))
     assert card.data.base_model is None and card.data.get("base_model_relation") is None
     assert card.data.library_name == "transformers" and card.data.datasets is None  # "digits" is not a Hub id
-    assert {r.task_type for r in card.data.eval_results} == {"text-classification"}
+    # Not evaluated: the root has its test figures only.
+    assert {(r.task_type, r.metric_name) for r in card.data.eval_results} == {
+        ("text-classification", "test loss"),
+        ("text-classification", "test accuracy"),
+    }
     assert (
         'AutoModelForSequenceClassification.from_pretrained("me/bert-path", subfolder="points/t_000010")' in card.text
     )
@@ -131,6 +137,17 @@ def test_export_point_writes_a_standalone_timm_model_with_its_card(runs, tmp_pat
     assert card.data.base_model == ["org/a", "org/b"] and card.data.base_model_relation == "merge"
     assert "llpf-point" in card.data.tags and card.data.library_name == "timm"
     assert "`org/a`" in card.text and "`org/b`" in card.text and "index 2, tick 10" in card.text
+    # Its model-index is the exported point's own figures; the path's verdict, intended use and limits in the text.
+    row = json.loads((runs["timm"] / "path_metrics.json").read_text())["points"][2]
+    assert {(r.metric_name, r.dataset_split, r.dataset_name): r.metric_value for r in card.data.eval_results} == {
+        ("train loss", "train", "digits"): row["eval_train_loss"],
+        ("train accuracy", "train", "digits"): row["eval_train_acc"],
+        ("test loss", "test", "digits"): row["test_loss"],
+        ("test accuracy", "test", "digits"): row["test_acc"],
+    }
+    assert card.data.model_name == "point-2" and card.text.count("The path it lies on: **verdict: ") == 1
+    headings = [x for x in card.text.splitlines() if x.startswith("## ")]
+    assert headings == ["## Intended use", "## Limitations", "## Load"]
     assert tree_digest(runs["timm"]) == before  # the source run directory is only read
     with pytest.raises(RunDirectoryError, match="not empty"):
         export_point(runs["timm"], point="mid", out_dir=tmp_path / "mid")
@@ -259,11 +276,15 @@ def hub_round_trip(olah, tmp_path_factory):
         seeded[kind] = seed_repo(mirrors, repo, save_endpoint_folder(a, base / f"ep-{kind}"))
         local_digests[kind] = state_digest(a.state_dict())
         specs[kind] = f"{repo}@main"
-    timm_run = make_run_dir(base / "timm-run", kind="timm", hub_ids=("endpoints/timm-a", "endpoints/timm-b"))
+    timm_run = make_run_dir(
+        base / "timm-run", kind="timm", hub_ids=("endpoints/timm-a", "endpoints/timm-b"), evaluated=True
+    )
     bert_run = make_run_dir(base / "bert-run", kind="transformers", hub_ids=("endpoints/transformers-a", "x/y"))
     # A pickle weights file in a point is published as is but must never be downloaded by load_path.
     (bert_run / "points" / "t_000010" / "pytorch_model.bin").write_bytes(b"not a real pickle" * 64)
-    plain_run = make_run_dir(base / "plain-run", kind="timm-plain", hub_ids=("org/plain-a", "org/plain-b"))
+    plain_run = make_run_dir(
+        base / "plain-run", kind="timm-plain", hub_ids=("org/plain-a", "org/plain-b"), evaluated=True
+    )
     resume_run = make_run_dir(base / "resume-run", kind="timm")
     hostile = make_run_dir(base / "hostile-run", kind="timm")
     metrics = json.loads((hostile / "path_metrics.json").read_text())
@@ -427,6 +448,22 @@ def test_exported_point_loads_with_timm_from_its_own_repo(hub_round_trip):
     assert res["info"]["index"] == 2 and res["info"]["repo_id"] == "llpf/timm-mid"
     assert res["digest"] == state_digest(LLPFPath(hub_round_trip["runs"]["timm"]).state_dict_at(2))
     assert res["base_model"] == ["endpoints/timm-a", "endpoints/timm-b"] and res["relation"] == "merge"
+    row = _rows(hub_round_trip["runs"]["timm"])[2]
+    assert res["figures"] == _own_figures(row)  # the exported point's own figures
+
+
+def _rows(run: Path) -> list[dict]:
+    return json.loads((run / "path_metrics.json").read_text())["points"]
+
+
+def _own_figures(row: dict) -> dict:
+    """A card's model-index as "metric name (split)" -> value: a model's own train and test figures."""
+    return {
+        "train loss (train)": row["eval_train_loss"],
+        "train accuracy (train)": row["eval_train_acc"],
+        "test loss (test)": row["test_loss"],
+        "test accuracy (test)": row["test_acc"],
+    }
 
 
 @pytest.mark.hub
@@ -434,8 +471,9 @@ def test_published_card_metadata_round_trips(hub_round_trip):
     res = _ok(hub_round_trip["results"], "card")
     assert res["base_model"] == ["endpoints/timm-a", "endpoints/timm-b"] and res["relation"] == "merge"
     assert res["library"] == "timm" and res["tags"] == CARD_TAGS
-    assert res["figures"]["loss barrier of the path"] == SUMMARY["llpf"]["barrier"]
-    assert not any("linear" in name for name in res["figures"])  # the baseline's figures are in the text only
+    # The model-index is the root model's (the middle point, index 2); the path's figures are in the text only.
+    assert res["figures"] == _own_figures(_rows(hub_round_trip["runs"]["timm"])[2])
+    assert res["datasets"] is None and res["dataset_ids"] == ["digits"]  # a built-in data name, not a Hub id
 
 
 @pytest.mark.hub
@@ -554,18 +592,14 @@ def test_the_card_follows_hub_conventions(hub_round_trip):
         "timm",
     )
     assert timm_card["base_model"] == ["org/plain-a", "org/plain-b"] and timm_card["relation"] == "merge"
-    results = {(r["name"], r["split"]): r["value"] for r in timm_card["results"]}
-    assert results == {
-        ("max train loss along the path", "train"): SUMMARY["llpf"]["max_train_loss"],
-        ("loss barrier of the path", "train"): SUMMARY["llpf"]["barrier"],
-        ("min train accuracy along the path", "train"): SUMMARY["llpf"]["min_train_acc"],
-        ("max test loss along the path", "test"): SUMMARY["llpf"]["test_loss_range"][1],
-        ("min test accuracy along the path", "test"): SUMMARY["llpf"]["test_acc_range"][0],
-    }
+    results = {f"{r['name']} ({r['split']})": r["value"] for r in timm_card["results"]}
+    assert results == _own_figures(_rows(hub_round_trip["runs"]["plain"])[2])  # the root model's own figures
     assert {r["dataset"] for r in timm_card["results"]} == {"digits"}
     text = timm_card["text"]
     assert "**point 2 of 5**" in text and "chosen as mid: the point nearest the middle" in text
-    assert text.count("![") == 1 and "| barrier | 0.05 | 1.8 |" in text  # plots and summary once (the report's)
+    assert text.count("![") == 1 and "| barrier | 0.05 | 1.8 |" in text  # plots and summary once (the card's)
+    assert text.count("**verdict: not certified: the run records no loss ceiling; the path's maximum train") == 1
+    assert "\n## Intended use\n" in text and "\n## Limitations\n" in text
     assert 'timm.create_model("hf-hub:llpf/plain-path", pretrained=True)' in text and "import hf_llpf" not in text
     assert 'allow_patterns=["points/t_000010/*"]' in text and "{'" not in text  # no raw Python dict
     assert (bert_card["license"], bert_card["pipeline_tag"], bert_card["library_name"]) == (
@@ -660,6 +694,21 @@ def test_point_revisions_load_by_revision_with_plain_libraries(hub_round_trip):
     repo = hub_round_trip["mirrors"] / "models" / "llpf/plain-path"
     card = _blob(repo, "t_000005", "README.md").decode()
     assert "**point 1 of 5**" in card and "chosen as the point of this branch, `t_000005`" in card
+    # The branch's card loads the branch (what plain_load's timm_revision ran), and indexes its own root's figures.
+    assert '`timm.create_model("hf-hub:llpf/plain-path@t_000005", pretrained=True)` loads it' in card
+    assert 'timm.create_model("hf-hub:llpf/plain-path", pretrained=True)' not in card
+    meta = yaml.safe_load(card.split("---\n", 2)[1])
+    found = {
+        f"{m['name']} ({r['dataset']['split']})": m["value"]
+        for r in meta["model-index"][0]["results"]
+        for m in r["metrics"]
+    }
+    assert found == _own_figures(_rows(runs["plain"])[1])
+    bert_card = _blob(hub_round_trip["mirrors"] / "models" / "llpf/bert-revisions", "t_000005", "README.md").decode()
+    assert (
+        'AutoModelForSequenceClassification.from_pretrained("llpf/bert-revisions", revision="t_000005")` loads it'
+        in bert_card
+    )
     assert _blob(repo, "t_000005", "model.safetensors") == _blob(repo, "main", "points/t_000005/model.safetensors")
     assert "**point 2 of 5**" in _blob(repo, "main", "README.md").decode()  # main's root is still the middle
     # A point branch holds main's files with another root: its commit changed only the root model and the card.

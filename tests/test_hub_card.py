@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from hub_fixtures import SUMMARY, make_run_dir
 
 from hf_llpf.errors import ConfigError, RunDirectoryError
@@ -25,8 +26,8 @@ torch.set_num_threads(1)
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("card")
     return {
-        "timm": make_run_dir(base / "timm", kind="timm", hub_ids=("org/a", "org/b")),
-        "bert": make_run_dir(base / "bert", kind="transformers", command=None, report=False),
+        "timm": make_run_dir(base / "timm", kind="timm", hub_ids=("org/a", "org/b"), evaluated=True),
+        "bert": make_run_dir(base / "bert", kind="transformers", command=None, report=False, evaluated=True),
     }
 
 
@@ -44,27 +45,118 @@ def local_run(runs, tmp_path):
     return run
 
 
+def metadata(text: str) -> dict:
+    """The card's YAML metadata, parsed."""
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+def sections(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("## ")]
+
+
+def own_index(name: str, row: dict, task: str, dataset: str = "digits") -> list[dict]:
+    """The model-index of a model whose own figures are ``row`` (train and test, each with its split)."""
+
+    def result(split, loss, acc, label):
+        return {
+            "task": {"type": task},
+            "dataset": {"name": dataset, "type": dataset, "split": split},
+            "metrics": [
+                {"type": "loss", "value": row[loss], "name": f"{label} loss"},
+                {"type": "accuracy", "value": row[acc], "name": f"{label} accuracy"},
+            ],
+        }
+
+    train, test = (
+        result("train", "eval_train_loss", "eval_train_acc", "train"),
+        result("test", "test_loss", "test_acc", "test"),
+    )
+    return [{"name": name, "results": [train, test]}]
+
+
+def rows(run) -> list[dict]:
+    return json.loads((run / "path_metrics.json").read_text())["points"]
+
+
 def test_the_card_follows_hub_conventions(runs):
     pub = Publication(root=(2, "mid: the middle"), license="mit", license_source="given with --license")
-    card = build_model_card(runs["timm"], repo_id="me/path", publication=pub)
-    data = card.data
-    assert (data.license, data.pipeline_tag, data.library_name) == ("mit", "image-classification", "timm")
-    assert data.base_model == ["org/a", "org/b"] and data.base_model_relation == "merge"
-    results = {(r.metric_name, r.dataset_split, r.dataset_name): r.metric_value for r in data.eval_results}
-    assert results == {
-        ("max train loss along the path", "train", "digits"): SUMMARY["llpf"]["max_train_loss"],
-        ("loss barrier of the path", "train", "digits"): SUMMARY["llpf"]["barrier"],
-        ("min train accuracy along the path", "train", "digits"): SUMMARY["llpf"]["min_train_acc"],
-        ("max test loss along the path", "test", "digits"): SUMMARY["llpf"]["test_loss_range"][1],
-        ("min test accuracy along the path", "test", "digits"): SUMMARY["llpf"]["test_acc_range"][0],
+    text = str(build_model_card(runs["timm"], repo_id="me/path", publication=pub))
+    # The model-index holds the root model's own figures (point 2), not the path's aggregates.
+    assert metadata(text) == {
+        "license": "mit",
+        "library_name": "timm",
+        "pipeline_tag": "image-classification",
+        "base_model": ["org/a", "org/b"],
+        "base_model_relation": "merge",
+        "tags": ["llpf", "mode-connectivity", "merge"],
+        "model-index": own_index("path", rows(runs["timm"])[2], "image-classification"),
     }
-    text = card.text
+    assert sections(text) == [
+        "## The model at the root",
+        "## The path",
+        "## Evaluation report",  # the report section kept from README.md
+        "## Intended use",
+        "## Limitations",
+        "## Load a point",
+        "## Reproduce",
+    ]
     assert "**point 2 of 5** (tick 10, folder `points/t_000010`" in text and "chosen as mid: the middle" in text
-    # The fixture's report has neither a table nor plots: the card's own, once.
-    assert text.count("| barrier |") == 1 and text.count("![") == 1 and "Barrier 0.05 vs 1.8." in text
+    assert '`timm.create_model("hf-hub:me/path", pretrained=True)` loads it' in text
+    assert "| train loss | 0.31 | `digits`, split `train`, eval mode |" in text
+    assert "| test accuracy | 88.00% | `digits`, split `test` |" in text
+    # The path's figures beside linear's, and the verdict, in the text; the fixture's report has neither table nor
+    # plots: the card's own, once.
+    assert text.count("| barrier | 0.05 | 1.8 |") == 1 and text.count("![") == 1 and "Barrier 0.05 vs 1.8." in text
+    assert "| min train accuracy | 91.00% | 35.00% |" in text
+    verdict = (
+        "**verdict: not certified: the run records no loss ceiling; the path's maximum train loss 0.31 is not above "
+        "linear interpolation's 2.1 on the same data; its minimum train accuracy 91.00% is not below linear "
+        "interpolation's 35.00%**"
+    )
+    assert text.count(verdict) == 1
     assert "import hf_llpf.zoo  # registers the built-in architecture 'small_cnn'" in text
     assert 'folder = snapshot_download("me/path", allow_patterns=["points/t_000010/*"])' in text
     assert 'timm.create_model(f"local-dir:{folder}/points/t_000010", pretrained=True)' in text
+
+
+def test_a_local_data_file_is_named_in_the_text_only(runs, tmp_path):
+    run = shutil.copytree(runs["bert"], tmp_path / "run")
+    (run / "llpf_config.yaml").write_text(f"method: m2m\ndata:\n  source: {tmp_path}/data/reviews.parquet\n")
+    text = str(build_model_card(run, repo_id="me/bert", publication=Publication(root=(2, "mid"))))
+    meta = metadata(text)
+    assert "datasets" not in meta and "model-index" not in meta and "reviews" not in text.split("---\n", 2)[1]
+    assert "Data: `reviews.parquet`." in text and str(tmp_path) not in text
+    assert "Its own figures:\n\n| figure | value | data |" in text  # the root's figures, in the text only
+    assert "| train accuracy | 95.00% | `reviews.parquet`, split `train`, eval mode |" in text
+    assert "- The data, `reviews.parquet`, is a local file or folder and is not published" in text
+
+
+def test_every_point_branch_card_loads_its_own_revision(runs):
+    options = {"repo_id": "me/bert", "point_revisions": True}
+    main = published_files(runs["bert"], **options)[0]["README.md"].decode()
+    branch = published_files(runs["bert"], root_point=1, branch="t_000005", **options)[0]["README.md"].decode()
+    auto = "AutoModelForSequenceClassification"
+    assert f'`{auto}.from_pretrained("me/bert")` loads it' in main
+    assert f'model = {auto}.from_pretrained("me/bert")  # the model at the root (see above)' in main
+    assert f'point = {auto}.from_pretrained("me/bert", revision="t_000005")  # or its branch' not in main
+    assert f'point = {auto}.from_pretrained("me/bert", revision="t_000010")  # or its branch' in main
+    assert (
+        "This is branch `t_000005`: its repo root is a complete model in the endpoints' format: **point 1 of 5**"
+        in branch
+    )
+    assert f'`{auto}.from_pretrained("me/bert", revision="t_000005")` loads it' in branch
+    assert (
+        f'model = {auto}.from_pretrained("me/bert", revision="t_000005")  # the model at the root of this branch'
+        in branch
+    )
+    assert 'AutoTokenizer.from_pretrained("me/bert", revision="t_000005")' in branch
+    assert (
+        f'{auto}.from_pretrained("me/bert")`' not in branch and f'{auto}.from_pretrained("me/bert")  #' not in branch
+    )
+    # Each card's model-index holds its own root's figures.
+    assert metadata(branch)["model-index"] == own_index("bert", rows(runs["bert"])[1], "text-classification")
+    assert metadata(main)["model-index"] == own_index("bert", rows(runs["bert"])[2], "text-classification")
 
 
 def test_a_report_with_its_table_and_plots_is_not_repeated(runs, tmp_path):
@@ -81,16 +173,17 @@ def test_a_report_with_its_table_and_plots_is_not_repeated(runs, tmp_path):
 def test_a_card_without_report_has_one_table_with_no_raw_dict(runs, tmp_path):
     run = shutil.copytree(runs["bert"], tmp_path / "run")
     metrics = json.loads((run / "path_metrics.json").read_text())
-    metrics["summary"]["llpf"]["worst_continuity_at"] = {"segment": 6, "from_tick": 6, "s": 0.2}
+    metrics["summary"]["llpf"]["worst_continuity_at"] = {"segment": 6, "from_tick": 6, "to_tick": 8, "s": 0.2}
     (run / "path_metrics.json").write_text(json.dumps(metrics))
     card = build_model_card(run, repo_id="me/bert")
     assert card.data.pipeline_tag == "text-classification" and card.data.license == "unknown"
     text = card.text
-    assert text.count("## Summary") == 1 and text.count("![loss](plots/loss.png)") == 1
-    assert "| worst continuity at | segment 6, from tick 6, s 0.2 | – |" in text and "{'" not in text
+    assert text.count("## The path") == 1 and text.count("![loss](plots/loss.png)") == 1
+    assert "| worst continuity loss | 0.33 (segment 6, ticks 6→8, s=0.20) | — |" in text and "{'" not in text
     assert 'AutoModelForSequenceClassification.from_pretrained("me/bert")' in text
     assert 'AutoModelForSequenceClassification.from_pretrained("me/bert", subfolder="points/t_000010")' in text
-    assert "The repo root holds no model" in text  # no Publication: nothing said about a root model
+    # No Publication: nothing said about a root model, and no model-index (it holds the root model's figures).
+    assert "The repo root holds no model" in text and "model-index" not in metadata(str(card))
 
 
 def test_published_files_put_a_complete_model_at_the_root(runs):

@@ -181,3 +181,29 @@ def test_a_pull_request_prints_the_load_hint_of_its_revision(hub, online, tmp_pa
     assert _git(repo, "rev-parse", "refs/pr/1")  # the pull request exists
     assert 'load it with: hf_llpf.load_path("llpf/pr@refs/pr/1")' in out and "@main" not in out
     assert out.splitlines()[0].startswith("pushed: pull request ") and "/llpf/pr/discussions/1" in out
+
+
+def test_point_branches_push_with_progress_and_the_hub_library_repeats_folded(hub, online, capsys):
+    standin, mirrors, run = hub
+    branches = [f"t_0000{t:02d}" for t in (0, 5, 10, 15, 20)]
+    folded = (
+        "hf-llpf: huggingface_hub (5 times): No files have been modified since last commit. Skipping to prevent "
+        "empty commit."
+    )
+    rc, _, err = _push(standin, run, "llpf/branches", "--point-revisions", capsys=capsys)
+    assert rc == 0, err
+    assert err.splitlines() == [
+        "hf-llpf: llpf/branches@main: 1 commit; next, 5 point branches",
+        *(f"hf-llpf: llpf/branches: point branch {j}/5 {b}: 1 commit" for j, b in enumerate(branches, 1)),
+    ]
+    # Again: nothing changes; huggingface_hub's message for each empty commit is said once, with its count.
+    rc, _, err = _push(standin, run, "llpf/branches", "--point-revisions", capsys=capsys)
+    assert rc == 0, err
+    assert err.splitlines() == [
+        "hf-llpf: llpf/branches@main: unchanged, no commit; next, 5 point branches",
+        *(f"hf-llpf: llpf/branches: point branch {j}/5 {b}: unchanged, no commit" for j, b in enumerate(branches, 1)),
+        folded,
+    ]
+    # -q: no progress; the library's warning (once) stays.
+    rc, _, err = _push(standin, run, "llpf/branches", "--point-revisions", "-q", capsys=capsys)
+    assert rc == 0 and err.splitlines() == [folded]

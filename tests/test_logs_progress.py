@@ -432,3 +432,56 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_library_s_repeated_messages_are_said_once_with_their_count(capsys):
+    import logging
+
+    from hf_llpf.logging import configured, folded
+
+    library, api = logging.getLogger("huggingface_hub"), logging.getLogger("huggingface_hub.hf_api")
+    before = (list(library.handlers), library.propagate)
+    with configured("info"), folded("huggingface_hub"):
+        for _ in range(3):
+            api.warning("No files have been modified since last commit.")
+        api.warning("another message")
+        assert capsys.readouterr().err == ""  # held until the block ends
+    assert capsys.readouterr().err.splitlines() == [
+        "hf-llpf: huggingface_hub (3 times): No files have been modified since last commit.",
+        "hf-llpf: huggingface_hub: another message",
+    ]
+    assert (library.handlers, library.propagate) == before  # the library's own handlers are back
+
+
+class _Written:
+    """What ``connected`` reads of a path: its length and run summary."""
+
+    summary = {"run": {"method": "m2m", "ticks": 40, "sgd_iters": 300, "stage_starts": [0, 12]}}
+
+    def __len__(self) -> int:
+        return 7
+
+
+def test_the_end_line_states_the_wall_time_against_an_endpoint_s_training(tmp_path):
+    import json
+
+    from hf_llpf.cli.render import connected, endpoint_training
+
+    a, b, damaged, untimed = (tmp_path / n for n in ("a", "b", "damaged", "untimed"))
+    for folder, text in ((a, json.dumps({"seconds": 20.0, "iterations": 500})), (b, json.dumps({"seconds": 8})),
+                         (damaged, "{not json"), (untimed, json.dumps({"seconds": 0})),):  # fmt: skip
+        folder.mkdir()
+        (folder / "metrics.json").write_text(text)
+    assert endpoint_training(str(a), str(b)) == ("A", {"seconds": 20.0, "iterations": 500})
+    assert endpoint_training("org/a", str(b)) == ("B", {"seconds": 8})
+    for pair in (("org/a", "org/b"), (str(damaged), str(untimed)), (str(tmp_path / "none"), "org/b")):
+        assert endpoint_training(*pair) is None, pair
+    base = "path written to runs/x (m2m): 7 points, 40 ticks, 300 SGD iterations, stages started at ticks [0, 12]"
+    assert connected("runs/x", _Written(), wall=50.0, training=endpoint_training(str(a), str(b))) == (
+        base + "; 50.0 s wall time, 2.5× the training of endpoint A (20.0 s for 500 iterations, as its metrics.json "
+        "records)"
+    )
+    assert connected("runs/x", _Written(), wall=50.0, training=("B", {"seconds": 8})) == (
+        base + "; 50.0 s wall time, 6.2× the training of endpoint B (8.0 s, as its metrics.json records)"
+    )
+    assert connected("runs/x", _Written(), wall=50.0, training=None) == base  # not known: nothing said

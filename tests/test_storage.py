@@ -159,9 +159,25 @@ def test_a_transformers_point_is_sharded_in_bf16_and_loads_back(tmp_path):
     model = tiny_bert(0)
     save_model(model, tmp_path / "p", kind="transformers", arch={}, dtype=torch.bfloat16, max_shard_size="2KB")
     assert len(shards_of(tmp_path / "p")) >= 2
-    assert json.loads((tmp_path / "p" / "config.json").read_text())["dtype"] == "float32"  # the working dtype
+    # config.json names the stored dtype: plain from_pretrained builds the point in bf16 instead of upcasting it.
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["dtype"] == "bfloat16"
     assert set(file_dtypes(tmp_path / "p").values()) <= {"BF16", "I64"}
-    back = load_endpoint(tmp_path / "p").model  # float32, holding the bf16 numbers
+    plain = load_endpoint(tmp_path / "p").model
+    assert {p.dtype for p in plain.parameters()} == {torch.bfloat16}
+    back = load_endpoint(tmp_path / "p", dtype=torch.float32).model  # float32, holding the bf16 numbers
+    assert next(back.parameters()).dtype == torch.float32
+    assert state_equal(back.state_dict(), rounded(model).state_dict())
+
+
+def test_a_run_reads_its_bf16_transformers_points_back_in_the_endpoints_dtype(tmp_path):
+    model = tiny_bert(0)
+    storage = PointStorage(torch.bfloat16)
+    with RunWriter(tmp_path / "run", storage=storage) as writer:
+        rel = writer.write_point(0, model, as_endpoint(model))
+        writer.write_metrics([{"tick": 0, "point": rel}], [], {"run": storage.summary(model)})
+    path = hf_llpf.run.Path(tmp_path / "run")
+    assert json.loads((path.point_dir(0) / "config.json").read_text())["dtype"] == "bfloat16"
+    back = path.model_at(0)  # judged in the endpoints' float32, as the run recorded them
     assert next(back.parameters()).dtype == torch.float32
     assert state_equal(back.state_dict(), rounded(model).state_dict())
 

@@ -78,6 +78,14 @@ def json_object(text: str | None, *, flag: str) -> dict:
     return value
 
 
+def main_process() -> bool:
+    """Whether this process reports (tables, ``written:`` lines, verdicts): the main one under ``torchrun`` /
+    ``accelerate launch``, the only one otherwise. The processes' state is the one the command's work set up."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def set_threads(n: int | None) -> None:
     """torch's CPU threads, when given."""
     if n:

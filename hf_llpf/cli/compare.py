@@ -52,7 +52,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hf_llpf.cli.args import set_threads
+    from hf_llpf.cli.args import main_process, set_threads
     from hf_llpf.cli.connect import _command_line, _config, read_by_command
     from hf_llpf.comparison import PLOT, TABLE_JSON, TABLE_MD, compare, markdown_table
     from hf_llpf.models import load_endpoint
@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         command=_command_line(),
         protected=protected,
     )
+    if not main_process():  # one process speaks
+        return 0
     print(markdown_table(table))
     print(f"written: {args.out}/{TABLE_MD}, {TABLE_JSON}, {PLOT} and one run directory per method")
     return 0

@@ -110,7 +110,7 @@ def _report(args: argparse.Namespace, path, wall: float) -> None:
     """On the main process: publish when asked (after evaluating, for the card), then the summary and profile."""
     import time
 
-    from hf_llpf.cli.render import connected, profile_table, published
+    from hf_llpf.cli.render import connected, endpoint_training, profile_table, published
 
     evaluate_s, verdict = 0.0, None
     if args.push_to_hub:
@@ -123,7 +123,7 @@ def _report(args: argparse.Namespace, path, wall: float) -> None:
         verdict = path_verdict(evaluate_run(path)["summary"], cert)  # the card's figures and plots
         evaluate_s = time.perf_counter() - t
         print(published(args.out, push_path(args.out, repo_id=args.push_to_hub)))
-    print(connected(args.out, path))
+    print(connected(args.out, path, wall=wall, training=endpoint_training(args.a, args.b)))
     if args.profile:
         run = path.summary.get("run", {})
         timing = {**run.get("timing", {}), "evaluate": evaluate_s}

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from hf_llpf.api import evaluate_run
+    from hf_llpf.cli.args import main_process
     from hf_llpf.cli.render import evaluated
     from hf_llpf.evaluation import evaluate_path
     from hf_llpf.run import Path as Path_
@@ -64,6 +65,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
+    if not main_process():  # every process judged its share of the points; one speaks
+        return 0
     summary = source.summary if published else _recorded_summary(args.run_dir)
     cert = summary.get("run", {}).get("certification")
     causal_lm = _task(source if published else Path_(args.run_dir)) == "causal-lm"
@@ -79,6 +82,7 @@ def _recorded_summary(run_dir: str) -> dict:
 
 def _with_baselines(args: argparse.Namespace) -> int:
     """``--baselines``: the run and the baselines judged together (written into the run directory)."""
+    from hf_llpf.cli.args import main_process
     from hf_llpf.cli.compare import _methods
     from hf_llpf.comparison import BASELINES_DIR, compare_run, markdown_table
     from hf_llpf.errors import ConfigError
@@ -103,6 +107,8 @@ def _with_baselines(args: argparse.Namespace) -> int:
         seed=args.seed,
         linear_points=args.linear_points,
     )
+    if not main_process():
+        return 0
     print(markdown_table(table))
     print(f"written: {Path(args.run_dir) / BASELINES_DIR} (one run directory per baseline, comparison.md/.json/.png)")
     return 0

@@ -41,13 +41,44 @@ def trained(label: str, metrics: dict, out: str) -> str:
     return f"{endpoint_table({label: metrics})}\nsaved to {out}"
 
 
-def connected(out: str, path: Any) -> str:
-    """``hf-llpf connect``: the one-line summary of the written path."""
+def connected(out: str, path: Any, *, wall: float | None = None, training: tuple[str, dict] | None = None) -> str:
+    """``hf-llpf connect``: the one-line summary of the written path; with ``wall`` (the run's seconds) and
+    ``training`` (``(label, metrics)`` of an endpoint whose ``metrics.json`` records its training: see
+    :func:`endpoint_training`), what the path cost against training that endpoint."""
     run = path.summary.get("run", {})
-    return (
+    line = (
         f"path written to {out} ({run.get('method')}): {len(path)} points, {run.get('ticks')} ticks, "
         f"{run.get('sgd_iters')} SGD iterations, stages started at ticks {run.get('stage_starts')}"
     )
+    if wall is not None and training is not None:
+        label, metrics = training
+        seconds, iterations = float(metrics["seconds"]), metrics.get("iterations")
+        counted = isinstance(iterations, int) and not isinstance(iterations, bool)
+        of = f" for {iterations} iterations" if counted else ""
+        line += (
+            f"; {wall:.1f} s wall time, {wall / seconds:.1f}× the training of endpoint {label} "
+            f"({seconds:.1f} s{of}, as its metrics.json records)"
+        )
+    return line
+
+
+def endpoint_training(a: str, b: str) -> tuple[str, dict] | None:
+    """The training of one endpoint as ``hf-llpf train`` recorded it in the folder's ``metrics.json`` (its
+    ``seconds`` and ``iterations``): A's, else B's; None when neither is a local folder recording a positive
+    ``seconds`` (a Hub id, a bare weights file, another tool's model: nothing is said)."""
+    import json
+
+    for label, spec in (("A", a), ("B", b)):
+        file = Path(str(spec)) / "metrics.json"
+        try:
+            metrics = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+        except (OSError, ValueError):  # unreadable: the training time is not known, nothing more
+            metrics = None
+        seconds = metrics.get("seconds") if isinstance(metrics, dict) else None
+        number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+        if number and math.isfinite(seconds) and seconds > 0:
+            return label, metrics
+    return None
 
 
 def published(out: str, pushed: dict) -> str:

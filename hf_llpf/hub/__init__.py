@@ -14,9 +14,10 @@ with huggingface_hub's own pieces (``validate_repo_id``, ``create_commit``, ``sn
   and only safetensors weights.
 - :func:`export_point` (:mod:`~hf_llpf.hub.export`) writes one point as a standalone model in the
   endpoints' format with its own card.
-- :func:`build_model_card` (:mod:`~hf_llpf.hub.card`) builds ``RUN_DIR/README.md`` by the Hub's conventions
-  (``license``, ``pipeline_tag``, ``base_model: [A, B]`` with relation ``merge``, a ``model-index`` of the
-  path's own results with dataset and split), from the run's facts (:mod:`~hf_llpf.hub.facts`).
+- :func:`build_model_card` (:mod:`~hf_llpf.hub.card`) builds ``RUN_DIR/README.md`` from a ``ModelCard``
+  template by the Hub's conventions (``license``, ``pipeline_tag``, ``base_model: [A, B]`` with relation
+  ``merge``, a ``model-index`` of the root model's own figures with dataset and split; the path's figures and
+  verdict, intended use and limitations in the text), from the run's facts (:mod:`~hf_llpf.hub.facts`).
 - :func:`choose_point` / :func:`select_points` (:mod:`~hf_llpf.hub.points`) name one point (``mid``,
   ``best``, ...) or the published subset.
 - :func:`parse_repo_spec` (:mod:`~hf_llpf.hub.spec`) is the one parser of ``org/name[@revision]``.

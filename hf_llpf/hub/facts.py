@@ -113,6 +113,14 @@ class RunFacts:
         """The dataset when it is a Hub id (the card's ``datasets`` accepts nothing else)."""
         return self.dataset if is_repo_id(self.dataset) and not FsPath(self.dataset).exists() else None
 
+    @property
+    def index_dataset(self) -> str | None:
+        """The dataset the ``model-index`` may name: a Hub id or a built-in data name (``digits``); a local file or
+        folder (``reviews.parquet``) is named in the card's text only."""
+        from hf_llpf.sources import BUILTIN_DATASETS
+
+        return self.hub_dataset or (self.dataset if self.dataset in BUILTIN_DATASETS else None)
+
     def split(self, setting: str) -> str:
         data = self.config.get("data")
         value = data.get(setting) if isinstance(data, dict) else None

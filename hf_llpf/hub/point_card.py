@@ -1,15 +1,31 @@
-"""The card of an exported point (``hf-llpf export``): the path's metadata, tagged ``llpf-point``, by the same
-builder as the path's card (:func:`hf_llpf.hub.card.model_card`)."""
+"""The card of an exported point (``hf-llpf export``): the path's metadata, tagged ``llpf-point``, with the
+point's own figures as its ``model-index``, rendered from ``templates/point_card.md`` like the path's card
+(:mod:`hf_llpf.hub.card`)."""
 
 from __future__ import annotations
 
 from pathlib import Path as FsPath
 
 from hf_llpf import __version__
-from hf_llpf.hub.card import CARD_TAGS, PLACEHOLDER_REPO, POINT_TAG, finite, model_card
-from hf_llpf.hub.facts import endpoint_label, read_facts
+from hf_llpf.hub.card import (
+    CARD_TAGS,
+    OWN_FIGURES,
+    PLACEHOLDER_REPO,
+    POINT_TAG,
+    POINT_TEMPLATE,
+    card_data,
+    finite,
+    intended_use,
+    limitations,
+    own_figures_table,
+    own_results,
+    render_card,
+)
+from hf_llpf.hub.facts import endpoint_label, read_facts, read_json
 from hf_llpf.hub.public import UNKNOWN_LICENSE
 from hf_llpf.hub.snippets import point_snippet
+from hf_llpf.report import path_verdict
+from hf_llpf.run import METRICS_JSON
 
 
 def build_point_card(
@@ -24,10 +40,11 @@ def build_point_card(
     license: str = UNKNOWN_LICENSE,
     tokenizer: bool = False,
 ):
-    """The card of one exported point: the path's metadata (tagged ``llpf-point``), its figures, how to load it.
+    """The card of one exported point: the path's metadata (tagged ``llpf-point``), a ``model-index`` of the
+    point's own figures, the path's other figures in the text, intended use, limitations and how to load it.
 
     Args:
-        root: the run directory or snapshot of the path (its ``endpoints.json`` and settings are read).
+        root: the run directory or snapshot of the path (its ``endpoints.json``, settings and summary are read).
         row: the point's row of ``path_metrics.json``.
         index, count: the point's index and the number of points of the path.
         source: how the path is named in the text (a folder or ``org/repo@commit``).
@@ -40,11 +57,11 @@ def build_point_card(
         huggingface_hub.ModelCard: the card.
     """
     facts = read_facts(root)
+    summary = read_json(root / METRICS_JSON).get("summary") or {}
     repo = repo_id or PLACEHOLDER_REPO
-    figures = [f"| {k} | {v:.4g} |" for k, v in row.items() if finite(v) and k not in ("index", "tick")]
-    lines = [
-        f"# Point {index} (tick {row.get('tick')}) of an LLPF path",
-        "",
+    own = {key for key, *_ in OWN_FIGURES}
+    others = [f"| {k} | {v:.4g} |" for k, v in row.items() if finite(v) and k not in ("index", "tick", *own)]
+    intro = [
         "A model merged from two endpoints: point "
         f"{index} of {count} of the low-loss path `{source}` (folder `{row.get('point')}`), found with hf_llpf.",
         f"- **A**: {endpoint_label(facts.a)}",
@@ -52,14 +69,25 @@ def build_point_card(
         f"- **point**: index {index}, tick {row.get('tick')}, stage {row.get('stage')}, phase {row.get('phase')}",
         *([f"- **chosen as**: {reason}"] if reason else []),
         "",
-        "| figure | value |",
-        "|---|---|",
-        *figures,
-        "",
-        "## Load",
-        "",
-        *point_snippet(facts.library, facts.architecture, repo, tokenizer=tokenizer),
-        "",
-        f"Made with hf_llpf {__version__}.",
+        facts.data_line,
     ]
-    return model_card(facts, lines, tags=[*CARD_TAGS, POINT_TAG], license=license)
+    figures = ["Its own figures:", "", own_figures_table(row, facts, summary)]
+    if others:
+        figures += ["", "Its other records along the path:", "", "| record | value |", "|---|---|", *others]
+    if summary.get("llpf"):  # the whole path's figures against linear interpolation, in one sentence
+        figures += ["", f"The path it lies on: **{path_verdict(summary)}**"]
+    results = own_results(row, facts)
+    name = (repo_id or "").split("/")[-1] or f"point-{index}"
+    data = card_data(facts, tags=[*CARD_TAGS, POINT_TAG], license=license, model_name=name, results=results)
+    return render_card(
+        POINT_TEMPLATE,
+        data,
+        facts,
+        title=f"Point {index} (tick {row.get('tick')}) of an LLPF path",
+        intro="\n".join(intro),
+        figures="\n".join(figures),
+        intended_use=intended_use(facts),
+        limitations=limitations(facts, summary),
+        load_section="\n".join(point_snippet(facts.library, facts.architecture, repo, tokenizer=tokenizer)),
+        made_with=f"Made with hf_llpf {__version__}.",
+    )

@@ -43,6 +43,7 @@ from hf_llpf.hub.public import (
 from hf_llpf.hub.revisions import branch_name, push_point_branches
 from hf_llpf.hub.spec import check_branch_name, parse_repo_spec
 from hf_llpf.hub.upload import FILES_PER_COMMIT, PRUNE_PATTERNS, commit_in_batches
+from hf_llpf.logging import folded
 from hf_llpf.remote_code import removed_note, strip_files
 from hf_llpf.run import METRICS_JSON, Path, atomic_write_text, read_metrics
 from hf_llpf.run.layout import ASSETS_DIR, ENDPOINTS_JSON, README
@@ -143,12 +144,14 @@ def published_files(
     root_reason: str | None = None,
     license_source: str | None = None,
     keep_auto_map: bool = False,
+    branch: str | None = None,
 ) -> tuple[dict[str, bytes | FsPath], Publication]:
     """What :func:`push_path` would publish: repo path -> content (bytes) or file, and the card's :class:`Publication`.
 
     Args: see :func:`push_path` (``api`` reads the Hub endpoints' cards for their license; None: offline).
         ``root_reason`` replaces the reason given for the root's point and ``license_source`` (with ``license``)
-        the license resolution: both for the point branches, which repeat the main push's choices. Unless
+        the license resolution: both for the point branches, which repeat the main push's choices; ``branch`` names
+        the point branch the files are for (its card's load lines name that revision). Unless
         ``keep_auto_map``, the pointers to code in other repos are removed from every published config
         (:mod:`hf_llpf.remote_code`) and listed in ``Publication.remote_code_removed``.
 
@@ -162,7 +165,7 @@ def published_files(
     path = Path(root)
     chosen = select_points(path, every=every, points=points)
     pub = Publication(published=chosen, selection=f"every {every}th point" if every else f"points {points!r}")
-    pub.revisions = point_revisions
+    pub.revisions, pub.branch = point_revisions, branch
     if root_point is not None and str(root_point).lower() != "none":
         pub.root = choose_point(path, root_point)
         pub.root = (pub.root[0], root_reason or pub.root[1])
@@ -263,8 +266,9 @@ def _point_branches(api: Any, root: FsPath, commit: str, pub: Publication, optio
     license = {"license": pub.license, "license_source": pub.license_source}
 
     def files_for(i: int) -> dict:
-        reason = f"the point of this branch, `{branch_name(names[i])}`"
-        return published_files(root, root_point=i, root_reason=reason, **license, **options)[0]
+        branch = branch_name(names[i])
+        reason = f"the point of this branch, `{branch}`"
+        return published_files(root, root_point=i, root_reason=reason, branch=branch, **license, **options)[0]
 
     return push_point_branches(
         api,
@@ -385,9 +389,14 @@ def push_path(
         "delete_other": bool(delete_other),
         "delete_patterns": delete_patterns,
     }
-    with hub_errors(api, repo_id=repo_id):
+    # huggingface_hub says "No files have been modified since last commit" for every commit that changes nothing
+    # (each unchanged point branch): each of its messages is said once, with a count, at the end.
+    with folded("huggingface_hub"), hub_errors(api, repo_id=repo_id):
         result = _push(api, repo_id=repo_id, files=files, revision=revision, private=private, tag=tag, opts=opts)
         if point_revisions:
+            n = result["commits"]
+            made = f"{n} commit{'s' if n > 1 else ''}" if n else "unchanged, no commit"
+            logger.info(f"{repo_id}@{revision}: {made}; next, {len(pub.published)} point branches")
             result["point_revisions"] = _point_branches(api, root, result["commit"], pub, options, opts)
     card = files[README]
     if not (root / README).is_file() or (root / README).read_bytes() != card:

@@ -9,6 +9,7 @@ branch costs one small commit, and a re-run of the push makes none for an unchan
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path as FsPath
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from hf_llpf.hub.ownership import plan_changes
 from hf_llpf.hub.spec import check_branch_name
 from hf_llpf.hub.upload import commit_in_batches
+
+logger = logging.getLogger(__name__)
 
 
 def branch_name(point_name: str) -> str:
@@ -56,7 +59,7 @@ def push_point_branches(
     refs = api.list_repo_refs(repo_id)
     heads = {b.name: b.target_commit for b in refs.branches}
     out = {}
-    for i, name in sorted(points.items()):
+    for j, (i, name) in enumerate(sorted(points.items()), start=1):
         branch = branch_name(name)
         if branch not in heads:
             api.create_branch(repo_id, branch=branch, revision=base_commit, exist_ok=True)
@@ -76,6 +79,9 @@ def push_point_branches(
             head=heads[branch],
         )
         out[branch] = done["commit"]
+        n = done["commits"]
+        what = f"{n} commit{'s' if n > 1 else ''}" if n else "unchanged, no commit"
+        logger.info(f"{repo_id}: point branch {j}/{len(points)} {branch}: {what}")  # progress (-q: none)
     return out
 
 

@@ -31,8 +31,26 @@ def _builtin(architecture: str) -> bool:
     return architecture in BUILTIN_MODELS
 
 
+def root_load(library: str | None, architecture: str, repo: str, *, revision: str | None = None) -> str:
+    """The one expression that loads the model at the root of ``repo`` (of branch ``revision`` when given)."""
+    if library == "transformers":
+        where = f', revision="{revision}"' if revision else ""
+        return f'{auto_class(architecture)}.from_pretrained("{repo}"{where})'
+    at = f"@{revision}" if revision else ""
+    if library == "timm":
+        return f'timm.create_model("hf-hub:{repo}{at}", pretrained=True)'
+    return f'hf_llpf.models.load_endpoint("{repo}{at}").model'
+
+
 def path_snippet(
-    library: str | None, architecture: str, repo: str, *, point: str, revisions: bool, tokenizer: bool = False
+    library: str | None,
+    architecture: str,
+    repo: str,
+    *,
+    point: str,
+    revisions: bool,
+    tokenizer: bool = False,
+    branch: str | None = None,
 ) -> list[str]:
     """The card's "Load a point" code for a published path: the root, one point, any point with hf_llpf.
 
@@ -43,24 +61,27 @@ def path_snippet(
         point: a point folder to show (``points/t_000010``).
         revisions: whether every published point also has its own branch (named like its folder).
         tokenizer: the points carry a tokenizer (hf_llpf.assets): show how to load it.
+        branch: the point branch the card is for: its root line loads that revision (None: main's root).
     """
-    branch = point.rsplit("/", 1)[-1]
+    example = point.rsplit("/", 1)[-1]
+    root = "the model at the root of this branch" if branch else "the model at the root (see above)"
     lines: list[str] = []
     if library == "transformers":
         auto = auto_class(architecture)
         lines += [
             "```python",
             f"from transformers import {auto}",
-            f'model = {auto}.from_pretrained("{repo}")  # the model at the root (see above)',
+            f"model = {root_load(library, architecture, repo, revision=branch)}  # {root}",
             f'point = {auto}.from_pretrained("{repo}", subfolder="{point}")  # any point: its folder',
         ]
-        if revisions:
-            lines.append(f'point = {auto}.from_pretrained("{repo}", revision="{branch}")  # or its branch')
+        if revisions and not branch:
+            lines.append(f'point = {auto}.from_pretrained("{repo}", revision="{example}")  # or its branch')
         if tokenizer:
+            where = f'revision="{branch}"' if branch else f'subfolder="{point}"'
             lines += [
                 "",
                 "from transformers import AutoTokenizer  # every point and the root carry the tokenizer",
-                f'tokenizer = AutoTokenizer.from_pretrained("{repo}", subfolder="{point}")',
+                f'tokenizer = AutoTokenizer.from_pretrained("{repo}", {where})',
             ]
         lines.append("```")
     elif library == "timm":
@@ -69,15 +90,15 @@ def path_snippet(
         if register:
             lines.append(f"import hf_llpf.zoo  # registers the built-in architecture {architecture!r} with timm")
         lines += [
-            f'model = timm.create_model("hf-hub:{repo}", pretrained=True)  # the model at the root (see above)',
+            f"model = {root_load(library, architecture, repo, revision=branch)}  # {root}",
             "",
             "# any point: timm has no subfolder argument, so download the point's folder and load it from disk",
             "from huggingface_hub import snapshot_download",
             f'folder = snapshot_download("{repo}", allow_patterns=["{point}/*"])',
             f'point = timm.create_model(f"local-dir:{{folder}}/{point}", pretrained=True)',
         ]
-        if revisions:
-            lines.append(f'point = timm.create_model("hf-hub:{repo}@{branch}", pretrained=True)  # or its branch')
+        if revisions and not branch:
+            lines.append(f'point = timm.create_model("hf-hub:{repo}@{example}", pretrained=True)  # or its branch')
         lines.append("```")
     lines += [
         "",
@@ -109,4 +130,4 @@ def point_snippet(library: str | None, architecture: str, repo: str, *, tokenize
     return ["```python", *lines, "```"]
 
 
-__all__ = ["auto_class", "path_snippet", "point_snippet"]
+__all__ = ["auto_class", "path_snippet", "point_snippet", "root_load"]

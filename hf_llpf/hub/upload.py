@@ -13,6 +13,7 @@ delete (those an earlier push published) is decided by :mod:`hf_llpf.hub.ownersh
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -22,6 +23,7 @@ from hf_llpf.run.layout import README
 FILES_PER_COMMIT = 50
 # Remote files a push replaces as a whole: a re-run with fewer points, plots or weight shards leaves no stale ones.
 PRUNE_PATTERNS = (f"{POINTS_DIR}/*", "plots/*", "*.safetensors", "*.safetensors.index.json")
+logger = logging.getLogger(__name__)
 _LAST = (README, "path_metrics.json", "path_metrics.csv", "endpoints.json")
 
 
@@ -97,8 +99,11 @@ def commit_in_batches(
             revision=target,
             create_pr=create_pr and pr_url is None,
         )
-        made += info.oid != head  # an unchanged batch makes no commit: create_commit returns the head
-        head = info.oid
+        changed = info.oid != head  # an unchanged batch makes no commit: create_commit returns the head
+        made, head = made + changed, info.oid
+        if len(groups) > 1:  # progress of a long upload, one line a batch (-q: none)
+            what = f"committed {len(ops)} file(s)" if changed else "unchanged, no commit"
+            logger.info(f"{repo_id}@{target}: commit {k + 1}/{len(groups)}: {what}")
         if create_pr and pr_url is None and getattr(info, "pr_revision", None):
             target, pr_url = info.pr_revision, info.pr_url  # the later batches go to the same pull request
             pr_revision = info.pr_revision

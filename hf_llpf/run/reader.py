@@ -295,7 +295,11 @@ class Path:
         """Point ``i`` loaded from its folder as an :class:`~hf_llpf.models.Endpoint` (its format kept); every
         file it reads resolves inside the folder (:meth:`checked_point_dir`)."""
         folder = self.checked_point_dir(i)
-        return load_endpoint(folder, allowed_root=self.point_fence(folder))
+        # A point stored in point_dtype names that dtype in its config.json; the run judged it in the endpoints'.
+        own = (self.summary.get("run") or {}).get("endpoint_dtype")
+        dtype = getattr(torch, own, None) if isinstance(own, str) else None
+        dtype = dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
+        return load_endpoint(folder, allowed_root=self.point_fence(folder), dtype=dtype)
 
     def __iter__(self) -> Iterator[nn.Module]:
         for i in range(len(self)):
