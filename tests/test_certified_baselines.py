@@ -111,7 +111,7 @@ def test_a_ceiling_below_an_end_stops_before_any_training(small_cnn_pair, digits
     assert [u["loss"] for u in cert["uncertified"][:1]] == [cert["endpoint_probe_losses"][0]]
 
 
-def test_certify_settings_are_checked_at_once(small_cnn_pair, digits, tmp_path):
+def test_certify_settings_are_checked_at_once(tmp_path):
     assert certify_settings(None) == CertifySettings() and CertifySettings().cap == 3000
     with pytest.raises(ConfigError) as err:
         certify_settings({"round_iters": 0, "cap": -1})
@@ -121,8 +121,14 @@ def test_certify_settings_are_checked_at_once(small_cnn_pair, digits, tmp_path):
     ]
     with pytest.raises(ConfigError, match="certify 'rounds': unknown setting"):
         certify_settings({"rounds": 3})
-    with pytest.raises(ConfigError, match=r"certify round_iters=10: must be >= autoneb max_pivots \(15\)"):
-        build_baseline("autoneb", *small_cnn_pair, digits, run_dir=tmp_path / "n", certify={"round_iters": 10})
+    with pytest.raises(ConfigError) as err:  # refused before the endpoints and data are loaded
+        build_baseline("autoneb", "no/such-model", "no/such-model", "digits", run_dir=tmp_path / "n",
+                       ceiling=-1.0, certify={"round_iters": 10})  # fmt: skip
+    assert err.value.problems == [
+        "ceiling=-1.0: must be a positive number, or None (the settings' loss_ceiling)",
+        "certify round_iters=10: must be >= autoneb max_pivots (15), so that every round moves each pivot at least "
+        "once",
+    ]
     assert not (tmp_path / "n").exists()
 
 

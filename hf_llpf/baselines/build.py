@@ -7,6 +7,7 @@ evaluator as an LLPF path (:func:`hf_llpf.evaluate_run`).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -165,6 +166,10 @@ def build_baseline(
     rounds = certify_settings(certify)
     check_exist(run_dir, exist, inside=inside, protected=local_specs(model_a, model_b, train_data))  # before any work
     config = resolve_config(config)
+    settings = {"bezier": lambda: bezier_settings(bezier, config.seed),
+                "autoneb": lambda: autoneb_settings(autoneb, config.seed)}.get(method, lambda: None)()  # fmt: skip
+    if method in TRAINED:
+        check_rounds(method, rounds, settings, ceiling)
     seed_everything(config.seed)
     start = time.perf_counter()
     ea, eb = resolve_endpoint(model_a), resolve_endpoint(model_b)
@@ -179,8 +184,6 @@ def build_baseline(
     sa, sb = state_of(ea.model), state_of(eb.model)
     run = BaselineRun(method=method, data=data, seed=config.seed, settings={"points": points})
     recal = recalibrate_bn or method in TRAINED
-    settings = {"bezier": lambda: bezier_settings(bezier, config.seed),
-                "autoneb": lambda: autoneb_settings(autoneb, config.seed)}.get(method, lambda: None)()  # fmt: skip
     batches = _recal_batches(loader, bundle, config, settings.recal_batches if settings else 8) if recal else []
     finish = None
     if method in ("linear", "slerp"):
@@ -189,7 +192,6 @@ def build_baseline(
         state_at = _weight_matching(ea, sa, sb, loader, run, seed=config.seed)
     else:
         device = device or Accelerator(cpu=cpu_only()).device
-        check_rounds(method, rounds, settings)
         certifier = baseline_certifier([ea.model, eb.model], train_data, loader, bundle, config, ceiling=ceiling,
                                        loss_fn=loss_fn, device=device)  # fmt: skip
         make = _autoneb if method == "autoneb" else _bezier
@@ -293,17 +295,24 @@ def _train(trained: _Trained, method: str, settings: Any, run: BaselineRun, cert
     return trained.state_at, finish
 
 
-def check_rounds(method: str, rounds: CertifySettings, settings: Any) -> None:
-    """Refuse rounds too short for AutoNEB: a round must pay for one NEB step of the largest band.
+def check_rounds(method: str, rounds: CertifySettings, settings: Any, ceiling: Any) -> None:
+    """Refuse a ceiling that is not a positive number, and rounds too short for AutoNEB (a round must pay for one
+    NEB step of the largest band), every problem at once.
 
     Raises:
-        ConfigError: naming both numbers.
+        ConfigError: naming each value and what is allowed.
     """
+    problems = []
+    number = isinstance(ceiling, (int, float)) and not isinstance(ceiling, bool)
+    if ceiling is not None and not (number and 0 < ceiling < math.inf):
+        problems.append(f"ceiling={ceiling!r}: must be a positive number, or None (the settings' loss_ceiling)")
     if method == "autoneb" and rounds.round_iters < settings.max_pivots:
-        raise ConfigError(
+        problems.append(
             f"certify round_iters={rounds.round_iters}: must be >= autoneb max_pivots ({settings.max_pivots}), so "
             "that every round moves each pivot at least once"
         )
+    if problems:
+        raise ConfigError(problems)
 
 
 def with_iters(settings: BezierSettings | dict | None, iters: int) -> dict | BezierSettings:

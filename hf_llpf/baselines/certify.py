@@ -21,15 +21,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from accelerate.logging import get_logger
 from torch import nn
 
 from hf_llpf.algorithms.ceiling import ceiling_rule, resolve_ceiling
-from hf_llpf.algorithms.certify import Certifier
+from hf_llpf.algorithms.certify import Certifier, certification_line
 from hf_llpf.algorithms.final_check import environment, final_check, midpoint, point_hashes, record_final
 from hf_llpf.baselines.pathdir import State
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.decisions import TrainingExamples
 from hf_llpf.evaluation.probe import build_probe
+
+logger = get_logger(__name__)
 
 ROUND_ITERS = 50  # SGD iterations between two checks: the cost to certify is known to within one round
 HIGHEST_FIRST = 3  # positions the earlier checks found highest, measured first
@@ -254,6 +257,9 @@ def close_baseline(certifier: Certifier, path: Any, model: nn.Module, rows: list
         checked_points=len(rows),
         **{k: outcome[k] for k in ("round_iters", "cap", "cap_hit", "rounds")},
     )
+    cost = f"{sgd_iters} SGD iterations, {len(outcome['rounds'])} checks, {seconds:.1f} s"
+    capped = f" (the cap of {outcome['cap']} SGD iterations was reached)" if outcome["cap_hit"] else ""
+    logger.info(f"{path.root}: {certification_line(cert)}; {cost}{capped}", main_process_only=True)
     return cert
 
 
