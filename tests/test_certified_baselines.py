@@ -34,7 +34,7 @@ def generous(small_cnn_pair, digits, tmp_path_factory):
 def test_a_bezier_run_under_a_generous_ceiling_certifies_and_records_its_cost(generous, digits):
     cert, run = _cert(generous), generous.summary["run"]
     assert cert["certified"] is True and cert["stopped"] == "certified" and cert["cap_hit"] is False
-    assert cert["ceiling"] == GENEROUS and cert["route"] == "exact"
+    assert cert["ceiling"] == GENEROUS and cert["ceiling_source"] == "given" and cert["route"] == "exact"
     assert cert["probe_examples"] == digits.split_size("train") == 1437  # every training example
     # It stopped at the first round whose check accepted the path: the cost is the SGD iterations it spent.
     rounds = cert["rounds"]

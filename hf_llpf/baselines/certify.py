@@ -111,10 +111,15 @@ def baseline_certifier(
     examples = TrainingExamples(whole, config, loss_fn=loss_fn)
     losses = [examples.endpoints.loss(copy.deepcopy(m).to(device)) for m in models]
     rule = ceiling_rule(models, loss_fn)
-    if ceiling is None and config.loss_ceiling == "auto":
-        ceiling = resolve_ceiling(config, losses, rule=rule)
-    certifier = Certifier(examples, float(ceiling if ceiling is not None else config.loss_ceiling), config, losses)
-    certifier.rule = rule if ceiling is None or config.loss_ceiling == "auto" else "set"
+    if ceiling is not None:
+        value, source = float(ceiling), "given"
+    elif config.loss_ceiling == "auto":
+        value, source = resolve_ceiling(config, losses, rule=rule), "auto"
+    else:
+        value, source = float(config.loss_ceiling), "set"
+    certifier = Certifier(examples, value, config, losses)
+    certifier.rule = rule if source == "auto" else "set"
+    certifier.source = source  # recorded as ceiling_source: given (LLPF's run's, by compare), auto or set
     return certifier
 
 
@@ -126,6 +131,7 @@ class CurveCheck:
         model: a module of the architecture (copied; the checked states are loaded into the copy).
         ts: the written points' t (ends included).
         phase: what the points' rows call them (the method's name), for the uncertified list.
+        device: where the checks run (the examples' device).
     """
 
     def __init__(self, certifier: Certifier, model: nn.Module, ts: list[float], *, phase: str, device: Any):
@@ -254,6 +260,7 @@ def close_baseline(certifier: Certifier, path: Any, model: nn.Module, rows: list
         iters_to_certify=sgd_iters if certified else None,
         seconds_to_certify=seconds if certified else None,
         full_set_max=final["max"],
+        ceiling_source=getattr(certifier, "source", "set"),
         checked_points=len(rows),
         **{k: outcome[k] for k in ("round_iters", "cap", "cap_hit", "rounds")},
     )
