@@ -162,3 +162,37 @@ def test_compare_reports_each_methods_certificate_and_cost(generous, small_cnn_p
         f"{bz['seconds_to_certify']:.1f} s); no other method was certified"
     )
     assert json.loads((tmp_path / "c" / "comparison.json").read_text())["rows"][1]["certified"] is True
+
+
+def test_above_certify_exact_max_the_rounds_take_the_sequential_route_and_the_final_check_is_whole(
+    small_cnn_pair, digits, tmp_path
+):
+    path = build_baseline("bezier", *small_cnn_pair, digits, run_dir=tmp_path / "bz", ceiling=GENEROUS,
+                          certify=ROUNDS, config={"certify_exact_max": 500}, **FAST)  # fmt: skip
+    cert = _cert(path)
+    assert cert["route"] == "sequential" and cert["certified"] is True and cert["decision_cap"] == 500
+    assert max(cert["examples_per_decision"]) <= 500 and cert["delta"] == 0.05
+    # The final check is not sampled: every point and midpoint on all 1437 training examples.
+    final = cert["final_check"]
+    assert final["examples"] == 1437 and final["reused"] == 0 and final["examples_run"] == 9 * 1437
+    assert cert["full_set_max"] == final["max"] <= GENEROUS
+    assert certification_line(cert).startswith("certified with confidence 0.95: every saved point and every segment")
+
+
+def test_the_cli_refuses_a_bad_cap_before_any_work(small_cnn_pair, tmp_path, capsys):
+    from hf_llpf.cli import main
+
+    argv = [
+        "compare",
+        *map(str, small_cnn_pair),
+        "--data",
+        "digits",
+        "--methods",
+        "bezier",
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    assert main([*argv, "--certify-cap", "-1", "--certify-round", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "certify round_iters=0: must be a whole number >= 1" in err and "certify cap=-1: must be" in err
+    assert not (tmp_path / "c").exists()
