@@ -196,3 +196,16 @@ def test_the_cli_refuses_a_bad_cap_before_any_work(small_cnn_pair, tmp_path, cap
     err = capsys.readouterr().err
     assert "certify round_iters=0: must be a whole number >= 1" in err and "certify cap=-1: must be" in err
     assert not (tmp_path / "c").exists()
+
+
+def test_autoneb_certifies_in_rounds_that_insert_pivots_between_them(small_cnn_pair, digits, tmp_path):
+    path = build_baseline("autoneb", *small_cnn_pair, digits, run_dir=tmp_path / "n", points=5, ceiling=GENEROUS,
+                          autoneb={"lr": 0.05}, certify={"round_iters": 30, "cap": 600})  # fmt: skip
+    cert, run = _cert(path), path.summary["run"]
+    assert cert["certified"] is True and cert["stopped"] == "certified"
+    # Each round spends whole NEB steps (3 interior pivots: 10 steps of 3 iterations); from the second round on it
+    # first inserts pivots where the band rises (here none).
+    assert [r["sgd_iters"] for r in cert["rounds"]] == [0, 30, 60] and cert["iters_to_certify"] == run["sgd_iters"]
+    assert run["autoneb"]["pivots"] == 3 and run["autoneb"]["inserted_per_cycle"] == [0]
+    assert cert["full_set_max"] <= GENEROUS and cert["final_check"]["reused"] == 9
+    assert "iters" not in path.config["baseline"]["autoneb"] and "cycles" not in path.config["baseline"]["autoneb"]
