@@ -31,6 +31,14 @@ from hf_llpf.run.layout import BASELINES_DIR, COMPARISON_METHODS
 from hf_llpf.run.lock import holds_run_directory
 
 METHODS = COMPARISON_METHODS
+DEFAULT_POINTS = 31  # points of a baseline's path when neither the caller nor an LLPF run says how many
+
+
+def _llpf_figures(path: Any) -> dict:
+    """What the baselines take from the LLPF path: its SGD iterations, saved points and ceiling."""
+    run = path.summary.get("run", {})
+    cert = run.get("certification") if isinstance(run.get("certification"), dict) else {}
+    return {"sgd_iters": int(run.get("sgd_iters") or 0) or None, "points": len(path), "ceiling": cert.get("ceiling")}
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:
@@ -43,21 +51,25 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
     return methods
 
 
-def _check_options(*, points: int, train_subset: int | None, bezier: dict | None, continuity_k: int) -> None:
+def _check_options(
+    *, points: int | None, train_subset: int | None, bezier: dict | None, continuity_k: int, certify: Any = None
+) -> None:
     """Refuse settings that would fail after the first method has run, every problem at once."""
     from hf_llpf.baselines.build import bezier_settings
+    from hf_llpf.baselines.certify import certify_settings
 
     problems = []
-    if not isinstance(points, int) or points < 2:
+    if points is not None and (not isinstance(points, int) or points < 2):
         problems.append(f"points={points!r}: must be a whole number of at least 2 (the two ends)")
     if train_subset is not None and train_subset < 1:
         problems.append(f"train_subset={train_subset!r}: must be a positive number of examples or None (all)")
     if continuity_k < 0:
         problems.append(f"continuity_k={continuity_k!r}: must be 0 (no check) or a positive integer")
-    try:
-        bezier_settings(bezier, 0)
-    except ConfigError as err:
-        problems += err.problems
+    for check, settings in ((bezier_settings, (bezier, 0)), (certify_settings, (certify,))):
+        try:
+            check(*settings)
+        except ConfigError as err:
+            problems += err.problems
     if problems:
         raise ConfigError(problems)
 
@@ -126,17 +138,29 @@ def _baseline(
     run_dir: FsPath,
     *,
     bezier: dict | None,
-    llpf_iters: int | None,
+    llpf: dict | None,
+    points: int | None,
     **kw: Any,
 ) -> Any:
-    """One baseline's path; a training baseline's budget (Bézier, AutoNEB) is the LLPF path's SGD iterations unless
-    ``bezier`` sets Bézier's ``iters``."""
+    """One baseline's path. A training baseline (Bézier, AutoNEB) is certified under LLPF's run's ceiling, its path
+    checked at as many points as LLPF's run saved (unless ``points`` is given), and trains until certified or its
+    cap; without a ceiling its fixed budget is the LLPF path's SGD iterations unless ``bezier`` sets Bézier's
+    ``iters``. ``llpf``: the LLPF path's ``sgd_iters``, ``points`` and ``ceiling`` (``None``: LLPF not run)."""
     from hf_llpf.baselines import build_baseline, with_iters
+    from hf_llpf.baselines.build import TRAINED
 
+    llpf = llpf or {}
+    llpf_iters = llpf.get("sgd_iters")
+    if llpf.get("ceiling") is not None:
+        llpf_iters = None  # under LLPF's ceiling the trained baselines run until certified: no budget is matched
     if method == "bezier" and llpf_iters and "iters" not in (bezier or {}):
         bezier = with_iters(bezier, llpf_iters)
     autoneb = {"iters": llpf_iters} if method == "autoneb" and llpf_iters else None
-    return build_baseline(method, model_a, model_b, bundle, run_dir=run_dir, bezier=bezier, autoneb=autoneb, **kw)
+    if method in TRAINED:
+        points = points or llpf.get("points") or DEFAULT_POINTS
+        kw["ceiling"] = llpf.get("ceiling")
+    return build_baseline(method, model_a, model_b, bundle, run_dir=run_dir, bezier=bezier, autoneb=autoneb,
+                          points=points or DEFAULT_POINTS, **kw)  # fmt: skip
 
 
 def compare(
@@ -147,8 +171,9 @@ def compare(
     out_dir: str | os.PathLike,
     methods: Sequence[str] = METHODS,
     config: Any = None,
-    points: int = 31,
+    points: int | None = None,
     bezier: dict | None = None,
+    certify: dict | None = None,
     train_subset: int | None = None,
     continuity_k: int = 4,
     eval_batch_size: int = 256,
@@ -168,9 +193,14 @@ def compare(
         methods: any of ``llpf``, ``linear``, ``slerp``, ``bezier``, ``autoneb``, ``weight-matching``.
         config: :class:`~hf_llpf.config.ConnectConfig` or a dict (LLPF's settings; its data, batch size and seed
             are used by every method).
-        points: points of each baseline's path (ends included).
-        bezier: Bézier settings (``iters``, ``lr``, ...); ``iters`` defaults to the LLPF path's SGD iterations when
-            ``llpf`` is compared, else to 500.
+        points: points of each baseline's path (ends included); ``None``: as many as the LLPF path saved for Bézier
+            and AutoNEB when ``llpf`` is compared (their certificate checks those points and each segment's
+            midpoint), else 31.
+        bezier: Bézier settings (``iters``, ``lr``, ...); under a ceiling Bézier trains until certified or the cap
+            (``certify``); without one, ``iters`` defaults to the LLPF path's SGD iterations when ``llpf`` is
+            compared, else to 500.
+        certify: how Bézier and AutoNEB are certified (``round_iters``, ``cap``: docs/baselines.md, "Certified
+            baselines"); their ceiling is the LLPF run's, or ``config.loss_ceiling`` resolved by LLPF's rule.
         train_subset: training examples the evaluation uses (a fixed seeded subset; ``None``: all).
         continuity_k: interior points per segment checked by the evaluation.
         eval_batch_size: evaluation batch size.
@@ -196,7 +226,8 @@ def compare(
     from hf_llpf.run import RunWriter, check_out_dir
 
     methods = _check_methods(methods)
-    _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k)
+    _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k,
+                   certify=certify)  # fmt: skip
     if exist not in ("error", "overwrite"):
         raise ConfigError(f"exist={exist!r}: expected 'error' or 'overwrite'")
     check_out_dir(FsPath(out_dir), field="out_dir")  # before the endpoints and data are loaded
@@ -205,7 +236,7 @@ def compare(
     out = FsPath(out_dir)
     with RunWriter(out, exist=exist, protected=protected, kind="comparison"):  # before anything is loaded
         table = _compare(model_a, model_b, train_data, out, methods, config, protected=protected, points=points,
-                         bezier=bezier, train_subset=train_subset, continuity_k=continuity_k,
+                         bezier=bezier, certify=certify, train_subset=train_subset, continuity_k=continuity_k,
                          eval_batch_size=eval_batch_size, recalibrate_bn=recalibrate_bn, progress=progress,
                          command=command)  # fmt: skip
     return table
@@ -220,8 +251,9 @@ def _compare(
     config: Any,
     *,
     protected: list,
-    points: int,
+    points: int | None,
     bezier: dict | None,
+    certify: dict | None,
     train_subset: int | None,
     continuity_k: int,
     eval_batch_size: int,
@@ -245,18 +277,18 @@ def _compare(
         recalibrate_bn=recalibrate_bn,
         continuity_k=continuity_k,
     )
-    llpf_iters = None
+    llpf = None
     for method in methods:
         start = time.perf_counter()
         try:
-            path = _method_path(method, model_a, model_b, bundle, out, config, llpf_iters=llpf_iters,
-                                protected=protected, points=points, bezier=bezier, progress=progress,
+            path = _method_path(method, model_a, model_b, bundle, out, config, llpf=llpf, protected=protected,
+                                points=points, bezier=bezier, certify=certify, progress=progress,
                                 command=command)  # fmt: skip
         except NotApplicableError as err:
             judge.not_applicable(method, err)
             continue
         if method == "llpf":
-            llpf_iters = int(path.summary["run"]["sgd_iters"])
+            llpf = _llpf_figures(path)
         judge.judge(method, path, time.perf_counter() - start)
     table = judge.table(
         {
@@ -281,10 +313,11 @@ def _method_path(
     out: FsPath,
     config: Any,
     *,
-    llpf_iters: int | None,
+    llpf: dict | None,
     protected: list,
-    points: int,
+    points: int | None,
     bezier: dict | None,
+    certify: dict | None,
     progress: bool,
     command: str | None,
 ) -> Any:
@@ -295,7 +328,7 @@ def _method_path(
         return connect(model_a, model_b, bundle, config=config, run_dir=out / method, progress=progress,
                        command=command, protected=protected)  # fmt: skip
     return _baseline(method, model_a, model_b, bundle, out / method, config=config, points=points, bezier=bezier,
-                     llpf_iters=llpf_iters, recalibrate_bn=False, command=command)  # fmt: skip
+                     certify=certify, llpf=llpf, recalibrate_bn=False, command=command)  # fmt: skip
 
 
 @holds_run_directory("run_dir", exclusive=True, action="evaluate --baselines")
@@ -304,8 +337,9 @@ def compare_run(
     baselines: Sequence[str],
     *,
     data: Any = None,
-    points: int = 31,
+    points: int | None = None,
     bezier: dict | None = None,
+    certify: dict | None = None,
     train_subset: int | None = None,
     continuity_k: int = 4,
     eval_batch_size: int = 256,
@@ -320,7 +354,9 @@ def compare_run(
     The baselines are built between the run's first and last points (θ_A and θ_B) on the run's data, written to
     ``RUN/baselines/<method>`` (replaced when there), and judged with the run itself by one evaluator on the same
     fixed batches; the run's own evaluation is rewritten with those batches. The table and plot are written to
-    ``RUN/baselines/comparison.*``. Bézier's budget defaults to the run's SGD iterations.
+    ``RUN/baselines/comparison.*``. Bézier and AutoNEB are certified under the run's ceiling, checked at as many
+    points as the run saved (unless ``points`` is given); without a ceiling Bézier's budget defaults to the run's
+    SGD iterations.
 
     Everything is checked before anything is written (the settings, the data, the run's ends, and that every
     ``RUN/baselines/<method>`` may be replaced), and the run's own evaluation is written last, once every baseline
@@ -334,7 +370,8 @@ def compare_run(
         template: a module of the architecture, for runs of plain ``nn.Module`` s.
         seed: seed of the evaluation's fixed subsets (as ``hf-llpf evaluate --seed``).
         linear_points: points of the evaluator's linear line between each path's ends.
-        points, bezier, train_subset, continuity_k, eval_batch_size, recalibrate_bn, command: as for :func:`compare`.
+        points, bezier, certify, train_subset, continuity_k, eval_batch_size, recalibrate_bn, command: as for
+            :func:`compare`.
 
     Returns:
         The table, as written to ``RUN/baselines/comparison.json``.
@@ -352,7 +389,8 @@ def compare_run(
     from hf_llpf.run.rundir import check_exist
 
     baselines = _check_methods(baselines)
-    _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k)
+    _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k,
+                   certify=certify)  # fmt: skip
     if "llpf" in baselines:
         raise ConfigError("--baselines llpf: the run itself is the LLPF path; name baselines only")
     path = Path(run_dir, template=template)
@@ -394,7 +432,8 @@ def compare_run(
                 config=config,
                 points=points,
                 bezier=bezier,
-                llpf_iters=int(run.get("sgd_iters") or 0) or None,
+                certify=certify,
+                llpf=_llpf_figures(path),
                 recalibrate_bn=False,
                 exist="overwrite",
                 command=command,

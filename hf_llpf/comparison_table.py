@@ -35,7 +35,7 @@ def table_row(method: str, result: dict, seconds: float, path: Any, probes: dict
         "straight_distance": fig["straight_distance"],
         "probe": probes,
         "run_dir": str(path.root),
-        "certified": _certified(run.get("certification")),
+        **certify_cost(run, seconds),
     }
     if recal:
         rec = result["summary"]["llpf_recal"]
@@ -45,6 +45,29 @@ def table_row(method: str, result: dict, seconds: float, path: Any, probes: dict
         row["ends_check"] = wm["ends_check"]
         row["note"] = "ends at π(θ_B) (θ_B's units permuted: same outputs, see ends_check)"
     return row
+
+
+def certify_cost(run: dict, seconds: float) -> dict:
+    """What a row says of the path's certificate: ``certified`` (``None``: not held under a ceiling), the cost to
+    certify (``iters_to_certify``, ``seconds_to_certify``: the run's own SGD iterations and wall time when it
+    certified; a trained baseline stops when it certifies), ``full_set_max`` (the final check's maximum over every
+    point and segment midpoint on all the training examples), ``ceiling`` and, for a trained baseline, ``cap_hit``."""
+    cert = run.get("certification")
+    certified = _certified(cert)
+    cert = cert if isinstance(cert, dict) else {}
+    final = cert.get("final_check") if isinstance(cert.get("final_check"), dict) else {}
+    out = {
+        "certified": certified,
+        "ceiling": cert.get("ceiling"),
+        "iters_to_certify": cert.get("iters_to_certify", int(run.get("sgd_iters") or 0)) if certified else None,
+        "seconds_to_certify": cert.get("seconds_to_certify", round(seconds, 2)) if certified else None,
+        "full_set_max": final.get("max"),
+    }
+    if "cap" in cert:
+        out.update(cap=cert["cap"], cap_hit=bool(cert.get("cap_hit")), stopped=cert.get("stopped"))
+    if certified is False:
+        out["uncertified"] = list(cert.get("uncertified") or [])
+    return out
 
 
 def _certified(cert: Any) -> bool | None:
@@ -57,7 +80,8 @@ def _certified(cert: Any) -> bool | None:
 
 def verdict_lines(rows: Sequence[dict]) -> list[str]:
     """One line per criterion naming the method that wins it: the lowest maximum train loss (on the same data for
-    every row), and the lowest cost to certify (SGD iterations, then seconds, among the certified paths)."""
+    every row), and the lowest cost to certify (SGD iterations, then seconds, until the path was certified, among the
+    certified paths)."""
     judged = [r for r in rows if r["status"] == "ok" and not _missing(r["max_train_loss"])]
     lines = []
     if judged:
@@ -67,16 +91,22 @@ def verdict_lines(rows: Sequence[dict]) -> list[str]:
         lines.append(f"lowest maximum train loss: {best['method']} ({_f(best['max_train_loss'])}{runner_up})")
     certified = [r for r in judged if r.get("certified")]
     if certified:
-        cheapest = min(certified, key=lambda r: (r["sgd_iters"], r["seconds"]))
+        cheapest = min(certified, key=_cost)
         others = [r["method"] for r in certified if r is not cheapest]
         also = f"; also certified: {', '.join(others)}" if others else "; no other method was certified"
+        iters, seconds = _cost(cheapest)
         lines.append(
-            f"lowest cost to certify: {cheapest['method']} ({cheapest['sgd_iters']} SGD iterations, "
-            f"{_f(cheapest['seconds'], 1)} s){also}"
+            f"lowest cost to certify: {cheapest['method']} ({iters} SGD iterations, {_f(seconds, 1)} s){also}"
         )
     else:
         lines.append("lowest cost to certify: none — no path in this comparison was certified under a ceiling")
     return lines
+
+
+def _cost(row: dict) -> tuple[int, float]:
+    """A certified row's cost to certify: SGD iterations, then seconds (a table of an earlier version: the run's)."""
+    iters, seconds = row.get("iters_to_certify"), row.get("seconds_to_certify")
+    return (row["sgd_iters"] if iters is None else iters, row["seconds"] if seconds is None else seconds)
 
 
 def _missing(x: Any) -> bool:
@@ -122,6 +152,9 @@ def markdown_table(table: dict) -> str:
         "SGD iters",
         "wall s",
         "certified",
+        "SGD iters to certify",
+        "s to certify",
+        "full-set max",
     ] + (["max train loss (BN recal)", "barrier (BN recal)"] if recal else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
@@ -139,10 +172,15 @@ def markdown_table(table: dict) -> str:
             str(r["sgd_iters"]),
             _f(r["seconds"], 1),
             {True: "yes", False: "NO"}.get(r.get("certified"), "—"),
+            "—" if r.get("iters_to_certify") is None else str(r["iters_to_certify"]),
+            _f(r.get("seconds_to_certify"), 1),
+            _f(r.get("full_set_max")),
         ]
         if recal:
             cells += [_f(r.get("max_train_loss_recal")), _f(r.get("barrier_recal"))]
         lines.append("| " + " | ".join(cells) + " |")
+        if r.get("certified") is False:
+            notes.append(_not_certified(r))
         if "ends_check" in r:
             c = r["ends_check"]
             notes.append(
@@ -158,6 +196,21 @@ def markdown_table(table: dict) -> str:
     lines += [f"- {n}" for n in notes]
     lines += ["", *(f"verdict: {v}" for v in verdict_lines(table["rows"]))]
     return "\n".join(lines)
+
+
+def _not_certified(row: dict) -> str:
+    """Why a row is not certified: the cap it reached (a trained baseline) and what stayed above the ceiling."""
+    bad = row.get("uncertified") or []
+    why = {
+        "cap": f"the cap of {row.get('cap')} SGD iterations was reached",
+        "end above": "an end is above the ceiling (no training moves it)",
+        "final check": "the final check on every training example found a position above",
+    }.get(row.get("stopped"))
+    where = "; ".join(f"{u['what']} at t={u['t']:.3g} {u['loss']:.4g}" if "t" in u
+                      else f"{u['what']} at tick {u['tick']} {u['loss']:.4g}" for u in bad[:3])  # fmt: skip
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    above = f"{len(bad)} above the ceiling {_f(row.get('ceiling'))}: {where}{more}" if bad else ""
+    return f"{row['method']}: NOT certified: " + "; ".join(x for x in (why, above) if x)
 
 
 def plot_comparison(table: dict, out_png: str | os.PathLike) -> FsPath:
@@ -196,6 +249,7 @@ def plot_comparison(table: dict, out_png: str | os.PathLike) -> FsPath:
 
 __all__ = [
     "PLOT",
+    "certify_cost",
     "TABLE_JSON",
     "TABLE_MD",
     "markdown_table",

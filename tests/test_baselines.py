@@ -58,12 +58,19 @@ def test_bezier_ends_are_exact_and_training_the_control_point_lowers_the_midpoin
 
 def test_bezier_path_on_disk_has_exact_ends_and_records_its_budget(small_cnn_pair, digits, tmp_path):
     path = build_baseline(
-        "bezier", *small_cnn_pair, digits, run_dir=tmp_path / "bz", points=5, bezier={"iters": 20, "lr": 0.05}
+        "bezier",
+        *small_cnn_pair,
+        digits,
+        run_dir=tmp_path / "bz",
+        points=5,
+        bezier={"iters": 20, "lr": 0.05},
+        config={"loss_ceiling": None},  # no ceiling: a fixed budget (certified runs: test_certified_baselines.py)
     )
     assert len(path) == 5 and [m["t"] for m in path.metrics] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert state_equal(path.state_dict_at(0), state_of(load_endpoint(small_cnn_pair[0]).model))
     assert state_equal(path.state_dict_at(-1), state_of(load_endpoint(small_cnn_pair[1]).model))
     assert path.summary["run"]["sgd_iters"] == 20 and path.metrics[-1]["sgd_iters"] == 20
+    assert "certification" not in path.summary["run"] and path.config["baseline"]["bezier"]["iters"] == 20
     with pytest.raises(ConfigError, match="bezier iters=-1"):
         build_baseline("bezier", *small_cnn_pair, digits, run_dir=tmp_path / "bad", bezier={"iters": -1})
 
@@ -73,10 +80,11 @@ def test_autoneb_bends_the_band_below_the_straight_line_with_exact_ends(small_cn
     from hf_llpf.api import evaluate_run
 
     options = {"train_subset": 300, "continuity_k": 0, "linear_points": 5, "report": False}
+    fixed = {"loss_ceiling": None}  # a fixed budget
     straight = build_baseline("autoneb", *small_cnn_pair, digits, run_dir=tmp_path / "n0", points=11,
-                              autoneb={"iters": 0})  # fmt: skip
+                              autoneb={"iters": 0}, config=fixed)  # fmt: skip
     band = build_baseline("autoneb", *small_cnn_pair, digits, run_dir=tmp_path / "n", points=11,
-                          autoneb={"iters": 200})  # fmt: skip
+                          autoneb={"iters": 200}, config=fixed)  # fmt: skip
     assert state_equal(band.state_dict_at(0), state_of(load_endpoint(small_cnn_pair[0]).model))
     assert state_equal(band.state_dict_at(-1), state_of(load_endpoint(small_cnn_pair[1]).model))
     run = band.summary["run"]
@@ -160,6 +168,7 @@ def test_compare_judges_every_method_on_the_same_probe_data(small_cnn_pair, digi
         methods=["linear", "slerp", "bezier", "weight-matching"],
         points=5,
         bezier={"iters": 10},
+        config={"loss_ceiling": None},  # Bézier at a fixed budget (certified runs: test_certified_baselines.py)
         train_subset=200,
         continuity_k=1,
     )
@@ -211,13 +220,17 @@ def test_evaluate_with_baselines_adds_them_to_an_llpf_run(small_cnn_pair, digits
     run = tmp_path / "run"
     path = hf_llpf.connect(*small_cnn_pair, digits, config=FAST, run_dir=run, progress=False)
     iters = path.summary["run"]["sgd_iters"]
-    args = ["evaluate", str(run), "--baselines", "slerp,bezier", "--points", "3", "--train-subset", "128"]
-    assert main([*args, "--continuity", "1"]) == 0
+    args = ["evaluate", str(run), "--baselines", "slerp,bezier", "--train-subset", "128", "--certify-cap", "40"]
+    assert main([*args, "--certify-round", "20", "--continuity", "1"]) == 0
     out = capsys.readouterr().out
     assert "| llpf |" in out and "| slerp |" in out and "| bezier |" in out
     table = json.loads((run / "baselines" / "comparison.json").read_text())
     rows = {r["method"]: r for r in table["rows"]}
-    assert rows["bezier"]["sgd_iters"] == iters == rows["llpf"]["sgd_iters"]  # Bézier at the run's budget
+    # Bézier is held under the run's own ceiling, checked at the run's points, trained in rounds up to the cap.
+    bezier = hf_llpf.Path(run / "baselines" / "bezier")
+    assert rows["bezier"]["ceiling"] == path.summary["run"]["certification"]["ceiling"] == rows["llpf"]["ceiling"]
+    assert len(bezier) == len(path) and len(hf_llpf.Path(run / "baselines" / "slerp")) == 31
+    assert rows["bezier"]["sgd_iters"] in (0, 20, 40) and rows["llpf"]["sgd_iters"] == iters
     assert rows["llpf"]["probe"] == rows["slerp"]["probe"] == rows["bezier"]["probe"]
     assert rows["llpf"]["probe"]["train"] == [table["probe"]["train"]]
     # The baselines start and end at the run's own ends.

@@ -203,6 +203,19 @@ class ElasticBand:
                 self.insert(eval_batches, settings, loss_fn)
         return losses
 
+    def train_round(self, batches: Iterator[Any], eval_batches: list, iters: int, settings: AutoNEBSettings, *,
+                    loss_fn: LossFn | None = None) -> list[float]:  # fmt: skip
+        """One round of a certified run (docs/baselines.md, "Certified baselines"): pivots inserted where the band
+        rises (from the second round on; the first places ``settings.pivots`` on the straight line), then as many
+        NEB steps as ``iters`` SGD iterations pay for (one per interior pivot each; none when they pay for less
+        than one step). Returns the training losses."""
+        loss_fn = loss_fn or default_loss
+        if len(self.pivots) == 2:
+            self.interior(settings.pivots)
+        else:
+            self.insert(eval_batches, settings, loss_fn)
+        return self.step_cycle(batches, iters // (len(self.pivots) - 2), settings, loss_fn)
+
     def positions(self) -> list[float]:
         """Each pivot's normalised position along the band (cumulative L2 length / total length)."""
         steps = [float((b - a).norm()) for a, b in zip(self.pivots, self.pivots[1:])]

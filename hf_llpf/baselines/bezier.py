@@ -97,22 +97,34 @@ class BezierCurve:
         # The midpoint: with θ_C there the curve is the straight line (2t(1−t)/2 + t² = t).
         self.control = {n: nn.Parameter((self.a[n] + self.b[n]) / 2) for n in self.names}
         self.iterations = 0
+        self._optimizer: torch.optim.Optimizer | None = None  # made by the first train call, kept across rounds
+        self._gen: torch.Generator | None = None
 
     def params_at(self, t: float) -> dict[str, torch.Tensor]:
         """φ(t) for every parameter (differentiable in θ_C)."""
         ca, cc, cb = coefficients(t)
         return {n: ca * self.a[n] + cc * self.control[n] + cb * self.b[n] for n in self.names}
 
-    def train(self, batches: Iterator[Any], settings: BezierSettings, *, loss_fn: LossFn | None = None) -> list[float]:
-        """``settings.iters`` SGD steps on θ_C, each on one batch at a fresh t ~ U(0, 1); returns the losses."""
+    def train(
+        self,
+        batches: Iterator[Any],
+        settings: BezierSettings,
+        *,
+        loss_fn: LossFn | None = None,
+        iters: int | None = None,
+    ) -> list[float]:
+        """``iters`` (default ``settings.iters``) SGD steps on θ_C, each on one batch at a fresh t ~ U(0, 1); returns
+        the losses. Later calls go on where the last one stopped (the same optimizer, momentum and t's): training in
+        rounds is the same training as in one call."""
         loss_fn = loss_fn or default_loss
-        optimizer = torch.optim.SGD(
-            list(self.control.values()), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-        )
-        gen = torch.Generator().manual_seed(settings.seed)
+        if self._optimizer is None:
+            self._optimizer = torch.optim.SGD(list(self.control.values()), lr=settings.lr, momentum=settings.momentum,
+                                              weight_decay=settings.weight_decay)  # fmt: skip
+            self._gen = torch.Generator().manual_seed(settings.seed)
+        optimizer, gen = self._optimizer, self._gen
         self.model.train()
         losses = []
-        for _ in range(settings.iters):
+        for _ in range(settings.iters if iters is None else iters):
             t = float(torch.rand((), generator=gen))
             batch = move_batch(next(batches), self.device)
             loss = loss_fn(_CurvePoint(self.model, self.params_at(t)), batch)

@@ -7,10 +7,11 @@ evaluator as an LLPF path (:func:`hf_llpf.evaluate_run`).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from typing import Any
 
@@ -20,6 +21,14 @@ from accelerate import Accelerator
 import hf_llpf.baselines.autoneb as neb
 from hf_llpf.assets import run_assets
 from hf_llpf.baselines.bezier import BezierCurve, BezierSettings, check
+from hf_llpf.baselines.certify import (
+    CertifySettings,
+    CurveCheck,
+    baseline_certifier,
+    certify_settings,
+    close_baseline,
+    train_until_certified,
+)
 from hf_llpf.baselines.pathdir import BaselineRun, State, fixed_ts, state_of, write_path
 from hf_llpf.baselines.permutation import permutation_spec
 from hf_llpf.baselines.slerp import lerp_state, slerp_state
@@ -109,6 +118,8 @@ def build_baseline(
     points: int = 31,
     bezier: BezierSettings | dict | None = None,
     autoneb: neb.AutoNEBSettings | dict | None = None,
+    ceiling: float | None = None,
+    certify: CertifySettings | dict | None = None,
     recalibrate_bn: bool = False,
     loss_fn: LossFn | None = None,
     exist: str = "error",
@@ -128,6 +139,11 @@ def build_baseline(
         points: points written, ends included, at t = i/(points−1).
         bezier: :class:`~hf_llpf.baselines.bezier.BezierSettings` or a dict of its fields (``iters``, ``lr``, ...).
         autoneb: :class:`~hf_llpf.baselines.autoneb.AutoNEBSettings` or a dict of its fields (``iters``, ...).
+        ceiling: the loss ceiling Bézier and AutoNEB are certified under (``compare`` passes LLPF's run's); ``None``:
+            ``config.loss_ceiling`` (``auto``: LLPF's rule from the endpoints; null: no certificate, and they train
+            their fixed ``iters``). Under a ceiling they train in rounds until the certificate accepts the path or
+            ``certify``'s cap (docs/baselines.md, "Certified baselines").
+        certify: :class:`~hf_llpf.baselines.certify.CertifySettings` or a dict (``round_iters``, ``cap``).
         recalibrate_bn: recompute the BatchNorm statistics of every interior point (linear, SLERP, weight matching:
             the "reset" of REPAIR, Jordan et al. 2022); Bézier always does (Garipov et al. 2018).
         loss_fn: the training loss of Bézier (default: cross-entropy / ``outputs.loss``).
@@ -147,8 +163,13 @@ def build_baseline(
     if method not in BASELINES:
         raise UnknownNameError("baseline method", method, BASELINES)
     ts = fixed_ts(points)
+    rounds = certify_settings(certify)
     check_exist(run_dir, exist, inside=inside, protected=local_specs(model_a, model_b, train_data))  # before any work
     config = resolve_config(config)
+    settings = {"bezier": lambda: bezier_settings(bezier, config.seed),
+                "autoneb": lambda: autoneb_settings(autoneb, config.seed)}.get(method, lambda: None)()  # fmt: skip
+    if method in TRAINED:
+        check_rounds(method, rounds, settings, ceiling)
     seed_everything(config.seed)
     start = time.perf_counter()
     ea, eb = resolve_endpoint(model_a), resolve_endpoint(model_b)
@@ -163,24 +184,24 @@ def build_baseline(
     sa, sb = state_of(ea.model), state_of(eb.model)
     run = BaselineRun(method=method, data=data, seed=config.seed, settings={"points": points})
     recal = recalibrate_bn or method in TRAINED
-    settings = {"bezier": lambda: bezier_settings(bezier, config.seed),
-                "autoneb": lambda: autoneb_settings(autoneb, config.seed)}.get(method, lambda: None)()  # fmt: skip
     batches = _recal_batches(loader, bundle, config, settings.recal_batches if settings else 8) if recal else []
-    if method == "linear":
-        state_at = lambda t: lerp_state(t, sa, sb)  # noqa: E731
-    elif method == "slerp":
-        state_at = lambda t: slerp_state(t, sa, sb)  # noqa: E731
+    finish = None
+    if method in ("linear", "slerp"):
+        state_at = (lambda t: lerp_state(t, sa, sb)) if method == "linear" else (lambda t: slerp_state(t, sa, sb))
     elif method == "weight-matching":
         state_at = _weight_matching(ea, sa, sb, loader, run, seed=config.seed)
-    elif method == "autoneb":
-        state_at = _autoneb(ea, sa, sb, loader, batches, settings, run, loss_fn=loss_fn, device=device)
     else:
-        state_at = _bezier(ea, sa, sb, loader, batches, settings, run, loss_fn=loss_fn, device=device)
+        device = device or Accelerator(cpu=cpu_only()).device
+        certifier = baseline_certifier([ea.model, eb.model], train_data, loader, bundle, config, ceiling=ceiling,
+                                       loss_fn=loss_fn, device=device)  # fmt: skip
+        make = _autoneb if method == "autoneb" else _bezier
+        trained = make(ea, sa, sb, loader, batches, settings, loss_fn=loss_fn, device=device)
+        state_at, finish = _train(trained, method, settings, run, certifier, rounds, ts, ea, device, start)
     if recal and method not in TRAINED:
         state_at = _recalibrated(state_at, ea.model, batches)
     run.settings["recalibrate_bn"] = recal
     return write_path(run_dir, ea, eb, ts, state_at, run, exist=exist, command=command,
-                      seconds=time.perf_counter() - start, assets=assets, inside=inside)  # fmt: skip
+                      seconds=time.perf_counter() - start, assets=assets, inside=inside, finish=finish)  # fmt: skip
 
 
 def _weight_matching(ea: Endpoint, sa: State, sb: State, loader: Any, run: BaselineRun, *, seed: int) -> Callable:
@@ -204,55 +225,94 @@ def _weight_matching(ea: Endpoint, sa: State, sb: State, loader: Any, run: Basel
     return lambda t: lerp_state(t, sa, spb)
 
 
-def _bezier(
-    ea: Endpoint,
-    sa: State,
-    sb: State,
-    loader: Any,
-    batches: list,
-    settings: BezierSettings,
-    run: BaselineRun,
-    *,
-    loss_fn: LossFn | None,
-    device: Any,
-) -> Callable:
-    """Train the control point; ``t -> φ(t)`` with BatchNorm statistics recomputed on ``batches``."""
-    device = device or Accelerator(cpu=cpu_only()).device
-    curve = BezierCurve(ea.model, sa, sb, device=device)
-    losses = curve.train(batch_stream(loader), settings, loss_fn=loss_fn)
-    run.sgd_iters = curve.iterations
-    run.settings["bezier"] = asdict(settings)
-    tail = losses[-min(len(losses), 50) :]
-    run.summary["bezier"] = {"final_train_loss": sum(tail) / len(tail) if tail else None}
-    return lambda t: curve.state_at(t, batches)
+@dataclass
+class _Trained:
+    """A trained baseline's curve, whichever the method: how to train it and read it."""
+
+    state_at: Callable[[float], State]  # the written point at t (BatchNorm statistics recomputed)
+    train_budget: Callable[[], list[float]]  # the fixed-budget training (no ceiling); returns the losses
+    train_round: Callable[[int], list[float]]  # one round of at most n SGD iterations; returns the losses
+    iterations: Callable[[], int]
+    summary: Callable[[], dict]  # the method's own figures for summary.run.<method>
 
 
-def _autoneb(
-    ea: Endpoint,
-    sa: State,
-    sb: State,
-    loader: Any,
-    batches: list,
-    settings: neb.AutoNEBSettings,
-    run: BaselineRun,
-    *,
-    loss_fn: LossFn | None,
-    device: Any,
-) -> Callable:
-    """Train the elastic band; ``t -> band(t)`` with BatchNorm statistics recomputed on ``batches``."""
-    device = device or Accelerator(cpu=cpu_only()).device
-    band = neb.ElasticBand(ea.model, sa, sb, device=device)
+def _bezier(ea: Endpoint, sa: State, sb: State, loader: Any, batches: list, settings: BezierSettings, *,
+            loss_fn: LossFn | None, device: Any) -> _Trained:  # fmt: skip
+    """The Bézier curve, its control point trained on ``loader``; points recalibrated on ``batches``."""
+    curve, stream = BezierCurve(ea.model, sa, sb, device=device), batch_stream(loader)
+    return _Trained(
+        state_at=lambda t: curve.state_at(t, batches),
+        train_budget=lambda: curve.train(stream, settings, loss_fn=loss_fn),
+        train_round=lambda n: curve.train(stream, settings, loss_fn=loss_fn, iters=n),
+        iterations=lambda: curve.iterations,
+        summary=dict,
+    )
+
+
+def _autoneb(ea: Endpoint, sa: State, sb: State, loader: Any, batches: list, settings: neb.AutoNEBSettings, *,
+             loss_fn: LossFn | None, device: Any) -> _Trained:  # fmt: skip
+    """The elastic band, trained on ``loader``; points recalibrated on ``batches``."""
+    band, stream = neb.ElasticBand(ea.model, sa, sb, device=device), batch_stream(loader)
     eval_batches = batches[: settings.eval_batches]
-    losses = band.train(batch_stream(loader), eval_batches, settings, loss_fn=loss_fn)
-    run.sgd_iters = band.iterations
-    run.settings["autoneb"] = asdict(settings)
+    return _Trained(
+        state_at=lambda t: band.state_at(t, batches),
+        train_budget=lambda: band.train(stream, eval_batches, settings, loss_fn=loss_fn),
+        train_round=lambda n: band.train_round(stream, eval_batches, n, settings, loss_fn=loss_fn),
+        iterations=lambda: band.iterations,
+        summary=lambda: {"pivots": len(band.pivots) - 2, "inserted_per_cycle": band.inserted},
+    )
+
+
+def _train(trained: _Trained, method: str, settings: Any, run: BaselineRun, certifier: Any,
+           rounds: CertifySettings, ts: list[float], ea: Endpoint, device: Any, start: float) -> tuple:  # fmt: skip
+    """Train ``trained``: its fixed budget without a certifier, else in rounds until certified or the cap. Records
+    the method's figures in ``run``; returns ``state_at`` and the write's ``finish`` (the certification record)."""
+    # Under a ceiling the fixed budget (iters, spread over AutoNEB's cycles) is not used: the rounds and the cap are.
+    unused = () if certifier is None else ("iters", "cycles")
+    run.settings[method] = {k: v for k, v in asdict(settings).items() if k not in unused}
+    if certifier is None:
+        losses = trained.train_budget()
+        finish = None
+    else:
+        losses: list[float] = []
+
+        def train_round(n: int) -> int:
+            before = trained.iterations()
+            losses.extend(trained.train_round(n))
+            return trained.iterations() - before
+
+        check = CurveCheck(certifier, ea.model, ts, phase=method, device=device)
+        outcome = train_until_certified(check, trained.state_at, train_round, rounds, iterations=trained.iterations)
+        run.settings["certify"] = asdict(rounds)
+
+        def finish(path: Any, rows: list[dict]) -> dict:
+            return {"certification": close_baseline(certifier, path, ea.model, rows, outcome, device=device,
+                                                    sgd_iters=trained.iterations(), started=start)}  # fmt: skip
+
+    run.sgd_iters = trained.iterations()
     tail = losses[-min(len(losses), 50) :]
-    run.summary["autoneb"] = {
-        "final_train_loss": sum(tail) / len(tail) if tail else None,
-        "pivots": len(band.pivots) - 2,
-        "inserted_per_cycle": band.inserted,
-    }
-    return lambda t: band.state_at(t, batches)
+    run.summary[method] = {"final_train_loss": sum(tail) / len(tail) if tail else None, **trained.summary()}
+    return trained.state_at, finish
+
+
+def check_rounds(method: str, rounds: CertifySettings, settings: Any, ceiling: Any) -> None:
+    """Refuse a ceiling that is not a positive number, and rounds too short for AutoNEB (a round must pay for one
+    NEB step of the largest band), every problem at once.
+
+    Raises:
+        ConfigError: naming each value and what is allowed.
+    """
+    problems = []
+    number = isinstance(ceiling, (int, float)) and not isinstance(ceiling, bool)
+    if ceiling is not None and not (number and 0 < ceiling < math.inf):
+        problems.append(f"ceiling={ceiling!r}: must be a positive number, or None (the settings' loss_ceiling)")
+    if method == "autoneb" and rounds.round_iters < settings.max_pivots:
+        problems.append(
+            f"certify round_iters={rounds.round_iters}: must be >= autoneb max_pivots ({settings.max_pivots}), so "
+            "that every round moves each pivot at least once"
+        )
+    if problems:
+        raise ConfigError(problems)
 
 
 def with_iters(settings: BezierSettings | dict | None, iters: int) -> dict | BezierSettings:

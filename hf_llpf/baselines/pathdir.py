@@ -86,6 +86,7 @@ def write_path(
     seconds: float = 0.0,
     assets: Assets | None = None,
     inside: str | os.PathLike | None = None,
+    finish: Callable[[Path, list[dict]], dict] | None = None,
 ) -> Path:
     """Write the points ``state_at(t)`` for each ``t`` of ``ts`` as a run directory.
 
@@ -103,6 +104,9 @@ def write_path(
         assets: the endpoints' companion files (:func:`hf_llpf.assets.run_assets`), stored in ``assets/``.
         inside: the run directory ``run_dir`` lies in (``RUN/baselines/<method>``): no folder between them may be a
             symbolic link (see :class:`~hf_llpf.run.RunWriter`).
+        finish: called once the points and metrics are written, with the path and its rows (which it may add
+            columns to): what it returns is added to ``summary["run"]``, and the metrics are written again (a
+            certified baseline's final check, :mod:`hf_llpf.baselines.certify`).
 
     Returns:
         The :class:`~hf_llpf.run.Path` (points load lazily).
@@ -144,10 +148,13 @@ def write_path(
                 point=rel,
             )
             points.append({**record.row(), "t": t})
-        seconds_total = round(seconds + time.perf_counter() - start, 3)
         summary = {"run": {"method": run.method, "ticks": len(ts) - 1, "sgd_iters": run.sgd_iters, **run.summary}}
-        summary["run"]["seconds_this_session"] = seconds_total
+        summary["run"]["seconds_this_session"] = round(seconds + time.perf_counter() - start, 3)
         writer.write_metrics(points, [], summary)
+        if finish is not None:  # the points are on disk: read back as a Path, still under this writer's lock
+            summary["run"].update(finish(Path(run_dir, template=ea.model if ea.kind == "module" else None), points))
+            summary["run"]["seconds_this_session"] = round(seconds + time.perf_counter() - start, 3)
+            writer.write_metrics(points, [], summary)
     return Path(run_dir, template=ea.model if ea.kind == "module" else None)
 
 

@@ -33,9 +33,23 @@ def register(sub) -> None:
         default="llpf,linear,slerp,bezier,autoneb,weight-matching",
         help="comma-separated: llpf, linear, slerp, bezier, autoneb, weight-matching (default: all)",
     )
-    p.add_argument("--points", type=positive("--points"), default=31, help="points of each baseline (default 31)")
     p.add_argument(
-        "--bezier-iters", type=int, help="SGD iterations of the Bézier control point (default: LLPF's, else 500)"
+        "--points",
+        type=positive("--points"),
+        help="points of each baseline (default: Bézier and AutoNEB as many as LLPF saved, else 31)",
+    )
+    p.add_argument(
+        "--bezier-iters",
+        type=int,
+        help="SGD iterations of the Bézier control point without a ceiling (default: LLPF's, else 500)",
+    )
+    p.add_argument(
+        "--certify-cap",
+        type=int,
+        help="Bézier and AutoNEB: SGD iterations at most before they stop uncertified (default: docs/baselines.md)",
+    )
+    p.add_argument(
+        "--certify-round", type=int, help="Bézier and AutoNEB: SGD iterations between two checks of their path"
     )
     p.add_argument("--bezier-lr", type=float, help="SGD learning rate of the Bézier control point (default 0.01)")
     p.add_argument("--train-subset", type=int, help="fixed seeded subset of N training examples (default: all)")
@@ -67,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     protected = read_by_command(args, config)
     check_exist(args.out, exist, protected=protected, kind="comparison")  # before anything loads
     bezier = {k: v for k, v in (("iters", args.bezier_iters), ("lr", args.bezier_lr)) if v is not None}
+    certify = {k: v for k, v in (("cap", args.certify_cap), ("round_iters", args.certify_round)) if v is not None}
     methods = args.methods if isinstance(args.methods, list) else _methods(args.methods)
     table = compare(
         load_endpoint(args.a, arch=args.arch),
@@ -77,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         config=config,
         points=args.points,
         bezier=bezier or None,
+        certify=certify or None,
         train_subset=args.train_subset,
         recalibrate_bn=args.recalibrate_bn,
         exist=exist,

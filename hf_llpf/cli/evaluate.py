@@ -26,8 +26,21 @@ def register(sub) -> None:
         help="also build these baselines (linear,slerp,bezier,autoneb,weight-matching) into RUN/baselines/ and "
         "compare them with the path on the same data (docs/baselines.md)",
     )
-    p.add_argument("--points", type=int, default=31, help="points of each baseline (with --baselines; default 31)")
-    p.add_argument("--bezier-iters", type=int, help="Bézier's SGD iterations (default: the run's own)")
+    p.add_argument(
+        "--points",
+        type=int,
+        help="points of each baseline (with --baselines; default: Bézier and AutoNEB as many as the run saved, "
+        "else 31)",
+    )
+    p.add_argument(
+        "--bezier-iters", type=int, help="Bézier's SGD iterations when the run has no ceiling (default: the run's own)"
+    )
+    p.add_argument(
+        "--certify-cap",
+        type=int,
+        help="with --baselines: SGD iterations at most of Bézier and AutoNEB under the ceiling",
+    )
+    p.add_argument("--certify-round", type=int, help="with --baselines: SGD iterations between two of their checks")
     p.set_defaults(func=run)
 
 
@@ -100,6 +113,8 @@ def _with_baselines(args: argparse.Namespace) -> int:
         methods,
         points=args.points,
         bezier={"iters": args.bezier_iters} if args.bezier_iters is not None else None,
+        certify={k: v for k, v in (("cap", args.certify_cap), ("round_iters", args.certify_round)) if v is not None}
+        or None,
         train_subset=args.train_subset,
         continuity_k=args.continuity,
         eval_batch_size=args.batch_size,
