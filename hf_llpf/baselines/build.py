@@ -178,7 +178,8 @@ def build_baseline(
     check_endpoints_match(ea.model, eb.model)
     loader, bundle, data_config = prepare_data(train_data, config, ea, eb)
     # As connect does: timm points record the data they describe, and the companion files travel (hf_llpf.assets).
-    ea = with_data_config(ea, run_data_config(bundle, example_batch(loader), data_config.data))
+    described = run_data_config(bundle, example_batch(loader), data_config.data)
+    ea, eb = with_data_config(ea, described), with_data_config(eb, described)
     assets = run_assets(ea, eb, bundle)
     data = bundle.config.model_dump(mode="json") if bundle is not None else None
     sa, sb = state_of(ea.model), state_of(eb.model)
