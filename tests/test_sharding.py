@@ -399,6 +399,7 @@ def test_chan_merge_of_uneven_splits_equals_the_whole_in_fp64():
     assert sharding.merge_moments(whole)[0].tolist() == [37.0, 2.5, 4.0]  # an empty shard changes no bit
 
 
+@pytest.mark.slow  # one launch of two gloo processes, shared by the tests of this file
 def test_two_processes_agree_with_the_unsharded_maths(two_processes):
     for result in two_processes:
         err = result["errors"]
@@ -415,6 +416,7 @@ def test_two_processes_agree_with_the_unsharded_maths(two_processes):
     assert two_processes[0]["errors"] == two_processes[1]["errors"]  # the same scalars on every process
 
 
+@pytest.mark.slow  # one launch of two gloo processes, shared by the tests of this file
 def test_fully_shard_models_move_and_correct_as_the_whole_model(two_processes):
     for result in two_processes:
         err = result["errors"]
@@ -427,6 +429,7 @@ def test_fully_shard_models_move_and_correct_as_the_whole_model(two_processes):
         assert err["gpt2_held_whole"] == 0 and err["cnn_held_whole"] == 2  # the CNN's head is outside fully_shard
 
 
+@pytest.mark.slow  # one launch of two gloo processes, shared by the tests of this file
 def test_refusals_name_the_file_the_tensor_and_what_is_allowed(two_processes):
     for result in two_processes:
         bad, shape = result["refusals"]["not_safetensors"], result["refusals"]["shape"]
@@ -440,12 +443,14 @@ def test_refusals_name_the_file_the_tensor_and_what_is_allowed(two_processes):
     assert "rows 3:5 of it" in two_processes[1]["refusals"]["shape"]
 
 
+@pytest.mark.slow  # one launch of two gloo processes, shared by the tests of this file
 def test_one_process_gives_the_unsharded_results_bit_for_bit(two_processes):
     for result in two_processes:
         assert result["errors"]["one_process_bits_differ"] == 0
         assert result["errors"]["one_process_sharded"] == 28  # every GPT-2 parameter was a DTensor (on one process)
 
 
+@pytest.mark.slow  # one launch of two gloo processes, shared by the tests of this file
 def test_a_point_written_from_shards_has_the_unsharded_writers_bytes_and_reads_back_by_rows(two_processes):
     main, other = (result["points"] for result in two_processes)
     assert main["gpt2_files"] > 2 and main["cnn_files"] == 1  # shards and an index; one model.safetensors
