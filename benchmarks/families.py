@@ -1,25 +1,31 @@
-"""Every architecture family connects: a CPU-scale LLPF M2M run per family, judged against linear interpolation.
+"""Every architecture family connects: a CPU-scale LLPF run per family, judged against linear interpolation.
 
-Run: ``.venv/bin/python -m benchmarks.families [FAMILY ...]`` (default: every family; naming some reruns those and
-keeps the other rows; ``--render`` only rewrites the table from the saved JSON; ``--threads N [FAMILY ...]``
-runs with N torch threads, another rounding, and only prints its rows). Writes
-``benchmarks/results/families.json``, ``benchmarks/results/families.md`` and the table in ``docs/benchmarks.md``
-(between its ``<!-- families:start -->``/``<!-- families:end -->`` markers).
+    python -m benchmarks families                      # every family, M2M; rewrites the families table
+    python -m benchmarks families lenet5 bert          # reruns those, keeps the table's other rows
+    python -m benchmarks families --render             # only rewrites the table from the recorded rows
+    python -m benchmarks families --threads 2 resnet18 # another rounding: rows recorded, the table left as it is
+    python -m benchmarks families --method cross-sphere lenet5   # or m2o: the walk of endpoint A to the origin
 
 Per family: two endpoints of a tiny width (and, where block names allow it, depth) are trained from seeds 0
 and 1 — the image families on the built-in 8x8 digits upscaled to 16 px (32 px for VGG11, whose five
 max-pools need it; LeNet5 reads the 8x8 images), the language models on a generated token task — then
-connected by M2M and judged with :func:`hf_llpf.api.evaluate_run` (eval mode, on the training examples the
-certificate is about: all of the image families' training images, the language models' 512 given examples).
-The stages are those of the family's LLPF recipe (``recipes/<arch>-*-llpf.yaml``: its ``stages``
-override, or its hand-set ``schedule`` turned into the same stages in order), so the run also checks that
-the recipe's regexes fit the model; only the step and the minimal training are shrunk for the CPU.
+connected (M2M by default; ``--method cross-sphere``: M2O then M2M; ``--method m2o``: endpoint A walked toward
+the origin alone until every moved tensor's variance is 0.8 of its start, no linear baseline) and judged with
+:func:`hf_llpf.api.evaluate_run` (eval mode, on the training examples the certificate is about: all of the image
+families' training images, the language models' 512 given examples). The stages are those of the family's LLPF
+recipe (``recipes/<arch>-*-llpf.yaml``: its ``stages`` override, or its hand-set ``schedule`` turned into the same
+stages in order), so the run also checks that the recipe's regexes fit the model; only the step and the minimal
+training are shrunk for the CPU.
 
-``tests/test_families.py`` runs the same function at the "test" scale and asserts on the returned row.
+Each family runs in its own process (peak RSS per family). Rows are appended to
+``benchmarks/results/families.jsonl``; the table (``benchmarks/results/families.md`` and ``docs/benchmarks.md``
+between its ``<!-- families:start -->``/``<!-- families:end -->`` markers) shows the latest M2M row of each family
+measured with one thread. ``tests/test_families.py`` runs :func:`run_family` itself and asserts on the row.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -35,6 +41,7 @@ import yaml
 from torch import nn
 
 import hf_llpf
+from benchmarks import harness
 from hf_llpf.api import evaluate_run
 from hf_llpf.config import DataConfig, TrainRecipe
 from hf_llpf.data import DataBundle, load_data
@@ -43,8 +50,10 @@ from hf_llpf.train import train_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
-RESULTS = Path(__file__).resolve().parent / "results"
-SCRATCH = Path(".bench_cache/families")  # endpoints are kept in memory; the run directories land here
+RESULTS = harness.RESULTS
+SCRATCH = harness.CACHE / "families"  # endpoints are kept in memory; the run directories land here
+ENTRY = "families"
+METHODS = ("m2m", "cross-sphere", "m2o")
 
 # M2M settings for a CPU, the same for every family: the loss ceiling is the engine's default (auto, from the
 # endpoints' losses on the examples the table judges), and so is the certified repair. Only the
@@ -58,6 +67,10 @@ CPU_CONNECT = {
     "save_every": 1,
     "checkpoint_every": 1000,
 }
+
+# The walk to the origin (``--method m2o``) stops where every moved tensor's variance is this share of its start:
+# near enough for a CPU smoke run of every family (the walk's default, 0.25, takes hundreds of ticks there).
+CPU_WALK = {"m2o": {"target_variance": 0.8}}
 
 
 @dataclass
@@ -240,21 +253,43 @@ def stage_coverage(run_dir: Path, model: nn.Module) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ one family
-def run_family(name: str, root: Path, *, connect_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train two tiny endpoints, connect them by M2M, evaluate; returns the table row (never raises).
+def method_setting(method: str) -> str:
+    """The ``method`` setting that runs ``method`` (``m2m`` or ``cross-sphere``) in the installed hf_llpf.
+
+    Before the methods were renamed, M2O then M2M was registered as ``m2o``; the row and the hashes name the
+    method, not the setting, so they stay comparable across the rename.
+    """
+    if method != "cross-sphere":
+        return method
+    try:
+        from hf_llpf.algorithms.registry import method_names
+    except ImportError:  # the registry moved: the new names
+        return "cross-sphere"
+    names = method_names()
+    return "cross-sphere" if "cross-sphere" in names or "m2o-walk" not in names else "m2o"
+
+
+def run_family(
+    name: str, root: Path, *, connect_overrides: dict[str, Any] | None = None, method: str = "m2m"
+) -> dict[str, Any]:
+    """Train two tiny endpoints, connect them (or walk A to the origin), evaluate; returns the row (never raises).
 
     Args:
         name: a key of :data:`FAMILIES`.
-        root: scratch folder for the endpoints and the run directory.
+        root: scratch folder for the run directory (``<name>-path``; ``<name>-<method>-path`` for another method).
         connect_overrides: extra connect settings (e.g. a larger ``step_r`` for a quicker test).
+        method: ``m2m``, ``cross-sphere`` (M2O then M2M) or ``m2o`` (endpoint A walked to the origin alone:
+            no linear baseline, no endpoint B).
 
     Returns:
-        The row: family, params, endpoint figures, ``max_train_loss``/``barrier`` of LLPF and linear, ticks,
-        SGD iterations, points, seconds, ``exact_endpoints``, ``stage_problems`` and ``status``
-        (``"connected"`` or ``"failed: <why>"``).
+        The row: family, method, params, endpoint figures, ``max_train_loss``/``barrier`` of LLPF and linear,
+        ticks, SGD iterations, points, seconds, ``exact_endpoints``, ``stage_problems``, ``run_dir`` and
+        ``status`` (``"certified"``, ``"not certified (...)"`` or ``"failed: <why>"``).
     """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: expected one of {', '.join(METHODS)}")
     fam = FAMILIES[name]
-    row: dict[str, Any] = {"family": name, "model": fam.model, "model_args": fam.model_args}
+    row: dict[str, Any] = {"family": name, "method": method, "model": fam.model, "model_args": fam.model_args}
     extra = {**fam.connect, **(connect_overrides or {})}
     row["settings"] = ", ".join(f"{k} {v}" for k, v in extra.items()) or "-"
     start = time.perf_counter()
@@ -265,35 +300,73 @@ def run_family(name: str, root: Path, *, connect_overrides: dict[str, Any] | Non
         row["endpoint_iters"] = iters
         row["train_seconds"] = round(time.perf_counter() - start, 1)
         config = {**CPU_CONNECT, **recipe_stages(fam.recipe), **fam.connect, **(connect_overrides or {})}
-        run_dir = root / f"{name}-path"
-        t = time.perf_counter()
-        probe = eval_data["train"] if isinstance(eval_data, dict) else None  # the examples the row is judged on
-        path = hf_llpf.connect(
-            a, b, train_data, config=config, run_dir=run_dir, exist="overwrite", progress=False, probe_data=probe
-        )
-        row["connect_seconds"] = round(time.perf_counter() - t, 1)
-        run = path.summary["run"]
-        row.update(ticks=run["ticks"], sgd_iters=run["sgd_iters"], points=len(path), stages=run["num_stages"])
-        row.update(stage_starts=run["stage_starts"], max_ticks=config["max_ticks"])
-        cert = run["certification"]
-        row.update(ceiling=cert["ceiling"], engine_certified=cert["certified"], uncertified=cert["uncertified"])
-        row["exact_endpoints"] = _states_equal(path.model_at(0), a) and _states_equal(path.model_at(-1), b)
-        row["stage_problems"] = stage_coverage(run_dir, a)
-        t = time.perf_counter()
-        # Judged on the certificate's own examples (a 512-example subset of them can sit above the mean of all).
-        summary = evaluate_run(
-            path, data=eval_data, train_subset=None, linear_points=11, continuity_k=0, report=False
-        )["summary"]
-        row["eval_seconds"] = round(time.perf_counter() - t, 1)
-        for which in ("llpf", "linear"):
-            row[f"{which}_max_train_loss"] = summary[which]["max_train_loss"]
-            row[f"{which}_barrier"] = summary[which]["barrier"]
-        row["status"] = _status(row)
+        run_dir = root / (f"{name}-path" if method == "m2m" else f"{name}-{method}-path")
+        row["run_dir"] = str(run_dir)
+        if method == "m2o":
+            _walk(row, a, train_data, {**config, **CPU_WALK}, run_dir)
+        else:
+            config["method"] = method_setting(method)
+            _connect(row, a, b, train_data, eval_data, config, run_dir)
     except Exception as err:  # a failing family stays in the table with its reason
         row["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
         row["traceback"] = traceback.format_exc()
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
+
+
+def _connect(row: dict, a: nn.Module, b: nn.Module, train_data: Any, eval_data: Any, config: dict, run_dir: Path):
+    """Connect ``a`` and ``b``, check the path and judge it against linear interpolation (into ``row``)."""
+    t = time.perf_counter()
+    probe = eval_data["train"] if isinstance(eval_data, dict) else None  # the examples the row is judged on
+    path = hf_llpf.connect(
+        a, b, train_data, config=config, run_dir=run_dir, exist="overwrite", progress=False, probe_data=probe
+    )
+    row["connect_seconds"] = round(time.perf_counter() - t, 1)
+    _run_figures(row, path, config)
+    row["exact_endpoints"] = _states_equal(path.model_at(0), a) and _states_equal(path.model_at(-1), b)
+    row["stage_problems"] = stage_coverage(run_dir, a)
+    t = time.perf_counter()
+    # Judged on the certificate's own examples (a 512-example subset of them can sit above the mean of all).
+    summary = evaluate_run(path, data=eval_data, train_subset=None, linear_points=11, continuity_k=0, report=False)[
+        "summary"
+    ]
+    row["eval_seconds"] = round(time.perf_counter() - t, 1)
+    for which in ("llpf", "linear"):
+        row[f"{which}_max_train_loss"] = summary[which]["max_train_loss"]
+        row[f"{which}_barrier"] = summary[which]["barrier"]
+    row["status"] = _status(row)
+
+
+def _walk(row: dict, a: nn.Module, train_data: Any, config: dict, run_dir: Path) -> None:
+    """Walk ``a`` to the origin (M2O alone) and record the run's figures and certificate (into ``row``)."""
+    t = time.perf_counter()
+    reference = _copy_state(a)
+    path = hf_llpf.walk_to_origin(a, train_data, config=config, run_dir=run_dir, exist="overwrite", progress=False)
+    row["connect_seconds"] = round(time.perf_counter() - t, 1)
+    _run_figures(row, path, config)
+    first = path.model_at(0).state_dict()
+    row["exact_endpoints"] = first.keys() == reference.keys() and all(torch.equal(first[k], v) for k, v in
+                                                                       reference.items())  # fmt: skip
+    row["stage_problems"] = stage_coverage(run_dir, a)
+    if not row["exact_endpoints"]:
+        row["status"] = "failed: the first point differs from θ_A"
+    elif row["stage_problems"]:
+        row["status"] = f"failed: stages: {'; '.join(row['stage_problems'][:3])}"
+    else:
+        row["status"] = "certified" if row["engine_certified"] else "not certified"
+
+
+def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _run_figures(row: dict, path: Any, config: dict) -> None:
+    """The run's own figures (ticks, SGD iterations, points, stages, certificate) into ``row``."""
+    run = path.summary["run"]
+    row.update(ticks=run["ticks"], sgd_iters=run["sgd_iters"], points=len(path), stages=run.get("num_stages"))
+    row.update(stage_starts=run.get("stage_starts"), max_ticks=config["max_ticks"])
+    cert = run["certification"]
+    row.update(ceiling=cert["ceiling"], engine_certified=cert["certified"], uncertified=cert["uncertified"])
 
 
 def _status(row: dict[str, Any]) -> str:
@@ -377,80 +450,65 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-README = ROOT / "docs" / "benchmarks.md"
 README_MARKS = ("<!-- families:start -->", "<!-- families:end -->")
 
 
-def _write_table(rows: list[dict[str, Any]]) -> str:
-    """``families.md`` and the README's table (between :data:`README_MARKS`) from ``rows``."""
-    from benchmarks.run import update_readme
+def table_rows(file: Path) -> list[dict[str, Any]]:
+    """The table's rows: per family (in :data:`FAMILIES` order) its latest M2M row measured with one thread."""
+    latest = {}
+    for record in harness.read_results(file):
+        row = record["row"]
+        if record.get("threads", 1) == 1 and row.get("method", "m2m") == "m2m" and row.get("family") in FAMILIES:
+            latest[row["family"]] = row
+    return [latest[n] for n in FAMILIES if n in latest]
 
+
+def render(results: Path = RESULTS, *, docs: bool = True) -> str:
+    """Rewrite ``families.md`` (and the docs' table) from the recorded rows, statuses by the current rules."""
+    rows = table_rows(results / f"{ENTRY}.jsonl")
+    for row in rows:
+        if "llpf_max_train_loss" in row:  # a run that raised keeps its exception as the status
+            row["status"] = _status(row)
     table = markdown_table(rows)
-    (RESULTS / "families.md").write_text(table + "\n")
-    if README.is_file() and not update_readme(README, table, README_MARKS):
-        print(f"{README}: no {README_MARKS[0]} ... {README_MARKS[1]} markers; not updated", file=sys.stderr)
+    (results / "families.md").write_text(table + "\n")
+    if docs:
+        harness.write_doc_section(table, README_MARKS)
     return table
 
 
-def render() -> str:
-    """Rewrite ``families.md`` from ``families.json`` (statuses recomputed by the current rules)."""
-    saved = json.loads((RESULTS / "families.json").read_text())
-    for row in saved["rows"]:
-        run_dir = SCRATCH / f"{row['family']}-path"
-        if "stage_starts" not in row and (run_dir / "path_metrics.json").is_file():  # rows of older versions
-            row["stage_starts"] = json.loads((run_dir / "path_metrics.json").read_text())["summary"]["run"][
-                "stage_starts"
-            ]
-        if "llpf_max_train_loss" in row:  # a run that raised keeps its exception as the status
-            row["status"] = _status(row)
-    (RESULTS / "families.json").write_text(json.dumps(saved, indent=2, default=str))
-    return _write_table(saved["rows"])
+def run_family_job(name: str, root: str, method: str = "m2m") -> dict[str, Any]:
+    """:func:`run_family` as a measured child's job (the row without the model objects' arguments)."""
+    return run_family(name, Path(root), method=method)
 
 
-def _save(rows: list[dict[str, Any]], *, keep_others: bool) -> list[dict[str, Any]]:
-    """Write ``families.json`` (with the others' rows kept when ``keep_others``) and the tables; returns all rows."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "torch_threads": 1,
-        "torch": torch.__version__,
-        "connect": CPU_CONNECT,
-        "data": "digits (16 px; 32 px for vgg11_bn; 8 px for lenet5), generated tokens for bert/gpt2",
-    }
-    saved = RESULTS / "families.json"
-    if keep_others and saved.is_file():
-        kept = {r["family"]: r for r in json.loads(saved.read_text())["rows"]}
-        kept.update({r["family"]: r for r in rows})
-        rows = [kept[n] for n in FAMILIES if n in kept]
-    saved.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
-    _write_table(rows)
-    return rows
+def parser() -> argparse.ArgumentParser:
+    """The entry's options."""
+    p = harness.entry_parser(ENTRY, __doc__)
+    p.add_argument("names", nargs="*", metavar="FAMILY", help=f"default: every family ({', '.join(FAMILIES)})")
+    p.add_argument("--method", choices=METHODS, default="m2m")
+    p.add_argument("--render", action="store_true", help="only rewrite the table from the recorded rows")
+    p.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    return harness.common_options(p)
 
 
-def main(argv: list[str]) -> None:
-    if argv == ["--render"]:
-        print(render())
-        return
-    threads = 1
-    if argv[:1] == ["--threads"]:  # another rounding: rows are printed, the one-thread table is left as it is
-        threads, argv = int(argv[1]), argv[2:]
-    torch.set_num_threads(threads)
-    names = argv or list(FAMILIES)
-    unknown = [n for n in names if n not in FAMILIES]
+def main(argv: list[str]) -> int:
+    """Run the named families (each in its own process), record the rows, rewrite the table."""
+    args = parser().parse_args(argv)
+    if args.render:
+        print(render(args.results, docs=not args.no_docs))
+        return 0
+    unknown = [n for n in args.names if n not in FAMILIES]
     if unknown:
         raise SystemExit(f"unknown families {unknown}; available: {', '.join(FAMILIES)}")
-    rows = []
-    for name in names:
-        row = run_family(name, SCRATCH)
-        rows.append(row)
-        shown = {k: v for k, v in row.items() if k not in ("traceback", "model_args")}
-        print(json.dumps(shown), flush=True)
+    results = harness.Results(ENTRY, args, argv)
+    for name in args.names or list(FAMILIES):
+        job = {"name": name, "root": str(SCRATCH), "method": args.method}
+        row = results.add(harness.measure("benchmarks.families:run_family_job", job, threads=args.threads))
+        print(json.dumps({k: v for k, v in row.items() if k not in ("traceback", "model_args")}), flush=True)
         if "traceback" in row:
             print(row["traceback"], file=sys.stderr, flush=True)
-        # After each family, so that a killed run keeps what it measured. Naming some families reruns those and
-        # keeps the other rows; a run of all replaces the table once every family has a new row.
-        all_rows = _save(rows, keep_others=bool(argv) or len(rows) < len(names)) if threads == 1 else rows
-    print(markdown_table(all_rows))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+        # After each family, so that a killed run keeps what it measured.
+        if args.threads == 1 and args.method == "m2m" and not args.no_record:
+            render(args.results, docs=not args.no_docs)
+    print(markdown_table(results.rows))
+    return 0

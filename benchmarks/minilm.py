@@ -7,10 +7,11 @@ iterations, the connect's wall time, SGD iterations, certificate (route, decisio
 wall time spent probing (every forward pass made for the certificate: the endpoints' measure, the straight-line
 check, the decisions and the final check), and the evaluation's wall time against the connect's.
 
-    python -m benchmarks.minilm [--out runs/bench-minilm] [--steps 150] [--threads 1]
+    python -m benchmarks minilm [--out runs/bench-minilm] [--steps 150] [--threads 1]
 
 The data: 3,000 templated sentences of four topics, 30% of them with a distractor phrase of another topic,
 split 2,400 / 600, at most 24 tokens. The endpoints are cached in ``OUT/endpoints`` (kept between sittings).
+The result is printed and appended to ``benchmarks/results/minilm.jsonl``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks import harness
+
+ENTRY = "minilm"
 
 TOPICS = {
     "sports": (["the striker", "our goalkeeper", "the home team", "the coach", "a young sprinter"],
@@ -78,7 +83,7 @@ def model_dir() -> Path:
     try:
         package = __import__(MODEL_PACKAGE)
     except ImportError:
-        sys.exit(f"benchmarks.minilm: the package {MODEL_PACKAGE} is not installed; run `make bench-minilm` first")
+        sys.exit(f"benchmarks minilm: the package {MODEL_PACKAGE} is not installed; run `make bench-minilm` first")
     return Path(package.__file__).parent / "model"
 
 
@@ -120,19 +125,22 @@ def timed(cmd: list[str]) -> tuple[float, str]:
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        sys.exit(f"benchmarks.minilm: {' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        sys.exit(f"benchmarks minilm: {' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return time.perf_counter() - start, done.stdout + done.stderr
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.minilm", description=__doc__.splitlines()[0])
+def parser() -> argparse.ArgumentParser:
+    """The entry's options."""
+    p = harness.entry_parser(ENTRY, __doc__)
     p.add_argument("--out", default="runs/bench-minilm", help="working folder (endpoints are kept there)")
     p.add_argument("--steps", type=int, default=150, help="SGD steps of each fine-tune")
-    p.add_argument("--threads", type=int, default=1, help="torch threads of every command")
-    args = p.parse_args(argv)
-    import torch
+    return harness.common_options(p)
 
-    torch.set_num_threads(args.threads)
+
+def main(argv: list[str]) -> int:
+    """Fine-tune, connect, evaluate; print and record the figures."""
+    args = parser().parse_args(argv)
+    harness.set_threads(args.threads)
     out = Path(args.out)
     data = write_data(out)
     tunes = [fine_tune(data, out / "endpoints" / f"seed{s}", seed=s, steps=args.steps) for s in (0, 1)]
@@ -164,8 +172,6 @@ def main(argv: list[str] | None = None) -> None:
         "evaluate_over_connect": round(eval_wall / wall, 2),
         "last_line": log.strip().splitlines()[-1],
     }
+    harness.Results(ENTRY, args, argv).add(result)
     print(json.dumps(result, indent=1))
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -93,7 +93,7 @@ def make_run_dir(
     ep = with_data_config(as_endpoint(a), DIGITS_DATA_CONFIG)
     writer = RunWriter(root)
     if kind == "transformers":  # the tokenizer the BERT endpoints share (vocabulary within tiny_bert's 50)
-        from benchmarks.text_data import word_tokenizer
+        from generated_text import word_tokenizer
 
         files = tokenizer_files(None, word_tokenizer())
         write_assets(root, merge_assets(files, dict(files), labels=("a", "b")))

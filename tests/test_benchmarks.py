@@ -1,12 +1,21 @@
-"""The benchmark's table and README writer (synthetic rows, no training) and ``hf-llpf connect --profile``."""
+"""The benchmarks' entry points and harness (no benchmark is run), the reference table and docs writer (synthetic
+rows, no training), and ``hf-llpf connect --profile``."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
+import subprocess
+import sys
 
 import pytest
+import safetensors.torch
+import torch
 
-from benchmarks import run as bench
+from benchmarks import harness, hashes
+from benchmarks import reference as bench
+from benchmarks.__main__ import ENTRIES
 from hf_llpf.cli import main
 from hf_llpf.config import TrainRecipe
 from hf_llpf.train import train_endpoint
@@ -50,14 +59,15 @@ def test_rows_table_and_readme_section(tmp_path):
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n## Performance\n{bench.START_MARK}\nold\n{bench.END_MARK}\n\n## After\nkept\n")
-    assert bench.update_readme(readme, "| new | table |\n")
-    assert bench.update_readme(readme, "| newer | table |\n")  # rerunning replaces, never appends
+    marks = (bench.START_MARK, bench.END_MARK)
+    assert harness.update_doc_section(readme, "| new | table |\n", marks)
+    assert harness.update_doc_section(readme, "| newer | table |\n", marks)  # rerunning replaces, never appends
     text = readme.read_text()
     section = f"{bench.START_MARK}\n| newer | table |\n{bench.END_MARK}"
     assert text == f"# x\n\n## Performance\n{section}\n\n## After\nkept\n"
     no_markers = tmp_path / "other.md"
     no_markers.write_text("nothing\n")
-    assert not bench.update_readme(no_markers, "x") and no_markers.read_text() == "nothing\n"
+    assert not harness.update_doc_section(no_markers, "x", marks) and no_markers.read_text() == "nothing\n"
 
 
 def test_reference_config_scales_ticks_and_step_together():
@@ -89,3 +99,79 @@ def test_connect_profile_prints_phase_table(tmp_path, capsys, digits):
     # The phases add up to the wall time, and ms/tick is seconds / ticks (seconds are printed to 1 ms: ±0.5 ms).
     assert sum(float(v[0]) for k, v in rows.items() if k != "total") == pytest.approx(total, abs=0.01)
     assert float(rows["train"][2]) == pytest.approx(1000 * float(rows["train"][0]) / ticks, abs=0.5 / ticks + 0.01)
+
+
+# ------------------------------------------------------------------------------------------ entries and harness
+def test_list_names_every_entry_with_one_line():
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--list"], cwd=harness.ROOT, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == list(ENTRIES)
+    assert all(len(line.split()) > 3 for line in lines)
+    bad = subprocess.run([sys.executable, "-m", "benchmarks", "nosuch"], cwd=harness.ROOT, capture_output=True,
+                         text=True, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "unknown benchmark 'nosuch'" in bad.stderr and "certificate" in bad.stderr
+
+
+def _helps() -> list[tuple[str, list[str]]]:
+    cases = [(name, []) for name in ENTRIES]
+    cases += [("speed", [part]) for part in ("geometry", "layout", "evaluate", "storage", "memory")]
+    return cases + [("gpu", ["m2m"]), ("gpu", ["paper"])]
+
+
+@pytest.mark.parametrize(("name", "sub"), _helps())
+def test_every_entry_parser_accepts_help(name, sub, capsys):
+    module = importlib.import_module(f"benchmarks.{name}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.parser().parse_args([*sub, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m benchmarks {' '.join([name, *sub])}")
+    assert "--threads" in out and "--no-record" in out or not sub and name in ("speed", "gpu")
+
+
+def test_overrides_nest_and_split_on_commas():
+    got = harness.parse_overrides(["step_r=0.1,arrival_tol=0.1", "m2o.lr_policy=none", "", "loss_ceiling=null"])
+    assert got == {"step_r": 0.1, "arrival_tol": 0.1, "m2o": {"lr_policy": "none"}, "loss_ceiling": None}
+    with pytest.raises(SystemExit, match="'step_r': expected key=value"):
+        harness.parse_overrides(["step_r"])
+
+
+def test_measure_reports_the_child_peak_rss_and_results_append_json_lines(tmp_path, capsys):
+    got = harness.measure("tests.bench_child:hold", {"mib": 200}, threads=None)
+    assert got["held"] == 200 and 200 <= got["peak_rss_mib"] < 400 and got["process_s"] > 0
+    args = harness.common_options(harness.entry_parser("x", "doc")).parse_args(["--results", str(tmp_path)])
+    results = harness.Results("x", args, ["--a", "1"])
+    results.add({"v": 0.5, "name": "one"})
+    results.add({"name": "two"})
+    records = harness.read_results(tmp_path / "x.jsonl")
+    assert [r["row"] for r in records] == [{"v": 0.5, "name": "one"}, {"name": "two"}]
+    assert records[0]["command"] == "python -m benchmarks x --a 1" and records[0]["threads"] == 1
+    table = results.table([("name", "name", str), ("v", "value", harness.fmt(".2f"))])
+    assert table.splitlines() == ["| name | value |", "|---|---|", "| one | 0.50 |", "| two | – |"]
+    assert capsys.readouterr().out == table + "\n"
+
+
+def test_tensor_hash_ignores_file_metadata_and_compare_names_the_first_change(tmp_path):
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "n": torch.tensor(3)}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    safetensors.torch.save_file(state, str(tmp_path / "a" / "model.safetensors"), {"format": "pt"})
+    safetensors.torch.save_file(state, str(tmp_path / "b" / "model.safetensors"), {"format": "pt", "v": "2"})
+    a, b = hashes.folder_hashes(tmp_path / "a"), hashes.folder_hashes(tmp_path / "b")
+    assert a["tensors"] == b["tensors"] and a["files"] != b["files"]
+    state["w"][1, 2] = 5.000001
+    safetensors.torch.save_file(state, str(tmp_path / "b" / "model.safetensors"), {"format": "pt"})
+    changed = hashes.folder_hashes(tmp_path / "b")
+    assert changed["tensors"] != a["tensors"]
+
+    def run(*points):
+        return {"points": [{"index": i, "tick": i, **p} for i, p in enumerate(points)]}
+
+    old = run(a, a)
+    assert hashes.compare_run(old, run(a, a)) == "same"
+    assert hashes.compare_run(old, run(a, b)) == "same (the files' bytes differ: headers or metadata)"
+    assert hashes.compare_run(old, run(a, changed)) == "different: from point 1 (tick 1; now tick 1)"
+    assert hashes.compare_run(old, run(a)) == "different: 1 points instead of 2"
+    assert hashes.compare_run(old, None) == "different: not run"
+    assert json.loads(json.dumps(old)) == old  # what --record writes is what --check reads

@@ -554,9 +554,8 @@ def test_plain_libraries_load_the_root_and_a_middle_point(hub_round_trip):
 @pytest.mark.hub
 def test_published_points_are_complete_models_for_plain_libraries(hub_round_trip):
     """Tokenizer and pipeline by root, subfolder and revision; timm's data config is the run's data (digits)."""
+    from generated_text import word_tokenizer
     from hub_fixtures import DIGITS_DATA_CONFIG, state_digest
-
-    from benchmarks.text_data import word_tokenizer
 
     res, runs = _ok(hub_round_trip["results"], "plain_load"), hub_round_trip["runs"]
     ids = word_tokenizer()("good great film")["input_ids"]

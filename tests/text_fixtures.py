@@ -1,6 +1,6 @@
 """Tiny text endpoints trained on generated text, saved with their own tokenizer (no download, no internet).
 
-The data and the tokenizer are :mod:`benchmarks.text_data`'s (the text benchmark uses the same).
+The data and the tokenizer are :mod:`generated_text`'s (the text benchmark uses the same).
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import random
 from pathlib import Path
 
 import torch
+from generated_text import review, reviews, word_tokenizer, write_reviews, write_text_file
 from tiny_models import tiny_bert, tiny_gpt2
-
-from benchmarks.text_data import review, reviews, word_tokenizer, write_reviews, write_text_file
 
 __all__ = [
     "bert_endpoints",

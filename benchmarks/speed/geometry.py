@@ -1,27 +1,17 @@
-"""Speed of stage building and of the geometry functions (issue 3: < 2 s and < 1 s per call on one core).
+"""Speed of stage building and of the geometry functions on a synthetic BERT-base-shaped model.
 
-Run: ``python -m benchmarks.geometry_speed [--params 100e6] [--repeats 3]`` (CPU, one thread; ~1 min,
-~2.5 GB of memory for 100M parameters: a point, a target and the move's difference buffer).
+``python -m benchmarks speed geometry [--params 100e6] [--repeats 3]`` (CPU, one thread; about a minute,
+about 2.5 GB of memory for 100M parameters: a point, a target and the move's difference buffer).
 Prints medians; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-
-def median_time(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls of ``fn`` (these machines are shared: medians, not means)."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from benchmarks.harness import Results, median_time
 
 
 def _shapes(total: int) -> list[tuple[int, ...]]:
@@ -54,12 +44,14 @@ def _shapes(total: int) -> list[tuple[int, ...]]:
     return shapes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This part's options."""
     parser.add_argument("--params", type=float, default=100e6, help="parameters in the synthetic model")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+
+
+def run(args: argparse.Namespace, results: Results) -> None:
+    """Time stage building and every geometry function; print and record the medians."""
     torch.manual_seed(0)
 
     import timm
@@ -74,12 +66,17 @@ def main() -> None:
     t = median_time(lambda: build_stages(model, x), args.repeats)
     plan = build_stages(model, x)
     print(f"build_stages(cifar_resnet18 width 64, batch 2x3x32x32): {t * 1000:.1f} ms  ({len(plan.stages)} stages)")
+    results.add({"part": "geometry", "what": "build_stages cifar_resnet18 width 64", "ms": t * 1000})
 
     shapes = _shapes(int(args.params))
     a = [torch.randn(s) * 0.02 for s in shapes]
     b = [t_ + torch.randn(s) * 0.02 for t_, s in zip(a, shapes)]
     n = sum(t_.numel() for t_ in a)
-    print(f"geometry over {len(a)} float32 tensors, {n / 1e6:.1f}M parameters, 1 thread, median of {args.repeats}:")
+    threads = torch.get_num_threads()
+    print(
+        f"geometry over {len(a)} float32 tensors, {n / 1e6:.1f}M parameters, {threads} thread(s), "
+        f"median of {args.repeats}:"
+    )
     var_b = G.variances(b)
     cur = [t_.clone() for t_ in a]
     rows = [
@@ -92,8 +89,6 @@ def main() -> None:
         ("move_toward_ (step_a=1e-3)", lambda: G.move_toward_(cur, b, step_a=1e-3, step_f=0.0)),
     ]
     for name, fn in rows:
-        print(f"  {name:<28} {median_time(fn, args.repeats) * 1000:8.1f} ms")
-
-
-if __name__ == "__main__":
-    main()
+        ms = median_time(fn, args.repeats) * 1000
+        print(f"  {name:<28} {ms:8.1f} ms")
+        results.add({"part": "geometry", "what": name, "params": n, "ms": ms})

@@ -1,9 +1,10 @@
 """What storing points in bf16/fp16 saves, and what it changes in the path's judged maximum loss.
 
-Run: ``.venv/bin/python -m benchmarks.storage [FAMILY ...]`` (default: lenet5, efficientnet_b0, bert, about 10
-minutes on 2 CPU cores, one torch thread; the committed results name ``lenet5 resnet18 efficientnet_b0 bert`` and
-took 12.5 minutes). Prints a table, writes ``benchmarks/results/storage.log`` and the table in
-``docs/benchmarks.md`` (between ``<!-- storage:start -->``/``<!-- storage:end -->``).
+``python -m benchmarks speed storage [FAMILY ...]`` (default: lenet5, efficientnet_b0, bert, about 10 minutes on 2
+CPU cores, one torch thread; the committed results name ``lenet5 resnet18 efficientnet_b0 bert`` and took 12.5
+minutes; ``--no-bf16-run`` leaves out the bf16 run). Prints a table, appends the rows to
+``benchmarks/results/speed.jsonl`` and rewrites the table in ``docs/benchmarks.md`` (between
+``<!-- storage:start -->``/``<!-- storage:end -->``; ``--no-docs`` leaves it).
 
 Method (the cheapest honest one): per family, the endpoints and one float32 path are built exactly as in
 :mod:`benchmarks.families` (``point_dtype: auto``) and evaluated (eval mode, the fixed 512 training examples,
@@ -17,9 +18,9 @@ below the table. Bytes are those of the points' files (weights, config, index) a
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,16 @@ import safetensors.torch
 import torch
 
 import hf_llpf
-from benchmarks.families import CPU_CONNECT, FAMILIES, RESULTS, ROOT, _endpoints, recipe_stages
+from benchmarks import harness
+from benchmarks.families import CPU_CONNECT, FAMILIES, _endpoints, recipe_stages
 from hf_llpf.api import evaluate_run
 from hf_llpf.run import Path as RunPath
 from hf_llpf.weights import cast_floating
 
-SCRATCH = Path(".bench_cache/storage")
+SCRATCH = harness.CACHE / "storage"
 DEFAULT = ("lenet5", "efficientnet_b0", "bert")
 OPTIONS = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 EVAL = {"train_subset": 512, "linear_points": 11, "continuity_k": 0, "report": False}
-README = ROOT / "docs" / "benchmarks.md"
 MARKS = ("<!-- storage:start -->", "<!-- storage:end -->")
 # Points of a 100M-parameter model's path, extrapolated from the stage counts of this project's paths (not measured).
 BIG_PARAMS, BIG_POINTS = 100_000_000, (410, 555)
@@ -149,7 +150,7 @@ def extrapolation() -> str:
 def report(rows: list[dict[str, Any]], run: dict[str, Any] | None) -> str:
     """Everything the benchmark prints (and writes into the docs)."""
     parts = [
-        "Rounding one float32 path's stored points (method: see benchmarks/storage.py); Δ = rounded − float32, "
+        "Rounding one float32 path's stored points (method: see benchmarks/speed/storage.py); Δ = rounded − float32, "
         "judged on the same 512 training examples in eval mode.",
         "",
         table(rows),
@@ -171,29 +172,26 @@ def report(rows: list[dict[str, Any]], run: dict[str, Any] | None) -> str:
     return "\n".join(parts)
 
 
-def main(argv: list[str]) -> None:
-    from benchmarks.run import update_readme
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This part's options."""
+    parser.add_argument("names", nargs="*", metavar="FAMILY", help=f"default: {' '.join(DEFAULT)}")
+    parser.add_argument("--no-bf16-run", action="store_true", help="leave out the point_dtype: bf16 run (lenet5)")
+    parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
 
-    torch.set_num_threads(1)
-    names = argv or list(DEFAULT)
+
+def run(args: argparse.Namespace, results: harness.Results) -> None:
+    """Measure every named family (and the bf16 run); print, record and put the table in the docs."""
+    names = args.names or list(DEFAULT)
     unknown = [n for n in names if n not in FAMILIES]
     if unknown:
         raise SystemExit(f"unknown families {unknown}; available: {', '.join(FAMILIES)}")
     SCRATCH.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in names:
-        rows.append(measure(name))
+        rows.append(results.add({"part": "storage", **measure(name)}))
         print(json.dumps(rows[-1]), flush=True)
-    run = bf16_run()
-    print(json.dumps(run), flush=True)
-    text = report(rows, run)
+    bf16 = None if args.no_bf16_run else results.add({"part": "storage", "kind": "bf16 run", **bf16_run()})
+    text = report(rows, bf16)
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    log = "\n".join(json.dumps(r) for r in [*rows, run]) + "\n\n" + text + "\n"
-    (RESULTS / "storage.log").write_text(log)
-    if not update_readme(README, text, MARKS):
-        print(f"{README}: no {MARKS[0]} ... {MARKS[1]} markers; not updated", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    if not args.no_docs:
+        harness.write_doc_section(text, MARKS)

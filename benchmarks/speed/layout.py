@@ -1,6 +1,6 @@
 """What the eval view buys on the CPU: one probe-sized pass per convolutional family, as the model runs and viewed.
 
-    .venv/bin/python -m benchmarks.layout_speed [--images 256] [--repeats 15] [names ...]
+    python -m benchmarks speed layout [--images 256] [--repeats 15] [names ...]
 
 For each convolutional model of the families benchmark (its tiny variant, untrained: the time does not depend on
 the weights) and for small_cnn, the median time of one eval-mode pass over ``--images`` digits images at the
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.families import FAMILIES
-from benchmarks.geometry_speed import median_time
+from benchmarks.harness import Results, median_time
 from hf_llpf.evaluation import layout
 from hf_llpf.evaluation.layout import channels_last_batch, eval_view
 from hf_llpf.models import create_model
@@ -124,14 +124,20 @@ def train_step_times(repeats: int) -> tuple[float, float]:
     return _step_ms(torch.contiguous_format, repeats), _step_ms(torch.channels_last, repeats)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("names", nargs="*", help="families (default: small_cnn and every convolutional family)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    print(f"one eval pass over {args.images} images, batches of 128, median of {args.repeats}, in turn; one thread")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This part's options."""
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("names", nargs="*", help="families (default: small_cnn and every convolutional family)")
+
+
+def run(args: argparse.Namespace, results: Results) -> None:
+    """Time one eval pass per model in both layouts and one SGD step; print and record the figures."""
+    threads = torch.get_num_threads()
+    print(
+        f"one eval pass over {args.images} images, batches of 128, median of {args.repeats}, in turn; "
+        f"{threads} thread(s)"
+    )
     print("model           | size | NCHW ms | channels-last ms | + folded ms | ratio | fold's ratio | BatchNorm "
           "folded | loss difference")  # fmt: skip
     ratios, folds = [], []
@@ -147,12 +153,11 @@ def main(argv: list[str] | None = None) -> None:
             folds.append(view / cl)
         cells = f"{plain:7.2f} | {cl:16.2f} | {view:11.2f} | {view / plain:5.2f} | {view / cl:12.2f}"
         print(f"{name:15} | {side:4d} | {cells} | {done:>7d} of {total:<5d} | {diff:.1e}", flush=True)
+        results.add({"part": "layout", "model": name, "size": side, "nchw_ms": plain, "channels_last_ms": cl,
+                     "view_ms": view, "folded": done, "batchnorm": total, "loss_difference": diff})  # fmt: skip
     print(f"ratio view / NCHW: {min(ratios):.2f}-{max(ratios):.2f}, median {statistics.median(ratios):.2f}")
     print(f"ratio folded / channels-last where a layer folds: {min(folds):.2f}-{max(folds):.2f}, "
           f"median {statistics.median(folds):.2f}")  # fmt: skip
     nchw, cl = train_step_times(args.repeats * 4)
     print(f"small_cnn SGD step, batch 64: NCHW {nchw:.2f} ms, channels-last {cl:.2f} ms ({cl / nchw:.2f}x)")
-
-
-if __name__ == "__main__":
-    main()
+    results.add({"part": "layout", "model": "small_cnn SGD step, batch 64", "nchw_ms": nchw, "channels_last_ms": cl})

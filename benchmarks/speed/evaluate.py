@@ -1,8 +1,8 @@
 """How long evaluating a path takes: 50 points of small_cnn on all of digits, one CPU thread.
 
-    .venv/bin/python -m benchmarks.evaluate_speed [--points 50] [--threads 1]
+    python -m benchmarks speed evaluate [--points 50] [--threads 1]
 
-Target (issue 5): the 50 points' evaluation (every point on the whole training set and the test set) < 20 s on
+The target: the 50 points' evaluation (every point on the whole training set and the test set) under 20 s on
 one core. Also printed: the full default ``evaluate_path`` (+ 21-point linear baseline + continuity K=4 on 512
 examples), with BatchNorm recalibration, and drawing the plots. The endpoints are trained for 3 epochs first
 (not timed); the points are the straight line between them, written like a real run directory.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import Results
 from hf_llpf.api import evaluate_run
 from hf_llpf.config import ConnectConfig, TrainRecipe
 from hf_llpf.data import load_data
@@ -54,19 +55,19 @@ def _write_run(root: Path, a, b, n: int) -> None:
     writer.close()
 
 
-def main() -> None:
-    """Print the timings."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This part's options."""
     parser.add_argument("--points", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+
+
+def run(args: argparse.Namespace, results: Results) -> None:
+    """Print and record the timings."""
     data = load_data("digits")
     a, _ = train_endpoint(TrainRecipe(seed=0, epochs=3), data=data, progress=False)
     b, _ = train_endpoint(TrainRecipe(seed=1, epochs=3), data=data, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        _write_run(run, a, b, args.points)
+        run_dir = Path(tmp) / "run"
+        _write_run(run_dir, a, b, args.points)
         cases = {
             "points only (train+test, whole sets)": {"continuity_k": 0, "linear_points": 2},
             "default evaluate_path (+linear 21, continuity K=4)": {},
@@ -79,13 +80,13 @@ def main() -> None:
         )
         for name, opts in cases.items():
             start = time.perf_counter()
-            evaluate_path(run, data=data, **opts)
-            print(f"  {name:<52} {time.perf_counter() - start:6.2f} s")
-        evaluate_run(run, data=data, report=False)  # the metrics the plots read
+            evaluate_path(run_dir, data=data, **opts)
+            seconds = time.perf_counter() - start
+            print(f"  {name:<52} {seconds:6.2f} s")
+            results.add({"part": "evaluate", "what": name, "points": args.points, "seconds": seconds})
+        evaluate_run(run_dir, data=data, report=False)  # the metrics the plots read
         start = time.perf_counter()
-        plot_path(run)
-        print(f"  {'plots (loss, accuracy, layers)':<52} {time.perf_counter() - start:6.2f} s")
-
-
-if __name__ == "__main__":
-    main()
+        plot_path(run_dir)
+        seconds = time.perf_counter() - start
+        print(f"  {'plots (loss, accuracy, layers)':<52} {seconds:6.2f} s")
+        results.add({"part": "evaluate", "what": "plots", "points": args.points, "seconds": seconds})

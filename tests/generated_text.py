@@ -1,4 +1,4 @@
-"""Generated text data and a word-level tokenizer, for the text tests and benchmarks (no download).
+"""Generated text data and a word-level tokenizer, for the text tests and the text benchmark (no download).
 
 The tokenizer is a ``tokenizers`` WordLevel model over the generated words, wrapped in ``PreTrainedTokenizerFast``
 (saved next to an endpoint with ``save_pretrained``, as a Hub text model ships it). Reviews are short sentences of

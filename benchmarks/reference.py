@@ -1,13 +1,13 @@
-"""The benchmark: LLPF with reference-equivalent settings vs hf_llpf's defaults vs linear interpolation.
+"""LLPF with the paper's reference-equivalent settings vs hf_llpf's defaults vs linear interpolation.
 
-    .venv/bin/python -m benchmarks.run            # small_cnn/digits and cifar_resnet18 (width 8)/digits
-    .venv/bin/python -m benchmarks.run --quick    # small_cnn only (a few minutes)
-    .venv/bin/python -m benchmarks.run --seeds 10 # + defaults with 10 repair-training seeds (consistency)
+    python -m benchmarks reference            # small_cnn/digits and cifar_resnet18 (width 8)/digits
+    python -m benchmarks reference --quick    # small_cnn only (a few minutes)
+    python -m benchmarks reference --seeds 10 # + defaults with 10 repair-training seeds (consistency)
 
-Endpoints (seeds 0 and 1 of each model's recipe) are trained once and cached in ``.bench_cache/``. Each LLPF run
+Endpoints (seeds 0 and 1 of each model's recipe) are trained once into the benchmark cache. Each LLPF run
 (connect, then evaluate_run on every saved point) is a subprocess, so its peak RSS is its own. One torch thread.
-Writes ``benchmarks/results/benchmarks.json`` and ``benchmarks.md`` and regenerates the table in ``docs/benchmarks.md``
-(between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->``).
+Appends the rows to ``benchmarks/results/reference.jsonl`` and regenerates the table in ``docs/benchmarks.md``
+(between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->``; ``--no-docs`` leaves it).
 
 Reference-equivalent settings (the paper's ResNet18/CIFAR-10 config, docs/algorithm.md): step_a = 0.001, step_f =
 step_r = 0, a hand-set cumulative FDF schedule with 2000 ticks per stage and 6000 more after the last stage starts,
@@ -24,24 +24,20 @@ on a CPU, both stated in the output:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path("benchmarks/results")
-CACHE = Path(".bench_cache")
-README = Path("docs/benchmarks.md")
+from benchmarks import harness
+
+ENTRY = "reference"
 START_MARK, END_MARK = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
-COMMAND = "python -m benchmarks.run"
+COMMAND = "python -m benchmarks reference"
 
 # The reference's ResNet18/CIFAR-10 knobs (the paper's settings, docs/algorithm.md), before scaling.
 REFERENCE = {
@@ -70,9 +66,11 @@ class Bench:
     evaluate: dict[str, Any] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra rows: label → overrides of the defaults
 
-    @property
-    def cache(self) -> Path:
-        return CACHE / self.key
+    def recipes(self) -> tuple[Any, Any]:
+        """The TrainRecipes of the pair's two endpoints (seeds 0 and 1)."""
+        from hf_llpf.config import TrainRecipe
+
+        return TrainRecipe(**self.recipe, seed=0), TrainRecipe(**self.recipe, seed=1)
 
 
 BENCHES = {
@@ -135,42 +133,20 @@ def _data(recipe: dict[str, Any]):
     return load_data(DataConfig(**recipe.get("data", {})))
 
 
-def ensure_endpoints(bench: Bench) -> int:
-    """Train (or reuse) both endpoints of ``bench``; returns the SGD iterations that trained one."""
-    from hf_llpf.config import TrainRecipe
-    from hf_llpf.train import train_or_reuse
-
-    data = _data(bench.recipe)
-    iters = [
-        train_or_reuse(bench.cache / f"seed{s}", TrainRecipe(**bench.recipe, seed=s), data, progress=False)[
-            "iterations"
-        ]
-        for s in (0, 1)
-    ]
-    return iters[0]
+def ensure_endpoints(bench: Bench) -> tuple[Path, Path, int]:
+    """Both endpoints of ``bench`` from the benchmark cache; (A, B, the SGD iterations that trained A)."""
+    return harness.endpoint_pair(*bench.recipes(), _data(bench.recipe))
 
 
 def worker(job: dict[str, Any]) -> dict[str, Any]:
     """Connect and evaluate one configuration (run in its own process); returns the row's measurements."""
-    import torch
-
     from hf_llpf.api import connect, evaluate_run
 
-    torch.set_num_threads(1)
-    cache = Path(job["cache"])
     data = _data(job["recipe"])
     start = time.perf_counter()
-    path = connect(
-        cache / "seed0",
-        cache / "seed1",
-        data,
-        config=job["config"],
-        run_dir=job["run_dir"],
-        exist="overwrite",
-        progress=False,
-    )
+    path = connect(job["a"], job["b"], data, config=job["config"], run_dir=job["run_dir"], exist="overwrite",
+                   progress=False)  # fmt: skip
     wall = time.perf_counter() - start
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB; peak of connect (before evaluate)
     run = path.summary["run"]
     t = time.perf_counter()
     result = evaluate_run(path, data=data, report=False, **job.get("evaluate", {}))
@@ -183,7 +159,6 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         "sgd_iters": run["sgd_iters"],
         "stage_starts": run["stage_starts"],
         "points": len(path),
-        "peak_rss_mib": rss_kib / 1024,
         "evaluate_s": time.perf_counter() - t,
         "llpf": _judged(summary["llpf"]),
         "linear": _judged(summary["linear"]),
@@ -199,25 +174,9 @@ def _judged(s: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_job(job: dict[str, Any], *, reuse: bool = False) -> dict[str, Any]:
-    """Run :func:`worker` in a fresh Python process (peak RSS per configuration).
-
-    The measurement is kept beside the run directory; with ``reuse`` an identical job measured before is not run
-    again (only for re-rendering: the code may have changed since).
-    """
-    saved = Path(job["run_dir"] + ".result.json")
-    if reuse and saved.is_file():
-        previous = json.loads(saved.read_text())
-        if previous.get("job") == job:
-            return previous["result"]
-    with tempfile.TemporaryDirectory() as tmp:
-        job_file, out_file = Path(tmp) / "job.json", Path(tmp) / "out.json"
-        job_file.write_text(json.dumps(job))
-        cmd = [sys.executable, "-m", "benchmarks.run", "--worker", str(job_file), str(out_file)]
-        subprocess.run(cmd, check=True)
-        result = json.loads(out_file.read_text())
-    saved.write_text(json.dumps({"job": job, "result": result}, indent=1))
-    return result
+def run_job(job: dict[str, Any], threads: int = 1) -> dict[str, Any]:
+    """Run :func:`worker` in a fresh Python process; its peak RSS (of connect and evaluation) is ``peak_rss_mib``."""
+    return harness.measure("benchmarks.reference:worker", {"job": job}, threads=threads)
 
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -321,79 +280,62 @@ def markdown_report(results: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def update_readme(readme: Path, content: str, marks: tuple[str, str] = (START_MARK, END_MARK)) -> bool:
-    """Replace the text between the ``marks`` in ``readme`` by ``content``; False when there are none."""
-    start, end = marks
-    text = readme.read_text()
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    if not pattern.search(text):
-        return False
-    new = pattern.sub(lambda _: f"{start}\n{content.rstrip()}\n{end}", text, count=1)
-    readme.write_text(new)
-    return True
-
-
 # ------------------------------------------------------------------------------------------------ main
-def main(argv: list[str] | None = None) -> int:
-    """Parse the flags, run every configuration, write the results."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small_cnn only")
-    parser.add_argument("--seeds", type=int, default=0, help="also run the defaults with this many repair seeds")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--no-readme", action="store_true", help="do not update docs/benchmarks.md")
-    parser.add_argument("--reuse", action="store_true", help="reuse measurements of identical earlier jobs")
-    parser.add_argument("--worker", nargs=2, metavar=("JOB", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        job = json.loads(Path(args.worker[0]).read_text())
-        Path(args.worker[1]).write_text(json.dumps(worker(job)))
-        return 0
+def parser() -> argparse.ArgumentParser:
+    """The entry's options."""
+    p = harness.entry_parser(ENTRY, __doc__)
+    p.add_argument("--quick", action="store_true", help="small_cnn only")
+    p.add_argument("--seeds", type=int, default=0, help="also run the defaults with this many repair seeds")
+    p.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    return harness.common_options(p)
 
-    import torch
 
-    torch.set_num_threads(1)
-    models = ["small_cnn"] if args.quick else list(BENCHES)
-    results: dict[str, Any] = {
-        "command": COMMAND + (" --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds else ""),
-        "machine": f"{platform.machine()}, {_cpu_count()} CPU cores, torch {torch.__version__}",
-        "models": {},
-        "rows": [],
-        "runs": {},
-    }
-    for model in models:
+def main(argv: list[str]) -> int:
+    """Run every configuration, record the rows, print (and put in the docs) the report."""
+    args = parser().parse_args(argv)
+    harness.set_threads(args.threads)
+    results = harness.Results(ENTRY, args, argv)
+    report: dict[str, Any] = {"command": " ".join([COMMAND, *argv]), "machine": harness.machine(), "models": {},
+                              "rows": [], "runs": {}}  # fmt: skip
+    for model in ["small_cnn"] if args.quick else list(BENCHES):
         bench = BENCHES[model]
-        endpoint_iters = ensure_endpoints(bench)
+        a, b, endpoint_iters = ensure_endpoints(bench)
         configs = {"reference": reference_config(bench), "defaults": {}, **bench.variants}
         measured = {}
         for name, config in configs.items():
             t = time.perf_counter()
             try:
-                measured[name] = run_job(_job(bench, config, name, evaluate=bench.evaluate), reuse=args.reuse)
+                measured[name] = run_job(_job(bench, a, b, config, name, bench.evaluate), args.threads)
             except subprocess.CalledProcessError as err:  # one failed configuration must not lose the others
                 print(f"{model} {name}: FAILED ({err}); left out of the table", file=sys.stderr, flush=True)
                 continue
             print(f"{model} {name}: {_brief(measured[name])} ({time.perf_counter() - t:.0f} s)", flush=True)
-        results["models"][model] = {
+        report["models"][model] = {
             "endpoint_iters": endpoint_iters,
             "reference_scale": bench.reference_scale,
             "ticks_per_stage": REFERENCE["ticks_per_stage"] // bench.reference_scale,
             "reference_config": configs["reference"],
             "unscaled_reference_iters": unscaled_reference_iters(bench),
         }
-        results["runs"][model] = measured
-        results["rows"].extend(make_rows(bench.label, endpoint_iters, measured, tuple(bench.variants)))
+        report["runs"][model] = measured
+        rows = make_rows(bench.label, endpoint_iters, measured, tuple(bench.variants))
+        for row in rows:
+            results.add(row)
+        report["rows"].extend(rows)
         if model == "small_cnn" and args.seeds > 1 and "defaults" in measured:
-            results["consistency"] = _consistency_runs(args.seeds, measured["defaults"], reuse=args.reuse)
-        _write(results, args.out, readme=not args.no_readme)  # after each model: a killed run keeps its rows
+            report["consistency"] = _consistency_runs(args.seeds, measured["defaults"], a, b, args.threads)
+            results.add({"kind": "consistency", **report["consistency"]})
+        _write(report, docs=not args.no_docs)  # after each model: a killed run keeps its rows
     return 0
 
 
-def _job(bench: Bench, config: dict, name: str, evaluate: dict | None = None) -> dict[str, Any]:
+def _job(bench: Bench, a: Path, b: Path, config: dict, name: str, evaluate: dict | None = None) -> dict[str, Any]:
     return {
-        "cache": str(bench.cache),
+        "a": str(a),
+        "b": str(b),
         "recipe": bench.recipe,
         "config": config,
-        "run_dir": str(bench.cache / "runs" / re.sub(r"[^\w.]+", "_", name)),
+        "run_dir": str(harness.scratch(ENTRY, bench.key + "-" + re.sub(r"[^\w.]+", "_", name))),
         "evaluate": evaluate or {},
     }
 
@@ -405,14 +347,14 @@ def _brief(m: dict[str, Any]) -> str:
     )
 
 
-def _consistency_runs(n: int, seed0: dict[str, Any], *, reuse: bool) -> dict[str, Any]:
+def _consistency_runs(n: int, seed0: dict[str, Any], a: Path, b: Path, threads: int) -> dict[str, Any]:
     """The defaults on small_cnn with repair-training seeds 0..n-1 (seed 0 is the table's run)."""
     bench = BENCHES["small_cnn"]
     runs = [seed0]
     # Only the max train loss is needed: no linear baseline, no continuity.
     cheap = {"linear_points": 2, "continuity_k": 0}
     for seed in range(1, n):
-        runs.append(run_job(_job(bench, {"seed": seed}, f"seed{seed:02d}", evaluate=cheap), reuse=reuse))
+        runs.append(run_job(_job(bench, a, b, {"seed": seed}, f"seed{seed:02d}", evaluate=cheap), threads))
         print(f"small_cnn defaults seed {seed}: {_brief(runs[-1])}", flush=True)
     losses = [r["llpf"]["max_train_loss"] for r in runs]
     return {
@@ -425,21 +367,8 @@ def _consistency_runs(n: int, seed0: dict[str, Any], *, reuse: bool) -> dict[str
     }
 
 
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _write(results: dict[str, Any], out: Path, *, readme: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks.json").write_text(json.dumps(results, indent=2) + "\n")
+def _write(results: dict[str, Any], *, docs: bool) -> None:
     report = markdown_report(results)
-    (out / "benchmarks.md").write_text(f"Generated by `{results['command']}`.\n\n{report}")
     print(report)
-    if readme and README.is_file() and not update_readme(README, f"Generated by `{results['command']}`.\n\n{report}"):
-        print(f"{README}: no {START_MARK} ... {END_MARK} markers; not updated", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if docs:
+        harness.write_doc_section(f"Generated by `{results['command']}`.\n\n{report}", (START_MARK, END_MARK))

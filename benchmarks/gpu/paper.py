@@ -4,7 +4,7 @@
 ``--smoke`` mode (a tiny ResNet18 on a few hundred generated CIFAR-shaped images, CPU) has been executed.
 Timings in the plan below are estimates, not measurements.
 
-Run: ``python -m benchmarks.gpu_paper`` (options: ``--epochs``, ``--step-r``, ``--max-iters``, ``--smoke``).
+``python -m benchmarks gpu paper`` (options: ``--epochs``, ``--step-r``, ``--max-iters``, ``--smoke``).
 
 Plan (defaults), against the paper's full experiment (arXiv 2505.02604; docs/algorithm.md):
 - data: CIFAR-10 through ``datasets.load_dataset("uoft-cs/cifar10")`` when reachable, else generated
@@ -21,22 +21,20 @@ Plan (defaults), against the paper's full experiment (arXiv 2505.02604; docs/alg
 
 Device placement: only through the Accelerator inside :func:`hf_llpf.train.train_endpoint`,
 :func:`hf_llpf.connect` and :func:`hf_llpf.api.evaluate_run` (the GPU when ``torch.cuda.is_available()``).
-It prints the columns of ``benchmarks/results/families.md`` and writes ``benchmarks/results/gpu_paper.json``.
+It prints the columns of ``benchmarks/results/families.md`` and appends its row to ``benchmarks/results/gpu.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import datasets
 import torch
 
 import hf_llpf
-from benchmarks.families import RECIPES, RESULTS, markdown_table, recipe_stages, stage_coverage
+from benchmarks import harness
+from benchmarks.families import RECIPES, markdown_table, recipe_stages, stage_coverage
 from hf_llpf.api import evaluate_run
 from hf_llpf.config import DataConfig, TrainRecipe
 from hf_llpf.data import DataBundle, ImageData, load_data
@@ -77,15 +75,16 @@ def cifar10(smoke: bool) -> tuple[DataBundle, str]:
     return generated_cifar(n_train, n_test), f"generated CIFAR-shaped data ({n_train} + {n_test} images)"
 
 
-def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """This run's options."""
     p.add_argument("--epochs", type=int, default=6, help="endpoint training epochs (the paper: 70)")
     p.add_argument("--step-r", type=float, default=0.05, help="M2M step per tick, fraction of the initial distance")
     p.add_argument("--max-iters", type=int, default=60, help="most SGD iterations per tick (the paper: 20000)")
     p.add_argument("--smoke", action="store_true", help="tiny CPU check of this script (width 4, 512 images)")
-    args = p.parse_args(argv)
-    if args.smoke:
-        torch.set_num_threads(1)
+
+
+def run(args: argparse.Namespace, results: harness.Results) -> None:
+    """Train the endpoints, connect, evaluate; print and record the row."""
     start = time.perf_counter()
     bundle, data_name = cifar10(args.smoke)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,7 +136,7 @@ def main(argv: list[str]) -> None:
     }
     if args.smoke:
         config.update(step_r=0.5, min_iters=2, max_iters=4, batch_size=64)
-    run_dir = Path(".bench_cache/gpu_paper/path")
+    run_dir = harness.CACHE / "gpu" / "paper"
     t = time.perf_counter()
     path = hf_llpf.connect(*endpoints, bundle, config=config, run_dir=run_dir, exist="overwrite", progress=True)
     connect_seconds = time.perf_counter() - t
@@ -169,12 +168,6 @@ def main(argv: list[str]) -> None:
     }
     ok = exact and not row["stage_problems"] and row["llpf_max_train_loss"] < row["linear_max_train_loss"]
     row["status"] = "connected" if ok else "failed: see exact_endpoints / stage_problems / losses"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "gpu_paper_smoke.json" if args.smoke else "gpu_paper.json"
-    (RESULTS / name).write_text(json.dumps(row, indent=2, default=str))
+    results.add({"run": "paper", "smoke": args.smoke, **row})
     print(markdown_table([row]))
     print(f"recipe for the full experiment: {RECIPES / 'resnet18-cifar10-llpf.yaml'}")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

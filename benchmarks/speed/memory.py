@@ -1,32 +1,33 @@
 """Peak memory of a connect run on a generated image folder: 2,000 vs 20,000 64-px JPEGs (docs/data.md).
 
-    .venv/bin/python -m benchmarks.image_memory [--sizes 2000 20000] [--decode auto]
+    python -m benchmarks speed memory [--sizes 2000 20000] [--decode auto]
 
 Each run is ``hf-llpf connect`` of two random small CNNs (3 channels, 10 classes) on the folder, 5 ticks, in a
-fresh process whose peak RSS (``ru_maxrss``) is printed. Target (issue 17): the 20,000-image run's peak RSS at
-most 1.3x the 2,000-image run's. With ``--decode memory`` every image is decoded up front (the old behaviour).
+fresh process whose peak RSS is printed. The target: the 20,000-image run's peak RSS at most 1.3x the
+2,000-image run's. With ``--decode memory`` every image is decoded up front (the old behaviour).
 """
 
 from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-RUNNER = """
-import resource, sys, time, torch
-torch.set_num_threads(1)
-from hf_llpf.cli import main
-start = time.perf_counter()
-code = main(["connect", sys.argv[1], sys.argv[2], "--data", sys.argv[3], "--out", sys.argv[4], "--no-progress",
-             "max_ticks=5", "min_iters=2", "max_iters=3", "data.decode=" + sys.argv[5]])
-print("RESULT", code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, round(time.perf_counter() - start, 1))
-"""
+from benchmarks.harness import Results, measure
+
+
+def connect_cli(a: str, b: str, folder: str, out: str, decode: str) -> dict:
+    """``hf-llpf connect`` of ``a`` and ``b`` on an image folder, 5 ticks (a measured child's job)."""
+    from hf_llpf.cli import main
+
+    start = time.perf_counter()
+    code = main(["connect", a, b, "--data", folder, "--out", out, "--no-progress", "max_ticks=5", "min_iters=2",
+                 "max_iters=3", f"data.decode={decode}"])  # fmt: skip
+    return {"exit": code, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def write_folder(root: Path, n: int, *, size: int = 64, seed: int = 0) -> Path:
@@ -59,11 +60,14 @@ def endpoints(root: Path) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This part's options."""
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--decode", default="auto", choices=["auto", "memory", "on_access"])
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace, results: Results) -> None:
+    """One measured connect per folder size; print and record the table and the ratio."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         a, b = endpoints(root)
@@ -72,21 +76,17 @@ def main() -> None:
             t = time.perf_counter()
             folder = write_folder(root / f"images_{n}", n)
             made = time.perf_counter() - t
-            cmd = [sys.executable, "-c", RUNNER, str(a), str(b), str(folder), str(root / f"run_{n}"), args.decode]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
-            if line is None:
-                raise SystemExit(f"run on {n} images failed:\n{out.stderr[-2000:]}")
-            _, code, rss_kb, seconds = line.split()
-            rows.append((n, int(code), int(rss_kb) / 1024, float(seconds), made))
+            job = {"a": str(a), "b": str(b), "folder": str(folder), "out": str(root / f"run_{n}"),
+                   "decode": args.decode}  # fmt: skip
+            try:
+                got = measure("benchmarks.speed.memory:connect_cli", job, threads=args.threads)
+            except subprocess.CalledProcessError as err:
+                raise SystemExit(f"run on {n} images failed: {err}") from err
+            rows.append(results.add({"part": "memory", "images": n, "decode": args.decode, **got, "written_s": made}))
     print("| images | decode | exit | peak RSS (MiB) | connect s | folder written s |\n|---|---|---|---|---|---|")
-    for n, code, rss, seconds, made in rows:
-        print(f"| {n} | {args.decode} | {code} | {rss:.0f} | {seconds:.1f} | {made:.1f} |")
+    for r in rows:
+        print(f"| {r['images']} | {r['decode']} | {r['exit']} | {r['peak_rss_mib']:.0f} | {r['seconds']:.1f} "
+              f"| {r['written_s']:.1f} |")  # fmt: skip
     if len(rows) >= 2:
-        print(
-            f"ratio of peak RSS, {rows[-1][0]} vs {rows[0][0]} images: {rows[-1][2] / rows[0][2]:.2f} (target <= 1.3)"
-        )
-
-
-if __name__ == "__main__":
-    main()
+        ratio = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"]
+        print(f"ratio of peak RSS, {rows[-1]['images']} vs {rows[0]['images']} images: {ratio:.2f} (target <= 1.3)")

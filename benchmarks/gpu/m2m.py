@@ -1,24 +1,25 @@
-"""GPU check of issue 7: 200 ticks of M2M on cifar_resnet18 on one GPU; prints ticks/s, peak GPU memory and the
-share of time outside SGD. Whole script well under 8 minutes on an H100/H200.
+"""200 ticks of M2M on cifar_resnet18 on one GPU: ticks/s, peak GPU memory and the share of time outside SGD.
 
-Run on a GPU machine: ``python -m benchmarks.gpu_m2m``. NOT RUN YET: no GPU machine was lent to the session
+``python -m benchmarks gpu m2m [--smoke]``, on a GPU machine; well under 8 minutes on an H100/H200 (an
+estimate). NOT RUN YET: no GPU machine was lent to the session
 that wrote it. Endpoints are trained briefly from random init on generated CIFAR-shaped data (class-dependent
 mean patterns plus noise), since no data can be downloaded; the figures measure speed, not path quality.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks import harness
 from hf_llpf.api import connect
 from hf_llpf.config import ConnectConfig
 from hf_llpf.data import DataBundle, ImageData
 from hf_llpf.models import as_endpoint, create_model
 
-OUT = Path(".bench_cache/gpu_m2m")
+OUT = harness.CACHE / "gpu" / "m2m"
 
 
 def generated_cifar(n: int, seed: int) -> ImageData:
@@ -44,8 +45,14 @@ def train_briefly(model: torch.nn.Module, data: DataBundle, device: torch.device
     model.cpu().eval()
 
 
-def main(smoke: bool = False) -> None:
-    """``smoke``: a tiny CPU run of the same code (width 8, 10 ticks) to check the script itself."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """This run's options."""
+    parser.add_argument("--smoke", action="store_true", help="a tiny CPU run of the same code (width 8)")
+
+
+def run(args: argparse.Namespace, results: harness.Results) -> None:
+    """Train two endpoints briefly, connect them for 200 ticks; print and record the speed and memory."""
+    smoke = args.smoke
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'})")
     from hf_llpf.config import DataConfig
@@ -74,12 +81,11 @@ def main(smoke: bool = False) -> None:
     print(
         f"ticks {run['ticks']} in {wall:.1f} s: {run['ticks'] / wall:.2f} ticks/s; SGD iterations {run['sgd_iters']}"
     )
-    if device.type == "cuda":
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
-    print(f"time outside SGD {(wall - run['timing'].get('train', 0.0)) / wall:.1%}; by phase {run['timing']}")
-
-
-if __name__ == "__main__":
-    import sys
-
-    main(smoke="--smoke" in sys.argv)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    if peak is not None:
+        print(f"peak GPU memory {peak:.2f} GiB")
+    outside = (wall - run["timing"].get("train", 0.0)) / wall
+    print(f"time outside SGD {outside:.1%}; by phase {run['timing']}")
+    results.add({"run": "m2m", "smoke": smoke, "device": str(device), "ticks": run["ticks"], "wall_s": wall,
+                 "ticks_per_s": run["ticks"] / wall, "sgd_iters": run["sgd_iters"], "peak_gpu_gib": peak,
+                 "outside_sgd": outside, "timing": run["timing"]})  # fmt: skip

@@ -1,12 +1,13 @@
 """Text paths from the command line: tiny BERT classifiers on a generated parquet, tiny GPT-2s on a text file.
 
-    .venv/bin/python -m benchmarks.text_paths [--threads 1]
+    python -m benchmarks text [--threads 1] [--pairs bert gpt2]
 
 Per pair: two random inits (seeds 0 and 1, built from a config) are saved with the word-level tokenizer of
-:mod:`benchmarks.text_data`, fine-tuned by ``hf-llpf train INIT --data ...``, connected by
+``tests/generated_text.py``, fine-tuned by ``hf-llpf train INIT --data ...``, connected by
 ``hf-llpf connect A B --data ...`` and judged by ``hf-llpf evaluate`` (all through :func:`hf_llpf.cli.main`, as
 typed). Printed: the endpoints' test loss, the path's and linear interpolation's maximum train loss and barrier,
-the test loss ranges and the seconds of each command (docs/benchmarks.md, "Text paths").
+the test loss ranges and the seconds of each command (docs/benchmarks.md, "Text paths"); the rows are appended to
+``benchmarks/results/text.jsonl``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.text_data import word_tokenizer, write_reviews, write_text_file
+from benchmarks import harness
 from hf_llpf.cli import main as cli
+from tests.generated_text import word_tokenizer, write_reviews, write_text_file
+
+ENTRY = "text"
 
 TRAIN = ["optimizer=adamw", "lr=0.003", "weight_decay=0.01", "batch_size=32", "--threads"]
 CONNECT = ["--no-progress", "max_iters=30", "--threads"]
@@ -106,21 +110,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+def parser() -> argparse.ArgumentParser:
+    """The entry's options."""
+    p = harness.entry_parser(ENTRY, __doc__)
+    p.add_argument("--pairs", nargs="+", choices=["bert", "gpt2"], default=["bert", "gpt2"])
+    return harness.common_options(p)
+
+
+def main(argv: list[str]) -> int:
+    """Run each pair through the CLI; record and print the rows."""
+    args = parser().parse_args(argv)
+    results = harness.Results(ENTRY, args, argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        reviews = write_reviews(root / "reviews.parquet", n=1000)
-        corpus = write_text_file(root / "corpus.txt", lines=1500)
-        rows = [
-            run_pair(root, "bert", reviews, extra=[], epochs=6, threads=args.threads),
-            run_pair(root, "gpt2", corpus, extra=["data.max_length=32"], epochs=4, threads=args.threads),
-        ]
-    print(json.dumps(rows, indent=2))
-    print(table(rows))
-
-
-if __name__ == "__main__":
-    main()
+        if "bert" in args.pairs:
+            reviews = write_reviews(root / "reviews.parquet", n=1000)
+            results.add(run_pair(root, "bert", reviews, extra=[], epochs=6, threads=args.threads))
+        if "gpt2" in args.pairs:
+            corpus = write_text_file(root / "corpus.txt", lines=1500)
+            extra = ["data.max_length=32"]
+            results.add(run_pair(root, "gpt2", corpus, extra=extra, epochs=4, threads=args.threads))
+    print(json.dumps(results.rows, indent=2))
+    print(table(results.rows))
+    return 0
