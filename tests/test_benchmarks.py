@@ -119,7 +119,7 @@ def _helps() -> list[tuple[str, list[str]]]:
     return cases + [("gpu", ["m2m"]), ("gpu", ["paper"])]
 
 
-@pytest.mark.parametrize(("name", "sub"), _helps())
+@pytest.mark.parametrize(("name", "sub"), _helps(), ids=[" ".join([n, *s]) for n, s in _helps()])
 def test_every_entry_parser_accepts_help(name, sub, capsys):
     module = importlib.import_module(f"benchmarks.{name}")
     with pytest.raises(SystemExit) as exit_info:
