@@ -1,0 +1,1 @@
+"""The benchmarks behind docs/benchmarks.md: ``python -m benchmarks --list`` names the entries."""
