@@ -3,8 +3,8 @@
 In eval mode a ``BatchNorm2d`` with running statistics is an affine map per channel, so a ``Conv2d`` whose only
 consumer it is can absorb it: ``w' = w·γ/√(σ²+ε)``, ``b' = (b - μ)·γ/√(σ²+ε) + β`` (PyTorch's
 :func:`torch.nn.utils.fusion.fuse_conv_bn_weights`). The pass then skips the BatchNorm's read and write of the
-whole activation: where layers fold, a pass takes 0.76–0.93× the unfolded channels-last time over the families'
-models (``python -m benchmarks.layout_speed``); the loss changes by rounding only.
+whole activation, which is where a channels-last pass spends much of its time (``python -m benchmarks speed
+layout``; docs/benchmarks.md); the loss changes by rounding only.
 
 The pairs are found on the model's traced graph (:func:`torch.fx.symbolic_trace`), never guessed from module
 order: only a convolution called once, with a weight of its own, whose output goes to a BatchNorm and nowhere else,

@@ -2,11 +2,10 @@
 
 On the CPU, PyTorch's convolution, BatchNorm and pooling kernels are often much faster on channels-last (NHWC)
 tensors than on the default NCHW ones for the small images of the built-in data, and a BatchNorm folded into the
-convolution before it (:mod:`hf_llpf.evaluation.folding`) is not run at all: over one pass of 256 images per family
-the view took 0.41–0.98× the time, median 0.72× (small_cnn 0.63×; ``python -m benchmarks.layout_speed``). Both the
-certifier's probe (:mod:`hf_llpf.evaluation.probe`) and the evaluation's :func:`~hf_llpf.evaluation.scoring.score`
-run through :func:`eval_view`, so they keep computing the same numbers; the loss differs from the NCHW one by
-rounding (``benchmarks.layout_speed`` prints the difference: at most 2.4e-07 on the families it times).
+convolution before it (:mod:`hf_llpf.evaluation.folding`) is not run at all (``python -m benchmarks speed layout``
+times both; docs/benchmarks.md). Both the certifier's probe (:mod:`hf_llpf.evaluation.probe`) and the evaluation's
+:func:`~hf_llpf.evaluation.scoring.score` run through :func:`eval_view`, so they keep computing the same numbers; the
+loss differs from the NCHW one by rounding (the benchmark prints the difference).
 
 The working model itself is never converted (its optimizer, divergence guard and saved points see plain
 contiguous tensors): a channels-last *copy* of it, its view, has the model's state copied in before each pass.
