@@ -380,32 +380,15 @@ def compare_run(
         RunDirectoryError: not a run directory. ConfigError: no usable data, an unknown method or ``llpf`` asked.
     """
     from hf_llpf.api import record_evaluation
-    from hf_llpf.data import DataBundle
-    from hf_llpf.evaluation.sets import resolve_data
-    from hf_llpf.inputs import resolve_config
     from hf_llpf.models import as_endpoint
-    from hf_llpf.run import Path
-    from hf_llpf.run.ownership import refuse_links_under
-    from hf_llpf.run.rundir import check_exist
 
     baselines = _check_methods(baselines)
     _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k,
                    certify=certify)  # fmt: skip
     if "llpf" in baselines:
         raise ConfigError("--baselines llpf: the run itself is the LLPF path; name baselines only")
-    path = Path(run_dir, template=template)
-    path.validate()
-    # Written below: RUN/baselines/<method> and the table beside them; nothing on the way may be a link.
-    refuse_links_under(path.root, [BASELINES_DIR, *(f"{BASELINES_DIR}/{m}" for m in baselines)])
-    bundle = resolve_data(path, data)
-    if not isinstance(bundle, DataBundle):
-        raise ConfigError("data: adding baselines needs a data spec, DataConfig or DataBundle (its test split too)")
-    recorded = path.config if (path.root / "llpf_config.yaml").is_file() else {}
-    config = resolve_config({k: recorded[k] for k in ("batch_size", "seed") if k in recorded})
-    config = config.model_copy(update={"data": bundle.config})
+    path, bundle, config = _opened_run(run_dir, baselines, data, template)
     out = path.root / BASELINES_DIR
-    for method in baselines:  # refused now, not after the first baselines are built
-        check_exist(out / method, "overwrite", inside=path.root)
     ends = [as_endpoint(path.model_at(i)) if template is not None else path.endpoint_at(i) for i in (0, -1)]
     judge = _Judge(
         bundle,
@@ -421,24 +404,12 @@ def compare_run(
     # Judged now, written last: a baseline that fails leaves the run's own evaluation as it was.
     seconds = run.get("seconds", run.get("seconds_this_session"))  # every stretch of a resumed run
     own = judge.judge("llpf", path, float(seconds or 0.0), write=False)
+    options = {"config": config, "points": points, "bezier": bezier, "certify": certify, "llpf": _llpf_figures(path),
+               "recalibrate_bn": False, "exist": "overwrite", "command": command, "inside": path.root}  # fmt: skip
     for method in baselines:
         start = time.perf_counter()
         try:
-            baseline = _baseline(
-                method,
-                *ends,
-                bundle,
-                out / method,
-                config=config,
-                points=points,
-                bezier=bezier,
-                certify=certify,
-                llpf=_llpf_figures(path),
-                recalibrate_bn=False,
-                exist="overwrite",
-                command=command,
-                inside=path.root,
-            )
+            baseline = _baseline(method, *ends, bundle, out / method, **options)
         except NotApplicableError as err:
             judge.not_applicable(method, err)
             continue
@@ -458,6 +429,32 @@ def compare_run(
     record_evaluation(path.root, own, template=template)
     write_comparison(out, table)
     return table
+
+
+def _opened_run(run_dir: Any, baselines: list[str], data: Any, template: Any) -> tuple[Any, Any, Any]:
+    """The run ``compare_run`` adds baselines to, checked before anything is built: the run directory (whole, no
+    link on the way to ``RUN/baselines/<method>``, each of which may be replaced), its data (loaded) and the
+    settings the baselines take from the run (``batch_size``, ``seed``, the data)."""
+    from hf_llpf.data import DataBundle
+    from hf_llpf.evaluation.sets import resolve_data
+    from hf_llpf.inputs import resolve_config
+    from hf_llpf.run import Path
+    from hf_llpf.run.ownership import refuse_links_under
+    from hf_llpf.run.rundir import check_exist
+
+    path = Path(run_dir, template=template)
+    path.validate()
+    # Written below: RUN/baselines/<method> and the table beside them; nothing on the way may be a link.
+    refuse_links_under(path.root, [BASELINES_DIR, *(f"{BASELINES_DIR}/{m}" for m in baselines)])
+    bundle = resolve_data(path, data)
+    if not isinstance(bundle, DataBundle):
+        raise ConfigError("data: adding baselines needs a data spec, DataConfig or DataBundle (its test split too)")
+    recorded = path.config if (path.root / "llpf_config.yaml").is_file() else {}
+    config = resolve_config({k: recorded[k] for k in ("batch_size", "seed") if k in recorded})
+    config = config.model_copy(update={"data": bundle.config})
+    for method in baselines:  # refused now, not after the first baselines are built
+        check_exist(path.root / BASELINES_DIR / method, "overwrite", inside=path.root)
+    return path, bundle, config
 
 
 __all__ = [
