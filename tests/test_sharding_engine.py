@@ -1,0 +1,144 @@
+"""``sharding: fsdp``: a whole M2M run with the working model sharded by FSDP2 over two gloo processes, against the
+same run data-parallel (docs/distributed.md, "Models larger than one device"); and what it refuses.
+
+The slow test starts ONE torchrun launch (this file as its script) that runs both connects one after the other in
+the same two processes, then compares their run directories here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hf_llpf
+from hf_llpf.algorithms.sharded import check_sharding, repeated_blocks
+from hf_llpf.config import ConnectConfig
+from hf_llpf.errors import ConfigError
+
+torch.set_num_threads(1)
+
+# The same settings for both runs; no ceiling (the certificate does not run sharded yet), every tensor moving
+# from the first tick (fdf=false) so that the path reaches θ_B in a few ticks.
+SETTINGS = {"method": "m2m", "loss_ceiling": None, "fdf": False, "step_r": 0.25, "max_ticks": 8, "min_iters": 2,
+            "max_iters": 4, "sync_check_every": 1, "seed": 0}  # fmt: skip
+# Per point, per tensor: |sharded − data-parallel| at most this times the tensor's largest magnitude. The two runs
+# differ only in how the gradients are averaged (FSDP2's reduce-scatter against DDP's all-reduce) and in the order
+# the per-shard sums of the moves and corrections are added: float32 roundings (docs/distributed.md).
+REL_TOL = 1e-5
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _worker(root: Path) -> None:
+    """Run inside torchrun: the same connect, data-parallel then sharded."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the start lines, as the CLI shows them
+    a, b, text = (str(root / n) for n in ("gpt2_0", "gpt2_1", "corpus.txt"))
+    for sharding in ("none", "fsdp"):
+        hf_llpf.connect(a, b, text, config={**SETTINGS, "sharding": sharding}, run_dir=root / sharding,
+                        progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gpt2_pair(tmp_path_factory):
+    from text_fixtures import gpt2_endpoints, write_text_file
+
+    root = tmp_path_factory.mktemp("fsdp")
+    gpt2_endpoints(root, steps=20)
+    write_text_file(root / "corpus.txt")
+    return root
+
+
+def _files(point: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(point.iterdir())}
+
+
+def _max_rel(x: dict, y: dict) -> float:
+    return max(float((x[k].double() - y[k].double()).abs().max() / y[k].double().abs().max()) for k in y)
+
+
+@pytest.mark.slow
+def test_sharded_gpt2_path_equals_data_parallel_path(gpt2_pair):
+    from transformers import AutoModelForCausalLM
+
+    root = gpt2_pair
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(root)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(_ROOT), str(_ROOT / "tests")])}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=_ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = {s: hf_llpf.Path(root / s) for s in ("none", "fsdp")}
+    assert runs["fsdp"].summary["run"]["launch"]["sharding"] == "fsdp (each process holds 1/N of every parameter)"
+    assert runs["none"].summary["run"]["launch"]["sharding"] == "none (every process holds the whole model)"
+    starts = [x.rsplit("] ", 1)[-1] for x in result.stderr.splitlines() if "process(es) on cpu" in x]
+    assert starts == [  # the main process speaks, once per run
+        "2 process(es) on cpu (data-parallel, multi_cpu), sharding: none (every process holds the whole model), "
+        "mixed precision: no",
+        "2 process(es) on cpu (sharded, multi_cpu), sharding: fsdp (each process holds 1/N of every parameter), "
+        "mixed precision: no",
+    ], starts
+    metrics = {s: json.loads((root / s / "path_metrics.json").read_text()) for s in runs}
+    points = {s: metrics[s]["points"] for s in runs}
+    assert len(points["fsdp"]) == len(points["none"]) >= 4 and points["fsdp"][-1]["phase"] == "end"
+    stored = load_file(root / "gpt2_0" / "model.safetensors")
+    ends = {0: root / "gpt2_0", len(points["fsdp"]) - 1: root / "gpt2_1"}
+    for i, (pf, pn) in enumerate(zip(points["fsdp"], points["none"], strict=True)):
+        sharded, plain = root / "fsdp" / pf["point"], root / "none" / pn["point"]
+        fs, fn = _files(sharded), _files(plain)
+        assert sorted(fs) == ["config.json", "generation_config.json", "model.safetensors"] == sorted(fn)
+        assert fs["config.json"] == fn["config.json"] and fs["generation_config.json"] == fn["generation_config.json"]
+        ws, wn = load_file(sharded / "model.safetensors"), load_file(plain / "model.safetensors")
+        assert sorted(ws) == sorted(stored)  # the tensors save_pretrained writes: lm_head.weight left to the tie
+        if i in ends:  # exact endpoints, and the very bytes save_pretrained wrote
+            assert fs["model.safetensors"] == fn["model.safetensors"]
+            assert all(torch.equal(ws[k], v) for k, v in load_file(ends[i] / "model.safetensors").items())
+        else:
+            assert _max_rel(ws, wn) <= REL_TOL, (i, _max_rel(ws, wn))
+        model = AutoModelForCausalLM.from_pretrained(sharded)  # plain transformers, the tie kept
+        assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+        assert torch.equal(model.transformer.wte.weight.detach(), ws["transformer.wte.weight"])
+    losses = {s: [t["train_loss"] for t in metrics[s]["ticks"][:-1]] for s in runs}  # the last tick is the snap onto θ_B
+    assert max(losses["fsdp"]) == pytest.approx(max(losses["none"]), rel=0.10)
+    assert losses["fsdp"] == pytest.approx(losses["none"], rel=1e-5)
+
+
+def test_refusals_name_the_setting_the_value_and_what_is_allowed(tmp_path):
+    config = ConnectConfig(sharding="fsdp", method="auto", loss_ceiling=1.0, point_dtype="bf16",
+                                          mixed_precision="bf16")  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        check_sharding(config, SimpleNamespace(num_processes=1), exist="resume")
+    text = str(err.value)
+    for part in ("sharding='fsdp': this run has 1 process(es) and no process group; allowed: two or more processes",
+                 "method='auto' under sharding='fsdp': allowed: 'm2m'",
+                 "loss_ceiling=1.0 under sharding='fsdp'", "allowed: null",
+                 "mixed_precision='bf16' under sharding='fsdp': allowed: 'no'",
+                 "point_dtype='bf16' under sharding='fsdp': allowed: 'auto'",
+                 "--resume under sharding='fsdp': a sharded run writes no checkpoint yet"):  # fmt: skip
+        assert part in text, text
+    check_sharding(ConnectConfig(method="auto"), SimpleNamespace(num_processes=1))  # none: no check
+    # connect refuses it before anything is read or written (the endpoints named here do not even exist).
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="sharding='fsdp': this run has 1 process"):
+        hf_llpf.connect(tmp_path / "nope_a", tmp_path / "nope_b", "digits",
+                        config={"sharding": "fsdp", "method": "m2m", "loss_ceiling": None}, run_dir=run_dir)  # fmt: skip
+    assert not run_dir.exists()
+    with pytest.raises(ConfigError, match="sharding='fsdp': the walk to the origin runs unsharded; allowed: 'none'"):
+        hf_llpf.walk_to_origin(tmp_path / "nope_a", "digits", config={"sharding": "fsdp"}, run_dir=run_dir)
+    assert not run_dir.exists()
+    # What fully_shard wraps on its own: the outermost lists of like blocks (GPT-2's layers), then the root.
+    from tiny_models import tiny_gpt2
+
+    model = tiny_gpt2()
+    assert repeated_blocks(model) == list(model.transformer.h)
+    assert repeated_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2))) == []
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
