@@ -104,7 +104,8 @@ def test_sharded_gpt2_path_equals_data_parallel_path(gpt2_pair):
         model = AutoModelForCausalLM.from_pretrained(sharded)  # plain transformers, the tie kept
         assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
         assert torch.equal(model.transformer.wte.weight.detach(), ws["transformer.wte.weight"])
-    losses = {s: [t["train_loss"] for t in metrics[s]["ticks"][:-1]] for s in runs}  # the last tick is the snap onto θ_B
+    # The repair losses per tick (the last tick is the snap onto θ_B, without repair).
+    losses = {s: [t["train_loss"] for t in metrics[s]["ticks"][:-1]] for s in runs}
     assert max(losses["fsdp"]) == pytest.approx(max(losses["none"]), rel=0.10)
     assert losses["fsdp"] == pytest.approx(losses["none"], rel=1e-5)
 
@@ -126,8 +127,8 @@ def test_refusals_name_the_setting_the_value_and_what_is_allowed(tmp_path):
     # connect refuses it before anything is read or written (the endpoints named here do not even exist).
     run_dir = tmp_path / "run"
     with pytest.raises(ConfigError, match="sharding='fsdp': this run has 1 process"):
-        hf_llpf.connect(tmp_path / "nope_a", tmp_path / "nope_b", "digits",
-                        config={"sharding": "fsdp", "method": "m2m", "loss_ceiling": None}, run_dir=run_dir)  # fmt: skip
+        settings = {"sharding": "fsdp", "method": "m2m", "loss_ceiling": None}
+        hf_llpf.connect(tmp_path / "nope_a", tmp_path / "nope_b", "digits", config=settings, run_dir=run_dir)
     assert not run_dir.exists()
     with pytest.raises(ConfigError, match="sharding='fsdp': the walk to the origin runs unsharded; allowed: 'none'"):
         hf_llpf.walk_to_origin(tmp_path / "nope_a", "digits", config={"sharding": "fsdp"}, run_dir=run_dir)
