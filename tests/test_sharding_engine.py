@@ -37,23 +37,27 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 
 def _worker(root: Path) -> None:
-    """Run inside torchrun: the same connect, data-parallel then sharded."""
+    """Run inside torchrun: for each pair, the same connect data-parallel then sharded."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the start lines, as the CLI shows them
-    a, b, text = (str(root / n) for n in ("gpt2_0", "gpt2_1", "corpus.txt"))
-    for sharding in ("none", "fsdp"):
-        hf_llpf.connect(a, b, text, config={**SETTINGS, "sharding": sharding}, run_dir=root / sharding,
-                        progress=False)  # fmt: skip
+    for name, data in (("gpt2", str(root / "corpus.txt")), ("cnn", "digits")):
+        a, b = str(root / f"{name}_0"), str(root / f"{name}_1")
+        for sharding in ("none", "fsdp"):
+            hf_llpf.connect(a, b, data, config={**SETTINGS, "sharding": sharding}, run_dir=root / f"{name}_{sharding}",
+                            progress=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def gpt2_pair(tmp_path_factory):
+def pairs(tmp_path_factory, small_cnn_pair):
+    """A tiny GPT-2 pair (tied lm_head/wte) with a text file, and the small_cnn pair (BatchNorm) on digits."""
     from text_fixtures import gpt2_endpoints, write_text_file
 
     root = tmp_path_factory.mktemp("fsdp")
     gpt2_endpoints(root, steps=20)
     write_text_file(root / "corpus.txt")
+    for k, folder in enumerate(small_cnn_pair):
+        (root / f"cnn_{k}").symlink_to(folder, target_is_directory=True)
     return root
 
 
@@ -62,52 +66,66 @@ def _files(point: Path) -> dict[str, bytes]:
 
 
 def _max_rel(x: dict, y: dict) -> float:
-    return max(float((x[k].double() - y[k].double()).abs().max() / y[k].double().abs().max()) for k in y)
+    return max(
+        float((x[k].double() - y[k].double()).abs().max() / y[k].double().abs().max().clamp_min(1e-30)) for k in y
+    )
+
+
+def _compare(root: Path, name: str, files: list[str]) -> None:
+    """The sharded run's points against the data-parallel run's: the same files, the same companions byte for
+    byte, exact endpoints written with the unsharded writer's very bytes, the points between within REL_TOL, and
+    the repair losses within 10% at their maximum (1e-5 relative tick by tick)."""
+    metrics = {s: json.loads((root / f"{name}_{s}" / "path_metrics.json").read_text()) for s in ("none", "fsdp")}
+    points = {s: metrics[s]["points"] for s in metrics}
+    assert len(points["fsdp"]) == len(points["none"]) >= 4 and points["fsdp"][-1]["phase"] == "end"
+    ends = {0: root / f"{name}_0", len(points["fsdp"]) - 1: root / f"{name}_1"}
+    stored = load_file(ends[0] / "model.safetensors")
+    for i, (pf, pn) in enumerate(zip(points["fsdp"], points["none"], strict=True)):
+        sharded, plain = root / f"{name}_fsdp" / pf["point"], root / f"{name}_none" / pn["point"]
+        fs, fn = _files(sharded), _files(plain)
+        assert sorted(fs) == files == sorted(fn)
+        assert all(fs[f] == fn[f] for f in files if f != "model.safetensors")
+        ws, wn = load_file(sharded / "model.safetensors"), load_file(plain / "model.safetensors")
+        assert sorted(ws) == sorted(stored)  # the endpoint's own tensors (GPT-2: lm_head.weight left to the tie)
+        if i in ends:  # exact endpoints, and the very bytes of the unsharded writer
+            assert fs["model.safetensors"] == fn["model.safetensors"]
+            assert all(torch.equal(ws[k], v) for k, v in load_file(ends[i] / "model.safetensors").items())
+        else:
+            assert _max_rel(ws, wn) <= REL_TOL, (name, i, _max_rel(ws, wn))
+    # The repair losses per tick (the last tick is the snap onto θ_B, without repair).
+    losses = {s: [t["train_loss"] for t in metrics[s]["ticks"][:-1]] for s in metrics}
+    assert max(losses["fsdp"]) == pytest.approx(max(losses["none"]), rel=0.10)
+    assert losses["fsdp"] == pytest.approx(losses["none"], rel=1e-5)
 
 
 @pytest.mark.slow
-def test_sharded_gpt2_path_equals_data_parallel_path(gpt2_pair):
+def test_sharded_paths_equal_data_parallel_paths(pairs):
     from transformers import AutoModelForCausalLM
 
-    root = gpt2_pair
+    root = pairs
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(root)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(_ROOT), str(_ROOT / "tests")])}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=_ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
-    runs = {s: hf_llpf.Path(root / s) for s in ("none", "fsdp")}
-    assert runs["fsdp"].summary["run"]["launch"]["sharding"] == "fsdp (each process holds 1/N of every parameter)"
-    assert runs["none"].summary["run"]["launch"]["sharding"] == "none (every process holds the whole model)"
+    for name in ("gpt2", "cnn"):
+        launch = {s: hf_llpf.Path(root / f"{name}_{s}").summary["run"]["launch"] for s in ("none", "fsdp")}
+        assert launch["fsdp"]["sharding"] == "fsdp (each process holds 1/N of every parameter)"
+        assert launch["none"]["sharding"] == "none (every process holds the whole model)"
     starts = [x.rsplit("] ", 1)[-1] for x in result.stderr.splitlines() if "process(es) on cpu" in x]
-    assert starts == [  # the main process speaks, once per run
-        "2 process(es) on cpu (data-parallel, multi_cpu), sharding: none (every process holds the whole model), "
-        "mixed precision: no",
-        "2 process(es) on cpu (sharded, multi_cpu), sharding: fsdp (each process holds 1/N of every parameter), "
-        "mixed precision: no",
-    ], starts
-    metrics = {s: json.loads((root / s / "path_metrics.json").read_text()) for s in runs}
-    points = {s: metrics[s]["points"] for s in runs}
-    assert len(points["fsdp"]) == len(points["none"]) >= 4 and points["fsdp"][-1]["phase"] == "end"
-    stored = load_file(root / "gpt2_0" / "model.safetensors")
-    ends = {0: root / "gpt2_0", len(points["fsdp"]) - 1: root / "gpt2_1"}
-    for i, (pf, pn) in enumerate(zip(points["fsdp"], points["none"], strict=True)):
-        sharded, plain = root / "fsdp" / pf["point"], root / "none" / pn["point"]
-        fs, fn = _files(sharded), _files(plain)
-        assert sorted(fs) == ["config.json", "generation_config.json", "model.safetensors"] == sorted(fn)
-        assert fs["config.json"] == fn["config.json"] and fs["generation_config.json"] == fn["generation_config.json"]
-        ws, wn = load_file(sharded / "model.safetensors"), load_file(plain / "model.safetensors")
-        assert sorted(ws) == sorted(stored)  # the tensors save_pretrained writes: lm_head.weight left to the tie
-        if i in ends:  # exact endpoints, and the very bytes save_pretrained wrote
-            assert fs["model.safetensors"] == fn["model.safetensors"]
-            assert all(torch.equal(ws[k], v) for k, v in load_file(ends[i] / "model.safetensors").items())
-        else:
-            assert _max_rel(ws, wn) <= REL_TOL, (i, _max_rel(ws, wn))
-        model = AutoModelForCausalLM.from_pretrained(sharded)  # plain transformers, the tie kept
+    line = {
+        "none": "2 process(es) on cpu (data-parallel, multi_cpu), sharding: none (every process holds the whole "
+        "model), mixed precision: no",
+        "fsdp": "2 process(es) on cpu (sharded, multi_cpu), sharding: fsdp (each process holds 1/N of every "
+        "parameter), mixed precision: no",
+    }
+    assert starts == [line["none"], line["fsdp"]] * 2, starts  # the main process speaks, once per run
+    _compare(root, "gpt2", ["config.json", "generation_config.json", "model.safetensors"])
+    _compare(root, "cnn", ["config.json", "model.safetensors"])  # BatchNorm's running statistics included
+    for point in sorted((root / "gpt2_fsdp" / "points").iterdir()):
+        model = AutoModelForCausalLM.from_pretrained(point)  # plain transformers, the tie kept
         assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
-        assert torch.equal(model.transformer.wte.weight.detach(), ws["transformer.wte.weight"])
-    # The repair losses per tick (the last tick is the snap onto θ_B, without repair).
-    losses = {s: [t["train_loss"] for t in metrics[s]["ticks"][:-1]] for s in runs}
-    assert max(losses["fsdp"]) == pytest.approx(max(losses["none"]), rel=0.10)
-    assert losses["fsdp"] == pytest.approx(losses["none"], rel=1e-5)
+        weights = load_file(point / "model.safetensors")
+        assert torch.equal(model.transformer.wte.weight.detach(), weights["transformer.wte.weight"])
 
 
 def test_refusals_name_the_setting_the_value_and_what_is_allowed(tmp_path):

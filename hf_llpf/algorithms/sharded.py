@@ -194,6 +194,19 @@ class ShardedM2M(M2M):
             rows.append(whole.clone().to(device))
         return final, rows
 
+    def _attempt(self, repair: bool) -> float:
+        loss = super()._attempt(repair)
+        if repair:
+            self._share_buffers()
+        return loss
+
+    def _share_buffers(self) -> None:
+        """Every process takes the main process's buffers (BatchNorm's running statistics, which each process's
+        own batches updated): what the main process writes is then what every process holds, as DDP's broadcast of
+        the buffers before each forward gives under data parallelism."""
+        for _, b in self.model.named_buffers():
+            torch.distributed.broadcast(b.data, src=0)
+
     def _snap_to_b(self, device: torch.device) -> None:
         """Each process copies its rows of θ_B into its shards, and θ_B's buffers into the model's."""
         parts, _, _ = local_parts(self.params)
