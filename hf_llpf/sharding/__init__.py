@@ -14,8 +14,9 @@ functions of :mod:`hf_llpf.geometry` give on the whole tensors, exchanging only 
 - :mod:`~hf_llpf.sharding.points`: a point written from the shards one tensor at a time, the unsharded writer's
   bytes.
 
-With one process (no tensor sharded) each function is the unsharded one itself. The tick loop does not run
-sharded yet (docs/distributed.md, "Models larger than one device").
+With one process (no tensor sharded) each function is the unsharded one itself. M2M's tick runs through these
+functions, sharded under ``sharding: fsdp`` (:mod:`hf_llpf.algorithms.sharded`; docs/distributed.md, "Models larger
+than one device").
 """
 
 from hf_llpf.sharding.distance import cosine_similarity, distance_to_origin, distances, move_toward_, total_distance
