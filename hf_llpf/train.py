@@ -332,7 +332,8 @@ class RepairTrainer:
     describing the weights before the move: measured max loss 0.077 instead of 0.045 on one small_cnn path).
 
     With ``sharded=True`` the model is already sharded by FSDP2 (``fully_shard``) over the processes: it is trained
-    as it is, each process reading its own part of every batch as under data parallelism.
+    as it is, each process reading its own part of every batch as under data parallelism; after each repair every
+    process takes the main process's buffers.
 
     With ``per_tensor_lr=True`` every parameter has its own optimizer group, so :meth:`set_lr_factors` can
     give each tensor its own learning rate (AngleConformal, docs/algorithm.md §6).
@@ -376,6 +377,7 @@ class RepairTrainer:
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
         # prepare_* wraps for DDP (several processes) and mixed precision; on one plain process it changes nothing.
         # A model sharded with fully_shard is not wrapped again: FSDP2 reduce-scatters (averages) its gradients.
+        self.sharded = sharded
         self.model = model if sharded else self.accelerator.prepare_model(model)
         self.optimizer = optimizer if sharded else self.accelerator.prepare_optimizer(optimizer)
         if isinstance(train_data, SeededLoader) and self.distributed:
@@ -409,7 +411,16 @@ class RepairTrainer:
             if i >= self.min_iters and sum(window) / len(window) <= threshold:
                 break
         self.iterations += i
+        if self.sharded:
+            self._share_buffers()
         return sum(window) / len(window), i
+
+    def _share_buffers(self) -> None:
+        """Every process takes the main process's buffers (BatchNorm's running statistics, which each process's own
+        batches updated), as DDP's broadcast of the buffers before each forward gives under data parallelism: what
+        the main process writes is what every process holds."""
+        for b in self.module.buffers():
+            torch.distributed.broadcast(b.data, src=0)
 
     def param_index(self, param: torch.Tensor) -> int:
         """The optimizer parameter group that holds ``param``."""

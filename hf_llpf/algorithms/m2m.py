@@ -307,7 +307,7 @@ class M2M(Method):
             self.insert_previous_point()
         device = self.params[0].device
         enabled = self.certifier.enabled
-        previous = [t.detach().clone() for t in self.model.state_dict().values()] if enabled else []
+        previous = [t.clone() for t in sharding.local_state(self.model)] if enabled else []
         self._snap_to_b(device)
         st.tick += 1
         verdict = self._certify_last_segment(previous)

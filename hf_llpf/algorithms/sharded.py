@@ -7,7 +7,8 @@ root) and only its own rows of θ_B; the tick's per-tensor maths runs on those r
 averaged over the processes as under data parallelism), the divergence guard keeps each process's own shards, and
 the main process writes each point one tensor at a time, gathered only for its turn.
 
-What is not supported yet is refused up front by :func:`check_sharding`, never run another way.
+The certificate's probes run on the sharded model, every process making the same passes (they are averaged over the
+processes). What is not supported yet is refused up front by :func:`check_sharding`, never run another way.
 """
 
 from __future__ import annotations
@@ -55,11 +56,6 @@ def check_sharding(config: ConnectConfig, accelerator: Any, *, exist: str = "err
         )
     if config.method != "m2m":
         problems.append(f"method={config.method!r} under sharding='fsdp': allowed: 'm2m' (set method=m2m)")
-    if config.loss_ceiling is not None:
-        problems.append(
-            f"loss_ceiling={config.loss_ceiling!r} under sharding='fsdp': the certificate's probes do not run "
-            "sharded yet; allowed: null (loss_ceiling=null, plain LLPF)"
-        )
     if config.mixed_precision not in ("auto", "no"):
         problems.append(f"mixed_precision={config.mixed_precision!r} under sharding='fsdp': allowed: 'no'")
     if config.point_dtype != "auto":
@@ -193,19 +189,6 @@ class ShardedM2M(M2M):
                 whole = whole[start:stop]
             rows.append(whole.clone().to(device))
         return final, rows
-
-    def _attempt(self, repair: bool) -> float:
-        loss = super()._attempt(repair)
-        if repair:
-            self._share_buffers()
-        return loss
-
-    def _share_buffers(self) -> None:
-        """Every process takes the main process's buffers (BatchNorm's running statistics, which each process's
-        own batches updated): what the main process writes is then what every process holds, as DDP's broadcast of
-        the buffers before each forward gives under data parallelism."""
-        for _, b in self.model.named_buffers():
-            torch.distributed.broadcast(b.data, src=0)
 
     def _snap_to_b(self, device: torch.device) -> None:
         """Each process copies its rows of θ_B into its shards, and θ_B's buffers into the model's."""

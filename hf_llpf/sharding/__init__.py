@@ -20,7 +20,7 @@ than one device").
 """
 
 from hf_llpf.sharding.distance import cosine_similarity, distance_to_origin, distances, move_toward_, total_distance
-from hf_llpf.sharding.layout import ShardGroup, local_parts, row_range, shards_like
+from hf_llpf.sharding.layout import ShardGroup, local_parts, local_state, row_range, shards_like
 from hf_llpf.sharding.points import write_weights_from_shards
 from hf_llpf.sharding.slices import read_local_slices, tensor_files
 from hf_llpf.sharding.variance import merge_moments, moments, project_to_variance_, variances
@@ -31,6 +31,7 @@ __all__ = [
     "distance_to_origin",
     "distances",
     "local_parts",
+    "local_state",
     "merge_moments",
     "moments",
     "move_toward_",
