@@ -24,6 +24,7 @@ from hf_llpf.algorithms.final_check import environment, final_check, point_hashe
 from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import method_class
+from hf_llpf.algorithms.sharded import ShardedM2M, check_sharding
 from hf_llpf.assets import write_assets
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError, RunDirectoryError
@@ -105,6 +106,7 @@ def connect(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )
     config = used_precision(config, accelerator)
+    check_sharding(config, accelerator, exist=exist)  # refused before any work, never run another way
     progress = progress and accelerator.is_main_process  # one bar (or one set of progress lines) per run
     run_log = RunLog() if accelerator.is_main_process else None
     try:
@@ -125,7 +127,7 @@ def _connect(model_a, model_b, train_data, config, run_dir, loss_fn, exist, prog
         check_exist(
             run_dir, exist, protected=[*protected, *local_specs(model_a, model_b, train_data, config.data.source)]
         )
-    logger.info(launch_line(describe_launch(accelerator)), main_process_only=True)
+    logger.info(launch_line(describe_launch(accelerator, sharding=config.sharding)), main_process_only=True)
     seed_everything(config.seed)
     prepared = prepare_run([model_a, model_b], train_data, config, loss_fn=loss_fn, accelerator=accelerator,
                            progress=progress, probe_data=probe_data)  # fmt: skip
@@ -187,7 +189,7 @@ def _run_and_record(
     start = time.perf_counter()
     setup_run = RunSetup(ea, eb, prepared.plan, config, make_trainer, writer, accelerator.device, progress,
                          ckpt is not None, certifier)  # fmt: skip
-    runner = method_class(method).for_run(setup_run)
+    runner = (ShardedM2M if config.sharding == "fsdp" else method_class(method)).for_run(setup_run)
     on_tick = tick_logger(config, accelerator, ceiling=certifier.ceiling)
     if on_tick is not None:
         runner.on_tick = on_tick
@@ -200,7 +202,7 @@ def _run_and_record(
     accelerator.wait_for_everyone()  # the points are written: the final check reads them back
     close_the_loop(certifier, Path(run_dir, template=template), ea.model, runner.state, accelerator=accelerator)
     summary = _summary(runner, method, prepared, elapsed=time.perf_counter() - start)
-    summary["run"]["launch"] = describe_launch(accelerator)
+    summary["run"]["launch"] = describe_launch(accelerator, sharding=config.sharding)
     summary["run"].update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
     summary["run"]["certification"] = certifier.summary(runner.uncertified)
     if history:
@@ -323,7 +325,7 @@ def trainer_factory(
 ) -> Callable[..., RepairTrainer]:
     """``make(model, per_tensor_lr=False)`` → the run's minimal-training loop for ``model``."""
 
-    def make(model: nn.Module, *, per_tensor_lr: bool = False) -> RepairTrainer:
+    def make(model: nn.Module, *, per_tensor_lr: bool = False, sharded: bool = False) -> RepairTrainer:
         return RepairTrainer(
             model,
             loader,
@@ -337,6 +339,7 @@ def trainer_factory(
             loss_fn=loss_fn,
             accelerator=accelerator,
             per_tensor_lr=per_tensor_lr,
+            sharded=sharded,
         )
 
     return make
@@ -363,6 +366,8 @@ def walk_to_origin(
     accelerator = accelerator or make_accelerator(mixed_precision=config.mixed_precision)
     config = used_precision(config, accelerator)
     progress = progress and accelerator.is_main_process  # one bar per run
+    if config.sharding != "none":
+        raise ConfigError(f"sharding={config.sharding!r}: the walk to the origin runs unsharded; allowed: 'none'")
     if config.m2o.target_variance >= 1:
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
     seed_everything(config.seed)

@@ -239,6 +239,12 @@ class ConnectConfig(_Settings):
         "--mixed_precision`, ACCELERATE_MIXED_PRECISION, the accelerate config), else no. A run records the "
         "precision it used",
     )
+    sharding: Literal["none", "fsdp"] = Field(
+        "none",
+        description="none: every process holds the whole model (data-parallel); fsdp: each process holds 1/N of "
+        "every parameter (PyTorch FSDP2, launched with torchrun over two or more processes; docs/distributed.md, "
+        '"Models larger than one device", says what it supports)',
+    )
     sync_check_every: int = Field(
         25,
         ge=1,

@@ -75,7 +75,7 @@ def make_accelerator(
     )
 
 
-def describe_launch(accelerator: Accelerator) -> dict[str, Any]:
+def describe_launch(accelerator: Accelerator, *, sharding: str = "none") -> dict[str, Any]:
     """What the run runs on, as recorded in ``summary.run.launch`` and stated in one line at its start.
 
     ``asked_processes`` is set when the environment names a process group (``MASTER_ADDR``, which
@@ -89,7 +89,11 @@ def describe_launch(accelerator: Accelerator) -> dict[str, Any]:
         "device": "cpu" if accelerator.device.type == "cpu" else str(accelerator.device),
         # A repeat's ProcessLocal view is one process with no process group of its own.
         "distributed": str(getattr(accelerator, "distributed_type", "process-local")).rsplit(".", 1)[-1].lower(),
-        "sharding": "none (every process holds the whole model)",
+        "sharding": (
+            "fsdp (each process holds 1/N of every parameter)"
+            if sharding == "fsdp"
+            else "none (every process holds the whole model)"
+        ),
         "mixed_precision": str(accelerator.mixed_precision),
     }
     if processes == 1 and os.environ.get("MASTER_ADDR") and "WORLD_SIZE" not in os.environ:
@@ -103,6 +107,8 @@ def describe_launch(accelerator: Accelerator) -> dict[str, Any]:
 def launch_line(launch: dict[str, Any]) -> str:
     """The start line of a command: processes, device, how the work is split, and the launch's note if any."""
     split = "data-parallel" if launch["processes"] > 1 else "one process"
+    if launch["sharding"].startswith("fsdp"):
+        split = "sharded"
     line = (
         f"{launch['processes']} process(es) on {launch['device']} ({split}, {launch['distributed']}), "
         f"sharding: {launch['sharding']}, mixed precision: {launch['mixed_precision']}"
@@ -325,6 +331,10 @@ class RepairTrainer:
     statistics follow the weights a tick has just moved within a few batches (BatchNorm's usual 0.1 left them
     describing the weights before the move: measured max loss 0.077 instead of 0.045 on one small_cnn path).
 
+    With ``sharded=True`` the model is already sharded by FSDP2 (``fully_shard``) over the processes: it is trained
+    as it is, each process reading its own part of every batch as under data parallelism; after each repair every
+    process takes the main process's buffers.
+
     With ``per_tensor_lr=True`` every parameter has its own optimizer group, so :meth:`set_lr_factors` can
     give each tensor its own learning rate (AngleConformal, docs/algorithm.md §6).
 
@@ -349,6 +359,7 @@ class RepairTrainer:
         loss_fn: LossFn | None = None,
         accelerator: Accelerator | None = None,
         per_tensor_lr: bool = False,
+        sharded: bool = False,
     ):
         self.accelerator = accelerator or Accelerator(cpu=True)
         self.module = model  # the bare model: moves and corrections act on its parameters
@@ -365,8 +376,10 @@ class RepairTrainer:
         groups = [{"params": [p]} for p in params] if per_tensor_lr else [{"params": params}]
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
         # prepare_* wraps for DDP (several processes) and mixed precision; on one plain process it changes nothing.
-        self.model = self.accelerator.prepare_model(model)
-        self.optimizer = self.accelerator.prepare_optimizer(optimizer)
+        # A model sharded with fully_shard is not wrapped again: FSDP2 reduce-scatters (averages) its gradients.
+        self.sharded = sharded
+        self.model = model if sharded else self.accelerator.prepare_model(model)
+        self.optimizer = optimizer if sharded else self.accelerator.prepare_optimizer(optimizer)
         if isinstance(train_data, SeededLoader) and self.distributed:
             train_data.num_shards = self.accelerator.num_processes
             train_data.shard_index = self.accelerator.process_index
@@ -398,7 +411,16 @@ class RepairTrainer:
             if i >= self.min_iters and sum(window) / len(window) <= threshold:
                 break
         self.iterations += i
+        if self.sharded:
+            self._share_buffers()
         return sum(window) / len(window), i
+
+    def _share_buffers(self) -> None:
+        """Every process takes the main process's buffers (BatchNorm's running statistics, which each process's own
+        batches updated), as DDP's broadcast of the buffers before each forward gives under data parallelism: what
+        the main process writes is what every process holds."""
+        for b in self.module.buffers():
+            torch.distributed.broadcast(b.data, src=0)
 
     def param_index(self, param: torch.Tensor) -> int:
         """The optimizer parameter group that holds ``param``."""

@@ -40,6 +40,7 @@ from hf_llpf.config import ConnectConfig
 from hf_llpf.evaluation.decisions import TrainingExamples
 from hf_llpf.evaluation.probe import ProbeSet, build_probe
 from hf_llpf.run.storage import round_to_storage
+from hf_llpf.sharding import local_state
 from hf_llpf.train import RepairTrainer
 from hf_llpf.weights import STORAGE_DTYPES
 
@@ -328,7 +329,7 @@ class Certifier:
         again in full, as it may be reported, unless ``estimate`` or ``first`` ask for a decision only (the early
         value or estimate is returned).
         """
-        state = list(model.state_dict().values())
+        state = local_state(model)  # under FSDP2, this process's shards (``previous`` holds the same parts)
         keep = _distinct_floating(state)
         live, prev = [state[i] for i in keep], [previous[i] for i in keep]
         here = [t.clone() for t in live]
@@ -397,8 +398,8 @@ def fingerprint(model: nn.Module) -> str:
     """A digest of every tensor of ``model``'s state (names, dtypes, shapes, bits): two states with the same
     fingerprint hold the same numbers, so a loss measured on one is the other's."""
     digest = hashlib.blake2b(digest_size=20)
-    for name, t in model.state_dict().items():
-        t = t.detach().contiguous()
+    for name, t in zip(model.state_dict(), local_state(model), strict=True):  # under FSDP2: this process's shards
+        t = t.contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).cpu().numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import DivergenceError
+from hf_llpf.sharding import local_parts
 from hf_llpf.train import RepairTrainer
 
 
@@ -36,7 +37,8 @@ class DivergenceGuard:
         live = list(self.model.state_dict(keep_vars=True).values())
         for state in self.trainer.optimizer.state.values():
             live.extend(v for v in state.values() if isinstance(v, torch.Tensor))
-        return [t.data if isinstance(t, nn.Parameter) else t for t in live]
+        # Under FSDP2 each process keeps its own shards (a DTensor's local part, a view the restore copies into).
+        return local_parts([t.data if isinstance(t, nn.Parameter) else t for t in live])[0]
 
     def snapshot(self) -> None:
         """Remember the current state."""

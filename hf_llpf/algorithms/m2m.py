@@ -22,7 +22,7 @@ import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from hf_llpf import geometry
+from hf_llpf import geometry, sharding
 from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup
 from hf_llpf.algorithms.certify import Verdict
 from hf_llpf.algorithms.guard import Advice, check_in_sync
@@ -72,9 +72,7 @@ class M2M(Method):
         device = next(model.parameters()).device
         self.names = plan.param_names()
         self.params = [model.get_parameter(n) for n in self.names]
-        b_state = target.model.state_dict()
-        self.final_state = {k: v.detach().clone() for k, v in b_state.items()}  # θ_B, buffers included
-        self.target = [b_state[n].detach().to(device) for n in self.names]
+        self.final_state, self.target = self._targets(target, device)
         ref = self.params if reference_a is None else [reference_a.get_parameter(n) for n in self.names]
         self.start = [p.detach().clone().to(device) for p in ref]
         # Variance correction applies to floating tensors of more than two elements. The paper skips only
@@ -82,9 +80,12 @@ class M2M(Method):
         # when θ_A and θ_B differ in the sign of x1 - x2, every projection sends the tensor back to θ_A's side and it
         # never arrives (seen on a 2-channel BatchNorm weight of a tiny DLA: 77 % of its distance left at max_ticks).
         self.corrected = [i for i, p in enumerate(self.params) if p.is_floating_point() and p.numel() > 2]
-        self.var_a = geometry.variances([self.params[i] for i in self.corrected])
-        self.var_b = geometry.variances([self.target[i] for i in self.corrected])
-        self.d0 = geometry.distances(self.params, self.target)  # initial distance per tensor
+        # The per-tensor maths goes through hf_llpf.sharding: the geometry functions themselves on whole tensors,
+        # their sharded equivalents on FSDP2's shards (a subclass then holds θ_B's rows only, laid out as the model's).
+        corrected = [self.params[i] for i in self.corrected]
+        self.var_a = sharding.variances(corrected)
+        self.var_b = sharding.variances(sharding.shards_like(corrected, [self.target[i] for i in self.corrected]))
+        self.d0 = sharding.distances(self.params, self.target)  # initial distance per tensor
         stage_of = {n: s.index for s in plan.stages for g in s.groups for n in g.param_names}
         self.stage_index = torch.tensor([stage_of[n] for n in self.names])
         self.num_stages = len(plan.stages)
@@ -98,6 +99,12 @@ class M2M(Method):
         # Easy ticks may lengthen the step up to one move of a tensor's whole initial distance; a hand-set
         # schedule keeps the paper's fixed step (its start ticks assume it).
         self.max_step_scale = 1.0 if config.schedule or config.step_r == 0 else max(1.0, 1.0 / config.step_r)
+
+    def _targets(self, target: Endpoint, device: torch.device) -> tuple[dict, list[torch.Tensor]]:
+        """θ_B's whole state (what the path ends on, buffers included) and its tensors that the moves aim at."""
+        b_state = target.model.state_dict()
+        final = {k: v.detach().clone() for k, v in b_state.items()}
+        return final, [b_state[n].detach().to(device) for n in self.names]
 
     @classmethod
     def for_run(cls, run: RunSetup) -> M2M:
@@ -127,7 +134,7 @@ class M2M(Method):
         # At the largest step the move lands: repair during earlier stages may have pushed a tensor farther from
         # θ_B than its initial distance, which one initial distance would then no longer cover.
         whole = self.max_step_scale > 1 and self.state.step_scale >= self.max_step_scale
-        remaining = geometry.move_toward_(
+        remaining = sharding.move_toward_(
             [self.params[i] for i in active],
             [self.target[i] for i in active],
             step_a=1.0 if whole else cfg.step_a * self.state.step_scale,
@@ -146,12 +153,12 @@ class M2M(Method):
         needs each tensor's progress approximately, its sphere is then hit exactly.
         """
         if dist is None:
-            dist = geometry.distances(self.params, self.target)
+            dist = sharding.distances(self.params, self.target)
         progress = torch.where(self.d0 > 0, 1 - dist / self.d0.clamp_min(1e-300), torch.ones_like(dist))
         targets = geometry.interpolate_variance(self.var_a, self.var_b, progress[self.corrected])
         # A tensor already equal to θ_B is on B's sphere: leave its bits alone.
         keep = [j for j, i in enumerate(self.corrected) if dist[i] > 0]
-        geometry.project_to_variance_([self.params[self.corrected[j]] for j in keep], targets[keep])
+        sharding.project_to_variance_([self.params[self.corrected[j]] for j in keep], targets[keep])
         return dist
 
     def _stage_remaining(self, dist: torch.Tensor) -> torch.Tensor:
@@ -277,7 +284,7 @@ class M2M(Method):
         if boundary or st.tick % cfg.save_every == 0:
             self._record_point(st.tick, loss, dist, boundary=boundary, verdict=verdict)
         if self.trainer.distributed and st.tick % cfg.sync_check_every == 0:
-            check_in_sync(self.trainer.accelerator, self.params, where=f"at tick {st.tick + self.offset}")
+            self._check_in_sync(where=f"at tick {st.tick + self.offset}")
         if st.tick % cfg.checkpoint_every == 0:
             self._checkpoint()
         return dist
@@ -289,7 +296,7 @@ class M2M(Method):
     def _finish(self) -> None:
         """Snap onto θ_B exactly (parameters and buffers) and record it as the last point."""
         st = self.state
-        dist = geometry.distances(self.params, self.target)
+        dist = sharding.distances(self.params, self.target)
         rel = float(self._stage_remaining(dist).max())
         if rel > self.config.arrival_tol:
             logger.warning(
@@ -300,16 +307,24 @@ class M2M(Method):
             self.insert_previous_point()
         device = self.params[0].device
         enabled = self.certifier.enabled
-        previous = [t.detach().clone() for t in self.model.state_dict().values()] if enabled else []
-        self.model.load_state_dict({k: v.to(device) for k, v in self.final_state.items()})
+        previous = [t.clone() for t in sharding.local_state(self.model)] if enabled else []
+        self._snap_to_b(device)
         st.tick += 1
         verdict = self._certify_last_segment(previous)
         self._record_tick(float("nan"), 0, torch.zeros_like(dist), verdict)
         self._record_point(st.tick, float("nan"), torch.zeros_like(dist), boundary=True, phase="end", verdict=verdict)
         self._verify_end()
         if self.trainer.distributed:
-            check_in_sync(self.trainer.accelerator, self.params, where=f"at tick {st.tick + self.offset}")
+            self._check_in_sync(where=f"at tick {st.tick + self.offset}")
         self._checkpoint(done=True)
+
+    def _snap_to_b(self, device: torch.device) -> None:
+        """Put the model exactly on θ_B, parameters and buffers."""
+        self.model.load_state_dict({k: v.to(device) for k, v in self.final_state.items()})
+
+    def _check_in_sync(self, *, where: str) -> None:
+        """Every process holds the same weights (the processes hold whole copies: their checksums must agree)."""
+        check_in_sync(self.trainer.accelerator, self.params, where=where)
 
     def _certify_last_segment(self, previous: list[torch.Tensor]) -> Verdict | None:
         """θ_B's probe loss and the last segment's midpoint (the snap onto θ_B cannot be retried: reported)."""
@@ -339,7 +354,7 @@ class M2M(Method):
             train_loss=loss,
             iters=iters,
             sgd_iters=self.trainer.iterations,
-            dist_a=geometry.total_distance(self.start, self.params),
+            dist_a=sharding.total_distance(self.params, self.start),
             dist_b=float(torch.sqrt((dist**2).sum())),
             probe_loss=verdict.point if verdict else None,
             segment_loss=verdict.segment if verdict else None,
@@ -371,7 +386,7 @@ class M2M(Method):
         t = self.timer.lap("write_points", t)
         last = st.ticks[-1] if st.ticks else None
         # The tick's row has just measured the distance to θ_A: a point saved at that tick reuses it.
-        dist_a = last["dist_a"] if last and last["tick"] == tick else geometry.total_distance(self.start, self.params)
+        dist_a = last["dist_a"] if last and last["tick"] == tick else sharding.total_distance(self.params, self.start)
         row = PointRecord(
             index=len(st.points),
             tick=tick,

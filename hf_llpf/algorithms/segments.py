@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_llpf.sharding import local_state
+
 
 class SegmentStart:
     """The state of the last saved point while ``tracking`` (``save_every`` > 1 with a ceiling).
@@ -33,7 +35,7 @@ class SegmentStart:
         """``model`` (as written) is now the path's last saved point, at the method's ``tick``."""
         if not self.tracking:
             return
-        state = [t.detach() for t in model.state_dict().values()]
+        state = local_state(model)  # under FSDP2, this process's shards
         if self.tensors is None or [t.shape for t in self.tensors] != [t.shape for t in state]:
             self.tensors = [t.clone() for t in state]
         else:

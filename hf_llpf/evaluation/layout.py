@@ -53,7 +53,7 @@ def _eligible(model: nn.Module, batch: Any) -> bool:
     if model not in _VIEWS and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return False
     first = next(model.parameters(), None)
-    if first is None or first.device.type != "cpu":
+    if first is None or first.device.type != "cpu" or hasattr(first, "device_mesh"):  # a DTensor: FSDP2 shards it
         return False
     values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else [batch]
     return any(isinstance(v, torch.Tensor) and v.ndim == 4 and v.is_floating_point() for v in values)

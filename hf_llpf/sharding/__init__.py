@@ -14,12 +14,13 @@ functions of :mod:`hf_llpf.geometry` give on the whole tensors, exchanging only 
 - :mod:`~hf_llpf.sharding.points`: a point written from the shards one tensor at a time, the unsharded writer's
   bytes.
 
-With one process (no tensor sharded) each function is the unsharded one itself. The tick loop does not run
-sharded yet (docs/distributed.md, "Models larger than one device").
+With one process (no tensor sharded) each function is the unsharded one itself. M2M's tick runs through these
+functions, sharded under ``sharding: fsdp`` (:mod:`hf_llpf.algorithms.sharded`; docs/distributed.md, "Models larger
+than one device").
 """
 
 from hf_llpf.sharding.distance import cosine_similarity, distance_to_origin, distances, move_toward_, total_distance
-from hf_llpf.sharding.layout import ShardGroup, local_parts, row_range, shards_like
+from hf_llpf.sharding.layout import ShardGroup, local_parts, local_state, row_range, shards_like
 from hf_llpf.sharding.points import write_weights_from_shards
 from hf_llpf.sharding.slices import read_local_slices, tensor_files
 from hf_llpf.sharding.variance import merge_moments, moments, project_to_variance_, variances
@@ -30,6 +31,7 @@ __all__ = [
     "distance_to_origin",
     "distances",
     "local_parts",
+    "local_state",
     "merge_moments",
     "moments",
     "move_toward_",

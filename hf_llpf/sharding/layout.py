@@ -18,7 +18,7 @@ from torch import Tensor
 
 from hf_llpf.errors import ShardingError
 
-__all__ = ["ShardGroup", "local_parts", "row_range", "shards_like"]
+__all__ = ["ShardGroup", "local_parts", "local_state", "row_range", "shards_like"]
 
 
 def row_range(rows: int, *, rank: int, world: int) -> tuple[int, int]:
@@ -108,6 +108,12 @@ def local_parts(tensors: Sequence[Tensor]) -> tuple[list[Tensor], list[bool], Sh
     if mesh is None or mesh.size() == 1:
         return parts, sharded, ShardGroup()
     return parts, sharded, ShardGroup(mesh.get_group(), mesh.get_local_rank(), mesh.size())
+
+
+def local_state(model: Any) -> list[Tensor]:
+    """This process's part of every tensor of ``model.state_dict()``, in its order, detached (the whole tensors of a
+    model that is not sharded): what a copy of the model's state, taken or put back with ``_foreach`` calls, is."""
+    return [t.detach() for t in local_parts(list(model.state_dict().values()))[0]]
 
 
 def shards_like(model_tensors: Sequence[Tensor], parts: Sequence[Tensor]) -> list[Tensor]:

@@ -1,0 +1,217 @@
+"""LLPF_M2M with the working model sharded by PyTorch's FSDP2 (``sharding: fsdp``; docs/distributed.md, "Models
+larger than one device").
+
+Each process holds 1/N of every parameter of the working model (``fully_shard`` on its repeated blocks, then on the
+root) and only its own rows of θ_B; the tick's per-tensor maths runs on those rows through :mod:`hf_llpf.sharding`
+(only float64 scalars travel), the repair SGD runs on the sharded model (FSDP2 averages the gradients, the loss is
+averaged over the processes as under data parallelism), the divergence guard keeps each process's own shards, and
+the main process writes each point one tensor at a time, gathered only for its turn.
+
+The certificate's probes run on the sharded model, every process making the same passes (they are averaged over the
+processes). What is not supported yet is refused up front by :func:`check_sharding`, never run another way.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_llpf.algorithms.base import Context, RunRecorder, RunSetup
+from hf_llpf.algorithms.guard import check_in_sync
+from hf_llpf.algorithms.m2m import M2M
+from hf_llpf.config import ConnectConfig
+from hf_llpf.errors import ConfigError
+from hf_llpf.models import Endpoint
+from hf_llpf.partial import cleaned_on_failure
+from hf_llpf.run import point_name
+from hf_llpf.run.layout import temporary_point_name
+from hf_llpf.sharding import local_parts, row_range, write_weights_from_shards
+from hf_llpf.weights import usual_permissions
+
+__all__ = ["ShardedM2M", "ShardedRecorder", "check_sharding", "shard_model"]
+
+
+def check_sharding(config: ConnectConfig, accelerator: Any, *, exist: str = "error") -> None:
+    """Refuse ``sharding: fsdp`` where it does not run, and the settings it does not support yet.
+
+    Raises:
+        ConfigError: every problem at once, each naming the setting, its value and what is allowed.
+    """
+    if config.sharding != "fsdp":
+        return
+    problems = []
+    dist = torch.distributed
+    grouped = dist.is_available() and dist.is_initialized()
+    if accelerator.num_processes < 2 or not grouped:
+        problems.append(
+            f"sharding='fsdp': this run has {accelerator.num_processes} process(es)"
+            f"{'' if grouped else ' and no process group'}; allowed: two or more processes started by torchrun "
+            "(torchrun --standalone --nproc_per_node 2 -m hf_llpf.cli connect ...), or sharding='none'"
+        )
+    if config.method != "m2m":
+        problems.append(f"method={config.method!r} under sharding='fsdp': allowed: 'm2m' (set method=m2m)")
+    if config.mixed_precision not in ("auto", "no"):
+        problems.append(f"mixed_precision={config.mixed_precision!r} under sharding='fsdp': allowed: 'no'")
+    if config.point_dtype != "auto":
+        problems.append(f"point_dtype={config.point_dtype!r} under sharding='fsdp': allowed: 'auto'")
+    if exist == "resume":
+        problems.append(
+            "--resume under sharding='fsdp': a sharded run writes no checkpoint yet; allowed: a new run "
+            "(another --out, or --overwrite)"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The elements of the outermost ``nn.ModuleList``s whose elements are all of one class (a transformer's
+    layers), in order: each becomes one FSDP2 unit."""
+    blocks: list[nn.Module] = []
+    taken: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(t + ".") for t in taken):
+            continue
+        if isinstance(module, nn.ModuleList) and len(module) > 1 and len({type(m) for m in module}) == 1:
+            blocks.extend(module)
+            taken.append(name)
+    return blocks
+
+
+def shard_model(model: nn.Module, device: torch.device) -> None:
+    """``fully_shard`` the repeated blocks of ``model``, then the root (the rest: embeddings, final norms, heads),
+    over every process of the default group, on ``device``'s type (gloo on the CPU, NCCL on GPUs)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    for block in repeated_blocks(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def stored_tensors(model: nn.Module, kind: str) -> dict[str, torch.Tensor]:
+    """The state dict a point stores: a transformers model's tied weights once (the first name, as
+    ``save_pretrained`` keeps ``transformer.wte.weight`` of GPT-2; ``from_pretrained`` re-ties), every name for the
+    other kinds (as :func:`hf_llpf.models.save_model` writes them)."""
+    state = model.state_dict(keep_vars=True)
+    if kind != "transformers":
+        return dict(state)
+    seen: set[int] = set()
+    out = {}
+    for name, t in state.items():
+        if id(t) not in seen:
+            out[name] = t
+            seen.add(id(t))
+    return out
+
+
+def _write_companions(directory: Path, endpoint: Endpoint, *, keep_auto_map: bool) -> None:
+    """The files besides the weights that the unsharded writer puts in a point of ``endpoint``'s kind."""
+    model = endpoint.model
+    if endpoint.kind == "transformers":
+        config = copy.deepcopy(model.config)
+        config.architectures = [type(model).__name__]
+        config.save_pretrained(directory)
+        generation = getattr(model, "generation_config", None)
+        if generation is not None and model.can_generate():
+            generation.save_pretrained(directory)
+        if not keep_auto_map:
+            from hf_llpf.remote_code import strip_file
+
+            strip_file(directory / "config.json")
+    elif endpoint.kind == "timm":
+        from hf_llpf.timm_config import write_timm_config
+
+        write_timm_config(model, directory, endpoint.arch)
+
+
+class ShardedRecorder(RunRecorder):
+    """Writes each point from the shards (:func:`hf_llpf.sharding.write_weights_from_shards`): every process takes
+    part in each tensor's gather, the main process alone writes; no checkpoint is written (no sharded resume yet)."""
+
+    def point(self, tick: int, model: nn.Module) -> str:
+        rel = point_name(tick)
+        store, root = self.points_writer.storage, self.points_writer.root
+        tensors = stored_tensors(model, self.endpoint.kind)
+        if root is None:  # not the main process: its part in every gather, nothing written
+            write_weights_from_shards(tensors, rel, dtype=store.dtype, max_shard_size=store.max_shard_size,
+                                      writer=False)  # fmt: skip
+            return rel
+        final, tmp = root / rel, root / temporary_point_name(tick)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        with cleaned_on_failure(tmp):  # a full disk leaves no half-written point behind
+            write_weights_from_shards(tensors, tmp, dtype=store.dtype, max_shard_size=store.max_shard_size,
+                                      writer=True)  # fmt: skip
+            _write_companions(tmp, self.endpoint, keep_auto_map=store.keep_auto_map)
+            usual_permissions(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return rel
+
+    def checkpoint(self) -> None:
+        """Nothing: a sharded run is not resumable yet (``--resume`` is refused)."""
+
+
+class ShardedM2M(M2M):
+    """:class:`~hf_llpf.algorithms.m2m.M2M` on a model sharded by FSDP2; θ_B held as this process's rows only."""
+
+    @classmethod
+    def for_run(cls, run: RunSetup) -> ShardedM2M:
+        """A copy of θ_A sharded over the processes, walking to θ_B; points in θ_A's format."""
+        model = copy.deepcopy(run.ea.model).to(run.device)
+        shard_model(model, run.device)
+        ctx = Context(model, run.make_trainer(model, sharded=True), run.plan, run.config, progress=run.progress,
+                      certifier=run.certifier)  # fmt: skip
+        method = cls(ctx, run.eb)
+        method.recorder = ShardedRecorder(run.writer, run.ea, state=method.run_state)
+        return method
+
+    def _targets(self, target: Endpoint, device: torch.device) -> tuple[dict, list[torch.Tensor]]:
+        """θ_B's buffers whole (every process holds the model's buffers whole) and, per parameter, this process's
+        rows of it (the rows FSDP2 gave the model's own parameter), sliced from the loaded endpoint."""
+        b_state = target.model.state_dict()
+        buffers = {n for n, _ in self.model.named_buffers()}
+        final = {k: v.detach().clone() for k, v in b_state.items() if k in buffers}
+        parts, sharded, _ = local_parts(self.params)
+        rows = []
+        for n, p, s in zip(self.names, self.params, sharded, strict=True):
+            whole = b_state[n].detach()
+            if s:
+                start, stop = row_range(p.shape[0], rank=p.device_mesh.get_local_rank(), world=p.device_mesh.size())
+                whole = whole[start:stop]
+            rows.append(whole.clone().to(device))
+        return final, rows
+
+    def _snap_to_b(self, device: torch.device) -> None:
+        """Each process copies its rows of θ_B into its shards, and θ_B's buffers into the model's."""
+        parts, _, _ = local_parts(self.params)
+        buffers = dict(self.model.named_buffers())
+        with torch.no_grad():
+            torch._foreach_copy_(parts, self.target)
+            for k, v in self.final_state.items():
+                buffers[k].copy_(v.to(device))
+
+    def _verify_end(self) -> None:
+        parts, _, _ = local_parts(self.params)
+        buffers = dict(self.model.named_buffers())
+        held = {**dict(zip(self.names, parts)), **{k: buffers[k] for k in self.final_state}}
+        wanted = {**dict(zip(self.names, self.target)), **self.final_state}
+        for k, v in wanted.items():
+            if not torch.equal(held[k].cpu(), v.cpu()):
+                raise RuntimeError(f"internal error: the last point differs from θ_B at {k!r}")
+
+    def _check_in_sync(self, *, where: str) -> None:
+        """What every process must hold alike: the tensors held whole (buffers, parameters outside every FSDP2
+        unit) and the per-tensor distances; each process's shards are its own, so whole checksums would differ."""
+        parts, sharded, _ = local_parts(self.params)
+        whole = [p for p, s in zip(parts, sharded, strict=True) if not s]
+        whole += [b for _, b in self.model.named_buffers() if b.is_floating_point()]
+        check_in_sync(self.trainer.accelerator, [*whole, self.last_dist.to(torch.float64)], where=where)

@@ -1,0 +1,177 @@
+"""``sharding: fsdp``: a whole M2M run with the working model sharded by FSDP2 over two gloo processes, against the
+same run data-parallel (docs/distributed.md, "Models larger than one device"); and what it refuses.
+
+The slow test starts ONE torchrun launch (this file as its script) that runs both connects one after the other in
+the same two processes, then compares their run directories here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hf_llpf
+from hf_llpf.algorithms.sharded import check_sharding, repeated_blocks
+from hf_llpf.config import ConnectConfig
+from hf_llpf.errors import ConfigError
+
+torch.set_num_threads(1)
+
+# The same settings for both runs, every tensor moving from the first tick (fdf=false) so that the path reaches θ_B
+# in a few ticks; the GPT-2 pair without a ceiling (plain LLPF), the CNN pair under a set one (the
+# certificate's probes run on the sharded model, every process making the same passes).
+SETTINGS = {"method": "m2m", "fdf": False, "step_r": 0.25, "max_ticks": 8, "min_iters": 2, "max_iters": 4,
+            "repair_budget": 8, "sync_check_every": 1, "seed": 0}  # fmt: skip
+CEILING = {"gpt2": None, "cnn": 0.3}  # the CNN's: generous, so that eight ticks reach θ_B under it
+# Per point, per tensor: |sharded − data-parallel| at most this times the tensor's largest magnitude. The two runs
+# differ only in how the gradients are averaged (FSDP2's reduce-scatter against DDP's all-reduce) and in the order
+# the per-shard sums of the moves and corrections are added: float32 roundings (docs/distributed.md).
+REL_TOL = 1e-5
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _worker(root: Path) -> None:
+    """Run inside torchrun: for each pair, the same connect data-parallel then sharded."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the start lines, as the CLI shows them
+    for name, data in (("gpt2", str(root / "corpus.txt")), ("cnn", "digits")):
+        a, b = str(root / f"{name}_0"), str(root / f"{name}_1")
+        for sharding in ("none", "fsdp"):
+            config = {**SETTINGS, "loss_ceiling": CEILING[name], "sharding": sharding}
+            hf_llpf.connect(a, b, data, config=config, run_dir=root / f"{name}_{sharding}", progress=False)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory, small_cnn_pair):
+    """A tiny GPT-2 pair (tied lm_head/wte) with a text file, and the small_cnn pair (BatchNorm) on digits."""
+    from text_fixtures import gpt2_endpoints, write_text_file
+
+    root = tmp_path_factory.mktemp("fsdp")
+    gpt2_endpoints(root, steps=20)
+    write_text_file(root / "corpus.txt")
+    for k, folder in enumerate(small_cnn_pair):
+        (root / f"cnn_{k}").symlink_to(folder, target_is_directory=True)
+    return root
+
+
+def _files(point: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(point.iterdir())}
+
+
+def _max_rel(x: dict, y: dict) -> float:
+    return max(
+        float((x[k].double() - y[k].double()).abs().max() / y[k].double().abs().max().clamp_min(1e-30)) for k in y
+    )
+
+
+def _compare(root: Path, name: str, files: list[str]) -> None:
+    """The sharded run's points against the data-parallel run's: the same files, the same companions byte for
+    byte, exact endpoints written with the unsharded writer's very bytes. Without a ceiling: the same decisions, the
+    points between within REL_TOL, the repair losses within 1e-5 relative. Under the ceiling: both certified, their
+    largest probe losses within 10% (the paths may take different decisions: docs/distributed.md)."""
+    metrics = {s: json.loads((root / f"{name}_{s}" / "path_metrics.json").read_text()) for s in ("none", "fsdp")}
+    points, ticks = {s: metrics[s]["points"] for s in metrics}, {s: metrics[s]["ticks"] for s in metrics}
+    tight = CEILING[name] is None
+    assert len(points["fsdp"]) >= 4 and points["fsdp"][-1]["phase"] == "end" and points["none"][-1]["phase"] == "end"
+    ends = {0: (0, root / f"{name}_0"), -1: (-1, root / f"{name}_1")}
+    stored = load_file(ends[0][1] / "model.safetensors")
+    pairs = [(points["fsdp"][i], points["none"][i], i) for i in ends]
+    if tight:
+        assert len(points["fsdp"]) == len(points["none"])
+        pairs += [(pf, pn, None) for pf, pn in zip(points["fsdp"][1:-1], points["none"][1:-1], strict=True)]
+    for pf, pn, end in pairs:
+        sharded, plain = root / f"{name}_fsdp" / pf["point"], root / f"{name}_none" / pn["point"]
+        fs, fn = _files(sharded), _files(plain)
+        assert sorted(fs) == files == sorted(fn)
+        ws, wn = load_file(sharded / "model.safetensors"), load_file(plain / "model.safetensors")
+        assert sorted(ws) == sorted(stored)  # the endpoint's own tensors (GPT-2: lm_head.weight left to the tie)
+        if end is not None:  # exact endpoints, and the very bytes of the unsharded writer
+            assert fs == fn
+            assert all(torch.equal(ws[k], v) for k, v in load_file(ends[end][1] / "model.safetensors").items())
+        else:
+            assert all(fs[f] == fn[f] for f in files if f != "model.safetensors")
+            assert _max_rel(ws, wn) <= REL_TOL, (name, pf["point"], _max_rel(ws, wn))
+    if tight:
+        decisions = {s: [(t["iters"], t.get("step_scale")) for t in ticks[s]] for s in ticks}
+        assert decisions["fsdp"] == decisions["none"]  # SGD iterations tick by tick
+        # The repair losses (ticks that repaired; the last is the snap onto θ_B) within 1e-5, at their maximum 10%.
+        losses = {s: [t["train_loss"] for t in ticks[s] if t["iters"]] for s in ticks}
+        assert max(losses["fsdp"]) == pytest.approx(max(losses["none"]), rel=0.10)
+        assert losses["fsdp"] == pytest.approx(losses["none"], rel=1e-5)
+    else:
+        for s in metrics:
+            assert metrics[s]["summary"]["run"]["certification"]["certified"] is True, metrics[s]["summary"]["run"]
+        probes = {s: max(t["probe_loss"] for t in ticks[s] if "probe_loss" in t) for s in ticks}
+        assert probes["fsdp"] == pytest.approx(probes["none"], rel=0.10)
+
+
+@pytest.mark.slow
+def test_sharded_paths_equal_data_parallel_paths(pairs):
+    from transformers import AutoModelForCausalLM
+
+    root = pairs
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(root)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(_ROOT), str(_ROOT / "tests")])}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=_ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for name in ("gpt2", "cnn"):
+        launch = {s: hf_llpf.Path(root / f"{name}_{s}").summary["run"]["launch"] for s in ("none", "fsdp")}
+        assert launch["fsdp"]["sharding"] == "fsdp (each process holds 1/N of every parameter)"
+        assert launch["none"]["sharding"] == "none (every process holds the whole model)"
+    starts = [x.rsplit("] ", 1)[-1] for x in result.stderr.splitlines() if "process(es) on cpu" in x]
+    line = {
+        "none": "2 process(es) on cpu (data-parallel, multi_cpu), sharding: none (every process holds the whole "
+        "model), mixed precision: no",
+        "fsdp": "2 process(es) on cpu (sharded, multi_cpu), sharding: fsdp (each process holds 1/N of every "
+        "parameter), mixed precision: no",
+    }
+    assert starts == [line["none"], line["fsdp"]] * 2, starts  # the main process speaks, once per run
+    _compare(root, "gpt2", ["config.json", "generation_config.json", "model.safetensors"])
+    _compare(root, "cnn", ["config.json", "model.safetensors"])  # BatchNorm's running statistics included
+    for point in sorted((root / "gpt2_fsdp" / "points").iterdir()):
+        model = AutoModelForCausalLM.from_pretrained(point)  # plain transformers, the tie kept
+        assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+        weights = load_file(point / "model.safetensors")
+        assert torch.equal(model.transformer.wte.weight.detach(), weights["transformer.wte.weight"])
+
+
+def test_refusals_name_the_setting_the_value_and_what_is_allowed(tmp_path):
+    config = ConnectConfig(sharding="fsdp", method="auto", point_dtype="bf16", mixed_precision="bf16")
+    with pytest.raises(ConfigError) as err:
+        check_sharding(config, SimpleNamespace(num_processes=1), exist="resume")
+    text = str(err.value)
+    for part in ("sharding='fsdp': this run has 1 process(es) and no process group; allowed: two or more processes",
+                 "method='auto' under sharding='fsdp': allowed: 'm2m'",
+                 "mixed_precision='bf16' under sharding='fsdp': allowed: 'no'",
+                 "point_dtype='bf16' under sharding='fsdp': allowed: 'auto'",
+                 "--resume under sharding='fsdp': a sharded run writes no checkpoint yet"):  # fmt: skip
+        assert part in text, text
+    check_sharding(ConnectConfig(method="auto"), SimpleNamespace(num_processes=1))  # none: no check
+    # connect refuses it before anything is read or written (the endpoints named here do not even exist).
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="sharding='fsdp': this run has 1 process"):
+        settings = {"sharding": "fsdp", "method": "m2m", "loss_ceiling": None}
+        hf_llpf.connect(tmp_path / "nope_a", tmp_path / "nope_b", "digits", config=settings, run_dir=run_dir)
+    assert not run_dir.exists()
+    with pytest.raises(ConfigError, match="sharding='fsdp': the walk to the origin runs unsharded; allowed: 'none'"):
+        hf_llpf.walk_to_origin(tmp_path / "nope_a", "digits", config={"sharding": "fsdp"}, run_dir=run_dir)
+    assert not run_dir.exists()
+    # What fully_shard wraps on its own: the outermost lists of like blocks (GPT-2's layers), then the root.
+    from tiny_models import tiny_gpt2
+
+    model = tiny_gpt2()
+    assert repeated_blocks(model) == list(model.transformer.h)
+    assert repeated_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2))) == []
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
