@@ -109,8 +109,10 @@ def launch_line(launch: dict[str, Any]) -> str:
     split = "data-parallel" if launch["processes"] > 1 else "one process"
     if launch["sharding"].startswith("fsdp"):
         split = "sharded"
+    # Accelerate's "no" distributed type says only that there is no process group: one process says so already.
+    how = split if launch["distributed"] in ("no", "process-local") else f"{split}, {launch['distributed']}"
     line = (
-        f"{launch['processes']} process(es) on {launch['device']} ({split}, {launch['distributed']}), "
+        f"{launch['processes']} process(es) on {launch['device']} ({how}), "
         f"sharding: {launch['sharding']}, mixed precision: {launch['mixed_precision']}"
     )
     return line + (f"; {launch['note']}" if launch.get("note") else "")
