@@ -91,6 +91,33 @@ def _edges(pos: list[float]) -> list[float]:
     return [pos[0] - (mids[0] - pos[0]), *mids, pos[-1] + (pos[-1] - mids[-1])]
 
 
+LEGIBLE_LABELS = 45  # tick labels the figure's height holds at a readable size
+
+
+def tensor_labels(names: list[str], stages: list[int]) -> tuple[list[float], list[str]]:
+    """The y tick positions and labels of ``layers.png``: one per tensor while they fit (``s3 conv2.weight``);
+    on a deeper model one per stage, at its middle, naming what its tensors share and how many they are
+    (``s3 encoder.layer.2 (16 tensors)``), so no label is dropped and none overlaps. Stages with one tensor keep
+    its whole name; past :data:`LEGIBLE_LABELS` stages, every k-th stage is labelled."""
+    if len(names) <= LEGIBLE_LABELS:
+        return [i + 0.5 for i in range(len(names))], [f"s{stages[i]} {names[i]}" for i in range(len(names))]
+    runs: list[tuple[int, int]] = []  # [start, end) of each run of one stage
+    for i in range(len(names)):
+        if i == 0 or stages[i] != stages[i - 1]:
+            runs.append((i, i + 1))
+        else:
+            runs[-1] = (runs[-1][0], i + 1)
+    every = max(1, math.ceil(len(runs) / LEGIBLE_LABELS))
+    ticks, labels = [], []
+    for start, end in runs[::every]:
+        members = names[start:end]
+        shared = os.path.commonprefix([n.split(".") for n in members]) if len(members) > 1 else members[0].split(".")
+        what = ".".join(shared) or "(mixed)"
+        ticks.append((start + end) / 2)
+        labels.append(f"s{stages[start]} {what}" + (f" ({len(members)} tensors)" if len(members) > 1 else ""))
+    return ticks, labels
+
+
 def layers_plot(run_dir: FsPath, data: dict, *, template: nn.Module | None, out: FsPath) -> FsPath:
     """Draw ``layers.png`` of an evaluated run (``data``: its metrics) into ``out``; returns ``out``."""
     path = Path(run_dir, template=template)
@@ -127,11 +154,11 @@ def layers_plot(run_dir: FsPath, data: dict, *, template: nn.Module | None, out:
         for j in range(1, len(stages)):
             if stages[j] != stages[j - 1]:
                 ax.axhline(j, color="white", lw=0.8)
-    every = max(1, math.ceil(len(names) / 45))  # keep tick labels legible on deep models
-    ticks = list(range(0, len(names), every))
-    axes[0].set_yticks([t + 0.5 for t in ticks])
-    axes[0].set_yticklabels([f"s{stages[t]} {names[t]}" for t in ticks], fontsize=7)
-    axes[0].set_ylabel("parameter tensor (stage order; white lines separate stages)")
+    ticks, labels = tensor_labels(names, stages)
+    axes[0].set_yticks(ticks)
+    axes[0].set_yticklabels(labels, fontsize=7)
+    each = len(labels) == len(names)
+    axes[0].set_ylabel(f"{'parameter tensor' if each else 'stage: its tensors'} (white lines separate stages)")
     axes[0].invert_yaxis()  # shallowest stage at the top
     fig.suptitle(f"{run_dir.name}: per-tensor variance and distance to θ_B along the path", fontsize=11)
     fig.tight_layout()
