@@ -310,3 +310,24 @@ def test_the_verdict_names_the_worst_point_and_a_lower_accuracy():
     assert text.endswith("; its minimum train accuracy 99.51% is not below linear interpolation's 13.01%")
     lm = {"max_train_loss": 3.6, "min_train_acc": float("nan")}  # a task without accuracy: no clause
     assert "accuracy" not in path_verdict({"llpf": lm, "linear": {"max_train_loss": 5.0, "min_train_acc": 0.1}})
+
+
+def test_the_loader_a_path_was_built_with_is_judged_with_a_test_split(tmp_path, endpoints, digits):
+    a, _ = endpoints
+    run = write_run(tmp_path / "run", a, [a.model.state_dict()] * 2)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_digits_tensors(digits, "train")), 64)
+    with pytest.raises(ConfigError) as err:  # the training batches alone: no test split to judge
+        evaluate_path(run, data=loader, **SMALL)
+    assert "data=DataLoader: the evaluation judges the training and the test split; pass data={'train':" in str(
+        err.value
+    )
+    test = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_digits_tensors(digits, "test")), 64)
+    result = evaluate_path(run, data={"train": loader, "test": test}, **SMALL)
+    own = summed_cross_entropy(a.model, test)
+    assert result["points"][0]["test_loss"] == pytest.approx(own.loss, rel=1e-5)
+
+
+def _digits_tensors(digits, split):
+    """The split's normalised images and labels, as the evaluation's fixed batches hold them."""
+    batches = list(digits.eval_loader(split, indices=None, batch_size=256))
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])

@@ -203,6 +203,12 @@ def resolve_data(path: Path, data: Any) -> DataBundle | dict:
         data = path.config.get("data")
         if data is None:
             raise ConfigError("llpf_config.yaml has no 'data' section; pass data= (a data spec or DataBundle)")
+    if not isinstance(data, (str, dict, DataConfig)):  # a DataLoader, a Dataset, a list of batches
+        raise ConfigError(
+            f"data={type(data).__name__}: the evaluation judges the training and the test split; pass "
+            "data={'train': training_batches, 'test': test_batches} (re-iterable, e.g. the DataLoader the path was "
+            "built with and one over held-out data), a DataBundle, or a data spec"
+        )
     if isinstance(data, dict):
         data = build(DataConfig, data)
     if isinstance(data, DataConfig) and data.source.startswith("<"):
