@@ -367,8 +367,7 @@ def test_the_start_line_states_processes_device_and_sharding_and_a_launch_that_s
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     launch = describe_launch(one)
     assert launch_line(launch) == (
-        "1 process(es) on cpu (one process), sharding: none (every process holds the whole model), "
-        "mixed precision: no"
+        "1 process(es) on cpu (one process), sharding: none (every process holds the whole model), mixed precision: no"
     )
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # what `accelerate launch --num_processes 2` sets
     assert "one process started: accelerate launch runs one process without a GPU" in launch_line(describe_launch(one))
