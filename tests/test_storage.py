@@ -45,6 +45,7 @@ def bf16_run(small_cnn_pair, digits, tmp_path_factory):
     return path, run_dir
 
 
+@pytest.mark.slow  # the bf16 run (a whole certified connect) is shared by these three
 def test_a_bf16_run_stores_bf16_points_and_says_so(bf16_run):
     path, run_dir = bf16_run
     assert len(path) >= 3
@@ -57,6 +58,7 @@ def test_a_bf16_run_stores_bf16_points_and_says_so(bf16_run):
     assert (run["point_dtype"], run["endpoint_dtype"], run["max_shard_size"]) == ("bfloat16", "float32", "5GB")
 
 
+@pytest.mark.slow  # the bf16 run (a whole certified connect) is shared by these three
 def test_the_certified_probe_losses_are_those_of_the_stored_points(bf16_run, small_cnn_pair, digits):
     path, run_dir = bf16_run
     x, y = probe_examples(digits)
@@ -73,6 +75,7 @@ def test_the_certified_probe_losses_are_those_of_the_stored_points(bf16_run, sma
         assert row["probe_loss"] == pytest.approx(own_probe_loss(model, x, y), rel=1e-5, abs=1e-7), f"point {i}"
 
 
+@pytest.mark.slow  # the bf16 run (a whole certified connect) is shared by these three
 def test_the_evaluation_reads_the_stored_points_and_the_report_names_their_dtype(bf16_run):
     path, run_dir = bf16_run
     result = hf_llpf.evaluate_run(path, train_subset=256, linear_points=3, continuity_k=1, continuity_subset=64)
