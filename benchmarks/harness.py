@@ -47,6 +47,29 @@ def entry_parser(entry: str, doc: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
 
 
+def subcommand_parser(entry: str, doc: str, *, dest: str, names: tuple[str, ...]) -> argparse.ArgumentParser:
+    """An entry made of subcommands, one per module ``benchmarks.<entry>.<name>``: each described by its module's
+    docstring, with the module's ``add_arguments`` and the common options."""
+    p = entry_parser(entry, doc)
+    sub = p.add_subparsers(dest=dest, required=True, metavar=dest.upper())
+    for name in names:
+        module = importlib.import_module(f"benchmarks.{entry}.{name}")
+        first, _, rest = module.__doc__.partition("\n\n")
+        one = sub.add_parser(name, help=first.strip(), description=first.strip(), epilog=rest,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        module.add_arguments(one)
+        common_options(one)
+    return p
+
+
+def run_subcommand(entry: str, parser: argparse.ArgumentParser, dest: str, argv: list[str]) -> int:
+    """Parse ``argv`` and run the chosen module's ``run(args, results)``."""
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    importlib.import_module(f"benchmarks.{entry}.{getattr(args, dest)}").run(args, Results(entry, args, argv))
+    return 0
+
+
 def common_options(parser: argparse.ArgumentParser, *, threads: int = 1) -> argparse.ArgumentParser:
     """Add the options every entry takes: ``--threads``, ``--results`` and ``--no-record``."""
     parser.add_argument("--threads", type=int, default=threads, help=f"torch CPU threads (default {threads})")

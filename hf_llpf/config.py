@@ -166,14 +166,12 @@ class M2OConfig(_Settings):
     compensate_norms: bool = Field(True, description="grow LayerNorm/RMSNorm/GroupNorm parameters as tensors shrink")
 
 
-# repair_headroom under a set ceiling (auto): on a LeNet5 pair at a user ceiling of 0.025, points repaired only to
-# the ceiling reached 0.0285 on all training images; 0.2 gave 0.0223-0.0226 before the far-segment stop and
-# 0.0280-0.0313 on its longer paths, 0.3 gives 0.0218-0.0224 on those (docs/algorithm.md §10.2 step 7).
+# repair_headroom under a set ceiling (auto): points repaired only to the ceiling end above it on the training
+# examples the decision did not read, so the repair aims this fraction of the ceiling lower (measured on a LeNet5
+# pair: docs/algorithm.md §10.2 step 7 and docs/benchmarks.md).
 HEADROOM_SET = 0.3
-# ... and under the auto ceiling, relaxing to it over the first quarter of the budget: on the demo pair, with no
-# headroom one repair seed of ten reached 0.0545 on all 1437 training images (a point at probe loss 0.0410); 0.1 over
-# a quarter gave at most 0.0453 over 30 runs at the same SGD cost; over the whole budget it cost regnetx_200mf 3.0x
-# its iterations, a quarter 1.04x; a set ceiling keeps the whole budget (docs/algorithm.md §10.2 step 7).
+# ... and under the auto ceiling, relaxing to it over the first quarter of the repair budget: room where it is cheap,
+# none where it would multiply the SGD cost; a set ceiling keeps the whole budget (the same sections give figures).
 HEADROOM_AUTO = 0.1
 HEADROOM_AUTO_SPAN = 0.25
 

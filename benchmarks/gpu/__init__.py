@@ -10,7 +10,6 @@ code. Rows are appended to ``benchmarks/results/gpu.jsonl``.
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from benchmarks import harness
 
@@ -20,21 +19,9 @@ RUNS = ("m2m", "paper")
 
 def parser() -> argparse.ArgumentParser:
     """The entry's options: one subcommand per run."""
-    p = harness.entry_parser(ENTRY, __doc__)
-    sub = p.add_subparsers(dest="run", required=True, metavar="RUN")
-    for name in RUNS:
-        module = importlib.import_module(f"benchmarks.gpu.{name}")
-        first, _, rest = module.__doc__.partition("\n\n")
-        one = sub.add_parser(name, help=first.strip(), description=first.strip(), epilog=rest,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-        module.add_arguments(one)
-        harness.common_options(one)
-    return p
+    return harness.subcommand_parser(ENTRY, __doc__, dest="run", names=RUNS)
 
 
 def main(argv: list[str]) -> int:
-    """Run one GPU run."""
-    args = parser().parse_args(argv)
-    harness.set_threads(args.threads)
-    importlib.import_module(f"benchmarks.gpu.{args.run}").run(args, harness.Results(ENTRY, args, argv))
-    return 0
+    """Run one run."""
+    return harness.run_subcommand(ENTRY, parser(), "run", argv)

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from benchmarks import harness
 
@@ -23,21 +22,9 @@ PARTS = ("geometry", "layout", "evaluate", "storage", "memory")
 
 def parser() -> argparse.ArgumentParser:
     """The entry's options: one subcommand per part."""
-    p = harness.entry_parser(ENTRY, __doc__)
-    sub = p.add_subparsers(dest="part", required=True, metavar="PART")
-    for name in PARTS:
-        doc = importlib.import_module(f"benchmarks.speed.{name}").__doc__
-        first, _, rest = doc.partition("\n\n")
-        part = sub.add_parser(name, help=first.strip(), description=first.strip(), epilog=rest,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-        importlib.import_module(f"benchmarks.speed.{name}").add_arguments(part)
-        harness.common_options(part)
-    return p
+    return harness.subcommand_parser(ENTRY, __doc__, dest="part", names=PARTS)
 
 
 def main(argv: list[str]) -> int:
     """Run one part."""
-    args = parser().parse_args(argv)
-    harness.set_threads(args.threads)
-    importlib.import_module(f"benchmarks.speed.{args.part}").run(args, harness.Results(ENTRY, args, argv))
-    return 0
+    return harness.run_subcommand(ENTRY, parser(), "part", argv)

@@ -14,8 +14,6 @@ processes). What is not supported yet is refused up front by :func:`check_shardi
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,7 @@ from hf_llpf.algorithms.m2m import M2M
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError
 from hf_llpf.models import Endpoint
-from hf_llpf.partial import cleaned_on_failure
 from hf_llpf.run import point_name
-from hf_llpf.run.layout import temporary_point_name
 from hf_llpf.sharding import local_parts, row_range, write_weights_from_shards
 from hf_llpf.weights import usual_permissions
 
@@ -143,18 +139,14 @@ class ShardedRecorder(RunRecorder):
             write_weights_from_shards(tensors, rel, dtype=store.dtype, max_shard_size=store.max_shard_size,
                                       writer=False)  # fmt: skip
             return rel
-        final, tmp = root / rel, root / temporary_point_name(tick)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        with cleaned_on_failure(tmp):  # a full disk leaves no half-written point behind
+
+        def save(tmp: Path) -> None:
             write_weights_from_shards(tensors, tmp, dtype=store.dtype, max_shard_size=store.max_shard_size,
                                       writer=True)  # fmt: skip
             _write_companions(tmp, self.endpoint, keep_auto_map=store.keep_auto_map)
             usual_permissions(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        return rel
+
+        return self.points_writer.write_point_with(tick, save)
 
     def checkpoint(self) -> None:
         """Nothing: a sharded run is not resumable yet (``--resume`` is refused)."""

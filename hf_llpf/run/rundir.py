@@ -147,15 +147,23 @@ class RunWriter:
     def write_point(self, tick: int, model: nn.Module, endpoint: Endpoint) -> str:
         """Save ``model`` as the point of ``tick`` in ``endpoint``'s format and the writer's storage dtype and shard
         size; returns its relative folder."""
+        store = self.storage
+        return self.write_point_with(
+            tick,
+            lambda tmp: save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch, dtype=store.dtype,
+                                   max_shard_size=store.max_shard_size, keep_auto_map=store.keep_auto_map),
+        )  # fmt: skip
+
+    def write_point_with(self, tick: int, save: Callable[[FsPath], None]) -> str:
+        """The point of ``tick`` written whole or not at all: ``save(folder)`` fills a temporary folder of this run
+        directory, which then replaces the point's folder; returns its relative folder."""
         rel = point_name(tick)
         final = self.root / rel
         tmp = self.root / temporary_point_name(tick)
-        if tmp.exists():
+        if tmp.exists():  # a killed write's leftover, of this run directory's own layout
             shutil.rmtree(tmp)
-        store = self.storage
         with cleaned_on_failure(tmp):  # a full disk leaves no half-written point behind
-            save_model(model, tmp, kind=endpoint.kind, arch=endpoint.arch, dtype=store.dtype,
-                       max_shard_size=store.max_shard_size, keep_auto_map=store.keep_auto_map)  # fmt: skip
+            save(tmp)
         if final.exists():  # rewritten after a resume: same content, replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
