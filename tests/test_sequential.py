@@ -5,7 +5,7 @@ import math
 import torch
 
 from hf_llpf.evaluation.decisions import Decider
-from hf_llpf.evaluation.sequential import lower_bound, spent, upper_bound
+from hf_llpf.evaluation.sequential import betting_upper_bound, lower_bound, shows_below, spent, upper_bound
 
 torch.set_num_threads(1)
 
@@ -21,7 +21,7 @@ def _population(n, seed):
 def test_the_bounds_cover_the_mean_at_every_prefix_at_least_as_often_as_promised():
     torch.manual_seed(0)
     alpha, runs, n = 0.1, 300, 1000
-    missed_upper = missed_lower = 0
+    missed_upper = missed_lower = missed_bet = 0
     for r in range(runs):
         pop = _population(n, r)
         mu = float(pop.mean())
@@ -29,8 +29,9 @@ def test_the_bounds_cover_the_mean_at_every_prefix_at_least_as_often_as_promised
         # Read after every batch of a decision (32, 64, 128, ...): the bound is the smallest over all prefixes.
         missed_upper += mu > upper_bound(draws, alpha=alpha, population=n)
         missed_lower += mu < lower_bound(draws, alpha=alpha, population=n)
+        missed_bet += mu > betting_upper_bound(draws, alpha=alpha, population=n)
     # Ville's inequality: each at most alpha; the empirical-Bernstein bound is conservative (measured well below).
-    assert missed_upper / runs <= alpha and missed_lower / runs <= alpha
+    assert missed_upper / runs <= alpha and missed_lower / runs <= alpha and missed_bet / runs <= alpha
 
 
 def test_without_replacement_is_tighter_and_a_far_point_needs_few_examples():
@@ -94,3 +95,49 @@ def test_a_decision_over_many_examples_stops_undecided_at_its_cap_and_resumes_th
     assert torch.equal(torch.randperm(3000, generator=again.generator),
                        torch.randperm(3000, generator=decider.generator))  # fmt: skip
     assert again.k == decider.k == 1
+
+
+def test_the_betting_test_says_below_for_a_mean_at_the_bar_at_most_as_often_as_promised():
+    # Populations whose mean is at the bar or just over it: two-point ones (the hardest for a bounded test: a few
+    # values at the clip carry the mean) and skewed ones. A "below" on any prefix is a false certificate.
+    alpha, runs, n = 0.1, 300, 800
+    wrong = 0
+    for r in range(runs):
+        if r % 2:
+            pop = torch.zeros(n, dtype=torch.float64)
+            pop[: 8 + r % 5] = 1.0
+        else:
+            pop = _population(n, r)
+        bar = float(pop.mean()) * (1 - 1e-9)  # the hypothesis "mean >= bar" holds
+        draws = pop[torch.randperm(n, generator=torch.Generator().manual_seed(r))]
+        wrong += shows_below(draws, bar=bar, alpha=alpha, population=n)
+    assert wrong / runs <= alpha
+
+
+def test_the_betting_test_needs_fewer_draws_than_the_bound_for_a_point_far_under_the_bar():
+    # Losses that vary little at a quarter of the bar, clipped at ten bars (the auto clip): the decision's case.
+    g = torch.Generator().manual_seed(3)
+    pop = (0.025 + 0.002 * torch.rand(2400, generator=g, dtype=torch.float64)).clamp(max=1.0)
+    draws = pop[torch.randperm(2400, generator=g)]
+    alpha = spent(0.05, 45) / 2
+
+    def first(ok):
+        return next(t for t in range(8, 2401, 8) if ok(draws[:t]))
+
+    bet = first(lambda x: shows_below(x, bar=0.1, alpha=alpha, population=2400))
+    bound = first(lambda x: upper_bound(x, alpha=alpha, population=2400) <= 0.1)
+    assert bet <= 0.85 * bound and bet <= 176
+    assert not shows_below(draws[: bet - 8], bar=0.1, alpha=alpha, population=2400)
+    assert shows_below(draws[:1], bar=1.0, alpha=alpha) and not shows_below(draws[:0], bar=0.1, alpha=alpha)
+
+
+def test_the_betting_bound_on_a_share_of_rare_events_none_drawn_is_tighter_than_the_empirical_bernstein_one():
+    alpha = spent(0.05, 45) / 2
+    for n in (64, 160, 500):
+        none = torch.zeros(n, dtype=torch.float64)
+        bet, bound = (
+            betting_upper_bound(none, alpha=alpha, population=2400),
+            upper_bound(none, alpha=alpha, population=2400),
+        )
+        # No test can do better than the binomial floor: no hit in n draws is likely up to a share of ln(1/α)/n.
+        assert math.log(1 / alpha) / n * 0.9 <= bet <= 0.9 * bound

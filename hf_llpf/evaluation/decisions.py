@@ -2,22 +2,23 @@
 (docs/algorithm.md §10.5)
 
 Each decision draws the training examples in a fresh uniformly random order (its own seeded generator, whose
-state travels in the resume checkpoint), evaluates them in eval mode in growing batches (32, 32, 64, 128, 256, …)
-and stops as soon as it can:
+state travels in the resume checkpoint), evaluates them in eval mode in growing batches (32, 32, 32, 32, 32, 40,
+50, …: each a quarter of all seen so far) and stops as soon as it can:
 
-- **accept**: the time-uniform upper confidence bound (:func:`~hf_llpf.evaluation.sequential.upper_bound`, without
-  replacement) on the mean of ``min(loss, B)`` is at most the bar, at error probability ``α_k / 2`` for the k-th
-  decision of the run (``α_k = δ / (k (k + 1))``); the fraction of examples above ``B`` gets its own upper bound at
-  ``α_k / 2``, which is recorded. A point far under the bar is accepted after a small batch;
+- **accept**: a test that stays valid after any number of draws (:func:`~hf_llpf.evaluation.sequential.shows_below`,
+  a betting test without replacement) shows the mean of ``min(loss, B)`` under the bar, at error probability
+  ``α_k / 2`` for the k-th decision of the run (``α_k = δ / (k (k + 1))``); the fraction of examples above ``B``
+  gets its own upper bound at ``α_k / 2``, which is recorded. A point far under the bar is accepted after a small
+  batch;
 - **above**, exactly: the examples seen already put the mean over the bar (losses are never negative);
 - **above**, estimated (``estimate``: for decisions whose mistake costs only work): the mean seen is above the bar
   by two standard errors;
 - **exact**: all examples seen: the decision is the exact mean's. With at most ``exact_max`` training examples a
   decision may run to the end; with more it stops undecided at ``exact_max`` examples (not accepted).
 
-A decision's value is ``<= bar`` exactly when it accepts (the sample mean, or the exact mean; else the estimate or
-lower bound above the bar, or the upper bound when undecided), except a ``first`` decision: the mean of its examples,
-an estimate whose caller only reads whether it is above a coarse bar.
+A decision's value is ``<= bar`` exactly when it accepts (the sample mean, at most the bar, or the exact mean; else
+the estimate above the bar, or the confidence bound when undecided), except a ``first`` decision: the mean of its
+examples, an estimate whose caller only reads whether it is above a coarse bar.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ from torch import nn
 from hf_llpf.batches import LossFn, batch_size_of, default_loss, move_batch
 from hf_llpf.evaluation.layout import channels_last_batch, eval_view
 from hf_llpf.evaluation.probe import ProbeSet, _join, _slice
-from hf_llpf.evaluation.sequential import spent, upper_bound
+from hf_llpf.evaluation.sequential import betting_upper_bound, shows_below, spent, upper_bound
 
 PROBE_BATCH = 64  # the batches of the exact passes (build_probe's), which the endpoints' measure keeps
-FIRST = 32  # the first batch of a decision; then 32, 64, 128, ... (each the size of all seen so far)
+FIRST = 32  # the smallest batch of a decision
+# Each later batch is 1/GROWTH of all seen so far (32, 32, 32, 32, 32, 40, 50, ...): a decision evaluates at most
+# that share more examples than it needed, where batches as large as all seen so far could double them.
+GROWTH = 4
 
 
 @dataclass
@@ -119,7 +123,7 @@ class Decider:
                 parts.append(self._losses(model, take))
                 seen += len(take)
                 self.examples_run += len(take)
-                size = max(seen, FIRST)
+                size = max(seen // GROWTH, FIRST)
                 outcome = self._judge(torch.cat(parts), bar, clip, alpha, estimate, first)
                 if outcome is not None:
                     self.log.append(seen)
@@ -137,18 +141,19 @@ class Decider:
             return Decision(mean, mean <= bar, seen, exact=True)
         if total > bar * self.n and self.loss_fn is None:  # already above, whatever the rest holds
             return Decision(total / self.n, False, seen)
-        ucb = clip * upper_bound(losses.clamp(max=clip) / clip, alpha=alpha, population=self.n)
-        if ucb <= bar:
-            tail = upper_bound((losses > clip).to(torch.float64), alpha=alpha, population=self.n)
+        clipped = losses.clamp(max=clip) / clip
+        if shows_below(clipped, bar=bar / clip, alpha=alpha, population=self.n):
+            tail = betting_upper_bound((losses > clip).to(torch.float64), alpha=alpha, population=self.n)
             self.tail = max(self.tail, tail)
-            return Decision(min(mean, ucb), True, seen, tail=tail)
+            return Decision(min(mean, bar), True, seen, tail=tail)
         if estimate and seen >= 2 * FIRST:
             error = float(losses.std()) / math.sqrt(seen) * math.sqrt(1 - seen / self.n)
             if mean - 2 * error > bar:
                 return Decision(mean, False, seen)
         if first is not None and seen >= first:  # an estimate for a coarse bar: the caller reads only "above"
             return Decision(mean, False, seen)
-        if seen >= self.cap:  # undecided at the cap: not accepted
+        if seen >= self.cap:  # undecided at the cap: not accepted (its value the confidence bound, above the bar)
+            ucb = clip * upper_bound(clipped, alpha=alpha, population=self.n)
             return Decision(max(ucb, math.nextafter(bar, math.inf)), False, seen)
         return None
 
