@@ -1,11 +1,15 @@
 """Test set-up: offline Hugging Face libraries, a private HF cache, one torch thread (2-core machines)."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # The HF libraries read these when they are imported: set them before anything imports them.
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_llpf_test_home_"))
+if "HF_HOME" not in os.environ:  # a private cache, removed when the session ends (it is the session's own)
+    os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf_llpf_test_home_")
+    atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
