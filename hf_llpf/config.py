@@ -287,7 +287,7 @@ class ConnectConfig(_Settings):
     )
     certify_segments: bool = Field(True, description="also probe the midpoint of each segment between ticks")
     certify_exact_max: int = Field(
-        5000,
+        2000,
         ge=0,
         description="with a ceiling and at most this many training examples, every decision and the final check "
         "evaluate all of them (an exact certificate; probe_size is not used); with more, points are accepted by "
