@@ -15,7 +15,7 @@ from hf_llpf.baselines.permutation import permutation_spec
 from hf_llpf.baselines.slerp import slerp_state, slerp_tensor
 from hf_llpf.baselines.weight_matching import apply_permutation, match_weights
 from hf_llpf.errors import ConfigError, NotApplicableError
-from hf_llpf.models import create_model, load_endpoint
+from hf_llpf.models.endpoints import create_model, load_endpoint
 from tests.conftest import state_equal
 
 

@@ -18,7 +18,7 @@ import hf_llpf
 from hf_llpf.cli import main
 from hf_llpf.errors import DataMismatchError, EndpointMismatchError, RunDirectoryError
 from hf_llpf.evaluation import score
-from hf_llpf.models import create_model, load_endpoint
+from hf_llpf.models.endpoints import create_model, load_endpoint
 from hf_llpf.run.resume import read_checkpoint
 
 torch.set_num_threads(1)
@@ -120,7 +120,7 @@ RUNNER = textwrap.dedent(
     import sys, time, torch
     torch.set_num_threads(1)
     import hf_llpf
-    from hf_llpf.train import RepairTrainer
+    from hf_llpf.algorithms.repair import RepairTrainer
     slow = sys.argv[4] == "slow"
     if slow:  # make every repair step slow so the parent can kill the run mid-way
         original = RepairTrainer.repair

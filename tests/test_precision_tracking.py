@@ -9,7 +9,7 @@ import safetensors.torch
 import torch
 
 import hf_llpf
-from hf_llpf.models import load_endpoint
+from hf_llpf.models.endpoints import load_endpoint
 
 torch.set_num_threads(1)
 

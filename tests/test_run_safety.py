@@ -18,10 +18,10 @@ import hf_llpf
 from hf_llpf.cli import main
 from hf_llpf.config import TrainRecipe
 from hf_llpf.errors import ConfigError, CorruptCheckpointError, DivergenceError, RunDirectoryError
-from hf_llpf.models import load_endpoint
+from hf_llpf.models.endpoints import load_endpoint
 from hf_llpf.run.lock import LOCK, RunLock
 from hf_llpf.run.resume import read_checkpoint
-from hf_llpf.train import train_endpoint
+from hf_llpf.training.endpoint import train_endpoint
 
 torch.set_num_threads(1)
 
