@@ -67,7 +67,7 @@ def quick_certified_run(small_cnn_pair, tmp_path_factory):
     overrides = [f"{k}={v}" for k, v in QUICK.items()]
     assert main(["connect", str(small_cnn_pair[0]), str(small_cnn_pair[1]), "--data", "digits", "--out",
                  str(run_dir), "--no-progress", *overrides]) == 0  # fmt: skip
-    return hf_llpf.Path(run_dir), run_dir
+    return hf_llpf.RunPath(run_dir), run_dir
 
 
 def state_equal(a: dict, b: dict) -> bool:

@@ -470,7 +470,7 @@ def test_a_full_disk_while_connecting_is_one_message_and_the_run_resumes(writer,
     assert f"run the same command with --resume: {run} continues from its last checkpoint" in err
     assert _temporaries(run) == []
     assert _run([*argv, "--resume"]) == 0, capsys.readouterr().err
-    resumed, reference = hf_llpf.Path(run), hf_llpf.Path(w / "real")
+    resumed, reference = hf_llpf.RunPath(run), hf_llpf.RunPath(w / "real")
     assert resumed.ticks == reference.ticks
     assert all(state_equal(resumed.state_dict_at(i), reference.state_dict_at(i)) for i in (1, len(reference) // 2, -1))
     assert _temporaries(run) == []

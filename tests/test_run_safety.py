@@ -124,7 +124,7 @@ def _comparable(path):
 def test_resume_after_a_kill_at_every_checkpoint_equals_the_whole_run(pair, digits, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     total = _run_killed_after(10**9, pair, digits, whole, monkeypatch)  # never killed: counts the checkpoints
-    reference = hf_llpf.Path(whole)
+    reference = hf_llpf.RunPath(whole)
     assert total == reference.metrics[-1]["tick"] + 1  # one per tick with checkpoint_every=1, plus the start
     for k in range(1, total + 1):
         run = tmp_path / f"killed_{k}"
