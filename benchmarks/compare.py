@@ -29,7 +29,7 @@ ENTRY = "compare"
 
 def _small_cnn() -> tuple:
     from hf_llpf.config import TrainRecipe
-    from hf_llpf.data import load_data
+    from hf_llpf.data.bundle import load_data
 
     data = load_data("digits")
     a, b, _ = harness.endpoint_pair(TrainRecipe(seed=0), TrainRecipe(seed=1), data)

@@ -44,9 +44,9 @@ import hf_llpf
 from benchmarks import harness
 from hf_llpf.api import evaluate_run
 from hf_llpf.config import DataConfig, TrainRecipe
-from hf_llpf.data import DataBundle, load_data
-from hf_llpf.seeding import seed_everything
-from hf_llpf.train import train_endpoint
+from hf_llpf.data.bundle import DataBundle, load_data
+from hf_llpf.run.seeding import seed_everything
+from hf_llpf.training.endpoint import train_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"

@@ -120,8 +120,8 @@ def endpoint(recipe: Any, data: Any = None) -> tuple[Path, dict[str, Any]]:
         recipe: a :class:`~hf_llpf.config.TrainRecipe`.
         data: the recipe's data when already loaded (loaded from ``recipe.data`` otherwise).
     """
-    from hf_llpf.data import load_data
-    from hf_llpf.train import train_or_reuse
+    from hf_llpf.data.bundle import load_data
+    from hf_llpf.training.endpoint import train_or_reuse
 
     folder = CACHE / "endpoints" / f"{recipe.model}-{recipe_key(recipe)}"
     data = data if data is not None else load_data(recipe.data)

@@ -128,7 +128,7 @@ def unscaled_reference_iters(bench: Bench) -> int:
 # ------------------------------------------------------------------------------------------------ one run
 def _data(recipe: dict[str, Any]):
     from hf_llpf.config import DataConfig
-    from hf_llpf.data import load_data
+    from hf_llpf.data.bundle import load_data
 
     return load_data(DataConfig(**recipe.get("data", {})))
 

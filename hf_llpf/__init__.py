@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "connect": "hf_llpf.api",
     "walk_to_origin": "hf_llpf.api",
-    "Path": "hf_llpf.run",
+    "RunPath": "hf_llpf.run",
+    "Path": "hf_llpf.run",  # RunPath's old name, kept for one release
     "evaluate_path": "hf_llpf.evaluation",
     "evaluate_run": "hf_llpf.api",
     "push_path": "hf_llpf.hub",
@@ -42,6 +43,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Path",
+    "RunPath",
     "__version__",
     "build_baseline",
     "compare",

@@ -24,23 +24,28 @@ from hf_llpf.algorithms.final_check import environment, final_check, point_hashe
 from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import method_class
+from hf_llpf.algorithms.repair import RepairTrainer
 from hf_llpf.algorithms.sharded import ShardedM2M, check_sharding
-from hf_llpf.assets import write_assets
+from hf_llpf.algorithms.spheres import choose_method
+from hf_llpf.batches import LossFn
 from hf_llpf.config import ConnectConfig
+from hf_llpf.devices.accelerator import describe_launch, launch_line, make_accelerator
 from hf_llpf.errors import ConfigError, RunDirectoryError
-from hf_llpf.inputs import (
+from hf_llpf.models.endpoints import Endpoint
+from hf_llpf.preparation import PreparedRun, prepare_run
+from hf_llpf.progress import progress_requested
+from hf_llpf.recipes import to_yaml
+from hf_llpf.reporting.logging import RunLog
+from hf_llpf.reporting.tracking import tick_logger
+from hf_llpf.run import METRICS_JSON, NullWriter, RunPath, RunWriter, read_metrics
+from hf_llpf.run.assets import write_assets
+from hf_llpf.run.inputs import (
     local_specs,
     read_paths,
     resolve_config,
 )
-from hf_llpf.logging import RunLog
-from hf_llpf.models import Endpoint
-from hf_llpf.progress import progress_requested
-from hf_llpf.recipes import to_yaml
-from hf_llpf.run import METRICS_JSON, NullWriter, Path, RunWriter, read_metrics
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON, LOG_FILE
 from hf_llpf.run.lock import holds_run_directory
-from hf_llpf.run.preparation import PreparedRun, prepare_run
 from hf_llpf.run.records import stage_records
 from hf_llpf.run.resume import (
     Stretches,
@@ -51,11 +56,8 @@ from hf_llpf.run.resume import (
     version_notice,
 )
 from hf_llpf.run.rundir import check_exist
+from hf_llpf.run.seeding import seed_everything
 from hf_llpf.run.storage import disk_estimate
-from hf_llpf.seeding import seed_everything
-from hf_llpf.spheres import choose_method
-from hf_llpf.tracking import tick_logger
-from hf_llpf.train import LossFn, RepairTrainer, describe_launch, launch_line, make_accelerator
 
 logger = get_logger(__name__)
 
@@ -74,7 +76,7 @@ def connect(
     command: str | None = None,
     probe_data: Any = None,
     protected: Sequence[str | os.PathLike] = (),
-) -> Path:
+) -> RunPath:
     """Build an LLPF path from ``model_a`` (θ_A) to ``model_b`` (θ_B) and write it to ``run_dir``.
 
     Args:
@@ -95,7 +97,7 @@ def connect(
             hold or lie inside one of them, as for the local endpoints and data (docs/run-directory.md).
 
     Returns:
-        The :class:`~hf_llpf.run.Path` (points load lazily from ``run_dir``).
+        The :class:`~hf_llpf.run.RunPath` (points load lazily from ``run_dir``).
 
     Raises:
         RunDirectoryError: ``run_dir`` cannot be written under ``exist`` (checked before anything is loaded, and
@@ -118,7 +120,7 @@ def connect(
 
 
 def _connect(model_a, model_b, train_data, config, run_dir, loss_fn, exist, progress, accelerator, command,
-             probe_data, protected, run_log) -> Path:  # fmt: skip
+             probe_data, protected, run_log) -> RunPath:  # fmt: skip
     """:func:`connect` once its settings and Accelerator are resolved: everything it says goes to ``run_log``
     (the run directory's log file, once that is open)."""
     if accelerator.is_main_process:  # fail before any work; checked again when the run directory is opened
@@ -166,7 +168,7 @@ def _run_and_record(
     progress: bool,
     command: str | None,
     run_log: RunLog | None,
-) -> Path:
+) -> RunPath:
     """Write the run's description, run (or resume) the method, write the summary; returns the path. The run's log
     file is opened once the run goes ahead: a refused resume leaves the run directory as it was."""
     accelerator.wait_for_everyone()
@@ -178,9 +180,9 @@ def _run_and_record(
         raise RunDirectoryError(
             f"--resume: {run_dir} holds a {ckpt.get('method')!r} run, this one is {method!r}; use --overwrite"
         )
-    if ckpt is not None and ckpt.get("done") and "run" in Path(run_dir).summary:
+    if ckpt is not None and ckpt.get("done") and "run" in RunPath(run_dir).summary:
         logger.info(f"{run_dir} is already complete; nothing to resume", main_process_only=True)
-        return Path(run_dir, template=template)
+        return RunPath(run_dir, template=template)
     if run_log is not None:
         run_log.open(writer.root / LOG_FILE)
     if ckpt is None or resumed_with:
@@ -200,7 +202,7 @@ def _run_and_record(
     stretches = _open_stretches(run_dir, ckpt, runner, certifier, writer)
     runner.run()
     accelerator.wait_for_everyone()  # the points are written: the final check reads them back
-    close_the_loop(certifier, Path(run_dir, template=template), ea.model, runner.state, accelerator=accelerator)
+    close_the_loop(certifier, RunPath(run_dir, template=template), ea.model, runner.state, accelerator=accelerator)
     summary = _summary(runner, method, prepared, elapsed=time.perf_counter() - start)
     summary["run"]["launch"] = describe_launch(accelerator, sharding=config.sharding)
     summary["run"].update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
@@ -211,7 +213,7 @@ def _run_and_record(
     summary["run"].update(stretches.totals())
     writer.write_metrics(runner.state.points, runner.state.ticks, summary)
     _announce_end(run_dir, runner.state, summary, config, accelerator)
-    return Path(run_dir, template=template)
+    return RunPath(run_dir, template=template)
 
 
 def _announce_end(run_dir, state: Any, summary: dict, config: ConnectConfig, accelerator: Accelerator) -> None:
@@ -236,7 +238,7 @@ def _open_stretches(run_dir, ckpt: dict | None, runner: Any, certifier: Certifie
     return stretches
 
 
-def close_the_loop(certifier: Certifier, path: Path, model: nn.Module, state: Any, *, accelerator: Any) -> None:
+def close_the_loop(certifier: Certifier, path: RunPath, model: nn.Module, state: Any, *, accelerator: Any) -> None:
     """On the exact route, the final check (:func:`~hf_llpf.algorithms.final_check.final_check`): every saved
     point and segment midpoint evaluated on all the training examples; its figures go into the certifier's record,
     the points' rows (``full_loss``, ``full_segment_loss``) and the timing (``probe_final``). On every route, each
@@ -355,7 +357,7 @@ def walk_to_origin(
     exist: str = "error",
     progress: bool = True,
     accelerator: Accelerator | None = None,
-) -> Path:
+) -> RunPath:
     """LLPF_M2O on its own: walk one endpoint toward the origin until every moved tensor's variance is
     ``config.m2o.target_variance`` times its start (docs/algorithm.md §6), writing the path to ``run_dir``.
 
@@ -387,7 +389,7 @@ def walk_to_origin(
         walk = method_class("m2o").for_run(run)
         walk.run()
         writer.write_metrics(walk.points, walk.ticks)  # the final check reads the points back
-        close_the_loop(certifier, Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None),
+        close_the_loop(certifier, RunPath(run_dir, template=endpoint.model if endpoint.kind == "module" else None),
                        endpoint.model, walk.state, accelerator=accelerator)  # fmt: skip
         run = {"method": "m2o", "ticks": walk.tick, "sgd_iters": walk.trainer.iterations, "timing": walk.timing}
         run.update(storage.summary(endpoint.model))
@@ -396,12 +398,12 @@ def walk_to_origin(
         writer.write_metrics(walk.points, walk.ticks, {"run": run})
     logger.info(f"{run_dir}: {len(walk.points)} points, {walk.trainer.iterations} SGD iterations; "
                 f"{certification_line(run['certification'])}", main_process_only=True)  # fmt: skip
-    return Path(run_dir, template=endpoint.model if endpoint.kind == "module" else None)
+    return RunPath(run_dir, template=endpoint.model if endpoint.kind == "module" else None)
 
 
 @holds_run_directory("path_or_run_dir", exclusive=True, action="evaluate")
 def evaluate_run(
-    path_or_run_dir: Path | str | os.PathLike,
+    path_or_run_dir: RunPath | str | os.PathLike,
     *,
     report: bool = True,
     template: nn.Module | None = None,
@@ -413,12 +415,12 @@ def evaluate_run(
     Calls :func:`hf_llpf.evaluation.evaluate_path` (which refuses a damaged run directory before anything is
     computed or written), then, on the main process only, merges the results into ``path_metrics.json`` and
     rewrites ``path_metrics.csv`` (:func:`hf_llpf.run.write_evaluation`), and with ``report`` draws
-    ``plots/*.png`` (:func:`hf_llpf.plots.plot_path`) and updates the report section of ``README.md``
-    (:func:`hf_llpf.report.write_report`). A published path, which has no run directory of ours to write
+    ``plots/*.png`` (:func:`hf_llpf.reporting.plots.plot_path`) and updates the report section of ``README.md``
+    (:func:`hf_llpf.reporting.report.write_report`). A published path, which has no run directory of ours to write
     into, is evaluated with ``evaluate_path`` alone.
 
     Args:
-        path_or_run_dir: a run directory or a :class:`~hf_llpf.run.Path`.
+        path_or_run_dir: a run directory or a :class:`~hf_llpf.run.RunPath`.
         report: also draw the plots and update the report (``False``: the metrics files only).
         template: a module of the path's architecture, for paths of plain ``nn.Module`` s.
         accelerator: decides the device and which process writes (default: a new ``Accelerator``).
@@ -454,8 +456,8 @@ def record_evaluation(
     """Write an evaluation's ``result`` (:func:`~hf_llpf.evaluation.evaluate_path`) into its run directory: the
     metrics files (:func:`hf_llpf.run.write_evaluation`), and with ``report`` the plots and the report section of
     ``README.md``. Called once everything is computed, so a failure before leaves the run directory unchanged."""
-    from hf_llpf.plots import plot_path
-    from hf_llpf.report import write_report
+    from hf_llpf.reporting.plots import plot_path
+    from hf_llpf.reporting.report import write_report
     from hf_llpf.run import write_evaluation
 
     write_evaluation(run_dir, result)

@@ -1,8 +1,9 @@
 """What a batch is to hf_llpf: moving one to a device, its size, and the default loss on it.
 
 A batch is a tensor, a tuple/list ``(inputs[, labels])`` or a dict of tensors (``transformers`` style, labels
-under ``"labels"``). Training (:mod:`hf_llpf.train`), evaluation (:mod:`hf_llpf.evaluation`) and the stage
-trace (:mod:`hf_llpf.stages.trace`) share these helpers so that all three read a batch the same way.
+under ``"labels"``). Training (:mod:`hf_llpf.training`, :mod:`hf_llpf.algorithms.repair`), evaluation
+(:mod:`hf_llpf.evaluation`) and the stage trace (:mod:`hf_llpf.stages.trace`) share these helpers so that all three
+read a batch the same way.
 """
 
 from __future__ import annotations

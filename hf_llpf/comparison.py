@@ -222,8 +222,8 @@ def compare(
         UnknownNameError: an unknown method. ConfigError: invalid settings. RunDirectoryError: ``out_dir`` cannot
             be written under ``exist`` (docs/run-directory.md, "What --overwrite and --resume may do").
     """
-    from hf_llpf.inputs import local_specs, resolve_config
     from hf_llpf.run import RunWriter, check_out_dir
+    from hf_llpf.run.inputs import local_specs, resolve_config
 
     methods = _check_methods(methods)
     _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k,
@@ -262,7 +262,7 @@ def _compare(
     command: str | None,
 ) -> dict[str, Any]:
     """:func:`compare` once its folder is open: every method into a new folder ``out/<method>``, then the table."""
-    from hf_llpf.inputs import prepare_data, resolve_endpoint
+    from hf_llpf.run.inputs import prepare_data, resolve_endpoint
 
     model_a, model_b = resolve_endpoint(model_a), resolve_endpoint(model_b)  # loaded once, for every method
     _, bundle, config = prepare_data(train_data, config, model_a, model_b)
@@ -380,7 +380,7 @@ def compare_run(
         RunDirectoryError: not a run directory. ConfigError: no usable data, an unknown method or ``llpf`` asked.
     """
     from hf_llpf.api import record_evaluation
-    from hf_llpf.models import as_endpoint
+    from hf_llpf.models.endpoints import as_endpoint
 
     baselines = _check_methods(baselines)
     _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k,
@@ -435,10 +435,10 @@ def _opened_run(run_dir: Any, baselines: list[str], data: Any, template: Any) ->
     """The run ``compare_run`` adds baselines to, checked before anything is built: the run directory (whole, no
     link on the way to ``RUN/baselines/<method>``, each of which may be replaced), its data (loaded) and the
     settings the baselines take from the run (``batch_size``, ``seed``, the data)."""
-    from hf_llpf.data import DataBundle
+    from hf_llpf.data.bundle import DataBundle
     from hf_llpf.evaluation.sets import resolve_data
-    from hf_llpf.inputs import resolve_config
     from hf_llpf.run import Path
+    from hf_llpf.run.inputs import resolve_config
     from hf_llpf.run.ownership import refuse_links_under
     from hf_llpf.run.rundir import check_exist
 

@@ -240,7 +240,7 @@ def plot_comparison(table: dict, out_png: str | os.PathLike) -> FsPath:
         axes[0].legend(fontsize=8)
     fig.tight_layout()
     out_png = FsPath(out_png)
-    from hf_llpf.layer_plots import save_figure
+    from hf_llpf.reporting.layer_plots import save_figure
 
     save_figure(fig, out_png)  # whole or not at all (a full disk leaves no half PNG)
     plt.close(fig)

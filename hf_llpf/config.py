@@ -73,7 +73,7 @@ def _seed_field() -> Any:
 
 
 class DataConfig(_Settings):
-    """Where the data come from and how they are prepared (see :func:`hf_llpf.data.load_data`)."""
+    """Where the data come from and how they are prepared (see :func:`hf_llpf.data.bundle.load_data`)."""
 
     source: str = Field("digits", description="'digits', a Hub dataset id, or a local file or folder (docs/data.md)")
     revision: str | None = Field(None, description="Hub revision of the dataset")
@@ -332,7 +332,7 @@ class ConnectConfig(_Settings):
     @field_validator("max_shard_size")
     @classmethod
     def _shard_size_readable(cls, v: int | str) -> int | str:
-        from hf_llpf.weights import shard_bytes
+        from hf_llpf.models.weights import shard_bytes
 
         try:
             shard_bytes(v)

@@ -9,14 +9,14 @@ from pathlib import Path
 import torch
 
 from hf_llpf.config import TrainRecipe
-from hf_llpf.data import load_data
+from hf_llpf.data.bundle import load_data
 
 
 def run_demo(out: Path, *, threads: int = 1) -> int:
     """Train (or reuse) both endpoints, connect them with the default settings, evaluate, print a table."""
     from hf_llpf.api import connect, evaluate_run
-    from hf_llpf.report import endpoint_table, path_verdict
-    from hf_llpf.train import train_or_reuse
+    from hf_llpf.reporting.report import endpoint_table, path_verdict
+    from hf_llpf.training.endpoint import train_or_reuse
 
     torch.set_num_threads(threads)
     start = time.perf_counter()

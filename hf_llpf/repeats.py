@@ -20,18 +20,19 @@ from typing import Any
 
 from torch import nn
 
+from hf_llpf.batches import LossFn
 from hf_llpf.config import ConnectConfig
-from hf_llpf.data import DataBundle
+from hf_llpf.data.bundle import DataBundle
+from hf_llpf.data.text import TextBundle
+from hf_llpf.devices.accelerator import make_accelerator
+from hf_llpf.devices.process_local import ProcessLocal
 from hf_llpf.errors import ConfigError
-from hf_llpf.inputs import resolve_config
-from hf_llpf.plots import plot_repeats
-from hf_llpf.process_local import ProcessLocal
-from hf_llpf.report import write_report
+from hf_llpf.files.textfiles import read_yaml
+from hf_llpf.reporting.plots import plot_repeats
+from hf_llpf.reporting.report import write_report
 from hf_llpf.run import RunWriter, atomic_write_text, read_metrics, read_run_json
+from hf_llpf.run.inputs import resolve_config
 from hf_llpf.run.layout import CONFIG_YAML, CONSISTENCY_JSON, PLOTS_DIR
-from hf_llpf.text import TextBundle
-from hf_llpf.textfiles import read_yaml
-from hf_llpf.train import LossFn, make_accelerator
 
 # (summary section, figure) pairs reported across repeats; the *_recal sections are added when present.
 FIGURES = ("max_train_loss", "barrier", "min_train_acc", "worst_continuity_loss")

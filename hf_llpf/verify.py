@@ -31,7 +31,7 @@ def verify_path(path: Any, *, data: Any = None, device: Any = None, tolerance: f
     """Re-check ``path``'s recorded certificate here.
 
     Args:
-        path: a :class:`~hf_llpf.run.Path` (a run directory, or a published path from ``hf_llpf.hub.load_path``).
+        path: a :class:`~hf_llpf.run.RunPath` (a run directory, or a published path from ``hf_llpf.hub.load_path``).
         data: the training data (default: the data the run records, loaded here: a data spec's training split
             without augmentation).
         device: where to evaluate (default: the CPU).
@@ -106,13 +106,13 @@ def _differences(path: Any, final: dict, recorded: dict, tolerance: float) -> di
 
 def verify_source(source: str | os.PathLike, **options: Any) -> dict[str, Any]:
     """:func:`verify_path` of a run directory or a published path ``org/repo[@revision]``."""
-    from hf_llpf.run import Path
+    from hf_llpf.run import RunPath
 
     if not os.path.exists(source) and "/" in str(source):
         from hf_llpf.hub import load_path
 
         return verify_path(load_path(str(source)), **options)
-    return verify_path(Path(source), **options)
+    return verify_path(RunPath(source), **options)
 
 
 __all__ = ["TOLERANCE", "verify_path", "verify_source"]

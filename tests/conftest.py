@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def digits():
     """The built-in digits data, loaded once per test session."""
-    from hf_llpf.data import load_data
+    from hf_llpf.data.bundle import load_data
 
     return load_data("digits")
 
@@ -36,7 +36,7 @@ def trained_endpoint(tmp_path_factory, digits):
     (timm format) is shared, so tests must treat it as read-only (copy it to change it).
     """
     from hf_llpf.config import TrainRecipe
-    from hf_llpf.train import train_endpoint
+    from hf_llpf.training.endpoint import train_endpoint
 
     root = tmp_path_factory.mktemp("endpoints")
     cache: dict[tuple, object] = {}
@@ -71,7 +71,7 @@ def quick_certified_run(small_cnn_pair, tmp_path_factory):
     overrides = [f"{k}={v}" for k, v in QUICK.items()]
     assert main(["connect", str(small_cnn_pair[0]), str(small_cnn_pair[1]), "--data", "digits", "--out",
                  str(run_dir), "--no-progress", *overrides]) == 0  # fmt: skip
-    return hf_llpf.Path(run_dir), run_dir
+    return hf_llpf.RunPath(run_dir), run_dir
 
 
 def state_equal(a: dict, b: dict) -> bool:
@@ -104,10 +104,10 @@ def linear_m2m(settings: dict):
 
     from hf_llpf.algorithms.base import Context
     from hf_llpf.algorithms.m2m import M2M
+    from hf_llpf.algorithms.repair import RepairTrainer
     from hf_llpf.config import ConnectConfig, build
-    from hf_llpf.models import Endpoint
+    from hf_llpf.models.endpoints import Endpoint
     from hf_llpf.stages import build_stages
-    from hf_llpf.train import RepairTrainer
 
     torch.manual_seed(0)
     a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)

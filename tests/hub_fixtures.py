@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from tiny_models import tiny_bert
 
-from hf_llpf.assets import merge_assets, tokenizer_files, write_assets
-from hf_llpf.models import as_endpoint, create_model, save_model
+from hf_llpf.models.endpoints import as_endpoint, create_model, save_model
+from hf_llpf.models.timm_config import with_data_config
 from hf_llpf.run import PointRecord, RunWriter, TickRecord
+from hf_llpf.run.assets import merge_assets, tokenizer_files, write_assets
 from hf_llpf.stages import build_stages
-from hf_llpf.timm_config import with_data_config
 
-# What a digits run's timm points record (hf_llpf.timm_config.run_data_config of the digits bundle).
+# What a digits run's timm points record (hf_llpf.models.timm_config.run_data_config of the digits bundle).
 DIGITS_DATA_CONFIG = {"input_size": (1, 8, 8), "mean": (0.5,), "std": (0.5,), "interpolation": "bilinear",
                       "crop_pct": 1.0, "crop_mode": "center"}  # fmt: skip
 

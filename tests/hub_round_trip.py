@@ -44,7 +44,7 @@ def cli_endpoint(url: str) -> Iterator[None]:
 def endpoints(cfg: dict) -> dict:
     from hub_fixtures import state_digest
 
-    from hf_llpf.models import load_endpoint
+    from hf_llpf.models.endpoints import load_endpoint
 
     res = {}
     for key, spec in cfg["endpoint_specs"].items():

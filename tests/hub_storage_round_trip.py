@@ -23,8 +23,8 @@ def main(cfg_file: str) -> None:
     from huggingface_hub import hf_hub_download
 
     import hf_llpf.hub as hub
-    from hf_llpf.models import load_endpoint
-    from hf_llpf.weights import weight_files
+    from hf_llpf.models.endpoints import load_endpoint
+    from hf_llpf.models.weights import weight_files
 
     pushed = hub.push_path(cfg["run"], repo_id=cfg["repo"], token=token, endpoint=cfg["standin"])
     path = hub.load_path(cfg["repo"])

@@ -16,7 +16,11 @@ from text_fixtures import bert_endpoints, gpt2_endpoints, word_tokenizer, write_
 from tiny_models import tiny_bert
 
 import hf_llpf
-from hf_llpf.assets import (
+from hf_llpf.errors import DataMismatchError, RunDirectoryError
+from hf_llpf.hub.export import export_point
+from hf_llpf.models.endpoints import as_endpoint, create_model, load_endpoint, save_model
+from hf_llpf.models.timm_config import run_data_config, with_data_config
+from hf_llpf.run.assets import (
     Assets,
     collect_folder,
     endpoint_files,
@@ -26,10 +30,6 @@ from hf_llpf.assets import (
     tokenizer_files,
     write_assets,
 )
-from hf_llpf.errors import DataMismatchError, RunDirectoryError
-from hf_llpf.hub.export import export_point
-from hf_llpf.models import as_endpoint, create_model, load_endpoint, save_model
-from hf_llpf.timm_config import run_data_config, with_data_config
 
 torch.set_num_threads(1)
 LABELS = ("folder-a", "folder-b")
@@ -119,7 +119,7 @@ def test_tokenizer_files_differing_in_bytes_only_keep_a():
 
 
 def test_a_tokenizer_json_differing_only_in_its_call_state_is_the_same_file_and_fingerprint():
-    from hf_llpf.tokenizer import tokenizer_fingerprint
+    from hf_llpf.data.tokenizer import tokenizer_fingerprint
 
     tok = word_tokenizer()
     a = tokenizer_files(None, tok)
@@ -156,7 +156,7 @@ def test_endpoints_without_a_folder_have_no_companion_files(tmp_path):
 
 def test_run_assets_use_data_tokenizer_when_given(text):
     from hf_llpf.config import DataConfig
-    from hf_llpf.inputs import load_for_endpoints
+    from hf_llpf.run.inputs import load_for_endpoints
 
     ea, eb = load_endpoint(text / "bert_0"), load_endpoint(text / "bert_1")
     spec = DataConfig(source=str(text / "reviews.parquet"))
@@ -207,7 +207,7 @@ def test_a_causal_lm_point_keeps_its_generation_config(text, tmp_path):
 def test_timm_points_describe_the_run_data(tmp_path):
     import timm
 
-    from hf_llpf.data import load_data
+    from hf_llpf.data.bundle import load_data
 
     bundle = load_data("digits", mean=(0.4,), std=(0.2,), image_size=12)
     example = bundle.loader("train", batch_size=4, seed=0).first_batch(4)

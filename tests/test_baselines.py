@@ -15,7 +15,7 @@ from hf_llpf.baselines.permutation import permutation_spec
 from hf_llpf.baselines.slerp import slerp_state, slerp_tensor
 from hf_llpf.baselines.weight_matching import apply_permutation, match_weights
 from hf_llpf.errors import ConfigError, NotApplicableError
-from hf_llpf.models import create_model, load_endpoint
+from hf_llpf.models.endpoints import create_model, load_endpoint
 from tests.conftest import state_equal
 
 
@@ -227,14 +227,14 @@ def test_evaluate_with_baselines_adds_them_to_an_llpf_run(small_cnn_pair, digits
     table = json.loads((run / "baselines" / "comparison.json").read_text())
     rows = {r["method"]: r for r in table["rows"]}
     # Bézier is held under the run's own ceiling, checked at the run's points, trained in rounds up to the cap.
-    bezier = hf_llpf.Path(run / "baselines" / "bezier")
+    bezier = hf_llpf.RunPath(run / "baselines" / "bezier")
     assert rows["bezier"]["ceiling"] == path.summary["run"]["certification"]["ceiling"] == rows["llpf"]["ceiling"]
-    assert len(bezier) == len(path) and len(hf_llpf.Path(run / "baselines" / "slerp")) == 31
+    assert len(bezier) == len(path) and len(hf_llpf.RunPath(run / "baselines" / "slerp")) == 31
     assert rows["bezier"]["sgd_iters"] in (0, 20, 40) and rows["llpf"]["sgd_iters"] == iters
     assert rows["llpf"]["probe"] == rows["slerp"]["probe"] == rows["bezier"]["probe"]
     assert rows["llpf"]["probe"]["train"] == [table["probe"]["train"]]
     # The baselines start and end at the run's own ends.
-    slerp = hf_llpf.Path(run / "baselines" / "slerp")
+    slerp = hf_llpf.RunPath(run / "baselines" / "slerp")
     assert state_equal(slerp.state_dict_at(0), path.state_dict_at(0))
     assert state_equal(slerp.state_dict_at(-1), path.state_dict_at(-1))
     # The run's own evaluation was written with the same data.

@@ -18,7 +18,7 @@ from benchmarks import reference as bench
 from benchmarks.__main__ import ENTRIES
 from hf_llpf.cli import main
 from hf_llpf.config import TrainRecipe
-from hf_llpf.train import train_endpoint
+from hf_llpf.training.endpoint import train_endpoint
 
 
 def _measured(loss: float, ticks: int, iters: int, wall: float, train_s: float) -> dict:

@@ -12,7 +12,7 @@ from hf_llpf.algorithms.certify import Certifier, Verdict, certification_line
 from hf_llpf.algorithms.final_check import final_check
 from hf_llpf.config import ConnectConfig
 from hf_llpf.evaluation.probe import ProbeSet
-from hf_llpf.models import load_endpoint
+from hf_llpf.models.endpoints import load_endpoint
 from hf_llpf.run import read_metrics
 
 torch.set_num_threads(1)

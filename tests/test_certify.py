@@ -15,7 +15,7 @@ from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.probe import ProbeSet
 from hf_llpf.evaluation.scoring import score
-from hf_llpf.models import load_endpoint
+from hf_llpf.models.endpoints import load_endpoint
 from hf_llpf.run import read_metrics
 
 torch.set_num_threads(1)

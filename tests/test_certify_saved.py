@@ -10,7 +10,7 @@ from test_certify import QUICK, own_probe_loss, probe_examples
 import hf_llpf
 from hf_llpf.algorithms.certify import Certifier
 from hf_llpf.api import walk_to_origin
-from hf_llpf.models import load_endpoint
+from hf_llpf.models.endpoints import load_endpoint
 from hf_llpf.run import read_metrics
 
 torch.set_num_threads(1)

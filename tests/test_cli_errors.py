@@ -19,7 +19,7 @@ import torch
 from hub_fixtures import make_run_dir
 
 from hf_llpf.cli import main
-from hf_llpf.models import as_endpoint, create_model, save_model
+from hf_llpf.models.endpoints import as_endpoint, create_model, save_model
 
 torch.set_num_threads(1)
 
@@ -470,7 +470,7 @@ def test_a_full_disk_while_connecting_is_one_message_and_the_run_resumes(writer,
     assert f"run the same command with --resume: {run} continues from its last checkpoint" in err
     assert _temporaries(run) == []
     assert _run([*argv, "--resume"]) == 0, capsys.readouterr().err
-    resumed, reference = hf_llpf.Path(run), hf_llpf.Path(w / "real")
+    resumed, reference = hf_llpf.RunPath(run), hf_llpf.RunPath(w / "real")
     assert resumed.ticks == reference.ticks
     assert all(state_equal(resumed.state_dict_at(i), reference.state_dict_at(i)) for i in (1, len(reference) // 2, -1))
     assert _temporaries(run) == []
@@ -518,9 +518,9 @@ def test_a_hub_id_is_read_from_the_cache_only_when_the_hub_cannot_be_reached(mon
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    import hf_llpf.hub.access as access
+    import hf_llpf.hub_client.access as access
     from hf_llpf.errors import OfflineError
-    from hf_llpf.models import load_endpoint
+    from hf_llpf.models.endpoints import load_endpoint
 
     calls = []
 
@@ -539,7 +539,7 @@ def test_a_hub_id_is_read_from_the_cache_only_when_the_hub_cannot_be_reached(mon
 def test_hub_unreachable_is_one_connection_attempt(monkeypatch):
     import socket
 
-    from hf_llpf.hub.access import _PROXY_VARIABLES, hub_unreachable
+    from hf_llpf.hub_client.access import _PROXY_VARIABLES, hub_unreachable
 
     for name in _PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)

@@ -7,7 +7,7 @@ import torch
 
 from hf_llpf import geometry
 from hf_llpf.cli import main
-from hf_llpf.models import create_model, save_model
+from hf_llpf.models.endpoints import create_model, save_model
 from hf_llpf.stages import StagePlan
 
 torch.set_num_threads(1)
@@ -30,11 +30,11 @@ SMALL_CNN_PARAMS = [
 @pytest.fixture(autouse=True)
 def _digits_once(monkeypatch, digits):
     """The commands load the digits data per call; reuse the session's copy (the loading is the slow part)."""
-    import hf_llpf.data
+    import hf_llpf.data.bundle
 
-    real = hf_llpf.data.load_data
+    real = hf_llpf.data.bundle.load_data
     monkeypatch.setattr(
-        hf_llpf.data, "load_data", lambda spec, **o: digits if (spec, o) == ("digits", {}) else real(spec, **o)
+        hf_llpf.data.bundle, "load_data", lambda spec, **o: digits if (spec, o) == ("digits", {}) else real(spec, **o)
     )
 
 
@@ -154,7 +154,7 @@ def test_groups_overrides_and_batch_errors(tmp_path, capsys):
 
 
 def test_sphere_verdict_flags_and_counts():
-    from hf_llpf.spheres import sphere_verdict
+    from hf_llpf.algorithms.spheres import sphere_verdict
 
     report = [
         {"name": "w1", "ndim": 2, "numel": 100, "var_a": 1.0, "var_b": 9.0, "ratio": 9.0},

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_llpf.data import SeededLoader, cifar_augment, load_data
+from hf_llpf.data.bundle import SeededLoader, cifar_augment, load_data
 from hf_llpf.errors import ConfigError, OfflineError, UnknownNameError
 
 torch.set_num_threads(1)

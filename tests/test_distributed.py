@@ -189,7 +189,7 @@ def test_two_processes_stay_in_step_write_once_and_match_one_process(root, digit
     done = [json.loads((root / f"done_rank{r}.json").read_text()) for r in (0, 1)]
     assert done[0] == done[1]
     assert (root / "writer_rank0").read_text() == "x" and not (root / "writer_rank1").exists()
-    two = hf_llpf.Path(root / "run2")
+    two = hf_llpf.RunPath(root / "run2")
     one = hf_llpf.connect(root / "a", root / "b", digits, config=CONFIG, run_dir=root / "run1", progress=False)
     assert torch.equal(two.state_dict_at(-1)["head.weight"], one.state_dict_at(-1)["head.weight"])  # both end on B
     # Same global batch (each process takes half of every batch; gradients averaged). BatchNorm statistics are
@@ -282,7 +282,7 @@ def test_cli_under_torchrun(root, tmp_path):
     # Both processes were asked for bars and see a terminal: only the main one draws them.
     bars = _bars(tmp_path)
     assert list(bars) == ["rank0"] and "llpf m2m stages" in bars["rank0"], bars
-    path = hf_llpf.Path(tmp_path / "run")
+    path = hf_llpf.RunPath(tmp_path / "run")
     assert path.metrics[-1]["phase"] == "end" and len(path) > 2
     assert path.summary["run"]["launch"]["processes"] == 2 and "note" not in path.summary["run"]["launch"]
     starts = [line for line in result.stderr.splitlines() if "process(es) on cpu" in line]
@@ -329,8 +329,8 @@ def test_repeats_are_spread_over_processes_and_equal_single_process_runs(root, d
     )
     for r in (0, 1):
         two, single = (
-            hf_llpf.Path(root / "repeats2" / f"repeat_{r:02d}"),
-            hf_llpf.Path(root / "repeats1" / f"repeat_{r:02d}"),
+            hf_llpf.RunPath(root / "repeats2" / f"repeat_{r:02d}"),
+            hf_llpf.RunPath(root / "repeats1" / f"repeat_{r:02d}"),
         )
         assert len(two) == len(single)
         assert all(_state_equal(two.state_dict_at(i), single.state_dict_at(i)) for i in range(len(two)))
@@ -345,9 +345,9 @@ def test_resume_under_two_processes_equals_an_uninterrupted_run(root):
         _launch("_worker", root)
     _launch("_interrupted_worker", root, expect_failure=True)
     stopped = json.loads((root / "run_resumed" / "path_metrics.json").read_text())
-    assert 0 < stopped["points"][-1]["tick"] < hf_llpf.Path(root / "run2").ticks[-1]  # really stopped mid-run
+    assert 0 < stopped["points"][-1]["tick"] < hf_llpf.RunPath(root / "run2").ticks[-1]  # really stopped mid-run
     _launch("_resume_worker", root)
-    resumed, uninterrupted = hf_llpf.Path(root / "run_resumed"), hf_llpf.Path(root / "run2")
+    resumed, uninterrupted = hf_llpf.RunPath(root / "run_resumed"), hf_llpf.RunPath(root / "run2")
     assert resumed.ticks == uninterrupted.ticks
     for i in range(len(resumed)):
         assert _state_equal(resumed.state_dict_at(i), uninterrupted.state_dict_at(i)), f"point {i} differs"

@@ -26,9 +26,9 @@ from hf_llpf.cli import main
 from hf_llpf.errors import RunDirectoryError, UnsafeEndpointError
 from hf_llpf.hub.export import export_point
 from hf_llpf.hub.push import published_files
-from hf_llpf.models import create_model, load_endpoint
-from hf_llpf.remote_code import CONFIG_FILES
-from hf_llpf.run import Path as LLPFPath
+from hf_llpf.models.endpoints import create_model, load_endpoint
+from hf_llpf.models.remote_code import CONFIG_FILES
+from hf_llpf.run import RunPath as LLPFPath
 
 torch.set_num_threads(1)
 
@@ -299,7 +299,7 @@ def test_a_run_holding_auto_map_is_published_without_it_unless_asked(auto_map_ru
 
 
 def test_keep_auto_map_keeps_them_in_the_points(auto_map_run, tmp_path):
-    from hf_llpf.models import save_model
+    from hf_llpf.models.endpoints import save_model
 
     root, _ = auto_map_run
     ep = load_endpoint(root / "bert_0")

@@ -27,10 +27,10 @@ from hf_llpf.evaluation import (
     recalibrate_bn,
     score,
 )
-from hf_llpf.models import load_endpoint
-from hf_llpf.plots import plot_repeats
+from hf_llpf.models.endpoints import load_endpoint
 from hf_llpf.recipes import to_yaml
-from hf_llpf.report import END, START, write_report
+from hf_llpf.reporting.plots import plot_repeats
+from hf_llpf.reporting.report import END, START, write_report
 from hf_llpf.run import PointRecord, RunWriter, read_metrics
 
 torch.set_num_threads(1)
@@ -279,7 +279,7 @@ def test_repeats_same_seed_agree_different_seeds_differ(tmp_path, endpoints, dig
 
 
 def test_the_verdict_says_plainly_when_the_path_is_worse_than_the_straight_line():
-    from hf_llpf.report import path_verdict
+    from hf_llpf.reporting.report import path_verdict
 
     better = path_verdict({"llpf": {"max_train_loss": 0.07}, "linear": {"max_train_loss": 2.4}})
     worse = path_verdict({"llpf": {"max_train_loss": 1.173}, "linear": {"max_train_loss": 0.379}})
@@ -298,7 +298,7 @@ def test_the_verdict_says_plainly_when_the_path_is_worse_than_the_straight_line(
 
 
 def test_the_verdict_names_the_worst_point_and_a_lower_accuracy():
-    from hf_llpf.report import path_verdict
+    from hf_llpf.reporting.report import path_verdict
 
     worst = {"index": 5, "tick": 12, "stage": 3, "phase": "m2m", "position": 0.4231, "loss": 0.0717}
     llpf = {"max_train_loss": 0.0717, "min_train_acc": 0.9706, "worst_point": worst}

@@ -11,10 +11,10 @@ from text_fixtures import reviews, word_tokenizer
 
 import hf_llpf.algorithms.certify as certify
 from hf_llpf.config import ConnectConfig, DataConfig
+from hf_llpf.data.text import text_bundle
 from hf_llpf.evaluation.decisions import BundleExamples, Decider, TrainingExamples
 from hf_llpf.evaluation.probe import build_probe
-from hf_llpf.models import create_model
-from hf_llpf.text import text_bundle
+from hf_llpf.models.endpoints import create_model
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")

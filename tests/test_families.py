@@ -12,7 +12,7 @@ from conftest import state_equal
 
 import hf_llpf  # noqa: F401  (registers the built-in models with timm)
 from benchmarks.families import FAMILIES, run_family
-from hf_llpf.models import as_endpoint, create_model, load_endpoint, save_model
+from hf_llpf.models.endpoints import as_endpoint, create_model, load_endpoint, save_model
 from hf_llpf.zoo import BUILTIN_MODELS
 
 torch.set_num_threads(1)

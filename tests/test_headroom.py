@@ -9,7 +9,7 @@ import hf_llpf
 from hf_llpf.algorithms.certify import Certifier, headroom_span, resolve_headroom
 from hf_llpf.config import HEADROOM_AUTO, HEADROOM_AUTO_SPAN, HEADROOM_SET, ConnectConfig
 from hf_llpf.errors import ConfigError
-from hf_llpf.models import load_endpoint
+from hf_llpf.models.endpoints import load_endpoint
 from hf_llpf.run import read_metrics
 
 torch.set_num_threads(1)

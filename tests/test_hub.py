@@ -37,7 +37,7 @@ from hf_llpf.hub import (
     select_point,
 )
 from hf_llpf.hub.card import Publication
-from hf_llpf.run import Path as LLPFPath
+from hf_llpf.run import RunPath as LLPFPath
 
 torch.set_num_threads(1)
 

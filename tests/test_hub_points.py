@@ -12,7 +12,7 @@ from hub_fixtures import make_run_dir
 
 from hf_llpf.errors import ConfigError, RunDirectoryError, UnknownNameError
 from hf_llpf.hub import arc_positions, choose_point, export_point, select_point, select_points
-from hf_llpf.run import Path as LLPFPath
+from hf_llpf.run import RunPath as LLPFPath
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,5 @@
-"""The package's shape: a lazy root, geometry on torch alone, no module shadowed by a function, no import cycle."""
+"""The package's shape: a lazy root, geometry on torch alone, no module shadowed by a function, no import cycle, the
+floors of docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import pkgutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import hf_llpf
 
@@ -83,3 +86,40 @@ def test_no_import_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+def test_at_most_fifteen_top_level_modules():
+    top = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 15, f"{len(top)} top-level modules: {top}; a new concept gets a package (docs/architecture.md)"
+
+
+def test_the_documented_names_of_the_flat_layout_still_resolve():
+    import hf_llpf.data
+    import hf_llpf.data.bundle
+    import hf_llpf.models
+    import hf_llpf.models.endpoints
+    import hf_llpf.run
+    import hf_llpf.training.endpoint
+    from hf_llpf.train import train_endpoint
+
+    assert hf_llpf.data.load_data is hf_llpf.data.bundle.load_data
+    assert hf_llpf.models.load_endpoint is hf_llpf.models.endpoints.load_endpoint
+    assert train_endpoint is hf_llpf.training.endpoint.train_endpoint
+    assert hf_llpf.Path is hf_llpf.RunPath is hf_llpf.run.Path is hf_llpf.run.RunPath
+    assert sorted(hf_llpf.data.__all__) == sorted(hf_llpf.data.bundle.__all__)
+    with pytest.raises(AttributeError, match="module 'hf_llpf.data' has no attribute 'nothing_here'"):
+        hf_llpf.data.nothing_here  # noqa: B018
+
+
+def test_a_data_submodule_loads_no_datasets():
+    assert "datasets" not in _modules_after("import hf_llpf.data.loader")
+
+
+def test_the_floors_hold():
+    pytest.importorskip("importlinter")
+    if not (PACKAGE.parent / "pyproject.toml").is_file():
+        pytest.skip("the contracts live in the source checkout's pyproject.toml")
+    lint = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run([str(lint)], cwd=PACKAGE.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "Contracts: 2 kept, 0 broken." in done.stdout

@@ -1,6 +1,6 @@
 """layers.png's tick labels: one per tensor while they fit, one per stage on deep models (none dropped)."""
 
-from hf_llpf.layer_plots import LEGIBLE_LABELS, tensor_labels
+from hf_llpf.reporting.layer_plots import LEGIBLE_LABELS, tensor_labels
 
 
 def test_a_shallow_model_names_every_tensor():

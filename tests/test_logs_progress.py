@@ -19,7 +19,7 @@ import torch
 import hf_llpf
 from hf_llpf.cli import build_parser
 from hf_llpf.config import ConnectConfig
-from hf_llpf.models import as_endpoint, create_model
+from hf_llpf.models.endpoints import as_endpoint, create_model
 from hf_llpf.progress import progress_enabled
 
 torch.set_num_threads(1)
@@ -134,8 +134,8 @@ def _cross_sphere_pair():
 def test_the_cross_sphere_decision_reaches_stderr_at_info(level, shown, capsys):
     from accelerate import PartialState
 
-    from hf_llpf.logging import configured
-    from hf_llpf.spheres import choose_method
+    from hf_llpf.algorithms.spheres import choose_method
+    from hf_llpf.reporting.logging import configured
 
     PartialState()  # accelerate's logger needs its state (connect has created the Accelerator by then)
     ea, eb = _cross_sphere_pair()
@@ -153,7 +153,7 @@ def test_the_cross_sphere_decision_reaches_stderr_at_info(level, shown, capsys):
 def test_configure_is_for_python_users_and_replaces_its_handler():
     import logging
 
-    import hf_llpf.logging as llpf_logging
+    import hf_llpf.reporting.logging as llpf_logging
 
     logger = logging.getLogger("hf_llpf")
     saved = logger.level, list(logger.handlers), logger.propagate
@@ -163,8 +163,8 @@ def test_configure_is_for_python_users_and_replaces_its_handler():
         llpf_logging.configure("info", stream=stream)
         assert logger.level == logging.INFO
         assert sum(getattr(h, "_hf_llpf_handler", False) for h in logger.handlers) == 1
-        logging.getLogger("hf_llpf.spheres").info("hello")
-        logging.getLogger("hf_llpf.spheres").debug("hidden")
+        logging.getLogger("hf_llpf.algorithms.spheres").info("hello")
+        logging.getLogger("hf_llpf.algorithms.spheres").debug("hidden")
         assert stream.getvalue() == "hf-llpf: hello\n"
     finally:
         logger.setLevel(saved[0])
@@ -173,7 +173,7 @@ def test_configure_is_for_python_users_and_replaces_its_handler():
 
 
 def test_library_modules_attach_no_handler_at_import():
-    code = "import logging, hf_llpf.api, hf_llpf.spheres; print(len(logging.getLogger('hf_llpf').handlers))"
+    code = "import logging, hf_llpf.api, hf_llpf.algorithms.spheres; print(len(logging.getLogger('hf_llpf').handlers))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()).stdout
     assert out.strip() == "0"
 
@@ -187,7 +187,7 @@ def test_connect_records_the_precision_of_the_launch(env, expected, tmp_path, tr
     cmd += ["--threads", "1", *FAST]  # no --no-progress: redirected, the bar stays off anyway
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(**env))
     assert result.returncode == 0, result.stderr[-3000:]
-    path = hf_llpf.Path(run)
+    path = hf_llpf.RunPath(run)
     assert path.config["mixed_precision"] == expected
     assert path.summary["run"]["mixed_precision"] == expected
     assert "\r" not in result.stderr and "llpf m2m stages" not in result.stderr  # no bar ...
@@ -274,7 +274,7 @@ def test_quiet_libraries_silences_transformers_and_hub_then_restores_them():
 def test_saving_and_loading_a_transformers_point_prints_no_transformers_bar(tmp_path, capsys):
     from tiny_models import tiny_bert
 
-    from hf_llpf.models import load_endpoint, save_model
+    from hf_llpf.models.endpoints import load_endpoint, save_model
 
     model = tiny_bert()
     capsys.readouterr()
@@ -341,7 +341,7 @@ def test_a_lone_process_logs_without_the_rank_prefix_and_several_keep_it(capsys,
     from accelerate import PartialState
     from accelerate.logging import get_logger
 
-    from hf_llpf.logging import configured
+    from hf_llpf.reporting.logging import configured
 
     PartialState()
     logger = get_logger("hf_llpf.test_logs_progress")
@@ -359,7 +359,7 @@ def test_the_start_line_states_processes_device_and_sharding_and_a_launch_that_s
 
     from accelerate.utils import DistributedType
 
-    from hf_llpf.train import describe_launch, launch_line
+    from hf_llpf.devices.accelerator import describe_launch, launch_line
 
     one = SimpleNamespace(num_processes=1, device=torch.device("cpu"), distributed_type=DistributedType.NO,
                           mixed_precision="no")  # fmt: skip
@@ -401,7 +401,7 @@ def test_progress_lines_come_per_stage_and_at_least_every_interval_with_an_eta(m
 def test_the_run_log_holds_what_was_said_before_and_after_the_folder_opened(tmp_path):
     import logging
 
-    from hf_llpf.logging import RunLog
+    from hf_llpf.reporting.logging import RunLog
 
     logger = logging.getLogger("hf_llpf.test")
     saved = logging.getLogger("hf_llpf").level
@@ -436,7 +436,7 @@ def _umask() -> int:
 def test_a_library_s_repeated_messages_are_said_once_with_their_count(capsys):
     import logging
 
-    from hf_llpf.logging import configured, folded
+    from hf_llpf.reporting.logging import configured, folded
 
     library, api = logging.getLogger("huggingface_hub"), logging.getLogger("huggingface_hub.hf_api")
     before = (list(library.handlers), library.propagate)

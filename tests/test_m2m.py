@@ -18,7 +18,7 @@ import hf_llpf
 from hf_llpf.cli import main
 from hf_llpf.errors import DataMismatchError, EndpointMismatchError, RunDirectoryError
 from hf_llpf.evaluation import score
-from hf_llpf.models import create_model, load_endpoint
+from hf_llpf.models.endpoints import create_model, load_endpoint
 from hf_llpf.run.resume import read_checkpoint
 
 torch.set_num_threads(1)
@@ -120,7 +120,7 @@ RUNNER = textwrap.dedent(
     import sys, time, torch
     torch.set_num_threads(1)
     import hf_llpf
-    from hf_llpf.train import RepairTrainer
+    from hf_llpf.algorithms.repair import RepairTrainer
     slow = sys.argv[4] == "slow"
     if slow:  # make every repair step slow so the parent can kill the run mid-way
         original = RepairTrainer.repair
@@ -155,7 +155,7 @@ def test_resume_after_kill_equals_uninterrupted_run(endpoints, tmp_path):
     proc.wait()
     assert (broken / "checkpoint" / "state.json").is_file()
     assert _run(endpoints, broken, "fast", "resume").wait(timeout=300) == 0
-    first, second = hf_llpf.Path(whole), hf_llpf.Path(broken)
+    first, second = hf_llpf.RunPath(whole), hf_llpf.RunPath(broken)
     assert first.ticks == second.ticks
     for i in range(len(first)):
         assert _state_equal(first.state_dict_at(i), second.state_dict_at(i)), f"point {i} differs"
@@ -250,7 +250,7 @@ def test_cli_repeats_write_every_path_and_the_consistency_report(endpoints, tmp_
     assert main(args) == 0
     report = json.loads((tmp_path / "r" / "consistency.json").read_text())
     assert report["repeats"] == 2 and (tmp_path / "r" / "plots" / "repeats.png").stat().st_size > 0
-    first, second = hf_llpf.Path(tmp_path / "r" / "repeat_00"), hf_llpf.Path(tmp_path / "r" / "repeat_01")
+    first, second = hf_llpf.RunPath(tmp_path / "r" / "repeat_00"), hf_llpf.RunPath(tmp_path / "r" / "repeat_01")
     assert not torch.equal(first.state_dict_at(1)["conv1.weight"], second.state_dict_at(1)["conv1.weight"])
 
 

@@ -11,13 +11,14 @@ import hf_llpf
 from hf_llpf import geometry
 from hf_llpf.algorithms.base import Context
 from hf_llpf.algorithms.m2o import M2O
+from hf_llpf.algorithms.repair import RepairTrainer
+from hf_llpf.algorithms.spheres import choose_method
 from hf_llpf.api import walk_to_origin
 from hf_llpf.config import ConnectConfig, TrainRecipe, build
 from hf_llpf.errors import ConfigError
-from hf_llpf.models import load_endpoint
-from hf_llpf.spheres import choose_method
+from hf_llpf.models.endpoints import load_endpoint
 from hf_llpf.stages import build_stages
-from hf_llpf.train import RepairTrainer, train_endpoint
+from hf_llpf.training.endpoint import train_endpoint
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,7 @@ import torch
 from tiny_models import tiny_bert
 
 from hf_llpf.errors import CorruptCheckpointError, EndpointMismatchError, OfflineError, UnknownNameError
-from hf_llpf.models import as_endpoint, check_endpoints_match, create_model, load_endpoint, save_model
+from hf_llpf.models.endpoints import as_endpoint, check_endpoints_match, create_model, load_endpoint, save_model
 
 torch.set_num_threads(1)
 

@@ -248,8 +248,8 @@ def no_loading(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("loaded before --out was checked")
 
-    monkeypatch.setattr("hf_llpf.models.load_endpoint", fail)
-    monkeypatch.setattr("hf_llpf.inputs.prepare_data", fail)
+    monkeypatch.setattr("hf_llpf.models.endpoints.load_endpoint", fail)
+    monkeypatch.setattr("hf_llpf.run.inputs.prepare_data", fail)
 
 
 def test_compare_refuses_a_folder_that_is_not_its_own(small_cnn_pair, tmp_path, capsys, no_loading):

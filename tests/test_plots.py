@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from hf_llpf.plots import (
+from hf_llpf.reporting.plots import (
     DWARF_RATIO,
     VARIANCE_FLOOR,
     _curve_figure,
@@ -119,7 +119,7 @@ def test_the_loss_plot_draws_the_certified_ceiling_and_the_endpoints_level():
 
 
 def test_the_stages_plot_draws_one_bar_per_stage_and_the_ceiling(tmp_path):
-    from hf_llpf.plots import _stages_plot
+    from hf_llpf.reporting.plots import _stages_plot
 
     stages = [
         {"phase": "m2m", "stage": i, "ticks": 3, "sgd_iters": 10 * i, "backtracks": i % 2, "max_probe_loss": 0.01 * i,

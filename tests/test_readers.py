@@ -202,9 +202,9 @@ def test_a_failing_baseline_leaves_the_runs_own_evaluation_as_it_was(finished_ru
 
 
 def test_points_and_checkpoints_carry_the_users_umask(tmp_path):
+    import hf_llpf.models.weights as weights
     import hf_llpf.run.rundir as rundir
-    import hf_llpf.weights as weights
-    from hf_llpf.models import as_endpoint, create_model
+    from hf_llpf.models.endpoints import as_endpoint, create_model
     from hf_llpf.run import RunWriter
 
     model = create_model("lenet5")

@@ -10,7 +10,7 @@ import yaml
 
 import hf_llpf  # noqa: F401  (registers the built-in models with timm)
 from hf_llpf.config import ConnectConfig, TrainRecipe, build
-from hf_llpf.models import create_model
+from hf_llpf.models.endpoints import create_model
 from hf_llpf.recipes import load_recipe
 from hf_llpf.stages import build_stages
 from hf_llpf.stages.overrides import ExplicitStages

@@ -7,9 +7,9 @@ from test_certify import QUICK, own_probe_loss, probe_examples
 
 import hf_llpf
 from hf_llpf.algorithms.base import MIN_LR_SCALE
-from hf_llpf.models import load_endpoint
+from hf_llpf.algorithms.repair import RepairTrainer
+from hf_llpf.models.endpoints import load_endpoint
 from hf_llpf.run import read_metrics
-from hf_llpf.train import RepairTrainer
 
 torch.set_num_threads(1)
 
@@ -22,7 +22,7 @@ def _hard_config(small_cnn_pair, digits):
 
 @pytest.mark.slow
 def test_a_spent_budget_halves_the_repair_rate_down_to_its_floor(small_cnn_pair, digits, tmp_path, capsys):
-    from hf_llpf.logging import configured
+    from hf_llpf.reporting.logging import configured
 
     config = _hard_config(small_cnn_pair, digits)
     with configured("info"):

@@ -16,7 +16,7 @@ from hf_llpf.cli import main
 from hf_llpf.errors import CorruptCheckpointError
 from hf_llpf.run import atomic_write_text
 from hf_llpf.run import state as resume_state
-from hf_llpf.seeding import rng_state
+from hf_llpf.run.seeding import rng_state
 
 torch.set_num_threads(1)
 

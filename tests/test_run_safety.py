@@ -18,10 +18,10 @@ import hf_llpf
 from hf_llpf.cli import main
 from hf_llpf.config import TrainRecipe
 from hf_llpf.errors import ConfigError, CorruptCheckpointError, DivergenceError, RunDirectoryError
-from hf_llpf.models import load_endpoint
+from hf_llpf.models.endpoints import load_endpoint
 from hf_llpf.run.lock import LOCK, RunLock
 from hf_llpf.run.resume import read_checkpoint
-from hf_llpf.train import train_endpoint
+from hf_llpf.training.endpoint import train_endpoint
 
 torch.set_num_threads(1)
 
@@ -124,7 +124,7 @@ def _comparable(path):
 def test_resume_after_a_kill_at_every_checkpoint_equals_the_whole_run(pair, digits, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     total = _run_killed_after(10**9, pair, digits, whole, monkeypatch)  # never killed: counts the checkpoints
-    reference = hf_llpf.Path(whole)
+    reference = hf_llpf.RunPath(whole)
     assert total == reference.metrics[-1]["tick"] + 1  # one per tick with checkpoint_every=1, plus the start
     for k in range(1, total + 1):
         run = tmp_path / f"killed_{k}"

@@ -1,4 +1,4 @@
-"""Names read from a run directory or a published path never reach outside it (hf_llpf.safe_paths).
+"""Names read from a run directory or a published path never reach outside it (hf_llpf.files.safe_paths).
 
 A hostile run directory is built here from a real fake run (``hub_fixtures.make_run_dir``) by editing its
 ``path_metrics.json`` or planting links, as an attacker who publishes a path would.
@@ -15,9 +15,9 @@ import torch
 from hub_fixtures import make_run_dir
 
 from hf_llpf.errors import RunDirectoryError
+from hf_llpf.files.safe_paths import check_relative_name, resolve_inside, walk_files
 from hf_llpf.hub import HubPath, export_point, publishable_files
-from hf_llpf.run import Path as LLPFPath
-from hf_llpf.safe_paths import check_relative_name, resolve_inside, walk_files
+from hf_llpf.run import RunPath as LLPFPath
 
 torch.set_num_threads(1)
 

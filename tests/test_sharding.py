@@ -290,7 +290,7 @@ def _one_process_bits(root: str, rank: int) -> dict[str, float]:
 
 def _point_files(build, root: str, label: str, dtype, max_shard_size) -> dict[str, float]:
     """A point written from the shards against the unsharded writer's folder: file names and bytes."""
-    from hf_llpf.models import save_model
+    from hf_llpf.models.endpoints import save_model
 
     whole, model = build(0), shard_model(build(0))
     mine, ref = os.path.join(root, f"{label}_from_shards"), os.path.join(root, f"{label}_whole")

@@ -124,7 +124,7 @@ def test_sharded_paths_equal_data_parallel_paths(pairs):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=_ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     for name in ("gpt2", "cnn"):
-        launch = {s: hf_llpf.Path(root / f"{name}_{s}").summary["run"]["launch"] for s in ("none", "fsdp")}
+        launch = {s: hf_llpf.RunPath(root / f"{name}_{s}").summary["run"]["launch"] for s in ("none", "fsdp")}
         assert launch["fsdp"]["sharding"] == "fsdp (each process holds 1/N of every parameter)"
         assert launch["none"]["sharding"] == "none (every process holds the whole model)"
     starts = [x.rsplit("] ", 1)[-1] for x in result.stderr.splitlines() if "process(es) on cpu" in x]

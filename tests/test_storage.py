@@ -12,10 +12,10 @@ from tiny_models import tiny_bert, tiny_gpt2
 import hf_llpf
 from hf_llpf.config import ConnectConfig, build
 from hf_llpf.errors import ConfigError
-from hf_llpf.models import as_endpoint, create_model, load_endpoint, save_model
+from hf_llpf.models.endpoints import as_endpoint, create_model, load_endpoint, save_model
+from hf_llpf.models.weights import INDEX_NAME, WEIGHTS_NAME, read_weights, stored_dtype, weight_files
 from hf_llpf.run import RunWriter, read_metrics
 from hf_llpf.run.storage import PointStorage, round_to_storage
-from hf_llpf.weights import INDEX_NAME, WEIGHTS_NAME, read_weights, stored_dtype, weight_files
 
 torch.set_num_threads(1)
 
@@ -178,7 +178,7 @@ def test_a_run_reads_its_bf16_transformers_points_back_in_the_endpoints_dtype(tm
     with RunWriter(tmp_path / "run", storage=storage) as writer:
         rel = writer.write_point(0, model, as_endpoint(model))
         writer.write_metrics([{"tick": 0, "point": rel}], [], {"run": storage.summary(model)})
-    path = hf_llpf.run.Path(tmp_path / "run")
+    path = hf_llpf.run.RunPath(tmp_path / "run")
     assert json.loads((path.point_dir(0) / "config.json").read_text())["dtype"] == "bfloat16"
     back = path.model_at(0)  # judged in the endpoints' float32, as the run recorded them
     assert next(back.parameters()).dtype == torch.float32
@@ -199,7 +199,7 @@ def test_a_run_writer_shards_points_and_the_path_reads_them(tmp_path):
     with RunWriter(tmp_path / "run", storage=PointStorage(torch.bfloat16, 20_000)) as writer:
         rel = writer.write_point(0, model, ep)
         writer.write_metrics([{"tick": 0, "point": rel}], [])
-    path = hf_llpf.run.Path(tmp_path / "run")
+    path = hf_llpf.run.RunPath(tmp_path / "run")
     assert (path.point_dir(0) / INDEX_NAME).is_file()
     assert state_equal(path.state_dict_at(0), rounded(model).state_dict())
 

@@ -16,10 +16,10 @@ from tiny_models import tiny_bert
 import hf_llpf
 from hf_llpf.cli import main
 from hf_llpf.config import DataConfig
-from hf_llpf.data import load_data
+from hf_llpf.data.bundle import load_data
 from hf_llpf.errors import ConfigError, DataMismatchError, UnknownNameError
-from hf_llpf.inputs import load_for_endpoints
-from hf_llpf.models import load_endpoint
+from hf_llpf.models.endpoints import load_endpoint
+from hf_llpf.run.inputs import load_for_endpoints
 
 torch.set_num_threads(1)
 FAST = ["max_ticks=3", "min_iters=2", "max_iters=4", "--no-progress"]
@@ -143,7 +143,7 @@ def test_train_fine_tunes_a_text_endpoint_and_saves_its_tokenizer(w, monkeypatch
 
 
 def test_groups_traces_a_text_endpoint_on_its_tokenized_data(w, monkeypatch, capsys):
-    from hf_llpf.inputs import example_for, example_plan
+    from hf_llpf.run.inputs import example_for, example_plan
 
     monkeypatch.chdir(w)
     assert main(["groups", "bert_0", "--data", "reviews.parquet"]) == 0
@@ -337,7 +337,7 @@ def image_folder(tmp_path_factory):
 
 
 def test_images_decoded_on_access_equal_the_in_memory_ones(image_folder):
-    from hf_llpf.images import LazyImages
+    from hf_llpf.data.images import LazyImages
 
     memory = load_data(str(image_folder), image_size=8, decode="memory", augment=True)
     lazy = load_data(str(image_folder), image_size=8, decode="on_access", augment=True)
@@ -358,7 +358,7 @@ def test_images_decoded_on_access_equal_the_in_memory_ones(image_folder):
 def test_images_converted_to_the_models_channels(image_folder, tmp_path):
     from PIL import Image
 
-    from hf_llpf.models import as_endpoint, create_model
+    from hf_llpf.models.endpoints import as_endpoint, create_model
 
     grey_model = as_endpoint(create_model("small_cnn", num_classes=2, in_chans=1))
     bundle = load_for_endpoints(DataConfig(source=str(image_folder), image_size=8), grey_model)
@@ -381,7 +381,7 @@ def test_images_converted_to_the_models_channels(image_folder, tmp_path):
 def test_lazily_decoded_run_killed_mid_way_resumes_bit_identically(image_folder, tmp_path, monkeypatch):
     from conftest import connect_killed_after, state_equal
 
-    from hf_llpf.models import as_endpoint, create_model
+    from hf_llpf.models.endpoints import as_endpoint, create_model
 
     a, b = (as_endpoint(create_model("small_cnn", num_classes=2, in_chans=3, width=4)) for _ in range(2))
     spec = DataConfig(source=str(image_folder), image_size=8, decode="on_access", augment=True)

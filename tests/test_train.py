@@ -8,8 +8,8 @@ from transformers import AutoModel  # noqa: F401  (imported so a broken transfor
 from hf_llpf.cli import main
 from hf_llpf.config import TrainRecipe
 from hf_llpf.errors import DataMismatchError
-from hf_llpf.models import load_endpoint
-from hf_llpf.train import train_endpoint
+from hf_llpf.models.endpoints import load_endpoint
+from hf_llpf.training.endpoint import train_endpoint
 
 torch.set_num_threads(1)
 

@@ -16,8 +16,8 @@ import torch
 from benchmarks import harness
 from hf_llpf.api import connect
 from hf_llpf.config import ConnectConfig
-from hf_llpf.data import DataBundle, ImageData
-from hf_llpf.models import as_endpoint, create_model
+from hf_llpf.data.bundle import DataBundle, ImageData
+from hf_llpf.models.endpoints import as_endpoint, create_model
 
 OUT = harness.CACHE / "gpu" / "m2m"
 

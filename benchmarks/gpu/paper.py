@@ -19,7 +19,7 @@ Plan (defaults), against the paper's full experiment (arXiv 2505.02604; docs/alg
   endpoints' mean training loss (briefly trained endpoints never reach 0.005);
 - evaluation: 5000 fixed training images and the test set, eval mode, 11 linear points.
 
-Device placement: only through the Accelerator inside :func:`hf_llpf.train.train_endpoint`,
+Device placement: only through the Accelerator inside :func:`hf_llpf.training.endpoint.train_endpoint`,
 :func:`hf_llpf.connect` and :func:`hf_llpf.api.evaluate_run` (the GPU when ``torch.cuda.is_available()``).
 It prints the columns of ``benchmarks/results/families.md`` and appends its row to ``benchmarks/results/gpu.jsonl``.
 """
@@ -37,8 +37,8 @@ from benchmarks import harness
 from benchmarks.families import RECIPES, markdown_table, recipe_stages, stage_coverage
 from hf_llpf.api import evaluate_run
 from hf_llpf.config import DataConfig, TrainRecipe
-from hf_llpf.data import DataBundle, ImageData, load_data
-from hf_llpf.train import train_endpoint
+from hf_llpf.data.bundle import DataBundle, ImageData, load_data
+from hf_llpf.training.endpoint import train_endpoint
 
 
 def generated_cifar(n_train: int, n_test: int, *, seed: int = 0) -> DataBundle:

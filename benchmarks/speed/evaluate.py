@@ -21,12 +21,12 @@ import torch
 from benchmarks.harness import Results
 from hf_llpf.api import evaluate_run
 from hf_llpf.config import ConnectConfig, TrainRecipe
-from hf_llpf.data import load_data
+from hf_llpf.data.bundle import load_data
 from hf_llpf.evaluation import evaluate_path, load_point
-from hf_llpf.plots import plot_path
 from hf_llpf.recipes import to_yaml
+from hf_llpf.reporting.plots import plot_path
 from hf_llpf.run import RunWriter
-from hf_llpf.train import train_endpoint
+from hf_llpf.training.endpoint import train_endpoint
 
 
 def _write_run(root: Path, a, b, n: int) -> None:

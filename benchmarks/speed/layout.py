@@ -25,7 +25,7 @@ from benchmarks.families import FAMILIES
 from benchmarks.harness import Results, median_time
 from hf_llpf.evaluation import layout
 from hf_llpf.evaluation.layout import channels_last_batch, eval_view
-from hf_llpf.models import create_model
+from hf_llpf.models.endpoints import create_model
 
 EXTRA_MODELS = {"small_cnn": ("small_cnn", {}, None)}  # name -> (model, args, image size: None is 8x8)
 

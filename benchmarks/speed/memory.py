@@ -48,7 +48,7 @@ def write_folder(root: Path, n: int, *, size: int = 64, seed: int = 0) -> Path:
 def endpoints(root: Path) -> tuple[Path, Path]:
     import torch
 
-    from hf_llpf.models import as_endpoint, create_model, save_model
+    from hf_llpf.models.endpoints import as_endpoint, create_model, save_model
 
     out = []
     for seed in (0, 1):

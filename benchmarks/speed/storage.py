@@ -32,8 +32,8 @@ import hf_llpf
 from benchmarks import harness
 from benchmarks.families import CPU_CONNECT, FAMILIES, _endpoints, recipe_stages
 from hf_llpf.api import evaluate_run
-from hf_llpf.run import Path as RunPath
-from hf_llpf.weights import cast_floating
+from hf_llpf.models.weights import cast_floating
+from hf_llpf.run import RunPath
 
 SCRATCH = harness.CACHE / "storage"
 DEFAULT = ("lenet5", "efficientnet_b0", "bert")

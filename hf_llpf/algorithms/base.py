@@ -21,15 +21,15 @@ from torch import nn
 
 from hf_llpf.algorithms.certify import Certifier, Verdict
 from hf_llpf.algorithms.guard import Advice, DivergenceGuard, diverged
+from hf_llpf.algorithms.repair import RepairTrainer
 from hf_llpf.algorithms.segments import SegmentStart
 from hf_llpf.config import SCHEMA, ConnectConfig
 from hf_llpf.errors import DivergenceError
-from hf_llpf.models import Endpoint
+from hf_llpf.models.endpoints import Endpoint
 from hf_llpf.run import RunWriter, point_name
+from hf_llpf.run.seeding import rng_state, set_rng_state
 from hf_llpf.run.storage import round_to_storage
-from hf_llpf.seeding import rng_state, set_rng_state
 from hf_llpf.stages import StagePlan
-from hf_llpf.train import RepairTrainer
 
 logger = get_logger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 from torch import nn
 
 from hf_llpf.config import HEADROOM_AUTO, HEADROOM_AUTO_SPAN, HEADROOM_SET, ConnectConfig
+from hf_llpf.data.task import endpoint_task
 from hf_llpf.errors import ConfigError
-from hf_llpf.task import endpoint_task
 
 # The auto ceiling's smallest margin above the endpoints: near-zero endpoint losses leave no room for the noise
 # of a repaired point's eval-mode loss (docs/algorithm.md §10: measured spread of repaired points).

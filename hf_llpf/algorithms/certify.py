@@ -35,14 +35,14 @@ from hf_llpf.algorithms.ceiling import (
     resolve_ceiling,
     resolve_headroom,
 )
+from hf_llpf.algorithms.repair import RepairTrainer
 from hf_llpf.batches import move_batch
 from hf_llpf.config import ConnectConfig
 from hf_llpf.evaluation.decisions import TrainingExamples
 from hf_llpf.evaluation.probe import ProbeSet, build_probe
+from hf_llpf.models.weights import STORAGE_DTYPES
 from hf_llpf.run.storage import round_to_storage
 from hf_llpf.sharding import local_state
-from hf_llpf.train import RepairTrainer
-from hf_llpf.weights import STORAGE_DTYPES
 
 logger = get_logger(__name__)
 
@@ -66,7 +66,8 @@ def run_certifier(
     """A run's certifier: its probe set built, the endpoints probed, the ceiling resolved and printed.
 
     Args:
-        endpoints: the run's :class:`~hf_llpf.models.Endpoint` s (θ_A and θ_B, or the one a walk starts from).
+        endpoints: the run's :class:`~hf_llpf.models.endpoints.Endpoint` s (θ_A and θ_B, or the one a walk starts
+            from).
         train_data, loader, bundle: the training data as given, its batch source and its loaded bundle
             (:func:`hf_llpf.evaluation.probe.build_probe`).
         config: the run's settings (``loss_ceiling: null``: a disabled certifier).

@@ -25,12 +25,12 @@ from hf_llpf.algorithms.certify import Certifier
 from hf_llpf.algorithms.m2m import M2M, TickState
 from hf_llpf.algorithms.m2o import M2O, moved_parameter_names
 from hf_llpf.algorithms.registry import register
+from hf_llpf.algorithms.repair import RepairTrainer
 from hf_llpf.config import SCHEMA, ConnectConfig
-from hf_llpf.models import Endpoint
+from hf_llpf.models.endpoints import Endpoint
 from hf_llpf.run import RunWriter
 from hf_llpf.run.layout import ASIDE
 from hf_llpf.stages import StagePlan
-from hf_llpf.train import RepairTrainer
 
 TrainerFactory = Callable[..., RepairTrainer]
 

@@ -27,7 +27,7 @@ def final_check(certifier: Any, path: Any, model: nn.Module, *, device: Any = No
     Args:
         certifier: the run's :class:`~hf_llpf.algorithms.certify.Certifier` (exact route: its probe holds every
             training example).
-        path: the run's :class:`~hf_llpf.run.Path` (the points as written).
+        path: the run's :class:`~hf_llpf.run.RunPath` (the points as written).
         model: a module of the path's architecture (copied; its weights are not used).
         device: where the copy runs (the training device, where the examples are; default: ``model``'s).
 

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hf_llpf.algorithms.repair import RepairTrainer
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import DivergenceError
 from hf_llpf.sharding import local_parts
-from hf_llpf.train import RepairTrainer
 
 
 class DivergenceGuard:

@@ -27,7 +27,7 @@ from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, Run
 from hf_llpf.algorithms.certify import Verdict
 from hf_llpf.algorithms.guard import Advice, check_in_sync
 from hf_llpf.algorithms.registry import register
-from hf_llpf.models import Endpoint
+from hf_llpf.models.endpoints import Endpoint
 from hf_llpf.progress import ProgressLines, loss_label, progress_enabled
 from hf_llpf.run.records import PointRecord, TickRecord
 from hf_llpf.stages.matching import schedule_start_ticks

@@ -25,10 +25,10 @@ from hf_llpf.algorithms.guard import check_in_sync
 from hf_llpf.algorithms.m2m import M2M
 from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError
-from hf_llpf.models import Endpoint
+from hf_llpf.models.endpoints import Endpoint
+from hf_llpf.models.weights import usual_permissions
 from hf_llpf.run import point_name
 from hf_llpf.sharding import local_parts, row_range, write_weights_from_shards
-from hf_llpf.weights import usual_permissions
 
 __all__ = ["ShardedM2M", "ShardedRecorder", "check_sharding", "shard_model"]
 
@@ -94,7 +94,7 @@ def shard_model(model: nn.Module, device: torch.device) -> None:
 def stored_tensors(model: nn.Module, kind: str) -> dict[str, torch.Tensor]:
     """The state dict a point stores: a transformers model's tied weights once (the first name, as
     ``save_pretrained`` keeps ``transformer.wte.weight`` of GPT-2; ``from_pretrained`` re-ties), every name for the
-    other kinds (as :func:`hf_llpf.models.save_model` writes them)."""
+    other kinds (as :func:`hf_llpf.models.endpoints.save_model` writes them)."""
     state = model.state_dict(keep_vars=True)
     if kind != "transformers":
         return dict(state)
@@ -118,11 +118,11 @@ def _write_companions(directory: Path, endpoint: Endpoint, *, keep_auto_map: boo
         if generation is not None and model.can_generate():
             generation.save_pretrained(directory)
         if not keep_auto_map:
-            from hf_llpf.remote_code import strip_file
+            from hf_llpf.models.remote_code import strip_file
 
             strip_file(directory / "config.json")
     elif endpoint.kind == "timm":
-        from hf_llpf.timm_config import write_timm_config
+        from hf_llpf.models.timm_config import write_timm_config
 
         write_timm_config(model, directory, endpoint.arch)
 

@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 
 import hf_llpf.baselines.autoneb as neb
-from hf_llpf.assets import run_assets
+from hf_llpf.algorithms.repair import batch_stream
 from hf_llpf.baselines.bezier import BezierCurve, BezierSettings, check
 from hf_llpf.baselines.certify import (
     CertifySettings,
@@ -36,13 +36,13 @@ from hf_llpf.baselines.weight_matching import apply_permutation, ends_check, mat
 from hf_llpf.batches import LossFn, cpu_only
 from hf_llpf.errors import ConfigError, UnknownNameError
 from hf_llpf.evaluation.recalibration import recalibrate_bn
-from hf_llpf.inputs import example_batch, local_specs, prepare_data, resolve_config, resolve_endpoint
-from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
+from hf_llpf.models.endpoints import Endpoint, check_endpoints_match, check_finite
+from hf_llpf.models.timm_config import run_data_config, with_data_config
 from hf_llpf.run import Path
+from hf_llpf.run.assets import run_assets
+from hf_llpf.run.inputs import example_batch, local_specs, prepare_data, resolve_config, resolve_endpoint
 from hf_llpf.run.rundir import check_exist
-from hf_llpf.seeding import seed_everything
-from hf_llpf.timm_config import run_data_config, with_data_config
-from hf_llpf.train import batch_stream
+from hf_llpf.run.seeding import seed_everything
 
 BASELINES = ("linear", "slerp", "bezier", "autoneb", "weight-matching")
 TRAINED = ("bezier", "autoneb")  # the baselines that train (SGD), their BatchNorm statistics recomputed at each t

@@ -23,12 +23,12 @@ import yaml
 from torch import nn
 
 from hf_llpf import __version__
-from hf_llpf.assets import Assets, write_assets
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.interpolation import load_point, param_names
 from hf_llpf.evaluation.walk import l2_step
-from hf_llpf.models import Endpoint
+from hf_llpf.models.endpoints import Endpoint
 from hf_llpf.run import Path, PointRecord, RunWriter
+from hf_llpf.run.assets import Assets, write_assets
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON
 
 State = dict[str, torch.Tensor]

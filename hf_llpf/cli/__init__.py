@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    from hf_llpf.logging import configured
+    from hf_llpf.reporting.logging import configured
 
     with configured(args.log_level):
         try:

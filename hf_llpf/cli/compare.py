@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_llpf.cli.args import main_process, set_threads
     from hf_llpf.cli.connect import _command_line, _config, read_by_command
     from hf_llpf.comparison import PLOT, TABLE_JSON, TABLE_MD, compare, markdown_table
-    from hf_llpf.models import load_endpoint
+    from hf_llpf.models.endpoints import load_endpoint
     from hf_llpf.run import check_out_dir
     from hf_llpf.run.rundir import check_exist
 

@@ -61,7 +61,7 @@ def _config(args: argparse.Namespace):
 
 def read_by_command(args: argparse.Namespace, config) -> list:
     """The local files and folders the command reads (the endpoints, the data, the recipe): never written."""
-    from hf_llpf.inputs import local_specs
+    from hf_llpf.run.inputs import local_specs
 
     return local_specs(args.a, args.b, config.data.source, args.recipe)
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from hf_llpf.api import connect
     from hf_llpf.cli.args import set_threads
-    from hf_llpf.models import load_endpoint
+    from hf_llpf.models.endpoints import load_endpoint
     from hf_llpf.run.rundir import check_exist
 
     config = _config(args)
@@ -116,7 +116,7 @@ def _report(args: argparse.Namespace, path, wall: float) -> None:
     if args.push_to_hub:
         from hf_llpf.api import evaluate_run
         from hf_llpf.hub import push_path
-        from hf_llpf.report import path_verdict
+        from hf_llpf.reporting.report import path_verdict
 
         t = time.perf_counter()
         cert = path.summary.get("run", {}).get("certification")

@@ -60,7 +60,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from hf_llpf.cli.args import main_process
     from hf_llpf.cli.render import evaluated
     from hf_llpf.evaluation import evaluate_path
-    from hf_llpf.run import Path as Path_
+    from hf_llpf.run import RunPath
 
     source, published = args.run_dir, not Path(args.run_dir).exists() and "/" in args.run_dir
     if published:  # a path published on the Hub (org/repo[@rev]): evaluate it here, write nothing back
@@ -82,7 +82,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
     summary = source.summary if published else _recorded_summary(args.run_dir)
     cert = summary.get("run", {}).get("certification")
-    causal_lm = _task(source if published else Path_(args.run_dir)) == "causal-lm"
+    causal_lm = _task(source if published else RunPath(args.run_dir)) == "causal-lm"
     print(evaluated(result, run_dir=None if published else args.run_dir, certification=cert, causal_lm=causal_lm))
     return 0
 

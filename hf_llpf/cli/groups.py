@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
     from hf_llpf.cli.args import json_object
     from hf_llpf.cli.render import groups_notes
-    from hf_llpf.inputs import check_example_options, example_for, example_plan
     from hf_llpf.run import check_out_dir
+    from hf_llpf.run.inputs import check_example_options, example_for, example_plan
     from hf_llpf.stages import format_stage_table
 
     model_args = json_object(args.model_args, flag="--model-args")

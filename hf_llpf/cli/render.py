@@ -1,6 +1,7 @@
 """Every text the commands print: tables and summary lines, from what the library returns.
 
-The endpoint and path tables are :mod:`hf_llpf.report`'s (imported when used: ``hf-llpf --help`` stays cheap).
+The endpoint and path tables are :mod:`hf_llpf.reporting.report`'s (imported when used: ``hf-llpf --help`` stays
+cheap).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ _PLACED = {
 
 def trained(label: str, metrics: dict, out: str) -> str:
     """``hf-llpf train``: the endpoint's metrics table and where it was saved."""
-    from hf_llpf.report import endpoint_table
+    from hf_llpf.reporting.report import endpoint_table
 
     return f"{endpoint_table({label: metrics})}\nsaved to {out}"
 
@@ -142,7 +143,8 @@ def spheres_table(report: list[dict], off: list[bool]) -> str:
 
 
 def spheres_verdict(v: Any) -> str:
-    """``hf-llpf spheres``: the distance line and the verdict sentence, from :func:`hf_llpf.spheres.sphere_verdict`."""
+    """``hf-llpf spheres``: the distance line and the verdict sentence, from
+    :func:`hf_llpf.algorithms.spheres.sphere_verdict`."""
     verdict = "same variance sphere -> M2M" if v.same else "different variance spheres -> cross-sphere M2O+M2M needed"
     tol = v.tolerance
     return (
@@ -207,7 +209,7 @@ def perplexities(result: dict) -> str:
 
 def evaluated(result: dict, *, run_dir: str | None, certification: dict | None = None, causal_lm: bool = False) -> str:
     """``hf-llpf evaluate``: counts, the path table, and (for a local run directory) what was written."""
-    from hf_llpf.report import path_verdict, summary_table
+    from hf_llpf.reporting.report import path_verdict, summary_table
 
     ev = result["summary"]["evaluation"]
     lines = [

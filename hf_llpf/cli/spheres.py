@@ -14,8 +14,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hf_llpf.algorithms.spheres import compare_endpoints, sphere_verdict
     from hf_llpf.cli.render import spheres_table, spheres_verdict
-    from hf_llpf.spheres import compare_endpoints, sphere_verdict
 
     report = compare_endpoints(args.a, args.b)
     verdict = sphere_verdict(report, args.tolerance)

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_llpf.cli.render import trained
     from hf_llpf.config import TrainRecipe, build
     from hf_llpf.recipes import apply_overrides, load_recipe
-    from hf_llpf.train import train_endpoint
+    from hf_llpf.training.endpoint import train_endpoint
 
     values = load_recipe(args.recipe)
     if args.model and "=" in args.model:  # no model name given: the first positional was an override

@@ -34,18 +34,18 @@ from hf_llpf.evaluation.scoring import EVAL_COLUMNS, RECAL, evaluate_point, scor
 from hf_llpf.evaluation.sets import BatchSource, EvalBatches, EvalSets, make_eval_sets, resolve_data, sets_for
 from hf_llpf.evaluation.summary import barrier, locate_continuity, path_summary, positions, summarise
 from hf_llpf.evaluation.walk import WalkOptions, gather_rows, gather_walk, l2_step, walk_path
-from hf_llpf.run import Path
+from hf_llpf.models.weights import stored_dtype
+from hf_llpf.run import RunPath
 from hf_llpf.run.lock import holds_run_directory
-from hf_llpf.weights import stored_dtype
 
 
-def as_path(path_or_run_dir: Path | str | os.PathLike, template: nn.Module | None = None) -> Path:
-    """A :class:`~hf_llpf.run.Path` for a run directory (or the given one, with ``template`` set if given)."""
-    if isinstance(path_or_run_dir, Path):
+def as_path(path_or_run_dir: RunPath | str | os.PathLike, template: nn.Module | None = None) -> RunPath:
+    """A :class:`~hf_llpf.run.RunPath` for a run directory (or the given one, with ``template`` set if given)."""
+    if isinstance(path_or_run_dir, RunPath):
         if template is not None:
             path_or_run_dir.template = template
         return path_or_run_dir
-    return Path(path_or_run_dir, template=template)
+    return RunPath(path_or_run_dir, template=template)
 
 
 def _check_options(opts: dict[str, Any]) -> list[str]:
@@ -79,7 +79,7 @@ def _settings(sets: EvalSets, options: dict[str, Any], start: float) -> dict[str
     }
 
 
-def _linear(path: Path, model: nn.Module, sets: EvalSets, opts: dict, accelerator: Accelerator) -> tuple:
+def _linear(path: RunPath, model: nn.Module, sets: EvalSets, opts: dict, accelerator: Accelerator) -> tuple:
     """The linear baseline between the first and the last point (gathered in order) and their distance."""
     state_a, state_b = path.state_dict_at(0), path.state_dict_at(-1)
     straight = l2_step(state_a, state_b, param_names(model))
@@ -98,7 +98,7 @@ def _linear(path: Path, model: nn.Module, sets: EvalSets, opts: dict, accelerato
     return gather_rows(linear, accelerator), straight
 
 
-def _evaluate(path: Path, sets: EvalSets, opts: dict[str, Any], accelerator: Accelerator) -> dict[str, Any]:
+def _evaluate(path: RunPath, sets: EvalSets, opts: dict[str, Any], accelerator: Accelerator) -> dict[str, Any]:
     """The points, segments, baseline and summary of ``path`` on ``sets`` (everything but the settings)."""
     model = path.model_at(0).to(accelerator.device).eval()
     walk_opts = WalkOptions(
@@ -118,7 +118,7 @@ def _evaluate(path: Path, sets: EvalSets, opts: dict[str, Any], accelerator: Acc
 
 @holds_run_directory("path_or_run_dir", exclusive=False, action="evaluate")
 def evaluate_path(
-    path_or_run_dir: Path | str | os.PathLike,
+    path_or_run_dir: RunPath | str | os.PathLike,
     *,
     data: Any = None,
     train_subset: int | None = None,
@@ -139,8 +139,8 @@ def evaluate_path(
     To write them into the run directory (with plots and report) use :func:`hf_llpf.api.evaluate_run`.
 
     Args:
-        path_or_run_dir: a run directory or a :class:`~hf_llpf.run.Path`.
-        data: a :class:`~hf_llpf.data.DataBundle`, a data spec, a ``DataConfig`` (default: the run's
+        path_or_run_dir: a run directory or a :class:`~hf_llpf.run.RunPath`.
+        data: a :class:`~hf_llpf.data.bundle.DataBundle`, a data spec, a ``DataConfig`` (default: the run's
             ``llpf_config.yaml`` ``data``), or ``{"train": batches, "test": batches}`` of your own re-iterable
             batches (a path built from a ``DataLoader`` records no data spec: pass its data this way).
         train_subset: number of training examples, a fixed seeded subset (``None``: the whole training set).

@@ -1,7 +1,7 @@
 """Scoring a model as it is: mean loss and accuracy over fixed batches, and the columns of one point.
 
 :func:`score` is the one scoring function of hf_llpf: the evaluation of every point and the endpoint
-metrics of ``hf-llpf train`` (:mod:`hf_llpf.train`) both use it.
+metrics of ``hf-llpf train`` (:mod:`hf_llpf.training.endpoint`) both use it.
 """
 
 from __future__ import annotations

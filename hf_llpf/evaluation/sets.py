@@ -15,11 +15,11 @@ from accelerate.logging import get_logger
 
 from hf_llpf.batches import batch_size_of, move_batch
 from hf_llpf.config import DataConfig, build
-from hf_llpf.data import DataBundle, SeededLoader, load_data
+from hf_llpf.data.bundle import DataBundle, SeededLoader, load_data
+from hf_llpf.data.text import TextBundle
 from hf_llpf.errors import ConfigError, RunDirectoryError
-from hf_llpf.run import Path
+from hf_llpf.run import RunPath
 from hf_llpf.run.layout import CONFIG_YAML
-from hf_llpf.text import TextBundle
 
 logger = get_logger(__name__)
 
@@ -181,12 +181,12 @@ def sets_for(
     )
 
 
-def resolve_data(path: Path, data: Any) -> DataBundle | dict:
+def resolve_data(path: RunPath, data: Any) -> DataBundle | dict:
     """The data to judge ``path`` on: ``data`` as given, loaded from a spec, or the run's recorded data.
 
     Args:
         path: the path (its ``llpf_config.yaml`` ``data`` is the default).
-        data: a :class:`~hf_llpf.data.DataBundle`, ``{"train": ..., "test": ...}`` batches, a data spec
+        data: a :class:`~hf_llpf.data.bundle.DataBundle`, ``{"train": ..., "test": ...}`` batches, a data spec
             (name or dict), a ``DataConfig``, or ``None``.
 
     Raises:

@@ -21,7 +21,7 @@ from hf_llpf.evaluation.scoring import evaluate_point, score
 from hf_llpf.evaluation.sets import EvalSets
 from hf_llpf.geometry import total_distance
 from hf_llpf.progress import counting_bar
-from hf_llpf.run import Path
+from hf_llpf.run import RunPath
 
 State = dict[str, torch.Tensor]
 
@@ -73,7 +73,7 @@ def _segment_rows(
 
 
 def walk_path(
-    path: Path, model: nn.Module, sets: EvalSets, opts: WalkOptions, shard: tuple[int, int] = (0, 1)
+    path: RunPath, model: nn.Module, sets: EvalSets, opts: WalkOptions, shard: tuple[int, int] = (0, 1)
 ) -> list[tuple[int, dict, float | None, list[dict]]]:
     """Evaluate saved points and the segments into them, streaming (at most two points' tensors in memory).
 

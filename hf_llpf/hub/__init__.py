@@ -9,7 +9,7 @@ with huggingface_hub's own pieces (``validate_repo_id``, ``create_commit``, ``sn
   re-run resumes (:mod:`~hf_llpf.hub.upload`), then tags the last commit ``llpf-<content hash>`` so a path
   version can be cited and loaded exactly. Pushing unchanged content again makes no commit and no tag.
   Nothing published names a path of the machine (:mod:`~hf_llpf.hub.public`).
-- :func:`load_path` (:mod:`~hf_llpf.hub.load`) returns the same :class:`~hf_llpf.run.Path` as a local
+- :func:`load_path` (:mod:`~hf_llpf.hub.load`) returns the same :class:`~hf_llpf.run.RunPath` as a local
   run: metrics, config and card are downloaded at once, each point's folder only when it is first used,
   and only safetensors weights.
 - :func:`export_point` (:mod:`~hf_llpf.hub.export`) writes one point as a standalone model in the
@@ -20,10 +20,9 @@ with huggingface_hub's own pieces (``validate_repo_id``, ``create_commit``, ``sn
   verdict, intended use and limitations in the text), from the run's facts (:mod:`~hf_llpf.hub.facts`).
 - :func:`choose_point` / :func:`select_points` (:mod:`~hf_llpf.hub.points`) name one point (``mid``,
   ``best``, ...) or the published subset.
-- :func:`parse_repo_spec` (:mod:`~hf_llpf.hub.spec`) is the one parser of ``org/name[@revision]``.
+- :func:`parse_repo_spec` (:mod:`~hf_llpf.hub_client.repo_ids`) is the one parser of ``org/name[@revision]``.
 """
 
-from hf_llpf.hub.access import HubAuthError
 from hf_llpf.hub.card import CARD_TAGS, REPORT_END, REPORT_START, build_model_card
 from hf_llpf.hub.export import export_point
 from hf_llpf.hub.files import IGNORE_PATTERNS, content_hash, publishable_files
@@ -31,7 +30,8 @@ from hf_llpf.hub.load import EAGER_PATTERNS, POINT_FILE_PATTERNS, UNSAFE_WEIGHTS
 from hf_llpf.hub.point_card import build_point_card
 from hf_llpf.hub.points import arc_positions, choose_point, select_point, select_points
 from hf_llpf.hub.push import TAG_PREFIX, push_path
-from hf_llpf.hub.spec import REPO_ID_FORM, check_branch_name, is_repo_id, parse_repo_spec
+from hf_llpf.hub_client.access import HubAuthError
+from hf_llpf.hub_client.repo_ids import REPO_ID_FORM, check_branch_name, is_repo_id, parse_repo_spec
 
 __all__ = [
     "CARD_TAGS",

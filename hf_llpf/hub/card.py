@@ -21,19 +21,19 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from hf_llpf import __version__
-from hf_llpf.assets import ASSET_KINDS, TOKENIZER, read_assets
+from hf_llpf.files.textfiles import read_text
 from hf_llpf.hub.facts import RunFacts, endpoint_label, read_facts, read_json
 from hf_llpf.hub.files import check_run_dir
 from hf_llpf.hub.public import UNKNOWN_LICENSE, is_local, local_names, scrub_text
 from hf_llpf.hub.snippets import path_snippet, root_load
-from hf_llpf.report import END, START, path_verdict, summary_table
+from hf_llpf.reporting.report import END, START, path_verdict, summary_table
 from hf_llpf.run import METRICS_JSON, POINTS_DIR
+from hf_llpf.run.assets import ASSET_KINDS, TOKENIZER, read_assets
 from hf_llpf.run.layout import CONFIG_YAML, PLOTS_DIR, README
 from hf_llpf.run.lock import holds_run_directory
 from hf_llpf.run.storage import storage_sentence
-from hf_llpf.textfiles import read_text
 
-# The evaluation report section (hf_llpf.report writes it) is kept, markers included, when a card is rebuilt.
+# The evaluation report section (hf_llpf.reporting.report writes it) is kept, markers included, when a card is rebuilt.
 REPORT_START, REPORT_END = START, END
 CARD_TAGS = ["llpf", "mode-connectivity", "merge"]
 POINT_TAG = "llpf-point"
@@ -206,7 +206,7 @@ class Publication:
             for the main card.
         license: the ``license``, and ``license_source`` where it came from (one phrase).
         remote_code_removed: published file -> the pointers to code in other repos removed from it
-            (:mod:`hf_llpf.remote_code`; empty with ``keep_auto_map``).
+            (:mod:`hf_llpf.models.remote_code`; empty with ``keep_auto_map``).
     """
 
     root: tuple[int, str] | None = None
@@ -252,7 +252,8 @@ def _intro(facts: RunFacts, pub: Publication) -> str:
 
 
 def _summary_table(summary: dict, path_label: str) -> str:
-    """The path's figures beside linear interpolation's: the evaluation report's table (:mod:`hf_llpf.report`)."""
+    """The path's figures beside linear interpolation's: the evaluation report's table
+    (:mod:`hf_llpf.reporting.report`)."""
     if not summary.get("llpf"):
         return "_No summary yet: run `hf-llpf evaluate` on the run directory to add one._"
     return summary_table(summary).replace("| figure | LLPF |", f"| figure | {path_label} |", 1)
@@ -356,7 +357,8 @@ def build_model_card(
     ``model-index`` of the root model's own figures (:func:`own_results`; none without a root model). The text
     names the endpoints (a local one by its folder name and hashes) and the data, says which point is the model at
     the repo root with the line that loads it (``revision=`` on a point branch) and its figures, gives the path's
-    figures beside linear interpolation's, the verdict (:func:`hf_llpf.report.path_verdict`) and the plots once
+    figures beside linear interpolation's, the verdict (:func:`hf_llpf.reporting.report.path_verdict`) and the plots
+    once
     (the evaluation report section already in the README, kept between the hf_llpf report markers, when there
     is one), the intended use and limitations, how to load a point, and the command and settings to reproduce.
 

@@ -2,7 +2,7 @@
 
 The folder is written next to its destination and renamed into place, so it appears whole or not at
 all; pickled weight files are never copied and a link that leaves the path's folder is refused
-(:func:`hf_llpf.safe_paths.walk_files`).
+(:func:`hf_llpf.files.safe_paths.walk_files`).
 """
 
 from __future__ import annotations
@@ -14,33 +14,33 @@ import shutil
 from pathlib import Path as FsPath
 
 from hf_llpf import __version__
-from hf_llpf.assets import ASSET_KINDS, TOKENIZER, read_assets, with_assets
 from hf_llpf.errors import ConfigError, RunDirectoryError
-from hf_llpf.hub.access import check_online, hub_api, hub_errors, resolve_token
+from hf_llpf.files.partial import cleaned_on_failure
+from hf_llpf.files.safe_paths import walk_files
 from hf_llpf.hub.files import check_run_dir
 from hf_llpf.hub.load import UNSAFE_WEIGHTS, HubPath, load_path
 from hf_llpf.hub.point_card import build_point_card
 from hf_llpf.hub.points import choose_point
 from hf_llpf.hub.public import UNKNOWN_LICENSE, resolve_license
 from hf_llpf.hub.push import upload
-from hf_llpf.hub.spec import parse_repo_spec
-from hf_llpf.partial import cleaned_on_failure
-from hf_llpf.remote_code import removed_note, strip_files
-from hf_llpf.run import Path
+from hf_llpf.hub_client.access import check_online, hub_api, hub_errors, resolve_token
+from hf_llpf.hub_client.repo_ids import parse_repo_spec
+from hf_llpf.models.remote_code import removed_note, strip_files
+from hf_llpf.run import RunPath
+from hf_llpf.run.assets import ASSET_KINDS, TOKENIZER, read_assets, with_assets
 from hf_llpf.run.layout import README
 from hf_llpf.run.lock import holds_run_directory
-from hf_llpf.safe_paths import walk_files
 
 logger = logging.getLogger(__name__)
 
 
-def _open_source(source: str | os.PathLike | Path, endpoint: str | None) -> tuple[Path, str]:
+def _open_source(source: str | os.PathLike | RunPath, endpoint: str | None) -> tuple[RunPath, str]:
     """The path to export from and how its card names it (a folder, or ``org/repo@commit``)."""
     # A local run directory is named by its folder name: the card never holds a path of this machine.
-    if isinstance(source, Path):
+    if isinstance(source, RunPath):
         path, label = source, source.root.resolve().name
     elif FsPath(source).is_dir():
-        path, label = Path(check_run_dir(source)), FsPath(source).resolve().name
+        path, label = RunPath(check_run_dir(source)), FsPath(source).resolve().name
     else:
         path, label = load_path(str(source), endpoint=endpoint), str(source)
     if isinstance(path, HubPath):
@@ -49,7 +49,7 @@ def _open_source(source: str | os.PathLike | Path, endpoint: str | None) -> tupl
 
 
 def _write_point(
-    path: Path, i: int, out: FsPath, *, label: str, repo_id: str | None, reason: str, keep_auto_map: bool
+    path: RunPath, i: int, out: FsPath, *, label: str, repo_id: str | None, reason: str, keep_auto_map: bool
 ) -> None:
     """Copy point ``i``'s safe files and its card into ``out``, which appears whole or not at all."""
     folder = path.point_dir(i)
@@ -77,7 +77,7 @@ def _write_point(
     os.replace(tmp, out)
 
 
-def _fill(tmp: FsPath, files: dict, path: Path, i: int, *, label: str, repo_id: str | None, reason: str) -> None:
+def _fill(tmp: FsPath, files: dict, path: RunPath, i: int, *, label: str, repo_id: str | None, reason: str) -> None:
     """Copy the point's files into ``tmp`` and write its card."""
     for rel, f in files.items():
         dest = tmp / rel
@@ -111,7 +111,7 @@ def _fill(tmp: FsPath, files: dict, path: Path, i: int, *, label: str, repo_id: 
 
 @holds_run_directory("source", exclusive=False, action="export")
 def export_point(
-    source: str | os.PathLike | Path,
+    source: str | os.PathLike | RunPath,
     *,
     point: str | int = "mid",
     out_dir: str | os.PathLike,
@@ -124,7 +124,7 @@ def export_point(
     """Write one point of a path as a standalone model (the endpoints' format) with its own model card.
 
     Args:
-        source: a run directory, a published path ``org/repo[@revision]``, or a loaded :class:`Path`.
+        source: a run directory, a published path ``org/repo[@revision]``, or a loaded :class:`RunPath`.
         point: which point (see :func:`~hf_llpf.hub.points.choose_point`): an index, ``tick:N``, ``mid`` (the
             middle by arc length) or ``best`` (the lowest train loss among the points with position in
             [0.25, 0.75] by arc length).
@@ -134,7 +134,7 @@ def export_point(
         token: a write token for ``push_to_hub`` (see :func:`~hf_llpf.hub.push_path`).
         endpoint: the Hub URL for reading a published ``source`` and for ``push_to_hub``.
         keep_auto_map: keep ``auto_map`` / ``custom_pipelines`` (pointers to code in other repos) in the exported
-            configs; by default they are removed and one log line says so (:mod:`hf_llpf.remote_code`).
+            configs; by default they are removed and one log line says so (:mod:`hf_llpf.models.remote_code`).
 
     Returns:
         dict: ``index``, ``tick``, ``point`` (folder in the path), ``reason`` (why that point), ``out_dir``,

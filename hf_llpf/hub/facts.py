@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 
+from hf_llpf.files.textfiles import read_yaml
 from hf_llpf.hub.public import is_local, local_names, public_name, scrub_text
-from hf_llpf.hub.spec import is_repo_id
+from hf_llpf.hub_client.repo_ids import is_repo_id
 from hf_llpf.run import read_run_json
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON
-from hf_llpf.textfiles import read_yaml
 
 _TASKS = (
     ("ForSequenceClassification", "text-classification"),
@@ -117,7 +117,7 @@ class RunFacts:
     def index_dataset(self) -> str | None:
         """The dataset the ``model-index`` may name: a Hub id or a built-in data name (``digits``); a local file or
         folder (``reviews.parquet``) is named in the card's text only."""
-        from hf_llpf.sources import BUILTIN_DATASETS
+        from hf_llpf.data.sources import BUILTIN_DATASETS
 
         return self.hub_dataset or (self.dataset if self.dataset in BUILTIN_DATASETS else None)
 

@@ -4,7 +4,7 @@ A run directory holds more than a path: the resume checkpoint (pickled, large, m
 run's marker and lock files, and the leftovers of writes killed half-way. :data:`IGNORE_PATTERNS` names
 them in huggingface_hub's pattern language (``fnmatch``, where ``*`` also matches ``/``), and the same
 patterns are applied by :func:`publishable_files` here. The run directory
-is walked with :func:`hf_llpf.safe_paths.walk_files`, so a link that leaves it is refused by name.
+is walked with :func:`hf_llpf.files.safe_paths.walk_files`, so a link that leaves it is refused by name.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import os
 from pathlib import Path as FsPath
 
 from hf_llpf.errors import RunDirectoryError
-from hf_llpf.hashing import file_sha256
+from hf_llpf.files.hashing import file_sha256
+from hf_llpf.files.safe_paths import walk_files
 from hf_llpf.run import CHECKPOINT_DIR, METRICS_JSON
 from hf_llpf.run.layout import LOG_FILE
 from hf_llpf.run.lock import LOCK, MARKER
-from hf_llpf.safe_paths import walk_files
 
 # Never published. The run's log names the machine's folders; temporary names are those hf_llpf.run writes:
 # ``.NAME.<random>.tmp`` files and ``points/.tmp_t_<tick>`` folders; each is listed at the top level and below it,

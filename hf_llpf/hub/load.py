@@ -2,7 +2,7 @@
 
 Every download goes through ``snapshot_download`` with an allow-list, so only safetensors weights (plus
 configs and small text files) are ever fetched, never pickled weights; every name read from the repo goes
-through :mod:`hf_llpf.safe_paths` (in :class:`~hf_llpf.run.Path`) before it becomes a download pattern
+through :mod:`hf_llpf.files.safe_paths` (in :class:`~hf_llpf.run.RunPath`) before it becomes a download pattern
 or a file to open.
 """
 
@@ -12,8 +12,8 @@ import re
 from pathlib import Path as FsPath
 
 from hf_llpf.errors import OfflineError, RunDirectoryError, UnknownNameError
-from hf_llpf.hub.spec import parse_repo_spec
-from hf_llpf.run import CHECKPOINT_DIR, METRICS_JSON, PLOTS_DIR, POINTS_DIR, Path
+from hf_llpf.hub_client.repo_ids import parse_repo_spec
+from hf_llpf.run import CHECKPOINT_DIR, METRICS_JSON, PLOTS_DIR, POINTS_DIR, RunPath
 from hf_llpf.run.layout import README
 
 # Files a published path needs before any point is opened (metrics eager, points lazy).
@@ -69,8 +69,8 @@ def snapshot(
     return FsPath(folder)
 
 
-class HubPath(Path):
-    """A published path: like a local :class:`~hf_llpf.run.Path`, each point downloaded on first use.
+class HubPath(RunPath):
+    """A published path: like a local :class:`~hf_llpf.run.RunPath`, each point downloaded on first use.
 
     Attributes:
         repo_id: the repo asked for.
@@ -110,7 +110,7 @@ class HubPath(Path):
 
 
 def load_path(spec: str, *, endpoint: str | None = None, template=None) -> HubPath:
-    """Load a published path ``"org/repo[@revision]"`` as a :class:`~hf_llpf.run.Path`.
+    """Load a published path ``"org/repo[@revision]"`` as a :class:`~hf_llpf.run.RunPath`.
 
     Metrics, settings, card and plots are downloaded now; each point's folder when it is first used
     (``model_at``, ``state_dict_at``, ``point_dir``), pinned to the commit the revision resolved to, so a
@@ -119,7 +119,7 @@ def load_path(spec: str, *, endpoint: str | None = None, template=None) -> HubPa
     Args:
         spec: ``org/repo``, ``org/repo@branch``, ``org/repo@llpf-<hash>`` (a tag) or ``org/repo@<commit>``.
         endpoint: the Hub URL (default: ``HF_ENDPOINT`` or the public Hub).
-        template: see :class:`~hf_llpf.run.Path`.
+        template: see :class:`~hf_llpf.run.RunPath`.
 
     Returns:
         HubPath: the path.

@@ -24,7 +24,7 @@ from hf_llpf.hub.card import (
 from hf_llpf.hub.facts import endpoint_label, read_facts, read_json
 from hf_llpf.hub.public import UNKNOWN_LICENSE
 from hf_llpf.hub.snippets import point_snippet
-from hf_llpf.report import path_verdict
+from hf_llpf.reporting.report import path_verdict
 from hf_llpf.run import METRICS_JSON
 
 

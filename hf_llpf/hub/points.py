@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from hf_llpf.errors import ConfigError, RunDirectoryError, UnknownNameError
-from hf_llpf.run import Path
+from hf_llpf.run import RunPath
 
 POINT_FORMS = ["an index 0..n-1 or negative", "tick:N (or tN)", "best", "mid"]
 AWAY_FROM_ENDS = (0.25, 0.75)  # "best" chooses among these positions (the middle half by arc length)
@@ -33,7 +33,7 @@ def _finite(value) -> bool:
 
 
 @torch.no_grad()
-def _steps(path: Path) -> list[float]:
+def _steps(path: RunPath) -> list[float]:
     """The L2 distance between consecutive points over their floating-point tensors (streamed, two at a time)."""
     steps, prev = [], None
     for i in range(len(path)):
@@ -45,7 +45,7 @@ def _steps(path: Path) -> list[float]:
     return steps
 
 
-def arc_positions(path: Path) -> list[float]:
+def arc_positions(path: RunPath) -> list[float]:
     """Each point's normalised arc-length position in ``[0, 1]`` (0 at A, 1 at B).
 
     The evaluation's ``position`` column when every point has one; otherwise computed from the points'
@@ -65,13 +65,13 @@ def _nearest(pos: Sequence[float], target: float, among: Sequence[int]) -> int:
     return min(among, key=lambda i: (abs(pos[i] - target), i))
 
 
-def _mid(path: Path) -> tuple[int, str]:
+def _mid(path: RunPath) -> tuple[int, str]:
     pos = arc_positions(path)
     i = _nearest(pos, 0.5, range(len(pos)))
     return i, f"mid: the point nearest the middle of the path by arc length (position {pos[i]:.3f})"
 
 
-def _best(path: Path) -> tuple[int, str]:
+def _best(path: RunPath) -> tuple[int, str]:
     pos, rows = arc_positions(path), path.metrics
     lo, hi = AWAY_FROM_ENDS
     candidates = [i for i, t in enumerate(pos) if lo <= t <= hi]
@@ -90,7 +90,7 @@ def _best(path: Path) -> tuple[int, str]:
     )
 
 
-def choose_point(path: Path, point: str | int) -> tuple[int, str]:
+def choose_point(path: RunPath, point: str | int) -> tuple[int, str]:
     """The index of the point named by ``point`` and why it is that one (one line, for the user).
 
     Args:
@@ -125,12 +125,12 @@ def choose_point(path: Path, point: str | int) -> tuple[int, str]:
     raise UnknownNameError("point", point, POINT_FORMS)
 
 
-def select_point(path: Path, point: str | int) -> int:
+def select_point(path: RunPath, point: str | int) -> int:
     """The index of the point named by ``point`` (:func:`choose_point` without the reason)."""
     return choose_point(path, point)[0]
 
 
-def select_points(path: Path, *, every: int | None = None, points: str | None = None) -> list[int]:
+def select_points(path: RunPath, *, every: int | None = None, points: str | None = None) -> list[int]:
     """The indices of the points to publish: every point, every N-th, or a selection; always both ends and
     every stage boundary.
 

@@ -10,7 +10,7 @@ version can be cited and loaded exactly (see ``docs/hub.md``); pushing unchanged
 commit and no tag, and the new card is written to ``RUN_DIR/README.md`` only after success. Files already in
 the repo that no earlier push published are never deleted nor replaced without ``delete_other`` or
 ``delete_patterns`` (:mod:`hf_llpf.hub.ownership`), and the pointers to code in other repos (``auto_map``) are
-removed from what is published unless ``keep_auto_map`` (:mod:`hf_llpf.remote_code`).
+removed from what is published unless ``keep_auto_map`` (:mod:`hf_llpf.models.remote_code`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from hf_llpf import __version__
-from hf_llpf.assets import read_assets, with_assets
 from hf_llpf.errors import ConfigError, RunDirectoryError
-from hf_llpf.hub.access import check_online, hub_api, hub_errors, resolve_token
+from hf_llpf.files.safe_paths import walk_files
+from hf_llpf.files.textfiles import read_text
 from hf_llpf.hub.card import Publication, build_model_card
 from hf_llpf.hub.files import check_run_dir, content_hash, publishable_files
 from hf_llpf.hub.load import UNSAFE_WEIGHTS
@@ -41,15 +41,15 @@ from hf_llpf.hub.public import (
     resolve_license,
 )
 from hf_llpf.hub.revisions import branch_name, push_point_branches
-from hf_llpf.hub.spec import check_branch_name, parse_repo_spec
 from hf_llpf.hub.upload import FILES_PER_COMMIT, PRUNE_PATTERNS, commit_in_batches
-from hf_llpf.logging import folded
-from hf_llpf.remote_code import removed_note, strip_files
-from hf_llpf.run import METRICS_JSON, Path, atomic_write_text, read_metrics
+from hf_llpf.hub_client.access import check_online, hub_api, hub_errors, resolve_token
+from hf_llpf.hub_client.repo_ids import check_branch_name, parse_repo_spec
+from hf_llpf.models.remote_code import removed_note, strip_files
+from hf_llpf.reporting.logging import folded
+from hf_llpf.run import METRICS_JSON, RunPath, atomic_write_text, read_metrics
+from hf_llpf.run.assets import read_assets, with_assets
 from hf_llpf.run.layout import ASSETS_DIR, ENDPOINTS_JSON, README
 from hf_llpf.run.lock import holds_run_directory
-from hf_llpf.safe_paths import walk_files
-from hf_llpf.textfiles import read_text
 
 logger = logging.getLogger(__name__)
 METRICS_CSV = "path_metrics.csv"
@@ -100,7 +100,7 @@ def _filtered_metrics(root: FsPath, keep: set[str]) -> dict[str, bytes]:
     return out
 
 
-def _root_files(path: Path, i: int, assets: dict[str, FsPath]) -> dict[str, FsPath]:
+def _root_files(path: RunPath, i: int, assets: dict[str, FsPath]) -> dict[str, FsPath]:
     """The files of point ``i`` as they appear at the repo root: its weights and config, and the run's companion
     files (tokenizer, processor, generation config) where the point has none of that name."""
     folder = path.point_dir(i)
@@ -153,7 +153,7 @@ def published_files(
         the license resolution: both for the point branches, which repeat the main push's choices; ``branch`` names
         the point branch the files are for (its card's load lines name that revision). Unless
         ``keep_auto_map``, the pointers to code in other repos are removed from every published config
-        (:mod:`hf_llpf.remote_code`) and listed in ``Publication.remote_code_removed``.
+        (:mod:`hf_llpf.models.remote_code`) and listed in ``Publication.remote_code_removed``.
 
     Raises:
         ConfigError: a bad option, or the endpoints' licenses differ and none was given. RunDirectoryError: not
@@ -162,7 +162,7 @@ def published_files(
     """
     root = check_run_dir(run_dir)
     include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
-    path = Path(root)
+    path = RunPath(root)
     chosen = select_points(path, every=every, points=points)
     pub = Publication(published=chosen, selection=f"every {every}th point" if every else f"points {points!r}")
     pub.revisions, pub.branch = point_revisions, branch
@@ -261,7 +261,7 @@ def _push(api: Any, *, repo_id: str, files: dict, revision: str, private: bool, 
 
 def _point_branches(api: Any, root: FsPath, commit: str, pub: Publication, options: dict, opts: dict) -> dict:
     """``push --point-revisions``: one branch per published point, the same choices as the main push."""
-    path = Path(root)
+    path = RunPath(root)
     names = {i: path.point_name(i) for i in pub.published}
     license = {"license": pub.license, "license_source": pub.license_source}
 
@@ -344,7 +344,7 @@ def push_path(
         delete_patterns: glob patterns (huggingface_hub's ``delete_patterns``) of repo files this push may delete
             or replace even though no earlier push published them; those it does not publish are deleted.
         keep_auto_map: keep ``auto_map`` / ``custom_pipelines`` in the published configs (removed by default,
-            :mod:`hf_llpf.remote_code`).
+            :mod:`hf_llpf.models.remote_code`).
 
     Returns:
         dict: ``repo_id``, ``revision``, ``commit`` (sha), ``tag``, ``created_commit``, ``created_tag``, ``commits``

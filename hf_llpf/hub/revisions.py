@@ -15,8 +15,8 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from hf_llpf.hub.ownership import plan_changes
-from hf_llpf.hub.spec import check_branch_name
 from hf_llpf.hub.upload import commit_in_batches
+from hf_llpf.hub_client.repo_ids import check_branch_name
 
 logger = logging.getLogger(__name__)
 

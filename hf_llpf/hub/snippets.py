@@ -39,7 +39,7 @@ def root_load(library: str | None, architecture: str, repo: str, *, revision: st
     at = f"@{revision}" if revision else ""
     if library == "timm":
         return f'timm.create_model("hf-hub:{repo}{at}", pretrained=True)'
-    return f'hf_llpf.models.load_endpoint("{repo}{at}").model'
+    return f'hf_llpf.models.endpoints.load_endpoint("{repo}{at}").model'
 
 
 def path_snippet(
@@ -60,7 +60,7 @@ def path_snippet(
         repo: the repo id.
         point: a point folder to show (``points/t_000010``).
         revisions: whether every published point also has its own branch (named like its folder).
-        tokenizer: the points carry a tokenizer (hf_llpf.assets): show how to load it.
+        tokenizer: the points carry a tokenizer (hf_llpf.run.assets): show how to load it.
         branch: the point branch the card is for: its root line loads that revision (None: main's root).
     """
     example = point.rsplit("/", 1)[-1]
@@ -126,7 +126,7 @@ def point_snippet(library: str | None, architecture: str, repo: str, *, tokenize
         if tokenizer:
             lines += ["from transformers import AutoTokenizer", f'tokenizer = AutoTokenizer.from_pretrained("{repo}")']
     else:
-        lines = ["from hf_llpf.models import load_endpoint", f'model = load_endpoint("{repo}").model']
+        lines = ["from hf_llpf.models.endpoints import load_endpoint", f'model = load_endpoint("{repo}").model']
     return ["```python", *lines, "```"]
 
 

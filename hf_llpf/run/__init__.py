@@ -5,13 +5,19 @@ resume state (docs/run-directory.md).
 - :mod:`~hf_llpf.run.records`: :class:`PointRecord`, :class:`TickRecord` and the CSV columns;
 - :mod:`~hf_llpf.run.rundir`: :class:`RunWriter` (exist policy, lock, atomic writes, checkpoints) and
   :class:`NullWriter` for non-main processes;
-- :mod:`~hf_llpf.run.reader`: :class:`Path`, the lazy reader, and the checked JSON readers;
+- :mod:`~hf_llpf.run.reader`: :class:`RunPath`, the lazy reader (``Path``: its old name, kept for one release),
+  and the checked JSON readers;
 - :mod:`~hf_llpf.run.ownership`: what in a folder this tool wrote (marker, layout, links): what
   ``--overwrite`` may delete and ``--resume`` may continue;
 - :mod:`~hf_llpf.run.lock`, :mod:`~hf_llpf.run.state` (safetensors + JSON resume state),
   :mod:`~hf_llpf.run.resume` (what a resume must match);
 - :mod:`~hf_llpf.run.storage`: the dtype and shard size points are stored in, and the rounding that makes the
   working model the stored point.
+
+What a run is made from lives here too: :mod:`~hf_llpf.run.inputs` (settings, endpoints, batches and the stage plan
+resolved from what a user passes), :mod:`~hf_llpf.run.assets` (the endpoints' companion files every point carries)
+and :mod:`~hf_llpf.run.seeding` (every generator seeded, and its state captured for a resume). The one run
+preparation that uses them is :mod:`hf_llpf.preparation`.
 """
 
 from hf_llpf.run.layout import (
@@ -28,7 +34,7 @@ from hf_llpf.run.layout import (
     POINTS_DIR,
     point_name,
 )
-from hf_llpf.run.reader import Path, read_metrics, read_run_json
+from hf_llpf.run.reader import Path, RunPath, read_metrics, read_run_json
 from hf_llpf.run.records import POINT_COLUMNS, PointRecord, TickRecord, points_to_csv
 from hf_llpf.run.rundir import (
     NullWriter,
@@ -55,6 +61,7 @@ __all__ = [
     "POINT_COLUMNS",
     "NullWriter",
     "Path",
+    "RunPath",
     "PointRecord",
     "RunWriter",
     "TickRecord",

@@ -11,14 +11,14 @@ CONSISTENCY_JSON = "consistency.json"  # --repeats: figures across the repeated 
 README = "README.md"  # the model card (also the Hub card)
 POINTS_DIR = "points"  # one folder per saved point, in the endpoints' own format
 PLOTS_DIR = "plots"
-ASSETS_DIR = "assets"  # the endpoints' tokenizer / processor / generation files, once (hf_llpf.assets)
+ASSETS_DIR = "assets"  # the endpoints' tokenizer / processor / generation files, once (hf_llpf.run.assets)
 ASSETS_MANIFEST = f"{ASSETS_DIR}/manifest.json"  # which files, their sha256, where each came from
 CHECKPOINT_DIR = "checkpoint"  # resume state: never published, never unpickled
 STATE_FILE = "state.json"  # in CHECKPOINT_DIR, naming its tensors-<n>.safetensors
 CHECKPOINT = f"{CHECKPOINT_DIR}/{STATE_FILE}"
 MARKER = ".hf_llpf-run"  # this folder is a run directory of hf_llpf (what --overwrite may empty)
 LOCK = ".hf_llpf-lock"  # held by the run writing the folder
-LOG_FILE = "hf_llpf.log"  # every message of the run, with its time (hf_llpf.logging.RunLog)
+LOG_FILE = "hf_llpf.log"  # every message of the run, with its time (hf_llpf.reporting.logging.RunLog)
 ASIDE = ".m2o_phase"  # a cross-sphere walk of B keeps its points here until they are spliced in, reversed
 TRACKER_DIR = "hf_llpf"  # TensorBoard's event files, with report_to: [tensorboard]
 BASELINES_DIR = "baselines"  # what `hf-llpf evaluate RUN --baselines ...` writes: one run directory per method
@@ -28,7 +28,7 @@ PLOT_FILES = (
     "layers.png",
     "stages.png",
     "repeats.png",
-)  # what hf_llpf.plots draws in PLOTS_DIR
+)  # what hf_llpf.reporting.plots draws in PLOTS_DIR
 # The path methods of a comparison, each a run directory of that name in the comparison's folder.
 COMPARISON_METHODS = ("llpf", "linear", "slerp", "bezier", "autoneb", "weight-matching")
 COMPARISON_FILES = ("comparison.json", "comparison.md", "comparison.png")  # hf_llpf.comparison_table

@@ -332,7 +332,7 @@ def _give_back(token: RunLock | int | None) -> None:
 
 def holds_run_directory(param: str, *, exclusive: bool, action: str) -> Callable:
     """Decorator: the function holds the run directory named by its argument ``param`` (a folder, or a
-    :class:`~hf_llpf.run.Path`, whose ``root`` is taken) for its whole call; see :func:`holding`."""
+    :class:`~hf_llpf.run.RunPath`, whose ``root`` is taken) for its whole call; see :func:`holding`."""
 
     def wrap(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
@@ -340,7 +340,7 @@ def holds_run_directory(param: str, *, exclusive: bool, action: str) -> Callable
         @functools.wraps(fn)
         def held(*args: Any, **kwargs: Any) -> Any:
             value = signature.bind_partial(*args, **kwargs).arguments.get(param)
-            # a folder, or a reader (hf_llpf.run.Path: not os.PathLike) whose root is the folder; a path downloaded
+            # a folder, or a reader (hf_llpf.run.RunPath: not os.PathLike) whose root is the folder; a path downloaded
             # from the Hub (repo_id) is a read-only snapshot no run writes
             root = value if isinstance(value, (str, os.PathLike)) else getattr(value, "root", None)
             if hasattr(value, "repo_id"):

@@ -46,7 +46,7 @@ _POINT = re.compile(r"t_\d{6,}")
 _REPEAT = re.compile(r"repeat_\d{2,}")
 _TENSORS = re.compile(r"tensors-\d+\.safetensors")
 _TMP_POINT = re.compile(r"\.tmp_t_\d{6,}")  # hf_llpf.run.layout.temporary_point_name
-TMP_ASSETS = f".tmp_{ASSETS_DIR}"  # hf_llpf.assets.write_assets writes the folder here, then renames it
+TMP_ASSETS = f".tmp_{ASSETS_DIR}"  # hf_llpf.run.assets.write_assets writes the folder here, then renames it
 
 
 def is_leftover(name: str, is_dir: bool, folder: str = "") -> bool:

@@ -1,6 +1,7 @@
-"""Reading a run directory back: its JSON files checked as they are read, and :class:`Path`, the lazy reader.
+"""Reading a run directory back: its JSON files checked as they are read, and :class:`RunPath`, the lazy reader.
 
-Every name read from a run directory (or a Hub snapshot of one) is resolved inside it (:mod:`hf_llpf.safe_paths`).
+Every name read from a run directory (or a Hub snapshot of one) is resolved inside it
+(:mod:`hf_llpf.files.safe_paths`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import torch
 from torch import nn
 
 from hf_llpf.errors import CorruptCheckpointError, RunDirectoryError
-from hf_llpf.models import Endpoint, load_endpoint
+from hf_llpf.files.safe_paths import check_relative_name, resolve_inside, walk_files
+from hf_llpf.files.textfiles import check_kind, parse_json, read_text, read_yaml
+from hf_llpf.models.endpoints import Endpoint, load_endpoint
+from hf_llpf.models.weights import weight_files
 from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, LAYER_GROUPS_JSON, METRICS_JSON, README
-from hf_llpf.safe_paths import check_relative_name, resolve_inside, walk_files
-from hf_llpf.textfiles import check_kind, parse_json, read_text, read_yaml
-from hf_llpf.weights import weight_files
 
 _HALF = (torch.bfloat16, torch.float16)  # storage dtypes of point_dtype, read back in the working dtype
 
@@ -102,14 +103,14 @@ def read_metrics(root: str | os.PathLike) -> dict:
     return data
 
 
-class Path:
+class RunPath:
     """A path on disk: metrics are read eagerly, points are loaded lazily one at a time.
 
     ``len(path)`` is the number of saved points; ``path.ticks`` their ticks; ``path.metrics`` one dict
     per point; ``path.model_at(i)`` builds point ``i`` (negative indices count from the end);
     ``path.state_dict_at(i)`` reads only its tensors.
 
-    A ``Path`` does not hold its run directory: it reads what is on disk when it is made and when a point is
+    A ``RunPath`` does not hold its run directory: it reads what is on disk when it is made and when a point is
     loaded. The commands and functions that read one (``evaluate_path``, ``export_point``, ``push_path``, the
     card) hold it for their whole call, refused while a run writes it (:func:`hf_llpf.run.lock.holding`).
 
@@ -136,7 +137,7 @@ class Path:
         return len(self.metrics)
 
     def __repr__(self) -> str:
-        return f"Path({str(self.root)!r}, points={len(self)}, ticks={self.ticks[:1]}..{self.ticks[-1:]})"
+        return f"RunPath({str(self.root)!r}, points={len(self)}, ticks={self.ticks[:1]}..{self.ticks[-1:]})"
 
     @property
     def ticks(self) -> list[int]:
@@ -292,8 +293,8 @@ class Path:
         return self.endpoint_at(i).model
 
     def endpoint_at(self, i: int) -> Endpoint:
-        """Point ``i`` loaded from its folder as an :class:`~hf_llpf.models.Endpoint` (its format kept); every
-        file it reads resolves inside the folder (:meth:`checked_point_dir`)."""
+        """Point ``i`` loaded from its folder as an :class:`~hf_llpf.models.endpoints.Endpoint` (its format kept);
+        every file it reads resolves inside the folder (:meth:`checked_point_dir`)."""
         folder = self.checked_point_dir(i)
         # A point stored in point_dtype names that dtype in its config.json; the run judged it in the endpoints'.
         own = (self.summary.get("run") or {}).get("endpoint_dtype")
@@ -304,3 +305,7 @@ class Path:
     def __iter__(self) -> Iterator[nn.Module]:
         for i in range(len(self)):
             yield self.model_at(i)
+
+
+# The reader's old name, kept for one release: it shadowed pathlib.Path in every module that used both.
+Path = RunPath

@@ -12,10 +12,10 @@ from typing import Any
 import hf_llpf.run.state as resume_state
 from hf_llpf.config import SCHEMA, SCHEMA_1_METHODS, ConnectConfig, upgrade_settings
 from hf_llpf.errors import ConfigError, RunDirectoryError
-from hf_llpf.models import Endpoint
+from hf_llpf.files.textfiles import check_kind, read_yaml
+from hf_llpf.models.endpoints import Endpoint
 from hf_llpf.run.layout import CHECKPOINT_DIR, CONFIG_YAML, ENDPOINTS_JSON, METRICS_JSON
 from hf_llpf.run.reader import read_metrics, read_run_json
-from hf_llpf.textfiles import check_kind, read_yaml
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ from torch import nn
 
 import hf_llpf.run.state as resume_state
 from hf_llpf.errors import RunDirectoryError
-from hf_llpf.models import Endpoint, save_model
-from hf_llpf.partial import cleaned_on_failure
+from hf_llpf.files.partial import cleaned_on_failure
+from hf_llpf.files.safe_paths import resolve_inside
+from hf_llpf.models.endpoints import Endpoint, save_model
 from hf_llpf.run.layout import (
     CHECKPOINT_DIR,
     LOCK,
@@ -39,7 +40,6 @@ from hf_llpf.run.ownership import check_owned, is_leftover, marker_kind, read_by
 from hf_llpf.run.reader import read_metrics
 from hf_llpf.run.records import points_to_csv
 from hf_llpf.run.storage import PointStorage
-from hf_llpf.safe_paths import resolve_inside
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -26,10 +26,10 @@ import safetensors.torch
 import torch
 
 from hf_llpf.errors import CorruptCheckpointError
-from hf_llpf.hashing import file_sha256
-from hf_llpf.partial import cleaned_on_failure
+from hf_llpf.files.hashing import file_sha256
+from hf_llpf.files.partial import cleaned_on_failure
+from hf_llpf.models.weights import usual_permissions
 from hf_llpf.run.layout import STATE_FILE
-from hf_llpf.weights import usual_permissions
 
 FORMAT = 2
 LEGACY_PICKLE = "state.pt"

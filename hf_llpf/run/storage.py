@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_llpf.models import Endpoint
-from hf_llpf.weights import DEFAULT_MAX_SHARD_SIZE, STORAGE_DTYPES, cast_floating
+from hf_llpf.models.endpoints import Endpoint
+from hf_llpf.models.weights import DEFAULT_MAX_SHARD_SIZE, STORAGE_DTYPES, cast_floating
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -59,7 +59,7 @@ class PointStorage:
         dtype: the floating dtype points are stored in (``None``: the endpoints' own, ``point_dtype: auto``).
         max_shard_size: weights larger than this are written as shards and an index (``"5GB"`` or bytes).
         keep_auto_map: keep the endpoints' pointers to code in other repos in the points' ``config.json``
-            (:mod:`hf_llpf.remote_code`); by default they are removed.
+            (:mod:`hf_llpf.models.remote_code`); by default they are removed.
     """
 
     dtype: torch.dtype | None = None

@@ -1,6 +1,6 @@
 """A point written from the shards, tensor by tensor: the same files, byte for byte, as the unsharded writer.
 
-:func:`hf_llpf.weights.write_weights` (the writer of a point of a timm or plain-module model) needs the whole
+:func:`hf_llpf.models.weights.write_weights` (the writer of a point of a timm or plain-module model) needs the whole
 state dict in one process. Here each tensor is gathered from the processes (``full_tensor()``) only when its
 turn comes, cast to the storage dtype, appended to the file by the writing process and dropped, so no process
 ever holds more than one whole tensor beyond its shards. The layout is decided beforehand from names, shapes and
@@ -21,8 +21,8 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from hf_llpf.models.weights import INDEX_NAME, cast_floating, shard_bytes, usual_permissions
 from hf_llpf.sharding.layout import local_parts
-from hf_llpf.weights import INDEX_NAME, cast_floating, shard_bytes, usual_permissions
 
 __all__ = ["write_weights_from_shards"]
 
@@ -93,7 +93,7 @@ def write_weights_from_shards(
     dtype: torch.dtype | None = None,
     writer: bool | None = None,
 ) -> list[Path]:
-    """Write ``tensors`` to ``directory`` as :func:`hf_llpf.weights.write_weights` writes the whole state dict.
+    """Write ``tensors`` to ``directory`` as :func:`hf_llpf.models.weights.write_weights` writes the whole state dict.
 
     ``model.safetensors``, or ``model-0000k-of-0000N.safetensors`` files and ``model.safetensors.index.json`` when
     larger than ``max_shard_size``: the same bytes as ``write_weights(cast_floating(whole, dtype), directory,
@@ -104,7 +104,7 @@ def write_weights_from_shards(
             dict's order (which decides the split into files); a tied weight under two names is written under both,
             gathered twice, as the unsharded writer writes a copy of it.
         directory: the point's folder (created); earlier weight files in it are not removed.
-        max_shard_size: as in :func:`hf_llpf.weights.write_weights`.
+        max_shard_size: as in :func:`hf_llpf.models.weights.write_weights`.
         dtype: the floating storage dtype (``None``: each tensor's own); integer buffers are kept.
         writer: whether this process writes (``None``: rank 0 of the default group, or the only process).
 

@@ -16,8 +16,8 @@ import safetensors
 from torch import Tensor
 
 from hf_llpf.errors import CorruptCheckpointError, EndpointMismatchError
+from hf_llpf.models.weights import INDEX_NAME, WEIGHTS_NAME, weight_files
 from hf_llpf.sharding.layout import local_parts, row_range
-from hf_llpf.weights import INDEX_NAME, WEIGHTS_NAME, weight_files
 
 __all__ = ["read_local_slices", "tensor_files"]
 
@@ -29,7 +29,7 @@ def tensor_files(location: str | os.PathLike, *, allowed_root: str | os.PathLike
 
     Raises:
         CorruptCheckpointError: no weights there, or a file that is not safetensors (naming it; only safetensors
-            are read). RunDirectoryError: as :func:`hf_llpf.weights.weight_files`.
+            are read). RunDirectoryError: as :func:`hf_llpf.models.weights.weight_files`.
     """
     location = Path(location)
     files = weight_files(location, allowed_root=allowed_root) if location.is_dir() else [location]
@@ -73,7 +73,7 @@ def read_local_slices(
         location: a ``.safetensors`` file, or a model folder (``model.safetensors``, or an index and its shards).
         model_tensors: the stored tensor's name → the model's tensor of that role (a DTensor placed ``Shard(0)``
             by ``fully_shard``: its rows are read; a plain tensor: read whole).
-        allowed_root: as in :func:`hf_llpf.weights.weight_files`.
+        allowed_root: as in :func:`hf_llpf.models.weights.weight_files`.
 
     Returns:
         name → this process's rows, in the model tensor's dtype and on its device (same shape as its local part).

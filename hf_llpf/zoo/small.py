@@ -8,7 +8,7 @@ from torch import nn
 
 
 def _cfg(architecture: str, input_size: tuple[int, int, int], num_classes: int, classifier: str) -> dict:
-    # The pretrained_cfg timm records in config.json; mean/std are those of hf_llpf.data's normalisation.
+    # The pretrained_cfg timm records in config.json; mean/std are those of hf_llpf.data.bundle's normalisation.
     return {
         "architecture": architecture,
         "input_size": input_size,

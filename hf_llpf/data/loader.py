@@ -1,4 +1,4 @@
-"""The seeded, resumable batch loader of hf_llpf's data (images here, text dicts in :mod:`hf_llpf.text`).
+"""The seeded, resumable batch loader of hf_llpf's data (images here, text dicts in :mod:`hf_llpf.data.text`).
 
 The order of an epoch is fixed by the seed and the epoch, augmentation by the seed, the epoch and the batch:
 ``stream()`` continues from a position captured by ``state_dict()``, so a resumed run draws exactly the batches
@@ -50,7 +50,7 @@ class SeededLoader:
     def _init_stream(
         self, data, batch_size: int, seed: int, shuffle: bool, drop_last: bool, num_shards: int, shard_index: int
     ) -> None:
-        """The order and position state every loader of this kind shares (images here, text in hf_llpf.text)."""
+        """The order and position state every loader of this kind shares (images here, text in hf_llpf.data.text)."""
         if batch_size < 1:
             raise UnknownNameError("batch_size", batch_size, ["a positive integer"])
         self.data, self.batch_size, self.seed = data, batch_size, seed

@@ -11,10 +11,10 @@ import os
 from pathlib import Path as FsPath
 from typing import Any
 
+from hf_llpf.files.textfiles import read_text
 from hf_llpf.run import atomic_write_text, read_metrics, read_run_json
 from hf_llpf.run.layout import CONSISTENCY_JSON, METRICS_JSON, PLOTS_DIR, README
 from hf_llpf.run.storage import storage_sentence
-from hf_llpf.textfiles import read_text
 
 START = "<!-- hf_llpf:report:start -->"
 END = "<!-- hf_llpf:report:end -->"

@@ -8,7 +8,7 @@
 - ``layers.png``: per-parameter-tensor variance and relative distance to θ_B along the path as heat maps,
   tensors ordered by stage (``layer_groups.json``), points streamed from disk; the variance colour scale
   leaves out constant tensors (variance < 1e-12) and the lowest 1% (grey), see :func:`variance_limits`
-  (:mod:`hf_llpf.layer_plots`).
+  (:mod:`hf_llpf.reporting.layer_plots`).
 - ``repeats.png`` (:func:`plot_repeats`): the curves of R runs overlaid.
 
 Every function reads what :func:`hf_llpf.api.evaluate_run` wrote; it never evaluates anything itself.
@@ -31,8 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hf_llpf.errors import RunDirectoryError  # noqa: E402
-from hf_llpf.layer_plots import VARIANCE_FLOOR, layers_plot, save_figure, variance_limits  # noqa: E402
-from hf_llpf.run import Path, read_metrics  # noqa: E402
+from hf_llpf.reporting.layer_plots import VARIANCE_FLOOR, layers_plot, save_figure, variance_limits  # noqa: E402
+from hf_llpf.run import RunPath, read_metrics  # noqa: E402
 from hf_llpf.run.layout import PLOTS_DIR  # noqa: E402
 
 _LLPF, _LINEAR = "tab:blue", "tab:red"
@@ -276,7 +276,7 @@ def _stages_plot(run_dir: FsPath, run: dict, *, out: FsPath) -> FsPath:
 
 def _run_label(run_dir: FsPath) -> str:
     try:
-        seed = Path(run_dir).config.get("seed")
+        seed = RunPath(run_dir).config.get("seed")
     except (OSError, RunDirectoryError):
         seed = None
     return f"seed {seed}" if seed is not None else run_dir.name

@@ -3,8 +3,8 @@
 Library modules never attach handlers; the CLI calls :func:`configure` (INFO by default, ``-q`` WARNING,
 ``-v`` DEBUG), and Python users may do the same::
 
-    import hf_llpf.logging
-    hf_llpf.logging.configure("info")
+    import hf_llpf.reporting.logging
+    hf_llpf.reporting.logging.configure("info")
 
 Modules log through ``accelerate.logging.get_logger(__name__)``: a wrapper of the stdlib logger of the same
 name (``hf_llpf....``), so its messages reach this handler (logged on the main process only).

@@ -7,8 +7,8 @@ A *data spec* (``DataConfig.source``) is one of
   folder written by ``save_to_disk``, or an image folder (``class_name/image.png``).
 
 A source with one split gets a fixed 80/20 train/test split (``split_seed``). What the columns are used for
-(images, text, labels) is decided by :mod:`hf_llpf.data` and :mod:`hf_llpf.text`; this module only reads, and
-describes columns for error messages.
+(images, text, labels) is decided by :mod:`hf_llpf.data.bundle` and :mod:`hf_llpf.data.text`; this module only
+reads, and describes columns for error messages.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
   the model shifts them, so the loss is the mean next-token cross-entropy (its exp the perplexity) and the
   accuracy is next-token accuracy (:mod:`hf_llpf.evaluation.scoring`).
 
-Batches come from a :class:`TextLoader`: the seeded, resumable order of :class:`hf_llpf.data.SeededLoader`
+Batches come from a :class:`TextLoader`: the seeded, resumable order of :class:`hf_llpf.data.bundle.SeededLoader`
 (same ``stream``/``state_dict``/sharding), so a resumed run draws the batches an uninterrupted one would.
 """
 
@@ -21,11 +21,11 @@ import datasets
 import torch
 
 from hf_llpf.config import DataConfig
+from hf_llpf.data.loader import SeededLoader
+from hf_llpf.data.sources import check_column, check_labels, describe_columns, feature_type, recorded, string_columns
+from hf_llpf.data.task import LABEL_COLUMNS, pick_column, text_columns
+from hf_llpf.data.tokenizer import load_tokenizer, model_max_length, tokenizer_fingerprint
 from hf_llpf.errors import DataMismatchError
-from hf_llpf.loader import SeededLoader
-from hf_llpf.sources import check_column, check_labels, describe_columns, feature_type, recorded, string_columns
-from hf_llpf.task import LABEL_COLUMNS, pick_column, text_columns
-from hf_llpf.tokenizer import load_tokenizer, model_max_length, tokenizer_fingerprint
 
 _DEFAULT_MAX_LENGTH = 512  # when neither the tokenizer nor the model gives a limit
 
@@ -61,7 +61,7 @@ def _stack_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
 
 @dataclass
 class TextBundle:
-    """Train/test text data, tokenized: what :func:`hf_llpf.data.load_data` returns for text.
+    """Train/test text data, tokenized: what :func:`hf_llpf.data.bundle.load_data` returns for text.
 
     Attributes:
         train, test: the raw splits (columns as in the source).

@@ -5,7 +5,7 @@ another model's ``hf_hub_id``). A point was trained on the run's data, so its ``
 ``timm.data.resolve_data_config(model=timm.create_model("hf-hub:org/path"))`` then gives the run's input size
 and normalisation, and nothing points at foreign weights. timm's own ``save_config_for_hf`` (what
 ``timm.models.save_for_hf`` calls) writes the file from a ``data_config``; the reconstruction arguments
-(``model_args``) stay the ones the endpoint was loaded with, so :func:`hf_llpf.models.load_endpoint` and
+(``model_args``) stay the ones the endpoint was loaded with, so :func:`hf_llpf.models.endpoints.load_endpoint` and
 ``timm.create_model`` rebuild the same model.
 
 The run's data config (:func:`run_data_config`) is the images' ``(C, H, W)`` as batched, the data's mean/std

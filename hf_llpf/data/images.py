@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hf_llpf.data.sources import feature_type
 from hf_llpf.errors import DataMismatchError
-from hf_llpf.sources import feature_type
 
 IN_MEMORY_LIMIT = 1 << 27  # 128 MiB of uint8 pixels: CIFAR-10's test split, MNIST, digits stay in memory
 _GREYS = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")

@@ -4,7 +4,8 @@ A folder holds either one ``model.safetensors`` or, when the weights are larger 
 ``model-00001-of-0000N.safetensors`` files and a ``model.safetensors.index.json`` naming the file of each
 tensor: the layout of ``save_pretrained`` and of huggingface_hub's ``save_torch_state_dict`` (which writes it
 here), so transformers' ``from_pretrained`` reads either. timm's own loaders (``hf-hub:``, ``local-dir:``) read
-only ``model.safetensors``: a sharded timm-format folder loads with :func:`hf_llpf.models.load_endpoint` only.
+only ``model.safetensors``: a sharded timm-format folder loads with :func:`hf_llpf.models.endpoints.load_endpoint`
+only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import safetensors.torch
 import torch
 
 from hf_llpf.errors import ConfigError, CorruptCheckpointError
-from hf_llpf.safe_paths import check_relative_name, resolve_inside
+from hf_llpf.files.safe_paths import check_relative_name, resolve_inside
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"

@@ -1,11 +1,11 @@
 """Data: a data spec becomes train/test ``datasets.Dataset`` s and seeded, resumable batch loaders.
 
-:func:`load_data` is the one entry point: it reads the spec (:mod:`hf_llpf.sources`: ``"digits"``, a Hub id, a
-local file or folder), decides the task (:mod:`hf_llpf.task`) and builds an image :class:`DataBundle` here or a
-text bundle (:mod:`hf_llpf.text`: text classification, causal LM). docs/data.md lists the options.
+:func:`load_data` is the one entry point: it reads the spec (:mod:`hf_llpf.data.sources`: ``"digits"``, a Hub id, a
+local file or folder), decides the task (:mod:`hf_llpf.data.task`) and builds an image :class:`DataBundle` here or a
+text bundle (:mod:`hf_llpf.data.text`: text classification, causal LM). docs/data.md lists the options.
 
 Images are decoded once into a uint8 tensor kept in memory, or, for large sets, per batch
-(:mod:`hf_llpf.images`); normalisation and the optional CIFAR augmentation (random crop with padding 4 +
+(:mod:`hf_llpf.data.images`); normalisation and the optional CIFAR augmentation (random crop with padding 4 +
 horizontal flip) run on whole batches. That keeps the
 minimal-training loop free of per-sample Python and worker processes (the reference's fresh 8-worker
 DataLoader per tick was 9x slower than needed), and lets a loader resume at any batch.
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from hf_llpf.config import DataConfig, build
+from hf_llpf.data.images import LazyImages, image_tensors
+from hf_llpf.data.loader import SeededLoader, cifar_augment
+from hf_llpf.data.sources import BUILTIN_DATASETS, check_column, check_labels, read_splits, recorded
+from hf_llpf.data.task import IMAGE_COLUMNS, LABEL_COLUMNS, data_task, pick_column
+from hf_llpf.data.text import TextBundle, text_bundle
 from hf_llpf.errors import DataMismatchError
-from hf_llpf.images import LazyImages, image_tensors
-from hf_llpf.loader import SeededLoader, cifar_augment
-from hf_llpf.sources import BUILTIN_DATASETS, check_column, check_labels, read_splits, recorded
-from hf_llpf.task import IMAGE_COLUMNS, LABEL_COLUMNS, data_task, pick_column
-from hf_llpf.text import TextBundle, text_bundle
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -42,7 +42,7 @@ __all__ = [
 
 @dataclass
 class ImageData:
-    """One split: uint8 images ``N, C, H, W`` (in memory, or :class:`~hf_llpf.images.LazyImages` decoded per
+    """One split: uint8 images ``N, C, H, W`` (in memory, or :class:`~hf_llpf.data.images.LazyImages` decoded per
     batch) and int64 labels ``N``."""
 
     images: torch.Tensor | LazyImages
@@ -62,7 +62,7 @@ class DataBundle:
             on access) and labels.
         num_classes: number of label classes.
         config: the resolved :class:`~hf_llpf.config.DataConfig`.
-        task: ``"image"`` (a text bundle, :class:`~hf_llpf.text.TextBundle`, says which text task it holds).
+        task: ``"image"`` (a text bundle, :class:`~hf_llpf.data.text.TextBundle`, says which text task it holds).
     """
 
     train: datasets.Dataset
@@ -131,7 +131,7 @@ def load_data(spec: str | DataConfig, *, tokenizer: Any = None, **options) -> An
             ``text_column``, ``max_length``, ``task``, ``train_split``, ``test_split``, ``image_size``, ...).
 
     Returns:
-        A :class:`DataBundle` (images) or a :class:`hf_llpf.text.TextBundle` (text), whose ``config`` is the
+        A :class:`DataBundle` (images) or a :class:`hf_llpf.data.text.TextBundle` (text), whose ``config`` is the
         resolved settings (the columns used, ``recorded``: task, example counts, fingerprints).
 
     Raises:

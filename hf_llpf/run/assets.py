@@ -35,10 +35,10 @@ from typing import Any
 from accelerate.logging import get_logger
 
 from hf_llpf.errors import CorruptCheckpointError, DataMismatchError
-from hf_llpf.partial import cleaned_on_failure
+from hf_llpf.files.partial import cleaned_on_failure
+from hf_llpf.files.safe_paths import resolve_inside
+from hf_llpf.files.textfiles import check_kind, parse_json
 from hf_llpf.run.layout import ASSETS_DIR, ASSETS_MANIFEST
-from hf_llpf.safe_paths import resolve_inside
-from hf_llpf.textfiles import check_kind, parse_json
 
 logger = get_logger(__name__)
 
@@ -197,7 +197,7 @@ def _load_tokenizer(files: dict[str, bytes]) -> Any:
 
 def _check_tokenizers(a: dict[str, bytes], b: dict[str, bytes], differ: list[str], labels: tuple[str, str]) -> None:
     """Tokenizer files that differ in bytes: an error when the tokenizers read text differently."""
-    from hf_llpf.tokenizer import check_same_tokenizer
+    from hf_llpf.data.tokenizer import check_same_tokenizer
 
     names = ", ".join(differ)
     try:
@@ -224,7 +224,7 @@ def _same(name: str, a: bytes, b: bytes) -> bool:
         return True
     if name != "tokenizer.json":
         return False
-    from hf_llpf.tokenizer import without_call_state
+    from hf_llpf.data.tokenizer import without_call_state
 
     clean_a = without_call_state(a)
     return clean_a is not None and clean_a == without_call_state(b)
@@ -276,14 +276,14 @@ def run_assets(ea: Any, eb: Any = None, bundle: Any = None, *, keep_auto_map: bo
     """The companion files of a run: the endpoints' (:func:`merge_assets`), with the run's own tokenizer when it
     was not endpoint A's (``data.tokenizer``, or a tokenizer object in a text bundle given from Python).
 
-    Unless ``keep_auto_map``, the pointers to code in other repos (``auto_map``, :mod:`hf_llpf.remote_code`) are
+    Unless ``keep_auto_map``, the pointers to code in other repos (``auto_map``, :mod:`hf_llpf.models.remote_code`) are
     removed from the files, as the point writer removes them from each point's ``config.json``; one log line names
     what the endpoints carried.
 
     Raises:
         DataMismatchError: see :func:`merge_assets`.
     """
-    from hf_llpf.tokenizer import tokenizer_spec
+    from hf_llpf.data.tokenizer import tokenizer_spec
 
     a = endpoint_files(ea, label="A")
     b = endpoint_files(eb, label="B") if eb is not None else {}
@@ -306,7 +306,7 @@ def run_assets(ea: Any, eb: Any = None, bundle: Any = None, *, keep_auto_map: bo
 def _strip_remote_code(assets: Assets, ea: Any, eb: Any) -> None:
     """Remove the remote-code pointers from the companion files; log one line for them and the endpoints' configs
     (whose copies in the points the point writer strips)."""
-    from hf_llpf.remote_code import carried, removed_note, strip_files
+    from hf_llpf.models.remote_code import carried, removed_note, strip_files
 
     files, found = strip_files(assets.files)
     assets.files.update(files)

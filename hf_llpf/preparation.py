@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_llpf.algorithms.certify import Certifier, run_certifier
-from hf_llpf.assets import Assets, run_assets
 from hf_llpf.config import ConnectConfig
-from hf_llpf.inputs import example_batch, prepare_data, resolve_endpoint, stage_plan
-from hf_llpf.models import Endpoint, check_endpoints_match, check_finite
+from hf_llpf.models.endpoints import Endpoint, check_endpoints_match, check_finite
+from hf_llpf.models.timm_config import run_data_config, with_data_config
 from hf_llpf.progress import progress_requested
+from hf_llpf.run.assets import Assets, run_assets
+from hf_llpf.run.inputs import example_batch, prepare_data, resolve_endpoint, stage_plan
 from hf_llpf.run.storage import PointStorage
-from hf_llpf.timm_config import run_data_config, with_data_config
 
 
 @dataclass
@@ -85,7 +85,7 @@ def prepare_run(
     loader, bundle, config = prepare_data(train_data, config, *endpoints)
     example = example_batch(loader)
     # timm points say what they were trained on (input size, normalisation); the endpoints' companion files are
-    # checked now, before any work, and travel with the points (hf_llpf.assets).
+    # checked now, before any work, and travel with the points (hf_llpf.run.assets).
     data_config = run_data_config(bundle, example, config.data)
     endpoints = [with_data_config(e, data_config) for e in endpoints]
     other = endpoints[1] if len(endpoints) == 2 else None

@@ -16,7 +16,7 @@ from torch import nn
 
 from hf_llpf import geometry
 from hf_llpf.config import WALK_IS_NOT_A_CONNECTION, ConnectConfig
-from hf_llpf.models import Endpoint, check_endpoints_match, check_finite, load_endpoint
+from hf_llpf.models.endpoints import Endpoint, check_endpoints_match, check_finite, load_endpoint
 
 logger = get_logger(__name__)
 

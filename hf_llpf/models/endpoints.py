@@ -6,7 +6,7 @@ Formats (both loadable by plain timm / transformers, and by :func:`load_endpoint
 - **transformers**: a ``save_pretrained`` folder (``AutoModelFor...`` named by ``config.architectures``);
 - **module**: any other ``nn.Module``; only ``model.safetensors`` is written and loading needs the module.
 
-Weights above the shard size are written as shards and an index (:mod:`hf_llpf.weights`), possibly in a narrower
+Weights above the shard size are written as shards and an index (:mod:`hf_llpf.models.weights`), possibly in a narrower
 floating dtype than the model's (a run's ``point_dtype``); the loaders read both and cast to the model's dtype.
 
 Security: weights are only ever read from safetensors files (never ``torch.load``/pickle), and
@@ -34,9 +34,9 @@ from hf_llpf.errors import (
     OfflineError,
     UnknownNameError,
 )
-from hf_llpf.hashing import local_revision, state_hash
-from hf_llpf.textfiles import read_json
-from hf_llpf.weights import (
+from hf_llpf.files.hashing import local_revision, state_hash
+from hf_llpf.files.textfiles import read_json
+from hf_llpf.models.weights import (
     DEFAULT_MAX_SHARD_SIZE,
     WEIGHTS_NAME,
     cast_floating,
@@ -108,7 +108,7 @@ def create_model(name: str, **model_args: Any) -> nn.Module:
         close = difflib.get_close_matches(name, timm.list_models(), n=8)
         allowed = [*hf_llpf.zoo.BUILTIN_MODELS, *close, "... (timm.list_models() has the rest)"]
         raise UnknownNameError("model", name, allowed)
-    from hf_llpf.timm_config import check_model_args
+    from hf_llpf.models.timm_config import check_model_args
 
     check_model_args(model_args, source="model_args")  # before timm sees them: checkpoint_path is a torch.load
     allowed = _builtin_args(name)
@@ -209,7 +209,7 @@ def load_endpoint(
             local_revision(path),
             {"architecture": arch, "model_args": dict(model_args or {})},
         )
-    from hf_llpf.hub.spec import parse_repo_spec  # the one parser of org/name[@revision]
+    from hf_llpf.hub_client.repo_ids import parse_repo_spec  # the one parser of org/name[@revision]
 
     try:
         parse_repo_spec(spec, field="endpoint")
@@ -233,7 +233,7 @@ def _load_folder(
     dtype: torch.dtype | None = None,
 ) -> Endpoint:
     if allowed_root is not None:  # an untrusted folder: no file of it may lead outside, whatever reads it
-        from hf_llpf.safe_paths import walk_files
+        from hf_llpf.files.safe_paths import walk_files
 
         for _ in walk_files(path, allowed_root=Path(allowed_root)):
             pass
@@ -249,7 +249,7 @@ def _load_folder(
     # model.safetensors, or the shards of model.safetensors.index.json (each resolved inside allowed_root)
     files = weight_files(path, allowed_root=allowed_root)
     if "architecture" in config:  # timm's Hub format
-        from hf_llpf.timm_config import check_timm_config
+        from hf_llpf.models.timm_config import check_timm_config
 
         check_timm_config(config, source=str(config_file))
         if not files:
@@ -305,7 +305,7 @@ def _load_hub(spec: str, *, trust_remote_code: bool) -> Endpoint:
         RevisionNotFoundError,
     )
 
-    from hf_llpf.hub.access import hub_unreachable, offline_mode
+    from hf_llpf.hub_client.access import hub_unreachable, offline_mode
 
     repo_id, _, revision = spec.partition("@")
     revision = revision or None
@@ -382,12 +382,12 @@ def save_model(
         dtype: the floating dtype to store the weights in (``None``: the model's own); integer buffers are kept.
         max_shard_size: weights larger than this are cut into shards with an index (``"5GB"``, or bytes).
         keep_auto_map: keep ``auto_map`` / ``custom_pipelines`` (pointers to code in other repos) in a transformers
-            model's ``config.json``; by default they are removed (:mod:`hf_llpf.remote_code`).
+            model's ``config.json``; by default they are removed (:mod:`hf_llpf.models.remote_code`).
 
     Raises:
         ConfigError: ``dtype`` cannot hold a value of the model (float16 above 65504), or a bad ``max_shard_size``.
     """
-    from hf_llpf.weights import shard_bytes
+    from hf_llpf.models.weights import shard_bytes
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -403,7 +403,7 @@ def save_model(
             # model in it instead of upcasting; hf_llpf reads a run's points back in the endpoints' dtype.
             set_config_dtype(directory / "config.json", dtype)
         if not keep_auto_map:  # an endpoint's pointer to another repo's code is not republished with the point
-            from hf_llpf.remote_code import strip_file
+            from hf_llpf.models.remote_code import strip_file
 
             strip_file(directory / "config.json")
         usual_permissions(directory)
@@ -416,7 +416,7 @@ def save_model(
         seen.add(ptr)
     write_weights(state, directory, max_shard_size=shard)
     if kind == "timm":  # timm's own config writer, with the run's data config when arch carries one
-        from hf_llpf.timm_config import write_timm_config
+        from hf_llpf.models.timm_config import write_timm_config
 
         write_timm_config(model, directory, arch)
     usual_permissions(directory)

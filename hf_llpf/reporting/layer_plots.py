@@ -2,7 +2,7 @@
 
 Tensors are ordered by stage (``layer_groups.json``; white lines separate stages), the points streamed from disk
 one at a time. The variance colour scale leaves out constant tensors and the lowest 1% (:func:`variance_limits`).
-:func:`hf_llpf.plots.plot_path` draws it with the loss and accuracy curves.
+:func:`hf_llpf.reporting.plots.plot_path` draws it with the loss and accuracy curves.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hf_llpf.geometry import variances  # noqa: E402
-from hf_llpf.run import Path, atomic_write_bytes  # noqa: E402
+from hf_llpf.run import RunPath, atomic_write_bytes  # noqa: E402
 
 VARIANCE_FLOOR = -12.0  # log10 variance below which a tensor counts as constant (drawn grey, off the scale)
 
 
 def _param_order(run_dir: FsPath, names: list[str]) -> tuple[list[str], list[int]]:
     """Parameter names in stage order (``layer_groups.json``; else model order) and each one's stage."""
-    plan = Path(run_dir).layer_groups
+    plan = RunPath(run_dir).layer_groups
     if plan is None:
         return names, [0] * len(names)
     ordered, stages = [], []
@@ -44,7 +44,7 @@ def _param_order(run_dir: FsPath, names: list[str]) -> tuple[list[str], list[int
 
 
 @torch.no_grad()
-def _layer_tables(path: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _layer_tables(path: RunPath, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per point and tensor: log10 variance and ‖θ_i − θ_B‖ / ‖θ_A − θ_B‖, streaming the points."""
     state_b = path.state_dict_at(-1)
     state_a = path.state_dict_at(0)
@@ -120,7 +120,7 @@ def tensor_labels(names: list[str], stages: list[int]) -> tuple[list[float], lis
 
 def layers_plot(run_dir: FsPath, data: dict, *, template: nn.Module | None, out: FsPath) -> FsPath:
     """Draw ``layers.png`` of an evaluated run (``data``: its metrics) into ``out``; returns ``out``."""
-    path = Path(run_dir, template=template)
+    path = RunPath(run_dir, template=template)
     model = path.model_at(0)
     names = [n for n, p in model.named_parameters() if p.is_floating_point()]
     del model

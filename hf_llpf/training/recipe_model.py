@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_llpf.config import TrainRecipe
-from hf_llpf.data import build_bundle, check_labels_fit
+from hf_llpf.data.bundle import build_bundle, check_labels_fit
+from hf_llpf.data.sources import read_splits
+from hf_llpf.data.task import check_task, data_task
 from hf_llpf.errors import ConfigError
-from hf_llpf.inputs import load_for_endpoints, looks_like_endpoint
-from hf_llpf.models import create_model, load_endpoint
-from hf_llpf.sources import read_splits
-from hf_llpf.task import check_task, data_task
+from hf_llpf.models.endpoints import create_model, load_endpoint
+from hf_llpf.run.inputs import load_for_endpoints, looks_like_endpoint
 
 
 def model_and_data(recipe: TrainRecipe, data: Any) -> tuple[nn.Module, Any]:

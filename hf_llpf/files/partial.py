@@ -1,9 +1,9 @@
 """Nothing half-written: what a failed write (a full disk, a read-only folder) leaves behind is removed again.
 
 Files and folders are written under a temporary name and renamed into place (:func:`hf_llpf.run.atomic_write_bytes`
-for files, :func:`hf_llpf.layer_plots.save_figure` for plots). :func:`cleaned_on_failure` removes the temporary
-file or folder when the writing fails, and names it in the ``OSError`` (a failed ``write`` says neither which file
-nor where), so the command's one-line error can say which file could not be written.
+for files, :func:`hf_llpf.reporting.layer_plots.save_figure` for plots). :func:`cleaned_on_failure` removes the
+temporary file or folder when the writing fails, and names it in the ``OSError`` (a failed ``write`` says neither
+which file nor where), so the command's one-line error can say which file could not be written.
 """
 
 from __future__ import annotations

@@ -13,17 +13,17 @@ from typing import Any
 import datasets
 import torch
 
-from hf_llpf import data as data_lib
 from hf_llpf.config import ConnectConfig, DataConfig, build
-from hf_llpf.data import DataBundle, SeededLoader, build_bundle, check_labels_fit
+from hf_llpf.data import bundle as data_lib
+from hf_llpf.data.bundle import DataBundle, SeededLoader, build_bundle, check_labels_fit
+from hf_llpf.data.images import model_channels
+from hf_llpf.data.sources import read_splits, string_columns
+from hf_llpf.data.task import check_task, data_task, endpoint_task
+from hf_llpf.data.text import TextBundle, text_bundle
+from hf_llpf.data.tokenizer import endpoint_tokenizers, load_tokenizer
 from hf_llpf.errors import ConfigError, DataMismatchError, LLPFError
-from hf_llpf.images import model_channels
-from hf_llpf.models import Endpoint, create_model, load_endpoint
-from hf_llpf.sources import read_splits, string_columns
+from hf_llpf.models.endpoints import Endpoint, create_model, load_endpoint
 from hf_llpf.stages import build_stages, load_overrides
-from hf_llpf.task import check_task, data_task, endpoint_task
-from hf_llpf.text import TextBundle, text_bundle
-from hf_llpf.tokenizer import endpoint_tokenizers, load_tokenizer
 
 
 def resolve_config(config: ConnectConfig | dict | None) -> ConnectConfig:

@@ -13,8 +13,8 @@ from typing import Any
 import datasets
 
 from hf_llpf.config import DataConfig
+from hf_llpf.data.sources import describe_columns, string_columns
 from hf_llpf.errors import DataMismatchError, UnknownNameError
-from hf_llpf.sources import describe_columns, string_columns
 
 IMAGE_COLUMNS = ("image", "img", "pixel_values")
 LABEL_COLUMNS = ("label", "labels", "fine_label")
