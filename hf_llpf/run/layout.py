@@ -29,8 +29,6 @@ PLOT_FILES = (
     "stages.png",
     "repeats.png",
 )  # what hf_llpf.plots draws in PLOTS_DIR
-# The path methods of a comparison, each a run directory of that name in the comparison's folder.
-COMPARISON_METHODS = ("llpf", "linear", "slerp", "bezier", "autoneb", "weight-matching")
 COMPARISON_FILES = ("comparison.json", "comparison.md", "comparison.png")  # hf_llpf.comparison_table
 REPEATS_FILES = ("consistency.json", "README.md")  # beside the repeat_NN run directories (hf_llpf.repeats)
 
@@ -53,6 +51,16 @@ RUN_FILES = frozenset(
         LOG_FILE,
     }
 )
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``COMPARISON_METHODS``: the path methods of a comparison, each a run directory of that name in the
+    comparison's folder; read from the method registry when asked (:mod:`hf_llpf.algorithms.registry`)."""
+    if name == "COMPARISON_METHODS":
+        from hf_llpf.algorithms.registry import comparison_methods
+
+        return comparison_methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def point_name(tick: int) -> str:

@@ -29,7 +29,6 @@ from hf_llpf.run.layout import (
     BASELINES_DIR,
     CHECKPOINT_DIR,
     COMPARISON_FILES,
-    COMPARISON_METHODS,
     CONFIG_YAML,
     LOCK,
     MARKER,
@@ -88,7 +87,10 @@ def _files_entry(name: str, is_dir: bool) -> object:
 
 
 def _methods() -> tuple[str, ...]:
-    return COMPARISON_METHODS
+    """The path methods of a comparison (its run directories' names), from the method registry."""
+    from hf_llpf.algorithms.registry import comparison_methods
+
+    return comparison_methods()
 
 
 def _baselines_entry(name: str, is_dir: bool) -> object:
