@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path as FsPath
 from typing import Any
 
+from hf_llpf.algorithms.registry import EngineMethod, comparison_methods, path_method
 from hf_llpf.comparison_table import (
     PLOT,
     TABLE_JSON,
@@ -27,10 +28,9 @@ from hf_llpf.comparison_table import (
 )
 from hf_llpf.errors import ConfigError, NotApplicableError, UnknownNameError
 from hf_llpf.evaluation.recorded import ProbeRecorder, probe_digest
-from hf_llpf.run.layout import BASELINES_DIR, COMPARISON_METHODS
+from hf_llpf.run.layout import BASELINES_DIR
 from hf_llpf.run.lock import holds_run_directory
 
-METHODS = COMPARISON_METHODS
 DEFAULT_POINTS = 31  # points of a baseline's path when neither the caller nor an LLPF run says how many
 
 
@@ -41,13 +41,21 @@ def _llpf_figures(path: Any) -> dict:
     return {"sgd_iters": int(run.get("sgd_iters") or 0) or None, "points": len(path), "ceiling": cert.get("ceiling")}
 
 
-def _check_methods(methods: Sequence[str]) -> list[str]:
-    methods = list(dict.fromkeys(methods))
-    unknown = [m for m in methods if m not in METHODS]
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``METHODS``: the methods a comparison accepts, in its table's order, read from the registry when asked."""
+    if name == "METHODS":
+        return comparison_methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _check_methods(methods: Sequence[str] | None) -> list[str]:
+    known = comparison_methods()
+    methods = list(dict.fromkeys(known if methods is None else methods))
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise UnknownNameError("method", unknown[0], METHODS)
+        raise UnknownNameError("method", unknown[0], known)
     if not methods:
-        raise ConfigError(f"methods=[]: give at least one of {', '.join(METHODS)}")
+        raise ConfigError(f"methods=[]: give at least one of {', '.join(known)}")
     return methods
 
 
@@ -55,7 +63,7 @@ def _check_options(
     *, points: int | None, train_subset: int | None, bezier: dict | None, continuity_k: int, certify: Any = None
 ) -> None:
     """Refuse settings that would fail after the first method has run, every problem at once."""
-    from hf_llpf.baselines.build import bezier_settings
+    from hf_llpf.baselines.build import method_settings
     from hf_llpf.baselines.certify import certify_settings
 
     problems = []
@@ -65,7 +73,7 @@ def _check_options(
         problems.append(f"train_subset={train_subset!r}: must be a positive number of examples or None (all)")
     if continuity_k < 0:
         problems.append(f"continuity_k={continuity_k!r}: must be 0 (no check) or a positive integer")
-    for check, settings in ((bezier_settings, (bezier, 0)), (certify_settings, (certify,))):
+    for check, settings in ((method_settings, ("bezier", bezier, 0)), (certify_settings, (certify,))):
         try:
             check(*settings)
         except ConfigError as err:
@@ -144,22 +152,23 @@ def _baseline(
 ) -> Any:
     """One baseline's path. A training baseline (Bézier, AutoNEB) is certified under LLPF's run's ceiling, its path
     checked at as many points as LLPF's run saved (unless ``points`` is given), and trains until certified or its
-    cap; without a ceiling its fixed budget is the LLPF path's SGD iterations unless ``bezier`` sets Bézier's
-    ``iters``. ``llpf``: the LLPF path's ``sgd_iters``, ``points`` and ``ceiling`` (``None``: LLPF not run)."""
+    cap; without a ceiling its fixed budget (``iters``) is the LLPF path's SGD iterations unless ``bezier`` sets
+    Bézier's. ``llpf``: the LLPF path's ``sgd_iters``, ``points`` and ``ceiling`` (``None``: LLPF not run)."""
     from hf_llpf.baselines import build_baseline, with_iters
-    from hf_llpf.baselines.build import TRAINED
 
+    entry = path_method(method)
+    settings = {"bezier": bezier}.get(method)  # compare's own settings are Bézier's (--bezier-iters, --bezier-lr)
     llpf = llpf or {}
     llpf_iters = llpf.get("sgd_iters")
     if llpf.get("ceiling") is not None:
         llpf_iters = None  # under LLPF's ceiling the trained baselines run until certified: no budget is matched
-    if method == "bezier" and llpf_iters and "iters" not in (bezier or {}):
-        bezier = with_iters(bezier, llpf_iters)
-    autoneb = {"iters": llpf_iters} if method == "autoneb" and llpf_iters else None
-    if method in TRAINED:
+    fields = getattr(entry.settings, "__dataclass_fields__", {})
+    if entry.trains and llpf_iters and "iters" in fields and "iters" not in (settings or {}):
+        settings = with_iters(settings, llpf_iters)
+    if entry.trains:
         points = points or llpf.get("points") or DEFAULT_POINTS
         kw["ceiling"] = llpf.get("ceiling")
-    return build_baseline(method, model_a, model_b, bundle, run_dir=run_dir, bezier=bezier, autoneb=autoneb,
+    return build_baseline(method, model_a, model_b, bundle, run_dir=run_dir, settings=settings,
                           points=points or DEFAULT_POINTS, **kw)  # fmt: skip
 
 
@@ -169,7 +178,7 @@ def compare(
     train_data: Any = None,
     *,
     out_dir: str | os.PathLike,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] | None = None,
     config: Any = None,
     points: int | None = None,
     bezier: dict | None = None,
@@ -190,7 +199,9 @@ def compare(
         train_data: a data spec, ``DataConfig`` or :class:`~hf_llpf.data.DataBundle` (``None``: ``config.data``);
             the evaluation's fixed batches are drawn from it.
         out_dir: the folder of the comparison: one run directory per method, the table and the plot.
-        methods: any of ``llpf``, ``linear``, ``slerp``, ``bezier``, ``autoneb``, ``weight-matching``.
+        methods: any of the registered methods a comparison accepts (``llpf``, ``linear``, ``slerp``, ``bezier``,
+            ``autoneb``, ``weight-matching``: :func:`hf_llpf.algorithms.registry.comparison_methods`, and any
+            method registered since); ``None``: all of them.
         config: :class:`~hf_llpf.config.ConnectConfig` or a dict (LLPF's settings; its data, batch size and seed
             are used by every method).
         points: points of each baseline's path (ends included); ``None``: as many as the LLPF path saved for Bézier
@@ -287,7 +298,7 @@ def _compare(
         except NotApplicableError as err:
             judge.not_applicable(method, err)
             continue
-        if method == "llpf":
+        if issubclass(path_method(method), EngineMethod):
             llpf = _llpf_figures(path)
         judge.judge(method, path, time.perf_counter() - start)
     table = judge.table(
@@ -324,7 +335,9 @@ def _method_path(
     """The path of one method of :func:`compare`, written to the new folder ``out/<method>``."""
     from hf_llpf.api import connect
 
-    if method == "llpf":
+    entry = path_method(method)
+    if issubclass(entry, EngineMethod):  # llpf: the settings' method; an engine method: its own name
+        config = config if entry.engine is None else config.model_copy(update={"method": entry.name})
         return connect(model_a, model_b, bundle, config=config, run_dir=out / method, progress=progress,
                        command=command, protected=protected)  # fmt: skip
     return _baseline(method, model_a, model_b, bundle, out / method, config=config, points=points, bezier=bezier,
@@ -365,7 +378,8 @@ def compare_run(
 
     Args:
         run_dir: the LLPF run directory.
-        baselines: any of ``linear``, ``slerp``, ``bezier``, ``weight-matching``.
+        baselines: any of the compared methods but ``llpf`` (``linear``, ``slerp``, ``bezier``, ``autoneb``,
+            ``weight-matching``, and any curve registered since).
         data: the data (default: the run's ``llpf_config.yaml`` ``data``); a spec, ``DataConfig`` or DataBundle.
         template: a module of the architecture, for runs of plain ``nn.Module`` s.
         seed: seed of the evaluation's fixed subsets (as ``hf-llpf evaluate --seed``).
@@ -385,8 +399,9 @@ def compare_run(
     baselines = _check_methods(baselines)
     _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k,
                    certify=certify)  # fmt: skip
-    if "llpf" in baselines:
-        raise ConfigError("--baselines llpf: the run itself is the LLPF path; name baselines only")
+    engines = [m for m in baselines if issubclass(path_method(m), EngineMethod)]
+    if engines:
+        raise ConfigError(f"--baselines {engines[0]}: the run itself is the LLPF path; name baselines only")
     path, bundle, config = _opened_run(run_dir, baselines, data, template)
     out = path.root / BASELINES_DIR
     ends = [as_endpoint(path.model_at(i)) if template is not None else path.endpoint_at(i) for i in (0, -1)]
@@ -462,7 +477,6 @@ __all__ = [
     "PLOT",
     "TABLE_JSON",
     "TABLE_MD",
-    "METHODS",
     "ProbeRecorder",
     "compare",
     "compare_run",

@@ -173,7 +173,7 @@ def _outside(root, skip: str = "baselines") -> str:
 
 
 def test_a_failing_baseline_leaves_the_runs_own_evaluation_as_it_was(finished_run, tmp_path, monkeypatch, capsys):
-    import hf_llpf.baselines.build as build
+    import hf_llpf.baselines.slerp as slerp
     from hf_llpf.errors import ConfigError
 
     run = _copy(finished_run, tmp_path)
@@ -195,7 +195,7 @@ def test_a_failing_baseline_leaves_the_runs_own_evaluation_as_it_was(finished_ru
     def broken(*args, **kwargs):
         raise ConfigError("slerp: broken on purpose")
 
-    monkeypatch.setattr(build, "slerp_state", broken)
+    monkeypatch.setattr(slerp, "slerp_state", broken)
     assert main([*argv, "--baselines", "slerp"]) == 2
     assert "slerp: broken on purpose" in capsys.readouterr().err
     assert (run / "path_metrics.json").read_bytes() == metrics and _outside(run) == before

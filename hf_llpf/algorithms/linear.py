@@ -3,6 +3,9 @@
 ``method: auto`` takes it when the linear interpolation already stays under the loss ceiling at every probed t
 (typical for two fine-tunes of one pretrained model): no walk can beat a certified straight line on cost, and a
 walk could be worse. ``method: linear`` writes it in any case (its certification is reported as measured).
+
+:class:`LinearPath` is the registered method ``linear``: connect runs :class:`Linear` (``LINEAR_POINTS`` certified
+points), ``compare`` and :func:`hf_llpf.build_baseline` write :func:`lerp_state` at fixed t.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 
 from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup
 from hf_llpf.algorithms.certify import Certifier, Verdict
-from hf_llpf.algorithms.registry import register
+from hf_llpf.algorithms.registry import CurveMethod, register
 from hf_llpf.evaluation.interpolation import load_point
 from hf_llpf.geometry import total_distance
 from hf_llpf.run.records import PointRecord, TickRecord
@@ -59,7 +62,6 @@ def straight_line_certified(ea_model: torch.nn.Module, eb_model: torch.nn.Module
     return True, *top
 
 
-@register("linear")
 class Linear(Method):
     """Write the straight line from θ_A to θ_B as ``LINEAR_POINTS`` points, certified point by point."""
 
@@ -118,3 +120,26 @@ class Linear(Method):
         point = ends[0] if k == 0 else ends[-1] if k == last else probes[2 * k]
         segment = probes[2 * k - 1] if k > 0 and self.config.certify_segments else None
         return Verdict(point, segment, 0, self.certifier.ceiling)
+
+
+def lerp_state(t: float, state_a: dict, state_b: dict) -> dict:
+    """θ(t) = (1−t)·θ_A + t·θ_B per tensor (``torch.lerp``; ends exact; integer buffers from the nearer end)."""
+    out = {}
+    for name, a in state_a.items():
+        b = state_b[name]
+        if t == 0.0 or t == 1.0 or not a.is_floating_point():
+            out[name] = (b if t >= 0.5 else a).clone()
+        else:
+            out[name] = torch.lerp(a, b.to(a.dtype), t)
+    return out
+
+
+@register("linear")
+class LinearPath(CurveMethod):
+    """The straight line: :class:`Linear` under connect, :func:`lerp_state` at fixed t as a baseline."""
+
+    engine = Linear
+    rank = 10
+
+    def build(self, prepared: Any):
+        return lambda t: lerp_state(t, prepared.sa, prepared.sb)

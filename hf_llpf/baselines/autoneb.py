@@ -28,8 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_llpf.algorithms.registry import TrainedMethod, register
+from hf_llpf.algorithms.repair import batch_stream
 from hf_llpf.baselines.bezier import _CurvePoint  # the model called with given parameters
-from hf_llpf.baselines.pathdir import State
+from hf_llpf.baselines.pathdir import PreparedEnds, State, TrainedCurve
 from hf_llpf.batches import LossFn, default_loss, move_batch
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.recalibration import recalibrate_bn
@@ -265,4 +267,33 @@ def check(settings: AutoNEBSettings) -> None:
         raise ConfigError(problems)
 
 
-__all__ = ["AutoNEBSettings", "ElasticBand", "check"]
+@register("autoneb")
+class AutoNEB(TrainedMethod):
+    """The elastic band, trained on the training data; its points recalibrated."""
+
+    settings = AutoNEBSettings
+    rank = 40
+
+    @classmethod
+    def round_problems(cls, rounds: Any, settings: AutoNEBSettings) -> list[str]:
+        if rounds.round_iters >= settings.max_pivots:
+            return []
+        return [
+            f"certify round_iters={rounds.round_iters}: must be >= autoneb max_pivots ({settings.max_pivots}), so "
+            "that every round moves each pivot at least once"
+        ]
+
+    def build(self, prepared: PreparedEnds) -> TrainedCurve:
+        e, settings = prepared, prepared.settings
+        band, stream = ElasticBand(e.ea.model, e.sa, e.sb, device=e.device), batch_stream(e.loader)
+        eval_batches = e.batches[: settings.eval_batches]
+        return TrainedCurve(
+            state_at=lambda t: band.state_at(t, e.batches),
+            train_budget=lambda: band.train(stream, eval_batches, settings, loss_fn=e.loss_fn),
+            train_round=lambda n: band.train_round(stream, eval_batches, n, settings, loss_fn=e.loss_fn),
+            iterations=lambda: band.iterations,
+            summary=lambda: {"pivots": len(band.pivots) - 2, "inserted_per_cycle": band.inserted},
+        )
+
+
+__all__ = ["AutoNEB", "AutoNEBSettings", "ElasticBand", "check"]

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from hf_llpf.baselines.pathdir import State
+from hf_llpf.algorithms.registry import TrainedMethod, register
+from hf_llpf.algorithms.repair import batch_stream
+from hf_llpf.baselines.pathdir import PreparedEnds, State, TrainedCurve
 from hf_llpf.batches import LossFn, default_loss, move_batch
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.recalibration import recalibrate_bn
@@ -172,4 +174,23 @@ def check(settings: BezierSettings) -> None:
         raise ConfigError(problems)
 
 
-__all__ = ["BezierCurve", "BezierSettings", "check", "coefficients"]
+@register("bezier")
+class Bezier(TrainedMethod):
+    """The quadratic Bézier curve, its control point trained on the training data; its points recalibrated."""
+
+    settings = BezierSettings
+    rank = 30
+
+    def build(self, prepared: PreparedEnds) -> TrainedCurve:
+        e, settings = prepared, prepared.settings
+        curve, stream = BezierCurve(e.ea.model, e.sa, e.sb, device=e.device), batch_stream(e.loader)
+        return TrainedCurve(
+            state_at=lambda t: curve.state_at(t, e.batches),
+            train_budget=lambda: curve.train(stream, settings, loss_fn=e.loss_fn),
+            train_round=lambda n: curve.train(stream, settings, loss_fn=e.loss_fn, iters=n),
+            iterations=lambda: curve.iterations,
+            summary=dict,
+        )
+
+
+__all__ = ["Bezier", "BezierCurve", "BezierSettings", "check", "coefficients"]

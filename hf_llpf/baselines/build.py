@@ -11,16 +11,16 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, is_dataclass, replace
 from itertools import islice
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 
-import hf_llpf.baselines.autoneb as neb
-from hf_llpf.algorithms.repair import batch_stream
-from hf_llpf.baselines.bezier import BezierCurve, BezierSettings, check
+from hf_llpf.algorithms.registry import PathMethod, baseline_names, path_method
+from hf_llpf.baselines.autoneb import AutoNEBSettings
+from hf_llpf.baselines.bezier import BezierSettings
 from hf_llpf.baselines.certify import (
     CertifySettings,
     CurveCheck,
@@ -29,10 +29,7 @@ from hf_llpf.baselines.certify import (
     close_baseline,
     train_until_certified,
 )
-from hf_llpf.baselines.pathdir import BaselineRun, State, fixed_ts, state_of, write_path
-from hf_llpf.baselines.permutation import permutation_spec
-from hf_llpf.baselines.slerp import lerp_state, slerp_state
-from hf_llpf.baselines.weight_matching import apply_permutation, ends_check, match_weights
+from hf_llpf.baselines.pathdir import BaselineRun, PreparedEnds, State, TrainedCurve, fixed_ts, state_of, write_path
 from hf_llpf.batches import LossFn, cpu_only
 from hf_llpf.errors import ConfigError, UnknownNameError
 from hf_llpf.evaluation.recalibration import recalibrate_bn
@@ -44,8 +41,15 @@ from hf_llpf.run.inputs import example_batch, local_specs, prepare_data, resolve
 from hf_llpf.run.rundir import check_exist
 from hf_llpf.run.seeding import seed_everything
 
-BASELINES = ("linear", "slerp", "bezier", "autoneb", "weight-matching")
-TRAINED = ("bezier", "autoneb")  # the baselines that train (SGD), their BatchNorm statistics recomputed at each t
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``BASELINES`` and ``TRAINED`` (the curves, and those that train), read from the registry when asked: every
+    method registers itself (:mod:`hf_llpf.algorithms.registry`)."""
+    if name == "BASELINES":
+        return baseline_names()
+    if name == "TRAINED":
+        return tuple(n for n in baseline_names() if path_method(n).trains)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _recal_batches(loader: Any, bundle: Any, config: Any, n: int) -> list:
@@ -72,39 +76,44 @@ def _recalibrated(state_at: Callable[[float], State], model: torch.nn.Module, ba
     return at
 
 
+def method_settings(method: str | type[PathMethod], given: Any, seed: int) -> Any:
+    """Checked settings of ``method``'s own ``settings`` class from an instance, a dict of its fields or None (the
+    defaults); ``seed`` is the default of a ``seed`` field. ``None`` for a method without settings.
+
+    Raises:
+        UnknownNameError: an unknown field. ConfigError: an invalid value, or settings given to a method with none.
+    """
+    entry = path_method(method) if isinstance(method, str) else method
+    cls = entry.settings
+    if cls is None:
+        if given is not None:
+            raise ConfigError(f"{entry.name} settings={given!r}: {entry.name} has no settings of its own")
+        return None
+    fields = list(cls.__dataclass_fields__)
+    defaults = {"seed": seed} if "seed" in fields else {}
+    if given is None:
+        given = cls(**defaults)
+    elif isinstance(given, dict):
+        unknown = sorted(set(given) - set(fields))
+        if unknown:
+            raise UnknownNameError(f"{entry.name} setting", unknown[0], fields)
+        given = cls(**{**defaults, **given})
+    elif not isinstance(given, cls):
+        raise ConfigError(f"{entry.name} settings={type(given).__name__}: expected {cls.__name__}, a dict or None")
+    problems = given.problems()
+    if problems:
+        raise ConfigError(problems)
+    return given
+
+
 def bezier_settings(bezier: BezierSettings | dict | None, seed: int) -> BezierSettings:
-    """Checked :class:`BezierSettings` from settings, a dict of their fields or None (the defaults).
-
-    Raises:
-        UnknownNameError: an unknown field. ConfigError: an invalid value.
-    """
-    if bezier is None:
-        return BezierSettings(seed=seed)
-    if isinstance(bezier, dict):
-        unknown = sorted(set(bezier) - set(BezierSettings.__dataclass_fields__))
-        if unknown:
-            raise UnknownNameError("bezier setting", unknown[0], list(BezierSettings.__dataclass_fields__))
-        bezier = BezierSettings(**{"seed": seed, **bezier})
-    check(bezier)
-    return bezier
+    """Checked :class:`BezierSettings` from settings, a dict of their fields or None (the defaults)."""
+    return method_settings("bezier", bezier, seed)
 
 
-def autoneb_settings(settings: neb.AutoNEBSettings | dict | None, seed: int) -> neb.AutoNEBSettings:
-    """Checked :class:`~hf_llpf.baselines.autoneb.AutoNEBSettings` from settings, a dict of their fields or None.
-
-    Raises:
-        UnknownNameError: an unknown field. ConfigError: an invalid value.
-    """
-    fields = list(neb.AutoNEBSettings.__dataclass_fields__)
-    if settings is None:
-        settings = neb.AutoNEBSettings(seed=seed)
-    elif isinstance(settings, dict):
-        unknown = sorted(set(settings) - set(fields))
-        if unknown:
-            raise UnknownNameError("autoneb setting", unknown[0], fields)
-        settings = neb.AutoNEBSettings(**{"seed": seed, **settings})
-    neb.check(settings)
-    return settings
+def autoneb_settings(settings: AutoNEBSettings | dict | None, seed: int) -> AutoNEBSettings:
+    """Checked :class:`~hf_llpf.baselines.autoneb.AutoNEBSettings` from settings, a dict of their fields or None."""
+    return method_settings("autoneb", settings, seed)
 
 
 def build_baseline(
@@ -116,8 +125,9 @@ def build_baseline(
     run_dir: str | os.PathLike,
     config: Any = None,
     points: int = 31,
+    settings: Any = None,
     bezier: BezierSettings | dict | None = None,
-    autoneb: neb.AutoNEBSettings | dict | None = None,
+    autoneb: AutoNEBSettings | dict | None = None,
     ceiling: float | None = None,
     certify: CertifySettings | dict | None = None,
     recalibrate_bn: bool = False,
@@ -130,15 +140,19 @@ def build_baseline(
     """Build the path of one baseline from θ_A to θ_B and write it to ``run_dir`` (points at fixed t).
 
     Args:
-        method: ``linear``, ``slerp``, ``bezier``, ``autoneb`` or ``weight-matching``.
+        method: a registered curve (:func:`hf_llpf.algorithms.registry.baseline_names`: ``linear``, ``slerp``,
+            ``bezier``, ``autoneb``, ``weight-matching``, and any method registered since).
         model_a, model_b: endpoint specs, modules or Endpoints (as for :func:`hf_llpf.connect`).
         train_data: the training data (as for :func:`hf_llpf.connect`; ``None``: ``config.data``): Bézier trains
             on it, every method recomputes BatchNorm statistics on it when asked, weight matching checks its ends
             on one batch of it.
         config: a :class:`~hf_llpf.config.ConnectConfig` or dict: its ``data``, ``batch_size`` and ``seed`` are used.
         points: points written, ends included, at t = i/(points−1).
-        bezier: :class:`~hf_llpf.baselines.bezier.BezierSettings` or a dict of its fields (``iters``, ``lr``, ...).
-        autoneb: :class:`~hf_llpf.baselines.autoneb.AutoNEBSettings` or a dict of its fields (``iters``, ...).
+        settings: the method's own settings (an instance of its ``settings`` class or a dict of its fields).
+        bezier: :class:`~hf_llpf.baselines.bezier.BezierSettings` or a dict of its fields (``iters``, ``lr``, ...),
+            for ``bezier`` when ``settings`` is not given.
+        autoneb: :class:`~hf_llpf.baselines.autoneb.AutoNEBSettings` or a dict of its fields (``iters``, ...), for
+            ``autoneb`` when ``settings`` is not given.
         ceiling: the loss ceiling Bézier and AutoNEB are certified under (``compare`` passes LLPF's run's); ``None``:
             ``config.loss_ceiling`` (``auto``: LLPF's rule from the endpoints; null: no certificate, and they train
             their fixed ``iters``). Under a ceiling they train in rounds until the certificate accepts the path or
@@ -160,111 +174,58 @@ def build_baseline(
         NotApplicableError: weight matching on a model whose permutations cannot be read from its graph.
         ConfigError: invalid settings.
     """
-    if method not in BASELINES:
-        raise UnknownNameError("baseline method", method, BASELINES)
+    entry = path_method(method, kind="baseline method", among=list(baseline_names()))
     ts = fixed_ts(points)
     rounds = certify_settings(certify)
     check_exist(run_dir, exist, inside=inside, protected=local_specs(model_a, model_b, train_data))  # before any work
     config = resolve_config(config)
-    settings = {"bezier": lambda: bezier_settings(bezier, config.seed),
-                "autoneb": lambda: autoneb_settings(autoneb, config.seed)}.get(method, lambda: None)()  # fmt: skip
-    if method in TRAINED:
-        check_rounds(method, rounds, settings, ceiling)
+    given = settings if settings is not None else {"bezier": bezier, "autoneb": autoneb}.get(method)
+    own = method_settings(entry, given, config.seed)
+    if entry.trains:
+        check_rounds(entry, rounds, own, ceiling)
     seed_everything(config.seed)
     start = time.perf_counter()
+    ends, assets = _prepare_ends(entry, model_a, model_b, train_data, config, own, points, recalibrate_bn)
+    finish = None
+    if entry.trains:
+        ends.device = device or Accelerator(cpu=cpu_only()).device
+        certifier = baseline_certifier([ends.ea.model, ends.eb.model], train_data, ends.loader, ends.bundle, config,
+                                       ceiling=ceiling, loss_fn=loss_fn, device=ends.device)  # fmt: skip
+        ends.loss_fn = loss_fn
+        trained = entry().build(ends)
+        state_at, finish = _train(trained, method, own, ends.record, certifier, rounds, ts, ends.ea, ends.device,
+                                  start)  # fmt: skip
+    else:
+        state_at = entry().build(ends)
+        if recalibrate_bn:
+            state_at = _recalibrated(state_at, ends.ea.model, ends.batches)
+    ends.record.settings["recalibrate_bn"] = recalibrate_bn or entry.trains
+    return write_path(run_dir, ends.ea, ends.eb, ts, state_at, ends.record, exist=exist, command=command,
+                      seconds=time.perf_counter() - start, assets=assets, inside=inside, finish=finish)  # fmt: skip
+
+
+def _prepare_ends(entry: type[PathMethod], model_a: Any, model_b: Any, train_data: Any, config: Any, own: Any,
+                  points: int, recalibrate_bn: bool) -> tuple[PreparedEnds, Any]:  # fmt: skip
+    """The ends loaded and checked, the data, the ends' data config and assets, and the BatchNorm batches (a
+    trained method's always, another's when ``recalibrate_bn``), in the order the seeded randomness depends on."""
     ea, eb = resolve_endpoint(model_a), resolve_endpoint(model_b)
     check_finite(ea, label="A")
     check_finite(eb, label="B")
     check_endpoints_match(ea.model, eb.model)
     loader, bundle, data_config = prepare_data(train_data, config, ea, eb)
-    # As connect does: timm points record the data they describe, and the companion files travel (hf_llpf.assets).
+    # As connect does: timm points record the data they describe, and the companion files travel (hf_llpf.run.assets).
     described = run_data_config(bundle, example_batch(loader), data_config.data)
     ea, eb = with_data_config(ea, described), with_data_config(eb, described)
     assets = run_assets(ea, eb, bundle)
     data = bundle.config.model_dump(mode="json") if bundle is not None else None
     sa, sb = state_of(ea.model), state_of(eb.model)
-    run = BaselineRun(method=method, data=data, seed=config.seed, settings={"points": points})
-    recal = recalibrate_bn or method in TRAINED
-    batches = _recal_batches(loader, bundle, config, settings.recal_batches if settings else 8) if recal else []
-    finish = None
-    if method in ("linear", "slerp"):
-        state_at = (lambda t: lerp_state(t, sa, sb)) if method == "linear" else (lambda t: slerp_state(t, sa, sb))
-    elif method == "weight-matching":
-        state_at = _weight_matching(ea, sa, sb, loader, run, seed=config.seed)
-    else:
-        device = device or Accelerator(cpu=cpu_only()).device
-        certifier = baseline_certifier([ea.model, eb.model], train_data, loader, bundle, config, ceiling=ceiling,
-                                       loss_fn=loss_fn, device=device)  # fmt: skip
-        make = _autoneb if method == "autoneb" else _bezier
-        trained = make(ea, sa, sb, loader, batches, settings, loss_fn=loss_fn, device=device)
-        state_at, finish = _train(trained, method, settings, run, certifier, rounds, ts, ea, device, start)
-    if recal and method not in TRAINED:
-        state_at = _recalibrated(state_at, ea.model, batches)
-    run.settings["recalibrate_bn"] = recal
-    return write_path(run_dir, ea, eb, ts, state_at, run, exist=exist, command=command,
-                      seconds=time.perf_counter() - start, assets=assets, inside=inside, finish=finish)  # fmt: skip
+    record = BaselineRun(method=entry.name, data=data, seed=config.seed, settings={"points": points})
+    recal = recalibrate_bn or entry.trains
+    batches = _recal_batches(loader, bundle, config, getattr(own, "recal_batches", 8)) if recal else []
+    return PreparedEnds(ea, eb, sa, sb, loader, bundle, config, own, batches, record), assets
 
 
-def _weight_matching(ea: Endpoint, sa: State, sb: State, loader: Any, run: BaselineRun, *, seed: int) -> Callable:
-    """Match θ_B to θ_A; ``t -> (1−t)·θ_A + t·π(θ_B)``. Records the permutation and the ends check in ``run``."""
-    example = example_batch(loader)
-    inputs = example[0] if isinstance(example, (tuple, list)) else example
-    spec = permutation_spec(ea.model, inputs)
-    perms, sweeps = match_weights(sa, sb, spec, seed=seed)
-    spb = apply_permutation(sb, spec, perms)
-    check = ends_check(ea.model, sb, spb, inputs)
-    moved = sum(int((p != torch.arange(len(p))).sum()) for p in perms.values())
-    total = sum(len(p) for p in perms.values())
-    run.end_b = "π(θ_B): θ_B with its hidden units permuted (same function, different weights)"
-    run.summary["weight_matching"] = {
-        "spaces": {k: v["size"] for k, v in spec.spaces.items()},
-        "sweeps": sweeps,
-        "units_moved": moved,
-        "units": total,
-        "ends_check": check,
-    }
-    return lambda t: lerp_state(t, sa, spb)
-
-
-@dataclass
-class _Trained:
-    """A trained baseline's curve, whichever the method: how to train it and read it."""
-
-    state_at: Callable[[float], State]  # the written point at t (BatchNorm statistics recomputed)
-    train_budget: Callable[[], list[float]]  # the fixed-budget training (no ceiling); returns the losses
-    train_round: Callable[[int], list[float]]  # one round of at most n SGD iterations; returns the losses
-    iterations: Callable[[], int]
-    summary: Callable[[], dict]  # the method's own figures for summary.run.<method>
-
-
-def _bezier(ea: Endpoint, sa: State, sb: State, loader: Any, batches: list, settings: BezierSettings, *,
-            loss_fn: LossFn | None, device: Any) -> _Trained:  # fmt: skip
-    """The Bézier curve, its control point trained on ``loader``; points recalibrated on ``batches``."""
-    curve, stream = BezierCurve(ea.model, sa, sb, device=device), batch_stream(loader)
-    return _Trained(
-        state_at=lambda t: curve.state_at(t, batches),
-        train_budget=lambda: curve.train(stream, settings, loss_fn=loss_fn),
-        train_round=lambda n: curve.train(stream, settings, loss_fn=loss_fn, iters=n),
-        iterations=lambda: curve.iterations,
-        summary=dict,
-    )
-
-
-def _autoneb(ea: Endpoint, sa: State, sb: State, loader: Any, batches: list, settings: neb.AutoNEBSettings, *,
-             loss_fn: LossFn | None, device: Any) -> _Trained:  # fmt: skip
-    """The elastic band, trained on ``loader``; points recalibrated on ``batches``."""
-    band, stream = neb.ElasticBand(ea.model, sa, sb, device=device), batch_stream(loader)
-    eval_batches = batches[: settings.eval_batches]
-    return _Trained(
-        state_at=lambda t: band.state_at(t, batches),
-        train_budget=lambda: band.train(stream, eval_batches, settings, loss_fn=loss_fn),
-        train_round=lambda n: band.train_round(stream, eval_batches, n, settings, loss_fn=loss_fn),
-        iterations=lambda: band.iterations,
-        summary=lambda: {"pivots": len(band.pivots) - 2, "inserted_per_cycle": band.inserted},
-    )
-
-
-def _train(trained: _Trained, method: str, settings: Any, run: BaselineRun, certifier: Any,
+def _train(trained: TrainedCurve, method: str, settings: Any, run: BaselineRun, certifier: Any,
            rounds: CertifySettings, ts: list[float], ea: Endpoint, device: Any, start: float) -> tuple:  # fmt: skip
     """Train ``trained``: its fixed budget without a certifier, else in rounds until certified or the cap. Records
     the method's figures in ``run``; returns ``state_at`` and the write's ``finish`` (the certification record)."""
@@ -296,33 +257,37 @@ def _train(trained: _Trained, method: str, settings: Any, run: BaselineRun, cert
     return trained.state_at, finish
 
 
-def check_rounds(method: str, rounds: CertifySettings, settings: Any, ceiling: Any) -> None:
+def check_rounds(method: str | type[PathMethod], rounds: CertifySettings, settings: Any, ceiling: Any) -> None:
     """Refuse a ceiling that is not a positive number, and rounds too short for AutoNEB (a round must pay for one
     NEB step of the largest band), every problem at once.
 
     Raises:
         ConfigError: naming each value and what is allowed.
     """
+    entry = path_method(method) if isinstance(method, str) else method
     problems = []
     number = isinstance(ceiling, (int, float)) and not isinstance(ceiling, bool)
     if ceiling is not None and not (number and 0 < ceiling < math.inf):
         problems.append(f"ceiling={ceiling!r}: must be a positive number, or None (the settings' loss_ceiling)")
-    if method == "autoneb" and rounds.round_iters < settings.max_pivots:
-        problems.append(
-            f"certify round_iters={rounds.round_iters}: must be >= autoneb max_pivots ({settings.max_pivots}), so "
-            "that every round moves each pivot at least once"
-        )
+    problems += entry.round_problems(rounds, settings)
     if problems:
         raise ConfigError(problems)
 
 
-def with_iters(settings: BezierSettings | dict | None, iters: int) -> dict | BezierSettings:
-    """``settings`` with ``iters`` set (a budget matched to another method's SGD iterations)."""
-    if isinstance(settings, BezierSettings):
+def with_iters(settings: Any, iters: int) -> Any:
+    """``settings`` (a trained method's settings, a dict of their fields or None) with ``iters`` set (a budget
+    matched to another method's SGD iterations)."""
+    if is_dataclass(settings) and not isinstance(settings, type):
         return replace(settings, iters=iters)
     if settings is not None and not isinstance(settings, dict):
-        raise ConfigError(f"bezier={type(settings).__name__}: expected BezierSettings, a dict or None")
+        raise ConfigError(f"settings={type(settings).__name__}: expected a method's settings, a dict or None")
     return {**(settings or {}), "iters": iters}
 
 
-__all__ = ["BASELINES", "TRAINED", "autoneb_settings", "bezier_settings", "build_baseline", "with_iters"]
+__all__ = [
+    "autoneb_settings",
+    "bezier_settings",
+    "build_baseline",
+    "method_settings",
+    "with_iters",
+]

@@ -73,6 +73,47 @@ class BaselineRun:
     end_b: str | None = None
 
 
+@dataclass
+class PreparedEnds:
+    """What a curve method builds on (:meth:`hf_llpf.algorithms.registry.PathMethod.build`), prepared once by
+    :func:`hf_llpf.build_baseline`.
+
+    Attributes:
+        ea, eb: θ_A and θ_B, each carrying the run's data config; ``sa``, ``sb``: their tensors on the CPU.
+        loader: the training batches; ``bundle``: the loaded data (``None`` for Python batches).
+        config: the run's settings (``seed``, ``batch_size``, ``data``).
+        settings: the method's own settings (an instance of its ``settings`` class), or ``None``.
+        batches: the training batches BatchNorm statistics are recomputed on (empty when they are not).
+        record: what the run writes besides its points; a method adds its own figures to ``record.summary``.
+        loss_fn: the training loss (``None``: cross-entropy / ``outputs.loss``); ``device``: where a method trains.
+    """
+
+    ea: Endpoint
+    eb: Endpoint
+    sa: State
+    sb: State
+    loader: Any
+    bundle: Any
+    config: Any
+    settings: Any
+    batches: list
+    record: BaselineRun
+    loss_fn: Any = None
+    device: Any = None
+
+
+@dataclass
+class TrainedCurve:
+    """A trained method's curve (what :class:`~hf_llpf.algorithms.registry.TrainedMethod` ``.build`` returns):
+    how to train it and read it."""
+
+    state_at: Callable[[float], State]  # the written point at t (BatchNorm statistics recomputed)
+    train_budget: Callable[[], list[float]]  # the fixed-budget training (no ceiling); returns the losses
+    train_round: Callable[[int], list[float]]  # one round of at most n SGD iterations; returns the losses
+    iterations: Callable[[], int]
+    summary: Callable[[], dict]  # the method's own figures for summary.run.<method>
+
+
 def write_path(
     run_dir: str | os.PathLike,
     ea: Endpoint,
@@ -101,7 +142,7 @@ def write_path(
         exist: ``"error"`` or ``"overwrite"`` (see :class:`~hf_llpf.run.RunWriter`).
         command: the command line that made it, recorded for reproduction.
         seconds: time the method spent before writing (training, matching); added to the wall time.
-        assets: the endpoints' companion files (:func:`hf_llpf.assets.run_assets`), stored in ``assets/``.
+        assets: the endpoints' companion files (:func:`hf_llpf.run.assets.run_assets`), stored in ``assets/``.
         inside: the run directory ``run_dir`` lies in (``RUN/baselines/<method>``): no folder between them may be a
             symbolic link (see :class:`~hf_llpf.run.RunWriter`).
         finish: called once the points and metrics are written, with the path and its rows (which it may add
@@ -158,4 +199,4 @@ def write_path(
     return Path(run_dir, template=ea.model if ea.kind == "module" else None)
 
 
-__all__ = ["BaselineRun", "State", "fixed_ts", "state_of", "write_path"]
+__all__ = ["BaselineRun", "PreparedEnds", "State", "TrainedCurve", "fixed_ts", "state_of", "write_path"]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from hf_llpf.baselines.pathdir import State
+from hf_llpf.algorithms.linear import lerp_state
+from hf_llpf.algorithms.registry import CurveMethod, register
+from hf_llpf.baselines.pathdir import PreparedEnds, State
 
 DOT_THRESHOLD = 0.9995  # mergekit's: above it the tensors are treated as colinear and lerped
 _EPS = 1e-8
@@ -54,16 +56,14 @@ def slerp_state(t: float, state_a: State, state_b: State, *, dot_threshold: floa
     return out
 
 
-def lerp_state(t: float, state_a: State, state_b: State) -> State:
-    """θ(t) = (1−t)·θ_A + t·θ_B per tensor (``torch.lerp``; ends exact; integer buffers from the nearer end)."""
-    out = {}
-    for name, a in state_a.items():
-        b = state_b[name]
-        if t == 0.0 or t == 1.0 or not a.is_floating_point():
-            out[name] = (b if t >= 0.5 else a).clone()
-        else:
-            out[name] = torch.lerp(a, b.to(a.dtype), t)
-    return out
+@register("slerp")
+class Slerp(CurveMethod):
+    """SLERP of θ_A and θ_B at each t (:func:`slerp_state`)."""
+
+    rank = 20
+
+    def build(self, prepared: PreparedEnds):
+        return lambda t: slerp_state(t, prepared.sa, prepared.sb)
 
 
-__all__ = ["DOT_THRESHOLD", "lerp_state", "slerp_state", "slerp_tensor"]
+__all__ = ["DOT_THRESHOLD", "Slerp", "lerp_state", "slerp_state", "slerp_tensor"]

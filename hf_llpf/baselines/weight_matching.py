@@ -17,8 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_llpf.baselines.pathdir import State
-from hf_llpf.baselines.permutation import PermutationSpec
+from hf_llpf.algorithms.linear import lerp_state
+from hf_llpf.algorithms.registry import CurveMethod, register
+from hf_llpf.baselines.pathdir import PreparedEnds, State
+from hf_llpf.baselines.permutation import PermutationSpec, permutation_spec
+from hf_llpf.run.inputs import example_batch
 
 Perms = dict[str, torch.Tensor]
 
@@ -91,4 +94,32 @@ def ends_check(model: nn.Module, state_b: State, state_pb: State, inputs: Any) -
     }
 
 
-__all__ = ["Perms", "apply_permutation", "ends_check", "match_weights", "permute_tensor"]
+@register("weight-matching")
+class WeightMatching(CurveMethod):
+    """θ_B's hidden units matched to θ_A's, then ``t -> (1−t)·θ_A + t·π(θ_B)``; records the permutation and the
+    ends check in the run's summary."""
+
+    rank = 50
+
+    def build(self, prepared: PreparedEnds):
+        e = prepared
+        example = example_batch(e.loader)
+        inputs = example[0] if isinstance(example, (tuple, list)) else example
+        spec = permutation_spec(e.ea.model, inputs)
+        perms, sweeps = match_weights(e.sa, e.sb, spec, seed=e.config.seed)
+        spb = apply_permutation(e.sb, spec, perms)
+        check = ends_check(e.ea.model, e.sb, spb, inputs)
+        moved = sum(int((p != torch.arange(len(p))).sum()) for p in perms.values())
+        total = sum(len(p) for p in perms.values())
+        e.record.end_b = "π(θ_B): θ_B with its hidden units permuted (same function, different weights)"
+        e.record.summary["weight_matching"] = {
+            "spaces": {k: v["size"] for k, v in spec.spaces.items()},
+            "sweeps": sweeps,
+            "units_moved": moved,
+            "units": total,
+            "ends_check": check,
+        }
+        return lambda t: lerp_state(t, e.sa, spb)
+
+
+__all__ = ["Perms", "WeightMatching", "apply_permutation", "ends_check", "match_weights", "permute_tensor"]

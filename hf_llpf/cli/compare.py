@@ -9,14 +9,14 @@ from hf_llpf.cli.args import add_settings_args, positive, threads
 
 
 def _methods(text: str) -> list[str]:
-    from hf_llpf.comparison import METHODS
+    """The methods named, each a registered method a comparison accepts (hf_llpf.algorithms.registry)."""
+    from hf_llpf.algorithms.registry import comparison_methods
 
+    known = comparison_methods()
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in known]
     if unknown or not methods:
-        raise argparse.ArgumentTypeError(
-            f"--methods {text!r}: expected a comma-separated list of {', '.join(METHODS)}"
-        )
+        raise argparse.ArgumentTypeError(f"--methods {text!r}: expected a comma-separated list of {', '.join(known)}")
     return methods
 
 
@@ -30,8 +30,8 @@ def register(sub) -> None:
     p.add_argument(
         "--methods",
         type=_methods,
-        default="llpf,linear,slerp,bezier,autoneb,weight-matching",
-        help="comma-separated: llpf, linear, slerp, bezier, autoneb, weight-matching (default: all)",
+        help="comma-separated registered methods: llpf, linear, slerp, bezier, autoneb, weight-matching, and any "
+        "registered since (default: all)",
     )
     p.add_argument(
         "--points",
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     check_exist(args.out, exist, protected=protected, kind="comparison")  # before anything loads
     bezier = {k: v for k, v in (("iters", args.bezier_iters), ("lr", args.bezier_lr)) if v is not None}
     certify = {k: v for k, v in (("cap", args.certify_cap), ("round_iters", args.certify_round)) if v is not None}
-    methods = args.methods if isinstance(args.methods, list) else _methods(args.methods)
+    methods = args.methods  # None: every method a comparison accepts
     table = compare(
         load_endpoint(args.a, arch=args.arch),
         load_endpoint(args.b, arch=args.arch),

@@ -219,18 +219,22 @@ class Publication:
     remote_code_removed: dict[str, list[str]] = field(default_factory=dict)
 
 
-# Paths written by hf_llpf.baselines or the straight line (endpoints.json "method"): not called LLPF paths.
-_BASELINE_METHODS = ("linear", "slerp", "bezier", "weight-matching")
+def _is_baseline(method: Any) -> bool:
+    """Whether a path written as ``method`` (endpoints.json) is a registered curve (a baseline or the straight
+    line), which the card does not call an LLPF path."""
+    from hf_llpf.algorithms.registry import baseline_names
+
+    return method in baseline_names()
 
 
 def _path_label(endpoints: dict) -> str:
     method = endpoints.get("method")
-    return f"{method} path" if method in _BASELINE_METHODS else "LLPF path"
+    return f"{method} path" if _is_baseline(method) else "LLPF path"
 
 
 def _intro(facts: RunFacts, pub: Publication) -> str:
     method = facts.endpoints.get("method")
-    if method in _BASELINE_METHODS:
+    if _is_baseline(method):
         first = (
             f"A path of models built by the `{method}` method of hf_llpf (not by LLPF's walk; hf_llpf's "
             "docs/baselines.md and docs/algorithm.md describe it) between"

@@ -29,8 +29,6 @@ PLOT_FILES = (
     "stages.png",
     "repeats.png",
 )  # what hf_llpf.reporting.plots draws in PLOTS_DIR
-# The path methods of a comparison, each a run directory of that name in the comparison's folder.
-COMPARISON_METHODS = ("llpf", "linear", "slerp", "bezier", "autoneb", "weight-matching")
 COMPARISON_FILES = ("comparison.json", "comparison.md", "comparison.png")  # hf_llpf.comparison_table
 REPEATS_FILES = ("consistency.json", "README.md")  # beside the repeat_NN run directories (hf_llpf.repeats)
 

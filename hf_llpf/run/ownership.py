@@ -29,7 +29,6 @@ from hf_llpf.run.layout import (
     BASELINES_DIR,
     CHECKPOINT_DIR,
     COMPARISON_FILES,
-    COMPARISON_METHODS,
     CONFIG_YAML,
     LOCK,
     MARKER,
@@ -87,13 +86,21 @@ def _files_entry(name: str, is_dir: bool) -> object:
     return None if is_dir else FILE
 
 
-def _methods() -> tuple[str, ...]:
-    return COMPARISON_METHODS
+# A path method's name (the registry's names, and a method a user registers): a comparison writes one run directory
+# of that name per method. The run layer does not import the registry (it sits below the methods); the folders'
+# content is what run_entry checks.
+_METHOD_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+# The methods of comparisons written before the marker: the only folder names such a comparison can hold.
+LEGACY_COMPARISON_METHODS = ("llpf", "linear", "slerp", "bezier", "autoneb", "weight-matching")
+
+
+def _is_method_name(name: str) -> bool:
+    return bool(_METHOD_NAME.fullmatch(name))
 
 
 def _baselines_entry(name: str, is_dir: bool) -> object:
     if is_dir:
-        return run_entry if name in _methods() else None
+        return run_entry if _is_method_name(name) else None
     return FILE if name in COMPARISON_FILES or is_leftover(name, is_dir) else None
 
 
@@ -121,7 +128,7 @@ def run_entry(name: str, is_dir: bool) -> object:
 def comparison_entry(name: str, is_dir: bool) -> object:
     """The rule of a ``compare --out`` folder: one run directory per method, the table and the plot."""
     if is_dir:
-        return run_entry if name in _methods() else None
+        return run_entry if _is_method_name(name) else None
     return FILE if name in (*COMPARISON_FILES, MARKER, LOCK) or is_leftover(name, is_dir) else None
 
 
@@ -205,7 +212,7 @@ def is_ours(root: Path, kind: str = "run") -> bool:
     names = {n for n, _ in entries}
     if kind == "run":
         return CONFIG_YAML in names and all(n in RUN_FILES or is_leftover(n, d) for n, d in entries)
-    signature = (lambda n: n in _methods()) if kind == "comparison" else _REPEAT.fullmatch
+    signature = (lambda n: n in LEGACY_COMPARISON_METHODS) if kind == "comparison" else _REPEAT.fullmatch
     return any(d and signature(n) for n, d in entries) and all(RULES[kind](n, d) is not None for n, d in entries)
 
 
