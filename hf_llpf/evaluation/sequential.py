@@ -81,7 +81,7 @@ def lower_bound(x: torch.Tensor, *, alpha: float, population: int | None = None)
     return float(bound.max().clamp(min=0.0))
 
 
-def log_wealth(x: torch.Tensor, *, bar: float, population: int | None = None) -> torch.Tensor:
+def log_wealth(x: torch.Tensor, *, bar: float | torch.Tensor, population: int | None = None) -> torch.Tensor:
     """The log-wealth, after each draw, of a bettor against "the population mean is at least ``bar``".
 
     The test of Waudby-Smith and Ramdas (JRSS-B 2023, §4, with the aGRAPA bet; without replacement as in their
@@ -92,24 +92,24 @@ def log_wealth(x: torch.Tensor, *, bar: float, population: int | None = None) ->
 
     Args:
         x: the draws so far, values in [0, 1], in the order drawn (uniformly at random, without replacement).
-        bar: the mean tested against, in (0, 1).
+        bar: the mean tested against, in (0, 1); or a 1-d tensor of them (one row of log-wealth per bar).
         population: the number of values drawn from (``None``: with replacement).
     """
     x = x.to(torch.float64)
+    b = torch.as_tensor(bar, dtype=torch.float64).reshape(-1, 1)  # one row per bar
     t = torch.arange(1, len(x) + 1, dtype=torch.float64)
     before = torch.cumsum(x, 0) - x  # S_{i-1}
-    least = bar if population is None else (population * bar - before) / (population - t + 1)
-    least = torch.as_tensor(least, dtype=torch.float64).expand_as(x)
+    least = b.expand(-1, len(x)) if population is None else (population * b - before) / (population - t + 1)
     # The bet's predictable mean and variance: a pseudo-draw of bar/2 with variance (bar/2)² before the first.
-    prior = torch.tensor([bar / 2], dtype=torch.float64)
-    mean = torch.cat([prior, (bar / 2 + torch.cumsum(x, 0)) / (t + 1)])[:-1]
-    spread = (bar / 2) ** 2 + torch.cumsum((x - mean) ** 2, 0)
-    var = torch.cat([prior**2, spread / (t + 1)])[:-1]
+    mean = torch.cat([b / 2, (b / 2 + torch.cumsum(x, 0)) / (t + 1)], 1)[:, :-1]
+    spread = (b / 2) ** 2 + torch.cumsum((x - mean) ** 2, 1)
+    var = torch.cat([(b / 2) ** 2, spread / (t + 1)], 1)[:, :-1]
     gap = least - mean
     lam = (gap / (var + gap**2)).clamp(min=0)  # aGRAPA: the growth-optimal bet to second order
     lam = torch.minimum(lam, BET_CAP / (1 - least).clamp(min=1e-12))
     lam = torch.where((least <= 0) | (least >= 1), torch.zeros_like(lam), lam)  # nothing left to bet on
-    return torch.cumsum(torch.log1p(lam * (least - x)), 0)
+    wealth = torch.cumsum(torch.log1p(lam * (least - x)), 1)
+    return wealth if isinstance(bar, torch.Tensor) else wealth[0]
 
 
 def shows_below(x: torch.Tensor, *, bar: float, alpha: float, population: int | None = None) -> bool:
@@ -135,13 +135,12 @@ def betting_upper_bound(x: torch.Tensor, *, alpha: float, population: int | None
         population: the number of values drawn from (``None``: with replacement).
         grid: the number of bars tried, from 1e-6 to 1.
     """
-    bars = torch.logspace(-6, 0, grid, dtype=torch.float64).tolist()
-    bound = 1.0
-    for bar in reversed(bars[:-1]):
-        if not shows_below(x, bar=bar, alpha=alpha, population=population):
-            break
-        bound = bar
-    return bound
+    if len(x) == 0:
+        return 1.0
+    bars = torch.logspace(-6, 0, grid, dtype=torch.float64)[:-1]  # every value is at most 1: the last bar holds
+    below = log_wealth(x, bar=bars, population=population).amax(1) >= math.log(1 / alpha)
+    held = torch.flip(torch.cumprod(torch.flip(below, [0]).to(torch.int64), 0), [0]).bool()  # it and all above
+    return float(bars[held].min()) if bool(held.any()) else 1.0
 
 
 def spent(delta: float, k: int) -> float:
