@@ -110,8 +110,11 @@ def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_yaml(settings: BaseModel) -> str:
-    """The fully resolved settings as YAML (what ``llpf_config.yaml`` holds)."""
-    return yaml.dump(settings.model_dump(mode="json"), Dumper=_PlainDumper, sort_keys=False)
+    """The fully resolved settings as YAML (what ``llpf_config.yaml`` holds): as the settings write themselves
+    (``as_written``: a connect run's in blocks), else every field."""
+    written = getattr(settings, "as_written", None)
+    values = written() if callable(written) else settings.model_dump(mode="json")
+    return yaml.dump(values, Dumper=_PlainDumper, sort_keys=False)
 
 
 class _PlainDumper(yaml.SafeDumper):
