@@ -96,11 +96,10 @@ def grouped_settings(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]
     return out, moved
 
 
-def grouped_override(item: str) -> str:
-    """A ``key=value`` override with a bare flat key written in its block (``step_r=0.3`` → ``m2m.step_r=0.3``)."""
-    key, sep, raw = item.partition("=")
+def grouped_key(key: str) -> str:
+    """A dotted ``key=value`` key with a bare flat key written in its block (``step_r`` → ``m2m.step_r``)."""
     head, dot, rest = key.partition(".")
-    return f"{GROUPED[head]}{dot}{rest}{sep}{raw}" if sep and head in GROUPED else item
+    return f"{GROUPED[head]}{dot}{rest}" if head in GROUPED else key
 
 
 def upgrade_settings(values: dict[str, Any], *, where: str) -> tuple[dict[str, Any], str | None]:

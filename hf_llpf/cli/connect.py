@@ -44,7 +44,7 @@ def register(sub) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from hf_llpf.config import ConnectConfig, build, grouped_override, upgrade_settings
+    from hf_llpf.config import ConnectConfig, build, grouped_key, upgrade_settings
     from hf_llpf.recipes import apply_overrides, load_recipe
 
     values = load_recipe(args.recipe)
@@ -57,7 +57,7 @@ def _config(args: argparse.Namespace):
     if args.method:
         values["method"] = args.method
     # A bare key on the command line (step_r=0.3) is the setting of its block, as the recipe now writes it.
-    return build(ConnectConfig, apply_overrides(values, [grouped_override(o) for o in args.overrides]))
+    return build(ConnectConfig, apply_overrides(values, args.overrides, where=grouped_key))
 
 
 def read_by_command(args: argparse.Namespace, config) -> list:
