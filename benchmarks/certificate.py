@@ -87,11 +87,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def pair_settings(pair: Pair, candidate: dict[str, Any]) -> dict[str, Any]:
-    """The connect settings of one run: the pair's recipe file, its settings, then the candidate's."""
+    """The connect settings of one run: the pair's recipe file, its settings, then the candidate's (each read as
+    ConnectConfig's flat attributes first: the recipe writes blocks, a candidate may write either)."""
+    from hf_llpf.config import flat_settings
     from hf_llpf.recipes import load_recipe
 
     base = load_recipe(harness.ROOT / "recipes" / pair.recipe_file) if pair.recipe_file else {}
-    return _merge(_merge(base, pair.settings), candidate)
+    return _merge(_merge(flat_settings(base), flat_settings(pair.settings)), flat_settings(candidate))
 
 
 # ------------------------------------------------------------------------------------------ one run (a child)

@@ -43,7 +43,7 @@ from torch import nn
 import hf_llpf
 from benchmarks import harness
 from hf_llpf.api import evaluate_run
-from hf_llpf.config import DataConfig, TrainRecipe
+from hf_llpf.config import DataConfig, TrainRecipe, flat_settings
 from hf_llpf.data.bundle import DataBundle, load_data
 from hf_llpf.run.seeding import seed_everything
 from hf_llpf.training.endpoint import train_endpoint
@@ -155,7 +155,7 @@ def recipe_stages(recipe: str | None) -> dict[str, Any]:
     """
     if recipe is None:
         return {}
-    values = yaml.safe_load((RECIPES / recipe).read_text())
+    values = flat_settings(yaml.safe_load((RECIPES / recipe).read_text()))  # the recipe writes m2m: as a block
     out: dict[str, Any] = {"fdf": values.get("fdf", True)}
     if values.get("stages") is not None:
         out["stages"] = values["stages"]

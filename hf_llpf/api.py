@@ -84,7 +84,9 @@ def connect(
         train_data: a data spec string or :class:`~hf_llpf.config.DataConfig`, a :class:`DataBundle`, a
             ``datasets.Dataset`` (torch-formatted columns; batches are dicts), a ``DataLoader`` yielding
             ``(inputs, labels)`` or dicts, or ``None`` for ``config.data``.
-        config: :class:`~hf_llpf.config.ConnectConfig` or a dict of its fields (defaults when ``None``).
+        config: :class:`~hf_llpf.config.ConnectConfig` or a dict of settings, in blocks as a recipe writes them
+            (``{"m2m": {"step_r": 0.1}, "repair": {"lr": 0.01}}``) or as its flat fields (``{"step_r": 0.1}``);
+            defaults when ``None``.
         run_dir: the run directory to write.
         loss_fn: ``loss_fn(model, batch) -> loss``; default cross-entropy, or ``outputs.loss`` for dicts.
         exist: ``"error"`` (refuse an existing run directory), ``"overwrite"`` or ``"resume"``.
@@ -369,7 +371,9 @@ def walk_to_origin(
     config = used_precision(config, accelerator)
     progress = progress and accelerator.is_main_process  # one bar per run
     if config.sharding != "none":
-        raise ConfigError(f"sharding={config.sharding!r}: the walk to the origin runs unsharded; allowed: 'none'")
+        raise ConfigError(
+            f"devices.sharding={config.sharding!r}: the walk to the origin runs unsharded; allowed: 'none'"
+        )
     if config.m2o.target_variance >= 1:
         raise ConfigError(f"m2o.target_variance={config.m2o.target_variance}: must be < 1. {OUTWARD_MESSAGE}")
     seed_everything(config.seed)

@@ -26,6 +26,7 @@ from hf_llpf.comparison_table import (
     table_row,
     write_comparison,
 )
+from hf_llpf.config import flat_settings
 from hf_llpf.errors import ConfigError, NotApplicableError, UnknownNameError
 from hf_llpf.evaluation.recorded import ProbeRecorder, probe_digest
 from hf_llpf.run.layout import BASELINES_DIR
@@ -464,7 +465,8 @@ def _opened_run(run_dir: Any, baselines: list[str], data: Any, template: Any) ->
     bundle = resolve_data(path, data)
     if not isinstance(bundle, DataBundle):
         raise ConfigError("data: adding baselines needs a data spec, DataConfig or DataBundle (its test split too)")
-    recorded = path.config if (path.root / "llpf_config.yaml").is_file() else {}
+    # As attributes: llpf_config.yaml writes batch_size in its repair block (settings schema 3), flat before.
+    recorded = flat_settings(path.config) if (path.root / "llpf_config.yaml").is_file() else {}
     config = resolve_config({k: recorded[k] for k in ("batch_size", "seed") if k in recorded})
     config = config.model_copy(update={"data": bundle.config})
     for method in baselines:  # refused now, not after the first baselines are built

@@ -17,34 +17,119 @@ from hf_llpf.errors import ConfigError
 from hf_llpf.stages.matching import compile_regex
 from hf_llpf.stages.overrides import ExplicitStages, MoveOverride, parse_overrides
 
-SCHEMA = 2  # the settings' schema: 2 renamed the methods (m2o → cross-sphere, m2o-walk → m2o)
+# The settings' schema: 2 renamed the methods (m2o → cross-sphere, m2o-walk → m2o), 3 wrote them in blocks.
+SCHEMA = 3
 # Method names of schema 1, as schema 2 names them (recipes, llpf_config.yaml and checkpoints without a schema).
 SCHEMA_1_METHODS = {"m2o": "cross-sphere", "m2o-walk": "m2o"}
 WALK_IS_NOT_A_CONNECTION = (
     "method='m2o': m2o is the walk of one endpoint to the origin (hf_llpf.walk_to_origin); it does not connect two "
     "endpoints. M2O then M2M, which 'm2o' named before settings schema 2, is method='cross-sphere'"
 )
+# Where a user writes each ConnectConfig setting (recipes, llpf_config.yaml, key=value, the config= dict), from
+# schema 3 on: block → {key in the block: ConnectConfig attribute}. The engine reads the flat attributes; only the
+# text a user writes and reads is grouped (docs/cli.md#settings-schema). m2o and data are nested models already.
+BLOCKS: dict[str, dict[str, str]] = {
+    "m2m": {k: k for k in ("step_a", "step_f", "step_r", "arrival_tol", "fdf", "schedule", "stages", "max_ticks")},
+    "repair": {
+        **{k: k for k in ("lr", "momentum", "weight_decay", "batch_size", "bn_momentum", "min_iters")},
+        **{"budget": "repair_budget", "headroom": "repair_headroom", "max_iters": "max_iters"},
+        "loss_threshold": "loss_threshold",
+    },
+    "certify": {
+        **{k: k for k in ("loss_ceiling", "ceiling_margin", "probe_size", "max_backtracks")},
+        **{k: f"certify_{k}" for k in ("segments", "exact_max", "delta", "clip")},
+    },
+    "storage": {k: k for k in ("save_every", "checkpoint_every", "point_dtype", "max_shard_size", "keep_auto_map")},
+    "devices": {k: k for k in ("mixed_precision", "sharding", "sync_check_every")},
+    "guard": {k: k for k in ("loss_limit", "max_failures")},
+}
+# Outside the blocks: what the run is, and the nested models. The order in which llpf_config.yaml writes them.
+WRITTEN_ORDER = ("method", "schema_version", "seed", "m2m", "m2o", "repair", "certify", "storage", "devices",
+                 "guard", "report_to", "data")  # fmt: skip
+# A ConnectConfig attribute → the name a user writes (``lr`` → ``repair.lr``); attributes outside BLOCKS keep theirs.
+GROUPED = {attr: f"{block}.{key}" for block, keys in BLOCKS.items() for key, attr in keys.items()}
+
+
+def setting_name(attr: str) -> str:
+    """The name a user writes for a :class:`ConnectConfig` attribute (``repair_budget`` → ``repair.budget``); a
+    dotted name (``m2o.step_a``) or one outside the blocks is returned as it is."""
+    head, dot, rest = attr.partition(".")
+    return GROUPED.get(head, head) + dot + rest
+
+
+def flat_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Grouped settings (``{"repair": {"lr": 0.01}}``) as :class:`ConnectConfig`'s flat attributes
+    (``{"lr": 0.01}``); bare flat keys are kept. A key a block does not hold stays, dotted (``repair.lrr``), for
+    the settings' check to report with the block's keys.
+
+    Raises:
+        ConfigError: a block is not a mapping, or one setting is given both in its block and bare.
+    """
+    flat = {k: v for k, v in values.items() if k not in BLOCKS}
+    problems = []
+    for block in (b for b in BLOCKS if b in values):
+        given = values[block] if values[block] is not None else {}
+        if not isinstance(given, dict):
+            problems.append(f"{block}={given!r}: a block of settings, a mapping of {', '.join(BLOCKS[block])}")
+            continue
+        for key, value in given.items():
+            attr = BLOCKS[block].get(str(key), f"{block}.{key}")
+            if attr in flat:
+                problems.append(f"{block}.{key} and {attr}: one setting given twice; write {block}.{key} only")
+            flat[attr] = value
+    if problems:
+        raise ConfigError(problems)
+    return flat
+
+
+def grouped_settings(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Settings with every bare flat key (``lr``) moved into its block (``repair: {lr: …}``); returns them and the
+    keys moved. A key already in its block is not replaced (the settings' check reports the pair)."""
+    out = {k: (dict(v) if k in BLOCKS and isinstance(v, dict) else v) for k, v in values.items()}
+    moved = []
+    for attr in [k for k in values if k in GROUPED]:
+        block, key = GROUPED[attr].split(".")
+        target = out.setdefault(block, {})
+        if isinstance(target, dict) and key not in target:
+            target[key] = out.pop(attr)
+            moved.append(attr)
+    return out, moved
+
+
+def grouped_key(key: str) -> str:
+    """A dotted ``key=value`` key with a bare flat key written in its block (``step_r`` → ``m2m.step_r``)."""
+    head, dot, rest = key.partition(".")
+    return f"{GROUPED[head]}{dot}{rest}" if head in GROUPED else key
 
 
 def upgrade_settings(values: dict[str, Any], *, where: str) -> tuple[dict[str, Any], str | None]:
     """Settings read from a file (a recipe, a run directory's ``llpf_config.yaml``), in today's schema.
 
     A file without ``schema_version`` was written under schema 1: its ``method: m2o`` meant M2O then M2M, named
-    ``cross-sphere`` now. Returns the settings with ``schema_version`` set, and a one-line notice when a name was
-    translated (``None`` otherwise). A schema newer than this hf_llpf's is left to the settings' check, which
-    refuses it.
+    ``cross-sphere`` now. Before schema 3 the settings were flat (``lr`` for ``repair.lr``): bare keys are moved
+    into their blocks. Returns the settings with ``schema_version`` set to today's, and a one-line notice when
+    anything was translated (``None`` otherwise). A schema newer than this hf_llpf's is left to the settings'
+    check, which refuses it.
     """
-    if not isinstance(values, dict) or "schema_version" in values:
+    if not isinstance(values, dict):
         return values, None
-    values = {**values, "schema_version": SCHEMA}
+    written = values.get("schema_version")
+    readable = isinstance(written, int) and not isinstance(written, bool) and 0 < written <= SCHEMA
+    if written is not None and not readable:
+        return values, None  # not a schema this hf_llpf reads: the settings' check says so
+    said = []
+    values, moved = grouped_settings({**values, "schema_version": SCHEMA})
     old = values.get("method")
-    if isinstance(old, str) and old in SCHEMA_1_METHODS:
+    if written is None and isinstance(old, str) and old in SCHEMA_1_METHODS:
         values["method"] = SCHEMA_1_METHODS[old]
-        return values, (
-            f"{where} has no settings schema (written before schema {SCHEMA}): its method {old!r} is read as "
-            f"{values['method']!r}, that method's name now"
-        )
-    return values, None
+        said.append(f"its method {old!r} is read as {values['method']!r}, that method's name now")
+    if moved:
+        shown = ", ".join(f"{k} → {GROUPED[k]}" for k in moved[:3]) + (f", … ({len(moved)} in all)" * (len(moved) > 3))
+        said.append(f"its flat keys are read into the blocks of settings schema {SCHEMA} ({shown})")
+    if not said:
+        return values, None
+    head = f"{where} has no settings schema (written before schema 2)" if written is None else where
+    return values, f"{head}: {'; '.join(said)}"
 
 
 class _Settings(BaseModel):
@@ -54,13 +139,28 @@ class _Settings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_bools_for_numbers(cls, values: Any) -> Any:
+        values = cls._as_attributes(values)
         # pydantic reads `max_ticks: true` as 1; YAML's true/false are never meant as numbers.
         if isinstance(values, dict):
             for name, value in values.items():
                 field = cls.model_fields.get(name)
                 if isinstance(value, bool) and field is not None and _is_number_type(field.annotation):
-                    raise ValueError(f"{name}={value!r}: expected a number, not a boolean")
+                    raise ValueError(f"{cls.written_name(name)}={value!r}: expected a number, not a boolean")
         return values
+
+    @classmethod
+    def _as_attributes(cls, values: Any) -> Any:
+        """The values as the model's attributes (settings written in blocks override it)."""
+        return values
+
+    @classmethod
+    def written_name(cls, attr: str) -> str:
+        """The name a user writes for the attribute ``attr`` (settings written in blocks override it)."""
+        return attr
+
+    def as_written(self) -> dict[str, Any]:
+        """The settings as a file writes them (what :func:`hf_llpf.recipes.to_yaml` dumps)."""
+        return self.model_dump(mode="json")
 
 
 def _is_number_type(annotation: Any) -> bool:
@@ -177,7 +277,11 @@ HEADROOM_AUTO_SPAN = 0.25
 
 
 class ConnectConfig(_Settings):
-    """Settings of an LLPF run (``hf-llpf connect``); defaults are the measured hf_llpf defaults."""
+    """Settings of an LLPF run (``hf-llpf connect``); defaults are the measured hf_llpf defaults.
+
+    The attributes are flat (``config.lr``: what the engine reads); a user writes them in blocks (``repair.lr``,
+    :data:`BLOCKS`), and bare flat keys are still read. :meth:`as_written` gives the blocks.
+    """
 
     method: str = Field(
         "auto",
@@ -215,9 +319,21 @@ class ConnectConfig(_Settings):
     )
     max_ticks: int = Field(2000, ge=1, description="hard limit on ticks (with a schedule: the stop tick)")
     # Minimal training (§2 step 3).
-    min_iters: int = Field(4, ge=1)
-    max_iters: int = Field(50, ge=1)
-    loss_threshold: float = Field(0.05, ge=0)
+    min_iters: int = Field(
+        4, ge=1, description="SGD iterations of a tick's repair at least (with a ceiling: its first round's length)"
+    )
+    max_iters: int = Field(
+        50,
+        ge=1,
+        description="without a ceiling only (certify.loss_ceiling: null, plain LLPF): the most SGD iterations of a "
+        "tick's repair; with a ceiling it does not act (repair.budget bounds the repair)",
+    )
+    loss_threshold: float = Field(
+        0.05,
+        ge=0,
+        description="without a ceiling only (certify.loss_ceiling: null): the repair stops once the mean of its last "
+        "min_iters batch losses is at most this; with a ceiling it does not act (the probe decides)",
+    )
     lr: float = Field(0.02, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -265,22 +381,22 @@ class ConnectConfig(_Settings):
     probe_size: int = Field(
         512,
         ge=1,
-        description="above certify_exact_max training examples: the seeded subset the endpoints' losses (and so the "
+        description="above certify.exact_max training examples: the seeded subset the endpoints' losses (and so the "
         "auto ceiling) are measured on (all if fewer)",
     )
     repair_budget: int = Field(
         150,
         ge=0,
         description="with a ceiling: the SGD iterations a tick may spend to bring its point under the ceiling "
-        "(rounds of min_iters, 1.5·min_iters, …) before it backtracks to a shorter move; max_iters and "
-        "loss_threshold then do not apply",
+        "(rounds of repair.min_iters, 1.5·min_iters, …) before it backtracks to a shorter move; repair.max_iters "
+        "and repair.loss_threshold then do not apply",
     )
     repair_headroom: float | Literal["auto"] = Field(
         "auto",
         description="with a ceiling: the repair first aims this fraction of the way from the ceiling down to the "
-        "endpoints' probe loss, relaxing to the ceiling as the tick's repair_budget is spent (under the auto "
+        "endpoints' probe loss, relaxing to the ceiling as the tick's repair.budget is spent (under the auto "
         f"ceiling: its first {HEADROOM_AUTO_SPAN:.0%}); room for the training examples the probe does not hold; "
-        f"auto: {HEADROOM_SET} under a set loss_ceiling, {HEADROOM_AUTO} under the auto one",
+        f"auto: {HEADROOM_SET} under a set certify.loss_ceiling, {HEADROOM_AUTO} under the auto one",
     )
     max_backtracks: int = Field(
         6, ge=0, description="step halvings per tick before a point above the ceiling is kept and reported"
@@ -291,18 +407,18 @@ class ConnectConfig(_Settings):
         ge=0,
         description="with a ceiling and at most this many training examples, every decision and the final check "
         "evaluate all of them (an exact certificate; probe_size is not used); with more, points are accepted by "
-        "sequential confidence bounds on random draws (certify_delta, certify_clip)",
+        "sequential confidence bounds on random draws (certify.delta, certify.clip)",
     )
     certify_delta: float = Field(
         0.05,
         gt=0,
         lt=1,
-        description="above certify_exact_max examples: the probability, over the whole run, that any accepted point "
+        description="above certify.exact_max examples: the probability, over the whole run, that any accepted point "
         "or segment is above the ceiling after all",
     )
     certify_clip: float | Literal["auto"] = Field(
         "auto",
-        description="above certify_exact_max examples: B, the loss each example is clipped at for the confidence "
+        description="above certify.exact_max examples: B, the loss each example is clipped at for the confidence "
         "bound (the guarantee is on the mean of min(loss, B), with a bound on the fraction above B); auto: 10 "
         "ceilings",
     )
@@ -328,6 +444,25 @@ class ConnectConfig(_Settings):
     checkpoint_every: int = Field(25, ge=1, description="write the resume checkpoint every N ticks")
     loss_limit: float = Field(10.0, gt=0, description="a tick whose loss is above this (or non-finite) is rolled back")
     max_failures: int = Field(5, ge=1, description="rolled-back ticks allowed before the run stops")
+
+    @classmethod
+    def _as_attributes(cls, values: Any) -> Any:
+        if not isinstance(values, dict) or not any(b in values for b in BLOCKS):
+            return values
+        try:
+            return flat_settings(values)
+        except ConfigError as e:
+            raise ValueError("; ".join(e.problems)) from None
+
+    @classmethod
+    def written_name(cls, attr: str) -> str:
+        return setting_name(attr)
+
+    def as_written(self) -> dict[str, Any]:
+        """The settings in blocks, as ``llpf_config.yaml`` holds them (:data:`BLOCKS`, in :data:`WRITTEN_ORDER`)."""
+        flat = self.model_dump(mode="json")
+        blocks = {block: {key: flat[attr] for key, attr in keys.items()} for block, keys in BLOCKS.items()}
+        return {name: blocks[name] if name in blocks else flat[name] for name in WRITTEN_ORDER}
 
     @field_validator("max_shard_size")
     @classmethod
@@ -356,7 +491,7 @@ class ConnectConfig(_Settings):
             try:
                 compile_regex(entry.match)
             except ValueError as e:
-                problems.append(f"schedule[{i}].match={entry.match!r}: {e}")
+                problems.append(f"m2m.schedule[{i}].match={entry.match!r}: {e}")
         if problems:
             raise ValueError("; ".join(problems))
         return v
@@ -377,22 +512,24 @@ class ConnectConfig(_Settings):
         if v is None:
             return None
         try:
-            return parse_overrides(v, where="stages")
+            return parse_overrides(v, where="m2m.stages")
         except ConfigError as e:
             raise ValueError("; ".join(e.problems)) from None
 
     @model_validator(mode="after")
     def _iters_ordered(self) -> ConnectConfig:
         if self.max_iters < self.min_iters:
-            raise ValueError(f"max_iters ({self.max_iters}) must be >= min_iters ({self.min_iters})")
+            raise ValueError(f"repair.max_iters ({self.max_iters}) must be >= repair.min_iters ({self.min_iters})")
         if isinstance(self.loss_ceiling, float) and self.loss_ceiling <= 0:
-            raise ValueError(f"loss_ceiling={self.loss_ceiling}: must be > 0, 'auto' or null (no ceiling)")
+            raise ValueError(f"certify.loss_ceiling={self.loss_ceiling}: must be > 0, 'auto' or null (no ceiling)")
         if isinstance(self.certify_clip, float) and self.certify_clip <= 0:
-            raise ValueError(f"certify_clip={self.certify_clip}: must be > 0 or 'auto'")
+            raise ValueError(f"certify.clip={self.certify_clip}: must be > 0 or 'auto'")
         if isinstance(self.repair_headroom, float) and not 0 <= self.repair_headroom < 1:
-            raise ValueError(f"repair_headroom={self.repair_headroom}: must be in [0, 1) or 'auto'")
+            raise ValueError(f"repair.headroom={self.repair_headroom}: must be in [0, 1) or 'auto'")
         if self.step_a == 0 and self.step_f == 0 and self.step_r == 0:
-            raise ValueError("at least one of step_a, step_f, step_r must be positive, or nothing ever moves")
+            raise ValueError(
+                "at least one of m2m.step_a, m2m.step_f, m2m.step_r must be positive, or nothing ever moves"
+            )
         return self
 
 
@@ -406,17 +543,32 @@ def build(cls: type[_Settings], values: dict[str, Any]) -> Any:
     except ValidationError as err:
         problems = []
         for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"]) or "<settings>"
+            loc = ".".join([cls.written_name(str(e["loc"][0])), *(str(p) for p in e["loc"][1:])]) if e["loc"] else ""
             if e["type"] == "extra_forbidden":
-                owner = _owner_class(cls, e["loc"][:-1])
-                valid = sorted(owner.model_fields) if owner else []
-                close = difflib.get_close_matches(str(e["loc"][-1]), valid, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                problems.append(f"{loc}: unknown key{hint}; valid keys: {', '.join(valid)}")
+                problems.append(f"{loc}: {_unknown_key(cls, e['loc'])}")
             else:
                 msg = e["msg"].removeprefix("Value error, ")
-                problems.append(msg if loc == "<settings>" else f"{loc}={e.get('input')!r}: {msg}")
+                problems.append(f"{loc}={e.get('input')!r}: {msg}" if loc else msg)
         raise ConfigError(problems) from None
+
+
+def _unknown_key(cls: type[BaseModel], loc: tuple) -> str:
+    """What to say of the unknown key at ``loc``: the closest valid key and every valid one, as a user writes them
+    (a :class:`ConnectConfig` key in a block, ``repair.lrr``, is looked up among that block's keys)."""
+    name, owner = str(loc[-1]), _owner_class(cls, loc[:-1])
+    candidates = {k: k for k in (owner.model_fields if owner else ())}
+    valid = sorted(candidates)
+    if owner is ConnectConfig:
+        block, dot, key = name.partition(".")
+        if dot and block in BLOCKS:
+            name, candidates = key, {k: k for k in BLOCKS[block]}
+            valid = list(BLOCKS[block])
+        else:  # a bare key may be a block's key, written without its block
+            candidates = {**{a: setting_name(a) for a in ConnectConfig.model_fields}, **{b: b for b in BLOCKS}}
+            valid = list(WRITTEN_ORDER)
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    hint = f" (did you mean {candidates[close[0]]!r}?)" if close else ""
+    return f"unknown key{hint}; valid keys: {', '.join(valid)}"
 
 
 def _owner_class(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:

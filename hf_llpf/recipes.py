@@ -7,6 +7,7 @@ alias bomb expands a few lines into billions of entries); every problem is a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,14 @@ def load_recipe(path: str | Path | None) -> dict[str, Any]:
     return loaded
 
 
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key=value`` overrides (dotted keys for nested settings, values parsed as YAML)."""
+def apply_overrides(
+    values: dict[str, Any], overrides: list[str], *, where: Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys for nested settings, values parsed as YAML).
+
+    ``where`` maps a key to the dotted place it sets (a connect run's bare ``lr`` sets ``repair.lr``); problems
+    name the override as it was typed.
+    """
     merged = _deep_copy(values)
     problems = []
     for item in overrides:
@@ -45,7 +52,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             problems.append(f"override {item!r}: expected key=value")
             continue
         target = merged
-        parts = key.split(".")
+        parts = (where(key) if where is not None else key).split(".")
         for part in parts[:-1]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
@@ -110,8 +117,11 @@ def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_yaml(settings: BaseModel) -> str:
-    """The fully resolved settings as YAML (what ``llpf_config.yaml`` holds)."""
-    return yaml.dump(settings.model_dump(mode="json"), Dumper=_PlainDumper, sort_keys=False)
+    """The fully resolved settings as YAML (what ``llpf_config.yaml`` holds): as the settings write themselves
+    (``as_written``: a connect run's in blocks), else every field."""
+    written = getattr(settings, "as_written", None)
+    values = written() if callable(written) else settings.model_dump(mode="json")
+    return yaml.dump(values, Dumper=_PlainDumper, sort_keys=False)
 
 
 class _PlainDumper(yaml.SafeDumper):

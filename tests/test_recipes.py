@@ -1,5 +1,8 @@
-"""Every shipped recipe loads, validates, names a model that exists, and its stage regexes fit that model."""
+"""Every shipped recipe loads, validates, names a model that exists, and its stage regexes fit that model; a connect
+recipe is written in the blocks of today's settings schema, and its flat form (schema 2) reads the same."""
 
+import argparse
+import logging
 import re
 from pathlib import Path
 
@@ -9,7 +12,8 @@ import torch
 import yaml
 
 import hf_llpf  # noqa: F401  (registers the built-in models with timm)
-from hf_llpf.config import ConnectConfig, TrainRecipe, build
+from hf_llpf.cli.connect import _config
+from hf_llpf.config import BLOCKS, GROUPED, SCHEMA, WRITTEN_ORDER, ConnectConfig, TrainRecipe, build, flat_settings
 from hf_llpf.models.endpoints import create_model
 from hf_llpf.recipes import load_recipe
 from hf_llpf.stages import build_stages
@@ -67,7 +71,7 @@ def test_every_architecture_has_both_recipes():
     assert {"digits-small_cnn-train", "digits-small_cnn-llpf"} <= stems
     for arch in ("dla", "cct_7_3x1"):  # the paper also connects these across spheres
         config = build(ConnectConfig, load_recipe(RECIPES / f"{arch}-cifar10-cross-sphere.yaml"))
-        assert config.method == "cross-sphere" and config.m2o.lr_policy == "var" and config.schema_version == 2
+        assert config.method == "cross-sphere" and config.m2o.lr_policy == "var" and config.schema_version == SCHEMA
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
@@ -105,6 +109,35 @@ def test_llpf_recipe_validates_and_its_regexes_fit_the_model(path):
         assert sorted(plan.param_names()) == sorted(names)
         if isinstance(config.stages, ExplicitStages):
             assert len(plan.stages) == len(config.stages.stages)
+
+
+CONNECT = [p for p in FILES if _kind(p) != "train"]
+
+
+@pytest.mark.parametrize("path", CONNECT, ids=lambda p: p.name)
+def test_connect_recipe_is_written_in_blocks_and_read_without_a_notice(path, caplog):
+    values = load_recipe(path)
+    assert values["schema_version"] == SCHEMA and set(values) <= set(WRITTEN_ORDER), sorted(
+        set(values) - set(WRITTEN_ORDER)
+    )
+    assert not set(values) & set(GROUPED), "a flat key: write it in its block"
+    args = argparse.Namespace(recipe=str(path), data=None, method=None, overrides=[])
+    with caplog.at_level(logging.WARNING, logger="hf_llpf"):
+        assert _config(args) == build(ConnectConfig, values)
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize("path", CONNECT, ids=lambda p: p.name)
+def test_connect_recipe_written_flat_as_schema_2_reads_the_same(path, tmp_path, caplog):
+    flat = {**flat_settings(load_recipe(path)), "schema_version": 2}
+    assert not set(flat) & set(BLOCKS)
+    old = tmp_path / path.name
+    old.write_text(yaml.safe_dump(flat, sort_keys=False))
+    args = argparse.Namespace(recipe=str(old), data=None, method=None, overrides=[])
+    with caplog.at_level(logging.WARNING, logger="hf_llpf"):
+        assert _config(args) == build(ConnectConfig, load_recipe(path))
+    [notice] = [r.getMessage() for r in caplog.records]
+    assert notice.startswith(f"recipe {old}: its flat keys are read into the blocks of settings schema {SCHEMA} (")
 
 
 def test_resnet18_recipe_is_the_papers_schedule():

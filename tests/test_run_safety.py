@@ -144,8 +144,8 @@ def test_the_divergence_guards_advice_works(pair, digits, tmp_path):
     with pytest.raises(DivergenceError, match="2 times") as caught:
         hf_llpf.connect(pair / "A", pair / "B", digits, config=config, run_dir=run, progress=False)
     advice = str(caught.value)
-    assert "lower step_r (now 0.25)" in advice and "raise max_iters (now 2)" in advice  # no ceiling: it acts
-    assert "lower lr (now 0.02)" in advice and "--resume refuses a changed lr" in advice
+    assert "lower m2m.step_r (now 0.25)" in advice and "raise repair.max_iters (now 2)" in advice  # no ceiling
+    assert "lower repair.lr (now 0.02)" in advice and "--resume refuses a changed repair.lr" in advice
     assert "step_a" not in advice and "step_f" not in advice  # 0: not in force, lowering them does nothing
     ckpt = read_checkpoint(run)["state"]
     # Rolled back exactly: no momentum buffer of the failed first tick survives.
@@ -173,13 +173,16 @@ def test_the_divergence_advice_names_only_settings_that_act():
 
     config = ConnectConfig(step_a=0.1, step_r=0.0)
     certified = divergence_advice(config, Advice(resumable=("step_a", "step_r")), loss=float("nan"), certified=True)
-    assert "lower step_a (now 0.1)" in certified and "step_r" not in certified
-    assert "max_iters" not in certified  # under a loss ceiling the certifier's repair rounds replace it
+    assert "lower m2m.step_a (now 0.1)" in certified and "step_r" not in certified
+    # Under a loss ceiling the certifier's repair rounds replace max_iters: their budget is what a resume may raise.
+    assert "max_iters" not in certified
+    assert "raise repair.budget (now 150) so a tick's repair may train longer before it backtracks" in certified
     assert "loss_limit" not in certified  # a non-finite loss: raising the limit does nothing
-    assert "lower lr (now 0.02)" in certified and "--resume refuses a changed lr" in certified
+    assert "lower repair.lr (now 0.02)" in certified and "--resume refuses a changed repair.lr" in certified
     m2o = divergence_advice(config, Advice(new_run=("m2o.step_a",)), loss=12.5, certified=False)
-    assert "raise max_iters (now 50)" in m2o and "raise loss_limit (now 10) if a loss of 12.5 is acceptable" in m2o
-    assert "--resume refuses a changed m2o.step_a or lr" in m2o and "lower m2o.step_a (now 0.01)" in m2o
+    assert "raise repair.max_iters (now 50)" in m2o and "repair.budget" not in m2o
+    assert "raise guard.loss_limit (now 10) if a loss of 12.5 is acceptable" in m2o
+    assert "--resume refuses a changed m2o.step_a or repair.lr" in m2o and "lower m2o.step_a (now 0.01)" in m2o
 
 
 def test_resume_cleans_temporary_files_of_killed_writes(pair, digits, tmp_path, monkeypatch):

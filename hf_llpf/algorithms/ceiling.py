@@ -63,8 +63,8 @@ def resolve_ceiling(config: ConnectConfig, endpoint_losses: list[float], *, rule
     if config.loss_ceiling < top:
         which = "AB"[endpoint_losses.index(top)] if len(endpoint_losses) > 1 else "A"
         raise ConfigError(
-            f"loss_ceiling={config.loss_ceiling:g} is below endpoint {which}'s own probe loss {top:.4g}: no path "
-            f"can stay under it (set loss_ceiling >= {top:.4g}, or 'auto')"
+            f"certify.loss_ceiling={config.loss_ceiling:g} is below endpoint {which}'s own probe loss {top:.4g}: no "
+            f"path can stay under it (set certify.loss_ceiling >= {top:.4g}, or 'auto')"
         )
     return float(config.loss_ceiling)
 

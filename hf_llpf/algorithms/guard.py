@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hf_llpf.algorithms.repair import RepairTrainer
-from hf_llpf.config import ConnectConfig
+from hf_llpf.config import ConnectConfig, setting_name
 from hf_llpf.errors import DivergenceError
 from hf_llpf.sharding import local_parts
 
@@ -74,7 +74,8 @@ class DivergenceGuard:
 
         ``state`` is the method's :class:`~hf_llpf.algorithms.base.LoopState` (``failures``, ``step_scale``,
         ``tick``); ``advice`` the method's own settings that act on a diverging tick; ``certified`` whether a
-        loss ceiling is enforced (then ``max_iters`` does not act: the certifier's repair rounds replace it).
+        loss ceiling is enforced (then ``max_iters`` does not act: the certifier's repair rounds, within
+        ``repair_budget``, replace it).
 
         Raises:
             DivergenceError: the stretch of failures reached ``config.max_failures``.
@@ -83,8 +84,9 @@ class DivergenceGuard:
         state.failures += 1
         state.step_scale *= 0.5
         tqdm.write(
-            f"{name} tick {state.tick + 1}: loss {loss:.4g} above loss_limit={config.loss_limit} or not finite; "
-            f"rolled back, step scale now {state.step_scale:g} (failure {state.failures}/{config.max_failures})"
+            f"{name} tick {state.tick + 1}: loss {loss:.4g} above guard.loss_limit={config.loss_limit} or not "
+            f"finite; rolled back, step scale now {state.step_scale:g} (failure {state.failures}/"
+            f"{config.max_failures})"
         )
         if state.failures >= config.max_failures:
             what = divergence_advice(config, advice, loss=loss, certified=certified)
@@ -109,20 +111,26 @@ def divergence_advice(config: ConnectConfig, advice: Advice, *, loss: float, cer
     A resume keeps the halved step and starts a new stretch of failures, so even an unchanged ``--resume`` tries
     shorter moves; ``lr`` (the repair's learning rate, the usual cause of a loss that grows or is not finite) is
     fixed for the run, as are the method's settings outside :data:`hf_llpf.run.resume.RESUMABLE_SETTINGS`.
+    Settings are named as a user writes them (``m2m.step_r``, ``repair.lr``).
     """
     # Only the step settings in force act (the step is the largest of them, docs/algorithm.md §2.1).
-    resumable = [f"lower {k} (now {_now(config, k)})" for k in advice.resumable if _value(config, k)]
-    if not certified:  # under a loss ceiling the certifier's repair rounds replace max_iters
-        resumable.append(f"raise max_iters (now {config.max_iters}) so the repair trains longer")
-    resumable.append(f"raise max_failures (now {config.max_failures}) so the step is halved more times")
+    resumable = [f"lower {setting_name(k)} (now {_now(config, k)})" for k in advice.resumable if _value(config, k)]
+    if certified:  # under a loss ceiling the certifier's repair rounds, within repair_budget, replace max_iters
+        resumable.append(
+            f"raise repair.budget (now {config.repair_budget}) so a tick's repair may train longer before it "
+            "backtracks"
+        )
+    else:
+        resumable.append(f"raise repair.max_iters (now {config.max_iters}) so the repair trains longer")
+    resumable.append(f"raise guard.max_failures (now {config.max_failures}) so the step is halved more times")
     if math.isfinite(loss):
-        resumable.append(f"raise loss_limit (now {config.loss_limit:g}) if a loss of {loss:.4g} is acceptable")
-    new_run = [f"lower {k} (now {_now(config, k)})" for k in advice.new_run]
+        resumable.append(f"raise guard.loss_limit (now {config.loss_limit:g}) if a loss of {loss:.4g} is acceptable")
+    new_run = [f"lower {setting_name(k)} (now {_now(config, k)})" for k in advice.new_run]
     new_run.append(
-        f"lower lr (now {config.lr:g}), the repair's learning rate, when the repair training itself diverges "
-        "(its loss grows or is not finite)"
+        f"lower repair.lr (now {config.lr:g}), the repair's learning rate, when the repair training itself "
+        "diverges (its loss grows or is not finite)"
     )
-    refused = " or ".join((*advice.new_run, "lr"))
+    refused = " or ".join((*map(setting_name, advice.new_run), "repair.lr"))
     return (
         f"To continue this run, {'; or '.join(resumable)}; then rerun with --resume (the step stays halved). "
         f"In a new run instead (another --out; --resume refuses a changed {refused}): {'; or '.join(new_run)}."

@@ -300,7 +300,7 @@ class M2M(Method):
         rel = float(self._stage_remaining(dist).max())
         if rel > self.config.arrival_tol:
             logger.warning(
-                f"max_ticks={self.config.max_ticks} reached before every stage arrived (largest remaining "
+                f"m2m.max_ticks={self.config.max_ticks} reached before every stage arrived (largest remaining "
                 f"distance {rel:.1%} of a stage's initial one): the last segment into θ_B is long — check continuity"
             )
         if self.segments.behind(st.tick):  # the last segment must start at a saved point: the last tick's

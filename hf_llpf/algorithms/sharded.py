@@ -46,9 +46,9 @@ def check_sharding(config: ConnectConfig, accelerator: Any, *, exist: str = "err
     grouped = dist.is_available() and dist.is_initialized()
     if accelerator.num_processes < 2 or not grouped:
         problems.append(
-            f"sharding='fsdp': this run has {accelerator.num_processes} process(es)"
+            f"devices.sharding='fsdp': this run has {accelerator.num_processes} process(es)"
             f"{'' if grouped else ' and no process group'}; allowed: two or more processes started by torchrun "
-            "(torchrun --standalone --nproc_per_node 2 -m hf_llpf.cli connect ...), or sharding='none'"
+            "(torchrun --standalone --nproc_per_node 2 -m hf_llpf.cli connect ...), or devices.sharding='none'"
         )
     if config.method != "m2m":
         problems.append(f"method={config.method!r} under sharding='fsdp': allowed: 'm2m' (set method=m2m)")

@@ -44,11 +44,11 @@ def register(sub) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from hf_llpf.config import ConnectConfig, build, upgrade_settings
+    from hf_llpf.config import ConnectConfig, build, grouped_key, upgrade_settings
     from hf_llpf.recipes import apply_overrides, load_recipe
 
     values = load_recipe(args.recipe)
-    if args.recipe is not None:  # a recipe written before schema 2 names the methods as it did then
+    if args.recipe is not None:  # a recipe of an older schema: flat keys, or the methods' names of schema 1
         values, notice = upgrade_settings(values, where=f"recipe {args.recipe}")
         if notice is not None:
             logging.getLogger("hf_llpf").warning(notice)
@@ -56,7 +56,8 @@ def _config(args: argparse.Namespace):
         values.setdefault("data", {})["source"] = args.data
     if args.method:
         values["method"] = args.method
-    return build(ConnectConfig, apply_overrides(values, args.overrides))
+    # A bare key on the command line (step_r=0.3) is the setting of its block, as the recipe now writes it.
+    return build(ConnectConfig, apply_overrides(values, args.overrides, where=grouped_key))
 
 
 def read_by_command(args: argparse.Namespace, config) -> list:

@@ -10,7 +10,7 @@ from pathlib import Path as FsPath
 from typing import Any
 
 import hf_llpf.run.state as resume_state
-from hf_llpf.config import SCHEMA, SCHEMA_1_METHODS, ConnectConfig, upgrade_settings
+from hf_llpf.config import SCHEMA, SCHEMA_1_METHODS, ConnectConfig, flat_settings, setting_name, upgrade_settings
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.files.textfiles import check_kind, read_yaml
 from hf_llpf.models.endpoints import Endpoint
@@ -30,13 +30,15 @@ def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
     return ckpt
 
 
-# Settings a resume may change (the divergence guard's advice names them); each change is recorded in the summary.
+# Settings a resume may change (the divergence guard's advice names them), as ConnectConfig's attributes; each
+# change is recorded in the summary under that name.
 RESUMABLE_SETTINGS = (
     "step_a",
     "step_r",
     "step_f",
     "min_iters",
     "max_iters",
+    "repair_budget",
     "loss_limit",
     "max_failures",
     "max_ticks",
@@ -59,8 +61,8 @@ def check_same_run(
     root = FsPath(run_dir)
     saved, now, differing = _differences(root, config)
     problems = [
-        f"--resume: {k} was {saved.get(k)!r} in {run_dir}, now {now.get(k)!r} (a resume may change only "
-        f"{', '.join(RESUMABLE_SETTINGS)})"
+        f"--resume: {setting_name(k)} was {saved.get(k)!r} in {run_dir}, now {now.get(k)!r} (a resume may change "
+        f"only {', '.join(map(setting_name, RESUMABLE_SETTINGS))})"
         for k in differing
         if k not in RESUMABLE_SETTINGS
     ]
@@ -81,11 +83,12 @@ def check_same_run(
 
 
 def _differences(root: FsPath, config: ConnectConfig) -> tuple[dict, dict, list[str]]:
-    """The settings recorded in ``root/llpf_config.yaml``, those given, and the keys where they differ."""
+    """The settings recorded in ``root/llpf_config.yaml``, those given, and the attributes where they differ
+    (a file of any schema: flat before schema 3, in blocks since)."""
     saved, notice = upgrade_settings(read_yaml(root / CONFIG_YAML), where=str(root / CONFIG_YAML))
     if notice is not None:
         logger.warning(notice)
-    saved = {**ADDED_SETTINGS, **saved}
+    saved = {**ADDED_SETTINGS, **flat_settings(saved)}
     now = config.model_dump(mode="json")
     return saved, now, sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
 
@@ -109,7 +112,7 @@ def refuse_path_without_checkpoint(run_dir: str | os.PathLike, config: ConnectCo
         saved, now, differing = _differences(root, config)
         # Checked before the data are loaded: of the data, the spec as given is compared.
         source = [(saved.get("data") or {}).get("source"), (now.get("data") or {}).get("source")]
-        changes = [f"{k} was {saved.get(k)!r}, now {now.get(k)!r}" for k in differing if k != "data"]
+        changes = [f"{setting_name(k)} was {saved.get(k)!r}, now {now.get(k)!r}" for k in differing if k != "data"]
         changes += [f"data.source was {source[0]!r}, now {source[1]!r}"] if source[0] != source[1] else []
         settings = (
             f"the settings differ from its {CONFIG_YAML}: {'; '.join(changes)}"
