@@ -11,6 +11,8 @@ import sys
 
 # name -> what it measures, in one line. Each entry is the module benchmarks.<name> (with parser() and main(argv)).
 ENTRIES = {
+    "big": "a 124M GPT-2 pair connected with M2M, unsharded (one process) and sharded (two): peak memory per "
+    "process, copies of the model held, a tick's time split (SGD, moves and corrections, probes, writes)",
     "certificate": "one endpoint pair under candidate settings and repair seeds: certified?, max train loss on "
     "every training image, worst midpoint, SGD cost, probing share, peak RSS",
     "reference": "the paper's reference-equivalent settings vs hf_llpf's defaults vs linear interpolation "

@@ -359,3 +359,34 @@ def test_a_move_at_the_largest_step_lands_even_past_the_initial_distance():
     assert bool((method._move(active, method.last_dist) == 0).all())
     for p, pb in zip(model.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, pb)
+
+
+def test_the_walk_holds_theta_a_and_theta_b_once(endpoints, digits, tmp_path, monkeypatch):
+    # θ_A's tensors (the distance-to-A column) and θ_B's (the moves' targets and the final snap) are the loaded
+    # endpoints' own, read only: no second copy of either. The endpoints are unchanged by the walk.
+    from hf_llpf.algorithms.m2m import M2M
+
+    seen = []
+    original = M2M.for_run.__func__
+
+    def spy(cls, run):
+        method = original(cls, run)
+        seen.append((run, method))
+        return method
+
+    monkeypatch.setattr(M2M, "for_run", classmethod(spy))
+    config = {**FAST, "max_ticks": 3}
+    hf_llpf.connect(endpoints[0], endpoints[1], digits, config=config, run_dir=tmp_path / "run", progress=False)
+    ((run, method),) = seen
+    ptrs = lambda tensors: [t.data_ptr() for t in tensors]  # noqa: E731
+    a_params = [run.ea.model.get_parameter(n) for n in method.names]
+    assert ptrs(method.start) == ptrs(a_params)
+    b_state = run.eb.model.state_dict()
+    assert ptrs(method.final_state.values()) == ptrs(b_state.values())
+    assert ptrs(method.target) == ptrs(b_state[n] for n in method.names)
+    assert not set(ptrs(method.start)) & set(ptrs(method.params))  # the working model is a copy: it moves
+    for folder, model in ((endpoints[0], run.ea.model), (endpoints[1], run.eb.model)):
+        stored = safetensors.torch.load_file(str(folder / "model.safetensors"))
+        state = model.state_dict()
+        assert stored.keys() <= state.keys()
+        assert _state_equal({k: state[k] for k in stored}, stored)

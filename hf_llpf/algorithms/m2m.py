@@ -73,8 +73,12 @@ class M2M(Method):
         self.names = plan.param_names()
         self.params = [model.get_parameter(n) for n in self.names]
         self.final_state, self.target = self._targets(target, device)
-        ref = self.params if reference_a is None else [reference_a.get_parameter(n) for n in self.names]
-        self.start = [p.detach().clone().to(device) for p in ref]
+        # θ_A for the distance-to-A column: the given endpoint's own tensors (read only, never moved: no copy on its
+        # device), else a copy of the working model's start, which the moves then change.
+        if reference_a is None:
+            self.start = [p.detach().clone().to(device) for p in self.params]
+        else:
+            self.start = [reference_a.get_parameter(n).detach().to(device) for n in self.names]
         # Variance correction applies to floating tensors of more than two elements. The paper skips only
         # one-element tensors, but a 2-element tensor's variance sphere at fixed mean is two points (x1 - x2 = ±c):
         # when θ_A and θ_B differ in the sign of x1 - x2, every projection sends the tensor back to θ_A's side and it
@@ -101,9 +105,10 @@ class M2M(Method):
         self.max_step_scale = 1.0 if config.schedule or config.step_r == 0 else max(1.0, 1.0 / config.step_r)
 
     def _targets(self, target: Endpoint, device: torch.device) -> tuple[dict, list[torch.Tensor]]:
-        """θ_B's whole state (what the path ends on, buffers included) and its tensors that the moves aim at."""
+        """θ_B's whole state (what the path ends on, buffers included) and its tensors that the moves aim at: the
+        endpoint's own tensors, read only (a copy only where the run's device is another), never a second copy."""
         b_state = target.model.state_dict()
-        final = {k: v.detach().clone() for k, v in b_state.items()}
+        final = {k: v.detach() for k, v in b_state.items()}
         return final, [b_state[n].detach().to(device) for n in self.names]
 
     @classmethod
@@ -112,7 +117,7 @@ class M2M(Method):
         model = copy.deepcopy(run.ea.model).to(run.device)
         ctx = Context(model, run.make_trainer(model), run.plan, run.config, progress=run.progress,
                       certifier=run.certifier)  # fmt: skip
-        method = cls(ctx, run.eb)
+        method = cls(ctx, run.eb, reference_a=run.ea.model)  # θ_A's own tensors as the start: no copy of them
         method.recorder = RunRecorder(run.writer, run.ea, state=method.run_state)
         return method
 
