@@ -211,7 +211,7 @@ def test_resume_without_a_checkpoint_continues_only_an_exact_run_directory(small
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (["max_ticks=2"], "the settings differ from its llpf_config.yaml: max_ticks was 2000, now 2)"),
+        (["max_ticks=2"], "the settings differ from its llpf_config.yaml: m2m.max_ticks was 2000, now 2)"),
         ([], "the settings are those of its llpf_config.yaml; nothing to resume"),
     ],
     ids=["other-settings", "same-settings"],

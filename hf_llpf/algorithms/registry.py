@@ -53,7 +53,7 @@ class PathMethod(ABC):
         """Build the path on ``prepared``.
 
         An engine method gets the :class:`~hf_llpf.algorithms.base.RunSetup` made from connect's
-        :class:`~hf_llpf.run.preparation.PreparedRun` and returns its loop, which writes its points as it runs; a
+        :class:`~hf_llpf.preparation.PreparedRun` and returns its loop, which writes its points as it runs; a
         curve gets the :class:`~hf_llpf.baselines.pathdir.PreparedEnds` and returns its ``state_at(t)``.
         """
 
