@@ -11,8 +11,9 @@ and 1 — the image families on the built-in 8x8 digits upscaled to 16 px (32 px
 max-pools need it; LeNet5 reads the 8x8 images), the language models on a generated token task — then
 connected (M2M by default; ``--method cross-sphere``: M2O then M2M; ``--method m2o``: endpoint A walked toward
 the origin alone until every moved tensor's variance is 0.8 of its start, no linear baseline) and judged with
-:func:`hf_llpf.api.evaluate_run` (eval mode, on the training examples the certificate is about: all of the image
-families' training images, the language models' 512 given examples). The stages are those of the family's LLPF
+:func:`hf_llpf.api.evaluate_run` (eval mode, on every training example the certificate is about: the image
+families' 1,437 training images, the language models' 1,024 sequences) and by the run's own final check (every
+point and segment midpoint on all of them; the row's ``final_max``). The stages are those of the family's LLPF
 recipe (``recipes/<arch>-*-llpf.yaml``: its ``stages`` override, or its hand-set ``schedule`` turned into the same
 stages in order), so the run also checks that the recipe's regexes fit the model; only the step and the minimal
 training are shrunk for the CPU.
