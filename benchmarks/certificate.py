@@ -2,6 +2,7 @@
 
     python -m benchmarks certificate                                  # the demo pair, the defaults, repair seed 0
     python -m benchmarks certificate --seeds 10                       # repair seeds 0..9, then median/worst/std
+    python -m benchmarks certificate --repeats 3                      # the demo's run 3 times: median share
     python -m benchmarks certificate --settings "" --settings step_r=0.1,arrival_tol=0.1   # candidates side by side
     python -m benchmarks certificate --ceilings 0.03,0.05             # one run per set ceiling (seed 0)
     python -m benchmarks certificate --pair lenet28                   # LeNet5 at 28 px, a user ceiling of 0.025
@@ -13,7 +14,8 @@ Per run (a fresh process, so its peak RSS is its own): the engine's certificate 
 loss over every saved point on **all** training images, the worst segment midpoint, linear interpolation's max, the
 ticks, SGD iterations (and × one endpoint's), backtracks, the certificate's probes and examples, the share of the
 run spent on the certificate's forward passes, the share outside SGD, wall seconds and peak RSS (MiB); for a
-cross-sphere pair also the M2O phase's max loss. With ``--seeds N`` each candidate adds a summary row. Settings
+cross-sphere pair also the M2O phase's max loss. With ``--seeds N`` or ``--repeats N`` (each seed's run N times: the
+same path, the timing measured again) each candidate adds a summary row over its runs. Settings
 are ``key=value`` (YAML values, nested keys with dots), comma-separated within one candidate; positional
 settings apply to every candidate.
 
@@ -116,6 +118,8 @@ def one_run(pair: str, a: str, b: str, settings: dict, run_dir: str, endpoint_it
     m2o = [p["eval_train_loss"] for p in result["points"] if p.get("phase") == "m2o"]
     return {
         "pair": pair, "tag": tag, "settings": settings, "ceiling": cert["ceiling"], "certified": cert["certified"],
+        "route": cert.get("route"), "n_train": cert.get("probe_examples"),
+        "final_max": (cert.get("final_check") or {}).get("max"),  # every point and midpoint on all N (the run's)
         "max_train_loss": llpf["max_train_loss"], "worst_midpoint": llpf.get("worst_continuity_loss"),
         "barrier": llpf["barrier"], "linear": linear["max_train_loss"], "m2o_max": max(m2o) if m2o else None,
         "ticks": run["ticks"], "sgd": run["sgd_iters"], "x_endpoint": run["sgd_iters"] / endpoint_iters,
@@ -133,7 +137,10 @@ COLUMNS: list[harness.Column] = [
     ("tag", "run", str),
     ("ceiling", "ceiling", fmt(".4f")),
     ("certified", "certified", str),
+    ("route", "route", str),
+    ("n_train", "N", str),
     ("max_train_loss", "max train loss (all)", fmt(".4f")),
+    ("final_max", "final check max", fmt(".4f")),
     ("worst_midpoint", "worst midpoint", fmt(".4f")),
     ("m2o_max", "M2O-phase max", fmt(".4f")),
     ("linear", "linear max", fmt(".4f")),
@@ -152,7 +159,7 @@ COLUMNS: list[harness.Column] = [
 
 SUMMARY_COLUMNS: list[harness.Column] = [
     ("candidate", "settings", str),
-    ("seeds", "seeds", str),
+    ("seeds", "runs", str),
     ("median", "max train loss median", fmt(".4f")),
     ("worst", "worst", fmt(".4f")),
     ("mean", "mean", fmt(".4f")),
@@ -187,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", action="append", metavar="K=V,...",
                    help="one candidate (repeatable; \"\" = the defaults)")  # fmt: skip
     p.add_argument("--seeds", type=int, default=1, help="repair seeds 0..N-1 per candidate (the `seed` setting)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per candidate and seed (timings measured again)")
     p.add_argument("--ceilings", default="", help="comma-separated set ceilings: one run each, seed 0")
     p.add_argument("overrides", nargs="*", metavar="K=V", help="settings under every candidate")
     return harness.common_options(p)
@@ -203,8 +211,9 @@ def main(argv: list[str]) -> int:
         _print_spheres(a, b)
     common = harness.parse_overrides(args.overrides)
     print(f"pair {args.pair}: one endpoint = {iters} SGD iterations; {args.threads} torch thread(s)", flush=True)
-    runs = [(c, {**harness.parse_overrides([c]), "seed": s}, f"{c or 'defaults'}, seed {s}")
-            for c in (args.settings or [""]) for s in range(args.seeds)]  # fmt: skip
+    again = [f", run {r + 1}" if args.repeats > 1 else "" for r in range(args.repeats)]
+    runs = [(c, {**harness.parse_overrides([c]), "seed": s}, f"{c or 'defaults'}, seed {s}{r}")
+            for c in (args.settings or [""]) for s in range(args.seeds) for r in again]  # fmt: skip
     runs += [(f"loss_ceiling={c}", {"loss_ceiling": float(c)}, f"ceiling {c}") for c in args.ceilings.split(",") if c]
     done: dict[str, list[dict]] = {}
     for candidate, over, tag in runs:
@@ -216,7 +225,7 @@ def main(argv: list[str]) -> int:
         print(harness.markdown_table([row], COLUMNS).splitlines()[-1], flush=True)
     print()
     results.table(COLUMNS)
-    if args.seeds > 1:
+    if args.seeds > 1 or args.repeats > 1:
         sums = [summary(c, rows) for c, rows in done.items() if len(rows) > 1]
         for s in sums:
             results.add(s)

@@ -1,12 +1,21 @@
-"""Text paths from the command line: tiny BERT classifiers on a generated parquet, tiny GPT-2s on a text file.
+"""Text paths from the command line: two tiny BERT classifier pairs on generated parquets, tiny GPT-2s on a text file.
 
-    python -m benchmarks text [--threads 1] [--pairs bert gpt2]
+    python -m benchmarks text [--threads 1] [--pairs bert bert_wordpiece gpt2]
 
-Per pair: two random inits (seeds 0 and 1, built from a config) are saved with the word-level tokenizer of
-``tests/generated_text.py``, fine-tuned by ``hf-llpf train INIT --data ...``, connected by
-``hf-llpf connect A B --data ...`` and judged by ``hf-llpf evaluate`` (all through :func:`hf_llpf.cli.main`, as
-typed). Printed: the endpoints' test loss, the path's and linear interpolation's maximum train loss and barrier,
-the test loss ranges and the seconds of each command (docs/benchmarks.md, "Text paths"); the rows are appended to
+Per pair: two random inits (seeds 0 and 1, built from a config) are saved with their tokenizer, fine-tuned by
+``hf-llpf train INIT --data ...``, connected by ``hf-llpf connect A B --data ...`` with the defaults (the certificate
+on the whole training split, the automatic ceiling) and judged by ``hf-llpf evaluate`` (all through
+:func:`hf_llpf.cli.main`, as typed). The pairs:
+
+- ``bert``: the word-level tokenizer of ``tests/generated_text.py``, 1,000 generated reviews (800 train);
+- ``bert_wordpiece``: a WordPiece tokenizer trained on the reviews (a small vocabulary, so that some words are
+  split into pieces, as a new user's tokenizer would), 2,000 generated reviews (1,600 train);
+- ``gpt2``: the word-level tokenizer, 1,500 generated lines in a text file (blocks of 32 tokens).
+
+Printed per pair: the certificate's route, N (training examples certified on), the ceiling and its rule, certified
+or not, the maximum train loss over the whole training split (the evaluation's saved points, and the run's final
+check of every point and segment midpoint), SGD iterations, the endpoints' test loss, linear interpolation's
+maximum and the seconds of each command (docs/benchmarks.md, "Text paths"); the rows are appended to
 ``benchmarks/results/text.jsonl``.
 """
 
@@ -18,27 +27,50 @@ import math
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from benchmarks import harness
 from hf_llpf.cli import main as cli
+from tests.generated_text import reviews as generated_reviews
 from tests.generated_text import word_tokenizer, write_reviews, write_text_file
 
 ENTRY = "text"
 
 TRAIN = ["optimizer=adamw", "lr=0.003", "weight_decay=0.01", "batch_size=32", "--threads"]
-CONNECT = ["--no-progress", "max_iters=30", "--threads"]
+CONNECT = ["--no-progress", "--threads"]  # the defaults
 
 
-def _inits(root: Path, kind: str) -> list[Path]:
+def wordpiece_tokenizer(texts: list[str], vocab_size: int = 90):
+    """A WordPiece tokenizer trained on ``texts`` (lower-cased, ``[CLS] text [SEP]``); a vocabulary this small
+    splits some of the generated words into pieces."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=32,
+    )  # fmt: skip
+
+
+def _inits(root: Path, kind: str, tok: Any = None) -> list[Path]:
     from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
-    tok = word_tokenizer()
+    tok = tok if tok is not None else word_tokenizer()
     out = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        if kind == "bert":
+        if kind.startswith("bert"):
             config = BertConfig(
                 vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                 intermediate_size=64, max_position_embeddings=32, num_labels=3,
@@ -63,11 +95,13 @@ def _timed(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run_pair(root: Path, kind: str, data: Path, *, extra: list[str], epochs: int, threads: int) -> dict:
+def run_pair(
+    root: Path, kind: str, data: Path, *, extra: list[str], epochs: int, threads: int, tok: Any = None
+) -> dict:
     """Train two endpoints, connect and evaluate them through the CLI; the row of figures."""
     seconds = {}
     ends = []
-    for seed, init in enumerate(_inits(root, kind)):
+    for seed, init in enumerate(_inits(root, kind, tok)):
         out = root / f"{kind}_{seed}"
         args = ["train", str(init), "--data", str(data), "--out", str(out), "--seed", str(seed), f"epochs={epochs}"]
         seconds[f"train_{seed}"] = _timed([*args, *TRAIN, str(threads), *extra])
@@ -77,13 +111,29 @@ def run_pair(root: Path, kind: str, data: Path, *, extra: list[str], epochs: int
     seconds["connect"] = _timed([*args, *extra])
     seconds["evaluate"] = _timed(["evaluate", str(run), "--threads", str(threads)])
     summary = json.loads((run / "path_metrics.json").read_text())["summary"]
-    llpf, linear = summary["llpf"], summary["linear"]
+    llpf, linear, run_summary = summary["llpf"], summary["linear"], summary["run"]
+    cert = run_summary["certification"]
+    final = cert.get("final_check") or {}
     tests = [json.loads((e / "metrics.json").read_text())["test"]["loss"] for e in ends]
+    judged = max(llpf["max_train_loss"], final.get("max", -math.inf))
     return {
         "pair": kind,
         "data": data.name,
         "endpoint_test_loss": tests,
-        "ticks": summary["run"]["ticks"],
+        "route": cert.get("route"),
+        "n_train": cert.get("probe_examples"),
+        "ceiling": cert["ceiling"],
+        "ceiling_rule": cert.get("ceiling_rule"),
+        "endpoint_losses": cert.get("endpoint_probe_losses"),
+        "certified": cert["certified"],
+        "uncertified": cert.get("uncertified", []),
+        "final_check_max": final.get("max"),
+        "examples_run": cert.get("examples_run"),
+        # The whole training split: the evaluation's saved points and the run's final check (points + midpoints).
+        "max_whole_train": judged,
+        "under_ceiling": judged <= cert["ceiling"],
+        "ticks": run_summary["ticks"],
+        "sgd_iters": run_summary["sgd_iters"],
         "llpf": {k: llpf[k] for k in ("max_train_loss", "barrier", "test_loss_range")},
         "linear": {k: linear[k] for k in ("max_train_loss", "barrier", "test_loss_range")},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
@@ -91,20 +141,23 @@ def run_pair(root: Path, kind: str, data: Path, *, extra: list[str], epochs: int
 
 
 def table(rows: list[dict]) -> str:
+    """The rows as the docs' table."""
     lines = [
-        "| pair | data | endpoints' test loss | ticks | max train loss LLPF / linear | barrier LLPF / linear "
-        "| test loss LLPF / linear | seconds (train, connect, evaluate) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| pair | data | route | N | ceiling (rule) | certified | max train loss, whole training split (evaluation "
+        "points / final check points + midpoints) | under the ceiling | SGD iterations | ticks | endpoints' test loss "
+        "| max train loss linear | seconds (train, connect, evaluate) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lo, li = r["llpf"], r["linear"]
-        ppl = " (ppl {:.2f} / {:.2f})".format(*(math.exp(x["max_train_loss"]) for x in (lo, li)))
-        s = r["seconds"]
+        lo, li, s = r["llpf"], r["linear"], r["seconds"]
+        rule = "L + ln 1.5" if str(r.get("ceiling_rule", "")).startswith("L + ln") else r.get("ceiling_rule")
+        ppl = f" (ppl {math.exp(r['max_whole_train']):.2f})" if r["pair"] == "gpt2" else ""
+        final = f"{r['final_check_max']:.4f}" if r.get("final_check_max") is not None else "–"
         lines.append(
-            f"| {r['pair']} | {r['data']} | {r['endpoint_test_loss'][0]:.3f}, {r['endpoint_test_loss'][1]:.3f} "
-            f"| {r['ticks']} | {lo['max_train_loss']:.3f} / {li['max_train_loss']:.3f}"
-            f"{ppl if r['pair'] == 'gpt2' else ''} | {lo['barrier']:.3f} / {li['barrier']:.3f} "
-            f"| {lo['test_loss_range'][1]:.3f} / {li['test_loss_range'][1]:.3f} (max) "
+            f"| {r['pair']} | {r['data']} | {r['route']} | {r['n_train']:,} | {r['ceiling']:.4f} ({rule}) "
+            f"| {'yes' if r['certified'] else 'NO'} | {lo['max_train_loss']:.4f} / {final}{ppl} "
+            f"| {'yes' if r['under_ceiling'] else 'NO'} | {r['sgd_iters']:,} | {r['ticks']} "
+            f"| {r['endpoint_test_loss'][0]:.3f}, {r['endpoint_test_loss'][1]:.3f} | {li['max_train_loss']:.4f} "
             f"| {s['train_0'] + s['train_1']:.0f}, {s['connect']:.0f}, {s['evaluate']:.0f} |"
         )
     return "\n".join(lines)
@@ -113,7 +166,8 @@ def table(rows: list[dict]) -> str:
 def parser() -> argparse.ArgumentParser:
     """The entry's options."""
     p = harness.entry_parser(ENTRY, __doc__)
-    p.add_argument("--pairs", nargs="+", choices=["bert", "gpt2"], default=["bert", "gpt2"])
+    pairs = ["bert", "bert_wordpiece", "gpt2"]
+    p.add_argument("--pairs", nargs="+", choices=pairs, default=pairs)
     return harness.common_options(p)
 
 
@@ -126,6 +180,13 @@ def main(argv: list[str]) -> int:
         if "bert" in args.pairs:
             reviews = write_reviews(root / "reviews.parquet", n=1000)
             results.add(run_pair(root, "bert", reviews, extra=[], epochs=6, threads=args.threads))
+            print(table(results.rows[-1:]), flush=True)
+        if "bert_wordpiece" in args.pairs:
+            reviews = write_reviews(root / "reviews_2000.parquet", n=2000, seed=1)
+            tok = wordpiece_tokenizer(generated_reviews(2000, seed=1)["text"])
+            row = run_pair(root, "bert_wordpiece", reviews, extra=[], epochs=6, threads=args.threads, tok=tok)
+            results.add(row)
+            print(table(results.rows[-1:]), flush=True)
         if "gpt2" in args.pairs:
             corpus = write_text_file(root / "corpus.txt", lines=1500)
             extra = ["data.max_length=32"]

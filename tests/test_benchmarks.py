@@ -70,6 +70,28 @@ def test_rows_table_and_readme_section(tmp_path):
     assert not harness.update_doc_section(no_markers, "x", marks) and no_markers.read_text() == "nothing\n"
 
 
+def test_families_table_rows_compare_sgd_with_the_probe_engines_latest_row(tmp_path):
+    from benchmarks import families
+
+    def record(family, sgd, threads=1, **extra):
+        return {"threads": threads, "row": {"family": family, "method": "m2m", "sgd_iters": sgd, **extra}}
+
+    records = [
+        record("lenet5", 100),
+        record("lenet5", 80),  # the probe engine's latest: the reference
+        record("lenet5", 50, threads=2, route="exact"),  # two threads: not in the table
+        record("lenet5", 120, route="exact"),
+        record("gpt2", 36, route="exact"),  # no probe-engine row: no ratio
+        record("resnet18", 351),  # the probe engine's row only: shown, no ratio
+    ]
+    file = tmp_path / "families.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows = families.table_rows(file)
+    assert [(r["family"], r["sgd_iters"]) for r in rows] == [("lenet5", 120), ("resnet18", 351), ("gpt2", 36)]
+    assert rows[0]["sgd_vs_probe_engine"] == 1.5
+    assert "sgd_vs_probe_engine" not in rows[1] and "sgd_vs_probe_engine" not in rows[2]
+
+
 def test_reference_config_scales_ticks_and_step_together():
     cfg = bench.reference_config(bench.BENCHES["small_cnn"])
     # k = 20: 2000/20 = 100 ticks per stage, 6000/20 = 300 after the last one starts, step_a 0.001 × 20.

@@ -57,8 +57,13 @@ def _check(row: dict) -> None:
     assert row["exact_endpoints"], "first/last point must equal θ_A/θ_B bit for bit"
     assert row["stage_problems"] == [], row["stage_problems"]
     assert row["llpf_max_train_loss"] <= row["linear_max_train_loss"], row
-    # Certified: the engine's own record, and the judged maximum (on the certificate's examples) under the ceiling.
+    # Certified on the whole training set (the defaults: no probe_data): the engine's own record, its final check of
+    # every point and midpoint on all N, and the evaluation's maximum over the whole training split under the ceiling.
     assert row["engine_certified"], row["uncertified"]
+    assert row["examples_source"] == "training set" and row["route"] == "exact", row
+    assert row["n_train"] == (1024 if row["family"] in ("bert", "gpt2") else 1437), row
+    assert row["final_points"] == row["points"] and row["final_segments"] == row["points"] - 1, row
+    assert row["final_max"] <= row["ceiling"], row
     assert row["llpf_max_train_loss"] <= row["ceiling"] * (1 + 1e-6), row
     assert row["status"] == "certified"
     assert 0 < row["ticks"] <= row["max_ticks"]
