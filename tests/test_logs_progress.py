@@ -188,7 +188,7 @@ def test_connect_records_the_precision_of_the_launch(env, expected, tmp_path, tr
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(**env))
     assert result.returncode == 0, result.stderr[-3000:]
     path = hf_llpf.RunPath(run)
-    assert path.config["mixed_precision"] == expected
+    assert path.config["devices"]["mixed_precision"] == expected
     assert path.summary["run"]["mixed_precision"] == expected
     assert "\r" not in result.stderr and "llpf m2m stages" not in result.stderr  # no bar ...
     done = len(path.summary["run"]["stage_starts"]) - 1  # every stage started before the last one was done

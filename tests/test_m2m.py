@@ -191,7 +191,7 @@ def test_cli_connect_and_override_errors(endpoints, tmp_path, capsys):
     assert "points" in capsys.readouterr().out
     assert main([*args, "--overwrite", "stepr=0.3"]) == 2
     err = capsys.readouterr().err
-    assert "did you mean 'step_r'" in err and "arrival_tol" in err
+    assert "did you mean 'm2m.step_r'" in err and "valid keys: method, schema_version, seed, m2m" in err
     last = safetensors.torch.load_file(str(sorted((tmp_path / "r" / "points").iterdir())[-1] / "model.safetensors"))
     assert _state_equal(last, load_endpoint(endpoints[1]).model.state_dict())
 

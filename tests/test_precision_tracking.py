@@ -34,7 +34,7 @@ def test_bf16_training_steps_keep_points_fp32_and_tensorboard_logs_every_tick(tm
     assert result.returncode == 0, result.stderr[-3000:]
 
     path = hf_llpf.RunPath(run)
-    assert path.config["mixed_precision"] == "bf16"
+    assert path.config["devices"]["mixed_precision"] == "bf16"
     assert path.summary["run"]["sgd_iters"] > 0  # repair steps were taken, under bf16 autocast
     # The training steps ran under bf16 autocast; the points (and so moves and corrections) stay fp32.
     for i in (0, len(path) // 2, -1):
