@@ -75,6 +75,11 @@ class ProgressLines:
     shows nothing: one line when a stage is done and at least every ``interval`` seconds between, with an ETA
     from the stages this session has done and what they cost.
 
+    The ETA prices each remaining stage at the mean time of the more recent half of the stages done (at least
+    the last one): a path's first stages often cost many times its later ones (a text model's embeddings need
+    many short ticks before the step lengthens), and an ETA from every stage done would carry that start to the
+    end (docs/cli.md#progress-and-logs).
+
     Args:
         what: how the lines start (``"llpf m2m"``).
         total: the number of stages.
@@ -87,23 +92,32 @@ class ProgressLines:
     def __init__(self, what: str, *, total: int, done: int, log: Any, enabled: bool, interval: float = 60.0):
         self.what, self.total, self.log, self.enabled, self.interval = what, total, log, enabled, interval
         self.start = self.last = time.monotonic()
-        self.done0 = self.last_done = done
+        self.last_done = done
+        self.marks = [(done, self.start)]  # (stages done, when): the session's start, then each stage done
 
     def update(self, done: int, fields: dict[str, Any]) -> None:
         """Write a line when ``done`` grew or ``interval`` has passed; ``fields`` follow in their order."""
         now = time.monotonic()
+        if done > self.marks[-1][0]:
+            self.marks.append((done, now))
         if not self.enabled or (done == self.last_done and now - self.last < self.interval):
             return
         self.last, self.last_done = now, done
-        elapsed, rate_done = now - self.start, done - self.done0
-        if done >= self.total:
-            eta = "last stage arriving"
-        elif rate_done > 0:
-            eta = f"ETA ~{_duration(elapsed / rate_done * (self.total - done))}"
-        else:
-            eta = "ETA after the first stage"
         shown = ", ".join(f"{k} {v}" for k, v in fields.items())
-        self.log(f"{self.what}: {done}/{self.total} stages done, {shown}; {_duration(elapsed)} so far, {eta}")
+        self.log(f"{self.what}: {done}/{self.total} stages done, {shown}; {_duration(now - self.start)} so far, "
+                 f"{self._eta(done, now)}")  # fmt: skip
+
+    def _eta(self, done: int, now: float) -> str:
+        if done >= self.total:
+            return "last stage arriving"
+        seen = len(self.marks) - 1  # stage completions this session
+        if seen < 1:
+            return "ETA after the first stage"
+        (done0, t0), (done1, t1) = self.marks[seen - max(1, math.ceil(seen / 2))], self.marks[seen]
+        per_stage = (t1 - t0) / (done1 - done0)
+        left = self.total - done
+        # The stage under way has had (now - t1) of its price; one that outran it is taken as nearly done.
+        return f"ETA ~{_duration(max(left * per_stage - (now - t1), (left - 1) * per_stage))}"
 
 
 def loss_label(loss: float | None) -> str:

@@ -389,13 +389,34 @@ def test_progress_lines_come_per_stage_and_at_least_every_interval_with_an_eta(m
         lines.update(done, {"tick": t})
     assert said == [
         "llpf m2m: 2/4 stages done, tick 30; 30 s so far, ETA ~60 s",  # a stage in 30 s, two to go
-        "llpf m2m: 2/4 stages done, tick 95; 1.6 min so far, ETA ~3.2 min",  # a minute of silence at most
-        "llpf m2m: 3/4 stages done, tick 120; 2.0 min so far, ETA ~60 s",
+        # A minute of silence at most; the stage under way has outrun the 30 s a stage took: nearly done.
+        "llpf m2m: 2/4 stages done, tick 95; 1.6 min so far, ETA ~30 s",
+        "llpf m2m: 3/4 stages done, tick 120; 2.0 min so far, ETA ~1.5 min",  # the recent half: the last stage's 90 s
         "llpf m2m: 4/4 stages done, tick 130; 2.2 min so far, last stage arriving",
     ]
     quiet = progress.ProgressLines("x", total=2, done=0, log=said.append, enabled=False)
     quiet.update(1, {})
     assert len(said) == 4
+
+
+def test_the_eta_prices_the_stages_left_at_the_recent_half_of_those_done(monkeypatch):
+    """A first stage that costs many times the others (a text model's embeddings) must not be carried to the end."""
+    import hf_llpf.progress as progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    said: list[str] = []
+    lines = progress.ProgressLines("llpf m2m", total=16, done=0, log=said.append, enabled=True, interval=60)
+    for t, done in ((30, 1), (32, 2), (36, 3), (38, 4)):  # 30 s, then 2, 4 and 2 s a stage
+        clock[0] = float(t)
+        lines.update(done, {})
+    etas = [line.rsplit("ETA ~", 1)[1] for line in said]
+    # 1 done: 30 s a stage; 2: the last one, 2 s; 3: the last two, 3 s; 4: the last two, 3 s; times the stages left.
+    assert etas == [f"{_dur(30.0 * 15)}", f"{_dur(2.0 * 14)}", f"{_dur(3.0 * 13)}", f"{_dur(3.0 * 12)}"]
+
+
+def _dur(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def test_the_run_log_holds_what_was_said_before_and_after_the_folder_opened(tmp_path):
