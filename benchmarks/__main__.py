@@ -25,6 +25,8 @@ ENTRIES = {
     "the certificate's share of the wall time, evaluate",
     "text": "tiny BERT and GPT-2 pairs trained, connected and evaluated through the CLI on generated text",
     "gpu": "GPU runs: 200 ticks of M2M on cifar_resnet18 (speed, memory), and a slice of the paper's experiment",
+    "eta": "connect's ETA against the time really left, with output redirected to a file: the demo pair and two "
+    "tiny BERT pairs",
     "hashes": "SHA-256 of every saved point of the demo and of the families at test scale (M2M, M2O, "
     "cross-sphere): record a baseline, or check that the paths are unchanged",
 }

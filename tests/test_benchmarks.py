@@ -197,3 +197,27 @@ def test_tensor_hash_ignores_file_metadata_and_compare_names_the_first_change(tm
     assert hashes.compare_run(old, run(a)) == "different: 1 points instead of 2"
     assert hashes.compare_run(old, None) == "different: not run"
     assert json.loads(json.dumps(old)) == old  # what --record writes is what --check reads
+
+
+def test_eta_entry_reads_progress_lines_against_the_time_left(tmp_path):
+    import datetime
+
+    from benchmarks import eta
+
+    start = datetime.datetime(2026, 1, 1, 12, 0, 0).timestamp()
+    log = tmp_path / "hf_llpf.log"
+    log.write_text(
+        "2026-01-01 12:00:05,000 INFO loss ceiling 0.04\n"
+        "2026-01-01 12:00:10,000 INFO llpf m2m: 1/4 stages done, tick 9; 5 s so far, ETA ~30 s\n"
+        "2026-01-01 12:00:20,500 INFO llpf m2m: 2/4 stages done, tick 16; 15 s so far, ETA ~1.5 min\n"
+        "2026-01-01 12:00:21,000 INFO llpf m2m: 2/4 stages done, tick 17; 16 s so far, ETA after the first stage\n"
+        "2026-01-01 12:00:30,000 INFO llpf m2m: 4/4 stages done, tick 30; 25 s so far, last stage arriving\n",
+        encoding="utf-8",
+    )
+    lines = eta.read_lines(log, start, start + 40.0)
+    assert [(x["at"], x["done"], x["eta"], x["left"], x["ratio"]) for x in lines] == [
+        (10.0, 1, 30.0, 30.0, 1.0),
+        (20.5, 2, 90.0, 19.5, 4.62),
+    ]
+    assert eta.half_way(lines, 40.0) == lines[1] and eta.half_the_stages(lines) == lines[1]
+    assert eta.half_way([], 40.0) is None and eta.half_the_stages(lines[:1]) is None
