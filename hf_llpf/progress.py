@@ -75,10 +75,12 @@ class ProgressLines:
     shows nothing: one line when a stage is done and at least every ``interval`` seconds between, with an ETA
     from the stages this session has done and what they cost.
 
-    The ETA prices each remaining stage at the mean time of the more recent half of the stages done (at least
-    the last one): a path's first stages often cost many times its later ones (a text model's embeddings need
-    many short ticks before the step lengthens), and an ETA from every stage done would carry that start to the
-    end (docs/cli.md#progress-and-logs).
+    The ETA prices each remaining stage at the geometric mean of two rates: the mean time of every stage done
+    this session and that of the more recent half of them (at least the last one). A path's stages do not cost
+    alike: the first often costs many times the next ones (the step is short until easy ticks lengthen it) and
+    the last few often cost more again (a bump near θ_B); the whole mean carries the start to the end, the recent
+    mean forgets that the end can be dear, and each alone was off by more than their mean
+    (docs/cli.md#progress-and-logs).
 
     Args:
         what: how the lines start (``"llpf m2m"``).
@@ -114,7 +116,8 @@ class ProgressLines:
         if seen < 1:
             return "ETA after the first stage"
         (done0, t0), (done1, t1) = self.marks[seen - max(1, math.ceil(seen / 2))], self.marks[seen]
-        per_stage = (t1 - t0) / (done1 - done0)
+        recent, whole = (t1 - t0) / (done1 - done0), (t1 - self.start) / (done1 - self.marks[0][0])
+        per_stage = math.sqrt(recent * whole)
         left = self.total - done
         # The stage under way has had (now - t1) of its price; one that outran it is taken as nearly done.
         return f"ETA ~{_duration(max(left * per_stage - (now - t1), (left - 1) * per_stage))}"

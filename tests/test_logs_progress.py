@@ -391,7 +391,8 @@ def test_progress_lines_come_per_stage_and_at_least_every_interval_with_an_eta(m
         "llpf m2m: 2/4 stages done, tick 30; 30 s so far, ETA ~60 s",  # a stage in 30 s, two to go
         # A minute of silence at most; the stage under way has outrun the 30 s a stage took: nearly done.
         "llpf m2m: 2/4 stages done, tick 95; 1.6 min so far, ETA ~30 s",
-        "llpf m2m: 3/4 stages done, tick 120; 2.0 min so far, ETA ~1.5 min",  # the recent half: the last stage's 90 s
+        # Per stage, the geometric mean of the last stage's 90 s and the session's 60 s a stage.
+        "llpf m2m: 3/4 stages done, tick 120; 2.0 min so far, ETA ~73 s",
         "llpf m2m: 4/4 stages done, tick 130; 2.2 min so far, last stage arriving",
     ]
     quiet = progress.ProgressLines("x", total=2, done=0, log=said.append, enabled=False)
@@ -399,8 +400,8 @@ def test_progress_lines_come_per_stage_and_at_least_every_interval_with_an_eta(m
     assert len(said) == 4
 
 
-def test_the_eta_prices_the_stages_left_at_the_recent_half_of_those_done(monkeypatch):
-    """A first stage that costs many times the others (a text model's embeddings) must not be carried to the end."""
+def test_the_eta_prices_the_stages_left_between_the_recent_half_and_all_of_those_done(monkeypatch):
+    """A first stage that costs many times the others (a text model's embeddings) is not carried whole to the end."""
     import hf_llpf.progress as progress
 
     clock = [0.0]
@@ -411,8 +412,11 @@ def test_the_eta_prices_the_stages_left_at_the_recent_half_of_those_done(monkeyp
         clock[0] = float(t)
         lines.update(done, {})
     etas = [line.rsplit("ETA ~", 1)[1] for line in said]
-    # 1 done: 30 s a stage; 2: the last one, 2 s; 3: the last two, 3 s; 4: the last two, 3 s; times the stages left.
-    assert etas == [f"{_dur(30.0 * 15)}", f"{_dur(2.0 * 14)}", f"{_dur(3.0 * 13)}", f"{_dur(3.0 * 12)}"]
+    # Per stage: the geometric mean of the recent half's mean (30; the last one, 2; the last two, 3 and 3 s) and
+    # the session's (30, 16, 12, 9.5 s); times the stages left.
+    per_stage = [30.0, (2.0 * 16) ** 0.5, (3.0 * 12) ** 0.5, (3.0 * 9.5) ** 0.5]
+    assert etas == [_dur(p * left) for p, left in zip(per_stage, (15, 14, 13, 12), strict=True)]
+    assert etas == ["7.5 min", "79 s", "78 s", "64 s"]
 
 
 def _dur(seconds: float) -> str:
