@@ -110,9 +110,7 @@ def run_repeats(
     if not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"repeats={repeats!r}: must be a positive integer (the number of paths)")
     config = resolve_config(config)
-    options = dict(evaluate_options or {})
-    if isinstance(train_data, (DataBundle, TextBundle)):
-        options.setdefault("data", train_data)
+    options = _evaluate_options(evaluate_options, train_data)
     root = FsPath(run_dir)
     dirs = [root / f"repeat_{r:02d}" for r in range(repeats)]
     # The Accelerator first: it detects the processes (a bare PartialState misses CPU-only multi-process launches).
@@ -131,6 +129,15 @@ def run_repeats(
             holder.close()
     state.wait_for_everyone()
     return read_run_json(root, CONSISTENCY_JSON)
+
+
+def _evaluate_options(evaluate_options: dict[str, Any] | None, train_data: Any) -> dict[str, Any]:
+    """The keyword arguments of every repeat's evaluation: ``evaluate_options``, with ``train_data`` as the default
+    ``data`` when it is a data bundle."""
+    options = dict(evaluate_options or {})
+    if isinstance(train_data, (DataBundle, TextBundle)):
+        options.setdefault("data", train_data)
+    return options
 
 
 def _build_repeats(a, b, train_data, config, dirs, state, local, loss_fn, options, exist, progress, protected) -> None:

@@ -229,18 +229,7 @@ class Method:
         st, cfg, cert = self.state, self.config, self.certifier
         backtracks, verdict, scale, far_before = 0, None, st.step_scale, False
         while True:
-            t = time.perf_counter()
-            self.guard.snapshot()
-            self.timer.lap("snapshot", t)
-            # With a ceiling the certifier does the repair, driven by the probe; without, the attempt repairs.
-            loss = attempt(not cert.enabled)
-            if cert.enabled:
-                start = self.segments.start(self.guard.saved_model_state())
-                watch = backtracks < cfg.max_backtracks and not self.segments.behind(st.tick)
-                verdict = cert.certify(self.model, self.trainer, start, after_repair, timer=self.timer, watch=watch)
-                loss, judged = verdict.train_loss, verdict.point
-            else:
-                judged = loss
+            loss, judged, verdict = self._attempt_once(attempt, after_repair, backtracks=backtracks)
             if diverged(judged, cfg):
                 try:
                     self.guard.failed(st, loss=judged, config=cfg, name=name, advice=advice, certified=cert.enabled)
@@ -268,11 +257,40 @@ class Method:
             st.step_scale *= 0.5
             backtracks += 1
         st.backtracks += backtracks
+        self._next_step_scale(verdict, backtracks=backtracks, scale=scale)
+        return loss, verdict
+
+    def _attempt_once(
+        self, attempt: Callable[[bool], float], after_repair: Callable[[], None], *, backtracks: int
+    ) -> tuple[float, float, Verdict | None]:
+        """Snapshot the model for a rollback, run ``attempt`` and judge its point (``backtracks``: the attempts
+        of this tick already retried shorter).
+
+        Returns:
+            The repair loss, the loss the divergence guard judges (the certified point's loss with a ceiling, the
+            repair loss without) and the certifier's verdict (``None`` without a ceiling).
+        """
+        cert = self.certifier
+        t = time.perf_counter()
+        self.guard.snapshot()
+        self.timer.lap("snapshot", t)
+        # With a ceiling the certifier does the repair, driven by the probe; without, the attempt repairs.
+        loss = attempt(not cert.enabled)
+        if not cert.enabled:
+            return loss, loss, None
+        start = self.segments.start(self.guard.saved_model_state())
+        watch = backtracks < self.config.max_backtracks and not self.segments.behind(self.state.tick)
+        verdict = cert.certify(self.model, self.trainer, start, after_repair, timer=self.timer, watch=watch)
+        return verdict.train_loss, verdict.point, verdict
+
+    def _next_step_scale(self, verdict: Verdict | None, *, backtracks: int, scale: float) -> None:
+        """Set the step the next tick starts with, from the kept attempt's ``verdict`` (``backtracks``: how often
+        this tick retried shorter; ``scale``: the step the tick started with)."""
+        st = self.state
         if verdict is not None and not verdict.ok:
             st.step_scale = scale  # shorter moves did not help: the next tick goes on at the step it started with
         elif verdict is not None and verdict.easy and backtracks == 0:
             st.step_scale = min(st.step_scale * 2, self.max_step_scale)
-        return loss, verdict
 
     def _judge_repair_rate(self, verdict: Verdict, *, far_before: bool, name: str) -> None:
         """Lower the repair's rate after a failed attempt that says SGD at this rate does not get the point under:

@@ -17,12 +17,35 @@ def _positive(text: str) -> int:
 
 
 def register(sub) -> None:
+    """Add ``push`` to the subcommands ``sub``: the target repo, what is published, how it is committed."""
     p = sub.add_parser("push", help="publish a run directory as a Hub model repo (a model at the root, a run tag)")
     p.add_argument("run_dir", help="the run directory")
     p.add_argument("repo_id", help="namespace/name of the model repo (created when missing)")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--revision", help="branch to push to (default main; created when missing)")
     p.add_argument("--token", help="write token (default: HF_TOKEN or `hf auth login`); never written to disk")
+    _add_selection(p)
+    _add_commit_options(p)
+    p.add_argument(
+        "--keep-auto-map",
+        dest="keep_auto_map",
+        action="store_true",
+        help="keep auto_map/custom_pipelines (pointers to code in other repos) in the published configs",
+    )
+    p.add_argument("--license", help="the card's license (default: the endpoints', when they agree)")
+    p.add_argument(
+        "--files-per-commit",
+        dest="files_per_commit",
+        type=_positive,
+        default=50,
+        metavar="N",
+        help="at most N files in one commit (default 50)",
+    )
+    p.set_defaults(func=run)
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    """The options that choose what is published: the root's point, the points, the repo files."""
     p.add_argument(
         "--root-point",
         default="mid",
@@ -41,6 +64,10 @@ def register(sub) -> None:
     )
     p.add_argument("--include", action="append", metavar="GLOB", help="publish only repo files matching (repeatable)")
     p.add_argument("--exclude", action="append", metavar="GLOB", help="do not publish files matching (repeatable)")
+
+
+def _add_commit_options(p: argparse.ArgumentParser) -> None:
+    """The options of how the push commits (message, pull request, point branches) and what it may delete."""
     p.add_argument("--commit-message", dest="commit_message", help="the commit message")
     p.add_argument("--create-pr", dest="create_pr", action="store_true", help="open a pull request (no tag)")
     p.add_argument(
@@ -62,22 +89,6 @@ def register(sub) -> None:
         metavar="GLOB",
         help="repo files matching may be deleted or replaced; those not published are deleted (repeatable)",
     )
-    p.add_argument(
-        "--keep-auto-map",
-        dest="keep_auto_map",
-        action="store_true",
-        help="keep auto_map/custom_pipelines (pointers to code in other repos) in the published configs",
-    )
-    p.add_argument("--license", help="the card's license (default: the endpoints', when they agree)")
-    p.add_argument(
-        "--files-per-commit",
-        dest="files_per_commit",
-        type=_positive,
-        default=50,
-        metavar="N",
-        help="at most N files in one commit (default 50)",
-    )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

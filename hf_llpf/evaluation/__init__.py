@@ -48,8 +48,12 @@ def as_path(path_or_run_dir: RunPath | str | os.PathLike, template: nn.Module | 
     return RunPath(path_or_run_dir, template=template)
 
 
-def _check_options(opts: dict[str, Any]) -> list[str]:
-    """What is wrong with the evaluation's settings, one line each (empty: nothing)."""
+def _check_options(opts: dict[str, Any]) -> None:
+    """Refuse invalid evaluation settings, listing everything that is wrong.
+
+    Raises:
+        ConfigError: one line per invalid setting.
+    """
     train_subset, batch_size, linear_points = opts["train_subset"], opts["batch_size"], opts["linear_points"]
     continuity_k, continuity_subset = opts["continuity_k"], opts["continuity_subset"]
     problems = []
@@ -63,12 +67,34 @@ def _check_options(opts: dict[str, Any]) -> list[str]:
         problems.append(f"continuity_k={continuity_k!r}: must be 0 (no check) or a positive integer")
     if continuity_subset < 1:
         problems.append(f"continuity_subset={continuity_subset!r}: must be a positive number of examples")
-    return problems
+    if problems:
+        raise ConfigError(problems)
 
 
-def _settings(sets: EvalSets, options: dict[str, Any], start: float) -> dict[str, Any]:
-    """The ``summary["evaluation"]`` block: data sizes, options and the wall time."""
-    return {
+def _open_path(path_or_run_dir: RunPath | str | os.PathLike, template: nn.Module | None) -> RunPath:
+    """The path to evaluate (see :func:`as_path`), its metadata checked and holding at least one saved point.
+
+    Raises:
+        RunDirectoryError: not a run directory, a damaged metadata file, or no saved point.
+    """
+    path = as_path(path_or_run_dir, template)
+    path.validate()  # a damaged metadata file is refused before anything is computed or written
+    if len(path) == 0:
+        raise RunDirectoryError(f"{str(path.root)!r} holds no saved point to evaluate")
+    return path
+
+
+def _eval_sets(path: RunPath, data: Any, opts: dict[str, Any], accelerator: Accelerator) -> EvalSets:
+    """The fixed data the path is judged on: ``data`` (see :func:`evaluate_path`) or the run's own, with the seeded
+    subsets of ``opts``, on the accelerator's device."""
+    set_opts = {k: opts[k] for k in ("train_subset", "continuity_subset", "batch_size", "seed")}
+    return sets_for(resolve_data(path, data), device=accelerator.device, **set_opts)
+
+
+def _settings(path: RunPath, sets: EvalSets, options: dict[str, Any], start: float) -> dict[str, Any]:
+    """The ``summary["evaluation"]`` block: data sizes, options, the wall time and the dtype the points are stored
+    in."""
+    settings = {
         "train_examples": sets.train.num_examples,
         "test_examples": sets.test.num_examples,
         "continuity_examples": sets.continuity.num_examples,
@@ -77,6 +103,10 @@ def _settings(sets: EvalSets, options: dict[str, Any], start: float) -> dict[str
         "loss": "custom loss_fn" if options["loss_fn"] is not None else "default (cross-entropy / outputs.loss)",
         "seconds": round(time.perf_counter() - start, 3),
     }
+    # What was judged: the points as stored (read from their files; bf16/fp16 with point_dtype).
+    first = path.checked_point_dir(0)
+    settings["point_dtype"] = stored_dtype(first, allowed_root=path.point_fence(first))
+    return settings
 
 
 def _linear(path: RunPath, model: nn.Module, sets: EvalSets, opts: dict, accelerator: Accelerator) -> tuple:
@@ -98,8 +128,11 @@ def _linear(path: RunPath, model: nn.Module, sets: EvalSets, opts: dict, acceler
     return gather_rows(linear, accelerator), straight
 
 
-def _evaluate(path: RunPath, sets: EvalSets, opts: dict[str, Any], accelerator: Accelerator) -> dict[str, Any]:
-    """The points, segments, baseline and summary of ``path`` on ``sets`` (everything but the settings)."""
+def _evaluate(
+    path: RunPath, sets: EvalSets, opts: dict[str, Any], accelerator: Accelerator, *, start: float
+) -> dict[str, Any]:
+    """The points, segments, baseline and summary of ``path`` on ``sets``, the summary with its settings
+    (``start``: when the evaluation began)."""
     model = path.model_at(0).to(accelerator.device).eval()
     walk_opts = WalkOptions(
         opts["loss_fn"], opts["recalibrate_bn"], opts["recal_batches"], opts["continuity_k"], opts["progress"]
@@ -113,6 +146,7 @@ def _evaluate(path: RunPath, sets: EvalSets, opts: dict[str, Any], accelerator: 
     summary = path_summary(
         points, linear, cont, pos, opts["recalibrate_bn"], path_length=sum(steps), straight=straight
     )
+    summary["evaluation"] = _settings(path, sets, opts, start)
     return {"points": points, "linear": linear, "continuity": cont, "summary": summary}
 
 
@@ -171,23 +205,12 @@ def evaluate_path(
         **{"recalibrate_bn": recalibrate_bn, "recal_batches": recal_batches, "linear_points": linear_points},
         **{"continuity_k": continuity_k, "continuity_subset": continuity_subset, "progress": progress},
     }
-    problems = _check_options(opts)
-    if problems:
-        raise ConfigError(problems)
+    _check_options(opts)
     start = time.perf_counter()
-    path = as_path(path_or_run_dir, template)
-    path.validate()  # a damaged metadata file is refused before anything is computed or written
-    if len(path) == 0:
-        raise RunDirectoryError(f"{str(path.root)!r} holds no saved point to evaluate")
+    path = _open_path(path_or_run_dir, template)
     accelerator = accelerator or Accelerator(cpu=cpu_only())
-    set_opts = {k: opts[k] for k in ("train_subset", "continuity_subset", "batch_size", "seed")}
-    sets = sets_for(resolve_data(path, data), device=accelerator.device, **set_opts)
-    result = _evaluate(path, sets, opts, accelerator)
-    result["summary"]["evaluation"] = _settings(sets, opts, start)
-    # What was judged: the points as stored (read from their files; bf16/fp16 with point_dtype).
-    first = path.checked_point_dir(0)
-    result["summary"]["evaluation"]["point_dtype"] = stored_dtype(first, allowed_root=path.point_fence(first))
-    return result
+    sets = _eval_sets(path, data, opts, accelerator)
+    return _evaluate(path, sets, opts, accelerator, start=start)
 
 
 __all__ = [

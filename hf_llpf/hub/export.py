@@ -138,8 +138,7 @@ def export_point(
 
     Returns:
         dict: ``index``, ``tick``, ``point`` (folder in the path), ``reason`` (why that point), ``out_dir``,
-        ``files``, and ``commit`` /
-        ``repo_id`` when pushed.
+        ``files``, and ``commit`` / ``repo_id`` when pushed.
 
     Raises:
         RunDirectoryError: ``out_dir`` is not empty, ``source`` is not a run directory, or a name in it leaves it.
@@ -160,15 +159,20 @@ def export_point(
     result = {"index": i, "tick": row.get("tick"), "point": row.get("point"), "out_dir": str(out), "reason": reason}
     result["files"] = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     if push_to_hub is not None:
-        api = hub_api(endpoint, token)
-        with hub_errors(api, repo_id=push_to_hub):
-            commit, _, _ = upload(
-                api,
-                repo_id=push_to_hub,
-                folder=out,
-                revision="main",
-                private=private,
-                message=f"hf_llpf {__version__}: export point {i} (tick {row.get('tick')}) of {label}",
-            )
+        message = f"hf_llpf {__version__}: export point {i} (tick {row.get('tick')}) of {label}"
+        commit = _upload_export(
+            out, repo_id=push_to_hub, private=private, token=token, endpoint=endpoint, message=message
+        )
         result.update(repo_id=push_to_hub, commit=commit)
     return result
+
+
+def _upload_export(
+    out: FsPath, *, repo_id: str, private: bool, token: str | None, endpoint: str | None, message: str
+) -> str:
+    """Publish the exported folder ``out`` as the model repo ``repo_id`` in one commit on ``main`` (the repo
+    created, ``private`` when asked, if missing); returns the commit's sha."""
+    api = hub_api(endpoint, token)
+    with hub_errors(api, repo_id=repo_id):
+        commit, _, _ = upload(api, repo_id=repo_id, folder=out, revision="main", private=private, message=message)
+    return commit

@@ -21,7 +21,7 @@ from hf_llpf.hub.card import (
     own_results,
     render_card,
 )
-from hf_llpf.hub.facts import endpoint_label, read_facts, read_json
+from hf_llpf.hub.facts import RunFacts, endpoint_label, read_facts, read_json
 from hf_llpf.hub.public import UNKNOWN_LICENSE
 from hf_llpf.hub.snippets import point_snippet
 from hf_llpf.reporting.report import path_verdict
@@ -59,23 +59,8 @@ def build_point_card(
     facts = read_facts(root)
     summary = read_json(root / METRICS_JSON).get("summary") or {}
     repo = repo_id or PLACEHOLDER_REPO
-    own = {key for key, *_ in OWN_FIGURES}
-    others = [f"| {k} | {v:.4g} |" for k, v in row.items() if finite(v) and k not in ("index", "tick", *own)]
-    intro = [
-        "A model merged from two endpoints: point "
-        f"{index} of {count} of the low-loss path `{source}` (folder `{row.get('point')}`), found with hf_llpf.",
-        f"- **A**: {endpoint_label(facts.a)}",
-        f"- **B**: {endpoint_label(facts.b)}",
-        f"- **point**: index {index}, tick {row.get('tick')}, stage {row.get('stage')}, phase {row.get('phase')}",
-        *([f"- **chosen as**: {reason}"] if reason else []),
-        "",
-        facts.data_line,
-    ]
-    figures = ["Its own figures:", "", own_figures_table(row, facts, summary)]
-    if others:
-        figures += ["", "Its other records along the path:", "", "| record | value |", "|---|---|", *others]
-    if summary.get("llpf"):  # the whole path's figures against linear interpolation, in one sentence
-        figures += ["", f"The path it lies on: **{path_verdict(summary)}**"]
+    intro = _intro(facts, row, index=index, count=count, source=source, reason=reason)
+    figures = _figures(facts, row, summary)
     results = own_results(row, facts)
     name = (repo_id or "").split("/")[-1] or f"point-{index}"
     data = card_data(facts, tags=[*CARD_TAGS, POINT_TAG], license=license, model_name=name, results=results)
@@ -91,3 +76,32 @@ def build_point_card(
         load_section="\n".join(point_snippet(facts.library, facts.architecture, repo, tokenizer=tokenizer)),
         made_with=f"Made with hf_llpf {__version__}.",
     )
+
+
+def _intro(facts: RunFacts, row: dict, *, index: int, count: int, source: str, reason: str | None) -> list[str]:
+    """The card's opening lines: what the point is, the two endpoints, where the point lies on the path, why it was
+    chosen (``reason``, when given) and the data the path was judged on (arguments: see :func:`build_point_card`;
+    ``facts``: the path's :class:`~hf_llpf.hub.facts.RunFacts`)."""
+    return [
+        "A model merged from two endpoints: point "
+        f"{index} of {count} of the low-loss path `{source}` (folder `{row.get('point')}`), found with hf_llpf.",
+        f"- **A**: {endpoint_label(facts.a)}",
+        f"- **B**: {endpoint_label(facts.b)}",
+        f"- **point**: index {index}, tick {row.get('tick')}, stage {row.get('stage')}, phase {row.get('phase')}",
+        *([f"- **chosen as**: {reason}"] if reason else []),
+        "",
+        facts.data_line,
+    ]
+
+
+def _figures(facts: RunFacts, row: dict, summary: dict) -> list[str]:
+    """The card's figures: the point's own (a table), its other finite records of ``path_metrics.json`` and, for an
+    LLPF path, the whole path's verdict against linear interpolation (``summary``: the path's summary)."""
+    own = {key for key, *_ in OWN_FIGURES}
+    others = [f"| {k} | {v:.4g} |" for k, v in row.items() if finite(v) and k not in ("index", "tick", *own)]
+    figures = ["Its own figures:", "", own_figures_table(row, facts, summary)]
+    if others:
+        figures += ["", "Its other records along the path:", "", "| record | value |", "|---|---|", *others]
+    if summary.get("llpf"):  # the whole path's figures against linear interpolation, in one sentence
+        figures += ["", f"The path it lies on: **{path_verdict(summary)}**"]
+    return figures

@@ -163,33 +163,9 @@ def published_files(
     root = check_run_dir(run_dir)
     include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
     path = RunPath(root)
-    chosen = select_points(path, every=every, points=points)
-    pub = Publication(published=chosen, selection=f"every {every}th point" if every else f"points {points!r}")
+    pub = _choose_points(path, every=every, points=points, root_point=root_point, root_reason=root_reason)
     pub.revisions, pub.branch = point_revisions, branch
-    if root_point is not None and str(root_point).lower() != "none":
-        pub.root = choose_point(path, root_point)
-        pub.root = (pub.root[0], root_reason or pub.root[1])
-        chosen = sorted(set(chosen) | {pub.root[0]})  # the root's point is always published too
-        pub.published = chosen
-    keep = {path.point_name(i) for i in chosen}
-    dropped = {path.point_name(i) for i in range(len(path))} - keep
-    # assets/ is stored once in the run directory; its files are published inside every point and at the root.
-    files: dict[str, bytes | FsPath] = {
-        rel: root / rel
-        for rel in publishable_files(root)
-        if not any(rel.startswith(d + "/") for d in (*dropped, ASSETS_DIR))
-    }
-    assets = read_assets(root)
-    _point_assets(files, keep, assets)
-    if dropped:
-        files.update(_filtered_metrics(root, keep))
-    if pub.root is not None:
-        for rel, f in _root_files(path, pub.root[0], assets).items():
-            if rel in files:
-                raise RunDirectoryError(f"point file {rel!r} would replace the run file of that name at the repo root")
-            files[rel] = f
-    if (root / ENDPOINTS_JSON).is_file():
-        files[ENDPOINTS_JSON] = (json.dumps(public_endpoints(path.endpoints), indent=2) + "\n").encode()
+    files = _run_files(path, pub)
     if include is not None or exclude is not None:
         from huggingface_hub.utils import filter_repo_objects
 
@@ -208,6 +184,51 @@ def published_files(
     files = public_files(files, names)
     check_no_machine_paths(files, machine_paths(root, *names))
     return files, pub
+
+
+def _choose_points(
+    path: RunPath, *, every: int | None, points: str | None, root_point: str | int | None, root_reason: str | None
+) -> Publication:
+    """The points to publish (``every``, ``points``) and the root's point (``root_point``, its reason replaced by
+    ``root_reason`` when given), as a :class:`Publication` whose ``published`` always holds the root's point."""
+    chosen = select_points(path, every=every, points=points)
+    pub = Publication(published=chosen, selection=f"every {every}th point" if every else f"points {points!r}")
+    if root_point is not None and str(root_point).lower() != "none":
+        pub.root = choose_point(path, root_point)
+        pub.root = (pub.root[0], root_reason or pub.root[1])
+        pub.published = sorted(set(chosen) | {pub.root[0]})  # the root's point is always published too
+    return pub
+
+
+def _run_files(path: RunPath, pub: Publication) -> dict[str, bytes | FsPath]:
+    """The run's files as published, before filtering and the card: the run directory's own files, the published
+    points (each with the run's companion files), the metrics of those points only, the root's point at the repo
+    root and ``endpoints.json`` without local paths.
+
+    Raises:
+        RunDirectoryError: a file of the root's point would replace the run file of that name at the repo root.
+    """
+    root = path.root
+    keep = {path.point_name(i) for i in pub.published}
+    dropped = {path.point_name(i) for i in range(len(path))} - keep
+    # assets/ is stored once in the run directory; its files are published inside every point and at the root.
+    files: dict[str, bytes | FsPath] = {
+        rel: root / rel
+        for rel in publishable_files(root)
+        if not any(rel.startswith(d + "/") for d in (*dropped, ASSETS_DIR))
+    }
+    assets = read_assets(root)
+    _point_assets(files, keep, assets)
+    if dropped:
+        files.update(_filtered_metrics(root, keep))
+    if pub.root is not None:
+        for rel, f in _root_files(path, pub.root[0], assets).items():
+            if rel in files:
+                raise RunDirectoryError(f"point file {rel!r} would replace the run file of that name at the repo root")
+            files[rel] = f
+    if (root / ENDPOINTS_JSON).is_file():
+        files[ENDPOINTS_JSON] = (json.dumps(public_endpoints(path.endpoints), indent=2) + "\n").encode()
+    return files
 
 
 def _push(api: Any, *, repo_id: str, files: dict, revision: str, private: bool, tag: str, opts: dict) -> dict:
@@ -280,6 +301,28 @@ def _point_branches(api: Any, root: FsPath, commit: str, pub: Publication, optio
         files_per_commit=opts["files_per_commit"],
         opts={"delete_other": opts["delete_other"], "delete_patterns": opts["delete_patterns"]},
     )
+
+
+def _check_push_options(repo_id: str, *, revision: str | None, files_per_commit: Any, commit_message: Any) -> str:
+    """Check :func:`push_path`'s options that need neither the run directory nor the Hub; returns the repo id.
+
+    Raises:
+        ConfigError: an invalid ``repo_id``, ``revision``, ``files_per_commit`` or ``commit_message``.
+    """
+    repo_id, _ = parse_repo_spec(repo_id, allow_revision=False)
+    if revision is not None:
+        check_branch_name(revision, field="revision")
+    if isinstance(files_per_commit, bool) or not isinstance(files_per_commit, int) or files_per_commit < 1:
+        raise ConfigError(f"files_per_commit={files_per_commit!r}: must be an integer >= 1 (the Hub advises < 100)")
+    if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
+        raise ConfigError(f"commit_message={commit_message!r}: must be a non-empty string")
+    return repo_id
+
+
+def _save_card(root: FsPath, card: bytes) -> None:
+    """Write the published card to ``RUN_DIR/README.md`` (after a successful push), unless it already holds it."""
+    if not (root / README).is_file() or (root / README).read_bytes() != card:
+        atomic_write_text(root / README, card.decode())
 
 
 @holds_run_directory("run_dir", exclusive=True, action="push")
@@ -359,13 +402,9 @@ def push_path(
             HubAuthError: no token, or the token was refused. HubConflictError: the push would delete or replace
             files no earlier push published (listed), without ``delete_other``/``delete_patterns``.
     """
-    repo_id, _ = parse_repo_spec(repo_id, allow_revision=False)
-    if revision is not None:
-        check_branch_name(revision, field="revision")
-    if isinstance(files_per_commit, bool) or not isinstance(files_per_commit, int) or files_per_commit < 1:
-        raise ConfigError(f"files_per_commit={files_per_commit!r}: must be an integer >= 1 (the Hub advises < 100)")
-    if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
-        raise ConfigError(f"commit_message={commit_message!r}: must be a non-empty string")
+    repo_id = _check_push_options(
+        repo_id, revision=revision, files_per_commit=files_per_commit, commit_message=commit_message
+    )
     delete_patterns = _patterns(delete_patterns, "delete_patterns")
     root = check_run_dir(run_dir)
     check_online("push a path to the Hub")
@@ -398,9 +437,7 @@ def push_path(
             made = f"{n} commit{'s' if n > 1 else ''}" if n else "unchanged, no commit"
             logger.info(f"{repo_id}@{revision}: {made}; next, {len(pub.published)} point branches")
             result["point_revisions"] = _point_branches(api, root, result["commit"], pub, options, opts)
-    card = files[README]
-    if not (root / README).is_file() or (root / README).read_bytes() != card:
-        atomic_write_text(root / README, card.decode())
+    _save_card(root, files[README])
     base = (endpoint or api.endpoint).rstrip("/")
     return {
         **result,

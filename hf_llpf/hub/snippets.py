@@ -63,43 +63,14 @@ def path_snippet(
         tokenizer: the points carry a tokenizer (hf_llpf.run.assets): show how to load it.
         branch: the point branch the card is for: its root line loads that revision (None: main's root).
     """
-    example = point.rsplit("/", 1)[-1]
     root = "the model at the root of this branch" if branch else "the model at the root (see above)"
     lines: list[str] = []
     if library == "transformers":
-        auto = auto_class(architecture)
-        lines += [
-            "```python",
-            f"from transformers import {auto}",
-            f"model = {root_load(library, architecture, repo, revision=branch)}  # {root}",
-            f'point = {auto}.from_pretrained("{repo}", subfolder="{point}")  # any point: its folder',
-        ]
-        if revisions and not branch:
-            lines.append(f'point = {auto}.from_pretrained("{repo}", revision="{example}")  # or its branch')
-        if tokenizer:
-            where = f'revision="{branch}"' if branch else f'subfolder="{point}"'
-            lines += [
-                "",
-                "from transformers import AutoTokenizer  # every point and the root carry the tokenizer",
-                f'tokenizer = AutoTokenizer.from_pretrained("{repo}", {where})',
-            ]
-        lines.append("```")
+        lines += _transformers_block(
+            architecture, repo, point=point, root=root, revisions=revisions, tokenizer=tokenizer, branch=branch
+        )
     elif library == "timm":
-        register = _builtin(architecture)
-        lines += ["```python", "import timm"]
-        if register:
-            lines.append(f"import hf_llpf.zoo  # registers the built-in architecture {architecture!r} with timm")
-        lines += [
-            f"model = {root_load(library, architecture, repo, revision=branch)}  # {root}",
-            "",
-            "# any point: timm has no subfolder argument, so download the point's folder and load it from disk",
-            "from huggingface_hub import snapshot_download",
-            f'folder = snapshot_download("{repo}", allow_patterns=["{point}/*"])',
-            f'point = timm.create_model(f"local-dir:{{folder}}/{point}", pretrained=True)',
-        ]
-        if revisions and not branch:
-            lines.append(f'point = timm.create_model("hf-hub:{repo}@{example}", pretrained=True)  # or its branch')
-        lines.append("```")
+        lines += _timm_block(architecture, repo, point=point, root=root, revisions=revisions, branch=branch)
     lines += [
         "",
         "Every point, with its figures, through hf_llpf:",
@@ -111,6 +82,55 @@ def path_snippet(
         "```",
     ]
     return lines
+
+
+def _transformers_block(
+    architecture: str, repo: str, *, point: str, root: str, revisions: bool, tokenizer: bool, branch: str | None
+) -> list[str]:
+    """The transformers code block of :func:`path_snippet` (same arguments; ``root`` says which model the root line
+    loads): the root, the point by ``subfolder=`` and, on main's card with ``revisions``, by its branch; the
+    tokenizer when the points carry one."""
+    auto = auto_class(architecture)
+    lines = [
+        "```python",
+        f"from transformers import {auto}",
+        f"model = {root_load('transformers', architecture, repo, revision=branch)}  # {root}",
+        f'point = {auto}.from_pretrained("{repo}", subfolder="{point}")  # any point: its folder',
+    ]
+    if revisions and not branch:
+        example = point.rsplit("/", 1)[-1]
+        lines.append(f'point = {auto}.from_pretrained("{repo}", revision="{example}")  # or its branch')
+    if tokenizer:
+        where = f'revision="{branch}"' if branch else f'subfolder="{point}"'
+        lines += [
+            "",
+            "from transformers import AutoTokenizer  # every point and the root carry the tokenizer",
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}", {where})',
+        ]
+    return [*lines, "```"]
+
+
+def _timm_block(
+    architecture: str, repo: str, *, point: str, root: str, revisions: bool, branch: str | None
+) -> list[str]:
+    """The timm code block of :func:`path_snippet` (same arguments; ``root`` says which model the root line loads):
+    the root, the point downloaded and loaded from disk (timm has no ``subfolder``) and, on main's card with
+    ``revisions``, by its branch."""
+    lines = ["```python", "import timm"]
+    if _builtin(architecture):
+        lines.append(f"import hf_llpf.zoo  # registers the built-in architecture {architecture!r} with timm")
+    lines += [
+        f"model = {root_load('timm', architecture, repo, revision=branch)}  # {root}",
+        "",
+        "# any point: timm has no subfolder argument, so download the point's folder and load it from disk",
+        "from huggingface_hub import snapshot_download",
+        f'folder = snapshot_download("{repo}", allow_patterns=["{point}/*"])',
+        f'point = timm.create_model(f"local-dir:{{folder}}/{point}", pretrained=True)',
+    ]
+    if revisions and not branch:
+        example = point.rsplit("/", 1)[-1]
+        lines.append(f'point = timm.create_model("hf-hub:{repo}@{example}", pretrained=True)  # or its branch')
+    return [*lines, "```"]
 
 
 def point_snippet(library: str | None, architecture: str, repo: str, *, tokenizer: bool = False) -> list[str]:

@@ -191,24 +191,7 @@ def load_endpoint(
             dtype=dtype,
         )
     if spec.endswith(".safetensors"):
-        if not path.is_file():
-            raise UnknownNameError("endpoint file", spec, ["an existing .safetensors file"])
-        if arch is None:
-            raise UnknownNameError(
-                "arch",
-                None,
-                hf_llpf.zoo.BUILTIN_MODELS,
-                hint="a bare safetensors file needs the model name (--arch NAME)",
-            )
-        model = create_model(arch, **(model_args or {}))
-        _load_weights(model, path)
-        return Endpoint(
-            model.eval(),
-            "timm",
-            spec,
-            local_revision(path),
-            {"architecture": arch, "model_args": dict(model_args or {})},
-        )
+        return _load_file(path, source=spec, arch=arch, model_args=model_args)
     from hf_llpf.hub_client.repo_ids import parse_repo_spec  # the one parser of org/name[@revision]
 
     try:
@@ -221,6 +204,28 @@ def load_endpoint(
             hint=err.problems[0] if "/" in spec else "",  # a bare name is more likely a model name
         ) from None
     return _load_hub(spec, trust_remote_code=trust_remote_code)
+
+
+def _load_file(path: Path, *, source: str, arch: str | None, model_args: dict[str, Any] | None) -> Endpoint:
+    """Build ``arch`` with ``model_args`` and load a bare safetensors file into it (a timm-kind endpoint)."""
+    if not path.is_file():
+        raise UnknownNameError("endpoint file", source, ["an existing .safetensors file"])
+    if arch is None:
+        raise UnknownNameError(
+            "arch",
+            None,
+            hf_llpf.zoo.BUILTIN_MODELS,
+            hint="a bare safetensors file needs the model name (--arch NAME)",
+        )
+    model = create_model(arch, **(model_args or {}))
+    _load_weights(model, path)
+    return Endpoint(
+        model.eval(),
+        "timm",
+        source,
+        local_revision(path),
+        {"architecture": arch, "model_args": dict(model_args or {})},
+    )
 
 
 def _load_folder(
@@ -393,19 +398,7 @@ def save_model(
     directory.mkdir(parents=True, exist_ok=True)
     shard = shard_bytes(max_shard_size)
     if kind == "transformers":
-        from hf_llpf.progress import library_bars
-
-        state = cast_floating(model.state_dict(), dtype) if dtype is not None else None
-        with library_bars():
-            model.save_pretrained(directory, safe_serialization=True, state_dict=state, max_shard_size=shard)
-        if dtype is not None:
-            # config.json names the stored dtype, so from_pretrained (dtype "auto" in transformers 5) builds the
-            # model in it instead of upcasting; hf_llpf reads a run's points back in the endpoints' dtype.
-            set_config_dtype(directory / "config.json", dtype)
-        if not keep_auto_map:  # an endpoint's pointer to another repo's code is not republished with the point
-            from hf_llpf.models.remote_code import strip_file
-
-            strip_file(directory / "config.json")
+        _save_transformers(model, directory, dtype=dtype, max_shard_size=shard, keep_auto_map=keep_auto_map)
         usual_permissions(directory)
         return directory
     state, seen = {}, set()
@@ -421,6 +414,26 @@ def save_model(
         write_timm_config(model, directory, arch)
     usual_permissions(directory)
     return directory
+
+
+def _save_transformers(
+    model: nn.Module, directory: Path, *, dtype: torch.dtype | None, max_shard_size: int, keep_auto_map: bool
+) -> None:
+    """Write a transformers model with ``save_pretrained`` (weights in ``dtype``, shards above ``max_shard_size``
+    bytes), its ``config.json`` naming the stored dtype and, unless ``keep_auto_map``, without pointers to code."""
+    from hf_llpf.progress import library_bars
+
+    state = cast_floating(model.state_dict(), dtype) if dtype is not None else None
+    with library_bars():
+        model.save_pretrained(directory, safe_serialization=True, state_dict=state, max_shard_size=max_shard_size)
+    if dtype is not None:
+        # config.json names the stored dtype, so from_pretrained (dtype "auto" in transformers 5) builds the
+        # model in it instead of upcasting; hf_llpf reads a run's points back in the endpoints' dtype.
+        set_config_dtype(directory / "config.json", dtype)
+    if not keep_auto_map:  # an endpoint's pointer to another repo's code is not republished with the point
+        from hf_llpf.models.remote_code import strip_file
+
+        strip_file(directory / "config.json")
 
 
 def set_config_dtype(config_file: Path, dtype: torch.dtype) -> None:
