@@ -23,10 +23,11 @@ from hf_llpf.algorithms.certify import Certifier, certification_line
 from hf_llpf.algorithms.final_check import environment, final_check, point_hashes, record_final
 from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
-from hf_llpf.algorithms.registry import method_class
+from hf_llpf.algorithms.registry import curve_method, method_class
 from hf_llpf.algorithms.repair import RepairTrainer
 from hf_llpf.algorithms.sharded import ShardedM2M, check_sharding
 from hf_llpf.algorithms.spheres import choose_method
+from hf_llpf.baselines.build import connect_curve, with_method
 from hf_llpf.batches import LossFn
 from hf_llpf.config import ConnectConfig
 from hf_llpf.devices.accelerator import describe_launch, launch_line, make_accelerator
@@ -76,8 +77,12 @@ def connect(
     command: str | None = None,
     probe_data: Any = None,
     protected: Sequence[str | os.PathLike] = (),
+    method: str | None = None,
+    settings: Any = None,
+    points: int | None = None,
+    certify: Any = None,
 ) -> RunPath:
-    """Build an LLPF path from ``model_a`` (θ_A) to ``model_b`` (θ_B) and write it to ``run_dir``.
+    """Build a path from ``model_a`` (θ_A) to ``model_b`` (θ_B) and write it to ``run_dir``: LLPF's, or a curve's.
 
     Args:
         model_a, model_b: endpoint specs (folder, Hub id, safetensors + arch), modules, or Endpoints.
@@ -97,6 +102,11 @@ def connect(
             seeded subset of the training data, docs/algorithm.md §10).
         protected: other files and folders the caller reads (the CLI's ``--recipe``): ``run_dir`` must not be,
             hold or lie inside one of them, as for the local endpoints and data (docs/run-directory.md).
+        method: the method (default: ``config.method``): an LLPF method, or a curve (``bezier``, ``autoneb``,
+            ``slerp``, ``weight-matching``), written at fixed t through the same preparation, certified when it
+            trains, resumable (:func:`hf_llpf.baselines.build.connect_curve`, docs/baselines.md).
+        settings, points, certify: a curve's own settings (its ``settings`` class or a dict of its fields), its
+            points (default 31) and its certification rounds (``round_iters``, ``cap``); refused for LLPF.
 
     Returns:
         The :class:`~hf_llpf.run.RunPath` (points load lazily from ``run_dir``).
@@ -105,7 +115,12 @@ def connect(
         RunDirectoryError: ``run_dir`` cannot be written under ``exist`` (checked before anything is loaded, and
             again before anything is written; docs/run-directory.md, "What --overwrite and --resume may do").
     """
-    config = resolve_config(config)
+    config = resolve_config(config if method is None else with_method(config, method))
+    curve = curve_method(config.method)
+    if curve is not None or (settings, points, certify) != (None, None, None):
+        return connect_curve(curve, model_a, model_b, train_data, config, run_dir=run_dir, settings=settings,
+                             points=points, certify=certify, loss_fn=loss_fn, exist=exist, accelerator=accelerator,
+                             command=command, protected=protected)  # fmt: skip
     accelerator = accelerator or make_accelerator(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )
