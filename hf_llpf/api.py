@@ -86,12 +86,10 @@ def connect(
 
     Args:
         model_a, model_b: endpoint specs (folder, Hub id, safetensors + arch), modules, or Endpoints.
-        train_data: a data spec string or :class:`~hf_llpf.config.DataConfig`, a :class:`DataBundle`, a
-            ``datasets.Dataset`` (torch-formatted columns; batches are dicts), a ``DataLoader`` yielding
-            ``(inputs, labels)`` or dicts, or ``None`` for ``config.data``.
+        train_data: a data spec or :class:`~hf_llpf.config.DataConfig`, a :class:`DataBundle`, a ``datasets.Dataset``
+            (torch-formatted columns), a ``DataLoader`` of ``(inputs, labels)`` or dicts, or ``None``: ``config.data``.
         config: :class:`~hf_llpf.config.ConnectConfig` or a dict of settings, in blocks as a recipe writes them
-            (``{"m2m": {"step_r": 0.1}, "repair": {"lr": 0.01}}``) or as its flat fields (``{"step_r": 0.1}``);
-            defaults when ``None``.
+            (``{"repair": {"lr": 0.01}}``) or as its flat fields (``{"lr": 0.01}``); defaults when ``None``.
         run_dir: the run directory to write.
         loss_fn: ``loss_fn(model, batch) -> loss``; default cross-entropy, or ``outputs.loss`` for dicts.
         exist: ``"error"`` (refuse an existing run directory), ``"overwrite"`` or ``"resume"``.
@@ -102,11 +100,9 @@ def connect(
             seeded subset of the training data, docs/algorithm.md §10).
         protected: other files and folders the caller reads (the CLI's ``--recipe``): ``run_dir`` must not be,
             hold or lie inside one of them, as for the local endpoints and data (docs/run-directory.md).
-        method: the method (default: ``config.method``): an LLPF method, or a curve (``bezier``, ``autoneb``,
-            ``slerp``, ``weight-matching``), written at fixed t through the same preparation, certified when it
-            trains, resumable (:func:`hf_llpf.baselines.build.connect_curve`, docs/baselines.md).
-        settings, points, certify: a curve's own settings (its ``settings`` class or a dict of its fields), its
-            points (default 31) and its certification rounds (``round_iters``, ``cap``); refused for LLPF.
+        method: the method (default ``config.method``); a curve (``bezier``, ``autoneb``, ``slerp``,
+            ``weight-matching``) is written at fixed t, certified when it trains, and resumes (docs/baselines.md).
+        settings, points, certify: a curve's own settings, points (default 31) and certification rounds.
 
     Returns:
         The :class:`~hf_llpf.run.RunPath` (points load lazily from ``run_dir``).
@@ -121,6 +117,13 @@ def connect(
         return connect_curve(curve, model_a, model_b, train_data, config, run_dir=run_dir, settings=settings,
                              points=points, certify=certify, loss_fn=loss_fn, exist=exist, accelerator=accelerator,
                              command=command, protected=protected)  # fmt: skip
+    return _connect_llpf(model_a, model_b, train_data, config, run_dir, loss_fn, exist, progress, accelerator,
+                         command, probe_data, protected)  # fmt: skip
+
+
+def _connect_llpf(model_a, model_b, train_data, config, run_dir, loss_fn, exist, progress, accelerator, command,
+                  probe_data, protected) -> RunPath:  # fmt: skip
+    """:func:`connect` of an LLPF method: the Accelerator and the run's log around the run."""
     accelerator = accelerator or make_accelerator(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )

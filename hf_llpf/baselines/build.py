@@ -107,16 +107,12 @@ def build_baseline(
         method: a registered curve (:func:`hf_llpf.algorithms.registry.baseline_names`: ``linear``, ``slerp``,
             ``bezier``, ``autoneb``, ``weight-matching``, and any method registered since).
         model_a, model_b: endpoint specs, modules or Endpoints (as for :func:`hf_llpf.connect`).
-        train_data: the training data (as for :func:`hf_llpf.connect`; ``None``: ``config.data``): Bézier trains
-            on it, every method recomputes BatchNorm statistics on it when asked, weight matching checks its ends
-            on one batch of it.
+        train_data: as for :func:`hf_llpf.connect`: the trained curves train on it, BatchNorm statistics are
+            recomputed on it, weight matching checks its ends on one batch of it.
         config: a :class:`~hf_llpf.config.ConnectConfig` or dict: its ``data``, ``batch_size`` and ``seed`` are used.
         points: points written, ends included, at t = i/(points−1).
         settings: the method's own settings (an instance of its ``settings`` class or a dict of its fields).
-        bezier: :class:`~hf_llpf.baselines.bezier.BezierSettings` or a dict of its fields (``iters``, ``lr``, ...),
-            for ``bezier`` when ``settings`` is not given.
-        autoneb: :class:`~hf_llpf.baselines.autoneb.AutoNEBSettings` or a dict of its fields (``iters``, ...), for
-            ``autoneb`` when ``settings`` is not given.
+        bezier, autoneb: that method's settings when ``settings`` is not given (as ``settings``).
         ceiling: the loss ceiling Bézier and AutoNEB are certified under (``compare`` passes LLPF's run's); ``None``:
             ``config.loss_ceiling`` (``auto``: LLPF's rule from the endpoints; null: no certificate, and they train
             their fixed ``iters``). Under a ceiling they train in rounds until the certificate accepts the path or
@@ -124,9 +120,8 @@ def build_baseline(
         certify: :class:`~hf_llpf.baselines.certify.CertifySettings` or a dict (``round_iters``, ``cap``).
         recalibrate_bn: recompute the BatchNorm statistics of every interior point (linear, SLERP, weight matching:
             the "reset" of REPAIR, Jordan et al. 2022); Bézier always does (Garipov et al. 2018).
-        loss_fn: the training loss of Bézier (default: cross-entropy / ``outputs.loss``).
-        exist: ``"error"`` or ``"overwrite"``.
-        device: where Bézier trains (default: the device Accelerate chooses).
+        loss_fn, device: the trained curves' loss (default: cross-entropy / ``outputs.loss``) and device.
+        exist: ``"error"``, ``"overwrite"`` or ``"resume"`` (a trained curve continues from its checkpoint).
         command: the command line, recorded.
         inside: the run directory ``run_dir`` lies in, when it is one's baseline (no link may lie between them).
 
@@ -134,9 +129,8 @@ def build_baseline(
         The :class:`~hf_llpf.run.Path`.
 
     Raises:
-        UnknownNameError: an unknown method.
-        NotApplicableError: weight matching on a model whose permutations cannot be read from its graph.
-        ConfigError: invalid settings.
+        UnknownNameError: an unknown method. ConfigError: invalid settings. NotApplicableError: weight matching on
+            a model whose permutations cannot be read from its graph.
     """
     entry = path_method(method, kind="baseline method", among=list(baseline_names()))
     given = settings if settings is not None else {"bezier": bezier, "autoneb": autoneb}.get(method)
