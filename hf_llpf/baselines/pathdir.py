@@ -3,9 +3,10 @@
 A baseline (linear, SLERP, Bézier, weight matching) is a curve θ(t), t ∈ [0, 1]; its path is the curve
 sampled at fixed t and written exactly like an LLPF path (``points/t_NNNNNN``, ``path_metrics.json``,
 ``endpoints.json``, ``llpf_config.yaml``), so :class:`hf_llpf.run.Path`, :func:`hf_llpf.evaluate_path`,
-``hf-llpf evaluate``, ``export`` and ``push`` work on it unchanged. The point's ``tick`` is its index; ``t`` is
-recorded beside it, and ``llpf_config.yaml`` holds the method's own settings (plus ``data``, which the
-evaluation reads), not LLPF settings.
+``hf-llpf evaluate``, ``export`` and ``push`` work on it unchanged; its resume state, when it has one, is in
+``checkpoint/`` (never published). The point's ``tick`` is its index; ``t`` is recorded beside it, and
+``llpf_config.yaml`` holds the method's own settings (plus ``data``, which the evaluation reads), not LLPF
+settings.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class BaselineRun:
 
 @dataclass
 class PreparedEnds:
-    """What a curve method builds on (:meth:`hf_llpf.algorithms.registry.PathMethod.build`), prepared once by
-    :func:`hf_llpf.build_baseline`.
+    """What a curve method builds on (:meth:`hf_llpf.algorithms.registry.PathMethod.build`), made from the prepared
+    run by :func:`hf_llpf.baselines.curve_run.run_curve` (``build_baseline`` and ``connect --method bezier``).
 
     Attributes:
         ea, eb: θ_A and θ_B, each carrying the run's data config; ``sa``, ``sb``: their tensors on the CPU.
