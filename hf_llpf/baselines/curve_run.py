@@ -147,7 +147,7 @@ def _run(job: CurveJob, prepared: PreparedRun, ends: PreparedEnds, writer: RunWr
         state_at, finish = training.run(ckpt)
     else:
         state_at = _recalibrated(built, ends.ea.model, ends.batches) if job.recalibrate_bn else built
-    seconds = time.perf_counter() - start + (ckpt or {}).get("seconds", 0.0)
+    seconds = time.perf_counter() - start  # this session's (a resumed curve's seconds to certify count them all)
     path = write_points(writer, ends.ea, fixed_ts(job.points), state_at, ends.record, seconds=seconds, finish=finish)
     if job.inside is None:  # a run's own baseline (RUN/baselines/<method>) is rebuilt, never resumed
         writer.save_checkpoint({"schema_version": SCHEMA, "method": job.entry.name, "done": True})

@@ -79,6 +79,7 @@ def _curve_config(args: argparse.Namespace) -> tuple:
 
 
 def _values(args: argparse.Namespace) -> dict:
+    """The settings as given (the recipe, upgraded; ``--data``; ``--method``; the overrides), not yet checked."""
     from hf_llpf.config import grouped_key, upgrade_settings
     from hf_llpf.recipes import apply_overrides, load_recipe
 
