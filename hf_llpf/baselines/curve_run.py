@@ -178,9 +178,8 @@ def _check_same_curve(root: Any, ckpt: dict, ends: PreparedEnds, job: CurveJob) 
         )
     saved, now = read_yaml(root / CONFIG_YAML), yaml.safe_load(yaml.safe_dump(curve_config(ends.record)))
     problems = [
-        f"--resume: {key} was {saved.get(key)!r} in {root}, now {now.get(key)!r} (a curve resumes with its settings)"
-        for key in sorted(set(saved) | set(now))
-        if saved.get(key) != now.get(key)
+        f"--resume: {key} was {was!r} in {root}, now {is_!r} (a curve resumes with its settings)"
+        for key, was, is_ in _differences(saved, now)
     ]
     recorded, given = read_run_json(root, ENDPOINTS_JSON), curve_endpoints(ends.ea, ends.eb, ends.record, None)
     for key in ("A", "B"):
@@ -189,6 +188,16 @@ def _check_same_curve(root: Any, ckpt: dict, ends: PreparedEnds, job: CurveJob) 
             problems.append(f"--resume: endpoint {key} is not the one this run started with (its weights' sha256)")
     if problems:
         raise ConfigError(problems)
+
+
+def _differences(saved: Any, now: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The settings that differ, by dotted name (``baseline.points``), with their two values."""
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return [] if saved == now else [(prefix.rstrip("."), saved, now)]
+    out = []
+    for key in sorted(set(saved) | set(now), key=str):
+        out += _differences(saved.get(key), now.get(key), f"{prefix}{key}.")
+    return out
 
 
 def _recalibrated(state_at: Callable[[float], State], model: Any, batches: list) -> Callable[[float], State]:
