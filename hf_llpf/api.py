@@ -23,10 +23,11 @@ from hf_llpf.algorithms.certify import Certifier, certification_line
 from hf_llpf.algorithms.final_check import environment, final_check, point_hashes, record_final
 from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
-from hf_llpf.algorithms.registry import method_class
+from hf_llpf.algorithms.registry import curve_method, method_class
 from hf_llpf.algorithms.repair import RepairTrainer
 from hf_llpf.algorithms.sharded import ShardedM2M, check_sharding
 from hf_llpf.algorithms.spheres import choose_method
+from hf_llpf.baselines.build import connect_curve, with_method
 from hf_llpf.batches import LossFn
 from hf_llpf.config import ConnectConfig
 from hf_llpf.devices.accelerator import describe_launch, launch_line, make_accelerator
@@ -76,17 +77,19 @@ def connect(
     command: str | None = None,
     probe_data: Any = None,
     protected: Sequence[str | os.PathLike] = (),
+    method: str | None = None,
+    settings: Any = None,
+    points: int | None = None,
+    certify: Any = None,
 ) -> RunPath:
-    """Build an LLPF path from ``model_a`` (θ_A) to ``model_b`` (θ_B) and write it to ``run_dir``.
+    """Build a path from ``model_a`` (θ_A) to ``model_b`` (θ_B) and write it to ``run_dir``: LLPF's, or a curve's.
 
     Args:
         model_a, model_b: endpoint specs (folder, Hub id, safetensors + arch), modules, or Endpoints.
-        train_data: a data spec string or :class:`~hf_llpf.config.DataConfig`, a :class:`DataBundle`, a
-            ``datasets.Dataset`` (torch-formatted columns; batches are dicts), a ``DataLoader`` yielding
-            ``(inputs, labels)`` or dicts, or ``None`` for ``config.data``.
+        train_data: a data spec or :class:`~hf_llpf.config.DataConfig`, a :class:`DataBundle`, a ``datasets.Dataset``
+            (torch-formatted columns), a ``DataLoader`` of ``(inputs, labels)`` or dicts, or ``None``: ``config.data``.
         config: :class:`~hf_llpf.config.ConnectConfig` or a dict of settings, in blocks as a recipe writes them
-            (``{"m2m": {"step_r": 0.1}, "repair": {"lr": 0.01}}``) or as its flat fields (``{"step_r": 0.1}``);
-            defaults when ``None``.
+            (``{"repair": {"lr": 0.01}}``) or as its flat fields (``{"lr": 0.01}``); defaults when ``None``.
         run_dir: the run directory to write.
         loss_fn: ``loss_fn(model, batch) -> loss``; default cross-entropy, or ``outputs.loss`` for dicts.
         exist: ``"error"`` (refuse an existing run directory), ``"overwrite"`` or ``"resume"``.
@@ -97,6 +100,9 @@ def connect(
             seeded subset of the training data, docs/algorithm.md §10).
         protected: other files and folders the caller reads (the CLI's ``--recipe``): ``run_dir`` must not be,
             hold or lie inside one of them, as for the local endpoints and data (docs/run-directory.md).
+        method: the method (default ``config.method``); a curve (``bezier``, ``autoneb``, ``slerp``,
+            ``weight-matching``) is written at fixed t, certified when it trains, and resumes (docs/baselines.md).
+        settings, points, certify: a curve's own settings, points (default 31) and certification rounds.
 
     Returns:
         The :class:`~hf_llpf.run.RunPath` (points load lazily from ``run_dir``).
@@ -105,7 +111,19 @@ def connect(
         RunDirectoryError: ``run_dir`` cannot be written under ``exist`` (checked before anything is loaded, and
             again before anything is written; docs/run-directory.md, "What --overwrite and --resume may do").
     """
-    config = resolve_config(config)
+    config = resolve_config(config if method is None else with_method(config, method))
+    curve = curve_method(config.method)
+    if curve is not None or (settings, points, certify) != (None, None, None):
+        return connect_curve(curve, model_a, model_b, train_data, config, run_dir=run_dir, settings=settings,
+                             points=points, certify=certify, loss_fn=loss_fn, exist=exist, accelerator=accelerator,
+                             command=command, protected=protected)  # fmt: skip
+    return _connect_llpf(model_a, model_b, train_data, config, run_dir, loss_fn, exist, progress, accelerator,
+                         command, probe_data, protected)  # fmt: skip
+
+
+def _connect_llpf(model_a, model_b, train_data, config, run_dir, loss_fn, exist, progress, accelerator, command,
+                  probe_data, protected) -> RunPath:  # fmt: skip
+    """:func:`connect` of an LLPF method: the Accelerator and the run's log around the run."""
     accelerator = accelerator or make_accelerator(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -83,6 +84,32 @@ def _check_options(
         raise ConfigError(problems)
 
 
+@dataclass
+class _Options:
+    """The settings of one comparison every method and the evaluator share (as :func:`compare` takes them)."""
+
+    points: int | None
+    bezier: dict | None
+    certify: dict | None
+    train_subset: int | None
+    continuity_k: int
+    eval_batch_size: int
+    recalibrate_bn: bool
+    command: str | None
+    progress: bool = False
+
+    def check(self) -> None:
+        """Refuse settings that would fail after the first method has run, every problem at once."""
+        _check_options(points=self.points, train_subset=self.train_subset, bezier=self.bezier,
+                       continuity_k=self.continuity_k, certify=self.certify)  # fmt: skip
+
+    def table_settings(self, methods: list[str], seed: int, bundle: Any) -> dict:
+        """The table's ``settings``."""
+        return {"methods": methods, "points": self.points, "train_subset": self.train_subset, "seed": seed,
+                "recalibrate_bn": self.recalibrate_bn, "continuity_k": self.continuity_k,
+                "data": bundle.config.source}  # fmt: skip
+
+
 class _Judge:
     """The one evaluator of a comparison: fixed batches built once, wrapped in :class:`ProbeRecorder` s, and the
     rows of the table, one per judged path."""
@@ -111,6 +138,12 @@ class _Judge:
             "linear_points": linear_points,
         }
         self.rows: list[dict] = []
+
+    @classmethod
+    def of(cls, bundle: Any, options: _Options, *, seed: int, **extra: Any) -> _Judge:
+        """The evaluator of a comparison under ``options`` (``extra``: ``linear_points``, ``template``)."""
+        return cls(bundle, train_subset=options.train_subset, batch_size=options.eval_batch_size, seed=seed,
+                   recalibrate_bn=options.recalibrate_bn, continuity_k=options.continuity_k, **extra)  # fmt: skip
 
     def judge(self, method: str, path: Any, seconds: float, *, write: bool = True) -> dict:
         """Evaluate ``path`` (written into its run directory unless ``write`` is False) and add its row; returns
@@ -196,36 +229,27 @@ def compare(
     """Run every method between θ_A and θ_B, judge all with the same evaluator on the same data, write the table.
 
     Args:
-        model_a, model_b: endpoint specs, modules or Endpoints.
-        train_data: a data spec, ``DataConfig`` or :class:`~hf_llpf.data.DataBundle` (``None``: ``config.data``);
-            the evaluation's fixed batches are drawn from it.
-        out_dir: the folder of the comparison: one run directory per method, the table and the plot.
-        methods: any of the registered methods a comparison accepts (``llpf``, ``linear``, ``slerp``, ``bezier``,
-            ``autoneb``, ``weight-matching``: :func:`hf_llpf.algorithms.registry.comparison_methods`, and any
-            method registered since); ``None``: all of them.
-        config: :class:`~hf_llpf.config.ConnectConfig` or a dict (LLPF's settings; its data, batch size and seed
-            are used by every method).
-        points: points of each baseline's path (ends included); ``None``: as many as the LLPF path saved for Bézier
-            and AutoNEB when ``llpf`` is compared (their certificate checks those points and each segment's
-            midpoint), else 31.
-        bezier: Bézier settings (``iters``, ``lr``, ...); under a ceiling Bézier trains until certified or the cap
-            (``certify``); without one, ``iters`` defaults to the LLPF path's SGD iterations when ``llpf`` is
-            compared, else to 500.
-        certify: how Bézier and AutoNEB are certified (``round_iters``, ``cap``: docs/baselines.md, "Certified
-            baselines"); their ceiling is the LLPF run's, or ``config.loss_ceiling`` resolved by LLPF's rule.
-        train_subset: training examples the evaluation uses (a fixed seeded subset; ``None``: all).
-        continuity_k: interior points per segment checked by the evaluation.
-        eval_batch_size: evaluation batch size.
-        recalibrate_bn: also report every path after BatchNorm recalibration on the training subset (the
-            ``*_recal`` columns: for weight matching the "reset" of REPAIR). The points themselves keep their
-            interpolated statistics (Bézier's are recomputed at every t, by its definition); to write recomputed
-            statistics into a baseline's points use :func:`hf_llpf.build_baseline` ``(recalibrate_bn=True)``.
-        exist: ``"error"`` (``out_dir`` must be new or empty) or ``"overwrite"`` (``out_dir`` must be a comparison
-            folder of this tool holding nothing else; it is emptied first). Checked before anything is loaded.
-        progress: show LLPF's progress bar.
-        command: the command line, recorded.
-        protected: other files and folders the caller reads (the CLI's ``--recipe``); ``out_dir`` must not be,
-            hold or lie inside one of them, nor the local endpoints or data.
+        model_a, model_b: endpoint specs, modules or Endpoints, prepared once for every method
+            (:func:`hf_llpf.preparation.prepare_inputs`).
+        train_data: a data spec, ``DataConfig`` or DataBundle (``None``: ``config.data``); the evaluation's too.
+        out_dir: the comparison's folder: one run directory per method, the table and the plot.
+        methods: registered methods a comparison accepts (:func:`~hf_llpf.algorithms.registry.comparison_methods`:
+            ``llpf``, ``linear``, ``slerp``, ``bezier``, ``autoneb``, ``weight-matching``, ...); ``None``: all.
+        config: :class:`~hf_llpf.config.ConnectConfig` or a dict (LLPF's; its data, batch size and seed are every
+            method's).
+        points: points of each baseline's path; ``None``: as many as LLPF saved for Bézier and AutoNEB (when ``llpf``
+            is compared: their certificate checks those points and each segment's midpoint), else 31.
+        bezier: Bézier's settings; without a ceiling ``iters`` defaults to LLPF's SGD iterations, else 500.
+        certify: how Bézier and AutoNEB are certified (``round_iters``, ``cap``: docs/baselines.md), under the LLPF
+            run's ceiling, or ``config.loss_ceiling`` resolved by LLPF's rule.
+        train_subset, continuity_k, eval_batch_size: the evaluation's training examples (``None``: all), interior
+            points per segment, batch size.
+        recalibrate_bn: also report every path after BatchNorm recalibration (the ``*_recal`` columns); the points
+            keep their own (:func:`hf_llpf.build_baseline` ``(recalibrate_bn=True)`` writes recomputed ones).
+        exist: ``"error"`` (``out_dir`` new or empty) or ``"overwrite"`` (a comparison folder of this tool holding
+            nothing else, emptied first); checked before anything is loaded.
+        progress, command: LLPF's progress bar; the command line, recorded.
+        protected: other files and folders the caller reads: ``out_dir`` must not be, hold or lie inside one.
 
     Returns:
         ``{"rows": [...], "probe": {...}, "settings": {...}}``, as written to ``comparison.json``.
@@ -234,115 +258,72 @@ def compare(
         UnknownNameError: an unknown method. ConfigError: invalid settings. RunDirectoryError: ``out_dir`` cannot
             be written under ``exist`` (docs/run-directory.md, "What --overwrite and --resume may do").
     """
+    options = _Options(points, bezier, certify, train_subset, continuity_k, eval_batch_size, recalibrate_bn, command,
+                       progress)  # fmt: skip
+    return _compare(model_a, model_b, train_data, FsPath(out_dir), _check_methods(methods), config, options,
+                    exist=exist, protected=protected)  # fmt: skip
+
+
+def _compare(model_a: Any, model_b: Any, train_data: Any, out: FsPath, methods: list[str], config: Any,
+             options: _Options, *, exist: str, protected: Sequence) -> dict[str, Any]:  # fmt: skip
+    """:func:`compare` once its methods are checked: the options, the folder (opened before anything is loaded), the
+    endpoints and data prepared once, every method into a new folder ``out/<method>``, then the table."""
     from hf_llpf.run import RunWriter, check_out_dir
     from hf_llpf.run.inputs import local_specs, resolve_config
 
-    methods = _check_methods(methods)
-    _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k,
-                   certify=certify)  # fmt: skip
+    options.check()
     if exist not in ("error", "overwrite"):
         raise ConfigError(f"exist={exist!r}: expected 'error' or 'overwrite'")
-    check_out_dir(FsPath(out_dir), field="out_dir")  # before the endpoints and data are loaded
+    check_out_dir(out, field="out_dir")  # before the endpoints and data are loaded
     config = resolve_config(config)
     protected = [*protected, *local_specs(model_a, model_b, train_data, config.data.source)]
-    out = FsPath(out_dir)
     with RunWriter(out, exist=exist, protected=protected, kind="comparison"):  # before anything is loaded
-        table = _compare(model_a, model_b, train_data, out, methods, config, protected=protected, points=points,
-                         bezier=bezier, certify=certify, train_subset=train_subset, continuity_k=continuity_k,
-                         eval_batch_size=eval_batch_size, recalibrate_bn=recalibrate_bn, progress=progress,
-                         command=command)  # fmt: skip
+        prepared = _prepared(model_a, model_b, train_data, config, "train_data: compare")
+        judge = _Judge.of(prepared.bundle, options, seed=prepared.config.seed)
+        llpf = None
+        for method in methods:
+            start = time.perf_counter()
+            try:
+                path = _method_path(method, prepared, out, llpf=llpf, protected=protected, options=options)
+            except NotApplicableError as err:
+                judge.not_applicable(method, err)
+                continue
+            if issubclass(path_method(method), EngineMethod):
+                llpf = _llpf_figures(path)
+            judge.judge(method, path, time.perf_counter() - start)
+        table = judge.table(options.table_settings(methods, prepared.config.seed, prepared.bundle))
+        write_comparison(out, table)
     return table
 
 
-def _compare(
-    model_a: Any,
-    model_b: Any,
-    train_data: Any,
-    out: FsPath,
-    methods: list[str],
-    config: Any,
-    *,
-    protected: list,
-    points: int | None,
-    bezier: dict | None,
-    certify: dict | None,
-    train_subset: int | None,
-    continuity_k: int,
-    eval_batch_size: int,
-    recalibrate_bn: bool,
-    progress: bool,
-    command: str | None,
-) -> dict[str, Any]:
-    """:func:`compare` once its folder is open: every method into a new folder ``out/<method>``, then the table."""
-    from hf_llpf.run.inputs import prepare_data, resolve_endpoint
+def _prepared(model_a: Any, model_b: Any, data: Any, config: Any, what: str) -> Any:
+    """The endpoints and data of a comparison, prepared once for every method by the one run preparation (loaded,
+    checked, the data config applied alike to both), before anything is built.
 
-    model_a, model_b = resolve_endpoint(model_a), resolve_endpoint(model_b)  # loaded once, for every method
-    _, bundle, config = prepare_data(train_data, config, model_a, model_b)
-    if bundle is None:
-        raise ConfigError("train_data: compare needs a data spec, DataConfig or DataBundle (its test split too)")
-    config = config.model_copy(update={"data": bundle.config})
-    judge = _Judge(
-        bundle,
-        train_subset=train_subset,
-        batch_size=eval_batch_size,
-        seed=config.seed,
-        recalibrate_bn=recalibrate_bn,
-        continuity_k=continuity_k,
-    )
-    llpf = None
-    for method in methods:
-        start = time.perf_counter()
-        try:
-            path = _method_path(method, model_a, model_b, bundle, out, config, llpf=llpf, protected=protected,
-                                points=points, bezier=bezier, certify=certify, progress=progress,
-                                command=command)  # fmt: skip
-        except NotApplicableError as err:
-            judge.not_applicable(method, err)
-            continue
-        if issubclass(path_method(method), EngineMethod):
-            llpf = _llpf_figures(path)
-        judge.judge(method, path, time.perf_counter() - start)
-    table = judge.table(
-        {
-            "methods": methods,
-            "points": points,
-            "train_subset": train_subset,
-            "seed": config.seed,
-            "recalibrate_bn": recalibrate_bn,
-            "continuity_k": continuity_k,
-            "data": bundle.config.source,
-        }
-    )
-    write_comparison(out, table)
-    return table
+    Raises:
+        ConfigError: data that are not a spec, ``DataConfig`` or DataBundle (the evaluation needs its test split).
+    """
+    from hf_llpf.preparation import prepare_inputs
+
+    prepared = prepare_inputs([model_a, model_b], data, config, progress=False)
+    if prepared.bundle is None:
+        raise ConfigError(f"{what} needs a data spec, DataConfig or DataBundle (its test split too)")
+    return prepared
 
 
-def _method_path(
-    method: str,
-    model_a: Any,
-    model_b: Any,
-    bundle: Any,
-    out: FsPath,
-    config: Any,
-    *,
-    llpf: dict | None,
-    protected: list,
-    points: int | None,
-    bezier: dict | None,
-    certify: dict | None,
-    progress: bool,
-    command: str | None,
-) -> Any:
+def _method_path(method: str, prepared: Any, out: FsPath, *, llpf: dict | None, protected: list,
+                 options: _Options) -> Any:  # fmt: skip
     """The path of one method of :func:`compare`, written to the new folder ``out/<method>``."""
     from hf_llpf.api import connect
 
-    entry = path_method(method)
+    entry, (model_a, model_b), config = path_method(method), prepared.endpoints, prepared.config
     if issubclass(entry, EngineMethod):  # llpf: the settings' method; an engine method: its own name
         config = config if entry.engine is None else config.model_copy(update={"method": entry.name})
-        return connect(model_a, model_b, bundle, config=config, run_dir=out / method, progress=progress,
-                       command=command, protected=protected)  # fmt: skip
-    return _baseline(method, model_a, model_b, bundle, out / method, config=config, points=points, bezier=bezier,
-                     certify=certify, llpf=llpf, recalibrate_bn=False, command=command)  # fmt: skip
+        return connect(model_a, model_b, prepared.bundle, config=config, run_dir=out / method,
+                       progress=options.progress, command=options.command, protected=protected)  # fmt: skip
+    return _baseline(method, model_a, model_b, prepared.bundle, out / method, config=config, points=options.points,
+                     bezier=options.bezier, certify=options.certify, llpf=llpf, recalibrate_bn=False,
+                     command=options.command)  # fmt: skip
 
 
 @holds_run_directory("run_dir", exclusive=True, action="evaluate --baselines")
@@ -365,26 +346,20 @@ def compare_run(
 ) -> dict[str, Any]:
     """Add baselines to an existing LLPF run: what ``hf-llpf evaluate RUN --baselines ...`` does.
 
-    The baselines are built between the run's first and last points (θ_A and θ_B) on the run's data, written to
-    ``RUN/baselines/<method>`` (replaced when there), and judged with the run itself by one evaluator on the same
-    fixed batches; the run's own evaluation is rewritten with those batches. The table and plot are written to
-    ``RUN/baselines/comparison.*``. Bézier and AutoNEB are certified under the run's ceiling, checked at as many
-    points as the run saved (unless ``points`` is given); without a ceiling Bézier's budget defaults to the run's
-    SGD iterations.
-
-    Everything is checked before anything is written (the settings, the data, the run's ends, and that every
-    ``RUN/baselines/<method>`` may be replaced), and the run's own evaluation is written last, once every baseline
-    is built and judged: a comparison that fails leaves the run's ``path_metrics.json``, plots and report as
-    they were. The run directory is held for the whole call (:func:`hf_llpf.run.lock.holding`).
+    The baselines are built between the run's first and last points (θ_A and θ_B, prepared by the one run
+    preparation) on the run's data, written to ``RUN/baselines/<method>`` (replaced when there), and judged with the
+    run by one evaluator on the same fixed batches; the run's own evaluation is rewritten with those batches. The
+    table and plot go to ``RUN/baselines/comparison.*``. Bézier and AutoNEB are certified under the run's ceiling at
+    as many points as the run saved (unless ``points`` is given); without a ceiling Bézier's budget defaults to the
+    run's SGD iterations. Everything is checked before anything is written, and the run's own evaluation is written
+    last: a comparison that fails leaves the run as it was. The run directory is held for the whole call.
 
     Args:
         run_dir: the LLPF run directory.
-        baselines: any of the compared methods but ``llpf`` (``linear``, ``slerp``, ``bezier``, ``autoneb``,
-            ``weight-matching``, and any curve registered since).
+        baselines: compared methods but ``llpf`` (``linear``, ``slerp``, ``bezier``, ``autoneb``, ...).
         data: the data (default: the run's ``llpf_config.yaml`` ``data``); a spec, ``DataConfig`` or DataBundle.
         template: a module of the architecture, for runs of plain ``nn.Module`` s.
-        seed: seed of the evaluation's fixed subsets (as ``hf-llpf evaluate --seed``).
-        linear_points: points of the evaluator's linear line between each path's ends.
+        seed, linear_points: the evaluation's seed (``hf-llpf evaluate --seed``) and its linear line's points.
         points, bezier, certify, train_subset, continuity_k, eval_batch_size, recalibrate_bn, command: as for
             :func:`compare`.
 
@@ -394,65 +369,51 @@ def compare_run(
     Raises:
         RunDirectoryError: not a run directory. ConfigError: no usable data, an unknown method or ``llpf`` asked.
     """
-    from hf_llpf.api import record_evaluation
-    from hf_llpf.models.endpoints import as_endpoint
+    options = _Options(points, bezier, certify, train_subset, continuity_k, eval_batch_size, recalibrate_bn, command)
+    return _add_baselines(run_dir, _check_methods(baselines), data, options, template=template, seed=seed,
+                          linear_points=linear_points)  # fmt: skip
 
-    baselines = _check_methods(baselines)
-    _check_options(points=points, train_subset=train_subset, bezier=bezier, continuity_k=continuity_k,
-                   certify=certify)  # fmt: skip
+
+def _add_baselines(run_dir: Any, baselines: list[str], data: Any, options: _Options, *, template: Any, seed: int,
+                   linear_points: int) -> dict[str, Any]:  # fmt: skip
+    """:func:`compare_run` once its methods are checked: the run judged now and written last, each baseline built
+    between the run's prepared ends and judged beside it, then the table."""
+    from hf_llpf.api import record_evaluation
+
+    options.check()
     engines = [m for m in baselines if issubclass(path_method(m), EngineMethod)]
     if engines:
         raise ConfigError(f"--baselines {engines[0]}: the run itself is the LLPF path; name baselines only")
-    path, bundle, config = _opened_run(run_dir, baselines, data, template)
-    out = path.root / BASELINES_DIR
-    ends = [as_endpoint(path.model_at(i)) if template is not None else path.endpoint_at(i) for i in (0, -1)]
-    judge = _Judge(
-        bundle,
-        train_subset=train_subset,
-        batch_size=eval_batch_size,
-        seed=seed,
-        linear_points=linear_points,
-        recalibrate_bn=recalibrate_bn,
-        continuity_k=continuity_k,
-        template=template,
-    )
-    run = path.summary.get("run", {})
-    # Judged now, written last: a baseline that fails leaves the run's own evaluation as it was.
-    seconds = run.get("seconds", run.get("seconds_this_session"))  # every stretch of a resumed run
-    own = judge.judge("llpf", path, float(seconds or 0.0), write=False)
-    options = {"config": config, "points": points, "bezier": bezier, "certify": certify, "llpf": _llpf_figures(path),
-               "recalibrate_bn": False, "exist": "overwrite", "command": command, "inside": path.root}  # fmt: skip
+    path, prepared = _opened_run(run_dir, baselines, data, template)
+    out, bundle = path.root / BASELINES_DIR, prepared.bundle
+    judge = _Judge.of(bundle, options, seed=seed, linear_points=linear_points, template=template)
+    seconds = path.summary.get("run", {}).get("seconds", path.summary.get("run", {}).get("seconds_this_session"))
+    own = judge.judge("llpf", path, float(seconds or 0.0), write=False)  # every stretch of a resumed run
+    kw = {"config": prepared.config, "points": options.points, "bezier": options.bezier, "certify": options.certify,
+          "llpf": _llpf_figures(path), "recalibrate_bn": False, "exist": "overwrite", "command": options.command,
+          "inside": path.root}  # fmt: skip
     for method in baselines:
         start = time.perf_counter()
         try:
-            baseline = _baseline(method, *ends, bundle, out / method, **options)
+            baseline = _baseline(method, *prepared.endpoints, bundle, out / method, **kw)
         except NotApplicableError as err:
             judge.not_applicable(method, err)
             continue
         judge.judge(method, baseline, time.perf_counter() - start)
-    table = judge.table(
-        {
-            "methods": ["llpf", *baselines],
-            "points": points,
-            "train_subset": train_subset,
-            "seed": config.seed,
-            "recalibrate_bn": recalibrate_bn,
-            "continuity_k": continuity_k,
-            "data": bundle.config.source,
-            "run_dir": str(path.root),
-        }
-    )
-    record_evaluation(path.root, own, template=template)
+    table = judge.table({**options.table_settings(["llpf", *baselines], prepared.config.seed, bundle),
+                         "run_dir": str(path.root)})  # fmt: skip
+    record_evaluation(path.root, own, template=template)  # judged first, written last: a failure leaves it as it was
     write_comparison(out, table)
     return table
 
 
-def _opened_run(run_dir: Any, baselines: list[str], data: Any, template: Any) -> tuple[Any, Any, Any]:
+def _opened_run(run_dir: Any, baselines: list[str], data: Any, template: Any) -> tuple[Any, Any]:
     """The run ``compare_run`` adds baselines to, checked before anything is built: the run directory (whole, no
-    link on the way to ``RUN/baselines/<method>``, each of which may be replaced), its data (loaded) and the
-    settings the baselines take from the run (``batch_size``, ``seed``, the data)."""
+    link on the way to ``RUN/baselines/<method>``, each of which may be replaced), and its ends and data prepared by
+    the one run preparation with the settings the baselines take from the run (``batch_size``, ``seed``)."""
     from hf_llpf.data.bundle import DataBundle
     from hf_llpf.evaluation.sets import resolve_data
+    from hf_llpf.models.endpoints import as_endpoint
     from hf_llpf.run import Path
     from hf_llpf.run.inputs import resolve_config
     from hf_llpf.run.ownership import refuse_links_under
@@ -468,10 +429,10 @@ def _opened_run(run_dir: Any, baselines: list[str], data: Any, template: Any) ->
     # As attributes: llpf_config.yaml writes batch_size in its repair block (settings schema 3), flat before.
     recorded = flat_settings(path.config) if (path.root / "llpf_config.yaml").is_file() else {}
     config = resolve_config({k: recorded[k] for k in ("batch_size", "seed") if k in recorded})
-    config = config.model_copy(update={"data": bundle.config})
     for method in baselines:  # refused now, not after the first baselines are built
         check_exist(path.root / BASELINES_DIR / method, "overwrite", inside=path.root)
-    return path, bundle, config
+    ends = [as_endpoint(path.model_at(i)) if template is not None else path.endpoint_at(i) for i in (0, -1)]
+    return path, _prepared(*ends, bundle, config, "data: adding baselines")
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +36,8 @@ class PreparedRun:
         loader: the training batches of the repair SGD; ``bundle``: the loaded data (``None`` for Python batches).
         example: one batch, for tracing the data flow.
         assets: the companion files the points carry (tokenizer, processor, timm config).
-        plan: the Follow-Data-Flow stage plan.
-        certifier: the run's certifier (disabled without a ceiling).
+        plan: the Follow-Data-Flow stage plan (``None`` from :func:`prepare_inputs`).
+        certifier: the run's certifier (disabled without a ceiling; ``None`` from :func:`prepare_inputs`).
         setup: seconds of each preparation phase (``setup_endpoints``, ``setup_data``, ``setup_stages``,
             ``setup_probe``), for ``--profile``.
     """
@@ -49,25 +50,18 @@ class PreparedRun:
     example: Any
     assets: Assets
     plan: Any
-    certifier: Certifier
+    certifier: Certifier | None
     setup: dict[str, float] = field(default_factory=dict)
 
 
-def prepare_run(
-    models: list[Any],
-    train_data: Any,
-    config: ConnectConfig,
-    *,
-    loss_fn: Any,
-    accelerator: Any,
-    progress: bool,
-    probe_data: Any = None,
-) -> PreparedRun:
-    """Prepare a run from endpoint specs, modules or Endpoints (``[A, B]``, or ``[A]`` for a walk).
+def prepare_inputs(models: list[Any], train_data: Any, config: ConnectConfig, *, progress: bool) -> PreparedRun:
+    """The first half of :func:`prepare_run`: the endpoints loaded and checked, the storage, the data and the run's
+    data config applied alike to every endpoint, the assets (``plan`` and ``certifier`` left ``None``). What a
+    comparison needs before it runs each method (:func:`hf_llpf.compare`).
 
     Raises:
         LLPFError: an endpoint that does not load, holds a non-finite value or does not match the other; data that
-            do not fit endpoint A; a ceiling that cannot be resolved.
+            do not fit endpoint A.
     """
     setup: dict[str, float] = {}
     t = time.perf_counter()
@@ -91,13 +85,43 @@ def prepare_run(
     other = endpoints[1] if len(endpoints) == 2 else None
     assets = run_assets(endpoints[0], other, bundle, keep_auto_map=config.keep_auto_map)
     setup["setup_data"] = time.perf_counter() - t
-    t = time.perf_counter()
-    plan = stage_plan(endpoints[0], example, config)
-    setup["setup_stages"] = time.perf_counter() - t
-    t = time.perf_counter()
-    certifier = run_certifier(endpoints, train_data, loader, bundle, config, loss_fn, accelerator, probe_data)
-    setup["setup_probe"] = time.perf_counter() - t
-    return PreparedRun(endpoints, config, storage, loader, bundle, example, assets, plan, certifier, setup)
+    return PreparedRun(endpoints, config, storage, loader, bundle, example, assets, None, None, setup)
 
 
-__all__ = ["PreparedRun", "prepare_run"]
+def prepare_run(
+    models: list[Any],
+    train_data: Any,
+    config: ConnectConfig,
+    *,
+    loss_fn: Any,
+    accelerator: Any,
+    progress: bool,
+    probe_data: Any = None,
+    certifier: Callable[[PreparedRun], Certifier] | None = None,
+) -> PreparedRun:
+    """Prepare a run from endpoint specs, modules or Endpoints (``[A, B]``, or ``[A]`` for a walk).
+
+    Args:
+        certifier: builds the run's certifier from the prepared run (a curve's: :mod:`hf_llpf.baselines.certify`);
+            default: LLPF's (:func:`~hf_llpf.algorithms.certify.run_certifier`).
+
+    Raises:
+        LLPFError: an endpoint that does not load, holds a non-finite value or does not match the other; data that
+            do not fit endpoint A; a ceiling that cannot be resolved.
+    """
+    prepared = prepare_inputs(models, train_data, config, progress=progress)
+    t = time.perf_counter()
+    prepared.plan = stage_plan(prepared.endpoints[0], prepared.example, prepared.config)
+    prepared.setup["setup_stages"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if certifier is None:
+        p = prepared
+        prepared.certifier = run_certifier(p.endpoints, train_data, p.loader, p.bundle, p.config, loss_fn,
+                                           accelerator, probe_data)  # fmt: skip
+    else:
+        prepared.certifier = certifier(prepared)
+    prepared.setup["setup_probe"] = time.perf_counter() - t
+    return prepared
+
+
+__all__ = ["PreparedRun", "prepare_inputs", "prepare_run"]

@@ -8,8 +8,9 @@ test). Two kinds of method stand behind the interface:
   settings choose) is a resumable loop of :mod:`hf_llpf.algorithms.base` that :func:`hf_llpf.connect` runs on its
   prepared run; registering the loop's class makes its adapter;
 - a curve (:class:`CurveMethod`: ``linear``, ``slerp``, ``weight-matching``; :class:`TrainedMethod`: ``bezier``,
-  ``autoneb``) gives the point at each t between the prepared ends; :func:`hf_llpf.build_baseline` writes it as a
-  run directory at fixed t.
+  ``autoneb``) gives the point at each t between the prepared ends; :func:`hf_llpf.build_baseline` and
+  :func:`hf_llpf.connect` (``method: bezier``) write it as a run directory at fixed t
+  (:mod:`hf_llpf.baselines.curve_run`).
 
 ``linear`` is both: ``connect --method linear`` runs its engine (the certified straight line), ``compare`` writes
 its curve. The setting ``method: auto`` is resolved by the sphere check (:mod:`hf_llpf.algorithms.spheres`) before
@@ -166,6 +167,14 @@ def baseline_names() -> tuple[str, ...]:
     return tuple(n for n in comparison_methods() if issubclass(_METHODS[n], CurveMethod))
 
 
+def curve_method(name: str) -> type[CurveMethod] | None:
+    """The curve :func:`hf_llpf.connect` writes as ``method: name`` (``None``: not a curve, or one with an engine,
+    which connect runs instead: ``linear``'s certified straight line)."""
+    _discover()
+    entry = _METHODS.get(name)
+    return entry if entry is not None and issubclass(entry, CurveMethod) and entry.engine is None else None
+
+
 def method_class(name: str) -> type:
     """The engine loop :func:`hf_llpf.connect` runs as ``method: name``.
 
@@ -211,6 +220,7 @@ __all__ = [
     "TrainedMethod",
     "baseline_names",
     "comparison_methods",
+    "curve_method",
     "engine_names",
     "method_class",
     "method_names",

@@ -9,7 +9,10 @@ Each method registers itself in its own file (``@register``, :mod:`hf_llpf.algor
 - :mod:`~hf_llpf.baselines.permutation` and :mod:`~hf_llpf.baselines.weight_matching`: Git Re-Basin weight
   matching (Ainsworth et al. 2023), the permutation spaces read from the model's graph;
 - :mod:`~hf_llpf.baselines.pathdir`: writing points at fixed t as a run directory;
-- :mod:`~hf_llpf.baselines.build`: :func:`build_baseline`, one registered curve between two endpoints.
+- :mod:`~hf_llpf.baselines.curve_run`: one curve's run directory through the one run preparation, trained curves
+  checkpointed and resumed;
+- :mod:`~hf_llpf.baselines.build`: :func:`build_baseline` and ``connect --method bezier``, one registered curve
+  between two endpoints.
 """
 
 from hf_llpf.baselines.build import build_baseline, with_iters

@@ -29,9 +29,8 @@ import torch
 from torch import nn
 
 from hf_llpf.algorithms.registry import TrainedMethod, register
-from hf_llpf.algorithms.repair import batch_stream
 from hf_llpf.baselines.bezier import _CurvePoint  # the model called with given parameters
-from hf_llpf.baselines.pathdir import PreparedEnds, State, TrainedCurve
+from hf_llpf.baselines.pathdir import PreparedEnds, ResumableBatches, State, TrainedCurve
 from hf_llpf.batches import LossFn, default_loss, move_batch
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.recalibration import recalibrate_bn
@@ -113,6 +112,18 @@ class ElasticBand:
         self.shapes = [(n, p.shape, p.dtype) for n, p in self.model.named_parameters() if n in set(self.names)]
         self.iterations = 0
         self.inserted: list[int] = []  # interior pivots added after each cycle
+        self.cycle = 0  # cycles of the fixed budget done
+
+    def state_dict(self) -> dict[str, Any]:
+        """What continues the training exactly: the pivots, the iterations, the insertions, the cycles done."""
+        return {"pivots": list(self.pivots), "iterations": self.iterations, "inserted": list(self.inserted),
+                "cycle": self.cycle}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.pivots = [p.to(self.device) for p in state["pivots"]]
+        self.iterations, self.cycle = int(state["iterations"]), int(state["cycle"])
+        self.inserted = [int(n) for n in state["inserted"]]
 
     def interior(self, count: int) -> None:
         """Put ``count`` interior pivots evenly on the straight line (the first band)."""
@@ -193,16 +204,27 @@ class ElasticBand:
     ) -> list[float]:
         """The AutoNEB loop: ``settings.cycles`` cycles of NEB steps, each followed by pivot insertion, spending
         at most ``settings.iters`` SGD iterations in all; returns the training losses."""
-        loss_fn = loss_fn or default_loss
-        self.interior(settings.pivots)
         losses: list[float] = []
-        for cycle in range(settings.cycles):
-            left = settings.iters - self.iterations
-            interior = len(self.pivots) - 2
-            steps = left // (interior * (settings.cycles - cycle))
-            losses += self.step_cycle(batches, steps, settings, loss_fn)
-            if cycle < settings.cycles - 1:
-                self.insert(eval_batches, settings, loss_fn)
+        while (cycle := self.train_cycle(batches, eval_batches, settings, loss_fn=loss_fn)) is not None:
+            losses += cycle
+        return losses
+
+    def train_cycle(self, batches: Iterator[Any], eval_batches: list, settings: AutoNEBSettings, *,
+                    loss_fn: LossFn | None = None) -> list[float] | None:  # fmt: skip
+        """The next cycle of :meth:`train` (the first places the pivots; every one but the last ends by inserting
+        pivots); returns its losses, or ``None`` once every cycle is done."""
+        if self.cycle >= settings.cycles:
+            return None
+        loss_fn = loss_fn or default_loss
+        if self.cycle == 0:
+            self.interior(settings.pivots)
+        left = settings.iters - self.iterations
+        interior = len(self.pivots) - 2
+        steps = left // (interior * (settings.cycles - self.cycle))
+        losses = self.step_cycle(batches, steps, settings, loss_fn)
+        if self.cycle < settings.cycles - 1:
+            self.insert(eval_batches, settings, loss_fn)
+        self.cycle += 1
         return losses
 
     def train_round(self, batches: Iterator[Any], eval_batches: list, iters: int, settings: AutoNEBSettings, *,
@@ -285,14 +307,22 @@ class AutoNEB(TrainedMethod):
 
     def build(self, prepared: PreparedEnds) -> TrainedCurve:
         e, settings = prepared, prepared.settings
-        band, stream = ElasticBand(e.ea.model, e.sa, e.sb, device=e.device), batch_stream(e.loader)
+        band, stream = ElasticBand(e.ea.model, e.sa, e.sb, device=e.device), ResumableBatches(e.loader)
         eval_batches = e.batches[: settings.eval_batches]
+
+        def load(state: dict) -> None:
+            band.load_state_dict(state["curve"])
+            stream.load_state_dict(state["batches"])
+
         return TrainedCurve(
             state_at=lambda t: band.state_at(t, e.batches),
             train_budget=lambda: band.train(stream, eval_batches, settings, loss_fn=e.loss_fn),
             train_round=lambda n: band.train_round(stream, eval_batches, n, settings, loss_fn=e.loss_fn),
             iterations=lambda: band.iterations,
             summary=lambda: {"pivots": len(band.pivots) - 2, "inserted_per_cycle": band.inserted},
+            budget_chunk=lambda: band.train_cycle(stream, eval_batches, settings, loss_fn=e.loss_fn),
+            state_dict=lambda: {"curve": band.state_dict(), "batches": stream.state_dict()},
+            load_state_dict=load,
         )
 
 

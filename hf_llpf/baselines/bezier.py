@@ -22,8 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from hf_llpf.algorithms.registry import TrainedMethod, register
-from hf_llpf.algorithms.repair import batch_stream
-from hf_llpf.baselines.pathdir import PreparedEnds, State, TrainedCurve
+from hf_llpf.baselines.pathdir import CHUNK, PreparedEnds, ResumableBatches, State, TrainedCurve
 from hf_llpf.batches import LossFn, default_loss, move_batch
 from hf_llpf.errors import ConfigError
 from hf_llpf.evaluation.recalibration import recalibrate_bn
@@ -119,11 +118,7 @@ class BezierCurve:
         the losses. Later calls go on where the last one stopped (the same optimizer, momentum and t's): training in
         rounds is the same training as in one call."""
         loss_fn = loss_fn or default_loss
-        if self._optimizer is None:
-            self._optimizer = torch.optim.SGD(list(self.control.values()), lr=settings.lr, momentum=settings.momentum,
-                                              weight_decay=settings.weight_decay)  # fmt: skip
-            self._gen = torch.Generator().manual_seed(settings.seed)
-        optimizer, gen = self._optimizer, self._gen
+        optimizer, gen = self._start(settings)
         self.model.train()
         losses = []
         for _ in range(settings.iters if iters is None else iters):
@@ -137,6 +132,34 @@ class BezierCurve:
             self.iterations += 1
         self.model.eval()
         return losses
+
+    def _start(self, settings: BezierSettings) -> tuple[torch.optim.Optimizer, torch.Generator]:
+        """The optimizer and the t's generator, made by the first training call and kept across rounds."""
+        if self._optimizer is None:
+            self._optimizer = torch.optim.SGD(list(self.control.values()), lr=settings.lr, momentum=settings.momentum,
+                                              weight_decay=settings.weight_decay)  # fmt: skip
+            self._gen = torch.Generator().manual_seed(settings.seed)
+        return self._optimizer, self._gen
+
+    def state_dict(self) -> dict[str, Any]:
+        """What continues the training exactly: θ_C, the iterations, the optimizer's state, the t's generator."""
+        return {
+            "control": {n: p.detach() for n, p in self.control.items()},
+            "iterations": self.iterations,
+            "optimizer": self._optimizer.state_dict() if self._optimizer is not None else None,
+            "generator": self._gen.get_state() if self._gen is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], settings: BezierSettings) -> None:
+        """Continue from :meth:`state_dict` (the next training call goes on as the saved run's would)."""
+        with torch.no_grad():
+            for name, param in self.control.items():
+                param.copy_(state["control"][name].to(param.device))
+        self.iterations = int(state["iterations"])
+        if state.get("optimizer") is not None:
+            optimizer, gen = self._start(settings)
+            optimizer.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
 
     @torch.no_grad()
     def state_at(self, t: float, recal_data: Any = None, *, recal_batches: int | None = None) -> State:
@@ -183,13 +206,25 @@ class Bezier(TrainedMethod):
 
     def build(self, prepared: PreparedEnds) -> TrainedCurve:
         e, settings = prepared, prepared.settings
-        curve, stream = BezierCurve(e.ea.model, e.sa, e.sb, device=e.device), batch_stream(e.loader)
+        curve, stream = BezierCurve(e.ea.model, e.sa, e.sb, device=e.device), ResumableBatches(e.loader)
+
+        def chunk() -> list[float] | None:  # the fixed budget in chunks: the same training as in one call
+            left = settings.iters - curve.iterations
+            return curve.train(stream, settings, loss_fn=e.loss_fn, iters=min(left, CHUNK)) if left > 0 else None
+
+        def load(state: dict) -> None:
+            curve.load_state_dict(state["curve"], settings)
+            stream.load_state_dict(state["batches"])
+
         return TrainedCurve(
             state_at=lambda t: curve.state_at(t, e.batches),
             train_budget=lambda: curve.train(stream, settings, loss_fn=e.loss_fn),
             train_round=lambda n: curve.train(stream, settings, loss_fn=e.loss_fn, iters=n),
             iterations=lambda: curve.iterations,
             summary=dict,
+            budget_chunk=chunk,
+            state_dict=lambda: {"curve": curve.state_dict(), "batches": stream.state_dict()},
+            load_state_dict=load,
         )
 
 

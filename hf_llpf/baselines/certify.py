@@ -155,6 +155,16 @@ class CurveCheck:
         self.work.load_state_dict(state, strict=False)
         return self.certifier.loss(self.work, above=None if full else self.certifier.ceiling)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resume needs to check as the uninterrupted run does: the ends' values, the latest at each
+        position (which decide the order of the next check)."""
+        return {"known": dict(self.known), "ends": dict(self.ends)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
+        self.known = {(str(w), int(i)): float(v) for (w, i), v in state["known"].items()}
+        self.ends = {int(i): float(v) for i, v in state["ends"].items()}
+
     def check_ends(self, state_at: Callable[[float], State]) -> list[dict]:
         """Measure the two ends once (training never moves them); returns those above the ceiling."""
         for i in (0, len(self.ts) - 1):
@@ -214,18 +224,26 @@ def train_until_certified(
     settings: CertifySettings,
     *,
     iterations: Callable[[], int],
+    rounds: list[dict] | None = None,
+    after_round: Callable[[list[dict]], None] | None = None,
+    elapsed: float = 0.0,
 ) -> dict[str, Any]:
     """Rounds of ``train_round(n)`` (n SGD iterations; returns how many it spent) and checks, until every checked
     position is under the ceiling or ``settings.cap`` iterations are spent.
+
+    Args:
+        rounds: the rounds a resumed run already made (its ``check`` restored too: the ends are not measured again).
+        after_round: called with the rounds so far after each round's training (the run's resume checkpoint).
+        elapsed: seconds the run spent before this session (a resume), counted in the rounds' ``seconds``.
 
     Returns:
         ``{"certified", "stopped", "uncertified", "rounds", "cap", "cap_hit", "round_iters"}``; ``stopped`` is
         ``"certified"``, ``"cap"`` or ``"end above"``; ``uncertified``: what the last check found above.
     """
-    start = time.perf_counter()
-    rounds: list[dict] = []
+    start = time.perf_counter() - elapsed
+    rounds = [] if rounds is None else rounds
     record = {"round_iters": settings.round_iters, "cap": settings.cap, "cap_hit": False, "rounds": rounds}
-    ends = check.check_ends(state_at)
+    ends = [] if check.ends else check.check_ends(state_at)
     if ends:
         return {**record, "certified": False, "stopped": "end above", "uncertified": ends}
     while True:
@@ -238,6 +256,8 @@ def train_until_certified(
         if left <= 0 or train_round(min(settings.round_iters, left)) == 0:
             # What stayed above is named by the final check, which measures every position in full.
             return {**record, "certified": False, "stopped": "cap", "cap_hit": True, "uncertified": found["above"]}
+        if after_round is not None:
+            after_round(rounds)
 
 
 def close_baseline(certifier: Certifier, path: Any, model: nn.Module, rows: list[dict], outcome: dict, *,

@@ -31,8 +31,17 @@ def register(sub) -> None:
     p.add_argument(
         "--method",
         help="auto (default): M2M, or M2O then M2M when the endpoints are on different spheres; m2m; cross-sphere "
-        "(m2o, the walk to the origin alone, named cross-sphere before settings schema 2)",
+        "(m2o, the walk to the origin alone, named cross-sphere before settings schema 2); linear; or a curve: "
+        "bezier, autoneb (trained, certified in rounds, resumable), slerp, weight-matching (docs/baselines.md); a "
+        "curve's own settings as METHOD.KEY=VALUE (bezier.lr=0.05)",
     )
+    p.add_argument(
+        "--points", type=positive("--points"), help="a curve's points, ends included (default 31; LLPF: refused)"
+    )
+    p.add_argument(
+        "--certify-cap", type=int, help="bezier, autoneb: SGD iterations at most before they stop uncertified"
+    )
+    p.add_argument("--certify-round", type=int, help="bezier, autoneb: SGD iterations between two checks of the path")
     exist = p.add_mutually_exclusive_group()
     exist.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     exist.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -44,7 +53,34 @@ def register(sub) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from hf_llpf.config import ConnectConfig, build, grouped_key, upgrade_settings
+    """The run's :class:`~hf_llpf.config.ConnectConfig` from the recipe, ``--data``, ``--method`` and the overrides."""
+    from hf_llpf.config import ConnectConfig, build
+
+    return build(ConnectConfig, _values(args))
+
+
+def _curve_config(args: argparse.Namespace) -> tuple:
+    """The run's settings and, for a curve method, its own settings (the ``METHOD.KEY=VALUE`` overrides and the
+    recipe's block named after it), its points and its certification rounds (``None`` when not given)."""
+    from hf_llpf.algorithms.registry import curve_method
+    from hf_llpf.config import ConnectConfig, build
+    from hf_llpf.errors import ConfigError
+
+    values = _values(args)
+    curve = curve_method(values.get("method", ""))
+    own = values.pop(curve.name, None) if curve is not None and curve.settings is not None else None
+    certify = {k: v for k, v in (("cap", args.certify_cap), ("round_iters", args.certify_round)) if v is not None}
+    if curve is not None and args.repeats > 1:
+        raise ConfigError(f"--repeats {args.repeats}: repeats are of LLPF's repair seeds; {curve.name} has none")
+    if curve is None and (args.points is not None or certify):
+        given = "--points" if args.points is not None else "--certify-cap/--certify-round"
+        raise ConfigError(f"{given}: a curve method's setting (--method bezier, autoneb, slerp, weight-matching)")
+    return build(ConnectConfig, values), own, args.points, certify or None
+
+
+def _values(args: argparse.Namespace) -> dict:
+    """The settings as given (the recipe, upgraded; ``--data``; ``--method``; the overrides), not yet checked."""
+    from hf_llpf.config import grouped_key, upgrade_settings
     from hf_llpf.recipes import apply_overrides, load_recipe
 
     values = load_recipe(args.recipe)
@@ -57,7 +93,7 @@ def _config(args: argparse.Namespace):
     if args.method:
         values["method"] = args.method
     # A bare key on the command line (step_r=0.3) is the setting of its block, as the recipe now writes it.
-    return build(ConnectConfig, apply_overrides(values, args.overrides, where=grouped_key))
+    return apply_overrides(values, args.overrides, where=grouped_key)
 
 
 def read_by_command(args: argparse.Namespace, config) -> list:
@@ -82,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_llpf.models.endpoints import load_endpoint
     from hf_llpf.run.rundir import check_exist
 
-    config = _config(args)
+    config, own, points, certify = _curve_config(args)
     set_threads(args.threads)
     exist = "resume" if args.resume else "overwrite" if args.overwrite else "error"
     protected = read_by_command(args, config)
@@ -96,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.repeats > 1:
         return _repeats(args, a, b, config, exist, protected)
+    curve = {"settings": own, "points": points, "certify": certify} if (own, points, certify) != (None,) * 3 else {}
     path = connect(a, b, config=config, run_dir=args.out, exist=exist, progress=not args.no_progress, command=command,
-                   protected=protected)  # fmt: skip
+                   protected=protected, **curve)  # fmt: skip
     wall = time.perf_counter() - start
     from accelerate import PartialState
 

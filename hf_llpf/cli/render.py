@@ -51,6 +51,9 @@ def connected(out: str, path: Any, *, wall: float | None = None, training: tuple
         f"path written to {out} ({run.get('method')}): {len(path)} points, {run.get('ticks')} ticks, "
         f"{run.get('sgd_iters')} SGD iterations, stages started at ticks {run.get('stage_starts')}"
     )
+    if "stage_starts" not in run:  # a curve (docs/baselines.md): points at fixed t, no stages
+        line = f"path written to {out} ({run.get('method')}): {len(path)} points at fixed t, {run.get('sgd_iters')} "
+        line += "SGD iterations"
     if wall is not None and training is not None:
         label, metrics = training
         seconds, iterations = float(metrics["seconds"]), metrics.get("iterations")
