@@ -39,6 +39,8 @@ class PreparedRun:
         certifier: the run's certifier (disabled without a ceiling).
         setup: seconds of each preparation phase (``setup_endpoints``, ``setup_data``, ``setup_stages``,
             ``setup_probe``), for ``--profile``.
+        owned: per endpoint, whether the run loaded it itself (from a folder or the Hub) and may change or free
+            its model once nothing reads it any more; a module the caller passed is never changed.
     """
 
     endpoints: list[Endpoint]
@@ -51,6 +53,7 @@ class PreparedRun:
     plan: Any
     certifier: Certifier
     setup: dict[str, float] = field(default_factory=dict)
+    owned: list[bool] = field(default_factory=list)
 
 
 def prepare_run(
@@ -79,7 +82,8 @@ def prepare_run(
         check_endpoints_match(endpoints[0].model, endpoints[1].model)
     # point_dtype narrower than the endpoints': the path starts and ends at the endpoints as they are stored.
     storage = PointStorage.from_config(config)
-    endpoints = [storage.endpoint(e, owned=isinstance(m, (str, os.PathLike))) for e, m in zip(endpoints, models)]
+    owned = [isinstance(m, (str, os.PathLike)) for m in models]
+    endpoints = [storage.endpoint(e, owned=o) for e, o in zip(endpoints, owned)]
     setup["setup_endpoints"] = time.perf_counter() - t
     t = time.perf_counter()
     loader, bundle, config = prepare_data(train_data, config, *endpoints)
@@ -97,7 +101,7 @@ def prepare_run(
     t = time.perf_counter()
     certifier = run_certifier(endpoints, train_data, loader, bundle, config, loss_fn, accelerator, probe_data)
     setup["setup_probe"] = time.perf_counter() - t
-    return PreparedRun(endpoints, config, storage, loader, bundle, example, assets, plan, certifier, setup)
+    return PreparedRun(endpoints, config, storage, loader, bundle, example, assets, plan, certifier, setup, owned)
 
 
 __all__ = ["PreparedRun", "prepare_run"]
