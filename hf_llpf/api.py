@@ -18,7 +18,7 @@ from accelerate.logging import get_logger
 from torch import nn
 
 from hf_llpf import __version__
-from hf_llpf.algorithms.base import RunSetup
+from hf_llpf.algorithms.base import Method, RunSetup
 from hf_llpf.algorithms.certify import Certifier, certification_line
 from hf_llpf.algorithms.final_check import environment, final_check, point_hashes, record_final
 from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
@@ -212,6 +212,9 @@ def _run_and_record(
     setup_run = RunSetup(ea, eb, prepared.plan, config, make_trainer, writer, accelerator.device, progress,
                          ckpt is not None, certifier)  # fmt: skip
     runner = (ShardedM2M if config.sharding == "fsdp" else method_class(method)).for_run(setup_run)
+    if config.sharding == "fsdp" and prepared.owned[1] and eb.model is not ea.model:
+        # Each process holds its own copy of its rows of θ_B (ShardedM2M): the whole θ_B it loaded is dead.
+        eb.model.to("meta")
     on_tick = tick_logger(config, accelerator, ceiling=certifier.ceiling)
     if on_tick is not None:
         runner.on_tick = on_tick
@@ -222,7 +225,12 @@ def _run_and_record(
     stretches = _open_stretches(run_dir, ckpt, runner, certifier, writer)
     runner.run()
     accelerator.wait_for_everyone()  # the points are written: the final check reads them back
-    close_the_loop(certifier, RunPath(run_dir, template=template), ea.model, runner.state, accelerator=accelerator)
+    own_a = prepared.owned[0] and ea.kind != "module"  # (a module's template is θ_A itself: left as it is)
+    release = getattr(runner, "release", None)
+    if release is not None:  # the walk's optimizer state, gradients and snapshots are dead from here on
+        release()
+    close_the_loop(certifier, RunPath(run_dir, template=template), ea.model, runner.state, accelerator=accelerator,
+                   work=final_check_model(runner, config, ea.model if own_a else None))  # fmt: skip
     summary = _summary(runner, method, prepared, elapsed=time.perf_counter() - start)
     summary["run"]["launch"] = describe_launch(accelerator, sharding=config.sharding)
     summary["run"].update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
@@ -258,11 +266,30 @@ def _open_stretches(run_dir, ckpt: dict | None, runner: Any, certifier: Certifie
     return stretches
 
 
-def close_the_loop(certifier: Certifier, path: RunPath, model: nn.Module, state: Any, *, accelerator: Any) -> None:
+def final_check_model(runner: Any, config: ConnectConfig, own_a: nn.Module | None = None) -> nn.Module | None:
+    """A model the final check may evaluate in instead of a copy of θ_A: the finished walk's working model, where
+    it is a plain module that computes as a copy of θ_A would, else ``own_a`` (θ_A as the run loaded it itself, which
+    nothing reads after the check), else ``None`` (a copy). Not the working model when FSDP2 shards it, when the
+    Accelerator wrapped its forward for mixed precision, or for a method without one working model (cross-sphere)."""
+    if config.sharding != "none" or config.mixed_precision != "no" or not isinstance(runner, Method):
+        return own_a
+    return runner.model
+
+
+def close_the_loop(
+    certifier: Certifier,
+    path: RunPath,
+    model: nn.Module,
+    state: Any,
+    *,
+    accelerator: Any,
+    work: nn.Module | None = None,
+) -> None:
     """On the exact route, the final check (:func:`~hf_llpf.algorithms.final_check.final_check`): every saved
     point and segment midpoint evaluated on all the training examples; its figures go into the certifier's record,
     the points' rows (``full_loss``, ``full_segment_loss``) and the timing (``probe_final``). On every route, each
-    point's sha256 and where the figures were computed (what ``hf-llpf verify`` checks)."""
+    point's sha256 and where the figures were computed (what ``hf-llpf verify`` checks). ``work``: a module the
+    check may evaluate in (the finished walk's working model) instead of a copy of ``model``."""
     if not certifier.enabled:
         return
     certifier.recorded = {"point_sha256": point_hashes(path), "environment": environment(model, accelerator.device)}
@@ -271,7 +298,7 @@ def close_the_loop(certifier: Certifier, path: RunPath, model: nn.Module, state:
     # Several processes average every pass, so all must make the same passes: none reuses its own run's values
     # (BatchNorm statistics are per process, and the points on disk are the main process's).
     certifier.reuse = accelerator.num_processes == 1
-    final = certifier.final = final_check(certifier, path, model, device=accelerator.device)
+    final = certifier.final = final_check(certifier, path, model, device=accelerator.device, work=work)
     if len(state.points) == final["points"]:
         record_final(state.points, final)
     state.timing["probe_final"] = state.timing.get("probe_final", 0.0) + final["seconds"]
@@ -411,8 +438,10 @@ def walk_to_origin(
         walk = method_class("m2o").for_run(run)
         walk.run()
         writer.write_metrics(walk.points, walk.ticks)  # the final check reads the points back
-        close_the_loop(certifier, RunPath(run_dir, template=endpoint.model if endpoint.kind == "module" else None),
-                       endpoint.model, walk.state, accelerator=accelerator)  # fmt: skip
+        walk.release()
+        template = endpoint.model if endpoint.kind == "module" else None
+        close_the_loop(certifier, RunPath(run_dir, template=template), endpoint.model, walk.state,
+                       accelerator=accelerator, work=final_check_model(walk, config))  # fmt: skip
         run = {"method": "m2o", "ticks": walk.tick, "sgd_iters": walk.trainer.iterations, "timing": walk.timing}
         run.update(storage.summary(endpoint.model))
         run.update(reached=bool(walk.done()), backtracks=walk.backtracks,
@@ -420,7 +449,7 @@ def walk_to_origin(
         writer.write_metrics(walk.points, walk.ticks, {"run": run})
     logger.info(f"{run_dir}: {len(walk.points)} points, {walk.trainer.iterations} SGD iterations; "
                 f"{certification_line(run['certification'])}", main_process_only=True)  # fmt: skip
-    return RunPath(run_dir, template=endpoint.model if endpoint.kind == "module" else None)
+    return RunPath(run_dir, template=template)
 
 
 @holds_run_directory("path_or_run_dir", exclusive=True, action="evaluate")

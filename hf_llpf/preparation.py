@@ -40,6 +40,8 @@ class PreparedRun:
         certifier: the run's certifier (disabled without a ceiling; ``None`` from :func:`prepare_inputs`).
         setup: seconds of each preparation phase (``setup_endpoints``, ``setup_data``, ``setup_stages``,
             ``setup_probe``), for ``--profile``.
+        owned: per endpoint, whether the run loaded it itself (from a folder or the Hub) and may change or free
+            its model once nothing reads it any more; a module the caller passed is never changed.
     """
 
     endpoints: list[Endpoint]
@@ -52,6 +54,7 @@ class PreparedRun:
     plan: Any
     certifier: Certifier | None
     setup: dict[str, float] = field(default_factory=dict)
+    owned: list[bool] = field(default_factory=list)
 
 
 def prepare_inputs(models: list[Any], train_data: Any, config: ConnectConfig, *, progress: bool) -> PreparedRun:
@@ -73,7 +76,8 @@ def prepare_inputs(models: list[Any], train_data: Any, config: ConnectConfig, *,
         check_endpoints_match(endpoints[0].model, endpoints[1].model)
     # point_dtype narrower than the endpoints': the path starts and ends at the endpoints as they are stored.
     storage = PointStorage.from_config(config)
-    endpoints = [storage.endpoint(e, owned=isinstance(m, (str, os.PathLike))) for e, m in zip(endpoints, models)]
+    owned = [isinstance(m, (str, os.PathLike)) for m in models]
+    endpoints = [storage.endpoint(e, owned=o) for e, o in zip(endpoints, owned)]
     setup["setup_endpoints"] = time.perf_counter() - t
     t = time.perf_counter()
     loader, bundle, config = prepare_data(train_data, config, *endpoints)
@@ -85,7 +89,7 @@ def prepare_inputs(models: list[Any], train_data: Any, config: ConnectConfig, *,
     other = endpoints[1] if len(endpoints) == 2 else None
     assets = run_assets(endpoints[0], other, bundle, keep_auto_map=config.keep_auto_map)
     setup["setup_data"] = time.perf_counter() - t
-    return PreparedRun(endpoints, config, storage, loader, bundle, example, assets, None, None, setup)
+    return PreparedRun(endpoints, config, storage, loader, bundle, example, assets, None, None, setup, owned)
 
 
 def prepare_run(

@@ -327,6 +327,16 @@ class Method:
         what, loss = ("point", verdict.point) if verdict.point > verdict.ceiling else ("segment", verdict.segment)
         self.state.uncertified.append({"tick": tick, "stage": stage, "phase": phase, "what": what, "loss": loss})
 
+    def release(self) -> None:
+        """Free what only the walk needed, once it has finished and written its last checkpoint: the optimizer's
+        state (momentum), the gradients, the divergence guard's snapshot and the segments' saved point. The loop
+        state, the working model and the counters stay (the summary and the final check read them)."""
+        if not self.finished:
+            raise RuntimeError("internal error: release() before the method has finished")
+        self.trainer.release()
+        self.guard.release()
+        self.segments.release()
+
     @classmethod
     def for_run(cls, run: RunSetup) -> Method:  # pragma: no cover - abstract
         """Build the method for a run: its working model, trainer and recorder."""

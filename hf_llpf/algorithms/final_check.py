@@ -21,15 +21,22 @@ SEGMENT_POSITION = 0.5  # the position of each segment that decisions and the fi
 
 
 @torch.no_grad()
-def final_check(certifier: Any, path: Any, model: nn.Module, *, device: Any = None) -> dict[str, Any]:
+def final_check(
+    certifier: Any, path: Any, model: nn.Module, *, device: Any = None, work: nn.Module | None = None
+) -> dict[str, Any]:
     """Evaluate every point of ``path`` and each segment's midpoint on all of ``certifier``'s training examples.
 
     Args:
         certifier: the run's :class:`~hf_llpf.algorithms.certify.Certifier` (exact route: its probe holds every
             training example).
         path: the run's :class:`~hf_llpf.run.RunPath` (the points as written).
-        model: a module of the path's architecture (copied; its weights are not used).
+        model: a module of the path's architecture (copied unless ``work`` is given; unchanged unless it is
+            ``work``).
         device: where the copy runs (the training device, where the examples are; default: ``model``'s).
+        work: a module of the same architecture that nothing needs any more (the walk's working model, or
+            ``model`` itself): evaluated in instead of a copy of ``model``, so the check holds no model of its own.
+            Its parameters and buffers are first set to ``model``'s, so it computes what the copy would; it ends
+            holding the last point.
 
     Returns:
         ``{"examples", "points", "segments", "max", "point_losses", "segment_losses", "examples_run", "reused",
@@ -38,7 +45,8 @@ def final_check(certifier: Any, path: Any, model: nn.Module, *, device: Any = No
     """
     start, probe = time.perf_counter(), certifier.probe
     before, calls = probe.examples_run, probe.calls
-    work = copy.deepcopy(model).eval()
+    work = copy.deepcopy(model) if work is None else work if work is model else set_like(work, model)
+    work.eval()
     device = device if device is not None else next(work.parameters()).device
     work.to(device)
     points: list[float] = []
@@ -48,12 +56,14 @@ def final_check(certifier: Any, path: Any, model: nn.Module, *, device: Any = No
         state = {k: v.to(device) for k, v in path.state_dict_at(i).items()}
         work.load_state_dict(state, strict=False)
         points.append(_loss(certifier, work))
-        if previous is not None and certifier.config.certify_segments:
+        if previous is not None:
             # As the run's segment check interpolates: floating tensors (BatchNorm statistics included) averaged,
-            # in the same order of operations; integer buffers keep the later point's values.
-            work.load_state_dict({k: midpoint(v, previous[k]) for k, v in state.items()}, strict=False)
+            # in the same order of operations; integer buffers keep the later point's values. One tensor at a
+            # time, into the model's own tensors, as load_state_dict copies: no midpoint state is held whole.
+            load_midpoint(work, state, previous)
             segments.append(_loss(certifier, work))
-        previous = state
+        previous = state if certifier.config.certify_segments else None  # only a segment needs the point before
+        del state
     above = _above(path.metrics, points, segments, certifier.ceiling)
     return {
         "examples": probe.num_examples,
@@ -67,6 +77,27 @@ def final_check(certifier: Any, path: Any, model: nn.Module, *, device: Any = No
         "seconds": round(time.perf_counter() - start, 4),
         "above": above,
     }
+
+
+def set_like(work: nn.Module, model: nn.Module) -> nn.Module:
+    """Copy every parameter and buffer of ``model`` (non-persistent buffers included) into ``work``, in place;
+    returns ``work``. Afterwards the two hold the same numbers wherever a state dict can reach."""
+    source = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    target = {**dict(work.named_parameters()), **dict(work.named_buffers())}
+    if source.keys() != target.keys():
+        raise ValueError("internal error: the final check's working model is not of the path's architecture")
+    for name, tensor in source.items():
+        target[name].detach().copy_(tensor.detach())
+    return work
+
+
+def load_midpoint(work: nn.Module, here: dict[str, torch.Tensor], there: dict[str, torch.Tensor]) -> None:
+    """Load :func:`midpoint` of ``here`` and ``there`` into ``work``'s tensors of those names, one tensor at a time
+    (what ``load_state_dict(strict=False)`` of the whole midpoint state copies, without holding it)."""
+    own = work.state_dict(keep_vars=True)
+    for name, tensor in here.items():
+        if name in own:
+            own[name].detach().copy_(midpoint(tensor, there[name]))
 
 
 def _loss(certifier: Any, model: nn.Module) -> float:
@@ -130,4 +161,13 @@ def record_final(points: list[dict], final: dict[str, Any]) -> None:
             row["full_segment_loss"] = final["segment_losses"][i - 1]
 
 
-__all__ = ["SEGMENT_POSITION", "environment", "final_check", "midpoint", "point_hashes", "record_final"]
+__all__ = [
+    "SEGMENT_POSITION",
+    "environment",
+    "final_check",
+    "load_midpoint",
+    "midpoint",
+    "point_hashes",
+    "record_final",
+    "set_like",
+]

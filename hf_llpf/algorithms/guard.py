@@ -50,6 +50,10 @@ class DivergenceGuard:
             torch._foreach_copy_(self._saved, [t.detach() for t in live])
         self._live_then = live
 
+    def release(self) -> None:
+        """Drop the snapshot (the walk is over: nothing is rolled back any more)."""
+        self._saved, self._live_then, self._state_keys = None, [], {}
+
     def saved_model_state(self) -> list[torch.Tensor]:
         """The snapshot's model tensors, in ``model.state_dict()`` order (the previous tick's point)."""
         return self._saved[: len(self.model.state_dict())]

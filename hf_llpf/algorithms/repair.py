@@ -166,6 +166,12 @@ class RepairTrainer:
             g["lr"] = g["lr"] * scale / self.lr_scale
         self.lr_scale = scale
 
+    def release(self) -> None:
+        """Free the gradients and the optimizer's state (momentum): the training is over. The iteration count
+        stays; a later :meth:`repair` would start without momentum."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.state.clear()
+
     def state_dict(self) -> dict:
         """Optimizer state, iteration count and (for a SeededLoader) the data position."""
         state = {"optimizer": self.optimizer.state_dict(), "iterations": self.iterations}

@@ -50,6 +50,10 @@ class SegmentStart:
         """True when the last saved point is older than ``tick``, the previous tick (only while tracking)."""
         return self.tracking and self.tick is not None and self.tick < tick
 
+    def release(self) -> None:
+        """Drop the saved point's copy (the walk is over: no segment starts there any more)."""
+        self.tensors = None
+
     def state_dict(self) -> dict[str, Any]:
         """What a resume needs (nothing unless tracking)."""
         return {"tick": self.tick, "tensors": self.tensors} if self.tracking else {}

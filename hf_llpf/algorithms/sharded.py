@@ -182,6 +182,12 @@ class ShardedM2M(M2M):
             rows.append(whole.clone().to(device))
         return final, rows
 
+    def release(self) -> None:
+        """Also drop this process's copies of θ_B's rows and buffers and of the start's rows: the moves, the
+        distances and the snap onto θ_B are over."""
+        super().release()
+        self.target, self.final_state, self.start = [], {}, []
+
     def _snap_to_b(self, device: torch.device) -> None:
         """Each process copies its rows of θ_B into its shards, and θ_B's buffers into the model's."""
         parts, _, _ = local_parts(self.params)
