@@ -123,14 +123,18 @@ def test_winner_per_row():
         _row("f", "linear", 0, max_train_loss=2.0),
         {"family": "f", "method": "weight-matching", "seed": 0, "status": "not applicable: grouped convolution"},
     ]
-    assert table.winners(rows) == {"max": "autoneb (0.0300)", "cost": "bezier (250 SGD iterations, 12.0 s)"}
+    assert table.winners(rows) == {"max": "autoneb (0.03000)", "cost": "bezier (250 SGD iterations, 12.0 s)"}
     rows[1]["iters_to_certify"] = 300  # equal iterations: the seconds decide
     assert table.winners(rows)["cost"] == "llpf (300 SGD iterations, 9.0 s)"
     rows[0]["max_train_loss"] = 0.03  # a tie is named as one
-    assert table.winners(rows)["max"] == "llpf = autoneb (0.0300)"
-    assert table.winners(rows[3:]) == {"max": "linear (2.0000)", "cost": "none certified"}
+    assert table.winners(rows)["max"] == "llpf = autoneb (0.03000)"
+    rows[0]["full_set_max"] = 0.031  # the final check's midpoints count: above autoneb's points
+    assert table.winners(rows)["max"] == "autoneb (0.03000)"
+    rows[2]["full_set_max"] = 0.032
+    assert table.winners(rows)["max"] == "llpf (0.03100)"
+    assert table.winners(rows[3:]) == {"max": "linear (2.00000)", "cost": "none certified"}
     text = table.render(rows)
-    assert "| f | 0 | llpf = autoneb (0.0300) | llpf (300 SGD iterations, 9.0 s) |" in text
+    assert "| f | 0 | llpf (0.03100) | llpf (300 SGD iterations, 9.0 s) |" in text
     assert "| f | weight-matching | 0 | not applicable: grouped convolution |" in text
     assert "| f | autoneb | 0 | cap hit |" in text
 
