@@ -19,6 +19,8 @@ ENTRIES = {
     "(small_cnn, cifar_resnet18): the generated table of docs/benchmarks.md",
     "families": "every architecture family at CPU scale, M2M (or M2O, cross-sphere) vs linear: the families table",
     "compare": "LLPF beside linear, SLERP, Bézier (also at 10x LLPF's budget) and weight matching, on one pair",
+    "table": "the paper's table at CPU scale: every method x every family under one ceiling, certified, one cached "
+    "cell at a time (resumable); --consistency N seeds, --cross-sphere, winners per family",
     "speed": "the parts' costs: geometry and stage building, the eval layout, evaluating a path, bf16/fp16 "
     "storage, peak memory on image folders",
     "minilm": "the real all-MiniLM-L6-v2 pair (make bench-minilm installs its weights): fine-tunes, connect, "
