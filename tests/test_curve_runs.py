@@ -35,6 +35,7 @@ def _saves(run_dir) -> list[str]:
     return sorted(p.name for p in (run_dir / "checkpoint").iterdir())
 
 
+@pytest.mark.slow  # a whole CLI connect, evaluate and export: the curve runner itself is in the fast tests below
 def test_connect_method_bezier_from_the_cli_writes_a_run_that_evaluate_export_and_push_accept(
     small_cnn_pair, tmp_path, capsys
 ):
