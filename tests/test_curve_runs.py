@@ -74,6 +74,7 @@ def test_connect_method_bezier_from_the_cli_writes_a_run_that_evaluate_export_an
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err and tree_digest(run) == before
 
 
+@pytest.mark.slow  # certification rounds on the whole training set; the fixed-budget resume tests below stay fast
 def test_a_bezier_run_killed_between_rounds_resumes_bit_for_bit(small_cnn_pair, digits, tmp_path, monkeypatch):
     kw = {"config": {"loss_ceiling": 0.1}, "certify": {"round_iters": 20, "cap": 60}, "method": "bezier", **FAST}
     whole = hf_llpf.connect(*small_cnn_pair, digits, run_dir=tmp_path / "whole", **kw)
