@@ -94,20 +94,11 @@ def _demo_pair(root: Path) -> tuple[Path, Path, str]:
 
 
 def _text_pair(root: Path, kind: str, threads: int) -> tuple[Path, Path, str]:
-    from benchmarks.text import TRAIN, _inits, _timed, wordpiece_tokenizer
-    from tests.generated_text import reviews, write_reviews
+    from benchmarks.text import pair_data, train_endpoints
 
-    n, seed, tok = (1000, 0, None) if kind == "bert" else (2000, 1, None)
-    data = write_reviews(root / f"{kind}.parquet", n=n, seed=seed)
-    if kind == "bert_wordpiece":
-        tok = wordpiece_tokenizer(reviews(n, seed=seed)["text"])
-    ends = []
-    for s, init in enumerate(_inits(root, kind, tok)):
-        out = root / f"{kind}_{s}"
-        _timed(["train", str(init), "--data", str(data), "--out", str(out), "--seed", str(s), "epochs=6", *TRAIN,
-                str(threads)])  # fmt: skip
-        ends.append(out)
-    return ends[0], ends[1], str(data)
+    data, tok, extra, epochs = pair_data(root, kind)
+    a, b = train_endpoints(root, kind, data, extra=extra, epochs=epochs, threads=threads, tok=tok)
+    return a, b, str(data)
 
 
 def parser() -> argparse.ArgumentParser:

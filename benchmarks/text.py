@@ -40,6 +40,7 @@ ENTRY = "text"
 
 TRAIN = ["optimizer=adamw", "lr=0.003", "weight_decay=0.01", "batch_size=32", "--threads"]
 CONNECT = ["--no-progress", "--threads"]  # the defaults
+PAIRS = ("bert", "bert_wordpiece", "gpt2")
 
 
 def wordpiece_tokenizer(texts: list[str], vocab_size: int = 90):
@@ -95,17 +96,40 @@ def _timed(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run_pair(
-    root: Path, kind: str, data: Path, *, extra: list[str], epochs: int, threads: int, tok: Any = None
-) -> dict:
-    """Train two endpoints, connect and evaluate them through the CLI; the row of figures."""
-    seconds = {}
+def pair_data(root: Path, kind: str) -> tuple[Path, Any, list[str], int]:
+    """A pair's generated data in ``root``: (the file, its tokenizer or ``None`` for the word-level one, the extra
+    settings of its commands, the epochs of its training)."""
+    if kind == "bert":
+        return write_reviews(root / "reviews.parquet", n=1000), None, [], 6
+    if kind == "bert_wordpiece":
+        tok = wordpiece_tokenizer(generated_reviews(2000, seed=1)["text"])
+        return write_reviews(root / "reviews_2000.parquet", n=2000, seed=1), tok, [], 6
+    return write_text_file(root / "corpus.txt", lines=1500), None, ["data.max_length=32"], 4
+
+
+def train_endpoints(
+    root: Path, kind: str, data: Path, *, extra: list[str], epochs: int, threads: int, tok: Any = None,
+    seconds: dict[str, float] | None = None,
+) -> list[Path]:  # fmt: skip
+    """Both endpoints of a pair (seeds 0 and 1) trained by ``hf-llpf train`` in ``root``; their folders. Each
+    command's seconds go to ``seconds`` (``train_0``, ``train_1``) when given."""
     ends = []
     for seed, init in enumerate(_inits(root, kind, tok)):
         out = root / f"{kind}_{seed}"
         args = ["train", str(init), "--data", str(data), "--out", str(out), "--seed", str(seed), f"epochs={epochs}"]
-        seconds[f"train_{seed}"] = _timed([*args, *TRAIN, str(threads), *extra])
+        took = _timed([*args, *TRAIN, str(threads), *extra])
+        if seconds is not None:
+            seconds[f"train_{seed}"] = took
         ends.append(out)
+    return ends
+
+
+def run_pair(
+    root: Path, kind: str, data: Path, *, extra: list[str], epochs: int, threads: int, tok: Any = None
+) -> dict:
+    """Train two endpoints, connect and evaluate them through the CLI; the row of figures."""
+    seconds: dict[str, float] = {}
+    ends = train_endpoints(root, kind, data, extra=extra, epochs=epochs, threads=threads, tok=tok, seconds=seconds)
     run = root / f"{kind}_path"
     args = ["connect", str(ends[0]), str(ends[1]), "--data", str(data), "--out", str(run), *CONNECT, str(threads)]
     seconds["connect"] = _timed([*args, *extra])
@@ -166,8 +190,7 @@ def table(rows: list[dict]) -> str:
 def parser() -> argparse.ArgumentParser:
     """The entry's options."""
     p = harness.entry_parser(ENTRY, __doc__)
-    pairs = ["bert", "bert_wordpiece", "gpt2"]
-    p.add_argument("--pairs", nargs="+", choices=pairs, default=pairs)
+    p.add_argument("--pairs", nargs="+", choices=PAIRS, default=list(PAIRS))
     return harness.common_options(p)
 
 
@@ -177,20 +200,11 @@ def main(argv: list[str]) -> int:
     results = harness.Results(ENTRY, args, argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        if "bert" in args.pairs:
-            reviews = write_reviews(root / "reviews.parquet", n=1000)
-            results.add(run_pair(root, "bert", reviews, extra=[], epochs=6, threads=args.threads))
-            print(table(results.rows[-1:]), flush=True)
-        if "bert_wordpiece" in args.pairs:
-            reviews = write_reviews(root / "reviews_2000.parquet", n=2000, seed=1)
-            tok = wordpiece_tokenizer(generated_reviews(2000, seed=1)["text"])
-            row = run_pair(root, "bert_wordpiece", reviews, extra=[], epochs=6, threads=args.threads, tok=tok)
-            results.add(row)
-            print(table(results.rows[-1:]), flush=True)
-        if "gpt2" in args.pairs:
-            corpus = write_text_file(root / "corpus.txt", lines=1500)
-            extra = ["data.max_length=32"]
-            results.add(run_pair(root, "gpt2", corpus, extra=extra, epochs=4, threads=args.threads))
+        for kind in [k for k in PAIRS if k in args.pairs]:
+            data, tok, extra, epochs = pair_data(root, kind)
+            results.add(run_pair(root, kind, data, extra=extra, epochs=epochs, threads=args.threads, tok=tok))
+            if kind != "gpt2":
+                print(table(results.rows[-1:]), flush=True)
     print(json.dumps(results.rows, indent=2))
     print(table(results.rows))
     return 0
