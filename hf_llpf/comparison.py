@@ -18,6 +18,7 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from hf_llpf.algorithms.registry import EngineMethod, comparison_methods, path_method
+from hf_llpf.baselines.build import CURVE_POINTS
 from hf_llpf.comparison_table import (
     PLOT,
     TABLE_JSON,
@@ -32,8 +33,6 @@ from hf_llpf.errors import ConfigError, NotApplicableError, UnknownNameError
 from hf_llpf.evaluation.recorded import ProbeRecorder, probe_digest
 from hf_llpf.run.layout import BASELINES_DIR
 from hf_llpf.run.lock import holds_run_directory
-
-DEFAULT_POINTS = 31  # points of a baseline's path when neither the caller nor an LLPF run says how many
 
 
 def _llpf_figures(path: Any) -> dict:
@@ -200,10 +199,10 @@ def _baseline(
     if entry.trains and llpf_iters and "iters" in fields and "iters" not in (settings or {}):
         settings = with_iters(settings, llpf_iters)
     if entry.trains:
-        points = points or llpf.get("points") or DEFAULT_POINTS
+        points = points or llpf.get("points") or CURVE_POINTS
         kw["ceiling"] = llpf.get("ceiling")
     return build_baseline(method, model_a, model_b, bundle, run_dir=run_dir, settings=settings,
-                          points=points or DEFAULT_POINTS, **kw)  # fmt: skip
+                          points=points or CURVE_POINTS, **kw)  # fmt: skip
 
 
 def compare(

@@ -29,6 +29,8 @@ from hf_llpf.run import Path
 from hf_llpf.run.inputs import local_specs, resolve_config
 from hf_llpf.run.rundir import check_exist
 
+CURVE_POINTS = 31  # points of a curve, ends included, when neither the caller nor an LLPF run says how many
+
 
 def __getattr__(name: str) -> tuple[str, ...]:
     """``BASELINES`` and ``TRAINED`` (the curves, and those that train), read from the registry when asked: every
@@ -88,7 +90,7 @@ def build_baseline(
     *,
     run_dir: str | os.PathLike,
     config: Any = None,
-    points: int = 31,
+    points: int = CURVE_POINTS,
     settings: Any = None,
     bezier: BezierSettings | dict | None = None,
     autoneb: AutoNEBSettings | dict | None = None,
@@ -181,7 +183,7 @@ def connect_curve(entry: type[PathMethod] | None, model_a: Any, model_b: Any, tr
             f"devices.sharding={config.sharding!r}: a curve ({entry.name}) runs unsharded; allowed: 'none'"
         )
     device = accelerator.device if accelerator is not None else None
-    job = curve_job(entry, config, points=points or 31, settings=settings, certify=certify, loss_fn=loss_fn,
+    job = curve_job(entry, config, points=points or CURVE_POINTS, settings=settings, certify=certify, loss_fn=loss_fn,
                     exist=exist, device=device, command=command, protected=protected)  # fmt: skip
     check_exist(run_dir, exist, protected=[*protected, *local_specs(model_a, model_b, train_data, config.data.source)])
     return run_curve(job, model_a, model_b, train_data, config, run_dir)
@@ -229,6 +231,7 @@ __all__ = [
     "autoneb_settings",
     "bezier_settings",
     "build_baseline",
+    "CURVE_POINTS",
     "connect_curve",
     "curve_job",
     "method_settings",
