@@ -87,7 +87,9 @@ def connect(
     Args:
         model_a, model_b: endpoint specs (folder, Hub id, safetensors + arch), modules, or Endpoints.
         train_data: a data spec or :class:`~hf_llpf.config.DataConfig`, a :class:`DataBundle`, a ``datasets.Dataset``
-            (torch-formatted columns), a ``DataLoader`` of ``(inputs, labels)`` or dicts, or ``None``: ``config.data``.
+            (torch-formatted columns), a ``DataLoader`` of ``(inputs, labels)`` or dicts, ``{"train": ...,
+            "test": ...}`` (the run trains on ``"train"``), or ``None``: ``config.data``. Every entry point reads these
+            forms alike (:mod:`hf_llpf.data.intake`).
         config: :class:`~hf_llpf.config.ConnectConfig` or a dict of settings, in blocks as a recipe writes them
             (``{"repair": {"lr": 0.01}}``) or as its flat fields (``{"lr": 0.01}``); defaults when ``None``.
         run_dir: the run directory to write.
@@ -476,7 +478,10 @@ def evaluate_run(
         template: a module of the path's architecture, for paths of plain ``nn.Module`` s.
         accelerator: decides the device and which process writes (default: a new ``Accelerator``).
         **options: the other keyword arguments of :func:`~hf_llpf.evaluation.evaluate_path` (``data``,
-            ``train_subset``, ``recalibrate_bn``, ``linear_points``, ``continuity_k``, ``loss_fn``, ...).
+            ``train_subset``, ``recalibrate_bn``, ``linear_points``, ``continuity_k``, ``loss_fn``, ...). ``data``
+            takes every form :func:`connect` takes: the very ``DataLoader`` (or ``datasets.Dataset``) the path was
+            built with is judged as its training split alone, and the metrics, plots, report and card then hold
+            no test figure ("not evaluated").
 
     Returns:
         The result of :func:`~hf_llpf.evaluation.evaluate_path`, as written.

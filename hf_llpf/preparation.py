@@ -16,6 +16,7 @@ from typing import Any
 
 from hf_llpf.algorithms.certify import Certifier, run_certifier
 from hf_llpf.config import ConnectConfig
+from hf_llpf.data.intake import training_data
 from hf_llpf.models.endpoints import Endpoint, check_endpoints_match, check_finite
 from hf_llpf.models.timm_config import run_data_config, with_data_config
 from hf_llpf.progress import progress_requested
@@ -120,8 +121,8 @@ def prepare_run(
     t = time.perf_counter()
     if certifier is None:
         p = prepared
-        prepared.certifier = run_certifier(p.endpoints, train_data, p.loader, p.bundle, p.config, loss_fn,
-                                           accelerator, probe_data)  # fmt: skip
+        prepared.certifier = run_certifier(p.endpoints, training_data(train_data), p.loader, p.bundle, p.config,
+                                           loss_fn, accelerator, probe_data)  # fmt: skip
     else:
         prepared.certifier = certifier(prepared)
     prepared.setup["setup_probe"] = time.perf_counter() - t

@@ -32,8 +32,9 @@ def verify_path(path: Any, *, data: Any = None, device: Any = None, tolerance: f
 
     Args:
         path: a :class:`~hf_llpf.run.RunPath` (a run directory, or a published path from ``hf_llpf.hub.load_path``).
-        data: the training data (default: the data the run records, loaded here: a data spec's training split
-            without augmentation).
+        data: the training data, in any form :func:`hf_llpf.connect` takes (:mod:`hf_llpf.data.intake`: a run
+            built on a ``DataLoader`` is verified on it again); default: the data the run records, loaded here (a
+            data spec's training split without augmentation).
         device: where to evaluate (default: the CPU).
         tolerance: the relative difference in a loss that is reported.
 
@@ -52,8 +53,11 @@ def verify_path(path: Any, *, data: Any = None, device: Any = None, tolerance: f
             "point_sha256: loss_ceiling was null, or the run is from an earlier version); evaluate it instead"
         )
     device = torch.device(device or "cpu")
-    bundle = resolve_data(path, data)
-    whole = build_probe(None, None, bundle, size=sys.maxsize, device=device)
+    data = resolve_data(path, data)
+    if isinstance(data, dict):  # the caller's own data: its training split, every example (as the run's certifier)
+        whole = build_probe(data["train"], data["train"], None, size=sys.maxsize, device=device)
+    else:
+        whole = build_probe(None, None, data, size=sys.maxsize, device=device)
     config = ConnectConfig(loss_ceiling=cert["ceiling"], certify_segments=bool(cert.get("segments")))
     certifier = Certifier(whole, cert["ceiling"], config, cert.get("endpoint_probe_losses"))
     certifier.reuse = False

@@ -316,15 +316,13 @@ def test_the_loader_a_path_was_built_with_is_judged_with_a_test_split(tmp_path, 
     a, _ = endpoints
     run = write_run(tmp_path / "run", a, [a.model.state_dict()] * 2)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_digits_tensors(digits, "train")), 64)
-    with pytest.raises(ConfigError) as err:  # the training batches alone: no test split to judge
-        evaluate_path(run, data=loader, **SMALL)
-    assert "data=DataLoader: the evaluation judges the training and the test split; pass data={'train':" in str(
-        err.value
-    )
+    alone = evaluate_path(run, data=loader, **SMALL)  # the training batches alone: no test column
+    assert "test_loss" not in alone["points"][0] and alone["summary"]["evaluation"]["test_examples"] is None
     test = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_digits_tensors(digits, "test")), 64)
     result = evaluate_path(run, data={"train": loader, "test": test}, **SMALL)
     own = summed_cross_entropy(a.model, test)
     assert result["points"][0]["test_loss"] == pytest.approx(own.loss, rel=1e-5)
+    assert result["points"][0]["eval_train_loss"] == alone["points"][0]["eval_train_loss"]
 
 
 def _digits_tensors(digits, split):

@@ -40,6 +40,7 @@ from hf_llpf.baselines.pathdir import (
     write_points,
 )
 from hf_llpf.config import SCHEMA
+from hf_llpf.data.intake import training_data
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.evaluation.recalibration import recalibrate_bn
 from hf_llpf.files.textfiles import read_yaml
@@ -91,8 +92,9 @@ def run_curve(job: CurveJob, model_a: Any, model_b: Any, train_data: Any, config
     seed_everything(config.seed)
     start = time.perf_counter()
     made: list[PreparedEnds] = []
+    train = training_data(train_data)  # a dict of splits: its training split (what the certifier probes)
     prepared = prepare_run([model_a, model_b], train_data, config, loss_fn=job.loss_fn, accelerator=None,
-                           progress=False, certifier=lambda p: _certifier(job, train_data, p, made))  # fmt: skip
+                           progress=False, certifier=lambda p: _certifier(job, train, p, made))  # fmt: skip
     protected = [*job.protected, *read_paths(*prepared.endpoints, config=prepared.config)]
     with RunWriter(run_dir, exist=job.exist, inside=job.inside, protected=protected,
                    storage=prepared.storage) as writer:  # fmt: skip

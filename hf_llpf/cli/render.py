@@ -202,11 +202,12 @@ def perplexities(result: dict) -> str:
 
     path, line = ppl(result["points"], "eval_train_loss"), ppl(result["linear"], "eval_train_loss")
     test = ppl(result["points"], "test_loss")
-    if not (path and line and test):
+    if not (path and line):
         return "perplexity: no loss figures"
+    tested = f"test {min(test):.4g} – {max(test):.4g} on the path" if test else "test not evaluated (no test split)"
     return (
         f"perplexity (exp of the mean next-token cross-entropy): max train {max(path):.4g} on the path, "
-        f"{max(line):.4g} on the straight line; test {min(test):.4g} – {max(test):.4g} on the path"
+        f"{max(line):.4g} on the straight line; {tested}"
     )
 
 
@@ -215,9 +216,13 @@ def evaluated(result: dict, *, run_dir: str | None, certification: dict | None =
     from hf_llpf.reporting.report import path_verdict, summary_table
 
     ev = result["summary"]["evaluation"]
+    tested = (
+        f"{ev['train_examples']} train / {ev['test_examples']} test examples"
+        if ev.get("test_examples") is not None
+        else f"{ev['train_examples']} train examples (no test split: test figures not evaluated)"
+    )
     lines = [
-        f"{len(result['points'])} points evaluated on {ev['train_examples']} train / {ev['test_examples']} test "
-        f"examples in {ev['seconds']:.1f} s",
+        f"{len(result['points'])} points evaluated on {tested} in {ev['seconds']:.1f} s",
         summary_table(result["summary"]),
     ]
     if causal_lm:

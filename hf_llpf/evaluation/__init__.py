@@ -96,7 +96,7 @@ def _settings(path: RunPath, sets: EvalSets, options: dict[str, Any], start: flo
     in."""
     settings = {
         "train_examples": sets.train.num_examples,
-        "test_examples": sets.test.num_examples,
+        "test_examples": sets.test.num_examples if sets.test is not None else None,  # None: no test split given
         "continuity_examples": sets.continuity.num_examples,
         **{k: options[k] for k in ("train_subset", "batch_size", "recalibrate_bn", "recal_batches")},
         **{k: options[k] for k in ("linear_points", "continuity_k", "seed")},
@@ -174,9 +174,11 @@ def evaluate_path(
 
     Args:
         path_or_run_dir: a run directory or a :class:`~hf_llpf.run.RunPath`.
-        data: a :class:`~hf_llpf.data.bundle.DataBundle`, a data spec, a ``DataConfig`` (default: the run's
-            ``llpf_config.yaml`` ``data``), or ``{"train": batches, "test": batches}`` of your own re-iterable
-            batches (a path built from a ``DataLoader`` records no data spec: pass its data this way).
+        data: any form every entry point takes (:mod:`hf_llpf.data.intake`): a data spec, a ``DataConfig``, a
+            :class:`~hf_llpf.data.bundle.DataBundle` (default: the run's ``llpf_config.yaml`` ``data``), a
+            ``datasets.Dataset`` or re-iterable batches (the ``DataLoader`` the path was built with: the training
+            split alone), or ``{"train": ..., "test": ...}`` (``"test"`` optional). Without a test split the
+            points and the baseline have no test columns and the summary no test range.
         train_subset: number of training examples, a fixed seeded subset (``None``: the whole training set).
         batch_size: evaluation batch size.
         recalibrate_bn: also report every figure after BatchNorm recalibration (``*_recal`` columns).

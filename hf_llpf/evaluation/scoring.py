@@ -90,13 +90,12 @@ def score(model: nn.Module, batches: Iterable, *, loss_fn: LossFn | None = None)
 
 
 def _columns(model: nn.Module, sets: Any, loss_fn: LossFn | None, suffix: str) -> dict[str, float]:
-    train, test = score(model, sets.train, loss_fn=loss_fn), score(model, sets.test, loss_fn=loss_fn)
-    return {
-        f"eval_train_loss{suffix}": train["loss"],
-        f"eval_train_acc{suffix}": train["acc"],
-        f"test_loss{suffix}": test["loss"],
-        f"test_acc{suffix}": test["acc"],
-    }
+    train = score(model, sets.train, loss_fn=loss_fn)
+    row = {f"eval_train_loss{suffix}": train["loss"], f"eval_train_acc{suffix}": train["acc"]}
+    if sets.test is not None:  # data without a test split: no test column, so that nothing claims a test figure
+        test = score(model, sets.test, loss_fn=loss_fn)
+        row |= {f"test_loss{suffix}": test["loss"], f"test_acc{suffix}": test["acc"]}
+    return row
 
 
 def evaluate_point(
@@ -117,9 +116,10 @@ def evaluate_point(
         recal_batches: batches used by the recalibration (``None``: all).
 
     Returns:
-        ``eval_train_loss``, ``eval_train_acc``, ``test_loss``, ``test_acc``, and with ``recalibrate`` the same
-        four with ``_recal`` after BatchNorm recalibration on the training subset (which changes the model's
-        running statistics: load the point again before reusing the model).
+        ``eval_train_loss``, ``eval_train_acc``, ``test_loss``, ``test_acc`` (the last two only when ``sets`` has a
+        test split), and with ``recalibrate`` the same columns with ``_recal`` after BatchNorm recalibration on the
+        training subset (which changes the model's running statistics: load the point again before reusing the
+        model).
     """
     model.eval()
     row = _columns(model, sets, loss_fn, "")

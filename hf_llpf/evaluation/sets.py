@@ -14,8 +14,9 @@ import torch
 from accelerate.logging import get_logger
 
 from hf_llpf.batches import batch_size_of, move_batch
-from hf_llpf.config import DataConfig, build
+from hf_llpf.config import DataConfig
 from hf_llpf.data.bundle import DataBundle, SeededLoader, load_data
+from hf_llpf.data.intake import eval_batches, read_data
 from hf_llpf.data.text import TextBundle
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.run import RunPath
@@ -89,12 +90,13 @@ class EvalSets:
 
     Attributes:
         train: the seeded training subset (every point's train loss/accuracy and the BN recalibration).
-        test: the whole test split.
+        test: the whole test split (``None``: the data given have no test split; the evaluation has no test
+            column).
         continuity: a smaller seeded training subset for the interior points of each segment.
     """
 
     train: EvalBatches | BatchSource
-    test: EvalBatches | BatchSource
+    test: EvalBatches | BatchSource | None
     continuity: EvalBatches | BatchSource
 
 
@@ -160,10 +162,13 @@ def sets_for(
     seed: int,
     device: torch.device,
 ) -> EvalSets:
-    """The evaluation sets of loaded data, or of the caller's own ``{"train": batches, "test": batches}``.
+    """The evaluation sets of loaded data, or of the caller's own ``{"train": source, "test": source or None}``
+    (:func:`resolve_data`).
 
-    The caller's own batches are used as given: ``train_subset``, ``batch_size`` and ``seed`` do not apply to
-    them; the continuity set is the first ``continuity_subset`` examples of ``data["train"]``.
+    The caller's own batches are read as :func:`~hf_llpf.data.intake.eval_batches` fixes them (a dataset in batches
+    of ``batch_size``, a shuffling ``DataLoader`` in order): ``train_subset`` and ``seed`` do not apply to them; the
+    continuity set is the first ``continuity_subset`` examples of ``data["train"]``. Without a test split the sets
+    have no ``test`` and the evaluation no test column.
     """
     if isinstance(data, (DataBundle, TextBundle)):
         return make_eval_sets(
@@ -174,51 +179,62 @@ def sets_for(
             seed=seed,
             device=device,
         )
+    train = eval_batches(data["train"], batch_size=batch_size)
+    test = None if data.get("test") is None else BatchSource(eval_batches(data["test"], batch_size=batch_size),
+                                                             device=device)  # fmt: skip
     return EvalSets(
-        BatchSource(data["train"], device=device),
-        BatchSource(data["test"], device=device),
-        BatchSource(data["train"], device=device, limit=continuity_subset),
+        BatchSource(train, device=device), test, BatchSource(train, device=device, limit=continuity_subset)
     )
 
 
 def resolve_data(path: RunPath, data: Any) -> DataBundle | dict:
-    """The data to judge ``path`` on: ``data`` as given, loaded from a spec, or the run's recorded data.
+    """The data to judge ``path`` on, read as every entry point reads data (:func:`~hf_llpf.data.intake.read_data`):
+    loaded data as given, a spec loaded, the caller's own splits as ``{"train": source, "test": source or None}``
+    (a dataset or batches alone: the training split, no test split), or the run's recorded data.
 
     Args:
         path: the path (its ``llpf_config.yaml`` ``data`` is the default).
-        data: a :class:`~hf_llpf.data.bundle.DataBundle`, ``{"train": ..., "test": ...}`` batches, a data spec
-            (name or dict), a ``DataConfig``, or ``None``.
+        data: any form of :mod:`hf_llpf.data.intake`, or ``None``.
 
     Raises:
         RunDirectoryError: ``data`` is ``None`` and the run directory has no ``llpf_config.yaml``.
-        ConfigError: ``data`` is ``None`` and ``llpf_config.yaml`` has no ``data`` section.
+        ConfigError: ``data`` is ``None`` and ``llpf_config.yaml`` has no ``data`` section, or records data passed
+            from Python (which must be passed again).
+        DataMismatchError: ``data`` is none of the forms.
     """
-    if isinstance(data, (DataBundle, TextBundle)) or (isinstance(data, dict) and set(data) == {"train", "test"}):
-        return data
-    if data is None:
-        if not (path.root / CONFIG_YAML).is_file():
-            raise RunDirectoryError(
-                f"{str(path.root)!r} has no llpf_config.yaml to say which data the path was built on; pass data="
-            )
-        data = path.config.get("data")
-        if data is None:
-            raise ConfigError("llpf_config.yaml has no 'data' section; pass data= (a data spec or DataBundle)")
-    if not isinstance(data, (str, dict, DataConfig)):  # a DataLoader, a Dataset, a list of batches
+    given = read_data(data)
+    if given.form == "default":
+        given = read_data(_recorded_spec(path), field="llpf_config.yaml data")
+    if given.form == "bundle":
+        return given.bundle
+    if given.form == "python":
+        return {"train": given.train, "test": given.test}
+    spec = given.spec
+    if isinstance(spec, DataConfig) and spec.source.startswith("<"):
         raise ConfigError(
-            f"data={type(data).__name__}: the evaluation judges the training and the test split; pass "
-            "data={'train': training_batches, 'test': test_batches} (re-iterable, e.g. the DataLoader the path was "
-            "built with and one over held-out data), a DataBundle, or a data spec"
+            f"{str(path.root)!r} was built on data passed from Python ({spec.source}, recorded: {spec.recorded}); "
+            "pass the same data again: data=batches (the training split alone: no test figure), "
+            "data={'train': batches, 'test': batches}, or a DataBundle"
         )
-    if isinstance(data, dict):
-        data = build(DataConfig, data)
-    if isinstance(data, DataConfig) and data.source.startswith("<"):
-        raise ConfigError(
-            f"{str(path.root)!r} was built on data passed from Python ({data.source}, recorded: {data.recorded}); "
-            "pass the same data again: data={'train': batches, 'test': batches} or a DataBundle"
-        )
-    bundle = load_data(data)
-    _warn_if_changed(data, bundle.config)
+    bundle = load_data(spec)
+    _warn_if_changed(spec, bundle.config)
     return bundle
+
+
+def _recorded_spec(path: RunPath) -> Any:
+    """The data ``llpf_config.yaml`` records.
+
+    Raises:
+        RunDirectoryError: the run directory has no ``llpf_config.yaml``. ConfigError: it has no ``data`` section.
+    """
+    if not (path.root / CONFIG_YAML).is_file():
+        raise RunDirectoryError(
+            f"{str(path.root)!r} has no llpf_config.yaml to say which data the path was built on; pass data="
+        )
+    data = path.config.get("data")
+    if data is None:
+        raise ConfigError("llpf_config.yaml has no 'data' section; pass data= (a data spec or DataBundle)")
+    return data
 
 
 def _warn_if_changed(was: Any, now: DataConfig) -> None:

@@ -4,7 +4,8 @@
 - **barrier**: max_i (loss_i − ((1−t_i)·loss_A + t_i·loss_B)), t_i the normalised position of point i (cumulative
   L2 length of the path up to point i divided by its total length; i/(N−1) on the linear baseline), loss_A
   and loss_B the losses of the first and last point;
-- **min train accuracy**, **test loss range** and **test accuracy range** (test loss may rise: it is shown);
+- **min train accuracy**, **test loss range** and **test accuracy range** (test loss may rise: it is shown; absent
+  when the data had no test split);
 - **worst continuity loss**: the highest loss at an interior point of a segment, and where it is.
 """
 
@@ -70,23 +71,25 @@ def summarise(rows: Sequence[dict], positions: Sequence[float], *, suffix: str =
     """Summary figures of one curve (the path or the linear baseline), one definition each.
 
     Args:
-        rows: one dict per point with ``eval_train_loss{suffix}``, ``eval_train_acc{suffix}``,
-            ``test_loss{suffix}``, ``test_acc{suffix}``.
+        rows: one dict per point with ``eval_train_loss{suffix}``, ``eval_train_acc{suffix}`` and, when the data
+            had a test split, ``test_loss{suffix}``, ``test_acc{suffix}``.
         positions: the normalised position of each row.
         suffix: ``""`` or ``"_recal"``.
 
     Returns:
-        ``max_train_loss``, ``barrier``, ``min_train_acc``, ``test_loss_range`` ([min, max]) and
-        ``test_acc_range`` ([min, max]).
+        ``max_train_loss``, ``barrier``, ``min_train_acc``, and with the test columns ``test_loss_range``
+        ([min, max]) and ``test_acc_range`` ([min, max]).
     """
-    col = {c: [float(r[c + suffix]) for r in rows] for c in EVAL_COLUMNS}
-    return {
+    col = {c: [float(r[c + suffix]) for r in rows] for c in EVAL_COLUMNS if all(c + suffix in r for r in rows)}
+    figures = {
         "max_train_loss": _max(col["eval_train_loss"]),
         "barrier": barrier(col["eval_train_loss"], positions),
         "min_train_acc": _min(col["eval_train_acc"]),
-        "test_loss_range": [_min(col["test_loss"]), _max(col["test_loss"])],
-        "test_acc_range": [_min(col["test_acc"]), _max(col["test_acc"])],
     }
+    if "test_loss" in col:  # a train-only evaluation states no test range
+        figures["test_loss_range"] = [_min(col["test_loss"]), _max(col["test_loss"])]
+        figures["test_acc_range"] = [_min(col["test_acc"]), _max(col["test_acc"])]
+    return figures
 
 
 def locate_continuity(cont: list[dict], ticks: Sequence[int], pos: Sequence[float]) -> None:

@@ -168,9 +168,17 @@ def intended_use(facts: RunFacts) -> str:
 def limitations(facts: RunFacts, summary: dict) -> str:
     """The card's "Limitations" section: what the figures do and do not say (both cards)."""
     data = f"`{facts.dataset}`"
+    # A train-only evaluation (data given without a test split) records test_examples: null.
+    untested = bool(summary.get("llpf")) and (summary.get("evaluation") or {}).get("test_examples", 0) is None
+    splits = (
+        f"split `{facts.split('train_split')}` only: the evaluation was given no test split, so no test figure was "
+        "measured"
+        if untested
+        else f"splits `{facts.split('train_split')}` and `{facts.split('test_split')}`"
+    )
     lines = [
-        f"- Every figure was measured on {data} only (splits `{facts.split('train_split')}` and "
-        f"`{facts.split('test_split')}`); it says nothing of other data or of a shift in distribution.",
+        f"- Every figure was measured on {data} only ({splits}); it says nothing of other data or of a shift in "
+        "distribution.",
     ]
     if facts.index_dataset is None and facts.dataset != "unknown":
         lines.append(
@@ -181,8 +189,8 @@ def limitations(facts: RunFacts, summary: dict) -> str:
         lines.append("- The path has not been evaluated: no figure of the path or of its points is given.")
     lines += [
         "- The verdict's certificate, where there is one, bounds the training loss at the saved points (and, where "
-        "checked, along the segments between them) against the run's loss ceiling; test figures are measured, "
-        "not certified.",
+        "checked, along the segments between them) against the run's loss ceiling; "
+        + ("no test figure was measured." if untested else "test figures are measured, not certified."),
         "- Every point inherits the endpoints' behaviour, biases and failure modes, and their license terms.",
     ]
     storage = storage_sentence(summary)

@@ -148,7 +148,8 @@ def _curve_figure(run_dir: FsPath, data: dict, *, metric: str) -> plt.Figure:
     ax.set_xlim(0, 1)
     ax.set_xlabel("normalised position along the path (cumulative L2 length / total; linear: t)")
     ax.set_ylabel("loss (eval mode)" if metric == "loss" else "accuracy (%)")
-    ax.set_title(f"{run_dir.name}: {metric} along the LLPF path vs linear interpolation")
+    untested = "" if "test_loss" in points[0] else " (no test split: test not evaluated)"
+    ax.set_title(f"{run_dir.name}: {metric} along the LLPF path vs linear interpolation{untested}")
     handles, _ = ax.get_legend_handles_labels()
     # Outside the axes: a legend inside would hide the barrier, which is what the reader looks for.
     ax.legend(handles=handles + extra, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
@@ -171,6 +172,8 @@ def _curves(ax: plt.Axes, points: list[dict], linear: list[dict], *, metric: str
             continue
         tag = " (BN recalibrated)" if suffix else ""
         for col, ls, split in ((train, "-", "train"), (test, "--", "test")):
+            if col + suffix not in points[0]:
+                continue  # a train-only evaluation (no test split given): no test curve
             y = [scale * p[col + suffix] for p in points]
             ax.plot(pos, y, ls, color=_LLPF, marker="o" if marks and not suffix else None, ms=3,
                     label=f"LLPF {split}{tag}", **style)  # fmt: skip
@@ -282,6 +285,12 @@ def _run_label(run_dir: FsPath) -> str:
     return f"seed {seed}" if seed is not None else run_dir.name
 
 
+def _not_evaluated(ax: plt.Axes, text: str) -> None:
+    """An axis that says its figure was not measured, instead of a curve."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=10)
+    ax.set_axis_off()
+
+
 def plot_repeats(run_dirs: Sequence[str | os.PathLike], out_png: str | os.PathLike) -> FsPath:
     """Overlay the train and test loss curves of several evaluated runs (the consistency picture).
 
@@ -303,6 +312,9 @@ def plot_repeats(run_dirs: Sequence[str | os.PathLike], out_png: str | os.PathLi
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110)
     colours = plt.get_cmap("viridis" if len(runs) > 10 else "tab10")
     for ax, col, split in zip(axes, ("eval_train_loss", "test_loss"), ("train", "test")):
+        if not all(col in data["points"][0] for _, data in runs if data["points"]):
+            _not_evaluated(ax, f"{split} loss: not evaluated (no {split} split given)")
+            continue
         values: list[float] = []
         for r, (run_dir, data) in enumerate(runs):
             colour = colours(r / max(1, len(runs) - 1)) if len(runs) > 10 else colours(r)

@@ -18,13 +18,16 @@ from hf_llpf.run.storage import storage_sentence
 
 START = "<!-- hf_llpf:report:start -->"
 END = "<!-- hf_llpf:report:end -->"
+# What a figure of a split the evaluation was not given shows (a train-only evaluation: no test split).
+NOT_EVALUATED = "not evaluated"
 
 _DEFINITIONS = """\
 Definitions (the same for LLPF and linear; *loss* is the path's loss in eval mode on the fixed training subset):
 - **max train loss**: the largest loss over the saved points (linear: over the interpolation points);
 - **barrier**: max over points of loss_i − ((1−t_i)·loss_A + t_i·loss_B), t_i = cumulative L2 length / total
   length (linear: t_i = i/(N−1)), A and B the first and last point;
-- **test loss / accuracy range**: [min, max] over the points on the whole test split;
+- **test loss / accuracy range**: [min, max] over the points on the whole test split (*not evaluated*: the data
+  given had no test split);
 - **path length**: sum of the L2 steps between consecutive saved points over all parameters;
   **straight distance**: |θ_B − θ_A|;
 - **worst continuity loss**: the largest loss at K interior points of every straight segment between consecutive
@@ -91,7 +94,8 @@ def summary_table(summary: dict[str, Any]) -> str:
     ]
     lines = ["| figure | " + " | ".join(t for _, t in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for label, key, pct in _ROWS:
-        lines.append(f"| {label} | " + " | ".join(_fmt(summary[k].get(key), pct) for k, _ in cols) + " |")
+        cells = [_fmt(summary[k].get(key), pct) if key in summary[k] else NOT_EVALUATED for k, _ in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     llpf = summary.get("llpf", {})
     straight = llpf.get("straight_distance")
     blank = ["—"] * (len(cols) - 1)
@@ -115,6 +119,13 @@ def consistency_table(consistency: dict[str, Any]) -> str:
             f"| {key} | {_fmt(stats['mean'])} ± {_fmt(stats['std'])} | {_fmt(stats['min'])} | {_fmt(stats['max'])} |"
         )
     return "\n".join(lines)
+
+
+def test_examples(evaluation: dict[str, Any]) -> str:
+    """``"N test examples"``, or what a train-only evaluation says instead (``test_examples`` null: no test split
+    was given, so no test figure was measured)."""
+    n = evaluation.get("test_examples")
+    return "no test split (test figures not evaluated)" if n is None else f"{n} test examples"
 
 
 def path_verdict(summary: dict[str, Any], certification: dict[str, Any] | None = None) -> str:
@@ -179,7 +190,7 @@ def render_section(run_dir: str | os.PathLike) -> str:
         ev = summary.get("evaluation", {})
         parts += [
             f"{len(metrics.get('points', []))} saved points evaluated on {ev.get('train_examples')} training examples "
-            f"(fixed subset, seed {ev.get('seed')}) and {ev.get('test_examples')} test examples; linear baseline at "
+            f"(fixed subset, seed {ev.get('seed')}) and {test_examples(ev)}; linear baseline at "
             f"{ev.get('linear_points')} points; continuity: {ev.get('continuity_k')} interior point(s) per segment on "
             f"{ev.get('continuity_examples')} training examples"
             + ("; BatchNorm recalibrated in separate columns." if ev.get("recalibrate_bn") else "."),
@@ -233,11 +244,13 @@ def write_report(run_dir: str | os.PathLike) -> FsPath:
 
 __all__ = [
     "END",
+    "NOT_EVALUATED",
     "START",
     "consistency_table",
     "endpoint_table",
     "path_verdict",
     "render_section",
     "summary_table",
+    "test_examples",
     "write_report",
 ]

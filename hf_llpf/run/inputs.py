@@ -17,6 +17,7 @@ from hf_llpf.config import ConnectConfig, DataConfig, build
 from hf_llpf.data import bundle as data_lib
 from hf_llpf.data.bundle import DataBundle, SeededLoader, build_bundle, check_labels_fit
 from hf_llpf.data.images import model_channels
+from hf_llpf.data.intake import read_data
 from hf_llpf.data.sources import read_splits, string_columns
 from hf_llpf.data.task import check_task, data_task, endpoint_task
 from hf_llpf.data.text import TextBundle, text_bundle
@@ -46,37 +47,36 @@ def prepare_data(train_data: Any, config: ConnectConfig, ea: Endpoint, eb: Endpo
     """The batch source of the minimal training, the bundle (when the data came from a spec or a bundle), and
     ``config`` whose ``data`` records what was read: the resolved spec, or what the Python object was.
 
+    ``train_data`` is any form of :mod:`hf_llpf.data.intake` (a dict of splits: the run trains on its ``"train"``).
+
     Raises:
-        DataMismatchError: the data do not fit endpoint A (task, labels, columns).
+        DataMismatchError: the data do not fit endpoint A (task, labels, columns), or are none of those forms.
     """
-    if train_data is None or isinstance(train_data, (str, DataConfig)):
-        spec = config.data if train_data is None else train_data
+    given = read_data(train_data, field="train_data")
+    if given.form in ("default", "spec"):
+        spec = config.data if given.form == "default" else given.spec
         if isinstance(spec, str):  # the run's data options, with this source
             spec = build(DataConfig, {**config.data.model_dump(exclude={"source", "recorded"}), "source": spec})
         bundle = load_for_endpoints(spec, ea, eb)
-    elif isinstance(train_data, (DataBundle, TextBundle)):
-        bundle = train_data
+    elif given.form == "bundle":
+        bundle = given.bundle
         check_task(endpoint_task(ea.model), bundle.task, endpoint=ea.source, data=bundle.config.source)
         if bundle.task == "image":
             check_labels_fit(ea.model, bundle)
     else:
-        loader = _python_batches(train_data, config)
-        return loader, None, config.model_copy(update={"data": _described(train_data)})
+        loader = _python_batches(given.train, config)
+        return loader, None, config.model_copy(update={"data": _described(given.train)})
     loader = bundle.loader("train", batch_size=config.batch_size, seed=config.seed)
     return loader, bundle, config.model_copy(update={"data": bundle.config})
 
 
 def _python_batches(train_data: Any, config: ConnectConfig) -> Any:
+    """The training batches of a dataset (shuffled by the run's seed) or of the caller's own batches (as given)."""
     if isinstance(train_data, datasets.Dataset):
         generator = torch.Generator().manual_seed(config.seed)
         ds = train_data.with_format("torch")
         return torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=generator)
-    if hasattr(train_data, "__iter__"):
-        return train_data
-    raise DataMismatchError(
-        f"train_data={type(train_data).__name__}: expected a data spec, DataConfig, DataBundle, datasets.Dataset, "
-        "or an iterable of batches (DataLoader)"
-    )
+    return train_data
 
 
 def _described(train_data: Any) -> DataConfig:
