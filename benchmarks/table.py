@@ -19,7 +19,9 @@ The families are the families benchmark's (benchmarks/families.py: the same tiny
 LLPF settings), plus ``small_cnn`` (the demo's pair: small_cnn on digits, the default TrainRecipe, seeds 0 and 1,
 LLPF's default settings) and ``small_cnn-wd`` (``--cross-sphere``: the same architecture trained with weight
 decay 5e-4 (seed 0) and 5e-3 (seed 1), two variance spheres, LLPF's cross-sphere method). The language families
-(vit, bert, gpt2) train on in-memory batches, which the comparison refuses: their rows carry its refusal.
+(vit, bert, gpt2) are the families benchmark's endpoints trained in memory; the comparison takes their batches as
+connect does (``{"train": training batches, "test": held-out batches}``): every method trains on the first, the
+evaluator judges both.
 
 **Seeds**: a cell's seed is the methods' own randomness (``seed`` of the connect settings: the SGD batches, the
 evaluation's order); the endpoints are fixed (trained once from seeds 0 and 1, from the benchmark cache).
@@ -106,8 +108,12 @@ def recipes(family: str) -> tuple[Any, Any] | None:
 
 def settings(family: str, certify: dict[str, Any]) -> dict[str, Any]:
     """Everything that makes a cell besides its method and seed (hashed into its key)."""
+    from benchmarks.families import FAMILIES
+
     pair = recipes(family)
-    ends = [harness.recipe_key(r) for r in pair] if pair else family
+    # A language family: the families benchmark's endpoints trained in memory (the key once was the family's name
+    # alone, for the rows that recorded the comparison's refusal of in-memory batches: those are stale now).
+    ends = [harness.recipe_key(r) for r in pair] if pair else {"in_memory": family, "epochs": FAMILIES[family].epochs}
     return {"version": VERSION, "config": family_config(family), "certify": certify, "eval": EVAL, "endpoints": ends}
 
 
@@ -204,7 +210,7 @@ def compare_cell(a: Any, b: Any, data: Any, method: str, seed: int, values: dict
     try:
         table = compare(a, b, data, out_dir=out, methods=[method], config=config, points=points,
                         certify=values["certify"] or None, exist="overwrite", **values["eval"])  # fmt: skip
-    except LLPFError as err:  # the comparison refuses the pair (e.g. in-memory batches): the row says why
+    except LLPFError as err:  # the comparison refuses the pair: the row says why
         why = "; ".join(getattr(err, "problems", None) or [" ".join(str(err).split())])
         return {"method": method, "status": f"not run: {why}"}
     row = table["rows"][0]
@@ -213,17 +219,14 @@ def compare_cell(a: Any, b: Any, data: Any, method: str, seed: int, values: dict
     return row
 
 
-def _language_pair(family: str) -> tuple[Any, Any, Any]:
-    """Two untrained models and the in-memory batches of a language family: enough to record the refusal."""
-    from benchmarks.families import FAMILIES, _batches, _hf_model, _image_columns, token_task
-    from hf_llpf.data.bundle import load_data
+def _language_pair(family: str) -> tuple[Any, Any, Any, int]:
+    """A language family's two endpoints, trained in memory as the families benchmark trains them, the data of its
+    cell (``{"train": the batches LLPF trains on, "test": held-out batches}``, as :func:`hf_llpf.connect` takes
+    them) and the iterations one endpoint took."""
+    from benchmarks.families import FAMILIES, _endpoints
 
-    fam = FAMILIES[family]
-    if fam.model == "vit":
-        cols = _image_columns(load_data("digits", image_size=fam.image_size), "train")
-    else:
-        cols = token_task(fam.model, n=64, seed=10)
-    return _hf_model(fam.model, 0), _hf_model(fam.model, 1), _batches(cols, 64, seed=0)
+    a, b, train, evaluation, iters = _endpoints(FAMILIES[family])
+    return a, b, {"train": train, "test": evaluation["test"]}, iters
 
 
 def cell_job(family: str, method: str, seed: int, values: dict[str, Any], llpf: dict | None = None) -> dict:
@@ -233,8 +236,8 @@ def cell_job(family: str, method: str, seed: int, values: dict[str, Any], llpf: 
     out = harness.scratch(ENTRY, f"{family}-{method}-s{seed}-{settings_hash(values)}")
     pair = recipes(family)
     if pair is None:
-        a, b, data = _language_pair(family)
-        return cell_row(family, method, seed, compare_cell(a, b, data, method, seed, values, out), None)
+        a, b, data, iters = _language_pair(family)
+        return cell_row(family, method, seed, compare_cell(a, b, data, method, seed, values, out, llpf=llpf), iters)
     image_size = pair[0].data.image_size
     data = load_data("digits", image_size=image_size) if image_size else load_data("digits")
     a, b, iters = harness.endpoint_pair(*pair, data)

@@ -102,20 +102,21 @@ class _Options:
         _check_options(points=self.points, train_subset=self.train_subset, bezier=self.bezier,
                        continuity_k=self.continuity_k, certify=self.certify)  # fmt: skip
 
-    def table_settings(self, methods: list[str], seed: int, bundle: Any) -> dict:
-        """The table's ``settings``."""
+    def table_settings(self, methods: list[str], seed: int, data: Any) -> dict:
+        """The table's ``settings`` (``data``: the run's ``DataConfig``, as its ``llpf_config.yaml`` records it)."""
         return {"methods": methods, "points": self.points, "train_subset": self.train_subset, "seed": seed,
                 "recalibrate_bn": self.recalibrate_bn, "continuity_k": self.continuity_k,
-                "data": bundle.config.source}  # fmt: skip
+                "data": data.source}  # fmt: skip
 
 
 class _Judge:
     """The one evaluator of a comparison: fixed batches built once, wrapped in :class:`ProbeRecorder` s, and the
-    rows of the table, one per judged path."""
+    rows of the table, one per judged path. ``data``: loaded data, or the caller's own splits as
+    :func:`~hf_llpf.evaluation.sets.resolve_data` gives them (no test split: the rows have no test figure)."""
 
     def __init__(
         self,
-        bundle: Any,
+        data: Any,
         *,
         train_subset: int | None,
         batch_size: int,
@@ -125,10 +126,14 @@ class _Judge:
         linear_points: int = 21,
         template: Any = None,
     ):
-        from hf_llpf.evaluation.sets import make_eval_sets
+        import torch
 
-        self.sets = make_eval_sets(bundle, train_subset=train_subset, batch_size=batch_size, seed=seed)
-        self.train, self.test = ProbeRecorder(self.sets.train), ProbeRecorder(self.sets.test)
+        from hf_llpf.evaluation.sets import sets_for
+
+        self.sets = sets_for(data, train_subset=train_subset, continuity_subset=512, batch_size=batch_size, seed=seed,
+                             device=torch.device("cpu"))  # fmt: skip
+        self.train = ProbeRecorder(self.sets.train)
+        self.test = ProbeRecorder(self.sets.test) if self.sets.test is not None else None
         self.recal, self.template = recalibrate_bn, template
         self.options = {
             "data": {"train": self.train, "test": self.test},
@@ -139,9 +144,9 @@ class _Judge:
         self.rows: list[dict] = []
 
     @classmethod
-    def of(cls, bundle: Any, options: _Options, *, seed: int, **extra: Any) -> _Judge:
+    def of(cls, data: Any, options: _Options, *, seed: int, **extra: Any) -> _Judge:
         """The evaluator of a comparison under ``options`` (``extra``: ``linear_points``, ``template``)."""
-        return cls(bundle, train_subset=options.train_subset, batch_size=options.eval_batch_size, seed=seed,
+        return cls(data, train_subset=options.train_subset, batch_size=options.eval_batch_size, seed=seed,
                    recalibrate_bn=options.recalibrate_bn, continuity_k=options.continuity_k, **extra)  # fmt: skip
 
     def judge(self, method: str, path: Any, seconds: float, *, write: bool = True) -> dict:
@@ -152,7 +157,7 @@ class _Judge:
 
         evaluate = evaluate_run if write else evaluate_path
         result = evaluate(path, template=self.template, **self.options)
-        probes = {"train": self.train.take(), "test": self.test.take()}
+        probes = {"train": self.train.take(), "test": self.test.take() if self.test is not None else None}
         self.rows.append(table_row(method, result, seconds, path, probes, self.recal))
         return result
 
@@ -162,11 +167,12 @@ class _Judge:
 
     def table(self, settings: dict) -> dict:
         """The table: the rows, the digest of the probe data, the settings."""
+        test = self.sets.test  # None: no test split was given (the table says "not evaluated")
         probe = {
             "train": probe_digest(self.sets.train),
-            "test": probe_digest(self.sets.test),
+            "test": probe_digest(test) if test is not None else None,
             "train_examples": self.sets.train.num_examples,
-            "test_examples": self.sets.test.num_examples,
+            "test_examples": test.num_examples if test is not None else None,
         }
         return {"rows": self.rows, "probe": probe, "settings": settings}
 
@@ -230,7 +236,12 @@ def compare(
     Args:
         model_a, model_b: endpoint specs, modules or Endpoints, prepared once for every method
             (:func:`hf_llpf.preparation.prepare_inputs`).
-        train_data: a data spec, ``DataConfig`` or DataBundle (``None``: ``config.data``); the evaluation's too.
+        train_data: any form :func:`hf_llpf.connect` takes (:mod:`hf_llpf.data.intake`; ``None``: ``config.data``):
+            a data spec, ``DataConfig`` or DataBundle (the evaluation judges its training subset and test split), a
+            ``datasets.Dataset`` or a ``DataLoader`` (every method trains on it; the evaluation judges it read in
+            order and has no test split: the table's test cells say "not evaluated"), or
+            ``{"train": ..., "test": ...}`` (methods train on ``"train"``; the evaluation also judges ``"test"``).
+            ``train_subset`` applies to loaded data only.
         out_dir: the comparison's folder: one run directory per method, the table and the plot.
         methods: registered methods a comparison accepts (:func:`~hf_llpf.algorithms.registry.comparison_methods`:
             ``llpf``, ``linear``, ``slerp``, ``bezier``, ``autoneb``, ``weight-matching``, ...); ``None``: all.
@@ -277,50 +288,54 @@ def _compare(model_a: Any, model_b: Any, train_data: Any, out: FsPath, methods: 
     config = resolve_config(config)
     protected = [*protected, *local_specs(model_a, model_b, train_data, config.data.source)]
     with RunWriter(out, exist=exist, protected=protected, kind="comparison"):  # before anything is loaded
-        prepared = _prepared(model_a, model_b, train_data, config, "train_data: compare")
-        judge = _Judge.of(prepared.bundle, options, seed=prepared.config.seed)
+        prepared, data, judged = _prepared(model_a, model_b, train_data, config)
+        judge = _Judge.of(judged, options, seed=prepared.config.seed)
         llpf = None
         for method in methods:
             start = time.perf_counter()
             try:
-                path = _method_path(method, prepared, out, llpf=llpf, protected=protected, options=options)
+                path = _method_path(method, prepared, data, out, llpf=llpf, protected=protected, options=options)
             except NotApplicableError as err:
                 judge.not_applicable(method, err)
                 continue
             if issubclass(path_method(method), EngineMethod):
                 llpf = _llpf_figures(path)
             judge.judge(method, path, time.perf_counter() - start)
-        table = judge.table(options.table_settings(methods, prepared.config.seed, prepared.bundle))
+        table = judge.table(options.table_settings(methods, prepared.config.seed, prepared.config.data))
         write_comparison(out, table)
     return table
 
 
-def _prepared(model_a: Any, model_b: Any, data: Any, config: Any, what: str) -> Any:
+def _prepared(model_a: Any, model_b: Any, data: Any, config: Any) -> tuple[Any, Any, Any]:
     """The endpoints and data of a comparison, prepared once for every method by the one run preparation (loaded,
     checked, the data config applied alike to both), before anything is built.
 
-    Raises:
-        ConfigError: data that are not a spec, ``DataConfig`` or DataBundle (the evaluation needs its test split).
+    ``data`` is any form :func:`hf_llpf.connect` takes (:mod:`hf_llpf.data.intake`). Returns the prepared run, the
+    data every method is built on (the loaded bundle, or the caller's data as given) and the data the evaluator
+    judges (the bundle, or the caller's splits: a dataset or batches alone have no test split, and the table no test
+    figure).
     """
+    from hf_llpf.data.intake import read_data
     from hf_llpf.preparation import prepare_inputs
 
     prepared = prepare_inputs([model_a, model_b], data, config, progress=False)
-    if prepared.bundle is None:
-        raise ConfigError(f"{what} needs a data spec, DataConfig or DataBundle (its test split too)")
-    return prepared
+    if prepared.bundle is not None:
+        return prepared, prepared.bundle, prepared.bundle
+    given = read_data(data, field="train_data")
+    return prepared, data, {"train": given.train, "test": given.test}
 
 
-def _method_path(method: str, prepared: Any, out: FsPath, *, llpf: dict | None, protected: list,
+def _method_path(method: str, prepared: Any, data: Any, out: FsPath, *, llpf: dict | None, protected: list,
                  options: _Options) -> Any:  # fmt: skip
-    """The path of one method of :func:`compare`, written to the new folder ``out/<method>``."""
+    """The path of one method of :func:`compare` on ``data``, written to the new folder ``out/<method>``."""
     from hf_llpf.api import connect
 
     entry, (model_a, model_b), config = path_method(method), prepared.endpoints, prepared.config
     if issubclass(entry, EngineMethod):  # llpf: the settings' method; an engine method: its own name
         config = config if entry.engine is None else config.model_copy(update={"method": entry.name})
-        return connect(model_a, model_b, prepared.bundle, config=config, run_dir=out / method,
+        return connect(model_a, model_b, data, config=config, run_dir=out / method,
                        progress=options.progress, command=options.command, protected=protected)  # fmt: skip
-    return _baseline(method, model_a, model_b, prepared.bundle, out / method, config=config, points=options.points,
+    return _baseline(method, model_a, model_b, data, out / method, config=config, points=options.points,
                      bezier=options.bezier, certify=options.certify, llpf=llpf, recalibrate_bn=False,
                      command=options.command)  # fmt: skip
 
@@ -356,7 +371,7 @@ def compare_run(
     Args:
         run_dir: the LLPF run directory.
         baselines: compared methods but ``llpf`` (``linear``, ``slerp``, ``bezier``, ``autoneb``, ...).
-        data: the data (default: the run's ``llpf_config.yaml`` ``data``); a spec, ``DataConfig`` or DataBundle.
+        data: the data (default: the run's ``llpf_config.yaml`` ``data``); any form :func:`compare` takes.
         template: a module of the architecture, for runs of plain ``nn.Module`` s.
         seed, linear_points: the evaluation's seed (``hf-llpf evaluate --seed``) and its linear line's points.
         points, bezier, certify, train_subset, continuity_k, eval_batch_size, recalibrate_bn, command: as for
@@ -383,9 +398,9 @@ def _add_baselines(run_dir: Any, baselines: list[str], data: Any, options: _Opti
     engines = [m for m in baselines if issubclass(path_method(m), EngineMethod)]
     if engines:
         raise ConfigError(f"--baselines {engines[0]}: the run itself is the LLPF path; name baselines only")
-    path, prepared = _opened_run(run_dir, baselines, data, template)
-    out, bundle = path.root / BASELINES_DIR, prepared.bundle
-    judge = _Judge.of(bundle, options, seed=seed, linear_points=linear_points, template=template)
+    path, (prepared, data, judged) = _opened_run(run_dir, baselines, data, template)
+    out = path.root / BASELINES_DIR
+    judge = _Judge.of(judged, options, seed=seed, linear_points=linear_points, template=template)
     seconds = path.summary.get("run", {}).get("seconds", path.summary.get("run", {}).get("seconds_this_session"))
     own = judge.judge("llpf", path, float(seconds or 0.0), write=False)  # every stretch of a resumed run
     kw = {"config": prepared.config, "points": options.points, "bezier": options.bezier, "certify": options.certify,
@@ -394,23 +409,22 @@ def _add_baselines(run_dir: Any, baselines: list[str], data: Any, options: _Opti
     for method in baselines:
         start = time.perf_counter()
         try:
-            baseline = _baseline(method, *prepared.endpoints, bundle, out / method, **kw)
+            baseline = _baseline(method, *prepared.endpoints, data, out / method, **kw)
         except NotApplicableError as err:
             judge.not_applicable(method, err)
             continue
         judge.judge(method, baseline, time.perf_counter() - start)
-    table = judge.table({**options.table_settings(["llpf", *baselines], prepared.config.seed, bundle),
+    table = judge.table({**options.table_settings(["llpf", *baselines], prepared.config.seed, prepared.config.data),
                          "run_dir": str(path.root)})  # fmt: skip
     record_evaluation(path.root, own, template=template)  # judged first, written last: a failure leaves it as it was
     write_comparison(out, table)
     return table
 
 
-def _opened_run(run_dir: Any, baselines: list[str], data: Any, template: Any) -> tuple[Any, Any]:
+def _opened_run(run_dir: Any, baselines: list[str], data: Any, template: Any) -> tuple[Any, tuple]:
     """The run ``compare_run`` adds baselines to, checked before anything is built: the run directory (whole, no
     link on the way to ``RUN/baselines/<method>``, each of which may be replaced), and its ends and data prepared by
     the one run preparation with the settings the baselines take from the run (``batch_size``, ``seed``)."""
-    from hf_llpf.data.bundle import DataBundle
     from hf_llpf.evaluation.sets import resolve_data
     from hf_llpf.models.endpoints import as_endpoint
     from hf_llpf.run import Path
@@ -422,16 +436,14 @@ def _opened_run(run_dir: Any, baselines: list[str], data: Any, template: Any) ->
     path.validate()
     # Written below: RUN/baselines/<method> and the table beside them; nothing on the way may be a link.
     refuse_links_under(path.root, [BASELINES_DIR, *(f"{BASELINES_DIR}/{m}" for m in baselines)])
-    bundle = resolve_data(path, data)
-    if not isinstance(bundle, DataBundle):
-        raise ConfigError("data: adding baselines needs a data spec, DataConfig or DataBundle (its test split too)")
+    resolved = resolve_data(path, data)  # loaded data, or the caller's own splits (then built on as given)
     # As attributes: llpf_config.yaml writes batch_size in its repair block (settings schema 3), flat before.
     recorded = flat_settings(path.config) if (path.root / "llpf_config.yaml").is_file() else {}
     config = resolve_config({k: recorded[k] for k in ("batch_size", "seed") if k in recorded})
     for method in baselines:  # refused now, not after the first baselines are built
         check_exist(path.root / BASELINES_DIR / method, "overwrite", inside=path.root)
     ends = [as_endpoint(path.model_at(i)) if template is not None else path.endpoint_at(i) for i in (0, -1)]
-    return path, _prepared(*ends, bundle, config, "data: adding baselines")
+    return path, _prepared(*ends, data if isinstance(resolved, dict) else resolved, config)
 
 
 __all__ = [

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path as FsPath
 from typing import Any
 
+from hf_llpf.reporting.report import NOT_EVALUATED
+
 TABLE_JSON, TABLE_MD, PLOT = "comparison.json", "comparison.md", "comparison.png"
 
 
@@ -25,8 +27,8 @@ def table_row(method: str, result: dict, seconds: float, path: Any, probes: dict
         "max_train_loss": fig["max_train_loss"],
         "barrier": fig["barrier"],
         "min_train_acc": fig["min_train_acc"],
-        "test_loss_range": fig["test_loss_range"],
-        "test_acc_range": fig["test_acc_range"],
+        "test_loss_range": fig.get("test_loss_range"),  # None: no test split given (not evaluated)
+        "test_acc_range": fig.get("test_acc_range"),
         "sgd_iters": int(run.get("sgd_iters") or 0),
         "seconds": round(seconds, 2),
         "eval_seconds": result["summary"]["evaluation"]["seconds"],
@@ -158,6 +160,7 @@ def markdown_table(table: dict) -> str:
     ] + (["max train loss (BN recal)", "barrier (BN recal)"] if recal else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes = []
+    tested = table["probe"].get("test") is not None  # a train-only comparison: no test split was given
     for r in table["rows"]:
         if r["status"] != "ok":
             lines.append(f"| {r['method']} | {r['status']} |" + " |" * (len(head) - 2))
@@ -167,8 +170,7 @@ def markdown_table(table: dict) -> str:
             _f(r["max_train_loss"]),
             _f(r["barrier"]),
             _pct(r["min_train_acc"]),
-            _range(r["test_loss_range"]),
-            "—" if not r["test_acc_range"] else f"{_pct(r['test_acc_range'][0])}–{_pct(r['test_acc_range'][1])}",
+            *(_test_ranges(r) if tested else [NOT_EVALUATED] * 2),
             str(r["sgd_iters"]),
             _f(r["seconds"], 1),
             {True: "yes", False: "NO"}.get(r.get("certified"), "—"),
@@ -188,14 +190,22 @@ def markdown_table(table: dict) -> str:
                 f"(outputs up to {c['max_abs_output']:.2f}), same predictions: {c['same_predictions']}"
             )
     p = table["probe"]
-    lines += [
-        "",
-        f"All rows judged on the same data: {p['train_examples']} train examples (sha256 {p['train'][:12]}…), "
-        f"{p['test_examples']} test examples (sha256 {p['test'][:12]}…).",
-    ]
+    train = f"{p['train_examples']} train examples (sha256 {p['train'][:12]}…)"
+    test = (
+        f"{p['test_examples']} test examples (sha256 {p['test'][:12]}…)"
+        if tested
+        else ("no test split (test figures not evaluated)")
+    )
+    lines += ["", f"All rows judged on the same data: {train}, {test}."]
     lines += [f"- {n}" for n in notes]
     lines += ["", *(f"verdict: {v}" for v in verdict_lines(table["rows"]))]
     return "\n".join(lines)
+
+
+def _test_ranges(r: dict) -> list[str]:
+    """A row's test loss and accuracy ranges, as cells."""
+    acc = r.get("test_acc_range")
+    return [_range(r.get("test_loss_range")), "—" if not acc else f"{_pct(acc[0])}–{_pct(acc[1])}"]
 
 
 def _not_certified(row: dict) -> str:
@@ -230,8 +240,11 @@ def plot_comparison(table: dict, out_png: str | os.PathLike) -> FsPath:
         pts = read_metrics(r["run_dir"])["points"]
         pos = [p["position"] for p in pts]
         for ax, col in zip(axes, ("eval_train_loss", "test_loss")):
-            ax.plot(pos, [p[col] for p in pts], marker=".", ms=3, lw=1.3, label=r["method"])
-    for ax, title in zip(axes, ("train loss (fixed subset, eval mode)", "test loss")):
+            if all(col in p for p in pts):  # a train-only evaluation has no test column
+                ax.plot(pos, [p[col] for p in pts], marker=".", ms=3, lw=1.3, label=r["method"])
+    untested = table["probe"].get("test") is None
+    test_title = "test loss: not evaluated (no test split)" if untested else "test loss"
+    for ax, title in zip(axes, ("train loss (fixed subset, eval mode)", test_title)):
         ax.set_xlabel("normalised position along the path")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)

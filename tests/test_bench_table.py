@@ -1,6 +1,6 @@
 """``python -m benchmarks table``: the cell cache (resume, settings keys, a killed run), the winners per family, the
-heaviest LLPF stage, and the refusal rows the comparison itself writes (no training: fake runners, untrained
-models)."""
+heaviest LLPF stage, the refusal rows the comparison itself writes and a language family's cell on its in-memory
+batches (no training: fake runners, untrained models)."""
 
 from __future__ import annotations
 
@@ -178,9 +178,21 @@ def test_weight_matching_refusal_is_a_row_with_the_comparisons_reason(tmp_path):
     assert f"| mobilenetv2 | weight-matching | 0 | {row['status']} |" in table.render([cell])
 
 
-def test_language_family_rows_carry_the_comparisons_refusal(tmp_path, monkeypatch):
+def test_a_language_family_cell_runs_on_its_in_memory_batches(tmp_path, monkeypatch):
+    from benchmarks import families
+
+    def endpoints(fam):  # untrained models and a small token task instead of the families' training
+        train, test = (families.token_task(fam.model, n=64, seed=s) for s in (10, 11))
+        batches = families._batches(train, 32, seed=0)
+        a, b = (families._hf_model(fam.model, s) for s in (0, 1))
+        return a, b, batches, {"train": families._batches(train, 64), "test": families._batches(test, 64)}, 7
+
     monkeypatch.setattr(table.harness, "CACHE", tmp_path)
-    row = table.cell_job("bert", "linear", 0, table.settings("bert", {}))
-    assert row["status"] == "not run: train_data: compare needs a data spec, DataConfig or DataBundle (its test " \
-        "split too)"  # fmt: skip
-    assert row["family"] == "bert" and row["endpoint_iters"] is None
+    monkeypatch.setattr(families, "_endpoints", endpoints)
+    monkeypatch.setattr("hf_llpf.reporting.plots.plot_path", lambda *a, **k: [])  # only time: not what is tested
+    values = table.settings("bert", {})
+    assert values["endpoints"] == {"in_memory": "bert", "epochs": 30}  # not the key of the old refusal rows
+    row = table.cell_job("bert", "linear", 0, values)
+    assert row["status"] == "ok" and row["family"] == "bert" and row["endpoint_iters"] == 7
+    assert row["points"] == 31 and row["sgd_iters"] == 0 and len(row["curve"]) == 31
+    assert row["max_train_loss"] == max(loss for _, loss in row["curve"])
