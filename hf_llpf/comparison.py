@@ -236,12 +236,9 @@ def compare(
     Args:
         model_a, model_b: endpoint specs, modules or Endpoints, prepared once for every method
             (:func:`hf_llpf.preparation.prepare_inputs`).
-        train_data: any form :func:`hf_llpf.connect` takes (:mod:`hf_llpf.data.intake`; ``None``: ``config.data``):
-            a data spec, ``DataConfig`` or DataBundle (the evaluation judges its training subset and test split), a
-            ``datasets.Dataset`` or a ``DataLoader`` (every method trains on it; the evaluation judges it read in
-            order and has no test split: the table's test cells say "not evaluated"), or
-            ``{"train": ..., "test": ...}`` (methods train on ``"train"``; the evaluation also judges ``"test"``).
-            ``train_subset`` applies to loaded data only.
+        train_data: any form :func:`hf_llpf.connect` takes (:mod:`hf_llpf.data.intake`; ``None``: ``config.data``),
+            the evaluation's too: a dataset or batches alone have no test split (the table's test cells say "not
+            evaluated"); ``{"train": ..., "test": ...}``: every method trains on ``"train"``.
         out_dir: the comparison's folder: one run directory per method, the table and the plot.
         methods: registered methods a comparison accepts (:func:`~hf_llpf.algorithms.registry.comparison_methods`:
             ``llpf``, ``linear``, ``slerp``, ``bezier``, ``autoneb``, ``weight-matching``, ...); ``None``: all.

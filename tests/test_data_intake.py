@@ -1,6 +1,8 @@
 """One data intake for every entry point (hf_llpf.data.intake): the DataLoader connect took is what evaluate_run and
 compare take too; a train-only evaluation reports, prints, plots and publishes no test figure."""
 
+import pathlib
+
 import datasets
 import pytest
 import torch
@@ -10,7 +12,7 @@ from tiny_models import tiny_gpt2
 import hf_llpf
 from hf_llpf.api import evaluate_run
 from hf_llpf.cli.render import evaluated
-from hf_llpf.data.intake import read_data
+from hf_llpf.data.intake import GivenData, read_data
 from hf_llpf.errors import ConfigError, DataMismatchError
 from hf_llpf.evaluation import evaluate_path
 from hf_llpf.run import read_metrics
@@ -167,3 +169,4 @@ def test_data_that_fit_no_form_are_refused_naming_the_field(lm):
         hf_llpf.connect(lm["a"], lm["b"], 42, config=LINE, run_dir=lm["path"].root.parent / "never", progress=False)
     assert not (lm["path"].root.parent / "never").exists()
     assert read_data({"source": "digits"}).spec.source == "digits"  # a dict of DataConfig fields is a spec
+    assert read_data(pathlib.Path("reviews.parquet")) == GivenData("spec", spec="reviews.parquet")

@@ -5,8 +5,8 @@
 read their data through :func:`read_data`, so each form means the same everywhere:
 
 - ``None``: the settings' data (a run) or the data the run recorded (an evaluation);
-- a data spec (a name, a Hub id, a local file or folder), a dict of :class:`~hf_llpf.config.DataConfig` fields or a
-  ``DataConfig``: loaded with its training and test splits;
+- a data spec (a name, a Hub id, a local file or folder, also as a ``pathlib.Path``), a dict of
+  :class:`~hf_llpf.config.DataConfig` fields or a ``DataConfig``: loaded with its training and test splits;
 - a :class:`~hf_llpf.data.bundle.DataBundle` or :class:`~hf_llpf.data.text.TextBundle`: used as loaded;
 - a ``datasets.Dataset`` (torch-formatted columns) or re-iterable batches (a ``DataLoader``, a list): the training
   split alone;
@@ -17,6 +17,7 @@ read their data through :func:`read_data`, so each form means the same everywher
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,6 +71,8 @@ def read_data(data: Any, *, field: str = "data") -> GivenData:
         return GivenData("default")
     if isinstance(data, (str, DataConfig)):
         return GivenData("spec", spec=data)
+    if isinstance(data, os.PathLike):  # a local file or folder, named as a path
+        return GivenData("spec", spec=os.fspath(data))
     if isinstance(data, (DataBundle, TextBundle)):
         return GivenData("bundle", bundle=data)
     if isinstance(data, dict) and not set(data) & set(SPLITS):

@@ -174,11 +174,9 @@ def evaluate_path(
 
     Args:
         path_or_run_dir: a run directory or a :class:`~hf_llpf.run.RunPath`.
-        data: any form every entry point takes (:mod:`hf_llpf.data.intake`): a data spec, a ``DataConfig``, a
-            :class:`~hf_llpf.data.bundle.DataBundle` (default: the run's ``llpf_config.yaml`` ``data``), a
-            ``datasets.Dataset`` or re-iterable batches (the ``DataLoader`` the path was built with: the training
-            split alone), or ``{"train": ..., "test": ...}`` (``"test"`` optional). Without a test split the
-            points and the baseline have no test columns and the summary no test range.
+        data: any form :func:`hf_llpf.connect` takes (:mod:`hf_llpf.data.intake`; default: the run's
+            ``llpf_config.yaml`` ``data``): the ``DataLoader`` the path was built with is its training split alone;
+            without a test split the rows have no test column and the summary no test range.
         train_subset: number of training examples, a fixed seeded subset (``None``: the whole training set).
         batch_size: evaluation batch size.
         recalibrate_bn: also report every figure after BatchNorm recalibration (``*_recal`` columns).
