@@ -2,8 +2,9 @@
 
 The engine's recorded ``train_loss`` is a moving average of augmented mini-batch losses taken *during* the
 repair training. Here every saved point is evaluated afterwards, in eval mode and without gradients, on a
-fixed seeded subset of the training data and on the test set, and compared with straight linear interpolation
-θ(t) = (1−t)·θ_A + t·θ_B on the same data, with the same definitions (:mod:`hf_llpf.evaluation.summary`);
+fixed seeded subset of the training data and on the test set (data given without one: no test column), and
+compared with straight linear interpolation θ(t) = (1−t)·θ_A + t·θ_B on the same data, with the same
+definitions (:mod:`hf_llpf.evaluation.summary`);
 **path length** (sum of the L2 steps between consecutive points over all parameters) is reported beside the
 **straight distance** |θ_B − θ_A|, and **continuity** checks K interior points of each segment.
 

@@ -1,7 +1,8 @@
 """The fixed data of an evaluation: the same batches, in the same order, for every point (docs/evaluation.md).
 
-A path is judged on a seeded training subset, the whole test split and a smaller seeded continuity subset;
-every point and every point of the linear baseline sees exactly the same examples, so their figures compare.
+A path is judged on a seeded training subset, the whole test split (when the data have one) and a smaller seeded
+continuity subset; every point and every point of the linear baseline sees exactly the same examples, so their
+figures compare.
 """
 
 from __future__ import annotations
