@@ -34,10 +34,12 @@ its own process; the run directories go to ``.bench_cache/table/``.
 
 **Printed**: one line per cell (certified, SGD iterations and seconds to certify, the final check's maximum over
 every point and segment midpoint on all training examples, the evaluator's maximum train loss and barrier, and for
-LLPF its SGD iterations over one endpoint's and the stage that took the most iterations, with why), then the
-winners per family: the lowest full-set maximum (the worst of the evaluator's maximum over the points and, for a
-certified method, the final check's over points and midpoints; the same examples for every method) and the
-lowest cost to certify. ``--consistency``: per family and method, max-min and standard deviation of the final
+LLPF its SGD iterations over one endpoint's and the stage that took the most iterations, with why: its repair
+rounds, backtracks and share of the SGD, then what stands out), then the winners per family: the lowest full-set
+maximum (the worst of the evaluator's maximum over the points and, for a certified method, the final check's over
+points and midpoints; the same examples for every method) and the lowest cost to certify; then LLPF's cost: every
+LLPF cell above 3x one endpoint's SGD iterations or above a certified Bézier's or AutoNEB's cost to certify, with
+its heaviest stage and the cause. ``--consistency``: per family and method, max-min and standard deviation of the final
 check's maximum over the seeds, and ``docs/table-consistency-<family>.png`` (the train loss along every path).
 """
 
@@ -47,6 +49,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import os
 import statistics
 import sys
 from collections.abc import Callable, Iterable
@@ -133,39 +136,63 @@ def row_key(row: dict[str, Any]) -> tuple[str, str, int, str]:
 
 
 # ------------------------------------------------------------------------------------------ one cell
-def heaviest_stage(stages: list[dict] | None, endpoint_iters: int | None) -> dict[str, Any] | None:
+def heaviest_stage(stages: list[dict] | None, endpoint_iters: int | None,
+                   names: list[str] | None = None) -> dict[str, Any] | None:  # fmt: skip
     """The stage of an LLPF run that took the most SGD iterations, and why (from ``summary.run.stages``).
 
-    The cause names what stands out against the run's other stages: moves retried shorter (backtracks), long
-    repairs (iterations per tick above 1.5x the run's), or many ticks (most of the run's ticks); ``repair rounds``
-    are named when the records carry them. A run of one stage says so, with its ticks and iterations per tick.
+    The cause always gives the stage's repair rounds (``repair rounds not recorded`` for records of a version that
+    did not count them), its backtracks and its share of the run's SGD iterations, then what stands out against
+    the run's other stages: long repairs (iterations per tick above 1.5x the run's), or many ticks (most of the
+    run's ticks). A run of one stage says so, with its ticks and iterations per tick.
+
+    Args:
+        stages: the run's ``summary.run.stages``.
+        endpoint_iters: the SGD iterations that trained one endpoint (None: no ratio).
+        names: each M2M stage's name, by index (:func:`stage_names`; None: indices only).
     """
     stages = [s for s in stages or [] if s.get("ticks")]
     if not stages:
         return None
     top = max(stages, key=lambda s: s.get("sgd_iters") or 0)
-    total = sum(s.get("sgd_iters") or 0 for s in stages)
+    iters, total = top.get("sgd_iters") or 0, sum(s.get("sgd_iters") or 0 for s in stages)
     ticks = sum(s["ticks"] for s in stages)
-    per_tick, run_per_tick = (top.get("sgd_iters") or 0) / top["ticks"], total / ticks
-    causes = []
-    if top.get("backtracks"):
-        causes.append(f"{top['backtracks']} moves retried shorter (backtracks)")
-    if top.get("repair_rounds"):
-        causes.append(f"{top['repair_rounds']} repair rounds")
+    per_tick, run_per_tick = iters / top["ticks"], total / ticks
+    share = iters / total if total else 0.0
+    rounds = f"{top['repair_rounds']} repair rounds" if "repair_rounds" in top else "repair rounds not recorded"
+    causes = [f"{rounds}, {top.get('backtracks') or 0} backtracks, {share:.0%} of the SGD"]
     if per_tick > 1.5 * run_per_tick:
         causes.append(f"long repairs ({per_tick:.1f} SGD iterations per tick against the run's {run_per_tick:.1f})")
     if len(stages) == 1:
         causes.append(f"the run's only stage ({top['ticks']} ticks, {per_tick:.1f} SGD iterations per tick)")
     elif top["ticks"] > ticks / 2:
         causes.append(f"many ticks ({top['ticks']} of the run's {ticks})")
-    share = (top.get("sgd_iters") or 0) / total if total else 0.0
-    text = (
-        f"{top.get('phase', 'm2m')} stage {top['stage']}: {top.get('sgd_iters') or 0} of {total} SGD iterations "
-        f"({share:.0%}) in {top['ticks']} ticks, {top.get('backtracks') or 0} backtracks"
-    )
+    label = stage_label(top, names)
+    text = f"{label}: {iters} of {total} SGD iterations in {top['ticks']} ticks"  # the share is in the cause
     if endpoint_iters:
-        text += f" ({(top.get('sgd_iters') or 0) / endpoint_iters:.1f}x one endpoint's iterations)"
-    return {**top, "share": share, "cause": "; ".join(causes) or "spread over its ticks", "text": text}
+        text += f" ({iters / endpoint_iters:.1f}x one endpoint's iterations)"
+    return {**top, "share": share, "label": label, "cause": "; ".join(causes), "text": text}
+
+
+def stage_label(stage: dict[str, Any], names: list[str] | None) -> str:
+    """``m2m stage 3 (layer4)``: a stage record's phase, index and, for an M2M stage, its name when known."""
+    label = f"{stage.get('phase', 'm2m')} stage {stage['stage']}"
+    index = stage["stage"]
+    if names and stage.get("phase", "m2m") == "m2m" and 0 <= index < len(names) and names[index]:
+        label += f" ({names[index]})"
+    return label
+
+
+def stage_names(run_dir: str | Path) -> list[str] | None:
+    """Each stage's name from a run's ``layer_groups.json``: its group's name, or the dotted prefix its groups share
+    (``layer4``), or its first and last groups' (None: no readable file; ``""``: a stage of no group)."""
+    try:
+        plan = json.loads((Path(run_dir) / "layer_groups.json").read_text())
+        groups = [[g["name"] for g in s["groups"]] for s in plan["stages"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # What a stage's groups share, as layers.png labels a stage (hf_llpf.reporting.layer_plots.tensor_labels).
+    shared = [os.path.commonprefix([n.split(".") for n in names]) if len(names) > 1 else names for names in groups]
+    return [".".join(parts) or " … ".join(names[:1] + names[-1:]) for parts, names in zip(shared, groups)]
 
 
 def cell_row(family: str, method: str, seed: int, row: dict[str, Any], endpoint_iters: int | None) -> dict:
@@ -185,7 +212,8 @@ def cell_row(family: str, method: str, seed: int, row: dict[str, Any], endpoint_
     run = metrics.get("summary", {}).get("run", {})
     if method == "llpf":
         out["stages"] = run.get("stages")
-        out["heaviest_stage"] = heaviest_stage(run.get("stages"), endpoint_iters)
+        out["stage_names"] = stage_names(row["run_dir"])
+        out["heaviest_stage"] = heaviest_stage(run.get("stages"), endpoint_iters, out["stage_names"])
         cert = run.get("certification") or {}
         out["ceiling_source"] = cert.get("ceiling_rule")
     if endpoint_iters and out.get("sgd_iters"):
@@ -323,12 +351,56 @@ def _certified(row: dict) -> str:
     return "cap hit" if row.get("cap_hit") else "no"
 
 
+def _heaviest(row: dict) -> dict | None:
+    """An LLPF cell's heaviest stage, worked out again from its stage records (a cell recorded before the cause
+    named the repair rounds reads as it would now), else as recorded."""
+    if row.get("stages"):
+        return heaviest_stage(row["stages"], row.get("endpoint_iters"), row.get("stage_names"))
+    return row.get("heaviest_stage")
+
+
+def x_endpoint(row: dict) -> float | None:
+    """A cell's SGD iterations over one endpoint's (None: either unknown)."""
+    if row.get("x_endpoint") is not None:
+        return row["x_endpoint"]
+    iters, ends = row.get("sgd_iters"), row.get("endpoint_iters")
+    return iters / ends if iters is not None and ends else None
+
+
 def _stage(row: dict) -> str:
-    top = row.get("heaviest_stage")
+    top = _heaviest(row) if row.get("method") == "llpf" else None
     if not top:
         return "–"
-    over = (row.get("x_endpoint") or 0) > OVER
+    over = (x_endpoint(row) or 0) > OVER
     return f"{'**above 3x**: ' if over else ''}{top['text']}; cause: {top['cause']}"
+
+
+def costly(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per LLPF cell whose SGD iterations exceed :data:`OVER` times one endpoint's, or whose cost to certify
+    exceeds a certified Bézier's or AutoNEB's of its family and seed: by how much, then the stage that took the
+    most SGD iterations and the cause (``no stage records in the cell`` when it carries none)."""
+    lines = []
+    for r in rows:
+        why = _over(r, rows) if r.get("method") == "llpf" and r.get("status") == "ok" else []
+        if why:
+            top = _heaviest(r)
+            where = f"{top['label']}: {top['cause']}" if top else "no stage records in the cell"
+            lines.append(f"- {r['family']} seed {r['seed']}: {'; '.join(why)}. Heaviest: {where}")
+    return lines
+
+
+def _over(llpf: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """What an LLPF cell's cost is above: :data:`OVER` times one endpoint's iterations, a certified curve's."""
+    why, ratio, mine = [], x_endpoint(llpf), llpf.get("iters_to_certify")
+    if ratio is not None and ratio > OVER:
+        why.append(f"{ratio:.1f}x one endpoint's SGD iterations ({llpf['sgd_iters']:,} against "
+                   f"{llpf['endpoint_iters']:,})")  # fmt: skip
+    for c in rows:
+        same = (c.get("family"), c.get("seed")) == (llpf.get("family"), llpf.get("seed"))
+        theirs = c.get("iters_to_certify") if same and c.get("method") in CURVES and c.get("certified") else None
+        if mine and theirs and mine > theirs:
+            why.append(f"more SGD to certify than {c['method']} ({mine:,} against {theirs:,})")
+    return why
 
 
 COLUMNS: list[harness.Column] = [
@@ -375,7 +447,9 @@ def winners(rows: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    """The cells' table and, per family and seed, the winners."""
+    """The cells' table, per family and seed the winners, then every LLPF cell above :data:`OVER` times one
+    endpoint's SGD iterations or a certified curve's cost to certify, with its heaviest stage and the cause
+    (:func:`costly`)."""
     shown = [{**r, "_certified": _certified(r), "_stage": _stage(r)} for r in rows]
     text = harness.markdown_table(shown, COLUMNS)
     groups: dict[tuple[str, int], list[dict]] = {}
@@ -385,7 +459,9 @@ def render(rows: list[dict[str, Any]]) -> str:
     for (family, seed), group in groups.items():
         won = winners(group)
         lines.append(f"| {family} | {seed} | {won['max']} | {won['cost']} |")
-    return text + "\n\nWinners per family:\n\n" + "\n".join(lines)
+    flagged = costly(rows) or [f"- none above {OVER:g}x one endpoint's SGD iterations or a certified curve's cost"]
+    text += "\n\nWinners per family:\n\n" + "\n".join(lines)
+    return text + "\n\nLLPF's cost (heaviest stage and cause):\n\n" + "\n".join(flagged)
 
 
 def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -141,23 +141,65 @@ def test_winner_per_row():
 
 def test_heaviest_stage_names_the_stage_and_the_cause():
     stages = [
-        {"phase": "m2m", "stage": 0, "ticks": 10, "sgd_iters": 100, "backtracks": 0},
-        {"phase": "m2m", "stage": 1, "ticks": 5, "sgd_iters": 400, "backtracks": 3},
-        {"phase": "m2m", "stage": 2, "ticks": 0, "sgd_iters": 0, "backtracks": 0},
+        {"phase": "m2m", "stage": 0, "ticks": 10, "sgd_iters": 100, "repair_rounds": 12, "backtracks": 0},
+        {"phase": "m2m", "stage": 1, "ticks": 5, "sgd_iters": 400, "repair_rounds": 21, "backtracks": 3},
+        {"phase": "m2m", "stage": 2, "ticks": 0, "sgd_iters": 0, "repair_rounds": 0, "backtracks": 0},
     ]
-    top = table.heaviest_stage(stages, endpoint_iters=100)
+    top = table.heaviest_stage(stages, endpoint_iters=100, names=["stem", "layer4", "head"])
     assert top["stage"] == 1 and top["share"] == pytest.approx(0.8)
-    assert top["text"] == (
-        "m2m stage 1: 400 of 500 SGD iterations (80%) in 5 ticks, 3 backtracks (4.0x one endpoint's iterations)"
-    )
-    assert top["cause"] == ("3 moves retried shorter (backtracks); long repairs (80.0 SGD iterations per tick against "
-                            "the run's 33.3)")  # fmt: skip
+    assert top["text"] == "m2m stage 1 (layer4): 400 of 500 SGD iterations in 5 ticks (4.0x one endpoint's iterations)"
+    assert top["cause"] == ("21 repair rounds, 3 backtracks, 80% of the SGD; long repairs (80.0 SGD iterations per "
+                            "tick against the run's 33.3)")  # fmt: skip
     assert table.heaviest_stage([], 100) is None
     alone = table.heaviest_stage(stages[:1], endpoint_iters=None)
-    assert alone["text"] == "m2m stage 0: 100 of 100 SGD iterations (100%) in 10 ticks, 0 backtracks"
-    assert alone["cause"] == "the run's only stage (10 ticks, 10.0 SGD iterations per tick)"
+    assert alone["text"] == "m2m stage 0: 100 of 100 SGD iterations in 10 ticks"
+    assert alone["cause"] == ("12 repair rounds, 0 backtracks, 100% of the SGD; the run's only stage (10 ticks, 10.0 "
+                              "SGD iterations per tick)")  # fmt: skip
+    old = [{k: v for k, v in s.items() if k != "repair_rounds"} for s in stages]  # records of an earlier version
+    assert table.heaviest_stage(old, 100)["cause"].startswith("repair rounds not recorded, 3 backtracks, 80% of")
     row = {**_row("f", "llpf", 0, x_endpoint=5.0), "heaviest_stage": top}
-    assert table._stage(row).startswith("**above 3x**: m2m stage 1")
+    assert table._stage(row).startswith("**above 3x**: m2m stage 1 (layer4)")
+
+
+def test_stage_names_are_what_each_stages_groups_share(tmp_path):
+    groups = [["conv1"], ["layer4.0.conv1", "layer4.0.bn1", "layer4.1.conv2"], ["fc", "head.norm"], []]
+    plan = {"stages": [{"groups": [{"name": n} for n in names]} for names in groups]}
+    (tmp_path / "layer_groups.json").write_text(json.dumps(plan))
+    assert table.stage_names(tmp_path) == ["conv1", "layer4", "fc … head.norm", ""]
+    assert table.stage_names(tmp_path / "missing") is None
+
+
+def test_render_flags_every_costly_llpf_cell_with_its_stage_and_cause():
+    # Cells as table.jsonl records them: one family above 3x one endpoint's iterations, one costlier than Bézier,
+    # one within both (not flagged), one above 3x without stage records (recorded by an earlier version). The
+    # resnet18 cell has no endpoint_iters: only the comparison with Bézier can flag it.
+    stages = [
+        {"phase": "m2m", "stage": 0, "ticks": 4, "sgd_iters": 40, "repair_rounds": 4, "backtracks": 0},
+        {"phase": "m2m", "stage": 3, "ticks": 8, "sgd_iters": 600, "repair_rounds": 12, "backtracks": 4},
+    ]
+    costly = {"sgd_iters": 640, "endpoint_iters": 184, "x_endpoint": 640 / 184, "stages": stages,
+              "stage_names": ["stem", "b1", "b2", "layer4"]}  # fmt: skip
+    rows = [
+        _row("mobilenetv2", "llpf", 0, certified=True, iters_to_certify=640, **costly),
+        _row("mobilenetv2", "bezier", 0, certified=True, iters_to_certify=900),
+        _row("resnet18", "llpf", 0, certified=True, iters_to_certify=300, sgd_iters=300, stages=stages[:1]),
+        _row("resnet18", "bezier", 0, certified=True, iters_to_certify=250),
+        _row("dla", "llpf", 0, certified=True, iters_to_certify=700, sgd_iters=700, endpoint_iters=184),
+        _row("vgg11_bn", "llpf", 0, certified=True, iters_to_certify=200, sgd_iters=200, endpoint_iters=184),
+        _row("vgg11_bn", "autoneb", 0, certified=False, iters_to_certify=100),  # not certified: no comparison
+    ]
+    text = table.render(rows)
+    flagged = text.split("LLPF's cost (heaviest stage and cause):\n\n")[1].splitlines()
+    assert flagged == [
+        "- mobilenetv2 seed 0: 3.5x one endpoint's SGD iterations (640 against 184). Heaviest: m2m stage 3 (layer4): "
+        "12 repair rounds, 4 backtracks, 94% of the SGD; many ticks (8 of the run's 12)",
+        "- resnet18 seed 0: more SGD to certify than bezier (300 against 250). Heaviest: m2m stage 0: 4 repair "
+        "rounds, 0 backtracks, 100% of the SGD; the run's only stage (4 ticks, 10.0 SGD iterations per tick)",
+        "- dla seed 0: 3.8x one endpoint's SGD iterations (700 against 184). Heaviest: no stage records in the cell",
+    ]
+    assert "**above 3x**: m2m stage 3 (layer4): 600 of 640 SGD iterations" in text
+    assert table.costly(rows[5:]) == []
+    assert table.render(rows[5:]).endswith("- none above 3x one endpoint's SGD iterations or a certified curve's cost")
 
 
 def test_weight_matching_refusal_is_a_row_with_the_comparisons_reason(tmp_path):

@@ -77,15 +77,15 @@ def test_stage_records_say_where_the_work_went():
     from hf_llpf.run.records import stage_records
 
     ticks = [
-        {"tick": 1, "stage": 0, "iters": 5, "probe_loss": 0.01, "segment_loss": 0.02, "backtracks": 0},
-        {"tick": 2, "stage": 0, "iters": 7, "probe_loss": 0.03, "segment_loss": 0.01, "backtracks": 2},
+        {"tick": 1, "stage": 0, "iters": 5, "repair_rounds": 1, "probe_loss": 0.01, "segment_loss": 0.02},
+        {"tick": 2, "stage": 0, "iters": 7, "repair_rounds": 4, "probe_loss": 0.03, "backtracks": 2},
         {"tick": 3, "stage": 1, "iters": 0, "probe_loss": 0.02, "segment_loss": None, "backtracks": 2},
         {"tick": 4, "stage": 1, "iters": 9, "probe_loss": float("nan"), "backtracks": 3},
         {"tick": 5, "stage": -1, "iters": 4, "phase": "m2o", "backtracks": 1},  # a phase counting from zero
     ]
     m2m0, m2m1, m2o = stage_records(ticks)
     assert m2m0 == {"phase": "m2m", "stage": 0, "first_tick": 1, "last_tick": 2, "ticks": 2, "sgd_iters": 12,
-                    "backtracks": 2, "max_probe_loss": 0.03, "max_segment_loss": 0.02}  # fmt: skip
-    assert (m2m1["ticks"], m2m1["sgd_iters"], m2m1["backtracks"]) == (2, 9, 1)
+                    "repair_rounds": 5, "backtracks": 2, "max_probe_loss": 0.03, "max_segment_loss": 0.02}  # fmt: skip
+    assert (m2m1["ticks"], m2m1["sgd_iters"], m2m1["repair_rounds"], m2m1["backtracks"]) == (2, 9, 0, 1)
     assert m2m1["max_probe_loss"] != m2m1["max_probe_loss"]  # a NaN probe is the worst, never hidden
     assert (m2o["phase"], m2o["backtracks"], m2o["max_probe_loss"]) == ("m2o", 1, None)

@@ -269,7 +269,7 @@ class M2M(Method):
 
     def _tick(self) -> torch.Tensor:
         st, cfg = self.state, self.config
-        iters_before = self.trainer.iterations
+        iters_before, rounds_before = self.trainer.iterations, self.trainer.rounds
         loss, verdict = self.certified_tick(
             self._attempt, self._recorrect, name="m2m", advice=Advice(resumable=("step_a", "step_r", "step_f"))
         )
@@ -285,7 +285,8 @@ class M2M(Method):
             started = sum(s <= st.tick for s in self.start_ticks)
             boundary = started > st.active
             st.active = max(st.active, started)
-        self._record_tick(loss, self.trainer.iterations - iters_before, dist, verdict)
+        rounds = self.trainer.rounds - rounds_before
+        self._record_tick(loss, self.trainer.iterations - iters_before, dist, verdict, rounds=rounds)
         if boundary or st.tick % cfg.save_every == 0:
             self._record_point(st.tick, loss, dist, boundary=boundary, verdict=verdict)
         if self.trainer.distributed and st.tick % cfg.sync_check_every == 0:
@@ -350,7 +351,9 @@ class M2M(Method):
                 raise RuntimeError(f"internal error: the last point differs from θ_B at {k!r}")
 
     # -------------------------------------------------------------------------------------- bookkeeping
-    def _record_tick(self, loss: float, iters: int, dist: torch.Tensor, verdict: Verdict | None = None) -> None:
+    def _record_tick(
+        self, loss: float, iters: int, dist: torch.Tensor, verdict: Verdict | None = None, *, rounds: int = 0
+    ) -> None:
         st = self.state
         t = time.perf_counter()
         row = TickRecord(
@@ -365,6 +368,7 @@ class M2M(Method):
             segment_loss=verdict.segment if verdict else None,
             step_scale=st.step_scale if verdict else None,
             backtracks=st.backtracks if verdict else None,
+            repair_rounds=rounds,
         )
         st.ticks.append(row.row())
         if self.on_tick is not None:

@@ -227,18 +227,27 @@ class M2O(Method):
 
     def _tick(self) -> float:
         st = self.state
-        iters_before = self.trainer.iterations
+        iters_before, rounds_before = self.trainer.iterations, self.trainer.rounds
         advice = Advice(new_run=("m2o.step_a",))  # a nested setting: --resume refuses a change of `m2o`
         loss, verdict = self.certified_tick(self._attempt, lambda: None, name=self.phase, advice=advice)
         st.reached = self._reached_now
         st.tick += 1
         self.note_uncertified(verdict, tick=st.tick, stage=-1, phase=self.phase)
-        self._record(st.tick, loss, verdict=verdict, iters=self.trainer.iterations - iters_before)
+        self._record(st.tick, loss, verdict=verdict, iters=self.trainer.iterations - iters_before,
+                     rounds=self.trainer.rounds - rounds_before)  # fmt: skip
         if st.tick % self.config.checkpoint_every == 0:
             self._checkpoint()
         return loss
 
-    def _record(self, tick: int, loss: float, *, verdict: Verdict | None = None, iters: int | None = None) -> None:
+    def _record(
+        self,
+        tick: int,
+        loss: float,
+        *,
+        verdict: Verdict | None = None,
+        iters: int | None = None,
+        rounds: int | None = None,
+    ) -> None:
         """The tick's row, and a point every ``save_every`` ticks, at the start and at the end."""
         st = self.state
         probe = verdict.point if verdict else None
@@ -247,7 +256,7 @@ class M2O(Method):
         segment = verdict.segment if verdict else None
         row = TickRecord(tick, -1, loss, iters, self.trainer.iterations, phase=self.phase, probe_loss=probe,
                          segment_loss=segment, step_scale=st.step_scale if verdict else None,
-                         backtracks=st.backtracks if verdict else None)  # fmt: skip
+                         backtracks=st.backtracks if verdict else None, repair_rounds=rounds)  # fmt: skip
         st.ticks.append(row.row())
         if tick % self.config.save_every == 0 or self.done():
             self._save_point(tick, loss, probe, segment)

@@ -112,6 +112,7 @@ class RepairTrainer:
             train_data.shard_index = self.accelerator.process_index
         self._group_of = {id(p): i for i, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
         self.iterations = 0  # over the whole run
+        self.rounds = 0  # calls of :meth:`repair` over the whole run: a tick's repair rounds (bookkeeping only)
 
     def repair(self, iters: int | None = None) -> tuple[float, int]:
         """Run one tick's minimal training; returns (mean of the last ``min_iters`` losses, iterations).
@@ -138,6 +139,7 @@ class RepairTrainer:
             if i >= self.min_iters and sum(window) / len(window) <= threshold:
                 break
         self.iterations += i
+        self.rounds += 1
         if self.sharded:
             self._share_buffers()
         return sum(window) / len(window), i
@@ -173,8 +175,8 @@ class RepairTrainer:
         self.optimizer.state.clear()
 
     def state_dict(self) -> dict:
-        """Optimizer state, iteration count and (for a SeededLoader) the data position."""
-        state = {"optimizer": self.optimizer.state_dict(), "iterations": self.iterations}
+        """Optimizer state, iteration and round counts and (for a SeededLoader) the data position."""
+        state = {"optimizer": self.optimizer.state_dict(), "iterations": self.iterations, "rounds": self.rounds}
         if isinstance(self.train_data, SeededLoader):
             state["data"] = self.train_data.state_dict()
         return state
@@ -183,6 +185,7 @@ class RepairTrainer:
         """Restore :meth:`state_dict` output (the batch stream continues from the saved position)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.iterations = int(state["iterations"])
+        self.rounds = int(state.get("rounds", 0))  # a checkpoint of an earlier version did not count them
         if "data" in state and isinstance(self.train_data, SeededLoader):
             self.train_data.load_state_dict(state["data"])
             self.stream = batch_stream(self.train_data)

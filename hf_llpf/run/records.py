@@ -52,10 +52,13 @@ class TickRecord:
     segment_loss: float | None = None
     step_scale: float | None = None  # the step factor the kept move was made with (certified runs only)
     backtracks: int | None = None  # moves retried shorter so far in the run (certified runs only)
+    # The repair trainer's SGD bursts in this tick, rolled-back attempts included: under a ceiling the certifier's
+    # rounds between probes, without one a burst per attempt (None: the tick trains nothing, as a straight line).
+    repair_rounds: int | None = None
 
     def row(self) -> dict[str, Any]:
         """As stored in ``path_metrics.json``'s ``ticks`` (optional columns only when set)."""
-        optional = ("phase", "probe_loss", "segment_loss", "step_scale")
+        optional = ("phase", "probe_loss", "segment_loss", "step_scale", "repair_rounds")
         return {k: v for k, v in asdict(self).items() if not (k in optional and v is None)}
 
 
@@ -64,8 +67,8 @@ POINT_COLUMNS = tuple(f.name for f in fields(PointRecord))
 
 def stage_records(ticks: list[dict]) -> list[dict[str, Any]]:
     """Where a path's work went, one record per stage of each phase (``summary.run.stages``): its ticks, the
-    SGD iterations of their repairs, the moves retried shorter, and the worst probe losses of its kept points and
-    segments (``None`` when nothing was probed).
+    SGD iterations of their repairs and the repair rounds they came in, the moves retried shorter, and the worst
+    probe losses of its kept points and segments (``None`` when nothing was probed).
 
     Args:
         ticks: the tick rows of ``path_metrics.json`` (:class:`TickRecord`), in order.
@@ -75,11 +78,12 @@ def stage_records(ticks: list[dict]) -> list[dict[str, Any]]:
     for row in ticks:
         key = (row.get("phase") or "m2m", row["stage"])
         rec = records.setdefault(key, {"phase": key[0], "stage": key[1], "first_tick": row["tick"], "ticks": 0,
-                                       "sgd_iters": 0, "backtracks": 0, "max_probe_loss": None,
+                                       "sgd_iters": 0, "repair_rounds": 0, "backtracks": 0, "max_probe_loss": None,
                                        "max_segment_loss": None})  # fmt: skip
         rec["ticks"] += 1
         rec["last_tick"] = row["tick"]
         rec["sgd_iters"] += row.get("iters") or 0
+        rec["repair_rounds"] += row.get("repair_rounds") or 0  # absent in rows of an earlier version: 0
         if row.get("backtracks") is not None:  # a phase of its own (cross-sphere) counts from zero again
             count = row["backtracks"]
             rec["backtracks"] += count - before if count >= before else count
