@@ -21,7 +21,7 @@ training are shrunk for the CPU.
 Each family runs in its own process (peak RSS per family). Rows are appended to
 ``benchmarks/results/families.jsonl``; the table (``benchmarks/results/families.md`` and ``docs/benchmarks.md``
 between its ``<!-- families:start -->``/``<!-- families:end -->`` markers) shows the latest M2M row of each family
-measured with one thread. ``tests/test_families.py`` runs :func:`run_family` itself and asserts on the row.
+measured with one thread. ``tests/end_to_end/test_families.py`` runs :func:`run_family` itself and asserts on the row.
 """
 
 from __future__ import annotations

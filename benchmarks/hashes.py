@@ -6,7 +6,7 @@
 
 The runs: ``demo`` (what ``make demo`` does: ``hf-llpf demo``, endpoints trained afresh, the default connect on
 the built-in digits) and, per family (default: lenet5 and gpt2, the cheapest image and language families of the
-families benchmark, at its settings, the ones ``tests/test_families.py`` runs), ``m2m``, ``m2o`` (endpoint A
+families benchmark, at its settings, the ones ``tests/end_to_end/test_families.py`` runs), ``m2m``, ``m2o`` (endpoint A
 walked to the origin) and ``cross-sphere`` (M2O then M2M, forced). Each run is a fresh process with
 ``--threads`` torch threads (default 1). Per saved point the hash covers its tensors (every name, dtype, shape and
 value, in name order: the files' headers and metadata are not part of it); the hash of the files' bytes is

@@ -62,10 +62,9 @@ def small_cnn_pair(trained_endpoint):
 def quick_certified_run(small_cnn_pair, tmp_path_factory):
     """``(Path, run_dir)``: the small_cnn pair connected from the CLI on digits with ``test_certify.QUICK`` under the
     automatic ceiling (exact route, final check). Shared by the certificate tests: read-only (copy it to change it)."""
-    from test_certify import QUICK
-
     import hf_llpf
     from hf_llpf.cli import main
+    from tests.algorithms.test_certify import QUICK
 
     run_dir = tmp_path_factory.mktemp("quick_certified") / "run"
     overrides = [f"{k}={v}" for k, v in QUICK.items()]

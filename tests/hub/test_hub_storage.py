@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_certify import QUICK
 from test_hub import TOKEN, olah  # noqa: F401 - the olah server fixture
 
 import hf_llpf
+from tests.algorithms.test_certify import QUICK
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.hub
 
-SCRIPT = Path(__file__).with_name("hub_storage_round_trip.py")
+SCRIPT = Path(__file__).parents[1] / "hub_storage_round_trip.py"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def published(olah, small_cnn_pair, digits, tmp_path_factory):  # noqa: F811
         (base / "cfg.json").write_text(json.dumps(cfg))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "TRANSFORMERS_"))}
         env.update(LLPF_TEST_TOKEN=TOKEN, HF_ENDPOINT=url, HF_HOME=str(base / "hf_home"), HF_HUB_DISABLE_XET="1")
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")])
         proc = subprocess.run([sys.executable, str(SCRIPT), str(base / "cfg.json")], env=env, capture_output=True,
                               text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

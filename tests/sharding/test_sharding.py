@@ -345,10 +345,13 @@ def two_processes(tmp_path_factory) -> list[dict]:
     The two processes are started directly (no launcher process importing torch first); each imports this file.
     """
     root = tmp_path_factory.mktemp("sharding")
-    tests = os.path.dirname(os.path.abspath(__file__))
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([os.path.dirname(tests), tests])}
     port = _free_port()
-    script = "import sys; from test_sharding import _worker; _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])"
+    script = (
+        "import sys; from tests.sharding.test_sharding import _worker; "
+        "_worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])"
+    )
     logs = [open(root / f"rank{r}.log", "w") for r in range(2)]  # files, not pipes: neither process can block
     procs = [
         subprocess.Popen(

@@ -35,7 +35,7 @@ CEILING = {"gpt2": None, "cnn": 0.3}  # the CNN's: generous, so that eight ticks
 # differ only in how the gradients are averaged (FSDP2's reduce-scatter against DDP's all-reduce) and in the order
 # the per-shard sums of the moves and corrections are added: float32 roundings (docs/distributed.md).
 REL_TOL = 1e-5
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _worker(root: Path) -> None:

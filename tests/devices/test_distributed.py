@@ -143,15 +143,14 @@ def _connect_in_two(name: str, *, exist: str) -> None:
 
 # The workers are imported from this file in fresh interpreters: the repository root (for ``tests.``) and
 # tests/ (for ``conftest``), as pytest's pythonpath setting gives this process.
-_TEST_PATH = os.pathsep.join(
-    [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(os.path.abspath(__file__))]
-)
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TEST_PATH = os.pathsep.join([os.path.dirname(_TESTS), _TESTS])
 
 
 def _launch(worker: str, root, *, expect_failure: bool = False) -> None:
     # A fresh interpreter: processes forked from pytest would inherit its single-process Accelerate state.
     script = (
-        f"from accelerate import debug_launcher; from tests.test_distributed import {worker}; "
+        f"from accelerate import debug_launcher; from tests.devices.test_distributed import {worker}; "
         f"debug_launcher({worker}, num_processes=2)"
     )
     env = {**os.environ, "HF_LLPF_TEST_ROOT": str(root), "OMP_NUM_THREADS": "1", "PYTHONPATH": _TEST_PATH}
@@ -161,7 +160,7 @@ def _launch(worker: str, root, *, expect_failure: bool = False) -> None:
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=os.path.dirname(_TESTS),
     )
     if expect_failure:
         assert result.returncode != 0 and "simulated interruption" in result.stderr, result.stderr[-3000:]

@@ -6,7 +6,6 @@ import pytest
 import safetensors
 import torch
 from conftest import state_equal
-from test_certify import QUICK, own_probe_loss, probe_examples
 from tiny_models import tiny_bert, tiny_gpt2
 
 import hf_llpf
@@ -16,6 +15,7 @@ from hf_llpf.models.endpoints import as_endpoint, create_model, load_endpoint, s
 from hf_llpf.models.weights import INDEX_NAME, WEIGHTS_NAME, read_weights, stored_dtype, weight_files
 from hf_llpf.run import RunWriter, read_metrics
 from hf_llpf.run.storage import PointStorage, round_to_storage
+from tests.algorithms.test_certify import QUICK, own_probe_loss, probe_examples
 
 torch.set_num_threads(1)
 

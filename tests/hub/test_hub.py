@@ -41,7 +41,7 @@ from hf_llpf.run import RunPath as LLPFPath
 
 torch.set_num_threads(1)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 OLAH_CLI = REPO_ROOT / ".olah" / "bin" / "olah-cli"
 TOKEN = "hf_standinSECRETtoken0123456789abcdef"
 
@@ -216,7 +216,7 @@ def test_cli_export_and_push_errors(runs, tmp_path, capsys):
 # Hub tests: olah (reads) + the stand-in (writes), one subprocess (hub_round_trip.py) with its own Hub environment
 # ----------------------------------------------------------------------------------------------------------------
 
-ROUND_TRIP = Path(__file__).with_name("hub_round_trip.py")  # every Hub step, run as its own program
+ROUND_TRIP = Path(__file__).parents[1] / "hub_round_trip.py"  # every Hub step, run as its own program
 
 
 def _free_port() -> int:
@@ -297,7 +297,7 @@ def hub_round_trip(olah, tmp_path_factory):
         standin.fail_commits.add("llpf/timm-path")  # the first push of the timm path fails midway
         standin.fail_commit_at["llpf/resume-path"] = 3  # a push in batches, killed at its third commit
         cfg = {
-            "tests": str(Path(__file__).parent),
+            "tests": str(Path(__file__).parents[1]),
             "standin": standin.url,
             "endpoint_specs": specs,
             "timm_run": str(timm_run),
