@@ -45,6 +45,23 @@ def batch_stream(train_data: Any) -> Iterator[Any]:
             raise DataMismatchError("the training data yielded no batch")
 
 
+def resumed_stream(train_data: Any, drawn: int) -> Iterator[Any]:
+    """The endless batches of the caller's own data (not a SeededLoader) after the first ``drawn`` were taken.
+
+    The skipped batches are read and dropped, one pass's worth at most where the data has a length; a resume
+    then trains on the batches an uninterrupted run would, as long as each pass yields them in the same order
+    (a list, a DataLoader without shuffling; a shuffling DataLoader draws a new order anyway).
+    """
+    try:
+        per_pass = len(train_data)
+    except TypeError:  # an iterable without a length (an IterableDataset's loader): skip every batch drawn
+        per_pass = 0
+    stream = batch_stream(train_data)
+    for _ in range(drawn % per_pass if per_pass > 0 else drawn):
+        next(stream)
+    return stream
+
+
 class RepairTrainer:
     """The minimal training of each tick (the paper's repair step; docs/algorithm.md).
 
@@ -112,6 +129,7 @@ class RepairTrainer:
             train_data.shard_index = self.accelerator.process_index
         self._group_of = {id(p): i for i, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
         self.iterations = 0  # over the whole run
+        self.drawn = 0  # batches taken from the stream: where a resume continues the caller's own batches
         self.rounds = 0  # calls of :meth:`repair` over the whole run: a tick's repair rounds (bookkeeping only)
 
     def repair(self, iters: int | None = None) -> tuple[float, int]:
@@ -126,6 +144,7 @@ class RepairTrainer:
         limit, threshold = (self.max_iters, self.loss_threshold) if iters is None else (iters, -math.inf)
         for i in range(1, limit + 1):
             batch = move_batch(next(self.stream), device)
+            self.drawn += 1
             loss = self.loss_fn(self.model, batch)
             self.optimizer.zero_grad(set_to_none=True)
             self.accelerator.backward(loss)
@@ -175,10 +194,13 @@ class RepairTrainer:
         self.optimizer.state.clear()
 
     def state_dict(self) -> dict:
-        """Optimizer state, iteration and round counts and (for a SeededLoader) the data position."""
+        """Optimizer state, iteration and round counts and the data position (a SeededLoader's own state, or the
+        batches drawn from any other data)."""
         state = {"optimizer": self.optimizer.state_dict(), "iterations": self.iterations, "rounds": self.rounds}
         if isinstance(self.train_data, SeededLoader):
             state["data"] = self.train_data.state_dict()
+        else:
+            state["drawn"] = self.drawn
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -189,3 +211,6 @@ class RepairTrainer:
         if "data" in state and isinstance(self.train_data, SeededLoader):
             self.train_data.load_state_dict(state["data"])
             self.stream = batch_stream(self.train_data)
+        elif "drawn" in state and not isinstance(self.train_data, SeededLoader):
+            self.drawn = int(state["drawn"])
+            self.stream = resumed_stream(self.train_data, self.drawn)

@@ -77,3 +77,22 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_the_same_stage_records(who
     assert len(resumed) == len(whole)
     for i in range(len(whole)):
         assert state_equal(resumed.state_dict_at(i), whole.state_dict_at(i)), i
+
+
+def test_a_run_on_a_plain_list_of_batches_resumes_bit_for_bit(mlp_pair, digits, tmp_path, monkeypatch):
+    """The caller's own batches (not a SeededLoader) continue where the killed run left them: a resume draws the
+    batches an uninterrupted run would, across passes over the list."""
+    a, b = mlp_pair
+    images, labels = digits.train_tensors.images, digits.train_tensors.labels
+    x = (images.float() / 255.0 - 0.5) / 0.5
+    batches = [(x[i : i + 64], labels[i : i + 64]) for i in range(0, 64 * 5, 64)]  # 5 batches: many passes
+    whole = hf_llpf.connect(a, b, batches, config=CERTIFIED, run_dir=tmp_path / "whole", progress=False)
+    run = tmp_path / "killed"
+    assert connect_killed_after(2, monkeypatch, a, b, batches, config=CERTIFIED, run_dir=run, progress=False) == 2
+    assert sum(r["iters"] for r in read_metrics(run)["ticks"]) % len(batches)  # killed in the middle of a pass
+    resumed = hf_llpf.connect(a, b, batches, config=CERTIFIED, run_dir=run, exist="resume", progress=False)
+    assert read_metrics(resumed.root)["ticks"] == read_metrics(whole.root)["ticks"]
+    assert whole.summary["run"]["sgd_iters"] > 5  # the stream went round the list more than once
+    assert len(resumed) == len(whole)
+    for i in range(len(whole)):
+        assert state_equal(resumed.state_dict_at(i), whole.state_dict_at(i)), i
