@@ -26,6 +26,7 @@ from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import curve_method, method_class
 from hf_llpf.algorithms.repair import RepairTrainer
 from hf_llpf.algorithms.sharded import ShardedM2M, check_sharding
+from hf_llpf.algorithms.sharded_rows import RowsEndpoint
 from hf_llpf.algorithms.spheres import choose_method
 from hf_llpf.baselines.build import connect_curve, with_method
 from hf_llpf.batches import LossFn
@@ -229,8 +230,10 @@ def _run_and_record(
     release = getattr(runner, "release", None)
     if release is not None:  # the walk's optimizer state, gradients and snapshots are dead from here on
         release()
+    by_rows = isinstance(ea, RowsEndpoint)  # θ_A's parameters are on meta: the check runs in the sharded model
+    work = runner.model if by_rows else final_check_model(runner, config, ea.model if own_a else None)
     close_the_loop(certifier, RunPath(run_dir, template=template), ea.model, runner.state, accelerator=accelerator,
-                   work=final_check_model(runner, config, ea.model if own_a else None))  # fmt: skip
+                   work=work, by_rows=by_rows)  # fmt: skip
     summary = _summary(runner, method, prepared, elapsed=time.perf_counter() - start)
     summary["run"]["launch"] = describe_launch(accelerator, sharding=config.sharding)
     summary["run"].update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
@@ -284,12 +287,15 @@ def close_the_loop(
     *,
     accelerator: Any,
     work: nn.Module | None = None,
+    by_rows: bool = False,
 ) -> None:
     """On the exact route, the final check (:func:`~hf_llpf.algorithms.final_check.final_check`): every saved
     point and segment midpoint evaluated on all the training examples; its figures go into the certifier's record,
     the points' rows (``full_loss``, ``full_segment_loss``) and the timing (``probe_final``). On every route, each
     point's sha256 and where the figures were computed (what ``hf-llpf verify`` checks). ``work``: a module the
-    check may evaluate in (the finished walk's working model) instead of a copy of ``model``."""
+    check may evaluate in (the finished walk's working model) instead of a copy of ``model``; ``by_rows``: ``work``
+    is sharded, each process reads only its rows of each point (:func:`~hf_llpf.algorithms.final_check.final_check`).
+    """
     if not certifier.enabled:
         return
     certifier.recorded = {"point_sha256": point_hashes(path), "environment": environment(model, accelerator.device)}
@@ -298,7 +304,8 @@ def close_the_loop(
     # Several processes average every pass, so all must make the same passes: none reuses its own run's values
     # (BatchNorm statistics are per process, and the points on disk are the main process's).
     certifier.reuse = accelerator.num_processes == 1
-    final = certifier.final = final_check(certifier, path, model, device=accelerator.device, work=work)
+    final = certifier.final = final_check(certifier, path, model, device=accelerator.device, work=work,
+                                          by_rows=by_rows)  # fmt: skip
     if len(state.points) == final["points"]:
         record_final(state.points, final)
     state.timing["probe_final"] = state.timing.get("probe_final", 0.0) + final["seconds"]
@@ -339,7 +346,7 @@ def _resume_history(run_dir: str | os.PathLike, changed: dict | None) -> list[di
 def _describe_run(writer, ea, eb, plan, config, method, command, *, new: bool) -> None:
     """``llpf_config.yaml`` (the settings in force), and for a new run ``endpoints.json`` and ``layer_groups.json``."""
     writer.write_yaml(CONFIG_YAML, to_yaml(config))
-    if not new:
+    if not new or writer.root is None:  # (another process than the main one: nothing written, no hash to take)
         return
     endpoints = {"A": ea.describe(), "B": eb.describe(), "command": command, "hf_llpf_version": __version__}
     writer.write_json(ENDPOINTS_JSON, {**endpoints, "method": method})

@@ -22,7 +22,13 @@ SEGMENT_POSITION = 0.5  # the position of each segment that decisions and the fi
 
 @torch.no_grad()
 def final_check(
-    certifier: Any, path: Any, model: nn.Module, *, device: Any = None, work: nn.Module | None = None
+    certifier: Any,
+    path: Any,
+    model: nn.Module,
+    *,
+    device: Any = None,
+    work: nn.Module | None = None,
+    by_rows: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every point of ``path`` and each segment's midpoint on all of ``certifier``'s training examples.
 
@@ -37,6 +43,9 @@ def final_check(
             ``model`` itself): evaluated in instead of a copy of ``model``, so the check holds no model of its own.
             Its parameters and buffers are first set to ``model``'s, so it computes what the copy would; it ends
             holding the last point.
+        by_rows: ``work`` is sharded by FSDP2 (a sharded run reading by rows): each process reads only its rows of
+            each point (:func:`hf_llpf.algorithms.sharded_rows.point_rows`) into it, every process probing in
+            lockstep; ``work`` is used as it is.
 
     Returns:
         ``{"examples", "points", "segments", "max", "point_losses", "segment_losses", "examples_run", "reused",
@@ -45,22 +54,25 @@ def final_check(
     """
     start, probe = time.perf_counter(), certifier.probe
     before, calls = probe.examples_run, probe.calls
-    work = copy.deepcopy(model) if work is None else work if work is model else set_like(work, model)
+    if not by_rows:
+        work = copy.deepcopy(model) if work is None else work if work is model else set_like(work, model)
     work.eval()
     device = device if device is not None else next(work.parameters()).device
-    work.to(device)
+    if not by_rows:
+        work.to(device)
+    read, load, load_mid = _point_access(path, work, device, by_rows=by_rows)
     points: list[float] = []
     segments: list[float] = []
     previous = None
     for i in range(len(path)):
-        state = {k: v.to(device) for k, v in path.state_dict_at(i).items()}
-        work.load_state_dict(state, strict=False)
+        state = read(i)
+        load(state)
         points.append(_loss(certifier, work))
         if previous is not None:
             # As the run's segment check interpolates: floating tensors (BatchNorm statistics included) averaged,
             # in the same order of operations; integer buffers keep the later point's values. One tensor at a
             # time, into the model's own tensors, as load_state_dict copies: no midpoint state is held whole.
-            load_midpoint(work, state, previous)
+            load_mid(state, previous)
             segments.append(_loss(certifier, work))
         previous = state if certifier.config.certify_segments else None  # only a segment needs the point before
         del state
@@ -77,6 +89,26 @@ def final_check(
         "seconds": round(time.perf_counter() - start, 4),
         "above": above,
     }
+
+
+def _point_access(path: Any, work: nn.Module, device: Any, *, by_rows: bool) -> tuple:
+    """How the check reads point ``i``, loads it into ``work`` and loads a segment's midpoint: whole points through
+    ``load_state_dict``, or (``by_rows``) this process's rows of each into the sharded ``work``."""
+    if by_rows:
+        from hf_llpf.algorithms.sharded_rows import load_rows, point_rows
+
+        def mid_rows(here: dict, there: dict) -> None:
+            load_rows(work, {k: midpoint(v, there[k]) for k, v in here.items()})
+
+        return (lambda i: point_rows(path, i, work)), (lambda state: load_rows(work, state)), mid_rows
+
+    def read(i: int) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in path.state_dict_at(i).items()}
+
+    def load(state: dict) -> None:
+        work.load_state_dict(state, strict=False)
+
+    return read, load, (lambda here, there: load_midpoint(work, here, there))
 
 
 def set_like(work: nn.Module, model: nn.Module) -> nn.Module:
