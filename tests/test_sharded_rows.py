@@ -14,7 +14,7 @@ import safetensors.torch
 import torch
 
 from hf_llpf.algorithms.sharded_rows import RowsEndpoint, check_headers, load_structure, reads_by_rows
-from hf_llpf.errors import EndpointMismatchError
+from hf_llpf.errors import EndpointMismatchError, OfflineError
 from hf_llpf.models.endpoints import load_endpoint, save_model
 from hf_llpf.run.storage import point_bytes
 
@@ -117,3 +117,27 @@ def test_a_non_finite_value_in_a_process_rows_is_refused(gpt2_folder, tmp_path):
     assert f"REFUSED endpoint B ({bad}): 2 non-finite value(s) (NaN or inf); an endpoint must hold finite" in (
         done.stdout
     ), done.stdout
+
+
+def test_a_hub_id_is_read_from_its_snapshot_as_the_whole_load_reads_it(gpt2_folder, tmp_path, monkeypatch):
+    """A Hub id (here from an offline cache of the test's own, laid out as huggingface_hub keeps it): the structure
+    names the repo as from_pretrained records it, its commit, and reads the snapshot's weights only inside the repo's
+    folder."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--rowstest--gpt2"
+    snapshot = repo / "snapshots" / sha
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    for f in gpt2_folder.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    whole, rows = load_endpoint("rowstest/gpt2"), load_structure("rowstest/gpt2")
+    assert isinstance(rows, RowsEndpoint)
+    assert (rows.location, rows.allowed_root, rows.revision) == (snapshot, repo, sha)
+    assert rows.arch == whole.arch and rows.arch["_name_or_path"] == "rowstest/gpt2"
+    assert rows.describe() == whole.describe()
+    with pytest.raises(OfflineError, match="rowstest/absent"):  # not in the cache, offline: the whole-load route's
+        load_structure("rowstest/absent")
