@@ -230,10 +230,8 @@ def _run_and_record(
     release = getattr(runner, "release", None)
     if release is not None:  # the walk's optimizer state, gradients and snapshots are dead from here on
         release()
-    by_rows = isinstance(ea, RowsEndpoint)  # θ_A's parameters are on meta: the check runs in the sharded model
-    work = runner.model if by_rows else final_check_model(runner, config, ea.model if own_a else None)
     close_the_loop(certifier, RunPath(run_dir, template=template), ea.model, runner.state, accelerator=accelerator,
-                   work=work, by_rows=by_rows)  # fmt: skip
+                   work=final_check_model(runner, config, ea.model if own_a else None, rows=ea))  # fmt: skip
     summary = _summary(runner, method, prepared, elapsed=time.perf_counter() - start)
     summary["run"]["launch"] = describe_launch(accelerator, sharding=config.sharding)
     summary["run"].update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
@@ -269,11 +267,17 @@ def _open_stretches(run_dir, ckpt: dict | None, runner: Any, certifier: Certifie
     return stretches
 
 
-def final_check_model(runner: Any, config: ConnectConfig, own_a: nn.Module | None = None) -> nn.Module | None:
+def final_check_model(
+    runner: Any, config: ConnectConfig, own_a: nn.Module | None = None, *, rows: Any = None
+) -> nn.Module | None:
     """A model the final check may evaluate in instead of a copy of θ_A: the finished walk's working model, where
     it is a plain module that computes as a copy of θ_A would, else ``own_a`` (θ_A as the run loaded it itself, which
     nothing reads after the check), else ``None`` (a copy). Not the working model when FSDP2 shards it, when the
-    Accelerator wrapped its forward for mixed precision, or for a method without one working model (cross-sphere)."""
+    Accelerator wrapped its forward for mixed precision, or for a method without one working model (cross-sphere);
+    except where θ_A (``rows``) was read by rows: the sharded working model, each process then reading its rows of
+    each point (θ_A's parameters are on the meta device)."""
+    if isinstance(rows, RowsEndpoint):
+        return runner.model
     if config.sharding != "none" or config.mixed_precision != "no" or not isinstance(runner, Method):
         return own_a
     return runner.model
@@ -287,15 +291,12 @@ def close_the_loop(
     *,
     accelerator: Any,
     work: nn.Module | None = None,
-    by_rows: bool = False,
 ) -> None:
     """On the exact route, the final check (:func:`~hf_llpf.algorithms.final_check.final_check`): every saved
     point and segment midpoint evaluated on all the training examples; its figures go into the certifier's record,
     the points' rows (``full_loss``, ``full_segment_loss``) and the timing (``probe_final``). On every route, each
     point's sha256 and where the figures were computed (what ``hf-llpf verify`` checks). ``work``: a module the
-    check may evaluate in (the finished walk's working model) instead of a copy of ``model``; ``by_rows``: ``work``
-    is sharded, each process reads only its rows of each point (:func:`~hf_llpf.algorithms.final_check.final_check`).
-    """
+    check may evaluate in (the finished walk's working model) instead of a copy of ``model``."""
     if not certifier.enabled:
         return
     certifier.recorded = {"point_sha256": point_hashes(path), "environment": environment(model, accelerator.device)}
@@ -304,8 +305,7 @@ def close_the_loop(
     # Several processes average every pass, so all must make the same passes: none reuses its own run's values
     # (BatchNorm statistics are per process, and the points on disk are the main process's).
     certifier.reuse = accelerator.num_processes == 1
-    final = certifier.final = final_check(certifier, path, model, device=accelerator.device, work=work,
-                                          by_rows=by_rows)  # fmt: skip
+    final = certifier.final = final_check(certifier, path, model, device=accelerator.device, work=work)
     if len(state.points) == final["points"]:
         record_final(state.points, final)
     state.timing["probe_final"] = state.timing.get("probe_final", 0.0) + final["seconds"]

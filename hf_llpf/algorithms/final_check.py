@@ -28,7 +28,6 @@ def final_check(
     *,
     device: Any = None,
     work: nn.Module | None = None,
-    by_rows: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every point of ``path`` and each segment's midpoint on all of ``certifier``'s training examples.
 
@@ -36,16 +35,14 @@ def final_check(
         certifier: the run's :class:`~hf_llpf.algorithms.certify.Certifier` (exact route: its probe holds every
             training example).
         path: the run's :class:`~hf_llpf.run.RunPath` (the points as written).
-        model: a module of the path's architecture (copied unless ``work`` is given; unchanged unless it is
-            ``work``).
+        model: a module of the path's architecture (copied unless ``work`` is given; unchanged unless it is that).
         device: where the copy runs (the training device, where the examples are; default: ``model``'s).
         work: a module of the same architecture that nothing needs any more (the walk's working model, or
             ``model`` itself): evaluated in instead of a copy of ``model``, so the check holds no model of its own.
             Its parameters and buffers are first set to ``model``'s, so it computes what the copy would; it ends
             holding the last point.
-        by_rows: ``work`` is sharded by FSDP2 (a sharded run reading by rows): each process reads only its rows of
-            each point (:func:`hf_llpf.algorithms.sharded_rows.point_rows`) into it, every process probing in
-            lockstep; ``work`` is used as it is.
+            Sharded by FSDP2 (a sharded run reading by rows), it is used as it is: each process reads only its rows
+            of each point into it (:func:`~hf_llpf.algorithms.sharded_rows.point_rows`).
 
     Returns:
         ``{"examples", "points", "segments", "max", "point_losses", "segment_losses", "examples_run", "reused",
@@ -54,19 +51,15 @@ def final_check(
     """
     start, probe = time.perf_counter(), certifier.probe
     before, calls = probe.examples_run, probe.calls
+    by_rows = work is not None and any(hasattr(p, "device_mesh") for p in work.parameters())  # DTensors
     if not by_rows:
         work = copy.deepcopy(model) if work is None else work if work is model else set_like(work, model)
-    work.eval()
     device = device if device is not None else next(work.parameters()).device
-    if not by_rows:
-        work.to(device)
+    work = work.eval() if by_rows else work.eval().to(device)
     read, load, load_mid = _point_access(path, work, device, by_rows=by_rows)
-    points: list[float] = []
-    segments: list[float] = []
-    previous = None
+    points, segments, previous = [], [], None
     for i in range(len(path)):
-        state = read(i)
-        load(state)
+        load(state := read(i))
         points.append(_loss(certifier, work))
         if previous is not None:
             # As the run's segment check interpolates: floating tensors (BatchNorm statistics included) averaged,
@@ -76,7 +69,6 @@ def final_check(
             segments.append(_loss(certifier, work))
         previous = state if certifier.config.certify_segments else None  # only a segment needs the point before
         del state
-    above = _above(path.metrics, points, segments, certifier.ceiling)
     return {
         "examples": probe.num_examples,
         "points": len(points),
@@ -87,7 +79,7 @@ def final_check(
         "examples_run": probe.examples_run - before,  # those measured again ...
         "reused": len(points) + len(segments) - (probe.calls - calls),  # ... the others: the run's whole passes
         "seconds": round(time.perf_counter() - start, 4),
-        "above": above,
+        "above": _above(path.metrics, points, segments, certifier.ceiling),
     }
 
 
