@@ -26,6 +26,7 @@ from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import curve_method, method_class
 from hf_llpf.algorithms.repair import RepairTrainer
 from hf_llpf.algorithms.sharded import ShardedM2M, check_sharding
+from hf_llpf.algorithms.sharded_rows import RowsEndpoint
 from hf_llpf.algorithms.spheres import choose_method
 from hf_llpf.baselines.build import connect_curve, with_method
 from hf_llpf.batches import LossFn
@@ -232,7 +233,7 @@ def _run_and_record(
     if release is not None:  # the walk's optimizer state, gradients and snapshots are dead from here on
         release()
     close_the_loop(certifier, RunPath(run_dir, template=template), ea.model, runner.state, accelerator=accelerator,
-                   work=final_check_model(runner, config, ea.model if own_a else None))  # fmt: skip
+                   work=final_check_model(runner, config, ea.model if own_a else None, rows=ea))  # fmt: skip
     summary = _summary(runner, method, prepared, elapsed=time.perf_counter() - start)
     summary["run"]["launch"] = describe_launch(accelerator, sharding=config.sharding)
     summary["run"].update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
@@ -268,11 +269,17 @@ def _open_stretches(run_dir, ckpt: dict | None, runner: Any, certifier: Certifie
     return stretches
 
 
-def final_check_model(runner: Any, config: ConnectConfig, own_a: nn.Module | None = None) -> nn.Module | None:
+def final_check_model(
+    runner: Any, config: ConnectConfig, own_a: nn.Module | None = None, *, rows: Any = None
+) -> nn.Module | None:
     """A model the final check may evaluate in instead of a copy of θ_A: the finished walk's working model, where
     it is a plain module that computes as a copy of θ_A would, else ``own_a`` (θ_A as the run loaded it itself, which
     nothing reads after the check), else ``None`` (a copy). Not the working model when FSDP2 shards it, when the
-    Accelerator wrapped its forward for mixed precision, or for a method without one working model (cross-sphere)."""
+    Accelerator wrapped its forward for mixed precision, or for a method without one working model (cross-sphere);
+    except where θ_A (``rows``) was read by rows: the sharded working model, each process then reading its rows of
+    each point (θ_A's parameters are on the meta device)."""
+    if isinstance(rows, RowsEndpoint):
+        return runner.model
     if config.sharding != "none" or config.mixed_precision != "no" or not isinstance(runner, Method):
         return own_a
     return runner.model
@@ -341,7 +348,7 @@ def _resume_history(run_dir: str | os.PathLike, changed: dict | None) -> list[di
 def _describe_run(writer, ea, eb, plan, config, method, command, *, new: bool) -> None:
     """``llpf_config.yaml`` (the settings in force), and for a new run ``endpoints.json`` and ``layer_groups.json``."""
     writer.write_yaml(CONFIG_YAML, to_yaml(config))
-    if not new:
+    if not new or writer.root is None:  # (another process than the main one: nothing written, no hash to take)
         return
     endpoints = {"A": ea.describe(), "B": eb.describe(), "command": command, "hf_llpf_version": __version__}
     writer.write_json(ENDPOINTS_JSON, {**endpoints, "method": method})

@@ -11,10 +11,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hf_llpf.algorithms.certify import Certifier, run_certifier
+from hf_llpf.algorithms.sharded_rows import (
+    RowsEndpoint,
+    check_headers,
+    load_structure,
+    measure_in,
+    reads_by_rows,
+    reshard,
+    sharded_start,
+)
 from hf_llpf.config import ConnectConfig
 from hf_llpf.data.intake import training_data
 from hf_llpf.models.endpoints import Endpoint, check_endpoints_match, check_finite
@@ -69,10 +78,12 @@ def prepare_inputs(models: list[Any], train_data: Any, config: ConnectConfig, *,
     """
     setup: dict[str, float] = {}
     t = time.perf_counter()
-    with progress_requested(progress):
-        endpoints = [resolve_endpoint(m) for m in models]
+    endpoints = _endpoints(models, config, progress=progress)
     for endpoint, label in zip(endpoints, "AB"):
-        check_finite(endpoint, label=label)
+        if isinstance(endpoint, RowsEndpoint):  # finite values: on each process's rows (prepare_run)
+            check_headers(endpoint, label=label)
+        else:
+            check_finite(endpoint, label=label)
     if len(endpoints) == 2:
         check_endpoints_match(endpoints[0].model, endpoints[1].model)
     # point_dtype narrower than the endpoints': the path starts and ends at the endpoints as they are stored.
@@ -91,6 +102,21 @@ def prepare_inputs(models: list[Any], train_data: Any, config: ConnectConfig, *,
     assets = run_assets(endpoints[0], other, bundle, keep_auto_map=config.keep_auto_map)
     setup["setup_data"] = time.perf_counter() - t
     return PreparedRun(endpoints, config, storage, loader, bundle, example, assets, None, None, setup, owned)
+
+
+# False: a sharded run loads both endpoints whole in every process (the route before rows were read; tests compare).
+_SHARDED_ROWS = True
+
+
+def _endpoints(models: list[Any], config: ConnectConfig, *, progress: bool) -> list[Endpoint]:
+    """The endpoints loaded; under ``sharding: fsdp`` with two folders or Hub ids, their structure only, parameters on
+    the meta device (:mod:`hf_llpf.algorithms.sharded_rows`: each process reads its rows once the model is sharded)."""
+    with progress_requested(progress):
+        if _SHARDED_ROWS and config.sharding == "fsdp" and len(models) == 2 and reads_by_rows(models):
+            endpoints = [load_structure(m) for m in models]
+            if all(isinstance(e, RowsEndpoint) for e in endpoints):
+                return endpoints
+        return [resolve_endpoint(m) for m in models]
 
 
 def prepare_run(
@@ -115,16 +141,23 @@ def prepare_run(
             do not fit endpoint A; a ceiling that cannot be resolved.
     """
     prepared = prepare_inputs(models, train_data, config, progress=progress)
+    ea, rows = prepared.endpoints[0], isinstance(prepared.endpoints[0], RowsEndpoint)
     t = time.perf_counter()
-    prepared.plan = stage_plan(prepared.endpoints[0], prepared.example, prepared.config)
+    if rows:  # the sharded working model, holding θ_A's rows; both endpoints' rows read and checked finite
+        ea.work = sharded_start(ea, prepared.endpoints[1], accelerator.device)
+        prepared.setup["setup_endpoints"] += time.perf_counter() - t
+        t = time.perf_counter()
+    prepared.plan = stage_plan(replace(ea, model=ea.work) if rows else ea, prepared.example, prepared.config)
     prepared.setup["setup_stages"] = time.perf_counter() - t
     t = time.perf_counter()
     if certifier is None:
-        p = prepared
+        p, within = prepared, measure_in(prepared.endpoints) if rows else None
         prepared.certifier = run_certifier(p.endpoints, training_data(train_data), p.loader, p.bundle, p.config,
-                                           loss_fn, accelerator, probe_data)  # fmt: skip
+                                           loss_fn, accelerator, probe_data, measure_in=within)  # fmt: skip
     else:
         prepared.certifier = certifier(prepared)
+    if rows:  # the trace and the probes leave the root unit gathered whole
+        reshard(ea.work)
     prepared.setup["setup_probe"] = time.perf_counter() - t
     return prepared
 

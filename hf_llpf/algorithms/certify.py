@@ -62,6 +62,8 @@ def run_certifier(
     loss_fn: Any,
     accelerator: Any,
     probe_data: Any = None,
+    *,
+    measure_in: Callable[[int], Any] | None = None,
 ) -> Certifier:
     """A run's certifier: its probe set built, the endpoints probed, the ceiling resolved and printed.
 
@@ -74,6 +76,7 @@ def run_certifier(
         loss_fn: the path's loss.
         accelerator: the run's Accelerator (device, cross-process average).
         probe_data: re-iterable batches to probe instead of ``config.probe_size`` training examples.
+        measure_in: as in :func:`make_certifier`.
     """
     if config.loss_ceiling is None:
         return Certifier()
@@ -89,7 +92,8 @@ def run_certifier(
         whole = build_probe(train_data, loader, bundle, size=sys.maxsize, device=accelerator.device,
                             loss_fn=loss_fn, accelerator=accelerator)  # fmt: skip
         examples = TrainingExamples(whole, config, loss_fn=loss_fn, accelerator=accelerator)
-    certifier = make_certifier([e.model for e in endpoints], examples, config, accelerator.device, loss_fn=loss_fn)
+    certifier = make_certifier([e.model for e in endpoints], examples, config, accelerator.device, loss_fn=loss_fn,
+                               measure_in=measure_in)  # fmt: skip
     losses = ", ".join(f"{k} {v:.4g}" for k, v in zip("AB", certifier.endpoint_losses, strict=False))
     how = f"auto: {CEILING_RULES[certifier.rule]}" if certifier.rule != "set" else "set"
     logger.info(
@@ -107,6 +111,7 @@ def make_certifier(
     device: Any,
     *,
     loss_fn: Any = None,
+    measure_in: Callable[[int], Any] | None = None,
 ) -> Certifier:
     """The run's certifier: the endpoints measured, the ceiling resolved (a disabled one without a ceiling).
 
@@ -118,6 +123,8 @@ def make_certifier(
         config: the run's settings.
         device: the training device.
         loss_fn: the path's loss (which auto ceiling applies: :func:`ceiling_rule`).
+        measure_in: endpoint ``k`` → a context manager giving the module to measure it in (a sharded run reading
+            by rows: its working model holding that endpoint's rows); default: a copy of ``models[k]`` on ``device``.
 
     Raises:
         ConfigError: a set ceiling below an endpoint's loss.
@@ -126,7 +133,11 @@ def make_certifier(
         return Certifier()
     measure = probe.endpoints if isinstance(probe, TrainingExamples) else probe
     losses = []
-    for m in models:
+    for k, m in enumerate(models):
+        if measure_in is not None:
+            with measure_in(k) as held:
+                losses.append(measure.loss(held))
+            continue
         on_device = copy.deepcopy(m).to(device)
         losses.append(measure.loss(on_device))
         del on_device

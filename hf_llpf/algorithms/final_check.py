@@ -22,7 +22,12 @@ SEGMENT_POSITION = 0.5  # the position of each segment that decisions and the fi
 
 @torch.no_grad()
 def final_check(
-    certifier: Any, path: Any, model: nn.Module, *, device: Any = None, work: nn.Module | None = None
+    certifier: Any,
+    path: Any,
+    model: nn.Module,
+    *,
+    device: Any = None,
+    work: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Evaluate every point of ``path`` and each segment's midpoint on all of ``certifier``'s training examples.
 
@@ -30,13 +35,14 @@ def final_check(
         certifier: the run's :class:`~hf_llpf.algorithms.certify.Certifier` (exact route: its probe holds every
             training example).
         path: the run's :class:`~hf_llpf.run.RunPath` (the points as written).
-        model: a module of the path's architecture (copied unless ``work`` is given; unchanged unless it is
-            ``work``).
+        model: a module of the path's architecture (copied unless ``work`` is given; unchanged unless it is that).
         device: where the copy runs (the training device, where the examples are; default: ``model``'s).
         work: a module of the same architecture that nothing needs any more (the walk's working model, or
             ``model`` itself): evaluated in instead of a copy of ``model``, so the check holds no model of its own.
             Its parameters and buffers are first set to ``model``'s, so it computes what the copy would; it ends
             holding the last point.
+            Sharded by FSDP2 (a sharded run reading by rows), it is used as it is: each process reads only its rows
+            of each point into it (:func:`~hf_llpf.algorithms.sharded_rows.point_rows`).
 
     Returns:
         ``{"examples", "points", "segments", "max", "point_losses", "segment_losses", "examples_run", "reused",
@@ -45,26 +51,24 @@ def final_check(
     """
     start, probe = time.perf_counter(), certifier.probe
     before, calls = probe.examples_run, probe.calls
-    work = copy.deepcopy(model) if work is None else work if work is model else set_like(work, model)
-    work.eval()
+    by_rows = work is not None and any(hasattr(p, "device_mesh") for p in work.parameters())  # DTensors
+    if not by_rows:
+        work = copy.deepcopy(model) if work is None else work if work is model else set_like(work, model)
     device = device if device is not None else next(work.parameters()).device
-    work.to(device)
-    points: list[float] = []
-    segments: list[float] = []
-    previous = None
+    work = work.eval() if by_rows else work.eval().to(device)
+    read, load, load_mid = _point_access(path, work, device, by_rows=by_rows)
+    points, segments, previous = [], [], None
     for i in range(len(path)):
-        state = {k: v.to(device) for k, v in path.state_dict_at(i).items()}
-        work.load_state_dict(state, strict=False)
+        load(state := read(i))
         points.append(_loss(certifier, work))
         if previous is not None:
             # As the run's segment check interpolates: floating tensors (BatchNorm statistics included) averaged,
             # in the same order of operations; integer buffers keep the later point's values. One tensor at a
             # time, into the model's own tensors, as load_state_dict copies: no midpoint state is held whole.
-            load_midpoint(work, state, previous)
+            load_mid(state, previous)
             segments.append(_loss(certifier, work))
         previous = state if certifier.config.certify_segments else None  # only a segment needs the point before
         del state
-    above = _above(path.metrics, points, segments, certifier.ceiling)
     return {
         "examples": probe.num_examples,
         "points": len(points),
@@ -75,8 +79,28 @@ def final_check(
         "examples_run": probe.examples_run - before,  # those measured again ...
         "reused": len(points) + len(segments) - (probe.calls - calls),  # ... the others: the run's whole passes
         "seconds": round(time.perf_counter() - start, 4),
-        "above": above,
+        "above": _above(path.metrics, points, segments, certifier.ceiling),
     }
+
+
+def _point_access(path: Any, work: nn.Module, device: Any, *, by_rows: bool) -> tuple:
+    """How the check reads point ``i``, loads it into ``work`` and loads a segment's midpoint: whole points through
+    ``load_state_dict``, or (``by_rows``) this process's rows of each into the sharded ``work``."""
+    if by_rows:
+        from hf_llpf.algorithms.sharded_rows import load_rows, point_rows
+
+        def mid_rows(here: dict, there: dict) -> None:
+            load_rows(work, {k: midpoint(v, there[k]) for k, v in here.items()})
+
+        return (lambda i: point_rows(path, i, work)), (lambda state: load_rows(work, state)), mid_rows
+
+    def read(i: int) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in path.state_dict_at(i).items()}
+
+    def load(state: dict) -> None:
+        work.load_state_dict(state, strict=False)
+
+    return read, load, (lambda here, there: load_midpoint(work, here, there))
 
 
 def set_like(work: nn.Module, model: nn.Module) -> nn.Module:

@@ -157,9 +157,14 @@ class ShardedM2M(M2M):
 
     @classmethod
     def for_run(cls, run: RunSetup) -> ShardedM2M:
-        """A copy of θ_A sharded over the processes, walking to θ_B; points in θ_A's format."""
-        model = copy.deepcopy(run.ea.model).to(run.device)
-        shard_model(model, run.device)
+        """A copy of θ_A sharded over the processes, walking to θ_B; points in θ_A's format. Endpoints read by rows
+        (:mod:`hf_llpf.algorithms.sharded_rows`): the sharded model the preparation built, holding θ_A's rows."""
+        model = getattr(run.ea, "work", None)
+        if model is not None:
+            run.ea.work, run.ea.rows = None, {}  # the run's now; its start is a copy of its shards (M2M)
+        else:
+            model = copy.deepcopy(run.ea.model).to(run.device)
+            shard_model(model, run.device)
         ctx = Context(model, run.make_trainer(model, sharded=True), run.plan, run.config, progress=run.progress,
                       certifier=run.certifier)  # fmt: skip
         method = cls(ctx, run.eb)
@@ -168,7 +173,10 @@ class ShardedM2M(M2M):
 
     def _targets(self, target: Endpoint, device: torch.device) -> tuple[dict, list[torch.Tensor]]:
         """θ_B's buffers whole (every process holds the model's buffers whole) and, per parameter, this process's
-        rows of it (the rows FSDP2 gave the model's own parameter), sliced from the loaded endpoint."""
+        rows of it (the rows FSDP2 gave the model's own parameter), sliced from the loaded endpoint, or as read from
+        its files (:mod:`hf_llpf.algorithms.sharded_rows`)."""
+        if getattr(target, "rows", None):
+            return self._targets_from_rows(target, device)
         b_state = target.model.state_dict()
         buffers = {n for n, _ in self.model.named_buffers()}
         final = {k: v.detach().clone() for k, v in b_state.items() if k in buffers}
@@ -181,6 +189,16 @@ class ShardedM2M(M2M):
                 whole = whole[start:stop]
             rows.append(whole.clone().to(device))
         return final, rows
+
+    def _targets_from_rows(self, target: Endpoint, device: torch.device) -> tuple[dict, list[torch.Tensor]]:
+        """As :meth:`_targets`, from this process's rows of θ_B read in the preparation (then dropped there)."""
+        from hf_llpf.algorithms.sharded_rows import stored_names
+
+        rows, target.rows = target.rows, {}
+        stored = stored_names(self.model, rows)
+        buffers = {n for n, _ in self.model.named_buffers()}
+        final = {k: v.to(device) for k, v in rows.items() if k in buffers}
+        return final, [rows[stored[n]].to(device) for n in self.names]
 
     def release(self) -> None:
         """Also drop this process's copies of θ_B's rows and buffers and of the start's rows: the moves, the

@@ -112,10 +112,11 @@ def point_bytes(model: nn.Module, dtype: torch.dtype | None) -> int:
     """Bytes of one point's tensors when stored in ``dtype`` (``None``: as they are); tied tensors once."""
     seen: set[int] = set()
     total = 0
-    for tensor in model.state_dict().values():
-        if tensor.data_ptr() in seen:
+    for tensor in model.state_dict(keep_vars=True).values():
+        key = id(tensor) if tensor.is_meta else tensor.data_ptr()  # parameters on meta (read by rows): no storage
+        if key in seen:
             continue
-        seen.add(tensor.data_ptr())
+        seen.add(key)
         stored = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
         total += tensor.numel() * stored.itemsize
     return total

@@ -38,16 +38,87 @@ REL_TOL = 1e-5
 _ROOT = Path(__file__).resolve().parents[2]
 
 
+class _ReadSpy:
+    """Stands in for ``safetensors.safe_open`` (looked up at each call by the readers of the rows route) and records
+    what each call reads: ``get_tensor`` (a whole tensor) or ``get_slice(...)[start:stop]`` (rows)."""
+
+    def __init__(self, real):
+        self.real, self.reads = real, []
+
+    def __call__(self, file, *args, **kwargs):
+        spy, handle = self, self.real(file, *args, **kwargs)
+
+        class Slice:
+            def __init__(self, name):
+                self.name, self.inner = name, handle.get_slice(name)
+
+            def get_shape(self):
+                return self.inner.get_shape()
+
+            def __getitem__(self, rows):
+                spy.reads.append([str(file), self.name, "rows", rows.start or 0, rows.stop])
+                return self.inner[rows]
+
+        class Handle:
+            def __enter__(self):
+                handle.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return handle.__exit__(*exc)
+
+            def keys(self):
+                return handle.keys()
+
+            def get_slice(self, name):
+                return Slice(name)
+
+            def get_tensor(self, name):
+                spy.reads.append([str(file), name, "whole", None, None])
+                return handle.get_tensor(name)
+
+        return Handle()
+
+
+def _run_by_rows(root: Path, name: str, data: str, config: dict) -> None:
+    """The sharded connect reading by rows, every safetensors read recorded (``reads_<rank>.json``) and the readers
+    that load a file whole (transformers' ``from_pretrained``, ``safetensors.torch.load_file``) refused outright."""
+    from unittest import mock
+
+    import safetensors
+    import transformers
+
+    def refused(*args, **kwargs):
+        raise AssertionError(f"a whole-file read in the rows route: {args[:1]}")
+
+    spy = _ReadSpy(safetensors.safe_open)
+    with (mock.patch.object(safetensors, "safe_open", spy),
+          mock.patch.object(transformers.PreTrainedModel, "from_pretrained", refused),
+          mock.patch("safetensors.torch.load_file", refused)):  # fmt: skip
+        a, b = str(root / f"{name}_0"), str(root / f"{name}_1")
+        hf_llpf.connect(a, b, data, config=config, run_dir=root / f"{name}_fsdp", progress=False)
+    rank = torch.distributed.get_rank()
+    (root / f"{name}_reads_{rank}.json").write_text(json.dumps(spy.reads))
+
+
 def _worker(root: Path) -> None:
-    """Run inside torchrun: for each pair, the same connect data-parallel then sharded."""
+    """Run inside torchrun: for each pair, the same connect data-parallel, sharded (reading by rows), and sharded
+    through the route before rows were read (both endpoints loaded whole in every process)."""
     import logging
+
+    import hf_llpf.preparation
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the start lines, as the CLI shows them
     for name, data in (("gpt2", str(root / "corpus.txt")), ("cnn", "digits")):
         a, b = str(root / f"{name}_0"), str(root / f"{name}_1")
-        for sharding in ("none", "fsdp"):
-            config = {**SETTINGS, "loss_ceiling": CEILING[name], "sharding": sharding}
+        for sharding in ("none", "fsdp", "whole"):
+            config = {**SETTINGS, "loss_ceiling": CEILING[name], "sharding": "none" if sharding == "none" else "fsdp"}
+            if sharding == "fsdp":
+                _run_by_rows(root, name, data, config)
+                continue
+            hf_llpf.preparation._SHARDED_ROWS = sharding != "whole"
             hf_llpf.connect(a, b, data, config=config, run_dir=root / f"{name}_{sharding}", progress=False)
+            hf_llpf.preparation._SHARDED_ROWS = True
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +185,48 @@ def _compare(root: Path, name: str, files: list[str]) -> None:
         assert probes["fsdp"] == pytest.approx(probes["none"], rel=0.10)
 
 
+def _same_as_whole_load(root: Path, name: str) -> None:
+    """Reading by rows changes nothing: every point, tensor for tensor (torch.equal) and byte for byte, and
+    endpoints.json (its sha256 streamed from the files) are those of the route that loaded both endpoints whole.
+    The final check's losses are the same on the GPT-2; on the CNN they may differ by rounding (the whole-load route
+    evaluated in a channels-last copy, the rows route evaluates in the sharded model: docs/distributed.md)."""
+    runs = {r: root / f"{name}_{r}" for r in ("fsdp", "whole")}
+    metrics = {r: json.loads((runs[r] / "path_metrics.json").read_text()) for r in runs}
+    names = {r: [p["point"] for p in metrics[r]["points"]] for r in runs}
+    assert names["fsdp"] == names["whole"] and len(names["fsdp"]) >= 4
+    for point in names["fsdp"]:
+        rows, whole = (load_file(runs[r] / point / "model.safetensors") for r in ("fsdp", "whole"))
+        assert rows.keys() == whole.keys() and all(torch.equal(rows[k], whole[k]) for k in whole), (name, point)
+        assert _files(runs["fsdp"] / point) == _files(runs["whole"] / point)
+    assert (runs["fsdp"] / "endpoints.json").read_bytes() == (runs["whole"] / "endpoints.json").read_bytes()
+    ticks = {r: [(t["iters"], t.get("probe_loss"), t.get("train_loss")) for t in metrics[r]["ticks"]] for r in runs}
+    assert ticks["fsdp"] == ticks["whole"]
+    final = {r: [p.get("full_loss") for p in metrics[r]["points"]] for r in runs}
+    if name == "gpt2":
+        assert final["fsdp"] == final["whole"]
+
+
+def _read_by_rows_only(root: Path, name: str) -> None:
+    """No process read a whole endpoint tensor of a parameter sharded over several rows: each read of θ_A's or θ_B's
+    files was that process's rows (FSDP2's chunks), or a tensor of one row, or a buffer (held whole)."""
+    from hf_llpf.sharding import row_range
+
+    shapes = {k: tuple(v.shape) for k, v in load_file(root / f"{name}_0" / "model.safetensors").items()}
+    buffers = {k for k in shapes if "running_" in k or k.endswith("num_batches_tracked")}
+    for rank in (0, 1):
+        reads = json.loads((root / f"{name}_reads_{rank}.json").read_text())
+        ends = [r for r in reads if Path(r[0]).parent.name in (f"{name}_0", f"{name}_1")]
+        assert len(ends) >= 2 * len(shapes)  # every tensor of both endpoints was read
+        for _, tensor, how, start, stop in ends:
+            rows = shapes[tensor][0] if shapes[tensor] else 1
+            if tensor in buffers or rows == 1:
+                continue
+            assert how == "rows", (rank, tensor)
+            # Its own rows; the main process also hashes each tensor (endpoints.json) a shard's rows at a time.
+            allowed = [row_range(rows, rank=r, world=2) for r in ((0, 1) if rank == 0 else (rank,))]
+            assert (start, stop) in allowed, (rank, tensor, start, stop)
+
+
 @pytest.mark.slow
 def test_sharded_paths_equal_data_parallel_paths(pairs):
     from transformers import AutoModelForCausalLM
@@ -134,7 +247,10 @@ def test_sharded_paths_equal_data_parallel_paths(pairs):
         "fsdp": "2 process(es) on cpu (sharded, multi_cpu), sharding: fsdp (each process holds 1/N of every "
         "parameter), mixed precision: no",
     }
-    assert starts == [line["none"], line["fsdp"]] * 2, starts  # the main process speaks, once per run
+    assert starts == [line["none"], line["fsdp"], line["fsdp"]] * 2, starts  # the main process speaks, once per run
+    for name in ("gpt2", "cnn"):
+        _same_as_whole_load(root, name)
+        _read_by_rows_only(root, name)
     _compare(root, "gpt2", ["config.json", "generation_config.json", "model.safetensors"])
     _compare(root, "cnn", ["config.json", "model.safetensors"])  # BatchNorm's running statistics included
     for point in sorted((root / "gpt2_fsdp" / "points").iterdir()):
