@@ -28,7 +28,7 @@ from hf_llpf.errors import ConfigError
 from hf_llpf.models.endpoints import Endpoint
 from hf_llpf.models.weights import usual_permissions
 from hf_llpf.run import point_name
-from hf_llpf.sharding import local_parts, row_range, write_weights_from_shards
+from hf_llpf.sharding import local_parts, row_range, stored_names, write_weights_from_shards
 
 __all__ = ["ShardedM2M", "ShardedRecorder", "check_sharding", "shard_model"]
 
@@ -192,8 +192,6 @@ class ShardedM2M(M2M):
 
     def _targets_from_rows(self, target: Endpoint, device: torch.device) -> tuple[dict, list[torch.Tensor]]:
         """As :meth:`_targets`, from this process's rows of θ_B read in the preparation (then dropped there)."""
-        from hf_llpf.algorithms.sharded_rows import stored_names
-
         rows, target.rows = target.rows, {}
         stored = stored_names(self.model, rows)
         buffers = {n for n, _ in self.model.named_buffers()}

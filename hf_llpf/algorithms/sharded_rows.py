@@ -27,7 +27,7 @@ from hf_llpf.files.hashing import local_revision
 from hf_llpf.files.textfiles import read_json
 from hf_llpf.models.endpoints import Endpoint, create_model
 from hf_llpf.models.weights import weight_files
-from hf_llpf.sharding import local_parts, read_local_slices, tensor_files
+from hf_llpf.sharding import local_parts, read_local_slices, stored_names, tensor_files
 
 __all__ = [
     "RowsEndpoint",
@@ -74,20 +74,6 @@ def reads_by_rows(specs: list[Any]) -> bool:
         if not path.is_dir() and (path.exists() or str(spec).endswith(".safetensors") or "/" not in str(spec)):
             return False
     return True
-
-
-def stored_names(model: nn.Module, stored: Any) -> dict[str, str]:
-    """Each name of ``model.state_dict()`` → the name its tensor is stored under (a tied weight: the first of its
-    names the files hold, as ``save_pretrained`` keeps GPT-2's ``transformer.wte.weight`` for ``lm_head.weight``)."""
-    by_id: dict[int, list[str]] = {}
-    state = model.state_dict(keep_vars=True)
-    for name, t in state.items():
-        by_id.setdefault(id(t), []).append(name)
-    out = {}
-    for name, t in state.items():
-        held = [n for n in by_id[id(t)] if n in stored]
-        out[name] = held[0] if held else name
-    return out
 
 
 def _file_state_hash(endpoint: RowsEndpoint) -> str:

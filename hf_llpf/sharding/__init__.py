@@ -22,7 +22,7 @@ than one device").
 from hf_llpf.sharding.distance import cosine_similarity, distance_to_origin, distances, move_toward_, total_distance
 from hf_llpf.sharding.layout import ShardGroup, local_parts, local_state, row_range, shards_like
 from hf_llpf.sharding.points import write_weights_from_shards
-from hf_llpf.sharding.slices import read_local_slices, tensor_files
+from hf_llpf.sharding.slices import read_local_slices, stored_names, tensor_files
 from hf_llpf.sharding.variance import merge_moments, moments, project_to_variance_, variances
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "move_toward_",
     "project_to_variance_",
     "read_local_slices",
+    "stored_names",
     "row_range",
     "shards_like",
     "tensor_files",

@@ -11,15 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import safetensors
-from torch import Tensor
+from torch import Tensor, nn
 
 from hf_llpf.errors import CorruptCheckpointError, EndpointMismatchError
 from hf_llpf.models.weights import INDEX_NAME, WEIGHTS_NAME, weight_files
 from hf_llpf.sharding.layout import local_parts, row_range
 
-__all__ = ["read_local_slices", "tensor_files"]
+__all__ = ["read_local_slices", "stored_names", "tensor_files"]
 
 
 def tensor_files(location: str | os.PathLike, *, allowed_root: str | os.PathLike | None = None) -> dict[str, Path]:
@@ -106,3 +107,17 @@ def read_local_slices(
                 got = _rows_of(handle, n, file, tuple(t.shape), rows)
                 out[n] = got.to(dtype=parts[k].dtype, device=parts[k].device)
     return {n: out[n] for n in names}
+
+
+def stored_names(model: nn.Module, stored: Any) -> dict[str, str]:
+    """Each name of ``model.state_dict()`` → the name its tensor is stored under (a tied weight: the first of its
+    names the files hold, as ``save_pretrained`` keeps GPT-2's ``transformer.wte.weight`` for ``lm_head.weight``)."""
+    by_id: dict[int, list[str]] = {}
+    state = model.state_dict(keep_vars=True)
+    for name, t in state.items():
+        by_id.setdefault(id(t), []).append(name)
+    out = {}
+    for name, t in state.items():
+        held = [n for n in by_id[id(t)] if n in stored]
+        out[name] = held[0] if held else name
+    return out
