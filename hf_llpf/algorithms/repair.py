@@ -138,6 +138,9 @@ class RepairTrainer:
             if i >= self.min_iters and sum(window) / len(window) <= threshold:
                 break
         self.iterations += i
+        # Each iteration sets the gradients anew: between repairs they are dead, and the probes, point writes and
+        # checkpoints that follow would hold them beside the model.
+        self.optimizer.zero_grad(set_to_none=True)
         if self.sharded:
             self._share_buffers()
         return sum(window) / len(window), i
