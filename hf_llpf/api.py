@@ -125,7 +125,7 @@ def connect(
 def _connect_llpf(model_a, model_b, train_data, config, run_dir, loss_fn, exist, progress, accelerator, command,
                   probe_data, protected) -> RunPath:  # fmt: skip
     """:func:`connect` of an LLPF method: the Accelerator and the run's log around the run."""
-    return_freed_memory()  # the walk's freed model-sized blocks go back to the system (hf_llpf.devices.allocator)
+    return_freed_memory()  # with HF_LLPF_ALLOCATOR=return: freed blocks go back to the system at once
     accelerator = accelerator or make_accelerator(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )

@@ -1,4 +1,4 @@
-"""connect fixes glibc's mmap threshold (hf_llpf.devices.allocator) unless told to keep the allocator as it is."""
+"""connect fixes glibc's mmap threshold (hf_llpf.devices.allocator) when asked, and only then."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def libc(monkeypatch):
     monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: fake)
     monkeypatch.setattr(allocator.sys, "platform", "linux")
     monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("glibc", "2.36"))
-    for name in (allocator.ENV, "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"):
+    for name in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(allocator.ENV, "return")
     return fake
 
 
@@ -40,10 +41,10 @@ def test_the_threshold_is_set_once_to_128_kib(libc):
 
 @pytest.mark.parametrize(
     "name, value",
-    [("HF_LLPF_ALLOCATOR", "keep"), ("MALLOC_MMAP_THRESHOLD_", "65536"),
+    [("HF_LLPF_ALLOCATOR", ""), ("HF_LLPF_ALLOCATOR", "keep"), ("MALLOC_MMAP_THRESHOLD_", "65536"),
      ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")],
 )  # fmt: skip
-def test_a_setting_of_the_user_is_kept(libc, monkeypatch, name, value):
+def test_not_asked_or_a_setting_of_the_users_own_is_kept(libc, monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     assert allocator.return_freed_memory() is False
     assert libc.calls == []
@@ -65,7 +66,7 @@ def test_the_real_mallopt_accepts_it(monkeypatch):
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
     monkeypatch.setattr(allocator, "_done", False)
-    monkeypatch.delenv(allocator.ENV, raising=False)
+    monkeypatch.setenv(allocator.ENV, "return")
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     assert allocator.return_freed_memory() is True
