@@ -32,6 +32,7 @@ from hf_llpf.baselines.build import connect_curve, with_method
 from hf_llpf.batches import LossFn
 from hf_llpf.config import ConnectConfig
 from hf_llpf.devices.accelerator import describe_launch, launch_line, make_accelerator
+from hf_llpf.devices.allocator import return_freed_memory
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.models.endpoints import Endpoint
 from hf_llpf.preparation import PreparedRun, prepare_run
@@ -127,6 +128,7 @@ def connect(
 def _connect_llpf(model_a, model_b, train_data, config, run_dir, loss_fn, exist, progress, accelerator, command,
                   probe_data, protected) -> RunPath:  # fmt: skip
     """:func:`connect` of an LLPF method: the Accelerator and the run's log around the run."""
+    return_freed_memory()  # with HF_LLPF_ALLOCATOR=return: freed blocks go back to the system at once
     accelerator = accelerator or make_accelerator(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )

@@ -413,7 +413,8 @@ def fingerprint(model: nn.Module) -> str:
     for name, t in zip(model.state_dict(), local_state(model), strict=True):  # under FSDP2: this process's shards
         t = t.contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).cpu().numpy().tobytes() if t.numel() else b"")
+        # The array itself, not a bytes copy of it (the largest tensor's size, transient).
+        digest.update(t.reshape(-1).view(torch.uint8).cpu().numpy() if t.numel() else b"")
     return digest.hexdigest()
 
 

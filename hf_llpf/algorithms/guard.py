@@ -25,12 +25,15 @@ class DivergenceGuard:
 
     Parameters, buffers and the optimizer's state are copied into buffers kept from the previous tick (no
     allocation, one foreach call: the guard is paid every tick, the rollback almost never); optimizer state
-    created during the failed tick (momentum buffers of its first steps) is removed on rollback.
+    created during the failed tick (momentum buffers of its first steps) is removed on rollback. A tensor that
+    appears under several names (tied weights: a language model's ``lm_head`` and its embedding) is copied once.
     """
 
     def __init__(self, model: nn.Module, trainer: RepairTrainer):
         self.model, self.trainer = model, trainer
         self._saved: list[torch.Tensor] | None = None
+        self._live_then: list[torch.Tensor] = []
+        self._index: list[int] = []  # per live tensor (model state, then optimizer state): its entry of _saved
         self._state_keys: dict[torch.Tensor, set[str]] = {}
 
     def _live(self) -> list[torch.Tensor]:
@@ -43,7 +46,7 @@ class DivergenceGuard:
     def snapshot(self) -> None:
         """Remember the current state."""
         self._state_keys = {k: set(v) for k, v in self.trainer.optimizer.state.items()}
-        live = self._live()
+        live, self._index = _distinct(self._live())
         if self._saved is None or [t.shape for t in self._saved] != [t.shape for t in live]:
             self._saved = [t.detach().clone() for t in live]
         else:
@@ -52,11 +55,12 @@ class DivergenceGuard:
 
     def release(self) -> None:
         """Drop the snapshot (the walk is over: nothing is rolled back any more)."""
-        self._saved, self._live_then, self._state_keys = None, [], {}
+        self._saved, self._live_then, self._index, self._state_keys = None, [], [], {}
 
     def saved_model_state(self) -> list[torch.Tensor]:
-        """The snapshot's model tensors, in ``model.state_dict()`` order (the previous tick's point)."""
-        return self._saved[: len(self.model.state_dict())]
+        """The snapshot's model tensors, in ``model.state_dict()`` order (the previous tick's point; tied names share
+        one tensor)."""
+        return [self._saved[j] for j in self._index[: len(self.model.state_dict())]]
 
     def restore(self) -> None:
         """Return to the last snapshot, optimizer state included."""
@@ -98,6 +102,20 @@ class DivergenceGuard:
                 f"the loss diverged {state.failures} times (last {loss:.4g} at tick {state.tick + 1}); the run "
                 f"stopped with a resumable checkpoint. {what}"
             )
+
+
+def _distinct(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+    """Each tensor once (tied weights are one tensor under two names): the distinct tensors, and per given tensor
+    the index of its own among them."""
+    first: dict[tuple, int] = {}
+    index = []
+    for t in tensors:
+        key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride()) if t.numel() else (id(t),)
+        index.append(first.setdefault(key, len(first)))
+    distinct = [None] * len(first)
+    for t, j in zip(tensors, index, strict=True):
+        distinct[j] = t if distinct[j] is None else distinct[j]
+    return distinct, index
 
 
 @dataclass(frozen=True)

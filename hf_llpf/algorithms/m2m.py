@@ -312,8 +312,9 @@ class M2M(Method):
         if self.segments.behind(st.tick):  # the last segment must start at a saved point: the last tick's
             self.insert_previous_point()
         device = self.params[0].device
-        enabled = self.certifier.enabled
-        previous = [t.clone() for t in sharding.local_state(self.model)] if enabled else []
+        # The last segment's start, kept only when its midpoint is probed (certify_segments).
+        keep = self.certifier.enabled and self.config.certify_segments
+        previous = [t.clone() for t in sharding.local_state(self.model)] if keep else []
         self._snap_to_b(device)
         st.tick += 1
         verdict = self._certify_last_segment(previous)

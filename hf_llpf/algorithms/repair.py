@@ -159,6 +159,9 @@ class RepairTrainer:
                 break
         self.iterations += i
         self.rounds += 1
+        # Each iteration sets the gradients anew: between repairs they are dead, and the probes, point writes and
+        # checkpoints that follow would hold them beside the model.
+        self.optimizer.zero_grad(set_to_none=True)
         if self.sharded:
             self._share_buffers()
         return sum(window) / len(window), i

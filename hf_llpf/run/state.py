@@ -39,11 +39,12 @@ _RESUME_ADVICE = "start the run again with --overwrite (or choose a new --out)"
 def encode(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
     """Split ``state`` into a JSON-ready skeleton and the tensors it references by key."""
     tensors: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
 
     def enc(obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
             key = f"t{len(tensors)}"
-            tensors[key] = obj.detach().cpu().contiguous().clone()
+            tensors[key] = _own(obj.detach().cpu(), storages)
             return {"__tensor__": key}
         if isinstance(obj, np.ndarray):
             key = f"t{len(tensors)}"
@@ -66,6 +67,20 @@ def encode(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
         raise TypeError(f"resume state: {type(obj).__name__} values cannot be stored (tensors, arrays, scalars only)")
 
     return enc(state), tensors
+
+
+def _own(t: torch.Tensor, storages: set[int]) -> torch.Tensor:
+    """``t`` as safetensors writes it: itself when it alone fills its storage (written at once, never kept: no copy
+    of the whole state beside the model), else a contiguous copy (a view, or a tensor sharing storage with one
+    already taken: tied weights, which safetensors refuses twice)."""
+    if type(t) is not torch.Tensor or not t.numel() or not t.is_contiguous():
+        return t.contiguous().clone()
+    storage = t.untyped_storage()
+    whole = t.data_ptr() == storage.data_ptr() and t.nbytes == storage.nbytes()
+    if whole and storage.data_ptr() not in storages:
+        storages.add(storage.data_ptr())
+        return t
+    return t.contiguous().clone()
 
 
 def decode(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:

@@ -75,6 +75,25 @@ def finished_run(small_cnn_pair, digits, tmp_path):
     return run
 
 
+def test_a_checkpoint_is_written_from_the_live_tensors_copying_only_views_and_tied_names(tmp_path):
+    # A whole tensor is written as it is (no copy of the model and the momentum beside them while the file is
+    # written); a view and the second name of a tied weight are copied (safetensors refuses shared storage).
+    emb, whole = torch.randn(10, 4), torch.randn(3, 5)
+    view = whole[:, :2]
+    skeleton, tensors = resume_state.encode({"emb": emb, "head": emb, "whole": whole, "view": view})
+    written = {k: tensors[v["__tensor__"]] for k, v in skeleton.items()}
+
+    def storage(t):
+        return t.untyped_storage().data_ptr()
+
+    assert storage(written["emb"]) == storage(emb) and storage(written["whole"]) == storage(whole)
+    for key, source in (("head", emb), ("view", view)):
+        assert storage(written[key]) != storage(source) and torch.equal(written[key], source)
+    resume_state.save(tmp_path, {"emb": emb, "head": emb, "view": view}, write_text=atomic_write_text)
+    back = resume_state.load(tmp_path)
+    assert torch.equal(back["emb"], emb) and torch.equal(back["head"], emb) and torch.equal(back["view"], view)
+
+
 def test_a_pickled_checkpoint_is_never_loaded(finished_run, small_cnn_pair, digits):
     if os.path.exists(MARKER):
         os.unlink(MARKER)
