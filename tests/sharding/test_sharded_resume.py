@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 import hf_llpf
-from hf_llpf.errors import RunDirectoryError
+from hf_llpf.errors import CorruptCheckpointError, RunDirectoryError
 from hf_llpf.run.ownership import survey
 from hf_llpf.run.state import decode
 from hf_llpf.sharding import row_range
@@ -163,6 +163,45 @@ def test_a_sharded_checkpoint_is_refused_with_another_number_of_processes(launch
     assert "is a sharded run's of 2 processes; this run has 1 process(es)" in text, text
     assert "torchrun --nproc_per_node 2" in text, text
     assert {p: p.read_bytes() for p in sorted((root / "gpt2_killed" / "checkpoint").iterdir())} == before
+
+
+@pytest.fixture
+def group_of_one(tmp_path):
+    """A gloo process group of this one process (the collectives of a sharded checkpoint run), destroyed after."""
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_checkpoint_killed_mid_write_leaves_the_previous_one(tmp_path, group_of_one):
+    from hf_llpf.run import sharded_state
+    from hf_llpf.run.rundir import atomic_write_text
+
+    folder = tmp_path / "checkpoint"
+    first = {"loop": {"tick": 2}, "model": {"w": torch.arange(6.0).reshape(3, 2)}, "rng": (1, [2, 3])}
+    sharded_state.save(folder, first, write_text=atomic_write_text)
+    assert sorted(p.name for p in folder.iterdir()) == ["state.json", "tensors-1-rank-0-of-1.safetensors"]
+
+    def killed(path, text):  # every process's tensor file is in, the state file not yet
+        raise KeyboardInterrupt
+
+    second = {**first, "loop": {"tick": 4}, "model": {"w": torch.zeros(3, 2)}}
+    with pytest.raises(KeyboardInterrupt):
+        sharded_state.save(folder, second, write_text=killed)
+    loaded = sharded_state.load(folder)
+    assert loaded["loop"] == {"tick": 2} and loaded["rng"] == (1, [2, 3])
+    assert torch.equal(loaded["model"]["w"], first["model"]["w"])
+    # The next checkpoint goes on from there and removes what the killed one left.
+    sharded_state.save(folder, second, write_text=atomic_write_text)
+    assert sorted(p.name for p in folder.iterdir()) == ["state.json", "tensors-3-rank-0-of-1.safetensors"]
+    assert torch.equal(sharded_state.load(folder)["model"]["w"], torch.zeros(3, 2))
+    # A damaged tensor file is refused, naming the folder and the process.
+    (folder / "tensors-3-rank-0-of-1.safetensors").write_bytes(b"x")
+    with pytest.raises(CorruptCheckpointError, match="is damaged for process 0 .*does not match the hash"):
+        sharded_state.load(folder)
 
 
 if __name__ == "__main__":
