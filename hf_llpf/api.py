@@ -267,7 +267,7 @@ def _open_stretches(run_dir, ckpt: dict | None, runner: Any, certifier: Certifie
     if notice is not None:
         logger.warning(notice, main_process_only=True)
     stretches = Stretches(carried, work=runner.work, counters=certifier.counters)
-    writer.checkpoint_extra = stretches.checkpoint  # (a NullWriter writes no checkpoint)
+    writer.checkpoint_extra = stretches.checkpoint  # (a NullWriter's: used only by a sharded run's checkpoint)
     return stretches
 
 

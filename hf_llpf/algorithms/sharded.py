@@ -27,14 +27,17 @@ from hf_llpf.config import ConnectConfig
 from hf_llpf.errors import ConfigError
 from hf_llpf.models.endpoints import Endpoint
 from hf_llpf.models.weights import usual_permissions
-from hf_llpf.run import point_name
+from hf_llpf.run import point_name, sharded_state
+from hf_llpf.run.layout import CHECKPOINT_DIR
+from hf_llpf.run.rundir import atomic_write_text
 from hf_llpf.sharding import local_parts, row_range, stored_names, write_weights_from_shards
 
 __all__ = ["ShardedM2M", "ShardedRecorder", "check_sharding", "shard_model"]
 
 
 def check_sharding(config: ConnectConfig, accelerator: Any, *, exist: str = "error") -> None:
-    """Refuse ``sharding: fsdp`` where it does not run, and the settings it does not support yet.
+    """Refuse ``sharding: fsdp`` where it does not run, and the settings it does not support yet (``exist``: kept for
+    the callers; a ``--resume`` is checked against the checkpoint's number of processes when it is read).
 
     Raises:
         ConfigError: every problem at once, each naming the setting, its value and what is allowed.
@@ -56,11 +59,6 @@ def check_sharding(config: ConnectConfig, accelerator: Any, *, exist: str = "err
         problems.append(f"mixed_precision={config.mixed_precision!r} under sharding='fsdp': allowed: 'no'")
     if config.point_dtype != "auto":
         problems.append(f"point_dtype={config.point_dtype!r} under sharding='fsdp': allowed: 'auto'")
-    if exist == "resume":
-        problems.append(
-            "--resume under sharding='fsdp': a sharded run writes no checkpoint yet; allowed: a new run "
-            "(another --out, or --overwrite)"
-        )
     if problems:
         raise ConfigError(problems)
 
@@ -127,9 +125,41 @@ def _write_companions(directory: Path, endpoint: Endpoint, *, keep_auto_map: boo
         write_timm_config(model, directory, endpoint.arch)
 
 
+def _dtensor_class() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without DTensors holds none
+        return None
+    return DTensor
+
+
+def local_state(obj: Any) -> Any:
+    """``obj`` (a nested state of dicts, lists, tuples and tensors) with every DTensor in it replaced by this
+    process's part of it: what a process writes to a sharded checkpoint."""
+    dtensor = _dtensor_class()
+    if dtensor is not None and isinstance(obj, dtensor):
+        return obj.to_local()
+    if isinstance(obj, dict):
+        return {k: local_state(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(local_state(v) for v in obj)
+    return obj
+
+
+def _as_like(local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``local`` (this process's part, as read from its checkpoint) as a DTensor laid out as ``like``; ``local``
+    itself where ``like`` is held whole."""
+    dtensor = _dtensor_class()
+    if dtensor is None or not isinstance(like, dtensor):
+        return local
+    return dtensor.from_local(local.to(like.device), like.device_mesh, like.placements, run_check=False,
+                              shape=like.shape, stride=like.stride())  # fmt: skip
+
+
 class ShardedRecorder(RunRecorder):
     """Writes each point from the shards (:func:`hf_llpf.sharding.write_weights_from_shards`): every process takes
-    part in each tensor's gather, the main process alone writes; no checkpoint is written (no sharded resume yet)."""
+    part in each tensor's gather, the main process alone writes; each checkpoint is written by every process, its own
+    shards (:meth:`checkpoint`)."""
 
     def point(self, tick: int, model: nn.Module) -> str:
         rel = point_name(tick)
@@ -149,7 +179,16 @@ class ShardedRecorder(RunRecorder):
         return self.points_writer.write_point_with(tick, save)
 
     def checkpoint(self) -> None:
-        """Nothing: a sharded run is not resumable yet (``--resume`` is refused)."""
+        """Every process writes its own shards of the run's state, the main process the state file naming them
+        (:mod:`hf_llpf.run.sharded_state`); no process gathers the model for it."""
+        if self.state is None:
+            return
+        state = self.state()
+        extra = getattr(self.writer, "checkpoint_extra", None)  # (set on every process's writer)
+        if extra is not None:
+            state = {**state, **extra()}
+        root = self.writer.root
+        sharded_state.save(None if root is None else root / CHECKPOINT_DIR, state, write_text=atomic_write_text)
 
 
 class ShardedM2M(M2M):
@@ -170,6 +209,25 @@ class ShardedM2M(M2M):
         method = cls(ctx, run.eb)
         method.recorder = ShardedRecorder(run.writer, run.ea, state=method.run_state)
         return method
+
+    def state_dict(self) -> dict[str, Any]:
+        """As M2M's, with this process's parts of the sharded tensors (the working model's, the SGD momentum's)."""
+        state = super().state_dict()
+        return {**state, "model": local_state(state["model"]), "trainer": local_state(state["trainer"])}
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Continue from this process's :meth:`state_dict`: its parts go back into the model's and the momentum's
+        shards as they were laid out (the same number of processes: :func:`hf_llpf.run.sharded_state.load`)."""
+        live = self.model.state_dict()
+        model = {k: _as_like(v, live[k]) if k in live else v for k, v in ckpt["model"].items()}
+        params = [p for group in self.trainer.optimizer.param_groups for p in group["params"]]
+        saved = ckpt["trainer"]["optimizer"]
+        opt_state = {
+            i: {k: _as_like(v, params[i]) if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in s.items()}
+            for i, s in saved["state"].items()
+        }
+        trainer = {**ckpt["trainer"], "optimizer": {**saved, "state": opt_state}}
+        super().load_state_dict({**ckpt, "model": model, "trainer": trainer})
 
     def _targets(self, target: Endpoint, device: torch.device) -> tuple[dict, list[torch.Tensor]]:
         """θ_B's buffers whole (every process holds the model's buffers whole) and, per parameter, this process's

@@ -43,7 +43,7 @@ from hf_llpf.run.layout import (
 KINDS = ("run", "comparison", "repeats")
 _POINT = re.compile(r"t_\d{6,}")
 _REPEAT = re.compile(r"repeat_\d{2,}")
-_TENSORS = re.compile(r"tensors-\d+\.safetensors")
+_TENSORS = re.compile(r"tensors-\d+(-rank-\d+-of-\d+)?\.safetensors")  # (a sharded run: each process's own)
 _TMP_POINT = re.compile(r"\.tmp_t_\d{6,}")  # hf_llpf.run.layout.temporary_point_name
 TMP_ASSETS = f".tmp_{ASSETS_DIR}"  # hf_llpf.run.assets.write_assets writes the folder here, then renames it
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path as FsPath
 from typing import Any
 
+import hf_llpf.run.sharded_state as sharded_state
 import hf_llpf.run.state as resume_state
 from hf_llpf.config import SCHEMA, SCHEMA_1_METHODS, ConnectConfig, flat_settings, setting_name, upgrade_settings
 from hf_llpf.errors import ConfigError, RunDirectoryError
@@ -22,8 +23,12 @@ logger = logging.getLogger(__name__)
 
 def read_checkpoint(run_dir: str | os.PathLike) -> dict | None:
     """The resume checkpoint of ``run_dir``, or None (every process reads it; only the main one writes it). A
-    checkpoint written before settings schema 2 names its method as schema 2 does (``m2o`` → ``cross-sphere``)."""
-    ckpt = resume_state.load(FsPath(run_dir) / CHECKPOINT_DIR)
+    checkpoint written before settings schema 2 names its method as schema 2 does (``m2o`` → ``cross-sphere``). A
+    sharded run's checkpoint gives each process its own state (:mod:`hf_llpf.run.sharded_state`)."""
+    folder = FsPath(run_dir) / CHECKPOINT_DIR
+    if sharded_state.is_sharded(folder):
+        return sharded_state.load(folder)
+    ckpt = resume_state.load(folder)
     if isinstance(ckpt, dict) and "schema_version" not in ckpt:
         method = ckpt.get("method")
         ckpt = {**ckpt, "schema_version": SCHEMA, "method": SCHEMA_1_METHODS.get(method, method)}
