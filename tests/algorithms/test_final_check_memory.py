@@ -32,6 +32,16 @@ def _copies_alive(shape: torch.Size) -> int:
     return len(seen)
 
 
+def _held_copies(shape: torch.Size) -> list[torch.Tensor]:
+    """The CPU tensors of ``shape`` alive now, to be held by the caller while it counts: a copy another test left
+    behind and the run then freed would otherwise be taken off a count it is no longer part of."""
+    gc.collect()
+    with warnings.catch_warnings():  # as in _copies_alive
+        warnings.simplefilter("ignore")
+        tensors = [t for t in gc.get_objects() if isinstance(t, torch.Tensor)]
+    return [t for t in tensors if t.device.type == "cpu" and t.shape == shape]
+
+
 @pytest.mark.slow
 def test_the_final_check_holds_the_endpoints_the_working_model_and_two_points(
     small_cnn_pair, digits, tmp_path, monkeypatch
@@ -45,6 +55,7 @@ def test_the_final_check_holds_the_endpoints_the_working_model_and_two_points(
     shape = largest.shape
     assert sum(p.shape == shape for p in model.parameters()) == 1  # one tensor of that shape in each copy
     del model, largest
+    held = _held_copies(shape)  # copies left by earlier tests: one freed during the run would make the count short
     elsewhere = _copies_alive(shape)
     real, counted = final_check_module._loss, []
 
@@ -58,6 +69,7 @@ def test_the_final_check_holds_the_endpoints_the_working_model_and_two_points(
     path = hf_llpf.connect(*small_cnn_pair, digits, config=config, run_dir=tmp_path / "r", progress=False)
     assert path.summary["run"]["certification"]["final_check"]["points"] == len(path)
     assert counted == [5]
+    del held
 
 
 @pytest.mark.slow
@@ -71,12 +83,7 @@ def test_a_checkpoint_is_written_beside_the_walks_live_copies_only(small_cnn_pai
     model = load_endpoint(small_cnn_pair[0]).model
     shape = max(model.parameters(), key=lambda p: p.numel()).shape
     del model
-    # Copies left by earlier tests are held through the run: one freed during it would make the count one short.
-    with warnings.catch_warnings():  # as in _copies_alive
-        warnings.simplefilter("ignore")
-        tensors = [t for t in gc.get_objects() if isinstance(t, torch.Tensor)]
-    held = [t for t in tensors if t.device.type == "cpu" and t.shape == shape]
-    del tensors
+    held = _held_copies(shape)  # copies left by earlier tests: one freed during the run would make the count short
     elsewhere = _copies_alive(shape)
     checkpoints, real_encode = [], run_state.encode
 
