@@ -46,6 +46,7 @@ def certified_run(quick_certified_run):
     return quick_certified_run  # connected with QUICK from the CLI; read-only
 
 
+@pytest.mark.slow  # a whole certified run or evaluation: kept out of the fast suite
 def test_every_saved_point_is_under_the_ceiling_by_an_independent_measure(certified_run, small_cnn_pair, digits):
     path, run_dir = certified_run
     cert = read_metrics(run_dir)["summary"]["run"]["certification"]
@@ -130,6 +131,7 @@ def test_an_unreachable_ceiling_is_reported_not_hidden(small_cnn_pair, digits, t
     assert state_equal(path.state_dict_at(-1), load_endpoint(small_cnn_pair[1]).model.state_dict())
 
 
+@pytest.mark.slow  # a whole certified run or evaluation: kept out of the fast suite
 def test_a_straight_line_under_the_ceiling_is_the_path(small_cnn_pair, digits, tmp_path):
     a = load_endpoint(small_cnn_pair[0]).model
     b = copy.deepcopy(a)

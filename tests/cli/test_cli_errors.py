@@ -489,6 +489,7 @@ def test_a_full_disk_while_connecting_is_one_message_and_the_run_resumes(writer,
     assert _temporaries(run) == []
 
 
+@pytest.mark.slow  # a whole certified run or evaluation: kept out of the fast suite
 def test_a_full_disk_while_plotting_is_one_message_and_evaluate_runs_again(w, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(w / "real", run)
