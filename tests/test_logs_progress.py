@@ -172,6 +172,7 @@ def test_configure_is_for_python_users_and_replaces_its_handler():
         logger.propagate = saved[2]
 
 
+@pytest.mark.slow  # a whole run, evaluation or interpreter: kept out of the fast suite
 def test_library_modules_attach_no_handler_at_import():
     code = "import logging, hf_llpf.api, hf_llpf.algorithms.spheres; print(len(logging.getLogger('hf_llpf').handlers))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()).stdout

@@ -116,6 +116,7 @@ def test_a_ceiling_below_an_endpoint_is_refused_with_both_numbers(small_cnn_pair
     assert not (tmp_path / "r").exists()  # refused before the run directory is created
 
 
+@pytest.mark.slow  # a whole run, evaluation or interpreter: kept out of the fast suite
 def test_an_unreachable_ceiling_is_reported_not_hidden(small_cnn_pair, digits, tmp_path):
     from hf_llpf.algorithms.certify import certification_line
 

@@ -188,6 +188,7 @@ def test_compare_judges_every_method_on_the_same_probe_data(small_cnn_pair, digi
     assert "| slerp |" in (tmp_path / "cmp" / "comparison.md").read_text()
 
 
+@pytest.mark.slow  # a whole run, evaluation or interpreter: kept out of the fast suite
 def test_compare_cli_and_a_method_that_does_not_apply(small_cnn_pair, tmp_path, capsys):
     from hf_llpf.cli import main
 

@@ -377,6 +377,7 @@ def test_evaluate_of_a_damaged_published_path_is_one_clear_error(name, w, tmp_pa
     assert _tree(tmp_path) == before
 
 
+@pytest.mark.slow  # a whole run, evaluation or interpreter: kept out of the fast suite
 def test_push_to_an_unreachable_hub_is_a_clear_error(w):
     import socket
     import subprocess

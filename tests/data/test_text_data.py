@@ -44,6 +44,7 @@ def _split(path, suffix: str = "parquet") -> datasets.DatasetDict:
     return loaded.train_test_split(test_size=0.2, seed=0)
 
 
+@pytest.mark.slow  # a whole run, evaluation or interpreter: kept out of the fast suite
 def test_text_classification_cli_connect_then_evaluate(w, monkeypatch, capsys):
     monkeypatch.chdir(w)
     assert main(["connect", "bert_0", "bert_1", "--data", "reviews.parquet", "--out", "run", *FAST]) == 0
@@ -89,6 +90,7 @@ def test_text_classification_cli_connect_then_evaluate(w, monkeypatch, capsys):
     assert "digits" not in card
 
 
+@pytest.mark.slow  # a whole run, evaluation or interpreter: kept out of the fast suite
 def test_causal_lm_cli_connect_then_evaluate(w, monkeypatch, capsys):
     monkeypatch.chdir(w)
     args = ["connect", "gpt2_0", "gpt2_1", "--data", "corpus.txt", "--out", "lm", "data.max_length=16", *FAST]

@@ -69,6 +69,7 @@ def _check(row: dict) -> None:
     assert 0 < row["ticks"] <= row["max_ticks"]
 
 
+@pytest.mark.slow  # a whole run, evaluation or interpreter: kept out of the fast suite
 def test_lenet5_connects(tmp_path):
     _check(run_family("lenet5", tmp_path))
 

@@ -74,6 +74,7 @@ class Holder:
         assert self.proc.wait(timeout=60) == 0, self.proc.stderr.read()
 
 
+@pytest.mark.slow  # a whole run, evaluation or interpreter: kept out of the fast suite
 def test_every_reader_refuses_a_run_that_is_being_written(finished_run, tmp_path, capsys):
     from hf_llpf.comparison import compare_run
     from hf_llpf.evaluation import evaluate_path
@@ -110,6 +111,7 @@ def test_every_reader_refuses_a_run_that_is_being_written(finished_run, tmp_path
     assert main(["export", str(run), "--out", str(tmp_path / "mid")]) == 0
 
 
+@pytest.mark.slow  # a whole run, evaluation or interpreter: kept out of the fast suite
 def test_a_run_is_refused_while_a_reader_holds_its_directory(finished_run, small_cnn_pair, digits, tmp_path, capsys):
     run = _copy(finished_run, tmp_path)
     with Holder(run, "reader") as reader:
