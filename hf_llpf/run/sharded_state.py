@@ -28,7 +28,7 @@ from hf_llpf.errors import CorruptCheckpointError, RunDirectoryError
 from hf_llpf.files.hashing import file_sha256
 from hf_llpf.models.weights import usual_permissions
 from hf_llpf.run.layout import STATE_FILE
-from hf_llpf.run.state import decode, encode
+from hf_llpf.run.state import decode, encode, next_number, tensor_files
 
 FORMAT = "sharded-1"
 _RESUME_ADVICE = "start the run again with --overwrite (or choose a new --out)"
@@ -46,11 +46,6 @@ def _group() -> tuple[int, int]:
     return 0, 1
 
 
-def _next_number(folder: Path) -> int:
-    old = [p.stem.split("-")[1] for p in folder.glob("tensors-*.safetensors")]
-    return 1 + max((int(n) for n in old if n.isdigit()), default=0)
-
-
 def save(folder: str | os.PathLike | None, state: Any, *, write_text) -> None:
     """Every process of the group calls this with its own ``state`` (local tensors only); ``folder`` is the
     checkpoint folder on the main process (``None`` elsewhere), ``write_text(path, text)`` writes atomically.
@@ -63,7 +58,7 @@ def save(folder: str | os.PathLike | None, state: Any, *, write_text) -> None:
     rank, world = _group()
     if folder is not None:
         Path(folder).mkdir(parents=True, exist_ok=True)
-    where = [None if folder is None else (str(folder), _next_number(Path(folder)))]
+    where = [None if folder is None else (str(folder), next_number(Path(folder)))]
     dist.broadcast_object_list(where, src=0)
     root, n = Path(where[0][0]), where[0][1]
     skeleton, tensors = encode(state)
@@ -83,7 +78,7 @@ def save(folder: str | os.PathLike | None, state: Any, *, write_text) -> None:
     if rank == 0:
         doc = {"format": FORMAT, "world": world, "ranks": entries}
         write_text(root / STATE_FILE, json.dumps(doc) + "\n")
-        for p in root.glob("tensors-*.safetensors"):
+        for p in tensor_files(root):
             if p.name not in {e["tensors"] for e in entries}:
                 p.unlink(missing_ok=True)
     dist.barrier()  # the checkpoint is complete for every process before any goes on

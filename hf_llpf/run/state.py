@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +107,32 @@ def decode(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return dec(skeleton)
 
 
+# A checkpoint's tensor file as this tool names it (a sharded run's: one per process).
+TENSOR_FILE = re.compile(r"tensors-(\d+)(-rank-\d+-of-\d+)?\.safetensors")
+
+
+def tensor_files(folder: Path) -> list[Path]:
+    """The checkpoint tensor files in ``folder`` this tool wrote: plain files named as it names them (a link or
+    another name is never one of them, so it is never removed)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if TENSOR_FILE.fullmatch(p.name) and p.is_file() and not p.is_symlink())
+
+
+def next_number(folder: Path) -> int:
+    """The number of the next checkpoint's tensor file in ``folder``: above every name of that form, a link's too,
+    so the new file is never written through something already there."""
+    names = [TENSOR_FILE.fullmatch(p.name) for p in folder.iterdir()] if folder.is_dir() else []
+    return 1 + max((int(m[1]) for m in names if m), default=0)
+
+
 def save(folder: str | os.PathLike, state: Any, *, write_text) -> None:
     """Write ``state`` to ``folder`` (``write_text(path, text)`` must write atomically)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     skeleton, tensors = encode(state)
-    old = sorted(folder.glob("tensors-*.safetensors"))
-    n = 1 + max((int(p.stem.split("-")[1]) for p in old if p.stem.split("-")[1].isdigit()), default=0)
-    name = f"tensors-{n}.safetensors"
+    old = tensor_files(folder)
+    name = f"tensors-{next_number(folder)}.safetensors"
     # Until the new state file names it, the new tensor file is unused: a failed write (a full disk) removes it,
     # and the previous checkpoint stays whole.
     with cleaned_on_failure(folder / name):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fsdp_pairs
 from safetensors.torch import load_file
 
 import hf_llpf
@@ -78,13 +79,7 @@ def _killed_after_2nd_checkpoint(a: str, b: str, data: str, config: dict, run_di
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, small_cnn_pair):
     """The root of the launch's run directories (``<pair>_whole``, ``<pair>_killed``, ``<pair>_resumed``)."""
-    from text_fixtures import gpt2_endpoints, write_text_file
-
-    root = tmp_path_factory.mktemp("fsdp_resume")
-    gpt2_endpoints(root, steps=20)
-    write_text_file(root / "corpus.txt")
-    for k, folder in enumerate(small_cnn_pair):
-        (root / f"cnn_{k}").symlink_to(folder, target_is_directory=True)
+    root = fsdp_pairs(tmp_path_factory.mktemp("fsdp_resume"), small_cnn_pair)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(root)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(_ROOT), str(_ROOT / "tests")])}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=_ROOT)
@@ -194,12 +189,24 @@ def test_a_checkpoint_killed_mid_write_leaves_the_previous_one(tmp_path, group_o
     loaded = sharded_state.load(folder)
     assert loaded["loop"] == {"tick": 2} and loaded["rng"] == (1, [2, 3])
     assert torch.equal(loaded["model"]["w"], first["model"]["w"])
-    # The next checkpoint goes on from there and removes what the killed one left.
+    # The next checkpoint goes on from there and removes what the killed one left, and nothing it did not write:
+    # another name, or a link named as its own files are (its target untouched).
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(b"theirs")
+    (folder / "tensors-notes.safetensors").write_bytes(b"mine")
+    (folder / "tensors-9-rank-0-of-1.safetensors").symlink_to(outside)
     sharded_state.save(folder, second, write_text=atomic_write_text)
-    assert sorted(p.name for p in folder.iterdir()) == ["state.json", "tensors-3-rank-0-of-1.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "state.json", "tensors-10-rank-0-of-1.safetensors", "tensors-9-rank-0-of-1.safetensors",
+        "tensors-notes.safetensors"]  # fmt: skip
+    assert outside.read_bytes() == b"theirs" and (folder / "tensors-notes.safetensors").read_bytes() == b"mine"
+    (folder / "tensors-notes.safetensors").unlink()
+    (folder / "tensors-9-rank-0-of-1.safetensors").unlink()
+    sharded_state.save(folder, second, write_text=atomic_write_text)
+    assert sorted(p.name for p in folder.iterdir()) == ["state.json", "tensors-11-rank-0-of-1.safetensors"]
     assert torch.equal(sharded_state.load(folder)["model"]["w"], torch.zeros(3, 2))
     # A damaged tensor file is refused, naming the folder and the process.
-    (folder / "tensors-3-rank-0-of-1.safetensors").write_bytes(b"x")
+    (folder / "tensors-11-rank-0-of-1.safetensors").write_bytes(b"x")
     with pytest.raises(CorruptCheckpointError, match="is damaged for process 0 .*does not match the hash"):
         sharded_state.load(folder)
 
