@@ -144,3 +144,15 @@ def connect_killed_after(n_saves: int, monkeypatch, *args, **kwargs) -> int:
     finally:
         monkeypatch.setattr(resume_state, "save", real)
     return count["n"]
+
+
+def fsdp_pairs(root, small_cnn_pair):
+    """``root`` filled with the sharding tests' two pairs: a tiny GPT-2 pair (tied lm_head/wte) with ``corpus.txt``,
+    and links ``cnn_0``/``cnn_1`` to the small_cnn pair (BatchNorm) on digits. Returns ``root``."""
+    from text_fixtures import gpt2_endpoints, write_text_file
+
+    gpt2_endpoints(root, steps=20)
+    write_text_file(root / "corpus.txt")
+    for k, folder in enumerate(small_cnn_pair):
+        (root / f"cnn_{k}").symlink_to(folder, target_is_directory=True)
+    return root

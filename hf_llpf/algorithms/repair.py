@@ -46,7 +46,8 @@ def batch_stream(train_data: Any) -> Iterator[Any]:
 
 
 def resumed_stream(train_data: Any, drawn: int) -> Iterator[Any]:
-    """The endless batches of the caller's own data (not a SeededLoader) after the first ``drawn`` were taken.
+    """The endless batches of the caller's own data (not a SeededLoader) after the first ``drawn`` were taken (the
+    repair's and a curve's :class:`~hf_llpf.baselines.pathdir.ResumableBatches` on a resume).
 
     The skipped batches are read and dropped, one pass's worth at most where the data has a length; a resume
     then trains on the batches an uninterrupted run would, as long as each pass yields them in the same order

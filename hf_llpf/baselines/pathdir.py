@@ -154,9 +154,9 @@ class ResumableBatches:
             self.loader.load_state_dict(state["loader"])
             self.stream = self._make(self.loader)
             return
-        self.stream = self._make(self.loader)
-        for _ in range(self.drawn):
-            next(self.stream)
+        from hf_llpf.algorithms.repair import resumed_stream
+
+        self.stream = resumed_stream(self.loader, self.drawn)
 
 
 def write_path(

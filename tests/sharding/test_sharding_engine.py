@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import fsdp_pairs
 from safetensors.torch import load_file
 
 import hf_llpf
@@ -124,14 +125,7 @@ def _worker(root: Path) -> None:
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory, small_cnn_pair):
     """A tiny GPT-2 pair (tied lm_head/wte) with a text file, and the small_cnn pair (BatchNorm) on digits."""
-    from text_fixtures import gpt2_endpoints, write_text_file
-
-    root = tmp_path_factory.mktemp("fsdp")
-    gpt2_endpoints(root, steps=20)
-    write_text_file(root / "corpus.txt")
-    for k, folder in enumerate(small_cnn_pair):
-        (root / f"cnn_{k}").symlink_to(folder, target_is_directory=True)
-    return root
+    return fsdp_pairs(tmp_path_factory.mktemp("fsdp"), small_cnn_pair)
 
 
 def _files(point: Path) -> dict[str, bytes]:
