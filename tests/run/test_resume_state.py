@@ -128,3 +128,21 @@ def test_a_damaged_checkpoint_is_a_clear_error_from_the_cli(finished_run, small_
     err = capsys.readouterr().err
     assert "resume checkpoint" in err and "damaged" in err and "--overwrite" in err and "Traceback" not in err
     assert sorted(p.relative_to(finished_run).as_posix() for p in finished_run.rglob("*")) == before
+
+
+def test_a_checkpoint_removes_only_its_own_earlier_tensor_files(tmp_path):
+    """A name of another form, or a link named as the tool's files are, stays in checkpoint/ (its target untouched);
+    the tool's own earlier file goes."""
+    from hf_llpf.run import state as run_state
+    from hf_llpf.run.rundir import atomic_write_text
+
+    folder, outside = tmp_path / "checkpoint", tmp_path / "outside.safetensors"
+    run_state.save(folder, {"w": torch.ones(2)}, write_text=atomic_write_text)
+    outside.write_bytes(b"theirs")
+    (folder / "tensors-notes.safetensors").write_bytes(b"mine")
+    (folder / "tensors-5.safetensors").symlink_to(outside)
+    run_state.save(folder, {"w": torch.zeros(2)}, write_text=atomic_write_text)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["state.json", "tensors-5.safetensors", "tensors-6.safetensors", "tensors-notes.safetensors"]
+    assert outside.read_bytes() == b"theirs" and (folder / "tensors-notes.safetensors").read_bytes() == b"mine"
+    assert torch.equal(run_state.load(folder)["w"], torch.zeros(2))
