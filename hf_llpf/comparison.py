@@ -172,6 +172,7 @@ class _Judge:
             "train": probe_digest(self.sets.train),
             "test": probe_digest(test) if test is not None else None,
             "train_examples": self.sets.train.num_examples,
+            "train_data": self.sets.train.origin,  # how they were chosen (a seeded subset, a whole split, own batches)
             "test_examples": test.num_examples if test is not None else None,
         }
         return {"rows": self.rows, "probe": probe, "settings": settings}

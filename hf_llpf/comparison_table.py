@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path as FsPath
 from typing import Any
 
-from hf_llpf.reporting.report import NOT_EVALUATED
+from hf_llpf.reporting.report import NOT_EVALUATED, training_data_words
 
 TABLE_JSON, TABLE_MD, PLOT = "comparison.json", "comparison.md", "comparison.png"
 
@@ -190,7 +190,8 @@ def markdown_table(table: dict) -> str:
                 f"(outputs up to {c['max_abs_output']:.2f}), same predictions: {c['same_predictions']}"
             )
     p = table["probe"]
-    train = f"{p['train_examples']} train examples (sha256 {p['train'][:12]}…)"
+    chosen = f"{training_data_words(p)}; " if "train_data" in p else ""  # tables written before train_data: no words
+    train = f"{p['train_examples']} train examples ({chosen}sha256 {p['train'][:12]}…)"
     test = (
         f"{p['test_examples']} test examples (sha256 {p['test'][:12]}…)"
         if tested
@@ -244,7 +245,7 @@ def plot_comparison(table: dict, out_png: str | os.PathLike) -> FsPath:
                 ax.plot(pos, [p[col] for p in pts], marker=".", ms=3, lw=1.3, label=r["method"])
     untested = table["probe"].get("test") is None
     test_title = "test loss: not evaluated (no test split)" if untested else "test loss"
-    for ax, title in zip(axes, ("train loss (fixed subset, eval mode)", test_title)):
+    for ax, title in zip(axes, ("train loss (eval mode)", test_title)):
         ax.set_xlabel("normalised position along the path")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)

@@ -3,7 +3,10 @@
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 # The HF libraries read these when they are imported: set them before anything imports them.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -156,3 +159,26 @@ def fsdp_pairs(root, small_cnn_pair):
     for k, folder in enumerate(small_cnn_pair):
         (root / f"cnn_{k}").symlink_to(folder, target_is_directory=True)
     return root
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(args: list[str], *, timeout: int, processes: int | None = None) -> subprocess.CompletedProcess:
+    """``python ARGS`` in a process of its own, from the repository root, with the repository and ``tests/`` on its
+    import path and one OpenMP thread; under ``torchrun --standalone`` with ``processes`` processes when given (the
+    sharding tests' launches, a test file as the script). Fails the test, with the end of stderr, unless it exits 0.
+
+    Returns:
+        The completed process (``stdout``, ``stderr`` as text).
+    """
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes else []
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]),
+    }
+    done = subprocess.run([sys.executable, *launcher, *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=REPO_ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done

@@ -10,30 +10,37 @@ A trained curve writes a resume checkpoint (``checkpoint/``, :mod:`hf_llpf.run.s
 its training state (control point or pivots, optimizer, generators, iterations, the batches' position), the global
 generators, the rounds of certification made and the certifier's counters; ``exist="resume"`` continues from it
 bit for bit. Once the points are written a last checkpoint says the run is done; a closed-form curve writes only
-that one (a resume of an unfinished one writes its points again).
+that one (a resume of an unfinished one writes its points again). What a resume must match, the limits it may raise
+and the finished run it recognises before the preparation: :mod:`hf_llpf.baselines.curve_resume`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 import yaml
 from accelerate.logging import get_logger
+from torch import nn
 
 from hf_llpf.algorithms.certify import Certifier
 from hf_llpf.algorithms.registry import PathMethod
 from hf_llpf.baselines.certify import CertifySettings, CurveCheck, baseline_certifier, close_baseline
 from hf_llpf.baselines.certify import train_until_certified as _rounds
+from hf_llpf.baselines.curve_resume import (
+    check_same_curve,
+    finished_before_preparation,
+    recorded_settings,
+    refuse_raised_when_over,
+)
 from hf_llpf.baselines.pathdir import (
     BaselineRun,
     PreparedEnds,
     State,
     curve_config,
-    curve_endpoints,
     describe_curve,
     fixed_ts,
     state_of,
@@ -41,13 +48,11 @@ from hf_llpf.baselines.pathdir import (
 )
 from hf_llpf.config import SCHEMA
 from hf_llpf.data.intake import training_data
-from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.evaluation.recalibration import recalibrate_bn
-from hf_llpf.files.textfiles import read_yaml
 from hf_llpf.preparation import PreparedRun, prepare_run
-from hf_llpf.run import RunPath, RunWriter, read_run_json
+from hf_llpf.run import RunPath, RunWriter
 from hf_llpf.run.inputs import read_paths
-from hf_llpf.run.layout import CONFIG_YAML, ENDPOINTS_JSON, METRICS_JSON
+from hf_llpf.run.layout import CONFIG_YAML, METRICS_JSON
 from hf_llpf.run.resume import read_checkpoint
 from hf_llpf.run.seeding import rng_state, seed_everything, set_rng_state
 
@@ -88,7 +93,12 @@ class CurveJob:
 
 
 def run_curve(job: CurveJob, model_a: Any, model_b: Any, train_data: Any, config: Any, run_dir: Any) -> RunPath:
-    """Build ``job``'s curve from θ_A to θ_B and write (or continue) it in ``run_dir``; returns the path."""
+    """Build ``job``'s curve from θ_A to θ_B and write (or continue) it in ``run_dir``; returns the path. A resume
+    of a finished run says so before the preparation when it can tell
+    (:func:`~hf_llpf.baselines.curve_resume.finished_before_preparation`)."""
+    if finished_before_preparation(job, [model_a, model_b], train_data, config, run_dir):
+        logger.info(f"{run_dir} is already complete; nothing to resume", main_process_only=True)
+        return RunPath(run_dir, template=model_a if isinstance(model_a, nn.Module) else None)
     seed_everything(config.seed)
     start = time.perf_counter()
     made: list[PreparedEnds] = []
@@ -135,12 +145,14 @@ def _run(job: CurveJob, prepared: PreparedRun, ends: PreparedEnds, writer: RunWr
     template = ends.ea.model if ends.ea.kind == "module" else None
     ckpt = read_checkpoint(writer.root) if job.exist == "resume" else None
     built = job.entry().build(ends)
-    _record_settings(job, ends.record, prepared.certifier)
+    ends.record.settings.update(recorded_settings(job, certified=prepared.certifier.enabled))
     if ckpt is not None:
-        _check_same_curve(writer.root, ckpt, ends, job)
+        changed = check_same_curve(writer.root, ckpt, ends, job)
+        refuse_raised_when_over(writer.root, ckpt, changed)
         if ckpt.get("done") and (writer.root / METRICS_JSON).is_file():
             logger.info(f"{writer.root} is already complete; nothing to resume", main_process_only=True)
             return RunPath(writer.root, template=template)
+        _record_resume(writer, ckpt, ends.record, changed)
     else:
         describe_curve(writer, ends.ea, ends.eb, ends.record, command=job.command, assets=prepared.assets)
     finish = None
@@ -156,50 +168,15 @@ def _run(job: CurveJob, prepared: PreparedRun, ends: PreparedEnds, writer: RunWr
     return path
 
 
-def _record_settings(job: CurveJob, record: BaselineRun, certifier: Certifier) -> None:
-    """The settings the run records (``llpf_config.yaml``'s ``baseline``): points, the method's own (under a ceiling
-    without the fixed budget, which is not used), the certification's rounds, and whether BatchNorm is recomputed."""
-    if job.entry.trains:
-        unused = ("iters", "cycles") if certifier.enabled else ()
-        record.settings[job.entry.name] = {k: v for k, v in asdict(job.settings).items() if k not in unused}
-        if certifier.enabled:
-            record.settings["certify"] = asdict(job.rounds)
-    record.settings["recalibrate_bn"] = job.recalibrate_bn or job.entry.trains
-
-
-def _check_same_curve(root: Any, ckpt: dict, ends: PreparedEnds, job: CurveJob) -> None:
-    """A resume continues the same curve: the checkpoint's method, the settings ``llpf_config.yaml`` records and the
-    endpoints ``endpoints.json`` names must be this run's; every difference is listed.
-
-    Raises:
-        RunDirectoryError: another method. ConfigError: other settings or endpoints.
-    """
-    if ckpt.get("method") != job.entry.name:
-        raise RunDirectoryError(
-            f"--resume: {root} holds a {ckpt.get('method')!r} run, this one is {job.entry.name!r}; use --overwrite"
-        )
-    saved, now = read_yaml(root / CONFIG_YAML), yaml.safe_load(yaml.safe_dump(curve_config(ends.record)))
-    problems = [
-        f"--resume: {key} was {was!r} in {root}, now {is_!r} (a curve resumes with its settings)"
-        for key, was, is_ in _differences(saved, now)
-    ]
-    recorded, given = read_run_json(root, ENDPOINTS_JSON), curve_endpoints(ends.ea, ends.eb, ends.record, None)
-    for key in ("A", "B"):
-        was = (recorded.get(key) or {}).get("sha256") if isinstance(recorded.get(key), dict) else None
-        if was is not None and was != given[key]["sha256"]:
-            problems.append(f"--resume: endpoint {key} is not the one this run started with (its weights' sha256)")
-    if problems:
-        raise ConfigError(problems)
-
-
-def _differences(saved: Any, now: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """The settings that differ, by dotted name (``baseline.points``), with their two values."""
-    if not (isinstance(saved, dict) and isinstance(now, dict)):
-        return [] if saved == now else [(prefix.rstrip("."), saved, now)]
-    out = []
-    for key in sorted(set(saved) | set(now), key=str):
-        out += _differences(saved.get(key), now.get(key), f"{prefix}{key}.")
-    return out
+def _record_resume(writer: RunWriter, ckpt: dict, record: BaselineRun, changed: dict[str, list[Any]]) -> None:
+    """A resume that raised a limit: ``llpf_config.yaml`` gets the settings in force, and ``summary.run.resumed_with``
+    each resume's raised settings (carried by the checkpoints until the points are written)."""
+    history = [h for h in ckpt.get("resumed_with") or [] if isinstance(h, dict)]
+    if changed:
+        history.append({"changed": changed})  # at_sgd_iters: set once the training is restored
+        writer.write_yaml(CONFIG_YAML, yaml.safe_dump(curve_config(record), sort_keys=False))
+    if history:
+        record.summary["resumed_with"] = history
 
 
 def _recalibrated(state_at: Callable[[float], State], model: Any, batches: list) -> Callable[[float], State]:
@@ -245,6 +222,9 @@ class CurveTraining:
         """Train (or continue from ``ckpt``); returns ``state_at`` and the write's ``finish`` (the certification
         record, ``None`` without a ceiling). Records the method's figures in the run's record."""
         done = self._restore(ckpt) if ckpt is not None else False
+        history = self.ends.record.summary.get("resumed_with")
+        if history and "at_sgd_iters" not in history[-1]:  # this resume raised a limit: where it took effect
+            history[-1]["at_sgd_iters"] = self.trained.iterations()
         if not done:
             if self.check is None:
                 self._budget()
@@ -310,6 +290,7 @@ class CurveTraining:
             "certifier": self.certifier.state_dict(),
             "counters": self.certifier.counters(),
             "seconds": round(self.elapsed + time.perf_counter() - self.start, 3),
+            "resumed_with": self.ends.record.summary.get("resumed_with", []),
         }
         self.writer.save_checkpoint(state)
 

@@ -99,6 +99,7 @@ def _settings(path: RunPath, sets: EvalSets, options: dict[str, Any], start: flo
         "train_examples": sets.train.num_examples,
         "test_examples": sets.test.num_examples if sets.test is not None else None,  # None: no test split given
         "continuity_examples": sets.continuity.num_examples,
+        "train_data": sets.train.origin,  # train_subset and seed cut loaded data only
         **{k: options[k] for k in ("train_subset", "batch_size", "recalibrate_bn", "recal_batches")},
         **{k: options[k] for k in ("linear_points", "continuity_k", "seed")},
         "loss": "custom loss_fn" if options["loss_fn"] is not None else "default (cross-entropy / outputs.loss)",

@@ -43,6 +43,12 @@ class ProbeRecorder:
             yield batch
         self.digests.append(h.hexdigest())
 
+    @property
+    def origin(self) -> dict | None:
+        """How the recorded batches' examples were chosen (:class:`~hf_llpf.evaluation.sets.EvalSets`), when they
+        say."""
+        return getattr(self.batches, "origin", None)
+
     def take(self) -> list[str]:
         """The distinct digests recorded since the last call (one, when every pass saw the same data)."""
         seen, self.digests = sorted(set(self.digests)), []

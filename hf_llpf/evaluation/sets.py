@@ -37,12 +37,14 @@ class EvalBatches:
         loader: the split's fixed batches (``DataBundle.eval_loader``: images, or text dicts).
         device: where the batches are used.
         cache: keep the batches on the device (small splits), instead of building them again for every point.
+        origin: how the examples were chosen (see :class:`EvalSets`; ``None``: the whole split).
     """
 
-    def __init__(self, loader: SeededLoader, *, device: torch.device, cache: bool):
+    def __init__(self, loader: SeededLoader, *, device: torch.device, cache: bool, origin: dict | None = None):
         self.loader = loader
         self.device = device
         self.num_examples = len(loader.data)
+        self.origin = origin or {"form": "whole split"}
         self._cached: list | None = None
         if cache:
             self._cached = [move_batch(b, device) for b in self.loader]
@@ -65,16 +67,20 @@ class BatchSource:
         batches: ``(inputs, labels)`` tuples or dicts; iterated once per evaluated point.
         device: where the batches are used.
         limit: stop after the batch that reaches this many examples (``None``: all).
+        origin: how the examples were chosen (see :class:`EvalSets`; ``None``: the caller's own batches, used
+            whole).
 
     Raises:
         ConfigError: ``batches`` is a one-shot iterator (it would be empty from the second point on).
     """
 
-    def __init__(self, batches: Any, *, device: torch.device, limit: int | None = None):
+    def __init__(self, batches: Any, *, device: torch.device, limit: int | None = None, origin: dict | None = None):
         if iter(batches) is batches:
             raise ConfigError("evaluation data: a one-shot iterator was given; pass a list or a DataLoader")
         self.batches, self.device, self.limit = batches, device, limit
-        self.num_examples = sum(batch_size_of(b) for b in self)
+        sizes = [batch_size_of(b) for b in self]
+        self.num_examples = sum(sizes)
+        self.origin = origin or {"form": "own batches", "batches": len(sizes)}
 
     def __iter__(self) -> Iterator[Any]:
         seen = 0
@@ -90,10 +96,16 @@ class EvalSets:
     """The fixed data of one evaluation.
 
     Attributes:
-        train: the seeded training subset (every point's train loss/accuracy and the BN recalibration).
+        train: the training examples (every point's train loss/accuracy and the BN recalibration): a seeded
+            subset of loaded data, or the caller's own batches whole.
         test: the whole test split (``None``: the data given have no test split; the evaluation has no test
             column).
         continuity: a smaller seeded training subset for the interior points of each segment.
+
+    Each set's ``origin`` says how its examples were chosen (recorded as ``summary["evaluation"]["train_data"]``):
+    ``{"form": "seeded subset", "seed": S}`` or ``{"form": "whole split"}`` for loaded data, ``{"form": "own
+    batches", "batches": N}`` for the caller's own (a list, a ``DataLoader``, a ``Dataset`` read in batches), which
+    ``train_subset`` and ``seed`` never cut.
     """
 
     train: EvalBatches | BatchSource
@@ -148,7 +160,8 @@ def make_eval_sets(
         loader = data.eval_loader(split, indices=indices, batch_size=batch_size)
         whole = data.eval_numel(split)
         cached = whole if indices is None else whole * len(indices) // max(data.split_size(split), 1)
-        return EvalBatches(loader, device=device, cache=cached <= _CACHE_LIMIT)
+        origin = {"form": "whole split"} if indices is None else {"form": "seeded subset", "seed": seed}
+        return EvalBatches(loader, device=device, cache=cached <= _CACHE_LIMIT, origin=origin)
 
     test = batches("test", None)
     return EvalSets(train=batches("train", train_idx), test=test, continuity=batches("train", cont_idx))
@@ -183,8 +196,12 @@ def sets_for(
     train = eval_batches(data["train"], batch_size=batch_size)
     test = None if data.get("test") is None else BatchSource(eval_batches(data["test"], batch_size=batch_size),
                                                              device=device)  # fmt: skip
+    # Sets of this module passed on as batches (compare's recorded probes) keep saying how they were chosen.
+    origin = getattr(data["train"], "origin", None)
     return EvalSets(
-        BatchSource(train, device=device), test, BatchSource(train, device=device, limit=continuity_subset)
+        BatchSource(train, device=device, origin=origin),
+        test,
+        BatchSource(train, device=device, limit=continuity_subset, origin=origin),
     )
 
 

@@ -26,7 +26,7 @@ from hf_llpf.hub.facts import RunFacts, endpoint_label, read_facts, read_json
 from hf_llpf.hub.files import check_run_dir
 from hf_llpf.hub.public import UNKNOWN_LICENSE, is_local, local_names, scrub_text
 from hf_llpf.hub.snippets import path_snippet, root_load
-from hf_llpf.reporting.report import END, START, path_verdict, summary_table
+from hf_llpf.reporting.report import END, START, path_verdict, summary_table, training_data_words
 from hf_llpf.run import METRICS_JSON, POINTS_DIR
 from hf_llpf.run.assets import ASSET_KINDS, TOKENIZER, read_assets
 from hf_llpf.run.layout import CONFIG_YAML, PLOTS_DIR, README
@@ -135,7 +135,7 @@ def own_results(row: dict, facts: RunFacts) -> list:
 def own_figures_table(row: dict, facts: RunFacts, summary: dict) -> str:
     """The model's own figures as a table (accuracy in percent, the unit of every report), with data and split."""
     ev = summary.get("evaluation") or {}
-    subset = f", a fixed subset of {ev['train_examples']} examples" if ev.get("train_examples") else ""
+    subset = f", {ev['train_examples']} examples ({training_data_words(ev)})" if ev.get("train_examples") else ""
     rows = []
     for key, metric, name, split in OWN_FIGURES:
         value = row.get(key)

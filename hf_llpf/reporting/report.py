@@ -22,7 +22,7 @@ END = "<!-- hf_llpf:report:end -->"
 NOT_EVALUATED = "not evaluated"
 
 _DEFINITIONS = """\
-Definitions (the same for LLPF and linear; *loss* is the path's loss in eval mode on the fixed training subset):
+Definitions (the same for LLPF and linear; *loss* is the path's loss in eval mode on the training examples above):
 - **max train loss**: the largest loss over the saved points (linear: over the interpolation points);
 - **barrier**: max over points of loss_i − ((1−t_i)·loss_A + t_i·loss_B), t_i = cumulative L2 length / total
   length (linear: t_i = i/(N−1)), A and B the first and last point;
@@ -128,6 +128,27 @@ def test_examples(evaluation: dict[str, Any]) -> str:
     return "no test split (test figures not evaluated)" if n is None else f"{n} test examples"
 
 
+def training_data_words(evaluation: dict[str, Any]) -> str:
+    """How the evaluation's training examples were chosen, as the reports word it: ``"fixed subset, seed S"``,
+    ``"the whole training split"`` or, for the caller's own batches (which ``train_subset`` and ``seed`` never
+    cut), ``"your N batches, used whole"``.
+
+    Args:
+        evaluation: ``summary["evaluation"]`` (its ``train_data``; one recorded without it is worded from its
+            ``train_subset`` and ``seed``, as they were given).
+    """
+    origin = evaluation.get("train_data")
+    if not isinstance(origin, dict):  # recorded before train_data: nothing says whether the subset applied
+        given = evaluation.get("train_subset")
+        return "the whole training data" if given is None else f"train_subset {given}, seed {evaluation.get('seed')}"
+    if origin.get("form") == "own batches":
+        n = origin.get("batches")
+        return f"your {n} batch{'es' if n != 1 else ''}, used whole"
+    if origin.get("form") == "seeded subset":
+        return f"fixed subset, seed {origin.get('seed')}"
+    return "the whole training split"
+
+
 def path_verdict(summary: dict[str, Any], certification: dict[str, Any] | None = None) -> str:
     """The run's last line: the certification against the loss ceiling, then the comparison with linear
     interpolation on the same data.
@@ -190,7 +211,7 @@ def render_section(run_dir: str | os.PathLike) -> str:
         ev = summary.get("evaluation", {})
         parts += [
             f"{len(metrics.get('points', []))} saved points evaluated on {ev.get('train_examples')} training examples "
-            f"(fixed subset, seed {ev.get('seed')}) and {test_examples(ev)}; linear baseline at "
+            f"({training_data_words(ev)}) and {test_examples(ev)}; linear baseline at "
             f"{ev.get('linear_points')} points; continuity: {ev.get('continuity_k')} interior point(s) per segment on "
             f"{ev.get('continuity_examples')} training examples"
             + ("; BatchNorm recalibrated in separate columns." if ev.get("recalibrate_bn") else "."),
@@ -252,5 +273,6 @@ __all__ = [
     "render_section",
     "summary_table",
     "test_examples",
+    "training_data_words",
     "write_report",
 ]

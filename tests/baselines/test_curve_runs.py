@@ -5,6 +5,7 @@ curves' certifier, that evaluate, export and push accept; a trained curve resume
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -101,6 +102,15 @@ def test_a_bezier_run_killed_between_rounds_resumes_bit_for_bit(small_cnn_pair, 
     before = tree_digest(run)
     hf_llpf.connect(*small_cnn_pair, digits, run_dir=run, exist="resume", **kw)
     assert tree_digest(run) == before
+    # Started with a lower cap and killed after its first round, resumed with the cap raised: the run started with it.
+    low = {**kw, "certify": {"round_iters": 20, "cap": 40}}
+    assert connect_killed_after(1, monkeypatch, *small_cnn_pair, digits, run_dir=tmp_path / "low", **low) == 1
+    raised = hf_llpf.connect(*small_cnn_pair, digits, run_dir=tmp_path / "low", exist="resume", **kw)
+    assert _same_points(whole, raised) and raised.config["baseline"]["certify"]["cap"] == 60
+    rounds = raised.summary["run"]["certification"]["rounds"]
+    assert [(r["sgd_iters"], r["highest"]) for r in rounds] == [(r["sgd_iters"], r["highest"]) for r in cert["rounds"]]
+    changed = {"changed": {"baseline.certify.cap": [40, 60]}, "at_sgd_iters": 20}
+    assert raised.summary["run"]["resumed_with"] == [changed]
 
 
 @pytest.mark.parametrize("method", ["bezier", "autoneb"])
@@ -163,7 +173,8 @@ def test_a_resume_with_other_settings_or_method_is_refused(small_cnn_pair, digit
     before = tree_digest(run)
     with pytest.raises(ConfigError) as err:
         hf_llpf.connect(*small_cnn_pair, digits, run_dir=run, method="slerp", points=4, exist="resume")
-    said = f"--resume: baseline.points was 3 in {run}, now 4 (a curve resumes with its settings)"
+    said = (f"--resume: baseline.points was 3 in {run}, now 4 (a curve resumes with its settings; it may raise only "
+            "baseline.certify.cap, baseline.bezier.iters)")  # fmt: skip
     assert err.value.problems == [said]
     with pytest.raises(RunDirectoryError, match="holds a 'slerp' run, this one is 'weight-matching'"):
         hf_llpf.connect(*small_cnn_pair, digits, run_dir=run, method="weight-matching", points=3, exist="resume")
@@ -180,3 +191,54 @@ def test_curve_options_are_refused_for_llpf_and_checked_before_any_work(small_cn
     with pytest.raises(ConfigError, match="bezier lr=-1.0: must be > 0"):
         hf_llpf.connect("no/such", "no/such", run_dir=tmp_path / "x", method="bezier", settings={"lr": -1.0})
     assert not (tmp_path / "x").exists()
+
+
+def test_a_finished_curve_says_so_before_the_preparation(small_cnn_pair, digits, tmp_path, monkeypatch, caplog):
+    import hf_llpf.baselines.curve_run as curve_run
+
+    real, prepared = curve_run.prepare_run, []
+
+    def spy(*args, **kwargs):
+        prepared.append(1)
+        return real(*args, **kwargs)
+
+    bezier = {"config": {"loss_ceiling": None}, "method": "bezier", "points": 3, "settings": {"iters": 20}}
+    for name, data, kw in (("bz", digits, bezier), ("sl", "digits", {"method": "slerp", "points": 3})):
+        run = tmp_path / name
+        hf_llpf.connect(*small_cnn_pair, data, run_dir=run, **kw)
+        before, prepared[:] = tree_digest(run), []
+        monkeypatch.setattr(curve_run, "prepare_run", spy)
+        with caplog.at_level(logging.INFO, logger="hf_llpf"):
+            path = hf_llpf.connect(*small_cnn_pair, data, run_dir=run, exist="resume", **kw)
+        assert prepared == [] and len(path) == 3 and tree_digest(run) == before
+        assert f"{run} is already complete; nothing to resume" in caplog.text
+        caplog.clear()
+        # What cannot be told without loading (the endpoints swapped here) goes through the preparation and its check.
+        with pytest.raises(ConfigError, match="endpoint A is not the one this run started with"):
+            hf_llpf.connect(*reversed(small_cnn_pair), data, run_dir=run, exist="resume", **kw)
+        assert prepared == [1] and tree_digest(run) == before
+        monkeypatch.setattr(curve_run, "prepare_run", real)
+
+
+def test_a_resume_may_raise_the_budget_and_continues_as_one_run_with_it(small_cnn_pair, digits, tmp_path, monkeypatch):
+    kw = {"config": {"loss_ceiling": None}, "method": "bezier", "points": 3}
+    whole = hf_llpf.connect(*small_cnn_pair, digits, run_dir=tmp_path / "whole", settings={"iters": 130}, **kw)
+    run = tmp_path / "killed"
+    killed = connect_killed_after(1, monkeypatch, *small_cnn_pair, digits, run_dir=run, settings={"iters": 80}, **kw)
+    assert killed == 1
+    with pytest.raises(ConfigError) as err:  # lower: the training may have spent it already
+        hf_llpf.connect(*small_cnn_pair, digits, run_dir=run, exist="resume", settings={"iters": 40}, **kw)
+    assert err.value.problems == [f"--resume: baseline.bezier.iters was 80 in {run}, now 40 (it may only be raised: "
+                                  "the training may have spent it already)"]  # fmt: skip
+    resumed = hf_llpf.connect(*small_cnn_pair, digits, run_dir=run, exist="resume", settings={"iters": 130}, **kw)
+    # The chunks after the first are those of the run started with the raised budget: the same points, bit for bit.
+    assert _same_points(whole, resumed) and resumed.summary["run"]["sgd_iters"] == 130
+    assert resumed.config["baseline"]["bezier"]["iters"] == 130
+    assert resumed.summary["run"]["resumed_with"] == [
+        {"changed": {"baseline.bezier.iters": [80, 130]}, "at_sgd_iters": 50}
+    ]
+    # A finished run has no training left to continue: a raised budget is refused, nothing is written.
+    before = tree_digest(run)
+    with pytest.raises(ConfigError, match=r"is complete, so a raised limit cannot continue it \(baseline.bezier"):
+        hf_llpf.connect(*small_cnn_pair, digits, run_dir=run, exist="resume", settings={"iters": 200}, **kw)
+    assert tree_digest(run) == before

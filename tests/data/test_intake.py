@@ -116,10 +116,13 @@ def test_a_train_only_report_table_plots_and_card_claim_no_test_figure(lm):
     path = lm["path"]
     result = evaluate_run(path, data=lm["loader"], **EVAL)
     readme = (path.root / "README.md").read_text()
+    # The loader's batches are used whole: train_subset and seed never cut them, and nothing claims they did.
+    assert result["summary"]["evaluation"]["train_data"] == {"form": "own batches", "batches": N // BATCH}
     assert (
-        f"evaluated on {N} training examples (fixed subset, seed 0) and no test split (test figures not evaluated)"
-        in readme
+        f"evaluated on {N} training examples (your {N // BATCH} batches, used whole) and no test split (test figures "
+        "not evaluated)" in readme
     )
+    assert "subset" not in readme.replace("continuity subset", "") and "seed" not in readme
     assert "| test loss range | not evaluated | not evaluated |" in readme
     assert all((path.root / "plots" / f"{n}.png").stat().st_size > 0 for n in ("loss", "accuracy", "layers"))
     printed = evaluated(result, run_dir=None, causal_lm=True)
@@ -129,6 +132,8 @@ def test_a_train_only_report_table_plots_and_card_claim_no_test_figure(lm):
     assert "(split `train` only: the evaluation was given no test split, so no test figure was measured)" in card
     assert "against the run's loss ceiling; no test figure was measured." in card
     assert "| test loss |" not in card and "| train loss |" in card and "test figures are measured" not in card
+    assert f"split `train`, {N} examples (your {N // BATCH} batches, used whole), eval mode |" in card
+    assert "fixed subset" not in card
 
 
 def test_compare_takes_the_loader_and_judges_every_method_on_it(lm, tmp_path, monkeypatch):
@@ -154,6 +159,11 @@ def test_compare_takes_the_loader_and_judges_every_method_on_it(lm, tmp_path, mo
     md = (tmp_path / "c" / "comparison.md").read_text()
     assert "| llpf | " in md and "| not evaluated | not evaluated |" in md
     assert "no test split (test figures not evaluated)." in md and (tmp_path / "c" / "comparison.png").stat().st_size
+    # The table and every method's report say the batches were used whole (evaluated through compare's recorders).
+    assert f"{N} train examples (your {N // BATCH} batches, used whole; sha256 " in md
+    for row in by.values():
+        readme = (pathlib.Path(row["run_dir"]) / "README.md").read_text()
+        assert f"{N} training examples (your {N // BATCH} batches, used whole)" in readme and "seed" not in readme
 
 
 def test_data_that_fit_no_form_are_refused_naming_the_field(lm):

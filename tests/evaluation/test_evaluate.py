@@ -210,8 +210,11 @@ def test_cli_evaluate_writes_every_plot_and_the_report(tmp_path, endpoints, caps
     assert "![loss along the path](plots/loss.png)" in readme and "| barrier |" in readme
     write_report(run)  # rewriting replaces the section, never duplicates it
     assert (run / "README.md").read_text() == readme
-    # Data defaulted to the run's llpf_config.yaml (digits); the subset size was honoured.
-    assert read_metrics(run)["summary"]["evaluation"]["train_examples"] == 200
+    # Data defaulted to the run's llpf_config.yaml (digits); the subset size was honoured, and the report says so.
+    ev = read_metrics(run)["summary"]["evaluation"]
+    assert ev["train_examples"] == 200 and ev["train_data"] == {"form": "seeded subset", "seed": 0}
+    said = f"evaluated on 200 training examples (fixed subset, seed 0) and {ev['test_examples']} test examples"
+    assert said in readme
     out_png = plot_repeats([run, run], tmp_path / "repeats.png")
     assert out_png.stat().st_size > 10_000
 
@@ -276,6 +279,26 @@ def test_repeats_same_seed_agree_different_seeds_differ(tmp_path, endpoints, dig
     assert "Consistency over 2 repeats" in (tmp_path / "x/README.md").read_text()
     with pytest.raises(ConfigError, match="repeats=0"):
         run_repeats(a, b, digits, config=tiny, run_dir=tmp_path / "z", repeats=0)
+
+
+def test_the_training_data_are_worded_as_they_were_chosen(digits):
+    from hf_llpf.evaluation.sets import sets_for
+    from hf_llpf.reporting.report import training_data_words
+
+    cpu = torch.device("cpu")
+    subset = sets_for(digits, train_subset=100, continuity_subset=10, batch_size=32, seed=3, device=cpu)
+    whole = sets_for(digits, train_subset=10**6, continuity_subset=10, batch_size=32, seed=3, device=cpu)
+    batches = [(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))] * 3
+    own = sets_for({"train": batches}, train_subset=100, continuity_subset=10, batch_size=32, seed=3, device=cpu)
+    assert [training_data_words({"train_data": s.train.origin}) for s in (subset, whole, own)] == [
+        "fixed subset, seed 3",
+        "the whole training split",
+        "your 3 batches, used whole",
+    ]
+    assert training_data_words({"train_data": {"form": "own batches", "batches": 1}}) == "your 1 batch, used whole"
+    # A record written before train_data: the options as given, never a subset that was not asked for.
+    assert training_data_words({"train_subset": 500, "seed": 2}) == "train_subset 500, seed 2"
+    assert training_data_words({"train_subset": None, "seed": 0}) == "the whole training data"
 
 
 def test_the_verdict_says_plainly_when_the_path_is_worse_than_the_straight_line():

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import fsdp_pairs
+from conftest import fsdp_pairs, run_python
 from safetensors.torch import load_file
 
 import hf_llpf
@@ -35,7 +33,6 @@ SETTINGS = {"method": "m2m", "fdf": False, "step_r": 0.25, "max_ticks": 8, "min_
             "repair_budget": 8, "sync_check_every": 1, "seed": 0, "checkpoint_every": 2,
             "sharding": "fsdp"}  # fmt: skip
 CEILING = {"gpt2": None, "cnn": 0.3}
-_ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Killed(Exception):
@@ -80,10 +77,7 @@ def _killed_after_2nd_checkpoint(a: str, b: str, data: str, config: dict, run_di
 def launched(tmp_path_factory, small_cnn_pair):
     """The root of the launch's run directories (``<pair>_whole``, ``<pair>_killed``, ``<pair>_resumed``)."""
     root = fsdp_pairs(tmp_path_factory.mktemp("fsdp_resume"), small_cnn_pair)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(root)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(_ROOT), str(_ROOT / "tests")])}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=_ROOT)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_python([__file__, str(root)], processes=2, timeout=900)
     return root
 
 

@@ -1,17 +1,13 @@
 """Sharded endpoints read by rows (hf_llpf.algorithms.sharded_rows; docs/distributed.md, "Models larger than one
 device"): the structure built without weights is the whole-loaded model's, the preparation's checks run on the
-headers and on each process's rows. The two-process runs are in tests/test_sharding_engine.py."""
+headers and on each process's rows. The two-process runs are in tests/sharding/test_sharding_engine.py."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
+from conftest import run_python
 
 from hf_llpf.algorithms.sharded_rows import RowsEndpoint, check_headers, load_structure, reads_by_rows
 from hf_llpf.errors import EndpointMismatchError, OfflineError
@@ -19,7 +15,6 @@ from hf_llpf.models.endpoints import load_endpoint, save_model
 from hf_llpf.run.storage import point_bytes
 
 torch.set_num_threads(1)
-_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -110,10 +105,7 @@ def test_a_non_finite_value_in_a_process_rows_is_refused(gpt2_folder, tmp_path):
     state = safetensors.torch.load_file(bad / "model.safetensors")
     state["transformer.h.1.mlp.c_fc.weight"][3, :2] = torch.tensor([float("nan"), float("inf")])
     safetensors.torch.save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), str(_ROOT / "tests")]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", _NAN_SCRIPT, str(gpt2_folder), str(bad), str(tmp_path / "store")]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=_ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_python(["-c", _NAN_SCRIPT, str(gpt2_folder), str(bad), str(tmp_path / "store")], timeout=300)
     assert f"REFUSED endpoint B ({bad}): 2 non-finite value(s) (NaN or inf); an endpoint must hold finite" in (
         done.stdout
     ), done.stdout

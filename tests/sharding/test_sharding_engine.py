@@ -8,15 +8,13 @@ the same two processes, then compares their run directories here.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import fsdp_pairs
+from conftest import fsdp_pairs, run_python
 from safetensors.torch import load_file
 
 import hf_llpf
@@ -36,7 +34,6 @@ CEILING = {"gpt2": None, "cnn": 0.3}  # the CNN's: generous, so that eight ticks
 # differ only in how the gradients are averaged (FSDP2's reduce-scatter against DDP's all-reduce) and in the order
 # the per-shard sums of the moves and corrections are added: float32 roundings (docs/distributed.md).
 REL_TOL = 1e-5
-_ROOT = Path(__file__).resolve().parents[2]
 
 
 class _ReadSpy:
@@ -226,10 +223,7 @@ def test_sharded_paths_equal_data_parallel_paths(pairs):
     from transformers import AutoModelForCausalLM
 
     root = pairs
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(root)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(_ROOT), str(_ROOT / "tests")])}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=_ROOT)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_python([__file__, str(root)], processes=2, timeout=600)
     for name in ("gpt2", "cnn"):
         launch = {s: hf_llpf.RunPath(root / f"{name}_{s}").summary["run"]["launch"] for s in ("none", "fsdp")}
         assert launch["fsdp"]["sharding"] == "fsdp (each process holds 1/N of every parameter)"
