@@ -26,7 +26,6 @@ from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import curve_method, method_class
 from hf_llpf.algorithms.repair import RepairTrainer
 from hf_llpf.algorithms.sharded import ShardedM2M, check_sharding
-from hf_llpf.algorithms.sharded_rows import RowsEndpoint
 from hf_llpf.algorithms.spheres import choose_method
 from hf_llpf.baselines.build import connect_curve, with_method
 from hf_llpf.batches import LossFn
@@ -61,6 +60,7 @@ from hf_llpf.run.resume import (
 from hf_llpf.run.rundir import check_exist
 from hf_llpf.run.seeding import seed_everything
 from hf_llpf.run.storage import disk_estimate
+from hf_llpf.sharding.rows import RowsEndpoint
 
 logger = get_logger(__name__)
 
