@@ -95,11 +95,16 @@ class _ReadSpy:
 
 
 def _worker(root: Path) -> None:
-    """Inside torchrun: each run evaluated sharded, every safetensors read recorded, whole-file readers refused."""
+    """Inside torchrun: each run evaluated sharded, every safetensors read recorded, whole-file readers refused; the
+    CNN run once more with a template (a path of plain modules), its structure copied from the template."""
     from unittest import mock
 
     import safetensors
     import transformers
+
+    from hf_llpf.models.endpoints import load_endpoint
+
+    template = load_endpoint(root / "cnn_0").model  # read before the spy: a template is a whole module
 
     def refused(*args, **kwargs):
         raise AssertionError(f"a whole-file read in the sharded evaluation: {args[:1]}")
@@ -113,6 +118,8 @@ def _worker(root: Path) -> None:
         rank = torch.distributed.get_rank()
         (root / f"{name}_fsdp_{rank}.json").write_text(json.dumps(result, default=str))
         (root / f"{name}_reads_{rank}.json").write_text(json.dumps(spy.reads))
+    templated = evaluate_path(root / "cnn_run", sharding="fsdp", progress=False, template=template, **OPTIONS["cnn"])
+    (root / f"cnn_template_{rank}.json").write_text(json.dumps(templated, default=str))
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +194,11 @@ def test_sharded_evaluate_equals_unsharded(runs):
         assert len(plain["points"]) >= 3 and (name != "cnn" or "eval_train_loss_recal" in plain["points"][0])
         _same_figures(parts[0], plain, name)
         _read_by_rows_only(root, name)
+    # The same rows in the same architecture: a template's structure gives the very same figures.
+    by_template, by_config = (json.loads((root / f"cnn_{w}_0.json").read_text()) for w in ("template", "fsdp"))
+    for result in (by_template, by_config):
+        result["summary"]["evaluation"].pop("seconds")
+    assert by_template == by_config
 
 
 def test_sharded_evaluate_refused_without_a_process_group(tmp_path, capsys):
@@ -213,6 +225,31 @@ def test_sharded_evaluate_refused_without_a_process_group(tmp_path, capsys):
         in said
     )
     assert [p.name for p in tmp_path.rglob("*")] == ["run", "path_metrics.json"]  # nothing written
+
+
+def test_each_process_scores_every_nth_batch_and_makes_the_passes_it_lacks():
+    from hf_llpf.evaluation.sharded import _Share
+
+    for total, rank, mine, missing in ((5, 0, [0, 2, 4], 0), (5, 1, [1, 3], 1), (4, 1, [1, 3], 0), (1, 1, [], 1)):
+        share = _Share(list(range(total)), rank, 2)
+        assert list(share) == mine and share.missing == missing and share.spare == 0, (total, rank)
+
+
+def test_a_template_is_copied_onto_meta_without_its_weights():
+    """A path of plain modules: the sharded model's structure is the template's copy, parameters on meta (a tie kept),
+    buffers as the template holds them; the template itself untouched."""
+    from types import SimpleNamespace
+
+    from hf_llpf.evaluation.sharded import _structure
+
+    template = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 3))
+    template[2].weight = template[0].weight  # tied
+    template[1].running_mean.fill_(0.25)
+    before = {k: v.clone() for k, v in template.state_dict().items()}
+    model = _structure(SimpleNamespace(template=template))
+    assert all(p.is_meta for p in model.parameters()) and model[2].weight is model[0].weight
+    assert torch.equal(model[1].running_mean, torch.full((3,), 0.25)) and not model[1].running_mean.is_meta
+    assert all(torch.equal(before[k], v) and not v.is_meta for k, v in template.state_dict().items())
 
 
 if __name__ == "__main__":
