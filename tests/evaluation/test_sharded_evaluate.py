@@ -252,5 +252,19 @@ def test_a_template_is_copied_onto_meta_without_its_weights():
     assert all(torch.equal(before[k], v) and not v.is_meta for k, v in template.state_dict().items())
 
 
+def test_points_without_a_config_and_no_template_are_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from hf_llpf.evaluation.sharded import _structure
+
+    path = SimpleNamespace(template=None, checked_point_dir=lambda i: tmp_path)
+    with pytest.raises(ConfigError) as err:
+        _structure(path)
+    assert f"sharding='fsdp': point 0 ({tmp_path}) is not a timm or transformers model folder" in str(err.value)
+    assert "allowed: such points, a template (template=, for paths of plain modules), or sharding='none'" in str(
+        err.value
+    )
+
+
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]))
