@@ -148,11 +148,15 @@ class ShardedPointModel(PointModel):
         total = sum_scalars(torch.tensor(list(sums), dtype=torch.float64, device=self.device), self.group)
         return Sums(float(total[0]), int(total[1]), int(total[2]), int(total[3])).result()
 
+    def tensors(self, rows: State) -> list[torch.Tensor]:
+        """The rows of the floating parameters (:attr:`names`, in order) as DTensors laid out as the model's, for the
+        functions of :mod:`hf_llpf.sharding` (collective over the processes)."""
+        reshard(self.model)  # after a forward pass the root unit holds its parameters whole, not as DTensors
+        params = dict(self.model.named_parameters())
+        stored = stored_names(self.model, rows)
+        return shards_like([params[n] for n in self.names], [rows[stored[n]] for n in self.names])
+
     def step(self, a: State, b: State) -> float:
         """The L2 distance between two points over the floating parameters: each process's rows' sums of squares
         added over the processes (:func:`hf_llpf.sharding.total_distance`)."""
-        reshard(self.model)  # after a forward pass the root unit holds its parameters whole, not as DTensors
-        params = dict(self.model.named_parameters())
-        stored = stored_names(self.model, a)
-        rows_a, rows_b = [a[stored[n]] for n in self.names], [b[stored[n]] for n in self.names]
-        return total_distance(shards_like([params[n] for n in self.names], rows_a), rows_b, dtype=torch.float64)
+        return total_distance(self.tensors(a), self.tensors(b), dtype=torch.float64)

@@ -54,7 +54,8 @@ def _connect(root: Path, name: str) -> Path:
 
 
 class _ReadSpy:
-    """Stands in for ``safetensors.safe_open`` and records each read: ``get_tensor`` (whole) or a slice's rows."""
+    """Stands in for ``safetensors.safe_open`` and records each read: ``get_tensor`` (whole) or a slice's rows. (A
+    module imported while it stands in may keep it: it reads on, recording into a list nobody looks at any more.)"""
 
     def __init__(self, real):
         self.real, self.reads = real, []
@@ -69,8 +70,11 @@ class _ReadSpy:
             def __getattr__(self, attr):  # get_shape, get_dtype: the header only
                 return getattr(self.inner, attr)
 
-            def __getitem__(self, rows):
-                spy.reads.append([str(file), self.name, "rows", rows.start or 0, rows.stop])
+            def __getitem__(self, rows):  # a slice of rows, or anything else (``...``: all of it)
+                if isinstance(rows, slice):
+                    spy.reads.append([str(file), self.name, "rows", rows.start or 0, rows.stop])
+                else:
+                    spy.reads.append([str(file), self.name, "whole", None, None])
                 return self.inner[rows]
 
         class Handle:
@@ -114,12 +118,26 @@ def _worker(root: Path) -> None:
         with (mock.patch.object(safetensors, "safe_open", spy),
               mock.patch.object(transformers.PreTrainedModel, "from_pretrained", refused),
               mock.patch("safetensors.torch.load_file", refused)):  # fmt: skip
-            result = evaluate_path(root / f"{name}_run", sharding="fsdp", progress=False, **options)
+            # The GPT-2 run through evaluate_run: written by the main process, layers.png's tables by rows too.
+            evaluate = hf_llpf.evaluate_run if name == "gpt2" else evaluate_path
+            result = evaluate(root / f"{name}_run", sharding="fsdp", progress=False, **options)
         rank = torch.distributed.get_rank()
         (root / f"{name}_fsdp_{rank}.json").write_text(json.dumps(result, default=str))
         (root / f"{name}_reads_{rank}.json").write_text(json.dumps(spy.reads))
     templated = evaluate_path(root / "cnn_run", sharding="fsdp", progress=False, template=template, **OPTIONS["cnn"])
     (root / f"cnn_template_{rank}.json").write_text(json.dumps(templated, default=str))
+    _layer_tables(root / "gpt2_run", rank)
+
+
+def _layer_tables(run: Path, rank: int) -> None:
+    """layers.png's tables by rows, and (main process) as the unsharded plot computes them from whole points."""
+    from hf_llpf.reporting.layer_plots import _layer_tables, layer_tables_by_rows
+
+    names, log_var, rel_dist = layer_tables_by_rows(hf_llpf.RunPath(run), torch.device("cpu"))
+    if rank == 0:
+        whole = _layer_tables(hf_llpf.RunPath(run), names)
+        tables = {"rows": [log_var.tolist(), rel_dist.tolist()], "whole": [t.tolist() for t in whole]}
+        (run.parent / "gpt2_layer_tables.json").write_text(json.dumps(tables))
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +212,18 @@ def test_sharded_evaluate_equals_unsharded(runs):
         assert len(plain["points"]) >= 3 and (name != "cnn" or "eval_train_loss_recal" in plain["points"][0])
         _same_figures(parts[0], plain, name)
         _read_by_rows_only(root, name)
+    # evaluate_run sharded: the main process wrote the metrics, the report and every plot; layers.png's tables by
+    # rows are the whole points' to rounding (float64 sums of float32 rows, merged over the processes).
+    run = root / "gpt2_run"
+    assert json.loads((run / "path_metrics.json").read_text())["summary"]["evaluation"]["sharding"] == "fsdp"
+    plots = sorted(p.name for p in (run / "plots").iterdir())
+    assert plots == ["accuracy.png", "layers.png", "loss.png", "stages.png"]
+    tables = json.loads((root / "gpt2_layer_tables.json").read_text())
+    points = len(list((run / "points").iterdir()))
+    for by_rows, whole in zip(tables["rows"], tables["whole"], strict=True):
+        by_rows, whole = torch.tensor(by_rows), torch.tensor(whole)
+        assert by_rows.shape == whole.shape and by_rows.shape[1] == points and by_rows.shape[0] > 10
+        assert torch.allclose(by_rows, whole, rtol=1e-5, atol=1e-6), (by_rows - whole).abs().max()
     # The same rows in the same architecture: a template's structure gives the very same figures.
     by_template, by_config = (json.loads((root / f"cnn_{w}_0.json").read_text()) for w in ("template", "fsdp"))
     for result in (by_template, by_config):
