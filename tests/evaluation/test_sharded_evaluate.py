@@ -1,23 +1,21 @@
 """``evaluate`` with the model sharded by FSDP2 (``sharding="fsdp"``; docs/distributed.md, "Models larger than one
 device") against the unsharded evaluation of the same runs; and what it refuses.
 
-The slow test starts ONE torchrun launch (this file as its script; its own launcher, below) of two gloo processes
-that evaluates both runs sharded, every safetensors read recorded; the unsharded figures are computed here, in one
-process.
+The slow test starts ONE torchrun launch (this file as its script, through conftest's ``run_python``) of two gloo
+processes that evaluates both runs sharded, every safetensors read recorded; the unsharded figures are computed here,
+in one process.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import fsdp_pairs
+from conftest import fsdp_pairs, run_python
 from safetensors.torch import load_file
 
 import hf_llpf
@@ -26,7 +24,6 @@ from hf_llpf.evaluation import evaluate_path
 
 torch.set_num_threads(1)
 
-_ROOT = Path(__file__).resolve().parents[2]
 # A run of a few points (every tensor moving from the first tick) on each pair, built once, unsharded.
 SETTINGS = {"method": "m2m", "fdf": False, "step_r": 0.34, "max_ticks": 4, "min_iters": 1, "max_iters": 2,
             "repair_budget": 4, "seed": 0, "loss_ceiling": None}  # fmt: skip
@@ -201,10 +198,7 @@ def _read_by_rows_only(root: Path, name: str) -> None:
 @pytest.mark.slow
 def test_sharded_evaluate_equals_unsharded(runs):
     root = runs
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(root)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(_ROOT), str(_ROOT / "tests")])}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=_ROOT)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_python([__file__, str(root)], processes=2, timeout=600)
     for name, options in OPTIONS.items():
         plain = json.loads(json.dumps(evaluate_path(root / f"{name}_run", progress=False, **options), default=str))
         parts = [json.loads((root / f"{name}_fsdp_{r}.json").read_text()) for r in (0, 1)]
