@@ -26,7 +26,6 @@ from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import curve_method, method_class
 from hf_llpf.algorithms.repair import RepairTrainer
 from hf_llpf.algorithms.sharded import ShardedM2M, check_sharding
-from hf_llpf.algorithms.sharded_rows import RowsEndpoint
 from hf_llpf.algorithms.spheres import choose_method
 from hf_llpf.baselines.build import connect_curve, with_method
 from hf_llpf.batches import LossFn
@@ -61,6 +60,7 @@ from hf_llpf.run.resume import (
 from hf_llpf.run.rundir import check_exist
 from hf_llpf.run.seeding import seed_everything
 from hf_llpf.run.storage import disk_estimate
+from hf_llpf.sharding.rows import RowsEndpoint
 
 logger = get_logger(__name__)
 
@@ -510,22 +510,35 @@ def evaluate_run(
         refuse_links_under(path.root, [PLOTS_DIR])
     result = evaluate_path(path, template=template, accelerator=accelerator, **options)
     # evaluate_path has set up the process state (its own Accelerator when none was given).
-    if (accelerator or PartialState()).is_main_process:
-        record_evaluation(path.root, result, template=template, report=report)
+    state = accelerator or PartialState()
+    tables = None
+    if report and options.get("sharding") == "fsdp":  # layers.png's tables by rows too, every process taking part
+        from hf_llpf.reporting.layer_plots import layer_tables_by_rows
+
+        tables = layer_tables_by_rows(path, state.device)
+    if state.is_main_process:
+        record_evaluation(path.root, result, template=template, report=report, layer_tables=tables)
     return result
 
 
 def record_evaluation(
-    run_dir: str | os.PathLike, result: dict[str, Any], *, template: nn.Module | None = None, report: bool = True
+    run_dir: str | os.PathLike,
+    result: dict[str, Any],
+    *,
+    template: nn.Module | None = None,
+    report: bool = True,
+    layer_tables: Any = None,
 ) -> None:
     """Write an evaluation's ``result`` (:func:`~hf_llpf.evaluation.evaluate_path`) into its run directory: the
     metrics files (:func:`hf_llpf.run.write_evaluation`), and with ``report`` the plots and the report section of
-    ``README.md``. Called once everything is computed, so a failure before leaves the run directory unchanged."""
+    ``README.md``. Called once everything is computed, so a failure before leaves the run directory unchanged.
+    ``layer_tables``: ``layers.png``'s tables computed by rows (a sharded evaluation), else the plot reads the points
+    whole."""
     from hf_llpf.reporting.plots import plot_path
     from hf_llpf.reporting.report import write_report
     from hf_llpf.run import write_evaluation
 
     write_evaluation(run_dir, result)
     if report:
-        plot_path(run_dir, template=template)
+        plot_path(run_dir, template=template, layer_tables=layer_tables)
         write_report(run_dir)

@@ -15,15 +15,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hf_llpf.algorithms.certify import Certifier, run_certifier
-from hf_llpf.algorithms.sharded_rows import (
-    RowsEndpoint,
-    check_headers,
-    load_structure,
-    measure_in,
-    reads_by_rows,
-    reshard,
-    sharded_start,
-)
 from hf_llpf.config import ConnectConfig
 from hf_llpf.data.intake import training_data
 from hf_llpf.models.endpoints import Endpoint, check_endpoints_match, check_finite
@@ -32,6 +23,15 @@ from hf_llpf.progress import progress_requested
 from hf_llpf.run.assets import Assets, run_assets
 from hf_llpf.run.inputs import example_batch, prepare_data, resolve_endpoint, stage_plan
 from hf_llpf.run.storage import PointStorage
+from hf_llpf.sharding.rows import (
+    RowsEndpoint,
+    check_headers,
+    load_structure,
+    measure_in,
+    reads_by_rows,
+    reshard,
+    sharded_start,
+)
 
 
 @dataclass
@@ -110,7 +110,7 @@ _SHARDED_ROWS = True
 
 def _endpoints(models: list[Any], config: ConnectConfig, *, progress: bool) -> list[Endpoint]:
     """The endpoints loaded; under ``sharding: fsdp`` with two folders or Hub ids, their structure only, parameters on
-    the meta device (:mod:`hf_llpf.algorithms.sharded_rows`: each process reads its rows once the model is sharded)."""
+    the meta device (:mod:`hf_llpf.sharding.rows`: each process reads its rows once the model is sharded)."""
     with progress_requested(progress):
         if _SHARDED_ROWS and config.sharding == "fsdp" and len(models) == 2 and reads_by_rows(models):
             endpoints = [load_structure(m) for m in models]

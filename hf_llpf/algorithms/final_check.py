@@ -42,7 +42,7 @@ def final_check(
             Its parameters and buffers are first set to ``model``'s, so it computes what the copy would; it ends
             holding the last point.
             Sharded by FSDP2 (a sharded run reading by rows), it is used as it is: each process reads only its rows
-            of each point into it (:func:`~hf_llpf.algorithms.sharded_rows.point_rows`).
+            of each point into it (:func:`~hf_llpf.sharding.rows.point_rows`).
 
     Returns:
         ``{"examples", "points", "segments", "max", "point_losses", "segment_losses", "examples_run", "reused",
@@ -87,7 +87,7 @@ def _point_access(path: Any, work: nn.Module, device: Any, *, by_rows: bool) -> 
     """How the check reads point ``i``, loads it into ``work`` and loads a segment's midpoint: whole points through
     ``load_state_dict``, or (``by_rows``) this process's rows of each into the sharded ``work``."""
     if by_rows:
-        from hf_llpf.algorithms.sharded_rows import load_rows, point_rows
+        from hf_llpf.sharding.rows import load_rows, point_rows
 
         def mid_rows(here: dict, there: dict) -> None:
             load_rows(work, {k: midpoint(v, there[k]) for k, v in here.items()})

@@ -31,8 +31,9 @@ from hf_llpf.run import point_name, sharded_state
 from hf_llpf.run.layout import CHECKPOINT_DIR
 from hf_llpf.run.rundir import atomic_write_text
 from hf_llpf.sharding import local_parts, row_range, stored_names, write_weights_from_shards
+from hf_llpf.sharding.rows import repeated_blocks, shard_model
 
-__all__ = ["ShardedM2M", "ShardedRecorder", "check_sharding", "shard_model"]
+__all__ = ["ShardedM2M", "ShardedRecorder", "check_sharding", "repeated_blocks", "shard_model"]
 
 
 def check_sharding(config: ConnectConfig, accelerator: Any, *, exist: str = "error") -> None:
@@ -61,32 +62,6 @@ def check_sharding(config: ConnectConfig, accelerator: Any, *, exist: str = "err
         problems.append(f"point_dtype={config.point_dtype!r} under sharding='fsdp': allowed: 'auto'")
     if problems:
         raise ConfigError(problems)
-
-
-def repeated_blocks(model: nn.Module) -> list[nn.Module]:
-    """The elements of the outermost ``nn.ModuleList``s whose elements are all of one class (a transformer's
-    layers), in order: each becomes one FSDP2 unit."""
-    blocks: list[nn.Module] = []
-    taken: list[str] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(t + ".") for t in taken):
-            continue
-        if isinstance(module, nn.ModuleList) and len(module) > 1 and len({type(m) for m in module}) == 1:
-            blocks.extend(module)
-            taken.append(name)
-    return blocks
-
-
-def shard_model(model: nn.Module, device: torch.device) -> None:
-    """``fully_shard`` the repeated blocks of ``model``, then the root (the rest: embeddings, final norms, heads),
-    over every process of the default group, on ``device``'s type (gloo on the CPU, NCCL on GPUs)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
-    for block in repeated_blocks(model):
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
 
 
 def stored_tensors(model: nn.Module, kind: str) -> dict[str, torch.Tensor]:
@@ -197,7 +172,7 @@ class ShardedM2M(M2M):
     @classmethod
     def for_run(cls, run: RunSetup) -> ShardedM2M:
         """A copy of θ_A sharded over the processes, walking to θ_B; points in θ_A's format. Endpoints read by rows
-        (:mod:`hf_llpf.algorithms.sharded_rows`): the sharded model the preparation built, holding θ_A's rows."""
+        (:mod:`hf_llpf.sharding.rows`): the sharded model the preparation built, holding θ_A's rows."""
         model = getattr(run.ea, "work", None)
         if model is not None:
             run.ea.work, run.ea.rows = None, {}  # the run's now; its start is a copy of its shards (M2M)
@@ -232,7 +207,7 @@ class ShardedM2M(M2M):
     def _targets(self, target: Endpoint, device: torch.device) -> tuple[dict, list[torch.Tensor]]:
         """θ_B's buffers whole (every process holds the model's buffers whole) and, per parameter, this process's
         rows of it (the rows FSDP2 gave the model's own parameter), sliced from the loaded endpoint, or as read from
-        its files (:mod:`hf_llpf.algorithms.sharded_rows`)."""
+        its files (:mod:`hf_llpf.sharding.rows`)."""
         if getattr(target, "rows", None):
             return self._targets_from_rows(target, device)
         b_state = target.model.state_dict()

@@ -21,6 +21,13 @@ def register(sub) -> None:
     p.add_argument("--threads", type=threads, default=1, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
     p.add_argument(
+        "--sharding",
+        default="none",
+        help="none: every process holds the whole model (the points split over the processes); fsdp: each process "
+        "holds 1/N of every parameter and reads only its rows of each point (torchrun, two or more processes; "
+        'docs/distributed.md, "Models larger than one device")',
+    )
+    p.add_argument(
         "--baselines",
         metavar="LIST",
         help="also build these baselines (linear,slerp,bezier,autoneb,weight-matching) into RUN/baselines/ and "
@@ -77,8 +84,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         continuity_subset=args.continuity_subset,
         seed=args.seed,
         progress=not args.no_progress,
+        sharding=args.sharding,
     )
-    if not main_process():  # every process judged its share of the points; one speaks
+    if not main_process():  # every process judged its share of the points (or its rows of each); one speaks
         return 0
     summary = source.summary if published else _recorded_summary(args.run_dir)
     cert = summary.get("run", {}).get("certification")
@@ -103,6 +111,11 @@ def _with_baselines(args: argparse.Namespace) -> int:
     if not Path(args.run_dir).exists():
         raise ConfigError(
             f"--baselines: {args.run_dir!r} is not a local run directory (a published path is read-only)"
+        )
+    if args.sharding != "none":
+        raise ConfigError(
+            f"--sharding {args.sharding} with --baselines: the baselines are built and judged unsharded; allowed: "
+            "--sharding none, or evaluate the path alone sharded (without --baselines)"
         )
     try:
         methods = _methods(args.baselines)

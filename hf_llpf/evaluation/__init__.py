@@ -15,7 +15,8 @@ report.
 Modules: :mod:`~hf_llpf.evaluation.sets` (the fixed data), :mod:`~hf_llpf.evaluation.scoring` (loss and
 accuracy of one point), :mod:`~hf_llpf.evaluation.recalibration` (BatchNorm statistics),
 :mod:`~hf_llpf.evaluation.interpolation` (points between points), :mod:`~hf_llpf.evaluation.summary` (the
-figures), :mod:`~hf_llpf.evaluation.walk` (the sharded walk over the saved points).
+figures), :mod:`~hf_llpf.evaluation.walk` (the walk over the saved points, split over processes),
+:mod:`~hf_llpf.evaluation.sharded` (the model sharded over processes: ``sharding="fsdp"``).
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from torch import nn
 
 from hf_llpf.batches import LossFn, cpu_only
 from hf_llpf.errors import ConfigError, RunDirectoryError
-from hf_llpf.evaluation.interpolation import continuity, linear_interpolation, load_point, param_names
+from hf_llpf.evaluation.interpolation import PointModel, continuity, linear_interpolation, load_point, param_names
 from hf_llpf.evaluation.recalibration import recalibrate_bn
 from hf_llpf.evaluation.scoring import EVAL_COLUMNS, RECAL, evaluate_point, score
 from hf_llpf.evaluation.sets import BatchSource, EvalBatches, EvalSets, make_eval_sets, resolve_data, sets_for
+from hf_llpf.evaluation.sharded import check_sharded_evaluation
 from hf_llpf.evaluation.summary import barrier, locate_continuity, path_summary, positions, summarise
-from hf_llpf.evaluation.walk import WalkOptions, gather_rows, gather_walk, l2_step, walk_path
+from hf_llpf.evaluation.walk import WalkOptions, gather_rows, gather_walk, walk_path
 from hf_llpf.models.weights import stored_dtype
 from hf_llpf.run import RunPath
 from hf_llpf.run.lock import holds_run_directory
@@ -101,7 +103,7 @@ def _settings(path: RunPath, sets: EvalSets, options: dict[str, Any], start: flo
         "continuity_examples": sets.continuity.num_examples,
         "train_data": sets.train.origin,  # train_subset and seed cut loaded data only
         **{k: options[k] for k in ("train_subset", "batch_size", "recalibrate_bn", "recal_batches")},
-        **{k: options[k] for k in ("linear_points", "continuity_k", "seed")},
+        **{k: options[k] for k in ("linear_points", "continuity_k", "seed", "sharding")},
         "loss": "custom loss_fn" if options["loss_fn"] is not None else "default (cross-entropy / outputs.loss)",
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -111,12 +113,24 @@ def _settings(path: RunPath, sets: EvalSets, options: dict[str, Any], start: flo
     return settings
 
 
-def _linear(path: RunPath, model: nn.Module, sets: EvalSets, opts: dict, accelerator: Accelerator) -> tuple:
+def _point_model(path: RunPath, opts: dict[str, Any], accelerator: Accelerator) -> tuple:
+    """The model the points are evaluated in, this process's ``(rank, world)`` share of the points and where the
+    parts are gathered: a whole model with the points split over the processes, or (``sharding="fsdp"``) the sharded
+    model with every process on every point and nothing to gather."""
+    if opts["sharding"] == "fsdp":
+        from hf_llpf.evaluation.sharded import sharded_point_model
+
+        return sharded_point_model(path, accelerator.device), (0, 1), None
+    model = path.model_at(0).to(accelerator.device).eval()
+    return PointModel(model), (accelerator.process_index, accelerator.num_processes), accelerator
+
+
+def _linear(path: RunPath, held: PointModel, sets: EvalSets, opts: dict, shard: tuple, gather: Any) -> tuple:
     """The linear baseline between the first and the last point (gathered in order) and their distance."""
-    state_a, state_b = path.state_dict_at(0), path.state_dict_at(-1)
-    straight = l2_step(state_a, state_b, param_names(model))
+    state_a, state_b = held.read(path, 0), held.read(path, -1)
+    straight = held.step(state_a, state_b)
     linear = linear_interpolation(
-        model,
+        held,
         state_a,
         state_b,
         sets,
@@ -124,10 +138,10 @@ def _linear(path: RunPath, model: nn.Module, sets: EvalSets, opts: dict, acceler
         loss_fn=opts["loss_fn"],
         recalibrate=opts["recalibrate_bn"],
         recal_batches=opts["recal_batches"],
-        shard=(accelerator.process_index, accelerator.num_processes),
+        shard=shard,
         progress=opts["progress"],
     )
-    return gather_rows(linear, accelerator), straight
+    return gather_rows(linear, gather), straight
 
 
 def _evaluate(
@@ -135,15 +149,16 @@ def _evaluate(
 ) -> dict[str, Any]:
     """The points, segments, baseline and summary of ``path`` on ``sets``, the summary with its settings
     (``start``: when the evaluation began)."""
-    model = path.model_at(0).to(accelerator.device).eval()
+    held, shard, gather = _point_model(path, opts, accelerator)
+    if gather is None:  # every process walks every point: one shows the bars
+        opts = {**opts, "progress": opts["progress"] and accelerator.is_main_process}
     walk_opts = WalkOptions(
         opts["loss_fn"], opts["recalibrate_bn"], opts["recal_batches"], opts["continuity_k"], opts["progress"]
     )
-    shard = (accelerator.process_index, accelerator.num_processes)
-    rows, steps, cont = gather_walk(walk_path(path, model, sets, walk_opts, shard), accelerator)
+    rows, steps, cont = gather_walk(walk_path(path, held, sets, walk_opts, shard), gather)
     pos = positions(steps)
     locate_continuity(cont, path.ticks, pos)
-    linear, straight = _linear(path, model, sets, opts, accelerator)
+    linear, straight = _linear(path, held, sets, opts, shard, gather)
     points = [{**m, **r, "position": t} for m, r, t in zip(path.metrics, rows, pos)]
     summary = path_summary(
         points, linear, cont, pos, opts["recalibrate_bn"], path_length=sum(steps), straight=straight
@@ -169,6 +184,7 @@ def evaluate_path(
     template: nn.Module | None = None,
     accelerator: Accelerator | None = None,
     progress: bool = True,
+    sharding: str = "none",
 ) -> dict[str, Any]:
     """Evaluate a path's saved points, its segments and the linear baseline; return the results, write nothing.
 
@@ -193,6 +209,10 @@ def evaluate_path(
         accelerator: decides the device (default: a new ``Accelerator``: the device Accelerate chooses).
         progress: bars over the path's points and the baseline's (only on a terminal, on the first process,
             with ``TQDM_DISABLE`` unset: docs/cli.md#progress-and-logs).
+        sharding: ``"none"``: every process holds the whole model, the points are split over the processes;
+            ``"fsdp"``: each process holds 1/N of every parameter and reads only its rows of each point (FSDP2, two
+            or more processes started by torchrun; docs/distributed.md, "Models larger than one device"). The
+            figures are the same either way, up to the order of floating-point additions.
 
     Returns:
         ``{"points": [...], "linear": [...], "continuity": [...], "summary": {...}}`` (each point's row holds
@@ -200,17 +220,20 @@ def evaluate_path(
 
     Raises:
         RunDirectoryError: not a run directory, or no data recorded and none given.
-        ConfigError: invalid settings (empty subset, fewer than 2 linear points, negative K, ...).
+        ConfigError: invalid settings (empty subset, fewer than 2 linear points, negative K, ...); ``sharding="fsdp"``
+            without a process group of two or more processes, or for points of a model it cannot build on meta.
     """
     opts = {
         **{"train_subset": train_subset, "batch_size": batch_size, "seed": seed, "loss_fn": loss_fn},
         **{"recalibrate_bn": recalibrate_bn, "recal_batches": recal_batches, "linear_points": linear_points},
         **{"continuity_k": continuity_k, "continuity_subset": continuity_subset, "progress": progress},
+        "sharding": sharding,
     }
     _check_options(opts)
     start = time.perf_counter()
-    path = _open_path(path_or_run_dir, template)
     accelerator = accelerator or Accelerator(cpu=cpu_only())
+    check_sharded_evaluation(sharding, accelerator)  # refused before the run directory is read
+    path = _open_path(path_or_run_dir, template)
     sets = _eval_sets(path, data, opts, accelerator)
     return _evaluate(path, sets, opts, accelerator, start=start)
 
@@ -221,6 +244,7 @@ __all__ = [
     "BatchSource",
     "EvalBatches",
     "EvalSets",
+    "PointModel",
     "as_path",
     "barrier",
     "continuity",

@@ -7,8 +7,9 @@ metrics of ``hf-llpf train`` (:mod:`hf_llpf.training.endpoint`) both use it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from hf_llpf.evaluation.layout import channels_last_batch, eval_view
 from hf_llpf.evaluation.recalibration import recalibrate_bn
 
 EVAL_COLUMNS = ("eval_train_loss", "eval_train_acc", "test_loss", "test_acc")
+Scorer = Callable[..., dict[str, float]]
 RECAL = "_recal"
 
 
@@ -45,26 +47,29 @@ def _correct(model: nn.Module, output: Any, batch: Any) -> tuple[int, int]:
     return int(hits.sum()), int(keep.sum())
 
 
+class Sums(NamedTuple):
+    """What :func:`score` adds up over batches: loss × batch size, examples, correct predictions, predictions
+    counted. Sums of several processes' shares add up to the sums over all the batches."""
+
+    loss: float = 0.0
+    examples: int = 0
+    hits: int = 0
+    counted: int = 0
+
+    def result(self) -> dict[str, float]:
+        """``{"loss": mean loss, "acc": accuracy}`` (``acc`` ``nan`` when no label was a class).
+
+        Raises:
+            ConfigError: no example was scored.
+        """
+        if self.examples == 0:
+            raise ConfigError("evaluation data: no batch to evaluate on (the split or subset is empty)")
+        return {"loss": self.loss / self.examples, "acc": self.hits / self.counted if self.counted else math.nan}
+
+
 @torch.no_grad()
-def score(model: nn.Module, batches: Iterable, *, loss_fn: LossFn | None = None) -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` (as it is: mode unchanged) over ``batches``.
-
-    Convolutional models in eval mode on the CPU run channels-last (:mod:`hf_llpf.evaluation.layout`). The loss
-    is ``loss_fn(model, batch)`` (default: cross-entropy, or the model's own ``outputs.loss`` for
-    dict batches), weighted by the batch size. Accuracy is read from the model's output (logits argmax vs
-    integer labels; token accuracy for causal language models); ``nan`` when the labels are not classes.
-
-    Args:
-        model: the model, on the batches' device.
-        batches: ``(inputs, labels)`` tuples or dicts (a list, a loader, :class:`EvalBatches`, ...).
-        loss_fn: the loss ``loss_fn(model, batch) -> scalar`` (a batch mean).
-
-    Returns:
-        ``{"loss": float, "acc": float}``.
-
-    Raises:
-        ConfigError: ``batches`` holds no batch.
-    """
+def score_sums(model: nn.Module, batches: Iterable, *, loss_fn: LossFn | None = None) -> Sums:
+    """The :class:`Sums` of ``model`` (as it is: mode unchanged) over ``batches``, which may hold none."""
     captured: list = []
     handle, runner, fast = None, model, False
     total, count, hits, counted = 0.0, 0, 0, 0
@@ -84,16 +89,36 @@ def score(model: nn.Module, batches: Iterable, *, loss_fn: LossFn | None = None)
     finally:
         if handle is not None:
             handle.remove()
-    if count == 0:
-        raise ConfigError("evaluation data: no batch to evaluate on (the split or subset is empty)")
-    return {"loss": total / count, "acc": hits / counted if counted else math.nan}
+    return Sums(total, count, hits, counted)
 
 
-def _columns(model: nn.Module, sets: Any, loss_fn: LossFn | None, suffix: str) -> dict[str, float]:
-    train = score(model, sets.train, loss_fn=loss_fn)
+def score(model: nn.Module, batches: Iterable, *, loss_fn: LossFn | None = None) -> dict[str, float]:
+    """Mean loss and accuracy of ``model`` (as it is: mode unchanged) over ``batches``.
+
+    Convolutional models in eval mode on the CPU run channels-last (:mod:`hf_llpf.evaluation.layout`). The loss
+    is ``loss_fn(model, batch)`` (default: cross-entropy, or the model's own ``outputs.loss`` for
+    dict batches), weighted by the batch size. Accuracy is read from the model's output (logits argmax vs
+    integer labels; token accuracy for causal language models); ``nan`` when the labels are not classes.
+
+    Args:
+        model: the model, on the batches' device.
+        batches: ``(inputs, labels)`` tuples or dicts (a list, a loader, :class:`EvalBatches`, ...).
+        loss_fn: the loss ``loss_fn(model, batch) -> scalar`` (a batch mean).
+
+    Returns:
+        ``{"loss": float, "acc": float}``.
+
+    Raises:
+        ConfigError: ``batches`` holds no batch.
+    """
+    return score_sums(model, batches, loss_fn=loss_fn).result()
+
+
+def _columns(scorer: Scorer, sets: Any, loss_fn: LossFn | None, suffix: str) -> dict[str, float]:
+    train = scorer(sets.train, loss_fn=loss_fn)
     row = {f"eval_train_loss{suffix}": train["loss"], f"eval_train_acc{suffix}": train["acc"]}
     if sets.test is not None:  # data without a test split: no test column, so that nothing claims a test figure
-        test = score(model, sets.test, loss_fn=loss_fn)
+        test = scorer(sets.test, loss_fn=loss_fn)
         row |= {f"test_loss{suffix}": test["loss"], f"test_acc{suffix}": test["acc"]}
     return row
 
@@ -105,6 +130,7 @@ def evaluate_point(
     loss_fn: LossFn | None = None,
     recalibrate: bool = False,
     recal_batches: int | None = None,
+    scorer: Scorer | None = None,
 ) -> dict[str, float]:
     """The evaluation columns of the point currently loaded in ``model``.
 
@@ -114,6 +140,8 @@ def evaluate_point(
         loss_fn: the path's loss.
         recalibrate: also score after BatchNorm recalibration on the training subset.
         recal_batches: batches used by the recalibration (``None``: all).
+        scorer: ``scorer(batches, loss_fn=...)`` → ``{"loss", "acc"}`` of ``model`` (default: :func:`score`; the
+            sharded evaluation's merges the processes' shares).
 
     Returns:
         ``eval_train_loss``, ``eval_train_acc``, ``test_loss``, ``test_acc`` (the last two only when ``sets`` has a
@@ -122,11 +150,12 @@ def evaluate_point(
         model).
     """
     model.eval()
-    row = _columns(model, sets, loss_fn, "")
+    scorer = scorer or partial(score, model)
+    row = _columns(scorer, sets, loss_fn, "")
     if recalibrate:
         recalibrate_bn(model, sets.train, max_batches=recal_batches)
-        row |= _columns(model, sets, loss_fn, RECAL)
+        row |= _columns(scorer, sets, loss_fn, RECAL)
     return row
 
 
-__all__ = ["EVAL_COLUMNS", "RECAL", "evaluate_point", "score"]
+__all__ = ["EVAL_COLUMNS", "RECAL", "Sums", "evaluate_point", "score", "score_sums"]

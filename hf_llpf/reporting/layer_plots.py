@@ -25,6 +25,7 @@ from hf_llpf.geometry import variances  # noqa: E402
 from hf_llpf.run import RunPath, atomic_write_bytes  # noqa: E402
 
 VARIANCE_FLOOR = -12.0  # log10 variance below which a tensor counts as constant (drawn grey, off the scale)
+LayerTables = tuple[list[str], torch.Tensor, torch.Tensor]  # tensor names, log10 variance, relative distance to θ_B
 
 
 def _param_order(run_dir: FsPath, names: list[str]) -> tuple[list[str], list[int]]:
@@ -118,14 +119,53 @@ def tensor_labels(names: list[str], stages: list[int]) -> tuple[list[float], lis
     return ticks, labels
 
 
-def layers_plot(run_dir: FsPath, data: dict, *, template: nn.Module | None, out: FsPath) -> FsPath:
-    """Draw ``layers.png`` of an evaluated run (``data``: its metrics) into ``out``; returns ``out``."""
+@torch.no_grad()
+def layer_tables_by_rows(path: RunPath, device: torch.device) -> LayerTables:
+    """What :func:`_layer_tables` computes, with the model sharded over the processes (a sharded evaluation,
+    :mod:`hf_llpf.evaluation.sharded`): each process reads only its rows of each point, the per-tensor variances and
+    distances are added over the processes. Collective: every process calls it; every process gets the tables.
+
+    Returns:
+        ``(names, log10 variance, relative distance to θ_B)``: the floating parameters in model order; tables of
+        tensors x points.
+    """
+    from hf_llpf import sharding
+    from hf_llpf.evaluation.sharded import sharded_point_model
+
+    held = sharded_point_model(path, device)
+    state_b = held.tensors(held.read(path, -1))
+    d0 = sharding.distances(held.tensors(held.read(path, 0)), state_b, dtype=torch.float64).cpu()
+    log_var, rel_dist = [], []
+    for i in range(len(path)):
+        cur = held.tensors(held.read(path, i))
+        log_var.append(torch.log10(sharding.variances(cur).clamp_min(1e-30)).cpu())
+        d = sharding.distances(cur, state_b, dtype=torch.float64).cpu()
+        rel_dist.append(torch.where(d0 > 0, d / d0.clamp_min(1e-300), torch.zeros_like(d)))
+    return list(held.names), torch.stack(log_var, 1), torch.stack(rel_dist, 1)
+
+
+def _ordered_tables(run_dir: FsPath, template: nn.Module | None, tables: LayerTables | None) -> tuple:
+    """The tensors' names in stage order, each one's stage, and the two tables in that order: ``tables`` as computed
+    by rows (:func:`layer_tables_by_rows`), or the points read whole here."""
+    if tables is not None:
+        own, log_var, rel_dist = tables
+        names, stages = _param_order(run_dir, own)
+        order = [own.index(n) for n in names]
+        return names, stages, log_var[order], rel_dist[order]
     path = RunPath(run_dir, template=template)
     model = path.model_at(0)
     names = [n for n, p in model.named_parameters() if p.is_floating_point()]
     del model
     names, stages = _param_order(run_dir, names)
-    log_var, rel_dist = _layer_tables(path, names)
+    return names, stages, *_layer_tables(path, names)
+
+
+def layers_plot(
+    run_dir: FsPath, data: dict, *, template: nn.Module | None, out: FsPath, tables: LayerTables | None = None
+) -> FsPath:
+    """Draw ``layers.png`` of an evaluated run (``data``: its metrics) into ``out``; returns ``out``. ``tables``: the
+    per-tensor tables computed already by rows (:func:`layer_tables_by_rows`), else the points are read whole."""
+    names, stages, log_var, rel_dist = _ordered_tables(run_dir, template, tables)
     pos = [p["position"] for p in data["points"]]
     x = _edges(pos)
     y = list(range(len(names) + 1))
@@ -177,4 +217,4 @@ def save_figure(fig: Any, out: str | os.PathLike) -> FsPath:
     return out
 
 
-__all__ = ["VARIANCE_FLOOR", "layers_plot", "save_figure", "variance_limits"]
+__all__ = ["VARIANCE_FLOOR", "LayerTables", "layer_tables_by_rows", "layers_plot", "save_figure", "variance_limits"]

@@ -31,7 +31,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hf_llpf.errors import RunDirectoryError  # noqa: E402
-from hf_llpf.reporting.layer_plots import VARIANCE_FLOOR, layers_plot, save_figure, variance_limits  # noqa: E402
+from hf_llpf.reporting.layer_plots import (  # noqa: E402
+    VARIANCE_FLOOR,
+    LayerTables,
+    layers_plot,
+    save_figure,
+    variance_limits,
+)
 from hf_llpf.run import RunPath, read_metrics  # noqa: E402
 from hf_llpf.run.layout import PLOTS_DIR  # noqa: E402
 
@@ -210,7 +216,11 @@ def _curve_plot(run_dir: FsPath, data: dict, *, metric: str, out: FsPath) -> FsP
 
 
 def plot_path(
-    run_dir: str | os.PathLike, *, template: nn.Module | None = None, out_dir: str | os.PathLike | None = None
+    run_dir: str | os.PathLike,
+    *,
+    template: nn.Module | None = None,
+    out_dir: str | os.PathLike | None = None,
+    layer_tables: LayerTables | None = None,
 ) -> list[FsPath]:
     """Draw ``loss.png``, ``accuracy.png``, ``layers.png`` and (for a run that records its stages) ``stages.png``
     of an evaluated run directory.
@@ -219,6 +229,8 @@ def plot_path(
         run_dir: the run directory (after :func:`hf_llpf.api.evaluate_run`).
         template: a module of the architecture, for paths of plain ``nn.Module`` s.
         out_dir: where to write (default ``RUN_DIR/plots``).
+        layer_tables: ``layers.png``'s tables computed already by rows (a sharded evaluation,
+            :func:`~hf_llpf.reporting.layer_plots.layer_tables_by_rows`); default: the points are read whole.
 
     Returns:
         The files written.
@@ -233,7 +245,7 @@ def plot_path(
     drawn = [
         _curve_plot(run_dir, data, metric="loss", out=out_dir / "loss.png"),
         _curve_plot(run_dir, data, metric="accuracy", out=out_dir / "accuracy.png"),
-        layers_plot(run_dir, data, template=template, out=out_dir / "layers.png"),
+        layers_plot(run_dir, data, template=template, out=out_dir / "layers.png", tables=layer_tables),
     ]
     run = data.get("summary", {}).get("run") or {}
     if isinstance(run.get("stages"), list) and run["stages"]:

@@ -296,11 +296,15 @@ class RunPath:
         """Point ``i`` loaded from its folder as an :class:`~hf_llpf.models.endpoints.Endpoint` (its format kept);
         every file it reads resolves inside the folder (:meth:`checked_point_dir`)."""
         folder = self.checked_point_dir(i)
-        # A point stored in point_dtype names that dtype in its config.json; the run judged it in the endpoints'.
+        return load_endpoint(folder, allowed_root=self.point_fence(folder), dtype=self.endpoint_dtype)
+
+    @property
+    def endpoint_dtype(self) -> torch.dtype | None:
+        """The floating dtype of the endpoints the run recorded (``summary.run.endpoint_dtype``), or ``None``: a
+        point stored in ``point_dtype`` names that dtype in its config.json; the run judged it in the endpoints'."""
         own = (self.summary.get("run") or {}).get("endpoint_dtype")
         dtype = getattr(torch, own, None) if isinstance(own, str) else None
-        dtype = dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
-        return load_endpoint(folder, allowed_root=self.point_fence(folder), dtype=dtype)
+        return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
 
     def __iter__(self) -> Iterator[nn.Module]:
         for i in range(len(self)):

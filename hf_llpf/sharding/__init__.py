@@ -12,7 +12,9 @@ functions of :mod:`hf_llpf.geometry` give on the whole tensors, exchanging only 
   and the variance correction;
 - :mod:`~hf_llpf.sharding.slices`: this process's rows of θ_A and θ_B read from safetensors files;
 - :mod:`~hf_llpf.sharding.points`: a point written from the shards one tensor at a time, the unsharded writer's
-  bytes.
+  bytes;
+- :mod:`~hf_llpf.sharding.rows`: a model built on the meta device, sharded by ``fully_shard`` and loaded by rows
+  (the endpoints of a sharded connect, the points of a sharded evaluation).
 
 With one process (no tensor sharded) each function is the unsharded one itself. M2M's tick runs through these
 functions, sharded under ``sharding: fsdp`` (:mod:`hf_llpf.algorithms.sharded`; docs/distributed.md, "Models larger

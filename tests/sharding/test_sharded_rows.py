@@ -1,4 +1,4 @@
-"""Sharded endpoints read by rows (hf_llpf.algorithms.sharded_rows; docs/distributed.md, "Models larger than one
+"""Sharded endpoints read by rows (hf_llpf.sharding.rows; docs/distributed.md, "Models larger than one
 device"): the structure built without weights is the whole-loaded model's, the preparation's checks run on the
 headers and on each process's rows. The two-process runs are in tests/sharding/test_sharding_engine.py."""
 
@@ -9,10 +9,10 @@ import safetensors.torch
 import torch
 from conftest import run_python
 
-from hf_llpf.algorithms.sharded_rows import RowsEndpoint, check_headers, load_structure, reads_by_rows
 from hf_llpf.errors import EndpointMismatchError, OfflineError
 from hf_llpf.models.endpoints import load_endpoint, save_model
 from hf_llpf.run.storage import point_bytes
+from hf_llpf.sharding.rows import RowsEndpoint, check_headers, load_structure, reads_by_rows
 
 torch.set_num_threads(1)
 
@@ -84,7 +84,7 @@ _NAN_SCRIPT = """
 import sys, torch, tempfile
 torch.set_num_threads(1)
 torch.distributed.init_process_group("gloo", init_method="file://" + sys.argv[3], rank=0, world_size=1)
-from hf_llpf.algorithms.sharded_rows import load_structure, sharded_start
+from hf_llpf.sharding.rows import load_structure, sharded_start
 from hf_llpf.errors import CorruptCheckpointError
 ea, eb = load_structure(sys.argv[1]), load_structure(sys.argv[2])
 try:

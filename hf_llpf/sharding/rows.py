@@ -1,11 +1,13 @@
-"""Sharded endpoints read by rows (``sharding: fsdp`` with endpoints that are safetensors folders, local or Hub).
+"""A model sharded over the processes and loaded by rows: sharded endpoints read by rows (``sharding: fsdp`` with
+endpoints that are safetensors folders, local or Hub), and the points of a path read the same way by the sharded
+evaluation (:mod:`hf_llpf.evaluation.sharded`).
 
 Each process builds the endpoint's model with its parameters on the meta device (buffers built as the constructor
-makes them), shards it with ``fully_shard`` (:func:`~hf_llpf.algorithms.sharded.shard_model`) and reads only its own
-rows of θ_A and θ_B (:func:`hf_llpf.sharding.read_local_slices`, ``safe_open(...).get_slice``); no process holds a
-whole endpoint. The preparation's checks run on what is read: the shapes from the safetensors headers against the
-model's, the two architectures against each other, finite values on each process's rows with one scalar
-all-reduce. docs/distributed.md, "Models larger than one device".
+makes them), shards it with ``fully_shard`` (:func:`shard_model`) and reads only its own rows of θ_A and θ_B
+(:func:`hf_llpf.sharding.read_local_slices`, ``safe_open(...).get_slice``); no process holds a whole endpoint. The
+preparation's checks run on what is read: the shapes from the safetensors headers against the model's, the two
+architectures against each other, finite values on each process's rows with one scalar all-reduce.
+docs/distributed.md, "Models larger than one device".
 """
 
 from __future__ import annotations
@@ -31,12 +33,17 @@ from hf_llpf.sharding import local_parts, read_local_slices, stored_names, tenso
 
 __all__ = [
     "RowsEndpoint",
+    "repeated_blocks",
+    "shard_model",
+    "check_finite",
+    "checked_point_rows",
     "load_rows",
     "load_structure",
     "measure_in",
     "point_rows",
     "reads_by_rows",
     "reshard",
+    "sharded_copy",
     "sharded_start",
 ]
 
@@ -63,6 +70,32 @@ class RowsEndpoint(Endpoint):
         if self._sha256 is None:
             self._sha256 = _file_state_hash(self)
         return super().describe()
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The elements of the outermost ``nn.ModuleList``s whose elements are all of one class (a transformer's
+    layers), in order: each becomes one FSDP2 unit."""
+    blocks: list[nn.Module] = []
+    taken: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(t + ".") for t in taken):
+            continue
+        if isinstance(module, nn.ModuleList) and len(module) > 1 and len({type(m) for m in module}) == 1:
+            blocks.extend(module)
+            taken.append(name)
+    return blocks
+
+
+def shard_model(model: nn.Module, device: torch.device) -> None:
+    """``fully_shard`` the repeated blocks of ``model``, then the root (the rest: embeddings, final norms, heads),
+    over every process of the default group, on ``device``'s type (gloo on the CPU, NCCL on GPUs)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    for block in repeated_blocks(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 
 
 def reads_by_rows(specs: list[Any]) -> bool:
@@ -232,6 +265,24 @@ def point_rows(path: Any, i: int, work: nn.Module) -> dict[str, torch.Tensor]:
     return _rows_of_folder(path.point_dir(i), work, allowed_root=path.root)[1]
 
 
+def check_finite(wanted: dict[str, torch.Tensor], rows: dict[str, torch.Tensor], *, what: str, allowed: str) -> None:
+    """Every process's ``rows`` (of the model tensors ``wanted``, :func:`_rows_of_folder`) finite: one scalar
+    all-reduce; a tensor held whole is counted once.
+
+    Raises:
+        CorruptCheckpointError: a non-finite value in any process's rows, naming ``what`` and the count, and saying
+            what is ``allowed``.
+    """
+    _, sharded, _ = local_parts(list(wanted.values()))
+    first = torch.distributed.get_rank() == 0  # a tensor held whole is read by every process: counted once
+    held = [v for v, s in zip(rows.values(), sharded, strict=True) if v.is_floating_point() and (s or first)]
+    bad = sum(int((~torch.isfinite(v)).sum()) for v in held)
+    count = torch.tensor([bad], dtype=torch.int64, device=next(iter(rows.values())).device if rows else None)
+    torch.distributed.all_reduce(count)
+    if int(count.item()):
+        raise CorruptCheckpointError(f"{what}: {int(count.item())} non-finite value(s) (NaN or inf); {allowed}")
+
+
 def _read_rows(endpoint: RowsEndpoint, work: nn.Module, *, label: str) -> dict[str, torch.Tensor]:
     """This process's part of each stored tensor of ``endpoint`` (laid out as ``work``'s), checked finite over every
     process (one scalar all-reduce).
@@ -240,17 +291,22 @@ def _read_rows(endpoint: RowsEndpoint, work: nn.Module, *, label: str) -> dict[s
         CorruptCheckpointError: a non-finite value in any process's rows, naming the endpoint and the count.
     """
     wanted, rows = _rows_of_folder(endpoint.location, work, allowed_root=endpoint.allowed_root)
-    _, sharded, _ = local_parts(list(wanted.values()))
-    first = torch.distributed.get_rank() == 0  # a tensor held whole is read by every process: counted once
-    held = [v for v, s in zip(rows.values(), sharded, strict=True) if v.is_floating_point() and (s or first)]
-    bad = sum(int((~torch.isfinite(v)).sum()) for v in held)
-    count = torch.tensor([bad], dtype=torch.int64)
-    torch.distributed.all_reduce(count)
-    if int(count.item()):
-        raise CorruptCheckpointError(
-            f"endpoint {label} ({endpoint.source}): {int(count.item())} non-finite value(s) (NaN or inf); an "
-            "endpoint must hold finite weights"
-        )
+    what = f"endpoint {label} ({endpoint.source})"
+    check_finite(wanted, rows, what=what, allowed="an endpoint must hold finite weights")
+    return rows
+
+
+def checked_point_rows(path: Any, i: int, work: nn.Module) -> dict[str, torch.Tensor]:
+    """This process's rows of point ``i`` of ``path`` as the evaluation reads a point: every file within the point's
+    folder (:meth:`~hf_llpf.run.RunPath.checked_point_dir`), every process's rows checked finite.
+
+    Raises:
+        CorruptCheckpointError: a non-finite value, naming the point. RunDirectoryError: a file leading outside.
+    """
+    folder = path.checked_point_dir(i)
+    wanted, rows = _rows_of_folder(folder, work, allowed_root=path.point_fence(folder))
+    what = f"points[{i % len(path)}] ({folder})"
+    check_finite(wanted, rows, what=what, allowed="a point must hold finite weights")
     return rows
 
 
@@ -275,18 +331,24 @@ def load_rows(work: nn.Module, rows: dict[str, torch.Tensor]) -> None:
     torch._foreach_copy_(parts, [rows[n] for n in targets])
 
 
-def sharded_start(ea: RowsEndpoint, eb: RowsEndpoint, device: torch.device) -> nn.Module:
-    """θ_A's model sharded over the processes on ``device`` holding θ_A's rows; both endpoints' rows read and
-    checked (``ea.rows``, ``eb.rows``)."""
-    from hf_llpf.algorithms.sharded import shard_model
-
-    work = copy.deepcopy(ea.model)  # parameters on meta: a copy of the buffers only
+def sharded_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """A copy of ``model`` (parameters on the meta device) sharded over the processes on ``device`` by
+    :func:`shard_model`, its buffers as ``model`` holds them; its parameters' local parts
+    hold nothing meaningful until rows are loaded (:func:`load_rows`)."""
+    work = copy.deepcopy(model)  # parameters on meta: a copy of the buffers only
     shard_model(work, device)
     buffers = {n: b.clone() for n, b in work.named_buffers()}  # to_empty empties buffers too
     work.to_empty(device=device)
     with torch.no_grad():
         for n, b in work.named_buffers():
             b.copy_(buffers[n])
+    return work
+
+
+def sharded_start(ea: RowsEndpoint, eb: RowsEndpoint, device: torch.device) -> nn.Module:
+    """θ_A's model sharded over the processes on ``device`` holding θ_A's rows; both endpoints' rows read and
+    checked (``ea.rows``, ``eb.rows``)."""
+    work = sharded_copy(ea.model, device)
     for ep, label in ((ea, "A"), (eb, "B")):
         ep.rows = _read_rows(ep, work, label=label)
     load_rows(work, ea.rows)
