@@ -30,7 +30,7 @@ from hf_llpf.algorithms.spheres import choose_method
 from hf_llpf.baselines.build import connect_curve, with_method
 from hf_llpf.batches import LossFn
 from hf_llpf.config import ConnectConfig
-from hf_llpf.devices.accelerator import describe_launch, launch_line, make_accelerator
+from hf_llpf.devices.accelerator import describe_launch, launch_line, launched_sharding, make_accelerator
 from hf_llpf.devices.allocator import return_freed_memory
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.models.endpoints import Endpoint
@@ -132,7 +132,7 @@ def _connect_llpf(model_a, model_b, train_data, config, run_dir, loss_fn, exist,
     accelerator = accelerator or make_accelerator(
         mixed_precision=config.mixed_precision, report_to=config.report_to, project_dir=str(run_dir)
     )
-    config = used_precision(config, accelerator)
+    config = launched_sharding(used_precision(config, accelerator))
     check_sharding(config, accelerator, exist=exist)  # refused before any work, never run another way
     progress = progress and accelerator.is_main_process  # one bar (or one set of progress lines) per run
     run_log = RunLog() if accelerator.is_main_process else None

@@ -14,7 +14,6 @@ from dataclasses import is_dataclass, replace
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 
 from hf_llpf.algorithms.registry import PathMethod, baseline_names, method_names, path_method
 from hf_llpf.baselines.autoneb import AutoNEBSettings
@@ -22,7 +21,8 @@ from hf_llpf.baselines.bezier import BezierSettings
 from hf_llpf.baselines.certify import CertifySettings, certify_settings
 from hf_llpf.baselines.curve_run import CurveJob, run_curve
 from hf_llpf.baselines.pathdir import fixed_ts
-from hf_llpf.batches import LossFn, cpu_only
+from hf_llpf.batches import LossFn
+from hf_llpf.devices.accelerator import make_accelerator
 from hf_llpf.errors import ConfigError, UnknownNameError
 from hf_llpf.models.endpoints import Endpoint
 from hf_llpf.run import Path
@@ -156,7 +156,7 @@ def curve_job(entry: type[PathMethod], config: Any, *, points: int, settings: An
     own = method_settings(entry, settings, resolve_config(config).seed)
     if entry.trains:
         check_rounds(entry, rounds, own, ceiling)
-        device = device or Accelerator(cpu=cpu_only()).device
+        device = device or make_accelerator().device
     return CurveJob(entry, points, own, rounds, ceiling=ceiling, device=device, **options)
 
 

@@ -6,7 +6,9 @@ gives one process its own view of it for work that is not shared between process
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from accelerate import Accelerator
@@ -18,7 +20,8 @@ from hf_llpf.errors import ConfigError
 def make_accelerator(
     *, mixed_precision: str = "auto", report_to: list[str] | None = None, project_dir: str | None = None
 ) -> Accelerator:
-    """The Accelerator of a run: the device, processes, precision and trackers.
+    """The Accelerator of a run: the device, processes, precision and trackers (never Accelerate's FSDP plugin:
+    ``accelerate launch --use_fsdp`` asks for hf_llpf's own sharding, :func:`launched_sharding`).
 
     Accelerate chooses the device (CUDA, MPS, XPU, ... or the CPU; ``ACCELERATE_USE_CPU`` forces the CPU), and
     ``mixed_precision="auto"`` leaves the precision to the launch (``accelerate launch --mixed_precision``, its
@@ -43,12 +46,41 @@ def make_accelerator(
             f"mixed_precision={mixed_precision!r}: this process already runs Accelerate with "
             f"{current!r}; start a new process (a new `hf-llpf connect`) to change it"
         )
-    return Accelerator(
-        cpu=cpu_only(),
-        mixed_precision=None if mixed_precision == "auto" else mixed_precision,
-        log_with=list(report_to or []) or None,
-        project_dir=project_dir,
-    )
+    with _without_accelerate_fsdp():
+        return Accelerator(
+            cpu=cpu_only(),
+            mixed_precision=None if mixed_precision == "auto" else mixed_precision,
+            log_with=list(report_to or []) or None,
+            project_dir=project_dir,
+        )
+
+
+@contextlib.contextmanager
+def _without_accelerate_fsdp() -> Iterator[None]:
+    """Accelerate's own FSDP plugin kept out while the Accelerator is made: under ``accelerate launch --use_fsdp``
+    it would wrap the models it prepares itself and refuses a CPU outright, while hf_llpf shards with its own FSDP2
+    code (``sharding: fsdp``, :func:`launched_sharding`) over the process group the launch made."""
+    asked = os.environ.pop("ACCELERATE_USE_FSDP", None)
+    try:
+        yield
+    finally:
+        if asked is not None:
+            os.environ["ACCELERATE_USE_FSDP"] = asked
+
+
+def launched_sharding(config: Any) -> Any:
+    """``config`` with ``sharding: fsdp`` when the launch asked for FSDP and the settings did not say otherwise.
+
+    ``accelerate launch --use_fsdp`` (or an accelerate config with ``distributed_type: FSDP``) sets
+    ``ACCELERATE_USE_FSDP`` in every process; a connect whose settings leave ``devices.sharding`` unset then runs
+    sharded, with hf_llpf's own FSDP2 sharding over the process group the launch made (whatever FSDP version the
+    launch names: Accelerate's plugin is not used, docs/distributed.md). A ``sharding`` given in the settings or the
+    recipe, ``none`` included, is kept.
+    """
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in ("1", "true", "yes")
+    if not asked or "sharding" in config.model_fields_set or config.sharding != "none":
+        return config
+    return config.model_copy(update={"sharding": "fsdp"})
 
 
 def describe_launch(accelerator: Accelerator, *, sharding: str = "none") -> dict[str, Any]:

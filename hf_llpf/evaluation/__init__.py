@@ -28,7 +28,8 @@ from typing import Any
 from accelerate import Accelerator
 from torch import nn
 
-from hf_llpf.batches import LossFn, cpu_only
+from hf_llpf.batches import LossFn
+from hf_llpf.devices.accelerator import make_accelerator
 from hf_llpf.errors import ConfigError, RunDirectoryError
 from hf_llpf.evaluation.interpolation import PointModel, continuity, linear_interpolation, load_point, param_names
 from hf_llpf.evaluation.recalibration import recalibrate_bn
@@ -231,7 +232,7 @@ def evaluate_path(
     }
     _check_options(opts)
     start = time.perf_counter()
-    accelerator = accelerator or Accelerator(cpu=cpu_only())
+    accelerator = accelerator or make_accelerator()
     check_sharded_evaluation(sharding, accelerator)  # refused before the run directory is read
     path = _open_path(path_or_run_dir, template)
     sets = _eval_sets(path, data, opts, accelerator)

@@ -20,9 +20,10 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
-from hf_llpf.batches import cpu_only, move_batch
+from hf_llpf.batches import move_batch
 from hf_llpf.config import TrainRecipe
 from hf_llpf.data.bundle import DataBundle, SeededLoader
+from hf_llpf.devices.accelerator import make_accelerator
 from hf_llpf.errors import RunDirectoryError
 from hf_llpf.evaluation.scoring import score
 from hf_llpf.files.partial import cleaned_on_failure
@@ -91,7 +92,7 @@ def train_endpoint(
     """
     if out_dir is not None:
         check_model_out_dir(Path(out_dir), overwrite=overwrite)
-    accelerator = accelerator or Accelerator(cpu=cpu_only())
+    accelerator = accelerator or make_accelerator()
     seed_everything(recipe.seed)
     model, data = model_and_data(recipe, data)
     seed_everything(recipe.seed)  # the same data order whether loading the data drew random numbers or not
