@@ -443,6 +443,10 @@ def winners(rows: list[dict[str, Any]]) -> dict[str, str]:
         cost = min(map(_cost, certified))
         best = [r["method"] for r in certified if _cost(r) == cost]
         out["cost"] = " = ".join(best) + f" ({cost[0]:,} SGD iterations, {cost[1]:.1f} s)"
+    # A win over the methods that did not run is no win: the line names them.
+    missing = [m for m in TRAINED if m not in {r["method"] for r in rows}]
+    if missing and judged:
+        out = {k: f"{v}; {', '.join(missing)} not run" for k, v in out.items()}
     return out
 
 

@@ -132,7 +132,15 @@ def test_winner_per_row():
     assert table.winners(rows)["max"] == "autoneb (0.03000)"
     rows[2]["full_set_max"] = 0.032
     assert table.winners(rows)["max"] == "llpf (0.03100)"
-    assert table.winners(rows[3:]) == {"max": "linear (2.00000)", "cost": "none certified"}
+    assert table.winners(rows[3:]) == {
+        "max": "linear (2.00000); llpf, bezier, autoneb not run",
+        "cost": "none certified; llpf, bezier, autoneb not run",
+    }
+    only_llpf = [rows[0], rows[3]]  # a win over methods that did not run is said to be one
+    assert table.winners(only_llpf) == {
+        "max": "llpf (0.03100); bezier, autoneb not run",
+        "cost": "llpf (300 SGD iterations, 9.0 s); bezier, autoneb not run",
+    }
     text = table.render(rows)
     assert "| f | 0 | llpf (0.03100) | llpf (300 SGD iterations, 9.0 s) |" in text
     assert "| f | weight-matching | 0 | not applicable: grouped convolution |" in text
