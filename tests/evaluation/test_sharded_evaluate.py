@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import fsdp_pairs, run_python
+from read_spy import ReadSpy
 from safetensors.torch import load_file
 
 import hf_llpf
@@ -50,51 +51,6 @@ def _connect(root: Path, name: str) -> Path:
     return run
 
 
-class _ReadSpy:
-    """Stands in for ``safetensors.safe_open`` and records each read: ``get_tensor`` (whole) or a slice's rows. (A
-    module imported while it stands in may keep it: it reads on, recording into a list nobody looks at any more.)"""
-
-    def __init__(self, real):
-        self.real, self.reads = real, []
-
-    def __call__(self, file, *args, **kwargs):
-        spy, handle = self, self.real(file, *args, **kwargs)
-
-        class Slice:
-            def __init__(self, name):
-                self.name, self.inner = name, handle.get_slice(name)
-
-            def __getattr__(self, attr):  # get_shape, get_dtype: the header only
-                return getattr(self.inner, attr)
-
-            def __getitem__(self, rows):  # a slice of rows, or anything else (``...``: all of it)
-                if isinstance(rows, slice):
-                    spy.reads.append([str(file), self.name, "rows", rows.start or 0, rows.stop])
-                else:
-                    spy.reads.append([str(file), self.name, "whole", None, None])
-                return self.inner[rows]
-
-        class Handle:
-            def __enter__(self):
-                handle.__enter__()
-                return self
-
-            def __exit__(self, *exc):
-                return handle.__exit__(*exc)
-
-            def keys(self):
-                return handle.keys()
-
-            def get_slice(self, name):
-                return Slice(name)
-
-            def get_tensor(self, name):
-                spy.reads.append([str(file), name, "whole", None, None])
-                return handle.get_tensor(name)
-
-        return Handle()
-
-
 def _worker(root: Path) -> None:
     """Inside torchrun: each run evaluated sharded, every safetensors read recorded, whole-file readers refused; the
     CNN run once more with a template (a path of plain modules), its structure copied from the template."""
@@ -111,7 +67,7 @@ def _worker(root: Path) -> None:
         raise AssertionError(f"a whole-file read in the sharded evaluation: {args[:1]}")
 
     for name, options in OPTIONS.items():
-        spy = _ReadSpy(safetensors.safe_open)
+        spy = ReadSpy(safetensors.safe_open)
         with (mock.patch.object(safetensors, "safe_open", spy),
               mock.patch.object(transformers.PreTrainedModel, "from_pretrained", refused),
               mock.patch("safetensors.torch.load_file", refused)):  # fmt: skip

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import fsdp_pairs, run_python
+from read_spy import ReadSpy
 from safetensors.torch import load_file
 
 import hf_llpf
@@ -36,48 +37,6 @@ CEILING = {"gpt2": None, "cnn": 0.3}  # the CNN's: generous, so that eight ticks
 REL_TOL = 1e-5
 
 
-class _ReadSpy:
-    """Stands in for ``safetensors.safe_open`` (looked up at each call by the readers of the rows route) and records
-    what each call reads: ``get_tensor`` (a whole tensor) or ``get_slice(...)[start:stop]`` (rows)."""
-
-    def __init__(self, real):
-        self.real, self.reads = real, []
-
-    def __call__(self, file, *args, **kwargs):
-        spy, handle = self, self.real(file, *args, **kwargs)
-
-        class Slice:
-            def __init__(self, name):
-                self.name, self.inner = name, handle.get_slice(name)
-
-            def get_shape(self):
-                return self.inner.get_shape()
-
-            def __getitem__(self, rows):
-                spy.reads.append([str(file), self.name, "rows", rows.start or 0, rows.stop])
-                return self.inner[rows]
-
-        class Handle:
-            def __enter__(self):
-                handle.__enter__()
-                return self
-
-            def __exit__(self, *exc):
-                return handle.__exit__(*exc)
-
-            def keys(self):
-                return handle.keys()
-
-            def get_slice(self, name):
-                return Slice(name)
-
-            def get_tensor(self, name):
-                spy.reads.append([str(file), name, "whole", None, None])
-                return handle.get_tensor(name)
-
-        return Handle()
-
-
 def _run_by_rows(root: Path, name: str, data: str, config: dict) -> None:
     """The sharded connect reading by rows, every safetensors read recorded (``reads_<rank>.json``) and the readers
     that load a file whole (transformers' ``from_pretrained``, ``safetensors.torch.load_file``) refused outright."""
@@ -89,7 +48,7 @@ def _run_by_rows(root: Path, name: str, data: str, config: dict) -> None:
     def refused(*args, **kwargs):
         raise AssertionError(f"a whole-file read in the rows route: {args[:1]}")
 
-    spy = _ReadSpy(safetensors.safe_open)
+    spy = ReadSpy(safetensors.safe_open)
     with (mock.patch.object(safetensors, "safe_open", spy),
           mock.patch.object(transformers.PreTrainedModel, "from_pretrained", refused),
           mock.patch("safetensors.torch.load_file", refused)):  # fmt: skip
