@@ -306,9 +306,6 @@ def close_the_loop(
     certifier.recorded = {"point_sha256": point_hashes(path), "environment": environment(model, accelerator.device)}
     if not certifier.examples.exact:
         return
-    # Several processes average every pass, so all must make the same passes: none reuses its own run's values
-    # (BatchNorm statistics are per process, and the points on disk are the main process's).
-    certifier.reuse = accelerator.num_processes == 1
     final = certifier.final = final_check(certifier, path, model, device=accelerator.device, work=work)
     if len(state.points) == final["points"]:
         record_final(state.points, final)

@@ -60,13 +60,13 @@ def final_check(
     points, segments, previous = [], [], None
     for i in range(len(path)):
         load(state := read(i))
-        points.append(_loss(certifier, work))
+        points.append(_loss(certifier, work, device))
         if previous is not None:
             # As the run's segment check interpolates: floating tensors (BatchNorm statistics included) averaged,
             # in the same order of operations; integer buffers keep the later point's values. One tensor at a
             # time, into the model's own tensors, as load_state_dict copies: no midpoint state is held whole.
             load_mid(state, previous)
-            segments.append(_loss(certifier, work))
+            segments.append(_loss(certifier, work, device))
         previous = state if certifier.config.certify_segments else None  # only a segment needs the point before
         del state
     return {
@@ -124,13 +124,30 @@ def load_midpoint(work: nn.Module, here: dict[str, torch.Tensor], there: dict[st
             own[name].detach().copy_(midpoint(tensor, there[name]))
 
 
-def _loss(certifier: Any, model: nn.Module) -> float:
+def _loss(certifier: Any, model: nn.Module, device: Any) -> float:
     """The exact loss over every training example: measured again, unless the run made a whole pass over these very
-    bits already (the same fingerprint, :func:`~hf_llpf.algorithms.certify.fingerprint`)."""
+    bits already (the same fingerprint, :func:`~hf_llpf.algorithms.certify.fingerprint`) — on every process, as
+    all of them take part in each pass."""
     from hf_llpf.algorithms.certify import fingerprint
 
-    known = certifier.measured.get(fingerprint(model)) if certifier.reuse else None
-    return known if known is not None else certifier.probe.loss(model)
+    if not certifier.reuse:
+        return certifier.probe.loss(model)
+    known = certifier.measured.get(fingerprint(model))
+    return known if _everywhere(known is not None, device) else certifier.probe.loss(model)
+
+
+def _everywhere(flag: bool, device: Any) -> bool:
+    """Whether ``flag`` holds on every process of the run (``flag`` itself in a single process).
+
+    Several processes average every pass, so all must make the same passes: one that holds other bits than the points
+    on disk (its own BatchNorm statistics under data parallelism, a checkpoint's values of another process after a
+    resume) makes every process measure again."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    held = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=device)
+    dist.all_reduce(held, op=dist.ReduceOp.MIN)
+    return bool(held.item() == 1.0)
 
 
 def point_hashes(path: Any) -> list[str]:

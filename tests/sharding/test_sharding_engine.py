@@ -198,6 +198,10 @@ def test_sharded_paths_equal_data_parallel_paths(pairs):
     for name in ("gpt2", "cnn"):
         _same_as_whole_load(root, name)
         _read_by_rows_only(root, name)
+    # The final check takes every pass the sharded run made on the same bits (every process holds them: the points
+    # on disk, the buffers shared), as a single process does; none is measured again.
+    final = hf_llpf.RunPath(root / "cnn_fsdp").summary["run"]["certification"]["final_check"]
+    assert final["reused"] == final["points"] + final["segments"] == 19 and final["examples_run"] == 0
     _compare(root, "gpt2", ["config.json", "generation_config.json", "model.safetensors"])
     _compare(root, "cnn", ["config.json", "model.safetensors"])  # BatchNorm's running statistics included
     for point in sorted((root / "gpt2_fsdp" / "points").iterdir()):
