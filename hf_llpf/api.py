@@ -199,12 +199,7 @@ def _run_and_record(
     accelerator.wait_for_everyone()
     (ea, eb), config, certifier = prepared.endpoints, prepared.config, prepared.certifier
     template = ea.model if ea.kind == "module" else None
-    ckpt = read_checkpoint(run_dir)
-    resumed_with = check_same_run(run_dir, config, ea, eb) if ckpt is not None else None
-    if ckpt is not None and ckpt.get("method") != method:
-        raise RunDirectoryError(
-            f"--resume: {run_dir} holds a {ckpt.get('method')!r} run, this one is {method!r}; use --overwrite"
-        )
+    ckpt, resumed_with = _checkpoint_to_resume(run_dir, config, ea, eb, method)
     if ckpt is not None and ckpt.get("done") and "run" in RunPath(run_dir).summary:
         logger.info(f"{run_dir} is already complete; nothing to resume", main_process_only=True)
         return RunPath(run_dir, template=template)
@@ -223,30 +218,75 @@ def _run_and_record(
     on_tick = tick_logger(config, accelerator, ceiling=certifier.ceiling)
     if on_tick is not None:
         runner.on_tick = on_tick
-    history = _resume_history(run_dir, resumed_with) if ckpt is not None else []
-    if ckpt is not None:
-        runner.load_state_dict(ckpt["state"])
-        certifier.restore_counters(ckpt.get("counters"))
+    history = _resume_runner(run_dir, ckpt, resumed_with, runner, certifier) if ckpt is not None else []
     stretches = _open_stretches(run_dir, ckpt, runner, certifier, writer)
     runner.run()
     accelerator.wait_for_everyone()  # the points are written: the final check reads them back
+    _check_finished_path(runner, prepared, RunPath(run_dir, template=template), accelerator)
+    summary = _summary(runner, method, prepared, elapsed=time.perf_counter() - start)
+    _add_session_records(summary, runner, prepared, writer, accelerator, history=history, stretches=stretches)
+    writer.write_metrics(runner.state.points, runner.state.ticks, summary)
+    _announce_end(run_dir, runner.state, summary, config, accelerator)
+    return RunPath(run_dir, template=template)
+
+
+def _checkpoint_to_resume(run_dir, config: ConnectConfig, ea: Endpoint, eb: Endpoint, method: str) -> tuple:
+    """The run directory's checkpoint (None: none, a new run) and, for one, the resumable settings changed since it
+    was written (:func:`~hf_llpf.run.resume.check_same_run`).
+
+    Raises:
+        ConfigError: another setting or endpoint than the checkpoint's. RunDirectoryError: another method's run, or a
+            damaged record.
+    """
+    ckpt = read_checkpoint(run_dir)
+    resumed_with = check_same_run(run_dir, config, ea, eb) if ckpt is not None else None
+    if ckpt is not None and ckpt.get("method") != method:
+        raise RunDirectoryError(
+            f"--resume: {run_dir} holds a {ckpt.get('method')!r} run, this one is {method!r}; use --overwrite"
+        )
+    return ckpt, resumed_with
+
+
+def _resume_runner(run_dir, ckpt: dict, resumed_with: dict | None, runner: Any, certifier: Certifier) -> list[dict]:
+    """Put the runner and the certifier back in the checkpoint's state; returns the settings changed at each resume
+    so far, this one's included (:func:`_resume_history`)."""
+    history = _resume_history(run_dir, resumed_with)
+    runner.load_state_dict(ckpt["state"])
+    certifier.restore_counters(ckpt.get("counters"))
+    return history
+
+
+def _check_finished_path(runner: Any, prepared: PreparedRun, path: RunPath, accelerator: Accelerator) -> None:
+    """Free what the finished walk no longer needs, then the final check of ``path`` (:func:`close_the_loop`)."""
+    (ea, _), config = prepared.endpoints, prepared.config
     own_a = prepared.owned[0] and ea.kind != "module"  # (a module's template is θ_A itself: left as it is)
     release = getattr(runner, "release", None)
     if release is not None:  # the walk's optimizer state, gradients and snapshots are dead from here on
         release()
-    close_the_loop(certifier, RunPath(run_dir, template=template), ea.model, runner.state, accelerator=accelerator,
+    close_the_loop(prepared.certifier, path, ea.model, runner.state, accelerator=accelerator,
                    work=final_check_model(runner, config, ea.model if own_a else None, rows=ea))  # fmt: skip
-    summary = _summary(runner, method, prepared, elapsed=time.perf_counter() - start)
-    summary["run"]["launch"] = describe_launch(accelerator, sharding=config.sharding)
-    summary["run"].update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
-    summary["run"]["certification"] = certifier.summary(runner.uncertified)
+
+
+def _add_session_records(
+    summary: dict,
+    runner: Any,
+    prepared: PreparedRun,
+    writer: Any,
+    accelerator: Accelerator,
+    *,
+    history: list,
+    stretches: Stretches,
+) -> None:
+    """Add to the summary what the run's method does not know: the launch, how the points are stored, the
+    certification, the resumes so far and the stretches of the run."""
+    run, ea = summary["run"], prepared.endpoints[0]
+    run["launch"] = describe_launch(accelerator, sharding=prepared.config.sharding)
+    run.update(writer.storage.summary(ea.model))  # point_dtype, endpoint_dtype, max_shard_size
+    run["certification"] = prepared.certifier.summary(runner.uncertified)
     if history:
-        summary["run"]["resumed_with"] = history
-    summary["run"]["stretches"] = stretches.all()
-    summary["run"].update(stretches.totals())
-    writer.write_metrics(runner.state.points, runner.state.ticks, summary)
-    _announce_end(run_dir, runner.state, summary, config, accelerator)
-    return RunPath(run_dir, template=template)
+        run["resumed_with"] = history
+    run["stretches"] = stretches.all()
+    run.update(stretches.totals())
 
 
 def _announce_end(run_dir, state: Any, summary: dict, config: ConnectConfig, accelerator: Accelerator) -> None:

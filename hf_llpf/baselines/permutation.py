@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,6 +224,13 @@ def _trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     return gm
 
 
+def _inputs_of(example: Any) -> str:
+    """What a model is called with, for the refusal of anything but one tensor: a dict's keys name its inputs."""
+    if isinstance(example, Mapping):  # transformers models: input_ids, attention_mask, pixel_values, ...
+        return f"a dict of inputs ({', '.join(map(str, example))})"
+    return f"a {type(example).__name__}"
+
+
 def permutation_spec(model: nn.Module, example: torch.Tensor) -> PermutationSpec:
     """The permutation spaces of ``model``, from its graph traced on ``example`` (one input batch).
 
@@ -231,7 +239,8 @@ def permutation_spec(model: nn.Module, example: torch.Tensor) -> PermutationSpec
             known to commute with a permutation (the message names it and its graph node).
     """
     if not isinstance(example, torch.Tensor):
-        raise NotApplicableError(METHOD, f"the model takes {type(example).__name__} inputs (only one image tensor)")
+        raise NotApplicableError(METHOD, f"weight matching supports models called with one tensor (an MLP or a CNN); "
+                                 f"this model is called with {_inputs_of(example)}")  # fmt: skip
     reader = _Reader(_trace(model, example))
     reader.read()
     spec = PermutationSpec()

@@ -8,6 +8,12 @@ definitions (:mod:`hf_llpf.evaluation.summary`);
 **path length** (sum of the L2 steps between consecutive points over all parameters) is reported beside the
 **straight distance** |θ_B − θ_A|, and **continuity** checks K interior points of each segment.
 
+The data (``data=``, :mod:`hf_llpf.data.intake`; docs/evaluation.md, "Which data ``data=`` takes"): the
+``DataLoader`` the path was built with is its training split alone, so it gives no test column.
+With ``sharding="none"`` the points are split over the processes, each holding the whole model; with
+``sharding="fsdp"`` each process holds 1/N of every parameter and reads only its rows of each point (FSDP2, two or
+more processes started by torchrun; docs/distributed.md, "Models larger than one device").
+
 θ_A and θ_B are the first and the last saved point. Evaluation computes and returns; it writes nothing:
 :func:`hf_llpf.api.evaluate_run` writes the results into the run directory, draws the plots and updates the
 report.
@@ -193,9 +199,8 @@ def evaluate_path(
 
     Args:
         path_or_run_dir: a run directory or a :class:`~hf_llpf.run.RunPath`.
-        data: any form :func:`hf_llpf.connect` takes (:mod:`hf_llpf.data.intake`; default: the run's
-            ``llpf_config.yaml`` ``data``): the ``DataLoader`` the path was built with is its training split alone;
-            without a test split the rows have no test column and the summary no test range.
+        data: any form :func:`hf_llpf.connect` takes (default: the run's ``llpf_config.yaml`` ``data``); without a
+            test split the rows have no test column and the summary no test range (the module docstring).
         train_subset: number of training examples, a fixed seeded subset (``None``: the whole training set).
         batch_size: evaluation batch size.
         recalibrate_bn: also report every figure after BatchNorm recalibration (``*_recal`` columns).
@@ -203,17 +208,13 @@ def evaluate_path(
         linear_points: points of the linear baseline, ends included.
         continuity_k: interior points per segment between consecutive points (0: no continuity check).
         continuity_subset: training examples used by the continuity check (part of the training subset).
-        loss_fn: the path's loss ``loss_fn(model, batch) -> scalar`` (default: cross-entropy, or the model's
-            ``outputs.loss`` for dict batches).
+        loss_fn: the path's ``loss_fn(model, batch) -> scalar`` (default: cross-entropy; ``outputs.loss`` for dicts).
         seed: seed of the fixed subsets.
         template: a module of the path's architecture, for paths of plain ``nn.Module`` s.
         accelerator: decides the device (default: a new ``Accelerator``: the device Accelerate chooses).
-        progress: bars over the path's points and the baseline's (only on a terminal, on the first process,
-            with ``TQDM_DISABLE`` unset: docs/cli.md#progress-and-logs).
-        sharding: ``"none"``: every process holds the whole model, the points are split over the processes;
-            ``"fsdp"``: each process holds 1/N of every parameter and reads only its rows of each point (FSDP2, two
-            or more processes started by torchrun; docs/distributed.md, "Models larger than one device"). The
-            figures are the same either way, up to the order of floating-point additions.
+        progress: bars over the path's points and the baseline's (when they show: docs/cli.md#progress-and-logs).
+        sharding: ``"none"`` (every process holds the whole model) or ``"fsdp"`` (each holds 1/N of every parameter);
+            the figures are the same either way, up to the order of floating-point additions (the module docstring).
 
     Returns:
         ``{"points": [...], "linear": [...], "continuity": [...], "summary": {...}}`` (each point's row holds
@@ -224,15 +225,12 @@ def evaluate_path(
         ConfigError: invalid settings (empty subset, fewer than 2 linear points, negative K, ...); ``sharding="fsdp"``
             without a process group of two or more processes, or for points of a model it cannot build on meta.
     """
-    opts = {
-        **{"train_subset": train_subset, "batch_size": batch_size, "seed": seed, "loss_fn": loss_fn},
-        **{"recalibrate_bn": recalibrate_bn, "recal_batches": recal_batches, "linear_points": linear_points},
-        **{"continuity_k": continuity_k, "continuity_subset": continuity_subset, "progress": progress},
-        "sharding": sharding,
-    }
+    opts = {"train_subset": train_subset, "batch_size": batch_size, "seed": seed, "loss_fn": loss_fn,
+            "recalibrate_bn": recalibrate_bn, "recal_batches": recal_batches, "linear_points": linear_points,
+            "continuity_k": continuity_k, "continuity_subset": continuity_subset, "progress": progress,
+            "sharding": sharding}  # fmt: skip
     _check_options(opts)
-    start = time.perf_counter()
-    accelerator = accelerator or make_accelerator()
+    start, accelerator = time.perf_counter(), accelerator or make_accelerator()
     check_sharded_evaluation(sharding, accelerator)  # refused before the run directory is read
     path = _open_path(path_or_run_dir, template)
     sets = _eval_sets(path, data, opts, accelerator)

@@ -11,6 +11,16 @@ commit and no tag, and the new card is written to ``RUN_DIR/README.md`` only aft
 the repo that no earlier push published are never deleted nor replaced without ``delete_other`` or
 ``delete_patterns`` (:mod:`hf_llpf.hub.ownership`), and the pointers to code in other repos (``auto_map``) are
 removed from what is published unless ``keep_auto_map`` (:mod:`hf_llpf.models.remote_code`).
+
+:func:`push_path` takes the options of ``hf-llpf push`` (docs/cli.md#push) and returns ``repo_id``, ``revision``,
+``commit`` (sha), ``tag``, ``created_commit``, ``created_tag``, ``commits`` (how many were made), ``files`` (number
+published), ``points`` (indices published), ``root`` (index and why), ``license``, ``pr_url``, ``pr_revision``
+(``refs/pr/N`` of the pull request), ``url``, ``deleted`` (the repo files deleted), ``deleted_other`` and
+``replaced_other`` (files no earlier push published, deleted or replaced as allowed), ``remote_code_removed`` (file
+-> keys), and ``point_revisions`` (branch -> commit) when asked. It raises ConfigError (an invalid option),
+RunDirectoryError (see :func:`published_files`), OfflineError (``HF_HUB_OFFLINE=1`` or the Hub cannot be reached),
+HubAuthError (no token, or the token was refused) and HubConflictError (the push would delete or replace files no
+earlier push published, listed, without ``delete_other``/``delete_patterns``).
 """
 
 from __future__ import annotations
@@ -303,11 +313,15 @@ def _point_branches(api: Any, root: FsPath, commit: str, pub: Publication, optio
     )
 
 
-def _check_push_options(repo_id: str, *, revision: str | None, files_per_commit: Any, commit_message: Any) -> str:
-    """Check :func:`push_path`'s options that need neither the run directory nor the Hub; returns the repo id.
+def _check_push_options(
+    repo_id: str, revision: str | None, files_per_commit: Any, commit_message: Any, delete_patterns: Any
+) -> tuple[str, list[str] | None]:
+    """Check :func:`push_path`'s options that need neither the run directory nor the Hub; returns the repo id and
+    ``delete_patterns`` as a list (None: not given).
 
     Raises:
-        ConfigError: an invalid ``repo_id``, ``revision``, ``files_per_commit`` or ``commit_message``.
+        ConfigError: an invalid ``repo_id``, ``revision``, ``files_per_commit``, ``commit_message`` or
+            ``delete_patterns``.
     """
     repo_id, _ = parse_repo_spec(repo_id, allow_revision=False)
     if revision is not None:
@@ -316,7 +330,67 @@ def _check_push_options(repo_id: str, *, revision: str | None, files_per_commit:
         raise ConfigError(f"files_per_commit={files_per_commit!r}: must be an integer >= 1 (the Hub advises < 100)")
     if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
         raise ConfigError(f"commit_message={commit_message!r}: must be a non-empty string")
-    return repo_id
+    return repo_id, _patterns(delete_patterns, "delete_patterns")
+
+
+def _hub_for_push(endpoint: str | None, token: str | None) -> Any:
+    """The ``HfApi`` to push with; refused offline or without a token, before anything is sent.
+
+    Raises:
+        OfflineError: ``HF_HUB_OFFLINE=1``. HubAuthError: no token given, in ``HF_TOKEN`` or saved.
+    """
+    check_online("push a path to the Hub")
+    return hub_api(endpoint, resolve_token(token))
+
+
+def _publication(
+    root: FsPath, tag: str | None, *, root_point: str | int | None, license: str | None, api: Any, options: dict
+) -> tuple[dict[str, bytes | FsPath], Publication, str]:
+    """What the push publishes (:func:`published_files`), with a warning when pointers to code in other repos were
+    removed; returns ``(files, Publication, tag)``, the tag by default ``llpf-`` and 12 hex of the content hash."""
+    files, pub = published_files(root, root_point=root_point, license=license, api=api, **options)
+    if pub.remote_code_removed:
+        logger.warning(removed_note(pub.remote_code_removed, what="the published files"))
+    return files, pub, tag or TAG_PREFIX + content_hash(files)[:12]
+
+
+def _publish(
+    api: Any,
+    root: FsPath,
+    files: dict,
+    pub: Publication,
+    *,
+    endpoint: str | None,
+    push: dict,
+    options: dict,
+    opts: dict,
+) -> dict:
+    """Push ``files`` (``push``: ``revision``, ``private``, ``tag``), then each published point's branch when
+    ``options["point_revisions"]``; after success keep the card in ``RUN_DIR/README.md``. Returns
+    :func:`push_path`'s result."""
+    repo_id, revision = options["repo_id"], push["revision"]
+    # huggingface_hub says "No files have been modified since last commit" for every commit that changes nothing
+    # (each unchanged point branch): each of its messages is said once, with a count, at the end.
+    with folded("huggingface_hub"), hub_errors(api, repo_id=repo_id):
+        result = _push(api, repo_id=repo_id, files=files, **push, opts=opts)
+        if options["point_revisions"]:
+            n = result["commits"]
+            made = f"{n} commit{'s' if n > 1 else ''}" if n else "unchanged, no commit"
+            logger.info(f"{repo_id}@{revision}: {made}; next, {len(pub.published)} point branches")
+            result["point_revisions"] = _point_branches(api, root, result["commit"], pub, options, opts)
+    _save_card(root, files[README])
+    base = (endpoint or api.endpoint).rstrip("/")
+    return {
+        **result,
+        "repo_id": repo_id,
+        "revision": revision,
+        "files": len(files),
+        "points": pub.published,
+        "root": pub.root,
+        "license": pub.license,
+        "url": f"{base}/{repo_id}",
+        "remote_code_removed": pub.remote_code_removed,
+    }
 
 
 def _save_card(root: FsPath, card: bytes) -> None:
@@ -351,102 +425,38 @@ def push_path(
 ) -> dict:
     """Publish a run directory as a Hub model repo, in batches of commits, then tag the last commit.
 
-    Published: the run directory's files (never ``checkpoint/``, the run's marker and lock files or temporary
-    files), the chosen points, the point ``root_point`` again at the repo root (so plain
-    ``from_pretrained(repo_id)`` / ``timm.create_model("hf-hub:" + repo_id)`` load it) and the card, rebuilt
-    for ``repo_id``. It is written to ``RUN_DIR/README.md`` only after the push succeeded; a push that fails
-    midway changes nothing local and, run again, uploads only what is missing and ends with the same tag.
-    Content already published under its tag at the branch head is not pushed again.
-
-    Files already on the branch are deleted (points, plots and weights the new version no longer has) or replaced
-    only when an earlier push published them (:mod:`~hf_llpf.hub.ownership`: the same file is in a commit tagged
-    ``llpf-…``); any other file it would delete or replace makes the push refuse, nothing uploaded, unless
-    ``delete_other`` or ``delete_patterns`` allows it. Every deletion is returned (``deleted``).
+    What it publishes, deletes or replaces and when it refuses: the module docstring, docs/hub.md, docs/cli.md#push.
 
     Args:
-        run_dir: the run directory.
-        repo_id: ``namespace/name`` of the model repo (created when missing).
-        private: create the repo private (an existing repo keeps its visibility).
-        revision: the branch to push to (created from ``main`` when missing); default ``main``.
-        token: a write token; default: ``HF_TOKEN`` or the token saved by ``hf auth login``. Never written to disk.
-        endpoint: the Hub URL (default: ``HF_ENDPOINT`` or the public Hub).
-        tag: the tag to create; default ``llpf-<first 12 hex of the content hash>``.
-        root_point: the point put at the repo root (:func:`~hf_llpf.hub.points.choose_point` forms); default
-            ``mid``, the middle of the path by arc length; None or ``"none"``: no model at the root.
-        every: publish every N-th point only (both ends and every stage boundary are always published).
-        points: publish this selection only, e.g. ``"0:10,mid,tick:40"`` (:func:`~hf_llpf.hub.points.select_points`).
-        include, exclude: glob patterns (huggingface_hub's ``allow_patterns``/``ignore_patterns``) of the
-            repo files to publish; the card is always published.
-        commit_message: the commit message (default names the version and the tag).
-        create_pr: open a pull request instead of committing to the branch (no tag is made).
-        license: the ``license`` of the card (default: the endpoints', when they agree).
-        files_per_commit: at most this many files in one commit (the Hub advises fewer than 100).
-        point_revisions: also give every published point its own branch, named like its folder (``t_000010``),
-            whose root is that point (:mod:`~hf_llpf.hub.revisions`); not with ``create_pr``.
-        delete_other: allow deleting and replacing files of the repo that no earlier push of hf_llpf published.
-        delete_patterns: glob patterns (huggingface_hub's ``delete_patterns``) of repo files this push may delete
-            or replace even though no earlier push published them; those it does not publish are deleted.
-        keep_auto_map: keep ``auto_map`` / ``custom_pipelines`` in the published configs (removed by default,
-            :mod:`hf_llpf.models.remote_code`).
+        run_dir, repo_id: the run directory; the model repo ``namespace/name`` (created when missing).
+        private, revision, tag: create it private; the branch (default ``main``); the tag (default ``llpf-<hash>``).
+        token, endpoint: a write token (default: ``HF_TOKEN`` or ``hf auth login``'s; never written); the Hub URL.
+        root_point: the point at the repo root (default ``mid``, the middle by arc length; None or ``"none"``: none).
+        every, points: publish every N-th point, or a selection (``"0:10,mid,tick:40"``); ends and boundaries always.
+        include, exclude: glob patterns of the repo files to publish; the card is always published.
+        commit_message, create_pr: the commit message; open a pull request instead of committing (no tag is made).
+        license, files_per_commit: the card's license (default: the endpoints', when they agree); files per commit.
+        point_revisions: also give every published point a branch named like its folder, whose root is that point.
+        delete_other, delete_patterns: let it delete or replace files no earlier push published (all; those matching).
+        keep_auto_map: keep ``auto_map`` / ``custom_pipelines`` in the published configs.
 
     Returns:
-        dict: ``repo_id``, ``revision``, ``commit`` (sha), ``tag``, ``created_commit``, ``created_tag``, ``commits``
-        (how many were made), ``files`` (number published), ``points`` (indices published), ``root`` (index and
-        why), ``license``, ``pr_url``, ``pr_revision`` (``refs/pr/N`` of the pull request), ``url``, ``deleted``
-        (the repo files deleted), ``replaced_other`` (files no earlier push published, replaced as allowed),
-        ``remote_code_removed`` (file -> keys), and ``point_revisions`` (branch -> commit) when asked.
+        dict: the commit, tag, counts and choices; its keys: the module docstring.
 
     Raises:
-        ConfigError: invalid ``repo_id``, ``revision`` or another option. RunDirectoryError: see
-            :func:`published_files`. OfflineError: ``HF_HUB_OFFLINE=1`` or the Hub cannot be reached.
-            HubAuthError: no token, or the token was refused. HubConflictError: the push would delete or replace
-            files no earlier push published (listed), without ``delete_other``/``delete_patterns``.
+        ConfigError: an invalid option. RunDirectoryError: see :func:`published_files`. OfflineError, HubAuthError:
+            offline, or no (or a refused) token. HubConflictError: it would delete or replace another's files.
     """
-    repo_id = _check_push_options(
-        repo_id, revision=revision, files_per_commit=files_per_commit, commit_message=commit_message
-    )
-    delete_patterns = _patterns(delete_patterns, "delete_patterns")
-    root = check_run_dir(run_dir)
-    check_online("push a path to the Hub")
-    token = resolve_token(token)
-    revision = revision or "main"
-    api = hub_api(endpoint, token)
+    repo_id, delete_patterns = _check_push_options(repo_id, revision, files_per_commit, commit_message,
+                                                   delete_patterns)  # fmt: skip
+    root, api = check_run_dir(run_dir), _hub_for_push(endpoint, token)
     if point_revisions and create_pr:
         raise ConfigError("point_revisions=True with create_pr=True: point branches are made from a pushed branch")
     options = {"every": every, "points": points, "include": include, "exclude": exclude, "repo_id": repo_id}
     options.update(point_revisions=bool(point_revisions), keep_auto_map=bool(keep_auto_map))
-    files, pub = published_files(root, root_point=root_point, license=license, api=api, **options)
-    if pub.remote_code_removed:
-        logger.warning(removed_note(pub.remote_code_removed, what="the published files"))
-    tag = tag or TAG_PREFIX + content_hash(files)[:12]
-    opts = {
-        "create_pr": bool(create_pr),
-        "message": commit_message,
-        "files_per_commit": files_per_commit,
-        "include": _patterns(include, "include"),
-        "exclude": _patterns(exclude, "exclude"),
-        "delete_other": bool(delete_other),
-        "delete_patterns": delete_patterns,
-    }
-    # huggingface_hub says "No files have been modified since last commit" for every commit that changes nothing
-    # (each unchanged point branch): each of its messages is said once, with a count, at the end.
-    with folded("huggingface_hub"), hub_errors(api, repo_id=repo_id):
-        result = _push(api, repo_id=repo_id, files=files, revision=revision, private=private, tag=tag, opts=opts)
-        if point_revisions:
-            n = result["commits"]
-            made = f"{n} commit{'s' if n > 1 else ''}" if n else "unchanged, no commit"
-            logger.info(f"{repo_id}@{revision}: {made}; next, {len(pub.published)} point branches")
-            result["point_revisions"] = _point_branches(api, root, result["commit"], pub, options, opts)
-    _save_card(root, files[README])
-    base = (endpoint or api.endpoint).rstrip("/")
-    return {
-        **result,
-        "repo_id": repo_id,
-        "revision": revision,
-        "files": len(files),
-        "points": pub.published,
-        "root": pub.root,
-        "license": pub.license,
-        "url": f"{base}/{repo_id}",
-        "remote_code_removed": pub.remote_code_removed,
-    }
+    files, pub, tag = _publication(root, tag, root_point=root_point, license=license, api=api, options=options)
+    opts = {"create_pr": bool(create_pr), "message": commit_message, "files_per_commit": files_per_commit,
+            "include": _patterns(include, "include"), "exclude": _patterns(exclude, "exclude"),
+            "delete_other": bool(delete_other), "delete_patterns": delete_patterns}  # fmt: skip
+    push = {"revision": revision or "main", "private": private, "tag": tag}
+    return _publish(api, root, files, pub, endpoint=endpoint, push=push, options=options, opts=opts)

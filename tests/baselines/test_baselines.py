@@ -140,6 +140,15 @@ def test_weight_matching_reads_resnets_and_refuses_what_it_cannot_read():
     assert len(timm_resnet.spaces) == 12  # timm's ResNet: the same structure read from another definition
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 20), nn.ReLU(), nn.Linear(20, 10), nn.ReLU(), nn.Linear(10, 3))
     assert [v["size"] for v in permutation_spec(mlp, torch.randn(2, 1, 8, 8)).spaces.values()] == [20, 10]
+    text_batch = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 8)}
+    with pytest.raises(NotApplicableError) as refused:  # a transformers model is called with a dict of inputs
+        permutation_spec(mlp, text_batch)
+    assert str(refused.value) == (
+        "weight-matching: not applicable: weight matching supports models called with one tensor (an MLP or a CNN); "
+        "this model is called with a dict of inputs (input_ids, attention_mask)"
+    )
+    with pytest.raises(NotApplicableError, match="this model is called with a tuple$"):
+        permutation_spec(mlp, (torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)))
     with pytest.raises(NotApplicableError, match="weight-matching: not applicable: grouped convolution"):
         permutation_spec(create_model("cifar_mobilenetv2").eval(), torch.randn(2, 3, 32, 32))
 
