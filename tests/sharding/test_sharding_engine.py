@@ -1,5 +1,6 @@
-"""``sharding: fsdp``: a whole M2M run with the working model sharded by FSDP2 over two gloo processes, against the
-same run data-parallel (docs/distributed.md, "Models larger than one device"); and what it refuses.
+"""``sharding: fsdp``: whole M2M runs, and a cross-sphere run (M2O, then M2M), with the working model sharded by
+FSDP2 over two gloo processes, against the same runs data-parallel (docs/distributed.md, "Models larger than one
+device"); and what it refuses.
 
 The slow test starts ONE torchrun launch (this file as its script) that runs both connects one after the other in
 the same two processes, then compares their run directories here.
@@ -8,6 +9,7 @@ the same two processes, then compares their run directories here.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,7 +32,13 @@ torch.set_num_threads(1)
 # certificate's probes run on the sharded model, every process making the same passes).
 SETTINGS = {"method": "m2m", "fdf": False, "step_r": 0.25, "max_ticks": 8, "min_iters": 2, "max_iters": 4,
             "repair_budget": 8, "sync_check_every": 1, "seed": 0}  # fmt: skip
-CEILING = {"gpt2": None, "cnn": 0.3}  # the CNN's: generous, so that eight ticks reach θ_B under it
+CEILING = {"gpt2": None, "cnn": 0.3, "sphere": None}  # the CNN's: generous, so that eight ticks reach θ_B under it
+# The cross-sphere run ("sphere"): the GPT-2 pair with B's weight matrices scaled by SPHERE_SCALE (B on the larger
+# sphere: B walks inward onto A's sphere, published reversed), chosen by method: auto's sphere check; M2O's step long
+# enough that it reaches its target within a few ticks.
+SPHERE_SCALE = 1.6
+SPHERE = {**SETTINGS, "method": "auto", "loss_ceiling": None, "m2o": {"step_a": 0.2, "max_ticks": 6}}
+ENDS = {"gpt2": ("gpt2_0", "gpt2_1"), "cnn": ("cnn_0", "cnn_1"), "sphere": ("gpt2_0", "gpt2_big")}
 # Per point, per tensor: |sharded − data-parallel| at most this times the tensor's largest magnitude. The two runs
 # differ only in how the gradients are averaged (FSDP2's reduce-scatter against DDP's all-reduce) and in the order
 # the per-shard sums of the moves and corrections are added: float32 roundings (docs/distributed.md).
@@ -52,7 +60,7 @@ def _run_by_rows(root: Path, name: str, data: str, config: dict) -> None:
     with (mock.patch.object(safetensors, "safe_open", spy),
           mock.patch.object(transformers.PreTrainedModel, "from_pretrained", refused),
           mock.patch("safetensors.torch.load_file", refused)):  # fmt: skip
-        a, b = str(root / f"{name}_0"), str(root / f"{name}_1")
+        a, b = (str(root / e) for e in ENDS[name])
         hf_llpf.connect(a, b, data, config=config, run_dir=root / f"{name}_fsdp", progress=False)
     rank = torch.distributed.get_rank()
     (root / f"{name}_reads_{rank}.json").write_text(json.dumps(spy.reads))
@@ -76,12 +84,26 @@ def _worker(root: Path) -> None:
             hf_llpf.preparation._SHARDED_ROWS = sharding != "whole"
             hf_llpf.connect(a, b, data, config=config, run_dir=root / f"{name}_{sharding}", progress=False)
             hf_llpf.preparation._SHARDED_ROWS = True
+    a, b = (str(root / e) for e in ENDS["sphere"])
+    hf_llpf.connect(a, b, str(root / "corpus.txt"), config=SPHERE, run_dir=root / "sphere_none", progress=False)
+    _run_by_rows(root, "sphere", str(root / "corpus.txt"), {**SPHERE, "sharding": "fsdp"})
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory, small_cnn_pair):
-    """A tiny GPT-2 pair (tied lm_head/wte) with a text file, and the small_cnn pair (BatchNorm) on digits."""
-    return fsdp_pairs(tmp_path_factory.mktemp("fsdp"), small_cnn_pair)
+    """A tiny GPT-2 pair (tied lm_head/wte) with a text file, the small_cnn pair (BatchNorm) on digits, and
+    ``gpt2_big``: the GPT-2 B with its weight matrices scaled by SPHERE_SCALE (on a larger sphere)."""
+    from transformers import AutoModelForCausalLM
+
+    root = fsdp_pairs(tmp_path_factory.mktemp("fsdp"), small_cnn_pair)
+    shutil.copytree(root / "gpt2_1", root / "gpt2_big")  # the tokenizer with it
+    model = AutoModelForCausalLM.from_pretrained(root / "gpt2_1")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.mul_(SPHERE_SCALE)
+    model.save_pretrained(root / "gpt2_big")
+    return root
 
 
 def _files(point: Path) -> dict[str, bytes]:
@@ -103,7 +125,7 @@ def _compare(root: Path, name: str, files: list[str]) -> None:
     points, ticks = {s: metrics[s]["points"] for s in metrics}, {s: metrics[s]["ticks"] for s in metrics}
     tight = CEILING[name] is None
     assert len(points["fsdp"]) >= 4 and points["fsdp"][-1]["phase"] == "end" and points["none"][-1]["phase"] == "end"
-    ends = {0: (0, root / f"{name}_0"), -1: (-1, root / f"{name}_1")}
+    ends = {0: (0, root / ENDS[name][0]), -1: (-1, root / ENDS[name][1])}
     stored = load_file(ends[0][1] / "model.safetensors")
     pairs = [(points["fsdp"][i], points["none"][i], i) for i in ends]
     if tight:
@@ -128,6 +150,10 @@ def _compare(root: Path, name: str, files: list[str]) -> None:
         losses = {s: [t["train_loss"] for t in ticks[s] if t["iters"]] for s in ticks}
         assert max(losses["fsdp"]) == pytest.approx(max(losses["none"]), rel=0.10)
         assert losses["fsdp"] == pytest.approx(losses["none"], rel=1e-5)
+        # The phases point by point (M2O's sharded distance columns with them), and the same path.
+        assert [p["phase"] for p in points["fsdp"]] == [p["phase"] for p in points["none"]]
+        for column in ("dist_a", "dist_b"):
+            assert [p[column] for p in points["fsdp"]] == pytest.approx([p[column] for p in points["none"]], rel=1e-5)
     else:
         for s in metrics:
             assert metrics[s]["summary"]["run"]["certification"]["certified"] is True, metrics[s]["summary"]["run"]
@@ -161,11 +187,11 @@ def _read_by_rows_only(root: Path, name: str) -> None:
     files was that process's rows (FSDP2's chunks), or a tensor of one row, or a buffer (held whole)."""
     from hf_llpf.sharding import row_range
 
-    shapes = {k: tuple(v.shape) for k, v in load_file(root / f"{name}_0" / "model.safetensors").items()}
+    shapes = {k: tuple(v.shape) for k, v in load_file(root / ENDS[name][0] / "model.safetensors").items()}
     buffers = {k for k in shapes if "running_" in k or k.endswith("num_batches_tracked")}
     for rank in (0, 1):
         reads = json.loads((root / f"{name}_reads_{rank}.json").read_text())
-        ends = [r for r in reads if Path(r[0]).parent.name in (f"{name}_0", f"{name}_1")]
+        ends = [r for r in reads if Path(r[0]).parent.name in ENDS[name]]
         assert len(ends) >= 2 * len(shapes)  # every tensor of both endpoints was read
         for _, tensor, how, start, stop in ends:
             rows = shapes[tensor][0] if shapes[tensor] else 1
@@ -183,7 +209,7 @@ def test_sharded_paths_equal_data_parallel_paths(pairs):
 
     root = pairs
     result = run_python([__file__, str(root)], processes=2, timeout=600)
-    for name in ("gpt2", "cnn"):
+    for name in ("gpt2", "cnn", "sphere"):
         launch = {s: hf_llpf.RunPath(root / f"{name}_{s}").summary["run"]["launch"] for s in ("none", "fsdp")}
         assert launch["fsdp"]["sharding"] == "fsdp (each process holds 1/N of every parameter)"
         assert launch["none"]["sharding"] == "none (every process holds the whole model)"
@@ -194,13 +220,23 @@ def test_sharded_paths_equal_data_parallel_paths(pairs):
         "fsdp": "2 process(es) on cpu (sharded, multi_cpu), sharding: fsdp (each process holds 1/N of every "
         "parameter), mixed precision: no",
     }
-    assert starts == [line["none"], line["fsdp"], line["fsdp"]] * 2, starts  # the main process speaks, once per run
+    # The main process speaks, once per run.
+    assert starts == [line["none"], line["fsdp"], line["fsdp"]] * 2 + [line["none"], line["fsdp"]], starts
     for name in ("gpt2", "cnn"):
         _same_as_whole_load(root, name)
+    for name in ("gpt2", "cnn", "sphere"):
         _read_by_rows_only(root, name)
     _compare(root, "gpt2", ["config.json", "generation_config.json", "model.safetensors"])
     _compare(root, "cnn", ["config.json", "model.safetensors"])  # BatchNorm's running statistics included
-    for point in sorted((root / "gpt2_fsdp" / "points").iterdir()):
+    _compare(root, "sphere", ["config.json", "generation_config.json", "model.safetensors"])
+    # method: auto chose cross-sphere from the rows under fsdp as from the whole models data-parallel: B walked inward.
+    assert result.stderr.count("cross-sphere M2O then M2M") == 2
+    sphere = {s: json.loads((root / f"sphere_{s}" / "path_metrics.json").read_text()) for s in ("none", "fsdp")}
+    for metrics in sphere.values():
+        assert metrics["summary"]["run"]["method"] == "cross-sphere"
+        phases = [p["phase"] for p in metrics["points"]]
+        assert phases[0] == "start" and "m2m" in phases and "m2o_reversed" in phases and phases[-1] == "end", phases
+    for point in sorted([*(root / "gpt2_fsdp" / "points").iterdir(), *(root / "sphere_fsdp" / "points").iterdir()]):
         model = AutoModelForCausalLM.from_pretrained(point)  # plain transformers, the tie kept
         assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
         weights = load_file(point / "model.safetensors")
