@@ -232,7 +232,7 @@ def _m2o_errors(build, example: torch.Tensor, label: str) -> dict[str, float]:
     from hf_llpf.config import build as build_config
     from hf_llpf.stages import build_stages
 
-    config = build_config(ConnectConfig, {"m2o": {"step_a": 0.05, "step_f": 0.3, "target_variance": 0.85}})
+    config = build_config(ConnectConfig, {"m2o": {"step_a": 0.05, "step_f": 0.05, "target_variance": 0.85}})
     whole = build(0)
     plan = build_stages(whole, example)
     walks = []
@@ -251,6 +251,7 @@ def _m2o_errors(build, example: torch.Tensor, label: str) -> dict[str, float]:
         f"{label}_m2o_factors": float(((factors[1] - factors[0]).abs() / factors[0]).max()),
         f"{label}_m2o_reached_differ": float(ref._reached_now != mine._reached_now),
         f"{label}_m2o_reached": float(sum(ref._reached_now)),
+        f"{label}_m2o_clamped": float(sum(r and 0 < f < 1 for r, f in zip(ref._reached_now, factors[0].tolist()))),
         f"{label}_m2o_moved": float(len(ref.moved)),
         f"{label}_m2o_params": max(_rel(_whole(p), r) for p, r in zip(mine.moved + mine.norms, ref.moved + ref.norms)),
         f"{label}_m2o_lr": max(abs(x - y) / y for x, y in zip(*lr)),
@@ -470,7 +471,8 @@ def test_an_m2o_move_on_shards_is_the_whole_models(two_processes):
             for key in ("factors", "params", "lr"):
                 assert err[f"{label}_m2o_{key}"] <= TOLERANCE, (label, key, err[f"{label}_m2o_{key}"])
             assert err[f"{label}_m2o_reached_differ"] == 0
-            assert 0 < err[f"{label}_m2o_reached"] < err[f"{label}_m2o_moved"], (label, err)
+            assert 0 < err[f"{label}_m2o_reached"] < err[f"{label}_m2o_moved"], (label, err[f"{label}_m2o_reached"])
+            assert err[f"{label}_m2o_clamped"] > 0  # a last step that lands on the target variance
             assert err[f"{label}_m2o_lr_set"] > 0  # the weight matrices' rates follow their variance
         assert err["gpt2_m2o_held_whole"] == 0 and err["cnn_m2o_held_whole"] == 2  # the CNN's head: whole, once
     keys = [k for k in two_processes[0]["errors"] if "_m2o_" in k]
