@@ -8,7 +8,8 @@ averaged over the processes as under data parallelism), the divergence guard kee
 the main process writes each point one tensor at a time, gathered only for its turn.
 
 The certificate's probes run on the sharded model, every process making the same passes (they are averaged over the
-processes). What is not supported yet is refused up front by :func:`check_sharding`, never run another way.
+processes). The cross-sphere path (M2O, then this) is :mod:`hf_llpf.algorithms.sharded_m2o`. What is not supported
+yet is refused up front by :func:`check_sharding`, never run another way.
 """
 
 from __future__ import annotations

@@ -147,6 +147,9 @@ class ShardedCrossSphere(CrossSphere):
 
     def _build_m2m(self) -> None:
         m2o = self.m2o
+        # The M2O phase is over: its momentum, gradients and rollback snapshot (a copy of the model each) go before
+        # M2M builds its own (its checkpoint part keeps the loop, the model and the counters).
+        m2o.release()
         if self.walked is None:
             self.walked = dict(zip(m2o.model.state_dict(), [t.clone() for t in sharding.local_state(m2o.model)]))
         if self.a_larger:
