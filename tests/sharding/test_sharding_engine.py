@@ -130,16 +130,13 @@ def _killed_and_resumed(a: str, b: str, data: str, config: dict, root: Path) -> 
 def pairs(tmp_path_factory, small_cnn_pair):
     """A tiny GPT-2 pair (tied lm_head/wte) with a text file, the small_cnn pair (BatchNorm) on digits, and
     ``gpt2_big``: the GPT-2 B with its weight matrices scaled by SPHERE_SCALE (on a larger sphere)."""
-    from transformers import AutoModelForCausalLM
+    from safetensors.torch import save_file
 
     root = fsdp_pairs(tmp_path_factory.mktemp("fsdp"), small_cnn_pair)
-    shutil.copytree(root / "gpt2_1", root / "gpt2_big")  # the tokenizer with it
-    model = AutoModelForCausalLM.from_pretrained(root / "gpt2_1")
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim > 1:
-                p.mul_(SPHERE_SCALE)
-    model.save_pretrained(root / "gpt2_big")
+    shutil.copytree(root / "gpt2_1", root / "gpt2_big")  # the config and the tokenizer with it
+    weights = load_file(root / "gpt2_1" / "model.safetensors")  # (the tied lm_head is stored as wte alone)
+    scaled = {k: v * SPHERE_SCALE if v.ndim > 1 else v for k, v in weights.items()}
+    save_file(scaled, root / "gpt2_big" / "model.safetensors", metadata={"format": "pt"})
     return root
 
 
