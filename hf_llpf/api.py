@@ -25,7 +25,8 @@ from hf_llpf.algorithms.linear import LINEAR_POINTS, straight_line_certified
 from hf_llpf.algorithms.m2o import OUTWARD_MESSAGE
 from hf_llpf.algorithms.registry import curve_method, method_class
 from hf_llpf.algorithms.repair import RepairTrainer
-from hf_llpf.algorithms.sharded import ShardedM2M, check_sharding
+from hf_llpf.algorithms.sharded import check_sharding
+from hf_llpf.algorithms.sharded_m2o import rows_sphere_report, sharded_method_class
 from hf_llpf.algorithms.spheres import choose_method
 from hf_llpf.baselines.build import connect_curve, with_method
 from hf_llpf.batches import LossFn
@@ -162,7 +163,9 @@ def _connect(model_a, model_b, train_data, config, run_dir, loss_fn, exist, prog
     config, storage, plan, certifier, setup = (prepared.config, prepared.storage, prepared.plan,
                                                prepared.certifier, prepared.setup)  # fmt: skip
     t = time.perf_counter()
-    method = _straight_if_certified(ea, eb, certifier, config, accelerator) or choose_method(ea, eb, config)
+    method = _straight_if_certified(ea, eb, certifier, config, accelerator) or choose_method(
+        ea, eb, config, report=_rows_report(ea, eb)
+    )
     setup["setup_probe"] += time.perf_counter() - t
     estimate, large = disk_estimate(ea.model, storage, method=method, stages=len(plan.stages), config=config)
     (logger.warning if large else logger.info)(f"{run_dir}: {estimate}", main_process_only=True)
@@ -211,9 +214,10 @@ def _run_and_record(
     start = time.perf_counter()
     setup_run = RunSetup(ea, eb, prepared.plan, config, make_trainer, writer, accelerator.device, progress,
                          ckpt is not None, certifier)  # fmt: skip
-    runner = (ShardedM2M if config.sharding == "fsdp" else method_class(method)).for_run(setup_run)
+    runner = (sharded_method_class(method) if config.sharding == "fsdp" else method_class(method)).for_run(setup_run)
     if config.sharding == "fsdp" and prepared.owned[1] and eb.model is not ea.model:
-        # Each process holds its own copy of its rows of θ_B (ShardedM2M): the whole θ_B it loaded is dead.
+        # Each process holds its own copy of its rows of θ_B (ShardedM2M, ShardedCrossSphere): the whole θ_B it
+        # loaded is dead.
         eb.model.to("meta")
     on_tick = tick_logger(config, accelerator, ceiling=certifier.ceiling)
     if on_tick is not None:
@@ -352,9 +356,22 @@ def close_the_loop(
     state.timing["probe_final"] = state.timing.get("probe_final", 0.0) + final["seconds"]
 
 
+def _rows_report(ea: Endpoint, eb: Endpoint) -> Callable[[], list[dict]] | None:
+    """The sphere check's report of endpoints read by rows (merged from every process's rows), else ``None``."""
+    if not isinstance(ea, RowsEndpoint) or getattr(ea, "work", None) is None:
+        return None
+    return lambda: rows_sphere_report(ea, eb)
+
+
 def _straight_if_certified(ea, eb, certifier: Certifier, config: ConnectConfig, accelerator) -> str | None:
-    """``"linear"`` when ``method: auto`` and the straight line already stays under the ceiling, else ``None``."""
+    """``"linear"`` when ``method: auto`` and the straight line already stays under the ceiling, else ``None``. Not
+    tested under ``sharding: fsdp``: the straight line runs unsharded (the sphere check chooses m2m or
+    cross-sphere)."""
     if config.method != "auto" or not certifier.enabled:
+        return None
+    if config.sharding == "fsdp":
+        logger.info("method: auto under sharding: fsdp does not test the straight line (it runs unsharded): the "
+                    "sphere check chooses m2m or cross-sphere", main_process_only=True)  # fmt: skip
         return None
     ok, top, t = straight_line_certified(ea.model, eb.model, certifier, accelerator.device)
     measured = (

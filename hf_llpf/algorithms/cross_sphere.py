@@ -38,8 +38,12 @@ TrainerFactory = Callable[..., RepairTrainer]
 def larger_sphere_is_a(a: nn.Module, b: nn.Module, names: list[str]) -> bool:
     """Which endpoint lies on the larger sphere: the sign of the mean log variance ratio over ``names``."""
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
-    va = geometry.variances([pa[n] for n in names])
-    vb = geometry.variances([pb[n] for n in names])
+    va, vb = (geometry.variances([p[n] for n in names]) for p in (pa, pb))
+    return larger_variances_are_a(va, vb)
+
+
+def larger_variances_are_a(va: torch.Tensor, vb: torch.Tensor) -> bool:
+    """Whether A's weight variances ``va`` lie on the larger sphere than B's ``vb``: the mean log ratio's sign."""
     ok = (va > 0) & (vb > 0)
     return bool(torch.log(va[ok] / vb[ok]).mean() > 0)
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hf_llpf import geometry
+from hf_llpf import geometry, sharding
 from hf_llpf.algorithms.base import Context, LoopState, Method, RunRecorder, RunSetup
 from hf_llpf.algorithms.certify import Verdict
 from hf_llpf.algorithms.guard import Advice
@@ -91,7 +91,9 @@ class M2O(Method):
         self.norm_names = [n for g in groups if g.norm in ("layernorm", "rmsnorm", "groupnorm") for n in g.param_names]
         self.moved = [model.get_parameter(n) for n in self.moved_names]
         self.norms = [model.get_parameter(n) for n in self.norm_names]
-        self.start_var = geometry.variances(self.moved)
+        # The per-tensor figures go through hf_llpf.sharding: the geometry functions themselves on whole tensors,
+        # their sharded equivalents on FSDP2's shards (:class:`hf_llpf.algorithms.sharded_m2o.ShardedM2O`).
+        self.start_var = sharding.variances(self.moved)
         self.target_var = self._checked_target(target_var)
         # AngleConformal applies to weight tensors outside norm layers; biases keep lr_0 (paper, AngleConformal).
         self.conformal = [self.trainer.param_index(p) for p in self.moved if p.ndim > 1]
@@ -140,8 +142,8 @@ class M2O(Method):
     def _shrink(self) -> torch.Tensor:
         """Move every unfinished tensor toward 0; returns the per-tensor scale factors applied (1 = untouched)."""
         m, scale = self.config.m2o, self.state.step_scale
-        var = geometry.variances(self.moved)
-        norm = geometry.distance_to_origin(self.moved)
+        var = sharding.variances(self.moved)
+        norm = sharding.distance_to_origin(self.moved)
         step = geometry.step_sizes(norm, step_a=m.step_a * scale, step_f=m.step_f * scale)
         factor = torch.where(norm > 0, 1 - step / norm.clamp_min(1e-300), torch.ones_like(norm))
         # Never below the target: var(c·θ) = c²·var(θ), so the last step lands exactly on the target variance.
@@ -152,7 +154,7 @@ class M2O(Method):
         reached = torch.tensor(self.state.reached) | (factor <= floor) | (var <= self.target_var)
         self._reached_now = reached.tolist()
         with torch.no_grad():
-            torch._foreach_mul_(self.moved, factor.tolist())
+            torch._foreach_mul_(sharding.local_parts(self.moved)[0], factor.tolist())  # each process its rows
         return factor
 
     def _compensate(self, factor: torch.Tensor) -> None:
@@ -164,13 +166,13 @@ class M2O(Method):
             return
         grow = float(1 / moving.mean())
         with torch.no_grad():
-            torch._foreach_mul_(self.norms, grow)
+            torch._foreach_mul_(sharding.local_parts(self.norms)[0], grow)  # elementwise: each process its rows
 
     def _set_learning_rates(self) -> None:
         policy = self.config.m2o.lr_policy
         if policy == "none" or not self.conformal:
             return
-        current = geometry.variances([self.moved[i] for i in self.conformal_pos])
+        current = sharding.variances([self.moved[i] for i in self.conformal_pos])
         factors = geometry.angle_conformal_factor(current, self.start_var[self.conformal_pos], policy)
         self.trainer.set_lr_factors(self.conformal, factors.tolist())
 
@@ -202,7 +204,7 @@ class M2O(Method):
             while st.tick < m.max_ticks and not self.done():
                 loss = self._tick()
                 bar.update(sum(st.reached) - bar.n)
-                ratio = float((geometry.variances(self.moved) / self.start_var.clamp_min(1e-300)).max())
+                ratio = float((sharding.variances(self.moved) / self.start_var.clamp_min(1e-300)).max())
                 bar.set_postfix(tick=st.tick, loss=loss_label(loss), var_ratio=f"{ratio:.3f}")
         finally:
             bar.close()
@@ -274,7 +276,6 @@ class M2O(Method):
         rel = self.recorder.point(tick, self.model)
         self.wrote_point(tick)
         t = self.timer.lap("write_points", t)
-        params = _params(self.model)
         a, b = self.refs
         point = PointRecord(
             index=len(st.points),
@@ -283,8 +284,8 @@ class M2O(Method):
             phase=self.phase if tick else "start",
             train_loss=loss,
             sgd_iters=self.trainer.iterations if sgd_iters is None else sgd_iters,
-            dist_a=_distance(params, a) if a is not None else None,
-            dist_b=_distance(params, b) if b is not None else None,
+            dist_a=self._distance_to(a) if a is not None else None,
+            dist_b=self._distance_to(b) if b is not None else None,
             stage_boundary=tick == 0,
             point=rel,
             probe_loss=probe,
@@ -292,6 +293,10 @@ class M2O(Method):
         )
         st.points.append(point.row())
         self.timer.lap("record", t)
+
+    def _distance_to(self, ref: list[torch.Tensor]) -> float:
+        """The distance from the working model to a reference endpoint's parameters (``self.refs``)."""
+        return _distance(_params(self.model), ref)
 
 
 def _params(model: nn.Module) -> list[torch.Tensor]:

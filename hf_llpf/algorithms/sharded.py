@@ -8,7 +8,8 @@ averaged over the processes as under data parallelism), the divergence guard kee
 the main process writes each point one tensor at a time, gathered only for its turn.
 
 The certificate's probes run on the sharded model, every process making the same passes (they are averaged over the
-processes). What is not supported yet is refused up front by :func:`check_sharding`, never run another way.
+processes). The cross-sphere path (M2O, then this) is :mod:`hf_llpf.algorithms.sharded_m2o`. What is not supported
+yet is refused up front by :func:`check_sharding`, never run another way.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ from hf_llpf.run.rundir import atomic_write_text
 from hf_llpf.sharding import local_parts, row_range, stored_names, write_weights_from_shards
 from hf_llpf.sharding.rows import repeated_blocks, shard_model
 
-__all__ = ["ShardedM2M", "ShardedRecorder", "check_sharding", "repeated_blocks", "shard_model"]
+__all__ = ["SHARDED_METHODS", "ShardedM2M", "ShardedRecorder", "ShardedState", "check_sharding", "repeated_blocks",
+           "shard_model"]  # fmt: skip
+
+# The methods a sharded connect runs (``auto`` chooses m2m or cross-sphere by the sphere check under sharding: fsdp;
+# the straight line, the walk to the origin alone and the curves run unsharded).
+SHARDED_METHODS = ("auto", "m2m", "cross-sphere")
 
 
 def check_sharding(config: ConnectConfig, accelerator: Any, *, exist: str = "error") -> None:
@@ -54,8 +60,9 @@ def check_sharding(config: ConnectConfig, accelerator: Any, *, exist: str = "err
             f"{'' if grouped else ' and no process group'}; allowed: two or more processes started by torchrun "
             "(torchrun --standalone --nproc_per_node 2 -m hf_llpf.cli connect ...), or devices.sharding='none'"
         )
-    if config.method != "m2m":
-        problems.append(f"method={config.method!r} under sharding='fsdp': allowed: 'm2m' (set method=m2m)")
+    if config.method not in SHARDED_METHODS:
+        allowed = ", ".join(repr(m) for m in SHARDED_METHODS)
+        problems.append(f"method={config.method!r} under sharding='fsdp': allowed: {allowed}")
     if config.mixed_precision not in ("auto", "no"):
         problems.append(f"mixed_precision={config.mixed_precision!r} under sharding='fsdp': allowed: 'no'")
     if config.point_dtype != "auto":
@@ -166,7 +173,32 @@ class ShardedRecorder(RunRecorder):
         sharded_state.save(None if root is None else root / CHECKPOINT_DIR, state, write_text=atomic_write_text)
 
 
-class ShardedM2M(M2M):
+class ShardedState:
+    """What a method on a model sharded by FSDP2 checkpoints: its state with this process's parts of the sharded
+    tensors (the working model's, the SGD momentum's), put back into the shards as they were laid out on a resume (the
+    same number of processes: :func:`hf_llpf.run.sharded_state.load`). A mixin before the method's class."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """As the method's, with this process's parts of the sharded tensors."""
+        state = super().state_dict()
+        return {**state, "model": local_state(state["model"]), "trainer": local_state(state["trainer"])}
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Continue from this process's :meth:`state_dict`: its parts go back into the model's and the momentum's
+        shards (each optimizer parameter group's state by its parameter's layout)."""
+        live = self.model.state_dict()
+        model = {k: _as_like(v, live[k]) if k in live else v for k, v in ckpt["model"].items()}
+        params = [p for group in self.trainer.optimizer.param_groups for p in group["params"]]
+        saved = ckpt["trainer"]["optimizer"]
+        opt_state = {
+            i: {k: _as_like(v, params[i]) if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in s.items()}
+            for i, s in saved["state"].items()
+        }
+        trainer = {**ckpt["trainer"], "optimizer": {**saved, "state": opt_state}}
+        super().load_state_dict({**ckpt, "model": model, "trainer": trainer})
+
+
+class ShardedM2M(ShardedState, M2M):
     """:class:`~hf_llpf.algorithms.m2m.M2M` on a model sharded by FSDP2; θ_B held as this process's rows only."""
 
     @classmethod
@@ -184,25 +216,6 @@ class ShardedM2M(M2M):
         method = cls(ctx, run.eb)
         method.recorder = ShardedRecorder(run.writer, run.ea, state=method.run_state)
         return method
-
-    def state_dict(self) -> dict[str, Any]:
-        """As M2M's, with this process's parts of the sharded tensors (the working model's, the SGD momentum's)."""
-        state = super().state_dict()
-        return {**state, "model": local_state(state["model"]), "trainer": local_state(state["trainer"])}
-
-    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        """Continue from this process's :meth:`state_dict`: its parts go back into the model's and the momentum's
-        shards as they were laid out (the same number of processes: :func:`hf_llpf.run.sharded_state.load`)."""
-        live = self.model.state_dict()
-        model = {k: _as_like(v, live[k]) if k in live else v for k, v in ckpt["model"].items()}
-        params = [p for group in self.trainer.optimizer.param_groups for p in group["params"]]
-        saved = ckpt["trainer"]["optimizer"]
-        opt_state = {
-            i: {k: _as_like(v, params[i]) if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in s.items()}
-            for i, s in saved["state"].items()
-        }
-        trainer = {**ckpt["trainer"], "optimizer": {**saved, "state": opt_state}}
-        super().load_state_dict({**ckpt, "model": model, "trainer": trainer})
 
     def _targets(self, target: Endpoint, device: torch.device) -> tuple[dict, list[torch.Tensor]]:
         """θ_B's buffers whole (every process holds the model's buffers whole) and, per parameter, this process's

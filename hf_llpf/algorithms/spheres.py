@@ -8,11 +8,12 @@ connects them; otherwise a cross-sphere run (M2O, then M2M) does.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from accelerate.logging import get_logger
-from torch import nn
+from torch import Tensor, nn
 
 from hf_llpf import geometry
 from hf_llpf.config import WALK_IS_NOT_A_CONNECTION, ConnectConfig
@@ -23,9 +24,12 @@ logger = get_logger(__name__)
 SPHERE_TOLERANCE = 0.5  # |log(Var_B/Var_A)| per tensor beyond which two endpoints are on different spheres
 
 
-def choose_method(ea: Endpoint, eb: Endpoint, config: ConnectConfig) -> str:
+def choose_method(
+    ea: Endpoint, eb: Endpoint, config: ConnectConfig, *, report: Callable[[], list[dict]] | None = None
+) -> str:
     """``config.method`` (a registered method), or under ``auto`` the sphere check: ``m2m`` on one sphere,
-    ``cross-sphere`` (M2O then M2M) otherwise.
+    ``cross-sphere`` (M2O then M2M) otherwise. ``report``: gives the :func:`sphere_report` of the endpoints (a sharded
+    run's, merged from each process's rows); default: measured on the endpoints' models.
 
     Raises:
         UnknownNameError: ``config.method`` is no registered method (the message lists them).
@@ -40,7 +44,7 @@ def choose_method(ea: Endpoint, eb: Endpoint, config: ConnectConfig) -> str:
 
         method_class(config.method)  # refuses an unknown name before any work
         return config.method
-    report = sphere_report(ea.model, eb.model)
+    report = sphere_report(ea.model, eb.model) if report is None else report()
     if same_sphere(report):
         return "m2m"
     logger.info(
@@ -57,16 +61,22 @@ def sphere_report(a: nn.Module, b: nn.Module) -> list[dict]:
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
     va = geometry.variances([pa[n] for n in names])
     vb = geometry.variances([pb[n] for n in names])
+    return sphere_rows(names, [pa[n].ndim for n in names], [pa[n].numel() for n in names], va, vb)
+
+
+def sphere_rows(names: list[str], ndims: list[int], numels: list[int], va: Tensor, vb: Tensor) -> list[dict]:
+    """The rows of :func:`sphere_report` from each tensor's name, dimensions, size and both variances (a sharded run
+    merges them from the rows: :func:`hf_llpf.algorithms.sharded_m2o.rows_sphere_report`)."""
     return [
         {
             "name": n,
-            "ndim": pa[n].ndim,
-            "numel": pa[n].numel(),
+            "ndim": d,
+            "numel": k,
             "var_a": float(x),
             "var_b": float(y),
             "ratio": float(y / x) if x > 0 else float("inf"),
         }
-        for n, x, y in zip(names, va, vb, strict=True)
+        for n, d, k, x, y in zip(names, ndims, numels, va, vb, strict=True)
     ]
 
 

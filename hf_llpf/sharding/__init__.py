@@ -16,9 +16,9 @@ functions of :mod:`hf_llpf.geometry` give on the whole tensors, exchanging only 
 - :mod:`~hf_llpf.sharding.rows`: a model built on the meta device, sharded by ``fully_shard`` and loaded by rows
   (the endpoints of a sharded connect, the points of a sharded evaluation).
 
-With one process (no tensor sharded) each function is the unsharded one itself. M2M's tick runs through these
-functions, sharded under ``sharding: fsdp`` (:mod:`hf_llpf.algorithms.sharded`; docs/distributed.md, "Models larger
-than one device").
+With one process (no tensor sharded) each function is the unsharded one itself. M2M's and M2O's ticks run through
+these functions, sharded under ``sharding: fsdp`` (:mod:`hf_llpf.algorithms.sharded`,
+:mod:`hf_llpf.algorithms.sharded_m2o`; docs/distributed.md, "Models larger than one device").
 """
 
 from hf_llpf.sharding.distance import cosine_similarity, distance_to_origin, distances, move_toward_, total_distance

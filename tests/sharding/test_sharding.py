@@ -220,6 +220,46 @@ def _model_errors(build, mesh, root: str, label: str) -> dict[str, float]:
     return err
 
 
+def _m2o_errors(build, example: torch.Tensor, label: str) -> dict[str, float]:
+    """One M2O move (docs/algorithm.md §6: the clamped shrink, the norm-layer compensation, the AngleConformal rates)
+    on the sharded model against the whole model; the steps make some tensors land on their target variance."""
+    from types import SimpleNamespace
+
+    from hf_llpf.algorithms.base import Context
+    from hf_llpf.algorithms.m2o import M2O
+    from hf_llpf.algorithms.repair import RepairTrainer
+    from hf_llpf.config import ConnectConfig
+    from hf_llpf.config import build as build_config
+    from hf_llpf.stages import build_stages
+
+    config = build_config(ConnectConfig, {"m2o": {"step_a": 0.05, "step_f": 0.05, "target_variance": 0.85}})
+    whole = build(0)
+    plan = build_stages(whole, example)
+    walks = []
+    for model in (whole, shard_model(build(0))):  # (neither is wrapped: no repair runs here)
+        group = SimpleNamespace(num_processes=2, process_index=torch.distributed.get_rank())
+        trainer = RepairTrainer(model, [], lr=0.1, momentum=0.9, weight_decay=0.0, min_iters=1, max_iters=1,
+                                loss_threshold=0.0, per_tensor_lr=True, sharded=True, accelerator=group)  # fmt: skip
+        walks.append(M2O(Context(model, trainer, plan, config, progress=False), None))
+    factors = [w._shrink() for w in walks]
+    for w, f in zip(walks, factors):
+        w._compensate(f)
+        w._set_learning_rates()
+    ref, mine = walks
+    lr = [[g["lr"] for g in w.trainer.optimizer.param_groups] for w in walks]
+    return {
+        f"{label}_m2o_factors": float(((factors[1] - factors[0]).abs() / factors[0]).max()),
+        f"{label}_m2o_reached_differ": float(ref._reached_now != mine._reached_now),
+        f"{label}_m2o_reached": float(sum(ref._reached_now)),
+        f"{label}_m2o_clamped": float(sum(r and 0 < f < 1 for r, f in zip(ref._reached_now, factors[0].tolist()))),
+        f"{label}_m2o_moved": float(len(ref.moved)),
+        f"{label}_m2o_params": max(_rel(_whole(p), r) for p, r in zip(mine.moved + mine.norms, ref.moved + ref.norms)),
+        f"{label}_m2o_lr": max(abs(x - y) / y for x, y in zip(*lr)),
+        f"{label}_m2o_lr_set": float(sum(x != 0.1 for x in lr[0])),
+        f"{label}_m2o_held_whole": float(sum(not hasattr(p, "to_local") for p in mine.moved)),
+    }
+
+
 def _refusals(root: str) -> dict[str, str]:
     """The messages of a read from a file that is not safetensors, and of a tensor of another shape."""
     from torch.distributed.tensor import Shard, distribute_tensor
@@ -324,6 +364,8 @@ def _worker(rank: int, port: int, root: str) -> None:
         result["errors"].update(_model_errors(tiny_gpt, mesh, root, "gpt2"))
         result["errors"].update(_model_errors(tiny_cnn, mesh, root, "cnn"))
         result["errors"].update(_one_process_bits(root, rank))
+        result["errors"].update(_m2o_errors(tiny_gpt, torch.randint(0, 61, (2, 8)), "gpt2"))
+        result["errors"].update(_m2o_errors(tiny_cnn, torch.randn(4, 3, 6, 6), "cnn"))
         result["points"] = _point_files(tiny_gpt, root, "gpt2", torch.bfloat16, 20_000)  # an index and shards
         result["points"].update(_point_files(tiny_cnn, root, "cnn", None, "5GB"))  # one file, an int64 buffer
         with open(os.path.join(root, f"rank{rank}.json"), "w") as f:
@@ -417,6 +459,24 @@ def test_two_processes_agree_with_the_unsharded_maths(two_processes):
             eps = torch.finfo(dtype).eps
             assert err[f"{label}_move"] <= eps and err[f"{label}_correction"] <= eps, (label, err)
     assert two_processes[0]["errors"] == two_processes[1]["errors"]  # the same scalars on every process
+
+
+def test_an_m2o_move_on_shards_is_the_whole_models(two_processes):
+    """The shrink factors (‖θ‖ from the shards' summed squares, the clamp from the merged variances), the moved and
+    compensated tensors and the AngleConformal rates: within TOLERANCE of the whole model's, the same on every
+    process; the same tensors land on their target (some, not all) on both."""
+    for result in two_processes:
+        err = result["errors"]
+        for label in ("gpt2", "cnn"):
+            for key in ("factors", "params", "lr"):
+                assert err[f"{label}_m2o_{key}"] <= TOLERANCE, (label, key, err[f"{label}_m2o_{key}"])
+            assert err[f"{label}_m2o_reached_differ"] == 0
+            assert 0 < err[f"{label}_m2o_reached"] < err[f"{label}_m2o_moved"], (label, err[f"{label}_m2o_reached"])
+            assert err[f"{label}_m2o_clamped"] > 0  # a last step that lands on the target variance
+            assert err[f"{label}_m2o_lr_set"] > 0  # the weight matrices' rates follow their variance
+        assert err["gpt2_m2o_held_whole"] == 0 and err["cnn_m2o_held_whole"] == 2  # the CNN's head: whole, once
+    keys = [k for k in two_processes[0]["errors"] if "_m2o_" in k]
+    assert [two_processes[0]["errors"][k] for k in keys] == [two_processes[1]["errors"][k] for k in keys]
 
 
 @pytest.mark.slow  # one launch of two gloo processes, shared by the tests of this file
