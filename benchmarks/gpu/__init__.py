@@ -1,10 +1,14 @@
-"""GPU runs: M2M speed and memory on cifar_resnet18, and the largest slice of the paper's experiment.
+"""GPU runs: M2M speed and memory on cifar_resnet18, the largest slice of the paper's experiment, and the GPU check.
 
     python -m benchmarks gpu m2m [--smoke]       # 200 ticks of M2M on cifar_resnet18: ticks/s, peak GPU memory
     python -m benchmarks gpu paper [--smoke]     # ResNet18/CIFAR-10 slice sized for about 8 minutes on an H100
+    python -m benchmarks gpu check [--smoke] [--budget-s 300]   # issue 36's check, about 5 minutes on an H100:
+        # the demo pair, resnet18 at CIFAR size, the 124M GPT-2 unsharded and sharded over one torchrun process,
+        # each part printed as it finishes (ticks/s, peak GPU memory, the share outside SGD); not run on a GPU yet
 
-Both use the GPU when ``torch.cuda.is_available()`` (else the CPU); ``--smoke`` is a tiny CPU run of the same
-code. Rows are appended to ``benchmarks/results/gpu.jsonl``.
+Each uses the GPU when ``torch.cuda.is_available()`` (else the CPU); ``--smoke`` is a tiny CPU run of the same
+code. Rows are appended to ``benchmarks/results/gpu.jsonl``. On a GPU machine with nothing installed, from the
+repository root: ``PYTHONPATH=$PWD python3 -m benchmarks gpu check``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import argparse
 from benchmarks import harness
 
 ENTRY = "gpu"
-RUNS = ("m2m", "paper")
+RUNS = ("m2m", "paper", "check")
 
 
 def parser() -> argparse.ArgumentParser:
