@@ -14,11 +14,17 @@ repository root: ``PYTHONPATH=$PWD python3 -m benchmarks gpu check``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
 
 from benchmarks import harness
 
 ENTRY = "gpu"
 RUNS = ("m2m", "paper", "check")
+# hf_llpf's dependencies by import name (pyproject.toml): a GPU machine's image may lack some (its datasets and
+# pydantic), which then travel as wheels (docs/benchmarks.md, "The GPU check").
+NEEDED = ("torch", "torchvision", "transformers", "timm", "accelerate", "datasets", "huggingface_hub", "safetensors",
+          "pydantic", "yaml", "matplotlib", "sklearn", "tqdm", "jinja2")  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,6 +32,16 @@ def parser() -> argparse.ArgumentParser:
     return harness.subcommand_parser(ENTRY, __doc__, dest="run", names=RUNS)
 
 
+def missing_packages() -> list[str]:
+    """The import names of :data:`NEEDED` that this Python cannot import."""
+    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+
+
 def main(argv: list[str]) -> int:
-    """Run one run."""
+    """Run one run, or say which packages are missing (exit 2) before any is imported."""
+    missing = missing_packages()
+    if missing:
+        print(f"benchmarks gpu: this Python lacks {', '.join(missing)} (hf_llpf's dependencies); on a GPU machine "
+              "carry them as wheels: docs/benchmarks.md, \"The GPU check\"", file=sys.stderr)  # fmt: skip
+        return 2
     return harness.run_subcommand(ENTRY, parser(), "run", argv)

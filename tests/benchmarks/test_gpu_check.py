@@ -56,6 +56,18 @@ def test_a_part_over_the_budget_is_skipped_and_a_failing_one_printed(capsys):
     assert [bool(r.get("skipped")) for r in rows] == [False, True, False, False] and rows[0]["smoke"] is True
 
 
+def test_a_missing_dependency_is_named_before_any_import(monkeypatch, capsys):
+    from benchmarks import gpu
+
+    assert gpu.missing_packages() == []  # this environment has hf_llpf's dependencies
+    monkeypatch.setattr(gpu, "NEEDED", ("torch", "no_such_package_xyz"))
+    monkeypatch.setattr(gpu, "parser", lambda: pytest.fail("the parser imports the runs: not reached"))
+    assert gpu.main(["check", "--smoke"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("benchmarks gpu: this Python lacks no_such_package_xyz (hf_llpf's dependencies)"), err
+    assert 'docs/benchmarks.md, "The GPU check"' in err
+
+
 @pytest.mark.slow
 def test_the_smoke_check_prints_each_part_with_its_figures(tmp_path, monkeypatch, capsys):
     # The whole check at smoke sizes on the CPU (about a minute): the demo pair, resnet18, the GPT-2 pair unsharded
