@@ -1,7 +1,8 @@
 """The GPU check (issue 36): four connects in one process, each part printed as it finishes, within a time budget.
 
-On a GPU machine with only this repository's files (PyTorch, transformers, timm, accelerate and safetensors are
-what the run needs; nothing is installed, nothing downloaded, no endpoint carried), from the repository root:
+On a GPU machine, from the repository root (no endpoint carried, nothing downloaded; where the image lacks
+``datasets`` and ``pydantic``, as the lent machines' does, their wheels travel in ``.whl/`` and are installed first:
+docs/benchmarks.md, "The GPU check", gives both commands):
 
     PYTHONPATH=$PWD python3 -m benchmarks gpu check [--budget-s 300]
     PYTHONPATH=$PWD python3 -m benchmarks gpu check --smoke --no-record      # tiny sizes, on the CPU, about a minute
