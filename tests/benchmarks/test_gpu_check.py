@@ -54,6 +54,11 @@ def test_a_part_over_the_budget_is_skipped_and_a_failing_one_printed(capsys):
     assert lines[0].startswith("[1/4] a: 1.0 s, 1 ticks") and lines[3].startswith("[4/4] d: 1.0 s")
     assert recorded == rows and [r["part"] for r in rows] == ["a", "b", "c", "d"]
     assert [bool(r.get("skipped")) for r in rows] == [False, True, False, False] and rows[0]["smoke"] is True
+    # The GPT-2 parts add the pair's making to their estimate where no earlier part made it (GPU estimates).
+    gpu_parts = check.parts(smoke=False)
+    assert [p.name for p in gpu_parts] == ["demo", "resnet18", "gpt2-124m", "gpt2-124m-fsdp1"]
+    assert [p.estimate({}) for p in gpu_parts] == [60, 90, 60, 75]
+    assert [p.estimate({"gpt2": {}}) for p in gpu_parts] == [60, 90, 30, 45]
 
 
 def test_a_missing_dependency_is_named_before_any_import(monkeypatch, capsys):
