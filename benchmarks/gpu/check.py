@@ -5,7 +5,7 @@ On a GPU machine, from the repository root (no endpoint carried, nothing downloa
 docs/benchmarks.md, "The GPU check", gives both commands):
 
     PYTHONPATH=$PWD python3 -m benchmarks gpu check [--budget-s 300]
-    PYTHONPATH=$PWD python3 -m benchmarks gpu check --smoke --no-record      # tiny sizes, on the CPU, about a minute
+    PYTHONPATH=$PWD python3 -m benchmarks gpu check --smoke --no-record   # tiny sizes: about a minute on a CPU
 
 The parts, in this order (every endpoint is made here, from seeds 0 and 1):
 
@@ -72,7 +72,7 @@ class Part:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """This run's options."""
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (about a minute)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (the GPU where there is one)")
     parser.add_argument("--budget-s", type=float, default=300.0, help="seconds for the whole check (default 300)")
 
 
@@ -269,7 +269,7 @@ def parts(smoke: bool) -> list[Part]:
 
 def run(args: argparse.Namespace, results: harness.Results) -> None:
     """Run the parts within the budget, print each as it finishes, then the table; exit 1 when a part failed."""
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the connects' Accelerator chooses alike
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"gpu check: device {device} ({name}), budget {args.budget_s:.0f} s{', smoke sizes' if args.smoke else ''}",
           flush=True)  # fmt: skip
