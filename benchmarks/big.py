@@ -74,9 +74,10 @@ def _blocks(corpus: Path, tok) -> Any:
     return torch.tensor(ids[: n * BLOCK]).view(n, BLOCK)
 
 
-def train_endpoint(folder: str, corpus: str, *, model_args: dict, seed: int, steps: int) -> dict:
-    """One endpoint from its own initialisation (``seed``): ``steps`` AdamW steps on batches of 8 blocks; kept when
-    ``folder/metrics.json`` is there (the cache between sittings)."""
+def train_endpoint(folder: str, corpus: str, *, model_args: dict, seed: int, steps: int, device: str = "cpu") -> dict:
+    """One endpoint from its own initialisation (``seed``): ``steps`` AdamW steps on batches of 8 blocks on
+    ``device`` (initialised and saved on the CPU); kept when ``folder/metrics.json`` is there (the cache between
+    sittings)."""
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -87,8 +88,8 @@ def train_endpoint(folder: str, corpus: str, *, model_args: dict, seed: int, ste
     torch.manual_seed(seed)
     config = _config(**model_args)
     config.bos_token_id = config.eos_token_id = tok.eos_token_id
-    model = GPT2LMHeadModel(config)
-    blocks = _blocks(corpus, tok)
+    model = GPT2LMHeadModel(config).to(device)
+    blocks = _blocks(corpus, tok).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
     order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
     model.train()
@@ -102,16 +103,19 @@ def train_endpoint(folder: str, corpus: str, *, model_args: dict, seed: int, ste
         opt.step()
         losses.append(round(float(loss.detach()), 4))
     seconds = time.perf_counter() - start
-    model.eval().save_pretrained(str(folder))
+    model.cpu().eval().save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     metrics = {"seconds": round(seconds, 1), "iterations": steps, "seed": seed, "losses": losses}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 
 
-def endpoints(out: Path, *, model_args: dict, steps: int, threads: int = 1) -> tuple[Path, list[Path], list[dict]]:
-    """The corpus and both endpoints (cached under ``out``, keyed by the model's size and the steps), each trained in
-    a process of its own (this one never holds a model)."""
+def endpoints(
+    out: Path, *, model_args: dict, steps: int, threads: int = 1, device: str = "cpu", in_process: bool = False
+) -> tuple[Path, list[Path], list[dict]]:
+    """The corpus and both endpoints (cached under ``out``, keyed by the model's size, the steps and a device other
+    than the CPU), each trained in a process of its own (this one never holds a model), or in this one
+    (``in_process``: the GPU check, which measures its parts in one process)."""
     from tests.generated_text import write_text_file
 
     corpus = out / "corpus.txt"
@@ -119,12 +123,16 @@ def endpoints(out: Path, *, model_args: dict, steps: int, threads: int = 1) -> t
         out.mkdir(parents=True, exist_ok=True)
         write_text_file(corpus, lines=CORPUS_LINES)
     key = "gpt2-L{layers}-E{width}-H{heads}-V{vocab}".format(**model_args) + f"-steps{steps}"
+    key += "" if device == "cpu" else f"-{device}"
     folders = [out / "endpoints" / f"{key}-seed{s}" for s in (0, 1)]
     metrics = []
     for seed, folder in enumerate(folders):
-        kwargs = {"folder": str(folder), "corpus": str(corpus), "model_args": model_args, "seed": seed, "steps": steps}
+        kwargs = {"folder": str(folder), "corpus": str(corpus), "model_args": model_args, "seed": seed, "steps": steps,
+                  "device": device}  # fmt: skip
         cached = folder / "metrics.json"
         known = json.loads(cached.read_text()) if cached.is_file() else None
+        if known is None and in_process:
+            known = train_endpoint(**kwargs)
         metrics.append(known or harness.measure("benchmarks.big:train_endpoint", kwargs, threads=threads))
     return corpus, folders, metrics
 
@@ -170,6 +178,7 @@ def child(out: Path, argv: list[str]) -> int:
     after_imports = _status_kib("VmRSS")
     start = time.perf_counter()
     code = cli(argv)
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     figures = {
         "rank": int(os.environ.get("RANK", "0")),
         "exit": code,
@@ -177,25 +186,38 @@ def child(out: Path, argv: list[str]) -> int:
         "peak_rss_mib": round(_status_kib("VmHWM") / 1024, 1) if _status_kib("VmHWM") else None,
         "seconds": round(time.perf_counter() - start, 1),
         "threads": torch.get_num_threads(),
+        "peak_gpu_mib": round(gpu, 1) if gpu is not None else None,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{figures['rank']}.json").write_text(json.dumps(figures))
     return code
 
 
-def connect(run: Path, a: Path, b: Path, corpus: Path, *, processes: int, threads: int) -> dict:
-    """One measured ``hf-llpf connect`` (``processes`` > 1: sharded under torchrun); its figures and timing."""
+def connect_argv(run: Path, a: Path, b: Path, corpus: Path, *, threads: int, extra: list[str]) -> list[str]:
+    """``hf-llpf connect``'s arguments for the measured runs: :data:`CONNECT`, then ``extra``, with ``--profile``."""
+    return ["connect", str(a), str(b), "--data", str(corpus), "--out", str(run), "--overwrite", "--no-progress",
+            "--profile", "--threads", str(threads), *CONNECT, *extra]  # fmt: skip
+
+
+def connect(
+    run: Path, a: Path, b: Path, corpus: Path, *, processes: int, threads: int, extra: list[str] | None = None,
+    sharded: bool | None = None, timeout: float | None = None,
+) -> dict:  # fmt: skip
+    """One measured ``hf-llpf connect`` (``sharded``, by default ``processes`` > 1: ``sharding=fsdp`` under torchrun,
+    one process included); its figures and timing. ``extra``: settings after :data:`CONNECT`; ``timeout``: seconds
+    before the launch is killed (``subprocess.TimeoutExpired``)."""
+    sharded = processes > 1 if sharded is None else sharded
     mem = run.parent / f"{run.name}-memory"
     shutil.rmtree(mem, ignore_errors=True)
-    argv = ["connect", str(a), str(b), "--data", str(corpus), "--out", str(run), "--overwrite", "--no-progress",
-            "--profile", "--threads", str(threads), *CONNECT, *(SHARDED if processes > 1 else [])]  # fmt: skip
+    argv = connect_argv(run, a, b, corpus, threads=threads, extra=[*(extra or []), *(SHARDED if sharded else [])])
     launch = [sys.executable, "-m", "benchmarks.big", "--child", str(mem), "--"]
-    if processes > 1:
+    if processes > 1 or sharded:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
                   "-m", "benchmarks.big", "--child", str(mem), "--"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(harness.ROOT), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
-    done = subprocess.run([*launch, *argv], cwd=harness.ROOT, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run([*launch, *argv], cwd=harness.ROOT, env=env, capture_output=True, text=True, check=False,
+                          timeout=timeout)  # fmt: skip
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"benchmarks big: connect ({processes} process(es)) failed ({done.returncode}):\n"
@@ -337,12 +359,12 @@ def main(argv: list[str]) -> int:
     print(f"endpoints: {model_bytes / 4:,.0f} parameters, {args.steps} steps each "
           f"({trained[0]['seconds']:.0f} s, {trained[1]['seconds']:.0f} s when trained; last batch loss "
           f"{trained[0]['losses'][-1]}, {trained[1]['losses'][-1]})", flush=True)  # fmt: skip
-    CONNECT.append(stages_override(args.layers))
+    stages = [stages_override(args.layers)]
     results = harness.Results(ENTRY, args, argv)
     rows = []
     for mode, processes in (("unsharded", 1), ("sharded", 2)):
         run = args.out / f"path-{mode}"
-        measured = connect(run, a, b, corpus, processes=processes, threads=args.threads)
+        measured = connect(run, a, b, corpus, processes=processes, threads=args.threads, extra=stages)
         print(measured["log"], flush=True)
         rows.append(results.add({**row(mode, measured, model_bytes), "steps": args.steps, "model": model_args}))
         if not args.keep_runs:

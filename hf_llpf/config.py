@@ -356,8 +356,8 @@ class ConnectConfig(_Settings):
     sharding: Literal["none", "fsdp"] = Field(
         "none",
         description="none: every process holds the whole model (data-parallel); fsdp: each process holds 1/N of "
-        "every parameter (PyTorch FSDP2, launched with torchrun over two or more processes; docs/distributed.md, "
-        '"Models larger than one device", says what it supports)',
+        "every parameter (PyTorch FSDP2, launched with torchrun; one process there runs the code path only; "
+        'docs/distributed.md, "Models larger than one device", says what it supports)',
     )
     sync_check_every: int = Field(
         25,

@@ -54,11 +54,11 @@ def check_sharding(config: ConnectConfig, accelerator: Any, *, exist: str = "err
     problems = []
     dist = torch.distributed
     grouped = dist.is_available() and dist.is_initialized()
-    if accelerator.num_processes < 2 or not grouped:
+    if not grouped:  # one process in a group (torchrun --nproc_per_node 1) runs the sharded code path: allowed
         problems.append(
-            f"devices.sharding='fsdp': this run has {accelerator.num_processes} process(es)"
-            f"{'' if grouped else ' and no process group'}; allowed: two or more processes started by torchrun "
-            "(torchrun --standalone --nproc_per_node 2 -m hf_llpf.cli connect ...), or devices.sharding='none'"
+            f"devices.sharding='fsdp': this run has {accelerator.num_processes} process(es) and no process group; "
+            "allowed: processes started by torchrun (torchrun --standalone --nproc_per_node 2 -m hf_llpf.cli "
+            "connect ...; --nproc_per_node 1 runs the sharded code path in one process), or devices.sharding='none'"
         )
     if config.method not in SHARDED_METHODS:
         allowed = ", ".join(repr(m) for m in SHARDED_METHODS)

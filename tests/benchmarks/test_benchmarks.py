@@ -138,7 +138,7 @@ def test_list_names_every_entry_with_one_line():
 def _helps() -> list[tuple[str, list[str]]]:
     cases = [(name, []) for name in ENTRIES]
     cases += [("speed", [part]) for part in ("geometry", "layout", "evaluate", "storage", "memory")]
-    return cases + [("gpu", ["m2m"]), ("gpu", ["paper"])]
+    return cases + [("gpu", ["m2m"]), ("gpu", ["paper"]), ("gpu", ["check"])]
 
 
 @pytest.mark.parametrize(("name", "sub"), _helps(), ids=[" ".join([n, *s]) for n, s in _helps()])

@@ -306,7 +306,8 @@ def test_refusals_name_the_setting_the_value_and_what_is_allowed(tmp_path):
     with pytest.raises(ConfigError) as err:
         check_sharding(config, SimpleNamespace(num_processes=1), exist="resume")
     text = str(err.value)
-    for part in ("sharding='fsdp': this run has 1 process(es) and no process group; allowed: two or more processes",
+    for part in ("sharding='fsdp': this run has 1 process(es) and no process group; allowed: processes started by "
+                 "torchrun",
                  "method='linear' under sharding='fsdp': allowed: 'auto', 'm2m', 'cross-sphere'",
                  "mixed_precision='bf16' under sharding='fsdp': allowed: 'no'",
                  "point_dtype='bf16' under sharding='fsdp': allowed: 'auto'"):  # fmt: skip
