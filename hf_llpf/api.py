@@ -350,7 +350,9 @@ def close_the_loop(
     certifier.recorded = {"point_sha256": point_hashes(path), "environment": environment(model, accelerator.device)}
     if not certifier.examples.exact:
         return
-    final = certifier.final = final_check(certifier, path, model, device=accelerator.device, work=work)
+    final = certifier.final = final_check(
+        certifier, path, model, device=accelerator.device, work=work, together=accelerator.num_processes > 1
+    )
     if len(state.points) == final["points"]:
         record_final(state.points, final)
     state.timing["probe_final"] = state.timing.get("probe_final", 0.0) + final["seconds"]

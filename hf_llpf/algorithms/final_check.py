@@ -28,6 +28,7 @@ def final_check(
     *,
     device: Any = None,
     work: nn.Module | None = None,
+    together: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every point of ``path`` and each segment's midpoint on all of ``certifier``'s training examples.
 
@@ -43,6 +44,9 @@ def final_check(
             holding the last point.
             Sharded by FSDP2 (a sharded run reading by rows), it is used as it is: each process reads only its rows
             of each point into it (:func:`~hf_llpf.sharding.rows.point_rows`).
+        together: the run's processes make each pass together (one run over several processes, data-parallel or
+            sharded): a pass the run made is then taken only where every process holds its bits (:func:`_loss`).
+            Not for processes that each check a run of their own (repeats spread over processes).
 
     Returns:
         ``{"examples", "points", "segments", "max", "point_losses", "segment_losses", "examples_run", "reused",
@@ -58,15 +62,16 @@ def final_check(
     work = work.eval() if by_rows else work.eval().to(device)
     read, load, load_mid = _point_access(path, work, device, by_rows=by_rows)
     points, segments, previous = [], [], None
+    group = device if together else None  # where the processes' agreement is counted
     for i in range(len(path)):
         load(state := read(i))
-        points.append(_loss(certifier, work, device))
+        points.append(_loss(certifier, work, group))
         if previous is not None:
             # As the run's segment check interpolates: floating tensors (BatchNorm statistics included) averaged,
             # in the same order of operations; integer buffers keep the later point's values. One tensor at a
             # time, into the model's own tensors, as load_state_dict copies: no midpoint state is held whole.
             load_mid(state, previous)
-            segments.append(_loss(certifier, work, device))
+            segments.append(_loss(certifier, work, group))
         previous = state if certifier.config.certify_segments else None  # only a segment needs the point before
         del state
     return {
@@ -124,20 +129,22 @@ def load_midpoint(work: nn.Module, here: dict[str, torch.Tensor], there: dict[st
             own[name].detach().copy_(midpoint(tensor, there[name]))
 
 
-def _loss(certifier: Any, model: nn.Module, device: Any) -> float:
+def _loss(certifier: Any, model: nn.Module, group: Any) -> float:
     """The exact loss over every training example: measured again, unless the run made a whole pass over these very
-    bits already (the same fingerprint, :func:`~hf_llpf.algorithms.certify.fingerprint`) — on every process, as
-    all of them take part in each pass."""
+    bits already (the same fingerprint, :func:`~hf_llpf.algorithms.certify.fingerprint`); with ``group`` (the device
+    of a run whose processes make each pass together; ``None``: this process alone), on every process."""
     from hf_llpf.algorithms.certify import fingerprint
 
     if not certifier.reuse:
         return certifier.probe.loss(model)
     known = certifier.measured.get(fingerprint(model))
-    return known if _everywhere(known is not None, device) else certifier.probe.loss(model)
+    if group is not None:
+        known = known if _everywhere(known is not None, group) else None
+    return known if known is not None else certifier.probe.loss(model)
 
 
 def _everywhere(flag: bool, device: Any) -> bool:
-    """Whether ``flag`` holds on every process of the run (``flag`` itself in a single process).
+    """Whether ``flag`` holds on every process of the process group (``flag`` itself without one).
 
     Several processes average every pass, so all must make the same passes: one that holds other bits than the points
     on disk (its own BatchNorm statistics under data parallelism, a checkpoint's values of another process after a

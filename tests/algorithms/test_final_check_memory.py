@@ -59,10 +59,10 @@ def test_the_final_check_holds_the_endpoints_the_working_model_and_two_points(
     elsewhere = _copies_alive(shape)
     real, counted = final_check_module._loss, []
 
-    def count_then_measure(certifier, model):
+    def count_then_measure(certifier, model, device):
         if not counted:
             counted.append(_copies_alive(shape) - elsewhere)
-        return real(certifier, model)
+        return real(certifier, model, device)
 
     monkeypatch.setattr(final_check_module, "_loss", count_then_measure)
     config = {**QUICK, "max_ticks": 2}
