@@ -33,25 +33,20 @@ def final_check(
     """Evaluate every point of ``path`` and each segment's midpoint on all of ``certifier``'s training examples.
 
     Args:
-        certifier: the run's :class:`~hf_llpf.algorithms.certify.Certifier` (exact route: its probe holds every
-            training example).
-        path: the run's :class:`~hf_llpf.run.RunPath` (the points as written).
+        certifier, path: the run's :class:`~hf_llpf.algorithms.certify.Certifier` (exact route: its probe holds every
+            training example) and :class:`~hf_llpf.run.RunPath` (the points as written).
         model: a module of the path's architecture (copied unless ``work`` is given; unchanged unless it is that).
         device: where the copy runs (the training device, where the examples are; default: ``model``'s).
         work: a module of the same architecture that nothing needs any more (the walk's working model, or
-            ``model`` itself): evaluated in instead of a copy of ``model``, so the check holds no model of its own.
-            Its parameters and buffers are first set to ``model``'s, so it computes what the copy would; it ends
-            holding the last point.
-            Sharded by FSDP2 (a sharded run reading by rows), it is used as it is: each process reads only its rows
+            ``model`` itself), evaluated in instead of a copy: first set to ``model``'s parameters and buffers, it
+            ends holding the last point. Sharded by FSDP2 (a run reading by rows), each process reads only its rows
             of each point into it (:func:`~hf_llpf.sharding.rows.point_rows`).
-        together: the run's processes make each pass together (one run over several processes, data-parallel or
-            sharded): a pass the run made is then taken only where every process holds its bits (:func:`_loss`).
-            Not for processes that each check a run of their own (repeats spread over processes).
+        together: one run's processes make each pass together (data-parallel or sharded; not repeats spread over
+            processes): a pass the run made is taken only where every process holds its bits (:func:`_loss`).
 
     Returns:
-        ``{"examples", "points", "segments", "max", "point_losses", "segment_losses", "examples_run", "reused",
-        "seconds", "above"}``: ``segment_losses[i]`` is the midpoint of points ``i`` and ``i + 1``; ``above`` lists
-        what is above the ceiling (``tick``, ``stage``, ``phase``, ``what``, ``loss``, ``check: "final"``).
+        ``{"examples", "points", "segments", "max", "point_losses", "segment_losses" ([i] joins points i and i + 1),
+        "examples_run", "reused", "seconds", "above"}`` (``above``: as :func:`_above` names what is over the ceiling).
     """
     start, probe = time.perf_counter(), certifier.probe
     before, calls = probe.examples_run, probe.calls
@@ -184,7 +179,8 @@ def midpoint(here: torch.Tensor, there: torch.Tensor) -> torch.Tensor:
 
 
 def _above(rows: list[dict], points: list[float], segments: list[float], ceiling: float) -> list[dict]:
-    """What the final check found above the ceiling, named as the run names points (tick, stage, phase)."""
+    """What the final check found above the ceiling, named as the run names points: ``tick``, ``stage``, ``phase``,
+    ``what`` (point or segment), ``loss`` and ``check: "final"``."""
     out = []
     for i, loss in enumerate(points):
         if not loss <= ceiling:
