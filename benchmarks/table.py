@@ -309,7 +309,7 @@ def build(cells: Iterable[tuple[str, str, int]], results: harness.Results, runne
             log(f"{family} {method} seed {seed}: recorded, skipped")
             rows.append(done[key])
             continue
-        if until is not None and datetime.datetime.now(datetime.timezone.utc) >= until:
+        if until is not None and _now() >= until:
             log(f"{family} {method} seed {seed}: not started (--until {until:%H:%M} UTC has passed)")
             continue
         llpf = done.get(cell_key(family, "llpf", seed, values))
@@ -533,12 +533,19 @@ def _names(text: str | None, allowed: Iterable[str], what: str) -> list[str] | N
     return names
 
 
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 def _utc(text: str) -> datetime.datetime:
     try:
         clock = datetime.datetime.strptime(text, "%H:%M").time()
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected HH:MM (UTC)") from None
-    return datetime.datetime.combine(datetime.datetime.now(datetime.timezone.utc).date(), clock, datetime.timezone.utc)
+    now = _now()
+    until = datetime.datetime.combine(now.date(), clock, datetime.timezone.utc)
+    # The next such time: a sitting that runs past midnight names a time of the next day.
+    return until if until > now else until + datetime.timedelta(days=1)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -552,7 +559,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cross-sphere", action="store_true", help=f"the {CROSS} pair (weight decay 5e-4 vs 5e-3)")
     p.add_argument("--round-iters", type=int, help="certify round_iters of Bézier and AutoNEB (default: theirs)")
     p.add_argument("--cap", type=int, help="certify cap of Bézier and AutoNEB (default: theirs)")
-    p.add_argument("--until", type=_utc, metavar="HH:MM", help="start no cell at or after this UTC time (today)")
+    p.add_argument("--until", type=_utc, metavar="HH:MM", help="start no cell at or after this UTC time (next)")
     p.add_argument("--render", action="store_true", help="run nothing: the table of the recorded cells asked for")
     p.add_argument("--plots", type=Path, default=harness.DOC.parent, help="folder of the consistency plots")
     return harness.common_options(p)

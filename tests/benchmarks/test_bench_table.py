@@ -4,6 +4,7 @@ batches (no training: fake runners, untrained models)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
@@ -82,7 +83,11 @@ def test_a_killed_run_loses_only_its_current_cell(tmp_path):
     assert rest.calls[0][3] is None  # linear takes no ceiling
 
 
-def test_until_starts_no_cell_after_the_time(tmp_path, capsys):
+def test_until_starts_no_cell_after_the_time(tmp_path, capsys, monkeypatch):
+    # Parsed at 23:10, "00:00" is the next midnight; the cell would start at 00:01.
+    clock = iter([datetime.datetime(2026, 12, 7, 23, 10, tzinfo=datetime.timezone.utc)])
+    later = datetime.datetime(2026, 12, 8, 0, 1, tzinfo=datetime.timezone.utc)
+    monkeypatch.setattr(table, "_now", lambda: next(clock, later))
     late = FakeRunner()
     _run(tmp_path, "--families", "lenet5", "--methods", "llpf", "--until", "00:00", runner=late)
     assert late.calls == [] and not (tmp_path / "table.jsonl").exists()
@@ -90,6 +95,12 @@ def test_until_starts_no_cell_after_the_time(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         _run(tmp_path, "--until", "25:00", runner=late)
     assert err.value.code == 2
+
+
+def test_until_names_the_next_occurrence_of_its_time(monkeypatch):
+    monkeypatch.setattr(table, "_now", lambda: datetime.datetime(2026, 12, 7, 23, 10, tzinfo=datetime.timezone.utc))
+    assert table._utc("23:30") == datetime.datetime(2026, 12, 7, 23, 30, tzinfo=datetime.timezone.utc)
+    assert table._utc("00:40") == datetime.datetime(2026, 12, 8, 0, 40, tzinfo=datetime.timezone.utc)
 
 
 def test_consistency_plans_seeds_of_the_trained_methods_and_reports_their_spread(tmp_path, capsys):
