@@ -184,15 +184,18 @@ def stage_label(stage: dict[str, Any], names: list[str] | None) -> str:
 
 def stage_names(run_dir: str | Path) -> list[str] | None:
     """Each stage's name from a run's ``layer_groups.json``: its group's name, or the dotted prefix its groups share
-    (``layer4``), or its first and last groups' (None: no readable file; ``""``: a stage of no group)."""
+    (``layer4``) where no other stage shares it too, or its first and last groups' (``features.1 … features.3``;
+    None: no readable file; ``""``: a stage of no group)."""
     try:
         plan = json.loads((Path(run_dir) / "layer_groups.json").read_text())
         groups = [[g["name"] for g in s["groups"]] for s in plan["stages"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     # What a stage's groups share, as layers.png labels a stage (hf_llpf.reporting.layer_plots.tensor_labels).
-    shared = [os.path.commonprefix([n.split(".") for n in names]) if len(names) > 1 else names for names in groups]
-    return [".".join(parts) or " … ".join(names[:1] + names[-1:]) for parts, names in zip(shared, groups)]
+    shared = [".".join(os.path.commonprefix([n.split(".") for n in names])) if len(names) > 1 else ".".join(names)
+              for names in groups]  # fmt: skip
+    distinct = [name if name and shared.count(name) == 1 else "" for name in shared]
+    return [name or " … ".join(names[:1] + names[-1:]) for name, names in zip(distinct, groups)]
 
 
 def cell_row(family: str, method: str, seed: int, row: dict[str, Any], endpoint_iters: int | None) -> dict:

@@ -57,16 +57,16 @@ def final_check(
     work = work.eval() if by_rows else work.eval().to(device)
     read, load, load_mid = _point_access(path, work, device, by_rows=by_rows)
     points, segments, previous = [], [], None
-    group = device if together else None  # where the processes' agreement is counted
+    agree_on = device if together else None  # the device of the processes' agreement (None: this process alone)
     for i in range(len(path)):
         load(state := read(i))
-        points.append(_loss(certifier, work, group))
+        points.append(_loss(certifier, work, agree_on))
         if previous is not None:
             # As the run's segment check interpolates: floating tensors (BatchNorm statistics included) averaged,
             # in the same order of operations; integer buffers keep the later point's values. One tensor at a
             # time, into the model's own tensors, as load_state_dict copies: no midpoint state is held whole.
             load_mid(state, previous)
-            segments.append(_loss(certifier, work, group))
+            segments.append(_loss(certifier, work, agree_on))
         previous = state if certifier.config.certify_segments else None  # only a segment needs the point before
         del state
     return {
@@ -124,17 +124,17 @@ def load_midpoint(work: nn.Module, here: dict[str, torch.Tensor], there: dict[st
             own[name].detach().copy_(midpoint(tensor, there[name]))
 
 
-def _loss(certifier: Any, model: nn.Module, group: Any) -> float:
+def _loss(certifier: Any, model: nn.Module, agree_on: torch.device | None) -> float:
     """The exact loss over every training example: measured again, unless the run made a whole pass over these very
-    bits already (the same fingerprint, :func:`~hf_llpf.algorithms.certify.fingerprint`); with ``group`` (the device
-    of a run whose processes make each pass together; ``None``: this process alone), on every process."""
+    bits already (the same fingerprint, :func:`~hf_llpf.algorithms.certify.fingerprint`); with ``agree_on`` (the
+    device of a run whose processes make each pass together; ``None``: this process alone), on every process."""
     from hf_llpf.algorithms.certify import fingerprint
 
     if not certifier.reuse:
         return certifier.probe.loss(model)
     known = certifier.measured.get(fingerprint(model))
-    if group is not None:
-        known = known if _everywhere(known is not None, group) else None
+    if agree_on is not None:
+        known = known if _everywhere(known is not None, agree_on) else None
     return known if known is not None else certifier.probe.loss(model)
 
 

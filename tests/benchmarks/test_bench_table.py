@@ -186,6 +186,13 @@ def test_stage_names_are_what_each_stages_groups_share(tmp_path):
     (tmp_path / "layer_groups.json").write_text(json.dumps(plan))
     assert table.stage_names(tmp_path) == ["conv1", "layer4", "fc … head.norm", ""]
     assert table.stage_names(tmp_path / "missing") is None
+    # MobileNetV2's stages all lie under "features": a prefix that every stage shares names none of them.
+    groups = [["conv_stem", "features.0.conv"], ["features.1.conv", "features.3.conv"], ["features.4.conv",
+              "features.6.conv"]]  # fmt: skip
+    plan = {"stages": [{"groups": [{"name": n} for n in names]} for names in groups]}
+    (tmp_path / "layer_groups.json").write_text(json.dumps(plan))
+    assert table.stage_names(tmp_path) == ["conv_stem … features.0.conv", "features.1.conv … features.3.conv",
+                                           "features.4.conv … features.6.conv"]  # fmt: skip
 
 
 def test_render_flags_every_costly_llpf_cell_with_its_stage_and_cause():
