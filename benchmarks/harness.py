@@ -196,11 +196,27 @@ def _child(job_file: str, out_file: str) -> int:
 
 # ------------------------------------------------------------------------------------------ results
 def machine() -> str:
-    """The machine in one line: architecture, usable CPU cores, torch version."""
+    """The machine in one line: architecture, CPU model and the vector instructions torch's kernels use, usable CPU
+    cores, torch version. Kernels of other instruction sets round differently: a path trained on an AVX2 CPU is not
+    bit for bit the one trained on an AVX-512 CPU, so results name theirs."""
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{platform.machine()}, {cores} CPU cores, torch {torch.__version__}"
+    return (
+        f"{platform.machine()} ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()}), {cores} CPU cores, "
+        f"torch {torch.__version__}"
+    )
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (``platform.processor()`` where there is no such file)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 class Results:

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import datasets
 import torch
+from torch import nn
 
 import hf_llpf
 from benchmarks import harness
@@ -83,13 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true", help="tiny CPU check of this script (width 4, 512 images)")
 
 
-def run(args: argparse.Namespace, results: harness.Results) -> None:
-    """Train the endpoints, connect, evaluate; print and record the row."""
-    start = time.perf_counter()
-    bundle, data_name = cifar10(args.smoke)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"device {device}; data: {data_name}")
-
+def _endpoints(args: argparse.Namespace, bundle: Any) -> tuple[list[nn.Module], list[dict]]:
+    """The two CIFAR ResNet18 endpoints (seeds 0 and 1) and their training metrics, each printed as it ends."""
     model_args = {"width": 4} if args.smoke else {}
     endpoints, metrics = [], []
     for seed in (0, 1):
@@ -101,7 +98,7 @@ def run(args: argparse.Namespace, results: harness.Results) -> None:
             epochs=4 if args.smoke else args.epochs,
             batch_size=64 if args.smoke else 512,
             optimizer="sgd",
-            lr=0.1,
+            lr=0.01 if args.smoke else 0.1,  # the smoke's width-4 network on 512 images diverges at 0.1
             momentum=0.9,
             weight_decay=5e-4,
             schedule="onecycle",
@@ -113,9 +110,11 @@ def run(args: argparse.Namespace, results: harness.Results) -> None:
             f"endpoint seed {seed}: train loss {m['train']['loss']:.4f} acc {m['train']['accuracy']:.2%}, "
             f"test acc {m['test']['accuracy']:.2%}, {m['iterations']} iterations, {m['seconds']:.0f} s"
         )
-    train_seconds = time.perf_counter() - start
+    return endpoints, metrics
 
-    endpoint_loss = sum(m["train"]["loss"] for m in metrics) / 2
+
+def _config(args: argparse.Namespace, endpoint_loss: float) -> dict[str, Any]:
+    """The connect's settings: the paper's stages and radial steps, its loss threshold over the endpoints' loss."""
     config = {
         "method": "m2m",
         **recipe_stages("resnet18-cifar10-llpf.yaml"),  # the paper's stages (its schedule's regexes), by arrival
@@ -136,6 +135,18 @@ def run(args: argparse.Namespace, results: harness.Results) -> None:
     }
     if args.smoke:
         config.update(step_r=0.5, min_iters=2, max_iters=4, batch_size=64)
+    return config
+
+
+def run(args: argparse.Namespace, results: harness.Results) -> None:
+    """Train the endpoints, connect, evaluate; print and record the row."""
+    start = time.perf_counter()
+    bundle, data_name = cifar10(args.smoke)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"device {device}; data: {data_name}")
+    endpoints, metrics = _endpoints(args, bundle)
+    train_seconds = time.perf_counter() - start
+    config = _config(args, sum(m["train"]["loss"] for m in metrics) / 2)
     run_dir = harness.CACHE / "gpu" / "paper"
     t = time.perf_counter()
     path = hf_llpf.connect(*endpoints, bundle, config=config, run_dir=run_dir, exist="overwrite", progress=True)
