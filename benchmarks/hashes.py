@@ -12,8 +12,9 @@ walked to the origin) and ``cross-sphere`` (M2O then M2M, forced). Each run is a
 value, in name order: the files' headers and metadata are not part of it); the hash of the files' bytes is
 recorded beside it and reported, but only the tensors decide. The demo also records its two endpoints.
 
-Paths depend on the CPU's rounding and on the thread count: compare only runs of the same machine and threads
-(``--check`` prints both sides' machine and threads). ``--check`` prints per run ``same`` or ``different`` (with
+Paths depend on the CPU's rounding (the vector instructions torch's kernels use) and on the thread count: compare
+only runs of the same machine and threads (``--check`` prints both sides' machine and threads, and says when the
+machines differ). ``--check`` prints per run ``same`` or ``different`` (with
 the first point that differs) and exits 1 when any run differs or is missing.
 """
 
@@ -220,4 +221,9 @@ def report(args: argparse.Namespace, recorded: dict, measured: dict, start: floa
     results.table([("run", "run", str), ("verdict", "verdict", str), ("seconds", "seconds", harness.fmt(".0f"))])
     print(f"{sum(v.startswith('same') for v in verdicts.values())}/{len(verdicts)} same; "
           f"{time.perf_counter() - start:.0f} s")  # fmt: skip
+    if recorded.get("machine") != harness.machine():
+        print(
+            "the hashes were recorded on another machine (or one whose CPU was not named): a difference may be the "
+            "CPU's rounding; record a baseline here with --record at the commit before the change, then --check"
+        )
     return 0 if all(v.startswith("same") for v in verdicts.values()) else 1
