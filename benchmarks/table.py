@@ -291,8 +291,9 @@ def measured_runner(threads: int) -> Runner:
 
 
 def recorded(file: Path) -> dict[tuple, dict[str, Any]]:
-    """The recorded cells by key (the latest of each)."""
-    return {row_key(r["row"]): r["row"] for r in harness.read_results(file) if "settings_hash" in r.get("row", {})}
+    """The recorded cells by key (the latest of each), each with the machine it ran on (``_machine``)."""
+    return {row_key(r["row"]): {**r["row"], "_machine": r.get("machine")} for r in harness.read_results(file)
+            if "settings_hash" in r.get("row", {})}  # fmt: skip
 
 
 def build(cells: Iterable[tuple[str, str, int]], results: harness.Results, runner: Runner, *,
@@ -319,7 +320,8 @@ def build(cells: Iterable[tuple[str, str, int]], results: harness.Results, runne
         ref = {"ceiling": llpf.get("ceiling"), "points": llpf.get("points")} if llpf and method in CURVES else None
         log(f"{family} {method} seed {seed}: running")
         row = {**runner(family, method, seed, values, ref), "settings_hash": key[3]}
-        done[key] = results.add(row)
+        results.add(row)
+        done[key] = row = {**row, "_machine": harness.machine()}
         log(f"  {summary_line(row)}")
         rows.append(row)
     return rows
@@ -433,18 +435,19 @@ def full_set_max(row: dict[str, Any]) -> float:
     return max(v for v in (row.get("max_train_loss"), row.get("full_set_max")) if v is not None)
 
 
-def winners(rows: list[dict[str, Any]]) -> dict[str, str]:
+def winners(rows: list[dict[str, Any]], label: Callable[[dict], str] = lambda r: r["method"]) -> dict[str, str]:
     """A family's winners: the lowest :func:`full_set_max` (the same evaluator and examples for every method) and
-    the lowest cost to certify (SGD iterations, then seconds, among the certified cells); ties named together."""
+    the lowest cost to certify (SGD iterations, then seconds, among the certified cells); ties named together, each
+    by ``label`` (its method)."""
     judged = [r for r in rows if r.get("status") == "ok" and r.get("max_train_loss") is not None]
     out = {"max": "–", "cost": "none certified"}
     if judged:
         low = min(map(full_set_max, judged))
-        out["max"] = " = ".join(r["method"] for r in judged if full_set_max(r) == low) + f" ({low:.5f})"
+        out["max"] = " = ".join(label(r) for r in judged if full_set_max(r) == low) + f" ({low:.5f})"
     certified = [r for r in judged if r.get("certified")]
     if certified:
         cost = min(map(_cost, certified))
-        best = [r["method"] for r in certified if _cost(r) == cost]
+        best = [label(r) for r in certified if _cost(r) == cost]
         out["cost"] = " = ".join(best) + f" ({cost[0]:,} SGD iterations, {cost[1]:.1f} s)"
     # A win over the methods that did not run is no win: the line names them.
     missing = [m for m in TRAINED if m not in {r["method"] for r in rows}]
@@ -457,18 +460,40 @@ def render(rows: list[dict[str, Any]]) -> str:
     """The cells' table, per family and seed the winners, then every LLPF cell above :data:`OVER` times one
     endpoint's SGD iterations or a certified curve's cost to certify, with its heaviest stage and the cause
     (:func:`costly`)."""
-    shown = [{**r, "_certified": _certified(r), "_stage": _stage(r)} for r in rows]
-    text = harness.markdown_table(shown, COLUMNS)
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["family"], r["seed"]), []).append(r)
+    elsewhere = other_machines(groups)
+
+    def label(r: dict) -> str:
+        return r["method"] + (" †" if id(r) in elsewhere else "")
+
+    shown = [{**r, "method": label(r), "_certified": _certified(r), "_stage": _stage(r)} for r in rows]
+    text = harness.markdown_table(shown, COLUMNS)
     lines = ["| family | seed | lowest full-set maximum | lowest cost to certify |", "|---|---|---|---|"]
     for (family, seed), group in groups.items():
-        won = winners(group)
+        won = winners(group, label)
         lines.append(f"| {family} | {seed} | {won['max']} | {won['cost']} |")
+    if elsewhere:
+        text += "\n\n" + "\n".join(f"† {line}" for line in dict.fromkeys(elsewhere.values()))
     flagged = costly(rows) or [f"- none above {OVER:g}x one endpoint's SGD iterations or a certified curve's cost"]
     text += "\n\nWinners per family:\n\n" + "\n".join(lines)
     return text + "\n\nLLPF's cost (heaviest stage and cause):\n\n" + "\n".join(flagged)
+
+
+def other_machines(groups: dict[tuple[str, int], list[dict]]) -> dict[int, str]:
+    """The cells (by ``id``) that ran on another machine than their family's LLPF cell, each with why that matters.
+
+    The endpoints are trained again on each machine from the same recipes and seeds; a CPU of other vector
+    instructions rounds differently, so such a cell compares a pair close to the LLPF cell's, not the same one."""
+    out = {}
+    for group in groups.values():
+        ref = next((r.get("_machine") for r in group if r["method"] == "llpf"), None)
+        for r in group:
+            if ref is not None and r.get("_machine") not in (None, ref):
+                out[id(r)] = (f"ran on {r['_machine']}, the LLPF cell on {ref}: the endpoints were trained on each "
+                              f"machine from the same recipes and seeds, and round differently")  # fmt: skip
+    return out
 
 
 def spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -158,6 +158,25 @@ def test_winner_per_row():
     assert "| f | autoneb | 0 | cap hit |" in text
 
 
+def test_a_cell_from_another_machine_than_its_llpf_cell_is_marked_where_it_is_shown_and_where_it_wins():
+    here, there = "x86_64 (AMD EPYC, AVX512), 2 CPU cores", "x86_64, 2 CPU cores"
+    rows = [
+        _row("f", "llpf", 0, max_train_loss=0.05, certified=True, iters_to_certify=300, seconds_to_certify=9.0,
+             _machine=there),
+        _row("f", "autoneb", 0, max_train_loss=0.03, certified=True, iters_to_certify=200, seconds_to_certify=5.0,
+             _machine=here),
+        _row("f", "bezier", 0, max_train_loss=0.04, certified=True, iters_to_certify=400, _machine=there),
+        _row("g", "llpf", 0, max_train_loss=0.05, certified=True, iters_to_certify=300, _machine=here),
+        _row("g", "linear", 0, max_train_loss=2.0, _machine=here),
+    ]  # fmt: skip
+    text = table.render(rows)
+    assert "| f | autoneb † | 0 | yes |" in text and "| f | bezier | 0 |" in text and "| g | linear | 0 |" in text
+    assert "| f | 0 | autoneb † (0.03000) | autoneb † (200 SGD iterations, 5.0 s) |" in text
+    assert f"† ran on {here}, the LLPF cell on {there}: the endpoints were trained on each machine" in text
+    assert "not run" not in text.split("| f | 0 |")[1].split("\n")[0]  # the marked method counts as run
+    assert "†" not in table.render(rows[3:])
+
+
 def test_heaviest_stage_names_the_stage_and_the_cause():
     stages = [
         {"phase": "m2m", "stage": 0, "ticks": 10, "sgd_iters": 100, "repair_rounds": 12, "backtracks": 0},
