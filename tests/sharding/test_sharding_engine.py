@@ -44,9 +44,10 @@ CEILING = {"gpt2": None, "cnn": 0.3, "sphere": None}  # the CNN's: generous, so 
 SPHERE_SCALE = 1.6
 SPHERE = {**SETTINGS, "method": "auto", "loss_ceiling": None, "m2o": {"step_a": 0.2, "max_ticks": 6},
           "checkpoint_every": 2}  # fmt: skip
-# The sharded cross-sphere run is also killed right after this checkpoint (one after M2O's point 0, its tick 2 and
-# its end, then M2M's point 0 and tick 2: inside the M2M phase, M2O's state and its end carried) and resumed.
-KILLED_AFTER = 5
+# The sharded cross-sphere run is also killed right after one of its checkpoints and resumed, once in each phase.
+# They come after M2O's point 0, its tick 2 and its end, then M2M's point 0 and tick 2: the 2nd is inside the M2O
+# phase (the walker's state carried), the 5th inside the M2M phase (M2O's state and its end carried).
+KILLED_AFTER = {"m2o": 2, "m2m": 5}
 ENDS = {"gpt2": ("gpt2_0", "gpt2_1"), "cnn": ("cnn_0", "cnn_1"), "sphere": ("gpt2_0", "gpt2_big")}
 # Per point, per tensor: |sharded − data-parallel| at most this times the tensor's largest magnitude. The two runs
 # differ only in how the gradients are averaged (FSDP2's reduce-scatter against DDP's all-reduce) and in the order
@@ -96,32 +97,33 @@ def _worker(root: Path) -> None:
     a, b = (str(root / e) for e in ENDS["sphere"])
     hf_llpf.connect(a, b, str(root / "corpus.txt"), config=SPHERE, run_dir=root / "sphere_none", progress=False)
     _run_by_rows(root, "sphere", str(root / "corpus.txt"), {**SPHERE, "sharding": "fsdp"})
-    _killed_and_resumed(a, b, str(root / "corpus.txt"), {**SPHERE, "sharding": "fsdp"}, root)
+    for phase in KILLED_AFTER:
+        _killed_and_resumed(a, b, str(root / "corpus.txt"), {**SPHERE, "sharding": "fsdp"}, root, phase)
 
 
 class _Killed(Exception):
     """Stands for the processes' death right after a checkpoint."""
 
 
-def _killed_and_resumed(a: str, b: str, data: str, config: dict, root: Path) -> None:
-    """The sharded run killed right after its KILLED_AFTER-th checkpoint (``sphere_resumed``, a copy of it kept as it
-    was: ``sphere_killed``), then its ``--resume``."""
+def _killed_and_resumed(a: str, b: str, data: str, config: dict, root: Path, phase: str) -> None:
+    """The sharded run killed right after its ``KILLED_AFTER[phase]``-th checkpoint (``sphere_resumed_<phase>``, a
+    copy of it kept as it was: ``sphere_killed_<phase>``), then its ``--resume``."""
     from unittest import mock
 
     from hf_llpf.run import sharded_state
 
-    real, count, run_dir = sharded_state.save, {"n": 0}, root / "sphere_resumed"
+    real, count, run_dir = sharded_state.save, {"n": 0}, root / f"sphere_resumed_{phase}"
 
     def save(*args, **kwargs):
         real(*args, **kwargs)
         count["n"] += 1
-        if count["n"] == KILLED_AFTER:
+        if count["n"] == KILLED_AFTER[phase]:
             raise _Killed
 
     with mock.patch.object(sharded_state, "save", save), pytest.raises(_Killed):
         hf_llpf.connect(a, b, data, config=config, run_dir=run_dir, progress=False)
     if torch.distributed.get_rank() == 0:
-        shutil.copytree(run_dir, root / "sphere_killed")
+        shutil.copytree(run_dir, root / f"sphere_killed_{phase}")
     torch.distributed.barrier()
     hf_llpf.connect(a, b, data, config=config, run_dir=run_dir, exist="resume", progress=False)
 
@@ -254,8 +256,9 @@ def test_sharded_paths_equal_data_parallel_paths(pairs):
         "fsdp": "2 process(es) on cpu (sharded, multi_cpu), sharding: fsdp (each process holds 1/N of every "
         "parameter), mixed precision: no",
     }
-    # The main process speaks, once per run (the cross-sphere pair: data-parallel, sharded, killed, resumed).
-    assert starts == [line["none"], line["fsdp"], line["fsdp"]] * 2 + [line["none"], *[line["fsdp"]] * 3], starts
+    # The main process speaks, once per run (the cross-sphere pair: data-parallel, sharded, then killed and resumed
+    # in each phase).
+    assert starts == [line["none"], line["fsdp"], line["fsdp"]] * 2 + [line["none"], *[line["fsdp"]] * 5], starts
     for name in ("gpt2", "cnn"):
         _same_as_whole_load(root, name)
     for name in ("gpt2", "cnn", "sphere"):
@@ -269,13 +272,14 @@ def test_sharded_paths_equal_data_parallel_paths(pairs):
     _compare(root, "sphere", ["config.json", "generation_config.json", "model.safetensors"])
     # method: auto chose cross-sphere from the rows under fsdp as from the whole models data-parallel: B walked inward.
     chosen = [x.rsplit("] ", 1)[-1] for x in result.stderr.splitlines() if "cross-sphere M2O then M2M" in x]
-    assert len(chosen) == 4 and len(set(chosen)) == 1, chosen  # the same figure from the rows as from whole models
+    assert len(chosen) == 6 and len(set(chosen)) == 1, chosen  # the same figure from the rows as from whole models
     sphere = {s: json.loads((root / f"sphere_{s}" / "path_metrics.json").read_text()) for s in ("none", "fsdp")}
     for metrics in sphere.values():
         assert metrics["summary"]["run"]["method"] == "cross-sphere"
         phases = [p["phase"] for p in metrics["points"]]
         assert phases[0] == "start" and "m2m" in phases and "m2o_reversed" in phases and phases[-1] == "end", phases
-    _resumed_bit_for_bit(root)
+    for phase in KILLED_AFTER:
+        _resumed_bit_for_bit(root, phase)
     for point in sorted([*(root / "gpt2_fsdp" / "points").iterdir(), *(root / "sphere_fsdp" / "points").iterdir()]):
         model = AutoModelForCausalLM.from_pretrained(point)  # plain transformers, the tie kept
         assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
@@ -283,22 +287,30 @@ def test_sharded_paths_equal_data_parallel_paths(pairs):
         assert torch.equal(model.transformer.wte.weight.detach(), weights["transformer.wte.weight"])
 
 
-def _resumed_bit_for_bit(root: Path) -> None:
-    """The sharded cross-sphere run killed inside its M2M phase and resumed is the uninterrupted one: every point
+def _resumed_bit_for_bit(root: Path, phase: str) -> None:
+    """The sharded cross-sphere run killed inside its ``phase`` and resumed is the uninterrupted one: every point
     (both phases, M2O's published reversed) bit for bit, the same ticks; two stretches."""
-    stopped = json.loads((root / "sphere_killed" / "path_metrics.json").read_text())["points"]
-    assert [p["phase"] for p in stopped] == ["start", "m2m", "m2m"]  # killed at M2M's tick 2, M2O's points aside
-    doc = json.loads((root / "sphere_killed" / "checkpoint" / "state.json").read_text())
+    killed = root / f"sphere_killed_{phase}"
+    doc = json.loads((killed / "checkpoint" / "state.json").read_text())
     assert doc["format"] == "sharded-1" and doc["world"] == 2
-    runs = {r: json.loads((root / f"sphere_{r}" / "path_metrics.json").read_text()) for r in ("fsdp", "resumed")}
+    held = doc["ranks"][0]["state"]["state"]  # the cross-sphere state: each phase's, None before it began
+    if phase == "m2m":
+        stopped = json.loads((killed / "path_metrics.json").read_text())["points"]
+        assert [p["phase"] for p in stopped] == ["start", "m2m", "m2m"]  # killed at M2M's tick 2, M2O's points aside
+        assert held["m2o"] is not None and held["m2m"] is not None
+    else:  # killed at M2O's tick 2: no point is published yet (M2O's are published reversed, after its end)
+        assert not (killed / "points").exists() and not (killed / "path_metrics.json").exists()
+        assert held["m2o"] is not None and held["walked"] is None and held["m2m"] is None
+    names = {"fsdp": root / "sphere_fsdp", "resumed": root / f"sphere_resumed_{phase}"}
+    runs = {r: json.loads((d / "path_metrics.json").read_text()) for r, d in names.items()}
     whole, resumed = runs["fsdp"], runs["resumed"]
     assert [p["point"] for p in resumed["points"]] == [p["point"] for p in whole["points"]]
     rows = {r: [{k: v for k, v in t.items() if "time" not in k} for t in m["ticks"]] for r, m in runs.items()}
     assert rows["resumed"] == rows["fsdp"]
     assert len(resumed["summary"]["run"]["stretches"]) == 2
     for p in whole["points"]:
-        x, y = (load_file(root / f"sphere_{r}" / p["point"] / "model.safetensors") for r in ("resumed", "fsdp"))
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in y), p["point"]
+        x, y = (load_file(names[r] / p["point"] / "model.safetensors") for r in ("resumed", "fsdp"))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in y), (phase, p["point"])
 
 
 def test_refusals_name_the_setting_the_value_and_what_is_allowed(tmp_path):
