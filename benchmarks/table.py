@@ -297,10 +297,11 @@ def recorded(file: Path) -> dict[tuple, dict[str, Any]]:
 
 
 def build(cells: Iterable[tuple[str, str, int]], results: harness.Results, runner: Runner, *,
-          certify: dict[str, Any], file: Path | None, until: datetime.datetime | None = None,
+          certify: dict[str, Any], file: Path | None, until: datetime.datetime | None = None, rerun: bool = False,
           log: Callable[[str], None] = print) -> list[dict]:  # fmt: skip
-    """Every cell's row: from ``file`` when recorded under the same key, else run and recorded at once (none is
-    started at or after ``until``).
+    """Every cell's row: from ``file`` when recorded under the same key (unless ``rerun``: every cell asked for runs
+    again, its new row recorded after the old, which it replaces), else run and recorded at once (none is started at
+    or after ``until``).
 
     Within a family, the LLPF cell (run first when asked) gives Bézier and AutoNEB its ceiling and points.
     """
@@ -309,7 +310,7 @@ def build(cells: Iterable[tuple[str, str, int]], results: harness.Results, runne
     for family, method, seed in cells:
         values = settings(family, certify)
         key = cell_key(family, method, seed, values)
-        if key in done:
+        if key in done and not rerun:
             log(f"{family} {method} seed {seed}: recorded, skipped")
             rows.append(done[key])
             continue
@@ -588,6 +589,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--round-iters", type=int, help="certify round_iters of Bézier and AutoNEB (default: theirs)")
     p.add_argument("--cap", type=int, help="certify cap of Bézier and AutoNEB (default: theirs)")
     p.add_argument("--until", type=_utc, metavar="HH:MM", help="start no cell at or after this UTC time (next)")
+    p.add_argument("--rerun", action="store_true", help="run the cells asked for even where recorded (the new row "
+                   "replaces the old: e.g. a family's cells all on this machine)")  # fmt: skip
     p.add_argument("--render", action="store_true", help="run nothing: the table of the recorded cells asked for")
     p.add_argument("--plots", type=Path, default=harness.DOC.parent, help="folder of the consistency plots")
     return harness.common_options(p)
@@ -620,7 +623,7 @@ def main(argv: list[str], runner: Runner | None = None) -> int:
         rows = [done[k] for k in (cell_key(f, m, s, settings(f, certify)) for f, m, s in cells) if k in done]
     else:
         run = runner or measured_runner(args.threads)
-        rows = build(cells, results, run, certify=certify, file=file, until=args.until)
+        rows = build(cells, results, run, certify=certify, file=file, until=args.until, rerun=args.rerun)
     print(render(rows))
     if args.consistency:
         print("\nConsistency (the final check's maximum over the seeds):\n")

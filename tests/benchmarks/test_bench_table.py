@@ -83,6 +83,18 @@ def test_a_killed_run_loses_only_its_current_cell(tmp_path):
     assert rest.calls[0][3] is None  # linear takes no ceiling
 
 
+def test_rerun_runs_recorded_cells_again_and_their_new_rows_replace_the_old(tmp_path):
+    _run(tmp_path, "--families", "lenet5", "--methods", "llpf,bezier", runner=FakeRunner())
+    again = FakeRunner()
+    again.calls = [None] * 5  # its rows' losses differ from the first run's
+    _run(tmp_path, "--families", "lenet5", "--methods", "llpf,bezier", "--rerun", runner=again)
+    assert [(c[0], c[1]) for c in again.calls[5:]] == [("lenet5", "llpf"), ("lenet5", "bezier")]
+    assert again.calls[6][3] == {"ceiling": 0.5, "points": 9}  # the curve takes the new LLPF cell's ceiling
+    kept = table.recorded(tmp_path / "table.jsonl")
+    assert sorted(round(r["max_train_loss"], 6) for r in kept.values()) == [0.6, 0.7]  # the new rows only
+    assert len(_records(tmp_path)) == 4
+
+
 def test_until_starts_no_cell_after_the_time(tmp_path, capsys, monkeypatch):
     # Parsed at 23:10, "00:00" is the next midnight; the cell would start at 00:01.
     clock = iter([datetime.datetime(2026, 12, 7, 23, 10, tzinfo=datetime.timezone.utc)])
