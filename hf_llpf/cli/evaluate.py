@@ -24,7 +24,7 @@ def register(sub) -> None:
         "--sharding",
         default="none",
         help="none: every process holds the whole model (the points split over the processes); fsdp: each process "
-        "holds 1/N of every parameter and reads only its rows of each point (torchrun, two or more processes; "
+        "holds 1/N of every parameter and reads only its rows of each point (processes started by torchrun; "
         'docs/distributed.md, "Models larger than one device")',
     )
     p.add_argument(

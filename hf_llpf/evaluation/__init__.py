@@ -11,8 +11,8 @@ definitions (:mod:`hf_llpf.evaluation.summary`);
 The data (``data=``, :mod:`hf_llpf.data.intake`; docs/evaluation.md, "Which data ``data=`` takes"): the
 ``DataLoader`` the path was built with is its training split alone, so it gives no test column.
 With ``sharding="none"`` the points are split over the processes, each holding the whole model; with
-``sharding="fsdp"`` each process holds 1/N of every parameter and reads only its rows of each point (FSDP2, two or
-more processes started by torchrun; docs/distributed.md, "Models larger than one device").
+``sharding="fsdp"`` each process holds 1/N of every parameter and reads only its rows of each point (FSDP2, processes
+started by torchrun; docs/distributed.md, "Models larger than one device").
 
 θ_A and θ_B are the first and the last saved point. Evaluation computes and returns; it writes nothing:
 :func:`hf_llpf.api.evaluate_run` writes the results into the run directory, draws the plots and updates the
@@ -223,7 +223,7 @@ def evaluate_path(
     Raises:
         RunDirectoryError: not a run directory, or no data recorded and none given.
         ConfigError: invalid settings (empty subset, fewer than 2 linear points, negative K, ...); ``sharding="fsdp"``
-            without a process group of two or more processes, or for points of a model it cannot build on meta.
+            without a process group (torchrun), or for points of a model it cannot build on meta.
     """
     opts = {"train_subset": train_subset, "batch_size": batch_size, "seed": seed, "loss_fn": loss_fn,
             "recalibrate_bn": recalibrate_bn, "recal_batches": recal_batches, "linear_points": linear_points,

@@ -51,12 +51,11 @@ def check_sharded_evaluation(sharding: Any, accelerator: Any) -> None:
         )
     dist = torch.distributed
     grouped = dist.is_available() and dist.is_initialized()
-    if sharding == "fsdp" and (accelerator.num_processes < 2 or not grouped):
+    if sharding == "fsdp" and not grouped:  # one process in a group (torchrun --nproc_per_node 1): allowed, as connect
         raise ConfigError(
-            f"sharding='fsdp': this evaluation has {accelerator.num_processes} process(es)"
-            f"{'' if grouped else ' and no process group'}; allowed: two or more processes started by torchrun "
-            "(torchrun --standalone --nproc_per_node 2 -m hf_llpf.cli evaluate RUN --sharding fsdp), or "
-            "sharding='none'"
+            f"sharding='fsdp': this evaluation has {accelerator.num_processes} process(es) and no process group; "
+            "allowed: processes started by torchrun (torchrun --standalone --nproc_per_node 2 -m hf_llpf.cli evaluate "
+            "RUN --sharding fsdp; --nproc_per_node 1 runs the sharded code path in one process), or sharding='none'"
         )
 
 

@@ -169,15 +169,26 @@ def path_verdict(summary: dict[str, Any], certification: dict[str, Any] | None =
     if a is None or b is None or a != a or b != b:  # NaN: a point could not be judged
         return f"verdict: {certified}; no comparison (the path or the linear baseline has no finite maximum)"
     where, accuracy = _worst_place(llpf.get("worst_point")), _accuracy_clause(llpf, linear)
+    data = _judged_on(summary.get("evaluation"))
     if a <= b:
         return (
             f"verdict: {certified}; the path's maximum train loss {a:.4g}{where} is not above linear "
-            f"interpolation's {b:.4g} on the same data{accuracy}"
+            f"interpolation's {b:.4g} on {data}{accuracy}"
         )
     return (
-        f"verdict: the path is WORSE than linear interpolation: maximum train loss {a:.4g}{where} vs {b:.4g} on the "
-        f"same data{accuracy} ({certified}); use the straight line (method: linear), or lower loss_ceiling"
+        f"verdict: the path is WORSE than linear interpolation: maximum train loss {a:.4g}{where} vs {b:.4g} on "
+        f"{data}{accuracy} ({certified}); use the straight line (method: linear), or lower loss_ceiling"
     )
+
+
+def _judged_on(evaluation: Any) -> str:
+    """The data both maxima were measured on, as the verdict words it: a fixed subset is named with its size, since
+    a subset's mean loss may exceed the whole set's, over which the certificate holds."""
+    origin = evaluation.get("train_data") if isinstance(evaluation, dict) else None
+    if isinstance(origin, dict) and origin.get("form") == "seeded subset":
+        return (f"the same {evaluation.get('train_examples')} training examples (a fixed subset, seed "
+                f"{origin.get('seed')}: its mean may exceed the whole set's)")  # fmt: skip
+    return "the same data"
 
 
 def _worst_place(worst: Any) -> str:

@@ -333,6 +333,12 @@ def test_the_verdict_names_the_worst_point_and_a_lower_accuracy():
     assert text.endswith("; its minimum train accuracy 99.51% is not below linear interpolation's 13.01%")
     lm = {"max_train_loss": 3.6, "min_train_acc": float("nan")}  # a task without accuracy: no clause
     assert "accuracy" not in path_verdict({"llpf": lm, "linear": {"max_train_loss": 5.0, "min_train_acc": 0.1}})
+    subset = {"train_examples": 512, "train_data": {"form": "seeded subset", "seed": 0}}
+    text = path_verdict({"llpf": {"max_train_loss": 0.0471}, "linear": {"max_train_loss": 2.4}, "evaluation": subset})
+    assert "interpolation's 2.4 on the same 512 training examples (a fixed subset, seed 0: its mean may " in text
+    whole = {"train_examples": 1437, "train_data": {"form": "whole split"}}
+    text = path_verdict({"llpf": {"max_train_loss": 3.0}, "linear": {"max_train_loss": 2.4}, "evaluation": whole})
+    assert "maximum train loss 3 vs 2.4 on the same data (" in text
 
 
 def test_the_loader_a_path_was_built_with_is_judged_with_a_test_split(tmp_path, endpoints, digits):

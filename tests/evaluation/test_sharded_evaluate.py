@@ -189,7 +189,7 @@ def test_sharded_evaluate_refused_without_a_process_group(tmp_path, capsys):
     with pytest.raises(ConfigError) as err:
         evaluate_path(tmp_path / "nope", sharding="fsdp")
     text = str(err.value)
-    assert "sharding='fsdp': this evaluation has 1 process(es) and no process group; allowed: two or more " in text
+    assert "sharding='fsdp': this evaluation has 1 process(es) and no process group; allowed: processes " in text
     assert "torchrun --standalone --nproc_per_node 2 -m hf_llpf.cli evaluate RUN --sharding fsdp" in text
     with pytest.raises(ConfigError, match=r"sharding='ddp': allowed: 'none' .* or 'fsdp'"):
         evaluate_path(tmp_path / "nope", sharding="ddp")
