@@ -256,6 +256,7 @@ def row(mode: str, measured: dict, model_bytes: int) -> dict:
     peak = max(r["peak_rss_mib"] for r in ranks)
     imports = max(r["rss_after_imports_mib"] for r in ranks)
     cert = run.get("certification") or {}
+    final = cert.get("final_check") or {}
     return {
         "mode": mode,
         "processes": len(ranks),
@@ -267,6 +268,11 @@ def row(mode: str, measured: dict, model_bytes: int) -> dict:
         "sgd_iters": run.get("sgd_iters"),
         "certified": cert.get("certified"),
         "connect_s": measured["wall_s"],
+        # The final check: positions taken from the passes the run made over the same bits, of how many, and its time.
+        "final_check": f"{final.get('reused')} of {final.get('points', 0) + final.get('segments', 0)} reused, "
+        f"{final.get('seconds', 0):.1f} s"
+        if final
+        else None,
         "per_tick_s": tick_split(run.get("timing", {}), run.get("ticks") or 0),
         "timing": run.get("timing", {}),
     }
@@ -305,6 +311,7 @@ COLUMNS: list[harness.Column] = [
     ("ticks", "ticks", str),
     ("sgd_iters", "SGD iters", str),
     ("connect_s", "connect (s)", harness.fmt(".0f")),
+    ("final_check", "final check", str),
 ]
 TICK_COLUMNS: list[harness.Column] = [
     ("mode", "run", str),

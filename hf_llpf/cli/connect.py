@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from hf_llpf.cli.args import add_settings_args, positive, threads
 
@@ -115,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
 
     from hf_llpf.api import connect
     from hf_llpf.cli.args import set_threads
-    from hf_llpf.models.endpoints import load_endpoint
     from hf_llpf.run.rundir import check_exist
 
     config, own, points, certify = _curve_config(args)
@@ -126,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
     # the run records them, and come first in connect).
     if args.repeats == 1 and exist != "resume":
         check_exist(args.out, exist, protected=protected)
-    a = load_endpoint(args.a, arch=args.arch)
-    b = load_endpoint(args.b, arch=args.arch)
+    a, b = _endpoints(args, config)
     command = _command_line()
     start = time.perf_counter()
     if args.repeats > 1:
@@ -142,6 +141,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _report(args, path, wall)
     return 0
+
+
+def _endpoints(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
+    """The endpoints as connect takes them: loaded here (a bad one named before any work), except in a sharded run
+    (``devices.sharding=fsdp``, or ``accelerate launch --use_fsdp``) of two folders or Hub ids, which connect reads by
+    rows itself: each process reads only its rows of every tensor, never a whole endpoint."""
+    from hf_llpf.devices.accelerator import launched_sharding
+    from hf_llpf.models.endpoints import load_endpoint
+    from hf_llpf.sharding.rows import reads_by_rows
+
+    sharded = launched_sharding(config).sharding == "fsdp" and args.repeats == 1
+    if sharded and args.arch is None and reads_by_rows([args.a, args.b]):
+        return args.a, args.b
+    return load_endpoint(args.a, arch=args.arch), load_endpoint(args.b, arch=args.arch)
 
 
 def _report(args: argparse.Namespace, path, wall: float) -> None:

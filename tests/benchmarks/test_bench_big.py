@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -56,6 +57,12 @@ def test_a_tiny_run_prints_both_rows_and_deletes_its_runs(tmp_path, capsys):
     assert big.main(argv) == 0
     out = capsys.readouterr().out
     assert "| unsharded | 1 |" in out and "| sharded | 2 |" in out
+    # Every point's final check is taken from the run's own passes: in the sharded run too, which the CLI leaves to
+    # connect to read by rows (loaded whole, its final check evaluates a copy of θ_A and reuses nothing).
+    (unsharded,) = [line for line in out.splitlines() if line.startswith("| unsharded | 1 |")]
+    (sharded,) = [line for line in out.splitlines() if line.startswith("| sharded | 2 |")]
+    points = re.search(r"\| (\d+) of \1 reused, [\d.]+ s \|$", sharded)
+    assert points and f"| {points.group(1)} of {points.group(1)} reused, " in unsharded, (unsharded, sharded)
     assert sum(line.startswith(("met  ", "NOT met")) for line in out.splitlines()) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "endpoints"]
     metrics = sorted((tmp_path / "endpoints").glob("*/metrics.json"))

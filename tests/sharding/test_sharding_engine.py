@@ -381,3 +381,23 @@ def test_the_sphere_check_takes_a_given_report_and_the_walker_the_larger_varianc
 
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]))
+
+
+def test_the_cli_leaves_a_sharded_runs_endpoints_to_connect_which_reads_them_by_rows(small_cnn_pair, monkeypatch):
+    """Under devices.sharding=fsdp (or accelerate launch --use_fsdp) `hf-llpf connect` hands connect the two folders,
+    which it reads by rows; loaded here, each process would hold both endpoints whole (the whole-load route)."""
+    import argparse
+
+    from hf_llpf.cli.connect import _endpoints
+
+    a, b = (str(folder) for folder in small_cnn_pair)
+    args = argparse.Namespace(a=a, b=b, arch=None, repeats=1)
+    assert _endpoints(args, ConnectConfig(sharding="fsdp")) == (a, b)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert _endpoints(args, ConnectConfig()) == (a, b)
+    loaded = _endpoints(args, ConnectConfig(sharding="none"))  # a sharding the settings name is kept
+    assert all(isinstance(e, Endpoint) for e in loaded)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    assert all(isinstance(e, Endpoint) for e in _endpoints(args, ConnectConfig()))
+    repeats = argparse.Namespace(a=a, b=b, arch=None, repeats=2)  # repeats run unsharded: loaded once here
+    assert all(isinstance(e, Endpoint) for e in _endpoints(repeats, ConnectConfig(sharding="fsdp")))
