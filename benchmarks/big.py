@@ -13,7 +13,8 @@ under ``torchrun --standalone --nproc_per_node 2`` with ``sharding=fsdp``.
 Each process of a connect runs :func:`child` (``python -m benchmarks.big CHILD_OUT -- connect ...``): it imports
 the libraries a connect uses, records its resident memory then (``rss_after_imports``), runs
 :func:`hf_llpf.cli.main` and records its peak resident memory (``VmHWM``). Printed per run: peak RSS per process,
-RSS after imports, the model's float32 bytes, the peak above the imports in copies of the model, and a tick's
+RSS after imports, the model's float32 bytes, the peak above the imports in copies of the model, the final check
+(how many of its positions it took from the run's own passes, and its seconds), and a tick's
 wall time split into SGD, moves + corrections, probes, point writes, checkpoint and the rest, from the run's
 ``--profile`` timing (``summary.run.timing``); then the targets, met or not. The run directories are deleted at
 the end (``--keep-runs`` keeps them); rows go to ``benchmarks/results/big.jsonl``. ``--layers``, ``--width``,
