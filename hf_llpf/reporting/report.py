@@ -186,8 +186,8 @@ def _judged_on(evaluation: Any) -> str:
     a subset's mean loss may exceed the whole set's, over which the certificate holds."""
     origin = evaluation.get("train_data") if isinstance(evaluation, dict) else None
     if isinstance(origin, dict) and origin.get("form") == "seeded subset":
-        return (f"the same {evaluation.get('train_examples')} training examples (a fixed subset, seed "
-                f"{origin.get('seed')}: its mean may exceed the whole set's)")  # fmt: skip
+        return (f"the same {evaluation.get('train_examples')} training examples (a {training_data_words(evaluation)}: "
+                "its mean may exceed the whole set's)")  # fmt: skip
     return "the same data"
 
 

@@ -19,18 +19,19 @@ def _row(family: str, method: str, seed: int, **figures) -> dict:
 
 
 class FakeRunner:
-    """Records the cells it was asked to run; LLPF certifies at a ceiling of 0.5 with 9 points."""
+    """Records the cells it was asked to run; LLPF certifies at a ceiling of 0.5 with 9 points; the k-th cell's loss is
+    0.1 * (k + offset)."""
 
-    def __init__(self, fail_at: int | None = None):
+    def __init__(self, fail_at: int | None = None, offset: int = 0):
         self.calls: list[tuple] = []
-        self.fail_at = fail_at
+        self.fail_at, self.offset = fail_at, offset
 
     def __call__(self, family, method, seed, values, llpf):
         if self.fail_at is not None and len(self.calls) == self.fail_at:
             raise KeyboardInterrupt  # the run is killed in this cell
         self.calls.append((family, method, seed, llpf))
         extra = {"ceiling": 0.5, "points": 9, "certified": True} if method == "llpf" else {}
-        return _row(family, method, seed, max_train_loss=0.1 * (len(self.calls)), **extra)
+        return _row(family, method, seed, max_train_loss=0.1 * (len(self.calls) + self.offset), **extra)
 
 
 def _run(tmp_path, *argv, runner=None):
@@ -85,11 +86,10 @@ def test_a_killed_run_loses_only_its_current_cell(tmp_path):
 
 def test_rerun_runs_recorded_cells_again_and_their_new_rows_replace_the_old(tmp_path):
     _run(tmp_path, "--families", "lenet5", "--methods", "llpf,bezier", runner=FakeRunner())
-    again = FakeRunner()
-    again.calls = [None] * 5  # its rows' losses differ from the first run's
+    again = FakeRunner(offset=5)  # its rows' losses differ from the first run's
     _run(tmp_path, "--families", "lenet5", "--methods", "llpf,bezier", "--rerun", runner=again)
-    assert [(c[0], c[1]) for c in again.calls[5:]] == [("lenet5", "llpf"), ("lenet5", "bezier")]
-    assert again.calls[6][3] == {"ceiling": 0.5, "points": 9}  # the curve takes the new LLPF cell's ceiling
+    assert [(c[0], c[1]) for c in again.calls] == [("lenet5", "llpf"), ("lenet5", "bezier")]
+    assert again.calls[1][3] == {"ceiling": 0.5, "points": 9}  # the curve takes the new LLPF cell's ceiling
     kept = table.recorded(tmp_path / "table.jsonl")
     assert sorted(round(r["max_train_loss"], 6) for r in kept.values()) == [0.6, 0.7]  # the new rows only
     assert len(_records(tmp_path)) == 4
