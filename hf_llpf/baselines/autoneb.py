@@ -9,8 +9,9 @@ SGD along the nudged force
 the loss gradient with its component along the band removed (so pivots do not slide down into the ends) plus
 a spring along the unit tangent τ_i = (p_{i+1} − p_{i−1}) / ‖·‖ that keeps them evenly spaced. A cycle is a
 number of NEB steps; after each cycle the loss is measured at a few positions inside every segment (on fixed
-training batches, eval mode), and a new pivot is inserted at the highest position of every segment whose
-interior rises more than ``insert_rise`` above its two pivots — the "auto" of AutoNEB. The ends never move.
+training batches, eval mode, BatchNorm statistics recomputed at each position), and a new pivot is inserted at the
+highest position of every segment whose interior rises more than ``insert_rise`` above its two pivots — the "auto"
+of AutoNEB. The ends never move.
 
 One SGD iteration here is one forward and backward pass on one batch for one pivot, the unit LLPF's repair and
 the Bézier curve count in. Only parameters are on the band; floating buffers come from the nearer end, and
@@ -175,7 +176,14 @@ class ElasticBand:
 
     @torch.no_grad()
     def _eval_loss(self, flat: torch.Tensor, batches: list, loss_fn: LossFn) -> float:
-        total = sum(float(self._loss(flat, move_batch(b, self.device), loss_fn)) for b in batches)
+        """The eval-mode loss at ``flat`` on ``batches``, its BatchNorm statistics recomputed on those batches
+        first: the working copy's running statistics mix every pivot's training batches, so without this a
+        BatchNorm network's measured rise would be the statistics', not the band's."""
+        point = _CurvePoint(self.model, self._params(flat))
+        moved = [move_batch(b, self.device) for b in batches]
+        recalibrate_bn(point, moved)
+        self.model.eval()
+        total = sum(float(loss_fn(point, b)) for b in moved)
         return total / len(batches)
 
     @torch.no_grad()

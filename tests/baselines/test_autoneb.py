@@ -12,6 +12,7 @@ from torch import nn
 
 from hf_llpf.baselines.autoneb import AutoNEBSettings, ElasticBand, check
 from hf_llpf.errors import ConfigError
+from hf_llpf.evaluation.recalibration import recalibrate_bn
 
 torch.set_num_threads(1)
 BUMP = torch.tensor([0.5, 0.05])  # a bump just off the straight line from (0, 0) to (1, 0)
@@ -82,6 +83,35 @@ def test_a_pivot_is_inserted_where_a_segment_rises_and_nowhere_else():
     capped = ElasticBand(Weight(), _state(0.0, 0.0), _state(1.0, 0.0))
     capped.interior(2)
     assert capped.insert([next(_batches())], AutoNEBSettings(pivots=2, max_pivots=2), bump_loss) == 0
+
+
+def _bn_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_a_pivot_is_measured_with_its_own_batchnorm_statistics():
+    """The working copy's running statistics mix every pivot's training batches; the rise that decides an
+    insertion is measured with each position's statistics recomputed on the measuring batches."""
+    a, b = _bn_net(0), _bn_net(1)
+    band = ElasticBand(a, a.state_dict(), b.state_dict())
+    band.interior(1)
+    band.model.eval()  # as insert() measures
+    gen = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(32, 4, generator=gen), torch.randint(0, 3, (32,), generator=gen)) for _ in range(2)]
+    loss = lambda m, batch: nn.functional.cross_entropy(m(batch[0]), batch[1])  # noqa: E731
+    clean = band._eval_loss(band.pivots[1], batches, loss)
+    bn = band.model[1]
+    bn.running_mean.fill_(50.0)  # statistics that belong to no position of the band
+    bn.running_var.fill_(1e-3)
+    assert band._eval_loss(band.pivots[1], batches, loss) == pytest.approx(clean, rel=1e-6)
+    # The same figure by hand: the pivot's weights in a model of its own, its statistics from those batches.
+    own = _bn_net(0)
+    own.load_state_dict({**band.state_at(0.0), **band._params(band.pivots[1])})
+    recalibrate_bn(own, batches)
+    with torch.no_grad():
+        by_hand = float(sum(loss(own.eval(), x) for x in batches)) / 2
+    assert by_hand == pytest.approx(clean, rel=1e-5)
 
 
 def test_the_band_bends_around_a_bump_that_the_straight_line_crosses():
