@@ -140,10 +140,10 @@ def heaviest_stage(stages: list[dict] | None, endpoint_iters: int | None,
                    names: list[str] | None = None) -> dict[str, Any] | None:  # fmt: skip
     """The stage of an LLPF run that took the most SGD iterations, and why (from ``summary.run.stages``).
 
-    The cause always gives the stage's repair rounds (``repair rounds not recorded`` for records of a version that
-    did not count them), its backtracks and its share of the run's SGD iterations, then what stands out against
-    the run's other stages: long repairs (iterations per tick above 1.5x the run's), or many ticks (most of the
-    run's ticks). A run of one stage says so, with its ticks and iterations per tick.
+    The cause always gives the stage's repair rounds over its ticks (``repair rounds not recorded`` for records of a
+    version that did not count them), its backtracks and its share of the run's SGD iterations, then what stands
+    out against the run's other stages: long repairs (iterations per tick above 1.5x the run's), or many ticks (most
+    of the run's ticks). A run of one stage says so, with its iterations per tick.
 
     Args:
         stages: the run's ``summary.run.stages``.
@@ -158,12 +158,13 @@ def heaviest_stage(stages: list[dict] | None, endpoint_iters: int | None,
     ticks = sum(s["ticks"] for s in stages)
     per_tick, run_per_tick = iters / top["ticks"], total / ticks
     share = iters / total if total else 0.0
-    rounds = f"{top['repair_rounds']} repair rounds" if "repair_rounds" in top else "repair rounds not recorded"
+    rounds = (f"{top['repair_rounds']} repair rounds over {top['ticks']} ticks" if "repair_rounds" in top
+              else "repair rounds not recorded")  # fmt: skip
     causes = [f"{rounds}, {top.get('backtracks') or 0} backtracks, {share:.0%} of the SGD"]
     if per_tick > 1.5 * run_per_tick:
         causes.append(f"long repairs ({per_tick:.1f} SGD iterations per tick against the run's {run_per_tick:.1f})")
     if len(stages) == 1:
-        causes.append(f"the run's only stage ({top['ticks']} ticks, {per_tick:.1f} SGD iterations per tick)")
+        causes.append(f"the run's only stage ({per_tick:.1f} SGD iterations per tick)")
     elif top["ticks"] > ticks / 2:
         causes.append(f"many ticks ({top['ticks']} of the run's {ticks})")
     label = stage_label(top, names)

@@ -198,13 +198,13 @@ def test_heaviest_stage_names_the_stage_and_the_cause():
     top = table.heaviest_stage(stages, endpoint_iters=100, names=["stem", "layer4", "head"])
     assert top["stage"] == 1 and top["share"] == pytest.approx(0.8)
     assert top["text"] == "m2m stage 1 (layer4): 400 of 500 SGD iterations in 5 ticks (4.0x one endpoint's iterations)"
-    assert top["cause"] == ("21 repair rounds, 3 backtracks, 80% of the SGD; long repairs (80.0 SGD iterations per "
-                            "tick against the run's 33.3)")  # fmt: skip
+    assert top["cause"] == ("21 repair rounds over 5 ticks, 3 backtracks, 80% of the SGD; long repairs (80.0 SGD "
+                            "iterations per tick against the run's 33.3)")  # fmt: skip
     assert table.heaviest_stage([], 100) is None
     alone = table.heaviest_stage(stages[:1], endpoint_iters=None)
     assert alone["text"] == "m2m stage 0: 100 of 100 SGD iterations in 10 ticks"
-    assert alone["cause"] == ("12 repair rounds, 0 backtracks, 100% of the SGD; the run's only stage (10 ticks, 10.0 "
-                              "SGD iterations per tick)")  # fmt: skip
+    assert alone["cause"] == ("12 repair rounds over 10 ticks, 0 backtracks, 100% of the SGD; the run's only stage "
+                              "(10.0 SGD iterations per tick)")  # fmt: skip
     old = [{k: v for k, v in s.items() if k != "repair_rounds"} for s in stages]  # records of an earlier version
     assert table.heaviest_stage(old, 100)["cause"].startswith("repair rounds not recorded, 3 backtracks, 80% of")
     row = {**_row("f", "llpf", 0, x_endpoint=5.0), "heaviest_stage": top}
@@ -249,9 +249,9 @@ def test_render_flags_every_costly_llpf_cell_with_its_stage_and_cause():
     flagged = text.split("LLPF's cost (heaviest stage and cause):\n\n")[1].splitlines()
     assert flagged == [
         "- mobilenetv2 seed 0: 3.5x one endpoint's SGD iterations (640 against 184). Heaviest: m2m stage 3 (layer4): "
-        "12 repair rounds, 4 backtracks, 94% of the SGD; many ticks (8 of the run's 12)",
+        "12 repair rounds over 8 ticks, 4 backtracks, 94% of the SGD; many ticks (8 of the run's 12)",
         "- resnet18 seed 0: more SGD to certify than bezier (300 against 250). Heaviest: m2m stage 0: 4 repair "
-        "rounds, 0 backtracks, 100% of the SGD; the run's only stage (4 ticks, 10.0 SGD iterations per tick)",
+        "rounds over 4 ticks, 0 backtracks, 100% of the SGD; the run's only stage (10.0 SGD iterations per tick)",
         "- dla seed 0: 3.8x one endpoint's SGD iterations (700 against 184). Heaviest: no stage records in the cell",
     ]
     assert "**above 3x**: m2m stage 3 (layer4): 600 of 640 SGD iterations" in text
