@@ -61,6 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as err:  # last resort: a full disk or a refused write, wherever it happened
             print(os_error(args.command, err, rerun=_rerun(args)), file=sys.stderr)
             return 2
+        finally:
+            _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Destroy the launch's process group (torchrun, ``accelerate launch``), if the command made one: a gloo group
+    left to the interpreter's exit can abort a process while its threads are torn down ("terminate called without
+    an active exception"), which fails a finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _rerun(args: argparse.Namespace) -> str | None:
