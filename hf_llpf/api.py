@@ -290,7 +290,7 @@ def _add_session_records(
     if history:
         run["resumed_with"] = history
     run["stretches"] = stretches.all()
-    run.update(stretches.totals())
+    run.update(stretches.totals(run["stretches"]))
 
 
 def _announce_end(run_dir, state: Any, summary: dict, config: ConnectConfig, accelerator: Accelerator) -> None:

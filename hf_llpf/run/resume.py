@@ -177,9 +177,11 @@ class Stretches:
         """What a checkpoint carries: the certifier's counters and the stretches up to this moment."""
         return {"counters": self.counters(), "stretches": self.all()}
 
-    def totals(self) -> dict[str, Any]:
-        """``seconds``: the stretches' seconds added up (the other counts are the run's own totals)."""
-        return {"seconds": round(sum(s.get("seconds") or 0.0 for s in self.all()), 3)}
+    def totals(self, stretches: list[dict[str, Any]]) -> dict[str, Any]:
+        """``seconds``: the seconds of ``stretches`` (what :meth:`all` returned for the summary) added up, so that the
+        total is the sum of the stretches as written, not of a later reading of the clock (the other counts are the
+        run's own totals)."""
+        return {"seconds": round(sum(s.get("seconds") or 0.0 for s in stretches), 3)}
 
 
 def carried_stretches(run_dir: str | os.PathLike, ckpt: dict | None) -> list[dict]:
