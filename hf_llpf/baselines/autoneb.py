@@ -176,21 +176,20 @@ class ElasticBand:
 
     @torch.no_grad()
     def _eval_loss(self, flat: torch.Tensor, batches: list, loss_fn: LossFn) -> float:
-        """The eval-mode loss at ``flat`` on ``batches``, its BatchNorm statistics recomputed on those batches
-        first: the working copy's running statistics mix every pivot's training batches, so without this a
-        BatchNorm network's measured rise would be the statistics', not the band's."""
+        """The eval-mode loss at ``flat`` on ``batches`` (already on the band's device), its BatchNorm statistics
+        recomputed on those batches first: the working copy's running statistics mix every pivot's training
+        batches, so without this a BatchNorm network's measured rise would be the statistics', not the band's."""
         point = _CurvePoint(self.model, self._params(flat))
-        moved = [move_batch(b, self.device) for b in batches]
-        recalibrate_bn(point, moved)
+        recalibrate_bn(point, batches)
         self.model.eval()
-        total = sum(float(loss_fn(point, b)) for b in moved)
-        return total / len(batches)
+        return sum(float(loss_fn(point, b)) for b in batches) / len(batches)
 
     @torch.no_grad()
     def insert(self, batches: list, settings: AutoNEBSettings, loss_fn: LossFn) -> int:
         """Insert a pivot at the highest measured position of every segment that rises more than
         ``insert_rise`` above both its pivots (at most up to ``max_pivots``); returns how many were inserted."""
         self.model.eval()
+        batches = [move_batch(b, self.device) for b in batches]  # once: every position is measured on them
         at_pivots = [self._eval_loss(p, batches, loss_fn) for p in self.pivots]
         fractions = [(j + 1) / (settings.segment_samples + 1) for j in range(settings.segment_samples)]
         new: list[tuple[int, torch.Tensor]] = []
